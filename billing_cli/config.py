@@ -1,0 +1,277 @@
+"""Settings from the environment and `.env`, validated before any work, with secrets masked."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .errors import ConfigError
+
+Source = Literal["env", ".env", "default"]
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable the program reads: its type, default and documentation."""
+
+    name: str
+    kind: Literal["str", "bool", "int", "month", "url", "path", "schedule"]
+    default: str | None
+    help: str
+    secret: bool = False
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("DATABASE_URL", "url", None,
+             "PostgreSQL URL, e.g. postgresql://billing:PASSWORD@db:5432/billing. "
+             "Unset: an embedded PostgreSQL under BILLING_HOME (not under Kubernetes).", secret=True),
+    Variable("BILLING_REQUIRE_DATABASE_URL", "bool", "false",
+             "Refuse the embedded database: a missing DATABASE_URL is a configuration error. "
+             "Always on when KUBERNETES_SERVICE_HOST is set."),
+    Variable("BILLING_HOME", "path", ".billing",
+             "Folder for the embedded database and local files."),
+    Variable("RUN_SCHEDULE", "schedule", "0 0 0 1 * *",
+             "legacy-run's schedule: six-field cron, seconds first (five fields accepted)."),
+    Variable("PROCESS_MONTH", "month", None,
+             "Month to invoice, YYYY-MM. Unset: the previous calendar month (UTC)."),
+    Variable("DRY_RUN", "bool", "false",
+             "Compute and report everything, write nothing, call no outside service."),
+    Variable("AGGREGATE_LOOKBACK_HOURS", "int", "2",
+             "aggregate-hourly also re-aggregates this many hours before its window, for late events."),
+    Variable("NOTIFY_ON_COMPLETION", "bool", "false",
+             "E-mail a summary to NOTIFY_EMAIL after each run."),
+    Variable("NOTIFY_EMAIL", "str", None,
+             "Where completion notifications go (required when NOTIFY_ON_COMPLETION is on)."),
+    Variable("INVOICE_ENABLE_S3", "bool", "false", "Upload invoice PDFs to S3."),
+    Variable("INVOICE_S3_BUCKET", "str", None, "S3 bucket for invoice PDFs (required when S3 is on)."),
+    Variable("INVOICE_S3_REGION", "str", "us-east-1", "AWS region of the bucket."),
+    Variable("INVOICE_ENABLE_STRIPE", "bool", "false", "Create and send Stripe invoices."),
+    Variable("STRIPE_API_KEY", "str", None,
+             "Stripe secret key, sk_live_… or sk_test_… (required when Stripe is on).", secret=True),
+    Variable("INVOICE_ENABLE_EMAIL", "bool", "false", "E-mail invoices to organizations."),
+    Variable("INVOICE_SMTP_HOST", "str", None, "SMTP server (required when e-mail is on)."),
+    Variable("INVOICE_SMTP_PORT", "int", "587", "SMTP port."),
+    Variable("INVOICE_SMTP_USERNAME", "str", None, "SMTP user; AUTH is used when set."),
+    Variable("INVOICE_SMTP_PASSWORD", "str", None, "SMTP password.", secret=True),
+    Variable("INVOICE_SMTP_FROM", "str", None,
+             "From address of invoice e-mails (required when e-mail is on)."),
+)
+
+VARIABLES_BY_NAME = {v.name: v for v in VARIABLES}
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class Secret:
+    """A secret string: printing or repr-ing it (also in a traceback) never shows the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('****')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def mask(name: str, value: str) -> str:
+    """The printable form of a variable's value: secrets masked, URLs without passwords."""
+    var = VARIABLES_BY_NAME.get(name)
+    if var is None or not var.secret:
+        return value
+    if var.kind == "url":
+        return mask_url_password(value)
+    if name == "STRIPE_API_KEY":
+        return value[:4] + "****" if len(value) > 8 else "****"
+    return "****"
+
+
+def mask_url_password(url: str) -> str:
+    """`scheme://user:secret@host/db` -> `scheme://user:****@host/db` (also for unparsable URLs)."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:/@]*):[^@]*@", r"\1:****@", url)
+
+
+@dataclass(frozen=True)
+class RawConfig:
+    """What the environment and `.env` say, before validation: name -> (value, source)."""
+
+    values: Mapping[str, tuple[str | None, Source]]
+    env_file: Path
+    under_kubernetes: bool
+
+    def value(self, name: str) -> str | None:
+        return self.values[name][0]
+
+
+def read_raw_config(environ: Mapping[str, str] | None = None, env_file: Path | None = None) -> RawConfig:
+    """Read every known variable: the real environment wins over `.env`, which wins over defaults."""
+    from dotenv import dotenv_values
+
+    environ = os.environ if environ is None else environ
+    env_file = Path(environ.get("BILLING_ENV_FILE", ".env")) if env_file is None else env_file
+    from_file = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if env_file.is_file() else {}
+    values: dict[str, tuple[str | None, Source]] = {}
+    for var in VARIABLES:
+        if environ.get(var.name, "") != "":
+            values[var.name] = (environ[var.name], "env")
+        elif from_file.get(var.name, "") != "":
+            values[var.name] = (from_file[var.name], ".env")
+        else:
+            values[var.name] = (var.default, "default")
+    return RawConfig(values, env_file, bool(environ.get("KUBERNETES_SERVICE_HOST")))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration every command and job works from."""
+
+    database_url: Secret | None = None
+    require_database_url: bool = False
+    billing_home: Path = Path(".billing")
+    run_schedule: str = "0 0 0 1 * *"
+    process_month: str | None = None
+    dry_run: bool = False
+    aggregate_lookback_hours: int = 2
+    notify_on_completion: bool = False
+    notify_email: str | None = None
+    s3_enabled: bool = False
+    s3_bucket: str | None = None
+    s3_region: str = "us-east-1"
+    stripe_enabled: bool = False
+    stripe_api_key: Secret | None = None
+    email_enabled: bool = False
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: Secret | None = None
+    smtp_from: str | None = None
+    sources: Mapping[str, Source] = field(default_factory=dict, compare=False)
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database_url is None
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | None = None) -> Settings:
+    """Read and validate the configuration; raise ConfigError naming the first problem found."""
+    return validate(read_raw_config(environ, env_file))
+
+
+def validate(raw: RawConfig) -> Settings:
+    problems: list[str] = []
+    parsed: dict[str, object] = {}
+    for var in VARIABLES:
+        value, source = raw.values[var.name]
+        if value is None:
+            parsed[var.name] = None
+            continue
+        try:
+            parsed[var.name] = _parse(var, value.strip())
+        except ValueError as exc:
+            where = f" (from {raw.env_file})" if source == ".env" else ""
+            problems.append(f"{var.name}={mask(var.name, value)!r}{where}: {exc}")
+
+    def require(flag: str, *needed: str) -> None:
+        if parsed.get(flag):
+            for name in needed:
+                if parsed.get(name) is None:
+                    problems.append(f"{flag} is on but {name} is not set: set {name} or turn {flag} off")
+
+    require("INVOICE_ENABLE_S3", "INVOICE_S3_BUCKET")
+    require("INVOICE_ENABLE_STRIPE", "STRIPE_API_KEY")
+    require("INVOICE_ENABLE_EMAIL", "INVOICE_SMTP_HOST", "INVOICE_SMTP_FROM")
+    require("NOTIFY_ON_COMPLETION", "NOTIFY_EMAIL")
+    if parsed.get("INVOICE_SMTP_USERNAME") and parsed.get("INVOICE_SMTP_PASSWORD") is None:
+        problems.append("INVOICE_SMTP_USERNAME is set but INVOICE_SMTP_PASSWORD is not")
+    if (parsed.get("BILLING_REQUIRE_DATABASE_URL") or raw.under_kubernetes) and parsed.get("DATABASE_URL") is None:
+        why = "running under Kubernetes" if raw.under_kubernetes else "BILLING_REQUIRE_DATABASE_URL is on"
+        problems.append(f"DATABASE_URL is not set and the embedded database is refused ({why}): "
+                        "set DATABASE_URL (check the Secret the job reads)")
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s); see `billing config`)" if len(problems) > 1 else ""
+        raise ConfigError(f"configuration error: {problems[0]}{more}")
+
+    return Settings(
+        database_url=_secret(parsed["DATABASE_URL"]),
+        require_database_url=bool(parsed["BILLING_REQUIRE_DATABASE_URL"]) or raw.under_kubernetes,
+        billing_home=parsed["BILLING_HOME"],  # type: ignore[arg-type]
+        run_schedule=parsed["RUN_SCHEDULE"],  # type: ignore[arg-type]
+        process_month=parsed["PROCESS_MONTH"],  # type: ignore[arg-type]
+        dry_run=bool(parsed["DRY_RUN"]),
+        aggregate_lookback_hours=parsed["AGGREGATE_LOOKBACK_HOURS"],  # type: ignore[arg-type]
+        notify_on_completion=bool(parsed["NOTIFY_ON_COMPLETION"]),
+        notify_email=parsed["NOTIFY_EMAIL"],  # type: ignore[arg-type]
+        s3_enabled=bool(parsed["INVOICE_ENABLE_S3"]),
+        s3_bucket=parsed["INVOICE_S3_BUCKET"],  # type: ignore[arg-type]
+        s3_region=parsed["INVOICE_S3_REGION"],  # type: ignore[arg-type]
+        stripe_enabled=bool(parsed["INVOICE_ENABLE_STRIPE"]),
+        stripe_api_key=_secret(parsed["STRIPE_API_KEY"]),
+        email_enabled=bool(parsed["INVOICE_ENABLE_EMAIL"]),
+        smtp_host=parsed["INVOICE_SMTP_HOST"],  # type: ignore[arg-type]
+        smtp_port=parsed["INVOICE_SMTP_PORT"],  # type: ignore[arg-type]
+        smtp_username=parsed["INVOICE_SMTP_USERNAME"],  # type: ignore[arg-type]
+        smtp_password=_secret(parsed["INVOICE_SMTP_PASSWORD"]),
+        smtp_from=parsed["INVOICE_SMTP_FROM"],  # type: ignore[arg-type]
+        sources={name: src for name, (_, src) in raw.values.items()},
+    )
+
+
+def parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("not a boolean: use true/false, 1/0 or yes/no")
+
+
+def _parse(var: Variable, value: str) -> object:
+    if var.kind == "bool":
+        return parse_bool(value)
+    if var.kind == "int":
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError("not a whole number") from None
+        if number < 0 or (var.name.endswith("_PORT") and not 0 < number < 65536):
+            raise ValueError("out of range")
+        return number
+    if var.kind == "month":
+        if not _MONTH.match(value):
+            raise ValueError("not a month: use YYYY-MM, e.g. 2024-01")
+        return value
+    if var.kind == "url":
+        if not re.match(r"^postgres(ql)?(\+psycopg)?://", value):
+            raise ValueError("not a PostgreSQL URL: use postgresql://user:password@host:5432/dbname")
+        return value
+    if var.kind == "path":
+        return Path(value).expanduser()
+    if var.kind == "schedule":
+        if len(value.split()) not in (5, 6):
+            raise ValueError("not a cron expression: use six fields, seconds first, e.g. '0 0 0 1 * *'")
+        return value
+    if var.name in ("NOTIFY_EMAIL", "INVOICE_SMTP_FROM") and not _EMAIL.match(value.rsplit("<", 1)[-1].rstrip(">")):
+        raise ValueError("not an e-mail address")
+    return value
+
+
+def _secret(value: object) -> Secret | None:
+    return None if value is None else Secret(str(value))

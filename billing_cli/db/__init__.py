@@ -1,0 +1,1 @@
+"""PostgreSQL: models, engine and sessions, migrations, and the embedded default server."""

@@ -1,0 +1,82 @@
+"""Engines and session factories, with connection failures turned into one clear line."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..errors import DatabaseUnavailable
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Accept the usual `postgres://` and `postgresql://` spellings; always drive psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def describe_server(url: str) -> str:
+    """`host:port/dbname` of a URL, never its password."""
+    parsed = make_url(sqlalchemy_url(url))
+    host = parsed.host or parsed.query.get("host") or "localhost"
+    port = f":{parsed.port or 5432}" if parsed.host else ""
+    return f"{host}{port}/{parsed.database or ''}"
+
+
+def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+    return create_engine(
+        sqlalchemy_url(url),
+        pool_size=pool_size,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 10, "application_name": "billing"},
+    )
+
+
+@dataclass
+class Database:
+    """An engine plus the session factory jobs use; `where` is safe to print."""
+
+    engine: Engine
+    where: str
+    embedded: bool = False
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        return sessionmaker(self.engine, expire_on_commit=False)
+
+
+def unavailable(exc: DBAPIError, where: str) -> DatabaseUnavailable:
+    """The one-line error for a database we cannot reach (psycopg's reason, without secrets)."""
+    reason = str(exc.orig).strip().splitlines()[-1] if exc.orig is not None else type(exc).__name__
+    reason = reason.split("failed: ")[-1].strip()
+    return DatabaseUnavailable(
+        f"cannot reach PostgreSQL at {where}: {reason}",
+        hint="Check DATABASE_URL and that the server is up; retry later if it is restarting.",
+    )
+
+
+def check_connection(engine: Engine, where: str) -> None:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        raise unavailable(exc, where) from None
+
+
+@contextmanager
+def translate_disconnects(where: str) -> Iterator[None]:
+    """Turn a lost connection in the middle of a job into DatabaseUnavailable (exit 4, retryable)."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise unavailable(exc, where) from None
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise unavailable(exc, where) from None
+        raise

@@ -1,0 +1,134 @@
+"""Hour and month windows in UTC: an hour is [hh:00, hh+1:00), a month is [1st 00:00, next 1st 00:00)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from .errors import UsageError
+
+HOUR = timedelta(hours=1)
+
+_HOUR_FORMAT = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2})(?::00(?::00)?)?(?:Z|\+00:00)?$")
+_MONTH_FORMAT = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def floor_hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def parse_hour(text: str, *, option: str = "--hour") -> datetime:
+    """`2024-01-31T13` (or `…T13:00`, `…T13:00:00Z`) -> the start of that UTC hour."""
+    match = _HOUR_FORMAT.match(text.strip())
+    if not match:
+        raise UsageError(f"{option} {text!r} is not an hour: use YYYY-MM-DDTHH in UTC, e.g. 2024-01-31T13")
+    try:
+        return datetime(*(int(part) for part in match.groups()), tzinfo=UTC)  # type: ignore[misc]
+    except ValueError as exc:
+        raise UsageError(f"{option} {text!r} is not a valid hour: {exc}") from None
+
+
+def format_hour(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:00Z")
+
+
+@dataclass(frozen=True)
+class HourRange:
+    """Whole UTC hours from `start` (inclusive) to `end` (exclusive)."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        if self.start >= self.end:
+            raise UsageError(f"empty hour range: {format_hour(self.start)} is not before {format_hour(self.end)}")
+        if floor_hour(self.start) != self.start or floor_hour(self.end) != self.end:
+            raise ValueError("hour ranges start and end on whole hours")
+
+    def hours(self) -> Iterator[datetime]:
+        moment = self.start
+        while moment < self.end:
+            yield moment
+            moment += HOUR
+
+    def __len__(self) -> int:
+        return int((self.end - self.start) / HOUR)
+
+    def __str__(self) -> str:
+        if len(self) == 1:
+            return f"{format_hour(self.start)} (1 hour)"
+        return f"{format_hour(self.start)} .. {format_hour(self.end - HOUR)} ({len(self)} hours)"
+
+
+def aggregation_window(
+    *, now: datetime, hour: str | None = None, from_: str | None = None, to: str | None = None,
+    lookback: int = 0,
+) -> HourRange:
+    """The hours `aggregate-hourly` rolls up: the previous full hour, `--hour`, or `--from`..`--to`
+    (both inclusive), widened by `lookback` hours before it for late events."""
+    if hour is not None and (from_ is not None or to is not None):
+        raise UsageError("--hour cannot be combined with --from/--to: give one hour or one range")
+    if (from_ is None) != (to is None):
+        raise UsageError("--from and --to go together: give both ends of the range (inclusive)")
+    if lookback < 0:
+        raise UsageError("--lookback must be 0 or more hours")
+    if from_ is not None and to is not None:
+        first, last = parse_hour(from_, option="--from"), parse_hour(to, option="--to")
+        if first > last:
+            raise UsageError(f"--from {from_} is after --to {to}: the range must go forward in time")
+    else:
+        first = last = parse_hour(hour) if hour is not None else floor_hour(now) - HOUR
+    if last + HOUR > floor_hour(now):
+        raise UsageError(f"hour {format_hour(last)} has not finished yet (now {now:%Y-%m-%dT%H:%MZ}): "
+                         "only past hours can be aggregated")
+    return HourRange(first - lookback * HOUR, last + HOUR)
+
+
+@dataclass(frozen=True, order=True)
+class Month:
+    """A calendar month in UTC."""
+
+    year: int
+    month: int
+
+    @classmethod
+    def parse(cls, text: str, *, option: str = "--month") -> Month:
+        match = _MONTH_FORMAT.match(text.strip())
+        if not match or not 1 <= int(match.group(2)) <= 12:
+            raise UsageError(f"{option} {text!r} is not a month: use YYYY-MM, e.g. 2024-01")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    @classmethod
+    def containing(cls, moment: datetime) -> Month:
+        moment = moment.astimezone(UTC)
+        return cls(moment.year, moment.month)
+
+    @classmethod
+    def previous(cls, now: datetime) -> Month:
+        return cls.containing(now).prev()
+
+    def prev(self) -> Month:
+        return Month(self.year - 1, 12) if self.month == 1 else Month(self.year, self.month - 1)
+
+    def next(self) -> Month:
+        return Month(self.year + 1, 1) if self.month == 12 else Month(self.year, self.month + 1)
+
+    @property
+    def start(self) -> datetime:
+        return datetime(self.year, self.month, 1, tzinfo=UTC)
+
+    @property
+    def end(self) -> datetime:
+        return self.next().start
+
+    def hours(self) -> HourRange:
+        return HourRange(self.start, self.end)
+
+    def __str__(self) -> str:
+        return f"{self.year:04d}-{self.month:02d}"
