@@ -1,0 +1,442 @@
+"""Benchmark of `billing aggregate-hourly` on one busy hour.
+
+Loads N synthetic usage events into the hour 2024-01-31T13:00Z..14:00Z (client-side COPY;
+10,000 active organizations and 5 metrics by default) into a scratch database, then times, on the
+same data and in the same run:
+
+  (a) `billing aggregate-hourly --hour 2024-01-31T13 --lookback 0 --plain`, the whole process;
+  (b) the bare statement (`billing_cli.jobs.aggregate.APPLY_SQL`, after SET LOCAL work_mem) run by
+      `psql -f` as a process: the floor;
+  (c) the seed's naive way: one aggregation query per active organization, from Python.
+
+usage_hourly and aggregated_hours are truncated before every measurement, so each one is the same
+fresh first aggregation; (a) and (b) alternate their order. Every run's usage_hourly must equal the
+first run's, whose per-metric totals must equal the generator's (exact decimals): otherwise the
+script stops with an error. Targets: (a) <= 1.3 x (b), and (c) >= 10 x (a).
+
+If the naive loop over every organization would take more than ~2 minutes, it is timed on an
+evenly spaced sample of organizations and extrapolated linearly (the output says so).
+
+    /tmp/venv/bin/python bench/aggregate.py [--events N] [--repeat R] [--check]
+
+The scratch database (billing_bench_aggregate) is created on the server named by --database-url
+(default: BENCH_DATABASE_URL, else postgresql://root@127.0.0.1:5432/test) and dropped at the end.
+Exit status: 0, or 1 with --check when a target is missed; 2 on any error or mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from billing_cli.jobs.aggregate import APPLY_SQL
+
+HOUR_ARG = "2024-01-31T13"
+HOUR_START = datetime(2024, 1, 31, 13, tzinfo=UTC)
+HOUR_END = HOUR_START + timedelta(hours=1)
+SCRATCH_DB = "billing_bench_aggregate"
+DEFAULT_ADMIN_URL = "postgresql://root@127.0.0.1:5432/test"
+METRIC_NAMES = ["api_calls", "storage_gb_hours", "compute_seconds", "egress_gb", "seats",
+                "builds", "messages", "jobs", "queries", "minutes"]
+NAIVE_FULL_BUDGET = 120.0   # seconds: above this (estimated), the naive loop is sampled
+NAIVE_REPEAT_BUDGET = 300.0  # seconds: repeat the full naive loop only if R runs fit in this
+NAIVE_PROBE = 200            # organizations timed (and rolled back) to estimate the naive loop
+
+NAIVE_SQL = """
+INSERT INTO usage_hourly (organization_id, metric, hour_start, quantity, event_count)
+SELECT organization_id, metric, date_trunc('hour', occurred_at, 'UTC'), sum(quantity), count(*)
+FROM usage_events
+WHERE organization_id = %s AND occurred_at >= %s AND occurred_at < %s
+GROUP BY 1, 2, 3
+ON CONFLICT (organization_id, metric, hour_start) DO UPDATE
+    SET quantity = EXCLUDED.quantity, event_count = EXCLUDED.event_count
+"""
+
+COLUMNS = "organization_id, metric, hour_start, quantity, event_count"
+
+
+class BenchError(Exception):
+    """A setup failure or a result mismatch: the figures cannot be trusted."""
+
+
+# --- arguments and machine -------------------------------------------------------------------
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000, help="events in the hour (default 1,000,000)")
+    parser.add_argument("--organizations", type=int, default=10_000, help="active organizations (default 10,000)")
+    parser.add_argument("--metrics", type=int, default=5, help=f"metrics, at most {len(METRIC_NAMES)} (default 5)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the median is reported")
+    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_ADMIN_URL),
+                        help="admin URL of the server where the scratch database is created "
+                             "(default: BENCH_DATABASE_URL, else %(default)s)")
+    parser.add_argument("--naive-sample", type=int, default=None, metavar="K",
+                        help="time the naive loop on K organizations and extrapolate; 0 = always all "
+                             "organizations. Default: all if estimated under ~2 minutes, else 500")
+    parser.add_argument("--seed", type=int, default=20240131, help="random seed of the synthetic data")
+    parser.add_argument("--keep-database", action="store_true", help="do not drop the scratch database")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    args = parser.parse_args(argv)
+    if not 1 <= args.metrics <= len(METRIC_NAMES):
+        parser.error(f"--metrics must be between 1 and {len(METRIC_NAMES)}")
+    if args.events < 1 or args.organizations < 1 or args.repeat < 1:
+        parser.error("--events, --organizations and --repeat must be positive")
+    return args
+
+
+def machine_info(conn: psycopg.Connection) -> dict[str, str]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    server = conn.execute("SELECT version()").fetchone()[0]
+    return {
+        "nproc": str(nproc),
+        "cpu": model,
+        "memory": _memory(),
+        "postgres": server.split(" on ")[0],
+        "postgres_full": server,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def _memory() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    return "unknown"
+
+
+# --- scratch database and data ---------------------------------------------------------------
+
+def scratch_url(admin_url: str) -> str:
+    return make_url(admin_url).set(database=SCRATCH_DB).render_as_string(hide_password=False)
+
+
+def recreate_database(admin_url: str, *, drop_only: bool = False) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(SCRATCH_DB)))
+        if not drop_only:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SCRATCH_DB)))
+
+
+def billing_env(url: str) -> dict[str, str]:
+    """The environment of the `billing` processes: this database, and no `.env` or DRY_RUN surprise."""
+    env = dict(os.environ)
+    env.update(DATABASE_URL=url, DRY_RUN="false", BILLING_ENV_FILE=os.devnull)
+    return env
+
+
+def billing_executable() -> str:
+    beside = Path(sys.executable).with_name("billing")
+    found = str(beside) if beside.exists() else shutil.which("billing")
+    if not found:
+        raise BenchError("the `billing` console script is not installed in this environment")
+    return found
+
+
+def run_checked(cmd: Sequence[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+@dataclass
+class Truth:
+    """What the generator wrote, per metric: events and the quantity in hundredths (exact)."""
+
+    events: dict[str, int] = field(default_factory=dict)
+    hundredths: dict[str, int] = field(default_factory=dict)
+
+    def quantity(self, metric: str) -> Decimal:
+        return Decimal(self.hundredths[metric]).scaleb(-2)
+
+
+def org_ids(count: int) -> list[str]:
+    return [f"org_{i:06d}" for i in range(count)]
+
+
+def load_data(conn: psycopg.Connection, args: argparse.Namespace) -> Truth:
+    """Organizations (all active) and events spread uniformly over the hour, via COPY FROM STDIN."""
+    orgs = org_ids(args.organizations)
+    metrics = METRIC_NAMES[:args.metrics]
+    with conn.transaction(), conn.cursor() as cur:
+        with cur.copy("COPY organizations (id, name, email, status) FROM STDIN") as copy:
+            copy.write("".join(f"{o}\tOrganization {o}\tbilling+{o}@example.com\tactive\n" for o in orgs))
+
+        rng = random.Random(args.seed)
+        truth = Truth({m: 0 for m in metrics}, {m: 0 for m in metrics})
+        hour_prefix = HOUR_START.strftime("%Y-%m-%d %H")
+        chunk = 50_000
+        with cur.copy("COPY usage_events (organization_id, metric, quantity, occurred_at) FROM STDIN") as copy:
+            for first in range(0, args.events, chunk):
+                lines = []
+                for _ in range(min(chunk, args.events - first)):
+                    org = orgs[rng.randrange(len(orgs))]
+                    metric = metrics[rng.randrange(len(metrics))]
+                    # Exact decimals: whole units mostly, sometimes hundredths ('1.25'); never floats.
+                    cents = rng.randrange(1, 11) * 100 if rng.random() < 0.7 else rng.randrange(1, 1001)
+                    micros = rng.randrange(3_600_000_000)
+                    seconds, micro = divmod(micros, 1_000_000)
+                    minute, second = divmod(seconds, 60)
+                    truth.events[metric] += 1
+                    truth.hundredths[metric] += cents
+                    lines.append(f"{org}\t{metric}\t{cents // 100}.{cents % 100:02d}\t"
+                                 f"{hour_prefix}:{minute:02d}:{second:02d}.{micro:06d}+00\n")
+                copy.write("".join(lines))
+    # VACUUM as well as ANALYZE: sets hint bits and the visibility map now, so that the first
+    # timed run does not pay for them.
+    conn.execute("VACUUM (ANALYZE) organizations")
+    conn.execute("VACUUM (ANALYZE) usage_events")
+    return truth
+
+
+# --- the three measurements ------------------------------------------------------------------
+
+def reset(conn: psycopg.Connection) -> None:
+    conn.execute("TRUNCATE usage_hourly, aggregated_hours")
+
+
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def psql_script(path: Path) -> Path:
+    """APPLY_SQL with its two parameters as timestamptz literals, in one transaction, like the job."""
+    literals = {"start": f"'{HOUR_START:%Y-%m-%dT%H:%M:%S}+00'::timestamptz",
+                "end": f"'{HOUR_END:%Y-%m-%dT%H:%M:%S}+00'::timestamptz"}
+    # `:name` not preceded by ':' (a `::cast`) or a word character, and not followed by one.
+    pattern = re.compile(r"(?<![:\w]):(start|end)\b")
+    statement = pattern.sub(lambda m: literals[m.group(1)], APPLY_SQL)
+    if re.search(r"(?<![:\w]):[A-Za-z_]", statement):
+        raise BenchError("APPLY_SQL has a bind parameter other than :start and :end")
+    path.write_text("BEGIN;\nSET LOCAL work_mem = '256MB';\n" + statement.strip() + ";\nCOMMIT;\n")
+    return path
+
+
+def run_billing(billing: str, env: dict[str, str]) -> None:
+    run_checked([billing, "aggregate-hourly", "--hour", HOUR_ARG, "--lookback", "0", "--plain"], env=env)
+
+
+def run_psql(url: str, script: Path) -> None:
+    run_checked(["psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(script)])
+
+
+def run_naive(url: str, organizations: Sequence[str] | None, *, commit: bool = True) -> None:
+    """The seed's way: one aggregation query per active organization, one transaction."""
+    with psycopg.connect(url) as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM organizations WHERE status = 'active'")]
+        if organizations is not None:
+            ids = list(organizations)
+        with conn.cursor() as cur:
+            for org in ids:
+                cur.execute(NAIVE_SQL, (org, HOUR_START, HOUR_END))
+        if commit:
+            conn.commit()
+        else:
+            conn.rollback()
+
+
+# --- verification ----------------------------------------------------------------------------
+
+def metric_totals(conn: psycopg.Connection, table: str, orgs: Sequence[str] | None = None) -> list[tuple]:
+    where, params = ("WHERE organization_id = ANY(%s)", [list(orgs)]) if orgs is not None else ("", [])
+    return conn.execute(
+        sql.SQL("SELECT metric, count(*), sum(event_count), sum(quantity) FROM {} " + where +
+                " GROUP BY metric ORDER BY metric").format(sql.Identifier(table)), params).fetchall()
+
+
+def save_reference(conn: psycopg.Connection, truth: Truth, events: int) -> list[tuple]:
+    """Keep the first run's usage_hourly and check it against the generator."""
+    conn.execute(f"CREATE TABLE bench_reference AS SELECT {COLUMNS} FROM usage_hourly")
+    totals = metric_totals(conn, "bench_reference")
+    got = {m: (events_, quantity) for m, _, events_, quantity in totals}
+    want = {m: (truth.events[m], truth.quantity(m)) for m in truth.events if truth.events[m]}
+    if got != want:
+        raise BenchError(f"usage_hourly per-metric totals differ from the generated events:\n"
+                         f"  got  {got}\n  want {want}")
+    recorded = conn.execute("SELECT event_count FROM aggregated_hours WHERE hour_start = %s",
+                            (HOUR_START,)).fetchone()
+    if recorded is None or recorded[0] != events:
+        raise BenchError(f"aggregated_hours records {recorded} events for the hour, expected {events}")
+    return totals
+
+
+def verify(conn: psycopg.Connection, label: str, orgs: Sequence[str] | None = None) -> None:
+    """usage_hourly must equal the reference, row for row (restricted to `orgs` when given)."""
+    where, params = ("WHERE organization_id = ANY(%s)", [list(orgs)] * 4) if orgs is not None else ("", [])
+    diff = conn.execute(f"""
+        SELECT count(*) FROM (
+            (SELECT {COLUMNS} FROM usage_hourly {where} EXCEPT ALL SELECT {COLUMNS} FROM bench_reference {where})
+            UNION ALL
+            (SELECT {COLUMNS} FROM bench_reference {where} EXCEPT ALL SELECT {COLUMNS} FROM usage_hourly {where})
+        ) d""", params).fetchone()[0]
+    ours, ref = metric_totals(conn, "usage_hourly", orgs), metric_totals(conn, "bench_reference", orgs)
+    if diff or ours != ref:
+        raise BenchError(f"{label}: usage_hourly differs from the reference ({diff} rows differ)\n"
+                         f"  got       {ours}\n  reference {ref}")
+
+
+# --- orchestration ---------------------------------------------------------------------------
+
+@dataclass
+class Naive:
+    times: list[float]
+    sample: list[str] | None  # None: every organization
+    total_orgs: int
+
+    @property
+    def factor(self) -> float:
+        return 1.0 if self.sample is None else self.total_orgs / len(self.sample)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times) * self.factor
+
+
+def measure_naive(conn: psycopg.Connection, url: str, args: argparse.Namespace) -> Naive:
+    orgs = org_ids(args.organizations)
+    sample_size = args.naive_sample
+    if sample_size is None:
+        probe = orgs[::max(1, len(orgs) // NAIVE_PROBE)][:NAIVE_PROBE]
+        estimate = timed(lambda: run_naive(url, probe, commit=False)) * len(orgs) / len(probe)
+        print(f"naive probe: {len(probe)} organizations -> ~{estimate:.0f} s estimated for all {len(orgs):,}",
+              flush=True)
+        sample_size = 0 if estimate <= NAIVE_FULL_BUDGET else 500
+        runs = args.repeat if sample_size or estimate * args.repeat <= NAIVE_REPEAT_BUDGET else 1
+    else:
+        runs = args.repeat
+    sample = None
+    if sample_size and sample_size < len(orgs):
+        sample = orgs[::len(orgs) // sample_size][:sample_size]
+    times = []
+    for i in range(runs):
+        reset(conn)
+        times.append(timed(lambda: run_naive(url, sample)))
+        verify(conn, f"(c) naive run {i + 1}", sample)
+        print(f"  (c) run {i + 1}: {times[-1]:.3f} s", flush=True)
+    return Naive(times, sample, len(orgs))
+
+
+def measure_job_and_floor(conn: psycopg.Connection, url: str, args: argparse.Namespace, script: Path,
+                          truth: Truth) -> tuple[list[float], list[float], list[tuple]]:
+    billing, env = billing_executable(), billing_env(url)
+    # Warm-up (untimed): the first aggregation, kept as the reference every timed run must equal.
+    reset(conn)
+    run_billing(billing, env)
+    totals = save_reference(conn, truth, args.events)
+    job: list[float] = []
+    floor: list[float] = []
+    for i in range(args.repeat):
+        order = [("a", job), ("b", floor)] if i % 2 == 0 else [("b", floor), ("a", job)]
+        for name, times in order:
+            reset(conn)
+            if name == "a":
+                times.append(timed(lambda: run_billing(billing, env)))
+            else:
+                times.append(timed(lambda: run_psql(url, script)))
+            verify(conn, f"({name}) run {i + 1}")
+            print(f"  ({name}) run {i + 1}: {times[-1]:.3f} s", flush=True)
+    return job, floor, totals
+
+
+def runs(times: Sequence[float], factor: float = 1.0) -> str:
+    return " ".join(f"{t * factor:.3f}" for t in times)
+
+
+def report(args: argparse.Namespace, machine: dict[str, str], job: list[float], floor: list[float],
+           naive: Naive, totals: list[tuple], load_seconds: float) -> bool:
+    a, b, c = statistics.median(job), statistics.median(floor), naive.median
+    a_over_b, c_over_a = a / b, c / a
+    ok_ab, ok_ca = a_over_b <= 1.3, c_over_a >= 10
+    naive_note = ("all organizations" if naive.sample is None else
+                  f"EXTRAPOLATED: timed on {len(naive.sample):,} of {naive.total_orgs:,} organizations "
+                  f"x {naive.factor:g}")
+    lines = [
+        "",
+        f"aggregate-hourly benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M}Z",
+        f"machine: nproc={machine['nproc']}, CPU {machine['cpu']}, {machine['memory']} RAM, "
+        f"{machine['postgres']}, Python {machine['python']}, Linux {machine['kernel']}",
+        f"data: {args.events:,} events in {HOUR_ARG}:00Z, {args.organizations:,} active organizations, "
+        f"{args.metrics} metrics (load + VACUUM ANALYZE {load_seconds:.1f} s); repeat={args.repeat}, median",
+        "",
+        f"{'':45} {'median s':>9}   runs (s)",
+        f"{'(a) billing aggregate-hourly (process)':45} {a:9.3f}   {runs(job)}",
+        f"{'(b) psql -f APPLY_SQL (floor)':45} {b:9.3f}   {runs(floor)}",
+        f"{'(c) naive loop, one query per organization':45} {c:9.3f}   {runs(naive.times, naive.factor)}",
+        f"    (c): {naive_note}",
+        "",
+        f"a - b (job overhead over the bare statement): {a - b:.3f} s",
+        f"a / b = {a_over_b:.2f}   target <= 1.30   {'PASS' if ok_ab else 'FAIL'}",
+        f"c / a = {c_over_a:.1f}   target >= 10     {'PASS' if ok_ca else 'FAIL'}",
+        "",
+        "usage_hourly per metric (identical for every run of (a), (b), (c); equal to the generated events):",
+        f"  {'metric':18} {'rows':>8} {'events':>10} {'quantity':>14}",
+        *(f"  {m:18} {rows:8,} {ev:10,} {q:14,}" for m, rows, ev, q in totals),
+    ]
+    print("\n".join(lines), flush=True)
+    return ok_ab and ok_ca
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    url = scratch_url(args.database_url)
+    print(f"scratch database {make_url(url).render_as_string(hide_password=True)}", flush=True)
+    recreate_database(args.database_url)
+    try:
+        run_checked([billing_executable(), "db", "upgrade", "--plain"], env=billing_env(url))
+        with psycopg.connect(url, autocommit=True) as conn:  # transactions only where needed
+            machine = machine_info(conn)
+            print(f"loading {args.events:,} events ...", flush=True)
+            load_started = time.perf_counter()
+            truth = load_data(conn, args)
+            load_seconds = time.perf_counter() - load_started
+            with tempfile.TemporaryDirectory(prefix="bench-aggregate-") as tmp:
+                script = psql_script(Path(tmp) / "apply.sql")
+                print("timing (a) and (b) ...", flush=True)
+                job, floor, totals = measure_job_and_floor(conn, url, args, script, truth)
+            print("timing (c) ...", flush=True)
+            naive = measure_naive(conn, url, args)
+        met = report(args, machine, job, floor, naive, totals, load_seconds)
+    except BenchError as exc:
+        print(f"\nERROR: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if not args.keep_database:
+            recreate_database(args.database_url, drop_only=True)
+    return 1 if args.check and not met else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Small helpers that write test rows the way the neighbouring services would."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+
+def utc(*parts: int) -> datetime:
+    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+
+
+def add_org(session: Session, org_id: str, *, status: str = "active", name: str | None = None,
+            email: str | None = None, currency: str = "USD") -> None:
+    session.execute(
+        text("INSERT INTO organizations (id, name, email, status, currency) "
+             "VALUES (:id, :name, :email, :status, :currency)"),
+        {"id": org_id, "name": name or f"Org {org_id}", "email": email or f"{org_id}@example.com",
+         "status": status, "currency": currency},
+    )
+
+
+def add_event(session: Session, org_id: str, metric: str, quantity: str | Decimal, occurred_at: datetime,
+              *, key: str | None = None, received_at: datetime | None = None) -> None:
+    session.execute(
+        text("INSERT INTO usage_events (organization_id, metric, quantity, occurred_at, idempotency_key, "
+             "received_at) VALUES (:org, :metric, :quantity, :at, :key, coalesce(:received, now()))"),
+        {"org": org_id, "metric": metric, "quantity": Decimal(quantity), "at": occurred_at, "key": key,
+         "received": received_at},
+    )
+
+
+def hourly_rows(session: Session) -> list[tuple]:
+    """usage_hourly as sorted (organization, metric, hour, quantity, event_count) tuples."""
+    return [tuple(r) for r in session.execute(text(
+        "SELECT organization_id, metric, hour_start, quantity, event_count FROM usage_hourly "
+        "ORDER BY 1, 2, 3"))]
+
+
+def table_snapshot(session: Session, *tables: str) -> dict[str, list[tuple]]:
+    """Every row of the given tables, sorted: for 'nothing changed' assertions."""
+    snapshot = {}
+    for table in tables:
+        rows = session.execute(text(f"SELECT * FROM {table}")).all()
+        snapshot[table] = sorted((tuple(r) for r in rows), key=repr)
+    return snapshot

@@ -1,0 +1,139 @@
+"""Configuration: parsing, precedence (env over .env over defaults), validation, masking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from billing_cli.config import VARIABLES, Secret, load_settings, mask, mask_url_password, read_raw_config
+from billing_cli.errors import ConfigError, ExitCode
+
+ROOT = Path(__file__).resolve().parent.parent
+NO_FILE = Path("/nonexistent/.env")
+
+
+def settings(env: dict[str, str], env_file: Path = NO_FILE):
+    return load_settings({"DATABASE_URL": "postgresql://u@h/db", **env}, env_file)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("true", True), ("TRUE", True), ("1", True), ("yes", True), ("Yes", True),
+    ("false", False), ("False", False), ("0", False), ("no", False), ("NO", False),
+])
+def test_booleans_accept_the_documented_spellings(text: str, expected: bool) -> None:
+    assert settings({"DRY_RUN": text}).dry_run is expected
+
+
+@pytest.mark.parametrize("text", ["maybe", "on", "2", "tru"])
+def test_an_unknown_boolean_names_the_variable_and_the_value(text: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        settings({"INVOICE_ENABLE_S3": text})
+    assert "INVOICE_ENABLE_S3" in str(err.value) and repr(text) in str(err.value)
+    assert err.value.exit_code == ExitCode.CONFIG
+
+
+def test_defaults() -> None:
+    s = load_settings({}, NO_FILE)
+    assert s.database_url is None and s.uses_embedded_database
+    assert (s.dry_run, s.s3_enabled, s.stripe_enabled, s.email_enabled) == (False, False, False, False)
+    assert s.run_schedule == "0 0 0 1 * *" and s.smtp_port == 587 and s.aggregate_lookback_hours == 2
+    assert s.sources["DRY_RUN"] == "default"
+
+
+def test_real_environment_wins_over_dotenv(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("DRY_RUN=true\nPROCESS_MONTH=2024-02\nINVOICE_S3_REGION=eu-west-1\n")
+    s = load_settings({"DATABASE_URL": "postgresql://u@h/db", "PROCESS_MONTH": "2024-01"}, env_file)
+    assert s.process_month == "2024-01" and s.sources["PROCESS_MONTH"] == "env"
+    assert s.dry_run is True and s.sources["DRY_RUN"] == ".env"
+    assert s.s3_region == "eu-west-1"
+
+
+def test_a_bad_value_in_dotenv_says_it_came_from_the_file(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("PROCESS_MONTH=January\n")
+    with pytest.raises(ConfigError, match=r"PROCESS_MONTH='January' \(from .*\.env\): not a month"):
+        load_settings({"DATABASE_URL": "postgresql://u@h/db"}, env_file)
+
+
+@pytest.mark.parametrize("env,missing", [
+    ({"INVOICE_ENABLE_S3": "true"}, "INVOICE_S3_BUCKET"),
+    ({"INVOICE_ENABLE_STRIPE": "yes"}, "STRIPE_API_KEY"),
+    ({"INVOICE_ENABLE_EMAIL": "1"}, "INVOICE_SMTP_HOST"),
+    ({"INVOICE_ENABLE_EMAIL": "1", "INVOICE_SMTP_HOST": "smtp.example.com"}, "INVOICE_SMTP_FROM"),
+    ({"NOTIFY_ON_COMPLETION": "true"}, "NOTIFY_EMAIL"),
+])
+def test_an_enabled_feature_with_a_missing_setting_is_a_configuration_error(env, missing) -> None:
+    with pytest.raises(ConfigError, match=f"is on but {missing} is not set"):
+        settings(env)
+
+
+def test_complete_feature_settings_are_accepted() -> None:
+    s = settings({"INVOICE_ENABLE_S3": "true", "INVOICE_S3_BUCKET": "invoices",
+                  "INVOICE_ENABLE_STRIPE": "true", "STRIPE_API_KEY": "sk_test_abc123456789",
+                  "INVOICE_ENABLE_EMAIL": "true", "INVOICE_SMTP_HOST": "smtp.example.com",
+                  "INVOICE_SMTP_PORT": "2525", "INVOICE_SMTP_FROM": "Billing <billing@example.com>"})
+    assert s.s3_bucket == "invoices" and s.smtp_port == 2525
+    assert s.stripe_api_key is not None and s.stripe_api_key.reveal() == "sk_test_abc123456789"
+
+
+@pytest.mark.parametrize("env,fragment", [
+    ({"INVOICE_SMTP_PORT": "smtp"}, "INVOICE_SMTP_PORT='smtp'"),
+    ({"INVOICE_SMTP_PORT": "70000"}, "out of range"),
+    ({"PROCESS_MONTH": "2024-13"}, "not a month"),
+    ({"DATABASE_URL": "mysql://u@h/db"}, "not a PostgreSQL URL"),
+    ({"RUN_SCHEDULE": "every day"}, "not a cron expression"),
+    ({"NOTIFY_EMAIL": "not-an-address"}, "not an e-mail address"),
+])
+def test_malformed_values_are_named(env, fragment) -> None:
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+        settings(env)
+
+
+def test_embedded_database_is_refused_under_kubernetes_and_on_request() -> None:
+    with pytest.raises(ConfigError, match="DATABASE_URL is not set.*Kubernetes"):
+        load_settings({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, NO_FILE)
+    with pytest.raises(ConfigError, match="BILLING_REQUIRE_DATABASE_URL"):
+        load_settings({"BILLING_REQUIRE_DATABASE_URL": "true"}, NO_FILE)
+    assert load_settings({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "DATABASE_URL": "postgresql://u@h/d"},
+                         NO_FILE).require_database_url
+
+
+def test_masking() -> None:
+    assert mask("STRIPE_API_KEY", "sk_test_51HxYzSECRET") == "sk_t****"
+    assert mask("INVOICE_SMTP_PASSWORD", "hunter2") == "****"
+    assert mask("DATABASE_URL", "postgresql://billing:p%40ss:w0rd@db:5432/billing") == \
+        "postgresql://billing:****@db:5432/billing"
+    assert mask("INVOICE_S3_BUCKET", "invoices") == "invoices"
+    assert mask_url_password("postgresql://billing@db/billing") == "postgresql://billing@db/billing"
+
+
+def test_secrets_never_show_in_repr_or_str() -> None:
+    s = settings({"STRIPE_API_KEY": "sk_test_TOPSECRET1234", "INVOICE_SMTP_PASSWORD": "hunter2",
+                  "INVOICE_SMTP_USERNAME": "mailer",
+                  "DATABASE_URL": "postgresql://billing:DBSECRET@db/billing"})
+    text = repr(s) + str(s) + repr(Secret("x"))
+    for secret in ("TOPSECRET", "hunter2", "DBSECRET"):
+        assert secret not in text
+
+
+def test_env_example_documents_every_variable() -> None:
+    example = (ROOT / ".env.example").read_text()
+    for var in VARIABLES:
+        assert f"{var.name}=" in example, f"{var.name} is missing from .env.example"
+
+
+def test_readme_configuration_table_lists_every_variable() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for var in VARIABLES:
+        assert f"`{var.name}`" in readme, f"{var.name} is missing from README.md"
+
+
+def test_raw_config_reports_sources(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("INVOICE_S3_BUCKET=from-file\n")
+    raw = read_raw_config({"DRY_RUN": "true"}, env_file)
+    assert raw.values["DRY_RUN"] == ("true", "env")
+    assert raw.values["INVOICE_S3_BUCKET"] == ("from-file", ".env")
+    assert raw.values["INVOICE_S3_REGION"] == ("us-east-1", "default")

@@ -1,0 +1,66 @@
+"""`billing demo`: the newcomer's one command, on the embedded server and on a given database."""
+
+from __future__ import annotations
+
+import subprocess
+from decimal import Decimal
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+from typer.testing import CliRunner
+
+from billing_cli.cli import app
+from billing_cli.errors import ExitCode
+from tests.conftest import BILLING, billing_subprocess_env
+from tests.data import add_org
+
+runner = CliRunner()
+
+
+def test_demo_on_the_embedded_database(tmp_path) -> None:
+    env = billing_subprocess_env(BILLING_HOME=str(tmp_path / ".billing"))
+    proc = subprocess.run([*BILLING, "demo"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=180)
+
+    assert proc.returncode == 0, proc.stderr
+    assert "using the embedded PostgreSQL in" in proc.stderr
+    assert (tmp_path / ".billing" / "pgdata" / "PG_VERSION").exists()
+    organizations = [line for line in proc.stdout.splitlines() if line.startswith("organization ")]
+    assert len(organizations) == 6
+    assert 'organization id=demo-lodz name="Łódź Café ΑΒΓ Кафе" status=active events=8928' in organizations
+    assert "organization id=demo-umbrella" in proc.stdout and "status=inactive" in proc.stdout
+    summary = proc.stdout.splitlines()[-1]
+    assert summary.startswith("summary job=aggregate-hourly hours=744 failed_hours=0 organizations=5 ")
+    assert "ignored_events=17856" in summary  # the inactive organization's events
+
+    again = subprocess.run([*BILLING, "demo"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=180)
+    assert again.returncode == 0, again.stderr
+    assert "rows_written=0 rows_removed=0" in again.stdout.splitlines()[-1]  # nothing new the second time
+
+
+def test_demo_totals_in_the_database(clean_env, db_url, engine) -> None:
+    result = runner.invoke(app, ["demo"], env={"DATABASE_URL": db_url})
+    assert result.exit_code == 0, result.output
+    with engine.connect() as conn:
+        totals = dict(conn.execute(text(
+            "SELECT organization_id || '/' || metric, sum(quantity) FROM usage_hourly GROUP BY 1")).all())
+    # demo-lodz: 3 api calls every 5 minutes for the 31 days of January.
+    assert totals["demo-lodz/api_calls"] == Decimal(3 * 12 * 24 * 31)
+    # demo-acme: 0.125 GB every 5 minutes.
+    assert totals["demo-acme/storage_gb"] == Decimal("0.125") * 12 * 24 * 31
+    # demo-tiny: one call at minute 0 of every hour.
+    assert totals["demo-tiny/api_calls"] == 24 * 31
+    assert not any(key.startswith("demo-umbrella/") for key in totals)  # inactive
+
+
+def test_demo_refuses_a_database_with_other_organizations(clean_env, db_url, engine) -> None:
+    with Session(engine) as s, s.begin():
+        add_org(s, "customer-1")
+
+    result = runner.invoke(app, ["demo"], env={"DATABASE_URL": db_url})
+
+    assert result.exit_code == ExitCode.REFUSED
+    assert "1 organization(s) that `billing demo` did not create" in result.output
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM usage_events")).scalar_one() == 0

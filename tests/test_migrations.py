@@ -1,0 +1,103 @@
+"""Migrations: up from empty, the models match them, the seed's table is adopted, constraints hold."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError
+
+from billing_cli.db.migrate import HEAD, REVISIONS, alembic_config, check_schema, current_revision, upgrade
+from billing_cli.db.models import Base
+from billing_cli.errors import SchemaOutdated
+
+CONTRACT_TABLES = {"organizations", "usage_events", "usage_hourly"}
+
+
+@pytest.fixture
+def empty_engine(empty_db_url):
+    engine = create_engine(empty_db_url)
+    yield engine
+    engine.dispose()
+
+
+def test_upgrade_from_empty_creates_every_table(empty_engine) -> None:
+    with pytest.raises(SchemaOutdated, match="billing db upgrade"):
+        check_schema(empty_engine)
+
+    before, after = upgrade(empty_engine)
+
+    assert (before, after) == (None, HEAD)
+    assert CONTRACT_TABLES | set(Base.metadata.tables) <= set(inspect(empty_engine).get_table_names())
+    check_schema(empty_engine)
+    assert upgrade(empty_engine) == (HEAD, HEAD)  # idempotent
+
+
+def test_revision_list_matches_the_alembic_scripts(engine) -> None:
+    from alembic.script import ScriptDirectory
+
+    with engine.connect() as conn:
+        scripts = ScriptDirectory.from_config(alembic_config(conn))
+        ordered = [s.revision for s in reversed(list(scripts.walk_revisions()))]
+        assert current_revision(conn) == HEAD
+    assert tuple(ordered) == REVISIONS and scripts.get_current_head() == HEAD
+
+
+def test_models_match_the_migrated_schema(engine) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+
+
+def test_the_seed_organizations_table_is_adopted_with_its_rows(empty_engine) -> None:
+    with empty_engine.begin() as conn:
+        conn.execute(text("""
+            CREATE TABLE organizations (
+                id VARCHAR(255) PRIMARY KEY, name VARCHAR(255) NOT NULL, email VARCHAR(255) NOT NULL,
+                status VARCHAR(50) NOT NULL DEFAULT 'active',
+                created_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+                updated_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW())"""))
+        conn.execute(text("CREATE INDEX idx_organizations_status ON organizations(status)"))
+        conn.execute(text("INSERT INTO organizations (id, name, email) VALUES ('o1', 'One', 'a@b.co')"))
+
+    upgrade(empty_engine)
+
+    with empty_engine.connect() as conn:
+        row = conn.execute(text("SELECT id, status, currency, price_plan_id FROM organizations")).one()
+    assert tuple(row) == ("o1", "active", "USD", None)
+    indexes = {i["name"] for i in inspect(empty_engine).get_indexes("organizations")}
+    assert "idx_organizations_status" in indexes
+
+
+def test_contract_columns(engine) -> None:
+    columns = {c["name"]: c for c in inspect(engine).get_columns("organizations")}
+    assert list(columns)[:6] == ["id", "name", "email", "status", "created_at", "updated_at"]
+    assert str(columns["id"]["type"]) == "VARCHAR(255)"
+    assert str(columns["currency"]["type"]) == "CHAR(3)" and not columns["currency"]["nullable"]
+    usage = {c["name"]: str(c["type"]) for c in inspect(engine).get_columns("usage_events")}
+    assert usage["quantity"] == "NUMERIC" and usage["occurred_at"] == "TIMESTAMP"
+    pk = inspect(engine).get_pk_constraint("usage_hourly")["constrained_columns"]
+    assert pk == ["organization_id", "metric", "hour_start"]
+
+
+@pytest.mark.parametrize("statement", [
+    "INSERT INTO usage_events (organization_id, metric, quantity, occurred_at) "
+    "VALUES ('o', 'm', -1, now())",
+    "INSERT INTO usage_events (organization_id, metric, quantity, occurred_at, idempotency_key) "
+    "VALUES ('o', 'm', 1, now(), 'k'), ('o', 'm', 2, now(), 'k')",
+    "INSERT INTO usage_hourly (organization_id, metric, hour_start, quantity, event_count) "
+    "VALUES ('o', 'm', '2024-01-01T10:30:00Z', 1, 1)",
+])
+def test_constraints_reject_bad_rows(engine, statement: str) -> None:
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text(statement))
+
+
+def test_the_same_idempotency_key_is_fine_for_two_organizations(engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO usage_events (organization_id, metric, quantity, occurred_at, "
+                          "idempotency_key) VALUES ('o1', 'm', 1, now(), 'k'), ('o2', 'm', 1, now(), 'k'), "
+                          "('o1', 'm', 1, now(), NULL), ('o1', 'm', 1, now(), NULL)"))
+        assert conn.execute(text("SELECT count(*) FROM usage_events")).scalar_one() == 4
