@@ -106,7 +106,7 @@ def aggregate_hourly(
             lookback=settings.aggregate_lookback_hours if lookback is None else lookback)
         with open_database(settings, notice=output.notice) as db:
             aggregation_header(output, window, dry, db.where)
-            result = aggregate_hours(db.sessions, window, dry_run=dry,
+            result = aggregate_hours(db.transactions, window, dry_run=dry,
                                      on_hour=lambda h: aggregation_hour(output, h, dry))
         aggregation_summary(output, result)
         _exit(ExitCode.OK if result.ok else ExitCode.PARTIAL)
@@ -133,14 +133,20 @@ def legacy_run() -> None:
 
 
 @app.command("config")
-def config(plain: PlainOption = None) -> None:
+def config(
+    plain: PlainOption = None,
+    example: Annotated[bool, typer.Option("--example", help="Print a documented .env template instead.")] = False,
+) -> None:
     """Show the effective configuration, where each value comes from, secrets masked; then validate it.
 
     Example: billing config
     """
-    from .config import read_raw_config, validate
+    from .config import env_example, read_raw_config, validate
     from .report import config_table
 
+    if example:
+        typer.echo(env_example(), nl=False)
+        return
     output = _output(plain)
     with failures_to_exit_codes(output):
         raw = read_raw_config()
@@ -215,7 +221,7 @@ def demo(plain: PlainOption = None) -> None:
         settings = load_settings()
         with open_database(settings, notice=output.notice) as db:
             output.banner("billing demo", [("database", db.where)])
-            result = run_demo(db.sessions)
+            result = run_demo(db.transactions)
         demo_summary(output, result)
         assert result.aggregation is not None
         aggregation_summary(output, result.aggregation)

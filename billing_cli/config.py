@@ -42,6 +42,14 @@ VARIABLES: tuple[Variable, ...] = (
              "Compute and report everything, write nothing, call no outside service."),
     Variable("AGGREGATE_LOOKBACK_HOURS", "int", "2",
              "aggregate-hourly also re-aggregates this many hours before its window, for late events."),
+    Variable("INVOICE_SELLER_NAME", "str", "Example Cloud Ltd",
+             "Seller name printed on invoices."),
+    Variable("INVOICE_SELLER_ADDRESS", "str", "1 Example Street|London EC1A 1AA|United Kingdom",
+             "Seller address on invoices; separate lines with '|'."),
+    Variable("INVOICE_SELLER_TAX_ID", "str", None, "Seller tax / VAT id printed on invoices."),
+    Variable("INVOICE_PAYMENT_TERMS_DAYS", "int", "30", "Days from issue date to due date."),
+    Variable("INVOICE_OUTPUT_DIR", "path", None,
+             "Also write each invoice PDF into this folder (<dir>/<YYYY-MM>/<number>.pdf)."),
     Variable("NOTIFY_ON_COMPLETION", "bool", "false",
              "E-mail a summary to NOTIFY_EMAIL after each run."),
     Variable("NOTIFY_EMAIL", "str", None,
@@ -90,6 +98,30 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+_EXAMPLES = {
+    "DATABASE_URL": "postgresql://billing:CHANGE_ME@localhost:5432/billing",
+    "STRIPE_API_KEY": "sk_test_CHANGE_ME", "INVOICE_SMTP_PASSWORD": "CHANGE_ME",
+    "INVOICE_S3_BUCKET": "my-invoices", "INVOICE_SMTP_HOST": "smtp.example.com",
+    "INVOICE_SMTP_USERNAME": "billing", "INVOICE_SMTP_FROM": "Billing <billing@example.com>",
+    "NOTIFY_EMAIL": "finance@example.com", "PROCESS_MONTH": "2024-01",
+    "INVOICE_SELLER_TAX_ID": "GB123456789", "INVOICE_OUTPUT_DIR": "./invoices",
+}
+
+
+def env_example() -> str:
+    """The documented `.env.example`: every variable, its meaning and default (`billing config --example`)."""
+    lines = ["# billing configuration. Copy to .env and edit; real environment variables win over this file.",
+             "# Booleans: true/false, 1/0, yes/no (any case). Secrets are masked by `billing config`.", ""]
+    for var in VARIABLES:
+        lines.append(f"# {var.help}" + (" (secret)" if var.secret else ""))
+        if var.default is None:
+            lines.append(f"# {var.name}={_EXAMPLES.get(var.name, '')}")
+        else:
+            lines.append(f'{var.name}="{var.default}"' if " " in var.default else f"{var.name}={var.default}")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def mask(name: str, value: str) -> str:
@@ -150,6 +182,11 @@ class Settings:
     process_month: str | None = None
     dry_run: bool = False
     aggregate_lookback_hours: int = 2
+    seller_name: str = "Example Cloud Ltd"
+    seller_address: tuple[str, ...] = ("1 Example Street", "London EC1A 1AA", "United Kingdom")
+    seller_tax_id: str | None = None
+    payment_terms_days: int = 30
+    invoice_output_dir: Path | None = None
     notify_on_completion: bool = False
     notify_email: str | None = None
     s3_enabled: bool = False
@@ -217,6 +254,12 @@ def validate(raw: RawConfig) -> Settings:
         process_month=parsed["PROCESS_MONTH"],  # type: ignore[arg-type]
         dry_run=bool(parsed["DRY_RUN"]),
         aggregate_lookback_hours=parsed["AGGREGATE_LOOKBACK_HOURS"],  # type: ignore[arg-type]
+        seller_name=parsed["INVOICE_SELLER_NAME"],  # type: ignore[arg-type]
+        seller_address=tuple(part.strip() for part in str(parsed["INVOICE_SELLER_ADDRESS"]).split("|")
+                             if part.strip()),
+        seller_tax_id=parsed["INVOICE_SELLER_TAX_ID"],  # type: ignore[arg-type]
+        payment_terms_days=parsed["INVOICE_PAYMENT_TERMS_DAYS"],  # type: ignore[arg-type]
+        invoice_output_dir=parsed["INVOICE_OUTPUT_DIR"],  # type: ignore[arg-type]
         notify_on_completion=bool(parsed["NOTIFY_ON_COMPLETION"]),
         notify_email=parsed["NOTIFY_EMAIL"],  # type: ignore[arg-type]
         s3_enabled=bool(parsed["INVOICE_ENABLE_S3"]),
@@ -251,7 +294,8 @@ def _parse(var: Variable, value: str) -> object:
             number = int(value)
         except ValueError:
             raise ValueError("not a whole number") from None
-        if number < 0 or (var.name.endswith("_PORT") and not 0 < number < 65536):
+        if number < 0 or (var.name.endswith("_PORT") and not 0 < number < 65536) \
+                or (var.name == "INVOICE_PAYMENT_TERMS_DAYS" and number > 365):
             raise ValueError("out of range")
         return number
     if var.kind == "month":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from .errors import UsageError
 
@@ -110,6 +110,10 @@ class Month:
         return cls(moment.year, moment.month)
 
     @classmethod
+    def containing_date(cls, day: date) -> Month:
+        return cls(day.year, day.month)
+
+    @classmethod
     def previous(cls, now: datetime) -> Month:
         return cls.containing(now).prev()
 
@@ -126,6 +130,14 @@ class Month:
     @property
     def end(self) -> datetime:
         return self.next().start
+
+    @property
+    def first_day(self) -> date:
+        return self.start.date()
+
+    @property
+    def last_day(self) -> date:
+        return (self.end - timedelta(days=1)).date()
 
     def hours(self) -> HourRange:
         return HourRange(self.start, self.end)

@@ -2,8 +2,8 @@
 a migrated template database, and per-test isolation.
 
 Two isolation styles:
-- `sessions`: a session factory joined to an outer transaction that is rolled back after the test
-  (fast; for jobs called in-process);
+- `transactions`: a transaction factory whose transactions are savepoints inside one outer
+  transaction that is rolled back after the test (fast; for jobs called in-process);
 - `db_url`: a fresh database cloned from the migrated template (for the CLI and subprocesses,
   which open their own connections).
 """
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, create_engine, make_url
-from sqlalchemy.orm import Session, sessionmaker
+from contextlib import contextmanager
+
+from sqlalchemy import Connection, Engine, create_engine, make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 _counter = itertools.count()
@@ -129,13 +130,18 @@ def shared_engine(server_url: str, template_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def sessions(shared_engine: Engine) -> Iterator[sessionmaker[Session]]:
-    """A session factory whose every `begin()` is a savepoint inside one outer transaction that is
-    rolled back after the test ("Joining a Session into an External Transaction")."""
+def transactions(shared_engine: Engine):
+    """What jobs get instead of `engine.begin`: each transaction is a savepoint inside one outer
+    transaction that is rolled back after the test, so tests leave nothing behind."""
     with shared_engine.connect() as connection:
         outer = connection.begin()
-        yield sessionmaker(bind=connection, join_transaction_mode="create_savepoint",
-                           expire_on_commit=False)
+
+        @contextmanager
+        def savepoint() -> Iterator[Connection]:
+            with connection.begin_nested():
+                yield connection
+
+        yield savepoint
         outer.rollback()
 
 

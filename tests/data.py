@@ -5,15 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, text
 
 
 def utc(*parts: int) -> datetime:
     return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
 
 
-def add_org(session: Session, org_id: str, *, status: str = "active", name: str | None = None,
+def add_org(session: Connection, org_id: str, *, status: str = "active", name: str | None = None,
             email: str | None = None, currency: str = "USD") -> None:
     session.execute(
         text("INSERT INTO organizations (id, name, email, status, currency) "
@@ -23,7 +22,7 @@ def add_org(session: Session, org_id: str, *, status: str = "active", name: str 
     )
 
 
-def add_event(session: Session, org_id: str, metric: str, quantity: str | Decimal, occurred_at: datetime,
+def add_event(session: Connection, org_id: str, metric: str, quantity: str | Decimal, occurred_at: datetime,
               *, key: str | None = None, received_at: datetime | None = None) -> None:
     session.execute(
         text("INSERT INTO usage_events (organization_id, metric, quantity, occurred_at, idempotency_key, "
@@ -33,14 +32,14 @@ def add_event(session: Session, org_id: str, metric: str, quantity: str | Decima
     )
 
 
-def hourly_rows(session: Session) -> list[tuple]:
+def hourly_rows(session: Connection) -> list[tuple]:
     """usage_hourly as sorted (organization, metric, hour, quantity, event_count) tuples."""
     return [tuple(r) for r in session.execute(text(
         "SELECT organization_id, metric, hour_start, quantity, event_count FROM usage_hourly "
         "ORDER BY 1, 2, 3"))]
 
 
-def table_snapshot(session: Session, *tables: str) -> dict[str, list[tuple]]:
+def table_snapshot(session: Connection, *tables: str) -> dict[str, list[tuple]]:
     """Every row of the given tables, sorted: for 'nothing changed' assertions."""
     snapshot = {}
     for table in tables:

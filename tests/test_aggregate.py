@@ -28,13 +28,13 @@ def seed_two_orgs(session) -> None:
     add_event(session, "org-b", "api_calls", "1000", utc(2024, 1, 31, 14, 0, 0))
 
 
-def test_hand_computed_totals_and_hour_boundaries(sessions) -> None:
-    with sessions.begin() as s:
+def test_hand_computed_totals_and_hour_boundaries(transactions) -> None:
+    with transactions() as s:
         seed_two_orgs(s)
 
-    result = aggregate_hours(sessions, ONE_HOUR_13)
+    result = aggregate_hours(transactions, ONE_HOUR_13)
 
-    with sessions.begin() as s:
+    with transactions() as s:
         assert hourly_rows(s) == [
             ("org-a", "api_calls", H13, Decimal("12.5"), 2),
             ("org-a", "storage_gb", H13, Decimal("0.000001"), 1),
@@ -46,30 +46,30 @@ def test_hand_computed_totals_and_hour_boundaries(sessions) -> None:
     assert result.hours[0].inserted == 3 and result.hours[0].updated == 0
 
 
-def test_event_at_the_next_hour_start_belongs_to_the_next_hour(sessions) -> None:
-    with sessions.begin() as s:
+def test_event_at_the_next_hour_start_belongs_to_the_next_hour(transactions) -> None:
+    with transactions() as s:
         seed_two_orgs(s)
-    aggregate_hours(sessions, HourRange(H14, H14 + timedelta(hours=1)))
-    with sessions.begin() as s:
+    aggregate_hours(transactions, HourRange(H14, H14 + timedelta(hours=1)))
+    with transactions() as s:
         assert hourly_rows(s) == [("org-b", "api_calls", H14, Decimal("1000"), 1)]
 
 
-def test_rerun_is_identical_and_late_events_are_picked_up(sessions) -> None:
-    with sessions.begin() as s:
+def test_rerun_is_identical_and_late_events_are_picked_up(transactions) -> None:
+    with transactions() as s:
         seed_two_orgs(s)
-    aggregate_hours(sessions, ONE_HOUR_13)
-    with sessions.begin() as s:
+    aggregate_hours(transactions, ONE_HOUR_13)
+    with transactions() as s:
         first = hourly_rows(s)
 
-    again = aggregate_hours(sessions, ONE_HOUR_13)
-    with sessions.begin() as s:
+    again = aggregate_hours(transactions, ONE_HOUR_13)
+    with transactions() as s:
         assert hourly_rows(s) == first
     assert (again.hours[0].inserted, again.hours[0].updated, again.hours[0].deleted) == (0, 0, 0)
 
-    with sessions.begin() as s:  # a late event for 13:xx arrives
+    with transactions() as s:  # a late event for 13:xx arrives
         add_event(s, "org-b", "api_calls", "3", utc(2024, 1, 31, 13, 5), received_at=utc(2099, 1, 1))
-    late = aggregate_hours(sessions, ONE_HOUR_13)
-    with sessions.begin() as s:
+    late = aggregate_hours(transactions, ONE_HOUR_13)
+    with transactions() as s:
         rows = hourly_rows(s)
         recorded = s.execute(text("SELECT event_count, last_received_at FROM aggregated_hours "
                                   "WHERE hour_start = :h"), {"h": H13}).one()
@@ -79,70 +79,70 @@ def test_rerun_is_identical_and_late_events_are_picked_up(sessions) -> None:
     assert recorded.last_received_at == utc(2099, 1, 1)  # what the completeness check compares
 
 
-def test_only_active_organizations_are_aggregated(sessions) -> None:
-    with sessions.begin() as s:
+def test_only_active_organizations_are_aggregated(transactions) -> None:
+    with transactions() as s:
         add_org(s, "org-live")
         add_org(s, "org-gone", status="inactive")
         add_event(s, "org-live", "api_calls", "1", H13)
         add_event(s, "org-gone", "api_calls", "5", H13)
         add_event(s, "org-unknown", "api_calls", "9", H13)  # no such organization
 
-    result = aggregate_hours(sessions, ONE_HOUR_13)
+    result = aggregate_hours(transactions, ONE_HOUR_13)
 
-    with sessions.begin() as s:
+    with transactions() as s:
         assert hourly_rows(s) == [("org-live", "api_calls", H13, Decimal("1"), 1)]
     assert result.hours[0].ignored_events == 2
 
 
-def test_an_hour_whose_events_disappeared_leaves_no_stale_rows(sessions) -> None:
-    with sessions.begin() as s:
+def test_an_hour_whose_events_disappeared_leaves_no_stale_rows(transactions) -> None:
+    with transactions() as s:
         seed_two_orgs(s)
-    aggregate_hours(sessions, ONE_HOUR_13)
-    with sessions.begin() as s:
+    aggregate_hours(transactions, ONE_HOUR_13)
+    with transactions() as s:
         s.execute(text("DELETE FROM usage_events WHERE organization_id = 'org-a' AND metric = 'storage_gb'"))
 
-    result = aggregate_hours(sessions, ONE_HOUR_13)
+    result = aggregate_hours(transactions, ONE_HOUR_13)
 
-    with sessions.begin() as s:
+    with transactions() as s:
         assert [r[:2] for r in hourly_rows(s)] == [("org-a", "api_calls"), ("org-b", "api_calls")]
     assert result.hours[0].deleted == 1
 
 
-def test_dry_run_writes_nothing_and_reports_what_it_would_do(sessions) -> None:
-    with sessions.begin() as s:
+def test_dry_run_writes_nothing_and_reports_what_it_would_do(transactions) -> None:
+    with transactions() as s:
         seed_two_orgs(s)
         before = table_snapshot(s, "usage_hourly", "aggregated_hours", "usage_events", "organizations")
 
-    result = aggregate_hours(sessions, ONE_HOUR_13, dry_run=True)
+    result = aggregate_hours(transactions, ONE_HOUR_13, dry_run=True)
 
-    with sessions.begin() as s:
+    with transactions() as s:
         assert table_snapshot(s, "usage_hourly", "aggregated_hours", "usage_events", "organizations") == before
     assert result.dry_run and result.hours[0].inserted == 3 and result.events == 4
 
 
-def test_dry_run_after_a_real_run_previews_only_the_changes(sessions) -> None:
-    with sessions.begin() as s:
+def test_dry_run_after_a_real_run_previews_only_the_changes(transactions) -> None:
+    with transactions() as s:
         seed_two_orgs(s)
-    aggregate_hours(sessions, ONE_HOUR_13)
-    with sessions.begin() as s:
+    aggregate_hours(transactions, ONE_HOUR_13)
+    with transactions() as s:
         add_event(s, "org-a", "api_calls", "1", utc(2024, 1, 31, 13, 1))
         add_event(s, "org-a", "bandwidth", "1", utc(2024, 1, 31, 13, 1))
 
-    preview = aggregate_hours(sessions, ONE_HOUR_13, dry_run=True).hours[0]
-    applied = aggregate_hours(sessions, ONE_HOUR_13).hours[0]
+    preview = aggregate_hours(transactions, ONE_HOUR_13, dry_run=True).hours[0]
+    applied = aggregate_hours(transactions, ONE_HOUR_13).hours[0]
 
     assert (preview.inserted, preview.updated, preview.deleted) == (1, 1, 0)
     assert (applied.inserted, applied.updated, applied.deleted) == (1, 1, 0)
 
 
-def test_a_backfill_range_records_every_hour_even_without_events(sessions) -> None:
-    with sessions.begin() as s:
+def test_a_backfill_range_records_every_hour_even_without_events(transactions) -> None:
+    with transactions() as s:
         seed_two_orgs(s)
     window = HourRange(utc(2024, 1, 31, 10), utc(2024, 1, 31, 16))
 
-    result = aggregate_hours(sessions, window)
+    result = aggregate_hours(transactions, window)
 
-    with sessions.begin() as s:
+    with transactions() as s:
         hours = s.execute(text("SELECT hour_start, event_count FROM aggregated_hours ORDER BY 1")).all()
     assert [tuple(h) for h in hours] == [
         (utc(2024, 1, 31, 10), 0), (utc(2024, 1, 31, 11), 0), (utc(2024, 1, 31, 12), 1),
@@ -150,11 +150,11 @@ def test_a_backfill_range_records_every_hour_even_without_events(sessions) -> No
     assert len(result.hours) == 6 and result.ok
 
 
-def test_huge_exact_quantities_are_summed_without_rounding(sessions) -> None:
-    with sessions.begin() as s:
+def test_huge_exact_quantities_are_summed_without_rounding(transactions) -> None:
+    with transactions() as s:
         add_org(s, "org-big")
         add_event(s, "org-big", "tokens", "999999999999999999.000000000001", H13)
         add_event(s, "org-big", "tokens", "0.000000000001", H13 + timedelta(minutes=1))
-    aggregate_hours(sessions, ONE_HOUR_13)
-    with sessions.begin() as s:
+    aggregate_hours(transactions, ONE_HOUR_13)
+    with transactions() as s:
         assert hourly_rows(s)[0][3] == Decimal("999999999999999999.000000000002")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from billing_cli.config import VARIABLES, Secret, load_settings, mask, mask_url_password, read_raw_config
+from billing_cli.config import VARIABLES, Secret, env_example, load_settings, mask, mask_url_password, read_raw_config
 from billing_cli.errors import ConfigError, ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,8 +120,13 @@ def test_secrets_never_show_in_repr_or_str() -> None:
 
 def test_env_example_documents_every_variable() -> None:
     example = (ROOT / ".env.example").read_text()
+    assert example == env_example(), "regenerate it: billing config --example > .env.example"
     for var in VARIABLES:
         assert f"{var.name}=" in example, f"{var.name} is missing from .env.example"
+    from dotenv import dotenv_values
+
+    defaults = dotenv_values(ROOT / ".env.example")
+    assert load_settings({"DATABASE_URL": "postgresql://u@h/d", **defaults}, NO_FILE).run_schedule == "0 0 0 1 * *"
 
 
 def test_readme_configuration_table_lists_every_variable() -> None:

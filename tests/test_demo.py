@@ -6,7 +6,6 @@ import subprocess
 from decimal import Decimal
 
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from billing_cli.cli import app
@@ -55,7 +54,7 @@ def test_demo_totals_in_the_database(clean_env, db_url, engine) -> None:
 
 
 def test_demo_refuses_a_database_with_other_organizations(clean_env, db_url, engine) -> None:
-    with Session(engine) as s, s.begin():
+    with engine.begin() as s:
         add_org(s, "customer-1")
 
     result = runner.invoke(app, ["demo"], env={"DATABASE_URL": db_url})

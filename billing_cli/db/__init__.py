@@ -1,1 +1,1 @@
-"""PostgreSQL: models, engine and sessions, migrations, and the embedded default server."""
+"""PostgreSQL: models, engine and transactions, migrations, and the embedded default server."""

@@ -10,8 +10,8 @@ from decimal import Decimal
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
+from ..db.engine import Transactions
 from ..periods import HOUR, HourRange
 
 # The hour's events grouped per (organization, metric, hour) before anything else, so the join
@@ -159,7 +159,7 @@ class AggregationResult:
 
 
 def aggregate_hours(
-    sessions: sessionmaker[Session],
+    transactions: Transactions,
     window: HourRange,
     *,
     dry_run: bool = False,
@@ -170,7 +170,7 @@ def aggregate_hours(
     started = time.perf_counter()
     result = AggregationResult(window=window, dry_run=dry_run)
     for hour in window.hours():
-        hour_result = aggregate_one_hour(sessions, hour, hour + HOUR, dry_run=dry_run)
+        hour_result = aggregate_one_hour(transactions, hour, hour + HOUR, dry_run=dry_run)
         result.hours.append(hour_result)
         if on_hour is not None:
             on_hour(hour_result)
@@ -178,18 +178,18 @@ def aggregate_hours(
     return result
 
 
-def aggregate_one_hour(sessions: sessionmaker[Session], start: datetime, end: datetime, *,
+def aggregate_one_hour(transactions: Transactions, start: datetime, end: datetime, *,
                        dry_run: bool) -> HourResult:
     result = HourResult(hour=start)
     began = time.perf_counter()
     try:
-        with sessions.begin() as session:
+        with transactions() as conn:
             if dry_run:
-                session.execute(text("SET TRANSACTION READ ONLY"))
+                conn.execute(text("SET TRANSACTION READ ONLY"))
             else:
                 # The hash aggregate of a busy hour spills to disk with the default 4MB.
-                session.execute(text("SET LOCAL work_mem = '256MB'"))
-            rows = session.execute(text(PREVIEW_SQL if dry_run else APPLY_SQL), {"start": start, "end": end})
+                conn.execute(text("SET LOCAL work_mem = '256MB'"))
+            rows = conn.execute(text(PREVIEW_SQL if dry_run else APPLY_SQL), {"start": start, "end": end})
             _read_report(rows, result)
     except OperationalError:
         raise  # the database itself is gone: the whole run stops (exit 4), nothing half-written

@@ -6,8 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection
 
+from ..db.engine import Transactions
 from ..errors import Refused
 from ..periods import Month
 from .aggregate import AggregationResult, HourResult, aggregate_hours
@@ -63,10 +64,10 @@ class DemoResult:
     aggregation: AggregationResult | None = None
 
 
-def seed_demo(sessions: sessionmaker[Session], *, month: Month = DEMO_MONTH) -> DemoResult:
+def seed_demo(transactions: Transactions, *, month: Month = DEMO_MONTH) -> DemoResult:
     """Create (or refresh) the demo organizations and their events. Idempotent: events carry
     idempotency keys, so a second run inserts nothing new."""
-    with sessions.begin() as session:
+    with transactions() as session:
         _refuse_foreign_data(session)
         result = DemoResult(month=month)
         for org in DEMO_ORGS:
@@ -101,13 +102,13 @@ def seed_demo(sessions: sessionmaker[Session], *, month: Month = DEMO_MONTH) -> 
     return result
 
 
-def run_demo(sessions: sessionmaker[Session], *, on_hour: Callable[[HourResult], None] | None = None) -> DemoResult:
-    result = seed_demo(sessions)
-    result.aggregation = aggregate_hours(sessions, result.month.hours(), on_hour=on_hour)
+def run_demo(transactions: Transactions, *, on_hour: Callable[[HourResult], None] | None = None) -> DemoResult:
+    result = seed_demo(transactions)
+    result.aggregation = aggregate_hours(transactions, result.month.hours(), on_hour=on_hour)
     return result
 
 
-def _refuse_foreign_data(session: Session) -> None:
+def _refuse_foreign_data(session: Connection) -> None:
     foreign = session.execute(text("""
         SELECT count(*) FROM organizations o
         WHERE NOT EXISTS (SELECT 1 FROM demo_organizations d WHERE d.organization_id = o.id)

@@ -1,0 +1,104 @@
+"""Invoices in PostgreSQL: issue (gapless numbers), void, record delivery steps, read back.
+
+Every function runs in the caller's transaction; the caller decides when to commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+
+from sqlalchemy import Connection, text
+
+from ..invoices import InvoiceDocument, invoice_number
+from ..periods import Month
+from ..pricing import InvoiceLine, RatedInvoice
+
+
+@dataclass(frozen=True)
+class StoredInvoice:
+    id: int
+    organization_id: str
+    number: str
+    status: str
+    currency: str
+    total: Decimal
+    pdf_sha256: str | None
+    pdf_bytes: int | None
+
+
+_COLUMNS = "id, organization_id, number, status, currency, total, pdf_sha256, pdf_bytes"
+
+
+def live_invoices(session: Connection, month: Month, organization_ids: list[str]) -> dict[str, StoredInvoice]:
+    """The live (not void) invoice of each given organization for the month, if any."""
+    rows = session.execute(text(f"""
+        SELECT {_COLUMNS} FROM invoices
+        WHERE period_start = :period AND status <> 'void' AND organization_id = ANY(:ids)
+    """), {"period": month.first_day, "ids": organization_ids})
+    return {r.organization_id: StoredInvoice(*r) for r in rows}
+
+
+def next_number_preview(session: Connection, month: Month) -> int:
+    """The sequence number the next issued invoice of the month would get (read-only)."""
+    last = session.execute(text("SELECT last_number FROM invoice_number_counters WHERE period_start = :p"),
+                           {"p": month.first_day}).scalar_one_or_none()
+    return (last or 0) + 1
+
+
+def issue_invoice(session: Connection, *, organization_id: str, bill_to_name: str, bill_to_email: str,
+                  rated: RatedInvoice, month: Month, issue_date: date, due_date: date,
+                  replaces: StoredInvoice | None = None) -> StoredInvoice:
+    """Insert the invoice and its lines with the month's next number. The counter row stays locked
+    until the caller commits, so a rollback returns the number and numbers stay gapless."""
+    if replaces is not None:
+        session.execute(text("""
+            UPDATE invoices SET status = 'void', voided_at = now(), void_reason = 'regenerated'
+            WHERE id = :id AND status <> 'void'
+        """), {"id": replaces.id})
+    sequence = session.execute(text("""
+        INSERT INTO invoice_number_counters AS c (period_start, last_number) VALUES (:p, 1)
+        ON CONFLICT (period_start) DO UPDATE SET last_number = c.last_number + 1
+        RETURNING last_number
+    """), {"p": month.first_day}).scalar_one()
+    number = invoice_number(month, sequence)
+    invoice_id = session.execute(text("""
+        INSERT INTO invoices (organization_id, period_start, number, status, currency, subtotal, total,
+                              plan_id, bill_to_name, bill_to_email, issue_date, due_date, replaces_invoice_id)
+        VALUES (:org, :period, :number, 'issued', :currency, :subtotal, :total, :plan, :name, :email,
+                :issue, :due, :replaces)
+        RETURNING id
+    """), {"org": organization_id, "period": month.first_day, "number": number, "currency": rated.currency,
+           "subtotal": rated.subtotal, "total": rated.total, "plan": rated.plan_id, "name": bill_to_name,
+           "email": bill_to_email, "issue": issue_date, "due": due_date,
+           "replaces": replaces.id if replaces else None}).scalar_one()
+    session.execute(text("""
+        INSERT INTO invoice_lines (invoice_id, line_no, kind, metric, description, quantity, unit_price, amount)
+        VALUES (:invoice, :line_no, :kind, :metric, :description, :quantity, :unit_price, :amount)
+    """), [{"invoice": invoice_id, "line_no": n, "kind": line.kind, "metric": line.metric,
+            "description": line.description, "quantity": line.quantity, "unit_price": line.unit_price,
+            "amount": line.amount} for n, line in enumerate(rated.lines, start=1)])
+    return StoredInvoice(invoice_id, organization_id, number, "issued", rated.currency, rated.total, None, None)
+
+
+def record_pdf(session: Connection, invoice_id: int, *, sha256: str, size: int, path: str | None) -> None:
+    session.execute(text("""
+        UPDATE invoices SET pdf_sha256 = :sha, pdf_bytes = :size, pdf_path = coalesce(:path, pdf_path),
+                            pdf_rendered_at = now()
+        WHERE id = :id
+    """), {"id": invoice_id, "sha": sha256, "size": size, "path": path})
+
+
+def load_document(session: Connection, invoice_id: int) -> InvoiceDocument:
+    row = session.execute(text("""
+        SELECT id, organization_id, number, bill_to_name, bill_to_email, period_start, issue_date, due_date,
+               currency, total FROM invoices WHERE id = :id
+    """), {"id": invoice_id}).one()
+    lines = tuple(InvoiceLine(r.kind, r.description, Decimal(r.quantity), Decimal(r.unit_price),
+                              Decimal(r.amount), r.metric)
+                  for r in session.execute(text("SELECT * FROM invoice_lines WHERE invoice_id = :id "
+                                                "ORDER BY line_no"), {"id": invoice_id}))
+    return InvoiceDocument(row.number, row.organization_id, row.bill_to_name, row.bill_to_email,
+                           Month.containing_date(row.period_start), row.issue_date, row.due_date, row.currency,
+                           lines, Decimal(row.total))

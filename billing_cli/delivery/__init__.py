@@ -1,0 +1,1 @@
+"""Side effects behind small interfaces: the PDF renderer, file store, payments, mailer."""

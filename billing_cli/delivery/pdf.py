@@ -1,0 +1,203 @@
+"""The invoice PDF (fpdf2): seller, bill-to, dates, line table with tiers, totals, page numbers.
+
+Fonts: invoices whose text is all Latin-1 use the PDF core fonts (nothing embedded, ~2 ms).
+Any other text (Łódź, Ελληνικά, Кириллица, €) switches the document to DejaVu Sans, shipped in
+this package as a subset covering Latin, Greek and Cyrillic; characters it lacks print as '?'
+instead of failing the run. The output is deterministic: the same invoice gives the same bytes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from ..invoices import InvoiceDocument, Seller
+from ..money import format_money, format_quantity, format_unit_price, round_money
+
+FONTS = Path(__file__).with_name("fonts")
+UNICODE_REGULAR = FONTS / "DejaVuSans-subset.ttf"
+UNICODE_BOLD = FONTS / "DejaVuSans-Bold-subset.ttf"
+_CORE_ENCODING = "latin-1"
+
+# A4 portrait, millimetres.
+_LEFT, _RIGHT_EDGE, _WIDTH = 15.0, 195.0, 180.0
+_COLUMNS = (("Description", 92.0, "L"), ("Quantity", 28.0, "R"), ("Unit price", 28.0, "R"), ("Amount", 32.0, "R"))
+_ROW = 5.5
+
+
+class PdfError(Exception):
+    """The invoice could not be rendered."""
+
+
+def render_invoice(doc: InvoiceDocument, seller: Seller) -> bytes:
+    try:
+        return _render(doc, seller)
+    except Exception as exc:  # fpdf2 raises assorted errors; the job reports them per organization
+        raise PdfError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _texts(doc: InvoiceDocument, seller: Seller) -> list[str]:
+    return [doc.bill_to_name, doc.bill_to_email, doc.organization_id, seller.name, *seller.address,
+            seller.tax_id or "", *(line.description for line in doc.lines)]
+
+
+def needs_unicode_font(doc: InvoiceDocument, seller: Seller) -> bool:
+    try:
+        for text in _texts(doc, seller):
+            text.encode(_CORE_ENCODING)
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+@cache
+def _unicode_coverage() -> frozenset[int]:
+    """Code points the shipped font can draw (read once per process)."""
+    from fontTools.ttLib import TTFont
+
+    with TTFont(UNICODE_REGULAR, lazy=True) as font:
+        return frozenset(font.getBestCmap())
+
+
+def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
+    from fpdf import FPDF
+
+    unicode_font = needs_unicode_font(doc, seller)
+    coverage = _unicode_coverage() if unicode_font else frozenset()
+
+    def clean(text: str) -> str:
+        text = "".join(ch if ch.isprintable() else " " for ch in text)
+        if unicode_font:
+            return "".join(ch if ord(ch) in coverage else "?" for ch in text)
+        return text
+
+    class InvoicePdf(FPDF):
+        in_table = False
+
+        def header(self) -> None:
+            if self.page_no() > 1:
+                self.set_font(family, "", 8)
+                self.set_text_color(110)
+                self.cell(0, 5, clean(f"{seller.name} - Invoice {doc.number} (continued)"),
+                          new_x="LMARGIN", new_y="NEXT")
+                self.ln(2)
+                if self.in_table:
+                    table_header(self)
+
+        def footer(self) -> None:
+            self.set_y(-14)
+            self.set_font(family, "", 8)
+            self.set_text_color(110)
+            self.cell(_WIDTH / 2, 5, clean(f"Invoice {doc.number}"))
+            self.cell(_WIDTH / 2, 5, f"Page {self.page_no()} of {{nb}}", align="R")
+
+    pdf = InvoicePdf(format="A4", unit="mm")
+    pdf.set_creation_date(datetime.combine(doc.issue_date, time(), tzinfo=UTC))
+    pdf.set_title(f"Invoice {doc.number}")
+    pdf.set_author(clean(seller.name))
+    pdf.set_margins(_LEFT, 15, 210 - _RIGHT_EDGE)
+    pdf.set_auto_page_break(True, margin=20)
+    if unicode_font:
+        pdf.add_font("DejaVu", "", UNICODE_REGULAR)
+        pdf.add_font("DejaVu", "B", UNICODE_BOLD)
+        family = "DejaVu"
+    else:
+        family = "Helvetica"
+
+    def table_header(p: Any) -> None:
+        p.set_font(family, "B", 9)
+        p.set_fill_color(235, 238, 242)
+        p.set_text_color(30)
+        for title, width, align in _COLUMNS:
+            label = f"{title} ({doc.currency})" if title == "Amount" else title
+            p.cell(width, 7, label, align=align, fill=True)
+        p.ln(7)
+        p.set_font(family, "", 9)
+
+    pdf.add_page()
+    # -- seller and title -------------------------------------------------------------------
+    pdf.set_text_color(20)
+    pdf.set_font(family, "B", 15)
+    pdf.cell(110, 8, clean(seller.name))
+    pdf.set_font(family, "B", 20)
+    pdf.cell(70, 8, "PREVIEW" if doc.preview else "INVOICE", align="R", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font(family, "", 9)
+    pdf.set_text_color(80)
+    for line in (*seller.address, *((f"Tax ID: {seller.tax_id}",) if seller.tax_id else ())):
+        pdf.cell(110, 4.5, clean(line), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(6)
+
+    # -- bill to (left) and invoice facts (right) -------------------------------------------
+    top = pdf.get_y()
+    pdf.set_text_color(110)
+    pdf.set_font(family, "B", 8)
+    pdf.cell(100, 5, "BILL TO", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_text_color(20)
+    pdf.set_font(family, "B", 11)
+    pdf.multi_cell(100, 5.5, clean(doc.bill_to_name), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font(family, "", 9)
+    pdf.cell(100, 4.5, clean(doc.bill_to_email), new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(100, 4.5, clean(f"Account: {doc.organization_id}"), new_x="LMARGIN", new_y="NEXT")
+    left_bottom = pdf.get_y()
+    facts = (("Invoice number", doc.number + (" (preview)" if doc.preview else "")),
+             ("Issue date", doc.issue_date.isoformat()), ("Due date", doc.due_date.isoformat()),
+             ("Billing period", f"{doc.period.first_day.isoformat()} to {doc.period.last_day.isoformat()}"),
+             ("Currency", doc.currency))
+    pdf.set_y(top)
+    for label, value in facts:
+        pdf.set_x(_RIGHT_EDGE - 80)
+        pdf.set_font(family, "", 9)
+        pdf.set_text_color(110)
+        pdf.cell(35, 5, label)
+        pdf.set_text_color(20)
+        pdf.set_font(family, "B", 9)
+        pdf.cell(45, 5, value, align="R", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_y(max(left_bottom, pdf.get_y()) + 8)
+
+    # -- lines ------------------------------------------------------------------------------
+    table_header(pdf)
+    pdf.in_table = True
+    pdf.set_text_color(20)
+    description_width = _COLUMNS[0][1]
+    for index, line in enumerate(doc.lines):
+        indent = "    " if line.kind in ("tier", "flat_fee") else ""
+        text = clean(indent + line.description)
+        wrapped = pdf.multi_cell(description_width - 2, _ROW, text, dry_run=True, output="LINES")
+        height = _ROW * max(1, len(wrapped))
+        if pdf.will_page_break(height):
+            pdf.add_page()
+        y = pdf.get_y()
+        if index % 2:
+            pdf.set_fill_color(248, 249, 251)
+            pdf.rect(_LEFT, y, _WIDTH, height, style="F")
+        pdf.multi_cell(description_width, _ROW, text, new_x="RIGHT", new_y="TOP", padding=(0, 1, 0, 1))
+        pdf.set_xy(_LEFT + description_width, y)
+        quantity = format_quantity(line.quantity) if line.kind != "base_fee" else "1"
+        pdf.cell(_COLUMNS[1][1], _ROW, quantity, align="R")
+        pdf.cell(_COLUMNS[2][1], _ROW, format_unit_price(line.unit_price), align="R")
+        pdf.cell(_COLUMNS[3][1], _ROW, f"{round_money(line.amount, doc.currency):,}", align="R")
+        pdf.set_xy(_LEFT, y + height)
+    pdf.in_table = False
+
+    # -- totals -----------------------------------------------------------------------------
+    if pdf.will_page_break(22):
+        pdf.add_page()
+    pdf.ln(2)
+    pdf.set_draw_color(180)
+    pdf.line(_RIGHT_EDGE - 80, pdf.get_y(), _RIGHT_EDGE, pdf.get_y())
+    pdf.ln(2)
+    for label, value, bold in (("Subtotal", doc.subtotal, False), ("Total due", doc.total, True)):
+        pdf.set_x(_RIGHT_EDGE - 80)
+        pdf.set_font(family, "B" if bold else "", 11 if bold else 9)
+        pdf.cell(35, 7 if bold else 5.5, label)
+        pdf.cell(45, 7 if bold else 5.5, format_money(value, doc.currency), align="R", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(6)
+    pdf.set_font(family, "", 8)
+    pdf.set_text_color(110)
+    pdf.multi_cell(_WIDTH, 4, clean(
+        f"Payment is due by {doc.due_date.isoformat()}. Please quote invoice number {doc.number} with "
+        f"your payment. Amounts are in {doc.currency}; unit prices are shown with full precision and "
+        "each line amount is rounded half-up to the currency's minor unit."))
+    return bytes(pdf.output())

@@ -1,0 +1,50 @@
+"""Invoices as documents: what the PDF, the e-mail and Stripe are made from, and the number format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+
+from .periods import Month
+from .pricing import InvoiceLine
+
+NUMBER_PREFIX = "INV"
+
+
+def invoice_number(month: Month, sequence: int) -> str:
+    """`INV-2024-01-000042`: the billing month, then a per-month sequence with no gaps among
+    issued invoices (voided invoices keep their numbers; a dry run never takes one)."""
+    return f"{NUMBER_PREFIX}-{month}-{sequence:06d}"
+
+
+def due_date(issue: date, payment_terms_days: int) -> date:
+    return issue + timedelta(days=payment_terms_days)
+
+
+@dataclass(frozen=True)
+class Seller:
+    name: str
+    address: tuple[str, ...]
+    tax_id: str | None = None
+
+
+@dataclass(frozen=True)
+class InvoiceDocument:
+    """Everything printed on an invoice. Built from the stored invoice (or from a dry-run preview)."""
+
+    number: str
+    organization_id: str
+    bill_to_name: str
+    bill_to_email: str
+    period: Month
+    issue_date: date
+    due_date: date
+    currency: str
+    lines: tuple[InvoiceLine, ...]
+    total: Decimal
+    preview: bool = False  # a dry run's document: the number is what it would be
+
+    @property
+    def subtotal(self) -> Decimal:
+        return self.total
