@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
 from . import __version__
-from .errors import BillingError, ExitCode
+from .errors import BillingError, ExitCode, UsageError
 
 app = typer.Typer(
     name="billing",
@@ -26,6 +27,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema: migrations and revision.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+plans_app = typer.Typer(help="Price plans, managed as code in a TOML file.", no_args_is_help=True)
+app.add_typer(plans_app, name="plans")
 
 PlainOption = Annotated[
     bool | None,
@@ -113,13 +116,58 @@ def aggregate_hourly(
 
 
 @app.command("invoice-monthly")
-def invoice_monthly() -> None:
-    """Invoice every active organization for the previous month (not implemented yet).
+def invoice_monthly(
+    month: Annotated[str | None, typer.Option(
+        help="Month to invoice, YYYY-MM. Default: PROCESS_MONTH, else the previous month (UTC).")] = None,
+    dry_run: DryRunOption = None,
+    org: Annotated[list[str] | None, typer.Option(
+        "--org", help="Only this organization id (repeatable).")] = None,
+    regenerate: Annotated[bool, typer.Option(
+        help="Void the existing invoice of each --org and issue a new one (needs --org).")] = False,
+    output_dir: Annotated[Path | None, typer.Option(
+        help="Also write the PDFs here (<dir>/<YYYY-MM>/<number>.pdf); previews in a dry run. "
+             "Default: INVOICE_OUTPUT_DIR.")] = None,
+    force: Annotated[bool, typer.Option(help="Allow the current (unfinished) or a future month.")] = False,
+    plain: PlainOption = None,
+) -> None:
+    """Invoice every active organization for a month: rate usage, issue one invoice each, render PDFs.
+
+    Safe to rerun: organizations already invoiced are skipped ("already invoiced") and only
+    missing steps are completed. Exit 6 when some organizations failed; rerun to finish them.
 
     Example: billing invoice-monthly --month 2024-01 --dry-run
     """
-    _output(None).error("invoice-monthly is not implemented yet in this version")
-    _exit(ExitCode.USAGE)
+    from .config import load_settings
+    from .db.connect import open_database
+    from .invoices import Seller
+    from .jobs.invoice import InvoiceOptions, invoice_month
+    from .periods import invoicing_month, utc_now
+    from .report import InvoiceProgress, invoice_header, invoice_summary
+
+    output = _output(plain)
+    with failures_to_exit_codes(output):
+        if regenerate and not org:
+            raise UsageError("--regenerate needs --org: regeneration is done one organization at a time, "
+                             "never for a whole month by accident")
+        settings = load_settings()
+        now = utc_now()
+        chosen = invoicing_month(month, settings.process_month, now=now, force=force)
+        dry = settings.dry_run if dry_run is None else dry_run
+        options = InvoiceOptions(
+            month=chosen, issue_date=now.date(), dry_run=dry, organizations=tuple(org or ()),
+            regenerate=regenerate, output_dir=output_dir or settings.invoice_output_dir,
+            payment_terms_days=settings.payment_terms_days,
+            seller=Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id))
+        with open_database(settings, notice=output.notice) as db:
+            invoice_header(output, chosen, dry, db.where)
+            progress = InvoiceProgress(output, dry)
+            try:
+                result = invoice_month(db.transactions, options, on_start=progress.start,
+                                       on_outcome=progress.outcome)
+            finally:
+                progress.stop()
+        invoice_summary(output, result)
+        _exit(ExitCode.OK if result.ok else ExitCode.PARTIAL)
 
 
 @app.command("legacy-run")
@@ -203,9 +251,63 @@ def db_current(plain: PlainOption = None) -> None:
         _exit(ExitCode.OK if current == HEAD else ExitCode.SCHEMA_OUTDATED)
 
 
+@plans_app.command("apply")
+def plans_apply(
+    file: Annotated[Path, typer.Argument(help="The plans TOML file (format: docs/plans.md).")],
+    dry_run: DryRunOption = None,
+    plain: PlainOption = None,
+) -> None:
+    """Create or update the price plans of a TOML file: all of them, or none if any is invalid.
+
+    Example: billing plans apply plans.toml
+    """
+    from .config import load_settings
+    from .db.connect import open_database
+    from .db.plan_store import save_plans
+    from .plan_file import load_plan_file
+
+    output = _output(plain)
+    with failures_to_exit_codes(output):
+        plans = load_plan_file(file)
+        settings = load_settings()
+        dry = settings.dry_run if dry_run is None else dry_run
+        with open_database(settings, notice=output.notice) as db:
+            with db.engine.connect() as conn, conn.begin() as transaction:
+                saved = save_plans(conn, plans)
+                if dry:
+                    transaction.rollback()
+        verb = "would be " if dry else ""
+        for label, ids in (("created", saved.created), ("updated", saved.updated), ("unchanged", saved.unchanged)):
+            for plan_id in ids:
+                if output.plain:
+                    output.record("plan", id=plan_id, result=label, dry_run=str(dry).lower())
+                else:
+                    output.line(f"{'✅' if label != 'unchanged' else '•'} plan {plan_id}: {verb}{label}")
+
+
+@plans_app.command("list")
+def plans_list(plain: PlainOption = None) -> None:
+    """Show the price plans and their prices.
+
+    Example: billing plans list
+    """
+    from .config import load_settings
+    from .db.connect import open_database
+    from .db.plan_store import load_plans
+    from .report import plans_table
+
+    output = _output(plain)
+    with failures_to_exit_codes(output):
+        settings = load_settings()
+        with open_database(settings, notice=output.notice) as db, db.engine.connect() as conn:
+            plans = load_plans(conn)
+        plans_table(output, list(plans.values()))
+
+
 @app.command("demo")
 def demo(plain: PlainOption = None) -> None:
-    """Create sample organizations and a month of usage, and aggregate it: the whole story in one command.
+    """Sample plans, organizations and a month of usage, aggregated and invoiced (PDFs in
+    BILLING_HOME/invoices): the whole story in one command.
 
     Refuses to touch a database holding organizations it did not create.
 
@@ -213,25 +315,42 @@ def demo(plain: PlainOption = None) -> None:
     """
     from .config import load_settings
     from .db.connect import open_database
+    from .invoices import Seller
     from .jobs.demo import run_demo
-    from .report import aggregation_summary, demo_summary
+    from .jobs.invoice import InvoiceOptions, invoice_month
+    from .periods import utc_now
+    from .report import InvoiceProgress, aggregation_summary, demo_summary, invoice_summary
 
     output = _output(plain)
     with failures_to_exit_codes(output):
         settings = load_settings()
+        output_dir = (settings.invoice_output_dir or settings.billing_home / "invoices").resolve()
         with open_database(settings, notice=output.notice) as db:
             output.banner("billing demo", [("database", db.where)])
             result = run_demo(db.transactions)
-        demo_summary(output, result)
-        assert result.aggregation is not None
-        aggregation_summary(output, result.aggregation)
+            demo_summary(output, result)
+            assert result.aggregation is not None
+            aggregation_summary(output, result.aggregation)
+            options = InvoiceOptions(
+                month=result.month, issue_date=utc_now().date(), output_dir=output_dir,
+                payment_terms_days=settings.payment_terms_days,
+                seller=Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id))
+            progress = InvoiceProgress(output, dry_run=False)
+            try:
+                invoiced = invoice_month(db.transactions, options, on_start=progress.start,
+                                         on_outcome=progress.outcome)
+            finally:
+                progress.stop()
+        invoice_summary(output, invoiced)
         if not output.plain:
             output.line("")
+            output.line(f"Invoice PDFs: {output_dir / str(result.month)}")
             output.line("Try next:")
+            output.line("  billing plans list")
+            output.line(f"  billing invoice-monthly --month {result.month} --dry-run")
+            output.line(f"  billing invoice-monthly --month {result.month} --org demo-acme --regenerate")
             output.line(f"  billing aggregate-hourly --hour {result.month}-15T10 --dry-run")
-            output.line(f"  billing aggregate-hourly --from {result.month}-31T00 --to {result.month}-31T23")
-            output.line("  billing config")
-        _exit(ExitCode.OK if result.aggregation.ok else ExitCode.PARTIAL)
+        _exit(ExitCode.OK if result.aggregation.ok and invoiced.ok else ExitCode.PARTIAL)
 
 
 def main() -> None:

@@ -144,3 +144,20 @@ class Month:
 
     def __str__(self) -> str:
         return f"{self.year:04d}-{self.month:02d}"
+
+
+def invoicing_month(month: str | None, process_month: str | None, *, now: datetime, force: bool = False) -> Month:
+    """The month `invoice-monthly` bills: `--month`, else PROCESS_MONTH, else the previous month.
+    A month that has not ended is refused unless forced (it would bill a partial month)."""
+    if month is not None:
+        chosen = Month.parse(month)
+    elif process_month is not None:
+        chosen = Month.parse(process_month, option="PROCESS_MONTH")
+    else:
+        chosen = Month.previous(now)
+    current = Month.containing(now)
+    if chosen >= current and not force:
+        when = "is in the future" if chosen > current else "has not ended yet"
+        raise UsageError(f"month {chosen} {when} (now {now:%Y-%m-%d %H:%M}Z): invoicing it would bill a partial "
+                         "month; pass --force to do it anyway")
+    return chosen

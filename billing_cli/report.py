@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from .money import format_money
 from .periods import format_hour
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from .config import RawConfig
     from .jobs.aggregate import AggregationResult, HourResult
     from .jobs.demo import DemoResult
+    from .jobs.invoice import InvoiceRunResult, OrgOutcome
     from .periods import HourRange
 
 BANNER_WIDTH = 64
@@ -99,7 +101,8 @@ class Output:
             return
         from rich.table import Table
 
-        table = Table(title=title, title_justify="left", title_style="bold")
+        table = Table(title=title, title_justify="left", title_style="bold",
+                      show_header=any(header for header, _ in columns))
         for i, (header, _) in enumerate(columns):
             numeric = bool(rows) and all(isinstance(row[i], (int, Decimal)) for row in rows)
             table.add_column(header, justify="right" if numeric else "left")
@@ -194,4 +197,157 @@ def demo_summary(output: Output, result: DemoResult) -> None:
     output.table("Demo organizations",
                  [("Organization", "id"), ("Name", "name"), ("Status", "status"), ("Events", "events")],
                  [(o.id, o.name, o.status, o.events) for o in result.organizations],
-                 kind="organization")
+                 kind="demo-organization")
+
+
+# -- invoice-monthly -------------------------------------------------------------------------------
+
+_MARKS = {"invoiced": "✅", "already_invoiced": "⏭ ", "nothing_to_bill": "➖", "failed": "❌"}
+
+
+class InvoiceProgress:
+    """Per-organization lines as outcomes arrive, under a Rich progress bar on a terminal."""
+
+    def __init__(self, output: Output, dry_run: bool) -> None:
+        self.output = output
+        self.dry_run = dry_run
+        self._progress = None
+        self._task = None
+
+    def start(self, result: InvoiceRunResult) -> None:
+        out = self.output
+        if result.aggregated_hours:
+            out.notice(f"aggregated {result.aggregated_hours} hour(s) of {result.month} whose events changed "
+                       "since the hourly run, before rating")
+        if result.stale_hours_previewed:
+            out.notice(f"{result.stale_hours_previewed} hour(s) of {result.month} are not aggregated yet: the "
+                       "preview reads them from the raw events (a real run aggregates them first)")
+        if out.plain:
+            out.record("found", organizations=result.organizations_found)
+            return
+        out.line(f"Found {result.organizations_found:,} active organizations to invoice")
+        if out.out.is_terminal and result.organizations_found > 1:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self._progress = Progress("[progress.description]{task.description}", BarColumn(),
+                                      MofNCompleteColumn(), TimeRemainingColumn(), console=out.out, transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task("invoicing", total=result.organizations_found)
+
+    def outcome(self, o: OrgOutcome) -> None:
+        out = self.output
+        if out.plain:
+            fields: dict[str, object] = {"id": o.organization_id, "status": o.status}
+            if o.number:
+                fields.update(number=o.number, total=o.total, currency=o.currency)
+            if o.pdf_bytes:
+                fields["pdf_bytes"] = o.pdf_bytes
+            if o.done:
+                fields["done"] = ",".join(d.split(",")[0].replace(" ", "_") for d in o.done)
+            for component, message in o.errors:
+                fields[f"error_{component}"] = message
+            for warning in o.warnings:
+                fields["warning"] = warning
+            out.record("organization", **fields)
+            return
+        line = self._line(o)
+        if self._progress is not None:
+            self._progress.console.print(line, markup=False, highlight=False)
+            self._progress.advance(self._task)
+        else:
+            out.line(line)
+
+    def _line(self, o: OrgOutcome) -> str:
+        who = f"{o.organization_id} ({o.name})" if o.name else o.organization_id
+        mark = _MARKS["failed"] if o.errors else _MARKS.get(o.status, "•")
+        amount = f"{format_money(o.total, o.currency)}" if o.total is not None and o.currency else ""
+        pdf = f", PDF {o.pdf_bytes / 1024:.1f} kB" if o.pdf_bytes else ""
+        if o.status == "invoiced":
+            verb = "would be invoiced as" if self.dry_run else "invoice generated:"
+            text = f"{mark} {who}: {verb} {o.number}, {amount}{pdf}"
+        elif o.status == "already_invoiced":
+            extra = f"; completed: {', '.join(o.done)}" if o.done else ""
+            text = f"{mark} {who}: already invoiced ({o.number}, {amount}){extra}"
+        elif o.status == "nothing_to_bill":
+            text = f"{mark} {who}: nothing to bill"
+        else:
+            text = f"{mark} {who}"
+        for component, message in o.errors:
+            text += f"\n   ❌ {component}: {message}"
+        for warning in o.warnings:
+            text += f"\n   ⚠️  {warning}"
+        return text
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def invoice_header(output: Output, month: object, dry_run: bool, where: str) -> None:
+    if output.plain:
+        output.record("start", job="invoice-monthly", month=month, dry_run=str(dry_run).lower(), database=where)
+        return
+    output.banner("🧾 billing invoice-monthly", [("month", month), ("dry run", "yes" if dry_run else "no"),
+                                                ("database", where)])
+
+
+def invoice_summary(output: Output, result: InvoiceRunResult) -> None:
+    from .jobs.invoice import COMPONENTS
+
+    errors = {c: result.errors_by_component.get(c, 0) for c in COMPONENTS}
+    revenue = {cur: result.revenue[cur] for cur in sorted(result.revenue)}
+    if output.plain:
+        output.record("summary", job="invoice-monthly", month=result.month, found=result.organizations_found,
+                      processed=result.processed, invoiced=result.statuses["invoiced"],
+                      already_invoiced=result.statuses["already_invoiced"],
+                      nothing_to_bill=result.statuses["nothing_to_bill"], failed=len(result.failed),
+                      **{f"errors_{c}": n for c, n in errors.items()},
+                      **{f"revenue_{cur}": amount for cur, amount in revenue.items()},
+                      dry_run=str(result.dry_run).lower(), seconds=f"{result.seconds:.2f}",
+                      outcome="ok" if result.ok else "partial")
+        return
+    rows: list[tuple[str, object]] = [
+        ("Month", str(result.month)),
+        ("Organizations processed", result.processed),
+        ("Invoices generated" + (" (would be)" if result.dry_run else ""), result.statuses["invoiced"]),
+        ("Already invoiced", result.statuses["already_invoiced"]),
+        ("Nothing to bill", result.statuses["nothing_to_bill"]),
+        ("Failed organizations", len(result.failed)),
+    ]
+    rows += [(f"Revenue ({cur})", format_money(amount, cur)) for cur, amount in revenue.items()] or \
+        [("Revenue", "none")]
+    rows += [("Processing time", f"{result.seconds:.2f} s"), ("Dry run", "yes" if result.dry_run else "no")]
+    output.table("Summary", [("", "key"), ("", "value")], rows, kind="summary")
+    output.table("Errors by component", [("Component", "component"), ("Errors", "errors")],
+                 list(errors.items()), kind="errors")
+    mark = "✅" if result.ok else "❌"
+    output.line(f"{mark} {result.month}: {result.statuses['invoiced']} invoiced, {len(result.failed)} failed"
+                + ("; rerun the same command to finish the failed ones" if not result.ok else ""))
+
+
+# -- plans -------------------------------------------------------------------------------------------
+
+def plans_table(output: Output, plans: list) -> None:
+    from .money import format_unit_price
+
+    rows = []
+    for plan in plans:
+        fees = []
+        if plan.base_fee:
+            fees.append(f"base {format_money(plan.base_fee, plan.currency)}")
+        if plan.minimum_commitment:
+            fees.append(f"minimum {format_money(plan.minimum_commitment, plan.currency)}")
+        rows.append((plan.id, plan.name, plan.currency, "; ".join(fees) or "-", "", "", ""))
+        for price in plan.prices:
+            if price.tiers:
+                detail = ", ".join(f"{'≤' + number(t.up_to) if t.up_to is not None else 'rest'} @ "
+                                   f"{format_unit_price(t.unit_price)}"
+                                   + (f" +{t.flat_fee}" if t.flat_fee else "") for t in price.tiers)
+            elif price.model == "package":
+                detail = f"{format_unit_price(price.unit_price)} per {number(price.package_size)}"
+            else:
+                detail = f"{format_unit_price(price.unit_price)} per unit"
+            rows.append(("", "", "", "", price.metric, price.model,
+                         detail + (f" ({number(price.included)} included)" if price.included else "")))
+    output.table("Price plans", [("Plan", "plan"), ("Name", "name"), ("Currency", "currency"), ("Fees", "fees"),
+                                 ("Metric", "metric"), ("Model", "model"), ("Price", "price")], rows, kind="plan")

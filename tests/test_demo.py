@@ -24,18 +24,28 @@ def test_demo_on_the_embedded_database(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "using the embedded PostgreSQL in" in proc.stderr
     assert (tmp_path / ".billing" / "pgdata" / "PG_VERSION").exists()
-    organizations = [line for line in proc.stdout.splitlines() if line.startswith("organization ")]
-    assert len(organizations) == 6
-    assert 'organization id=demo-lodz name="Łódź Café ΑΒΓ Кафе" status=active events=8928' in organizations
-    assert "organization id=demo-umbrella" in proc.stdout and "status=inactive" in proc.stdout
-    summary = proc.stdout.splitlines()[-1]
-    assert summary.startswith("summary job=aggregate-hourly hours=744 failed_hours=0 organizations=5 ")
-    assert "ignored_events=17856" in summary  # the inactive organization's events
+    lines = proc.stdout.splitlines()
+    organizations = [line for line in lines if line.startswith("demo-organization ")]
+    assert len(organizations) == 7
+    assert 'demo-organization id=demo-lodz name="Łódź Café ΑΒΓ Кафе" status=active events=8928' in organizations
+    assert "demo-organization id=demo-umbrella" in proc.stdout and "status=inactive" in proc.stdout
+    aggregation = next(line for line in lines if line.startswith("summary job=aggregate-hourly"))
+    assert aggregation.startswith("summary job=aggregate-hourly hours=744 failed_hours=0 organizations=5 ")
+    assert "ignored_events=17856" in aggregation  # the inactive organization's events
+    invoicing = lines[-1]
+    assert invoicing.startswith("summary job=invoice-monthly month=2024-01 found=6 processed=6 invoiced=5 "
+                                "already_invoiced=0 nothing_to_bill=1 failed=0")
+    assert "revenue_EUR=625.41 revenue_USD=3503.12" in invoicing
+    pdfs = sorted(p.name for p in (tmp_path / ".billing" / "invoices" / "2024-01").iterdir())
+    assert pdfs == [f"INV-2024-01-00000{n}.pdf" for n in range(1, 6)]
 
     again = subprocess.run([*BILLING, "demo"], env=env, cwd=tmp_path, capture_output=True, text=True,
                            timeout=180)
     assert again.returncode == 0, again.stderr
-    assert "rows_written=0 rows_removed=0" in again.stdout.splitlines()[-1]  # nothing new the second time
+    again_lines = again.stdout.splitlines()
+    assert "rows_written=0 rows_removed=0" in next(line for line in again_lines
+                                                   if line.startswith("summary job=aggregate-hourly"))
+    assert "invoiced=0 already_invoiced=5 nothing_to_bill=1 failed=0" in again_lines[-1]
 
 
 def test_demo_totals_in_the_database(clean_env, db_url, engine) -> None:

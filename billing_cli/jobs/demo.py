@@ -1,19 +1,24 @@
-"""billing demo: sample organizations and a month of synthetic usage, then the hourly roll-up."""
+"""billing demo: sample plans, organizations and a month of synthetic usage, rolled up hourly
+(the CLI then invoices the month with the real invoicing job)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy import Connection
 
 from ..db.engine import Transactions
+from ..db.plan_store import save_plans
+from ..plan_file import load_plan_file
 from ..errors import Refused
 from ..periods import Month
 from .aggregate import AggregationResult, HourResult, aggregate_hours
 
 DEMO_MONTH = Month(2024, 1)
+DEMO_PLANS = Path(__file__).with_name("demo_plans.toml")
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,7 @@ class DemoOrg:
     email: str
     status: str
     currency: str
+    plan: str
     # SQL expression for one event's quantity at time `t` (5-minute ticks over the month);
     # deterministic, so every demo run produces the same usage and the same totals.
     api_calls: str
@@ -30,21 +36,23 @@ class DemoOrg:
 
 
 DEMO_ORGS: tuple[DemoOrg, ...] = (
-    DemoOrg("demo-acme", "Acme Analytics Ltd", "billing@acme.example", "active", "USD",
+    DemoOrg("demo-acme", "Acme Analytics Ltd", "billing@acme.example", "active", "USD", "starter",
             api_calls="40 + (extract(minute from t)::int % 7)", storage_gb="0.125"),
-    DemoOrg("demo-globex", "Globex Corporation", "ap@globex.example", "active", "USD",
+    DemoOrg("demo-globex", "Globex Corporation", "ap@globex.example", "active", "USD", "growth",
             # business hours heavy: 9–17 UTC on weekdays
             api_calls="CASE WHEN extract(isodow from t) < 6 AND extract(hour from t) BETWEEN 9 AND 17 "
                       "THEN 900 ELSE 30 END",
             storage_gb="2.5"),
-    DemoOrg("demo-initech", "Initech GmbH", "rechnung@initech.example", "active", "EUR",
+    DemoOrg("demo-initech", "Initech GmbH", "rechnung@initech.example", "active", "EUR", "europe",
             # grows through the month
             api_calls="5 * extract(day from t)::int", storage_gb="0.01 * extract(day from t)::int"),
-    DemoOrg("demo-lodz", "Łódź Café ΑΒΓ Кафе", "konto@lodz-cafe.example", "active", "EUR",
+    DemoOrg("demo-lodz", "Łódź Café ΑΒΓ Кафе", "konto@lodz-cafe.example", "active", "EUR", "europe",
             api_calls="3", storage_gb="0"),
-    DemoOrg("demo-tiny", "Tiny Startup Inc.", "founder@tiny.example", "active", "USD",
+    DemoOrg("demo-tiny", "Tiny Startup Inc.", "founder@tiny.example", "active", "USD", "payg",
             api_calls="CASE WHEN extract(minute from t) = 0 THEN 1 ELSE 0 END", storage_gb="0"),
-    DemoOrg("demo-umbrella", "Umbrella Corp (closed)", "closed@umbrella.example", "inactive", "USD",
+    DemoOrg("demo-idle", "Idle Labs", "hello@idle.example", "active", "USD", "payg",
+            api_calls="0", storage_gb="0"),  # no usage, no fee: nothing to bill
+    DemoOrg("demo-umbrella", "Umbrella Corp (closed)", "closed@umbrella.example", "inactive", "USD", "starter",
             api_calls="100", storage_gb="1"),
 )
 
@@ -69,15 +77,17 @@ def seed_demo(transactions: Transactions, *, month: Month = DEMO_MONTH) -> DemoR
     idempotency keys, so a second run inserts nothing new."""
     with transactions() as session:
         _refuse_foreign_data(session)
+        save_plans(session, load_plan_file(DEMO_PLANS))
         result = DemoResult(month=month)
         for org in DEMO_ORGS:
             session.execute(text("""
-                INSERT INTO organizations (id, name, email, status, currency)
-                VALUES (:id, :name, :email, :status, :currency)
+                INSERT INTO organizations (id, name, email, status, currency, price_plan_id)
+                VALUES (:id, :name, :email, :status, :currency, :plan)
                 ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email,
-                    status = EXCLUDED.status, currency = EXCLUDED.currency, updated_at = now()
+                    status = EXCLUDED.status, currency = EXCLUDED.currency,
+                    price_plan_id = EXCLUDED.price_plan_id, updated_at = now()
             """), {"id": org.id, "name": org.name, "email": org.email, "status": org.status,
-                   "currency": org.currency})
+                   "currency": org.currency, "plan": org.plan})
             session.execute(text("INSERT INTO demo_organizations (organization_id) VALUES (:id) "
                                  "ON CONFLICT DO NOTHING"), {"id": org.id})
             for metric, expression in (("api_calls", org.api_calls), ("storage_gb", org.storage_gb)):
