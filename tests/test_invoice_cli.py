@@ -1,0 +1,139 @@
+"""`billing invoice-monthly` and `billing plans` as an operator runs them."""
+
+from __future__ import annotations
+
+import subprocess
+from decimal import Decimal as D
+
+import pytest
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from billing_cli.cli import app
+from billing_cli.errors import ExitCode
+from tests.conftest import BILLING, billing_subprocess_env
+from tests.data import add_org, utc
+from tests.test_invoice_job import PLANS, add_usage, set_plan
+
+runner = CliRunner()
+
+
+def run(*args: str, **env: str):
+    return runner.invoke(app, list(args), env=env or None)
+
+
+@pytest.fixture
+def plans_file(tmp_path):
+    path = tmp_path / "plans.toml"
+    path.write_text(PLANS)
+    return path
+
+
+@pytest.fixture
+def billed_db(db_url, engine, plans_file):
+    assert run("plans", "apply", str(plans_file), DATABASE_URL=db_url).exit_code == 0
+    with engine.begin() as conn:
+        for n in range(1, 4):
+            add_org(conn, f"org-{n}")
+            set_plan(conn, f"org-{n}", "pro")
+            add_usage(conn, f"org-{n}", "api_calls", str(n * 100))
+    return db_url
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--month", "2024-13"], "--month '2024-13' is not a month"),
+    (["--month", "January"], "use YYYY-MM"),
+    (["--month", "2999-01"], "month 2999-01 is in the future"),
+    (["--regenerate"], "--regenerate needs --org"),
+])
+def test_usage_errors(clean_env, args, message) -> None:
+    result = run("invoice-monthly", *args, DATABASE_URL="postgresql://u@127.0.0.1:1/x")
+    assert result.exit_code == ExitCode.USAGE and message in result.output
+
+
+def test_the_current_month_needs_force(clean_env) -> None:
+    from billing_cli.periods import Month, utc_now
+
+    current = str(Month.containing(utc_now()))
+    result = run("invoice-monthly", "--month", current, DATABASE_URL="postgresql://u@127.0.0.1:1/x")
+    assert result.exit_code == ExitCode.USAGE and "has not ended yet" in result.output and "--force" in result.output
+
+
+def test_process_month_is_the_default_and_a_bad_one_is_a_config_error(clean_env, billed_db) -> None:
+    result = run("invoice-monthly", "--dry-run", DATABASE_URL=billed_db, PROCESS_MONTH="2024-01")
+    assert result.exit_code == 0 and "start job=invoice-monthly month=2024-01 dry_run=true" in result.output
+    bad = run("invoice-monthly", DATABASE_URL=billed_db, PROCESS_MONTH="2024/01")
+    assert bad.exit_code == ExitCode.CONFIG and "PROCESS_MONTH" in bad.output
+
+
+def test_a_run_with_failures_exits_6_and_the_rerun_completes_it(clean_env, billed_db, engine) -> None:
+    with engine.begin() as conn:
+        set_plan(conn, "org-2", None)
+
+    first = run("invoice-monthly", "--month", "2024-01", DATABASE_URL=billed_db)
+
+    assert first.exit_code == ExitCode.PARTIAL, first.output
+    assert "organization id=org-2 status=failed error_data=\"no price plan" in first.output
+    assert "failed=1 errors_data=1 errors_pdf=0 errors_s3=0 errors_stripe=0 errors_email=0" in first.output
+    with engine.begin() as conn:
+        set_plan(conn, "org-2", "pro")
+    second = run("invoice-monthly", "--month", "2024-01", DATABASE_URL=billed_db)
+    assert second.exit_code == 0, second.output
+    assert "organization id=org-2 status=invoiced number=INV-2024-01-000003 total=12.00" in second.output
+    assert "organization id=org-1 status=already_invoiced number=INV-2024-01-000001" in second.output
+    third = run("invoice-monthly", "--month", "2024-01", "--rich", DATABASE_URL=billed_db)
+    assert third.exit_code == 0
+    assert "Found 3 active organizations to invoice" in third.output
+    assert "already invoiced (INV-2024-01-000002, 13.00 USD)" in third.output
+    assert "Errors by component" in third.output and "Revenue" in third.output
+
+
+def test_rich_output_shows_the_seed_log(clean_env, billed_db) -> None:
+    result = run("invoice-monthly", "--month", "2024-01", "--rich", DATABASE_URL=billed_db)
+    assert result.exit_code == 0, result.output
+    for expected in ("billing invoice-monthly", "month: 2024-01", "dry run: no",
+                     "Found 3 active organizations to invoice",
+                     "✅ org-1 (Org org-1): invoice generated: INV-2024-01-000001, 11.00 USD, PDF",
+                     "Revenue (USD)", "36.00 USD", "Processing time", "✅ 2024-01: 3 invoiced, 0 failed"):
+        assert expected in result.output
+
+
+def test_plans_apply_is_all_or_nothing(clean_env, db_url, engine, tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(PLANS.replace('currency = "EUR"', 'currency = "EURO"'))
+    result = run("plans", "apply", str(bad), DATABASE_URL=db_url)
+    assert result.exit_code == ExitCode.USAGE
+    assert "bad.toml:17: plan 'euro': 'EURO' is not an ISO 4217 currency code" in result.output
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM price_plans")).scalar_one() == 0
+
+    good = tmp_path / "good.toml"
+    good.write_text(PLANS)
+    assert "plan id=pro result=created" in run("plans", "apply", str(good), DATABASE_URL=db_url).output
+    assert "plan id=pro result=unchanged" in run("plans", "apply", str(good), DATABASE_URL=db_url).output
+    listing = run("plans", "list", DATABASE_URL=db_url)
+    assert listing.exit_code == 0
+    assert "plan plan=euro name=Euro currency=EUR" in listing.output
+    assert "metric=api_calls model=graduated" in listing.output
+    missing = run("plans", "apply", str(tmp_path / "nope.toml"), DATABASE_URL=db_url)
+    assert missing.exit_code == ExitCode.USAGE and "cannot read plans file" in missing.output
+
+
+def test_two_overlapping_runs_issue_each_invoice_once_with_gapless_numbers(billed_db, engine, tmp_path) -> None:
+    with engine.begin() as conn:
+        for n in range(4, 41):
+            add_org(conn, f"org-{n:02d}")
+            set_plan(conn, f"org-{n:02d}", "pro")
+            add_usage(conn, f"org-{n:02d}", "api_calls", "7", utc(2024, 1, 2, 3))
+    env = billing_subprocess_env(DATABASE_URL=billed_db, BILLING_ENV_FILE="/dev/null")
+    procs = [subprocess.Popen([*BILLING, "invoice-monthly", "--month", "2024-01"], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT organization_id, number FROM invoices WHERE status = 'issued'")).all()
+        total = conn.execute(text("SELECT sum(total) FROM invoices")).scalar_one()
+    assert len(rows) == 40 and len({org for org, _ in rows}) == 40
+    assert sorted(number for _, number in rows) == [f"INV-2024-01-{n:06d}" for n in range(1, 41)]
+    assert total == D("11.00") + D("12.00") + D("13.00") + 37 * D("10.07")
