@@ -1,9 +1,9 @@
 """The invoice PDF (fpdf2): seller, bill-to, dates, line table with tiers, totals, page numbers.
 
-Fonts: invoices whose text is all Latin-1 use the PDF core fonts (nothing embedded, ~2 ms).
-Any other text (Łódź, Ελληνικά, Кириллица, €) switches the document to DejaVu Sans, shipped in
-this package as a subset covering Latin, Greek and Cyrillic; characters it lacks print as '?'
-instead of failing the run. The output is deterministic: the same invoice gives the same bytes.
+Fonts: Latin-1 text uses the PDF core fonts (nothing embedded: a few ms per invoice). Other
+text (Łódź, Ελληνικά, Кириллица, €) is set in DejaVu Sans, shipped in this package as a subset
+covering Latin, Greek and Cyrillic and embedded only for the strings and faces that need it;
+characters it lacks print as '?' instead of failing the run. The output is deterministic: the same invoice gives the same bytes.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
 
     unicode_font = needs_unicode_font(doc, seller)
     coverage = _unicode_coverage() if unicode_font else frozenset()
+    added: set[str] = set()
 
     def clean(text: str) -> str:
         text = "".join(ch if ch.isprintable() else " " for ch in text)
@@ -73,24 +74,36 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
             return "".join(ch if ord(ch) in coverage else "?" for ch in text)
         return text
 
+    def font(p: Any, style: str, size: float, text: str = "") -> None:
+        """Core Helvetica for Latin-1 text; the embedded font only for text that needs it (and
+        only the faces used), which keeps most invoices at a few milliseconds."""
+        try:
+            text.encode(_CORE_ENCODING)
+            p.set_font("Helvetica", style, size)
+        except UnicodeEncodeError:
+            if style not in added:
+                p.add_font("DejaVu", style, UNICODE_BOLD if style == "B" else UNICODE_REGULAR)
+                added.add(style)
+            p.set_font("DejaVu", style, size)
+
     class InvoicePdf(FPDF):
         in_table = False
 
         def header(self) -> None:
             if self.page_no() > 1:
-                self.set_font(family, "", 8)
+                continued = clean(f"{seller.name} - Invoice {doc.number} (continued)")
+                font(self, "", 8, continued)
                 self.set_text_color(110)
-                self.cell(0, 5, clean(f"{seller.name} - Invoice {doc.number} (continued)"),
-                          new_x="LMARGIN", new_y="NEXT")
+                self.cell(0, 5, continued, new_x="LMARGIN", new_y="NEXT")
                 self.ln(2)
                 if self.in_table:
                     table_header(self)
 
         def footer(self) -> None:
             self.set_y(-14)
-            self.set_font(family, "", 8)
+            font(self, "", 8)
             self.set_text_color(110)
-            self.cell(_WIDTH / 2, 5, clean(f"Invoice {doc.number}"))
+            self.cell(_WIDTH / 2, 5, f"Invoice {doc.number}")
             self.cell(_WIDTH / 2, 5, f"Page {self.page_no()} of {{nb}}", align="R")
 
     pdf = InvoicePdf(format="A4", unit="mm")
@@ -99,47 +112,42 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     pdf.set_author(clean(seller.name))
     pdf.set_margins(_LEFT, 15, 210 - _RIGHT_EDGE)
     pdf.set_auto_page_break(True, margin=20)
-    if unicode_font:
-        pdf.add_font("DejaVu", "", UNICODE_REGULAR)
-        pdf.add_font("DejaVu", "B", UNICODE_BOLD)
-        family = "DejaVu"
-    else:
-        family = "Helvetica"
 
     def table_header(p: Any) -> None:
-        p.set_font(family, "B", 9)
+        font(p, "B", 9)
         p.set_fill_color(235, 238, 242)
         p.set_text_color(30)
         for title, width, align in _COLUMNS:
             label = f"{title} ({doc.currency})" if title == "Amount" else title
             p.cell(width, 7, label, align=align, fill=True)
         p.ln(7)
-        p.set_font(family, "", 9)
 
     pdf.add_page()
     # -- seller and title -------------------------------------------------------------------
     pdf.set_text_color(20)
-    pdf.set_font(family, "B", 15)
-    pdf.cell(110, 8, clean(seller.name))
-    pdf.set_font(family, "B", 20)
+    seller_name = clean(seller.name)
+    font(pdf, "B", 15, seller_name)
+    pdf.cell(110, 8, seller_name)
+    font(pdf, "B", 20)
     pdf.cell(70, 8, "PREVIEW" if doc.preview else "INVOICE", align="R", new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font(family, "", 9)
     pdf.set_text_color(80)
     for line in (*seller.address, *((f"Tax ID: {seller.tax_id}",) if seller.tax_id else ())):
-        pdf.cell(110, 4.5, clean(line), new_x="LMARGIN", new_y="NEXT")
+        line = clean(line)
+        font(pdf, "", 9, line)
+        pdf.cell(110, 4.5, line, new_x="LMARGIN", new_y="NEXT")
     pdf.ln(6)
 
     # -- bill to (left) and invoice facts (right) -------------------------------------------
     top = pdf.get_y()
     pdf.set_text_color(110)
-    pdf.set_font(family, "B", 8)
+    font(pdf, "B", 8)
     pdf.cell(100, 5, "BILL TO", new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(20)
-    pdf.set_font(family, "B", 11)
-    pdf.multi_cell(100, 5.5, clean(doc.bill_to_name), new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font(family, "", 9)
-    pdf.cell(100, 4.5, clean(doc.bill_to_email), new_x="LMARGIN", new_y="NEXT")
-    pdf.cell(100, 4.5, clean(f"Account: {doc.organization_id}"), new_x="LMARGIN", new_y="NEXT")
+    for text_, style, size, height in ((doc.bill_to_name, "B", 11, 5.5), (doc.bill_to_email, "", 9, 4.5),
+                                       (f"Account: {doc.organization_id}", "", 9, 4.5)):
+        text_ = clean(text_)
+        font(pdf, style, size, text_)
+        pdf.multi_cell(100, height, text_, new_x="LMARGIN", new_y="NEXT")
     left_bottom = pdf.get_y()
     facts = (("Invoice number", doc.number + (" (preview)" if doc.preview else "")),
              ("Issue date", doc.issue_date.isoformat()), ("Due date", doc.due_date.isoformat()),
@@ -148,11 +156,11 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     pdf.set_y(top)
     for label, value in facts:
         pdf.set_x(_RIGHT_EDGE - 80)
-        pdf.set_font(family, "", 9)
+        font(pdf, "", 9)
         pdf.set_text_color(110)
         pdf.cell(35, 5, label)
         pdf.set_text_color(20)
-        pdf.set_font(family, "B", 9)
+        font(pdf, "B", 9)
         pdf.cell(45, 5, value, align="R", new_x="LMARGIN", new_y="NEXT")
     pdf.set_y(max(left_bottom, pdf.get_y()) + 8)
 
@@ -164,16 +172,25 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     for index, line in enumerate(doc.lines):
         indent = "    " if line.kind in ("tier", "flat_fee") else ""
         text = clean(indent + line.description)
-        wrapped = pdf.multi_cell(description_width - 2, _ROW, text, dry_run=True, output="LINES")
-        height = _ROW * max(1, len(wrapped))
+        font(pdf, "", 9, text)
+        fits = pdf.get_string_width(text) <= description_width - 2  # the common case: one row, no wrapping
+        lines_needed = 1 if fits else len(pdf.multi_cell(description_width - 2, _ROW, text, dry_run=True,
+                                                         output="LINES"))
+        height = _ROW * max(1, lines_needed)
         if pdf.will_page_break(height):
             pdf.add_page()
+            font(pdf, "", 9, text)
         y = pdf.get_y()
         if index % 2:
             pdf.set_fill_color(248, 249, 251)
             pdf.rect(_LEFT, y, _WIDTH, height, style="F")
-        pdf.multi_cell(description_width, _ROW, text, new_x="RIGHT", new_y="TOP", padding=(0, 1, 0, 1))
+        if fits:
+            pdf.set_x(_LEFT + 1)
+            pdf.cell(description_width - 1, _ROW, text)
+        else:
+            pdf.multi_cell(description_width, _ROW, text, new_x="RIGHT", new_y="TOP", padding=(0, 1, 0, 1))
         pdf.set_xy(_LEFT + description_width, y)
+        font(pdf, "", 9)
         quantity = format_quantity(line.quantity) if line.kind != "base_fee" else "1"
         pdf.cell(_COLUMNS[1][1], _ROW, quantity, align="R")
         pdf.cell(_COLUMNS[2][1], _ROW, format_unit_price(line.unit_price), align="R")
@@ -190,11 +207,11 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     pdf.ln(2)
     for label, value, bold in (("Subtotal", doc.subtotal, False), ("Total due", doc.total, True)):
         pdf.set_x(_RIGHT_EDGE - 80)
-        pdf.set_font(family, "B" if bold else "", 11 if bold else 9)
+        font(pdf, "B" if bold else "", 11 if bold else 9)
         pdf.cell(35, 7 if bold else 5.5, label)
         pdf.cell(45, 7 if bold else 5.5, format_money(value, doc.currency), align="R", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(6)
-    pdf.set_font(family, "", 8)
+    font(pdf, "", 8)
     pdf.set_text_color(110)
     pdf.multi_cell(_WIDTH, 4, clean(
         f"Payment is due by {doc.due_date.isoformat()}. Please quote invoice number {doc.number} with "
