@@ -128,9 +128,12 @@ def invoice_monthly(
         help="Also write the PDFs here (<dir>/<YYYY-MM>/<number>.pdf); previews in a dry run. "
              "Default: INVOICE_OUTPUT_DIR.")] = None,
     force: Annotated[bool, typer.Option(help="Allow the current (unfinished) or a future month.")] = False,
+    concurrency: Annotated[int | None, typer.Option(
+        min=1, max=256, help="Organizations processed in parallel. Default: INVOICE_CONCURRENCY (8).")] = None,
     plain: PlainOption = None,
 ) -> None:
-    """Invoice every active organization for a month: rate usage, issue one invoice each, render PDFs.
+    """Invoice every active organization for a month: rate usage, issue one invoice each, render the
+    PDF, and deliver it (S3, Stripe, e-mail: each when turned on).
 
     Safe to rerun: organizations already invoiced are skipped ("already invoiced") and only
     missing steps are completed. Exit 6 when some organizations failed; rerun to finish them.
@@ -139,6 +142,7 @@ def invoice_monthly(
     """
     from .config import load_settings
     from .db.connect import open_database
+    from .delivery.factory import deliveries_from_settings
     from .invoices import Seller
     from .jobs.invoice import InvoiceOptions, invoice_month
     from .periods import invoicing_month, utc_now
@@ -157,9 +161,11 @@ def invoice_monthly(
             month=chosen, issue_date=now.date(), dry_run=dry, organizations=tuple(org or ()),
             regenerate=regenerate, output_dir=output_dir or settings.invoice_output_dir,
             payment_terms_days=settings.payment_terms_days,
-            seller=Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id))
-        with open_database(settings, notice=output.notice) as db:
-            invoice_header(output, chosen, dry, db.where)
+            seller=Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id),
+            deliveries=deliveries_from_settings(settings, dry_run=dry),
+            concurrency=concurrency or settings.concurrency)
+        with open_database(settings, notice=output.notice, pool_size=options.concurrency + 2) as db:
+            invoice_header(output, chosen, dry, db.where, options.deliveries.disabled())
             progress = InvoiceProgress(output, dry)
             try:
                 result = invoice_month(db.transactions, options, on_start=progress.start,
@@ -345,6 +351,9 @@ def demo(plain: PlainOption = None) -> None:
         if not output.plain:
             output.line("")
             output.line(f"Invoice PDFs: {output_dir / str(result.month)}")
+            output.line("Deliveries are off in the demo: to upload, bill and e-mail, set INVOICE_ENABLE_S3, "
+                        "INVOICE_ENABLE_STRIPE and INVOICE_ENABLE_EMAIL with their settings (billing config "
+                        "--example) and run billing invoice-monthly.")
             output.line("Try next:")
             output.line("  billing plans list")
             output.line(f"  billing invoice-monthly --month {result.month} --dry-run")

@@ -57,9 +57,18 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("INVOICE_ENABLE_S3", "bool", "false", "Upload invoice PDFs to S3."),
     Variable("INVOICE_S3_BUCKET", "str", None, "S3 bucket for invoice PDFs (required when S3 is on)."),
     Variable("INVOICE_S3_REGION", "str", "us-east-1", "AWS region of the bucket."),
+    Variable("INVOICE_S3_ENDPOINT_URL", "str", None,
+             "Endpoint of an S3-compatible store (MinIO, staging); unset: AWS S3. Credentials: boto3's chain."),
+    Variable("INVOICE_S3_PREFIX", "str", None, "Key prefix before invoices/YYYY/MM/<org>/<number>.pdf."),
+    Variable("INVOICE_S3_LINK_EXPIRY_SECONDS", "int", "604800",
+             "Lifetime of the presigned download link in invoice e-mails (at most 7 days = 604800)."),
     Variable("INVOICE_ENABLE_STRIPE", "bool", "false", "Create and send Stripe invoices."),
     Variable("STRIPE_API_KEY", "str", None,
              "Stripe secret key, sk_live_… or sk_test_… (required when Stripe is on).", secret=True),
+    Variable("STRIPE_API_BASE", "str", None,
+             "Another Stripe-compatible API base URL (tests, staging); unset: Stripe's own."),
+    Variable("STRIPE_REQUESTS_PER_SECOND", "int", "25",
+             "Client-side limit on Stripe requests (25 = Stripe's test-mode limit; live allows 100)."),
     Variable("INVOICE_ENABLE_EMAIL", "bool", "false", "E-mail invoices to organizations."),
     Variable("INVOICE_SMTP_HOST", "str", None, "SMTP server (required when e-mail is on)."),
     Variable("INVOICE_SMTP_PORT", "int", "587", "SMTP port."),
@@ -67,10 +76,24 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("INVOICE_SMTP_PASSWORD", "str", None, "SMTP password.", secret=True),
     Variable("INVOICE_SMTP_FROM", "str", None,
              "From address of invoice e-mails (required when e-mail is on)."),
+    Variable("INVOICE_SMTP_SECURITY", "str", None,
+             "ssl (implicit TLS), starttls (certificate verified) or none (plain; local testing only). "
+             "Unset: ssl on port 465, else starttls."),
+    Variable("INVOICE_CONCURRENCY", "int", "8", "Organizations invoiced and delivered in parallel."),
+    Variable("DELIVERY_MAX_ATTEMPTS", "int", "4",
+             "Attempts per S3/Stripe/SMTP call on transient failures (exponential backoff with jitter)."),
+    Variable("DELIVERY_TIMEOUT_SECONDS", "int", "30", "Network timeout of one S3/Stripe/SMTP call."),
+    Variable("DELIVERY_MAX_RETRY_SECONDS", "int", "60", "Longest time spent retrying one delivery call."),
 )
 
 VARIABLES_BY_NAME = {v.name: v for v in VARIABLES}
 
+_INT_RANGES: dict[str, tuple[int, int | None]] = {
+    "INVOICE_SMTP_PORT": (1, 65535), "INVOICE_PAYMENT_TERMS_DAYS": (0, 365),
+    "INVOICE_S3_LINK_EXPIRY_SECONDS": (1, 604800), "STRIPE_REQUESTS_PER_SECOND": (1, 10000),
+    "INVOICE_CONCURRENCY": (1, 256), "DELIVERY_MAX_ATTEMPTS": (1, 20), "DELIVERY_TIMEOUT_SECONDS": (1, 600),
+    "DELIVERY_MAX_RETRY_SECONDS": (0, 3600), "AGGREGATE_LOOKBACK_HOURS": (0, 168),
+}
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -192,14 +215,24 @@ class Settings:
     s3_enabled: bool = False
     s3_bucket: str | None = None
     s3_region: str = "us-east-1"
+    s3_endpoint_url: str | None = None
+    s3_prefix: str = ""
+    s3_link_seconds: int = 604800
     stripe_enabled: bool = False
     stripe_api_key: Secret | None = None
+    stripe_api_base: str | None = None
+    stripe_requests_per_second: int = 25
     email_enabled: bool = False
     smtp_host: str | None = None
     smtp_port: int = 587
     smtp_username: str | None = None
     smtp_password: Secret | None = None
     smtp_from: str | None = None
+    smtp_security: str = "starttls"
+    concurrency: int = 8
+    delivery_max_attempts: int = 4
+    delivery_timeout_seconds: int = 30
+    delivery_max_retry_seconds: int = 60
     sources: Mapping[str, Source] = field(default_factory=dict, compare=False)
 
     @property
@@ -265,6 +298,11 @@ def validate(raw: RawConfig) -> Settings:
         s3_enabled=bool(parsed["INVOICE_ENABLE_S3"]),
         s3_bucket=parsed["INVOICE_S3_BUCKET"],  # type: ignore[arg-type]
         s3_region=parsed["INVOICE_S3_REGION"],  # type: ignore[arg-type]
+        s3_endpoint_url=parsed["INVOICE_S3_ENDPOINT_URL"],  # type: ignore[arg-type]
+        s3_prefix=parsed["INVOICE_S3_PREFIX"] or "",  # type: ignore[arg-type]
+        s3_link_seconds=parsed["INVOICE_S3_LINK_EXPIRY_SECONDS"],  # type: ignore[arg-type]
+        stripe_api_base=parsed["STRIPE_API_BASE"],  # type: ignore[arg-type]
+        stripe_requests_per_second=parsed["STRIPE_REQUESTS_PER_SECOND"],  # type: ignore[arg-type]
         stripe_enabled=bool(parsed["INVOICE_ENABLE_STRIPE"]),
         stripe_api_key=_secret(parsed["STRIPE_API_KEY"]),
         email_enabled=bool(parsed["INVOICE_ENABLE_EMAIL"]),
@@ -273,6 +311,12 @@ def validate(raw: RawConfig) -> Settings:
         smtp_username=parsed["INVOICE_SMTP_USERNAME"],  # type: ignore[arg-type]
         smtp_password=_secret(parsed["INVOICE_SMTP_PASSWORD"]),
         smtp_from=parsed["INVOICE_SMTP_FROM"],  # type: ignore[arg-type]
+        smtp_security=parsed["INVOICE_SMTP_SECURITY"] or ("ssl" if parsed["INVOICE_SMTP_PORT"] == 465
+                                                          else "starttls"),  # type: ignore[arg-type]
+        concurrency=parsed["INVOICE_CONCURRENCY"],  # type: ignore[arg-type]
+        delivery_max_attempts=parsed["DELIVERY_MAX_ATTEMPTS"],  # type: ignore[arg-type]
+        delivery_timeout_seconds=parsed["DELIVERY_TIMEOUT_SECONDS"],  # type: ignore[arg-type]
+        delivery_max_retry_seconds=parsed["DELIVERY_MAX_RETRY_SECONDS"],  # type: ignore[arg-type]
         sources={name: src for name, (_, src) in raw.values.items()},
     )
 
@@ -294,9 +338,9 @@ def _parse(var: Variable, value: str) -> object:
             number = int(value)
         except ValueError:
             raise ValueError("not a whole number") from None
-        if number < 0 or (var.name.endswith("_PORT") and not 0 < number < 65536) \
-                or (var.name == "INVOICE_PAYMENT_TERMS_DAYS" and number > 365):
-            raise ValueError("out of range")
+        low, high = _INT_RANGES.get(var.name, (0, None))
+        if number < low or (high is not None and number > high):
+            raise ValueError(f"out of range: use {low} to {high}" if high is not None else f"must be at least {low}")
         return number
     if var.kind == "month":
         if not _MONTH.match(value):
@@ -312,8 +356,16 @@ def _parse(var: Variable, value: str) -> object:
         if len(value.split()) not in (5, 6):
             raise ValueError("not a cron expression: use six fields, seconds first, e.g. '0 0 0 1 * *'")
         return value
+    if any(ch in value for ch in "\r\n\x00"):
+        raise ValueError("contains a line break or NUL")
     if var.name in ("NOTIFY_EMAIL", "INVOICE_SMTP_FROM") and not _EMAIL.match(value.rsplit("<", 1)[-1].rstrip(">")):
         raise ValueError("not an e-mail address")
+    if var.name == "STRIPE_API_KEY" and not value.startswith(("sk_", "rk_")):
+        raise ValueError("not a Stripe secret key: it starts with sk_ (or rk_ for a restricted key)")
+    if var.name == "INVOICE_SMTP_SECURITY" and value not in ("ssl", "starttls", "none"):
+        raise ValueError("use ssl, starttls or none")
+    if var.name in ("STRIPE_API_BASE", "INVOICE_S3_ENDPOINT_URL") and not re.match(r"^https?://[^\s/]+", value):
+        raise ValueError("not an http(s) URL")
     return value
 
 

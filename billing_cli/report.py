@@ -203,6 +203,7 @@ def demo_summary(output: Output, result: DemoResult) -> None:
 # -- invoice-monthly -------------------------------------------------------------------------------
 
 _MARKS = {"invoiced": "✅", "already_invoiced": "⏭ ", "nothing_to_bill": "➖", "failed": "❌"}
+_STEP_NAMES = {"pdf": "PDF stored", "s3": "uploaded to S3", "stripe": "Stripe invoice sent", "email": "e-mailed"}
 
 
 class InvoiceProgress:
@@ -262,11 +263,13 @@ class InvoiceProgress:
         mark = _MARKS["failed"] if o.errors else _MARKS.get(o.status, "•")
         amount = f"{format_money(o.total, o.currency)}" if o.total is not None and o.currency else ""
         pdf = f", PDF {o.pdf_bytes / 1024:.1f} kB" if o.pdf_bytes else ""
+        delivered = [_STEP_NAMES[d] for d in o.done if d in _STEP_NAMES]
         if o.status == "invoiced":
             verb = "would be invoiced as" if self.dry_run else "invoice generated:"
-            text = f"{mark} {who}: {verb} {o.number}, {amount}{pdf}"
+            steps = f"; {', '.join(delivered)}" if delivered else ""
+            text = f"{mark} {who}: {verb} {o.number}, {amount}{pdf}{steps}"
         elif o.status == "already_invoiced":
-            extra = f"; completed: {', '.join(o.done)}" if o.done else ""
+            extra = f"; completed now: {', '.join(delivered or o.done)}" if o.done else ""
             text = f"{mark} {who}: already invoiced ({o.number}, {amount}){extra}"
         elif o.status == "nothing_to_bill":
             text = f"{mark} {who}: nothing to bill"
@@ -283,12 +286,19 @@ class InvoiceProgress:
             self._progress.stop()
 
 
-def invoice_header(output: Output, month: object, dry_run: bool, where: str) -> None:
+def invoice_header(output: Output, month: object, dry_run: bool, where: str, disabled: list[str]) -> None:
+    from .jobs.deliver import FLAGS
+
+    deliveries = ", ".join(f"{name} {'skipped (' + FLAGS[name] + ' is off)' if name in disabled else 'on'}"
+                           for name in FLAGS)
+    if dry_run:
+        deliveries = "none (dry run: nothing is uploaded, created or sent)"
     if output.plain:
-        output.record("start", job="invoice-monthly", month=month, dry_run=str(dry_run).lower(), database=where)
+        output.record("start", job="invoice-monthly", month=month, dry_run=str(dry_run).lower(), database=where,
+                      **({} if dry_run else {f"{name}": "off" if name in disabled else "on" for name in FLAGS}))
         return
     output.banner("🧾 billing invoice-monthly", [("month", month), ("dry run", "yes" if dry_run else "no"),
-                                                ("database", where)])
+                                                ("deliveries", deliveries), ("database", where)])
 
 
 def invoice_summary(output: Output, result: InvoiceRunResult) -> None:

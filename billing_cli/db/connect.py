@@ -17,6 +17,7 @@ def open_database(
     *,
     notice: Callable[[str], None] = lambda _: None,
     require_schema: bool = True,
+    pool_size: int = 5,
 ) -> Iterator[Database]:
     """Yield a reachable database whose schema this program matches (the embedded one is migrated
     on the spot; a real one must be upgraded by the operator with `billing db upgrade`)."""
@@ -25,7 +26,7 @@ def open_database(
         notice(f"DATABASE_URL is not set: using the embedded PostgreSQL in {home / 'pgdata'} "
                "(started now, stopped when this command exits)")
         with embedded_server(home) as url:
-            engine = make_engine(url)
+            engine = make_engine(url, pool_size=pool_size)
             try:
                 upgrade(engine)
                 with translate_disconnects("the embedded database"):
@@ -36,7 +37,7 @@ def open_database(
 
     url = settings.database_url.reveal()
     where = describe_server(url)
-    engine = make_engine(url)
+    engine = make_engine(url, pool_size=pool_size)
     try:
         check_connection(engine, where)
         if require_schema:

@@ -6,7 +6,7 @@ Every function runs in the caller's transaction; the caller decides when to comm
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 
 from sqlalchemy import Connection, text
@@ -102,3 +102,54 @@ def load_document(session: Connection, invoice_id: int) -> InvoiceDocument:
     return InvoiceDocument(row.number, row.organization_id, row.bill_to_name, row.bill_to_email,
                            Month.containing_date(row.period_start), row.issue_date, row.due_date, row.currency,
                            lines, Decimal(row.total))
+
+
+@dataclass(frozen=True)
+class DeliveryState:
+    """What has been delivered for one invoice so far (each field is set when its step succeeded)."""
+
+    invoice_id: int
+    number: str
+    organization_id: str
+    currency: str
+    total: Decimal
+    created_at: datetime
+    pdf_sha256: str | None
+    s3_key: str | None
+    stripe_customer_id: str | None
+    stripe_invoice_id: str | None
+    stripe_status: str | None
+    emailed_at: datetime | None
+
+
+def delivery_state(session: Connection, invoice_id: int) -> DeliveryState:
+    row = session.execute(text("""
+        SELECT i.id, i.number, i.organization_id, i.currency, i.total, i.created_at, i.pdf_sha256,
+               CASE WHEN i.s3_uploaded_at IS NOT NULL THEN i.s3_key END AS s3_key,
+               o.stripe_customer_id, i.stripe_invoice_id, i.stripe_status, i.emailed_at
+        FROM invoices i LEFT JOIN organizations o ON o.id = i.organization_id
+        WHERE i.id = :id
+    """), {"id": invoice_id}).one()
+    return DeliveryState(*row)
+
+
+def record_s3(session: Connection, invoice_id: int, key: str) -> None:
+    session.execute(text("UPDATE invoices SET s3_key = :key, s3_uploaded_at = now() WHERE id = :id"),
+                    {"id": invoice_id, "key": key})
+
+
+def record_stripe_customer(session: Connection, organization_id: str, customer_id: str) -> None:
+    session.execute(text("UPDATE organizations SET stripe_customer_id = :c WHERE id = :id "
+                         "AND stripe_customer_id IS NULL"), {"id": organization_id, "c": customer_id})
+
+
+def record_stripe_invoice(session: Connection, invoice_id: int, stripe_invoice_id: str, status: str) -> None:
+    session.execute(text("""
+        UPDATE invoices SET stripe_invoice_id = :sid, stripe_status = :status, stripe_updated_at = now()
+        WHERE id = :id
+    """), {"id": invoice_id, "sid": stripe_invoice_id, "status": status})
+
+
+def record_email(session: Connection, invoice_id: int, message_id: str) -> None:
+    session.execute(text("UPDATE invoices SET emailed_at = now(), email_message_id = :m WHERE id = :id"),
+                    {"id": invoice_id, "m": message_id})

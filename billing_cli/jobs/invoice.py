@@ -8,9 +8,11 @@ Per organization: plan -> rate (pure) -> issue (one short transaction: number + 
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -29,6 +31,7 @@ from ..errors import BillingError
 from ..periods import HOUR, Month, format_hour
 from ..pricing import PricePlan, RatedInvoice, RatingError, rate
 from .aggregate import aggregate_one_hour
+from .deliver import Deliveries, deliver, pending
 
 COMPONENTS = ("data", "pdf", "s3", "stripe", "email")
 
@@ -44,6 +47,8 @@ class InvoiceOptions:
     output_dir: Path | None = None
     payment_terms_days: int = 30
     batch_size: int = 500
+    deliveries: Deliveries = field(default_factory=Deliveries)
+    concurrency: int = 1
 
 
 @dataclass
@@ -111,10 +116,12 @@ class _Numbering:
     def __init__(self, transactions: Transactions, month: Month) -> None:
         with transactions() as conn:
             self.next = invoice_store.next_number_preview(conn, month)
+        self._lock = threading.Lock()
 
     def take(self) -> int:
-        self.next += 1
-        return self.next - 1
+        with self._lock:
+            self.next += 1
+            return self.next - 1
 
 
 def invoice_month(
@@ -137,19 +144,26 @@ def invoice_month(
 
     numbering = _Numbering(transactions, month) if options.dry_run else None
     seen: set[str] = set()
-    for batch in usage_store.active_organizations(transactions, batch_size=options.batch_size, only=only):
-        ids = [org.id for org in batch]
-        seen.update(ids)
-        with transactions() as conn:
-            usage = usage_store.monthly_usage(conn, month, ids, live_hours)
-            existing = invoice_store.live_invoices(conn, month, ids)
-            plans = plan_store.load_plans(conn, sorted({o.price_plan_id for o in batch if o.price_plan_id}))
-        for org in batch:
-            outcome = _invoice_one(transactions, options, org, usage.get(org.id, {}), plans, existing.get(org.id),
-                                   numbering)
-            result.add(outcome)
-            if on_outcome:
-                on_outcome(outcome)
+    # Organizations are I/O-bound (database, S3, Stripe, SMTP): a bounded pool of worker threads,
+    # each organization in its own transactions. Outcomes are collected on this thread.
+    pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="invoice")
+    try:
+        for batch in usage_store.active_organizations(transactions, batch_size=options.batch_size, only=only):
+            ids = [org.id for org in batch]
+            seen.update(ids)
+            with transactions() as conn:
+                usage = usage_store.monthly_usage(conn, month, ids, live_hours)
+                existing = invoice_store.live_invoices(conn, month, ids)
+                plans = plan_store.load_plans(conn, sorted({o.price_plan_id for o in batch if o.price_plan_id}))
+            futures = [pool.submit(_invoice_one, transactions, options, org, usage.get(org.id, {}), plans,
+                                   existing.get(org.id), numbering) for org in batch]
+            for future in as_completed(futures):
+                outcome = future.result()
+                result.add(outcome)
+                if on_outcome:
+                    on_outcome(outcome)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     for missing in sorted(set(options.organizations) - seen):
         outcome = OrgOutcome(missing).fail("data", "no active organization with this id")
         result.add(outcome)
@@ -221,7 +235,9 @@ def _invoice_one(transactions: Transactions, options: InvoiceOptions, org: Organ
                 stored = invoice_store.issue_invoice(
                     conn, organization_id=org.id, bill_to_name=org.name, bill_to_email=org.email, rated=rated,
                     month=options.month, issue_date=issue, due_date=due, replaces=existing)
-        except IntegrityError:
+        except IntegrityError as exc:
+            if "uq_invoices_one_live_per_org_month" not in str(exc.orig):
+                raise
             # Another run issued this organization's invoice between our read and our insert: the
             # unique index kept it to one. Report it as already invoiced; a rerun finishes its steps.
             outcome.status = "already_invoiced"
@@ -263,17 +279,31 @@ def _rate(org: OrganizationRow, usage: dict[str, Decimal], plans: dict[str, Pric
 
 def _complete_steps(transactions: Transactions, options: InvoiceOptions, stored: StoredInvoice,
                     outcome: OrgOutcome) -> None:
-    """Run every delivery step of an issued invoice that has not succeeded yet."""
-    if stored.pdf_sha256 is None or (options.output_dir and not _pdf_path(options, stored).exists()):
+    """Run every step of an issued invoice that is on and has not succeeded yet: the PDF, then
+    its deliveries. Everything is derived from the stored invoice, so a rerun produces the same
+    PDF bytes and the same Stripe lines as the first attempt."""
+    with transactions() as conn:
+        state = invoice_store.delivery_state(conn, stored.id)
+    pdf_missing = state.pdf_sha256 is None or (options.output_dir is not None
+                                               and not _pdf_path(options, stored).exists())
+    steps = pending(state, options.deliveries)
+    if not pdf_missing and not steps:
+        return
+    with transactions() as conn:
+        document = invoice_store.load_document(conn, stored.id)
+    pdf = _render(document, options, outcome, write=options.output_dir is not None)
+    if pdf is None:
+        return
+    sha256 = hashlib.sha256(pdf).hexdigest()
+    if pdf_missing:
         with transactions() as conn:
-            document = invoice_store.load_document(conn, stored.id)
-        pdf = _render(document, options, outcome, write=options.output_dir is not None)
-        if pdf is None:
-            return
-        with transactions() as conn:
-            invoice_store.record_pdf(conn, stored.id, sha256=hashlib.sha256(pdf).hexdigest(), size=len(pdf),
+            invoice_store.record_pdf(conn, stored.id, sha256=sha256, size=len(pdf),
                                      path=str(_pdf_path(options, stored)) if options.output_dir else None)
         outcome.done.append("pdf")
+    elif sha256 != state.pdf_sha256:
+        outcome.warnings.append("the PDF rendered now differs from the first rendering (a newer renderer?)")
+    if steps:
+        deliver(transactions, state, document, pdf, options.deliveries, options.seller, outcome)
 
 
 def _render(document: InvoiceDocument, options: InvoiceOptions, outcome: OrgOutcome, *, write: bool) -> bytes | None:

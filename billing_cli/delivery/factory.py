@@ -1,0 +1,41 @@
+"""Build the delivery adapters a run uses from the settings (a turned-off delivery is None)."""
+
+from __future__ import annotations
+
+from ..config import Settings
+from ..jobs.deliver import Deliveries
+
+
+def deliveries_from_settings(settings: Settings, *, dry_run: bool) -> Deliveries:
+    """The adapters of the enabled deliveries. A dry run gets none: it must not call anything."""
+    if dry_run:
+        return Deliveries(days_until_due=settings.payment_terms_days)
+    store = payments = mailer = None
+    if settings.s3_enabled:
+        from .storage import S3Store
+
+        assert settings.s3_bucket is not None
+        store = S3Store(settings.s3_bucket, settings.s3_region, endpoint_url=settings.s3_endpoint_url,
+                        link_seconds=settings.s3_link_seconds, max_attempts=settings.delivery_max_attempts,
+                        timeout_seconds=settings.delivery_timeout_seconds)
+    if settings.stripe_enabled:
+        from .payments import StripeGateway
+
+        assert settings.stripe_api_key is not None
+        payments = StripeGateway(settings.stripe_api_key.reveal(), api_base=settings.stripe_api_base,
+                                 requests_per_second=settings.stripe_requests_per_second,
+                                 max_network_retries=settings.delivery_max_attempts - 1,
+                                 timeout_seconds=settings.delivery_timeout_seconds,
+                                 rate_limit_retries=settings.delivery_max_attempts)
+    if settings.email_enabled:
+        from .mailer import SmtpMailer
+
+        assert settings.smtp_host is not None
+        mailer = SmtpMailer(settings.smtp_host, settings.smtp_port, settings.smtp_security,  # type: ignore[arg-type]
+                            username=settings.smtp_username,
+                            password=settings.smtp_password.reveal() if settings.smtp_password else None,
+                            timeout_seconds=settings.delivery_timeout_seconds,
+                            max_attempts=settings.delivery_max_attempts,
+                            max_wait_seconds=settings.delivery_max_retry_seconds)
+    return Deliveries(store=store, payments=payments, mailer=mailer, sender=settings.smtp_from,
+                      s3_prefix=settings.s3_prefix, days_until_due=settings.payment_terms_days)

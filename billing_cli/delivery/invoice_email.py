@@ -1,0 +1,89 @@
+"""The invoice e-mail: plain text and HTML bodies, the PDF attached, a stable Message-ID."""
+
+from __future__ import annotations
+
+import html
+import re
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+
+from ..invoices import InvoiceDocument, Seller
+from ..money import format_money
+
+_ADDRESS = re.compile(r"^[^@\s<>\"(),;:]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}$")
+
+
+class BadAddress(ValueError):
+    """An address or name that cannot go into a header safely (CR/LF injection, not an address)."""
+
+
+def check_header_value(label: str, value: str) -> str:
+    if any(ch in value for ch in "\r\n\x00") or any(ord(ch) < 32 for ch in value):
+        raise BadAddress(f"{label} contains control characters (CR/LF): refusing to put it in an e-mail header")
+    return value
+
+
+def check_address(label: str, value: str) -> str:
+    check_header_value(label, value)
+    if not _ADDRESS.match(value.strip()):
+        raise BadAddress(f"{label} {value!r} is not a valid e-mail address")
+    return value.strip()
+
+
+def message_id(doc: InvoiceDocument, sender: str) -> str:
+    """Stable per invoice: if a crash makes us send twice, mail systems can tell it is one message."""
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "billing.invalid"
+    return f"<{doc.number}.{doc.organization_id}@{domain}>".replace(" ", "")
+
+
+def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller: Seller,
+                        link: str | None = None) -> EmailMessage:
+    to_address = check_address("organization e-mail", doc.bill_to_email)
+    name = check_header_value("organization name", doc.bill_to_name)
+    check_header_value("INVOICE_SMTP_FROM", sender)
+    total = format_money(doc.total, doc.currency)
+    message = EmailMessage()
+    message["Subject"] = f"Invoice {doc.number} for {doc.period}: {total}"
+    message["From"] = sender
+    user, _, domain = to_address.rpartition("@")
+    message["To"] = Address(display_name=name, username=user, domain=domain)
+    message["Message-ID"] = message_id(doc, sender)
+    message["Date"] = format_datetime(_noon(doc))
+    text = [
+        f"Hello {name},",
+        "",
+        f"please find attached invoice {doc.number} from {seller.name} for {doc.period}.",
+        "",
+        f"  Invoice number: {doc.number}",
+        f"  Billing period: {doc.period.first_day} to {doc.period.last_day}",
+        f"  Total due:      {total}",
+        f"  Due date:       {doc.due_date}",
+    ]
+    if link:
+        text += ["", f"Download (link valid for a limited time): {link}"]
+    text += ["", f"Thank you,\n{seller.name}"]
+    message.set_content("\n".join(text))
+    link_html = f'<p><a href="{html.escape(link)}">Download the invoice</a> (link valid for a limited time)</p>' \
+        if link else ""
+    message.add_alternative(f"""<html><body style="font-family: sans-serif">
+<p>Hello {html.escape(name)},</p>
+<p>please find attached invoice <b>{html.escape(doc.number)}</b> from {html.escape(seller.name)}
+for {doc.period}.</p>
+<table cellpadding="4">
+<tr><td>Invoice number</td><td><b>{html.escape(doc.number)}</b></td></tr>
+<tr><td>Billing period</td><td>{doc.period.first_day} to {doc.period.last_day}</td></tr>
+<tr><td>Total due</td><td><b>{html.escape(total)}</b></td></tr>
+<tr><td>Due date</td><td>{doc.due_date}</td></tr>
+</table>
+{link_html}
+<p>Thank you,<br>{html.escape(seller.name)}</p>
+</body></html>""", subtype="html")
+    message.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{doc.number}.pdf")
+    return message
+
+
+def _noon(doc: InvoiceDocument):
+    from datetime import UTC, datetime, time
+
+    return datetime.combine(doc.issue_date, time(12), tzinfo=UTC)

@@ -1,0 +1,217 @@
+"""Stripe, through the official SDK: customers, draft invoices, invoice items, finalize, send.
+
+Every creating call carries an idempotency key derived from our own ids, so a retry never
+duplicates. Stripe forgets keys after about 24 hours; what makes a rerun days later safe is
+the ids we store (and the lookups below by our metadata). The client is built on first use.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+# Pinned, so that upgrading the SDK never silently changes the API behaviour we rely on.
+STRIPE_API_VERSION = "2026-10-28.endive"
+
+
+class PaymentError(Exception):
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class StripeInvoice:
+    id: str
+    status: str  # draft | open | paid | void | uncollectible
+    total: int  # minor units
+    currency: str
+    sent: bool = False
+    hosted_url: str | None = None
+
+
+@dataclass(frozen=True)
+class StripeItem:
+    line_no: int
+    amount: int
+
+
+class PaymentGateway(Protocol):
+    def find_customer(self, organization_id: str, email: str) -> str | None: ...
+    def create_customer(self, organization_id: str, name: str, email: str) -> str: ...
+    def find_invoice(self, customer_id: str, invoice_id: int) -> StripeInvoice | None: ...
+    def create_draft(self, customer_id: str, *, invoice_id: int, number: str, currency: str,
+                     days_until_due: int) -> StripeInvoice: ...
+    def items(self, stripe_invoice_id: str) -> list[StripeItem]: ...
+    def add_item(self, customer_id: str, stripe_invoice_id: str, *, invoice_id: int, line_no: int,
+                 amount: int, currency: str, description: str) -> None: ...
+    def retrieve(self, stripe_invoice_id: str) -> StripeInvoice: ...
+    def finalize(self, stripe_invoice_id: str, *, invoice_id: int) -> StripeInvoice: ...
+    def send(self, stripe_invoice_id: str, *, invoice_id: int) -> StripeInvoice: ...
+
+
+def _key(prefix: str, identifier: str) -> str:
+    """An idempotency key (Stripe allows 255 characters; long ids are hashed)."""
+    if len(identifier) > 180:
+        import hashlib
+
+        identifier = hashlib.sha256(identifier.encode()).hexdigest()
+    return f"{prefix}-{identifier}"
+
+
+class RateLimiter:
+    """At most `per_second` calls in any one-second window, shared by all worker threads."""
+
+    def __init__(self, per_second: float) -> None:
+        self.per_second = per_second
+        self._calls: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        if self.per_second <= 0:
+            return
+        limit = max(1, int(self.per_second))
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                while self._calls and now - self._calls[0] >= 1.0:
+                    self._calls.popleft()
+                if len(self._calls) < limit:
+                    self._calls.append(now)
+                    return
+                wait = 1.0 - (now - self._calls[0])
+            time.sleep(max(wait, 0.001))
+
+
+class StripeGateway:
+    """The real adapter. `api_base` points the SDK at another Stripe-compatible server (staging,
+    tests); the code path is the same."""
+
+    def __init__(self, api_key: str, *, api_base: str | None = None, requests_per_second: float = 25,
+                 max_network_retries: int = 3, timeout_seconds: float = 30, rate_limit_retries: int = 5) -> None:
+        self._api_key = api_key
+        self._api_base = api_base
+        self._max_network_retries = max_network_retries
+        self._timeout = timeout_seconds
+        self._rate_limit_retries = rate_limit_retries
+        self.limiter = RateLimiter(requests_per_second)
+        self._client_lock = threading.Lock()
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        return f"StripeGateway(api_base={self._api_base!r})"  # never the key
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _stripe(self) -> Any:
+        with self._client_lock:
+            if self._client is None:
+                import stripe
+
+                self._client = stripe.StripeClient(
+                    self._api_key, stripe_version=STRIPE_API_VERSION,
+                    base_addresses={"api": self._api_base} if self._api_base else None,
+                    max_network_retries=self._max_network_retries,
+                    http_client=stripe.new_default_http_client(timeout=self._timeout))
+            return self._client.v1
+
+    def _call(self, what: str, fn, *args, **kwargs) -> Any:
+        """One API call: client-side rate limit, the SDK's own retries (connection errors, 409,
+        5xx, with backoff and jitter), plus backoff on 429, which the SDK does not retry."""
+        import stripe
+        from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+        @retry(retry=retry_if_exception_type(stripe.RateLimitError), reraise=True,
+               stop=stop_after_attempt(self._rate_limit_retries), wait=wait_random_exponential(0.5, max=8))
+        def attempt() -> Any:
+            self.limiter.acquire()
+            return fn(*args, **kwargs)
+
+        try:
+            return attempt()
+        except stripe.RateLimitError as exc:
+            raise PaymentError(f"Stripe {what}: rate limited (429) after {self._rate_limit_retries} attempts",
+                               transient=True) from exc
+        except stripe.AuthenticationError:
+            raise PaymentError(f"Stripe {what}: authentication failed: check STRIPE_API_KEY", transient=False) from None
+        except stripe.InvalidRequestError as exc:
+            raise PaymentError(f"Stripe {what}: {exc.user_message or exc}", transient=False) from None
+        except stripe.IdempotencyError as exc:
+            raise PaymentError(f"Stripe {what}: idempotency conflict: {exc.user_message or exc}",
+                               transient=False) from None
+        except stripe.APIConnectionError as exc:
+            raise PaymentError(f"Stripe {what}: cannot reach Stripe ({type(exc).__name__})", transient=True) from None
+        except stripe.StripeError as exc:
+            status = getattr(exc, "http_status", None)
+            raise PaymentError(f"Stripe {what}: {status or ''} {exc.user_message or type(exc).__name__}".strip(),
+                               transient=status is None or status >= 500) from None
+
+    @staticmethod
+    def _invoice(obj: Any) -> StripeInvoice:
+        transitions = obj.get("status_transitions") or {}
+        return StripeInvoice(obj["id"], obj["status"], int(obj.get("total") or 0), obj["currency"],
+                             sent=bool(obj.get("sent_at") or transitions.get("sent_at")),
+                             hosted_url=obj.get("hosted_invoice_url"))
+
+    # -- customers ---------------------------------------------------------------------------
+    def find_customer(self, organization_id: str, email: str) -> str | None:
+        page = self._call("customer lookup", self._stripe().customers.list, params={"email": email, "limit": 100})
+        for customer in page.data:
+            if (customer.get("metadata") or {}).get("organization_id") == organization_id:
+                return customer["id"]
+        return None
+
+    def create_customer(self, organization_id: str, name: str, email: str) -> str:
+        customer = self._call("customer creation", self._stripe().customers.create,
+                              params={"name": name, "email": email, "metadata": {"organization_id": organization_id}},
+                              options={"idempotency_key": _key("billing-customer", organization_id)})
+        return customer["id"]
+
+    # -- invoices ----------------------------------------------------------------------------
+    def find_invoice(self, customer_id: str, invoice_id: int) -> StripeInvoice | None:
+        page = self._call("invoice lookup", self._stripe().invoices.list,
+                          params={"customer": customer_id, "limit": 100})
+        for invoice in page.data:
+            if (invoice.get("metadata") or {}).get("billing_invoice_id") == str(invoice_id) \
+                    and invoice["status"] != "void":
+                return self._invoice(invoice)
+        return None
+
+    def create_draft(self, customer_id: str, *, invoice_id: int, number: str, currency: str,
+                     days_until_due: int) -> StripeInvoice:
+        invoice = self._call("draft invoice", self._stripe().invoices.create, params={
+            "customer": customer_id, "collection_method": "send_invoice", "days_until_due": days_until_due,
+            "auto_advance": False, "currency": currency.lower(), "pending_invoice_items_behavior": "exclude",
+            "description": f"Invoice {number}",
+            "metadata": {"invoice_number": number, "billing_invoice_id": str(invoice_id)},
+        }, options={"idempotency_key": f"billing-invoice-{invoice_id}-draft"})
+        return self._invoice(invoice)
+
+    def items(self, stripe_invoice_id: str) -> list[StripeItem]:
+        page = self._call("invoice items lookup", self._stripe().invoice_items.list,
+                          params={"invoice": stripe_invoice_id, "limit": 100})
+        return [StripeItem(int((item.get("metadata") or {}).get("line_no", 0)), int(item["amount"]))
+                for item in page.data]
+
+    def add_item(self, customer_id: str, stripe_invoice_id: str, *, invoice_id: int, line_no: int,
+                 amount: int, currency: str, description: str) -> None:
+        self._call(f"invoice item {line_no}", self._stripe().invoice_items.create, params={
+            "customer": customer_id, "invoice": stripe_invoice_id, "amount": amount,
+            "currency": currency.lower(), "description": description[:500],
+            "metadata": {"billing_invoice_id": str(invoice_id), "line_no": str(line_no)},
+        }, options={"idempotency_key": f"billing-invoice-{invoice_id}-item-{line_no}"})
+
+    def retrieve(self, stripe_invoice_id: str) -> StripeInvoice:
+        return self._invoice(self._call("invoice retrieval", self._stripe().invoices.retrieve, stripe_invoice_id))
+
+    def finalize(self, stripe_invoice_id: str, *, invoice_id: int) -> StripeInvoice:
+        return self._invoice(self._call(
+            "finalization", self._stripe().invoices.finalize_invoice, stripe_invoice_id,
+            params={"auto_advance": False}, options={"idempotency_key": f"billing-invoice-{invoice_id}-finalize"}))
+
+    def send(self, stripe_invoice_id: str, *, invoice_id: int) -> StripeInvoice:
+        return self._invoice(self._call(
+            "sending", self._stripe().invoices.send_invoice, stripe_invoice_id,
+            options={"idempotency_key": f"billing-invoice-{invoice_id}-send"}))
