@@ -29,7 +29,6 @@ class StripeInvoice:
     status: str  # draft | open | paid | void | uncollectible
     total: int  # minor units
     currency: str
-    sent: bool = False
     hosted_url: str | None = None
 
 
@@ -51,6 +50,11 @@ class PaymentGateway(Protocol):
     def retrieve(self, stripe_invoice_id: str) -> StripeInvoice: ...
     def finalize(self, stripe_invoice_id: str, *, invoice_id: int) -> StripeInvoice: ...
     def send(self, stripe_invoice_id: str, *, invoice_id: int) -> StripeInvoice: ...
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """A StripeObject (not a dict in stripe 16) as a plain dict."""
+    return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
 
 
 def _key(prefix: str, identifier: str) -> str:
@@ -150,15 +154,18 @@ class StripeGateway:
 
     @staticmethod
     def _invoice(obj: Any) -> StripeInvoice:
-        transitions = obj.get("status_transitions") or {}
-        return StripeInvoice(obj["id"], obj["status"], int(obj.get("total") or 0), obj["currency"],
-                             sent=bool(obj.get("sent_at") or transitions.get("sent_at")),
-                             hosted_url=obj.get("hosted_invoice_url"))
+        data = _plain(obj)
+        return StripeInvoice(data["id"], data["status"], int(data.get("total") or 0), data["currency"],
+                             hosted_url=data.get("hosted_invoice_url"))
+
+    def _all(self, what: str, page: Any) -> list[dict[str, Any]]:
+        """Every object of a list (following `has_more`), as plain dicts."""
+        return self._call(what, lambda: [_plain(obj) for obj in page.auto_paging_iter()])
 
     # -- customers ---------------------------------------------------------------------------
     def find_customer(self, organization_id: str, email: str) -> str | None:
         page = self._call("customer lookup", self._stripe().customers.list, params={"email": email, "limit": 100})
-        for customer in page.data:
+        for customer in self._all("customer lookup", page):
             if (customer.get("metadata") or {}).get("organization_id") == organization_id:
                 return customer["id"]
         return None
@@ -167,13 +174,13 @@ class StripeGateway:
         customer = self._call("customer creation", self._stripe().customers.create,
                               params={"name": name, "email": email, "metadata": {"organization_id": organization_id}},
                               options={"idempotency_key": _key("billing-customer", organization_id)})
-        return customer["id"]
+        return _plain(customer)["id"]
 
     # -- invoices ----------------------------------------------------------------------------
     def find_invoice(self, customer_id: str, invoice_id: int) -> StripeInvoice | None:
         page = self._call("invoice lookup", self._stripe().invoices.list,
                           params={"customer": customer_id, "limit": 100})
-        for invoice in page.data:
+        for invoice in self._all("invoice lookup", page):
             if (invoice.get("metadata") or {}).get("billing_invoice_id") == str(invoice_id) \
                     and invoice["status"] != "void":
                 return self._invoice(invoice)
@@ -193,7 +200,7 @@ class StripeGateway:
         page = self._call("invoice items lookup", self._stripe().invoice_items.list,
                           params={"invoice": stripe_invoice_id, "limit": 100})
         return [StripeItem(int((item.get("metadata") or {}).get("line_no", 0)), int(item["amount"]))
-                for item in page.data]
+                for item in self._all("invoice items lookup", page)]
 
     def add_item(self, customer_id: str, stripe_invoice_id: str, *, invoice_id: int, line_no: int,
                  amount: int, currency: str, description: str) -> None:

@@ -142,11 +142,11 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, state: invo
         with transactions() as conn:
             invoice_store.record_stripe_invoice(conn, state.invoice_id, stripe_id, status)
 
-        just_finalized = True
-    else:
-        just_finalized = False
 
-    if status == "open" and (just_finalized or not gateway.retrieve(stripe_id).sent):
+    if status == "open":
+        # Stripe shows no "sent" state on the invoice: our record is the truth. A crash between
+        # this call and the record below resends under the same idempotency key (replayed, not
+        # sent twice, within Stripe's ~24 h key lifetime).
         sent = gateway.send(stripe_id, invoice_id=state.invoice_id)
         _check_total(sent.total, expected, sent.currency, document)
     elif status not in ("paid", "sent"):  # a zero invoice is paid on finalization: nothing to send

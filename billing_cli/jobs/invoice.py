@@ -25,6 +25,7 @@ from ..db import invoice_store, plan_store, usage_store
 from ..db.engine import Transactions
 from ..db.invoice_store import StoredInvoice
 from ..db.usage_store import OrganizationRow
+from ..delivery.invoice_email import BadAddress, check_address, check_header_value
 from ..delivery.pdf import PdfError, render_invoice
 from ..invoices import InvoiceDocument, Seller, due_date, invoice_number
 from ..errors import BillingError
@@ -256,6 +257,12 @@ def _invoice_one(transactions: Transactions, options: InvoiceOptions, org: Organ
 
 def _rate(org: OrganizationRow, usage: dict[str, Decimal], plans: dict[str, PricePlan], month: Month,
           outcome: OrgOutcome) -> RatedInvoice | None:
+    try:  # the bill-to data is copied onto the invoice and into e-mail headers: it must be clean
+        check_address("organization e-mail", org.email)
+        check_header_value("organization name", org.name)
+    except BadAddress as exc:
+        outcome.fail("data", f"{exc}: fix organizations.{'email' if 'e-mail' in str(exc) else 'name'}")
+        return None
     if not org.price_plan_id:
         outcome.fail("data", "no price plan: set organizations.price_plan_id to a plan id")
         return None

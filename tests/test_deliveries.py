@@ -1,0 +1,316 @@
+"""Delivering invoices to real local peers: S3 (moto server), Stripe (our fake), SMTP (aiosmtpd),
+through the real client libraries. Exactly once across reruns, faults and retries."""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.request
+from decimal import Decimal as D
+
+import pytest
+import stripe
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from billing_cli.cli import app
+from billing_cli.errors import ExitCode
+from tests.data import add_org
+from tests.peers.mail_server import MailServer
+from tests.peers.s3_server import S3Server
+from tests.peers.stripe_server import FakeStripeServer
+from tests.test_invoice_job import PLANS, add_usage, set_plan
+
+runner = CliRunner()
+STRIPE_KEY = "sk_test_DELIVERYsecret0001"
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    server = S3Server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def mail_module():
+    server = MailServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def stripe_module():
+    server = FakeStripeServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch, request):
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_SESSION_TOKEN", "testing")):
+        monkeypatch.setenv(name, value)
+    bucket = f"invoices-{request.node.name[:30].lower().replace('_', '-')}-{id(request) % 10000}"
+    s3_server.client().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3_server.bucket = bucket
+    return s3_server
+
+
+@pytest.fixture
+def mail(mail_module):
+    mail_module.received.clear()
+    mail_module.failures.clear()
+    mail_module.on_message = None
+    return mail_module
+
+
+@pytest.fixture
+def fake_stripe(stripe_module, monkeypatch):
+    stripe_module.reset()
+    monkeypatch.setattr(stripe.HTTPClient, "INITIAL_DELAY", 0.01)  # keep the SDK's retry backoff short
+    monkeypatch.setattr(stripe.HTTPClient, "MAX_DELAY", 0.05)
+    return stripe_module
+
+
+@pytest.fixture
+def billed(db_url, engine, tmp_path):
+    """Three organizations with usage for January 2024 and plans (two USD, one EUR)."""
+    plans = tmp_path / "plans.toml"
+    plans.write_text(PLANS)
+    assert runner.invoke(app, ["plans", "apply", str(plans)], env={"DATABASE_URL": db_url}).exit_code == 0
+    with engine.begin() as conn:
+        for org_id, plan, currency, quantity in (("org-1", "pro", "USD", "100"), ("org-2", "pro", "USD", "2500"),
+                                                 ("org-3", "euro", "EUR", "12.345")):
+            add_org(conn, org_id, currency=currency, name=f"Customer {org_id[-1]}", email=f"{org_id}@example.com")
+            set_plan(conn, org_id, plan)
+            add_usage(conn, org_id, "api_calls", quantity)
+    return db_url
+
+
+@pytest.fixture
+def env(billed, s3, mail, fake_stripe, clean_env) -> dict[str, str]:
+    return {
+        "DATABASE_URL": billed,
+        "INVOICE_ENABLE_S3": "true", "INVOICE_S3_BUCKET": s3.bucket, "INVOICE_S3_REGION": "eu-west-1",
+        "INVOICE_S3_ENDPOINT_URL": s3.url,
+        "INVOICE_ENABLE_STRIPE": "true", "STRIPE_API_KEY": STRIPE_KEY, "STRIPE_API_BASE": fake_stripe.base_url,
+        "INVOICE_ENABLE_EMAIL": "true", "INVOICE_SMTP_HOST": "127.0.0.1", "INVOICE_SMTP_PORT": str(mail.port),
+        "INVOICE_SMTP_SECURITY": "none", "INVOICE_SMTP_USERNAME": mail.username,
+        "INVOICE_SMTP_PASSWORD": mail.password, "INVOICE_SMTP_FROM": "Billing <billing@example.cloud>",
+        "DELIVERY_MAX_RETRY_SECONDS": "5",
+    }
+
+
+def run(env: dict[str, str], *args: str):
+    return runner.invoke(app, ["invoice-monthly", "--month", "2024-01", *args], env=env)
+
+
+def stored(engine) -> dict[str, dict]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("""
+            SELECT i.organization_id, i.id, i.number, i.total, i.currency, i.pdf_sha256, i.s3_key, i.s3_uploaded_at,
+                   i.stripe_invoice_id, i.stripe_status, i.emailed_at, i.email_message_id, o.stripe_customer_id
+            FROM invoices i JOIN organizations o ON o.id = i.organization_id WHERE i.status = 'issued'""")).all()
+    return {r.organization_id: r._asdict() for r in rows}
+
+
+def stripe_lines(fake: FakeStripeServer) -> list[tuple[str, str, int]]:
+    """(our invoice id, line number, amount) of every Stripe invoice line: no duplicates allowed."""
+    return sorted((line["metadata"]["billing_invoice_id"], line["metadata"]["line_no"], line["amount"])
+                  for invoice in fake.invoices.values() for line in invoice["lines"]["data"])
+
+
+def our_lines(engine) -> list[tuple[str, str, int]]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT l.invoice_id, l.line_no, l.amount, i.currency FROM invoice_lines l "
+                                 "JOIN invoices i ON i.id = l.invoice_id WHERE i.status = 'issued'")).all()
+    return sorted((str(r.invoice_id), str(r.line_no), int(r.amount * 100)) for r in rows)
+
+
+def stripe_posts(fake: FakeStripeServer) -> int:
+    return len([r for r in fake.requests if r.method == "POST" and r.status == 200 and not r.replayed])
+
+
+def test_every_invoice_is_uploaded_billed_and_mailed_once(env, engine, s3, mail, fake_stripe) -> None:
+    result = run(env)
+
+    assert result.exit_code == 0, result.output
+    invoices = stored(engine)
+    assert set(invoices) == {"org-1", "org-2", "org-3"}
+    client = s3.client()
+    # S3: private object with the exact PDF bytes, content type, encryption, checksum and metadata.
+    for org_id, inv in invoices.items():
+        assert inv["s3_key"] == f"invoices/2024/01/{org_id}/{inv['number']}.pdf"
+        head = client.head_object(Bucket=s3.bucket, Key=inv["s3_key"], ChecksumMode="ENABLED")
+        body = client.get_object(Bucket=s3.bucket, Key=inv["s3_key"])["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == inv["pdf_sha256"] and body.startswith(b"%PDF")
+        assert head["ContentType"] == "application/pdf" and head["ServerSideEncryption"] == "AES256"
+        assert head["Metadata"] == {"invoice-number": inv["number"]}
+    # Stripe: one customer per organization, one sent invoice per invoice, totals to the cent.
+    customers = fake_stripe.customers
+    assert {c["metadata"]["organization_id"] for c in customers.values()} == {"org-1", "org-2", "org-3"}
+    stripe_invoices = fake_stripe.invoices
+    assert len(stripe_invoices) == 3 and stripe_lines(fake_stripe) == our_lines(engine)
+    for org_id, inv in invoices.items():
+        remote = stripe_invoices[inv["stripe_invoice_id"]]
+        minor = int(inv["total"] * (100 if inv["currency"] in ("USD", "EUR") else 1))
+        assert remote["customer"] == inv["stripe_customer_id"] and customers[remote["customer"]]["email"] == \
+            f"{org_id}@example.com"
+        assert (remote["status"], remote["total"], remote["currency"]) == ("open", minor, inv["currency"].lower())
+        assert remote["collection_method"] == "send_invoice" and remote["auto_advance"] is False
+        assert remote["due_date"] - remote["created"] == 30 * 86400
+        assert remote["metadata"] == {"invoice_number": inv["number"], "billing_invoice_id": str(inv["id"])}
+        assert inv["stripe_status"] == "sent" and len(fake_stripe.sent_invoices[remote["id"]]) == 1
+    assert {r.stripe_version for r in fake_stripe.requests} == {"2026-10-28.endive"}
+    creates = fake_stripe.requests_for("POST", "/v1/invoices")
+    assert all(r.idempotency_key and r.idempotency_key.startswith("billing-invoice-") for r in creates)
+    # E-mail: one message per invoice, to the organization, with the PDF that is in S3.
+    assert len(mail.received) == 3
+    for item in mail.received:
+        message = item.message
+        org_id = item.recipients[0].split("@")[0]
+        inv = invoices[org_id]
+        assert item.recipients == [f"{org_id}@example.com"]
+        assert message["Subject"].startswith(f"Invoice {inv['number']} for 2024-01: ")
+        assert message["Message-ID"] == inv["email_message_id"]
+        plain = message.get_body(("plain",)).get_content()
+        html = message.get_body(("html",)).get_content()
+        assert inv["number"] in plain and inv["number"] in html and "Due date" in plain
+        attachment = next(message.iter_attachments())
+        assert attachment.get_filename() == f"{inv['number']}.pdf"
+        pdf = attachment.get_content()
+        assert hashlib.sha256(pdf).hexdigest() == inv["pdf_sha256"]
+        link = next(word for word in plain.split() if word.startswith("http://"))
+        with urllib.request.urlopen(link) as response:  # the presigned URL serves the same PDF
+            assert response.read() == pdf
+        assert "X-Amz-Expires=604800" in link and "X-Amz-Signature=" in link
+    assert "uploaded to S3, Stripe invoice sent, e-mailed" in run(env, "--rich", "--org", "org-1",
+                                                                   "--regenerate").output
+
+
+def test_a_rerun_after_success_touches_no_peer(env, engine, mail, fake_stripe) -> None:
+    assert run(env).exit_code == 0
+    before, posts = stored(engine), stripe_posts(fake_stripe)
+
+    again = run(env)
+
+    assert again.exit_code == 0 and "already_invoiced=3" in again.output
+    assert stored(engine) == before and stripe_posts(fake_stripe) == posts and len(mail.received) == 3
+
+
+def test_dry_run_calls_no_outside_service(env, engine, s3, mail, fake_stripe) -> None:
+    result = run(env, "--dry-run")
+    assert result.exit_code == 0 and "invoiced=3" in result.output
+    assert fake_stripe.requests == [] and mail.received == []
+    assert s3.client().list_objects_v2(Bucket=s3.bucket).get("KeyCount") == 0
+    assert stored(engine) == {}
+
+
+def test_a_delivery_that_is_off_is_skipped_not_reported_as_done(env, engine, mail, fake_stripe) -> None:
+    result = run({**env, "INVOICE_ENABLE_STRIPE": "false", "INVOICE_ENABLE_EMAIL": "no"})
+    assert result.exit_code == 0
+    assert "start job=invoice-monthly month=2024-01 dry_run=false" in result.output
+    assert "s3=on stripe=off email=off" in result.output
+    assert all(inv["s3_key"] and inv["stripe_invoice_id"] is None and inv["emailed_at"] is None
+               for inv in stored(engine).values())
+    assert fake_stripe.requests == [] and mail.received == []
+    rich = run({**env, "INVOICE_ENABLE_STRIPE": "false"}, "--rich")
+    assert "stripe skipped (INVOICE_ENABLE_STRIPE is off)" in rich.output
+
+    # Turning Stripe on later delivers exactly what is missing.
+    later = run(env)
+    assert later.exit_code == 0 and len(fake_stripe.invoices) == 3 and len(mail.received) == 3
+
+
+def test_transient_faults_are_retried(env, engine, mail, fake_stripe) -> None:
+    fake_stripe.fail_next(1, 500, method="POST", path_prefix="/v1/invoices")
+    fake_stripe.fail_next(1, 429, method="POST", path_prefix="/v1/invoiceitems")
+    fake_stripe.drop_next(1, method="POST", path_prefix="/v1/customers")  # runs, but the answer is lost
+    mail.fail_next(1, 451)
+
+    result = run(env, "--concurrency", "1")
+
+    assert result.exit_code == 0, result.output
+    assert len(fake_stripe.customers) == 3 and len(fake_stripe.invoices) == 3  # no duplicate from retries
+    assert stripe_lines(fake_stripe) == our_lines(engine)
+    assert len(mail.received) == 3
+
+
+def test_stripe_recovers_and_the_rerun_completes_only_missing_steps(env, engine, s3, mail, fake_stripe) -> None:
+    fake_stripe.fail_next(100, 500, method="POST", path_prefix="/v1/invoices/")  # finalize fails for everyone
+
+    first = run(env, "--concurrency", "1")
+
+    assert first.exit_code == ExitCode.PARTIAL
+    assert "errors_stripe=3" in first.output and "errors_s3=0" in first.output
+    drafts = stored(engine)
+    assert {inv["stripe_status"] for inv in drafts.values()} == {"draft"} and mail.received == []
+
+    fake_stripe.clear_faults()  # the outage is over
+    mail.fail_next(1, 554)  # ... but one e-mail is refused for good this time
+    second = run(env, "--concurrency", "1")
+
+    assert second.exit_code == ExitCode.PARTIAL and "errors_email=1" in second.output
+    done = stored(engine)
+    assert all(done[o]["s3_uploaded_at"] == drafts[o]["s3_uploaded_at"] for o in done)  # not uploaded again
+    assert len(fake_stripe.invoices) == 3 and {i["status"] for i in fake_stripe.invoices.values()} == {"open"}
+    assert stripe_lines(fake_stripe) == our_lines(engine)
+    assert len(mail.received) == 2
+
+    third = run(env)
+    assert third.exit_code == 0 and len(mail.received) == 3
+    assert sorted(m.recipients[0] for m in mail.received) == [f"org-{n}@example.com" for n in (1, 2, 3)]
+
+
+def test_s3_refusing_uploads_is_an_s3_error_and_stops_the_later_steps(env, engine, s3, mail, fake_stripe) -> None:
+    result = run({**env, "INVOICE_S3_BUCKET": "no-such-bucket"})
+    assert result.exit_code == ExitCode.PARTIAL and "errors_s3=3" in result.output
+    assert "NoSuchBucket" in result.output
+    assert fake_stripe.requests == [] and mail.received == []
+    assert run(env).exit_code == 0 and len(mail.received) == 3
+
+
+def test_an_unreachable_smtp_server_is_an_email_error(env, engine, mail) -> None:
+    result = run({**env, "INVOICE_SMTP_PORT": "1", "DELIVERY_MAX_ATTEMPTS": "2", "DELIVERY_MAX_RETRY_SECONDS": "1"})
+    assert result.exit_code == ExitCode.PARTIAL and "errors_email=3" in result.output
+    assert "cannot talk to SMTP server 127.0.0.1:1" in result.output
+
+
+def test_wrong_smtp_password_is_permanent_and_never_printed(env, engine, mail) -> None:
+    result = run({**env, "INVOICE_SMTP_PASSWORD": "wrong-SECRET"})
+    assert result.exit_code == ExitCode.PARTIAL and "SMTP authentication failed" in result.output
+    assert "wrong-SECRET" not in result.output and mail.password not in result.output
+    assert STRIPE_KEY not in result.output
+
+
+def test_an_address_that_would_inject_headers_fails_only_that_organization(env, engine, mail, fake_stripe) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE organizations SET email = 'org-2@example.com\r\nBcc: victim@example.com' "
+                          "WHERE id = 'org-2'"))
+    result = run(env)
+    assert result.exit_code == ExitCode.PARTIAL and "errors_data=1" in result.output
+    assert "organization e-mail contains control characters" in result.output
+    assert sorted(m.recipients[0] for m in mail.received) == ["org-1@example.com", "org-3@example.com"]
+    assert "org-2" not in stored(engine) and len(fake_stripe.customers) == 2  # nothing issued or sent for it
+
+    with engine.begin() as conn:  # fixed at the source: the rerun issues and delivers it
+        conn.execute(text("UPDATE organizations SET email = 'org-2@example.com' WHERE id = 'org-2'"))
+    assert run(env).exit_code == 0 and len(mail.received) == 3
+
+
+def test_a_stripe_total_that_differs_from_ours_fails_loudly_and_is_not_finalized(env, engine, fake_stripe) -> None:
+    fake_stripe.fail_next(100, 500, method="POST", path_prefix="/v1/invoices/")
+    run({**env, "INVOICE_ENABLE_EMAIL": "false"}, "--org", "org-2")
+    draft = stored(engine)["org-2"]["stripe_invoice_id"]
+    fake_stripe.clear_faults()
+    client = stripe.StripeClient(STRIPE_KEY, base_addresses={"api": fake_stripe.base_url})
+    customer = fake_stripe.invoices[draft]["customer"]
+    client.v1.invoice_items.create(params={"customer": customer, "invoice": draft, "amount": 100,
+                                           "currency": "usd", "description": "edited by hand"})
+
+    result = run({**env, "INVOICE_ENABLE_EMAIL": "false"}, "--org", "org-2")
+
+    assert result.exit_code == ExitCode.PARTIAL
+    assert "differs from ours" in result.output and "not finalized" in result.output
+    assert fake_stripe.invoices[draft]["status"] == "draft"
+    assert D(stored(engine)["org-2"]["total"]) == D("27.50")
