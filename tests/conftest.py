@@ -14,15 +14,15 @@ import itertools
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 import pytest
-from contextlib import contextmanager
-
 from sqlalchemy import Connection, Engine, create_engine, make_url
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.peers.fixtures"]
 _counter = itertools.count()
 
 

@@ -14,77 +14,10 @@ from typer.testing import CliRunner
 
 from billing_cli.cli import app
 from billing_cli.errors import ExitCode
-from tests.data import add_org
-from tests.peers.mail_server import MailServer
-from tests.peers.s3_server import S3Server
+from tests.peers.fixtures import STRIPE_KEY, our_lines, stripe_lines
 from tests.peers.stripe_server import FakeStripeServer
-from tests.test_invoice_job import PLANS, add_usage, set_plan
 
 runner = CliRunner()
-STRIPE_KEY = "sk_test_DELIVERYsecret0001"
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    server = S3Server().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def mail_module():
-    server = MailServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def stripe_module():
-    server = FakeStripeServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def s3(s3_server, monkeypatch, request):
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_SESSION_TOKEN", "testing")):
-        monkeypatch.setenv(name, value)
-    bucket = f"invoices-{request.node.name[:30].lower().replace('_', '-')}-{id(request) % 10000}"
-    s3_server.client().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    s3_server.bucket = bucket
-    return s3_server
-
-
-@pytest.fixture
-def mail(mail_module):
-    mail_module.received.clear()
-    mail_module.failures.clear()
-    mail_module.on_message = None
-    return mail_module
-
-
-@pytest.fixture
-def fake_stripe(stripe_module, monkeypatch):
-    stripe_module.reset()
-    monkeypatch.setattr(stripe.HTTPClient, "INITIAL_DELAY", 0.01)  # keep the SDK's retry backoff short
-    monkeypatch.setattr(stripe.HTTPClient, "MAX_DELAY", 0.05)
-    return stripe_module
-
-
-@pytest.fixture
-def billed(db_url, engine, tmp_path):
-    """Three organizations with usage for January 2024 and plans (two USD, one EUR)."""
-    plans = tmp_path / "plans.toml"
-    plans.write_text(PLANS)
-    assert runner.invoke(app, ["plans", "apply", str(plans)], env={"DATABASE_URL": db_url}).exit_code == 0
-    with engine.begin() as conn:
-        for org_id, plan, currency, quantity in (("org-1", "pro", "USD", "100"), ("org-2", "pro", "USD", "2500"),
-                                                 ("org-3", "euro", "EUR", "12.345")):
-            add_org(conn, org_id, currency=currency, name=f"Customer {org_id[-1]}", email=f"{org_id}@example.com")
-            set_plan(conn, org_id, plan)
-            add_usage(conn, org_id, "api_calls", quantity)
-    return db_url
 
 
 @pytest.fixture
@@ -112,19 +45,6 @@ def stored(engine) -> dict[str, dict]:
                    i.stripe_invoice_id, i.stripe_status, i.emailed_at, i.email_message_id, o.stripe_customer_id
             FROM invoices i JOIN organizations o ON o.id = i.organization_id WHERE i.status = 'issued'""")).all()
     return {r.organization_id: r._asdict() for r in rows}
-
-
-def stripe_lines(fake: FakeStripeServer) -> list[tuple[str, str, int]]:
-    """(our invoice id, line number, amount) of every Stripe invoice line: no duplicates allowed."""
-    return sorted((line["metadata"]["billing_invoice_id"], line["metadata"]["line_no"], line["amount"])
-                  for invoice in fake.invoices.values() for line in invoice["lines"]["data"])
-
-
-def our_lines(engine) -> list[tuple[str, str, int]]:
-    with engine.connect() as conn:
-        rows = conn.execute(text("SELECT l.invoice_id, l.line_no, l.amount, i.currency FROM invoice_lines l "
-                                 "JOIN invoices i ON i.id = l.invoice_id WHERE i.status = 'issued'")).all()
-    return sorted((str(r.invoice_id), str(r.line_no), int(r.amount * 100)) for r in rows)
 
 
 def stripe_posts(fake: FakeStripeServer) -> int:

@@ -1,4 +1,4 @@
-"""Engines and session factories, with connection failures turned into one clear line."""
+"""Engines and transaction factories, with connection failures turned into one clear line."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, create_engine, make_url, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from ..errors import DatabaseUnavailable
+
 # What jobs receive to open their units of work: `with transactions() as conn:` commits when the
 # block succeeds and rolls back when it raises. In production it is `engine.begin`; tests pass
 # savepoints inside an outer transaction that they roll back. (SQLAlchemy Core: the ORM is not
 # imported on the jobs' path, which keeps every cron start fast.)
 Transactions = Callable[[], AbstractContextManager[Connection]]
-
-from ..errors import DatabaseUnavailable
 
 
 def sqlalchemy_url(url: str) -> str:

@@ -7,14 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import text
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from ..db.engine import Transactions
 from ..db.plan_store import save_plans
-from ..plan_file import load_plan_file
 from ..errors import Refused
 from ..periods import Month
+from ..plan_file import load_plan_file
 from .aggregate import AggregationResult, HourResult, aggregate_hours
 
 DEMO_MONTH = Month(2024, 1)

@@ -27,8 +27,8 @@ from ..db.invoice_store import StoredInvoice
 from ..db.usage_store import OrganizationRow
 from ..delivery.invoice_email import BadAddress, check_address, check_header_value
 from ..delivery.pdf import PdfError, render_invoice
-from ..invoices import InvoiceDocument, Seller, due_date, invoice_number
 from ..errors import BillingError
+from ..invoices import InvoiceDocument, Seller, due_date, invoice_number
 from ..periods import HOUR, Month, format_hour
 from ..pricing import PricePlan, RatedInvoice, RatingError, rate
 from .aggregate import aggregate_one_hour

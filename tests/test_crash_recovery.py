@@ -1,0 +1,177 @@
+"""Killing a real run (SIGKILL) at each step of a delivery, then running again: every invoice
+ends with one PDF object, one Stripe invoice with the right items, and one e-mail — except the
+documented window where the SMTP server accepted a message just before the crash."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import BILLING, billing_subprocess_env
+from tests.peers.fixtures import our_lines, stripe_lines
+from tests.peers.stripe_server import FakeStripeServer
+
+Predicate = Callable[[object], bool]
+
+
+class KillingStripe(FakeStripeServer):
+    """The fake Stripe API, able to SIGKILL its client when a chosen request arrives: before
+    serving it (the request never happens) or after (it happened, the client never hears of it)."""
+
+    victim: int | None = None
+    kill_before: Predicate | None = None
+    kill_after: Predicate | None = None
+
+    def _serve(self, request):  # type: ignore[override]
+        if self.victim and self.kill_before and self.kill_before(request):
+            self._kill()
+        reply = super()._serve(request)
+        if self.victim and self.kill_after and self.kill_after(request):
+            self._kill()
+        return reply
+
+    def _kill(self) -> None:
+        victim, self.victim = self.victim, None
+        os.kill(victim, signal.SIGKILL)
+
+
+def post(path_pattern: str, nth: int = 1) -> Predicate:
+    """Matches the nth POST whose path matches the pattern."""
+    seen = {"count": 0}
+
+    def predicate(request) -> bool:
+        if request.method == "POST" and re.fullmatch(path_pattern, request.path):
+            seen["count"] += 1
+            return seen["count"] == nth
+        return False
+
+    return predicate
+
+
+@pytest.fixture(scope="module")
+def killing_stripe():
+    server = KillingStripe().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def peers_env(billed, s3, mail, killing_stripe, clean_env):
+    killing_stripe.reset()
+    killing_stripe.victim = killing_stripe.kill_before = killing_stripe.kill_after = None
+    return billing_subprocess_env(
+        DATABASE_URL=billed, BILLING_ENV_FILE="/dev/null", AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        INVOICE_ENABLE_S3="true", INVOICE_S3_BUCKET=s3.bucket, INVOICE_S3_REGION="eu-west-1",
+        INVOICE_S3_ENDPOINT_URL=s3.url,
+        INVOICE_ENABLE_STRIPE="true", STRIPE_API_KEY="sk_test_CRASHsecret0001", STRIPE_API_BASE=killing_stripe.base_url,
+        INVOICE_ENABLE_EMAIL="true", INVOICE_SMTP_HOST="127.0.0.1", INVOICE_SMTP_PORT=str(mail.port),
+        INVOICE_SMTP_SECURITY="none", INVOICE_SMTP_USERNAME=mail.username, INVOICE_SMTP_PASSWORD=mail.password,
+        INVOICE_SMTP_FROM="billing@example.cloud", INVOICE_CONCURRENCY="1",
+    )
+
+
+def start(env: dict[str, str], cwd) -> subprocess.Popen:
+    return subprocess.Popen([*BILLING, "invoice-monthly", "--month", "2024-01"], env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def killed_then_rerun(env, tmp_path, arm: Callable[[int], None]) -> str:
+    """Run until the peer kills the process, check it died by SIGKILL, then run to completion."""
+    proc = start(env, tmp_path)
+    arm(proc.pid)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, out, err)
+    rerun = subprocess.run([*BILLING, "invoice-monthly", "--month", "2024-01"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    return rerun.stdout
+
+
+def assert_exactly_once(engine, s3, mail, stripe_server, *, extra_emails: int = 0) -> None:
+    with engine.connect() as conn:
+        invoices = conn.execute(text("SELECT id, number, s3_key, stripe_invoice_id, stripe_status, emailed_at "
+                                     "FROM invoices WHERE status = 'issued' ORDER BY number")).all()
+    assert [i.number for i in invoices] == [f"INV-2024-01-00000{n}" for n in (1, 2, 3)]
+    assert all(i.stripe_status == "sent" and i.emailed_at is not None for i in invoices)
+    keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=s3.bucket).get("Contents", [])]
+    assert sorted(keys) == sorted(i.s3_key for i in invoices)
+    per_invoice = Counter(inv["metadata"]["billing_invoice_id"] for inv in stripe_server.invoices.values()
+                          if inv["status"] != "void")
+    assert per_invoice == Counter({str(i.id): 1 for i in invoices})
+    assert {inv["status"] for inv in stripe_server.invoices.values()} == {"open"}
+    assert stripe_lines(stripe_server) == our_lines(engine)  # no missing and no duplicate item
+    assert sorted(stripe_server.sent_invoices) == sorted(i.stripe_invoice_id for i in invoices)
+    assert all(len(sends) == 1 for sends in stripe_server.sent_invoices.values())
+    assert len(stripe_server.customers) == 3
+    assert len(mail.received) == 3 + extra_emails
+    assert {m.message["Message-ID"] for m in mail.received} == {
+        m.message["Message-ID"] for m in mail.received}  # duplicates, if any, share their Message-ID
+
+
+@pytest.mark.parametrize("point,arm", [
+    ("after the PDF and S3 upload", lambda s: setattr(s, "kill_before", post(r"/v1/customers"))),
+    ("after the Stripe draft", lambda s: setattr(s, "kill_before", post(r"/v1/invoiceitems"))),
+    ("after the items", lambda s: setattr(s, "kill_before", post(r"/v1/invoices/[^/]+/finalize"))),
+    ("after finalizing", lambda s: setattr(s, "kill_before", post(r"/v1/invoices/[^/]+/send"))),
+    ("after sending, before recording it", lambda s: setattr(s, "kill_after", post(r"/v1/invoices/[^/]+/send"))),
+    ("after the e-mail was recorded", lambda s: setattr(s, "kill_before", post(r"/v1/customers", nth=2))),
+])
+def test_killed_at_each_step_the_rerun_completes_exactly_once(point, arm, peers_env, engine, s3, mail,
+                                                              killing_stripe, tmp_path) -> None:
+    def arm_with(pid: int) -> None:
+        arm(killing_stripe)
+        killing_stripe.victim = pid
+
+    killed_then_rerun(peers_env, tmp_path, arm_with)
+
+    assert_exactly_once(engine, s3, mail, killing_stripe)
+
+
+def test_killed_after_stripe_created_the_draft_days_before_the_rerun(peers_env, engine, s3, mail,
+                                                                     killing_stripe, tmp_path) -> None:
+    """The draft exists at Stripe but its id never reached our database, and Stripe has forgotten
+    the idempotency key by the time of the rerun: the rerun must find it, not create another."""
+    def arm(pid: int) -> None:
+        killing_stripe.kill_after = post(r"/v1/invoices")
+        killing_stripe.victim = pid
+
+    proc = start(peers_env, tmp_path)
+    arm(proc.pid)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(killing_stripe.invoices) == 1
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT count(stripe_invoice_id) FROM invoices")).scalar_one() == 0
+        conn.execute(text("UPDATE invoices SET created_at = created_at - interval '3 days'"))
+    killing_stripe.forget_idempotency_keys()
+
+    rerun = subprocess.run([*BILLING, "invoice-monthly", "--month", "2024-01"], env=peers_env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert_exactly_once(engine, s3, mail, killing_stripe)
+
+
+def test_the_one_window_that_can_resend_an_email(peers_env, engine, s3, mail, killing_stripe, tmp_path) -> None:
+    """Killed right after the SMTP server accepted the message, before `emailed_at` was committed:
+    the rerun sends that one e-mail again, with the same Message-ID. Nothing else repeats."""
+    state: dict[str, int] = {}
+
+    def kill_on_first_message(_received) -> None:
+        if state.get("victim"):
+            os.kill(state.pop("victim"), signal.SIGKILL)
+
+    mail.on_message = kill_on_first_message
+    killed_then_rerun(peers_env, tmp_path, lambda pid: state.update(victim=pid))
+
+    assert_exactly_once(engine, s3, mail, killing_stripe, extra_emails=1)
+    ids = Counter(m.message["Message-ID"] for m in mail.received)
+    assert sorted(ids.values()) == [1, 1, 2]
