@@ -234,3 +234,42 @@ def test_a_stripe_total_that_differs_from_ours_fails_loudly_and_is_not_finalized
     assert "differs from ours" in result.output and "not finalized" in result.output
     assert fake_stripe.invoices[draft]["status"] == "draft"
     assert D(stored(engine)["org-2"]["total"]) == D("27.50")
+
+
+def test_the_client_side_rate_limit_keeps_stripe_from_answering_429(env, engine, fake_stripe) -> None:
+    fake_stripe.rate_limit_per_second = 6  # the peer enforces it, like Stripe does
+    result = run({**env, "STRIPE_REQUESTS_PER_SECOND": "5", "INVOICE_ENABLE_EMAIL": "false"})
+    assert result.exit_code == 0, result.output
+    assert fake_stripe.rejected_429 == 0 and len(fake_stripe.invoices) == 3
+    assert len(fake_stripe.requests) >= 15  # enough calls that an unthrottled client would hit the limit
+
+
+def test_key_prefix_and_link_expiry_settings(env, engine, s3, mail) -> None:
+    result = run({**env, "INVOICE_S3_PREFIX": "/billing/prod/", "INVOICE_S3_LINK_EXPIRY_SECONDS": "3600"})
+    assert result.exit_code == 0, result.output
+    keys = sorted(inv["s3_key"] for inv in stored(engine).values())
+    assert keys[0] == "billing/prod/invoices/2024/01/org-1/INV-2024-01-000001.pdf"
+    assert all("X-Amz-Expires=3600" in m.message.get_body(("plain",)).get_content() for m in mail.received)
+    too_long = run({**env, "INVOICE_S3_LINK_EXPIRY_SECONDS": "700000"})
+    assert too_long.exit_code == ExitCode.CONFIG and "INVOICE_S3_LINK_EXPIRY_SECONDS" in too_long.output
+
+
+@pytest.mark.parametrize("mode", ["starttls", "ssl"])
+def test_tls_modes_verify_the_server_certificate(mode, env, engine, tmp_path) -> None:
+    from tests.peers.mail_server import MailServer, self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path)
+    server = MailServer(tls=mode, cert_file=cert, key_file=key).start()
+    try:
+        tls_env = {**env, "INVOICE_SMTP_PORT": str(server.port), "INVOICE_SMTP_SECURITY": mode,
+                   "INVOICE_SMTP_USERNAME": server.username, "INVOICE_SMTP_PASSWORD": server.password,
+                   "INVOICE_ENABLE_STRIPE": "false", "DELIVERY_MAX_ATTEMPTS": "1"}
+        untrusted = run(tls_env)  # the system trust store does not know our test certificate
+        assert untrusted.exit_code == ExitCode.PARTIAL and "certificate" in untrusted.output.lower()
+        assert server.received == []
+
+        trusted = run({**tls_env, "SSL_CERT_FILE": cert})
+        assert trusted.exit_code == 0, trusted.output
+        assert len(server.received) == 3
+    finally:
+        server.stop()
