@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -67,27 +66,24 @@ def _key(prefix: str, identifier: str) -> str:
 
 
 class RateLimiter:
-    """At most `per_second` calls in any one-second window, shared by all worker threads."""
+    """Paces calls to at most `per_second`, shared by all worker threads: each call gets the next
+    free slot 1/per_second after the previous one (no bursts at the start of a second, so the
+    server's own window never sees more than the limit, even with uneven network delays)."""
 
     def __init__(self, per_second: float) -> None:
-        self.per_second = per_second
-        self._calls: deque[float] = deque()
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self._next = 0.0
         self._lock = threading.Lock()
 
     def acquire(self) -> None:
-        if self.per_second <= 0:
+        if not self.interval:
             return
-        limit = max(1, int(self.per_second))
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                while self._calls and now - self._calls[0] >= 1.0:
-                    self._calls.popleft()
-                if len(self._calls) < limit:
-                    self._calls.append(now)
-                    return
-                wait = 1.0 - (now - self._calls[0])
-            time.sleep(max(wait, 0.001))
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            time.sleep(slot - now)
 
 
 class StripeGateway:
