@@ -339,7 +339,13 @@ def machine_info(conn: psycopg.Connection) -> dict[str, str]:
         "SELECT name, current_setting(name) FROM pg_settings WHERE name IN "
         "('shared_buffers', 'work_mem', 'synchronous_commit', 'max_parallel_workers_per_gather')").fetchall())
     import fpdf
+    try:
+        commit = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always",
+                                 "--dirty"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
     return {
+        "commit": commit or "unknown",
         "nproc": str(nproc),
         "cpu": model,
         "memory": _memory(),
@@ -823,7 +829,8 @@ def report(args: argparse.Namespace, machine: dict[str, str], loaded: Loaded, re
         f"invoice-monthly benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M}Z",
         f"machine: nproc={machine['nproc']}, CPU {machine['cpu']}, {machine['memory']} RAM, {machine['postgres']} "
         f"({machine['pg_settings']}), Python {machine['python']}, fpdf2 {machine['fpdf']}, Linux {machine['kernel']}",
-        f"load average: {started_load} at the start, {loadavg()} at the end",
+        f"code: {machine['commit']}; invoice-monthly defaults (concurrency {_concurrency(args)}; no S3, Stripe, "
+        f"e-mail or PDF folder); load average: {started_load} at the start, {loadavg()} at the end",
         f"data: {n:,} active organizations ({unicode_orgs:,} with Unicode names), {len(PLANS)} plans "
         f"({', '.join(sorted({p.currency for p in PLANS}))}; per_unit, graduated, volume, package), "
         f"{args.metrics} metrics ({metrics})",
@@ -875,6 +882,12 @@ def report(args: argparse.Namespace, machine: dict[str, str], loaded: Loaded, re
     ]
     print("\n".join(lines), flush=True)
     return ok_rate and ok_pdf and ok_rss
+
+
+def _concurrency(args: argparse.Namespace) -> str:
+    from billing_cli.config import load_settings
+
+    return str(getattr(load_settings(billing_env(scratch_url(args.database_url))), "concurrency", "n/a"))
 
 
 def _latin1(text: str) -> bool:

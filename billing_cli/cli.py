@@ -99,6 +99,8 @@ def aggregate_hourly(
     from .jobs.aggregate import aggregate_hours
     from .periods import aggregation_window, utc_now
     from .report import aggregation_header, aggregation_hour, aggregation_summary
+    from .summary import aggregation_summary as run_summary
+    from .summary import failed_run_summary
 
     output = _output(plain)
     with failures_to_exit_codes(output):
@@ -107,11 +109,18 @@ def aggregate_hourly(
         window = aggregation_window(
             now=utc_now(), hour=hour, from_=from_, to=to,
             lookback=settings.aggregate_lookback_hours if lookback is None else lookback)
-        with open_database(settings, notice=output.notice) as db:
-            aggregation_header(output, window, dry, db.where)
-            result = aggregate_hours(db.transactions, window, dry_run=dry,
-                                     on_hour=lambda h: aggregation_hour(output, h, dry))
+        try:
+            with open_database(settings, notice=output.notice) as db:
+                aggregation_header(output, window, dry, db.where)
+                result = aggregate_hours(db.transactions, window, dry_run=dry,
+                                         on_hour=lambda h: aggregation_hour(output, h, dry))
+        except BillingError as exc:
+            if settings.notify_on_aggregate_errors:
+                _notify(settings, output, failed_run_summary("aggregate-hourly", str(window), str(exc), dry, 0.0))
+            raise
         aggregation_summary(output, result)
+        if not result.ok and settings.notify_on_aggregate_errors:
+            _notify(settings, output, run_summary(result))
         _exit(ExitCode.OK if result.ok else ExitCode.PARTIAL)
 
 
@@ -140,50 +149,127 @@ def invoice_monthly(
 
     Example: billing invoice-monthly --month 2024-01 --dry-run
     """
-    from .config import load_settings
+    output = _output(plain)
+    with failures_to_exit_codes(output):
+        if regenerate and not org:
+            raise UsageError("--regenerate needs --org: regeneration is done one organization at a time, "
+                             "never for a whole month by accident")
+        from .config import load_settings
+
+        settings = load_settings()
+        _exit(_run_invoicing("invoice-monthly", settings, output, month=month, dry_run=dry_run,
+                             org=tuple(org or ()), regenerate=regenerate, output_dir=output_dir, force=force,
+                             concurrency=concurrency))
+
+
+def _run_invoicing(job: str, settings, output, *, month: str | None = None, dry_run: bool | None = None,
+                   org: tuple[str, ...] = (), regenerate: bool = False, output_dir: Path | None = None,
+                   force: bool = False, concurrency: int | None = None) -> ExitCode:
+    """invoice-monthly and legacy-run: the same invoicing, reported and notified the same way."""
+    import time
+
     from .db.connect import open_database
     from .delivery.factory import deliveries_from_settings
     from .invoices import Seller
     from .jobs.invoice import InvoiceOptions, invoice_month
     from .periods import invoicing_month, utc_now
     from .report import InvoiceProgress, invoice_header, invoice_summary
+    from .summary import failed_run_summary, invoice_run_summary
 
-    output = _output(plain)
-    with failures_to_exit_codes(output):
-        if regenerate and not org:
-            raise UsageError("--regenerate needs --org: regeneration is done one organization at a time, "
-                             "never for a whole month by accident")
-        settings = load_settings()
-        now = utc_now()
-        chosen = invoicing_month(month, settings.process_month, now=now, force=force)
-        dry = settings.dry_run if dry_run is None else dry_run
-        options = InvoiceOptions(
-            month=chosen, issue_date=now.date(), dry_run=dry, organizations=tuple(org or ()),
-            regenerate=regenerate, output_dir=output_dir or settings.invoice_output_dir,
-            payment_terms_days=settings.payment_terms_days,
-            seller=Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id),
-            deliveries=deliveries_from_settings(settings, dry_run=dry),
-            concurrency=concurrency or settings.concurrency)
+    now = utc_now()
+    chosen = invoicing_month(month, settings.process_month, now=now, force=force)
+    dry = settings.dry_run if dry_run is None else dry_run
+    options = InvoiceOptions(
+        month=chosen, issue_date=now.date(), dry_run=dry, organizations=org, regenerate=regenerate,
+        output_dir=output_dir or settings.invoice_output_dir, payment_terms_days=settings.payment_terms_days,
+        seller=Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id),
+        deliveries=deliveries_from_settings(settings, dry_run=dry),
+        concurrency=concurrency or settings.concurrency)
+    started = time.perf_counter()
+    try:
         with open_database(settings, notice=output.notice, pool_size=options.concurrency + 2) as db:
-            invoice_header(output, chosen, dry, db.where, options.deliveries.disabled())
+            invoice_header(output, chosen, dry, db.where, options.deliveries.disabled(), job=job)
             progress = InvoiceProgress(output, dry)
             try:
                 result = invoice_month(db.transactions, options, on_start=progress.start,
                                        on_outcome=progress.outcome)
             finally:
                 progress.stop()
-        invoice_summary(output, result)
-        _exit(ExitCode.OK if result.ok else ExitCode.PARTIAL)
+    except BillingError as exc:  # the run stopped: say so to whoever waits for the notification
+        _notify(settings, output, failed_run_summary(job, str(chosen), str(exc), dry, time.perf_counter() - started))
+        raise
+    invoice_summary(output, result)
+    _notify(settings, output, invoice_run_summary(result, job))
+    return ExitCode.OK if result.ok else ExitCode.PARTIAL
+
+
+def _notify(settings, output, summary) -> None:
+    """Completion e-mail and webhook; a failure here is a warning, never a failed billing run."""
+    from .delivery.factory import notifiers_from_settings
+    from .delivery.notify import NotifyError
+
+    if summary.dry_run and not settings.notify_on_dry_run:
+        return
+    for notifier in notifiers_from_settings(settings):
+        try:
+            notifier.notify(summary)
+        except NotifyError as exc:
+            output.warning(f"notification not delivered: {exc}")
+        else:
+            output.notice(f"notification sent ({type(notifier).__name__.removesuffix('Notifier').lower()})")
 
 
 @app.command("legacy-run")
-def legacy_run() -> None:
-    """The older all-in-one billing job configured by RUN_SCHEDULE, PROCESS_MONTH, … (not implemented yet).
+def legacy_run(plain: PlainOption = None) -> None:
+    """The older all-in-one billing job, configured only by the environment: RUN_SCHEDULE,
+    PROCESS_MONTH (default: the previous month), DRY_RUN, NOTIFY_ON_COMPLETION, NOTIFY_EMAIL.
 
-    Example: DRY_RUN=true billing legacy-run
+    Completes the month's hourly aggregates, invoices and delivers exactly as invoice-monthly does,
+    then notifies. Warns when started at a time RUN_SCHEDULE would not fire.
+
+    Example: DRY_RUN=true PROCESS_MONTH=2024-01 billing legacy-run
     """
-    _output(None).error("legacy-run is not implemented yet in this version")
-    _exit(ExitCode.USAGE)
+    from .config import load_settings
+    from .periods import utc_now
+    from .schedules import parse_schedule
+
+    output = _output(plain)
+    with failures_to_exit_codes(output):
+        settings = load_settings()  # an invalid RUN_SCHEDULE is a configuration error, before any work
+        schedule = parse_schedule("RUN_SCHEDULE", settings.run_schedule)
+        now = utc_now()
+        if not schedule.fires_at(now):
+            output.warning(f"started at {now:%Y-%m-%d %H:%M}Z, a minute RUN_SCHEDULE '{settings.run_schedule}' "
+                           f"({schedule.describe()}) does not fire: the CronJob or crontab schedule may have drifted "
+                           "from the configuration (compare with `billing schedule --format k8s`)")
+        _exit(_run_invoicing("legacy-run", settings, output))
+
+
+@app.command("schedule")
+def schedule(
+    output_format: Annotated[str, typer.Option("--format", help="table, crontab or k8s.")] = "table",
+    count: Annotated[int, typer.Option(min=1, max=100, help="How many next run times to show.")] = 3,
+    plain: PlainOption = None,
+) -> None:
+    """Show each job's schedule: as configured (six fields, seconds first), the five-field form cron
+    and Kubernetes need, what it means, and the next run times (UTC).
+
+    Example: billing schedule --format k8s
+    """
+    from .config import load_settings
+    from .periods import utc_now
+    from .report import schedule_output
+    from .schedules import parse_schedule
+
+    output = _output(plain)
+    with failures_to_exit_codes(output):
+        if output_format not in ("table", "crontab", "k8s"):
+            raise UsageError(f"--format {output_format!r}: use table, crontab or k8s")
+        settings = load_settings()
+        schedules = [parse_schedule("aggregate-hourly", settings.aggregate_schedule),
+                     parse_schedule("invoice-monthly", settings.invoice_schedule),
+                     parse_schedule("legacy-run", settings.run_schedule)]
+        schedule_output(output, schedules, output_format, now=utc_now(), count=count)
 
 
 @app.command("config")

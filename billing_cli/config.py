@@ -36,6 +36,10 @@ VARIABLES: tuple[Variable, ...] = (
              "Folder for the embedded database and local files."),
     Variable("RUN_SCHEDULE", "schedule", "0 0 0 1 * *",
              "legacy-run's schedule: six-field cron, seconds first (five fields accepted)."),
+    Variable("AGGREGATE_SCHEDULE", "schedule", "0 0 * * * *",
+             "aggregate-hourly's schedule, for `billing schedule` and the manifests it checks."),
+    Variable("INVOICE_SCHEDULE", "schedule", "0 0 0 1 * *",
+             "invoice-monthly's schedule, for `billing schedule` and the manifests it checks."),
     Variable("PROCESS_MONTH", "month", None,
              "Month to invoice, YYYY-MM. Unset: the previous calendar month (UTC)."),
     Variable("DRY_RUN", "bool", "false",
@@ -54,6 +58,13 @@ VARIABLES: tuple[Variable, ...] = (
              "E-mail a summary to NOTIFY_EMAIL after each run."),
     Variable("NOTIFY_EMAIL", "str", None,
              "Where completion notifications go (required when NOTIFY_ON_COMPLETION is on)."),
+    Variable("NOTIFY_ON_DRY_RUN", "bool", "false", "Also notify after dry runs."),
+    Variable("NOTIFY_ON_AGGREGATE_ERRORS", "bool", "false",
+             "Also notify after an aggregate-hourly run that had errors."),
+    Variable("NOTIFY_WEBHOOK_URL", "str", None,
+             "POST a signed JSON summary here after each run (see docs/operations.md)."),
+    Variable("NOTIFY_WEBHOOK_SECRET", "str", None,
+             "HMAC-SHA256 key for the webhook signature (required with NOTIFY_WEBHOOK_URL).", secret=True),
     Variable("INVOICE_ENABLE_S3", "bool", "false", "Upload invoice PDFs to S3."),
     Variable("INVOICE_S3_BUCKET", "str", None, "S3 bucket for invoice PDFs (required when S3 is on)."),
     Variable("INVOICE_S3_REGION", "str", "us-east-1", "AWS region of the bucket."),
@@ -129,6 +140,7 @@ _EXAMPLES = {
     "INVOICE_S3_BUCKET": "my-invoices", "INVOICE_SMTP_HOST": "smtp.example.com",
     "INVOICE_SMTP_USERNAME": "billing", "INVOICE_SMTP_FROM": "Billing <billing@example.com>",
     "NOTIFY_EMAIL": "finance@example.com", "PROCESS_MONTH": "2024-01",
+    "NOTIFY_WEBHOOK_URL": "https://hooks.example.com/billing", "NOTIFY_WEBHOOK_SECRET": "CHANGE_ME",
     "INVOICE_SELLER_TAX_ID": "GB123456789", "INVOICE_OUTPUT_DIR": "./invoices",
 }
 
@@ -202,6 +214,8 @@ class Settings:
     require_database_url: bool = False
     billing_home: Path = Path(".billing")
     run_schedule: str = "0 0 0 1 * *"
+    aggregate_schedule: str = "0 0 * * * *"
+    invoice_schedule: str = "0 0 0 1 * *"
     process_month: str | None = None
     dry_run: bool = False
     aggregate_lookback_hours: int = 2
@@ -212,6 +226,10 @@ class Settings:
     invoice_output_dir: Path | None = None
     notify_on_completion: bool = False
     notify_email: str | None = None
+    notify_on_dry_run: bool = False
+    notify_on_aggregate_errors: bool = False
+    webhook_url: str | None = None
+    webhook_secret: Secret | None = None
     s3_enabled: bool = False
     s3_bucket: str | None = None
     s3_region: str = "us-east-1"
@@ -268,7 +286,10 @@ def validate(raw: RawConfig) -> Settings:
     require("INVOICE_ENABLE_S3", "INVOICE_S3_BUCKET")
     require("INVOICE_ENABLE_STRIPE", "STRIPE_API_KEY")
     require("INVOICE_ENABLE_EMAIL", "INVOICE_SMTP_HOST", "INVOICE_SMTP_FROM")
-    require("NOTIFY_ON_COMPLETION", "NOTIFY_EMAIL")
+    require("NOTIFY_ON_COMPLETION", "NOTIFY_EMAIL", "INVOICE_SMTP_HOST", "INVOICE_SMTP_FROM")
+    if parsed.get("NOTIFY_WEBHOOK_URL") and parsed.get("NOTIFY_WEBHOOK_SECRET") is None:
+        problems.append("NOTIFY_WEBHOOK_URL is set but NOTIFY_WEBHOOK_SECRET is not: receivers verify the "
+                        "signature with it")
     if parsed.get("INVOICE_SMTP_USERNAME") and parsed.get("INVOICE_SMTP_PASSWORD") is None:
         problems.append("INVOICE_SMTP_USERNAME is set but INVOICE_SMTP_PASSWORD is not")
     if (parsed.get("BILLING_REQUIRE_DATABASE_URL") or raw.under_kubernetes) and parsed.get("DATABASE_URL") is None:
@@ -284,6 +305,8 @@ def validate(raw: RawConfig) -> Settings:
         require_database_url=bool(parsed["BILLING_REQUIRE_DATABASE_URL"]) or raw.under_kubernetes,
         billing_home=parsed["BILLING_HOME"],  # type: ignore[arg-type]
         run_schedule=parsed["RUN_SCHEDULE"],  # type: ignore[arg-type]
+        aggregate_schedule=parsed["AGGREGATE_SCHEDULE"],  # type: ignore[arg-type]
+        invoice_schedule=parsed["INVOICE_SCHEDULE"],  # type: ignore[arg-type]
         process_month=parsed["PROCESS_MONTH"],  # type: ignore[arg-type]
         dry_run=bool(parsed["DRY_RUN"]),
         aggregate_lookback_hours=parsed["AGGREGATE_LOOKBACK_HOURS"],  # type: ignore[arg-type]
@@ -295,6 +318,10 @@ def validate(raw: RawConfig) -> Settings:
         invoice_output_dir=parsed["INVOICE_OUTPUT_DIR"],  # type: ignore[arg-type]
         notify_on_completion=bool(parsed["NOTIFY_ON_COMPLETION"]),
         notify_email=parsed["NOTIFY_EMAIL"],  # type: ignore[arg-type]
+        notify_on_dry_run=bool(parsed["NOTIFY_ON_DRY_RUN"]),
+        notify_on_aggregate_errors=bool(parsed["NOTIFY_ON_AGGREGATE_ERRORS"]),
+        webhook_url=parsed["NOTIFY_WEBHOOK_URL"],  # type: ignore[arg-type]
+        webhook_secret=_secret(parsed["NOTIFY_WEBHOOK_SECRET"]),
         s3_enabled=bool(parsed["INVOICE_ENABLE_S3"]),
         s3_bucket=parsed["INVOICE_S3_BUCKET"],  # type: ignore[arg-type]
         s3_region=parsed["INVOICE_S3_REGION"],  # type: ignore[arg-type]
@@ -353,9 +380,13 @@ def _parse(var: Variable, value: str) -> object:
     if var.kind == "path":
         return Path(value).expanduser()
     if var.kind == "schedule":
-        if len(value.split()) not in (5, 6):
-            raise ValueError("not a cron expression: use six fields, seconds first, e.g. '0 0 0 1 * *'")
-        return value
+        from .schedules import ScheduleError, parse_schedule
+
+        try:
+            parse_schedule(var.name, value)
+        except ScheduleError as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
+        return " ".join(value.split())
     if any(ch in value for ch in "\r\n\x00"):
         raise ValueError("contains a line break or NUL")
     if var.name in ("NOTIFY_EMAIL", "INVOICE_SMTP_FROM") and not _EMAIL.match(value.rsplit("<", 1)[-1].rstrip(">")):
@@ -364,7 +395,7 @@ def _parse(var: Variable, value: str) -> object:
         raise ValueError("not a Stripe secret key: it starts with sk_ (or rk_ for a restricted key)")
     if var.name == "INVOICE_SMTP_SECURITY" and value not in ("ssl", "starttls", "none"):
         raise ValueError("use ssl, starttls or none")
-    if var.name in ("STRIPE_API_BASE", "INVOICE_S3_ENDPOINT_URL") and not re.match(r"^https?://[^\s/]+", value):
+    if var.name in ("STRIPE_API_BASE", "INVOICE_S3_ENDPOINT_URL", "NOTIFY_WEBHOOK_URL") and not re.match(r"^https?://[^\s/]+", value):
         raise ValueError("not an http(s) URL")
     return value
 

@@ -33,7 +33,7 @@ def number(value: int | Decimal) -> str:
 
 
 def plain_value(value: object) -> str:
-    text = str(value)
+    text = str(value).replace("\r", " ").replace("\n", "; ")  # one record, one line
     return f'"{text}"' if (" " in text or text == "") else text
 
 
@@ -286,7 +286,8 @@ class InvoiceProgress:
             self._progress.stop()
 
 
-def invoice_header(output: Output, month: object, dry_run: bool, where: str, disabled: list[str]) -> None:
+def invoice_header(output: Output, month: object, dry_run: bool, where: str, disabled: list[str],
+                   job: str = "invoice-monthly") -> None:
     from .jobs.deliver import FLAGS
 
     deliveries = ", ".join(f"{name} {'skipped (' + FLAGS[name] + ' is off)' if name in disabled else 'on'}"
@@ -294,10 +295,10 @@ def invoice_header(output: Output, month: object, dry_run: bool, where: str, dis
     if dry_run:
         deliveries = "none (dry run: nothing is uploaded, created or sent)"
     if output.plain:
-        output.record("start", job="invoice-monthly", month=month, dry_run=str(dry_run).lower(), database=where,
+        output.record("start", job=job, month=month, dry_run=str(dry_run).lower(), database=where,
                       **({} if dry_run else {f"{name}": "off" if name in disabled else "on" for name in FLAGS}))
         return
-    output.banner("🧾 billing invoice-monthly", [("month", month), ("dry run", "yes" if dry_run else "no"),
+    output.banner(f"🧾 billing {job}", [("month", month), ("dry run", "yes" if dry_run else "no"),
                                                 ("deliveries", deliveries), ("database", where)])
 
 
@@ -361,3 +362,24 @@ def plans_table(output: Output, plans: list) -> None:
                          detail + (f" ({number(price.included)} included)" if price.included else "")))
     output.table("Price plans", [("Plan", "plan"), ("Name", "name"), ("Currency", "currency"), ("Fees", "fees"),
                                  ("Metric", "metric"), ("Model", "model"), ("Price", "price")], rows, kind="plan")
+
+
+# -- schedule ----------------------------------------------------------------------------------------
+
+def schedule_output(output: Output, schedules: list, output_format: str, *, now, count: int) -> None:
+    """`billing schedule`: a table, crontab lines, or the CronJob `schedule` values."""
+    if output_format == "crontab":
+        print("CRON_TZ=UTC")
+        for s in schedules:
+            print(f"{s.five_field}  billing {s.job}")
+        return
+    if output_format == "k8s":
+        for s in schedules:
+            print(f'{s.job}: "{s.five_field}"')
+        return
+    rows = [(s.job, s.six_field, s.five_field, s.describe(),
+             ("," if output.plain else "\n").join(f"{m:%Y-%m-%dT%H:%MZ}" for m in s.next_runs(now, count)))
+            for s in schedules]
+    output.table("Schedules (UTC)", [("Job", "job"), ("Configured", "six_field"),
+                                     ("Five fields", "five_field"), ("Meaning", "description"),
+                                     (f"Next {count} runs", "next")], rows, kind="schedule")

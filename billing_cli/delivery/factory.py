@@ -1,4 +1,4 @@
-"""Build the delivery adapters a run uses from the settings (a turned-off delivery is None)."""
+"""Build the delivery adapters and notifiers a run uses from the settings (a turned-off one is None)."""
 
 from __future__ import annotations
 
@@ -28,14 +28,37 @@ def deliveries_from_settings(settings: Settings, *, dry_run: bool) -> Deliveries
                                  timeout_seconds=settings.delivery_timeout_seconds,
                                  rate_limit_retries=settings.delivery_max_attempts)
     if settings.email_enabled:
-        from .mailer import SmtpMailer
-
-        assert settings.smtp_host is not None
-        mailer = SmtpMailer(settings.smtp_host, settings.smtp_port, settings.smtp_security,  # type: ignore[arg-type]
-                            username=settings.smtp_username,
-                            password=settings.smtp_password.reveal() if settings.smtp_password else None,
-                            timeout_seconds=settings.delivery_timeout_seconds,
-                            max_attempts=settings.delivery_max_attempts,
-                            max_wait_seconds=settings.delivery_max_retry_seconds)
+        mailer = smtp_mailer(settings)
     return Deliveries(store=store, payments=payments, mailer=mailer, sender=settings.smtp_from,
                       s3_prefix=settings.s3_prefix, days_until_due=settings.payment_terms_days)
+
+
+def notifiers_from_settings(settings: Settings) -> list:
+    """The completion notifiers that are configured (e-mail, webhook)."""
+    notifiers: list = []
+    if settings.notify_on_completion:
+        from .notify import EmailNotifier
+
+        assert settings.smtp_from and settings.notify_email
+        notifiers.append(EmailNotifier(smtp_mailer(settings), settings.smtp_from, settings.notify_email))
+    if settings.webhook_url:
+        from .notify import WebhookNotifier
+
+        assert settings.webhook_secret is not None
+        notifiers.append(WebhookNotifier(settings.webhook_url, settings.webhook_secret.reveal(),
+                                         timeout_seconds=settings.delivery_timeout_seconds,
+                                         max_attempts=settings.delivery_max_attempts,
+                                         max_wait_seconds=settings.delivery_max_retry_seconds))
+    return notifiers
+
+
+def smtp_mailer(settings: Settings):
+    from .mailer import SmtpMailer
+
+    assert settings.smtp_host is not None
+    return SmtpMailer(settings.smtp_host, settings.smtp_port, settings.smtp_security,  # type: ignore[arg-type]
+                      username=settings.smtp_username,
+                      password=settings.smtp_password.reveal() if settings.smtp_password else None,
+                      timeout_seconds=settings.delivery_timeout_seconds,
+                      max_attempts=settings.delivery_max_attempts,
+                      max_wait_seconds=settings.delivery_max_retry_seconds)
