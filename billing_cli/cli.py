@@ -198,7 +198,7 @@ def _run_invoicing(job: str, settings, output, *, month: str | None = None, dry_
     except BillingError as exc:  # the run stopped: say so to whoever waits for the notification
         _notify(settings, output, failed_run_summary(job, str(chosen), str(exc), dry, time.perf_counter() - started))
         raise
-    invoice_summary(output, result)
+    invoice_summary(output, result, job)
     _notify(settings, output, invoice_run_summary(result, job))
     return ExitCode.OK if result.ok else ExitCode.PARTIAL
 

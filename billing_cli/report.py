@@ -302,13 +302,13 @@ def invoice_header(output: Output, month: object, dry_run: bool, where: str, dis
                                                 ("deliveries", deliveries), ("database", where)])
 
 
-def invoice_summary(output: Output, result: InvoiceRunResult) -> None:
+def invoice_summary(output: Output, result: InvoiceRunResult, job: str = "invoice-monthly") -> None:
     from .jobs.invoice import COMPONENTS
 
     errors = {c: result.errors_by_component.get(c, 0) for c in COMPONENTS}
     revenue = {cur: result.revenue[cur] for cur in sorted(result.revenue)}
     if output.plain:
-        output.record("summary", job="invoice-monthly", month=result.month, found=result.organizations_found,
+        output.record("summary", job=job, month=result.month, found=result.organizations_found,
                       processed=result.processed, invoiced=result.statuses["invoiced"],
                       already_invoiced=result.statuses["already_invoiced"],
                       nothing_to_bill=result.statuses["nothing_to_bill"], failed=len(result.failed),
