@@ -139,6 +139,10 @@ def invoice_monthly(
     force: Annotated[bool, typer.Option(help="Allow the current (unfinished) or a future month.")] = False,
     concurrency: Annotated[int | None, typer.Option(
         min=1, max=256, help="Organizations processed in parallel. Default: INVOICE_CONCURRENCY (8).")] = None,
+    shard_index: Annotated[int | None, typer.Option(
+        min=0, help="This process's shard (0-based). Default: JOB_COMPLETION_INDEX (Indexed Jobs).")] = None,
+    shard_count: Annotated[int | None, typer.Option(
+        min=1, help="How many shards split the organizations. Default: SHARD_COUNT (1).")] = None,
     plain: PlainOption = None,
 ) -> None:
     """Invoice every active organization for a month: rate usage, issue one invoice each, render the
@@ -159,16 +163,18 @@ def invoice_monthly(
         settings = load_settings()
         _exit(_run_invoicing("invoice-monthly", settings, output, month=month, dry_run=dry_run,
                              org=tuple(org or ()), regenerate=regenerate, output_dir=output_dir, force=force,
-                             concurrency=concurrency))
+                             concurrency=concurrency, shard_index=shard_index, shard_count=shard_count))
 
 
 def _run_invoicing(job: str, settings, output, *, month: str | None = None, dry_run: bool | None = None,
                    org: tuple[str, ...] = (), regenerate: bool = False, output_dir: Path | None = None,
-                   force: bool = False, concurrency: int | None = None) -> ExitCode:
+                   force: bool = False, concurrency: int | None = None, shard_index: int | None = None,
+                   shard_count: int | None = None) -> ExitCode:
     """invoice-monthly and legacy-run: the same invoicing, reported and notified the same way."""
     import time
 
     from .db.connect import open_database
+    from .db.usage_store import Shard
     from .delivery.factory import deliveries_from_settings
     from .invoices import Seller
     from .jobs.invoice import InvoiceOptions, invoice_month
@@ -179,16 +185,21 @@ def _run_invoicing(job: str, settings, output, *, month: str | None = None, dry_
     now = utc_now()
     chosen = invoicing_month(month, settings.process_month, now=now, force=force)
     dry = settings.dry_run if dry_run is None else dry_run
+    shard = Shard(settings.shard_index if shard_index is None else shard_index,
+                  settings.shard_count if shard_count is None else shard_count)
+    if shard.index >= shard.count:
+        raise UsageError(f"--shard-index {shard.index} is not below --shard-count {shard.count}")
     options = InvoiceOptions(
         month=chosen, issue_date=now.date(), dry_run=dry, organizations=org, regenerate=regenerate,
         output_dir=output_dir or settings.invoice_output_dir, payment_terms_days=settings.payment_terms_days,
         seller=Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id),
         deliveries=deliveries_from_settings(settings, dry_run=dry),
-        concurrency=concurrency or settings.concurrency)
+        concurrency=concurrency or settings.concurrency, shard=shard)
     started = time.perf_counter()
     try:
         with open_database(settings, notice=output.notice, pool_size=options.concurrency + 2) as db:
-            invoice_header(output, chosen, dry, db.where, options.deliveries.disabled(), job=job)
+            invoice_header(output, chosen, dry, db.where, options.deliveries.disabled(), job=job,
+                           shard=shard if shard.count > 1 else None)
             progress = InvoiceProgress(output, dry)
             try:
                 result = invoice_month(db.transactions, options, on_start=progress.start,

@@ -91,6 +91,10 @@ VARIABLES: tuple[Variable, ...] = (
              "ssl (implicit TLS), starttls (certificate verified) or none (plain; local testing only). "
              "Unset: ssl on port 465, else starttls."),
     Variable("INVOICE_CONCURRENCY", "int", "8", "Organizations invoiced and delivered in parallel."),
+    Variable("SHARD_COUNT", "int", "1",
+             "Split invoice-monthly across this many processes (Kubernetes Indexed Job completions)."),
+    Variable("JOB_COMPLETION_INDEX", "int", "0",
+             "This process's shard, 0..SHARD_COUNT-1 (set by Kubernetes for Indexed Jobs)."),
     Variable("DELIVERY_MAX_ATTEMPTS", "int", "4",
              "Attempts per S3/Stripe/SMTP call on transient failures (exponential backoff with jitter)."),
     Variable("DELIVERY_TIMEOUT_SECONDS", "int", "30", "Network timeout of one S3/Stripe/SMTP call."),
@@ -104,6 +108,7 @@ _INT_RANGES: dict[str, tuple[int, int | None]] = {
     "INVOICE_S3_LINK_EXPIRY_SECONDS": (1, 604800), "STRIPE_REQUESTS_PER_SECOND": (1, 10000),
     "INVOICE_CONCURRENCY": (1, 256), "DELIVERY_MAX_ATTEMPTS": (1, 20), "DELIVERY_TIMEOUT_SECONDS": (1, 600),
     "DELIVERY_MAX_RETRY_SECONDS": (0, 3600), "AGGREGATE_LOOKBACK_HOURS": (0, 168),
+    "SHARD_COUNT": (1, 1000), "JOB_COMPLETION_INDEX": (0, 999),
 }
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
@@ -248,6 +253,8 @@ class Settings:
     smtp_from: str | None = None
     smtp_security: str = "starttls"
     concurrency: int = 8
+    shard_count: int = 1
+    shard_index: int = 0
     delivery_max_attempts: int = 4
     delivery_timeout_seconds: int = 30
     delivery_max_retry_seconds: int = 60
@@ -296,6 +303,10 @@ def validate(raw: RawConfig) -> Settings:
         why = "running under Kubernetes" if raw.under_kubernetes else "BILLING_REQUIRE_DATABASE_URL is on"
         problems.append(f"DATABASE_URL is not set and the embedded database is refused ({why}): "
                         "set DATABASE_URL (check the Secret the job reads)")
+    if (parsed.get("JOB_COMPLETION_INDEX") or 0) >= (parsed.get("SHARD_COUNT") or 1) and not problems:
+        problems.append(f"JOB_COMPLETION_INDEX={parsed['JOB_COMPLETION_INDEX']} is not below "
+                        f"SHARD_COUNT={parsed['SHARD_COUNT']}: the completions of the Indexed Job and "
+                        "SHARD_COUNT must agree")
     if problems:
         more = f" (and {len(problems) - 1} more problem(s); see `billing config`)" if len(problems) > 1 else ""
         raise ConfigError(f"configuration error: {problems[0]}{more}")
@@ -341,6 +352,8 @@ def validate(raw: RawConfig) -> Settings:
         smtp_security=parsed["INVOICE_SMTP_SECURITY"] or ("ssl" if parsed["INVOICE_SMTP_PORT"] == 465
                                                           else "starttls"),  # type: ignore[arg-type]
         concurrency=parsed["INVOICE_CONCURRENCY"],  # type: ignore[arg-type]
+        shard_count=parsed["SHARD_COUNT"],  # type: ignore[arg-type]
+        shard_index=parsed["JOB_COMPLETION_INDEX"],  # type: ignore[arg-type]
         delivery_max_attempts=parsed["DELIVERY_MAX_ATTEMPTS"],  # type: ignore[arg-type]
         delivery_timeout_seconds=parsed["DELIVERY_TIMEOUT_SECONDS"],  # type: ignore[arg-type]
         delivery_max_retry_seconds=parsed["DELIVERY_MAX_RETRY_SECONDS"],  # type: ignore[arg-type]

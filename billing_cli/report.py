@@ -287,7 +287,7 @@ class InvoiceProgress:
 
 
 def invoice_header(output: Output, month: object, dry_run: bool, where: str, disabled: list[str],
-                   job: str = "invoice-monthly") -> None:
+                   job: str = "invoice-monthly", shard: object = None) -> None:
     from .jobs.deliver import FLAGS
 
     deliveries = ", ".join(f"{name} {'skipped (' + FLAGS[name] + ' is off)' if name in disabled else 'on'}"
@@ -296,10 +296,12 @@ def invoice_header(output: Output, month: object, dry_run: bool, where: str, dis
         deliveries = "none (dry run: nothing is uploaded, created or sent)"
     if output.plain:
         output.record("start", job=job, month=month, dry_run=str(dry_run).lower(), database=where,
-                      **({} if dry_run else {f"{name}": "off" if name in disabled else "on" for name in FLAGS}))
+                      **({} if dry_run else {f"{name}": "off" if name in disabled else "on" for name in FLAGS}),
+                      **({"shard": shard} if shard else {}))
         return
     output.banner(f"🧾 billing {job}", [("month", month), ("dry run", "yes" if dry_run else "no"),
-                                                ("deliveries", deliveries), ("database", where)])
+                                       ("deliveries", deliveries), ("database", where),
+                                       *((("shard", shard),) if shard else ())])
 
 
 def invoice_summary(output: Output, result: InvoiceRunResult, job: str = "invoice-monthly") -> None:

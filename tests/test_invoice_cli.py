@@ -137,3 +137,43 @@ def test_two_overlapping_runs_issue_each_invoice_once_with_gapless_numbers(bille
     assert len(rows) == 40 and len({org for org, _ in rows}) == 40
     assert sorted(number for _, number in rows) == [f"INV-2024-01-{n:06d}" for n in range(1, 41)]
     assert total == D("11.00") + D("12.00") + D("13.00") + 37 * D("10.07")
+
+
+def test_four_shards_at_once_invoice_every_organization_once(billed_db, engine, tmp_path) -> None:
+    from billing_cli.db.usage_store import Shard
+
+    with engine.begin() as conn:
+        for n in range(4, 61):
+            add_org(conn, f"org-{n:02d}")
+            set_plan(conn, f"org-{n:02d}", "pro")
+            add_usage(conn, f"org-{n:02d}", "api_calls", "1", utc(2024, 1, 9, 9))
+        active = [r[0] for r in conn.execute(text("SELECT id FROM organizations WHERE status = 'active'"))]
+    env = billing_subprocess_env(DATABASE_URL=billed_db, BILLING_ENV_FILE="/dev/null", SHARD_COUNT="4")
+    procs = [subprocess.Popen([*BILLING, "invoice-monthly", "--month", "2024-01"], cwd=tmp_path,
+                              env={**env, "JOB_COMPLETION_INDEX": str(i)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(4)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT organization_id, number FROM invoices WHERE status = 'issued'")).all()
+    assert sorted(org for org, _ in rows) == sorted(active)  # every active organization exactly once
+    assert sorted(n for _, n in rows) == [f"INV-2024-01-{n:06d}" for n in range(1, len(active) + 1)]
+    for index, out in enumerate(outputs):  # each shard took exactly its own organizations
+        mine = {o for o in active if Shard(index, 4).owns(o)}
+        assert f"found={len(mine)} " in out and f"shard={index + 1}/4" in out.splitlines()[0]
+    assert all(f"found={len(active)} " not in out for out in outputs)
+
+    again = subprocess.run([*BILLING, "invoice-monthly", "--month", "2024-01", "--shard-index", "2"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and " invoiced=0 " in again.stdout
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM invoices")).scalar_one() == len(active)
+
+
+def test_a_shard_index_outside_the_count_is_refused(clean_env) -> None:
+    result = run("invoice-monthly", "--month", "2024-01", "--shard-index", "4", "--shard-count", "4",
+                 DATABASE_URL="postgresql://u@127.0.0.1:1/x")
+    assert result.exit_code == ExitCode.USAGE and "is not below --shard-count 4" in result.output
+    env_error = run("invoice-monthly", JOB_COMPLETION_INDEX="5", SHARD_COUNT="4", DATABASE_URL="postgresql://u@h/x")
+    assert env_error.exit_code == ExitCode.CONFIG and "JOB_COMPLETION_INDEX=5 is not below SHARD_COUNT=4" in env_error.output

@@ -23,25 +23,51 @@ class OrganizationRow:
     price_plan_id: str | None
 
 
-def count_active(session: Connection, only: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the organizations: a stable hash of the id, so adding organizations
+    never moves the others between shards (the same function in SQL and in Python)."""
+
+    index: int = 0
+    count: int = 1
+
+    SQL = "mod(('x' || substr(md5(id), 1, 8))::bit(32)::bigint, :shard_count) = :shard_index"
+
+    def owns(self, organization_id: str) -> bool:
+        import hashlib
+
+        return int(hashlib.md5(organization_id.encode()).hexdigest()[:8], 16) % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index + 1}/{self.count}"
+
+
+def _filters(only: list[str] | None, shard: Shard) -> tuple[str, dict]:
     where = " AND id = ANY(:only)" if only else ""
+    if shard.count > 1:
+        where += f" AND {Shard.SQL}"
+    return where, {"only": only or [], "shard_count": shard.count, "shard_index": shard.index}
+
+
+def count_active(session: Connection, only: list[str] | None = None, shard: Shard = Shard()) -> int:
+    where, params = _filters(only, shard)
     return session.execute(text(f"SELECT count(*) FROM organizations WHERE status = 'active'{where}"),
-                           {"only": only or []}).scalar_one()
+                           params).scalar_one()
 
 
-def active_organizations(transactions: Transactions, *, batch_size: int,
-                         only: list[str] | None = None) -> Iterator[list[OrganizationRow]]:
+def active_organizations(transactions: Transactions, *, batch_size: int, only: list[str] | None = None,
+                         shard: Shard = Shard()) -> Iterator[list[OrganizationRow]]:
     """Active organizations in id order, one batch at a time (keyset pagination: memory stays flat
     however many organizations there are, and each batch is its own short read)."""
     after = ""
-    where = " AND id = ANY(:only)" if only else ""
+    where, params = _filters(only, shard)
     while True:
         with transactions() as session:
             rows = session.execute(text(f"""
                 SELECT id, name, email, currency, price_plan_id FROM organizations
                 WHERE status = 'active' AND id > :after{where}
                 ORDER BY id LIMIT :limit
-            """), {"after": after, "only": only or [], "limit": batch_size}).all()
+            """), {"after": after, "limit": batch_size, **params}).all()
         if not rows:
             return
         yield [OrganizationRow(r.id, r.name, r.email, (r.currency or "").strip(), r.price_plan_id) for r in rows]

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from ..db import invoice_store, plan_store, usage_store
 from ..db.engine import Transactions
 from ..db.invoice_store import StoredInvoice
-from ..db.usage_store import OrganizationRow
+from ..db.usage_store import OrganizationRow, Shard
 from ..delivery.invoice_email import BadAddress, check_address, check_header_value
 from ..delivery.pdf import PdfError, render_invoice
 from ..errors import BillingError
@@ -50,6 +50,7 @@ class InvoiceOptions:
     batch_size: int = 500
     deliveries: Deliveries = field(default_factory=Deliveries)
     concurrency: int = 1
+    shard: Shard = field(default_factory=Shard)
 
 
 @dataclass
@@ -139,7 +140,7 @@ def invoice_month(
 
     live_hours = _complete_aggregates(transactions, options, result)
     with transactions() as conn:
-        result.organizations_found = usage_store.count_active(conn, only)
+        result.organizations_found = usage_store.count_active(conn, only, options.shard)
     if on_start:
         on_start(result)
 
@@ -149,7 +150,8 @@ def invoice_month(
     # each organization in its own transactions. Outcomes are collected on this thread.
     pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="invoice")
     try:
-        for batch in usage_store.active_organizations(transactions, batch_size=options.batch_size, only=only):
+        for batch in usage_store.active_organizations(transactions, batch_size=options.batch_size, only=only,
+                                                      shard=options.shard):
             ids = [org.id for org in batch]
             seen.update(ids)
             with transactions() as conn:
@@ -165,7 +167,7 @@ def invoice_month(
                     on_outcome(outcome)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    for missing in sorted(set(options.organizations) - seen):
+    for missing in sorted(o for o in set(options.organizations) - seen if options.shard.owns(o)):
         outcome = OrgOutcome(missing).fail("data", "no active organization with this id")
         result.add(outcome)
         if on_outcome:
