@@ -70,12 +70,6 @@ def test_help_does_not_import_heavy_client_libraries() -> None:
         assert heavy not in imported, f"`billing --help` imported {heavy}"
 
 
-@pytest.mark.parametrize("command", ["legacy-run"])
-def test_unfinished_jobs_say_so_and_never_fake_success(clean_env, command: str) -> None:
-    result = run(command)
-    assert result.exit_code == ExitCode.USAGE and "not implemented yet" in result.output
-
-
 @pytest.mark.parametrize("args,message", [
     (["--hour", "2024-13-01T10"], "--hour '2024-13-01T10' is not"),
     (["--hour", "yesterday"], "use YYYY-MM-DDTHH"),
