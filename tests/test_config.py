@@ -83,7 +83,8 @@ def test_complete_feature_settings_are_accepted() -> None:
     ({"INVOICE_SMTP_PORT": "70000"}, "out of range"),
     ({"PROCESS_MONTH": "2024-13"}, "not a month"),
     ({"DATABASE_URL": "mysql://u@h/db"}, "not a PostgreSQL URL"),
-    ({"RUN_SCHEDULE": "every day"}, "not a cron expression"),
+    ({"RUN_SCHEDULE": "every day"}, "use six fields, seconds first"),
+    ({"RUN_SCHEDULE": "30 0 0 1 * *"}, "the seconds field must be 0"),
     ({"NOTIFY_EMAIL": "not-an-address"}, "not an e-mail address"),
 ])
 def test_malformed_values_are_named(env, fragment) -> None:
