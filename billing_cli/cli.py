@@ -67,6 +67,29 @@ def failures_to_exit_codes(output) -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+@contextmanager
+def _stop_on_signals(output) -> Iterator:
+    """SIGTERM (Kubernetes) or Ctrl-C: set an event the job checks to stop taking new work and
+    finish what is in flight. A second Ctrl-C stops at once."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def handler(signum, _frame) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        output.warning(f"{signal.Signals(signum).name} received: finishing the work in flight, then stopping")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def _output(plain: bool | None):
     from .report import Output
 
@@ -97,6 +120,7 @@ def aggregate_hourly(
     from .config import load_settings
     from .db.connect import open_database
     from .jobs.aggregate import aggregate_hours
+    from .jobs.runner import job_run
     from .periods import aggregation_window, utc_now
     from .report import aggregation_header, aggregation_hour, aggregation_summary
     from .summary import aggregation_summary as run_summary
@@ -110,10 +134,13 @@ def aggregate_hourly(
             now=utc_now(), hour=hour, from_=from_, to=to,
             lookback=settings.aggregate_lookback_hours if lookback is None else lookback)
         try:
-            with open_database(settings, notice=output.notice) as db:
+            with open_database(settings, notice=output.notice) as db, _stop_on_signals(output) as stop, \
+                    job_run(db.engine, job="aggregate-hourly", scope="aggregate-hourly", period=str(window),
+                            dry_run=dry, parameters={"window": str(window)}) as record:
                 aggregation_header(output, window, dry, db.where)
-                result = aggregate_hours(db.transactions, window, dry_run=dry,
+                result = aggregate_hours(db.transactions, window, dry_run=dry, stop=stop,
                                          on_hour=lambda h: aggregation_hour(output, h, dry))
+                record.finish(run_summary(result))
         except BillingError as exc:
             if settings.notify_on_aggregate_errors:
                 _notify(settings, output, failed_run_summary("aggregate-hourly", str(window), str(exc), dry, 0.0))
@@ -121,7 +148,7 @@ def aggregate_hourly(
         aggregation_summary(output, result)
         if not result.ok and settings.notify_on_aggregate_errors:
             _notify(settings, output, run_summary(result))
-        _exit(ExitCode.OK if result.ok else ExitCode.PARTIAL)
+        _exit(ExitCode.INTERRUPTED if result.interrupted else ExitCode.OK if result.ok else ExitCode.PARTIAL)
 
 
 @app.command("invoice-monthly")
@@ -172,12 +199,14 @@ def _run_invoicing(job: str, settings, output, *, month: str | None = None, dry_
                    shard_count: int | None = None) -> ExitCode:
     """invoice-monthly and legacy-run: the same invoicing, reported and notified the same way."""
     import time
+    from dataclasses import replace
 
     from .db.connect import open_database
     from .db.usage_store import Shard
     from .delivery.factory import deliveries_from_settings
     from .invoices import Seller
     from .jobs.invoice import InvoiceOptions, invoice_month
+    from .jobs.runner import job_run
     from .periods import invoicing_month, utc_now
     from .report import InvoiceProgress, invoice_header, invoice_summary
     from .summary import failed_run_summary, invoice_run_summary
@@ -196,21 +225,32 @@ def _run_invoicing(job: str, settings, output, *, month: str | None = None, dry_
         deliveries=deliveries_from_settings(settings, dry_run=dry),
         concurrency=concurrency or settings.concurrency, shard=shard)
     started = time.perf_counter()
+    sharded = str(shard) if shard.count > 1 else None
     try:
-        with open_database(settings, notice=output.notice, pool_size=options.concurrency + 2) as db:
-            invoice_header(output, chosen, dry, db.where, options.deliveries.disabled(), job=job,
-                           shard=shard if shard.count > 1 else None)
+        with open_database(settings, notice=output.notice, pool_size=options.concurrency + 3) as db, \
+                _stop_on_signals(output) as stop, \
+                job_run(db.engine, job=job, scope=f"invoice:{chosen}:{shard}", period=str(chosen), dry_run=dry,
+                        shard=sharded, parameters={"month": str(chosen), "organizations": list(org),
+                                                   "regenerate": regenerate, "shard": sharded}) as record:
+            options = replace(options, stop=stop)
+            invoice_header(output, chosen, dry, db.where, options.deliveries.disabled(), job=job, shard=sharded)
             progress = InvoiceProgress(output, dry)
             try:
                 result = invoice_month(db.transactions, options, on_start=progress.start,
                                        on_outcome=progress.outcome)
             finally:
                 progress.stop()
+            summary = invoice_run_summary(result, job)
+            record.finish(summary)
     except BillingError as exc:  # the run stopped: say so to whoever waits for the notification
         _notify(settings, output, failed_run_summary(job, str(chosen), str(exc), dry, time.perf_counter() - started))
         raise
     invoice_summary(output, result, job)
-    _notify(settings, output, invoice_run_summary(result, job))
+    _notify(settings, output, summary)
+    if result.interrupted:
+        output.warning(f"interrupted: {result.processed} organizations processed, {result.unfinished} left in "
+                       "flight; rerun the same command to complete the month")
+        return ExitCode.INTERRUPTED
     return ExitCode.OK if result.ok else ExitCode.PARTIAL
 
 

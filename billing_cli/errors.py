@@ -8,8 +8,8 @@ from enum import IntEnum
 class ExitCode(IntEnum):
     """Every exit code the program uses. Documented in README.md; Kubernetes manifests rely on it.
 
-    Codes 2, 3 and 5 are permanent (re-running the same command cannot help); 4, 6 and 7 are
-    worth retrying later; 1 is a bug.
+    Codes 2, 3, 5 and 8 are permanent (re-running the same command cannot help); 4, 6 and 9 are
+    worth retrying; 7 means another run is busy with the same work; 1 is a bug.
     """
 
     OK = 0
@@ -21,6 +21,8 @@ class ExitCode(IntEnum):
     PARTIAL = 6  # the run finished but some organizations or hours failed; a rerun completes them
     ALREADY_RUNNING = 7  # another run of the same job holds the lock; nothing was touched
     REFUSED = 8  # the command refused to act on this data (e.g. demo on a non-demo database)
+    INTERRUPTED = 9  # stopped by SIGTERM/SIGINT after finishing what was in flight; a rerun completes it
+    UNHEALTHY = 10  # `billing status --check`: a job is late, failed or stuck
 
 
 class BillingError(Exception):
@@ -59,3 +61,7 @@ class AlreadyRunning(BillingError):
 
 class Refused(BillingError):
     exit_code = ExitCode.REFUSED
+
+
+class Interrupted(BillingError):
+    exit_code = ExitCode.INTERRUPTED

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 class RunSummary:
     job: str
     period: str  # the month, or the window of hours
-    outcome: str  # succeeded | partial | failed
+    outcome: str  # succeeded | partial | failed | interrupted
     dry_run: bool
     seconds: float
     counts: dict[str, int] = field(default_factory=dict)
@@ -52,8 +52,9 @@ class RunSummary:
 def invoice_run_summary(result: InvoiceRunResult, job: str = "invoice-monthly") -> RunSummary:
     from .jobs.invoice import COMPONENTS
 
+    outcome = "interrupted" if result.interrupted else "succeeded" if result.ok else "partial"
     return RunSummary(
-        job=job, period=str(result.month), outcome="succeeded" if result.ok else "partial",
+        job=job, period=str(result.month), outcome=outcome,
         dry_run=result.dry_run, seconds=result.seconds,
         counts={"found": result.organizations_found, "processed": result.processed,
                 "invoiced": result.statuses["invoiced"], "already_invoiced": result.statuses["already_invoiced"],
@@ -65,8 +66,9 @@ def invoice_run_summary(result: InvoiceRunResult, job: str = "invoice-monthly") 
 
 
 def aggregation_summary(result: AggregationResult) -> RunSummary:
+    outcome = "interrupted" if result.interrupted else "succeeded" if result.ok else "partial"
     return RunSummary(
-        job="aggregate-hourly", period=str(result.window), outcome="succeeded" if result.ok else "partial",
+        job="aggregate-hourly", period=str(result.window), outcome=outcome,
         dry_run=result.dry_run, seconds=result.seconds,
         counts={"hours": len(result.hours), "failed_hours": len(result.failed_hours), "events": result.events},
         failed=[{"organization_id": "-", "errors": [["hour", f"{h.hour:%Y-%m-%dT%H}:00Z {h.error}"]]}

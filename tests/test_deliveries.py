@@ -273,3 +273,31 @@ def test_tls_modes_verify_the_server_certificate(mode, env, engine, tmp_path) ->
         assert len(server.received) == 3
     finally:
         server.stop()
+
+
+def test_a_second_run_while_the_first_is_running_exits_7_and_touches_nothing(env, engine, fake_stripe,
+                                                                             tmp_path) -> None:
+    import subprocess
+
+    from tests.conftest import BILLING, billing_subprocess_env
+
+    fake_stripe.latency = 0.3  # a slow Stripe keeps the first run busy for seconds
+    process_env = billing_subprocess_env(**env, BILLING_ENV_FILE="/dev/null", AWS_ACCESS_KEY_ID="testing",
+                                         AWS_SECRET_ACCESS_KEY="testing", INVOICE_CONCURRENCY="1")
+    first = subprocess.Popen([*BILLING, "invoice-monthly", "--month", "2024-01"], env=process_env, cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert first.stdout is not None
+    for line in first.stdout:  # wait until it is really working
+        if line.startswith("found "):
+            break
+    second = subprocess.run([*BILLING, "invoice-monthly", "--month", "2024-01"], env=process_env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    rest, _ = first.communicate(timeout=120)
+
+    assert second.returncode == ExitCode.ALREADY_RUNNING
+    assert "another invoice-monthly run for 2024-01 is in progress" in second.stderr and second.stdout == ""
+    assert first.returncode == 0, rest
+    with engine.connect() as conn:
+        runs = conn.execute(text("SELECT job, status FROM job_runs")).all()
+    assert [tuple(r) for r in runs] == [("invoice-monthly", "succeeded")]  # the second left no trace
+    assert len(fake_stripe.invoices) == 3

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Date,
     DateTime,
@@ -22,7 +23,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import CHAR
+from sqlalchemy.dialects.postgresql import CHAR, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -238,3 +239,34 @@ class InvoiceNumberCounter(Base):
 
     period_start: Mapped[date] = mapped_column(Date, primary_key=True)
     last_number: Mapped[int] = mapped_column(Integer)
+
+
+class JobRun(Base):
+    """One run of a job: written when it starts (running) and when it ends, so a crashed run stays
+    visible as one that never finished. Run history, not billing data: dry runs are recorded too."""
+
+    __tablename__ = "job_runs"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job: Mapped[str] = mapped_column(String(50))
+    period: Mapped[str] = mapped_column(String(100))
+    shard: Mapped[str | None] = mapped_column(String(20))
+    dry_run: Mapped[bool] = mapped_column(Boolean)
+    parameters: Mapped[dict] = mapped_column(JSONB, server_default="{}")
+    status: Mapped[str] = mapped_column(String(16), server_default="running")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    duration_seconds: Mapped[Decimal | None] = mapped_column(Numeric)
+    counts: Mapped[dict] = mapped_column(JSONB, server_default="{}")
+    errors: Mapped[dict] = mapped_column(JSONB, server_default="{}")
+    revenue: Mapped[dict] = mapped_column(JSONB, server_default="{}")
+    failed: Mapped[list] = mapped_column(JSONB, server_default="[]")
+    message: Mapped[str | None] = mapped_column(Text)
+    host: Mapped[str] = mapped_column(String(255))
+    version: Mapped[str] = mapped_column(String(50))
+
+    __table_args__ = (
+        CheckConstraint("status IN ('running', 'succeeded', 'partial', 'failed', 'interrupted')",
+                        name="ck_job_runs_status"),
+        Index("idx_job_runs_job_started", "job", text("started_at DESC")),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -129,6 +130,7 @@ class AggregationResult:
     dry_run: bool
     hours: list[HourResult] = field(default_factory=list)
     seconds: float = 0.0
+    interrupted: bool = False
 
     @property
     def failed_hours(self) -> list[HourResult]:
@@ -164,12 +166,16 @@ def aggregate_hours(
     *,
     dry_run: bool = False,
     on_hour: Callable[[HourResult], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> AggregationResult:
     """Roll up every hour of `window`, each in its own transaction, so a crash keeps finished hours
     and a failed hour does not stop the others. Running it again gives identical rows."""
     started = time.perf_counter()
     result = AggregationResult(window=window, dry_run=dry_run)
     for hour in window.hours():
+        if stop is not None and stop.is_set():  # SIGTERM: the hours done so far are committed
+            result.interrupted = True
+            break
         hour_result = aggregate_one_hour(transactions, hour, hour + HOUR, dry_run=dry_run)
         result.hours.append(hour_result)
         if on_hour is not None:

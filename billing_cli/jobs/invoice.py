@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -51,6 +51,8 @@ class InvoiceOptions:
     deliveries: Deliveries = field(default_factory=Deliveries)
     concurrency: int = 1
     shard: Shard = field(default_factory=Shard)
+    stop: threading.Event | None = None  # set on SIGTERM/SIGINT: finish what is in flight, take nothing new
+    grace_seconds: float = 20.0
 
 
 @dataclass
@@ -93,6 +95,8 @@ class InvoiceRunResult:
     revenue: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
     failed: list[OrgOutcome] = field(default_factory=list)
     seconds: float = 0.0
+    interrupted: bool = False
+    unfinished: int = 0  # organizations still in flight when the grace period ended
 
     @property
     def processed(self) -> int:
@@ -149,24 +153,46 @@ def invoice_month(
     # Organizations are I/O-bound (database, S3, Stripe, SMTP): a bounded pool of worker threads,
     # each organization in its own transactions. Outcomes are collected on this thread.
     pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="invoice")
+
+    def collect(future) -> None:
+        outcome = future.result()
+        result.add(outcome)
+        if on_outcome:
+            on_outcome(outcome)
+
     try:
         for batch in usage_store.active_organizations(transactions, batch_size=options.batch_size, only=only,
                                                       shard=options.shard):
+            if _stopping(options):
+                break
             ids = [org.id for org in batch]
             seen.update(ids)
             with transactions() as conn:
                 usage = usage_store.monthly_usage(conn, month, ids, live_hours)
                 existing = invoice_store.live_invoices(conn, month, ids)
                 plans = plan_store.load_plans(conn, sorted({o.price_plan_id for o in batch if o.price_plan_id}))
-            futures = [pool.submit(_invoice_one, transactions, options, org, usage.get(org.id, {}), plans,
-                                   existing.get(org.id), numbering) for org in batch]
-            for future in as_completed(futures):
-                outcome = future.result()
-                result.add(outcome)
-                if on_outcome:
-                    on_outcome(outcome)
+            pending = {pool.submit(_invoice_one, transactions, options, org, usage.get(org.id, {}), plans,
+                                   existing.get(org.id), numbering) for org in batch}
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                for future in done:
+                    collect(future)
+                if _stopping(options) and pending:
+                    # SIGTERM: take no new organization; let those in flight finish, within the grace.
+                    for future in pending:
+                        future.cancel()
+                    in_flight = {f for f in pending if not f.cancelled()}
+                    finished, unfinished = wait(in_flight, timeout=options.grace_seconds)
+                    for future in finished:
+                        collect(future)
+                    result.unfinished = len(unfinished)
+                    pending = set()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=False, cancel_futures=True)
+    if _stopping(options):
+        result.interrupted = True
+        result.seconds = time.perf_counter() - started
+        return result
     for missing in sorted(o for o in set(options.organizations) - seen if options.shard.owns(o)):
         outcome = OrgOutcome(missing).fail("data", "no active organization with this id")
         result.add(outcome)
@@ -174,6 +200,10 @@ def invoice_month(
             on_outcome(outcome)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _stopping(options: InvoiceOptions) -> bool:
+    return options.stop is not None and options.stop.is_set()
 
 
 def _complete_aggregates(transactions: Transactions, options: InvoiceOptions,

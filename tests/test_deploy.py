@@ -1,0 +1,634 @@
+"""Deployment files: the Kubernetes manifests (base and overlays), the Dockerfile, .dockerignore and
+crontab.example. No network, no database, no kubectl.
+
+The overlays are rendered by the small kustomize subset below (resources, namespace, labels,
+images, strategic-merge patches from files). It raises `Unsupported` on anything else, so an
+overlay that starts using another kustomize feature fails here instead of being checked wrongly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from billing_cli.config import VARIABLES, VARIABLES_BY_NAME, load_settings
+from billing_cli.errors import ExitCode
+from tests.conftest import BILLING, ROOT, billing_subprocess_env
+
+K8S = ROOT / "deploy" / "k8s"
+BASE = K8S / "base"
+OVERLAYS = sorted(path.parent for path in (K8S / "overlays").glob("*/kustomization.yaml"))
+RENDERINGS = {"base": BASE} | {f"overlays/{path.name}": path for path in OVERLAYS}
+SECRET_EXAMPLE = BASE / "secret.example.yaml"
+
+CONFIGMAP = "billing-config"
+SECRET = "billing-secrets"
+CONTAINER = "billing"
+UID = 10001
+
+VERSIONS = ["1.28.0", kubernetes_validate.latest_version()]
+
+# podFailurePolicy from the one table of exit codes: these are worth retrying within the Job
+# (Count toward backoffLimit); every other failure code fails the Job at once (FailJob).
+RETRYABLE_NAMES = {"DATABASE_UNAVAILABLE", "PARTIAL", "INTERRUPTED"}
+# The codes decided to fail the Job. A new ExitCode must be put in one of the two sets by someone
+# who knows what it means (test_every_exit_code_is_classified), never land in FailJob by default.
+FAIL_JOB_NAMES = {"INTERNAL", "USAGE", "CONFIG", "SCHEMA_OUTDATED", "ALREADY_RUNNING", "REFUSED", "UNHEALTHY"}
+RETRYABLE = {int(code) for code in ExitCode if code.name in RETRYABLE_NAMES}
+FAIL_JOB = {int(code) for code in ExitCode} - {int(ExitCode.OK)} - RETRYABLE
+# Only Kubernetes (per pod of an Indexed Job) or the sharded CronJob's own env may set these.
+PER_POD_VARIABLES = {"SHARD_COUNT", "JOB_COMPLETION_INDEX"}
+
+MONTHLY_JOBS = {"invoice-monthly", "legacy-run"}
+
+
+# --- a small, honest kustomize ---------------------------------------------------------------
+
+class Unsupported(Exception):
+    """A kustomization uses something this renderer does not implement."""
+
+
+_KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "namespace", "labels", "images", "patches"}
+_CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                   "PersistentVolume", "StorageClass", "PriorityClass"}
+# Strategic-merge keys of the lists our patches may touch; every other list is replaced.
+_MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
+               "volumeMounts": "mountPath"}
+
+
+def _load_all(path: Path) -> list[dict]:
+    docs = [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
+    for doc in docs:
+        if not isinstance(doc, dict):
+            raise Unsupported(f"{path}: a YAML document that is not a mapping")
+    return docs
+
+
+def render(directory: Path) -> list[dict]:
+    """The objects `kubectl kustomize directory` would print, for the subset we use."""
+    kustomization_file = directory / "kustomization.yaml"
+    if not kustomization_file.is_file():
+        raise Unsupported(f"{directory}: no kustomization.yaml")
+    [kustomization] = _load_all(kustomization_file)
+    unknown = set(kustomization) - _KUSTOMIZATION_KEYS
+    if unknown:
+        raise Unsupported(f"{kustomization_file}: {sorted(unknown)}")
+    if kustomization.get("kind", "Kustomization") != "Kustomization":
+        raise Unsupported(f"{kustomization_file}: kind {kustomization['kind']}")
+
+    objects: list[dict] = []
+    for entry in kustomization.get("resources", []):
+        if "://" in entry or entry.startswith("git@"):
+            raise Unsupported(f"{kustomization_file}: remote resource {entry}")
+        path = (directory / entry).resolve()
+        if path.is_dir():
+            objects += render(path)
+        elif path.is_file():
+            objects += _load_all(path)
+        else:
+            raise FileNotFoundError(f"{kustomization_file}: resource {entry} not found")
+
+    for patch in kustomization.get("patches", []):
+        if set(patch) != {"path"}:
+            raise Unsupported(f"{kustomization_file}: patch {patch} (only `path:` to a strategic-merge file)")
+        for document in _load_all(directory / patch["path"]):
+            _apply_patch(objects, document, directory / patch["path"])
+
+    if "namespace" in kustomization:
+        for obj in objects:
+            if obj["kind"] not in _CLUSTER_SCOPED:
+                obj["metadata"]["namespace"] = kustomization["namespace"]
+
+    for entry in kustomization.get("labels", []):
+        if set(entry) - {"pairs", "includeSelectors", "includeTemplates"}:
+            raise Unsupported(f"{kustomization_file}: labels {entry}")
+        if entry.get("includeSelectors") or entry.get("includeTemplates"):
+            raise Unsupported(f"{kustomization_file}: labels on selectors or templates")
+        for obj in objects:
+            obj["metadata"].setdefault("labels", {}).update(entry["pairs"])
+
+    for image in kustomization.get("images", []):
+        if set(image) - {"name", "newName", "newTag"} or "name" not in image:
+            raise Unsupported(f"{kustomization_file}: image {image}")
+        for obj in objects:
+            for container in _all_containers(obj):
+                container["image"] = _retag(container["image"], image)
+
+    seen: set[tuple[str, str]] = set()
+    for obj in objects:
+        key = (obj["kind"], obj["metadata"]["name"])
+        assert key not in seen, f"{directory}: {key} defined twice"
+        seen.add(key)
+    return objects
+
+
+def _apply_patch(objects: list[dict], patch: dict, source: Path) -> None:
+    targets = [obj for obj in objects if obj["apiVersion"] == patch.get("apiVersion")
+               and obj["kind"] == patch.get("kind") and obj["metadata"]["name"] == patch["metadata"]["name"]]
+    if len(targets) != 1:
+        raise Unsupported(f"{source}: the patch matches {len(targets)} objects, not one")
+    _merge(targets[0], patch, source)
+
+
+def _merge(target: dict, patch: dict, source: Path) -> None:
+    for key, value in patch.items():
+        if key.startswith("$"):
+            raise Unsupported(f"{source}: directive {key}")
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value, source)
+        elif isinstance(value, list) and key in _MERGE_KEYS and isinstance(target.get(key), list):
+            merge_key = _MERGE_KEYS[key]
+            for item in value:
+                if not isinstance(item, dict) or merge_key not in item or any(k.startswith("$") for k in item):
+                    raise Unsupported(f"{source}: list item {item} of {key}")
+                match = [existing for existing in target[key] if existing.get(merge_key) == item[merge_key]]
+                if match:
+                    _merge(match[0], item, source)
+                else:
+                    target[key].append(copy.deepcopy(item))
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def _all_containers(node: object) -> list[dict]:
+    found: list[dict] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("containers", "initContainers") and isinstance(value, list):
+                found += value
+            else:
+                found += _all_containers(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += _all_containers(item)
+    return found
+
+
+def _split_image(image: str) -> tuple[str, str | None, str | None]:
+    name, _, digest = image.partition("@")
+    tag = None
+    if name.rfind(":") > name.rfind("/"):
+        name, tag = name.rsplit(":", 1)
+    return name, tag, digest or None
+
+
+def _retag(image: str, entry: dict) -> str:
+    name, tag, digest = _split_image(image)
+    if name != entry["name"]:
+        return image
+    name = entry.get("newName", name)
+    if "newTag" in entry:
+        tag, digest = str(entry["newTag"]), None
+    return name + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
+
+
+@cache
+def _rendered(directory: Path) -> tuple[dict, ...]:
+    return tuple(render(directory))
+
+
+def rendered(name: str) -> list[dict]:
+    return copy.deepcopy(list(_rendered(RENDERINGS[name])))
+
+
+def by_kind(objects: list[dict], kind: str) -> list[dict]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def configmap_data(objects: list[dict]) -> dict[str, str]:
+    [configmap] = [obj for obj in by_kind(objects, "ConfigMap") if obj["metadata"]["name"] == CONFIGMAP]
+    return configmap["data"]
+
+
+def job_specs(objects: list[dict]) -> list[tuple[str, dict]]:
+    """(name, Job spec) of every Job and every CronJob's job template."""
+    specs = [(obj["metadata"]["name"], obj["spec"]) for obj in by_kind(objects, "Job")]
+    specs += [(obj["metadata"]["name"], obj["spec"]["jobTemplate"]["spec"]) for obj in by_kind(objects, "CronJob")]
+    return specs
+
+
+def billing_job(cronjob: dict) -> str:
+    """The billing command a CronJob runs: the first argument to the image's `billing` entrypoint."""
+    [container] = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    return container["args"][0]
+
+
+def secret_example() -> dict:
+    [secret] = _load_all(SECRET_EXAMPLE)
+    return secret
+
+
+# --- the renderer itself -----------------------------------------------------------------------
+
+def test_renderer_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
+    (tmp_path / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {A: b}\n")
+    unsupported = [
+        "commonLabels: {a: b}",
+        "patches:\n  - path: p.yaml\n    target: {kind: ConfigMap}",
+        "patches:\n  - patch: '[{\"op\": \"remove\", \"path\": \"/data\"}]'",
+        "images:\n  - name: billing\n    digest: sha256:0",
+        "labels:\n  - pairs: {a: b}\n    includeSelectors: true",
+        "configMapGenerator: []",
+    ]
+    for extra in unsupported:
+        (tmp_path / "kustomization.yaml").write_text(f"resources: [cm.yaml]\n{extra}\n")
+        with pytest.raises(Unsupported):
+            render(tmp_path)
+
+
+def test_renderer_merges_containers_by_name(tmp_path: Path) -> None:
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"},
+        "spec": {"template": {"spec": {"containers": [
+            {"name": "a", "image": "billing", "args": ["x"], "env": [{"name": "A", "value": "1"}]},
+            {"name": "b", "image": "other:1"}]}}}}))
+    (tmp_path / "patch.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"},
+        "spec": {"template": {"spec": {"containers": [
+            {"name": "a", "env": [{"name": "B", "value": "2"}], "args": ["y"]}]}}}}))
+    (tmp_path / "kustomization.yaml").write_text(
+        "namespace: ns\nresources: [job.yaml]\npatches: [{path: patch.yaml}]\n"
+        "images: [{name: billing, newName: r.example/billing, newTag: '2'}]\n")
+    [job] = render(tmp_path)
+    a, b = job["spec"]["template"]["spec"]["containers"]
+    assert a == {"name": "a", "image": "r.example/billing:2", "args": ["y"],
+                 "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]}
+    assert b == {"name": "b", "image": "other:1"}
+    assert job["metadata"]["namespace"] == "ns"
+
+
+# --- the manifests ----------------------------------------------------------------------------
+
+def test_every_base_manifest_is_a_resource_except_the_secret_example() -> None:
+    [kustomization] = _load_all(BASE / "kustomization.yaml")
+    resources = set(kustomization["resources"])
+    files = {path.name for path in BASE.glob("*.yaml")} - {"kustomization.yaml"}
+    assert SECRET_EXAMPLE.name not in resources
+    assert resources == files - {SECRET_EXAMPLE.name}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_objects_pass_kubernetes_validate(name: str, version: str) -> None:
+    objects = rendered(name) + ([secret_example()] if name == "base" else [])
+    assert objects
+    for obj in objects:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(part) for part in exc.path)
+            pytest.fail(f"{name}: {obj['kind']}/{obj['metadata']['name']} invalid for {version}: {path}: {exc.message}")
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_cronjob_settings(name: str) -> None:
+    cronjobs = by_kind(rendered(name), "CronJob")
+    assert {billing_job(c) for c in cronjobs} == {"aggregate-hourly", "invoice-monthly", "legacy-run"}
+    for cronjob in cronjobs:
+        where = f"{name}: {cronjob['metadata']['name']}"
+        spec = cronjob["spec"]
+        assert spec["concurrencyPolicy"] in {"Allow", "Forbid", "Replace"}, where
+        assert spec["concurrencyPolicy"] == "Forbid", where
+        assert len(spec["schedule"].split()) == 5, where
+        assert spec["timeZone"] == "Etc/UTC", where
+        assert spec["startingDeadlineSeconds"] > 0, where
+        assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1, where
+        job = spec["jobTemplate"]["spec"]
+        assert 1 <= job["backoffLimit"] <= 6, where
+        assert job["activeDeadlineSeconds"] > 0 and job["ttlSecondsAfterFinished"] > 0, where
+        if billing_job(cronjob) == "aggregate-hourly":
+            assert job["activeDeadlineSeconds"] < 3600, f"{where}: must end before the next hourly run"
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_exactly_one_monthly_invoicing_cronjob_is_active(name: str) -> None:
+    """invoice-monthly, its sharded variant and legacy-run bill the same month: never two at once."""
+    cronjobs = by_kind(rendered(name), "CronJob")
+    active = [c["metadata"]["name"] for c in cronjobs
+              if billing_job(c) in MONTHLY_JOBS and not c["spec"].get("suspend", False)]
+    assert len(active) == 1, f"{name}: active monthly CronJobs {active}"
+    hourly = [c for c in cronjobs if billing_job(c) == "aggregate-hourly"]
+    assert len(hourly) == 1 and not hourly[0]["spec"].get("suspend", False)
+
+
+def test_legacy_run_and_sharded_are_suspended_in_the_base() -> None:
+    cronjobs = {c["metadata"]["name"]: c for c in by_kind(rendered("base"), "CronJob")}
+    legacy = [c for c in cronjobs.values() if billing_job(c) == "legacy-run"]
+    sharded = [c for c in cronjobs.values() if "--shard-count" in _container(c["spec"]["jobTemplate"]["spec"])["args"]]
+    assert len(legacy) == 1 and len(sharded) == 1
+    assert legacy[0]["spec"]["suspend"] is True
+    assert sharded[0]["spec"]["suspend"] is True
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_sharded_invoicing_is_an_indexed_job(name: str) -> None:
+    sharded = [c for c in by_kind(rendered(name), "CronJob")
+               if "--shard-count" in _container(c["spec"]["jobTemplate"]["spec"])["args"]]
+    assert len(sharded) == 1
+    job = sharded[0]["spec"]["jobTemplate"]["spec"]
+    args = _container(job)["args"]
+    assert args[0] == "invoice-monthly"
+    shards = int(args[args.index("--shard-count") + 1])
+    env = {item["name"]: item["value"] for item in _container(job).get("env", [])}
+    assert job["completionMode"] == "Indexed"
+    assert job["completions"] == job["parallelism"] == shards == int(env["SHARD_COUNT"])
+
+
+def _container(job_spec: dict) -> dict:
+    containers = job_spec["template"]["spec"]["containers"]
+    [container] = [c for c in containers if c["name"] == CONTAINER]
+    return container
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_pods_are_hardened_and_configured(name: str) -> None:
+    objects = rendered(name)
+    assert [s["metadata"]["name"] for s in by_kind(objects, "ServiceAccount")] == ["billing"]
+    assert configmap_data(objects)
+    specs = job_specs(objects)
+    assert any(_container(spec)["args"] == ["db", "upgrade"] for _, spec in specs), "no migration Job"
+    for job_name, spec in specs:
+        where = f"{name}: {job_name}"
+        pod = spec["template"]["spec"]
+        assert pod["restartPolicy"] == "Never", where
+        assert pod["serviceAccountName"] == "billing", where
+        assert pod["terminationGracePeriodSeconds"] == 30, where
+        assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID,
+                                          "fsGroup": UID, "seccompProfile": {"type": "RuntimeDefault"}}, where
+        container = _container(spec)
+        assert "command" not in container, f"{where}: use the image's ENTRYPOINT (billing) and args"
+        image_name, tag, _ = _split_image(container["image"])
+        assert image_name.rsplit("/", 1)[-1] == "billing" and tag and tag != "latest", where
+        sc = container["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False, where
+        assert sc["readOnlyRootFilesystem"] is True, where
+        assert sc["capabilities"] == {"drop": ["ALL"]}, where
+        [tmp] = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+        [volume] = [v for v in pod["volumes"] if v["name"] == tmp["name"]]
+        assert "emptyDir" in volume, where
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(container["resources"][kind]), where
+        env_from = container["envFrom"]
+        assert {"configMapRef": {"name": CONFIGMAP}} in env_from, where
+        assert {"secretRef": {"name": SECRET}} in env_from, where
+        if container["args"][0] in MONTHLY_JOBS:
+            # IRSA: the S3 upload needs the projected service account token.
+            assert pod.get("automountServiceAccountToken", True) is True, where
+
+
+def test_every_exit_code_is_classified() -> None:
+    names = {code.name for code in ExitCode} - {"OK"}
+    assert names == RETRYABLE_NAMES | FAIL_JOB_NAMES, "classify the new exit code for podFailurePolicy"
+    assert not RETRYABLE_NAMES & FAIL_JOB_NAMES
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_pod_failure_policy_follows_the_exit_codes(name: str) -> None:
+    for job_name, spec in job_specs(rendered(name)):
+        where = f"{name}: {job_name}"
+        assert spec["template"]["spec"]["restartPolicy"] == "Never", where
+        containers = {c["name"] for c in spec["template"]["spec"]["containers"]}
+        rules = spec["podFailurePolicy"]["rules"]
+        fail_job: set[int] = set()
+        ignore_disruption = None
+        for index, rule in enumerate(rules):
+            if "onExitCodes" in rule:
+                assert not rule.get("onPodConditions"), where
+                codes = rule["onExitCodes"]
+                assert codes["containerName"] in containers, where
+                assert codes["operator"] == "In", f"{where}: keep the rules explicit (In)"
+                if rule["action"] == "FailJob":
+                    fail_job |= set(codes["values"])
+                else:
+                    assert rule["action"] == "Count", where
+                    assert set(codes["values"]) <= RETRYABLE, where
+            elif {"type": "DisruptionTarget", "status": "True"} in rule["onPodConditions"]:
+                assert rule["action"] == "Ignore", where
+                ignore_disruption = index
+        assert fail_job == FAIL_JOB, where
+        assert not fail_job & RETRYABLE, where
+        assert ignore_disruption == 0, f"{where}: evictions must be ignored before any exit code rule"
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_configmap_holds_known_non_secret_variables(name: str) -> None:
+    data = configmap_data(rendered(name))
+    for key, value in data.items():
+        assert key in VARIABLES_BY_NAME, f"{name}: {key} is not a billing variable"
+        assert not VARIABLES_BY_NAME[key].secret, f"{name}: secret {key} belongs in {SECRET}"
+        assert isinstance(value, str), key
+    assert data["BILLING_REQUIRE_DATABASE_URL"] == "true"
+    assert not PER_POD_VARIABLES & set(data), f"{name}: per-pod variables would shard every job"
+    assert "PROCESS_MONTH" not in data, "PROCESS_MONTH would pin every monthly run to one month"
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_configuration_is_valid_in_every_pod(name: str, tmp_path: Path) -> None:
+    """What each pod of this rendering sees (ConfigMap, the example Secret, its own env and, for an
+    Indexed Job, each JOB_COMPLETION_INDEX) passes the program's own validation: no exit 3."""
+    objects = rendered(name)
+    shared = {**configmap_data(objects), **secret_example()["stringData"], "KUBERNETES_SERVICE_HOST": "10.0.0.1"}
+    for job_name, spec in job_specs(objects):
+        own = {item["name"]: item["value"] for item in _container(spec).get("env", [])}
+        assert set(own) <= set(VARIABLES_BY_NAME), f"{name}: {job_name}: unknown variables {set(own)}"
+        indexes = range(spec["completions"]) if spec.get("completionMode") == "Indexed" else [None]
+        for index in indexes:
+            environ = shared | own | ({"JOB_COMPLETION_INDEX": str(index)} if index is not None else {})
+            settings = load_settings(environ, env_file=tmp_path / "absent.env")
+            assert settings.require_database_url and settings.database_url is not None
+
+
+def test_secret_example_holds_placeholders_only() -> None:
+    secret = secret_example()
+    assert secret["metadata"]["name"] == SECRET
+    assert "data" not in secret
+    values = secret["stringData"]
+    assert {v.name for v in VARIABLES if v.secret} <= set(values)
+    for key, value in values.items():
+        assert key in VARIABLES_BY_NAME, key
+        assert "CHANGE_ME" in value, f"{key}: use a CHANGE_ME placeholder"
+        assert not re.search(r"[sr]k_(live|test)_(?!CHANGE_ME\b)", value), key
+    text = SECRET_EXAMPLE.read_text(encoding="utf-8")
+    assert not re.search(r"[sr]k_(live|test)_[A-Za-z0-9]{8,}", text.replace("CHANGE_ME", ""))
+
+
+# --- schedules --------------------------------------------------------------------------------
+
+@cache
+def billing_schedule(output_format: str, overrides: tuple[tuple[str, str], ...] = ()) -> str:
+    with tempfile.TemporaryDirectory() as cwd:  # no .env of the developer's
+        result = subprocess.run([*BILLING, "schedule", "--format", output_format], cwd=cwd, check=False,
+                                env=billing_subprocess_env(**dict(overrides)),
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def k8s_schedules(overrides: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
+    schedules = yaml.safe_load(billing_schedule("k8s", overrides))
+    assert set(schedules) == {"aggregate-hourly", "invoice-monthly", "legacy-run"}
+    return schedules
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_cronjob_schedules_match_billing_schedule(name: str) -> None:
+    objects = rendered(name)
+    defaults = k8s_schedules()
+    assert defaults == {"aggregate-hourly": "0 * * * *", "invoice-monthly": "0 0 1 * *",
+                        "legacy-run": "0 0 1 * *"}
+    # The ConfigMap may set the six-field schedules: the CronJobs must follow them too.
+    configured = k8s_schedules(tuple(sorted((k, v) for k, v in configmap_data(objects).items()
+                                            if k.endswith("_SCHEDULE"))))
+    for cronjob in by_kind(objects, "CronJob"):
+        job = billing_job(cronjob)  # the sharded CronJob runs invoice-monthly
+        where = f"{name}: {cronjob['metadata']['name']}"
+        assert cronjob["spec"]["schedule"] == defaults[job], where
+        assert cronjob["spec"]["schedule"] == configured[job], where
+
+
+# --- crontab.example --------------------------------------------------------------------------
+
+_FIELD = r"[0-9*][0-9*/,\-]*"
+_ENTRY = re.compile(rf"^(?P<schedule>{_FIELD}(?:\s+{_FIELD}){{4}})\s+(?P<command>.+)$")
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\s*=")
+_BILLING_CMD = re.compile(r"(?P<binary>\S*)(?<![\w.-])billing\s+(?P<job>[a-z][a-z-]*)")
+
+
+def crontab_entries(text: str) -> tuple[list[dict], list[dict]]:
+    """(active, commented-out) entries: schedule, command, billing binary and job."""
+    active: list[dict] = []
+    commented: list[dict] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        is_comment = stripped.startswith("#")
+        body = stripped.lstrip("#").strip() if is_comment else stripped
+        if not is_comment and _VARIABLE.match(body):
+            continue  # CRON_TZ=UTC, PATH=..., BILLING_ENV_FILE=...
+        match = _ENTRY.match(body)
+        if match is None:
+            assert is_comment, f"crontab.example: cannot parse {line!r}"
+            continue
+        command = _BILLING_CMD.search(match["command"])
+        if command is None:
+            assert is_comment, f"crontab.example: no billing command in {line!r}"
+            continue
+        entry = {"schedule": " ".join(match["schedule"].split()), "command": match["command"],
+                 "binary": command["binary"], "job": command["job"], "line": line}
+        (commented if is_comment else active).append(entry)
+    return active, commented
+
+
+def test_crontab_example_matches_billing_schedule() -> None:
+    text = (ROOT / "crontab.example").read_text(encoding="utf-8")
+    expected_lines = billing_schedule("crontab").splitlines()
+    assert expected_lines[0] == "CRON_TZ=UTC"
+    assert text.splitlines()[0] == "CRON_TZ=UTC"
+    expected = {}
+    for line in expected_lines[1:]:
+        fields = line.split()
+        assert fields[5] == "billing"
+        expected[fields[6]] = " ".join(fields[:5])
+
+    active, commented = crontab_entries(text)
+    assert sorted(e["job"] for e in active) == ["aggregate-hourly", "invoice-monthly"]
+    for entry in active:
+        assert entry["schedule"] == expected[entry["job"]], entry["line"]
+        assert "flock -n" in entry["command"], entry["line"]
+        assert f"/billing-{entry['job']}.lock" in entry["command"], entry["line"]
+        assert entry["binary"].startswith("/"), f"absolute path to billing: {entry['line']}"
+        assert f">> /var/log/billing/{entry['job']}.log 2>&1" in entry["command"], entry["line"]
+    # legacy-run bills the same month as invoice-monthly: present, commented out.
+    legacy = [e for e in commented if e["job"] == "legacy-run"]
+    assert legacy and all(e["schedule"] == expected["legacy-run"] for e in legacy)
+
+
+def test_crontab_parser_sees_active_lines(tmp_path: Path) -> None:
+    active, commented = crontab_entries(
+        "CRON_TZ=UTC\n# 0 0 1 * *  /x/billing legacy-run\n"
+        "0 * * * *  flock -n /run/lock/billing-aggregate-hourly.lock /x/billing aggregate-hourly\n")
+    assert [e["job"] for e in active] == ["aggregate-hourly"]
+    assert [e["job"] for e in commented] == ["legacy-run"]
+
+
+# --- Dockerfile and .dockerignore ------------------------------------------------------------
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's stages, each a list of (INSTRUCTION, arguments), continuations joined."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        if line.strip().startswith("#") or not line.strip():
+            continue
+        pending += line.rstrip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        keyword, _, rest = pending.strip().partition(" ")
+        instructions.append((keyword.upper(), rest.strip()))
+        pending = ""
+    assert not pending
+    stages: list[list[tuple[str, str]]] = []
+    for instruction in instructions:
+        if instruction[0] == "FROM":
+            stages.append([])
+        else:
+            assert stages, f"{instruction} before FROM"
+        stages[-1].append(instruction)
+    return stages
+
+
+def test_dockerfile() -> None:
+    stages = dockerfile_stages()
+    assert len(stages) >= 2, "multi-stage build"
+    final = stages[-1]
+    users = [args for keyword, args in final if keyword == "USER"]
+    assert users, "the final stage sets USER"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}
+    assert user == str(UID), "the image's user is the pods' runAsUser"
+    [entrypoint] = [args for keyword, args in final if keyword == "ENTRYPOINT"]
+    assert json.loads(entrypoint) == ["billing"]
+
+    everything = " ".join(args for stage in stages for _, args in stage)
+    assert "embedded" not in everything, "the image is built without the embedded extra"
+    for keyword, args in final:
+        if keyword == "RUN":
+            assert not re.search(r"apt-get\s+install.*\b(build-essential|gcc|g\+\+|make|libpq-dev|python3-dev)\b",
+                                 args), f"build tools in the final image: {args}"
+    # The builder copies the package only, never the whole context.
+    copies = [args for stage in stages[:-1] for keyword, args in stage if keyword == "COPY"]
+    sources = {source for args in copies for source in args.split()[:-1] if not source.startswith("--")}
+    assert sources <= {"pyproject.toml", "README.md", "billing_cli", "billing_cli/"}, sources
+
+
+def test_dockerignore() -> None:
+    patterns = {line.strip() for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.startswith("#")}
+    for needed in (".git", ".venv", "tests", "bench", "docs", ".billing", ".env"):
+        assert needed in patterns, needed
+    assert {"**/__pycache__", "**/*.pyc"} <= patterns
+    for kept in ("README.md", "pyproject.toml", "billing_cli"):
+        assert kept not in patterns
+
+
+def test_deploy_readme_covers_the_exit_codes() -> None:
+    readme = (K8S / "README.md").read_text(encoding="utf-8")
+    for code in ExitCode:
+        assert f"`{code.name}`" in readme, code.name
+    for phrase in ("kubectl apply -k deploy/k8s/overlays/production", "billing schedule --format k8s"):
+        assert phrase in readme, phrase
+    assert re.search(r"kubectl (-n \S+ )?create secret generic billing-secrets", readme)
+    assert "job/billing-db-upgrade" in readme, "the migration Job runs first"
