@@ -296,6 +296,73 @@ def legacy_run(plain: PlainOption = None) -> None:
         _exit(_run_invoicing("legacy-run", settings, output))
 
 
+JsonOption = Annotated[bool, typer.Option("--json", help="One JSON document on stdout, for scripts.")]
+
+
+@app.command("runs")
+def runs(
+    job: Annotated[str | None, typer.Option(help="Only this job (aggregate-hourly, invoice-monthly, legacy-run).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many runs, newest first.")] = 20,
+    as_json: JsonOption = False,
+    plain: PlainOption = None,
+) -> None:
+    """List recent runs: job, period, shard, status, duration, counts, errors; dry runs marked.
+
+    Example: billing runs --job invoice-monthly --json
+    """
+    from .config import load_settings
+    from .db.connect import open_database
+    from .jobs.status import JOBS, recent_runs
+    from .report import print_json, runs_table
+
+    output = _output(plain)
+    with failures_to_exit_codes(output):
+        if job is not None and job not in JOBS:
+            raise UsageError(f"--job {job!r}: use one of {', '.join(JOBS)}")
+        settings = load_settings()
+        with open_database(settings, notice=output.notice) as db, db.engine.connect() as conn:
+            history = recent_runs(conn, job=job, limit=limit)
+        if as_json:
+            print_json(history)
+        else:
+            runs_table(output, history)
+
+
+@app.command("status")
+def status(
+    check: Annotated[bool, typer.Option("--check", help="Exit 10 when a job is late, failed or stuck.")] = False,
+    as_json: JsonOption = False,
+    plain: PlainOption = None,
+) -> None:
+    """Health of each job: last run, last success and its age, last outcome, failed organizations.
+
+    Example: billing status --check
+    """
+    from datetime import timedelta
+
+    from .config import load_settings
+    from .db.connect import open_database
+    from .jobs.status import Thresholds, job_statuses
+    from .periods import utc_now
+    from .report import print_json, status_table
+
+    output = _output(plain)
+    with failures_to_exit_codes(output):
+        settings = load_settings()
+        thresholds = Thresholds(timedelta(hours=settings.status_aggregate_max_age_hours),
+                                settings.status_invoice_deadline_day,
+                                timedelta(hours=settings.status_stuck_after_hours))
+        now = utc_now()
+        with open_database(settings, notice=output.notice) as db, db.engine.connect() as conn:
+            statuses = job_statuses(conn, now, thresholds)
+        if as_json:
+            print_json([s.as_dict(now) for s in statuses])
+        else:
+            status_table(output, statuses, now)
+        if check and any(s.problems for s in statuses):
+            _exit(ExitCode.UNHEALTHY)
+
+
 @app.command("schedule")
 def schedule(
     output_format: Annotated[str, typer.Option("--format", help="table, crontab or k8s.")] = "table",

@@ -54,6 +54,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("INVOICE_PAYMENT_TERMS_DAYS", "int", "30", "Days from issue date to due date."),
     Variable("INVOICE_OUTPUT_DIR", "path", None,
              "Also write each invoice PDF into this folder (<dir>/<YYYY-MM>/<number>.pdf)."),
+    Variable("STATUS_AGGREGATE_MAX_AGE_HOURS", "int", "2",
+             "`billing status --check`: aggregate-hourly's last success may be at most this old."),
+    Variable("STATUS_INVOICE_DEADLINE_DAY", "int", "2",
+             "`billing status --check`: the previous month must be invoiced by this day of the month."),
+    Variable("STATUS_STUCK_AFTER_HOURS", "int", "6",
+             "`billing status --check`: a run still running after this long is stuck."),
     Variable("NOTIFY_ON_COMPLETION", "bool", "false",
              "E-mail a summary to NOTIFY_EMAIL after each run."),
     Variable("NOTIFY_EMAIL", "str", None,
@@ -108,7 +114,8 @@ _INT_RANGES: dict[str, tuple[int, int | None]] = {
     "INVOICE_S3_LINK_EXPIRY_SECONDS": (1, 604800), "STRIPE_REQUESTS_PER_SECOND": (1, 10000),
     "INVOICE_CONCURRENCY": (1, 256), "DELIVERY_MAX_ATTEMPTS": (1, 20), "DELIVERY_TIMEOUT_SECONDS": (1, 600),
     "DELIVERY_MAX_RETRY_SECONDS": (0, 3600), "AGGREGATE_LOOKBACK_HOURS": (0, 168),
-    "SHARD_COUNT": (1, 1000), "JOB_COMPLETION_INDEX": (0, 999),
+    "SHARD_COUNT": (1, 1000), "JOB_COMPLETION_INDEX": (0, 999), "STATUS_AGGREGATE_MAX_AGE_HOURS": (1, 8760),
+    "STATUS_INVOICE_DEADLINE_DAY": (1, 28), "STATUS_STUCK_AFTER_HOURS": (1, 720),
 }
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
@@ -255,6 +262,9 @@ class Settings:
     concurrency: int = 8
     shard_count: int = 1
     shard_index: int = 0
+    status_aggregate_max_age_hours: int = 2
+    status_invoice_deadline_day: int = 2
+    status_stuck_after_hours: int = 6
     delivery_max_attempts: int = 4
     delivery_timeout_seconds: int = 30
     delivery_max_retry_seconds: int = 60
@@ -353,6 +363,9 @@ def validate(raw: RawConfig) -> Settings:
                                                           else "starttls"),  # type: ignore[arg-type]
         concurrency=parsed["INVOICE_CONCURRENCY"],  # type: ignore[arg-type]
         shard_count=parsed["SHARD_COUNT"],  # type: ignore[arg-type]
+        status_aggregate_max_age_hours=parsed["STATUS_AGGREGATE_MAX_AGE_HOURS"],  # type: ignore[arg-type]
+        status_invoice_deadline_day=parsed["STATUS_INVOICE_DEADLINE_DAY"],  # type: ignore[arg-type]
+        status_stuck_after_hours=parsed["STATUS_STUCK_AFTER_HOURS"],  # type: ignore[arg-type]
         shard_index=parsed["JOB_COMPLETION_INDEX"],  # type: ignore[arg-type]
         delivery_max_attempts=parsed["DELIVERY_MAX_ATTEMPTS"],  # type: ignore[arg-type]
         delivery_timeout_seconds=parsed["DELIVERY_TIMEOUT_SECONDS"],  # type: ignore[arg-type]

@@ -385,3 +385,42 @@ def schedule_output(output: Output, schedules: list, output_format: str, *, now,
     output.table("Schedules (UTC)", [("Job", "job"), ("Configured", "six_field"),
                                      ("Five fields", "five_field"), ("Meaning", "description"),
                                      (f"Next {count} runs", "next")], rows, kind="schedule")
+
+
+# -- runs and status ---------------------------------------------------------------------------------
+
+def print_json(data: object) -> None:
+    """One JSON document on stdout (Decimals as exact strings, times as ISO 8601)."""
+    import json
+
+    print(json.dumps(data, default=str, indent=2, sort_keys=True))
+
+
+def runs_table(output: Output, history: list[dict]) -> None:
+    rows = []
+    for run in history:
+        counts = run["counts"] or {}
+        done = ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "-"
+        rows.append((run["id"], run["job"], run["period"], run["shard"] or "-",
+                     run["status"] + (" (dry run)" if run["dry_run"] else ""),
+                     f"{run['started_at']:%Y-%m-%d %H:%M:%S}Z",
+                     f"{run['duration_seconds']:.1f} s" if run["duration_seconds"] is not None else "-",
+                     done, run["message"] or ""))
+    output.table("Recent runs", [("Run", "id"), ("Job", "job"), ("Period", "period"), ("Shard", "shard"),
+                                 ("Status", "status"), ("Started", "started"), ("Duration", "duration"),
+                                 ("Counts", "counts"), ("Message", "message")], rows, kind="run")
+
+
+def status_table(output: Output, statuses: list, now) -> None:
+    rows = []
+    for s in statuses:
+        last, ok = s.last_run, s.last_success
+        age = now - ok["finished_at"] if ok else None
+        failed = len((last or {}).get("failed") or [])
+        rows.append((s.job, f"{last['status']} ({last['period']})" if last else "never",
+                     f"{ok['finished_at']:%Y-%m-%d %H:%M}Z" if ok else "never",
+                     f"{int(age.total_seconds() // 3600)} h {int(age.total_seconds() % 3600 // 60)} min" if age else "-",
+                     failed, "ok" if not s.problems else "; ".join(s.problems)))
+    output.table("Job status", [("Job", "job"), ("Last run", "last_run"), ("Last success", "last_success"),
+                                ("Age", "age"), ("Failed orgs (last run)", "failed"), ("Health", "health")],
+                 rows, kind="status")

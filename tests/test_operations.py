@@ -1,0 +1,120 @@
+"""Run history, `billing runs`, `billing status --check`, and graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from billing_cli.cli import app
+from billing_cli.errors import ExitCode
+from billing_cli.jobs.status import Thresholds, job_statuses
+from tests.conftest import BILLING, billing_subprocess_env
+
+runner = CliRunner()
+
+
+def run(*args: str, **env: str):
+    return runner.invoke(app, list(args), env=env or None)
+
+
+def test_every_run_is_recorded_with_its_outcome(clean_env, billed, engine) -> None:
+    assert run("aggregate-hourly", "--hour", "2024-01-31T13", DATABASE_URL=billed).exit_code == 0
+    assert run("invoice-monthly", "--month", "2024-01", "--dry-run", DATABASE_URL=billed).exit_code == 0
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE organizations SET price_plan_id = NULL WHERE id = 'org-1'"))
+    assert run("invoice-monthly", "--month", "2024-01", DATABASE_URL=billed).exit_code == ExitCode.PARTIAL
+
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT job, period, dry_run, status, counts, errors, revenue, failed, host, "
+                                 "version, finished_at IS NOT NULL AS finished FROM job_runs ORDER BY id")).all()
+    assert [(r.job, r.dry_run, r.status) for r in rows] == [
+        ("aggregate-hourly", False, "succeeded"), ("invoice-monthly", True, "succeeded"),
+        ("invoice-monthly", False, "partial")]
+    last = rows[-1]
+    assert last.period == "2024-01" and last.finished and last.host and last.version == "0.1.0"
+    assert last.counts["invoiced"] == 2 and last.counts["failed"] == 1 and last.errors["data"] == 1
+    assert last.revenue == {"EUR": "1.23", "USD": "27.50"}
+    assert last.failed[0]["organization_id"] == "org-1"
+
+    listing = run("runs", "--json", "--job", "invoice-monthly", DATABASE_URL=billed)
+    history = json.loads(listing.output)
+    assert [(h["status"], h["dry_run"]) for h in history] == [("partial", False), ("succeeded", True)]
+    plain = run("runs", "--plain", DATABASE_URL=billed)
+    assert "run id=" in plain.output and "status=\"succeeded (dry run)\"" in plain.output
+    assert run("runs", "--job", "nope", DATABASE_URL=billed).exit_code == ExitCode.USAGE
+
+
+def test_status_check(clean_env, billed, engine) -> None:
+    first = run("status", "--check", "--json", DATABASE_URL=billed)
+    assert first.exit_code == ExitCode.UNHEALTHY
+    report = {s["job"]: s for s in json.loads(first.output)}
+    assert report["aggregate-hourly"]["problems"] == ["never succeeded"]
+
+    assert run("aggregate-hourly", "--hour", "2024-01-31T13", DATABASE_URL=billed).exit_code == 0
+    with engine.connect() as conn:
+        now = datetime.now(UTC)
+        statuses = {s.job: s for s in job_statuses(conn, now)}
+        assert statuses["aggregate-hourly"].problems == []
+        late = {s.job: s for s in job_statuses(conn, now + timedelta(hours=3))}
+        assert late["aggregate-hourly"].problems[0].startswith("last success 3 h 0 min ago, more than 2 h"), \
+            (late["aggregate-hourly"].problems, late["aggregate-hourly"].last_success)
+        # the previous month (2024-01 seen from 2024-02-05) is not invoiced yet
+        february = {s.job: s for s in job_statuses(conn, datetime(2024, 2, 5, tzinfo=UTC), Thresholds(
+            aggregate_max_age=timedelta(days=10000)))}
+        assert february["invoice-monthly"].problems == [
+            "2024-01 is not invoiced successfully yet (deadline: day 2 of 2024-02)"]
+        assert {s.job: s for s in job_statuses(conn, datetime(2024, 2, 1, 12, tzinfo=UTC), Thresholds(
+            aggregate_max_age=timedelta(days=10000)))}["invoice-monthly"].problems == []  # before the deadline
+
+    assert run("invoice-monthly", "--month", "2024-01", DATABASE_URL=billed).exit_code == 0
+    with engine.connect() as conn:
+        february = {s.job: s for s in job_statuses(conn, datetime(2024, 2, 5, tzinfo=UTC), Thresholds(
+            aggregate_max_age=timedelta(days=10000)))}
+        assert february["invoice-monthly"].problems == []
+        conn.execute(text("INSERT INTO job_runs (job, period, dry_run, status, started_at, host, version) "
+                          "VALUES ('aggregate-hourly', 'x', false, 'running', now() - interval '7 hours', 'h', 'v')"))
+        stuck = {s.job: s for s in job_statuses(conn, datetime.now(UTC))}
+        assert "stuck, or the process died" in stuck["aggregate-hourly"].problems[0]
+        conn.rollback()
+
+    healthy_env = {"DATABASE_URL": billed, "STATUS_INVOICE_DEADLINE_DAY": "28"}
+    table = run("status", "--plain", **healthy_env)
+    assert "status job=aggregate-hourly" in table.output and 'health=ok' in table.output
+
+
+def test_sigterm_finishes_in_flight_work_records_interrupted_and_the_rerun_completes(
+        clean_env, billed, engine, fake_stripe, s3, mail, tmp_path) -> None:
+    fake_stripe.latency = 0.5  # each organization takes a few seconds: time to stop in the middle
+    env = billing_subprocess_env(
+        DATABASE_URL=billed, BILLING_ENV_FILE="/dev/null", INVOICE_CONCURRENCY="1",
+        INVOICE_ENABLE_STRIPE="true", STRIPE_API_KEY="sk_test_SIGTERMsecret01", STRIPE_API_BASE=fake_stripe.base_url)
+    proc = subprocess.Popen([*BILLING, "invoice-monthly", "--month", "2024-01"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the first organization is done, the second in flight
+        if line.startswith("organization "):
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == ExitCode.INTERRUPTED, (rest, err)
+    assert "SIGTERM received: finishing the work in flight" in err and "rerun the same command" in err
+    with engine.connect() as conn:
+        status, counts = conn.execute(text("SELECT status, counts FROM job_runs")).one()
+        stripe_done = conn.execute(text("SELECT count(*) FROM invoices WHERE stripe_status = 'sent'")).scalar_one()
+        issued = conn.execute(text("SELECT count(*) FROM invoices")).scalar_one()
+    assert status == "interrupted" and 1 <= counts["processed"] < 3
+    assert stripe_done == issued == counts["processed"]  # what was in flight finished its steps
+
+    fake_stripe.latency = 0
+    rerun = subprocess.run([*BILLING, "invoice-monthly", "--month", "2024-01"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)
+    assert rerun.returncode == 0, rerun.stderr
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM invoices WHERE stripe_status = 'sent'")).scalar_one() == 3
+    assert len(fake_stripe.invoices) == 3
