@@ -142,10 +142,13 @@ def aggregate_hourly(
                                          on_hour=lambda h: aggregation_hour(output, h, dry))
                 record.finish(run_summary(result))
         except BillingError as exc:
+            failed = failed_run_summary("aggregate-hourly", str(window), str(exc), dry, 0.0)
+            _push_metrics(settings, output, failed)
             if settings.notify_on_aggregate_errors:
-                _notify(settings, output, failed_run_summary("aggregate-hourly", str(window), str(exc), dry, 0.0))
+                _notify(settings, output, failed)
             raise
         aggregation_summary(output, result)
+        _push_metrics(settings, output, run_summary(result))
         if not result.ok and settings.notify_on_aggregate_errors:
             _notify(settings, output, run_summary(result))
         _exit(ExitCode.INTERRUPTED if result.interrupted else ExitCode.OK if result.ok else ExitCode.PARTIAL)
@@ -243,15 +246,31 @@ def _run_invoicing(job: str, settings, output, *, month: str | None = None, dry_
             summary = invoice_run_summary(result, job)
             record.finish(summary)
     except BillingError as exc:  # the run stopped: say so to whoever waits for the notification
-        _notify(settings, output, failed_run_summary(job, str(chosen), str(exc), dry, time.perf_counter() - started))
+        failed = failed_run_summary(job, str(chosen), str(exc), dry, time.perf_counter() - started)
+        _push_metrics(settings, output, failed, sharded)
+        _notify(settings, output, failed)
         raise
     invoice_summary(output, result, job)
+    _push_metrics(settings, output, summary, sharded)
     _notify(settings, output, summary)
     if result.interrupted:
         output.warning(f"interrupted: {result.processed} organizations processed, {result.unfinished} left in "
                        "flight; rerun the same command to complete the month")
         return ExitCode.INTERRUPTED
     return ExitCode.OK if result.ok else ExitCode.PARTIAL
+
+
+def _push_metrics(settings, output, summary, shard: str | None = None) -> None:
+    """Run metrics to the Pushgateway (real runs only: a dry run must not look like a success)."""
+    if not settings.pushgateway_url or summary.dry_run:
+        return
+    from .delivery.metrics import MetricsError, push_run_metrics
+
+    try:
+        push_run_metrics(settings.pushgateway_url, summary, shard=shard,
+                         timeout_seconds=settings.delivery_timeout_seconds)
+    except MetricsError as exc:
+        output.warning(str(exc))
 
 
 def _notify(settings, output, summary) -> None:

@@ -60,6 +60,8 @@ VARIABLES: tuple[Variable, ...] = (
              "`billing status --check`: the previous month must be invoiced by this day of the month."),
     Variable("STATUS_STUCK_AFTER_HOURS", "int", "6",
              "`billing status --check`: a run still running after this long is stuck."),
+    Variable("PROMETHEUS_PUSHGATEWAY_URL", "str", None,
+             "Push run metrics here at the end of every run, e.g. http://pushgateway:9091."),
     Variable("NOTIFY_ON_COMPLETION", "bool", "false",
              "E-mail a summary to NOTIFY_EMAIL after each run."),
     Variable("NOTIFY_EMAIL", "str", None,
@@ -265,6 +267,7 @@ class Settings:
     status_aggregate_max_age_hours: int = 2
     status_invoice_deadline_day: int = 2
     status_stuck_after_hours: int = 6
+    pushgateway_url: str | None = None
     delivery_max_attempts: int = 4
     delivery_timeout_seconds: int = 30
     delivery_max_retry_seconds: int = 60
@@ -366,6 +369,7 @@ def validate(raw: RawConfig) -> Settings:
         status_aggregate_max_age_hours=parsed["STATUS_AGGREGATE_MAX_AGE_HOURS"],  # type: ignore[arg-type]
         status_invoice_deadline_day=parsed["STATUS_INVOICE_DEADLINE_DAY"],  # type: ignore[arg-type]
         status_stuck_after_hours=parsed["STATUS_STUCK_AFTER_HOURS"],  # type: ignore[arg-type]
+        pushgateway_url=parsed["PROMETHEUS_PUSHGATEWAY_URL"],  # type: ignore[arg-type]
         shard_index=parsed["JOB_COMPLETION_INDEX"],  # type: ignore[arg-type]
         delivery_max_attempts=parsed["DELIVERY_MAX_ATTEMPTS"],  # type: ignore[arg-type]
         delivery_timeout_seconds=parsed["DELIVERY_TIMEOUT_SECONDS"],  # type: ignore[arg-type]
@@ -421,7 +425,8 @@ def _parse(var: Variable, value: str) -> object:
         raise ValueError("not a Stripe secret key: it starts with sk_ (or rk_ for a restricted key)")
     if var.name == "INVOICE_SMTP_SECURITY" and value not in ("ssl", "starttls", "none"):
         raise ValueError("use ssl, starttls or none")
-    if var.name in ("STRIPE_API_BASE", "INVOICE_S3_ENDPOINT_URL", "NOTIFY_WEBHOOK_URL") and not re.match(r"^https?://[^\s/]+", value):
+    if var.name in ("STRIPE_API_BASE", "INVOICE_S3_ENDPOINT_URL", "NOTIFY_WEBHOOK_URL",
+                    "PROMETHEUS_PUSHGATEWAY_URL") and not re.match(r"^https?://[^\s/]+", value):
         raise ValueError("not an http(s) URL")
     return value
 

@@ -118,3 +118,47 @@ def test_sigterm_finishes_in_flight_work_records_interrupted_and_the_rerun_compl
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM invoices WHERE stripe_status = 'sent'")).scalar_one() == 3
     assert len(fake_stripe.invoices) == 3
+
+
+def test_metrics_are_pushed_to_a_real_pushgateway(clean_env, billed, engine) -> None:
+    import re
+
+    from tests.peers.pushgateway import Pushgateway
+
+    gateway = Pushgateway().start()
+    try:
+        env = {"DATABASE_URL": billed, "PROMETHEUS_PUSHGATEWAY_URL": gateway.url}
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE organizations SET price_plan_id = NULL WHERE id = 'org-1'"))
+        assert run("invoice-monthly", "--month", "2024-01", **env).exit_code == ExitCode.PARTIAL
+        partial = gateway.metrics()
+        labels = 'instance="",job="billing-invoice-monthly",shard="all"'
+        assert f"billing_organizations_processed{{{labels}}} 3" in partial
+        assert f"billing_organizations_failed{{{labels}}} 1" in partial
+        assert f'billing_errors{{component="data",{labels}}} 1' in partial
+        assert f'billing_revenue{{currency="USD",{labels}}} 27.5' in partial
+        assert f"billing_last_run_success{{{labels}}} 0" in partial
+        assert "billing_last_success_timestamp_seconds{" not in partial  # never succeeded yet
+
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE organizations SET price_plan_id = 'pro' WHERE id = 'org-1'"))
+        assert run("invoice-monthly", "--month", "2024-01", **env).exit_code == 0
+        ok = gateway.metrics()
+        stamp = re.search(rf"billing_last_success_timestamp_seconds{{{labels}}} (\S+)", ok)
+        assert stamp and abs(float(stamp.group(1)) - datetime.now(UTC).timestamp()) < 120
+        assert f"billing_last_run_success{{{labels}}} 1" in ok
+
+        assert run("invoice-monthly", "--month", "2024-01", **{**env, "DATABASE_URL": "postgresql://u@127.0.0.1:1/x"}
+                   ).exit_code == ExitCode.DATABASE_UNAVAILABLE
+        after_failure = gateway.metrics()
+        assert f"billing_last_run_success{{{labels}}} 0" in after_failure
+        assert stamp.group(0) in after_failure  # pushadd kept the last success of the earlier run
+
+        assert run("aggregate-hourly", "--hour", "2024-01-31T13", **env).exit_code == 0
+        assert 'billing_last_run_success{instance="",job="billing-aggregate-hourly",shard="all"} 1' in gateway.metrics()
+    finally:
+        gateway.stop()
+
+    unreachable = run("aggregate-hourly", "--hour", "2024-01-31T13", DATABASE_URL=billed,
+                      PROMETHEUS_PUSHGATEWAY_URL="http://127.0.0.1:1")
+    assert unreachable.exit_code == 0 and "metrics push to http://127.0.0.1:1 failed" in unreachable.output

@@ -1,0 +1,52 @@
+"""Prometheus metrics, pushed to a Pushgateway at the end of every (real) run.
+
+`pushadd` with the grouping key {job, shard} (never the pod name, so series do not pile up per
+pod): metrics not sent by a push keep their previous value, which is how
+`billing_last_success_timestamp_seconds` survives failed runs. Alert on
+`time() - billing_last_success_timestamp_seconds` (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..summary import RunSummary
+
+
+class MetricsError(Exception):
+    pass
+
+
+def push_run_metrics(gateway_url: str, summary: RunSummary, *, shard: str | None = None,
+                     timeout_seconds: float = 10) -> None:
+    from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
+
+    registry = CollectorRegistry()
+
+    def gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> None:
+        metric = Gauge(name, doc, list(labels or {}), registry=registry)
+        (metric.labels(**labels) if labels else metric).set(value)
+
+    now = time.time()
+    gauge("billing_run_duration_seconds", "Duration of the last run.", summary.seconds)
+    gauge("billing_last_run_timestamp_seconds", "When the last run ended (Unix time).", now)
+    gauge("billing_last_run_success", "1 if the last run succeeded, else 0.", 1 if summary.outcome == "succeeded" else 0)
+    if summary.outcome == "succeeded":
+        gauge("billing_last_success_timestamp_seconds", "When the job last succeeded (Unix time).", now)
+    processed = summary.counts.get("processed", summary.counts.get("hours", 0))
+    failed = summary.counts.get("failed", summary.counts.get("failed_hours", 0))
+    gauge("billing_organizations_processed", "Organizations (or hours) processed by the last run.", processed)
+    gauge("billing_organizations_failed", "Organizations (or hours) that failed in the last run.", failed)
+    errors = Gauge("billing_errors", "Errors of the last run by component.", ["component"], registry=registry)
+    for component, count in summary.errors.items():
+        errors.labels(component=component).set(count)
+    revenue = Gauge("billing_revenue", "Revenue invoiced by the last run, per currency (for dashboards; the "
+                    "invoices are the record).", ["currency"], registry=registry)
+    for currency, amount in summary.revenue.items():
+        revenue.labels(currency=currency).set(float(amount))  # a metric, not money: never read back
+    try:
+        pushadd_to_gateway(gateway_url, job=f"billing-{summary.job}",
+                           grouping_key={"shard": (shard or "all").replace("/", "-of-")},
+                           registry=registry, timeout=timeout_seconds)
+    except Exception as exc:  # urllib raises assorted errors; a metrics failure is only a warning
+        raise MetricsError(f"metrics push to {gateway_url} failed: {exc}") from None
