@@ -170,7 +170,7 @@ def plan_prices(plan_index: int, metrics: Sequence[Metric]) -> tuple[Price, ...]
     """Plan p prices metric j with model (p + j) mod 4: every plan has several models, and every
     model appears in every plan position and currency."""
     plan = PLANS[plan_index]
-    fee = lambda usd: _exact((Decimal(usd) * plan.scale).quantize(Decimal(1).scaleb(-plan.minor)))  # noqa: E731
+    fee = lambda usd: _exact((Decimal(usd) * plan.scale).quantize(Decimal(1).scaleb(-plan.minor)))
     prices = []
     for j, m in enumerate(metrics):
         model = MODELS[(plan_index + j) % len(MODELS)]
@@ -251,7 +251,7 @@ def make_orgs(count: int, rng: random.Random) -> list[Org]:
 def expected_total(plan_index: int, prices: Sequence[Price], usage: dict[str, Decimal]) -> Decimal:
     plan = PLANS[plan_index]
     quantum = Decimal(1).scaleb(-plan.minor)
-    rnd = lambda x: x.quantize(quantum, rounding=ROUND_HALF_UP)  # noqa: E731
+    rnd = lambda x: x.quantize(quantum, rounding=ROUND_HALF_UP)
     with decimal.localcontext() as ctx:
         ctx.prec = 60
         amounts: list[Decimal] = []
@@ -341,7 +341,7 @@ def machine_info(conn: psycopg.Connection) -> dict[str, str]:
     import fpdf
     try:
         commit = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always",
-                                 "--dirty"], capture_output=True, text=True, timeout=10).stdout.strip()
+                                 "--dirty"], capture_output=True, text=True, timeout=10, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return {
@@ -406,7 +406,7 @@ def billing_executable() -> str:
 
 
 def run_checked(cmd: Sequence[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise BenchError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}")
     return proc
@@ -465,10 +465,10 @@ def load_data(conn: psycopg.Connection, url: str, args: argparse.Namespace, work
     plans_file.write_text(plans_toml(metrics), encoding="utf-8")
     run_checked([billing_executable(), "plans", "apply", str(plans_file), "--plain"], env=billing_env(url))
 
-    with conn.transaction(), conn.cursor() as cur:
-        with cur.copy("COPY organizations (id, name, email, status, currency, price_plan_id) FROM STDIN") as copy:
-            copy.write("".join(f"{o.id}\t{o.name}\tbilling+{o.id}@example.com\tactive\t"
-                               f"{PLANS[o.plan].currency}\t{PLANS[o.plan].id}\n" for o in orgs))
+    copy_orgs = "COPY organizations (id, name, email, status, currency, price_plan_id) FROM STDIN"
+    with conn.transaction(), conn.cursor() as cur, cur.copy(copy_orgs) as copy:
+        copy.write("".join(f"{o.id}\t{o.name}\tbilling+{o.id}@example.com\tactive\t"
+                           f"{PLANS[o.plan].currency}\t{PLANS[o.plan].id}\n" for o in orgs))
 
     # Hourly quantities in hundredths (exact), from one pool per (size, metric). The text of each
     # pool entry is "quantity\tevent_count\t"; the row text is prefix + entry + hour.
@@ -823,7 +823,7 @@ def report(args: argparse.Namespace, machine: dict[str, str], loaded: Loaded, re
     ok_rss = rss_ratio <= TARGET_RSS_RATIO
     metrics = ", ".join(m.name for m in METRICS[:args.metrics])
     row = "{:44} {:>8} {:>7} {:>7} {:>8} {:>6}   {}"
-    pct = lambda r: f"{100 * r.cpu_seconds / r.seconds:.0f}%"  # noqa: E731
+    pct = lambda r: f"{100 * r.cpu_seconds / r.seconds:.0f}%"
     lines = [
         "",
         f"invoice-monthly benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M}Z",

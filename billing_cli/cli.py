@@ -46,12 +46,21 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_ROOT_OPTIONS: dict[str, str | None] = {}  # options given before the command (one command per process)
+
+
 @app.callback()
 def root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
+    log_format: Annotated[str | None, typer.Option(
+        "--log-format", help="auto, rich, plain or json. Default: LOG_FORMAT (auto: Rich on a terminal, "
+                             "JSON lines otherwise).")] = None,
 ) -> None:
     """Usage billing: hourly usage roll-ups and monthly invoices."""
+    if log_format is not None and log_format not in ("auto", "rich", "plain", "json"):
+        raise typer.BadParameter("use auto, rich, plain or json", param_hint="--log-format")
+    _ROOT_OPTIONS["log_format"] = log_format
 
 
 @contextmanager
@@ -90,10 +99,19 @@ def _stop_on_signals(output) -> Iterator:
             signal.signal(sig, old)
 
 
-def _output(plain: bool | None):
+def _output(plain: bool | None, *, to_stderr: bool = False):
+    """The output of a command: --plain/--rich, else --log-format, else LOG_FORMAT and LOG_LEVEL
+    (environment or .env; a bad value is reported by the configuration check right after)."""
+    from .config import read_raw_config
     from .report import Output
 
-    return Output(plain=plain)
+    raw = read_raw_config()
+    chosen = _ROOT_OPTIONS.pop("log_format", None)
+    log_format = "plain" if plain is True else "rich" if plain is False else chosen or raw.value("LOG_FORMAT") or "auto"
+    if log_format not in ("auto", "rich", "plain", "json"):
+        log_format = "auto"
+    level = (raw.value("LOG_LEVEL") or "info").lower()
+    return Output(log_format=log_format, level=level, to_stderr=to_stderr)
 
 
 def _exit(code: ExitCode) -> NoReturn:
@@ -109,6 +127,8 @@ def aggregate_hourly(
         help="Also re-aggregate this many hours before the window, for late events. "
              "Default: AGGREGATE_LOOKBACK_HOURS (2).")] = None,
     dry_run: DryRunOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON document on stdout; "
+                                                           "logs go to stderr.")] = False,
     plain: PlainOption = None,
 ) -> None:
     """Roll the previous hour's usage events of every active organization into hourly totals.
@@ -123,10 +143,11 @@ def aggregate_hourly(
     from .jobs.runner import job_run
     from .periods import aggregation_window, utc_now
     from .report import aggregation_header, aggregation_hour, aggregation_summary
+    from .report import print_json
     from .summary import aggregation_summary as run_summary
     from .summary import failed_run_summary
 
-    output = _output(plain)
+    output = _output(plain, to_stderr=as_json)
     with failures_to_exit_codes(output):
         settings = load_settings()
         dry = settings.dry_run if dry_run is None else dry_run
@@ -148,6 +169,8 @@ def aggregate_hourly(
                 _notify(settings, output, failed)
             raise
         aggregation_summary(output, result)
+        if as_json:
+            print_json(run_summary(result).as_dict())
         _push_metrics(settings, output, run_summary(result))
         if not result.ok and settings.notify_on_aggregate_errors:
             _notify(settings, output, run_summary(result))
@@ -173,6 +196,8 @@ def invoice_monthly(
         min=0, help="This process's shard (0-based). Default: JOB_COMPLETION_INDEX (Indexed Jobs).")] = None,
     shard_count: Annotated[int | None, typer.Option(
         min=1, help="How many shards split the organizations. Default: SHARD_COUNT (1).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON document on stdout; "
+                                                           "logs go to stderr.")] = False,
     plain: PlainOption = None,
 ) -> None:
     """Invoice every active organization for a month: rate usage, issue one invoice each, render the
@@ -181,9 +206,9 @@ def invoice_monthly(
     Safe to rerun: organizations already invoiced are skipped ("already invoiced") and only
     missing steps are completed. Exit 6 when some organizations failed; rerun to finish them.
 
-    Example: billing invoice-monthly --month 2024-01 --dry-run
+    Example: billing invoice-monthly --month 2024-01 --dry-run --json | jq .errors
     """
-    output = _output(plain)
+    output = _output(plain, to_stderr=as_json)
     with failures_to_exit_codes(output):
         if regenerate and not org:
             raise UsageError("--regenerate needs --org: regeneration is done one organization at a time, "
@@ -193,13 +218,14 @@ def invoice_monthly(
         settings = load_settings()
         _exit(_run_invoicing("invoice-monthly", settings, output, month=month, dry_run=dry_run,
                              org=tuple(org or ()), regenerate=regenerate, output_dir=output_dir, force=force,
-                             concurrency=concurrency, shard_index=shard_index, shard_count=shard_count))
+                             concurrency=concurrency, shard_index=shard_index, shard_count=shard_count,
+                             as_json=as_json))
 
 
 def _run_invoicing(job: str, settings, output, *, month: str | None = None, dry_run: bool | None = None,
                    org: tuple[str, ...] = (), regenerate: bool = False, output_dir: Path | None = None,
                    force: bool = False, concurrency: int | None = None, shard_index: int | None = None,
-                   shard_count: int | None = None) -> ExitCode:
+                   shard_count: int | None = None, as_json: bool = False) -> ExitCode:
     """invoice-monthly and legacy-run: the same invoicing, reported and notified the same way."""
     import time
     from dataclasses import replace
@@ -211,7 +237,7 @@ def _run_invoicing(job: str, settings, output, *, month: str | None = None, dry_
     from .jobs.invoice import InvoiceOptions, invoice_month
     from .jobs.runner import job_run
     from .periods import invoicing_month, utc_now
-    from .report import InvoiceProgress, invoice_header, invoice_summary
+    from .report import InvoiceProgress, invoice_header, invoice_summary, print_json
     from .summary import failed_run_summary, invoice_run_summary
 
     now = utc_now()
@@ -247,10 +273,14 @@ def _run_invoicing(job: str, settings, output, *, month: str | None = None, dry_
             record.finish(summary)
     except BillingError as exc:  # the run stopped: say so to whoever waits for the notification
         failed = failed_run_summary(job, str(chosen), str(exc), dry, time.perf_counter() - started)
+        if as_json:
+            print_json(failed.as_dict())
         _push_metrics(settings, output, failed, sharded)
         _notify(settings, output, failed)
         raise
     invoice_summary(output, result, job)
+    if as_json:
+        print_json(summary.as_dict())
     _push_metrics(settings, output, summary, sharded)
     _notify(settings, output, summary)
     if result.interrupted:
@@ -290,7 +320,11 @@ def _notify(settings, output, summary) -> None:
 
 
 @app.command("legacy-run")
-def legacy_run(plain: PlainOption = None) -> None:
+def legacy_run(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON document on stdout; "
+                                                           "logs go to stderr.")] = False,
+    plain: PlainOption = None,
+) -> None:
     """The older all-in-one billing job, configured only by the environment: RUN_SCHEDULE,
     PROCESS_MONTH (default: the previous month), DRY_RUN, NOTIFY_ON_COMPLETION, NOTIFY_EMAIL.
 
@@ -303,7 +337,7 @@ def legacy_run(plain: PlainOption = None) -> None:
     from .periods import utc_now
     from .schedules import parse_schedule
 
-    output = _output(plain)
+    output = _output(plain, to_stderr=as_json)
     with failures_to_exit_codes(output):
         settings = load_settings()  # an invalid RUN_SCHEDULE is a configuration error, before any work
         schedule = parse_schedule("RUN_SCHEDULE", settings.run_schedule)
@@ -312,7 +346,7 @@ def legacy_run(plain: PlainOption = None) -> None:
             output.warning(f"started at {now:%Y-%m-%d %H:%M}Z, a minute RUN_SCHEDULE '{settings.run_schedule}' "
                            f"({schedule.describe()}) does not fire: the CronJob or crontab schedule may have drifted "
                            "from the configuration (compare with `billing schedule --format k8s`)")
-        _exit(_run_invoicing("legacy-run", settings, output))
+        _exit(_run_invoicing("legacy-run", settings, output, as_json=as_json))
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON document on stdout, for scripts.")]

@@ -60,6 +60,9 @@ VARIABLES: tuple[Variable, ...] = (
              "`billing status --check`: the previous month must be invoiced by this day of the month."),
     Variable("STATUS_STUCK_AFTER_HOURS", "int", "6",
              "`billing status --check`: a run still running after this long is stuck."),
+    Variable("LOG_FORMAT", "str", "auto",
+             "auto (Rich on a terminal, JSON lines otherwise), rich, plain (key=value lines) or json."),
+    Variable("LOG_LEVEL", "str", "info", "debug, info, warning or error: progress lines and notices below it are hidden."),
     Variable("PROMETHEUS_PUSHGATEWAY_URL", "str", None,
              "Push run metrics here at the end of every run, e.g. http://pushgateway:9091."),
     Variable("NOTIFY_ON_COMPLETION", "bool", "false",
@@ -425,6 +428,10 @@ def _parse(var: Variable, value: str) -> object:
         raise ValueError("not a Stripe secret key: it starts with sk_ (or rk_ for a restricted key)")
     if var.name == "INVOICE_SMTP_SECURITY" and value not in ("ssl", "starttls", "none"):
         raise ValueError("use ssl, starttls or none")
+    if var.name == "LOG_FORMAT" and value not in ("auto", "rich", "plain", "json"):
+        raise ValueError("use auto, rich, plain or json")
+    if var.name == "LOG_LEVEL" and value.lower() not in ("debug", "info", "warning", "error"):
+        raise ValueError("use debug, info, warning or error")
     if var.name in ("STRIPE_API_BASE", "INVOICE_S3_ENDPOINT_URL", "NOTIFY_WEBHOOK_URL",
                     "PROMETHEUS_PUSHGATEWAY_URL") and not re.match(r"^https?://[^\s/]+", value):
         raise ValueError("not an http(s) URL")

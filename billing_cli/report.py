@@ -37,42 +37,83 @@ def plain_value(value: object) -> str:
     return f'"{text}"' if (" " in text or text == "") else text
 
 
-class Output:
-    """Where a command writes: results to stdout, notices and errors to stderr."""
+LOG_FORMATS = ("auto", "rich", "plain", "json")
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
-    def __init__(self, *, plain: bool | None = None) -> None:
+
+class Output:
+    """Where a command writes. Formats: `rich` (banners and tables, for a terminal), `plain`
+    (`kind key=value` lines) and `json` (one JSON object a line: time, level, job, run id, event
+    and its fields). `auto` is Rich on a terminal and JSON lines otherwise (Kubernetes, CI).
+    With `to_stderr` (the jobs' --json), everything goes to stderr and stdout keeps one document."""
+
+    def __init__(self, *, log_format: str = "auto", level: str = "info", to_stderr: bool = False) -> None:
         from rich.console import Console
 
-        self.out: Console = Console(highlight=False, soft_wrap=True)
+        self.stream = sys.stderr if to_stderr else sys.stdout
+        self.out: Console = Console(highlight=False, soft_wrap=True, stderr=to_stderr)
         self.err: Console = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.plain = (not self.out.is_terminal) if plain is None else plain
+        if log_format == "auto":
+            log_format = "rich" if self.out.is_terminal else "json"
+        self.format = log_format
+        self.plain = log_format in ("plain", "json")  # line-oriented, no tables
+        self.level = _LEVELS.get(level, 20)
+        self.context: dict[str, object] = {}  # job, run_id: added to every JSON line
+
+    def _json(self, level: str, event: str, fields: dict[str, object], stream) -> None:
+        import json
+        from datetime import UTC, datetime
+
+        record = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": level,
+                  **self.context, "event": event}
+        for key, value in fields.items():
+            record["organization_id" if (key == "id" and event == "organization") else key] = value
+        print(json.dumps(record, default=str, ensure_ascii=False), file=stream, flush=True)
 
     # -- generic lines -------------------------------------------------------------------------
     def line(self, text: str = "") -> None:
-        if self.plain:
-            print(text, file=sys.stdout, flush=True)
+        if self.format == "json":
+            if text.strip():
+                self._json("info", "message", {"message": text}, self.stream)
+        elif self.plain:
+            print(text, file=self.stream, flush=True)
         else:
             self.out.print(text, markup=False)
 
-    def record(self, kind: str, **fields: object) -> None:
-        """One machine-readable line: `kind key=value …` (plain mode) or nothing (rich mode)."""
+    def record(self, kind: str, *, level: str = "info", **fields: object) -> None:
+        """One machine-readable record: a `kind key=value …` line, or a JSON line."""
+        if _LEVELS[level] < self.level and kind not in ("summary", "start"):
+            return
+        if self.format == "json":
+            self._json(level, kind, fields, self.stream)
+            return
         parts = " ".join(f"{k}={plain_value(v)}" for k, v in fields.items())
-        print(f"{kind} {parts}".rstrip(), file=sys.stdout, flush=True)
+        print(f"{kind} {parts}".rstrip(), file=self.stream, flush=True)
 
     def notice(self, text: str) -> None:
-        if self.plain:
+        if self.level > _LEVELS["info"]:
+            return
+        if self.format == "json":
+            self._json("info", "notice", {"message": text}, sys.stderr)
+        elif self.plain:
             print(f"notice: {text}", file=sys.stderr, flush=True)
         else:
             self.err.print(f"[dim]ℹ {text}[/dim]", highlight=False)
 
     def warning(self, text: str) -> None:
-        if self.plain:
+        if self.format == "json":
+            self._json("warning", "warning", {"message": text}, sys.stderr)
+        elif self.plain:
             print(f"warning: {text}", file=sys.stderr, flush=True)
         else:
-            self.err.print(f"⚠️  [yellow]{text}[/yellow]", markup=True)
+            from rich.markup import escape
+
+            self.err.print(f"⚠️  [yellow]{escape(text)}[/yellow]", markup=True)
 
     def error(self, text: str) -> None:
-        if self.plain:
+        if self.format == "json":
+            self._json("error", "error", {"message": text}, sys.stderr)
+        elif self.plain:
             print(f"error: {text}", file=sys.stderr, flush=True)
         else:
             from rich.markup import escape

@@ -154,6 +154,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
         monkeypatch.delenv(var.name, raising=False)
     for name in ("KUBERNETES_SERVICE_HOST", "BILLING_ENV_FILE", "NO_COLOR"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOG_FORMAT", "plain")  # key=value lines; the JSON and Rich forms have their own tests
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -164,6 +165,7 @@ def billing_subprocess_env(**overrides: str) -> dict[str, str]:
 
     env = {k: v for k, v in os.environ.items()
            if k not in {v.name for v in VARIABLES} | {"KUBERNETES_SERVICE_HOST", "BILLING_ENV_FILE"}}
+    env["LOG_FORMAT"] = "plain"
     env.update(overrides)
     return env
 

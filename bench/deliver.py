@@ -1,0 +1,719 @@
+"""Benchmark of `billing invoice-monthly` with all three deliveries on (S3, Stripe, e-mail).
+
+The peers run in this process, on threads, each adding the same latency to every request it
+answers (--latency-ms, default 20):
+
+  S3      moto's ThreadedMotoServer (tests/peers/s3_server.py); its WSGI app is wrapped here so
+          that each HTTP request sleeps first (one PUT per invoice; presigned links are local);
+  Stripe  tests/peers/stripe_server.py's FakeStripeServer(latency=...), enforcing
+          --peer-rate-limit requests per second (default 400) with 429 answers; the job paces
+          itself with STRIPE_REQUESTS_PER_SECOND=--stripe-rps (default 350). The peer's admission
+          times are recorded here: mean rate and the busiest 1-second window it saw;
+  SMTP    tests/peers/mail_server.py's MailServer (aiosmtpd, AUTH), subclassed here so that each
+          message sleeps in DATA (one SMTP conversation per invoice).
+
+Data, loaded once into a template database: two price plans (USD, EUR; three metrics each, no
+base fee: three invoice lines, so about ten Stripe requests per organization), N active
+organizations (default 1,000) with addresses org-NNNN@example.com, and usage_hourly for January
+2024 (one row per organization, metric and day at 12:00 UTC; no usage_events, so no hour is stale
+and the job re-aggregates nothing).
+
+Every measurement starts from a fresh state: the scratch database re-created from the template,
+a new S3 bucket, Stripe reset(), the mailbox emptied. It times, as a whole process (wall time,
+and its CPU from os.wait4):
+
+    billing invoice-monthly --month 2024-01 --plain [--concurrency C]
+
+for each C of --concurrency-list (default 1,8,16). The entry equal to the CLI's own default
+(INVOICE_CONCURRENCY, 8) runs without the flag. Concurrency 1 runs once; the others --repeat
+times (default 3, median). Before that, an untimed warm-up at concurrency 1 on 50 organizations
+estimates the concurrency-1 run: if it would take more than ~6 minutes, concurrency 1 is timed
+on --baseline-sample organizations (the others set inactive) and extrapolated linearly (the output
+says so); --baseline-sample 0 always runs all of them.
+
+After every run: exit code 0; N invoices issued, each with stripe_status 'sent', s3_uploaded_at,
+emailed_at and a PDF hash; the peers hold exactly N S3 objects (the invoices' keys), N Stripe
+invoices (open, sent once, one customer each) and N e-mails (one per organization address); the
+Stripe peer answered no 429. Otherwise the script stops with an error.
+
+Target (--check): the default concurrency is >= 8x faster than concurrency 1, Stripe stays under
+the peer's limit (busiest 1-second window) with zero 429 answers. The speed-up of every measured
+concurrency is printed, so that the one reaching 8x shows.
+
+    /tmp/venv/bin/python bench/deliver.py [--organizations N] [--latency-ms L]
+                                          [--concurrency-list 1,8,16] [--repeat R]
+                                          [--peer-rate-limit P] [--stripe-rps S]
+                                          [--baseline-sample K] [--check]
+
+The scratch databases (billing_bench_deliver, and billing_bench_deliver_template holding the
+loaded data) are created on the server named by --database-url (default: BENCH_DATABASE_URL,
+else postgresql://root@127.0.0.1:5432/test) and dropped at the end.
+Exit status: 0, or 1 with --check when a target is missed; 2 on any error or mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import os
+import platform
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # the peers live in tests/peers
+
+from billing_cli.config import Settings  # noqa: E402
+
+MONTH_ARG = "2024-01"
+MONTH_START = datetime(2024, 1, 1, tzinfo=UTC)
+DAYS = 31
+SCRATCH_DB = "billing_bench_deliver"
+TEMPLATE_DB = "billing_bench_deliver_template"
+DEFAULT_ADMIN_URL = "postgresql://root@127.0.0.1:5432/test"
+DEFAULT_CONCURRENCY = Settings.__dataclass_fields__["concurrency"].default  # the CLI's own default (8)
+STRIPE_KEY = "sk_test_BENCHdeliver0001"
+SMTP_FROM = "Billing <billing@example.cloud>"
+S3_REGION = "eu-west-1"
+PROBE_ORGS = 50             # the untimed warm-up at concurrency 1, also the estimate of the full run
+BASELINE_FULL_BUDGET = 360.0  # seconds: above this (estimated), concurrency 1 is sampled
+BASELINE_SAMPLE = 200
+SPEEDUP_TARGET = 8.0
+
+PLANS_TOML = """\
+# bench/deliver.py: three metrics, three invoice lines per organization.
+
+[[plan]]
+id = "bench-usd"
+name = "Bench USD"
+currency = "USD"
+
+  [[plan.price]]
+  metric = "api_calls"
+  description = "API calls"
+  model = "per_unit"
+  unit_price = 0.0004
+
+  [[plan.price]]
+  metric = "storage_gb"
+  description = "Storage (GB-months, per started 10)"
+  model = "package"
+  unit_price = 2.50
+  package_size = 10
+
+  [[plan.price]]
+  metric = "compute_hours"
+  description = "Compute hours"
+  model = "volume"
+  tiers = [
+    { up_to = 1000, unit_price = 0.05 },
+    { unit_price = 0.04 },
+  ]
+
+[[plan]]
+id = "bench-eur"
+name = "Bench EUR"
+currency = "EUR"
+
+  [[plan.price]]
+  metric = "api_calls"
+  description = "API-Aufrufe"
+  model = "per_unit"
+  unit_price = 0.0005
+
+  [[plan.price]]
+  metric = "storage_gb"
+  description = "Speicher (GB)"
+  model = "per_unit"
+  unit_price = 0.02
+
+  [[plan.price]]
+  metric = "compute_hours"
+  description = "Rechenstunden"
+  model = "per_unit"
+  unit_price = 0.045
+"""
+METRICS = ("api_calls", "storage_gb", "compute_hours")
+
+
+class BenchError(Exception):
+    """A setup failure or a result mismatch: the figures cannot be trusted."""
+
+
+# --- arguments and machine -------------------------------------------------------------------
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--organizations", type=int, default=1_000, help="active organizations (default 1,000)")
+    parser.add_argument("--latency-ms", type=float, default=20.0,
+                        help="latency each peer adds to every request it answers (default 20 ms)")
+    parser.add_argument("--concurrency-list", default=f"1,{DEFAULT_CONCURRENCY},16", metavar="C,C,...",
+                        help=f"concurrencies to time (default 1,{DEFAULT_CONCURRENCY},16); 1 and the CLI "
+                             f"default ({DEFAULT_CONCURRENCY}) are always included")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each concurrency above 1; the median is reported (default 3). "
+                             "Concurrency 1 runs once")
+    parser.add_argument("--peer-rate-limit", type=int, default=400, metavar="P",
+                        help="requests per second the Stripe peer accepts before answering 429 (default 400)")
+    parser.add_argument("--stripe-rps", type=int, default=350, metavar="S",
+                        help="the job's STRIPE_REQUESTS_PER_SECOND, its client-side pacing (default 350)")
+    parser.add_argument("--baseline-sample", type=int, default=None, metavar="K",
+                        help="time concurrency 1 on K organizations and extrapolate; 0 = always all. "
+                             f"Default: all if estimated under ~{BASELINE_FULL_BUDGET / 60:.0f} minutes, "
+                             f"else {BASELINE_SAMPLE}")
+    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_ADMIN_URL),
+                        help="admin URL of the server where the scratch databases are created "
+                             "(default: BENCH_DATABASE_URL, else %(default)s)")
+    parser.add_argument("--seed", type=int, default=20240131, help="random seed of the synthetic usage")
+    parser.add_argument("--keep-database", action="store_true",
+                        help="do not drop the scratch databases (the last run's state stays)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    args = parser.parse_args(argv)
+    try:
+        levels = {int(part) for part in args.concurrency_list.split(",") if part.strip()}
+    except ValueError:
+        parser.error("--concurrency-list must be comma-separated integers")
+    if any(not 1 <= c <= 256 for c in levels):
+        parser.error("every concurrency must be between 1 and 256")
+    args.levels = sorted(levels | {1, DEFAULT_CONCURRENCY})
+    if args.organizations < 1 or args.repeat < 1 or args.latency_ms < 0:
+        parser.error("--organizations and --repeat must be positive, --latency-ms not negative")
+    if not 1 <= args.stripe_rps <= 10_000 or args.peer_rate_limit < 1:
+        parser.error("--stripe-rps must be between 1 and 10,000 and --peer-rate-limit positive")
+    if args.baseline_sample is not None and not 0 <= args.baseline_sample <= args.organizations:
+        parser.error("--baseline-sample must be between 0 and --organizations")
+    return args
+
+
+def machine_info(conn: psycopg.Connection) -> dict[str, str]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    server = conn.execute("SELECT version()").fetchone()[0]
+    return {
+        "nproc": str(nproc),
+        "cpu": model,
+        "memory": _memory(),
+        "postgres": server.split(" on ")[0],
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def _memory() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+# --- the peers, with latency -----------------------------------------------------------------
+
+def slow_moto(latency: float) -> None:
+    """Make every S3Server started from now on sleep `latency` s before answering each request:
+    ThreadedMotoServer builds its WSGI app from this module-level name, so it is wrapped here."""
+    from moto.moto_server import threaded_moto_server
+
+    original = threaded_moto_server.DomainDispatcherApplication
+
+    def application(create_backend_app):
+        app = original(create_backend_app)
+
+        def delayed(environ, start_response):
+            if latency > 0:
+                time.sleep(latency)
+            return app(environ, start_response)
+
+        return delayed
+
+    threaded_moto_server.DomainDispatcherApplication = application
+
+
+def make_peers(args: argparse.Namespace):
+    from tests.peers.mail_server import MailServer
+    from tests.peers.s3_server import S3Server
+    from tests.peers.stripe_server import FakeStripeServer
+
+    latency = args.latency_ms / 1000
+
+    class TimedStripe(FakeStripeServer):
+        """The fake, plus the time of every request reaching its rate limiter (under its lock)."""
+
+        def __init__(self, **kwargs) -> None:
+            self.admitted_at: list[float] = []
+            super().__init__(**kwargs)
+
+        def _admit(self) -> None:
+            self.admitted_at.append(time.monotonic())
+            super()._admit()
+
+        def reset(self) -> None:
+            with self._lock:
+                super().reset()
+                self.admitted_at = []
+
+    from dataclasses import dataclass as _dataclass
+
+    @_dataclass
+    class SlowMailServer(MailServer):
+        latency: float = 0.0
+
+        async def handle_DATA(self, server, session, envelope) -> str:
+            if self.latency > 0:
+                await asyncio.sleep(self.latency)  # concurrent sessions wait side by side
+            return await super().handle_DATA(server, session, envelope)
+
+    slow_moto(latency)
+    s3 = S3Server().start()
+    stripe_peer = TimedStripe(latency=latency, rate_limit_per_second=args.peer_rate_limit,
+                              api_keys=[STRIPE_KEY]).start()
+    mail = SlowMailServer(latency=latency).start()
+    return s3, stripe_peer, mail
+
+
+# --- scratch databases and data --------------------------------------------------------------
+
+def db_url(admin_url: str, name: str) -> str:
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_databases(admin_url: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        for name in (SCRATCH_DB, TEMPLATE_DB):
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def billing_executable() -> str:
+    beside = Path(sys.executable).with_name("billing")
+    found = str(beside) if beside.exists() else shutil.which("billing")
+    if not found:
+        raise BenchError("the `billing` console script is not installed in this environment")
+    return found
+
+
+def base_env(url: str) -> dict[str, str]:
+    """The environment of the `billing` processes: this database, nothing inherited that could
+    change the deliveries or the concurrency, no `.env` or DRY_RUN surprise."""
+    prefixes = ("INVOICE_", "STRIPE_", "DELIVERY_", "NOTIFY_", "AWS_", "SHARD_", "PUSHGATEWAY")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env.pop("JOB_COMPLETION_INDEX", None)
+    env.update(DATABASE_URL=url, DRY_RUN="false", BILLING_ENV_FILE=os.devnull)
+    return env
+
+
+def run_checked(cmd: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+def org_ids(count: int) -> list[str]:
+    width = max(4, len(str(count)))
+    return [f"org-{i:0{width}d}" for i in range(1, count + 1)]
+
+
+def load_template(args: argparse.Namespace, workdir: Path) -> tuple[int, float]:
+    """The template database: schema, plans, organizations, a month of usage. (rows, seconds)"""
+    started = time.perf_counter()
+    url = db_url(args.database_url, TEMPLATE_DB)
+    with psycopg.connect(args.database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DB)))
+    billing, env = billing_executable(), base_env(url)
+    run_checked([billing, "db", "upgrade", "--plain"], env)
+    plans = workdir / "plans.toml"
+    plans.write_text(PLANS_TOML)
+    run_checked([billing, "plans", "apply", str(plans), "--plain"], env)
+    rng = random.Random(args.seed)
+    orgs = org_ids(args.organizations)
+    rows = 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy("COPY organizations (id, name, email, status, currency, price_plan_id) "
+                          "FROM STDIN") as copy:
+                for i, org in enumerate(orgs):
+                    currency, plan = ("EUR", "bench-eur") if i % 3 == 2 else ("USD", "bench-usd")
+                    copy.write_row((org, f"Organization {org[4:]}", f"{org}@example.com", "active",
+                                    currency, plan))
+            with cur.copy("COPY usage_hourly (organization_id, metric, hour_start, quantity, event_count) "
+                          "FROM STDIN") as copy:
+                for org in orgs:
+                    for metric in METRICS:
+                        for day in range(DAYS):
+                            hour = MONTH_START + timedelta(days=day, hours=12)
+                            cents = rng.randrange(100, 1_000_000)
+                            copy.write(f"{org}\t{metric}\t{hour:%Y-%m-%d %H}:00:00+00\t"
+                                       f"{cents // 100}.{cents % 100:02d}\t1\n")
+                            rows += 1
+        conn.execute("VACUUM (ANALYZE)")
+    return rows, time.perf_counter() - started
+
+
+def fresh_database(args: argparse.Namespace, active: Sequence[str] | None) -> str:
+    """billing_bench_deliver, cloned from the template; only `active` organizations active if given."""
+    with psycopg.connect(args.database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(SCRATCH_DB)))
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(SCRATCH_DB),
+                                                                      sql.Identifier(TEMPLATE_DB)))
+    url = db_url(args.database_url, SCRATCH_DB)
+    if active is not None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("UPDATE organizations SET status = 'inactive' WHERE NOT (id = ANY(%s))", [list(active)])
+            conn.execute("VACUUM (ANALYZE) organizations")
+    return url
+
+
+# --- one measured run ------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    concurrency: int
+    organizations: int
+    seconds: float          # the billing process, wall time
+    cpu: float              # the billing process, user + system CPU seconds
+    peers_cpu: float        # this process (the peers' threads) during the run
+    stripe_requests: int
+    stripe_first_last: float  # seconds between the first and the last Stripe request the peer saw
+    stripe_peak_window: int   # most Stripe requests in any 1-second window, as the peer saw them
+    rejected_429: int
+    s3_objects: int
+    emails: int
+    summary: str
+
+    @property
+    def orgs_per_second(self) -> float:
+        return self.organizations / self.seconds
+
+    @property
+    def stripe_rps_process(self) -> float:
+        return self.stripe_requests / self.seconds
+
+    @property
+    def stripe_rps_peer(self) -> float:
+        return self.stripe_requests / self.stripe_first_last if self.stripe_first_last > 0 else 0.0
+
+
+def peak_window(times: Sequence[float], width: float = 1.0) -> int:
+    """The most timestamps in any half-open window (t - width, t]."""
+    ordered = sorted(times)
+    best = 0
+    for i, t in enumerate(ordered):
+        best = max(best, i + 1 - bisect.bisect_right(ordered, t - width))
+    return best
+
+
+def billing_cmd(concurrency: int) -> list[str]:
+    cmd = [billing_executable(), "invoice-monthly", "--month", MONTH_ARG, "--plain"]
+    if concurrency != DEFAULT_CONCURRENCY:  # the default runs as configured out of the box
+        cmd += ["--concurrency", str(concurrency)]
+    return cmd
+
+
+def measure(args: argparse.Namespace, peers, concurrency: int, active: Sequence[str] | None,
+            label: str, workdir: Path, number: int) -> Run:
+    s3, stripe_peer, mail = peers
+    expected = list(active) if active is not None else org_ids(args.organizations)
+    url = fresh_database(args, active)
+    bucket = f"bench-deliver-{os.getpid()}-{number}"
+    s3.client().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": S3_REGION})
+    stripe_peer.reset()
+    mail.received.clear()
+    mail.failures.clear()
+    env = base_env(url)
+    env.update({
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true",
+        "INVOICE_ENABLE_S3": "true", "INVOICE_S3_BUCKET": bucket, "INVOICE_S3_REGION": S3_REGION,
+        "INVOICE_S3_ENDPOINT_URL": s3.url,
+        "INVOICE_ENABLE_STRIPE": "true", "STRIPE_API_KEY": STRIPE_KEY, "STRIPE_API_BASE": stripe_peer.base_url,
+        "STRIPE_REQUESTS_PER_SECOND": str(args.stripe_rps),
+        "INVOICE_ENABLE_EMAIL": "true", "INVOICE_SMTP_HOST": "127.0.0.1", "INVOICE_SMTP_PORT": str(mail.port),
+        "INVOICE_SMTP_SECURITY": "none", "INVOICE_SMTP_USERNAME": mail.username,
+        "INVOICE_SMTP_PASSWORD": mail.password, "INVOICE_SMTP_FROM": SMTP_FROM,
+    })
+    cmd = billing_cmd(concurrency)
+    out_path, err_path = workdir / f"run{number}.out", workdir / f"run{number}.err"
+    own_before = resource.getrusage(resource.RUSAGE_SELF)
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+    own_after = resource.getrusage(resource.RUSAGE_SELF)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    output = out_path.read_text(errors="replace")
+    if proc.returncode != 0:
+        tail = output[-3000:] + err_path.read_text(errors="replace")[-2000:]
+        raise BenchError(f"{label}: {' '.join(cmd)} exited {proc.returncode}\n{tail}")
+    summary = next((line for line in output.splitlines() if line.startswith("summary ")), "")
+
+    stamps = list(stripe_peer.admitted_at)
+    run = Run(
+        concurrency=concurrency, organizations=len(expected), seconds=seconds,
+        cpu=usage.ru_utime + usage.ru_stime,
+        peers_cpu=(own_after.ru_utime + own_after.ru_stime) - (own_before.ru_utime + own_before.ru_stime),
+        stripe_requests=len(stripe_peer.requests),
+        stripe_first_last=(max(stamps) - min(stamps)) if len(stamps) > 1 else 0.0,
+        stripe_peak_window=peak_window(stamps), rejected_429=stripe_peer.rejected_429,
+        s3_objects=0, emails=len(mail.received), summary=summary)
+    verify(url, peers, bucket, expected, run, label)
+    return run
+
+
+def verify(url: str, peers, bucket: str, expected: Sequence[str], run: Run, label: str) -> None:
+    s3, stripe_peer, mail = peers
+    n = len(expected)
+    problems: list[str] = []
+    with psycopg.connect(url) as conn:
+        counts = conn.execute("""
+            SELECT count(*), count(*) FILTER (WHERE status = 'issued'),
+                   count(*) FILTER (WHERE status = 'issued' AND stripe_status = 'sent'),
+                   count(s3_uploaded_at), count(emailed_at), count(pdf_sha256)
+            FROM invoices""").fetchone()
+        rows = conn.execute("SELECT organization_id, s3_key, stripe_invoice_id FROM invoices "
+                            "WHERE status = 'issued'").fetchall()
+    names = ("invoices", "issued", "stripe_status 'sent'", "s3_uploaded_at set", "emailed_at set", "pdf_sha256 set")
+    for name, count in zip(names, counts, strict=True):
+        if count != n:
+            problems.append(f"{name}: {count}, expected {n}")
+    if sorted(r[0] for r in rows) != sorted(expected):
+        problems.append("the issued invoices are not exactly one per expected organization")
+
+    keys: list[str] = []
+    for page in s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys.extend(obj["Key"] for obj in page.get("Contents", []))
+    run.s3_objects = len(keys)
+    if sorted(keys) != sorted(r[1] for r in rows):
+        problems.append(f"S3 holds {len(keys)} objects, not the {n} invoices' keys")
+
+    invoices, sent = stripe_peer.invoices, stripe_peer.sent_invoices
+    statuses = Counter(inv["status"] for inv in invoices.values())
+    if len(invoices) != n or statuses != Counter({"open": n}):
+        problems.append(f"Stripe holds {len(invoices)} invoices {dict(statuses)}, expected {n} open")
+    if set(invoices) != {r[2] for r in rows}:
+        problems.append("the Stripe invoices are not the ones recorded on our invoices")
+    if len(sent) != n or any(len(times) != 1 for times in sent.values()):
+        problems.append(f"Stripe sent {len(sent)} invoices ({sum(map(len, sent.values()))} sends), expected {n} once")
+    if len(stripe_peer.customers) != n:
+        problems.append(f"Stripe holds {len(stripe_peer.customers)} customers, expected {n}")
+    if run.rejected_429:
+        problems.append(f"the Stripe peer answered 429 {run.rejected_429} times")
+    failed = [r for r in stripe_peer.requests if r.status != 200]
+    if failed:
+        problems.append(f"{len(failed)} Stripe requests were not answered 200: "
+                        f"{Counter(r.status for r in failed)}")
+
+    recipients = sorted(rcpt for item in mail.received for rcpt in item.recipients)
+    if recipients != sorted(f"{org}@example.com" for org in expected):
+        problems.append(f"{len(mail.received)} e-mails to {len(set(recipients))} addresses, "
+                        f"expected one to each of the {n} organizations")
+    if problems:
+        raise BenchError(f"{label}: " + "; ".join(problems))
+
+
+# --- orchestration and report ----------------------------------------------------------------
+
+@dataclass
+class Baseline:
+    run: Run
+    total_orgs: int
+
+    @property
+    def sampled(self) -> bool:
+        return self.run.organizations < self.total_orgs
+
+    @property
+    def factor(self) -> float:
+        return self.total_orgs / self.run.organizations
+
+    @property
+    def seconds(self) -> float:
+        """The concurrency-1 time for every organization (extrapolated linearly when sampled)."""
+        return self.run.seconds * self.factor
+
+
+def evenly_spaced(orgs: Sequence[str], count: int) -> list[str]:
+    step = len(orgs) / count
+    return [orgs[int(i * step)] for i in range(count)]
+
+
+def describe(run: Run, label: str) -> str:
+    return (f"  {label}: {run.seconds:7.2f} s, {run.orgs_per_second:6.2f} orgs/s, "
+            f"Stripe {run.stripe_requests:,} requests ({run.stripe_requests / run.organizations:.1f}/org), "
+            f"{run.stripe_rps_process:5.1f} req/s, peak 1-s window {run.stripe_peak_window}, "
+            f"429s {run.rejected_429}; billing CPU {run.cpu:.1f} s, peers CPU {run.peers_cpu:.1f} s; "
+            f"load {loadavg()}")
+
+
+def report(args: argparse.Namespace, machine: dict[str, str], loaded: tuple[int, float], start_load: str,
+           baseline: Baseline, runs: dict[int, list[Run]]) -> bool:
+    n = args.organizations
+    per_org = statistics.median(r.stripe_requests / r.organizations for rs in runs.values() for r in rs)
+    ceiling = args.stripe_rps / per_org
+    lines = [
+        "",
+        f"invoice-monthly deliveries benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M}Z",
+        f"machine: nproc={machine['nproc']}, CPU {machine['cpu']}, {machine['memory']} RAM, "
+        f"{machine['postgres']}, Python {machine['python']}, Linux {machine['kernel']}",
+        f"load average: {start_load} at the start, {loadavg()} at the end",
+        f"data: {n:,} active organizations (USD 2/3, EUR 1/3), 3 metrics, usage_hourly {loaded[0]:,} rows "
+        f"(January 2024, daily), 3 invoice lines each; loaded in {loaded[1]:.0f} s",
+        f"peers (threads of this process): S3 moto, Stripe fake, SMTP aiosmtpd; each adds "
+        f"{args.latency_ms:g} ms per request",
+        f"Stripe: peer limit {args.peer_rate_limit} req/s (429 above), client STRIPE_REQUESTS_PER_SECOND="
+        f"{args.stripe_rps}; {per_org:.1f} requests per organization, so the pacing caps the job at "
+        f"~{ceiling:.0f} orgs/s",
+        f"command: billing invoice-monthly --month {MONTH_ARG} --plain [--concurrency C]; "
+        f"C={DEFAULT_CONCURRENCY} is the default (no flag)",
+        f"concurrency 1 once, the others repeat={args.repeat}, median; whole process, wall time",
+        "",
+        f"{'concurrency':>11} {'seconds':>8} {'orgs/s':>7} {'Stripe req/s':>12} {'peer req/s':>10} "
+        f"{'peak 1s':>7} {'429s':>5} {'speed-up':>8} {'CPU billing':>11} {'CPU peers':>9}   runs (s)",
+    ]
+    levels = sorted(runs)
+    medians: dict[int, float] = {}
+    for c in levels:
+        rs = runs[c]
+        if c == 1:
+            seconds = baseline.seconds
+            run_text = f"{baseline.run.seconds:.2f}" + (f" x {baseline.factor:g}" if baseline.sampled else "")
+        else:
+            seconds = statistics.median(r.seconds for r in rs)
+            run_text = " ".join(f"{r.seconds:.2f}" for r in rs)
+        medians[c] = seconds
+        mid = rs[0] if c == 1 else min(rs, key=lambda r: abs(r.seconds - seconds))
+        label = f"{c}{' (def.)' if c == DEFAULT_CONCURRENCY else ''}{'*' if c == 1 and baseline.sampled else ''}"
+        lines.append(
+            f"{label:>11} {seconds:8.2f} {n / seconds:7.2f} {mid.stripe_rps_process:12.1f} "
+            f"{mid.stripe_rps_peer:10.1f} {max(r.stripe_peak_window for r in rs):7d} "
+            f"{sum(r.rejected_429 for r in rs):5d} {medians[1] / seconds:7.2f}x "
+            f"{statistics.median(r.cpu for r in rs):10.1f}s {statistics.median(r.peers_cpu for r in rs):8.1f}s"
+            f"   {run_text}")
+    if baseline.sampled:
+        lines.append(f"    * EXTRAPOLATED: concurrency 1 timed on {baseline.run.organizations:,} of {n:,} "
+                     f"organizations (evenly spaced) x {baseline.factor:g}; its Stripe, peak and CPU columns "
+                     f"are that sample's")
+    lines += [
+        "    Stripe req/s = the peer's requests / the process's wall time; peer req/s = requests / (last - first "
+        "request); peak 1s = most requests the peer saw in any 1-second window (max over runs); 429s = sum over runs",
+        "",
+    ]
+    speedup = medians[1] / medians[DEFAULT_CONCURRENCY]
+    ok_speed = speedup >= SPEEDUP_TARGET
+    all_runs = [r for rs in runs.values() for r in rs]
+    peak = max(r.stripe_peak_window for r in all_runs)
+    rejected = sum(r.rejected_429 for r in all_runs)
+    ok_limit = peak <= args.peer_rate_limit and rejected == 0
+    reaching = [c for c in levels if medians[1] / medians[c] >= SPEEDUP_TARGET]
+    lines += [
+        f"speed-up, default ({DEFAULT_CONCURRENCY}) over 1: {speedup:5.2f}x   target >= {SPEEDUP_TARGET:g}x   "
+        f"{'PASS' if ok_speed else 'FAIL'}",
+        f"Stripe under the peer's limit: peak 1-s window {peak} <= {args.peer_rate_limit}, 429s {rejected}   "
+        f"{'PASS' if ok_limit else 'FAIL'}",
+        "concurrency reaching >= 8x: " + (", ".join(map(str, reaching)) if reaching else "none measured"),
+        f"every run verified: exit 0, {n:,} invoices issued with stripe_status 'sent', s3_uploaded_at, emailed_at "
+        f"(sampled run: its organizations); peers hold exactly that many S3 objects, Stripe invoices "
+        f"(open, sent once) and e-mails",
+    ]
+    print("\n".join(lines), flush=True)
+    return ok_speed and ok_limit
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    start_load = loadavg()
+    print(f"scratch databases {SCRATCH_DB}, {TEMPLATE_DB} on "
+          f"{make_url(args.database_url).set(database='').render_as_string(hide_password=True)}", flush=True)
+    drop_databases(args.database_url)
+    peers = None
+    try:
+        with psycopg.connect(args.database_url, autocommit=True) as conn:
+            machine = machine_info(conn)
+        with tempfile.TemporaryDirectory(prefix="bench-deliver-") as tmp:
+            workdir = Path(tmp)
+            print(f"loading {args.organizations:,} organizations ...", flush=True)
+            loaded = load_template(args, workdir)
+            print(f"loaded {loaded[0]:,} usage_hourly rows in {loaded[1]:.1f} s; starting the peers "
+                  f"({args.latency_ms:g} ms per request)", flush=True)
+            peers = make_peers(args)
+            orgs = org_ids(args.organizations)
+            number = 0
+
+            probe_orgs = evenly_spaced(orgs, min(PROBE_ORGS, len(orgs)))
+            number += 1
+            probe = measure(args, peers, 1, probe_orgs, "warm-up", workdir, number)
+            estimate = probe.seconds * len(orgs) / len(probe_orgs)
+            print(describe(probe, f"warm-up, concurrency 1, {len(probe_orgs)} orgs (untimed)"), flush=True)
+            sample_size = args.baseline_sample
+            if sample_size is None:
+                sample_size = 0 if estimate <= BASELINE_FULL_BUDGET else min(BASELINE_SAMPLE, len(orgs))
+                print(f"  -> concurrency 1 on all {len(orgs):,} estimated at ~{estimate:.0f} s: "
+                      f"{'all organizations' if not sample_size else f'sampling {sample_size}'}", flush=True)
+            active = evenly_spaced(orgs, sample_size) if 0 < sample_size < len(orgs) else None
+
+            runs: dict[int, list[Run]] = {c: [] for c in args.levels}
+            number += 1
+            print(f"timing concurrency 1 on {len(active) if active else len(orgs):,} organizations ...", flush=True)
+            base = measure(args, peers, 1, active, "concurrency 1", workdir, number)
+            runs[1].append(base)
+            print(describe(base, "concurrency 1"), flush=True)
+            baseline = Baseline(base, len(orgs))
+            for i in range(args.repeat):
+                for c in args.levels:
+                    if c == 1:
+                        continue
+                    number += 1
+                    run = measure(args, peers, c, None, f"concurrency {c}, run {i + 1}", workdir, number)
+                    runs[c].append(run)
+                    print(describe(run, f"concurrency {c}, run {i + 1}"), flush=True)
+        met = report(args, machine, loaded, start_load, baseline, runs)
+    except BenchError as exc:
+        print(f"\nERROR: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if peers is not None:
+            for peer in peers:
+                try:
+                    peer.stop()
+                except Exception:  # noqa: BLE001 - best effort at exit
+                    pass
+        if not args.keep_database:
+            drop_databases(args.database_url)
+    return 1 if args.check and not met else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
