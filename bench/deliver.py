@@ -56,6 +56,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import logging
 import os
 import platform
 import random
@@ -66,6 +67,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -297,6 +299,10 @@ def make_peers(args: argparse.Namespace):
                 await asyncio.sleep(self.latency)  # concurrent sessions wait side by side
             return await super().handle_DATA(server, session, envelope)
 
+    # Quiet peers: werkzeug logs every request, aiosmtpd warns about AUTH without TLS (on purpose).
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="aiosmtpd")
     slow_moto(latency)
     s3 = S3Server().start()
     stripe_peer = TimedStripe(latency=latency, rate_limit_per_second=args.peer_rate_limit,

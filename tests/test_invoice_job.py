@@ -13,7 +13,9 @@ from pypdf import PdfReader
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
+from billing_cli.db.invoice_store import load_document
 from billing_cli.db.plan_store import save_plans
+from billing_cli.delivery.pdf import render_invoice
 from billing_cli.invoices import Seller
 from billing_cli.jobs.invoice import InvoiceOptions, invoice_month
 from billing_cli.periods import Month
@@ -111,6 +113,11 @@ def test_invoices_are_issued_with_exact_totals_and_sequential_numbers(month_of_u
     assert result.revenue == {"USD": D("35.01"), "EUR": D("1.23")}
     pdf = (tmp_path / "2024-01" / "INV-2024-01-000001.pdf").read_bytes()
     assert hashlib.sha256(pdf).hexdigest() == shas["INV-2024-01-000001"]
+    with month_of_usage() as conn:  # a rerun renders from the stored invoice: the very same bytes
+        ids = conn.execute(text("SELECT id, number FROM invoices")).all()
+        for invoice_id, number in ids:
+            again = render_invoice(load_document(conn, invoice_id), SELLER)
+            assert hashlib.sha256(again).hexdigest() == shas[number]
     page_text = PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
     for expected in ("INV-2024-01-000001", "Company org-a", "25.00 USD", "2024-01-01 to 2024-01-31",
                      "Example Cloud Ltd", "Page 1 of 1", "0.005"):

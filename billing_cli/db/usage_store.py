@@ -1,8 +1,7 @@
-"""Reads for invoicing: active organizations in batches, a month's usage, hours not yet aggregated."""
+"""Reads for invoicing: active organizations with their month's usage, hours not yet aggregated."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,7 +10,6 @@ from decimal import Decimal
 from sqlalchemy import Connection, text
 
 from ..periods import Month
-from .engine import Transactions
 
 
 @dataclass(frozen=True)
@@ -21,6 +19,7 @@ class OrganizationRow:
     email: str
     currency: str
     price_plan_id: str | None
+    stripe_customer_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,25 +54,6 @@ def count_active(session: Connection, only: list[str] | None = None, shard: Shar
                            params).scalar_one()
 
 
-def active_organizations(transactions: Transactions, *, batch_size: int, only: list[str] | None = None,
-                         shard: Shard = Shard()) -> Iterator[list[OrganizationRow]]:
-    """Active organizations in id order, one batch at a time (keyset pagination: memory stays flat
-    however many organizations there are, and each batch is its own short read)."""
-    after = ""
-    where, params = _filters(only, shard)
-    while True:
-        with transactions() as session:
-            rows = session.execute(text(f"""
-                SELECT id, name, email, currency, price_plan_id FROM organizations
-                WHERE status = 'active' AND id > :after{where}
-                ORDER BY id LIMIT :limit
-            """), {"after": after, "limit": batch_size, **params}).all()
-        if not rows:
-            return
-        yield [OrganizationRow(r.id, r.name, r.email, (r.currency or "").strip(), r.price_plan_id) for r in rows]
-        after = rows[-1].id
-
-
 def stale_hours(session: Connection, month: Month) -> list[datetime]:
     """Hours of the month whose events changed since they were aggregated (or never were):
     late events, removed events, or an hour the hourly job missed."""
@@ -97,25 +77,50 @@ def stale_hours(session: Connection, month: Month) -> list[datetime]:
     return [r.hour_start for r in rows]
 
 
-def monthly_usage(session: Connection, month: Month, organization_ids: list[str],
-                  live_hours: list[datetime] | None = None) -> dict[str, dict[str, Decimal]]:
-    """Total quantity per (organization, metric) for the month, from usage_hourly. `live_hours`
-    (a dry run's not-yet-aggregated hours) are summed from the raw events instead."""
-    params = {"ids": organization_ids, "start": month.start, "end": month.end, "live": live_hours or []}
-    hourly = "SELECT organization_id, metric, quantity FROM usage_hourly " \
-             "WHERE organization_id = ANY(:ids) AND hour_start >= :start AND hour_start < :end"
+def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int, only: list[str] | None = None,
+                             shard: Shard = Shard(), live_hours: list[datetime] | None = None,
+                             ) -> Iterator[list[tuple[OrganizationRow, dict[str, Decimal]]]]:
+    """Active organizations with their month's usage per metric, in batches, from ONE ordered pass
+    over the month (a hash aggregate of usage_hourly joined to organizations, streamed through a
+    server-side cursor): the cost is that of the bare monthly GROUP BY, whatever the number of
+    organizations, and memory holds one batch. `live_hours` (a dry run's hours not aggregated yet)
+    are summed from the raw events instead."""
+    where, params = _filters(only, shard)
+    where = where.replace(" id ", " o.id ").replace("(id)", "(o.id)").replace("md5(id)", "md5(o.id)")
+    hourly = ("SELECT organization_id, metric, quantity FROM usage_hourly "
+              "WHERE hour_start >= :start AND hour_start < :end")
     if live_hours:
-        query = f"""
-            SELECT organization_id, metric, sum(quantity) AS quantity FROM (
-                {hourly} AND NOT (hour_start = ANY(:live))
-                UNION ALL
-                SELECT organization_id, metric, quantity FROM usage_events
-                WHERE organization_id = ANY(:ids) AND occurred_at >= :start AND occurred_at < :end
-                  AND date_trunc('hour', occurred_at, 'UTC') = ANY(:live)
-            ) u GROUP BY 1, 2"""
+        source = f"""{hourly} AND NOT (hour_start = ANY(:live))
+            UNION ALL
+            SELECT organization_id, metric, quantity FROM usage_events
+            WHERE occurred_at >= :start AND occurred_at < :end
+              AND date_trunc('hour', occurred_at, 'UTC') = ANY(:live)"""
     else:
-        query = f"SELECT organization_id, metric, sum(quantity) AS quantity FROM ({hourly}) u GROUP BY 1, 2"
-    usage: dict[str, dict[str, Decimal]] = defaultdict(dict)
-    for row in session.execute(text(query), params):
-        usage[row.organization_id][row.metric] = Decimal(row.quantity)
-    return usage
+        source = hourly
+    rows = conn.execute(text(f"""
+        SELECT o.id, o.name, o.email, o.currency, o.price_plan_id, o.stripe_customer_id, u.metric, u.quantity
+        FROM organizations o
+        LEFT JOIN (SELECT organization_id, metric, sum(quantity) AS quantity FROM ({source}) s GROUP BY 1, 2) u
+               ON u.organization_id = o.id
+        WHERE o.status = 'active'{where}
+        ORDER BY o.id
+    """), {**params, "start": month.start, "end": month.end, "live": live_hours or []},
+        execution_options={"yield_per": 2000})  # a server-side cursor: rows arrive as they are read
+    batch: list[tuple[OrganizationRow, dict[str, Decimal]]] = []
+    current: tuple[OrganizationRow, dict[str, Decimal]] | None = None
+    for row in rows:
+        if current is None or current[0].id != row.id:
+            if current is not None:
+                batch.append(current)
+                if len(batch) >= batch_size:
+                    yield batch
+                    batch = []
+            org = OrganizationRow(row.id, row.name, row.email, (row.currency or "").strip(), row.price_plan_id,
+                                  row.stripe_customer_id)
+            current = (org, {})
+        if row.metric is not None:
+            current[1][row.metric] = Decimal(row.quantity)
+    if current is not None:
+        batch.append(current)
+    if batch:
+        yield batch

@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -161,32 +161,32 @@ def invoice_month(
             on_outcome(outcome)
 
     try:
-        for batch in usage_store.active_organizations(transactions, batch_size=options.batch_size, only=only,
-                                                      shard=options.shard):
-            if _stopping(options):
-                break
-            ids = [org.id for org in batch]
-            seen.update(ids)
-            with transactions() as conn:
-                usage = usage_store.monthly_usage(conn, month, ids, live_hours)
-                existing = invoice_store.live_invoices(conn, month, ids)
-                plans = plan_store.load_plans(conn, sorted({o.price_plan_id for o in batch if o.price_plan_id}))
-            pending = {pool.submit(_invoice_one, transactions, options, org, usage.get(org.id, {}), plans,
-                                   existing.get(org.id), numbering) for org in batch}
-            while pending:
-                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                for future in done:
-                    collect(future)
-                if _stopping(options) and pending:
-                    # SIGTERM: take no new organization; let those in flight finish, within the grace.
-                    for future in pending:
-                        future.cancel()
-                    in_flight = {f for f in pending if not f.cancelled()}
-                    finished, unfinished = wait(in_flight, timeout=options.grace_seconds)
-                    for future in finished:
+        with transactions() as stream:
+            for batch in usage_store.organizations_with_usage(stream, month, batch_size=options.batch_size,
+                                                              only=only, shard=options.shard, live_hours=live_hours):
+                if _stopping(options):
+                    break
+                ids = [org.id for org, _ in batch]
+                seen.update(ids)
+                with transactions() as conn:
+                    existing = invoice_store.live_invoices(conn, month, ids)
+                    plans = plan_store.load_plans(conn, sorted({o.price_plan_id for o, _ in batch if o.price_plan_id}))
+                pending = {pool.submit(_invoice_one, transactions, options, org, usage, plans, existing.get(org.id),
+                                       numbering) for org, usage in batch}
+                while pending:
+                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    for future in done:
                         collect(future)
-                    result.unfinished = len(unfinished)
-                    pending = set()
+                    if _stopping(options) and pending:
+                        # SIGTERM: take no new organization; let those in flight finish, within the grace.
+                        for future in pending:
+                            future.cancel()
+                        in_flight = {f for f in pending if not f.cancelled()}
+                        finished, unfinished = wait(in_flight, timeout=options.grace_seconds)
+                        for future in finished:
+                            collect(future)
+                        result.unfinished = len(unfinished)
+                        pending = set()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     if _stopping(options):
@@ -279,7 +279,12 @@ def _invoice_one(transactions: Transactions, options: InvoiceOptions, org: Organ
         outcome.status, outcome.number = "invoiced", stored.number
         outcome.currency, outcome.total = stored.currency, stored.total
         outcome.done.append("issued" if existing is None else f"issued, replacing voided {existing.number}")
-        _complete_steps(transactions, options, stored, outcome)
+        # Just issued: the document and its (empty) delivery state are known without reading them back.
+        document = InvoiceDocument(stored.number, org.id, org.name, org.email, options.month, issue, due,
+                                   rated.currency, rated.lines, rated.total)
+        state = invoice_store.DeliveryState(stored.id, stored.number, org.id, rated.currency, rated.total,
+                                            datetime.now(UTC), None, None, org.stripe_customer_id, None, None, None)
+        _complete_steps(transactions, options, stored, outcome, known=(document, state))
     except OperationalError:
         raise  # the database is gone: stop the run (exit 4); a rerun resumes where this one stopped
     except Exception as exc:  # one organization's bug must not stop the others; it is reported
@@ -317,19 +322,26 @@ def _rate(org: OrganizationRow, usage: dict[str, Decimal], plans: dict[str, Pric
 
 
 def _complete_steps(transactions: Transactions, options: InvoiceOptions, stored: StoredInvoice,
-                    outcome: OrgOutcome) -> None:
+                    outcome: OrgOutcome,
+                    known: tuple[InvoiceDocument, invoice_store.DeliveryState] | None = None) -> None:
     """Run every step of an issued invoice that is on and has not succeeded yet: the PDF, then
-    its deliveries. Everything is derived from the stored invoice, so a rerun produces the same
-    PDF bytes and the same Stripe lines as the first attempt."""
-    with transactions() as conn:
-        state = invoice_store.delivery_state(conn, stored.id)
+    its deliveries. Everything is derived from the stored invoice (the same values a rerun reads
+    back), so a rerun produces the same PDF bytes and the same Stripe lines as the first attempt."""
+    if known is None:
+        with transactions() as conn:
+            state = invoice_store.delivery_state(conn, stored.id)
+    else:
+        state = known[1]
     pdf_missing = state.pdf_sha256 is None or (options.output_dir is not None
                                                and not _pdf_path(options, stored).exists())
     steps = pending(state, options.deliveries)
     if not pdf_missing and not steps:
         return
-    with transactions() as conn:
-        document = invoice_store.load_document(conn, stored.id)
+    if known is None:
+        with transactions() as conn:
+            document = invoice_store.load_document(conn, stored.id)
+    else:
+        document = known[0]
     pdf = _render(document, options, outcome, write=options.output_dir is not None)
     if pdf is None:
         return
