@@ -192,6 +192,8 @@ def invoice_monthly(
     force: Annotated[bool, typer.Option(help="Allow the current (unfinished) or a future month.")] = False,
     concurrency: Annotated[int | None, typer.Option(
         min=1, max=256, help="Organizations processed in parallel. Default: INVOICE_CONCURRENCY (8).")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        min=1, max=100000, help="Organizations read at a time. Default: INVOICE_BATCH_SIZE (500).")] = None,
     shard_index: Annotated[int | None, typer.Option(
         min=0, help="This process's shard (0-based). Default: JOB_COMPLETION_INDEX (Indexed Jobs).")] = None,
     shard_count: Annotated[int | None, typer.Option(
@@ -219,13 +221,14 @@ def invoice_monthly(
         _exit(_run_invoicing("invoice-monthly", settings, output, month=month, dry_run=dry_run,
                              org=tuple(org or ()), regenerate=regenerate, output_dir=output_dir, force=force,
                              concurrency=concurrency, shard_index=shard_index, shard_count=shard_count,
-                             as_json=as_json))
+                             batch_size=batch_size, as_json=as_json))
 
 
 def _run_invoicing(job: str, settings, output, *, month: str | None = None, dry_run: bool | None = None,
                    org: tuple[str, ...] = (), regenerate: bool = False, output_dir: Path | None = None,
                    force: bool = False, concurrency: int | None = None, shard_index: int | None = None,
-                   shard_count: int | None = None, as_json: bool = False) -> ExitCode:
+                   shard_count: int | None = None, batch_size: int | None = None,
+                   as_json: bool = False) -> ExitCode:
     """invoice-monthly and legacy-run: the same invoicing, reported and notified the same way."""
     import time
     from dataclasses import replace
@@ -252,7 +255,8 @@ def _run_invoicing(job: str, settings, output, *, month: str | None = None, dry_
         output_dir=output_dir or settings.invoice_output_dir, payment_terms_days=settings.payment_terms_days,
         seller=Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id),
         deliveries=deliveries_from_settings(settings, dry_run=dry),
-        concurrency=concurrency or settings.concurrency, shard=shard)
+        concurrency=concurrency or settings.concurrency, shard=shard,
+        batch_size=batch_size or settings.batch_size)
     started = time.perf_counter()
     sharded = str(shard) if shard.count > 1 else None
     try:
