@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from .. import __version__
 from ..errors import AlreadyRunning, BillingError
@@ -77,7 +78,10 @@ def job_run(engine: Engine, *, job: str, scope: str, period: str, dry_run: bool,
                 _finish(lock_conn, record, status, summary.message if summary else None)
         finally:
             if not dry_run:
-                lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                try:
+                    lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                except SQLAlchemyError:
+                    pass  # the connection is gone, and the lock went with it
 
 
 def _finish(conn, record: RunRecord, status: str, message: str | None) -> None:
@@ -93,5 +97,5 @@ def _finish(conn, record: RunRecord, status: str, message: str | None) -> None:
                "errors": json.dumps(summary.errors if summary else {}),
                "revenue": json.dumps(summary.revenue if summary else {}),
                "failed": json.dumps(summary.failed[:1000] if summary else []), "message": message})
-    except Exception:  # the database itself may be what failed: the row then stays "running"
+    except SQLAlchemyError:  # the database itself may be what failed: the row then stays "running"
         pass

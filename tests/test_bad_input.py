@@ -1,0 +1,133 @@
+"""Every bad input an operator or a neighbouring service can produce, against the real database and
+peers: a clear message, the documented exit code, and nothing lost or doubled."""
+
+from __future__ import annotations
+
+import subprocess
+from decimal import Decimal as D
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from typer.testing import CliRunner
+
+from billing_cli.cli import app
+from billing_cli.errors import ExitCode
+from tests.conftest import BILLING, billing_subprocess_env
+from tests.data import add_event, add_org, utc
+from tests.test_invoice_job import add_usage
+
+runner = CliRunner()
+UNREACHABLE = "postgresql://billing:db-SECRET-pw@127.0.0.1:1/billing"
+
+
+def run(*args: str, **env: str):
+    return runner.invoke(app, list(args), env=env or None)
+
+
+def issued(engine) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(
+            "SELECT organization_id, number FROM invoices WHERE status = 'issued' ORDER BY number"))]
+
+
+@pytest.mark.parametrize("args,env,code,message", [
+    (["invoice-monthly", "--month", "2024-1"], {}, ExitCode.USAGE, "--month '2024-1' is not a month"),
+    (["invoice-monthly", "--month", "2999-12"], {}, ExitCode.USAGE, "is in the future"),
+    (["aggregate-hourly", "--hour", "2024-01-31T24"], {}, ExitCode.USAGE, "--hour '2024-01-31T24' is not"),
+    (["aggregate-hourly", "--from", "2024-02-01T00", "--to", "2024-01-01T00"], {}, ExitCode.USAGE, "is after --to"),
+    (["legacy-run"], {"RUN_SCHEDULE": "0 0 0 1 13 *"}, ExitCode.CONFIG, "RUN_SCHEDULE='0 0 0 1 13 *'"),
+    (["legacy-run"], {"RUN_SCHEDULE": "15 0 0 1 * *"}, ExitCode.CONFIG, "the seconds field must be 0"),
+    (["invoice-monthly"], {"DRY_RUN": "maybe"}, ExitCode.CONFIG, "DRY_RUN='maybe': not a boolean"),
+    (["invoice-monthly"], {"INVOICE_ENABLE_EMAIL": "yes"}, ExitCode.CONFIG,
+     "INVOICE_ENABLE_EMAIL is on but INVOICE_SMTP_HOST is not set"),
+    (["invoice-monthly"], {"INVOICE_ENABLE_STRIPE": "1", "STRIPE_API_KEY": "pk_live_123456789"}, ExitCode.CONFIG,
+     "not a Stripe secret key"),
+    (["aggregate-hourly"], {"DATABASE_URL": UNREACHABLE}, ExitCode.DATABASE_UNAVAILABLE,
+     "cannot reach PostgreSQL at 127.0.0.1:1/billing"),
+])
+def test_bad_flags_settings_and_servers(clean_env, args, env, code, message) -> None:
+    result = run(*args, **{"DATABASE_URL": UNREACHABLE, **env})
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output and "db-SECRET-pw" not in result.output
+    assert len(result.output.strip().splitlines()) == 1  # one clear line
+
+
+def test_broken_organizations_fail_alone_and_nothing_is_doubled(clean_env, billed, engine) -> None:
+    with engine.begin() as conn:
+        for org_id, email, name, currency, plan in (
+                ("bad-email", "not an address", "Bad E-mail Ltd", "USD", "pro"),
+                ("bad-name", "ok@example.com", "Evil\r\nBcc: x@y.z", "USD", "pro"),
+                ("no-plan", "ok@example.com", "No Plan", "USD", None),
+                ("wrong-currency", "ok@example.com", "Wrong Currency", "GBP", "pro"),
+                ("huge", "ok@example.com", "Huge Usage", "USD", "pro")):
+            add_org(conn, org_id, email=email, name=name, currency=currency)
+            conn.execute(text("UPDATE organizations SET price_plan_id = :p WHERE id = :o"), {"p": plan, "o": org_id})
+            add_usage(conn, org_id, "api_calls", "10")
+        add_usage(conn, "huge", "api_calls", "9" * 75, utc(2024, 1, 2, 3))  # absurdly large
+
+    first = run("invoice-monthly", "--month", "2024-01", DATABASE_URL=billed)
+
+    assert first.exit_code == ExitCode.PARTIAL
+    for org_id, message in (("bad-email", "organization e-mail 'not an address' is not a valid e-mail address"),
+                            ("bad-name", "organization name contains control characters"),
+                            ("no-plan", "no price plan"),
+                            ("wrong-currency", "organization currency GBP does not match plan 'pro' currency USD"),
+                            ("huge", "too large to be priced exactly")):
+        line = next(line for line in first.output.splitlines() if line.startswith(f"organization id={org_id} "))
+        assert "status=failed" in line and message in line, line
+    assert "invoiced=3" in first.output and "failed=5" in first.output
+    before = issued(engine)
+    assert sorted(org for org, _ in before) == ["org-1", "org-2", "org-3"]
+
+    again = run("invoice-monthly", "--month", "2024-01", DATABASE_URL=billed)
+    assert again.exit_code == ExitCode.PARTIAL and issued(engine) == before  # nothing doubled
+
+
+def test_events_for_unknown_or_inactive_organizations_and_duplicate_keys(clean_env, billed, engine) -> None:
+    with engine.begin() as conn:
+        add_org(conn, "gone", status="inactive")
+        add_event(conn, "gone", "api_calls", "5", utc(2024, 1, 31, 13, 5))
+        add_event(conn, "nobody", "api_calls", "7", utc(2024, 1, 31, 13, 6))
+        add_event(conn, "org-1", "api_calls", "1", utc(2024, 1, 31, 13, 7), key="evt-1")
+    with pytest.raises(IntegrityError, match="uq_usage_events_org_idempotency_key"), engine.begin() as conn:
+        add_event(conn, "org-1", "api_calls", "1", utc(2024, 1, 31, 13, 8), key="evt-1")  # a producer's retry
+
+    result = run("aggregate-hourly", "--hour", "2024-01-31T13", "--lookback", "0", DATABASE_URL=billed)
+
+    assert result.exit_code == 0
+    assert "organizations=1 events=1 inserted=1" in result.output and "ignored_events=2" in result.output
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT organization_id, quantity FROM usage_hourly "
+                                 "WHERE hour_start = '2024-01-31T13:00Z'")).all()
+    assert [tuple(r) for r in rows] == [("org-1", D("1"))]
+
+
+def test_database_restarted_mid_run_stops_with_4_and_the_rerun_completes(billed, engine, fake_stripe,
+                                                                         tmp_path) -> None:
+    fake_stripe.latency = 0.4
+    env = billing_subprocess_env(DATABASE_URL=billed, BILLING_ENV_FILE="/dev/null", INVOICE_CONCURRENCY="1",
+                                 INVOICE_ENABLE_STRIPE="true", STRIPE_API_KEY="sk_test_RESTARTsecret1",
+                                 STRIPE_API_BASE=fake_stripe.base_url)
+    proc = subprocess.Popen([*BILLING, "invoice-monthly", "--month", "2024-01"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("organization "):
+            break
+    database = engine.url.database
+    with engine.connect() as conn:  # what a restart does to the run: every connection is cut
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": database})
+    rest, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:  # it had finished before the cut: nothing to prove this time
+        pytest.skip("the run finished before the connections were cut")
+    assert proc.returncode == ExitCode.DATABASE_UNAVAILABLE, err
+    assert "cannot reach PostgreSQL" in err and "Traceback" not in err
+
+    fake_stripe.latency = 0
+    rerun = subprocess.run([*BILLING, "invoice-monthly", "--month", "2024-01"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert len(issued(engine)) == 3 and len(fake_stripe.invoices) == 3
