@@ -256,7 +256,7 @@ def _run_invoicing(job: str, settings, output, *, month: str | None = None, dry_
         seller=Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id),
         deliveries=deliveries_from_settings(settings, dry_run=dry),
         concurrency=concurrency or settings.concurrency, shard=shard,
-        batch_size=batch_size or settings.batch_size)
+        batch_size=batch_size or settings.batch_size, render_processes=settings.render_processes)
     started = time.perf_counter()
     sharded = str(shard) if shard.count > 1 else None
     try:

@@ -102,6 +102,8 @@ VARIABLES: tuple[Variable, ...] = (
              "ssl (implicit TLS), starttls (certificate verified) or none (plain; local testing only). "
              "Unset: ssl on port 465, else starttls."),
     Variable("INVOICE_CONCURRENCY", "int", "8", "Organizations invoiced and delivered in parallel."),
+    Variable("PDF_RENDER_PROCESSES", "int", "1",
+             "Processes rendering PDFs in large runs (rendering is CPU-bound; 1 renders in the worker threads)."),
     Variable("INVOICE_BATCH_SIZE", "int", "500",
              "Organizations read and handed to the workers at a time (memory stays flat)."),
     Variable("SHARD_COUNT", "int", "1",
@@ -121,7 +123,7 @@ _INT_RANGES: dict[str, tuple[int, int | None]] = {
     "INVOICE_S3_LINK_EXPIRY_SECONDS": (1, 604800), "STRIPE_REQUESTS_PER_SECOND": (1, 10000),
     "INVOICE_CONCURRENCY": (1, 256), "DELIVERY_MAX_ATTEMPTS": (1, 20), "DELIVERY_TIMEOUT_SECONDS": (1, 600),
     "DELIVERY_MAX_RETRY_SECONDS": (0, 3600), "AGGREGATE_LOOKBACK_HOURS": (0, 168),
-    "INVOICE_BATCH_SIZE": (1, 100000), "SHARD_COUNT": (1, 1000), "JOB_COMPLETION_INDEX": (0, 999), "STATUS_AGGREGATE_MAX_AGE_HOURS": (1, 8760),
+    "INVOICE_BATCH_SIZE": (1, 100000), "PDF_RENDER_PROCESSES": (1, 64), "SHARD_COUNT": (1, 1000), "JOB_COMPLETION_INDEX": (0, 999), "STATUS_AGGREGATE_MAX_AGE_HOURS": (1, 8760),
     "STATUS_INVOICE_DEADLINE_DAY": (1, 28), "STATUS_STUCK_AFTER_HOURS": (1, 720),
 }
 _TRUE = {"true", "1", "yes"}
@@ -268,6 +270,7 @@ class Settings:
     smtp_security: str = "starttls"
     concurrency: int = 8
     batch_size: int = 500
+    render_processes: int = 1
     shard_count: int = 1
     shard_index: int = 0
     status_aggregate_max_age_hours: int = 2
@@ -372,6 +375,7 @@ def validate(raw: RawConfig) -> Settings:
                                                           else "starttls"),  # type: ignore[arg-type]
         concurrency=parsed["INVOICE_CONCURRENCY"],  # type: ignore[arg-type]
         batch_size=parsed["INVOICE_BATCH_SIZE"],  # type: ignore[arg-type]
+        render_processes=parsed["PDF_RENDER_PROCESSES"],  # type: ignore[arg-type]
         shard_count=parsed["SHARD_COUNT"],  # type: ignore[arg-type]
         status_aggregate_max_age_hours=parsed["STATUS_AGGREGATE_MAX_AGE_HOURS"],  # type: ignore[arg-type]
         status_invoice_deadline_day=parsed["STATUS_INVOICE_DEADLINE_DAY"],  # type: ignore[arg-type]

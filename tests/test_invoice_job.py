@@ -253,3 +253,16 @@ def test_many_lines_make_a_clean_multi_page_invoice(transactions, tmp_path) -> N
     last = reader.pages[-1].extract_text()
     assert f"Page {len(reader.pages)} of {len(reader.pages)}" in last and "70.00 USD" in last
     assert "(continued)" in reader.pages[1].extract_text()
+
+
+def test_render_processes_give_the_same_bytes(month_of_usage) -> None:
+    from billing_cli.delivery.pdf import RenderPool
+
+    invoice_month(month_of_usage, options())
+    pool = RenderPool(2)
+    try:
+        with month_of_usage() as conn:
+            for invoice_id, sha in conn.execute(text("SELECT id, pdf_sha256 FROM invoices")).all():
+                assert hashlib.sha256(pool(load_document(conn, invoice_id), SELLER)).hexdigest() == sha
+    finally:
+        pool.close()

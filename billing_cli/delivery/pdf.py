@@ -38,6 +38,29 @@ def render_invoice(doc: InvoiceDocument, seller: Seller) -> bytes:
         raise PdfError(f"{type(exc).__name__}: {exc}") from exc
 
 
+class RenderPool:
+    """Renders in worker processes: layout is CPU-bound Python, and threads share one core.
+    Used for large runs; the bytes are the same as rendering in-process."""
+
+    def __init__(self, processes: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # "spawn": a fresh interpreter, never a fork of a process holding threads and connections.
+        self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+
+    def __call__(self, doc: InvoiceDocument, seller: Seller) -> bytes:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return self._pool.submit(render_invoice, doc, seller).result()
+        except BrokenProcessPool as exc:
+            raise PdfError(f"the PDF worker process died: {exc}") from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _texts(doc: InvoiceDocument, seller: Seller) -> list[str]:
     return [doc.bill_to_name, doc.bill_to_email, doc.organization_id, seller.name, *seller.address,
             seller.tax_id or "", *(line.description for line in doc.lines)]

@@ -13,7 +13,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -26,7 +26,7 @@ from ..db.engine import Transactions
 from ..db.invoice_store import StoredInvoice
 from ..db.usage_store import OrganizationRow, Shard
 from ..delivery.invoice_email import BadAddress, check_address, check_header_value
-from ..delivery.pdf import PdfError, render_invoice
+from ..delivery.pdf import PdfError, RenderPool, render_invoice
 from ..errors import BillingError
 from ..invoices import InvoiceDocument, Seller, due_date, invoice_number
 from ..periods import HOUR, Month, format_hour
@@ -53,6 +53,11 @@ class InvoiceOptions:
     shard: Shard = field(default_factory=Shard)
     stop: threading.Event | None = None  # set on SIGTERM/SIGINT: finish what is in flight, take nothing new
     grace_seconds: float = 20.0
+    render_processes: int = 1  # PDF rendering in this many processes for large runs (1: in the threads)
+    renderer: Callable[[InvoiceDocument, Seller], bytes] = render_invoice
+
+# Below this many organizations, starting render processes costs more than it saves.
+RENDER_POOL_THRESHOLD = 200
 
 
 @dataclass
@@ -148,6 +153,21 @@ def invoice_month(
     if on_start:
         on_start(result)
 
+    render_pool = None
+    if options.render_processes > 1 and result.organizations_found >= RENDER_POOL_THRESHOLD:
+        render_pool = RenderPool(options.render_processes)
+        options = replace(options, renderer=render_pool)
+    try:
+        return _invoice_organizations(transactions, options, result, only, live_hours, started, on_outcome)
+    finally:
+        if render_pool is not None:
+            render_pool.close()
+
+
+def _invoice_organizations(transactions: Transactions, options: InvoiceOptions, result: InvoiceRunResult,
+                           only: list[str] | None, live_hours: list, started: float,
+                           on_outcome: Callable[[OrgOutcome], None] | None) -> InvoiceRunResult:
+    month = options.month
     numbering = _Numbering(transactions, month) if options.dry_run else None
     seen: set[str] = set()
     # Organizations are I/O-bound (database, S3, Stripe, SMTP): a bounded pool of worker threads,
@@ -359,7 +379,7 @@ def _complete_steps(transactions: Transactions, options: InvoiceOptions, stored:
 
 def _render(document: InvoiceDocument, options: InvoiceOptions, outcome: OrgOutcome, *, write: bool) -> bytes | None:
     try:
-        pdf = render_invoice(document, options.seller)
+        pdf = options.renderer(document, options.seller)
     except PdfError as exc:
         outcome.fail("pdf", f"PDF rendering failed: {exc}")
         return None
