@@ -347,6 +347,9 @@ def _complete_steps(transactions: Transactions, options: InvoiceOptions, stored:
     """Run every step of an issued invoice that is on and has not succeeded yet: the PDF, then
     its deliveries. Everything is derived from the stored invoice (the same values a rerun reads
     back), so a rerun produces the same PDF bytes and the same Stripe lines as the first attempt."""
+    if known is None and stored.pdf_sha256 is not None and options.output_dir is None \
+            and len(options.deliveries.disabled()) == 3:
+        return  # PDF done and no delivery on: nothing to look up
     if known is None:
         with transactions() as conn:
             state = invoice_store.delivery_state(conn, stored.id)
