@@ -57,6 +57,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import hashlib
 import logging
 import os
 import platform
@@ -450,16 +451,9 @@ def billing_cmd(concurrency: int) -> list[str]:
     return cmd
 
 
-def measure(args: argparse.Namespace, peers, concurrency: int, active: Sequence[str] | None,
-            label: str, workdir: Path, number: int) -> Run:
+def job_env(args: argparse.Namespace, url: str, bucket: str, peers) -> dict[str, str]:
+    """The job's environment: all three deliveries on, pointed at the peers."""
     s3, stripe_peer, mail = peers
-    expected = list(active) if active is not None else org_ids(args.organizations)
-    url = fresh_database(args, active)
-    bucket = f"bench-deliver-{os.getpid()}-{number}"
-    s3.client().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": S3_REGION})
-    stripe_peer.reset()
-    mail.received.clear()
-    mail.failures.clear()
     env = base_env(url)
     env.update({
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true",
@@ -471,6 +465,45 @@ def measure(args: argparse.Namespace, peers, concurrency: int, active: Sequence[
         "INVOICE_SMTP_SECURITY": "none", "INVOICE_SMTP_USERNAME": mail.username,
         "INVOICE_SMTP_PASSWORD": mail.password, "INVOICE_SMTP_FROM": SMTP_FROM,
     })
+    return env
+
+
+def job_settings(args: argparse.Namespace, peers) -> str:
+    """The settings that shape the job's throughput, as the job loads them from that environment."""
+    from billing_cli.config import load_settings
+
+    settings = load_settings(job_env(args, db_url(args.database_url, SCRATCH_DB), "bench", peers))
+    names = {"concurrency": "INVOICE_CONCURRENCY", "batch_size": "INVOICE_BATCH_SIZE",
+             "render_processes": "PDF_RENDER_PROCESSES", "delivery_max_attempts": "DELIVERY_MAX_ATTEMPTS",
+             "stripe_requests_per_second": "STRIPE_REQUESTS_PER_SECOND"}
+    return ", ".join(f"{env}={getattr(settings, attr)}" for attr, env in names.items() if hasattr(settings, attr))
+
+
+def code_state() -> str:
+    """HEAD, and a fingerprint of uncommitted changes under billing_cli/ (the code the job runs)."""
+    def git(*argv: str) -> str:
+        proc = subprocess.run(["git", "-C", str(ROOT), *argv], capture_output=True, text=True, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    diff = git("diff", "HEAD", "--", "billing_cli")
+    if not diff:
+        return head
+    files = git("diff", "HEAD", "--name-only", "--", "billing_cli").split()
+    return f"{head} + uncommitted changes to {', '.join(files)} (diff {hashlib.sha1(diff.encode()).hexdigest()[:8]})"
+
+
+def measure(args: argparse.Namespace, peers, concurrency: int, active: Sequence[str] | None,
+            label: str, workdir: Path, number: int) -> Run:
+    s3, stripe_peer, mail = peers
+    expected = list(active) if active is not None else org_ids(args.organizations)
+    url = fresh_database(args, active)
+    bucket = f"bench-deliver-{os.getpid()}-{number}"
+    s3.client().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": S3_REGION})
+    stripe_peer.reset()
+    mail.received.clear()
+    mail.failures.clear()
+    env = job_env(args, url, bucket, peers)
     cmd = billing_cmd(concurrency)
     out_path, err_path = workdir / f"run{number}.out", workdir / f"run{number}.err"
     own_before = resource.getrusage(resource.RUSAGE_SELF)
@@ -586,7 +619,7 @@ def describe(run: Run, label: str) -> str:
 
 
 def report(args: argparse.Namespace, machine: dict[str, str], loaded: tuple[int, float], start_load: str,
-           baseline: Baseline, runs: dict[int, list[Run]]) -> bool:
+           baseline: Baseline, runs: dict[int, list[Run]], settings: str, code: tuple[str, str]) -> bool:
     n = args.organizations
     per_org = statistics.median(r.stripe_requests / r.organizations for rs in runs.values() for r in rs)
     ceiling = args.stripe_rps / per_org
@@ -596,6 +629,9 @@ def report(args: argparse.Namespace, machine: dict[str, str], loaded: tuple[int,
         f"machine: nproc={machine['nproc']}, CPU {machine['cpu']}, {machine['memory']} RAM, "
         f"{machine['postgres']}, Python {machine['python']}, Linux {machine['kernel']}",
         f"load average: {start_load} at the start, {loadavg()} at the end",
+        f"code: {code[0]}" + ("" if code[0] == code[1] else f"\n  WARNING: the code changed during the benchmark; "
+                                                         f"at the end: {code[1]}"),
+        f"job settings: {settings}",
         f"data: {n:,} active organizations (USD 2/3, EUR 1/3), 3 metrics, usage_hourly {loaded[0]:,} rows "
         f"(January 2024, daily), 3 invoice lines each; loaded in {loaded[1]:.0f} s",
         f"peers (threads of this process): S3 moto, Stripe fake, SMTP aiosmtpd; each adds "
@@ -635,7 +671,9 @@ def report(args: argparse.Namespace, machine: dict[str, str], loaded: tuple[int,
                      f"are that sample's")
     lines += [
         "    Stripe req/s = the peer's requests / the process's wall time; peer req/s = requests / (last - first "
-        "request); peak 1s = most requests the peer saw in any 1-second window (max over runs); 429s = sum over runs",
+        "request); peak 1s = most requests the peer saw in any 1-second window (max over runs); 429s = sum over runs;",
+        "    CPU billing = the job's user + system CPU (with any render processes it reaped); CPU peers = this "
+        "process's, i.e. the three peers' (medians)",
         "",
     ]
     speedup = medians[1] / medians[DEFAULT_CONCURRENCY]
@@ -652,9 +690,9 @@ def report(args: argparse.Namespace, machine: dict[str, str], loaded: tuple[int,
     lines += [
         f"concurrency 1: {per_org_ms:.0f} ms per organization, of which {floor_ms:.0f} ms is peer latency "
         f"({base.stripe_requests / base.organizations:.1f} Stripe + 1 S3 + 1 SMTP requests x {args.latency_ms:g} ms)"
-        f" and {cpu_ms:.0f} ms is the billing process's CPU (start-up included)",
-        f"one core (Python's GIL) at {cpu_ms:.0f} ms of CPU per organization caps the job at ~{1000 / cpu_ms:.0f} "
-        f"orgs/s, ~{per_org_ms / cpu_ms:.1f}x concurrency 1, whatever the concurrency",
+        f" and {cpu_ms:.0f} ms is the job's CPU (start-up included)",
+        f"if all of that CPU ran on one core (the job's Python threads share one, the GIL) the job could not "
+        f"exceed ~{1000 / cpu_ms:.0f} orgs/s, ~{per_org_ms / cpu_ms:.1f}x concurrency 1, at any concurrency",
         "",
         f"speed-up, default ({DEFAULT_CONCURRENCY}) over 1: {speedup:5.2f}x   target >= {SPEEDUP_TARGET:g}x   "
         f"{'PASS' if ok_speed else 'FAIL'}",
@@ -687,6 +725,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"loaded {loaded[0]:,} usage_hourly rows in {loaded[1]:.1f} s; starting the peers "
                   f"({args.latency_ms:g} ms per request)", flush=True)
             peers = make_peers(args)
+            code_start, settings = code_state(), job_settings(args, peers)
+            print(f"code: {code_start}; job settings: {settings}", flush=True)
             orgs = org_ids(args.organizations)
             number = 0
 
@@ -717,7 +757,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     run = measure(args, peers, c, None, f"concurrency {c}, run {i + 1}", workdir, number)
                     runs[c].append(run)
                     print(describe(run, f"concurrency {c}, run {i + 1}"), flush=True)
-        met = report(args, machine, loaded, start_load, baseline, runs)
+        met = report(args, machine, loaded, start_load, baseline, runs, settings, (code_start, code_state()))
     except BenchError as exc:
         print(f"\nERROR: {exc}", file=sys.stderr)
         return 2

@@ -102,7 +102,7 @@ VARIABLES: tuple[Variable, ...] = (
              "ssl (implicit TLS), starttls (certificate verified) or none (plain; local testing only). "
              "Unset: ssl on port 465, else starttls."),
     Variable("INVOICE_CONCURRENCY", "int", "8", "Organizations invoiced and delivered in parallel."),
-    Variable("PDF_RENDER_PROCESSES", "int", "1",
+    Variable("PDF_RENDER_PROCESSES", "int", "2",
              "Processes rendering PDFs in large runs (rendering is CPU-bound; 1 renders in the worker threads)."),
     Variable("INVOICE_BATCH_SIZE", "int", "500",
              "Organizations read and handed to the workers at a time (memory stays flat)."),
@@ -270,7 +270,7 @@ class Settings:
     smtp_security: str = "starttls"
     concurrency: int = 8
     batch_size: int = 500
-    render_processes: int = 1
+    render_processes: int = 2
     shard_count: int = 1
     shard_index: int = 0
     status_aggregate_max_age_hours: int = 2
