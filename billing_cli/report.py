@@ -122,7 +122,7 @@ class Output:
 
     def banner(self, title: str, fields: Sequence[tuple[str, object]]) -> None:
         if self.plain:
-            self.record(title.replace(" ", "-"), **{k.replace(" ", "_"): v for k, v in fields})
+            self.record("start", job=title.split()[-1], **{k.replace(" ", "_"): v for k, v in fields})
             return
         self.out.print("═" * BANNER_WIDTH, style="bold blue")
         self.out.print(f"[bold]{title}[/bold]")
