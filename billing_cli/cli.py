@@ -158,6 +158,7 @@ def aggregate_hourly(
             with open_database(settings, notice=output.notice) as db, _stop_on_signals(output) as stop, \
                     job_run(db.engine, job="aggregate-hourly", scope="aggregate-hourly", period=str(window),
                             dry_run=dry, parameters={"window": str(window)}) as record:
+                output.context = {"job": "aggregate-hourly", "run_id": record.id}
                 aggregation_header(output, window, dry, db.where)
                 result = aggregate_hours(db.transactions, window, dry_run=dry, stop=stop,
                                          on_hour=lambda h: aggregation_hour(output, h, dry))
@@ -266,6 +267,7 @@ def _run_invoicing(job: str, settings, output, *, month: str | None = None, dry_
                         shard=sharded, parameters={"month": str(chosen), "organizations": list(org),
                                                    "regenerate": regenerate, "shard": sharded}) as record:
             options = replace(options, stop=stop)
+            output.context = {"job": job, "run_id": record.id}
             invoice_header(output, chosen, dry, db.where, options.deliveries.disabled(), job=job, shard=sharded)
             progress = InvoiceProgress(output, dry)
             try:

@@ -162,3 +162,29 @@ def test_metrics_are_pushed_to_a_real_pushgateway(clean_env, billed, engine) -> 
     unreachable = run("aggregate-hourly", "--hour", "2024-01-31T13", DATABASE_URL=billed,
                       PROMETHEUS_PUSHGATEWAY_URL="http://127.0.0.1:1")
     assert unreachable.exit_code == 0 and "metrics push to http://127.0.0.1:1 failed" in unreachable.output
+
+
+def test_json_lines_carry_job_and_run_id_and_the_json_summary_goes_to_stdout(clean_env, billed, engine) -> None:
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01", "--json"],
+                           env={"DATABASE_URL": billed, "LOG_FORMAT": "json"})
+    assert result.exit_code == 0
+    summary = json.loads(result.stdout)  # stdout holds exactly one JSON document
+    assert summary["counts"]["invoiced"] == 3 and summary["revenue"] == {"EUR": "1.23", "USD": "38.50"}
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    with engine.connect() as conn:
+        run_id = conn.execute(text("SELECT id FROM job_runs")).scalar_one()
+    orgs = [line for line in lines if line["event"] == "organization"]
+    assert {line["organization_id"] for line in orgs} == {"org-1", "org-2", "org-3"}
+    assert all(line["job"] == "invoice-monthly" and line["run_id"] == run_id and line["level"] == "info"
+               and line["time"].endswith("+00:00") for line in orgs)
+    assert {line["status"] for line in orgs} == {"invoiced"}
+
+
+def test_auto_format_is_json_without_a_terminal(clean_env, billed, monkeypatch) -> None:
+    monkeypatch.delenv("LOG_FORMAT")
+    result = runner.invoke(app, ["aggregate-hourly", "--hour", "2024-01-31T13"], env={"DATABASE_URL": billed})
+    first = json.loads(result.stdout.splitlines()[0])
+    assert first["event"] == "start" and first["job"] == "aggregate-hourly" and "run_id" in first
+    quiet = runner.invoke(app, ["--log-format", "plain", "aggregate-hourly", "--hour", "2024-01-31T13"],
+                          env={"DATABASE_URL": billed, "LOG_LEVEL": "warning"})
+    assert "hour hour=" not in quiet.stdout and quiet.stdout.startswith("start job=aggregate-hourly")
