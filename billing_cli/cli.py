@@ -142,6 +142,7 @@ def aggregate_hourly(
     from .jobs.aggregate import aggregate_hours
     from .jobs.runner import job_run
     from .periods import aggregation_window, utc_now
+    from .delivery.completion import notify, push_metrics
     from .report import aggregation_header, aggregation_hour, aggregation_summary
     from .report import print_json
     from .summary import aggregation_summary as run_summary
@@ -165,16 +166,16 @@ def aggregate_hourly(
                 record.finish(run_summary(result))
         except BillingError as exc:
             failed = failed_run_summary("aggregate-hourly", str(window), str(exc), dry, 0.0)
-            _push_metrics(settings, output, failed)
+            push_metrics(settings, output, failed)
             if settings.notify_on_aggregate_errors:
-                _notify(settings, output, failed)
+                notify(settings, output, failed)
             raise
         aggregation_summary(output, result)
         if as_json:
             print_json(run_summary(result).as_dict())
-        _push_metrics(settings, output, run_summary(result))
+        push_metrics(settings, output, run_summary(result))
         if not result.ok and settings.notify_on_aggregate_errors:
-            _notify(settings, output, run_summary(result))
+            notify(settings, output, run_summary(result))
         _exit(ExitCode.INTERRUPTED if result.interrupted else ExitCode.OK if result.ok else ExitCode.PARTIAL)
 
 
@@ -236,6 +237,7 @@ def _run_invoicing(job: str, settings, output, *, month: str | None = None, dry_
 
     from .db.connect import open_database
     from .db.usage_store import Shard
+    from .delivery.completion import notify, push_metrics
     from .delivery.factory import deliveries_from_settings
     from .invoices import Seller
     from .jobs.invoice import InvoiceOptions, invoice_month
@@ -281,48 +283,19 @@ def _run_invoicing(job: str, settings, output, *, month: str | None = None, dry_
         failed = failed_run_summary(job, str(chosen), str(exc), dry, time.perf_counter() - started)
         if as_json:
             print_json(failed.as_dict())
-        _push_metrics(settings, output, failed, sharded)
-        _notify(settings, output, failed)
+        push_metrics(settings, output, failed, sharded)
+        notify(settings, output, failed)
         raise
     invoice_summary(output, result, job)
     if as_json:
         print_json(summary.as_dict())
-    _push_metrics(settings, output, summary, sharded)
-    _notify(settings, output, summary)
+    push_metrics(settings, output, summary, sharded)
+    notify(settings, output, summary)
     if result.interrupted:
         output.warning(f"interrupted: {result.processed} organizations processed, {result.unfinished} left in "
                        "flight; rerun the same command to complete the month")
         return ExitCode.INTERRUPTED
     return ExitCode.OK if result.ok else ExitCode.PARTIAL
-
-
-def _push_metrics(settings, output, summary, shard: str | None = None) -> None:
-    """Run metrics to the Pushgateway (real runs only: a dry run must not look like a success)."""
-    if not settings.pushgateway_url or summary.dry_run:
-        return
-    from .delivery.metrics import MetricsError, push_run_metrics
-
-    try:
-        push_run_metrics(settings.pushgateway_url, summary, shard=shard,
-                         timeout_seconds=settings.delivery_timeout_seconds)
-    except MetricsError as exc:
-        output.warning(str(exc))
-
-
-def _notify(settings, output, summary) -> None:
-    """Completion e-mail and webhook; a failure here is a warning, never a failed billing run."""
-    from .delivery.factory import notifiers_from_settings
-    from .delivery.notify import NotifyError
-
-    if summary.dry_run and not settings.notify_on_dry_run:
-        return
-    for notifier in notifiers_from_settings(settings):
-        try:
-            notifier.notify(summary)
-        except NotifyError as exc:
-            output.warning(f"notification not delivered: {exc}")
-        else:
-            output.notice(f"notification sent ({type(notifier).__name__.removesuffix('Notifier').lower()})")
 
 
 @app.command("legacy-run")
