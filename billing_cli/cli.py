@@ -193,7 +193,7 @@ def invoice_monthly(
              "Default: INVOICE_OUTPUT_DIR.")] = None,
     force: Annotated[bool, typer.Option(help="Allow the current (unfinished) or a future month.")] = False,
     concurrency: Annotated[int | None, typer.Option(
-        min=1, max=256, help="Organizations processed in parallel. Default: INVOICE_CONCURRENCY (8).")] = None,
+        min=1, max=256, help="Organizations processed in parallel. Default: INVOICE_CONCURRENCY (16).")] = None,
     batch_size: Annotated[int | None, typer.Option(
         min=1, max=100000, help="Organizations read at a time. Default: INVOICE_BATCH_SIZE (500).")] = None,
     shard_index: Annotated[int | None, typer.Option(

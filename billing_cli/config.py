@@ -101,7 +101,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("INVOICE_SMTP_SECURITY", "str", None,
              "ssl (implicit TLS), starttls (certificate verified) or none (plain; local testing only). "
              "Unset: ssl on port 465, else starttls."),
-    Variable("INVOICE_CONCURRENCY", "int", "8", "Organizations invoiced and delivered in parallel."),
+    Variable("INVOICE_CONCURRENCY", "int", "16",
+             "Organizations invoiced and delivered in parallel (the work waits on S3, Stripe and SMTP)."),
     Variable("PDF_RENDER_PROCESSES", "int", "2",
              "Processes rendering PDFs in large runs (rendering is CPU-bound; 1 renders in the worker threads)."),
     Variable("INVOICE_BATCH_SIZE", "int", "500",
@@ -268,7 +269,7 @@ class Settings:
     smtp_password: Secret | None = None
     smtp_from: str | None = None
     smtp_security: str = "starttls"
-    concurrency: int = 8
+    concurrency: int = 16
     batch_size: int = 500
     render_processes: int = 2
     shard_count: int = 1
