@@ -7,6 +7,7 @@ backoff and jitter; permanent ones (5xx, authentication) are not.
 from __future__ import annotations
 
 import functools
+import os
 import smtplib
 import socket
 import ssl
@@ -54,7 +55,7 @@ class SmtpMailer:
         """One TLS context per mailer: building it loads the CA store (~17 ms of CPU each time)."""
         if self.ssl_context is not None:
             return self.ssl_context
-        return _default_context()
+        return _default_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
 
     def _send_once(self, message: EmailMessage) -> None:
         context = self._context() if self.security != "none" else None
@@ -90,8 +91,9 @@ class SmtpMailer:
 
 
 @functools.cache
-def _default_context() -> ssl.SSLContext:
-    return ssl.create_default_context()  # reads SSL_CERT_FILE / the system store once per process
+def _default_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    """The system trust store (or SSL_CERT_FILE / SSL_CERT_DIR), read once per such setting."""
+    return ssl.create_default_context()
 
 
 def _text(raw: bytes | str) -> str:
