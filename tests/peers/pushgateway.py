@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -18,8 +19,13 @@ class Pushgateway:
     def start(self) -> Pushgateway:
         binary = shutil.which("prometheus-pushgateway")
         if binary is None:
-            raise RuntimeError("prometheus-pushgateway is not installed: apt-get install -y prometheus-pushgateway "
-                               "(.ci/run does it)")
+            message = ("prometheus-pushgateway is not installed: apt-get install -y prometheus-pushgateway "
+                       "(.ci/run does it)")
+            if os.environ.get("CI"):
+                raise RuntimeError(message)  # CI must run every test
+            import pytest
+
+            pytest.skip(message)  # a developer's machine without the Debian package: said, not silent
         self._proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{self.port}", "--persistence.file="],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(100):
