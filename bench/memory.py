@@ -62,7 +62,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import invoice as bench  # noqa: E402  (bench/invoice.py: generator, re-rating, machine info, helpers)
+import invoice as bench  # bench/invoice.py: generator, re-rating, machine info, helpers
 
 SCRATCH_DB = "billing_bench_memory"
 USAGE_HOUR = "2024-01-15 12:00:00+00"  # the one hour of usage each organization has

@@ -187,7 +187,8 @@ def _invoice_organizations(transactions: Transactions, options: InvoiceOptions, 
                 if _stopping(options):
                     break
                 ids = [org.id for org, _ in batch]
-                seen.update(ids)
+                if only:  # only to report --org ids that are not active; never grows with the fleet
+                    seen.update(ids)
                 with transactions() as conn:
                     existing = invoice_store.live_invoices(conn, month, ids)
                     plans = plan_store.load_plans(conn, sorted({o.price_plan_id for o, _ in batch if o.price_plan_id}))
