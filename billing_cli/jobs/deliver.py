@@ -117,19 +117,23 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, state: invo
             invoice_store.record_stripe_customer(conn, document.organization_id, customer)
 
     stripe_id, status = state.stripe_invoice_id, state.stripe_status
+    created_now = False
     if stripe_id is None:
         found = None
         if datetime.now(UTC) - state.created_at > IDEMPOTENCY_WINDOW:
             found = gateway.find_invoice(customer, state.invoice_id)
         draft = found or gateway.create_draft(customer, invoice_id=state.invoice_id, number=document.number,
                                               currency=document.currency, days_until_due=deliveries.days_until_due)
+        created_now = found is None
         stripe_id, status = draft.id, draft.status
         with transactions() as conn:
             invoice_store.record_stripe_invoice(conn, state.invoice_id, stripe_id, status)
 
     expected = to_minor_units(document.total, document.currency)
     if status == "draft":
-        present = {item.line_no for item in gateway.items(stripe_id)}
+        # A draft created by this call has no items of ours, except ones an earlier attempt added
+        # under the same idempotency keys, which Stripe replays instead of duplicating: no lookup.
+        present = set() if created_now else {item.line_no for item in gateway.items(stripe_id)}
         for line_no, line in enumerate(document.lines, start=1):
             if line_no not in present:
                 gateway.add_item(customer, stripe_id, invoice_id=state.invoice_id, line_no=line_no,
