@@ -30,7 +30,9 @@ class Shard:
     index: int = 0
     count: int = 1
 
-    SQL = "mod(('x' || substr(md5(id), 1, 8))::bit(32)::bigint, :shard_count) = :shard_index"
+    @staticmethod
+    def sql(column: str) -> str:
+        return f"mod(('x' || substr(md5({column}), 1, 8))::bit(32)::bigint, :shard_count) = :shard_index"
 
     def owns(self, organization_id: str) -> bool:
         import hashlib
@@ -41,10 +43,11 @@ class Shard:
         return f"{self.index + 1}/{self.count}"
 
 
-def _filters(only: list[str] | None, shard: Shard) -> tuple[str, dict]:
-    where = " AND id = ANY(:only)" if only else ""
+def _filters(only: list[str] | None, shard: Shard, column: str = "id") -> tuple[str, dict]:
+    """` AND …` conditions on the organization id `column` for --org and the shard."""
+    where = f" AND {column} = ANY(:only)" if only else ""
     if shard.count > 1:
-        where += f" AND {Shard.SQL}"
+        where += f" AND {Shard.sql(column)}"
     return where, {"only": only or [], "shard_count": shard.count, "shard_index": shard.index}
 
 
@@ -85,8 +88,7 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
     server-side cursor): the cost is that of the bare monthly GROUP BY, whatever the number of
     organizations, and memory holds one batch. `live_hours` (a dry run's hours not aggregated yet)
     are summed from the raw events instead."""
-    where, params = _filters(only, shard)
-    where = where.replace(" id ", " o.id ").replace("(id)", "(o.id)").replace("md5(id)", "md5(o.id)")
+    where, params = _filters(only, shard, column="o.id")
     hourly = ("SELECT organization_id, metric, quantity FROM usage_hourly "
               "WHERE hour_start >= :start AND hour_start < :end")
     if live_hours:
