@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import re
 import shutil
@@ -54,6 +53,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import common  # bench/common.py: machine info, scratch databases
 import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
@@ -122,49 +122,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def machine_info(conn: psycopg.Connection) -> dict[str, str]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    server = conn.execute("SELECT version()").fetchone()[0]
-    return {
-        "nproc": str(nproc),
-        "cpu": model,
-        "memory": _memory(),
-        "postgres": server.split(" on ")[0],
-        "postgres_full": server,
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-    }
-
-
-def _memory() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    except OSError:
-        pass
-    return "unknown"
-
-
 # --- scratch database and data ---------------------------------------------------------------
 
 def scratch_url(admin_url: str) -> str:
-    return make_url(admin_url).set(database=SCRATCH_DB).render_as_string(hide_password=False)
+    return common.scratch_url(admin_url, SCRATCH_DB)
 
 
 def recreate_database(admin_url: str, *, drop_only: bool = False) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(SCRATCH_DB)))
-        if not drop_only:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SCRATCH_DB)))
+    common.recreate_database(admin_url, SCRATCH_DB, drop_only=drop_only)
 
 
 def billing_env(url: str) -> dict[str, str]:
@@ -503,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run_checked([billing_executable(), "db", "upgrade", "--plain"], env=billing_env(url))
         with psycopg.connect(url, autocommit=True) as conn:  # transactions only where needed
-            machine = machine_info(conn)
+            machine = common.machine_info(conn)
             print(f"loading {args.history_hours * args.history_rate:,} history events "
                   f"({args.history_hours} hours x {args.history_rate:,}) and {args.events:,} events "
                   f"in the measured hour ...", flush=True)

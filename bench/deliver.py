@@ -60,7 +60,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import platform
 import random
 import resource
 import shutil
@@ -83,6 +82,8 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the peers live in tests/peers
+
+import common  # bench/common.py: machine info, scratch databases
 
 from billing_cli.config import Settings
 
@@ -206,46 +207,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--baseline-sample must be between 0 and --organizations")
     return args
 
-
-def machine_info(conn: psycopg.Connection) -> dict[str, str]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    server = conn.execute("SELECT version()").fetchone()[0]
-    return {
-        "nproc": str(nproc),
-        "cpu": model,
-        "memory": _memory(),
-        "postgres": server.split(" on ")[0],
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-    }
-
-
-def _memory() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    except OSError:
-        pass
-    return "unknown"
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
-# --- the peers, with latency -----------------------------------------------------------------
 
 def slow_moto(latency: float) -> None:
     """Make every S3Server started from now on sleep `latency` s before answering each request:
@@ -615,7 +576,7 @@ def describe(run: Run, label: str) -> str:
             f"Stripe {run.stripe_requests:,} requests ({run.stripe_requests / run.organizations:.1f}/org), "
             f"{run.stripe_rps_process:5.1f} req/s, peak 1-s window {run.stripe_peak_window}, "
             f"429s {run.rejected_429}; billing CPU {run.cpu:.1f} s, peers CPU {run.peers_cpu:.1f} s; "
-            f"load {loadavg()}")
+            f"load {common.loadavg()}")
 
 
 def report(args: argparse.Namespace, machine: dict[str, str], loaded: tuple[int, float], start_load: str,
@@ -628,7 +589,7 @@ def report(args: argparse.Namespace, machine: dict[str, str], loaded: tuple[int,
         f"invoice-monthly deliveries benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M}Z",
         f"machine: nproc={machine['nproc']}, CPU {machine['cpu']}, {machine['memory']} RAM, "
         f"{machine['postgres']}, Python {machine['python']}, Linux {machine['kernel']}",
-        f"load average: {start_load} at the start, {loadavg()} at the end",
+        f"load average: {start_load} at the start, {common.loadavg()} at the end",
         f"code: {code[0]}" + ("" if code[0] == code[1] else f"\n  WARNING: the code changed during the benchmark; "
                                                          f"at the end: {code[1]}"),
         f"job settings: {settings}",
@@ -710,14 +671,14 @@ def report(args: argparse.Namespace, machine: dict[str, str], loaded: tuple[int,
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    start_load = loadavg()
+    start_load = common.loadavg()
     print(f"scratch databases {SCRATCH_DB}, {TEMPLATE_DB} on "
           f"{make_url(args.database_url).set(database='').render_as_string(hide_password=True)}", flush=True)
     drop_databases(args.database_url)
     peers = None
     try:
         with psycopg.connect(args.database_url, autocommit=True) as conn:
-            machine = machine_info(conn)
+            machine = common.machine_info(conn)
         with tempfile.TemporaryDirectory(prefix="bench-deliver-") as tmp:
             workdir = Path(tmp)
             print(f"loading {args.organizations:,} organizations ...", flush=True)

@@ -54,7 +54,6 @@ import argparse
 import decimal
 import hashlib
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -69,6 +68,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
+import common  # bench/common.py: machine info, scratch databases
 import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
@@ -325,16 +325,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def machine_info(conn: psycopg.Connection) -> dict[str, str]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    server = conn.execute("SELECT version()").fetchone()[0]
+    """The common header plus what matters for invoicing: server settings, the code, fpdf2."""
     settings = dict(conn.execute(
         "SELECT name, current_setting(name) FROM pg_settings WHERE name IN "
         "('shared_buffers', 'work_mem', 'synchronous_commit', 'max_parallel_workers_per_gather')").fetchall())
@@ -346,45 +337,23 @@ def machine_info(conn: psycopg.Connection) -> dict[str, str]:
         commit = ""
     return {
         "commit": commit or "unknown",
-        "nproc": str(nproc),
-        "cpu": model,
-        "memory": _memory(),
-        "postgres": server.split(" on ")[0],
+        **common.machine_info(conn),
         "pg_settings": ", ".join(f"{k}={v}" for k, v in sorted(settings.items())),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
         "fpdf": fpdf.__version__,
     }
-
-
-def _memory() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    except OSError:
-        pass
-    return "unknown"
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 # --- scratch database and processes --------------------------------------------------------------
 
 def scratch_url(admin_url: str) -> str:
-    return make_url(admin_url).set(database=SCRATCH_DB).render_as_string(hide_password=False)
+    return common.scratch_url(admin_url, SCRATCH_DB)
 
 
 def recreate_database(admin_url: str, *, drop_only: bool = False) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(SCRATCH_DB)))
-        if not drop_only:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SCRATCH_DB)))
+    common.recreate_database(admin_url, SCRATCH_DB, drop_only=drop_only)
+
+
+loadavg = common.loadavg
 
 
 def billing_env(url: str) -> dict[str, str]:

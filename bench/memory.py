@@ -62,6 +62,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # bench/common.py: machine info, scratch databases
 import invoice as bench  # bench/invoice.py: generator, re-rating, machine info, helpers
 
 SCRATCH_DB = "billing_bench_memory"
@@ -91,14 +92,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def scratch_url(admin_url: str) -> str:
-    return make_url(admin_url).set(database=SCRATCH_DB).render_as_string(hide_password=False)
+    return common.scratch_url(admin_url, SCRATCH_DB)
 
 
 def recreate_database(admin_url: str, *, drop_only: bool = False) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(SCRATCH_DB)))
-        if not drop_only:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SCRATCH_DB)))
+    common.recreate_database(admin_url, SCRATCH_DB, drop_only=drop_only)
 
 
 def job_env(url: str) -> dict[str, str]:
