@@ -61,7 +61,3 @@ class AlreadyRunning(BillingError):
 
 class Refused(BillingError):
     exit_code = ExitCode.REFUSED
-
-
-class Interrupted(BillingError):
-    exit_code = ExitCode.INTERRUPTED
