@@ -253,12 +253,13 @@ def _run_invoicing(job: str, settings, output, *, month: str | None = None, dry_
                   settings.shard_count if shard_count is None else shard_count)
     if shard.index >= shard.count:
         raise UsageError(f"--shard-index {shard.index} is not below --shard-count {shard.count}")
+    concurrency = concurrency or settings.concurrency
     options = InvoiceOptions(
         month=chosen, issue_date=now.date(), dry_run=dry, organizations=org, regenerate=regenerate,
         output_dir=output_dir or settings.invoice_output_dir, payment_terms_days=settings.payment_terms_days,
         seller=Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id),
-        deliveries=deliveries_from_settings(settings, dry_run=dry),
-        concurrency=concurrency or settings.concurrency, shard=shard,
+        deliveries=deliveries_from_settings(settings, dry_run=dry, concurrency=concurrency),
+        concurrency=concurrency, shard=shard,
         batch_size=batch_size or settings.batch_size, render_processes=settings.render_processes)
     started = time.perf_counter()
     sharded = str(shard) if shard.count > 1 else None

@@ -6,8 +6,9 @@ from ..config import Settings
 from ..jobs.deliver import Deliveries
 
 
-def deliveries_from_settings(settings: Settings, *, dry_run: bool) -> Deliveries:
-    """The adapters of the enabled deliveries. A dry run gets none: it must not call anything."""
+def deliveries_from_settings(settings: Settings, *, dry_run: bool, concurrency: int | None = None) -> Deliveries:
+    """The adapters of the enabled deliveries. A dry run gets none: it must not call anything.
+    `concurrency`: the worker threads that will share them (connection pools are sized to it)."""
     if dry_run:
         return Deliveries(days_until_due=settings.payment_terms_days)
     store = payments = mailer = None
@@ -17,7 +18,8 @@ def deliveries_from_settings(settings: Settings, *, dry_run: bool) -> Deliveries
         assert settings.s3_bucket is not None
         store = S3Store(settings.s3_bucket, settings.s3_region, endpoint_url=settings.s3_endpoint_url,
                         link_seconds=settings.s3_link_seconds, max_attempts=settings.delivery_max_attempts,
-                        timeout_seconds=settings.delivery_timeout_seconds)
+                        timeout_seconds=settings.delivery_timeout_seconds,
+                        max_connections=max(concurrency or settings.concurrency, 10))
     if settings.stripe_enabled:
         from .payments import StripeGateway
 
@@ -26,7 +28,8 @@ def deliveries_from_settings(settings: Settings, *, dry_run: bool) -> Deliveries
                                  requests_per_second=settings.stripe_requests_per_second,
                                  max_network_retries=settings.delivery_max_attempts - 1,
                                  timeout_seconds=settings.delivery_timeout_seconds,
-                                 rate_limit_retries=settings.delivery_max_attempts)
+                                 rate_limit_retries=settings.delivery_max_attempts,
+                                 max_connections=max(concurrency or settings.concurrency, 10))
     if settings.email_enabled:
         mailer = smtp_mailer(settings)
     return Deliveries(store=store, payments=payments, mailer=mailer, sender=settings.smtp_from,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import html
 import re
-from email.headerregistry import Address
+from email import policy
+from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 
@@ -12,6 +14,19 @@ from ..invoices import InvoiceDocument, Seller
 from ..money import format_money
 
 _ADDRESS = re.compile(r"^[^@\s<>\"(),;:]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}$")
+
+
+class _HeaderClasses(HeaderRegistry):
+    """The standard header registry, building each header class once: the stdlib builds a new
+    class for every header it parses, half the CPU of composing an invoice e-mail."""
+
+    @functools.cache
+    def __getitem__(self, name: str) -> type:
+        return super().__getitem__(name)
+
+
+# The default (RFC 5322) policy of EmailMessage, with the class cache above.
+_POLICY = policy.default.clone(header_factory=_HeaderClasses())
 
 
 class BadAddress(ValueError):
@@ -43,7 +58,7 @@ def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller
     name = check_header_value("organization name", doc.bill_to_name)
     check_header_value("INVOICE_SMTP_FROM", sender)
     total = format_money(doc.total, doc.currency)
-    message = EmailMessage()
+    message = EmailMessage(policy=_POLICY)
     message["Subject"] = f"Invoice {doc.number} for {doc.period}: {total}"
     message["From"] = sender
     user, _, domain = to_address.rpartition("@")
