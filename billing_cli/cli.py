@@ -278,6 +278,7 @@ def _run_invoicing(job: str, settings, output, *, month: str | None = None, dry_
                                        on_outcome=progress.outcome)
             finally:
                 progress.stop()
+                options.deliveries.close()
             summary = invoice_run_summary(result, job)
             record.finish(summary)
     except BillingError as exc:  # the run stopped: say so to whoever waits for the notification

@@ -196,6 +196,42 @@ def test_an_unreachable_smtp_server_is_an_email_error(env, engine, mail) -> None
     assert "cannot talk to SMTP server 127.0.0.1:1" in result.output
 
 
+def test_one_smtp_session_carries_the_run_and_ends_with_quit(env, engine, mail) -> None:
+    result = run({**env, "INVOICE_ENABLE_STRIPE": "false"}, "--concurrency", "1")
+
+    assert result.exit_code == 0, result.output
+    assert sorted(m.recipients[0] for m in mail.received) == [f"org-{n}@example.com" for n in (1, 2, 3)]
+    assert len({m.peer for m in mail.received}) == 1  # one connection, EHLO and AUTH for the three messages
+    assert mail.quits == 1
+
+
+def test_an_idle_session_the_server_dropped_is_replaced_before_the_next_message() -> None:
+    from email.message import EmailMessage
+
+    from billing_cli.delivery.mailer import SmtpMailer
+    from tests.peers.mail_server import MailServer
+
+    def message(subject: str) -> EmailMessage:
+        m = EmailMessage()
+        m["Subject"], m["From"], m["To"] = subject, "billing@example.cloud", "org-1@example.com"
+        m.set_content(subject)
+        return m
+
+    server = MailServer().start()
+    mailer = SmtpMailer("127.0.0.1", server.port, "none", username=server.username, password=server.password,
+                        max_attempts=1, timeout_seconds=5)  # one attempt: the replacement is no retry
+    try:
+        mailer.send(message("first"))
+        server.stop()  # the server goes away and comes back: the pooled session is dead
+        server.start()
+        mailer.send(message("second"))
+    finally:
+        mailer.close()
+        server.stop()
+    assert [m.message["Subject"] for m in server.received] == ["first", "second"]
+    assert len({m.peer for m in server.received}) == 2
+
+
 def test_wrong_smtp_password_is_permanent_and_never_printed(env, engine, mail) -> None:
     result = run({**env, "INVOICE_SMTP_PASSWORD": "wrong-SECRET"})
     assert result.exit_code == ExitCode.PARTIAL and "SMTP authentication failed" in result.output
@@ -242,6 +278,19 @@ def test_the_client_side_rate_limit_keeps_stripe_from_answering_429(env, engine,
     assert result.exit_code == 0, result.output
     assert fake_stripe.rejected_429 == 0 and len(fake_stripe.invoices) == 3
     assert len(fake_stripe.requests) >= 15  # enough calls that an unthrottled client would hit the limit
+
+
+def test_stripe_calls_go_through_the_proxy_the_environment_names(env, engine, fake_stripe) -> None:
+    only_stripe = {**env, "INVOICE_ENABLE_S3": "false", "INVOICE_ENABLE_EMAIL": "false", "DELIVERY_MAX_ATTEMPTS": "1"}
+    dead_proxy = {**only_stripe, "HTTP_PROXY": "http://127.0.0.1:1", "http_proxy": "http://127.0.0.1:1"}
+
+    through_proxy = run(dead_proxy)
+    assert through_proxy.exit_code == ExitCode.PARTIAL and "errors_stripe=3" in through_proxy.output
+    assert "cannot reach Stripe" in through_proxy.output and fake_stripe.requests == []
+
+    bypassed = run({**dead_proxy, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"})
+    assert bypassed.exit_code == 0, bypassed.output
+    assert len(fake_stripe.invoices) == 3
 
 
 def test_key_prefix_and_link_expiry_settings(env, engine, s3, mail) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import html
 import re
 from email import policy
@@ -20,9 +19,15 @@ class _HeaderClasses(HeaderRegistry):
     """The standard header registry, building each header class once: the stdlib builds a new
     class for every header it parses, half the CPU of composing an invoice e-mail."""
 
-    @functools.cache
+    def __init__(self) -> None:
+        super().__init__()
+        self._built: dict[str, type] = {}
+
     def __getitem__(self, name: str) -> type:
-        return super().__getitem__(name)
+        built = self._built.get(name)
+        if built is None:
+            built = self._built[name] = super().__getitem__(name)
+        return built
 
 
 # The default (RFC 5322) policy of EmailMessage, with the class cache above.

@@ -2,6 +2,11 @@
 
 Transient failures (connection errors, timeouts, 4xx replies) are retried with exponential
 backoff and jitter; permanent ones (5xx, authentication) are not.
+
+Sessions are reused: a run sends one message per invoice, and a new session per message would
+cost a TCP (and TLS) handshake, EHLO and AUTH each time. An idle session is checked with RSET
+before it carries a message, so a session the server has closed is replaced before anything is
+sent; a session that saw any error is closed, never reused. `close()` ends them with QUIT.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import os
 import smtplib
 import socket
 import ssl
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Literal, Protocol
 
@@ -27,6 +33,51 @@ class MailError(Exception):
 class Mailer(Protocol):
     def send(self, message: EmailMessage) -> None: ...
 
+    def close(self) -> None: ...
+
+
+class _Sessions:
+    """Idle SMTP sessions, shared by the worker threads (each session used by one at a time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[smtplib.SMTP] = []
+
+    def take(self) -> smtplib.SMTP | None:
+        """The most recently used idle session that still answers RSET, or None."""
+        while True:
+            with self._lock:
+                if not self._idle:
+                    return None
+                smtp = self._idle.pop()
+            try:
+                if smtp.rset()[0] == 250:
+                    return smtp
+            except (smtplib.SMTPException, OSError):
+                pass
+            _drop(smtp)
+
+    def give_back(self, smtp: smtplib.SMTP) -> None:
+        with self._lock:
+            self._idle.append(smtp)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for smtp in idle:
+            try:
+                smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                _drop(smtp)
+
+
+def _drop(smtp: smtplib.SMTP) -> None:
+    """Close the socket without a goodbye (the session is broken or in an unknown state)."""
+    try:
+        smtp.close()
+    except OSError:
+        pass
+
 
 @dataclass(frozen=True)
 class SmtpMailer:
@@ -39,6 +90,7 @@ class SmtpMailer:
     max_attempts: int = 4
     max_wait_seconds: float = 60.0
     ssl_context: ssl.SSLContext | None = None  # tests pass one trusting their own certificate
+    _sessions: _Sessions = field(default_factory=_Sessions, init=False, repr=False, compare=False)
 
     def send(self, message: EmailMessage) -> None:
         from tenacity import retry, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
@@ -57,37 +109,60 @@ class SmtpMailer:
             return self.ssl_context
         return _default_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
 
+    def close(self) -> None:
+        """End the idle sessions (QUIT). The mailer stays usable: a later send opens a new one."""
+        self._sessions.close()
+
     def _send_once(self, message: EmailMessage) -> None:
-        context = self._context() if self.security != "none" else None
+        smtp = self._sessions.take()
         try:
-            if self.security == "ssl":
-                smtp: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout_seconds,
-                                                      context=context)
-            else:
-                smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout_seconds)
-            with smtp:
-                if self.security == "starttls":
-                    smtp.starttls(context=context)
-                if self.username:
-                    smtp.login(self.username, self.password or "")
-                smtp.send_message(message)
-        except smtplib.SMTPAuthenticationError as exc:
-            raise MailError(f"SMTP authentication failed ({exc.smtp_code}): check INVOICE_SMTP_USERNAME "
-                            "and INVOICE_SMTP_PASSWORD", transient=False) from None
-        except smtplib.SMTPResponseException as exc:
-            transient = 400 <= exc.smtp_code < 500
-            raise MailError(f"SMTP server answered {exc.smtp_code} {_text(exc.smtp_error)}",
-                            transient=transient) from None
-        except smtplib.SMTPRecipientsRefused as exc:
+            if smtp is None:
+                smtp = self._connect()
+            smtp.send_message(message)
+        except Exception as exc:
+            if smtp is not None:
+                _drop(smtp)
+            error = self._error(exc)
+            if error is None:
+                raise
+            raise error from None
+        self._sessions.give_back(smtp)
+
+    def _connect(self) -> smtplib.SMTP:
+        context = self._context() if self.security != "none" else None
+        if self.security == "ssl":
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout_seconds, context=context)
+        else:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout_seconds)
+        try:
+            if self.security == "starttls":
+                smtp.starttls(context=context)
+            if self.username:
+                smtp.login(self.username, self.password or "")
+        except BaseException:
+            _drop(smtp)
+            raise
+        return smtp
+
+    def _error(self, exc: Exception) -> MailError | None:
+        """The MailError (transient or not) for what smtplib raised; None for anything else."""
+        if isinstance(exc, smtplib.SMTPAuthenticationError):
+            return MailError(f"SMTP authentication failed ({exc.smtp_code}): check INVOICE_SMTP_USERNAME "
+                             "and INVOICE_SMTP_PASSWORD", transient=False)
+        if isinstance(exc, smtplib.SMTPResponseException):
+            return MailError(f"SMTP server answered {exc.smtp_code} {_text(exc.smtp_error)}",
+                             transient=400 <= exc.smtp_code < 500)
+        if isinstance(exc, smtplib.SMTPRecipientsRefused):
             codes = [code for code, _ in exc.recipients.values()]
-            raise MailError(f"SMTP server refused the recipient ({', '.join(map(str, codes))})",
-                            transient=all(400 <= c < 500 for c in codes)) from None
-        except smtplib.SMTPNotSupportedError as exc:
-            raise MailError(f"SMTP server does not support this: {exc}", transient=False) from None
-        except ssl.SSLCertVerificationError as exc:
-            raise MailError(f"SMTP server certificate rejected: {exc.verify_message}", transient=False) from None
-        except (OSError, smtplib.SMTPException, socket.timeout) as exc:
-            raise MailError(f"cannot talk to SMTP server {self.host}:{self.port}: {exc}", transient=True) from None
+            return MailError(f"SMTP server refused the recipient ({', '.join(map(str, codes))})",
+                             transient=all(400 <= c < 500 for c in codes))
+        if isinstance(exc, smtplib.SMTPNotSupportedError):
+            return MailError(f"SMTP server does not support this: {exc}", transient=False)
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return MailError(f"SMTP server certificate rejected: {exc.verify_message}", transient=False)
+        if isinstance(exc, (OSError, smtplib.SMTPException, socket.timeout)):
+            return MailError(f"cannot talk to SMTP server {self.host}:{self.port}: {exc}", transient=True)
+        return None
 
 
 @functools.cache

@@ -55,6 +55,8 @@ class EmailNotifier:
             self.mailer.send(notification_email(summary, sender=self.sender, recipient=self.recipient))
         except MailError as exc:
             raise NotifyError(f"completion e-mail to {self.recipient} failed: {exc}") from None
+        finally:
+            self.mailer.close()
 
 
 @dataclass(frozen=True)

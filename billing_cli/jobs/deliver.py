@@ -52,6 +52,11 @@ class Deliveries:
     s3_prefix: str = ""
     days_until_due: int = 30
 
+    def close(self) -> None:
+        """End the sessions the adapters keep open between invoices (SMTP: QUIT)."""
+        if self.mailer is not None:
+            self.mailer.close()
+
     def disabled(self) -> list[str]:
         return [name for name, adapter in (("s3", self.store), ("stripe", self.payments), ("email", self.mailer))
                 if adapter is None]

@@ -54,6 +54,7 @@ def s3(s3_server, monkeypatch, request):
 def mail(mail_module):
     mail_module.received.clear()
     mail_module.failures.clear()
+    mail_module.quits = 0
     mail_module.on_message = None
     return mail_module
 

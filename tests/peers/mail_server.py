@@ -26,12 +26,14 @@ class Received:
     sender: str
     recipients: list[str]
     message: EmailMessage
+    peer: tuple[str, int] = ("", 0)  # the client's address and port: one per SMTP session
 
 
 @dataclass
 class MailServer:
     """`fail_next(n, code)` answers the next n DATA commands with that SMTP code (e.g. 451 or 554);
-    `on_message` runs after a message is accepted (tests use it to kill a client at that moment)."""
+    `on_message` runs after a message is accepted (tests use it to kill a client at that moment).
+    `quits` counts the sessions that ended with QUIT."""
 
     username: str = "mailer"
     password: str = "smtp-SECRET-pw"
@@ -42,6 +44,7 @@ class MailServer:
     tls: str | None = None  # None (plain), "starttls" or "ssl" (implicit TLS)
     cert_file: str | None = None
     key_file: str | None = None
+    quits: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fail_next(self, count: int, code: int = 451) -> None:
@@ -54,11 +57,17 @@ class MailServer:
                 code = self.failures.pop(0)
                 return f"{code} {'try again later' if code < 500 else 'rejected'}"
             parsed = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
-            item = Received(envelope.mail_from, list(envelope.rcpt_tos), parsed)  # type: ignore[arg-type]
+            item = Received(envelope.mail_from, list(envelope.rcpt_tos), parsed,  # type: ignore[arg-type]
+                            tuple(session.peer))
             self.received.append(item)
         if self.on_message:
             self.on_message(item)
         return "250 OK"
+
+    async def handle_QUIT(self, server, session, envelope) -> str:  # aiosmtpd handler hook
+        with self._lock:
+            self.quits += 1
+        return "221 Bye"
 
     def _authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
         ok = isinstance(auth_data, LoginPassword) and auth_data.login.decode() == self.username \
