@@ -293,6 +293,26 @@ def test_stripe_calls_go_through_the_proxy_the_environment_names(env, engine, fa
     assert len(fake_stripe.invoices) == 3
 
 
+def test_the_rate_limiter_admits_a_burst_up_to_the_limit_and_never_more_per_window() -> None:
+    from billing_cli.delivery.payments import RateLimiter
+
+    now = [100.0]  # a virtual clock: sleeping moves it forward
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    limiter = RateLimiter(5, clock=lambda: now[0], sleep=sleep)
+    starts = []
+    for _ in range(17):
+        limiter.acquire()
+        starts.append(now[0])
+        now[0] += 0.01  # each call takes a little time before the next one asks
+
+    assert starts[:5] == pytest.approx([100.0, 100.01, 100.02, 100.03, 100.04])  # no spacing below the limit
+    assert starts[5] == pytest.approx(100.0 + RateLimiter.WINDOW)  # the sixth waits for the first to leave the window
+    assert all(sum(1 for t in starts if s <= t < s + RateLimiter.WINDOW - 1e-9) <= 5 for s in starts)
+
+
 def test_key_prefix_and_link_expiry_settings(env, engine, s3, mail) -> None:
     result = run({**env, "INVOICE_S3_PREFIX": "/billing/prod/", "INVOICE_S3_LINK_EXPIRY_SECONDS": "3600"})
     assert result.exit_code == 0, result.output

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,31 +70,40 @@ def _key(prefix: str, identifier: str) -> str:
 
 
 class RateLimiter:
-    """Paces calls to at most `per_second`, shared by all worker threads: each call gets the next
-    free slot 1/per_second after the previous one (no bursts at the start of a second, so the
-    server's own window never sees more than the limit, even with uneven network delays)."""
+    """At most `per_second` calls in any one-second window, shared by all worker threads: the way
+    Stripe (and a server's own window) counts. Each call takes the earliest moment the window has
+    room for it: now, or WINDOW after the call `per_second` places before it. Calls are not spaced
+    evenly: spacing them 1/per_second apart queues concurrent workers behind each other even well
+    below the limit (measured: 15% of a busy run's wall time at 80% of the limit). The window is a
+    little longer than a second, a margin for the different network delays of the calls in it."""
 
-    def __init__(self, per_second: float) -> None:
-        self.interval = 1.0 / per_second if per_second > 0 else 0.0
-        self._next = 0.0
+    WINDOW = 1.05  # seconds
+
+    def __init__(self, per_second: int, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.limit = per_second
+        self._clock, self._sleep = clock, sleep
+        self._starts: deque[float] = deque()  # the start times given to the last `limit` calls, in order
         self._lock = threading.Lock()
 
     def acquire(self) -> None:
-        if not self.interval:
+        if self.limit <= 0:
             return
         with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next)
-            self._next = slot + self.interval
-        if slot > now:
-            time.sleep(slot - now)
+            now = self._clock()
+            start = now
+            if len(self._starts) >= self.limit:
+                start = max(now, self._starts.popleft() + self.WINDOW)
+            self._starts.append(start)
+        if start > now:
+            self._sleep(start - now)
 
 
 class StripeGateway:
     """The real adapter. `api_base` points the SDK at another Stripe-compatible server (staging,
     tests); the code path is the same."""
 
-    def __init__(self, api_key: str, *, api_base: str | None = None, requests_per_second: float = 25,
+    def __init__(self, api_key: str, *, api_base: str | None = None, requests_per_second: int = 25,
                  max_network_retries: int = 3, timeout_seconds: float = 30, rate_limit_retries: int = 5,
                  max_connections: int = 10) -> None:
         self._api_key = api_key
