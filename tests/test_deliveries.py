@@ -293,6 +293,20 @@ def test_stripe_calls_go_through_the_proxy_the_environment_names(env, engine, fa
     assert len(fake_stripe.invoices) == 3
 
 
+def test_stripe_answering_429_after_our_backoff_fails_that_step_and_the_rerun_completes(env, engine, mail,
+                                                                                       fake_stripe) -> None:
+    fake_stripe.fail_next(100, 429, method="POST", path_prefix="/v1/invoices")
+    limited = run({**env, "DELIVERY_MAX_ATTEMPTS": "2"})
+
+    assert limited.exit_code == ExitCode.PARTIAL and "errors_stripe=3" in limited.output
+    assert "Stripe draft invoice: rate limited (429) after 2 attempts" in limited.output
+    assert mail.received == [] and fake_stripe.invoices == {}
+
+    fake_stripe.clear_faults()
+    assert run(env).exit_code == 0
+    assert len(fake_stripe.invoices) == 3 and len(mail.received) == 3
+
+
 def test_the_rate_limiter_admits_a_burst_up_to_the_limit_and_never_more_per_window() -> None:
     from billing_cli.delivery.payments import RateLimiter
 
