@@ -41,9 +41,7 @@ import argparse
 import os
 import random
 import re
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,8 +82,7 @@ ON CONFLICT (organization_id, metric, hour_start) DO UPDATE
 COLUMNS = "organization_id, metric, hour_start, quantity, event_count"
 
 
-class BenchError(Exception):
-    """A setup failure or a result mismatch: the figures cannot be trusted."""
+BenchError = common.BenchError
 
 
 # --- arguments and machine -------------------------------------------------------------------
@@ -137,21 +134,6 @@ def billing_env(url: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(DATABASE_URL=url, DRY_RUN="false", BILLING_ENV_FILE=os.devnull)
     return env
-
-
-def billing_executable() -> str:
-    beside = Path(sys.executable).with_name("billing")
-    found = str(beside) if beside.exists() else shutil.which("billing")
-    if not found:
-        raise BenchError("the `billing` console script is not installed in this environment")
-    return found
-
-
-def run_checked(cmd: Sequence[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BenchError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}")
-    return proc
 
 
 @dataclass
@@ -269,11 +251,11 @@ def psql_script(path: Path) -> Path:
 
 
 def run_billing(billing: str, env: dict[str, str]) -> None:
-    run_checked([billing, "aggregate-hourly", "--hour", HOUR_ARG, "--lookback", "0", "--plain"], env=env)
+    common.run_checked([billing, "aggregate-hourly", "--hour", HOUR_ARG, "--lookback", "0", "--plain"], env=env)
 
 
 def run_psql(url: str, script: Path) -> None:
-    run_checked(["psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(script)])
+    common.run_checked(["psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(script)])
 
 
 # The two naive variants: psycopg's default prepare_threshold (5), and never prepared.
@@ -382,7 +364,7 @@ def measure_naive(conn: psycopg.Connection, url: str, args: argparse.Namespace, 
 
 def measure_job_and_floor(conn: psycopg.Connection, url: str, args: argparse.Namespace, script: Path,
                           truth: Truth) -> tuple[list[float], list[float], list[tuple]]:
-    billing, env = billing_executable(), billing_env(url)
+    billing, env = common.billing_executable(), billing_env(url)
     # Warm-up (untimed): the first aggregation, kept as the reference every timed run must equal.
     reset(conn)
     run_billing(billing, env)
@@ -466,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"scratch database {make_url(url).render_as_string(hide_password=True)}", flush=True)
     recreate_database(args.database_url)
     try:
-        run_checked([billing_executable(), "db", "upgrade", "--plain"], env=billing_env(url))
+        common.run_checked([common.billing_executable(), "db", "upgrade", "--plain"], env=billing_env(url))
         with psycopg.connect(url, autocommit=True) as conn:  # transactions only where needed
             machine = common.machine_info(conn)
             print(f"loading {args.history_hours * args.history_rate:,} history events "

@@ -1,9 +1,14 @@
-"""What every benchmark script needs: the machine it ran on, and a scratch database."""
+"""What every benchmark script needs: the machine it ran on, a scratch database, and running
+`billing` as a checked subprocess."""
 
 from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
@@ -60,3 +65,22 @@ def recreate_database(admin_url: str, database: str, *, drop_only: bool = False)
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
         if not drop_only:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+
+
+class BenchError(Exception):
+    """A setup failure or a result mismatch: the figures cannot be trusted."""
+
+
+def billing_executable() -> str:
+    beside = Path(sys.executable).with_name("billing")
+    found = str(beside) if beside.exists() else shutil.which("billing")
+    if not found:
+        raise BenchError("the `billing` console script is not installed in this environment")
+    return found
+
+
+def run_checked(cmd: Sequence[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}")
+    return proc

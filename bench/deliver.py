@@ -62,7 +62,6 @@ import logging
 import os
 import random
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -159,8 +158,7 @@ currency = "EUR"
 METRICS = ("api_calls", "storage_gb", "compute_hours")
 
 
-class BenchError(Exception):
-    """A setup failure or a result mismatch: the figures cannot be trusted."""
+BenchError = common.BenchError
 
 
 # --- arguments and machine -------------------------------------------------------------------
@@ -287,14 +285,6 @@ def drop_databases(admin_url: str) -> None:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def billing_executable() -> str:
-    beside = Path(sys.executable).with_name("billing")
-    found = str(beside) if beside.exists() else shutil.which("billing")
-    if not found:
-        raise BenchError("the `billing` console script is not installed in this environment")
-    return found
-
-
 def base_env(url: str) -> dict[str, str]:
     """The environment of the `billing` processes: this database, nothing inherited that could
     change the deliveries or the concurrency, no `.env` or DRY_RUN surprise."""
@@ -303,13 +293,6 @@ def base_env(url: str) -> dict[str, str]:
     env.pop("JOB_COMPLETION_INDEX", None)
     env.update(DATABASE_URL=url, DRY_RUN="false", BILLING_ENV_FILE=os.devnull)
     return env
-
-
-def run_checked(cmd: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BenchError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}")
-    return proc
 
 
 def org_ids(count: int) -> list[str]:
@@ -323,11 +306,11 @@ def load_template(args: argparse.Namespace, workdir: Path) -> tuple[int, float]:
     url = db_url(args.database_url, TEMPLATE_DB)
     with psycopg.connect(args.database_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DB)))
-    billing, env = billing_executable(), base_env(url)
-    run_checked([billing, "db", "upgrade", "--plain"], env)
+    billing, env = common.billing_executable(), base_env(url)
+    common.run_checked([billing, "db", "upgrade", "--plain"], env)
     plans = workdir / "plans.toml"
     plans.write_text(PLANS_TOML)
-    run_checked([billing, "plans", "apply", str(plans), "--plain"], env)
+    common.run_checked([billing, "plans", "apply", str(plans), "--plain"], env)
     rng = random.Random(args.seed)
     orgs = org_ids(args.organizations)
     rows = 0
@@ -407,7 +390,7 @@ def peak_window(times: Sequence[float], width: float = 1.0) -> int:
 
 
 def billing_cmd(concurrency: int) -> list[str]:
-    cmd = [billing_executable(), "invoice-monthly", "--month", MONTH_ARG, "--plain"]
+    cmd = [common.billing_executable(), "invoice-monthly", "--month", MONTH_ARG, "--plain"]
     if concurrency != DEFAULT_CONCURRENCY:  # the default runs as configured out of the box
         cmd += ["--concurrency", str(concurrency)]
     return cmd

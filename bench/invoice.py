@@ -55,7 +55,6 @@ import decimal
 import hashlib
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -91,8 +90,7 @@ TARGET_PDF_MS = 15.0
 TARGET_RSS_RATIO = 1.25
 
 
-class BenchError(Exception):
-    """A setup failure or a result mismatch: the figures cannot be trusted."""
+BenchError = common.BenchError
 
 
 # --- metrics, plans and organizations ------------------------------------------------------------
@@ -366,21 +364,6 @@ def billing_env(url: str) -> dict[str, str]:
     return env
 
 
-def billing_executable() -> str:
-    beside = Path(sys.executable).with_name("billing")
-    found = str(beside) if beside.exists() else shutil.which("billing")
-    if not found:
-        raise BenchError("the `billing` console script is not installed in this environment")
-    return found
-
-
-def run_checked(cmd: Sequence[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise BenchError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}")
-    return proc
-
-
 @dataclass
 class Run:
     seconds: float
@@ -432,7 +415,7 @@ def load_data(conn: psycopg.Connection, url: str, args: argparse.Namespace, work
     # Plans through the CLI, as an operator would.
     plans_file = workdir / "plans.toml"
     plans_file.write_text(plans_toml(metrics), encoding="utf-8")
-    run_checked([billing_executable(), "plans", "apply", str(plans_file), "--plain"], env=billing_env(url))
+    common.run_checked([common.billing_executable(), "plans", "apply", str(plans_file), "--plain"], env=billing_env(url))
 
     copy_orgs = "COPY organizations (id, name, email, status, currency, price_plan_id) FROM STDIN"
     with conn.transaction(), conn.cursor() as cur, cur.copy(copy_orgs) as copy:
@@ -710,7 +693,7 @@ def median_run(runs: Sequence[Run]) -> Run:
 
 def measure(conn: psycopg.Connection, url: str, args: argparse.Namespace, loaded: Loaded,
             workdir: Path) -> Results:
-    billing, env = billing_executable(), billing_env(url)
+    billing, env = common.billing_executable(), billing_env(url)
     metrics = METRICS[:args.metrics]
     n, s = args.organizations, args.small
     expected = expected_totals(loaded, metrics)
@@ -880,7 +863,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-invoice-") as tmp:
             workdir = Path(tmp)
-            run_checked([billing_executable(), "db", "upgrade", "--plain"], env=billing_env(url))
+            common.run_checked([common.billing_executable(), "db", "upgrade", "--plain"], env=billing_env(url))
             with psycopg.connect(url, autocommit=True) as conn:  # transactions only where needed
                 machine = machine_info(conn)
                 print(f"loading {args.organizations:,} organizations x {args.metrics} metrics x {HOURS} hours "

@@ -123,7 +123,7 @@ def load(conn: psycopg.Connection, url: str, args: argparse.Namespace, workdir: 
 
     plans_file = workdir / "plans.toml"
     plans_file.write_text(bench.plans_toml(METRICS), encoding="utf-8")
-    bench.run_checked([bench.billing_executable(), "plans", "apply", str(plans_file), "--plain"], env=job_env(url))
+    common.run_checked([common.billing_executable(), "plans", "apply", str(plans_file), "--plain"], env=job_env(url))
 
     copy_orgs = "COPY organizations (id, name, email, status, currency, price_plan_id) FROM STDIN"
     with conn.transaction(), conn.cursor() as cur, cur.copy(copy_orgs) as copy:
@@ -151,7 +151,7 @@ def load(conn: psycopg.Connection, url: str, args: argparse.Namespace, workdir: 
 
     rows = conn.execute("SELECT count(*) FROM usage_hourly").fetchone()[0]
     if rows != len(orgs) * len(METRICS):
-        raise bench.BenchError(f"usage_hourly has {rows:,} rows, expected {len(orgs) * len(METRICS):,}")
+        raise common.BenchError(f"usage_hourly has {rows:,} rows, expected {len(orgs) * len(METRICS):,}")
     sizes = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('organizations')), "
                          "pg_size_pretty(pg_total_relation_size('usage_hourly'))").fetchone()
     return Data(orgs, expected, rows, time.perf_counter() - started,
@@ -182,7 +182,7 @@ with open(result, "w") as out:
 def run_dry(url: str, workdir: Path, extra: Sequence[str] = ()) -> bench.Run:
     """One dry run, forked by LAUNCHER: wall time; peak RSS and CPU of that one process from
     os.wait4. Its stdout is read here and discarded, except the summary line."""
-    cmd = [bench.billing_executable(), "invoice-monthly", "--month", bench.MONTH_ARG, "--dry-run", "--plain",
+    cmd = [common.billing_executable(), "invoice-monthly", "--month", bench.MONTH_ARG, "--dry-run", "--plain",
            *extra]
     result = workdir / "rusage.txt"
     result.unlink(missing_ok=True)
@@ -200,12 +200,12 @@ def run_dry(url: str, workdir: Path, extra: Sequence[str] = ()) -> bench.Run:
         proc.stdout.close()
         if proc.wait() != 0 or not result.exists():
             err.seek(0)
-            raise bench.BenchError(f"the launcher of {' '.join(cmd)} exited {proc.returncode}\n"
+            raise common.BenchError(f"the launcher of {' '.join(cmd)} exited {proc.returncode}\n"
                                    + err.read().decode(errors="replace")[-2000:])
         code, seconds, maxrss_kib, cpu = result.read_text().split()
         if int(code) != 0:
             err.seek(0)
-            raise bench.BenchError(f"{' '.join(cmd)} exited {code}\n" + "\n".join(tail) + "\n"
+            raise common.BenchError(f"{' '.join(cmd)} exited {code}\n" + "\n".join(tail) + "\n"
                                    + err.read().decode(errors="replace")[-2000:])
     return bench.Run(float(seconds), int(maxrss_kib) / 1024, float(cpu), summary)
 
@@ -214,7 +214,7 @@ def checked(label: str, run: bench.Run, data: Data, active: int) -> bench.Run:
     bench.check_summary(label, run, count=active, status="invoiced", dry_run=True,
                         want_revenue=bench.revenue(data.expected, [o.id for o in data.orgs[:active]]))
     if run.summary.get("processed") != str(active):
-        raise bench.BenchError(f"{label}: processed={run.summary.get('processed')}, expected {active}")
+        raise common.BenchError(f"{label}: processed={run.summary.get('processed')}, expected {active}")
     return run
 
 
@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     recreate_database(args.database_url)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-            bench.run_checked([bench.billing_executable(), "db", "upgrade", "--plain"], env=job_env(url))
+            common.run_checked([common.billing_executable(), "db", "upgrade", "--plain"], env=job_env(url))
             with psycopg.connect(url, autocommit=True) as conn:
                 machine = bench.machine_info(conn)
                 print(f"loading {n:,} organizations, {n * len(METRICS):,} usage_hourly rows ...", flush=True)
@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     r = runs[key]
                     print(f"  {r.seconds:.1f} s, peak RSS {r.rss_mib:.1f} MiB, CPU {r.cpu_seconds:.1f} s, "
                           f"{active / r.seconds:.0f} invoices/s", flush=True)
-    except bench.BenchError as exc:
+    except common.BenchError as exc:
         print(f"\nERROR: {exc}", file=sys.stderr)
         return 2
     finally:
