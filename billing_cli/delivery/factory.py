@@ -12,6 +12,7 @@ def deliveries_from_settings(settings: Settings, *, dry_run: bool, concurrency: 
     if dry_run:
         return Deliveries(days_until_due=settings.payment_terms_days)
     store = payments = mailer = None
+    connections = max(concurrency or settings.concurrency, 10)  # per peer, shared by the worker threads
     if settings.s3_enabled:
         from .storage import S3Store
 
@@ -19,7 +20,7 @@ def deliveries_from_settings(settings: Settings, *, dry_run: bool, concurrency: 
         store = S3Store(settings.s3_bucket, settings.s3_region, endpoint_url=settings.s3_endpoint_url,
                         link_seconds=settings.s3_link_seconds, max_attempts=settings.delivery_max_attempts,
                         timeout_seconds=settings.delivery_timeout_seconds,
-                        max_connections=max(concurrency or settings.concurrency, 10))
+                        max_connections=connections)
     if settings.stripe_enabled:
         from .payments import StripeGateway
 
@@ -29,7 +30,7 @@ def deliveries_from_settings(settings: Settings, *, dry_run: bool, concurrency: 
                                  max_network_retries=settings.delivery_max_attempts - 1,
                                  timeout_seconds=settings.delivery_timeout_seconds,
                                  rate_limit_retries=settings.delivery_max_attempts,
-                                 max_connections=max(concurrency or settings.concurrency, 10))
+                                 max_connections=connections)
     if settings.email_enabled:
         mailer = smtp_mailer(settings)
     return Deliveries(store=store, payments=payments, mailer=mailer, sender=settings.smtp_from,
