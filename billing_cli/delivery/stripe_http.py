@@ -62,9 +62,6 @@ class Urllib3Client(stripe.HTTPClient):
                                             should_retry=False) from exc
         return response.data, response.status, response.headers
 
-    def request_stream(self, method: str, url: str, headers: Any, post_data: Any = None) -> Any:
-        raise NotImplementedError("billing makes no streaming Stripe requests")
-
     def close(self) -> None:
         with self._lock:
             for pool in self._pools.values():
