@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import uuid
+
 import pytest
 import stripe
 from sqlalchemy import text
@@ -44,7 +47,9 @@ def s3(s3_server, monkeypatch, request):
     for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                         ("AWS_SESSION_TOKEN", "testing")):
         monkeypatch.setenv(name, value)
-    bucket = f"invoices-{request.node.name[:30].lower().replace('_', '-')}-{id(request) % 10000}"
+    # A fresh bucket per test on the module's server: the test's name (readable in moto's logs) and
+    # a random part, since parametrized tests share the first 30 characters of their names.
+    bucket = f"invoices-{re.sub('[^a-z0-9]+', '-', request.node.name[:30].lower())}-{uuid.uuid4().hex[:12]}"
     s3_server.client().create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     s3_server.bucket = bucket
     return s3_server
