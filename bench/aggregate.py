@@ -9,7 +9,7 @@ per-organization query through the (organization_id, idempotency_key) index read
 organization's history. It then times, on the same data and in the same run:
 
   (a) `billing aggregate-hourly --hour 2024-01-31T13 --lookback 0 --plain`, the whole process;
-  (b) the bare statement (`billing_cli.jobs.aggregate.APPLY_SQL`, after SET LOCAL work_mem) run by
+  (b) the bare statement (`billing_cli.db.usage_rollup.APPLY_SQL`, after SET LOCAL work_mem) run by
       `psql -f` as a process: the floor;
   (c) the naive way: one aggregation query per active organization, from Python (psycopg), in two
       variants side by side:
@@ -56,7 +56,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from billing_cli.jobs.aggregate import APPLY_SQL
+from billing_cli.db.usage_rollup import APPLY_SQL
 
 HOUR_ARG = "2024-01-31T13"
 HOUR_START = datetime(2024, 1, 31, 13, tzinfo=UTC)

@@ -46,3 +46,39 @@ def table_snapshot(session: Connection, *tables: str) -> dict[str, list[tuple]]:
         rows = session.execute(text(f"SELECT * FROM {table}")).all()
         snapshot[table] = sorted((tuple(r) for r in rows), key=repr)
     return snapshot
+
+
+# Two plans most invoicing tests use: graduated USD with a base fee, and per-unit EUR.
+PLANS = """
+[[plan]]
+id = "pro"
+name = "Pro"
+currency = "USD"
+base_fee = 10
+
+  [[plan.price]]
+  metric = "api_calls"
+  description = "API calls"
+  model = "graduated"
+  tiers = [{ up_to = 1000, unit_price = 0.01 }, { unit_price = 0.005 }]
+
+[[plan]]
+id = "euro"
+name = "Euro"
+currency = "EUR"
+
+  [[plan.price]]
+  metric = "api_calls"
+  description = "API-Aufrufe"
+  model = "per_unit"
+  unit_price = 0.1
+"""
+
+
+def add_usage(conn, org_id: str, metric: str, quantity: str, hour=utc(2024, 1, 15, 10)) -> None:
+    conn.execute(text("INSERT INTO usage_hourly (organization_id, metric, hour_start, quantity, event_count) "
+                      "VALUES (:o, :m, :h, :q, 1)"), {"o": org_id, "m": metric, "h": hour, "q": Decimal(quantity)})
+
+
+def set_plan(conn, org_id: str, plan: str | None) -> None:
+    conn.execute(text("UPDATE organizations SET price_plan_id = :p WHERE id = :o"), {"p": plan, "o": org_id})

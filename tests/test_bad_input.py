@@ -15,7 +15,7 @@ from billing_cli.cli import app
 from billing_cli.errors import ExitCode
 from tests.conftest import BILLING, billing_subprocess_env
 from tests.data import add_event, add_org, utc
-from tests.test_invoice_job import add_usage
+from tests.data import add_usage
 
 runner = CliRunner()
 UNREACHABLE = "postgresql://billing:db-SECRET-pw@127.0.0.1:1/billing"

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import types
+import typing
 from pathlib import Path
 
 import pytest
 
-from billing_cli.config import VARIABLES, Secret, env_example, load_settings, mask, mask_url_password, read_raw_config
+from billing_cli.config import (VARIABLES, Secret, Settings, env_example, load_settings, mask, mask_url_password,
+                                read_raw_config, readme_table)
+from billing_cli.config.docs import with_readme_table
 from billing_cli.errors import ConfigError, ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,7 +127,7 @@ def test_secrets_never_show_in_repr_or_str() -> None:
 
 def test_env_example_documents_every_variable() -> None:
     example = (ROOT / ".env.example").read_text()
-    assert example == env_example(), "regenerate it: billing config --example > .env.example"
+    assert example == env_example(), "regenerate it: python -m billing_cli.config"
     for var in VARIABLES:
         assert f"{var.name}=" in example, f"{var.name} is missing from .env.example"
     from dotenv import dotenv_values
@@ -130,10 +136,59 @@ def test_env_example_documents_every_variable() -> None:
     assert load_settings({"DATABASE_URL": "postgresql://u@h/d", **defaults}, NO_FILE).run_schedule == "0 0 0 1 * *"
 
 
-def test_readme_configuration_table_lists_every_variable() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_readme_configuration_table_is_the_generated_one() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert with_readme_table(readme) == readme, "regenerate it: python -m billing_cli.config"
     for var in VARIABLES:
-        assert f"`{var.name}`" in readme, f"{var.name} is missing from README.md"
+        assert f"| `{var.name}` |" in readme, f"{var.name} is missing from README.md"
+
+
+def test_readme_table_rows_have_three_cells() -> None:
+    # A `|` inside a value or text must not split the row (GitHub splits even inside `code`).
+    for row in readme_table().splitlines():
+        assert len(re.split(r"(?<!\\)\|", row)) == 5, row
+
+
+def test_every_settings_field_is_filled_by_exactly_one_variable() -> None:
+    attrs = [var.attr for var in VARIABLES if var.attr is not None]
+    assert len(attrs) == len(set(attrs)), "two variables fill the same field"
+    assert set(attrs) == {f.name for f in dataclasses.fields(Settings)} - {"sources"}
+    # Read by the CLI before validation, so that configuration errors come out in the chosen format.
+    assert {var.name for var in VARIABLES if var.attr is None} == {"LOG_FORMAT", "LOG_LEVEL"}
+
+
+def _runtime_type(hint: object) -> object:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return tuple(_runtime_type(arg) for arg in typing.get_args(hint))
+    return typing.get_origin(hint) or hint
+
+
+def test_defaults_and_examples_have_their_field_types() -> None:
+    hints = typing.get_type_hints(Settings)
+    for var in VARIABLES:
+        if var.attr is None:
+            continue
+        expected = _runtime_type(hints[var.attr])
+        assert isinstance(getattr(Settings(), var.attr), expected), var.name
+        if var.example is not None:
+            assert isinstance(var.convert(var.example), expected), f"{var.name}: example {var.example!r}"
+
+
+def test_examples_are_given_only_where_there_is_no_default() -> None:
+    # .env.example shows the default when there is one; an example there would never be seen.
+    assert not [var.name for var in VARIABLES if var.example is not None and var.default is not None]
+
+
+def test_settings_defaults_are_the_unconfigured_program() -> None:
+    assert Settings() == load_settings({}, NO_FILE)
+
+
+def test_derived_fields() -> None:
+    s = settings({"INVOICE_SMTP_PORT": "465", "INVOICE_SELLER_ADDRESS": " Acme | 1 Road || Town "})
+    assert s.smtp_security == "ssl" and s.seller_address == ("Acme", "1 Road", "Town") and s.s3_prefix == ""
+    assert settings({"INVOICE_SMTP_PORT": "465", "INVOICE_SMTP_SECURITY": "starttls"}).smtp_security == "starttls"
+    assert settings({}).smtp_security == "starttls" and not settings({}).require_database_url
+    assert isinstance(settings({}).database_url, Secret)
 
 
 def test_raw_config_reports_sources(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from billing_cli.cli import app
 from billing_cli.errors import ExitCode
 from tests.conftest import BILLING, billing_subprocess_env
 from tests.data import add_org, utc
-from tests.test_invoice_job import PLANS, add_usage, set_plan
+from tests.data import PLANS, add_usage, set_plan
 
 runner = CliRunner()
 

@@ -17,55 +17,22 @@ from billing_cli.db.invoice_store import load_document
 from billing_cli.db.plan_store import save_plans
 from billing_cli.delivery.pdf import render_invoice
 from billing_cli.invoices import Seller
-from billing_cli.jobs.invoice import InvoiceOptions, invoice_month
+from billing_cli.jobs.invoicing import InvoiceOptions, invoice_month
 from billing_cli.periods import Month
 from billing_cli.plan_file import parse_plans
-from tests.data import add_event, add_org, table_snapshot, utc
+from tests.data import PLANS, add_event, add_org, add_usage, set_plan, table_snapshot, utc
 
 JAN = Month(2024, 1)
 SELLER = Seller("Example Cloud Ltd", ("1 Example Street", "London"), "GB123")
 BILLING_TABLES = ("organizations", "usage_events", "usage_hourly", "aggregated_hours", "price_plans",
                   "plan_prices", "plan_price_tiers", "invoices", "invoice_lines", "invoice_number_counters")
 
-PLANS = """
-[[plan]]
-id = "pro"
-name = "Pro"
-currency = "USD"
-base_fee = 10
-
-  [[plan.price]]
-  metric = "api_calls"
-  description = "API calls"
-  model = "graduated"
-  tiers = [{ up_to = 1000, unit_price = 0.01 }, { unit_price = 0.005 }]
-
-[[plan]]
-id = "euro"
-name = "Euro"
-currency = "EUR"
-
-  [[plan.price]]
-  metric = "api_calls"
-  description = "API-Aufrufe"
-  model = "per_unit"
-  unit_price = 0.1
-"""
 
 
 def options(tmp_path: Path | None = None, **overrides) -> InvoiceOptions:
     values = dict(month=JAN, issue_date=date(2024, 2, 1), seller=SELLER, output_dir=tmp_path)
     values.update(overrides)
     return InvoiceOptions(**values)
-
-
-def add_usage(conn, org_id: str, metric: str, quantity: str, hour=utc(2024, 1, 15, 10)) -> None:
-    conn.execute(text("INSERT INTO usage_hourly (organization_id, metric, hour_start, quantity, event_count) "
-                      "VALUES (:o, :m, :h, :q, 1)"), {"o": org_id, "m": metric, "h": hour, "q": D(quantity)})
-
-
-def set_plan(conn, org_id: str, plan: str | None) -> None:
-    conn.execute(text("UPDATE organizations SET price_plan_id = :p WHERE id = :o"), {"p": plan, "o": org_id})
 
 
 @pytest.fixture

@@ -18,26 +18,49 @@ from ..pricing import InvoiceLine, RatedInvoice
 
 @dataclass(frozen=True)
 class StoredInvoice:
+    """An issued invoice and how far its delivery got (each step's field is set when it succeeded)."""
+
     id: int
     organization_id: str
     number: str
-    status: str
     currency: str
     total: Decimal
-    pdf_sha256: str | None
-    pdf_bytes: int | None
+    created_at: datetime
+    pdf_sha256: str | None = None
+    pdf_bytes: int | None = None
+    pdf_path: str | None = None
+    s3_key: str | None = None
+    stripe_customer_id: str | None = None
+    stripe_invoice_id: str | None = None
+    stripe_status: str | None = None
+    emailed_at: datetime | None = None
 
 
-_COLUMNS = "id, organization_id, number, status, currency, total, pdf_sha256, pdf_bytes"
+_STORED = """
+    SELECT i.id, i.organization_id, i.number, i.currency, i.total, i.created_at, i.pdf_sha256, i.pdf_bytes,
+           i.pdf_path, CASE WHEN i.s3_uploaded_at IS NOT NULL THEN i.s3_key END AS s3_key,
+           o.stripe_customer_id, i.stripe_invoice_id, i.stripe_status, i.emailed_at
+    FROM invoices i LEFT JOIN organizations o ON o.id = i.organization_id
+"""
 
 
 def live_invoices(session: Connection, month: Month, organization_ids: list[str]) -> dict[str, StoredInvoice]:
     """The live (not void) invoice of each given organization for the month, if any."""
-    rows = session.execute(text(f"""
-        SELECT {_COLUMNS} FROM invoices
-        WHERE period_start = :period AND status <> 'void' AND organization_id = ANY(:ids)
-    """), {"period": month.first_day, "ids": organization_ids})
-    return {r.organization_id: StoredInvoice(*r) for r in rows}
+    rows = session.execute(text(f"{_STORED} WHERE i.period_start = :period AND i.status <> 'void' "
+                                "AND i.organization_id = ANY(:ids)"),
+                           {"period": month.first_day, "ids": organization_ids}).mappings()
+    return {r["organization_id"]: StoredInvoice(**r) for r in rows}
+
+
+def load_invoice(session: Connection, invoice_id: int) -> StoredInvoice:
+    """One invoice as stored now (fresh, for a step about to run)."""
+    return StoredInvoice(**session.execute(text(f"{_STORED} WHERE i.id = :id"), {"id": invoice_id}).mappings().one())
+
+
+def void_invoice(session: Connection, invoice_id: int, reason: str) -> None:
+    """Void a live invoice; it keeps its number (gapless) and stays for the audit trail."""
+    session.execute(text("UPDATE invoices SET status = 'void', voided_at = now(), void_reason = :reason "
+                         "WHERE id = :id AND status <> 'void'"), {"id": invoice_id, "reason": reason})
 
 
 def next_number_preview(session: Connection, month: Month) -> int:
@@ -49,37 +72,35 @@ def next_number_preview(session: Connection, month: Month) -> int:
 
 def issue_invoice(session: Connection, *, organization_id: str, bill_to_name: str, bill_to_email: str,
                   rated: RatedInvoice, month: Month, issue_date: date, due_date: date,
-                  replaces: StoredInvoice | None = None) -> StoredInvoice:
+                  replaces: StoredInvoice | None = None, stripe_customer_id: str | None = None) -> StoredInvoice:
     """Insert the invoice and its lines with the month's next number. The counter row stays locked
     until the caller commits, so a rollback returns the number and numbers stay gapless."""
     if replaces is not None:
-        session.execute(text("""
-            UPDATE invoices SET status = 'void', voided_at = now(), void_reason = 'regenerated'
-            WHERE id = :id AND status <> 'void'
-        """), {"id": replaces.id})
+        void_invoice(session, replaces.id, "regenerated")
     sequence = session.execute(text("""
         INSERT INTO invoice_number_counters AS c (period_start, last_number) VALUES (:p, 1)
         ON CONFLICT (period_start) DO UPDATE SET last_number = c.last_number + 1
         RETURNING last_number
     """), {"p": month.first_day}).scalar_one()
     number = invoice_number(month, sequence)
-    invoice_id = session.execute(text("""
+    invoice_id, created_at = session.execute(text("""
         INSERT INTO invoices (organization_id, period_start, number, status, currency, subtotal, total,
                               plan_id, bill_to_name, bill_to_email, issue_date, due_date, replaces_invoice_id)
         VALUES (:org, :period, :number, 'issued', :currency, :subtotal, :total, :plan, :name, :email,
                 :issue, :due, :replaces)
-        RETURNING id
+        RETURNING id, created_at
     """), {"org": organization_id, "period": month.first_day, "number": number, "currency": rated.currency,
            "subtotal": rated.subtotal, "total": rated.total, "plan": rated.plan_id, "name": bill_to_name,
            "email": bill_to_email, "issue": issue_date, "due": due_date,
-           "replaces": replaces.id if replaces else None}).scalar_one()
+           "replaces": replaces.id if replaces else None}).one()
     session.execute(text("""
         INSERT INTO invoice_lines (invoice_id, line_no, kind, metric, description, quantity, unit_price, amount)
         VALUES (:invoice, :line_no, :kind, :metric, :description, :quantity, :unit_price, :amount)
     """), [{"invoice": invoice_id, "line_no": n, "kind": line.kind, "metric": line.metric,
             "description": line.description, "quantity": line.quantity, "unit_price": line.unit_price,
             "amount": line.amount} for n, line in enumerate(rated.lines, start=1)])
-    return StoredInvoice(invoice_id, organization_id, number, "issued", rated.currency, rated.total, None, None)
+    return StoredInvoice(id=invoice_id, organization_id=organization_id, number=number, currency=rated.currency,
+                         total=rated.total, created_at=created_at, stripe_customer_id=stripe_customer_id)
 
 
 def record_pdf(session: Connection, invoice_id: int, *, sha256: str, size: int, path: str | None) -> None:
@@ -102,35 +123,6 @@ def load_document(session: Connection, invoice_id: int) -> InvoiceDocument:
     return InvoiceDocument(row.number, row.organization_id, row.bill_to_name, row.bill_to_email,
                            Month.containing_date(row.period_start), row.issue_date, row.due_date, row.currency,
                            lines, Decimal(row.total))
-
-
-@dataclass(frozen=True)
-class DeliveryState:
-    """What has been delivered for one invoice so far (each field is set when its step succeeded)."""
-
-    invoice_id: int
-    number: str
-    organization_id: str
-    currency: str
-    total: Decimal
-    created_at: datetime
-    pdf_sha256: str | None
-    s3_key: str | None
-    stripe_customer_id: str | None
-    stripe_invoice_id: str | None
-    stripe_status: str | None
-    emailed_at: datetime | None
-
-
-def delivery_state(session: Connection, invoice_id: int) -> DeliveryState:
-    row = session.execute(text("""
-        SELECT i.id, i.number, i.organization_id, i.currency, i.total, i.created_at, i.pdf_sha256,
-               CASE WHEN i.s3_uploaded_at IS NOT NULL THEN i.s3_key END AS s3_key,
-               o.stripe_customer_id, i.stripe_invoice_id, i.stripe_status, i.emailed_at
-        FROM invoices i LEFT JOIN organizations o ON o.id = i.organization_id
-        WHERE i.id = :id
-    """), {"id": invoice_id}).one()
-    return DeliveryState(*row)
 
 
 def record_s3(session: Connection, invoice_id: int, key: str) -> None:

@@ -1,117 +1,25 @@
-"""aggregate-hourly: roll raw usage events up into usage_hourly, one set-based statement per hour."""
+"""aggregate-hourly: roll raw usage events up into usage_hourly, one transaction per hour."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..db.engine import Transactions
+from ..db.usage_rollup import HourReport, MetricTotals, apply_hour, preview_hour
+from ..outcomes import Job, run_outcome
 from ..periods import HOUR, HourRange
-
-# The hour's events grouped per (organization, metric, hour) before anything else, so the join
-# with organizations touches thousands of groups, not millions of events. `grouped` covers every
-# organization (for the bookkeeping in aggregated_hours); `agg` keeps the active ones.
-_GROUPED = """
-WITH grouped AS (
-    SELECT organization_id, metric, date_trunc('hour', occurred_at, 'UTC') AS hour_start,
-           sum(quantity) AS quantity, count(*) AS event_count, max(received_at) AS last_received_at
-    FROM usage_events
-    WHERE occurred_at >= :start AND occurred_at < :end
-    GROUP BY 1, 2, 3
-),
-agg AS (
-    SELECT g.organization_id, g.metric, g.hour_start, g.quantity, g.event_count
-    FROM grouped g JOIN organizations o ON o.id = g.organization_id
-    WHERE o.status = 'active'
-),
-stale AS (
-    SELECT h.organization_id, h.metric, h.hour_start
-    FROM usage_hourly h JOIN organizations o ON o.id = h.organization_id
-    WHERE o.status = 'active' AND h.hour_start >= :start AND h.hour_start < :end
-      AND NOT EXISTS (SELECT 1 FROM agg a WHERE a.organization_id = h.organization_id
-                      AND a.metric = h.metric AND a.hour_start = h.hour_start)
-)"""
-
-# The result rows both statements return: one per metric, then one 'changes' row.
-_REPORT = """
-SELECT 'metric' AS kind, metric, count(*) AS organizations, sum(event_count)::bigint AS events,
-       sum(quantity) AS quantity, NULL::bigint AS inserted, NULL::bigint AS updated,
-       NULL::bigint AS deleted, NULL::bigint AS ignored_events
-FROM agg GROUP BY metric
-UNION ALL
-SELECT 'changes', NULL, (SELECT count(DISTINCT organization_id) FROM agg), NULL, NULL,
-       {inserted}, {updated}, {deleted},
-       (SELECT coalesce(sum(event_count), 0) FROM grouped) - (SELECT coalesce(sum(event_count), 0) FROM agg)
-"""
-
-# Upsert changed rows, delete rows whose events disappeared, and record what the hour looked like.
-APPLY_SQL = _GROUPED + """,
-upserted AS (
-    INSERT INTO usage_hourly AS h (organization_id, metric, hour_start, quantity, event_count, updated_at)
-    SELECT organization_id, metric, hour_start, quantity, event_count, now() FROM agg
-    ON CONFLICT (organization_id, metric, hour_start) DO UPDATE
-        SET quantity = EXCLUDED.quantity, event_count = EXCLUDED.event_count, updated_at = now()
-        WHERE (h.quantity, h.event_count) IS DISTINCT FROM (EXCLUDED.quantity, EXCLUDED.event_count)
-    RETURNING (xmax = 0) AS inserted
-),
-removed AS (
-    DELETE FROM usage_hourly h USING stale s
-    WHERE h.organization_id = s.organization_id AND h.metric = s.metric AND h.hour_start = s.hour_start
-    RETURNING 1
-),
-recorded AS (
-    INSERT INTO aggregated_hours AS a (hour_start, aggregated_at, event_count, last_received_at)
-    SELECT hours.hour_start, now(), coalesce(sum(g.event_count), 0), max(g.last_received_at)
-    FROM generate_series(CAST(:start AS timestamptz), CAST(:end AS timestamptz) - interval '1 hour',
-                         interval '1 hour') AS hours(hour_start)
-    LEFT JOIN grouped g ON g.hour_start = hours.hour_start
-    GROUP BY hours.hour_start
-    ON CONFLICT (hour_start) DO UPDATE
-        SET aggregated_at = EXCLUDED.aggregated_at, event_count = EXCLUDED.event_count,
-            last_received_at = EXCLUDED.last_received_at
-    RETURNING 1
-)""" + _REPORT.format(
-    inserted="(SELECT count(*) FROM upserted WHERE inserted)",
-    updated="(SELECT count(*) FROM upserted WHERE NOT inserted)",
-    deleted="(SELECT count(*) FROM removed)",
-)
-
-# The same computation, read-only: what APPLY_SQL would change.
-PREVIEW_SQL = _GROUPED + _REPORT.format(
-    inserted="""(SELECT count(*) FROM agg a WHERE NOT EXISTS (SELECT 1 FROM usage_hourly h
-                 WHERE h.organization_id = a.organization_id AND h.metric = a.metric
-                 AND h.hour_start = a.hour_start))""",
-    updated="""(SELECT count(*) FROM agg a JOIN usage_hourly h ON h.organization_id = a.organization_id
-                AND h.metric = a.metric AND h.hour_start = a.hour_start
-                WHERE (h.quantity, h.event_count) IS DISTINCT FROM (a.quantity, a.event_count))""",
-    deleted="(SELECT count(*) FROM stale)",
-)
+from ..summary import RunSummary
 
 
-@dataclass(frozen=True)
-class MetricTotals:
-    metric: str
-    organizations: int
-    events: int
-    quantity: Decimal
-
-
-@dataclass
-class HourResult:
+@dataclass(kw_only=True)
+class HourResult(HourReport):
     hour: datetime
-    metrics: list[MetricTotals] = field(default_factory=list)
-    organizations: int = 0
-    inserted: int = 0
-    updated: int = 0
-    deleted: int = 0
-    ignored_events: int = 0  # events of unknown or inactive organizations
     seconds: float = 0.0
     error: str | None = None
 
@@ -159,6 +67,16 @@ class AggregationResult:
                     prev.events + m.events, prev.quantity + m.quantity)
         return [merged[k] for k in sorted(merged)]
 
+    def summary(self) -> RunSummary:
+        return RunSummary(
+            job=Job.AGGREGATE_HOURLY, period=str(self.window),
+            outcome=run_outcome(ok=self.ok, interrupted=self.interrupted),
+            dry_run=self.dry_run, seconds=self.seconds,
+            counts={"hours": len(self.hours), "failed_hours": len(self.failed_hours), "events": self.events},
+            failed=[{"organization_id": "-", "errors": [["hour", f"{h.hour:%Y-%m-%dT%H}:00Z {h.error}"]]}
+                    for h in self.failed_hours],
+        )
+
 
 def aggregate_hours(
     transactions: Transactions,
@@ -169,14 +87,16 @@ def aggregate_hours(
     stop: threading.Event | None = None,
 ) -> AggregationResult:
     """Roll up every hour of `window`, each in its own transaction, so a crash keeps finished hours
-    and a failed hour does not stop the others. Running it again gives identical rows."""
+    and a failed hour does not stop the others. Running it again gives identical rows. A dry run
+    computes the same report read-only."""
     started = time.perf_counter()
     result = AggregationResult(window=window, dry_run=dry_run)
+    roll_up = preview_hour if dry_run else apply_hour
     for hour in window.hours():
         if stop is not None and stop.is_set():  # SIGTERM: the hours done so far are committed
             result.interrupted = True
             break
-        hour_result = aggregate_one_hour(transactions, hour, hour + HOUR, dry_run=dry_run)
+        hour_result = _one_hour(transactions, hour, roll_up)
         result.hours.append(hour_result)
         if on_hour is not None:
             on_hour(hour_result)
@@ -184,33 +104,22 @@ def aggregate_hours(
     return result
 
 
-def aggregate_one_hour(transactions: Transactions, start: datetime, end: datetime, *,
-                       dry_run: bool) -> HourResult:
-    result = HourResult(hour=start)
+def aggregate_one_hour(transactions: Transactions, start: datetime) -> HourResult:
+    """Roll up one hour for real (invoicing uses it for hours whose events changed)."""
+    return _one_hour(transactions, start, apply_hour)
+
+
+def _one_hour(transactions: Transactions, start: datetime,
+              roll_up: Callable[..., HourReport]) -> HourResult:
     began = time.perf_counter()
     try:
         with transactions() as conn:
-            if dry_run:
-                conn.execute(text("SET TRANSACTION READ ONLY"))
-            else:
-                # The hash aggregate of a busy hour spills to disk with the default 4MB.
-                conn.execute(text("SET LOCAL work_mem = '256MB'"))
-            rows = conn.execute(text(PREVIEW_SQL if dry_run else APPLY_SQL), {"start": start, "end": end})
-            _read_report(rows, result)
+            report = roll_up(conn, start, start + HOUR)
+        result = HourResult(hour=start, **vars(report))
     except OperationalError:
         raise  # the database itself is gone: the whole run stops (exit 4), nothing half-written
     except DBAPIError as exc:
-        result.error = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        result = HourResult(hour=start, error=str(exc.orig).strip().splitlines()[0] if exc.orig is not None
+                            else str(exc))
     result.seconds = time.perf_counter() - began
     return result
-
-
-def _read_report(rows: Iterable, result: HourResult) -> None:
-    for row in rows:
-        if row.kind == "metric":
-            result.metrics.append(MetricTotals(row.metric, row.organizations, row.events, row.quantity))
-        else:
-            result.organizations = row.organizations
-            result.inserted, result.updated, result.deleted = row.inserted, row.updated, row.deleted
-            result.ignored_events = int(row.ignored_events)
-    result.metrics.sort(key=lambda m: m.metric)

@@ -7,8 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Connection, text
-
+from ..db import demo_store
 from ..db.engine import Transactions
 from ..db.plan_store import save_plans
 from ..errors import Refused
@@ -72,59 +71,29 @@ class DemoResult:
 
 
 def seed_demo(transactions: Transactions, *, month: Month = DEMO_MONTH) -> DemoResult:
-    """Create (or refresh) the demo organizations and their events. Idempotent: events carry
-    idempotency keys, so a second run inserts nothing new."""
-    with transactions() as session:
-        _refuse_foreign_data(session)
-        save_plans(session, load_plan_file(DEMO_PLANS))
+    """Create (or refresh) the demo organizations and their events. Idempotent."""
+    with transactions() as conn:
+        foreign = demo_store.foreign_organizations(conn)
+        if foreign:
+            raise Refused(
+                f"this database already holds {foreign} organization(s) that `billing demo` did not create; "
+                "the demo only seeds an empty database",
+                hint="Unset DATABASE_URL to use the embedded database, or point it at an empty one.",
+            )
+        save_plans(conn, load_plan_file(DEMO_PLANS))
         result = DemoResult(month=month)
         for org in DEMO_ORGS:
-            session.execute(text("""
-                INSERT INTO organizations (id, name, email, status, currency, price_plan_id)
-                VALUES (:id, :name, :email, :status, :currency, :plan)
-                ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email,
-                    status = EXCLUDED.status, currency = EXCLUDED.currency,
-                    price_plan_id = EXCLUDED.price_plan_id, updated_at = now()
-            """), {"id": org.id, "name": org.name, "email": org.email, "status": org.status,
-                   "currency": org.currency, "plan": org.plan})
-            session.execute(text("INSERT INTO demo_organizations (organization_id) VALUES (:id) "
-                                 "ON CONFLICT DO NOTHING"), {"id": org.id})
+            demo_store.save_demo_organization(conn, id=org.id, name=org.name, email=org.email, status=org.status,
+                                              currency=org.currency, plan=org.plan)
             for metric, expression in (("api_calls", org.api_calls), ("storage_gb", org.storage_gb)):
-                # One event every 5 minutes of the month, quantities from the profile's formula;
-                # zero-quantity ticks are left out, as a real service would not send them.
-                session.execute(text(f"""
-                    INSERT INTO usage_events (organization_id, metric, quantity, occurred_at,
-                                              idempotency_key, received_at)
-                    SELECT :id, CAST(:metric AS varchar), q, t, CAST(:metric AS varchar) || '@' || to_char(t, 'YYYY-MM-DD"T"HH24:MI'), t
-                    FROM (SELECT t, ({expression})::numeric AS q
-                          FROM generate_series(CAST(:start AS timestamptz),
-                                               CAST(:end AS timestamptz) - interval '5 minutes',
-                                               interval '5 minutes') AS t) ticks
-                    WHERE q > 0
-                    ON CONFLICT (organization_id, idempotency_key) DO NOTHING
-                """), {"id": org.id, "metric": metric, "start": month.start, "end": month.end})
-            events = session.execute(text(
-                "SELECT count(*) FROM usage_events WHERE organization_id = :id "
-                "AND occurred_at >= :start AND occurred_at < :end"),
-                {"id": org.id, "start": month.start, "end": month.end}).scalar_one()
+                demo_store.add_synthetic_events(conn, org.id, metric, expression, month)
+            events = demo_store.count_events(conn, org.id, month)
             result.organizations.append(DemoOrgResult(org.id, org.name, org.status, events))
     return result
 
 
 def run_demo(transactions: Transactions, *, on_hour: Callable[[HourResult], None] | None = None) -> DemoResult:
+    """Seed the demo and roll its month up hourly (the caller then invoices the month)."""
     result = seed_demo(transactions)
     result.aggregation = aggregate_hours(transactions, result.month.hours(), on_hour=on_hour)
     return result
-
-
-def _refuse_foreign_data(session: Connection) -> None:
-    foreign = session.execute(text("""
-        SELECT count(*) FROM organizations o
-        WHERE NOT EXISTS (SELECT 1 FROM demo_organizations d WHERE d.organization_id = o.id)
-    """)).scalar_one()
-    if foreign:
-        raise Refused(
-            f"this database already holds {foreign} organization(s) that `billing demo` did not create; "
-            "the demo only seeds an empty database",
-            hint="Unset DATABASE_URL to use the embedded database, or point it at an empty one.",
-        )

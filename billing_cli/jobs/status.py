@@ -1,4 +1,4 @@
-"""`billing status` and `billing runs`: the run history, and the health check built on it."""
+"""`billing status`: each job's health, judged from the run history."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
+from ..db import run_store
+from ..outcomes import MONTHLY_JOBS, Job, RunOutcome
 from ..periods import Month
 
-JOBS = ("aggregate-hourly", "invoice-monthly", "legacy-run")
-MONTHLY = ("invoice-monthly", "legacy-run")  # either one bills the month
+JOBS = tuple(job.value for job in Job)
 
 
 @dataclass(frozen=True)
@@ -35,48 +36,45 @@ class JobStatus:
                 "last_success_age_seconds": round(age) if age is not None else None}
 
 
-def recent_runs(conn: Connection, *, job: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-    where = "WHERE job = :job" if job else ""
-    rows = conn.execute(text(f"""
-        SELECT id, job, period, shard, dry_run, status, started_at, finished_at, duration_seconds, counts,
-               errors, revenue, failed, message, host, version
-        FROM job_runs {where} ORDER BY started_at DESC, id DESC LIMIT :limit
-    """), {"job": job, "limit": limit}).mappings().all()
-    return [dict(r) for r in rows]
+_UNHEALTHY_ENDINGS = (RunOutcome.FAILED, RunOutcome.PARTIAL, RunOutcome.INTERRUPTED)
 
 
 def job_statuses(conn: Connection, now: datetime, thresholds: Thresholds = Thresholds()) -> list[JobStatus]:
     statuses = []
-    for job in JOBS:
-        status = JobStatus(job)
-        last = conn.execute(text("SELECT * FROM job_runs WHERE job = :job AND NOT dry_run "
-                                 "ORDER BY started_at DESC, id DESC LIMIT 1"), {"job": job}).mappings().first()
-        success = conn.execute(text("SELECT * FROM job_runs WHERE job = :job AND NOT dry_run AND "
-                                    "status = 'succeeded' ORDER BY finished_at DESC LIMIT 1"),
-                               {"job": job}).mappings().first()
-        status.last_run = dict(last) if last else None
-        status.last_success = dict(success) if success else None
-        if last is not None:
-            if last["status"] in ("failed", "partial", "interrupted"):
-                status.problems.append(f"last run ({last['period']}) {last['status']}"
-                                       + (f": {last['message']}" if last["message"] else ""))
-        stuck = conn.execute(text("SELECT min(started_at) FROM job_runs WHERE job = :job AND status = 'running' "
-                                  "AND started_at < :limit"),
-                             {"job": job, "limit": now - thresholds.stuck_after}).scalar_one()
+    for job in Job:
+        last, success = run_store.last_run(conn, job), run_store.last_success(conn, job)
+        status = JobStatus(job.value, last, success)
+        if last is not None and last["status"] in _UNHEALTHY_ENDINGS:
+            status.problems.append(f"last run ({last['period']}) {last['status']}"
+                                   + (f": {last['message']}" if last["message"] else ""))
+        stuck = run_store.running_since(conn, job, now - thresholds.stuck_after)
         if stuck is not None:
             status.problems.append(f"a run is running since {stuck:%Y-%m-%d %H:%M}Z, longer than "
                                    f"{_hours(thresholds.stuck_after)}: stuck, or the process died")
-        if job == "aggregate-hourly":
+        if job == Job.AGGREGATE_HOURLY:
             if success is None:
                 status.problems.append("never succeeded")
             elif now - success["finished_at"] > thresholds.aggregate_max_age:
                 status.problems.append(f"last success {_ago(now, success['finished_at'])} ago, more than "
                                        f"{_hours(thresholds.aggregate_max_age)}")
+        if job == Job.INVOICE_MONTHLY:
+            problem = _monthly_problem(conn, now, thresholds)
+            if problem:
+                status.problems.append(problem)
         statuses.append(status)
-    problem = _monthly_problem(conn, now, thresholds)
-    if problem:
-        next(s for s in statuses if s.job == "invoice-monthly").problems.append(problem)
     return statuses
+
+
+def month_is_invoiced(shards: list[str | None]) -> bool:
+    """Whether successful runs cover the month: a whole run, or every shard of one split."""
+    if any(shard is None for shard in shards):
+        return True
+    by_count: dict[int, set[int]] = {}
+    for shard in shards:
+        assert shard is not None
+        index, _, count = shard.partition("/")
+        by_count.setdefault(int(count), set()).add(int(index))
+    return any(len(indexes) == count for count, indexes in by_count.items())
 
 
 def _monthly_problem(conn: Connection, now: datetime, thresholds: Thresholds) -> str | None:
@@ -85,17 +83,7 @@ def _monthly_problem(conn: Connection, now: datetime, thresholds: Thresholds) ->
     if now.day < thresholds.invoice_deadline_day:
         return None
     month = str(Month.previous(now))
-    runs = conn.execute(text("""
-        SELECT shard FROM job_runs WHERE job = ANY(:jobs) AND period = :month AND NOT dry_run
-          AND status = 'succeeded'
-    """), {"jobs": list(MONTHLY), "month": month}).scalars().all()
-    if any(shard is None for shard in runs):
-        return None
-    by_count: dict[int, set[int]] = {}
-    for shard in runs:
-        index, _, count = shard.partition("/")
-        by_count.setdefault(int(count), set()).add(int(index))
-    if any(len(indexes) == count for count, indexes in by_count.items()):
+    if month_is_invoiced(run_store.succeeded_shards(conn, list(MONTHLY_JOBS), month)):
         return None
     return f"{month} is not invoiced successfully yet (deadline: day {thresholds.invoice_deadline_day} of {now:%Y-%m})"
 

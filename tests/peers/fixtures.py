@@ -11,11 +11,10 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from billing_cli.cli import app
-from tests.data import add_org
+from tests.data import PLANS, add_org, add_usage, set_plan
 from tests.peers.mail_server import MailServer
 from tests.peers.s3_server import S3Server
 from tests.peers.stripe_server import FakeStripeServer
-from tests.test_invoice_job import PLANS, add_usage, set_plan
 
 runner = CliRunner()
 STRIPE_KEY = "sk_test_DELIVERYsecret0001"

@@ -1,20 +1,21 @@
-"""Build the delivery adapters and notifiers a run uses from the settings (a turned-off one is None)."""
+"""Build the delivery adapters and notifiers a run uses from the settings (a turned-off one is None).
+
+Building an adapter connects to nothing: each connects inside its first call.
+"""
 
 from __future__ import annotations
 
 from ..config import Settings
-from ..jobs.deliver import Deliveries
+from ..delivery.ports import Deliveries
 
 
-def deliveries_from_settings(settings: Settings, *, dry_run: bool, concurrency: int | None = None) -> Deliveries:
-    """The adapters of the enabled deliveries. A dry run gets none: it must not call anything.
-    `concurrency`: the worker threads that will share them (connection pools are sized to it)."""
-    if dry_run:
-        return Deliveries(days_until_due=settings.payment_terms_days)
+def deliveries_from_settings(settings: Settings, *, concurrency: int | None = None) -> Deliveries:
+    """The adapters of the enabled deliveries. A dry run gets them too, to plan with: it never
+    calls them. `concurrency`: the worker threads that will share them (pools are sized to it)."""
     store = payments = mailer = None
     connections = max(concurrency or settings.concurrency, 10)  # per peer, shared by the worker threads
     if settings.s3_enabled:
-        from .storage import S3Store
+        from ..delivery.storage import S3Store
 
         assert settings.s3_bucket is not None
         store = S3Store(settings.s3_bucket, settings.s3_region, endpoint_url=settings.s3_endpoint_url,
@@ -22,7 +23,7 @@ def deliveries_from_settings(settings: Settings, *, dry_run: bool, concurrency: 
                         timeout_seconds=settings.delivery_timeout_seconds,
                         max_connections=connections)
     if settings.stripe_enabled:
-        from .payments import StripeGateway
+        from ..delivery.payments import StripeGateway
 
         assert settings.stripe_api_key is not None
         payments = StripeGateway(settings.stripe_api_key.reveal(), api_base=settings.stripe_api_base,
@@ -41,12 +42,12 @@ def notifiers_from_settings(settings: Settings) -> list:
     """The completion notifiers that are configured (e-mail, webhook)."""
     notifiers: list = []
     if settings.notify_on_completion:
-        from .notify import EmailNotifier
+        from ..delivery.notify import EmailNotifier
 
         assert settings.smtp_from and settings.notify_email
         notifiers.append(EmailNotifier(smtp_mailer(settings), settings.smtp_from, settings.notify_email))
     if settings.webhook_url:
-        from .notify import WebhookNotifier
+        from ..delivery.notify import WebhookNotifier
 
         assert settings.webhook_secret is not None
         notifiers.append(WebhookNotifier(settings.webhook_url, settings.webhook_secret.reveal(),
@@ -57,7 +58,7 @@ def notifiers_from_settings(settings: Settings) -> list:
 
 
 def smtp_mailer(settings: Settings):
-    from .mailer import SmtpMailer
+    from ..delivery.mailer import SmtpMailer
 
     assert settings.smtp_host is not None
     return SmtpMailer(settings.smtp_host, settings.smtp_port, settings.smtp_security,  # type: ignore[arg-type]

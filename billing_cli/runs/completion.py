@@ -3,31 +3,33 @@ a failure is a warning in the log."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..config import Settings
-    from ..report import Output
     from ..summary import RunSummary
 
 
-def push_metrics(settings: Settings, output: Output, summary: RunSummary, shard: str | None = None) -> None:
+def push_metrics(settings: Settings, warn: Callable[[str], None], summary: RunSummary,
+                 shard: str | None = None) -> None:
     """Run metrics to the Pushgateway (real runs only: a dry run must not look like a success)."""
     if not settings.pushgateway_url or summary.dry_run:
         return
-    from .metrics import MetricsError, push_run_metrics
+    from ..delivery.metrics import MetricsError, push_run_metrics
 
     try:
         push_run_metrics(settings.pushgateway_url, summary, shard=shard,
                          timeout_seconds=settings.delivery_timeout_seconds)
     except MetricsError as exc:
-        output.warning(str(exc))
+        warn(str(exc))
 
 
-def notify(settings: Settings, output: Output, summary: RunSummary) -> None:
+def notify(settings: Settings, warn: Callable[[str], None], notice: Callable[[str], None],
+           summary: RunSummary) -> None:
     """Completion e-mail and webhook; a failure here is a warning, never a failed billing run."""
-    from .factory import notifiers_from_settings
-    from .notify import NotifyError
+    from ..delivery.notify import NotifyError
+    from .wiring import notifiers_from_settings
 
     if summary.dry_run and not settings.notify_on_dry_run:
         return
@@ -35,6 +37,6 @@ def notify(settings: Settings, output: Output, summary: RunSummary) -> None:
         try:
             notifier.notify(summary)
         except NotifyError as exc:
-            output.warning(f"notification not delivered: {exc}")
+            warn(f"notification not delivered: {exc}")
         else:
-            output.notice(f"notification sent ({type(notifier).__name__.removesuffix('Notifier').lower()})")
+            notice(f"notification sent ({type(notifier).__name__.removesuffix('Notifier').lower()})")

@@ -1,0 +1,122 @@
+"""What every command shares: its common options, the context object that carries them, the
+output they choose, and the one place where failures become a message and an exit code."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+from .errors import BillingError, ExitCode
+
+if TYPE_CHECKING:
+    from .report.output import Output
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"  # Rich on a terminal, JSON lines otherwise
+    RICH = "rich"
+    PLAIN = "plain"
+    JSON = "json"
+
+
+class ScheduleFormat(StrEnum):
+    TABLE = "table"
+    CRONTAB = "crontab"  # the lines of a crontab
+    K8S = "k8s"  # the CronJobs' `schedule` values
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"billing {__version__}")
+        raise typer.Exit()
+
+
+VersionOption = Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                             help="Show the version and exit.")]
+LogFormatOption = Annotated[LogFormat | None, typer.Option(
+    "--log-format", case_sensitive=False,
+    help="auto, rich, plain or json. Default: LOG_FORMAT (auto: Rich on a terminal, JSON lines otherwise).")]
+JsonOption = Annotated[bool, typer.Option(
+    "--json", help="Print the result as one JSON document on stdout; logs go to stderr.")]
+PlainOption = Annotated[bool | None, typer.Option(
+    "--plain/--rich", help="Plain key=value lines, or Rich tables. Default: Rich on a terminal.")]
+DryRunOption = Annotated[bool | None, typer.Option(
+    "--dry-run/--no-dry-run", help="Compute and report everything, write nothing. Default: DRY_RUN.")]
+
+
+@dataclass
+class CliState:
+    """Options given before the command (`billing --log-format json status`), on `ctx.obj`."""
+
+    log_format: LogFormat | None = None
+    as_json: bool = False
+
+
+def state(ctx: typer.Context) -> CliState:
+    return ctx.find_object(CliState) or CliState()
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command's output and whether it prints a JSON document."""
+
+    output: Output
+    as_json: bool
+
+
+def command(ctx: typer.Context, *, plain: bool | None = None, log_format: LogFormat | None = None,
+            as_json: bool = False) -> Command:
+    """The output of a command: --plain/--rich, else --log-format (after or before the command),
+    else LOG_FORMAT and LOG_LEVEL (environment or .env; a bad value is reported by the
+    configuration check right after). With --json, logs go to stderr."""
+    from .config import read_raw_config
+    from .report.output import Output
+
+    shared = state(ctx)
+    as_json = as_json or shared.as_json
+    raw = read_raw_config()
+    chosen = log_format or shared.log_format or raw.value("LOG_FORMAT") or LogFormat.AUTO
+    if plain is not None:
+        chosen = LogFormat.PLAIN if plain else LogFormat.RICH
+    if chosen not in tuple(LogFormat):
+        chosen = LogFormat.AUTO
+    level = (raw.value("LOG_LEVEL") or "info").lower()
+    return Command(Output(log_format=str(chosen), level=level, to_stderr=as_json), as_json)
+
+
+@contextmanager
+def failures_to_exit_codes(output: Output) -> Iterator[None]:
+    """The one place where expected failures become a message and an exit code."""
+    try:
+        yield
+    except BillingError as exc:
+        output.error(str(exc))
+        raise typer.Exit(int(exc.exit_code)) from None
+    except KeyboardInterrupt:
+        output.error("interrupted")
+        raise typer.Exit(130) from None
+
+
+def exit_with(code: ExitCode) -> NoReturn:
+    raise typer.Exit(int(code))
+
+
+def end_run(cmd: Command, finished, render) -> NoReturn:
+    """A job's end, the same for every job: its result rendered, the summary as JSON when asked
+    (also when the run failed), then the error or the outcome's exit code."""
+    from .report.output import print_json
+
+    if finished.result is not None:
+        render(cmd.output, finished.result)
+    if cmd.as_json:
+        print_json(finished.summary.as_dict())
+    if finished.error is not None:
+        raise finished.error
+    exit_with(finished.exit_code)

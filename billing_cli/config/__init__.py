@@ -1,0 +1,13 @@
+"""Settings from the environment and `.env`, described once in VARIABLES, validated before any work."""
+
+from .docs import env_example, readme_table
+from .parsers import parse_bool
+from .raw import RawConfig, Source, read_raw_config
+from .secret import Secret, mask_url_password
+from .settings import Settings, load_settings, validate
+from .variables import VARIABLES, VARIABLES_BY_NAME, Variable, mask
+
+__all__ = [
+    "VARIABLES", "VARIABLES_BY_NAME", "RawConfig", "Secret", "Settings", "Source", "Variable", "env_example",
+    "load_settings", "mask", "mask_url_password", "parse_bool", "read_raw_config", "readme_table", "validate",
+]

@@ -1,0 +1,163 @@
+"""The validated Settings: every variable converted by its own parser, then the checks across variables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from ..errors import ConfigError
+from .raw import RawConfig, Source, read_raw_config
+from .secret import Secret
+from .variables import VARIABLES, mask
+
+_Class = TypeVar("_Class", bound=type)
+
+
+def _fields(converted: Mapping[str, object]) -> dict[str, object]:
+    """Settings' fields from each variable's converted value (None: no value), unset ones filled in."""
+    fields = {var.attr: converted[var.name] for var in VARIABLES if var.attr}
+    for var in VARIABLES:
+        if var.attr and fields[var.attr] is None:
+            fields[var.attr] = var.when_unset(fields)
+    return fields
+
+
+def _defaults_from_the_table(cls: _Class) -> _Class:
+    """Give each field its variable's default, converted like a configured value: `Settings()` is the
+    program with nothing configured, and no default is written twice."""
+    mismatched = {var.attr for var in VARIABLES if var.attr} ^ (set(cls.__annotations__) - {"sources"})
+    if mismatched:
+        raise TypeError(f"Settings fields without a variable, or variables without a field: {sorted(mismatched)}")
+    defaults = _fields({var.name: None if var.default is None else var.convert(var.default) for var in VARIABLES})
+    for attr, value in defaults.items():
+        setattr(cls, attr, value)
+    return cls
+
+
+@dataclass(frozen=True)
+@_defaults_from_the_table
+class Settings:
+    """The validated configuration every command and job works from (fields: see VARIABLES)."""
+
+    database_url: Secret | None
+    require_database_url: bool  # also true under Kubernetes
+    billing_home: Path
+    run_schedule: str
+    aggregate_schedule: str
+    invoice_schedule: str
+    process_month: str | None
+    dry_run: bool
+    aggregate_lookback_hours: int
+    seller_name: str
+    seller_address: tuple[str, ...]
+    seller_tax_id: str | None
+    payment_terms_days: int
+    invoice_output_dir: Path | None
+    notify_on_completion: bool
+    notify_email: str | None
+    notify_on_dry_run: bool
+    notify_on_aggregate_errors: bool
+    webhook_url: str | None
+    webhook_secret: Secret | None
+    s3_enabled: bool
+    s3_bucket: str | None
+    s3_region: str
+    s3_endpoint_url: str | None
+    s3_prefix: str
+    s3_link_seconds: int
+    stripe_enabled: bool
+    stripe_api_key: Secret | None
+    stripe_api_base: str | None
+    stripe_requests_per_second: int
+    email_enabled: bool
+    smtp_host: str | None
+    smtp_port: int
+    smtp_username: str | None
+    smtp_password: Secret | None
+    smtp_from: str | None
+    smtp_security: str
+    concurrency: int
+    batch_size: int
+    render_processes: int
+    shard_count: int
+    shard_index: int
+    status_aggregate_max_age_hours: int
+    status_invoice_deadline_day: int
+    status_stuck_after_hours: int
+    pushgateway_url: str | None
+    delivery_max_attempts: int
+    delivery_timeout_seconds: int
+    delivery_max_retry_seconds: int
+    sources: Mapping[str, Source] = field(default_factory=dict, compare=False)
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database_url is None
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | None = None) -> Settings:
+    """Read and validate the configuration; raise ConfigError naming the first problem found."""
+    return validate(read_raw_config(environ, env_file))
+
+
+def validate(raw: RawConfig) -> Settings:
+    """The Settings `raw` describes, or ConfigError naming the first problem and counting the others."""
+    converted: dict[str, object] = {}
+    problems: list[str] = []
+    for var in VARIABLES:
+        text, source = raw.values[var.name]
+        if text is None:
+            converted[var.name] = None
+            continue
+        try:
+            converted[var.name] = var.convert(text)
+        except ValueError as exc:
+            where = f" (from {raw.env_file})" if source == ".env" else ""
+            problems.append(f"{var.name}={mask(var.name, text)!r}{where}: {exc}")
+    problems += _missing_companions(converted, raw.under_kubernetes)
+    if not problems:  # only then are both numbers known
+        problems += _shard_problems(converted)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s); see `billing config`)" if len(problems) > 1 else ""
+        raise ConfigError(f"configuration error: {problems[0]}{more}")
+
+    fields = _fields(converted)
+    # The image ships no embedded PostgreSQL and pods keep no disk, whatever BILLING_REQUIRE_DATABASE_URL says.
+    fields["require_database_url"] = fields["require_database_url"] or raw.under_kubernetes
+    sources = {name: source for name, (_, source) in raw.values.items()}
+    return Settings(**fields, sources=sources)  # type: ignore[arg-type]  # test_config checks the types
+
+
+def _missing_companions(converted: Mapping[str, object], under_kubernetes: bool) -> list[str]:
+    """Settings that are only valid together: a feature turned on needs its target and credentials."""
+    problems: list[str] = []
+
+    def require(flag: str, *needed: str) -> None:
+        if converted.get(flag):
+            problems.extend(f"{flag} is on but {name} is not set: set {name} or turn {flag} off"
+                            for name in needed if converted.get(name) is None)
+
+    require("INVOICE_ENABLE_S3", "INVOICE_S3_BUCKET")
+    require("INVOICE_ENABLE_STRIPE", "STRIPE_API_KEY")
+    require("INVOICE_ENABLE_EMAIL", "INVOICE_SMTP_HOST", "INVOICE_SMTP_FROM")
+    require("NOTIFY_ON_COMPLETION", "NOTIFY_EMAIL", "INVOICE_SMTP_HOST", "INVOICE_SMTP_FROM")
+    if converted.get("NOTIFY_WEBHOOK_URL") and converted.get("NOTIFY_WEBHOOK_SECRET") is None:
+        problems.append("NOTIFY_WEBHOOK_URL is set but NOTIFY_WEBHOOK_SECRET is not: receivers verify the "
+                        "signature with it")
+    if converted.get("INVOICE_SMTP_USERNAME") and converted.get("INVOICE_SMTP_PASSWORD") is None:
+        problems.append("INVOICE_SMTP_USERNAME is set but INVOICE_SMTP_PASSWORD is not")
+    if (converted.get("BILLING_REQUIRE_DATABASE_URL") or under_kubernetes) and converted.get("DATABASE_URL") is None:
+        why = "running under Kubernetes" if under_kubernetes else "BILLING_REQUIRE_DATABASE_URL is on"
+        problems.append(f"DATABASE_URL is not set and the embedded database is refused ({why}): "
+                        "set DATABASE_URL (check the Secret the job reads)")
+    return problems
+
+
+def _shard_problems(converted: Mapping[str, object]) -> list[str]:
+    index, count = converted["JOB_COMPLETION_INDEX"], converted["SHARD_COUNT"]
+    if index >= count:  # type: ignore[operator]
+        return [f"JOB_COMPLETION_INDEX={index} is not below SHARD_COUNT={count}: the completions of the "
+                "Indexed Job and SHARD_COUNT must agree"]
+    return []

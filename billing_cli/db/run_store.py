@@ -1,0 +1,96 @@
+"""The run history (`job_runs`) and the advisory locks that keep runs of the same work apart.
+
+Every function runs on the caller's connection; the caller decides when to commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from .. import __version__
+from ..summary import RunSummary
+
+
+def lock_key(scope: str) -> int:
+    """A stable signed 64-bit advisory lock key for a scope such as `invoice:2024-01:shard 1/4`."""
+    return int.from_bytes(hashlib.sha256(f"billing:{scope}".encode()).digest()[:8], "big", signed=True)
+
+
+def try_lock(conn: Connection, scope: str) -> bool:
+    """Take the session-level lock of `scope` if nobody holds it (never waits)."""
+    return bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key(scope)}).scalar_one())
+
+
+def unlock(conn: Connection, scope: str) -> None:
+    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key(scope)})
+
+
+def start_run(conn: Connection, *, job: str, period: str, shard: str | None, dry_run: bool,
+              parameters: dict[str, Any]) -> int:
+    """Record a run as running; returns its id."""
+    return conn.execute(text("""
+        INSERT INTO job_runs (job, period, shard, dry_run, parameters, host, version)
+        VALUES (:job, :period, :shard, :dry, CAST(:params AS jsonb), :host, :version) RETURNING id
+    """), {"job": job, "period": period, "shard": shard, "dry": dry_run,
+           "params": json.dumps(parameters, default=str), "host": socket.gethostname(),
+           "version": __version__}).scalar_one()
+
+
+def finish_run(conn: Connection, run_id: int, *, status: str, seconds: float, message: str | None,
+               summary: RunSummary | None) -> None:
+    conn.execute(text("""
+        UPDATE job_runs SET status = :status, finished_at = now(), duration_seconds = :seconds,
+            counts = CAST(:counts AS jsonb), errors = CAST(:errors AS jsonb),
+            revenue = CAST(:revenue AS jsonb), failed = CAST(:failed AS jsonb), message = :message
+        WHERE id = :id
+    """), {"id": run_id, "status": status, "seconds": round(seconds, 3),
+           "counts": json.dumps(summary.counts if summary else {}),
+           "errors": json.dumps(summary.errors if summary else {}),
+           "revenue": json.dumps(summary.revenue if summary else {}),
+           "failed": json.dumps(summary.failed[:1000] if summary else []), "message": message})
+
+
+_RUN_COLUMNS = ("id, job, period, shard, dry_run, status, started_at, finished_at, duration_seconds, counts, "
+                "errors, revenue, failed, message, host, version")
+
+
+def recent_runs(conn: Connection, *, job: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    where = "WHERE job = :job" if job else ""
+    rows = conn.execute(text(f"SELECT {_RUN_COLUMNS} FROM job_runs {where} "
+                             "ORDER BY started_at DESC, id DESC LIMIT :limit"),
+                        {"job": job, "limit": limit}).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def last_run(conn: Connection, job: str) -> dict[str, Any] | None:
+    """The job's latest real (not dry) run."""
+    row = conn.execute(text(f"SELECT {_RUN_COLUMNS} FROM job_runs WHERE job = :job AND NOT dry_run "
+                            "ORDER BY started_at DESC, id DESC LIMIT 1"), {"job": job}).mappings().first()
+    return dict(row) if row else None
+
+
+def last_success(conn: Connection, job: str) -> dict[str, Any] | None:
+    row = conn.execute(text(f"SELECT {_RUN_COLUMNS} FROM job_runs WHERE job = :job AND NOT dry_run "
+                            "AND status = 'succeeded' ORDER BY finished_at DESC LIMIT 1"),
+                       {"job": job}).mappings().first()
+    return dict(row) if row else None
+
+
+def running_since(conn: Connection, job: str, before: datetime) -> datetime | None:
+    """When the oldest run of the job still marked running started, if it started before `before`."""
+    return conn.execute(text("SELECT min(started_at) FROM job_runs WHERE job = :job AND status = 'running' "
+                             "AND started_at < :before"), {"job": job, "before": before}).scalar_one()
+
+
+def succeeded_shards(conn: Connection, jobs: list[str], period: str) -> list[str | None]:
+    """The shard of every successful real run of these jobs for the period (None: a whole run)."""
+    return list(conn.execute(text("""
+        SELECT shard FROM job_runs WHERE job = ANY(:jobs) AND period = :period AND NOT dry_run
+          AND status = 'succeeded'
+    """), {"jobs": jobs, "period": period}).scalars())

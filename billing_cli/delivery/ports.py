@@ -1,0 +1,42 @@
+"""The delivery adapters a run uses, as one value: a turned-off delivery is None.
+
+Each port (FileStore, PaymentGateway, Mailer) is a small Protocol beside its real adapter; jobs
+receive this bundle as an argument and never build adapters themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..outcomes import Step
+from .mailer import Mailer
+from .payments import PaymentGateway
+from .storage import FileStore
+
+# The feature flag of each delivery, for "skipped" messages.
+FLAGS = {Step.S3: "INVOICE_ENABLE_S3", Step.STRIPE: "INVOICE_ENABLE_STRIPE", Step.EMAIL: "INVOICE_ENABLE_EMAIL"}
+
+
+@dataclass(frozen=True)
+class Deliveries:
+    store: FileStore | None = None
+    payments: PaymentGateway | None = None
+    mailer: Mailer | None = None
+    sender: str | None = None
+    s3_prefix: str = ""
+    days_until_due: int = 30
+
+    def close(self) -> None:
+        """End the sessions the adapters keep open between invoices (SMTP: QUIT)."""
+        if self.mailer is not None:
+            self.mailer.close()
+
+    def enabled(self) -> tuple[Step, ...]:
+        """The delivery steps that are on, in the order they run."""
+        return tuple(step for step, adapter in self._adapters() if adapter is not None)
+
+    def disabled(self) -> list[Step]:
+        return [step for step, adapter in self._adapters() if adapter is None]
+
+    def _adapters(self) -> tuple[tuple[Step, object], ...]:
+        return ((Step.S3, self.store), (Step.STRIPE, self.payments), (Step.EMAIL, self.mailer))

@@ -1,0 +1,121 @@
+"""Acting: carry each organization's plan out for real: issue, void, render, deliver.
+
+Every write is its own short transaction, recorded the moment it succeeds, so a crash or a
+failure leaves a state the next run's plan picks up from (see jobs/deliver.py for the windows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from ...db import invoice_store
+from ...db.engine import Transactions
+from ...db.invoice_store import StoredInvoice
+from ...errors import BillingError
+from ...invoices import InvoiceDocument, due_date
+from ...outcomes import DELIVERY_STEPS, Component, OrgStatus, Step
+from ...periods import format_hour
+from ..aggregate import aggregate_one_hour
+from ..deliver import deliver, pending_deliveries
+from .documents import render
+from .options import InvoiceOptions
+from .planning import Action, OrgPlan
+from .results import InvoiceRunResult, OrgOutcome, first_outcome
+
+
+class Acting:
+    def __init__(self, transactions: Transactions, options: InvoiceOptions) -> None:
+        self.transactions = transactions
+        self.options = options
+
+    def prepare(self, stale_hours: list[datetime], result: InvoiceRunResult) -> list[datetime]:
+        """Aggregate the month's hours whose events changed since the hourly job saw them, before
+        anything is rated. Returns the hours to read from the raw events instead: none."""
+        for hour in stale_hours:
+            outcome = aggregate_one_hour(self.transactions, hour)
+            if outcome.error:  # rating on incomplete usage would under-bill: stop before any invoice
+                raise BillingError(f"aggregating {format_hour(hour)} failed, so no invoice was issued: "
+                                   f"{outcome.error}",
+                                   hint=f"Fix it and rerun; `billing aggregate-hourly --hour {hour:%Y-%m-%dT%H}` "
+                                        "shows the error alone.")
+            result.aggregated_hours += 1
+        return []
+
+    def carry_out(self, plan: OrgPlan) -> OrgOutcome:
+        outcome = first_outcome(plan)
+        try:
+            if plan.action in (Action.ISSUE, Action.REGENERATE):
+                self._issue(plan, outcome)
+            elif plan.action == Action.VOID:
+                assert plan.existing is not None
+                with self.transactions() as conn:
+                    invoice_store.void_invoice(conn, plan.existing.id, "regenerated: nothing to bill")
+                outcome.steps.append(Step.VOIDED)
+            elif plan.action == Action.COMPLETE:
+                assert plan.existing is not None
+                self._complete(plan.existing, plan.steps, outcome)
+        except OperationalError:
+            raise  # the database is gone: stop the run (exit 4); a rerun resumes where this one stopped
+        except Exception as exc:  # one organization's bug must not stop the others; it is reported
+            outcome.fail(Component.DATA, f"unexpected error: {type(exc).__name__}: {exc}")
+        return outcome
+
+    def _issue(self, plan: OrgPlan, outcome: OrgOutcome) -> None:
+        """Issue the invoice (one transaction: number, invoice, lines), then its steps."""
+        options, org, rated = self.options, plan.organization, plan.rated
+        assert rated is not None
+        due = due_date(options.issue_date, options.payment_terms_days)
+        try:
+            with self.transactions() as conn:
+                stored = invoice_store.issue_invoice(
+                    conn, organization_id=org.id, bill_to_name=org.name, bill_to_email=org.email, rated=rated,
+                    month=options.month, issue_date=options.issue_date, due_date=due, replaces=plan.existing,
+                    stripe_customer_id=org.stripe_customer_id)
+        except IntegrityError as exc:
+            if "uq_invoices_one_live_per_org_month" not in str(exc.orig):
+                raise
+            # Another run issued this organization's invoice between our read and our insert: the
+            # unique index kept it to one. Report it as already invoiced; a rerun finishes its steps.
+            outcome.status = OrgStatus.ALREADY_INVOICED
+            outcome.warnings.append("invoiced concurrently by another run")
+            return
+        outcome.number, outcome.currency, outcome.total = stored.number, stored.currency, stored.total
+        outcome.steps.append(Step.ISSUED)
+        # Just issued: the document is known without reading it back.
+        document = InvoiceDocument(stored.number, org.id, org.name, org.email, options.month, options.issue_date,
+                                   due, rated.currency, rated.lines, rated.total)
+        self._carry_out_steps(stored, document, plan.steps, outcome)
+
+    def _complete(self, planned: StoredInvoice, steps: tuple[Step, ...], outcome: OrgOutcome) -> None:
+        """An invoice issued earlier: read it again now (another run may have moved it on since
+        the plan was made) and carry out the planned steps that are still missing."""
+        with self.transactions() as conn:
+            invoice = invoice_store.load_invoice(conn, planned.id)
+            document = invoice_store.load_document(conn, planned.id)
+        still = pending_deliveries(invoice, tuple(s for s in steps if s in DELIVERY_STEPS))
+        self._carry_out_steps(invoice, document, ((Step.PDF,) if Step.PDF in steps else ()) + still, outcome)
+
+    def _carry_out_steps(self, invoice: StoredInvoice, document: InvoiceDocument, steps: tuple[Step, ...],
+                         outcome: OrgOutcome) -> None:
+        """The PDF (rendered from what was stored, so a rerun gives the same bytes), then the
+        deliveries, each recorded as soon as it succeeds."""
+        pdf = render(document, self.options, outcome)
+        if pdf is None:
+            return
+        sha256 = hashlib.sha256(pdf).hexdigest()
+        if Step.PDF in steps:
+            with self.transactions() as conn:
+                invoice_store.record_pdf(conn, invoice.id, sha256=sha256, size=len(pdf), path=outcome.pdf_path)
+            outcome.steps.append(Step.PDF)
+        elif sha256 != invoice.pdf_sha256:
+            outcome.warnings.append("the PDF rendered now differs from the first rendering (a newer renderer?)")
+        deliveries = tuple(s for s in steps if s in DELIVERY_STEPS)
+        if deliveries:
+            delivered = deliver(self.transactions, invoice, document, pdf, self.options.deliveries,
+                                self.options.seller, deliveries)
+            outcome.steps += delivered.steps
+            if delivered.error is not None:
+                outcome.fail(*delivered.error)

@@ -1,0 +1,141 @@
+"""invoice-monthly: every organization's month planned, then carried out (or previewed), exactly once.
+
+Organizations stream in batches from one ordered pass over the month's usage. For each batch:
+load the stored invoices and plans, plan every organization (pure), then hand the plans to a
+bounded pool of worker threads that carry them out (Acting) or preview them (Previewing). Which
+of the two is chosen once, here; neither knows about the other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+from ...db import invoice_store, plan_store, usage_store
+from ...db.engine import Transactions
+from ...db.usage_store import OrganizationRow
+from ...delivery.pdf import RenderPool
+from ...outcomes import Component
+from .acting import Acting
+from .options import InvoiceOptions
+from .planning import Action, OrgPlan, PlanRules, plan_organization
+from .previewing import Previewing
+from .results import InvoiceRunResult, OrgOutcome
+
+# Below this many organizations, starting render processes costs more than it saves.
+RENDER_POOL_THRESHOLD = 200
+
+
+class Executor(Protocol):
+    def prepare(self, stale_hours: list[datetime], result: InvoiceRunResult) -> list[datetime]: ...
+    def carry_out(self, plan: OrgPlan) -> OrgOutcome: ...
+
+
+def invoice_month(
+    transactions: Transactions,
+    options: InvoiceOptions,
+    *,
+    on_start: Callable[[InvoiceRunResult], None] | None = None,
+    on_outcome: Callable[[OrgOutcome], None] | None = None,
+) -> InvoiceRunResult:
+    started = time.perf_counter()
+    result = InvoiceRunResult(month=options.month, dry_run=options.dry_run, job=options.job,
+                              plan=[] if options.keep_plan else None)
+    only = list(options.organizations) or None
+    with transactions() as conn:
+        stale = usage_store.stale_hours(conn, options.month)
+        result.organizations_found = usage_store.count_active(conn, only, options.shard)
+    render_pool = None
+    if options.render_processes > 1 and result.organizations_found >= RENDER_POOL_THRESHOLD:
+        render_pool = RenderPool(options.render_processes)
+        options = replace(options, renderer=render_pool)
+    try:
+        executor: Executor = Previewing(transactions, options) if options.dry_run else Acting(transactions, options)
+        live_hours = executor.prepare(stale, result)
+        if on_start:
+            on_start(result)
+        _run(transactions, options, executor, result, only, live_hours, on_outcome)
+    finally:
+        if render_pool is not None:
+            render_pool.close()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _run(transactions: Transactions, options: InvoiceOptions, executor: Executor, result: InvoiceRunResult,
+         only: list[str] | None, live_hours: list[datetime],
+         on_outcome: Callable[[OrgOutcome], None] | None) -> None:
+    rules = PlanRules(options.month, options.regenerate, options.deliveries.enabled(),
+                      keep_pdf_files=options.output_dir is not None)
+    seen: set[str] = set()
+
+    def collect(outcome: OrgOutcome) -> None:
+        result.add(outcome)
+        if on_outcome:
+            on_outcome(outcome)
+
+    # Organizations are I/O-bound (database, S3, Stripe, SMTP): a bounded pool of worker threads,
+    # each organization in its own transactions. Outcomes are collected on this thread.
+    pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="invoice")
+    try:
+        with transactions() as stream:
+            for batch in usage_store.organizations_with_usage(stream, options.month, batch_size=options.batch_size,
+                                                              only=only, shard=options.shard, live_hours=live_hours):
+                if options.stopping:
+                    break
+                if only:  # only to report --org ids that are not active; never grows with the fleet
+                    seen.update(org.id for org, _ in batch)
+                plans = _plan_batch(transactions, options, rules, batch)
+                pending = {pool.submit(executor.carry_out, plan) for plan in plans}
+                result.unfinished = _collect(pending, options, collect)
+                if result.unfinished or options.stopping:
+                    break
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    if options.stopping:
+        result.interrupted = True
+        return
+    for missing in sorted(o for o in set(options.organizations) - seen if options.shard.owns(o)):
+        collect(OrgOutcome(missing).fail(Component.DATA, "no active organization with this id"))
+
+
+def _plan_batch(transactions: Transactions, options: InvoiceOptions, rules: PlanRules,
+                batch: list[tuple[OrganizationRow, dict[str, Decimal]]]) -> list[OrgPlan]:
+    """Read what is stored for the batch (live invoices, price plans), then plan each organization."""
+    with transactions() as conn:
+        existing = invoice_store.live_invoices(conn, options.month, [org.id for org, _ in batch])
+        price_plans = plan_store.load_plans(conn, sorted({o.price_plan_id for o, _ in batch if o.price_plan_id}))
+    plans = []
+    for org, usage in batch:
+        stored = existing.get(org.id)
+        missing_file = (stored is not None and options.output_dir is not None
+                        and not options.pdf_file(options.month, stored.number).exists())
+        try:
+            plans.append(plan_organization(org, usage, price_plans, stored, rules, pdf_file_missing=missing_file))
+        except Exception as exc:  # a bug in planning one organization must not stop the others
+            plans.append(OrgPlan(org, Action.REFUSE, existing=stored,
+                                 problem=f"unexpected error: {type(exc).__name__}: {exc}"))
+    return plans
+
+
+def _collect(pending: set[Future], options: InvoiceOptions, collect: Callable[[OrgOutcome], None]) -> int:
+    """Wait for the batch's outcomes. On SIGTERM/SIGINT take no new organization and let those in
+    flight finish within the grace period; returns how many were still unfinished then."""
+    while pending:
+        done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+        for future in done:
+            collect(future.result())
+        if options.stopping and pending:
+            for future in pending:
+                future.cancel()
+            in_flight = {f for f in pending if not f.cancelled()}
+            finished, unfinished = wait(in_flight, timeout=options.grace_seconds)
+            for future in finished:
+                collect(future.result())
+            return len(unfinished)
+    return 0

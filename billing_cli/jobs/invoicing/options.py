@@ -1,0 +1,47 @@
+"""The settings of one invoicing run, resolved from flags and configuration by the run layer."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from ...db.usage_store import Shard
+from ...delivery.pdf import render_invoice
+from ...delivery.ports import Deliveries
+from ...invoices import InvoiceDocument, Seller
+from ...outcomes import Job
+from ...periods import Month
+
+
+@dataclass(frozen=True)
+class InvoiceOptions:
+    month: Month
+    issue_date: date
+    seller: Seller
+    dry_run: bool = False
+    job: str = Job.INVOICE_MONTHLY
+    organizations: tuple[str, ...] = ()
+    regenerate: bool = False
+    output_dir: Path | None = None
+    payment_terms_days: int = 30
+    batch_size: int = 500
+    deliveries: Deliveries = field(default_factory=Deliveries)
+    concurrency: int = 1
+    shard: Shard = field(default_factory=Shard)
+    stop: threading.Event | None = None  # set on SIGTERM/SIGINT: finish what is in flight, take nothing new
+    grace_seconds: float = 20.0
+    render_processes: int = 1  # PDF rendering in this many processes for large runs (1: in the threads)
+    renderer: Callable[[InvoiceDocument, Seller], bytes] = render_invoice
+    keep_plan: bool = False  # keep every organization's outcome in the result (a dry run's --json plan)
+
+    def pdf_file(self, month: Month, number: str) -> Path:
+        """Where an invoice's PDF is written in the output folder."""
+        assert self.output_dir is not None
+        return self.output_dir / str(month) / f"{number}.pdf"
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()

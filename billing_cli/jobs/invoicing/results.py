@@ -1,0 +1,126 @@
+"""What an invoicing run did: one outcome per organization, and the run's counts and totals."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from ...outcomes import Component, Job, OrgStatus, Step, run_outcome
+from ...periods import Month
+from ...summary import RunSummary
+from .planning import Action, OrgPlan
+
+
+@dataclass
+class OrgOutcome:
+    """What happened to one organization in this run (in a dry run: what would happen)."""
+
+    organization_id: str
+    name: str = ""
+    status: OrgStatus = OrgStatus.FAILED
+    action: Action | None = None  # the plan's action for this organization
+    number: str | None = None
+    currency: str | None = None
+    total: Decimal | None = None
+    pdf_bytes: int | None = None
+    pdf_path: str | None = None  # where the PDF file was written, if it was
+    steps: list[Step] = field(default_factory=list)  # carried out in this run, in order
+    voided_number: str | None = None  # the invoice a regeneration voided
+    pending: tuple[Step, ...] = ()  # a dry run: the steps a real run would carry out
+    errors: list[tuple[Component, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def fail(self, component: Component, message: str) -> OrgOutcome:
+        self.errors.append((component, message))
+        if self.status != OrgStatus.ALREADY_INVOICED:
+            self.status = OrgStatus.FAILED
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"organization_id": self.organization_id, "action": self.action, "status": self.status,
+                "number": self.number, "currency": self.currency,
+                "total": str(self.total) if self.total is not None else None,
+                "voids": self.voided_number, "steps": [*self.steps, *self.pending],
+                "errors": [list(e) for e in self.errors], "warnings": self.warnings}
+
+
+@dataclass
+class InvoiceRunResult:
+    """Counts and totals only (organizations are streamed, never all kept in memory), plus the
+    failed organizations' outcomes for the report, and a dry run's plan when it was asked for."""
+
+    month: Month
+    dry_run: bool
+    job: str = Job.INVOICE_MONTHLY
+    organizations_found: int = 0
+    aggregated_hours: int = 0
+    stale_hours_previewed: int = 0
+    statuses: Counter[OrgStatus] = field(default_factory=Counter)
+    errors_by_component: Counter[Component] = field(default_factory=Counter)
+    revenue: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    failed: list[OrgOutcome] = field(default_factory=list)
+    plan: list[OrgOutcome] | None = None  # every outcome, kept only when asked for (--dry-run --json)
+    seconds: float = 0.0
+    interrupted: bool = False
+    unfinished: int = 0  # organizations still in flight when the grace period ended
+
+    @property
+    def processed(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def add(self, outcome: OrgOutcome) -> None:
+        self.statuses[outcome.status] += 1
+        for component, _ in outcome.errors:
+            self.errors_by_component[component] += 1
+        if outcome.errors:
+            self.failed.append(outcome)
+        if outcome.status == OrgStatus.INVOICED and outcome.total is not None and outcome.currency:
+            self.revenue[outcome.currency] += outcome.total
+        if self.plan is not None:
+            self.plan.append(outcome)
+
+    def summary(self) -> RunSummary:
+        return RunSummary(
+            job=self.job, period=str(self.month), outcome=run_outcome(ok=self.ok, interrupted=self.interrupted),
+            dry_run=self.dry_run, seconds=self.seconds,
+            counts={"found": self.organizations_found, "processed": self.processed,
+                    "invoiced": self.statuses[OrgStatus.INVOICED],
+                    "already_invoiced": self.statuses[OrgStatus.ALREADY_INVOICED],
+                    "nothing_to_bill": self.statuses[OrgStatus.NOTHING_TO_BILL], "failed": len(self.failed)},
+            errors={c.value: self.errors_by_component.get(c, 0) for c in Component},
+            revenue={cur: str(self.revenue[cur]) for cur in sorted(self.revenue)},
+            failed=[{"organization_id": o.organization_id, "errors": [list(e) for e in o.errors]}
+                    for o in self.failed],
+            extra={"plan": [o.as_dict() for o in self.plan]} if self.plan is not None else {},
+        )
+
+
+def first_outcome(plan: OrgPlan) -> OrgOutcome:
+    """The outcome a plan leads to before anything is carried out (a failure changes it)."""
+    org, existing = plan.organization, plan.existing
+    outcome = OrgOutcome(org.id, org.name, status=_STATUS[plan.action], action=plan.action,
+                         warnings=list(plan.warnings))
+    if plan.action in (Action.COMPLETE, Action.SKIP) and existing is not None:
+        outcome.number, outcome.currency, outcome.total = existing.number, existing.currency, existing.total
+        outcome.pdf_bytes = existing.pdf_bytes
+    elif plan.action in (Action.REGENERATE, Action.VOID) and existing is not None:
+        outcome.voided_number = existing.number
+    if plan.action == Action.REFUSE:
+        outcome.fail(Component.DATA, plan.problem or "cannot be invoiced")
+    return outcome
+
+
+_STATUS = {Action.ISSUE: OrgStatus.INVOICED, Action.REGENERATE: OrgStatus.INVOICED,
+           Action.VOID: OrgStatus.NOTHING_TO_BILL, Action.COMPLETE: OrgStatus.ALREADY_INVOICED,
+           Action.SKIP: OrgStatus.ALREADY_INVOICED, Action.NOTHING_TO_BILL: OrgStatus.NOTHING_TO_BILL,
+           Action.REFUSE: OrgStatus.FAILED}

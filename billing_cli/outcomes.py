@@ -1,0 +1,70 @@
+"""What runs and organizations can end as, and the steps of an invoice: enums, not strings."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from .errors import ExitCode
+
+
+class Job(StrEnum):
+    AGGREGATE_HOURLY = "aggregate-hourly"
+    INVOICE_MONTHLY = "invoice-monthly"
+    LEGACY_RUN = "legacy-run"
+
+
+MONTHLY_JOBS = (Job.INVOICE_MONTHLY, Job.LEGACY_RUN)  # either one bills a month
+
+
+class RunOutcome(StrEnum):
+    """How a run ended (also the `job_runs.status` of a finished run)."""
+
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"  # finished, but some organizations or hours failed
+    FAILED = "failed"  # stopped by an error before finishing
+    INTERRUPTED = "interrupted"  # SIGTERM/SIGINT: the work in flight was finished, the rest left
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return _EXIT_CODES[self]
+
+
+_EXIT_CODES = {RunOutcome.SUCCEEDED: ExitCode.OK, RunOutcome.PARTIAL: ExitCode.PARTIAL,
+               RunOutcome.FAILED: ExitCode.INTERNAL, RunOutcome.INTERRUPTED: ExitCode.INTERRUPTED}
+
+
+def run_outcome(*, ok: bool, interrupted: bool) -> RunOutcome:
+    return RunOutcome.INTERRUPTED if interrupted else RunOutcome.SUCCEEDED if ok else RunOutcome.PARTIAL
+
+
+class OrgStatus(StrEnum):
+    """What one organization's invoice is at the end of a run."""
+
+    INVOICED = "invoiced"  # issued by this run (a dry run: would be)
+    ALREADY_INVOICED = "already_invoiced"  # issued by an earlier run; missing steps completed
+    NOTHING_TO_BILL = "nothing_to_bill"
+    FAILED = "failed"
+
+
+class Step(StrEnum):
+    """What a run did to one organization's invoice, in order."""
+
+    VOIDED = "voided"  # the live invoice was voided (regeneration)
+    ISSUED = "issued"
+    PDF = "pdf"
+    S3 = "s3"
+    STRIPE = "stripe"
+    EMAIL = "email"
+
+
+DELIVERY_STEPS = (Step.S3, Step.STRIPE, Step.EMAIL)
+
+
+class Component(StrEnum):
+    """Where an organization's error came from, for the per-component error counts."""
+
+    DATA = "data"
+    PDF = "pdf"
+    S3 = "s3"
+    STRIPE = "stripe"
+    EMAIL = "email"

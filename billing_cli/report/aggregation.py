@@ -1,0 +1,93 @@
+"""aggregate-hourly on screen and in the logs: the window, one line per hour, the summary."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..periods import format_hour
+from .output import Output, number
+
+if TYPE_CHECKING:
+    from ..jobs.aggregate import AggregationResult, HourResult
+    from ..periods import HourRange
+
+
+class AggregationScreen:
+    """What the run layer tells about an aggregation run, rendered as it happens."""
+
+    def __init__(self, output: Output) -> None:
+        self.output = output
+        self.dry_run = False
+        self.notice, self.warning, self.set_context = output.notice, output.warning, output.set_context
+
+    def aggregation_started(self, window: HourRange, dry_run: bool, database: str) -> None:
+        self.dry_run = dry_run
+        aggregation_header(self.output, window, dry_run, database)
+
+    def hour_done(self, hour: HourResult) -> None:
+        aggregation_hour(self.output, hour, self.dry_run)
+
+
+def aggregation_header(output: Output, window: HourRange, dry_run: bool, where: str) -> None:
+    if output.plain:
+        output.record("start", job="aggregate-hourly", window_start=format_hour(window.start),
+                      window_end=format_hour(window.end), hours=len(window),
+                      dry_run=str(dry_run).lower(), database=where)
+        return
+    output.banner("🕐 billing aggregate-hourly", [
+        ("window", str(window)), ("dry run", "yes" if dry_run else "no"), ("database", where)])
+
+
+def aggregation_hour(output: Output, hour: HourResult, dry_run: bool) -> None:
+    verb = "would write" if dry_run else "wrote"
+    if output.plain:
+        output.record("hour", hour=format_hour(hour.hour), status="ok" if hour.ok else "error",
+                      organizations=hour.organizations, events=hour.events, inserted=hour.inserted,
+                      updated=hour.updated, deleted=hour.deleted, ignored_events=hour.ignored_events,
+                      seconds=f"{hour.seconds:.3f}", **({"error": hour.error} if hour.error else {}))
+        return
+    if hour.ok:
+        changed = hour.inserted + hour.updated
+        ignored = f", {number(hour.ignored_events)} events of unknown/inactive organizations ignored" \
+            if hour.ignored_events else ""
+        output.line(f"✅ {format_hour(hour.hour)}  {number(hour.organizations)} organizations, "
+                    f"{number(hour.events)} events → {verb} {number(changed)} rows, "
+                    f"removed {number(hour.deleted)} stale{ignored}  ({hour.seconds:.2f} s)")
+    else:
+        output.line(f"❌ {format_hour(hour.hour)}  {hour.error}")
+
+
+def aggregation_summary(output: Output, result: AggregationResult) -> None:
+    multi = len(result.window) > 1
+    output.table(
+        "Usage by metric",
+        [("Metric", "metric"), ("Organizations (busiest hour)" if multi else "Organizations", "organizations"),
+         ("Events", "events"), ("Quantity", "quantity")],
+        [(m.metric, m.organizations, m.events, m.quantity)
+         for m in result.totals_by_metric()],
+        kind="metric",
+    )
+    fields = {
+        "hours": len(result.hours),
+        "failed_hours": len(result.failed_hours),
+        "organizations": result.busiest_hour_organizations,
+        "events": result.events,
+        "rows_written": sum(h.inserted + h.updated for h in result.hours),
+        "rows_removed": sum(h.deleted for h in result.hours),
+        "ignored_events": sum(h.ignored_events for h in result.hours),
+        "dry_run": str(result.dry_run).lower(),
+        "seconds": f"{result.seconds:.2f}",
+        "outcome": "ok" if result.ok else "partial",
+    }
+    if output.plain:
+        output.record("summary", job="aggregate-hourly", **fields)
+        return
+    mark = "✅" if result.ok else "❌"
+    output.line(f"{mark} {fields['hours']} hours aggregated, {fields['failed_hours']} failed; "
+                f"{number(result.events)} events from {number(fields['organizations'])} organizations"
+                f"{' (busiest hour)' if multi else ''}; {number(fields['rows_written'])} rows "
+                f"{'would be ' if result.dry_run else ''}written, {number(fields['rows_removed'])} removed; "
+                f"{number(fields['ignored_events'])} events ignored; {fields['seconds']} s"
+                f"{'  (dry run: nothing written)' if result.dry_run else ''}")
+
+

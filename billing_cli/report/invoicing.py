@@ -1,0 +1,190 @@
+"""invoice-monthly on screen and in the logs: the header, one line per organization, the summary.
+
+The sentences are built here, from the outcomes' data (statuses, steps, numbers, amounts).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..delivery.ports import FLAGS
+from ..money import format_money
+from ..outcomes import Component, OrgStatus, Step
+from .output import Output
+
+if TYPE_CHECKING:
+    from ..jobs.invoicing import InvoiceRunResult, OrgOutcome
+    from ..runs.invoicing import InvoicingStart
+
+_MARKS = {OrgStatus.INVOICED: "✅", OrgStatus.ALREADY_INVOICED: "⏭ ", OrgStatus.NOTHING_TO_BILL: "➖",
+          OrgStatus.FAILED: "❌"}
+_STEP_NAMES = {Step.PDF: "PDF stored", Step.S3: "uploaded to S3", Step.STRIPE: "Stripe invoice sent",
+               Step.EMAIL: "e-mailed"}
+
+
+class InvoicingScreen:
+    """What the run layer tells about an invoicing run, rendered as it happens: the header, then
+    per-organization lines as outcomes arrive, under a Rich progress bar on a terminal."""
+
+    def __init__(self, output: Output) -> None:
+        self.output = output
+        self.dry_run = False
+        self._progress = None
+        self._task = None
+        self.notice, self.warning, self.set_context = output.notice, output.warning, output.set_context
+
+    def demo_started(self, database: str) -> None:
+        self.output.banner("billing demo", [("database", database)])
+
+    def demo_seeded(self, result) -> None:
+        from .aggregation import aggregation_summary
+        from .tables import demo_summary
+
+        demo_summary(self.output, result)
+        assert result.aggregation is not None
+        aggregation_summary(self.output, result.aggregation)
+
+    def invoicing_started(self, start: InvoicingStart) -> None:
+        self.dry_run = start.dry_run
+        invoice_header(self.output, start)
+
+    def organizations_found(self, result: InvoiceRunResult) -> None:
+        out = self.output
+        self.dry_run = result.dry_run
+        if result.aggregated_hours:
+            out.notice(f"aggregated {result.aggregated_hours} hour(s) of {result.month} whose events changed "
+                       "since the hourly run, before rating")
+        if result.stale_hours_previewed:
+            out.notice(f"{result.stale_hours_previewed} hour(s) of {result.month} are not aggregated yet: the "
+                       "preview reads them from the raw events (a real run aggregates them first)")
+        if out.plain:
+            out.record("found", organizations=result.organizations_found)
+            return
+        out.line(f"Found {result.organizations_found:,} active organizations to invoice")
+        if out.out.is_terminal and result.organizations_found > 1:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self._progress = Progress("[progress.description]{task.description}", BarColumn(),
+                                      MofNCompleteColumn(), TimeRemainingColumn(), console=out.out, transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task("invoicing", total=result.organizations_found)
+
+    def organization_done(self, o: OrgOutcome) -> None:
+        out = self.output
+        if out.plain:
+            out.record("organization", **organization_fields(o))
+            return
+        line = organization_line(o, self.dry_run)
+        if self._progress is not None:
+            self._progress.console.print(line, markup=False, highlight=False)
+            self._progress.advance(self._task)
+        else:
+            out.line(line)
+
+    def invoicing_ended(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def organization_fields(o: OrgOutcome) -> dict[str, object]:
+    """One organization as a machine-readable record."""
+    fields: dict[str, object] = {"id": o.organization_id, "status": o.status.value}
+    if o.number:
+        fields.update(number=o.number, total=o.total, currency=o.currency)
+    if o.pdf_bytes:
+        fields["pdf_bytes"] = o.pdf_bytes
+    if o.voided_number:
+        fields["voids"] = o.voided_number
+    if o.steps:
+        fields["done"] = ",".join(step.value for step in o.steps)
+    for component, message in o.errors:
+        fields[f"error_{component.value}"] = message
+    for warning in o.warnings:
+        fields["warning"] = warning
+    return fields
+
+
+def organization_line(o: OrgOutcome, dry_run: bool) -> str:
+    """One organization as a sentence."""
+    who = f"{o.organization_id} ({o.name})" if o.name else o.organization_id
+    mark = _MARKS[OrgStatus.FAILED] if o.errors else _MARKS[o.status]
+    amount = f"{format_money(o.total, o.currency)}" if o.total is not None and o.currency else ""
+    pdf = f", PDF {o.pdf_bytes / 1024:.1f} kB" if o.pdf_bytes else ""
+    delivered = [_STEP_NAMES[s] for s in o.steps if s in _STEP_NAMES]
+    if o.status == OrgStatus.INVOICED:
+        verb = "would be invoiced as" if dry_run else "invoice generated:"
+        replacing = f" (replacing {o.voided_number}, voided)" if o.voided_number else ""
+        steps = f"; {', '.join(delivered)}" if delivered else ""
+        text = f"{mark} {who}: {verb} {o.number}{replacing}, {amount}{pdf}{steps}"
+    elif o.status == OrgStatus.ALREADY_INVOICED:
+        extra = f"; completed now: {', '.join(delivered)}" if delivered else ""
+        text = f"{mark} {who}: already invoiced ({o.number}, {amount}){extra}"
+    elif o.status == OrgStatus.NOTHING_TO_BILL:
+        voided = f"; {o.voided_number} {'would be ' if dry_run else ''}voided" if o.voided_number else ""
+        text = f"{mark} {who}: nothing to bill{voided}"
+    else:
+        text = f"{mark} {who}"
+    for component, message in o.errors:
+        text += f"\n   ❌ {component.value}: {message}"
+    for warning in o.warnings:
+        text += f"\n   ⚠️  {warning}"
+    return text
+
+
+def invoice_header(output: Output, start: InvoicingStart) -> None:
+    disabled = start.disabled
+    deliveries = ", ".join(f"{step.value} {'skipped (' + flag + ' is off)' if step in disabled else 'on'}"
+                           for step, flag in FLAGS.items())
+    if start.dry_run:
+        deliveries = "none (dry run: nothing is uploaded, created or sent)"
+    if output.plain:
+        output.record("start", job=start.job, month=start.month, dry_run=str(start.dry_run).lower(),
+                      database=start.database,
+                      **({} if start.dry_run else {step.value: "off" if step in disabled else "on" for step in FLAGS}),
+                      **({"shard": start.shard} if start.shard else {}))
+        return
+    output.banner(f"🧾 billing {start.job}", [("month", start.month), ("dry run", "yes" if start.dry_run else "no"),
+                                             ("deliveries", deliveries), ("database", start.database),
+                                             *((("shard", start.shard),) if start.shard else ())])
+
+
+def invoice_summary(output: Output, result: InvoiceRunResult) -> None:
+    errors = {c.value: result.errors_by_component.get(c, 0) for c in Component}
+    revenue = {cur: result.revenue[cur] for cur in sorted(result.revenue)}
+    statuses = result.statuses
+    if output.plain:
+        output.record("summary", job=result.job, month=result.month, found=result.organizations_found,
+                      processed=result.processed, invoiced=statuses[OrgStatus.INVOICED],
+                      already_invoiced=statuses[OrgStatus.ALREADY_INVOICED],
+                      nothing_to_bill=statuses[OrgStatus.NOTHING_TO_BILL], failed=len(result.failed),
+                      **{f"errors_{c}": n for c, n in errors.items()},
+                      **{f"revenue_{cur}": amount for cur, amount in revenue.items()},
+                      dry_run=str(result.dry_run).lower(), seconds=f"{result.seconds:.2f}",
+                      outcome="ok" if result.ok else "partial")
+        return
+    rows: list[tuple[str, object]] = [
+        ("Month", str(result.month)),
+        ("Organizations processed", result.processed),
+        ("Invoices generated" + (" (would be)" if result.dry_run else ""), statuses[OrgStatus.INVOICED]),
+        ("Already invoiced", statuses[OrgStatus.ALREADY_INVOICED]),
+        ("Nothing to bill", statuses[OrgStatus.NOTHING_TO_BILL]),
+        ("Failed organizations", len(result.failed)),
+    ]
+    rows += [(f"Revenue ({cur})", format_money(amount, cur)) for cur, amount in revenue.items()] or \
+        [("Revenue", "none")]
+    rows += [("Processing time", f"{result.seconds:.2f} s"), ("Dry run", "yes" if result.dry_run else "no")]
+    output.table("Summary", [("", "key"), ("", "value")], rows, kind="summary")
+    output.table("Errors by component", [("Component", "component"), ("Errors", "errors")],
+                 list(errors.items()), kind="errors")
+    mark = "✅" if result.ok else "❌"
+    output.line(f"{mark} {result.month}: {statuses[OrgStatus.INVOICED]} invoiced, {len(result.failed)} failed"
+                + ("; rerun the same command to finish the failed ones" if not result.ok else ""))
+
+
+def invoice_run_summary(output: Output, result: InvoiceRunResult) -> None:
+    """The end of an invoicing run: the summary, and what an interruption left to do."""
+    invoice_summary(output, result)
+    if result.interrupted:
+        output.warning(f"interrupted: {result.processed} organizations processed, {result.unfinished} left in "
+                       "flight; rerun the same command to complete the month")

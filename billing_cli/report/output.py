@@ -1,0 +1,151 @@
+"""Where a command writes: Rich on a terminal, `kind key=value` lines, or JSON lines."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+BANNER_WIDTH = 64
+
+
+def number(value: int | Decimal) -> str:
+    """Thousands separators; Decimals keep their exact digits (never through float)."""
+    if isinstance(value, Decimal):
+        return f"{value.normalize():,f}" if value == value.to_integral_value() else f"{value:,f}"
+    return f"{value:,}"
+
+
+def plain_value(value: object) -> str:
+    text = str(value).replace("\r", " ").replace("\n", "; ")  # one record, one line
+    return f'"{text}"' if (" " in text or text == "") else text
+
+
+LOG_FORMATS = ("auto", "rich", "plain", "json")  # auto: Rich on a terminal, JSON lines otherwise
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+class Output:
+    """Where a command writes. Formats: `rich` (banners and tables, for a terminal), `plain`
+    (`kind key=value` lines) and `json` (one JSON object a line: time, level, job, run id, event
+    and its fields). `auto` is Rich on a terminal and JSON lines otherwise (Kubernetes, CI).
+    With `to_stderr` (the jobs' --json), everything goes to stderr and stdout keeps one document."""
+
+    def __init__(self, *, log_format: str = "auto", level: str = "info", to_stderr: bool = False) -> None:
+        from rich.console import Console
+
+        self.stream = sys.stderr if to_stderr else sys.stdout
+        self.out: Console = Console(highlight=False, soft_wrap=True, stderr=to_stderr)
+        self.err: Console = Console(stderr=True, highlight=False, soft_wrap=True)
+        if log_format == "auto":
+            log_format = "rich" if self.out.is_terminal else "json"
+        self.format = log_format
+        self.plain = log_format in ("plain", "json")  # line-oriented, no tables
+        self.level = _LEVELS.get(level, 20)
+        self.context: dict[str, object] = {}  # job, run_id: added to every JSON line
+
+    def set_context(self, **fields: object) -> None:
+        self.context = dict(fields)
+
+    def _json(self, level: str, event: str, fields: dict[str, object], stream) -> None:
+        import json
+        from datetime import UTC, datetime
+
+        record = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": level,
+                  **self.context, "event": event}
+        for key, value in fields.items():
+            record["organization_id" if (key == "id" and event == "organization") else key] = value
+        print(json.dumps(record, default=str, ensure_ascii=False), file=stream, flush=True)
+
+    # -- generic lines -------------------------------------------------------------------------
+    def line(self, text: str = "") -> None:
+        if self.format == "json":
+            if text.strip():
+                self._json("info", "message", {"message": text}, self.stream)
+        elif self.plain:
+            print(text, file=self.stream, flush=True)
+        else:
+            self.out.print(text, markup=False)
+
+    def record(self, kind: str, *, level: str = "info", **fields: object) -> None:
+        """One machine-readable record: a `kind key=value …` line, or a JSON line."""
+        if _LEVELS[level] < self.level and kind not in ("summary", "start"):
+            return
+        if self.format == "json":
+            self._json(level, kind, fields, self.stream)
+            return
+        parts = " ".join(f"{k}={plain_value(v)}" for k, v in fields.items())
+        print(f"{kind} {parts}".rstrip(), file=self.stream, flush=True)
+
+    def notice(self, text: str) -> None:
+        if self.level > _LEVELS["info"]:
+            return
+        if self.format == "json":
+            self._json("info", "notice", {"message": text}, sys.stderr)
+        elif self.plain:
+            print(f"notice: {text}", file=sys.stderr, flush=True)
+        else:
+            self.err.print(f"[dim]ℹ {text}[/dim]", highlight=False)
+
+    def warning(self, text: str) -> None:
+        if self.format == "json":
+            self._json("warning", "warning", {"message": text}, sys.stderr)
+        elif self.plain:
+            print(f"warning: {text}", file=sys.stderr, flush=True)
+        else:
+            from rich.markup import escape
+
+            self.err.print(f"⚠️  [yellow]{escape(text)}[/yellow]", markup=True)
+
+    def error(self, text: str) -> None:
+        if self.format == "json":
+            self._json("error", "error", {"message": text}, sys.stderr)
+        elif self.plain:
+            print(f"error: {text}", file=sys.stderr, flush=True)
+        else:
+            from rich.markup import escape
+
+            self.err.print(f"❌ [bold red]error:[/bold red] {escape(text)}")
+
+    def banner(self, title: str, fields: Sequence[tuple[str, object]]) -> None:
+        if self.plain:
+            self.record("start", job=title.split()[-1], **{k.replace(" ", "_"): v for k, v in fields})
+            return
+        self.out.print("═" * BANNER_WIDTH, style="bold blue")
+        self.out.print(f"[bold]{title}[/bold]")
+        for key, value in fields:
+            self.out.print(f"  {key}: {value}", markup=False)
+        self.out.print("═" * BANNER_WIDTH, style="bold blue")
+
+    def table(self, title: str, columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[object]],
+              *, kind: str) -> None:
+        """A Rich table (numbers right-aligned, with separators), or one `kind key=value …` line
+        per row with the raw values. `columns` are (header, key) pairs."""
+        rows = list(rows)
+        if self.plain:
+            keys = [key for _, key in columns]
+            for row in rows:
+                self.record(kind, **dict(zip(keys, row, strict=True)))
+            return
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left", title_style="bold",
+                      show_header=any(header for header, _ in columns))
+        for i, (header, _) in enumerate(columns):
+            numeric = bool(rows) and all(isinstance(row[i], (int, Decimal)) for row in rows)
+            table.add_column(header, justify="right" if numeric else "left")
+        for row in rows:
+            table.add_row(*(number(c) if isinstance(c, (int, Decimal)) and not isinstance(c, bool)
+                            else str(c) for c in row))
+        self.out.print(table)
+
+
+def print_json(data: object) -> None:
+    """One JSON document on stdout (Decimals as exact strings, times as ISO 8601)."""
+    import json
+
+    print(json.dumps(data, default=str, indent=2, sort_keys=True))

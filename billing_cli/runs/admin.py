@@ -1,0 +1,103 @@
+"""The operator's commands that are not scheduled jobs: plans, run history, health, schema,
+schedules. Each opens what it needs, does one thing and returns data for the CLI to render."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from ..config import load_settings
+from ..db.connect import open_database
+from ..errors import UsageError
+from ..pricing import PricePlan
+from ..schedules import Schedule
+
+Notice = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class AppliedPlans:
+    created: list[str]
+    updated: list[str]
+    unchanged: list[str]
+    dry_run: bool
+
+
+def apply_plans(file: Path, dry_run: bool | None, notice: Notice) -> AppliedPlans:
+    """Upsert the plans of a TOML file, all or nothing; a dry run rolls back what it wrote."""
+    from ..db.plan_store import save_plans
+    from ..plan_file import load_plan_file
+
+    plans = load_plan_file(file)
+    settings = load_settings()
+    dry = settings.dry_run if dry_run is None else dry_run
+    with open_database(settings, notice=notice) as db, db.engine.connect() as conn, conn.begin() as transaction:
+        saved = save_plans(conn, plans)
+        if dry:
+            transaction.rollback()
+    return AppliedPlans(saved.created, saved.updated, saved.unchanged, dry)
+
+
+def list_plans(notice: Notice) -> list[PricePlan]:
+    from ..db.plan_store import load_plans
+
+    with open_database(load_settings(), notice=notice) as db, db.engine.connect() as conn:
+        return list(load_plans(conn).values())
+
+
+def run_history(job: str | None, limit: int, notice: Notice) -> list[dict[str, Any]]:
+    from ..db.run_store import recent_runs
+    from ..jobs.status import JOBS
+
+    if job is not None and job not in JOBS:
+        raise UsageError(f"--job {job!r}: use one of {', '.join(JOBS)}")
+    with open_database(load_settings(), notice=notice) as db, db.engine.connect() as conn:
+        return recent_runs(conn, job=job, limit=limit)
+
+
+def job_health(now: datetime, notice: Notice) -> list:
+    """Each job's status (jobs/status.py), with the thresholds from the configuration."""
+    from ..jobs.status import Thresholds, job_statuses
+
+    settings = load_settings()
+    thresholds = Thresholds(timedelta(hours=settings.status_aggregate_max_age_hours),
+                            settings.status_invoice_deadline_day,
+                            timedelta(hours=settings.status_stuck_after_hours))
+    with open_database(settings, notice=notice) as db, db.engine.connect() as conn:
+        return job_statuses(conn, now, thresholds)
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    database: str
+    before: str | None  # the revision found
+    after: str | None  # the revision left (after an upgrade), or the program's own (a check)
+
+
+def upgrade_schema(notice: Notice) -> SchemaState:
+    """Apply the migrations (safe to repeat; concurrent runs wait for each other)."""
+    from ..db.migrate import upgrade
+
+    with open_database(load_settings(), notice=notice, require_schema=False) as db:
+        before, after = upgrade(db.engine)
+        return SchemaState(db.where, before, after)
+
+
+def schema_revision(notice: Notice) -> SchemaState:
+    from ..db.migrate import HEAD, current_revision
+
+    with open_database(load_settings(), notice=notice, require_schema=False) as db, db.engine.connect() as conn:
+        return SchemaState(db.where, current_revision(conn), HEAD)
+
+
+def configured_schedules() -> list[Schedule]:
+    from ..outcomes import Job
+    from ..schedules import parse_schedule
+
+    settings = load_settings()
+    return [parse_schedule(Job.AGGREGATE_HOURLY, settings.aggregate_schedule),
+            parse_schedule(Job.INVOICE_MONTHLY, settings.invoice_schedule),
+            parse_schedule(Job.LEGACY_RUN, settings.run_schedule)]

@@ -1,0 +1,47 @@
+"""aggregate-hourly: a request resolved against the configuration, run in the lifecycle."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..config import load_settings
+from ..db.engine import Database
+from ..jobs.aggregate import AggregationResult, HourResult, aggregate_hours
+from ..outcomes import Job
+from ..periods import HourRange, aggregation_window, utc_now
+from .lifecycle import Finished, Notify, RunSpec, RunView, run_job
+
+
+@dataclass(frozen=True)
+class AggregateRequest:
+    """aggregate-hourly's flags as given; None means "from the configuration"."""
+
+    hour: str | None = None
+    from_: str | None = None
+    to: str | None = None
+    lookback: int | None = None
+    dry_run: bool | None = None
+
+
+class AggregationView(RunView, Protocol):
+    def aggregation_started(self, window: HourRange, dry_run: bool, database: str) -> None: ...
+    def hour_done(self, hour: HourResult) -> None: ...
+
+
+def run_aggregate_hourly(request: AggregateRequest, view: AggregationView) -> Finished[AggregationResult]:
+    settings = load_settings()
+    dry_run = settings.dry_run if request.dry_run is None else request.dry_run
+    window = aggregation_window(
+        now=utc_now(), hour=request.hour, from_=request.from_, to=request.to,
+        lookback=settings.aggregate_lookback_hours if request.lookback is None else request.lookback)
+    spec = RunSpec(job=Job.AGGREGATE_HOURLY, period=str(window), lock_scope=Job.AGGREGATE_HOURLY, dry_run=dry_run,
+                   parameters={"window": str(window)},
+                   notify=Notify.ON_PROBLEMS if settings.notify_on_aggregate_errors else Notify.NEVER)
+
+    def aggregate(db: Database, stop: threading.Event) -> AggregationResult:
+        view.aggregation_started(window, dry_run, db.where)
+        return aggregate_hours(db.transactions, window, dry_run=dry_run, stop=stop, on_hour=view.hour_done)
+
+    return run_job(spec, settings, view, aggregate)

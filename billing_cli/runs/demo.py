@@ -1,0 +1,53 @@
+"""`billing demo`: seed the demo's plans, organizations and month of usage, roll it up, invoice it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ..config import load_settings
+from ..db.connect import open_database
+from ..invoices import Seller
+from ..jobs.demo import DemoResult, run_demo
+from ..jobs.invoicing import InvoiceOptions, InvoiceRunResult, OrgOutcome, invoice_month
+from ..periods import utc_now
+
+
+class DemoView(Protocol):
+    def notice(self, text: str) -> None: ...
+    def demo_started(self, database: str) -> None: ...
+    def demo_seeded(self, result: DemoResult) -> None: ...
+    def organizations_found(self, result: InvoiceRunResult) -> None: ...
+    def organization_done(self, outcome: OrgOutcome) -> None: ...
+    def invoicing_ended(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    seeded: DemoResult
+    invoiced: InvoiceRunResult
+    output_dir: Path  # where the PDFs are, per month
+
+    @property
+    def ok(self) -> bool:
+        return self.seeded.aggregation is not None and self.seeded.aggregation.ok and self.invoiced.ok
+
+
+def run_whole_demo(view: DemoView) -> DemoRun:
+    """The whole story in one command. Deliveries are off: nothing leaves the machine."""
+    settings = load_settings()
+    output_dir = (settings.invoice_output_dir or settings.billing_home / "invoices").resolve()
+    with open_database(settings, notice=view.notice) as db:
+        view.demo_started(db.where)
+        seeded = run_demo(db.transactions)
+        view.demo_seeded(seeded)
+        options = InvoiceOptions(month=seeded.month, issue_date=utc_now().date(), output_dir=output_dir,
+                                 payment_terms_days=settings.payment_terms_days,
+                                 seller=Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id))
+        try:
+            invoiced = invoice_month(db.transactions, options, on_start=view.organizations_found,
+                                     on_outcome=view.organization_done)
+        finally:
+            view.invoicing_ended()
+    return DemoRun(seeded, invoiced, output_dir)

@@ -1,0 +1,124 @@
+"""invoice-monthly and legacy-run: a request resolved against the configuration, run in the lifecycle."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from ..config import Settings, load_settings
+from ..db.engine import Database
+from ..db.usage_store import Shard
+from ..errors import UsageError
+from ..invoices import Seller
+from ..jobs.invoicing import InvoiceOptions, InvoiceRunResult, OrgOutcome, invoice_month
+from ..outcomes import Job, Step
+from ..periods import Month, invoicing_month, utc_now
+from ..schedules import parse_schedule
+from .lifecycle import Finished, RunSpec, RunView, run_job
+from .wiring import deliveries_from_settings
+
+
+@dataclass(frozen=True)
+class InvoiceRequest:
+    """invoice-monthly's flags as given; None means "from the configuration"."""
+
+    month: str | None = None
+    dry_run: bool | None = None
+    organizations: tuple[str, ...] = ()
+    regenerate: bool = False
+    output_dir: Path | None = None
+    force: bool = False
+    concurrency: int | None = None
+    batch_size: int | None = None
+    shard_index: int | None = None
+    shard_count: int | None = None
+    keep_plan: bool = False  # keep every organization's planned outcome (for a dry run's --json)
+
+    def check(self) -> None:
+        """Flag combinations that are wrong whatever the configuration says."""
+        if self.regenerate and not self.organizations:
+            raise UsageError("--regenerate needs --org: regeneration is done one organization at a time, "
+                             "never for a whole month by accident")
+
+
+@dataclass(frozen=True)
+class InvoicingStart:
+    """What a starting run is about to do, for its header."""
+
+    job: str
+    month: Month
+    dry_run: bool
+    database: str
+    disabled: list[Step]
+    shard: str | None
+
+
+class InvoicingView(RunView, Protocol):
+    def invoicing_started(self, start: InvoicingStart) -> None: ...
+    def organizations_found(self, result: InvoiceRunResult) -> None: ...
+    def organization_done(self, outcome: OrgOutcome) -> None: ...
+    def invoicing_ended(self) -> None: ...
+
+
+def run_invoice_monthly(request: InvoiceRequest, view: InvoicingView) -> Finished[InvoiceRunResult]:
+    request.check()
+    return _run(Job.INVOICE_MONTHLY, request, load_settings(), view)
+
+
+def run_legacy(view: InvoicingView, *, dry_run: bool | None = None,
+               keep_plan: bool = False) -> Finished[InvoiceRunResult]:
+    """The older all-in-one job: configured by the environment alone (RUN_SCHEDULE, PROCESS_MONTH,
+    DRY_RUN); the same invoicing as invoice-monthly. Warns when started at a minute its schedule
+    would not fire: the CronJob or crontab has drifted from the configuration."""
+    settings = load_settings()  # an invalid RUN_SCHEDULE is a configuration error, before any work
+    schedule = parse_schedule("RUN_SCHEDULE", settings.run_schedule)
+    now = utc_now()
+    if not schedule.fires_at(now):
+        view.warning(f"started at {now:%Y-%m-%d %H:%M}Z, a minute RUN_SCHEDULE '{settings.run_schedule}' "
+                     f"({schedule.describe()}) does not fire: the CronJob or crontab schedule may have drifted "
+                     "from the configuration (compare with `billing schedule --format k8s`)")
+    return _run(Job.LEGACY_RUN, InvoiceRequest(dry_run=dry_run, keep_plan=keep_plan), settings, view, now=now)
+
+
+def resolve(job: Job, request: InvoiceRequest, settings: Settings, now: datetime) -> InvoiceOptions:
+    """The run's options: each flag, else its setting, checked."""
+    month = invoicing_month(request.month, settings.process_month, now=now, force=request.force)
+    shard = Shard(settings.shard_index if request.shard_index is None else request.shard_index,
+                  settings.shard_count if request.shard_count is None else request.shard_count)
+    if shard.index >= shard.count:
+        raise UsageError(f"--shard-index {shard.index} is not below --shard-count {shard.count}")
+    dry_run = settings.dry_run if request.dry_run is None else request.dry_run
+    return InvoiceOptions(
+        month=month, issue_date=now.date(), job=job, dry_run=dry_run, organizations=request.organizations,
+        regenerate=request.regenerate, output_dir=request.output_dir or settings.invoice_output_dir,
+        payment_terms_days=settings.payment_terms_days,
+        seller=Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id),
+        concurrency=request.concurrency or settings.concurrency, shard=shard,
+        batch_size=request.batch_size or settings.batch_size, render_processes=settings.render_processes,
+        keep_plan=request.keep_plan and dry_run)
+
+
+def _run(job: Job, request: InvoiceRequest, settings: Settings, view: InvoicingView, *,
+         now: datetime | None = None) -> Finished[InvoiceRunResult]:
+    options = resolve(job, request, settings, now or utc_now())
+    sharded = str(options.shard) if options.shard.count > 1 else None
+    spec = RunSpec(job=job, period=str(options.month), lock_scope=f"invoice:{options.month}:{options.shard}",
+                   dry_run=options.dry_run, shard=sharded, pool_size=options.concurrency + 3,
+                   parameters={"month": str(options.month), "organizations": list(options.organizations),
+                               "regenerate": options.regenerate, "shard": sharded})
+
+    def invoice(db: Database, stop: threading.Event) -> InvoiceRunResult:
+        deliveries = deliveries_from_settings(settings, concurrency=options.concurrency)
+        view.invoicing_started(InvoicingStart(job, options.month, options.dry_run, db.where,
+                                              deliveries.disabled(), sharded))
+        try:
+            return invoice_month(db.transactions, replace(options, stop=stop, deliveries=deliveries),
+                                 on_start=view.organizations_found, on_outcome=view.organization_done)
+        finally:
+            view.invoicing_ended()
+            deliveries.close()
+
+    return run_job(spec, settings, view, invoice)

@@ -1,0 +1,87 @@
+"""Planning is pure: what each organization gets is decided from its data, its plan and what is
+stored, with no database, so every decision can be checked directly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal as D
+
+from billing_cli.db.invoice_store import StoredInvoice
+from billing_cli.db.usage_store import OrganizationRow
+from billing_cli.jobs.invoicing import Action, PlanRules, plan_organization
+from billing_cli.outcomes import Step
+from billing_cli.periods import Month
+from billing_cli.plan_file import parse_plans
+from tests.data import PLANS
+
+JAN = Month(2024, 1)
+PLAN = {p.id: p for p in parse_plans(PLANS)}
+ORG = OrganizationRow("org-a", "Acme", "billing@acme.example", "USD", "pro")
+ALL_DELIVERIES = (Step.S3, Step.STRIPE, Step.EMAIL)
+
+
+def stored(**done) -> StoredInvoice:
+    return StoredInvoice(id=7, organization_id="org-a", number="INV-2024-01-000001", currency="USD",
+                         total=D("25.00"), created_at=datetime(2024, 2, 1, tzinfo=UTC), **done)
+
+
+def test_a_new_invoice_is_issued_with_its_pdf_and_every_delivery_that_is_on() -> None:
+    plan = plan_organization(ORG, {"api_calls": D(1500)}, PLAN, None, PlanRules(JAN, deliveries=ALL_DELIVERIES))
+
+    assert plan.action == Action.ISSUE
+    assert plan.steps == (Step.PDF, Step.S3, Step.STRIPE, Step.EMAIL)
+    assert plan.rated is not None and plan.rated.total == D("22.50")  # 10 + 1000 x 0.01 + 500 x 0.005
+
+
+def test_an_issued_invoice_completes_only_its_missing_steps_or_is_skipped() -> None:
+    rules = PlanRules(JAN, deliveries=ALL_DELIVERIES)
+    half_done = stored(pdf_sha256="ab" * 32, s3_key="k", stripe_status="open")
+    all_done = stored(pdf_sha256="ab" * 32, s3_key="k", stripe_status="sent",
+                      emailed_at=datetime(2024, 2, 1, tzinfo=UTC))
+
+    complete = plan_organization(ORG, {"api_calls": D(1500)}, PLAN, half_done, rules)
+    skip = plan_organization(ORG, {"api_calls": D(1500)}, PLAN, all_done, rules)
+
+    assert (complete.action, complete.steps) == (Action.COMPLETE, (Step.STRIPE, Step.EMAIL))
+    assert (skip.action, skip.steps) == (Action.SKIP, ())
+    assert complete.rated is None  # an issued invoice is never re-rated
+    missing_file = plan_organization(ORG, {}, PLAN, all_done, PlanRules(JAN, keep_pdf_files=True),
+                                     pdf_file_missing=True)
+    assert (missing_file.action, missing_file.steps) == (Action.COMPLETE, (Step.PDF,))
+
+
+def test_regenerating_voids_and_reissues_or_only_voids_when_nothing_is_left_to_bill() -> None:
+    rules = PlanRules(JAN, regenerate=True)
+    existing = stored(pdf_sha256="ab" * 32)
+
+    again = plan_organization(ORG, {"api_calls": D(10)}, PLAN, existing, rules)
+    nothing = plan_organization(OrganizationRow("org-a", "Acme", "billing@acme.example", "EUR", "euro"),
+                                {}, PLAN, existing, rules)
+
+    assert (again.action, again.existing) == (Action.REGENERATE, existing)
+    assert again.rated is not None and again.rated.total == D("10.10")
+    assert (nothing.action, nothing.existing) == (Action.VOID, existing)
+
+
+def test_data_that_cannot_be_invoiced_is_refused_with_what_to_fix() -> None:
+    rules = PlanRules(JAN)
+    cases = {
+        OrganizationRow("o", "Acme", "not an address", "USD", "pro"): "fix organizations.email",
+        OrganizationRow("o", "Acme\r\nBcc: x@y.z", "a@b.example", "USD", "pro"): "fix organizations.name",
+        OrganizationRow("o", "Acme", "a@b.example", "USD", None): "set organizations.price_plan_id",
+        OrganizationRow("o", "Acme", "a@b.example", "USD", "gold"): "add it with `billing plans apply`",
+        OrganizationRow("o", "Acme", "a@b.example", "EUR", "pro"): "does not match plan 'pro' currency USD",
+    }
+    for org, fix in cases.items():
+        plan = plan_organization(org, {"api_calls": D(1)}, PLAN, None, rules)
+        assert plan.action == Action.REFUSE and fix in (plan.problem or ""), (org, plan.problem)
+
+
+def test_no_usage_and_no_fee_is_nothing_to_bill_and_unpriced_usage_is_flagged() -> None:
+    euro = OrganizationRow("o", "Euro GmbH", "a@b.example", "EUR", "euro")
+
+    idle = plan_organization(euro, {}, PLAN, None, PlanRules(JAN))
+    odd = plan_organization(euro, {"api_calls": D(10), "gpu_hours": D(3)}, PLAN, None, PlanRules(JAN))
+
+    assert (idle.action, idle.steps) == (Action.NOTHING_TO_BILL, ())
+    assert odd.action == Action.ISSUE and odd.warnings == ("usage not priced by plan 'euro': gpu_hours",)
