@@ -14,8 +14,8 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import BILLING, billing_subprocess_env
-from tests.peers.fixtures import our_lines, stripe_lines
+from tests.conftest import BILLING
+from tests.peers.fixtures import our_lines, peer_process_env, stripe_lines
 from tests.peers.stripe_server import FakeStripeServer
 
 Predicate = Callable[[object], bool]
@@ -66,16 +66,7 @@ def killing_stripe():
 def peers_env(billed, s3, mail, killing_stripe, clean_env):
     killing_stripe.reset()
     killing_stripe.victim = killing_stripe.kill_before = killing_stripe.kill_after = None
-    return billing_subprocess_env(
-        DATABASE_URL=billed, BILLING_ENV_FILE="/dev/null", AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        INVOICE_ENABLE_S3="true", INVOICE_S3_BUCKET=s3.bucket, INVOICE_S3_REGION="eu-west-1",
-        INVOICE_S3_ENDPOINT_URL=s3.url,
-        INVOICE_ENABLE_STRIPE="true", STRIPE_API_KEY="sk_test_CRASHsecret0001", STRIPE_API_BASE=killing_stripe.base_url,
-        INVOICE_ENABLE_EMAIL="true", INVOICE_SMTP_HOST="127.0.0.1", INVOICE_SMTP_PORT=str(mail.port),
-        INVOICE_SMTP_SECURITY="none", INVOICE_SMTP_USERNAME=mail.username, INVOICE_SMTP_PASSWORD=mail.password,
-        INVOICE_SMTP_FROM="billing@example.cloud", INVOICE_CONCURRENCY="1",
-    )
+    return peer_process_env(billed, s3, mail, killing_stripe, INVOICE_CONCURRENCY="1")
 
 
 def start(env: dict[str, str], cwd) -> subprocess.Popen:
@@ -97,8 +88,8 @@ def killed_then_rerun(env, tmp_path, arm: Callable[[int], None]) -> str:
 
 def assert_exactly_once(engine, s3, mail, stripe_server, *, extra_emails: int = 0) -> None:
     with engine.connect() as conn:
-        invoices = conn.execute(text("SELECT id, number, s3_key, stripe_invoice_id, stripe_status, emailed_at "
-                                     "FROM invoices WHERE status = 'issued' ORDER BY number")).all()
+        invoices = conn.execute(text("SELECT id, number, s3_key, stripe_invoice_id, stripe_status, emailed_at, "
+                                     "email_message_id FROM invoices WHERE status = 'issued' ORDER BY number")).all()
     assert [i.number for i in invoices] == [f"INV-2024-01-00000{n}" for n in (1, 2, 3)]
     assert all(i.stripe_status == "sent" and i.emailed_at is not None for i in invoices)
     keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=s3.bucket).get("Contents", [])]
@@ -112,8 +103,8 @@ def assert_exactly_once(engine, s3, mail, stripe_server, *, extra_emails: int = 
     assert all(len(sends) == 1 for sends in stripe_server.sent_invoices.values())
     assert len(stripe_server.customers) == 3
     assert len(mail.received) == 3 + extra_emails
-    assert {m.message["Message-ID"] for m in mail.received} == {
-        m.message["Message-ID"] for m in mail.received}  # duplicates, if any, share their Message-ID
+    # Each invoice's e-mail carries the Message-ID recorded for it; a duplicate repeats its invoice's.
+    assert {m.message["Message-ID"] for m in mail.received} == {i.email_message_id for i in invoices}
 
 
 @pytest.mark.parametrize("point,arm", [

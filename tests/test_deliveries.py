@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from billing_cli.cli import app
 from billing_cli.errors import ExitCode
-from tests.peers.fixtures import STRIPE_KEY, our_lines, stripe_lines
+from tests.peers.fixtures import STRIPE_KEY, our_lines, peer_env, peer_process_env, stripe_lines
 from tests.peers.stripe_server import FakeStripeServer
 
 runner = CliRunner()
@@ -22,16 +22,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def env(billed, s3, mail, fake_stripe, clean_env) -> dict[str, str]:
-    return {
-        "DATABASE_URL": billed,
-        "INVOICE_ENABLE_S3": "true", "INVOICE_S3_BUCKET": s3.bucket, "INVOICE_S3_REGION": "eu-west-1",
-        "INVOICE_S3_ENDPOINT_URL": s3.url,
-        "INVOICE_ENABLE_STRIPE": "true", "STRIPE_API_KEY": STRIPE_KEY, "STRIPE_API_BASE": fake_stripe.base_url,
-        "INVOICE_ENABLE_EMAIL": "true", "INVOICE_SMTP_HOST": "127.0.0.1", "INVOICE_SMTP_PORT": str(mail.port),
-        "INVOICE_SMTP_SECURITY": "none", "INVOICE_SMTP_USERNAME": mail.username,
-        "INVOICE_SMTP_PASSWORD": mail.password, "INVOICE_SMTP_FROM": "Billing <billing@example.cloud>",
-        "DELIVERY_MAX_RETRY_SECONDS": "5",
-    }
+    return peer_env(billed, s3, mail, fake_stripe, DELIVERY_MAX_RETRY_SECONDS="5")
 
 
 def run(env: dict[str, str], *args: str):
@@ -358,15 +349,14 @@ def test_tls_modes_verify_the_server_certificate(mode, env, engine, tmp_path) ->
         server.stop()
 
 
-def test_a_second_run_while_the_first_is_running_exits_7_and_touches_nothing(env, engine, fake_stripe,
-                                                                             tmp_path) -> None:
+def test_a_second_run_while_the_first_is_running_exits_7_and_touches_nothing(billed, s3, mail, engine, fake_stripe,
+                                                                             clean_env, tmp_path) -> None:
     import subprocess
 
-    from tests.conftest import BILLING, billing_subprocess_env
+    from tests.conftest import BILLING
 
     fake_stripe.latency = 0.3  # a slow Stripe keeps the first run busy for seconds
-    process_env = billing_subprocess_env(**env, BILLING_ENV_FILE="/dev/null", AWS_ACCESS_KEY_ID="testing",
-                                         AWS_SECRET_ACCESS_KEY="testing", INVOICE_CONCURRENCY="1")
+    process_env = peer_process_env(billed, s3, mail, fake_stripe, INVOICE_CONCURRENCY="1")
     first = subprocess.Popen([*BILLING, "invoice-monthly", "--month", "2024-01"], env=process_env, cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert first.stdout is not None

@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 from billing_cli.cli import app
 from billing_cli.errors import ExitCode
 from tests.conftest import BILLING, billing_subprocess_env
-from tests.data import add_org, utc
-from tests.data import PLANS, add_usage, set_plan
+from tests.data import PLANS, add_org, add_usage, set_plan, utc
 
 runner = CliRunner()
 
@@ -178,3 +177,47 @@ def test_a_shard_index_outside_the_count_is_refused(clean_env) -> None:
     assert result.exit_code == ExitCode.USAGE and "is not below --shard-count 4" in result.output
     env_error = run("invoice-monthly", JOB_COMPLETION_INDEX="5", SHARD_COUNT="4", DATABASE_URL="postgresql://u@h/x")
     assert env_error.exit_code == ExitCode.CONFIG and "JOB_COMPLETION_INDEX=5 is not below SHARD_COUNT=4" in env_error.output
+
+
+def test_a_dry_run_with_json_prints_the_plan_and_a_real_run_carries_it_out(clean_env, billed_db, engine) -> None:
+    import json
+
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE organizations SET price_plan_id = 'gold' WHERE id = 'org-3'"))
+    dry = runner.invoke(app, ["invoice-monthly", "--month", "2024-01", "--dry-run", "--json"],
+                        env={"DATABASE_URL": billed_db})
+    plan = {item["organization_id"]: item for item in json.loads(dry.stdout)["plan"]}
+
+    assert dry.exit_code == ExitCode.PARTIAL
+    assert {org: (item["action"], item["number"], item["total"], item["steps"]) for org, item in plan.items()} == {
+        "org-1": ("issue", "INV-2024-01-000001", "11.00", ["pdf"]),
+        "org-2": ("issue", "INV-2024-01-000002", "12.00", ["pdf"]),
+        "org-3": ("refuse", None, None, []),
+    }
+    assert plan["org-3"]["errors"] == [["data", "price plan 'gold' does not exist: add it with `billing plans apply`"]]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM invoices")).scalar_one() == 0
+
+    real = run("invoice-monthly", "--month", "2024-01", DATABASE_URL=billed_db)
+    with engine.connect() as conn:
+        issued = conn.execute(text("SELECT organization_id, number, total FROM invoices ORDER BY number")).all()
+    assert real.exit_code == ExitCode.PARTIAL
+    assert [tuple(r) for r in issued] == [("org-1", "INV-2024-01-000001", D("11.00")),
+                                          ("org-2", "INV-2024-01-000002", D("12.00"))]
+    again = runner.invoke(app, ["invoice-monthly", "--month", "2024-01", "--dry-run", "--json"],
+                          env={"DATABASE_URL": billed_db})
+    assert [(i["organization_id"], i["action"]) for i in json.loads(again.stdout)["plan"]] == [
+        ("org-1", "skip"), ("org-2", "skip"), ("org-3", "refuse")]
+
+
+def test_shared_options_are_accepted_before_and_after_the_command(clean_env, billed_db) -> None:
+    import json
+
+    after = run("status", "--log-format", "json", DATABASE_URL=billed_db)
+    before = run("--json", "runs", DATABASE_URL=billed_db)
+    bad = run("status", "--log-format", "xml", DATABASE_URL=billed_db)
+
+    assert after.exit_code == 0 and "Job status" not in after.output and "job=aggregate-hourly" not in after.output
+    assert [json.loads(line)["event"] for line in after.stdout.splitlines()] == ["status"] * 3
+    assert before.exit_code == 0 and isinstance(json.loads(before.stdout), list)
+    assert bad.exit_code == ExitCode.USAGE and "--log-format" in bad.output

@@ -1,1 +1,1 @@
-"""PostgreSQL: models, engine and transactions, migrations, and the embedded default server."""
+"""PostgreSQL: engine and transactions, migrations, the embedded default server, and the stores (all SQL lives here)."""

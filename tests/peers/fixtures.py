@@ -87,6 +87,30 @@ def billed(db_url, engine, tmp_path):
 
 
 
+def peer_env(database_url: str, s3: S3Server, mail: MailServer, stripe_server: FakeStripeServer,
+             **overrides: str) -> dict[str, str]:
+    """The settings of a run that delivers to the local peers: S3, Stripe and e-mail all on."""
+    return {
+        "DATABASE_URL": database_url,
+        "INVOICE_ENABLE_S3": "true", "INVOICE_S3_BUCKET": s3.bucket, "INVOICE_S3_REGION": "eu-west-1",
+        "INVOICE_S3_ENDPOINT_URL": s3.url,
+        "INVOICE_ENABLE_STRIPE": "true", "STRIPE_API_KEY": STRIPE_KEY, "STRIPE_API_BASE": stripe_server.base_url,
+        "INVOICE_ENABLE_EMAIL": "true", "INVOICE_SMTP_HOST": "127.0.0.1", "INVOICE_SMTP_PORT": str(mail.port),
+        "INVOICE_SMTP_SECURITY": "none", "INVOICE_SMTP_USERNAME": mail.username,
+        "INVOICE_SMTP_PASSWORD": mail.password, "INVOICE_SMTP_FROM": "Billing <billing@example.cloud>",
+        **overrides,
+    }
+
+
+def peer_process_env(database_url: str, s3: S3Server, mail: MailServer, stripe_server: FakeStripeServer,
+                     **overrides: str) -> dict[str, str]:
+    """The same, as the whole environment of a `billing` subprocess (no .env, moto's dummy keys)."""
+    from tests.conftest import billing_subprocess_env
+
+    return billing_subprocess_env(**peer_env(database_url, s3, mail, stripe_server), BILLING_ENV_FILE="/dev/null",
+                                  AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", **overrides)
+
+
 def stripe_lines(fake: FakeStripeServer) -> list[tuple[str, str, int]]:
     """(our invoice id, line number, amount) of every Stripe invoice line: no duplicates allowed."""
     return sorted((line["metadata"]["billing_invoice_id"], line["metadata"]["line_no"], line["amount"])

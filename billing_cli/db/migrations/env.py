@@ -1,10 +1,10 @@
-"""Alembic environment: runs on the connection the caller opened (see billing_cli.db.migrate)."""
+"""Alembic environment: runs on the connection the caller opened (see billing_cli.db.migrate).
+
+Migrations are written by hand (no autogenerate): they are the one declaration of the schema."""
 
 from alembic import context
 
-from billing_cli.db.models import Base
-
 connection = context.config.attributes["connection"]
-context.configure(connection=connection, target_metadata=Base.metadata, compare_type=True)
+context.configure(connection=connection)
 with context.begin_transaction():
     context.run_migrations()

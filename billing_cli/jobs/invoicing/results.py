@@ -101,7 +101,8 @@ class InvoiceRunResult:
             revenue={cur: str(self.revenue[cur]) for cur in sorted(self.revenue)},
             failed=[{"organization_id": o.organization_id, "errors": [list(e) for e in o.errors]}
                     for o in self.failed],
-            extra={"plan": [o.as_dict() for o in self.plan]} if self.plan is not None else {},
+            extra={"plan": [o.as_dict() for o in sorted(self.plan, key=lambda o: o.organization_id)]}
+            if self.plan is not None else {},
         )
 
 
