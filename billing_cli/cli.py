@@ -11,15 +11,13 @@ import typer
 from .cli_common import (CliState, DryRunOption, JsonOption, LogFormatOption, PlainOption, ScheduleFormat,
                          VersionOption, command, end_run, exit_with, failures_to_exit_codes)
 from .errors import ExitCode
+from .outcomes import Job
 
 app = typer.Typer(
-    name="billing",
-    help="Usage billing jobs, one job per run, scheduled by cron or Kubernetes. "
-         "Exit codes are listed in README.md.",
-    no_args_is_help=True,
-    add_completion=False,
+    name="billing", help="Usage billing jobs, one job per run, scheduled by cron or Kubernetes. "
+                         "Exit codes are listed in README.md.",
+    no_args_is_help=True, add_completion=False, rich_markup_mode=None,
     pretty_exceptions_show_locals=False,  # a traceback must never print a secret held in a local
-    rich_markup_mode=None,
 )
 db_app = typer.Typer(help="Database schema: migrations and revision.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -46,7 +44,7 @@ def aggregate_hourly(
     to: Annotated[str | None, typer.Option("--to", help="Last hour of a backfill range (inclusive).")] = None,
     lookback: Annotated[int | None, typer.Option(
         help="Also re-aggregate this many hours before the window, for late events. "
-             "Default: AGGREGATE_LOOKBACK_HOURS (2).")] = None,
+             "Default: AGGREGATE_LOOKBACK_HOURS.")] = None,
     dry_run: DryRunOption = None, as_json: JsonOption = False, plain: PlainOption = None,
     log_format: LogFormatOption = None,
 ) -> None:
@@ -59,7 +57,7 @@ def aggregate_hourly(
     from .report.aggregation import AggregationScreen, aggregation_summary
     from .runs.aggregation import AggregateRequest, run_aggregate_hourly
 
-    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json)
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
     with failures_to_exit_codes(cmd.output):
         request = AggregateRequest(hour=hour, from_=from_, to=to, lookback=lookback, dry_run=dry_run)
         end_run(cmd, run_aggregate_hourly(request, AggregationScreen(cmd.output)), aggregation_summary)
@@ -79,9 +77,9 @@ def invoice_monthly(
              "Default: INVOICE_OUTPUT_DIR.")] = None,
     force: Annotated[bool, typer.Option(help="Allow the current (unfinished) or a future month.")] = False,
     concurrency: Annotated[int | None, typer.Option(
-        min=1, max=256, help="Organizations processed in parallel. Default: INVOICE_CONCURRENCY (16).")] = None,
+        min=1, max=256, help="Organizations processed in parallel. Default: INVOICE_CONCURRENCY.")] = None,
     batch_size: Annotated[int | None, typer.Option(
-        min=1, max=100000, help="Organizations read at a time. Default: INVOICE_BATCH_SIZE (500).")] = None,
+        min=1, max=100000, help="Organizations read at a time. Default: INVOICE_BATCH_SIZE.")] = None,
     shard_index: Annotated[int | None, typer.Option(
         min=0, help="This process's shard (0-based). Default: JOB_COMPLETION_INDEX (Indexed Jobs).")] = None,
     shard_count: Annotated[int | None, typer.Option(
@@ -100,7 +98,7 @@ def invoice_monthly(
     from .report.invoicing import InvoicingScreen, invoice_run_summary
     from .runs.invoicing import InvoiceRequest, run_invoice_monthly
 
-    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json)
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
     with failures_to_exit_codes(cmd.output):
         request = InvoiceRequest(month=month, dry_run=dry_run, organizations=tuple(org or ()), regenerate=regenerate,
                                  output_dir=output_dir, force=force, concurrency=concurrency, batch_size=batch_size,
@@ -122,7 +120,7 @@ def legacy_run(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOpti
     from .report.invoicing import InvoicingScreen, invoice_run_summary
     from .runs.invoicing import run_legacy
 
-    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json)
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
     with failures_to_exit_codes(cmd.output):
         end_run(cmd, run_legacy(InvoicingScreen(cmd.output), keep_plan=cmd.as_json), invoice_run_summary)
 
@@ -130,7 +128,7 @@ def legacy_run(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOpti
 @app.command("runs")
 def runs(
     ctx: typer.Context,
-    job: Annotated[str | None, typer.Option(help="Only this job (aggregate-hourly, invoice-monthly, legacy-run).")] = None,
+    job: Annotated[Job | None, typer.Option(help="Only this job.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="How many runs, newest first.")] = 20,
     as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
@@ -141,7 +139,7 @@ def runs(
     from .report.tables import runs_report
     from .runs.admin import run_history
 
-    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json)
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
     with failures_to_exit_codes(cmd.output):
         runs_report(cmd.output, run_history(job, limit, cmd.output.notice), as_json=cmd.as_json)
 
@@ -160,7 +158,7 @@ def status(
     from .report.tables import status_report
     from .runs.admin import job_health
 
-    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json)
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
     with failures_to_exit_codes(cmd.output):
         now = utc_now()
         statuses = job_health(now, cmd.output.notice)
@@ -240,7 +238,7 @@ def db_current(ctx: typer.Context, plain: PlainOption = None, log_format: LogFor
     with failures_to_exit_codes(cmd.output):
         state = schema_revision(cmd.output.notice)
         schema_revision_line(cmd.output, state)
-        exit_with(ExitCode.OK if state.before == state.after else ExitCode.SCHEMA_OUTDATED)
+        exit_with(ExitCode.OK if state.up_to_date else ExitCode.SCHEMA_OUTDATED)
 
 
 @plans_app.command("apply")
@@ -284,13 +282,13 @@ def demo(ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOpt
 
     Example: billing demo
     """
-    from .report.invoicing import InvoicingScreen, invoice_summary
+    from .report.invoicing import DemoScreen, invoice_summary
     from .report.tables import demo_next_steps
     from .runs.demo import run_whole_demo
 
     cmd = command(ctx, plain=plain, log_format=log_format)
     with failures_to_exit_codes(cmd.output):
-        run = run_whole_demo(InvoicingScreen(cmd.output))
+        run = run_whole_demo(DemoScreen(cmd.output))
         invoice_summary(cmd.output, run.invoiced)
         demo_next_steps(cmd.output, run.seeded.month, run.output_dir)
         exit_with(ExitCode.OK if run.ok else ExitCode.PARTIAL)

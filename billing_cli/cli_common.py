@@ -72,15 +72,17 @@ class Command:
 
 
 def command(ctx: typer.Context, *, plain: bool | None = None, log_format: LogFormat | None = None,
-            as_json: bool = False) -> Command:
+            as_json: bool = False, json_output: bool = False) -> Command:
     """The output of a command: --plain/--rich, else --log-format (after or before the command),
     else LOG_FORMAT and LOG_LEVEL (environment or .env; a bad value is reported by the
-    configuration check right after). With --json, logs go to stderr."""
+    configuration check right after). With --json (only for a command with `json_output`), logs go
+    to stderr and stdout holds one JSON document."""
     from .config import read_raw_config
     from .report.output import Output
 
     shared = state(ctx)
-    as_json = as_json or shared.as_json
+    refused = shared.as_json and not json_output
+    as_json = (as_json or shared.as_json) and not refused
     raw = read_raw_config()
     chosen = log_format or shared.log_format or raw.value("LOG_FORMAT") or LogFormat.AUTO
     if plain is not None:
@@ -88,7 +90,15 @@ def command(ctx: typer.Context, *, plain: bool | None = None, log_format: LogFor
     if chosen not in tuple(LogFormat):
         chosen = LogFormat.AUTO
     level = (raw.value("LOG_LEVEL") or "info").lower()
-    return Command(Output(log_format=str(chosen), level=level, to_stderr=as_json), as_json)
+    output = Output(log_format=str(chosen), level=level, to_stderr=as_json)
+    if refused:
+        names, parent = [], ctx
+        while parent.parent is not None:
+            names.insert(0, parent.info_name or "")
+            parent = parent.parent
+        output.error(f"--json: `billing {' '.join(names)}` has no JSON output; leave --json out")
+        exit_with(ExitCode.USAGE)
+    return Command(output, as_json)
 
 
 @contextmanager
@@ -116,7 +126,8 @@ def end_run(cmd: Command, finished, render) -> NoReturn:
     if finished.result is not None:
         render(cmd.output, finished.result)
     if cmd.as_json:
-        print_json(finished.summary.as_dict())
+        extra = getattr(finished.result, "json_extra", dict)()
+        print_json({**finished.summary.as_dict(), **extra})
     if finished.error is not None:
         raise finished.error
     exit_with(finished.exit_code)

@@ -49,7 +49,7 @@ class OrgStatus(StrEnum):
 class Step(StrEnum):
     """What a run did to one organization's invoice, in order."""
 
-    VOIDED = "voided"  # the live invoice was voided (regeneration)
+    VOIDED = "voided"  # the live invoice was voided and nothing replaced it (a regeneration with nothing to bill)
     ISSUED = "issued"
     PDF = "pdf"
     S3 = "s3"

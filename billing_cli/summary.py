@@ -21,7 +21,6 @@ class RunSummary:
     revenue: dict[str, str] = field(default_factory=dict)  # currency -> exact decimal text
     failed: list[dict[str, Any]] = field(default_factory=list)
     message: str | None = None  # why a failed run stopped
-    extra: dict[str, Any] = field(default_factory=dict)  # job-specific data for --json (a dry run's plan)
 
     @classmethod
     def failed_run(cls, job: str, period: str, message: str, dry_run: bool, seconds: float) -> RunSummary:
@@ -33,7 +32,7 @@ class RunSummary:
         return {"job": self.job, "period": self.period, "outcome": self.outcome, "dry_run": self.dry_run,
                 "seconds": round(self.seconds, 3), "counts": self.counts, "errors": self.errors,
                 "revenue": self.revenue, "failed": self.failed, "message": self.message,
-                "version": __version__, **self.extra}
+                "version": __version__}
 
     def text(self) -> str:
         """The plain-text body of a notification e-mail."""

@@ -166,6 +166,8 @@ def billing_subprocess_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in {v.name for v in VARIABLES} | {"KUBERNETES_SERVICE_HOST", "BILLING_ENV_FILE"}}
     env["LOG_FORMAT"] = "plain"
+    # This checkout's code, whatever the virtualenv's editable install points at.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(overrides)
     return env
 

@@ -191,3 +191,25 @@ def test_no_secret_appears_in_any_command_output(clean_env, db_url) -> None:
     combined = "\n".join(outputs)
     for secret in (*SECRETS.values(), "db-SECRET-pw"):
         assert secret not in combined
+
+
+def test_a_shared_json_flag_is_refused_by_a_command_that_has_no_json_form(clean_env) -> None:
+    result = runner.invoke(app, ["--json", "schedule"])
+    assert result.exit_code == ExitCode.USAGE and "`billing schedule` has no JSON output" in result.output
+
+
+def test_a_failed_run_still_prints_its_summary_as_json(clean_env) -> None:
+    import json
+
+    result = runner.invoke(app, ["aggregate-hourly", "--hour", "2024-01-31T13", "--json"],
+                           env={"DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:1/x"})
+    summary = json.loads(result.stdout)
+    assert result.exit_code == ExitCode.DATABASE_UNAVAILABLE
+    assert (summary["outcome"], summary["job"]) == ("failed", "aggregate-hourly")
+    assert "cannot reach PostgreSQL" in summary["message"] and "hunter2" not in result.output
+
+
+def test_the_smtp_password_never_shows_in_a_repr() -> None:
+    from billing_cli.delivery.mailer import SmtpMailer
+
+    assert "s3cr3t" not in repr(SmtpMailer("smtp.example.com", 587, "starttls", username="u", password="s3cr3t"))

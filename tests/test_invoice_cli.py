@@ -189,7 +189,7 @@ def test_a_dry_run_with_json_prints_the_plan_and_a_real_run_carries_it_out(clean
     plan = {item["organization_id"]: item for item in json.loads(dry.stdout)["plan"]}
 
     assert dry.exit_code == ExitCode.PARTIAL
-    assert {org: (item["action"], item["number"], item["total"], item["steps"]) for org, item in plan.items()} == {
+    assert {org: (item["action"], item["number"], item["total"], item["pending"]) for org, item in plan.items()} == {
         "org-1": ("issue", "INV-2024-01-000001", "11.00", ["pdf"]),
         "org-2": ("issue", "INV-2024-01-000002", "12.00", ["pdf"]),
         "org-3": ("refuse", None, None, []),

@@ -5,9 +5,9 @@ from .parsers import parse_bool
 from .raw import RawConfig, Source, read_raw_config
 from .secret import Secret, mask_url_password
 from .settings import Settings, load_settings, validate
-from .variables import VARIABLES, VARIABLES_BY_NAME, Variable, mask
+from .variables import DELIVERY_FLAGS, VARIABLES, VARIABLES_BY_NAME, Variable, mask
 
 __all__ = [
-    "VARIABLES", "VARIABLES_BY_NAME", "RawConfig", "Secret", "Settings", "Source", "Variable", "env_example",
+    "DELIVERY_FLAGS", "VARIABLES", "VARIABLES_BY_NAME", "RawConfig", "Secret", "Settings", "Source", "Variable", "env_example",
     "load_settings", "mask", "mask_url_password", "parse_bool", "read_raw_config", "readme_table", "validate",
 ]

@@ -10,7 +10,7 @@ from typing import TypeVar
 from ..errors import ConfigError
 from .raw import RawConfig, Source, read_raw_config
 from .secret import Secret
-from .variables import VARIABLES, mask
+from .variables import DELIVERY_FLAGS, VARIABLES, VARIABLES_BY_NAME, mask
 
 _Class = TypeVar("_Class", bound=type)
 
@@ -95,6 +95,11 @@ class Settings:
     @property
     def uses_embedded_database(self) -> bool:
         return self.database_url is None
+
+    @property
+    def enabled_deliveries(self) -> tuple[str, ...]:
+        """The delivery steps whose feature flag is on, in the order they run (s3, stripe, email)."""
+        return tuple(step for step, flag in DELIVERY_FLAGS.items() if getattr(self, VARIABLES_BY_NAME[flag].attr))
 
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | None = None) -> Settings:

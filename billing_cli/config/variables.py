@@ -169,3 +169,9 @@ def mask(name: str, value: str) -> str:
     if var is None or not var.secret:
         return value
     return var.parse.mask(value)
+
+
+# The feature flag of each delivery step, by the step's name (outcomes.Step), for the run layer
+# (which adapters to build) and the reports ("skipped: INVOICE_ENABLE_S3 is off").
+DELIVERY_FLAGS: dict[str, str] = {"s3": "INVOICE_ENABLE_S3", "stripe": "INVOICE_ENABLE_STRIPE",
+                                  "email": "INVOICE_ENABLE_EMAIL"}

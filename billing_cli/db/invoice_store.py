@@ -52,15 +52,18 @@ def live_invoices(session: Connection, month: Month, organization_ids: list[str]
     return {r["organization_id"]: StoredInvoice(**r) for r in rows}
 
 
-def load_invoice(session: Connection, invoice_id: int) -> StoredInvoice:
-    """One invoice as stored now (fresh, for a step about to run)."""
-    return StoredInvoice(**session.execute(text(f"{_STORED} WHERE i.id = :id"), {"id": invoice_id}).mappings().one())
+def load_live_invoice(session: Connection, invoice_id: int) -> StoredInvoice | None:
+    """One invoice as stored now, for a step about to run; None if it has been voided since."""
+    row = session.execute(text(f"{_STORED} WHERE i.id = :id AND i.status <> 'void'"), {"id": invoice_id}).mappings()
+    found = row.one_or_none()
+    return StoredInvoice(**found) if found is not None else None
 
 
-def void_invoice(session: Connection, invoice_id: int, reason: str) -> None:
-    """Void a live invoice; it keeps its number (gapless) and stays for the audit trail."""
-    session.execute(text("UPDATE invoices SET status = 'void', voided_at = now(), void_reason = :reason "
-                         "WHERE id = :id AND status <> 'void'"), {"id": invoice_id, "reason": reason})
+def void_invoice(session: Connection, invoice_id: int, reason: str) -> bool:
+    """Void a live invoice; it keeps its number (gapless) and stays for the audit trail. False if
+    it was void already."""
+    return session.execute(text("UPDATE invoices SET status = 'void', voided_at = now(), void_reason = :reason "
+                                "WHERE id = :id AND status <> 'void'"), {"id": invoice_id, "reason": reason}).rowcount == 1
 
 
 def next_number_preview(session: Connection, month: Month) -> int:

@@ -18,7 +18,7 @@ from ..summary import RunSummary
 
 
 def lock_key(scope: str) -> int:
-    """A stable signed 64-bit advisory lock key for a scope such as `invoice:2024-01:shard 1/4`."""
+    """A stable signed 64-bit advisory lock key for a scope such as `invoice:2024-01:1/4`."""
     return int.from_bytes(hashlib.sha256(f"billing:{scope}".encode()).digest()[:8], "big", signed=True)
 
 

@@ -85,7 +85,7 @@ class SmtpMailer:
     port: int
     security: Security
     username: str | None = None
-    password: str | None = None  # revealed from the Secret only here, at the call
+    password: str | None = field(default=None, repr=False)  # revealed from the Secret only here, at the call
     timeout_seconds: float = 30.0
     max_attempts: int = 4
     max_wait_seconds: float = 60.0

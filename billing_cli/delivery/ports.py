@@ -13,9 +13,6 @@ from .mailer import Mailer
 from .payments import PaymentGateway
 from .storage import FileStore
 
-# The feature flag of each delivery, for "skipped" messages.
-FLAGS = {Step.S3: "INVOICE_ENABLE_S3", Step.STRIPE: "INVOICE_ENABLE_STRIPE", Step.EMAIL: "INVOICE_ENABLE_EMAIL"}
-
 
 @dataclass(frozen=True)
 class Deliveries:
@@ -34,9 +31,6 @@ class Deliveries:
     def enabled(self) -> tuple[Step, ...]:
         """The delivery steps that are on, in the order they run."""
         return tuple(step for step, adapter in self._adapters() if adapter is not None)
-
-    def disabled(self) -> list[Step]:
-        return [step for step, adapter in self._adapters() if adapter is None]
 
     def _adapters(self) -> tuple[tuple[Step, object], ...]:
         return ((Step.S3, self.store), (Step.STRIPE, self.payments), (Step.EMAIL, self.mailer))

@@ -1,1 +1,1 @@
-"""The jobs: each takes settings, a session factory and adapters, and returns a result object."""
+"""The jobs: each takes a transaction factory and its options, does its work, returns a result with a summary."""

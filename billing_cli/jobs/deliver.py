@@ -45,13 +45,6 @@ class Delivered:
     error: tuple[Component, str] | None = None
 
 
-def pending_deliveries(invoice: StoredInvoice, enabled: tuple[Step, ...]) -> tuple[Step, ...]:
-    """The delivery steps that are on and have not succeeded yet for this invoice."""
-    done = {Step.S3: invoice.s3_key is not None, Step.STRIPE: invoice.stripe_status == "sent",
-            Step.EMAIL: invoice.emailed_at is not None}
-    return tuple(step for step in enabled if not done[step])
-
-
 def deliver(transactions: Transactions, invoice: StoredInvoice, document: InvoiceDocument, pdf: bytes,
             deliveries: Deliveries, seller: Seller, steps: tuple[Step, ...]) -> Delivered:
     """Carry out `steps` (in order: S3, Stripe, e-mail), recording each as it succeeds. The first

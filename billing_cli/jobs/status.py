@@ -12,9 +12,6 @@ from ..db import run_store
 from ..outcomes import MONTHLY_JOBS, Job, RunOutcome
 from ..periods import Month
 
-JOBS = tuple(job.value for job in Job)
-
-
 @dataclass(frozen=True)
 class Thresholds:
     aggregate_max_age: timedelta = timedelta(hours=2)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..delivery.ports import FLAGS
+from ..config import DELIVERY_FLAGS
 from ..money import format_money
 from ..outcomes import Component, OrgStatus, Step
 from .output import Output
@@ -33,24 +33,12 @@ class InvoicingScreen:
         self._task = None
         self.notice, self.warning, self.set_context = output.notice, output.warning, output.set_context
 
-    def demo_started(self, database: str) -> None:
-        self.output.banner("billing demo", [("database", database)])
-
-    def demo_seeded(self, result) -> None:
-        from .aggregation import aggregation_summary
-        from .tables import demo_summary
-
-        demo_summary(self.output, result)
-        assert result.aggregation is not None
-        aggregation_summary(self.output, result.aggregation)
-
     def invoicing_started(self, start: InvoicingStart) -> None:
         self.dry_run = start.dry_run
         invoice_header(self.output, start)
 
     def organizations_found(self, result: InvoiceRunResult) -> None:
         out = self.output
-        self.dry_run = result.dry_run
         if result.aggregated_hours:
             out.notice(f"aggregated {result.aggregated_hours} hour(s) of {result.month} whose events changed "
                        "since the hourly run, before rating")
@@ -98,10 +86,12 @@ def organization_fields(o: OrgOutcome) -> dict[str, object]:
         fields["voids"] = o.voided_number
     if o.steps:
         fields["done"] = ",".join(step.value for step in o.steps)
+    if o.pending:
+        fields["pending"] = ",".join(step.value for step in o.pending)
     for component, message in o.errors:
         fields[f"error_{component.value}"] = message
-    for warning in o.warnings:
-        fields["warning"] = warning
+    if o.warnings:
+        fields["warning"] = "; ".join(o.warnings)
     return fields
 
 
@@ -118,7 +108,9 @@ def organization_line(o: OrgOutcome, dry_run: bool) -> str:
         steps = f"; {', '.join(delivered)}" if delivered else ""
         text = f"{mark} {who}: {verb} {o.number}{replacing}, {amount}{pdf}{steps}"
     elif o.status == OrgStatus.ALREADY_INVOICED:
-        extra = f"; completed now: {', '.join(delivered)}" if delivered else ""
+        pending = [_STEP_NAMES[s] for s in o.pending if s in _STEP_NAMES]
+        extra = f"; completed now: {', '.join(delivered)}" if delivered else \
+            f"; would complete: {', '.join(pending)}" if pending and dry_run else ""
         text = f"{mark} {who}: already invoiced ({o.number}, {amount}){extra}"
     elif o.status == OrgStatus.NOTHING_TO_BILL:
         voided = f"; {o.voided_number} {'would be ' if dry_run else ''}voided" if o.voided_number else ""
@@ -134,14 +126,14 @@ def organization_line(o: OrgOutcome, dry_run: bool) -> str:
 
 def invoice_header(output: Output, start: InvoicingStart) -> None:
     disabled = start.disabled
-    deliveries = ", ".join(f"{step.value} {'skipped (' + flag + ' is off)' if step in disabled else 'on'}"
-                           for step, flag in FLAGS.items())
+    deliveries = ", ".join(f"{step} {'skipped (' + flag + ' is off)' if step in disabled else 'on'}"
+                           for step, flag in DELIVERY_FLAGS.items())
     if start.dry_run:
         deliveries = "none (dry run: nothing is uploaded, created or sent)"
     if output.plain:
         output.record("start", job=start.job, month=start.month, dry_run=str(start.dry_run).lower(),
                       database=start.database,
-                      **({} if start.dry_run else {step.value: "off" if step in disabled else "on" for step in FLAGS}),
+                      **({} if start.dry_run else {step: "off" if step in disabled else "on" for step in DELIVERY_FLAGS}),
                       **({"shard": start.shard} if start.shard else {}))
         return
     output.banner(f"🧾 billing {start.job}", [("month", start.month), ("dry run", "yes" if start.dry_run else "no"),
@@ -188,3 +180,18 @@ def invoice_run_summary(output: Output, result: InvoiceRunResult) -> None:
     if result.interrupted:
         output.warning(f"interrupted: {result.processed} organizations processed, {result.unfinished} left in "
                        "flight; rerun the same command to complete the month")
+
+
+class DemoScreen(InvoicingScreen):
+    """`billing demo`: its banner and seeded organizations, then the invoicing lines."""
+
+    def demo_started(self, database: str) -> None:
+        self.output.banner("billing demo", [("database", database)])
+
+    def demo_seeded(self, result) -> None:
+        from .aggregation import aggregation_summary
+        from .tables import demo_summary
+
+        demo_summary(self.output, result)
+        assert result.aggregation is not None
+        aggregation_summary(self.output, result.aggregation)

@@ -138,7 +138,7 @@ def schema_upgraded(output: Output, state) -> None:
 
 
 def schema_revision_line(output: Output, state) -> None:
-    current, head = state.before, state.after
+    current, head = state.current, state.head
     if output.plain:
         output.record("db-current", database=state.database, current=current or "none", head=head,
                       up_to_date=str(current == head).lower())

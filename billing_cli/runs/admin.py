@@ -11,7 +11,6 @@ from typing import Any
 
 from ..config import load_settings
 from ..db.connect import open_database
-from ..errors import UsageError
 from ..pricing import PricePlan
 from ..schedules import Schedule
 
@@ -50,10 +49,7 @@ def list_plans(notice: Notice) -> list[PricePlan]:
 
 def run_history(job: str | None, limit: int, notice: Notice) -> list[dict[str, Any]]:
     from ..db.run_store import recent_runs
-    from ..jobs.status import JOBS
 
-    if job is not None and job not in JOBS:
-        raise UsageError(f"--job {job!r}: use one of {', '.join(JOBS)}")
     with open_database(load_settings(), notice=notice) as db, db.engine.connect() as conn:
         return recent_runs(conn, job=job, limit=limit)
 
@@ -71,26 +67,37 @@ def job_health(now: datetime, notice: Notice) -> list:
 
 
 @dataclass(frozen=True)
-class SchemaState:
+class SchemaUpgrade:
     database: str
-    before: str | None  # the revision found
-    after: str | None  # the revision left (after an upgrade), or the program's own (a check)
+    before: str | None  # the revision found (None: an empty database)
+    after: str | None  # the revision left
 
 
-def upgrade_schema(notice: Notice) -> SchemaState:
+@dataclass(frozen=True)
+class SchemaRevision:
+    database: str
+    current: str | None  # the database's revision
+    head: str  # the revision this program needs
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.head
+
+
+def upgrade_schema(notice: Notice) -> SchemaUpgrade:
     """Apply the migrations (safe to repeat; concurrent runs wait for each other)."""
     from ..db.migrate import upgrade
 
     with open_database(load_settings(), notice=notice, require_schema=False) as db:
         before, after = upgrade(db.engine)
-        return SchemaState(db.where, before, after)
+        return SchemaUpgrade(db.where, before, after)
 
 
-def schema_revision(notice: Notice) -> SchemaState:
+def schema_revision(notice: Notice) -> SchemaRevision:
     from ..db.migrate import HEAD, current_revision
 
     with open_database(load_settings(), notice=notice, require_schema=False) as db, db.engine.connect() as conn:
-        return SchemaState(db.where, current_revision(conn), HEAD)
+        return SchemaRevision(db.where, current_revision(conn), HEAD)
 
 
 def configured_schedules() -> list[Schedule]:

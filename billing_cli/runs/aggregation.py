@@ -11,7 +11,7 @@ from ..db.engine import Database
 from ..jobs.aggregate import AggregationResult, HourResult, aggregate_hours
 from ..outcomes import Job
 from ..periods import HourRange, aggregation_window, utc_now
-from .lifecycle import Finished, Notify, RunSpec, RunView, run_job
+from .lifecycle import Finished, NotifyWhen, RunSpec, RunView, run_job
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def run_aggregate_hourly(request: AggregateRequest, view: AggregationView) -> Fi
         lookback=settings.aggregate_lookback_hours if request.lookback is None else request.lookback)
     spec = RunSpec(job=Job.AGGREGATE_HOURLY, period=str(window), lock_scope=Job.AGGREGATE_HOURLY, dry_run=dry_run,
                    parameters={"window": str(window)},
-                   notify=Notify.ON_PROBLEMS if settings.notify_on_aggregate_errors else Notify.NEVER)
+                   notify=NotifyWhen.ON_PROBLEMS if settings.notify_on_aggregate_errors else NotifyWhen.NEVER)
 
     def aggregate(db: Database, stop: threading.Event) -> AggregationResult:
         view.aggregation_started(window, dry_run, db.where)

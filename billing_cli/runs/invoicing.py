@@ -14,7 +14,8 @@ from ..db.usage_store import Shard
 from ..errors import UsageError
 from ..invoices import Seller
 from ..jobs.invoicing import InvoiceOptions, InvoiceRunResult, OrgOutcome, invoice_month
-from ..outcomes import Job, Step
+from ..delivery.ports import Deliveries
+from ..outcomes import DELIVERY_STEPS, Job, Step
 from ..periods import Month, invoicing_month, utc_now
 from ..schedules import parse_schedule
 from .lifecycle import Finished, RunSpec, RunView, run_job
@@ -68,8 +69,7 @@ def run_invoice_monthly(request: InvoiceRequest, view: InvoicingView) -> Finishe
     return _run(Job.INVOICE_MONTHLY, request, load_settings(), view)
 
 
-def run_legacy(view: InvoicingView, *, dry_run: bool | None = None,
-               keep_plan: bool = False) -> Finished[InvoiceRunResult]:
+def run_legacy(view: InvoicingView, *, keep_plan: bool = False) -> Finished[InvoiceRunResult]:
     """The older all-in-one job: configured by the environment alone (RUN_SCHEDULE, PROCESS_MONTH,
     DRY_RUN); the same invoicing as invoice-monthly. Warns when started at a minute its schedule
     would not fire: the CronJob or crontab has drifted from the configuration."""
@@ -80,7 +80,7 @@ def run_legacy(view: InvoicingView, *, dry_run: bool | None = None,
         view.warning(f"started at {now:%Y-%m-%d %H:%M}Z, a minute RUN_SCHEDULE '{settings.run_schedule}' "
                      f"({schedule.describe()}) does not fire: the CronJob or crontab schedule may have drifted "
                      "from the configuration (compare with `billing schedule --format k8s`)")
-    return _run(Job.LEGACY_RUN, InvoiceRequest(dry_run=dry_run, keep_plan=keep_plan), settings, view, now=now)
+    return _run(Job.LEGACY_RUN, InvoiceRequest(keep_plan=keep_plan), settings, view, now=now)
 
 
 def resolve(job: Job, request: InvoiceRequest, settings: Settings, now: datetime) -> InvoiceOptions:
@@ -98,6 +98,7 @@ def resolve(job: Job, request: InvoiceRequest, settings: Settings, now: datetime
         seller=Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id),
         concurrency=request.concurrency or settings.concurrency, shard=shard,
         batch_size=request.batch_size or settings.batch_size, render_processes=settings.render_processes,
+        delivery_steps=tuple(Step(step) for step in settings.enabled_deliveries),
         keep_plan=request.keep_plan and dry_run)
 
 
@@ -111,9 +112,12 @@ def _run(job: Job, request: InvoiceRequest, settings: Settings, view: InvoicingV
                                "regenerate": options.regenerate, "shard": sharded})
 
     def invoice(db: Database, stop: threading.Event) -> InvoiceRunResult:
-        deliveries = deliveries_from_settings(settings, concurrency=options.concurrency)
+        # A preview is handed no adapter at all: it cannot reach a service, even by mistake.
+        deliveries = Deliveries() if options.dry_run else deliveries_from_settings(settings,
+                                                                                   concurrency=options.concurrency)
         view.invoicing_started(InvoicingStart(job, options.month, options.dry_run, db.where,
-                                              deliveries.disabled(), sharded))
+                                              [s for s in Step if s in DELIVERY_STEPS and s not in options.delivery_steps],
+                                              sharded))
         try:
             return invoice_month(db.transactions, replace(options, stop=stop, deliveries=deliveries),
                                  on_start=view.organizations_found, on_outcome=view.organization_done)

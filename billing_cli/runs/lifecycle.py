@@ -2,7 +2,8 @@
 settings -> database -> signals -> lock -> job_runs record -> job -> metrics -> notifications -> result.
 
 A run that fails goes through the same path as one that succeeds: its summary (outcome
-`failed`, and why) is recorded, pushed and notified, and returned with the error.
+`failed` or `interrupted`, and why) is recorded, pushed and notified, then returned with the
+error (or, for a bug or a second Ctrl-C, raised).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class JobResult(Protocol):
 R = TypeVar("R", bound=JobResult)
 
 
-class Notify(Enum):
+class NotifyWhen(Enum):
     """When a run sends its completion notifications (e-mail, webhook)."""
 
     ALWAYS = "always"
@@ -61,7 +62,7 @@ class RunSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
     shard: str | None = None  # "2/4"; None for a run over every organization
     pool_size: int = 5  # database connections
-    notify: Notify = Notify.ALWAYS
+    notify: NotifyWhen = NotifyWhen.ALWAYS
 
 
 @dataclass
@@ -79,43 +80,72 @@ class Finished(Generic[R]):
 
 def run_job(spec: RunSpec, settings: Settings, view: RunView,
             job: Callable[[Database, threading.Event], R]) -> Finished[R]:
-    """Run `job` inside the lifecycle. An overlapping run (AlreadyRunning) is raised untouched: it
-    did nothing, so it records, pushes and notifies nothing."""
-    started = time.perf_counter()
-    finished: Finished[R]
+    """Run `job` inside the lifecycle. Whatever ends the run (success, a BillingError, a bug, a
+    second Ctrl-C), its summary is recorded in job_runs, pushed and notified the same way; an
+    expected error is returned with the summary, anything else is raised after that. An
+    overlapping run (AlreadyRunning) did nothing: it records, pushes and notifies nothing."""
+    record = _Record(spec)
     try:
         with open_database(settings, notice=view.notice, pool_size=spec.pool_size) as db, \
-                stop_on_signals(view.warning) as stop, _recorded(db.engine, spec) as record:
+                stop_on_signals(view.warning) as stop, _recorded(db.engine, record) as record:
             view.set_context(job=spec.job, run_id=record.run_id)
             result = job(db, stop)
             record.summary = result.summary()
-            finished = Finished(record.summary, result)
     except AlreadyRunning:
         raise
     except BillingError as exc:
-        finished = Finished(RunSummary.failed_run(spec.job, spec.period, str(exc), spec.dry_run,
-                                                  time.perf_counter() - started), error=exc)
-    push_metrics(settings, view.warning, finished.summary, spec.shard)
-    problems = finished.summary.outcome in (RunOutcome.FAILED, RunOutcome.PARTIAL)
-    if spec.notify == Notify.ALWAYS or (spec.notify == Notify.ON_PROBLEMS and problems):
-        notify(settings, view.warning, view.notice, finished.summary)
-    return finished
+        _complete(settings, view, spec, record.ended(str(exc)))
+        return Finished(record.summary, error=exc)  # type: ignore[arg-type]
+    except BaseException as exc:
+        reason = "interrupted by a signal" if isinstance(exc, KeyboardInterrupt) else \
+            f"unexpected error: {type(exc).__name__}"
+        _complete(settings, view, spec, record.ended(reason, interrupted=isinstance(exc, KeyboardInterrupt)))
+        raise
+    _complete(settings, view, spec, record.ended())
+    return Finished(record.summary, result)
+
+
+def _complete(settings: Settings, view: RunView, spec: RunSpec, summary: RunSummary) -> None:
+    push_metrics(settings, view.warning, summary, spec.shard)
+    problems = summary.outcome in (RunOutcome.FAILED, RunOutcome.PARTIAL)
+    if spec.notify == NotifyWhen.ALWAYS or (spec.notify == NotifyWhen.ON_PROBLEMS and problems):
+        notify(settings, view.warning, view.notice, summary)
 
 
 @dataclass
 class _Record:
-    run_id: int
-    summary: RunSummary | None = None  # set when the job returns
+    """One run as the lifecycle sees it: its job_runs id, its one clock, and how it ended."""
+
+    spec: RunSpec
+    run_id: int | None = None
+    summary: RunSummary | None = None  # the job's summary when it returns; a failed one otherwise
     started: float = field(default_factory=time.perf_counter)
+    closed: bool = False
+
+    def ended(self, failure: str | None = None, *, interrupted: bool = False) -> RunSummary:
+        """The run's summary, timed by the lifecycle's clock once: job_runs, the metrics, the
+        notifications and --json all show the same figure."""
+        if self.closed and self.summary is not None:
+            return self.summary
+        self.closed = True
+        if failure is not None and (self.summary is None or self.summary.outcome == RunOutcome.SUCCEEDED):
+            spec = self.spec
+            self.summary = RunSummary.failed_run(spec.job, spec.period, failure, spec.dry_run, 0.0)
+            if interrupted:
+                self.summary.outcome = RunOutcome.INTERRUPTED
+        assert self.summary is not None
+        self.summary.seconds = time.perf_counter() - self.started
+        return self.summary
 
 
 @contextmanager
-def _recorded(engine: Engine, spec: RunSpec) -> Iterator[_Record]:
+def _recorded(engine: Engine, record: _Record) -> Iterator[_Record]:
     """Take the run's lock (or raise AlreadyRunning, touching nothing), record the run as running,
     and record how it ended. The lock is a session lock on a connection held for the whole run:
     if the process dies, the database drops the connection and the lock with it, so a killed run
-    never leaves a stale lock. A dry run writes nothing, so it takes no lock: an operator's
-    preview must never block the scheduled run."""
+    never leaves a stale lock. A dry run changes no billing data, so it takes no lock: an
+    operator's preview must never block the scheduled run (it is recorded in job_runs, marked)."""
+    spec = record.spec
     with engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
         if not spec.dry_run and not run_store.try_lock(conn, spec.lock_scope):
@@ -124,23 +154,21 @@ def _recorded(engine: Engine, spec: RunSpec) -> Iterator[_Record]:
                                  "lock, so this run did nothing",
                                  hint="Wait for it to finish; `billing status` shows it.")
         try:
-            record = _Record(run_store.start_run(conn, job=spec.job, period=spec.period, shard=spec.shard,
-                                                 dry_run=spec.dry_run, parameters=spec.parameters))
+            record.run_id = run_store.start_run(conn, job=spec.job, period=spec.period, shard=spec.shard,
+                                                dry_run=spec.dry_run, parameters=spec.parameters)
             try:
                 yield record
             except KeyboardInterrupt:
-                _finish(conn, record, RunOutcome.INTERRUPTED, "interrupted by a signal")
+                _finish(conn, record.run_id, record.ended("interrupted by a signal", interrupted=True))
                 raise
             except BillingError as exc:
-                _finish(conn, record, RunOutcome.FAILED, str(exc))
+                _finish(conn, record.run_id, record.ended(str(exc)))
                 raise
             except Exception as exc:
-                _finish(conn, record, RunOutcome.FAILED, f"unexpected error: {type(exc).__name__}")
+                _finish(conn, record.run_id, record.ended(f"unexpected error: {type(exc).__name__}"))
                 raise
             else:
-                summary = record.summary
-                _finish(conn, record, summary.outcome if summary else RunOutcome.SUCCEEDED,
-                        summary.message if summary else None)
+                _finish(conn, record.run_id, record.ended())
         finally:
             if not spec.dry_run:
                 try:
@@ -149,9 +177,9 @@ def _recorded(engine: Engine, spec: RunSpec) -> Iterator[_Record]:
                     pass  # the connection is gone, and the lock went with it
 
 
-def _finish(conn, record: _Record, status: RunOutcome, message: str | None) -> None:
+def _finish(conn, run_id: int, summary: RunSummary) -> None:
     try:
-        run_store.finish_run(conn, record.run_id, status=status, seconds=time.perf_counter() - record.started,
-                             message=message, summary=record.summary)
+        run_store.finish_run(conn, run_id, status=summary.outcome, seconds=summary.seconds,
+                             message=summary.message, summary=summary)
     except SQLAlchemyError:  # the database itself may be what failed: the row then stays "running"
         pass

@@ -10,8 +10,8 @@ from ..delivery.ports import Deliveries
 
 
 def deliveries_from_settings(settings: Settings, *, concurrency: int | None = None) -> Deliveries:
-    """The adapters of the enabled deliveries. A dry run gets them too, to plan with: it never
-    calls them. `concurrency`: the worker threads that will share them (pools are sized to it)."""
+    """The adapters of the enabled deliveries, for a real run. `concurrency`: the worker threads
+    that will share them (connection pools are sized to it)."""
     store = payments = mailer = None
     connections = max(concurrency or settings.concurrency, 10)  # per peer, shared by the worker threads
     if settings.s3_enabled:

@@ -19,11 +19,11 @@ from ...invoices import InvoiceDocument, due_date
 from ...outcomes import DELIVERY_STEPS, Component, OrgStatus, Step
 from ...periods import format_hour
 from ..aggregate import aggregate_one_hour
-from ..deliver import deliver, pending_deliveries
+from ..deliver import deliver
 from .documents import render
 from .options import InvoiceOptions
-from .planning import Action, OrgPlan
-from .results import InvoiceRunResult, OrgOutcome, first_outcome
+from .planning import Action, OrgPlan, pending_deliveries
+from .results import InvoiceRunResult, OrgOutcome, expected_outcome
 
 
 class Acting:
@@ -44,16 +44,19 @@ class Acting:
             result.aggregated_hours += 1
         return []
 
-    def carry_out(self, plan: OrgPlan) -> OrgOutcome:
-        outcome = first_outcome(plan)
+    def handle(self, plan: OrgPlan) -> OrgOutcome:
+        outcome = expected_outcome(plan)
         try:
             if plan.action in (Action.ISSUE, Action.REGENERATE):
                 self._issue(plan, outcome)
             elif plan.action == Action.VOID:
                 assert plan.existing is not None
                 with self.transactions() as conn:
-                    invoice_store.void_invoice(conn, plan.existing.id, "regenerated: nothing to bill")
-                outcome.steps.append(Step.VOIDED)
+                    voided = invoice_store.void_invoice(conn, plan.existing.id, "regenerated: nothing to bill")
+                if voided:
+                    outcome.steps.append(Step.VOIDED)
+                else:
+                    outcome.warnings.append(f"{plan.existing.number} was voided meanwhile by another run")
             elif plan.action == Action.COMPLETE:
                 assert plan.existing is not None
                 self._complete(plan.existing, plan.steps, outcome)
@@ -93,8 +96,11 @@ class Acting:
         """An invoice issued earlier: read it again now (another run may have moved it on since
         the plan was made) and carry out the planned steps that are still missing."""
         with self.transactions() as conn:
-            invoice = invoice_store.load_invoice(conn, planned.id)
-            document = invoice_store.load_document(conn, planned.id)
+            invoice = invoice_store.load_live_invoice(conn, planned.id)
+            document = invoice_store.load_document(conn, planned.id) if invoice is not None else None
+        if invoice is None or document is None:  # a regeneration voided it meanwhile: never deliver it
+            outcome.warnings.append(f"{planned.number} was voided meanwhile by another run: nothing delivered")
+            return
         still = pending_deliveries(invoice, tuple(s for s in steps if s in DELIVERY_STEPS))
         self._carry_out_steps(invoice, document, ((Step.PDF,) if Step.PDF in steps else ()) + still, outcome)
 

@@ -31,9 +31,11 @@ from .results import InvoiceRunResult, OrgOutcome
 RENDER_POOL_THRESHOLD = 200
 
 
-class Executor(Protocol):
+class PlanHandler(Protocol):
+    """What a run does with each plan: carry it out (Acting) or show it (Previewing)."""
+
     def prepare(self, stale_hours: list[datetime], result: InvoiceRunResult) -> list[datetime]: ...
-    def carry_out(self, plan: OrgPlan) -> OrgOutcome: ...
+    def handle(self, plan: OrgPlan) -> OrgOutcome: ...
 
 
 def invoice_month(
@@ -55,11 +57,11 @@ def invoice_month(
         render_pool = RenderPool(options.render_processes)
         options = replace(options, renderer=render_pool)
     try:
-        executor: Executor = Previewing(transactions, options) if options.dry_run else Acting(transactions, options)
-        live_hours = executor.prepare(stale, result)
+        handler: PlanHandler = Previewing(transactions, options) if options.dry_run else Acting(transactions, options)
+        live_hours = handler.prepare(stale, result)
         if on_start:
             on_start(result)
-        _run(transactions, options, executor, result, only, live_hours, on_outcome)
+        _run(transactions, options, handler, result, only, live_hours, on_outcome)
     finally:
         if render_pool is not None:
             render_pool.close()
@@ -67,10 +69,10 @@ def invoice_month(
     return result
 
 
-def _run(transactions: Transactions, options: InvoiceOptions, executor: Executor, result: InvoiceRunResult,
+def _run(transactions: Transactions, options: InvoiceOptions, handler: PlanHandler, result: InvoiceRunResult,
          only: list[str] | None, live_hours: list[datetime],
          on_outcome: Callable[[OrgOutcome], None] | None) -> None:
-    rules = PlanRules(options.month, options.regenerate, options.deliveries.enabled(),
+    rules = PlanRules(options.month, options.regenerate, options.delivery_steps,
                       keep_pdf_files=options.output_dir is not None)
     seen: set[str] = set()
 
@@ -82,6 +84,7 @@ def _run(transactions: Transactions, options: InvoiceOptions, executor: Executor
     # Organizations are I/O-bound (database, S3, Stripe, SMTP): a bounded pool of worker threads,
     # each organization in its own transactions. Outcomes are collected on this thread.
     pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="invoice")
+    at_once = False
     try:
         with transactions() as stream:
             for batch in usage_store.organizations_with_usage(stream, options.month, batch_size=options.batch_size,
@@ -91,12 +94,17 @@ def _run(transactions: Transactions, options: InvoiceOptions, executor: Executor
                 if only:  # only to report --org ids that are not active; never grows with the fleet
                     seen.update(org.id for org, _ in batch)
                 plans = _plan_batch(transactions, options, rules, batch)
-                pending = {pool.submit(executor.carry_out, plan) for plan in plans}
+                pending = {pool.submit(handler.handle, plan) for plan in plans}
                 result.unfinished = _collect(pending, options, collect)
                 if result.unfinished or options.stopping:
                     break
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, whatever is in flight
+        at_once = True
+        raise
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        # Otherwise never return (and release the run's lock) while a worker may still be issuing
+        # or delivering.
+        pool.shutdown(wait=not at_once, cancel_futures=True)
     if options.stopping:
         result.interrupted = True
         return

@@ -12,7 +12,7 @@ from ...db.usage_store import Shard
 from ...delivery.pdf import render_invoice
 from ...delivery.ports import Deliveries
 from ...invoices import InvoiceDocument, Seller
-from ...outcomes import Job
+from ...outcomes import Job, Step
 from ...periods import Month
 
 
@@ -28,7 +28,8 @@ class InvoiceOptions:
     output_dir: Path | None = None
     payment_terms_days: int = 30
     batch_size: int = 500
-    deliveries: Deliveries = field(default_factory=Deliveries)
+    deliveries: Deliveries = field(default_factory=Deliveries)  # the adapters (none in a dry run)
+    delivery_steps: tuple[Step, ...] = ()  # the deliveries that are on (their flags), planned in a dry run too
     concurrency: int = 1
     shard: Shard = field(default_factory=Shard)
     stop: threading.Event | None = None  # set on SIGTERM/SIGINT: finish what is in flight, take nothing new

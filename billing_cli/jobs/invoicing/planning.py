@@ -17,7 +17,6 @@ from ...delivery.invoice_email import BadAddress, check_address, check_header_va
 from ...outcomes import Step
 from ...periods import Month
 from ...pricing import PricePlan, RatedInvoice, RatingError, rate
-from ..deliver import pending_deliveries
 
 
 class Action(StrEnum):
@@ -73,6 +72,13 @@ def plan_organization(org: OrganizationRow, usage: Mapping[str, Decimal], plans:
                        warnings=warnings)
     return OrgPlan(org, Action.REGENERATE if existing is not None else Action.ISSUE, rated=rated,
                    existing=existing, steps=(Step.PDF, *rules.deliveries), warnings=warnings)
+
+
+def pending_deliveries(invoice: StoredInvoice, enabled: tuple[Step, ...]) -> tuple[Step, ...]:
+    """The delivery steps that are on and have not succeeded yet for this invoice."""
+    done = {Step.S3: invoice.s3_key is not None, Step.STRIPE: invoice.stripe_status == "sent",
+            Step.EMAIL: invoice.emailed_at is not None}
+    return tuple(step for step in enabled if not done[step])
 
 
 def _missing_steps(invoice: StoredInvoice, rules: PlanRules, pdf_file_missing: bool) -> tuple[Step, ...]:

@@ -16,7 +16,7 @@ from ...outcomes import Component
 from .documents import render
 from .options import InvoiceOptions
 from .planning import Action, OrgPlan
-from .results import InvoiceRunResult, OrgOutcome, first_outcome
+from .results import InvoiceRunResult, OrgOutcome, expected_outcome
 
 
 class Previewing:
@@ -31,8 +31,8 @@ class Previewing:
         result.stale_hours_previewed = len(stale_hours)
         return stale_hours
 
-    def carry_out(self, plan: OrgPlan) -> OrgOutcome:
-        outcome = first_outcome(plan)
+    def handle(self, plan: OrgPlan) -> OrgOutcome:
+        outcome = expected_outcome(plan)
         outcome.pending = plan.steps
         if plan.action not in (Action.ISSUE, Action.REGENERATE):
             return outcome

@@ -46,7 +46,7 @@ class OrgOutcome:
         return {"organization_id": self.organization_id, "action": self.action, "status": self.status,
                 "number": self.number, "currency": self.currency,
                 "total": str(self.total) if self.total is not None else None,
-                "voids": self.voided_number, "steps": [*self.steps, *self.pending],
+                "voids": self.voided_number, "done": list(self.steps), "pending": list(self.pending),
                 "errors": [list(e) for e in self.errors], "warnings": self.warnings}
 
 
@@ -101,13 +101,17 @@ class InvoiceRunResult:
             revenue={cur: str(self.revenue[cur]) for cur in sorted(self.revenue)},
             failed=[{"organization_id": o.organization_id, "errors": [list(e) for e in o.errors]}
                     for o in self.failed],
-            extra={"plan": [o.as_dict() for o in sorted(self.plan, key=lambda o: o.organization_id)]}
-            if self.plan is not None else {},
         )
 
+    def json_extra(self) -> dict[str, Any]:
+        """What --json prints beside the summary: a dry run's plan, when it was kept."""
+        if self.plan is None:
+            return {}
+        return {"plan": [o.as_dict() for o in sorted(self.plan, key=lambda o: o.organization_id)]}
 
-def first_outcome(plan: OrgPlan) -> OrgOutcome:
-    """The outcome a plan leads to before anything is carried out (a failure changes it)."""
+
+def expected_outcome(plan: OrgPlan) -> OrgOutcome:
+    """The outcome a plan leads to if all goes well (a failure while carrying it out changes it)."""
     org, existing = plan.organization, plan.existing
     outcome = OrgOutcome(org.id, org.name, status=_STATUS[plan.action], action=plan.action,
                          warnings=list(plan.warnings))
