@@ -6,7 +6,8 @@ minor unit. Unit prices are never rounded. Floats are refused.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation
+from collections.abc import Iterable
+from decimal import ROUND_HALF_UP, Context, Decimal, Inexact, InvalidOperation, Overflow
 
 # ISO 4217 active codes and their minor units (exponent). Codes not listed have 2 decimals.
 _ZERO_DECIMALS = {"BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI",
@@ -63,6 +64,19 @@ def decimal(value: str | int | Decimal) -> Decimal:
     if not result.is_finite():
         raise ValueError(f"{value!r} is not a finite number")
     return result
+
+
+# Sums of money are exact: an amount that cannot be held exactly is an error, never a rounding.
+_EXACT_SUM = Context(prec=60, rounding=ROUND_HALF_UP, traps=[InvalidOperation, Inexact, Overflow])
+
+
+def exact_sum(amounts: Iterable[Decimal]) -> Decimal:
+    """The exact sum of already rounded amounts (an invoice's total); ArithmeticError if it needs
+    more than 60 digits, never a silently rounded total."""
+    total = ZERO
+    for amount in amounts:
+        total = _EXACT_SUM.add(total, amount)
+    return total
 
 
 def round_money(amount: Decimal, currency: str) -> Decimal:

@@ -142,6 +142,15 @@ class Month:
     def hours(self) -> HourRange:
         return HourRange(self.start, self.end)
 
+    def minus(self, months: int) -> Month:
+        index = self.year * 12 + self.month - 1 - months
+        return Month(index // 12, index % 12 + 1)
+
+    @property
+    def label(self) -> str:
+        """`January 2024`, for documents."""
+        return f"{self.start:%B %Y}"
+
     def __str__(self) -> str:
         return f"{self.year:04d}-{self.month:02d}"
 

@@ -18,7 +18,7 @@ from .money import ZERO, CurrencyError, check_currency, round_money
 from .pricing import MODELS, Price, PricePlan, Tier
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
-_PLAN_KEYS = {"id", "name", "currency", "base_fee", "minimum_commitment", "price"}
+_PLAN_KEYS = {"id", "name", "currency", "base_fee", "minimum_commitment", "price", "free_metrics"}
 _PRICE_KEYS = {"metric", "description", "model", "unit_price", "package_size", "tiers", "included"}
 _TIER_KEYS = {"up_to", "unit_price", "flat_fee"}
 
@@ -129,7 +129,13 @@ def _plan(raw: dict[str, Any], source: str, lines: _Lines, index: int, start: in
         prices.append(price)
     if not prices and base_fee == 0 and minimum == 0:
         raise fail(None, "the plan has no price, no base fee and no minimum commitment")
-    return PricePlan(plan_id, name.strip(), currency, tuple(prices), base_fee, minimum)
+    free = raw.get("free_metrics", [])
+    if not isinstance(free, list) or not all(isinstance(m, str) and _ID.match(m) for m in free):
+        raise fail("free_metrics", "`free_metrics` must be a list of metric names, e.g. [\"health_checks\"]")
+    priced_and_free = sorted(metrics & set(free))
+    if priced_and_free:
+        raise fail("free_metrics", f"{', '.join(priced_and_free)} cannot be both priced and free")
+    return PricePlan(plan_id, name.strip(), currency, tuple(prices), base_fee, minimum, tuple(sorted(set(free))))
 
 
 def _price(raw: dict[str, Any], currency: str, fail) -> Price:

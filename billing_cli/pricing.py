@@ -24,7 +24,9 @@ from .periods import Month
 
 Model = Literal["per_unit", "graduated", "volume", "package"]
 MODELS: tuple[str, ...] = ("per_unit", "graduated", "volume", "package")
-LineKind = Literal["base_fee", "usage", "tier", "flat_fee", "minimum"]
+LineKind = Literal["base_fee", "usage", "tier", "flat_fee", "minimum", "credit_carried", "credit_applied"]
+FEE_KINDS = ("base_fee", "minimum")  # charges of the period itself, not of a metric
+CREDIT_KINDS = ("credit_carried", "credit_applied")  # moving a credit balance between invoices
 
 # Exact arithmetic: 60 significant digits, and an inexact result is an error, never a silent
 # rounding (NUMERIC sums can be far longer than Decimal's default 28 digits).
@@ -62,6 +64,7 @@ class PricePlan:
     prices: tuple[Price, ...] = ()
     base_fee: Decimal = ZERO
     minimum_commitment: Decimal = ZERO
+    free_metrics: tuple[str, ...] = ()  # usage the plan deliberately does not charge for
 
     def price_for(self, metric: str) -> Price | None:
         return next((p for p in self.prices if p.metric == metric), None)
@@ -75,6 +78,12 @@ class InvoiceLine:
     unit_price: Decimal
     amount: Decimal  # rounded to the currency's minor unit
     metric: str | None = None
+    period: Month | None = None  # the period whose usage or fees the line bills; None: the invoice's own
+
+    @property
+    def charge(self) -> str:
+        """What the line bills, for comparing a period's lines: its metric, or its fee or credit kind."""
+        return self.metric if self.metric is not None else self.kind
 
 
 @dataclass(frozen=True)
@@ -99,19 +108,21 @@ class RatedInvoice:
         return not self.lines
 
 
-def rate(usage: Mapping[str, Decimal], plan: PricePlan, period: Month) -> RatedInvoice:
-    """Rate one organization's month. `usage` maps metric -> total quantity for the month."""
+def rate(usage: Mapping[str, Decimal], plan: PricePlan, period: Month, *, fees: bool = True) -> RatedInvoice:
+    """Rate one organization's month. `usage` maps metric -> total quantity for the month. `fees`:
+    whether the base fee and the minimum commitment apply (not for a month the organization was
+    not active in: its usage is still billed)."""
     try:
         with _decimal.localcontext(_EXACT):
-            return _rate(usage, plan, period)
+            return _rate(usage, plan, period, fees)
     except (_decimal.Inexact, _decimal.InvalidOperation, _decimal.Overflow):
         raise RatingError("a quantity or price is too large to be priced exactly") from None
 
 
-def _rate(usage: Mapping[str, Decimal], plan: PricePlan, period: Month) -> RatedInvoice:
+def _rate(usage: Mapping[str, Decimal], plan: PricePlan, period: Month, fees: bool) -> RatedInvoice:
     cur = plan.currency
     lines: list[InvoiceLine] = []
-    if plan.base_fee > 0:
+    if fees and plan.base_fee > 0:
         lines.append(InvoiceLine("base_fee", f"{plan.name} plan, monthly fee", Decimal(1), plan.base_fee,
                                  round_money(plan.base_fee, cur)))
     for price in plan.prices:
@@ -121,11 +132,12 @@ def _rate(usage: Mapping[str, Decimal], plan: PricePlan, period: Month) -> Rated
         if quantity > 0:
             lines.extend(price_lines(price, quantity, cur))
     running = sum((line.amount for line in lines), ZERO)
-    if plan.minimum_commitment > running and (lines or plan.minimum_commitment > 0):
+    if fees and plan.minimum_commitment > running and (lines or plan.minimum_commitment > 0):
         top_up = round_money(plan.minimum_commitment - running, cur)
         lines.append(InvoiceLine("minimum", f"Minimum commitment top-up (to {plan.minimum_commitment:f} {cur})",
                                  Decimal(1), top_up, top_up))
-    unpriced = tuple(sorted(m for m, q in usage.items() if q > 0 and plan.price_for(m) is None))
+    unpriced = tuple(sorted(m for m, q in usage.items()
+                            if q > 0 and plan.price_for(m) is None and m not in plan.free_metrics))
     return RatedInvoice(plan.id, cur, period, tuple(lines), unpriced)
 
 
@@ -233,3 +245,30 @@ def _range(lower: Decimal, up_to: Decimal | None) -> str:
     if up_to is None:
         return f"{first} and above" if not first.startswith("above") else first
     return f"{first} to {_qty(up_to)}"
+
+
+def plan_snapshot(plan: PricePlan) -> dict:
+    """The plan as JSON-ready data (exact decimal strings), stored on each invoice so that its
+    period can be rated again exactly as it was, whatever the plan becomes."""
+    def number(value: Decimal | None) -> str | None:
+        return None if value is None else str(value)
+
+    return {"id": plan.id, "name": plan.name, "currency": plan.currency, "base_fee": str(plan.base_fee),
+            "minimum_commitment": str(plan.minimum_commitment), "free_metrics": list(plan.free_metrics),
+            "prices": [{"metric": p.metric, "model": p.model, "description": p.description,
+                        "unit_price": number(p.unit_price), "package_size": number(p.package_size),
+                        "included": str(p.included),
+                        "tiers": [{"up_to": number(t.up_to), "unit_price": str(t.unit_price),
+                                   "flat_fee": str(t.flat_fee)} for t in p.tiers]} for p in plan.prices]}
+
+
+def plan_from_snapshot(data: Mapping) -> PricePlan:
+    def number(value: str | None) -> Decimal | None:
+        return None if value is None else Decimal(value)
+
+    return PricePlan(
+        data["id"], data["name"], data["currency"],
+        tuple(Price(p["metric"], p["model"], p["description"], number(p["unit_price"]), number(p["package_size"]),
+                    tuple(Tier(number(t["up_to"]), Decimal(t["unit_price"]), Decimal(t["flat_fee"]))
+                          for t in p["tiers"]), Decimal(p["included"])) for p in data["prices"]),
+        Decimal(data["base_fee"]), Decimal(data["minimum_commitment"]), tuple(data.get("free_metrics", ())))

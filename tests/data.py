@@ -12,13 +12,19 @@ def utc(*parts: int) -> datetime:
     return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
 
 
+# Organizations the tests bill for 2024 existed well before: a month before an organization was
+# created carries no base fee (nor minimum).
+LONG_AGO = datetime(2023, 1, 1, tzinfo=UTC)
+
+
 def add_org(session: Connection, org_id: str, *, status: str = "active", name: str | None = None,
-            email: str | None = None, currency: str = "USD") -> None:
+            email: str | None = None, currency: str = "USD", created_at: datetime = LONG_AGO) -> None:
+    """An organization, inserted the way the account service does (the columns it knows)."""
     session.execute(
-        text("INSERT INTO organizations (id, name, email, status, currency) "
-             "VALUES (:id, :name, :email, :status, :currency)"),
+        text("INSERT INTO organizations (id, name, email, status, currency, created_at) "
+             "VALUES (:id, :name, :email, :status, :currency, :created)"),
         {"id": org_id, "name": name or f"Org {org_id}", "email": email or f"{org_id}@example.com",
-         "status": status, "currency": currency},
+         "status": status, "currency": currency, "created": created_at},
     )
 
 

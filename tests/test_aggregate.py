@@ -79,19 +79,47 @@ def test_rerun_is_identical_and_late_events_are_picked_up(transactions) -> None:
     assert recorded.last_received_at == utc(2099, 1, 1)  # what the completeness check compares
 
 
-def test_only_active_organizations_are_aggregated(transactions) -> None:
+def test_every_event_is_rolled_up_whatever_its_organization_and_orphans_are_counted(transactions) -> None:
     with transactions() as s:
         add_org(s, "org-live")
         add_org(s, "org-gone", status="inactive")
         add_event(s, "org-live", "api_calls", "1", H13)
         add_event(s, "org-gone", "api_calls", "5", H13)
-        add_event(s, "org-unknown", "api_calls", "9", H13)  # no such organization
+        add_event(s, "org-unknown", "api_calls", "9", H13)  # no organizations row (yet)
+        add_event(s, "org-unknown", "api_calls", "1", H13)
 
     result = aggregate_hours(transactions, ONE_HOUR_13)
 
     with transactions() as s:
-        assert hourly_rows(s) == [("org-live", "api_calls", H13, Decimal("1"), 1)]
-    assert result.hours[0].ignored_events == 2
+        assert hourly_rows(s) == [("org-gone", "api_calls", H13, Decimal("5"), 1),
+                                  ("org-live", "api_calls", H13, Decimal("1"), 1),
+                                  ("org-unknown", "api_calls", H13, Decimal("10"), 2)]
+    assert (result.orphan_events, result.orphan_ids) == (2, ["org-unknown"])
+    assert result.summary().counts["orphan_events"] == 2
+
+
+def test_events_edited_or_deleted_in_place_mark_their_hours_until_rolled_up_again(transactions) -> None:
+    from billing_cli.db.usage_store import stale_hours
+    from billing_cli.periods import Month
+
+    with transactions() as s:
+        seed_two_orgs(s)
+    aggregate_hours(transactions, HourRange(utc(2024, 1, 31, 12), utc(2024, 1, 31, 15)))
+    with transactions() as s:
+        assert stale_hours(s, Month(2024, 1)) == []
+        # Same count, same arrival times: only the trigger's change log can tell.
+        s.execute(text("UPDATE usage_events SET quantity = quantity + 1 WHERE organization_id = 'org-b' "
+                       "AND occurred_at < :h14"), {"h14": H14})
+        assert stale_hours(s, Month(2024, 1)) == [H13]
+
+    aggregate_hours(transactions, ONE_HOUR_13)
+
+    with transactions() as s:
+        assert stale_hours(s, Month(2024, 1)) == []
+        assert ("org-b", "api_calls", H13, Decimal("8"), 1) in hourly_rows(s)
+        revised = s.execute(text("SELECT organization_id, period_start FROM usage_revisions "
+                                 "ORDER BY 1")).all()
+        assert [tuple(r) for r in revised] == [("org-a", Month(2024, 1).first_day), ("org-b", Month(2024, 1).first_day)]
 
 
 def test_an_hour_whose_events_disappeared_leaves_no_stale_rows(transactions) -> None:

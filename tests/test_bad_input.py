@@ -85,7 +85,7 @@ def test_broken_organizations_fail_alone_and_nothing_is_doubled(clean_env, bille
     assert again.exit_code == ExitCode.PARTIAL and issued(engine) == before  # nothing doubled
 
 
-def test_events_for_unknown_or_inactive_organizations_and_duplicate_keys(clean_env, billed, engine) -> None:
+def test_events_of_unknown_or_inactive_organizations_and_duplicate_keys(clean_env, billed, engine) -> None:
     with engine.begin() as conn:
         add_org(conn, "gone", status="inactive")
         add_event(conn, "gone", "api_calls", "5", utc(2024, 1, 31, 13, 5))
@@ -97,11 +97,13 @@ def test_events_for_unknown_or_inactive_organizations_and_duplicate_keys(clean_e
     result = run("aggregate-hourly", "--hour", "2024-01-31T13", "--lookback", "0", DATABASE_URL=billed)
 
     assert result.exit_code == 0
-    assert "organizations=1 events=1 inserted=1" in result.output and "ignored_events=2" in result.output
+    # Every event is rolled up; the one whose organization has no row is orphan usage, and says so.
+    assert "organizations=3 events=3 inserted=3" in result.output and "orphan_events=1" in result.output
+    assert "1 events of 1 organization id(s) with no organizations row (orphan usage: nobody)" in result.output
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT organization_id, quantity FROM usage_hourly "
-                                 "WHERE hour_start = '2024-01-31T13:00Z'")).all()
-    assert [tuple(r) for r in rows] == [("org-1", D("1"))]
+                                 "WHERE hour_start = '2024-01-31T13:00Z' ORDER BY 1")).all()
+    assert [tuple(r) for r in rows] == [("gone", D("5")), ("nobody", D("7")), ("org-1", D("1"))]
 
 
 def test_database_restarted_mid_run_stops_with_4_and_the_rerun_completes(billed, engine, fake_stripe,

@@ -30,14 +30,20 @@ def test_demo_on_the_embedded_database(tmp_path) -> None:
     assert 'demo-organization id=demo-lodz name="Łódź Café ΑΒΓ Кафе" status=active events=8928' in organizations
     assert "demo-organization id=demo-umbrella" in proc.stdout and "status=inactive" in proc.stdout
     aggregation = next(line for line in lines if line.startswith("summary job=aggregate-hourly"))
-    assert aggregation.startswith("summary job=aggregate-hourly hours=744 failed_hours=0 organizations=5 ")
-    assert "ignored_events=17856" in aggregation  # the inactive organization's events
+    # Every event is rolled up, the churned organization's too (it left on 20 January).
+    assert aggregation.startswith("summary job=aggregate-hourly hours=744 failed_hours=0 organizations=6 "
+                                  "events=74184 ")
+    assert "orphan_events=0" in aggregation
     invoicing = lines[-1]
-    assert invoicing.startswith("summary job=invoice-monthly month=2024-01 found=6 processed=6 invoiced=5 "
+    assert invoicing.startswith("summary job=invoice-monthly month=2024-01 found=7 processed=7 invoiced=6 "
                                 "already_invoiced=0 nothing_to_bill=1 failed=0")
-    assert "revenue_EUR=625.41 revenue_USD=3503.12" in invoicing
+    # Its final invoice: 29.00 fee (active when January began) + (547,200 - 100,000 included) API
+    # calls x 0.0004 = 178.88 + 55 started packages of 100 GB x 2.50 = 137.50 -> 345.38.
+    umbrella = next(line for line in lines if line.startswith("organization id=demo-umbrella"))
+    assert "status=invoiced" in umbrella and "total=345.38" in umbrella and "final=true" in umbrella
+    assert "revenue_EUR=625.41 revenue_USD=3848.50" in invoicing
     pdfs = sorted(p.name for p in (tmp_path / ".billing" / "invoices" / "2024-01").iterdir())
-    assert pdfs == [f"INV-2024-01-00000{n}.pdf" for n in range(1, 6)]
+    assert pdfs == [f"INV-2024-01-00000{n}.pdf" for n in range(1, 7)]
 
     again = subprocess.run([*BILLING, "demo"], env=env, cwd=tmp_path, capture_output=True, text=True,
                            timeout=180)
@@ -45,7 +51,7 @@ def test_demo_on_the_embedded_database(tmp_path) -> None:
     again_lines = again.stdout.splitlines()
     assert "rows_written=0 rows_removed=0" in next(line for line in again_lines
                                                    if line.startswith("summary job=aggregate-hourly"))
-    assert "invoiced=0 already_invoiced=5 nothing_to_bill=1 failed=0" in again_lines[-1]
+    assert "invoiced=0 already_invoiced=6 nothing_to_bill=1 failed=0" in again_lines[-1]
 
 
 def test_demo_totals_in_the_database(clean_env, db_url, engine) -> None:
@@ -60,7 +66,8 @@ def test_demo_totals_in_the_database(clean_env, db_url, engine) -> None:
     assert totals["demo-acme/storage_gb"] == Decimal("0.125") * 12 * 24 * 31
     # demo-tiny: one call at minute 0 of every hour.
     assert totals["demo-tiny/api_calls"] == 24 * 31
-    assert not any(key.startswith("demo-umbrella/") for key in totals)  # inactive
+    # demo-umbrella: 100 calls every 5 minutes until it left on 20 January (19 days).
+    assert totals["demo-umbrella/api_calls"] == 100 * 12 * 24 * 19
 
 
 def test_demo_refuses_a_database_with_other_organizations(clean_env, db_url, engine) -> None:

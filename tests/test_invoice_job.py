@@ -50,7 +50,7 @@ def month_of_usage(transactions):
         add_usage(conn, "org-a", "api_calls", "500", utc(2024, 1, 31, 23))  # + 2.50 -> 25.00
         add_usage(conn, "org-b", "api_calls", "1")              # 10 + 0.01 = 10.01
         add_usage(conn, "org-c", "api_calls", "12.345")         # 1.2345 -> 1.23 EUR
-        add_usage(conn, "org-gone", "api_calls", "100")
+        add_usage(conn, "org-gone", "api_calls", "100", utc(2023, 12, 5, 10))  # churned before January
         add_usage(conn, "org-a", "api_calls", "999", utc(2024, 2, 1, 0))  # next month: not billed
     return transactions
 
@@ -134,7 +134,7 @@ def test_a_plan_that_does_not_exist_and_an_unknown_org_are_reported(month_of_usa
     result = invoice_month(month_of_usage, options(organizations=("org-b", "org-nope")))
     errors = {o.organization_id: o.errors[0] for o in result.failed}
     assert errors["org-b"] == ("data", "price plan 'enterprise' does not exist: add it with `billing plans apply`")
-    assert errors["org-nope"] == ("data", "no active organization with this id")
+    assert errors["org-nope"] == ("data", "no organization with this id")
 
 
 def test_regenerate_voids_and_reissues_with_a_new_number(month_of_usage) -> None:

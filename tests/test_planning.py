@@ -30,7 +30,7 @@ def test_a_new_invoice_is_issued_with_its_pdf_and_every_delivery_that_is_on() ->
 
     assert plan.action == Action.ISSUE
     assert plan.steps == (Step.PDF, Step.S3, Step.STRIPE, Step.EMAIL)
-    assert plan.rated is not None and plan.rated.total == D("22.50")  # 10 + 1000 x 0.01 + 500 x 0.005
+    assert plan.invoice is not None and plan.invoice.total == D("22.50")  # 10 + 1000 x 0.01 + 500 x 0.005
 
 
 def test_an_issued_invoice_completes_only_its_missing_steps_or_is_skipped() -> None:
@@ -44,7 +44,7 @@ def test_an_issued_invoice_completes_only_its_missing_steps_or_is_skipped() -> N
 
     assert (complete.action, complete.steps) == (Action.COMPLETE, (Step.STRIPE, Step.EMAIL))
     assert (skip.action, skip.steps) == (Action.SKIP, ())
-    assert complete.rated is None  # an issued invoice is never re-rated
+    assert complete.invoice is None  # an issued invoice is never re-rated
     missing_file = plan_organization(ORG, {}, PLAN, all_done, PlanRules(JAN, keep_pdf_files=True),
                                      pdf_file_missing=True)
     assert (missing_file.action, missing_file.steps) == (Action.COMPLETE, (Step.PDF,))
@@ -59,7 +59,7 @@ def test_regenerating_voids_and_reissues_or_only_voids_when_nothing_is_left_to_b
                                 {}, PLAN, existing, rules)
 
     assert (again.action, again.existing) == (Action.REGENERATE, existing)
-    assert again.rated is not None and again.rated.total == D("10.10")
+    assert again.invoice is not None and again.invoice.total == D("10.10")
     assert (nothing.action, nothing.existing) == (Action.VOID, existing)
 
 
@@ -77,11 +77,26 @@ def test_data_that_cannot_be_invoiced_is_refused_with_what_to_fix() -> None:
         assert plan.action == Action.REFUSE and fix in (plan.problem or ""), (org, plan.problem)
 
 
-def test_no_usage_and_no_fee_is_nothing_to_bill_and_unpriced_usage_is_flagged() -> None:
+def test_no_usage_and_no_fee_is_nothing_to_bill_and_unpriced_usage_is_refused() -> None:
     euro = OrganizationRow("o", "Euro GmbH", "a@b.example", "EUR", "euro")
 
     idle = plan_organization(euro, {}, PLAN, None, PlanRules(JAN))
     odd = plan_organization(euro, {"api_calls": D(10), "gpu_hours": D(3)}, PLAN, None, PlanRules(JAN))
 
     assert (idle.action, idle.steps) == (Action.NOTHING_TO_BILL, ())
-    assert odd.action == Action.ISSUE and odd.warnings == ("usage not priced by plan 'euro': gpu_hours",)
+    assert odd.action == Action.REFUSE
+    assert odd.problem == ("usage of gpu_hours in 2024-01 is not priced by plan 'euro': price it in the plan, "
+                           "or list it in the plan's free_metrics, then rerun")
+
+
+def test_usage_of_a_metric_the_plan_lists_as_free_is_invoiced_without_a_line() -> None:
+    from dataclasses import replace
+
+    euro = OrganizationRow("o", "Euro GmbH", "a@b.example", "EUR", "euro")
+    plans = {"euro": replace(PLAN["euro"], free_metrics=("health_checks",))}
+
+    plan = plan_organization(euro, {"api_calls": D(10), "health_checks": D(99)}, plans, None, PlanRules(JAN))
+
+    assert plan.action == Action.ISSUE and plan.invoice is not None
+    assert [line.metric for line in plan.invoice.lines] == ["api_calls"] and plan.invoice.total == D("1.00")
+    assert plan.invoice.usage[(JAN, "health_checks")] == D(99)  # accounted for, at no charge

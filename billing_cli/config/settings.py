@@ -50,6 +50,7 @@ class Settings:
     process_month: str | None
     dry_run: bool
     aggregate_lookback_hours: int
+    late_usage_months: int
     seller_name: str
     seller_address: tuple[str, ...]
     seller_tax_id: str | None

@@ -66,6 +66,9 @@ VARIABLES: tuple[Variable, ...] = (
              help="Compute and report everything, write nothing, call no outside service."),
     Variable("AGGREGATE_LOOKBACK_HOURS", "aggregate_lookback_hours", Int(0, 168), default="2",
              help="aggregate-hourly also re-aggregates this many hours before its window, for late events."),
+    Variable("LATE_USAGE_MONTHS", "late_usage_months", Int(0, 24), default="3",
+             help="An invoice also bills the changed usage (late, deleted or corrected events) of this many "
+                  "earlier months; older changes are reported, not billed (docs/plans.md)."),
     Variable("INVOICE_SELLER_NAME", "seller_name", Text(), default="Example Cloud Ltd",
              help="Seller name printed on invoices."),
     Variable("INVOICE_SELLER_ADDRESS", "seller_address", Lines("|"),

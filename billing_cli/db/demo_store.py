@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import Connection, text
 
 from ..periods import Month
@@ -16,14 +18,15 @@ def foreign_organizations(conn: Connection) -> int:
 
 
 def save_demo_organization(conn: Connection, *, id: str, name: str, email: str, status: str, currency: str,
-                           plan: str) -> None:
+                           plan: str, created_at: datetime, status_changed_at: datetime) -> None:
     conn.execute(text("""
-        INSERT INTO organizations (id, name, email, status, currency, price_plan_id)
-        VALUES (:id, :name, :email, :status, :currency, :plan)
+        INSERT INTO organizations (id, name, email, status, currency, price_plan_id, created_at, status_changed_at)
+        VALUES (:id, :name, :email, :status, :currency, :plan, :created, :changed)
         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email,
-            status = EXCLUDED.status, currency = EXCLUDED.currency,
-            price_plan_id = EXCLUDED.price_plan_id, updated_at = now()
-    """), {"id": id, "name": name, "email": email, "status": status, "currency": currency, "plan": plan})
+            status = EXCLUDED.status, currency = EXCLUDED.currency, price_plan_id = EXCLUDED.price_plan_id,
+            created_at = EXCLUDED.created_at, status_changed_at = EXCLUDED.status_changed_at, updated_at = now()
+    """), {"id": id, "name": name, "email": email, "status": status, "currency": currency, "plan": plan,
+           "created": created_at, "changed": status_changed_at})
     conn.execute(text("INSERT INTO demo_organizations (organization_id) VALUES (:id) ON CONFLICT DO NOTHING"),
                  {"id": id})
 

@@ -35,6 +35,12 @@ def describe_server(url: str) -> str:
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+    # When the server cuts every connection, the pool logs each failed reset with a traceback on
+    # stderr; the run reports the lost database in one line (exit 4) instead.
+    import logging
+
+    logging.getLogger("sqlalchemy.pool").addHandler(logging.NullHandler())
+    logging.getLogger("sqlalchemy.pool").propagate = False
     return create_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,

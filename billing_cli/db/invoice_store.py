@@ -5,15 +5,19 @@ Every function runs in the caller's transaction; the caller decides when to comm
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
+from ..composition import ComposedInvoice
 from ..invoices import InvoiceDocument, invoice_number
 from ..periods import Month
-from ..pricing import InvoiceLine, RatedInvoice
+from ..pricing import InvoiceLine, plan_snapshot
 
 
 @dataclass(frozen=True)
@@ -59,9 +63,11 @@ def load_live_invoice(session: Connection, invoice_id: int) -> StoredInvoice | N
     return StoredInvoice(**found) if found is not None else None
 
 
-def void_invoice(session: Connection, invoice_id: int, reason: str) -> bool:
-    """Void a live invoice; it keeps its number (gapless) and stays for the audit trail. False if
-    it was void already."""
+def void_invoice(session: Connection, invoice_id: int, reason: str, *, organization_id: str | None = None) -> bool:
+    """Void a live invoice; it keeps its number (gapless) and stays for the audit trail. With the
+    organization's id, under its lock (see issue_invoice). False if it was void already."""
+    if organization_id is not None:
+        organization_lock(session, organization_id)
     return session.execute(text("UPDATE invoices SET status = 'void', voided_at = now(), void_reason = :reason "
                                 "WHERE id = :id AND status <> 'void'"), {"id": invoice_id, "reason": reason}).rowcount == 1
 
@@ -73,11 +79,31 @@ def next_number_preview(session: Connection, month: Month) -> int:
     return (last or 0) + 1
 
 
+class StalePlan(Exception):
+    """The organization's invoices changed between planning and issuing (another run issued or
+    voided one): the plan may bill something twice or miss a credit, so nothing was issued."""
+
+
+def organization_lock(session: Connection, organization_id: str) -> None:
+    """Serialise everything that issues or voids this organization's invoices, until commit."""
+    key = int.from_bytes(hashlib.sha256(f"billing-org:{organization_id}".encode()).digest()[:8], "big", signed=True)
+    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
 def issue_invoice(session: Connection, *, organization_id: str, bill_to_name: str, bill_to_email: str,
-                  rated: RatedInvoice, month: Month, issue_date: date, due_date: date,
-                  replaces: StoredInvoice | None = None, stripe_customer_id: str | None = None) -> StoredInvoice:
-    """Insert the invoice and its lines with the month's next number. The counter row stays locked
-    until the caller commits, so a rollback returns the number and numbers stay gapless."""
+                  invoice: ComposedInvoice, revisions: Mapping[Month, int], issue_date: date, due_date: date,
+                  planned_with: frozenset[int], replaces: StoredInvoice | None = None,
+                  stripe_customer_id: str | None = None) -> StoredInvoice:
+    """Insert the invoice, its lines, the usage it bills per period and the periods it accounts for
+    (at which usage revision), with the month's next number. Raises StalePlan, touching nothing,
+    when the organization's live invoices are no longer those the plan was made from. The counter
+    row stays locked until the caller commits, so a rollback returns the number (gapless)."""
+    organization_lock(session, organization_id)
+    live = frozenset(session.execute(text("SELECT id FROM invoices WHERE organization_id = :org AND status <> 'void'"),
+                                     {"org": organization_id}).scalars())
+    if live != planned_with:
+        raise StalePlan(f"the invoices of {organization_id} changed while it was planned")
+    month = invoice.period
     if replaces is not None:
         void_invoice(session, replaces.id, "regenerated")
     sequence = session.execute(text("""
@@ -88,22 +114,34 @@ def issue_invoice(session: Connection, *, organization_id: str, bill_to_name: st
     number = invoice_number(month, sequence)
     invoice_id, created_at = session.execute(text("""
         INSERT INTO invoices (organization_id, period_start, number, status, currency, subtotal, total,
-                              plan_id, bill_to_name, bill_to_email, issue_date, due_date, replaces_invoice_id)
-        VALUES (:org, :period, :number, 'issued', :currency, :subtotal, :total, :plan, :name, :email,
-                :issue, :due, :replaces)
+                              plan_id, plan_snapshot, bill_to_name, bill_to_email, issue_date, due_date,
+                              replaces_invoice_id)
+        VALUES (:org, :period, :number, 'issued', :currency, :subtotal, :total, :plan, CAST(:snapshot AS jsonb),
+                :name, :email, :issue, :due, :replaces)
         RETURNING id, created_at
-    """), {"org": organization_id, "period": month.first_day, "number": number, "currency": rated.currency,
-           "subtotal": rated.subtotal, "total": rated.total, "plan": rated.plan_id, "name": bill_to_name,
-           "email": bill_to_email, "issue": issue_date, "due": due_date,
-           "replaces": replaces.id if replaces else None}).one()
+    """), {"org": organization_id, "period": month.first_day, "number": number, "currency": invoice.currency,
+           "subtotal": invoice.subtotal, "total": invoice.total, "plan": invoice.plan_id,
+           "snapshot": json.dumps(plan_snapshot(invoice.plan)), "name": bill_to_name, "email": bill_to_email,
+           "issue": issue_date, "due": due_date, "replaces": replaces.id if replaces else None}).one()
     session.execute(text("""
-        INSERT INTO invoice_lines (invoice_id, line_no, kind, metric, description, quantity, unit_price, amount)
-        VALUES (:invoice, :line_no, :kind, :metric, :description, :quantity, :unit_price, :amount)
+        INSERT INTO invoice_lines (invoice_id, line_no, kind, metric, description, quantity, unit_price, amount,
+                                   period_start)
+        VALUES (:invoice, :line_no, :kind, :metric, :description, :quantity, :unit_price, :amount, :period)
     """), [{"invoice": invoice_id, "line_no": n, "kind": line.kind, "metric": line.metric,
             "description": line.description, "quantity": line.quantity, "unit_price": line.unit_price,
-            "amount": line.amount} for n, line in enumerate(rated.lines, start=1)])
-    return StoredInvoice(id=invoice_id, organization_id=organization_id, number=number, currency=rated.currency,
-                         total=rated.total, created_at=created_at, stripe_customer_id=stripe_customer_id)
+            "amount": line.amount, "period": (line.period or month).first_day}
+           for n, line in enumerate(invoice.lines, start=1)])
+    if invoice.usage:
+        session.execute(text("INSERT INTO invoice_usage (invoice_id, period_start, metric, quantity) "
+                             "VALUES (:invoice, :period, :metric, :quantity)"),
+                        [{"invoice": invoice_id, "period": period.first_day, "metric": metric, "quantity": quantity}
+                         for (period, metric), quantity in invoice.usage.items()])
+    session.execute(text("INSERT INTO invoice_periods (invoice_id, period_start, revision) "
+                         "VALUES (:invoice, :period, :revision)"),
+                    [{"invoice": invoice_id, "period": period.first_day, "revision": revisions.get(period, 0)}
+                     for period in invoice.periods])
+    return StoredInvoice(id=invoice_id, organization_id=organization_id, number=number, currency=invoice.currency,
+                         total=invoice.total, created_at=created_at, stripe_customer_id=stripe_customer_id)
 
 
 def record_pdf(session: Connection, invoice_id: int, *, sha256: str, size: int, path: str | None) -> None:
@@ -120,7 +158,7 @@ def load_document(session: Connection, invoice_id: int) -> InvoiceDocument:
                currency, total FROM invoices WHERE id = :id
     """), {"id": invoice_id}).one()
     lines = tuple(InvoiceLine(r.kind, r.description, Decimal(r.quantity), Decimal(r.unit_price),
-                              Decimal(r.amount), r.metric)
+                              Decimal(r.amount), r.metric, Month.containing_date(r.period_start))
                   for r in session.execute(text("SELECT * FROM invoice_lines WHERE invoice_id = :id "
                                                 "ORDER BY line_no"), {"id": invoice_id}))
     return InvoiceDocument(row.number, row.organization_id, row.bill_to_name, row.bill_to_email,

@@ -29,13 +29,13 @@ def save_plans(session: Connection, plans: list[PricePlan]) -> SavedPlans:
             continue
         (updated if plan.id in existing else created).append(plan.id)
         session.execute(text("""
-            INSERT INTO price_plans (id, name, currency, base_fee, minimum_commitment, updated_at)
-            VALUES (:id, :name, :currency, :base_fee, :minimum, now())
+            INSERT INTO price_plans (id, name, currency, base_fee, minimum_commitment, free_metrics, updated_at)
+            VALUES (:id, :name, :currency, :base_fee, :minimum, :free, now())
             ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, currency = EXCLUDED.currency,
                 base_fee = EXCLUDED.base_fee, minimum_commitment = EXCLUDED.minimum_commitment,
-                updated_at = now()
+                free_metrics = EXCLUDED.free_metrics, updated_at = now()
         """), {"id": plan.id, "name": plan.name, "currency": plan.currency, "base_fee": plan.base_fee,
-               "minimum": plan.minimum_commitment})
+               "minimum": plan.minimum_commitment, "free": list(plan.free_metrics)})
         session.execute(text("DELETE FROM plan_prices WHERE plan_id = :id"), {"id": plan.id})
         for position, price in enumerate(plan.prices):
             session.execute(text("""
@@ -72,7 +72,7 @@ def load_plans(session: Connection, ids: list[str] | None = None) -> dict[str, P
         prices[p.plan_id].append(Price(p.metric, p.model, p.description, _n(p.unit_price), _n(p.package_size),
                                        tuple(tiers[(p.plan_id, p.metric)]), Decimal(p.included)))
     return {p.id: PricePlan(p.id, p.name, p.currency, tuple(prices[p.id]), Decimal(p.base_fee),
-                            Decimal(p.minimum_commitment)) for p in plans}
+                            Decimal(p.minimum_commitment), tuple(p.free_metrics)) for p in plans}
 
 
 def _n(value: Decimal | None) -> Decimal | None:

@@ -12,9 +12,10 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
-# The hour's events grouped per (organization, metric, hour) before anything else, so the join
-# with organizations touches thousands of groups, not millions of events. `grouped` covers every
-# organization (for the bookkeeping in aggregated_hours); `agg` keeps the active ones.
+# Every event is rolled up, whatever its organization's status, and even when the organization
+# has no row yet ("orphan" usage: counted and reported, billed once the row exists). Events are
+# grouped per (organization, metric, hour) first, so the checks against organizations touch
+# thousands of groups, not millions of events.
 _GROUPED = """
 WITH grouped AS (
     SELECT organization_id, metric, date_trunc('hour', occurred_at, 'UTC') AS hour_start,
@@ -23,44 +24,64 @@ WITH grouped AS (
     WHERE occurred_at >= :start AND occurred_at < :end
     GROUP BY 1, 2, 3
 ),
-agg AS (
-    SELECT g.organization_id, g.metric, g.hour_start, g.quantity, g.event_count
-    FROM grouped g JOIN organizations o ON o.id = g.organization_id
-    WHERE o.status = 'active'
+orphans AS (
+    SELECT g.organization_id, g.event_count FROM grouped g
+    WHERE NOT EXISTS (SELECT 1 FROM organizations o WHERE o.id = g.organization_id)
 ),
 stale AS (
     SELECT h.organization_id, h.metric, h.hour_start
-    FROM usage_hourly h JOIN organizations o ON o.id = h.organization_id
-    WHERE o.status = 'active' AND h.hour_start >= :start AND h.hour_start < :end
-      AND NOT EXISTS (SELECT 1 FROM agg a WHERE a.organization_id = h.organization_id
-                      AND a.metric = h.metric AND a.hour_start = h.hour_start)
+    FROM usage_hourly h
+    WHERE h.hour_start >= :start AND h.hour_start < :end
+      AND NOT EXISTS (SELECT 1 FROM grouped g WHERE g.organization_id = h.organization_id
+                      AND g.metric = h.metric AND g.hour_start = h.hour_start)
+),
+seen_changes AS (
+    SELECT hour_start, change_id FROM usage_event_changes WHERE hour_start >= :start AND hour_start < :end
 )"""
 
 # The result rows both statements return: one per metric, then one 'changes' row.
 _REPORT = """
 SELECT 'metric' AS kind, metric, count(*) AS organizations, sum(event_count)::bigint AS events,
        sum(quantity) AS quantity, NULL::bigint AS inserted, NULL::bigint AS updated,
-       NULL::bigint AS deleted, NULL::bigint AS ignored_events
-FROM agg GROUP BY metric
+       NULL::bigint AS deleted, NULL::bigint AS orphan_events, NULL::text[] AS orphan_ids
+FROM grouped GROUP BY metric
 UNION ALL
-SELECT 'changes', NULL, (SELECT count(DISTINCT organization_id) FROM agg), NULL, NULL,
+SELECT 'changes', NULL, (SELECT count(DISTINCT organization_id) FROM grouped), NULL, NULL,
        {inserted}, {updated}, {deleted},
-       (SELECT coalesce(sum(event_count), 0) FROM grouped) - (SELECT coalesce(sum(event_count), 0) FROM agg)
+       (SELECT coalesce(sum(event_count), 0) FROM orphans),
+       (SELECT coalesce(array_agg(DISTINCT organization_id), '{{}}') FROM orphans)
 """
 
-# Upsert changed rows, delete rows whose events disappeared, and record what the hour looked like.
+# Upsert changed rows, delete rows whose events disappeared, and record what the hour looked like:
+# its event count and latest arrival (aggregated_hours), that its in-place edits are now seen
+# (usage_event_changes: exactly the change ids this statement saw), and which organizations'
+# months changed (usage_revisions: invoicing bills the difference of a month already billed).
 APPLY_SQL = _GROUPED + """,
 upserted AS (
     INSERT INTO usage_hourly AS h (organization_id, metric, hour_start, quantity, event_count, updated_at)
-    SELECT organization_id, metric, hour_start, quantity, event_count, now() FROM agg
+    SELECT organization_id, metric, hour_start, quantity, event_count, now() FROM grouped
     ON CONFLICT (organization_id, metric, hour_start) DO UPDATE
         SET quantity = EXCLUDED.quantity, event_count = EXCLUDED.event_count, updated_at = now()
         WHERE (h.quantity, h.event_count) IS DISTINCT FROM (EXCLUDED.quantity, EXCLUDED.event_count)
-    RETURNING (xmax = 0) AS inserted
+    RETURNING organization_id, hour_start, (xmax = 0) AS inserted
 ),
 removed AS (
     DELETE FROM usage_hourly h USING stale s
     WHERE h.organization_id = s.organization_id AND h.metric = s.metric AND h.hour_start = s.hour_start
+    RETURNING h.organization_id, h.hour_start
+),
+revised AS (
+    INSERT INTO usage_revisions AS r (organization_id, period_start, revised_at)
+    SELECT DISTINCT organization_id, CAST(date_trunc('month', hour_start, 'UTC') AS date), now()
+    FROM (SELECT organization_id, hour_start FROM upserted UNION ALL
+          SELECT organization_id, hour_start FROM removed) c
+    ON CONFLICT (organization_id, period_start) DO UPDATE
+        SET revision = r.revision + 1, revised_at = EXCLUDED.revised_at
+    RETURNING 1
+),
+cleared AS (
+    DELETE FROM usage_event_changes c USING seen_changes s
+    WHERE c.hour_start = s.hour_start AND c.change_id = s.change_id
     RETURNING 1
 ),
 recorded AS (
@@ -82,15 +103,14 @@ recorded AS (
 
 # The same computation, read-only: what APPLY_SQL would change.
 PREVIEW_SQL = _GROUPED + _REPORT.format(
-    inserted="""(SELECT count(*) FROM agg a WHERE NOT EXISTS (SELECT 1 FROM usage_hourly h
+    inserted="""(SELECT count(*) FROM grouped a WHERE NOT EXISTS (SELECT 1 FROM usage_hourly h
                  WHERE h.organization_id = a.organization_id AND h.metric = a.metric
                  AND h.hour_start = a.hour_start))""",
-    updated="""(SELECT count(*) FROM agg a JOIN usage_hourly h ON h.organization_id = a.organization_id
+    updated="""(SELECT count(*) FROM grouped a JOIN usage_hourly h ON h.organization_id = a.organization_id
                 AND h.metric = a.metric AND h.hour_start = a.hour_start
                 WHERE (h.quantity, h.event_count) IS DISTINCT FROM (a.quantity, a.event_count))""",
     deleted="(SELECT count(*) FROM stale)",
 )
-
 
 
 @dataclass(frozen=True)
@@ -110,7 +130,8 @@ class HourReport:
     inserted: int = 0
     updated: int = 0
     deleted: int = 0
-    ignored_events: int = 0  # events of unknown or inactive organizations
+    orphan_events: int = 0  # events of organization ids with no organizations row (rolled up all the same)
+    orphan_ids: list[str] = field(default_factory=list)
 
 
 def apply_hour(conn: Connection, start: datetime, end: datetime) -> HourReport:
@@ -131,6 +152,6 @@ def _report(rows) -> HourReport:
         else:
             report.organizations = row.organizations
             report.inserted, report.updated, report.deleted = row.inserted, row.updated, row.deleted
-            report.ignored_events = int(row.ignored_events)
+            report.orphan_events, report.orphan_ids = int(row.orphan_events), sorted(row.orphan_ids)
     report.metrics.sort(key=lambda m: m.metric)
     return report

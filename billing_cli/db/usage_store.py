@@ -20,6 +20,14 @@ class OrganizationRow:
     currency: str
     price_plan_id: str | None
     stripe_customer_id: str | None = None
+    status: str = "active"
+    created_at: datetime | None = None
+    status_changed_at: datetime | None = None  # kept by a trigger; NULL: unknown (before it existed)
+    usage_revision: int = 0  # the revision of the month's usage read with it (usage_revisions)
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
 
 
 @dataclass(frozen=True)
@@ -51,15 +59,40 @@ def _filters(only: list[str] | None, shard: Shard, column: str = "id") -> tuple[
     return where, {"only": only or [], "shard_count": shard.count, "shard_index": shard.index}
 
 
-def count_active(session: Connection, only: list[str] | None = None, shard: Shard = Shard()) -> int:
-    where, params = _filters(only, shard)
-    return session.execute(text(f"SELECT count(*) FROM organizations WHERE status = 'active'{where}"),
-                           params).scalar_one()
+# Who is invoiced for a month: every active organization; an inactive one when it has usage in the
+# month (its final invoice, or late usage), was active when the month began or later (it owes the
+# month's fees), or has usage of an earlier month that changed since it was last invoiced.
+_TO_INVOICE = """(o.status = 'active' OR o.status_changed_at >= :start
+    OR EXISTS (SELECT 1 FROM usage_hourly h WHERE h.organization_id = o.id
+               AND h.hour_start >= :start AND h.hour_start < :end)
+    OR EXISTS (SELECT 1 FROM usage_revisions r WHERE r.organization_id = o.id AND r.period_start >= :oldest
+               AND r.period_start < :period AND r.revision > coalesce(
+                   (SELECT max(p.revision) FROM invoices i JOIN invoice_periods p ON p.invoice_id = i.id
+                    WHERE i.organization_id = o.id AND i.status <> 'void' AND p.period_start = r.period_start), 0)))"""
+
+
+def count_to_invoice(session: Connection, month: Month, *, late_months: int, only: list[str] | None = None,
+                     shard: Shard = Shard()) -> int:
+    where, params = _filters(only, shard, column="o.id")
+    return session.execute(text(f"SELECT count(*) FROM organizations o WHERE {_TO_INVOICE}{where}"),
+                           {**params, **_window(month, late_months)}).scalar_one()
+
+
+def unknown_organizations(session: Connection, ids: list[str]) -> list[str]:
+    """The ids that have no organizations row."""
+    known = set(session.execute(text("SELECT id FROM organizations WHERE id = ANY(:ids)"), {"ids": ids}).scalars())
+    return sorted(set(ids) - known)
+
+
+def _window(month: Month, late_months: int) -> dict:
+    return {"start": month.start, "end": month.end, "period": month.first_day,
+            "oldest": month.minus(late_months).first_day}
 
 
 def stale_hours(session: Connection, month: Month) -> list[datetime]:
-    """Hours of the month whose events changed since they were aggregated (or never were):
-    late events, removed events, or an hour the hourly job missed."""
+    """Hours of the month whose events changed since they were aggregated (or never were): late
+    or removed events (the count or the latest arrival differs), events edited in place (the
+    trigger's usage_event_changes), or an hour the hourly job missed."""
     rows = session.execute(text("""
         WITH current AS (
             SELECT date_trunc('hour', occurred_at, 'UTC') AS hour_start, count(*) AS event_count,
@@ -75,15 +108,18 @@ def stale_hours(session: Connection, month: Month) -> list[datetime]:
         SELECT a.hour_start FROM aggregated_hours a
         WHERE a.hour_start >= :start AND a.hour_start < :end AND a.event_count > 0
           AND NOT EXISTS (SELECT 1 FROM current c WHERE c.hour_start = a.hour_start)
+        UNION
+        SELECT hour_start FROM usage_event_changes WHERE hour_start >= :start AND hour_start < :end
         ORDER BY 1
     """), {"start": month.start, "end": month.end})
     return [r.hour_start for r in rows]
 
 
-def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int, only: list[str] | None = None,
-                             shard: Shard = Shard(), live_hours: list[datetime] | None = None,
+def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int, late_months: int = 0,
+                             only: list[str] | None = None, shard: Shard = Shard(),
+                             live_hours: list[datetime] | None = None,
                              ) -> Iterator[list[tuple[OrganizationRow, dict[str, Decimal]]]]:
-    """Active organizations with their month's usage per metric, in batches, from ONE ordered pass
+    """The organizations to invoice with their month's usage per metric, in batches, from ONE ordered pass
     over the month (a hash aggregate of usage_hourly joined to organizations, streamed through a
     server-side cursor): the cost is that of the bare monthly GROUP BY, whatever the number of
     organizations, and memory holds one batch. `live_hours` (a dry run's hours not aggregated yet)
@@ -102,14 +138,17 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
     # A cursor makes PostgreSQL plan for the first 10% of rows (index scans per organization, tens
     # of seconds on a big month); we read them all, so plan for all: one hash aggregate, ~the floor.
     conn.execute(text("SET LOCAL cursor_tuple_fraction = 1.0"))
+    # The usage revision is read in the same statement, so it is the revision of exactly this usage.
     rows = conn.execute(text(f"""
-        SELECT o.id, o.name, o.email, o.currency, o.price_plan_id, o.stripe_customer_id, u.metric, u.quantity
+        SELECT o.id, o.name, o.email, o.currency, o.price_plan_id, o.stripe_customer_id, o.status, o.created_at,
+               o.status_changed_at, coalesce(r.revision, 0) AS revision, u.metric, u.quantity
         FROM organizations o
         LEFT JOIN (SELECT organization_id, metric, sum(quantity) AS quantity FROM ({source}) s GROUP BY 1, 2) u
                ON u.organization_id = o.id
-        WHERE o.status = 'active'{where}
+        LEFT JOIN usage_revisions r ON r.organization_id = o.id AND r.period_start = :period
+        WHERE {_TO_INVOICE}{where}
         ORDER BY o.id
-    """), {**params, "start": month.start, "end": month.end, "live": live_hours or []},
+    """), {**params, **_window(month, late_months), "live": live_hours or []},
         execution_options={"yield_per": 2000})  # a server-side cursor: rows arrive as they are read
     batch: list[tuple[OrganizationRow, dict[str, Decimal]]] = []
     current: tuple[OrganizationRow, dict[str, Decimal]] | None = None
@@ -121,7 +160,8 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
                     yield batch
                     batch = []
             org = OrganizationRow(row.id, row.name, row.email, (row.currency or "").strip(), row.price_plan_id,
-                                  row.stripe_customer_id)
+                                  row.stripe_customer_id, row.status, row.created_at, row.status_changed_at,
+                                  row.revision)
             current = (org, {})
         if row.metric is not None:
             current[1][row.metric] = Decimal(row.quantity)

@@ -56,6 +56,14 @@ class AggregationResult:
     def busiest_hour_organizations(self) -> int:
         return max((h.organizations for h in self.hours), default=0)
 
+    @property
+    def orphan_events(self) -> int:
+        return sum(h.orphan_events for h in self.hours)
+
+    @property
+    def orphan_ids(self) -> list[str]:
+        return sorted({i for h in self.hours for i in h.orphan_ids})
+
     def totals_by_metric(self) -> list[MetricTotals]:
         """Per metric over the window; `organizations` is the busiest hour's count for that metric."""
         merged: dict[str, MetricTotals] = {}
@@ -72,7 +80,8 @@ class AggregationResult:
             job=Job.AGGREGATE_HOURLY, period=str(self.window),
             outcome=run_outcome(ok=self.ok, interrupted=self.interrupted),
             dry_run=self.dry_run, seconds=self.seconds,
-            counts={"hours": len(self.hours), "failed_hours": len(self.failed_hours), "events": self.events},
+            counts={"hours": len(self.hours), "failed_hours": len(self.failed_hours), "events": self.events,
+                    "orphan_events": self.orphan_events},
             failed=[{"organization_id": "-", "errors": [["hour", f"{h.hour:%Y-%m-%dT%H}:00Z {h.error}"]]}
                     for h in self.failed_hours],
         )

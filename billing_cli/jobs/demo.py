@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..db import demo_store
@@ -16,6 +17,7 @@ from ..plan_file import load_plan_file
 from .aggregate import AggregationResult, HourResult, aggregate_hours
 
 DEMO_MONTH = Month(2024, 1)
+DEMO_CUSTOMERS_SINCE = datetime(2023, 6, 1, tzinfo=UTC)  # the organizations existed before the demo month
 DEMO_PLANS = Path(__file__).with_name("demo_plans.toml")
 
 
@@ -31,6 +33,9 @@ class DemoOrg:
     # deterministic, so every demo run produces the same usage and the same totals.
     api_calls: str
     storage_gb: str
+    # When it was deactivated (an inactive organization): the demo's churned customer left in the
+    # middle of the month, so it gets a final invoice with that month's fee.
+    deactivated: datetime | None = None
 
 
 DEMO_ORGS: tuple[DemoOrg, ...] = (
@@ -51,7 +56,8 @@ DEMO_ORGS: tuple[DemoOrg, ...] = (
     DemoOrg("demo-idle", "Idle Labs", "hello@idle.example", "active", "USD", "payg",
             api_calls="0", storage_gb="0"),  # no usage, no fee: nothing to bill
     DemoOrg("demo-umbrella", "Umbrella Corp (closed)", "closed@umbrella.example", "inactive", "USD", "starter",
-            api_calls="100", storage_gb="1"),
+            api_calls="CASE WHEN t < '2024-01-20' THEN 100 ELSE 0 END",
+            storage_gb="CASE WHEN t < '2024-01-20' THEN 1 ELSE 0 END", deactivated=datetime(2024, 1, 20, tzinfo=UTC)),
 )
 
 
@@ -84,7 +90,8 @@ def seed_demo(transactions: Transactions, *, month: Month = DEMO_MONTH) -> DemoR
         result = DemoResult(month=month)
         for org in DEMO_ORGS:
             demo_store.save_demo_organization(conn, id=org.id, name=org.name, email=org.email, status=org.status,
-                                              currency=org.currency, plan=org.plan)
+                                              currency=org.currency, plan=org.plan, created_at=DEMO_CUSTOMERS_SINCE,
+                                              status_changed_at=org.deactivated or DEMO_CUSTOMERS_SINCE)
             for metric, expression in (("api_calls", org.api_calls), ("storage_gb", org.storage_gb)):
                 demo_store.add_synthetic_events(conn, org.id, metric, expression, month)
             events = demo_store.count_events(conn, org.id, month)

@@ -43,16 +43,16 @@ def aggregation_hour(output: Output, hour: HourResult, dry_run: bool) -> None:
     if output.plain:
         output.record("hour", hour=format_hour(hour.hour), status="ok" if hour.ok else "error",
                       organizations=hour.organizations, events=hour.events, inserted=hour.inserted,
-                      updated=hour.updated, deleted=hour.deleted, ignored_events=hour.ignored_events,
+                      updated=hour.updated, deleted=hour.deleted, orphan_events=hour.orphan_events,
                       seconds=f"{hour.seconds:.3f}", **({"error": hour.error} if hour.error else {}))
         return
     if hour.ok:
         changed = hour.inserted + hour.updated
-        ignored = f", {number(hour.ignored_events)} events of unknown/inactive organizations ignored" \
-            if hour.ignored_events else ""
+        orphans = f", {number(hour.orphan_events)} of them orphan (no organizations row)" \
+            if hour.orphan_events else ""
         output.line(f"✅ {format_hour(hour.hour)}  {number(hour.organizations)} organizations, "
                     f"{number(hour.events)} events → {verb} {number(changed)} rows, "
-                    f"removed {number(hour.deleted)} stale{ignored}  ({hour.seconds:.2f} s)")
+                    f"removed {number(hour.deleted)} stale{orphans}  ({hour.seconds:.2f} s)")
     else:
         output.line(f"❌ {format_hour(hour.hour)}  {hour.error}")
 
@@ -74,11 +74,13 @@ def aggregation_summary(output: Output, result: AggregationResult) -> None:
         "events": result.events,
         "rows_written": sum(h.inserted + h.updated for h in result.hours),
         "rows_removed": sum(h.deleted for h in result.hours),
-        "ignored_events": sum(h.ignored_events for h in result.hours),
+        "orphan_events": result.orphan_events,
         "dry_run": str(result.dry_run).lower(),
         "seconds": f"{result.seconds:.2f}",
         "outcome": "ok" if result.ok else "partial",
     }
+    if result.orphan_events:
+        output.warning(orphan_warning(result))
     if output.plain:
         output.record("summary", job="aggregate-hourly", **fields)
         return
@@ -87,7 +89,15 @@ def aggregation_summary(output: Output, result: AggregationResult) -> None:
                 f"{number(result.events)} events from {number(fields['organizations'])} organizations"
                 f"{' (busiest hour)' if multi else ''}; {number(fields['rows_written'])} rows "
                 f"{'would be ' if result.dry_run else ''}written, {number(fields['rows_removed'])} removed; "
-                f"{number(fields['ignored_events'])} events ignored; {fields['seconds']} s"
+                f"{number(fields['orphan_events'])} orphan events; {fields['seconds']} s"
                 f"{'  (dry run: nothing written)' if result.dry_run else ''}")
 
 
+
+
+def orphan_warning(result: AggregationResult) -> str:
+    ids = result.orphan_ids
+    shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    return (f"{number(result.orphan_events)} events of {len(ids)} organization id(s) with no organizations row "
+            f"(orphan usage: {shown}): rolled up, and billed once the organization exists; check the producer "
+            "or create the organizations")

@@ -82,6 +82,8 @@ def organization_fields(o: OrgOutcome) -> dict[str, object]:
         fields.update(number=o.number, total=o.total, currency=o.currency)
     if o.pdf_bytes:
         fields["pdf_bytes"] = o.pdf_bytes
+    if o.final:
+        fields["final"] = "true"
     if o.voided_number:
         fields["voids"] = o.voided_number
     if o.steps:
@@ -103,7 +105,8 @@ def organization_line(o: OrgOutcome, dry_run: bool) -> str:
     pdf = f", PDF {o.pdf_bytes / 1024:.1f} kB" if o.pdf_bytes else ""
     delivered = [_STEP_NAMES[s] for s in o.steps if s in _STEP_NAMES]
     if o.status == OrgStatus.INVOICED:
-        verb = "would be invoiced as" if dry_run else "invoice generated:"
+        kind = "final invoice" if o.final else "invoice"
+        verb = f"would get its {kind}" if dry_run else f"{kind} generated:"
         replacing = f" (replacing {o.voided_number}, voided)" if o.voided_number else ""
         steps = f"; {', '.join(delivered)}" if delivered else ""
         text = f"{mark} {who}: {verb} {o.number}{replacing}, {amount}{pdf}{steps}"

@@ -99,6 +99,7 @@ def resolve(job: Job, request: InvoiceRequest, settings: Settings, now: datetime
         concurrency=request.concurrency or settings.concurrency, shard=shard,
         batch_size=request.batch_size or settings.batch_size, render_processes=settings.render_processes,
         delivery_steps=tuple(Step(step) for step in settings.enabled_deliveries),
+        late_usage_months=settings.late_usage_months,
         keep_plan=request.keep_plan and dry_run)
 
 

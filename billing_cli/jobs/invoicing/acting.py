@@ -52,7 +52,8 @@ class Acting:
             elif plan.action == Action.VOID:
                 assert plan.existing is not None
                 with self.transactions() as conn:
-                    voided = invoice_store.void_invoice(conn, plan.existing.id, "regenerated: nothing to bill")
+                    voided = invoice_store.void_invoice(conn, plan.existing.id, "regenerated: nothing to bill",
+                                                        organization_id=plan.organization.id)
                 if voided:
                     outcome.steps.append(Step.VOIDED)
                 else:
@@ -68,15 +69,22 @@ class Acting:
 
     def _issue(self, plan: OrgPlan, outcome: OrgOutcome) -> None:
         """Issue the invoice (one transaction: number, invoice, lines), then its steps."""
-        options, org, rated = self.options, plan.organization, plan.rated
-        assert rated is not None
+        options, org, invoice = self.options, plan.organization, plan.invoice
+        assert invoice is not None
         due = due_date(options.issue_date, options.payment_terms_days)
         try:
             with self.transactions() as conn:
                 stored = invoice_store.issue_invoice(
-                    conn, organization_id=org.id, bill_to_name=org.name, bill_to_email=org.email, rated=rated,
-                    month=options.month, issue_date=options.issue_date, due_date=due, replaces=plan.existing,
+                    conn, organization_id=org.id, bill_to_name=org.name, bill_to_email=org.email, invoice=invoice,
+                    revisions=plan.revisions, issue_date=options.issue_date, due_date=due,
+                    planned_with=plan.history.live_invoices, replaces=plan.existing,
                     stripe_customer_id=org.stripe_customer_id)
+        except invoice_store.StalePlan:
+            # Another run issued or voided one of its invoices since the plan was read: what was
+            # already billed may differ, so nothing is issued now; a rerun plans it afresh.
+            outcome.fail(Component.DATA, "its invoices changed while this run planned it (another run is "
+                                         "invoicing it): nothing issued; rerun to invoice it")
+            return
         except IntegrityError as exc:
             if "uq_invoices_one_live_per_org_month" not in str(exc.orig):
                 raise
@@ -89,7 +97,7 @@ class Acting:
         outcome.steps.append(Step.ISSUED)
         # Just issued: the document is known without reading it back.
         document = InvoiceDocument(stored.number, org.id, org.name, org.email, options.month, options.issue_date,
-                                   due, rated.currency, rated.lines, rated.total)
+                                   due, invoice.currency, invoice.lines, invoice.total)
         self._carry_out_steps(stored, document, plan.steps, outcome)
 
     def _complete(self, planned: StoredInvoice, steps: tuple[Step, ...], outcome: OrgOutcome) -> None:

@@ -16,7 +16,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from ...db import invoice_store, plan_store, usage_store
+from ...db import billing_history, invoice_store, plan_store, usage_store
 from ...db.engine import Transactions
 from ...db.usage_store import OrganizationRow
 from ...delivery.pdf import RenderPool
@@ -51,7 +51,9 @@ def invoice_month(
     only = list(options.organizations) or None
     with transactions() as conn:
         stale = usage_store.stale_hours(conn, options.month)
-        result.organizations_found = usage_store.count_active(conn, only, options.shard)
+        result.organizations_found = usage_store.count_to_invoice(conn, options.month, only=only, shard=options.shard,
+                                                                  late_months=options.late_usage_months)
+        unknown = [o for o in usage_store.unknown_organizations(conn, only) if options.shard.owns(o)] if only else []
     render_pool = None
     if options.render_processes > 1 and result.organizations_found >= RENDER_POOL_THRESHOLD:
         render_pool = RenderPool(options.render_processes)
@@ -62,6 +64,11 @@ def invoice_month(
         if on_start:
             on_start(result)
         _run(transactions, options, handler, result, only, live_hours, on_outcome)
+        for missing in unknown if not result.interrupted else ():
+            outcome = OrgOutcome(missing).fail(Component.DATA, "no organization with this id")
+            result.add(outcome)
+            if on_outcome:
+                on_outcome(outcome)
     finally:
         if render_pool is not None:
             render_pool.close()
@@ -73,8 +80,7 @@ def _run(transactions: Transactions, options: InvoiceOptions, handler: PlanHandl
          only: list[str] | None, live_hours: list[datetime],
          on_outcome: Callable[[OrgOutcome], None] | None) -> None:
     rules = PlanRules(options.month, options.regenerate, options.delivery_steps,
-                      keep_pdf_files=options.output_dir is not None)
-    seen: set[str] = set()
+                      keep_pdf_files=options.output_dir is not None, late_usage_months=options.late_usage_months)
 
     def collect(outcome: OrgOutcome) -> None:
         result.add(outcome)
@@ -87,12 +93,11 @@ def _run(transactions: Transactions, options: InvoiceOptions, handler: PlanHandl
     at_once = False
     try:
         with transactions() as stream:
-            for batch in usage_store.organizations_with_usage(stream, options.month, batch_size=options.batch_size,
-                                                              only=only, shard=options.shard, live_hours=live_hours):
+            for batch in usage_store.organizations_with_usage(
+                    stream, options.month, batch_size=options.batch_size, late_months=options.late_usage_months,
+                    only=only, shard=options.shard, live_hours=live_hours):
                 if options.stopping:
                     break
-                if only:  # only to report --org ids that are not active; never grows with the fleet
-                    seen.update(org.id for org, _ in batch)
                 plans = _plan_batch(transactions, options, rules, batch)
                 pending = {pool.submit(handler.handle, plan) for plan in plans}
                 result.unfinished = _collect(pending, options, collect)
@@ -107,16 +112,16 @@ def _run(transactions: Transactions, options: InvoiceOptions, handler: PlanHandl
         pool.shutdown(wait=not at_once, cancel_futures=True)
     if options.stopping:
         result.interrupted = True
-        return
-    for missing in sorted(o for o in set(options.organizations) - seen if options.shard.owns(o)):
-        collect(OrgOutcome(missing).fail(Component.DATA, "no active organization with this id"))
 
 
 def _plan_batch(transactions: Transactions, options: InvoiceOptions, rules: PlanRules,
                 batch: list[tuple[OrganizationRow, dict[str, Decimal]]]) -> list[OrgPlan]:
-    """Read what is stored for the batch (live invoices, price plans), then plan each organization."""
+    """Read what is stored for the batch (live invoices, what was billed before, price plans), then
+    plan each organization."""
+    ids = [org.id for org, _ in batch]
     with transactions() as conn:
-        existing = invoice_store.live_invoices(conn, options.month, [org.id for org, _ in batch])
+        existing = invoice_store.live_invoices(conn, options.month, ids)
+        histories = billing_history.load_histories(conn, options.month, ids, late_months=options.late_usage_months)
         price_plans = plan_store.load_plans(conn, sorted({o.price_plan_id for o, _ in batch if o.price_plan_id}))
     plans = []
     for org, usage in batch:
@@ -124,7 +129,8 @@ def _plan_batch(transactions: Transactions, options: InvoiceOptions, rules: Plan
         missing_file = (stored is not None and options.output_dir is not None
                         and not options.pdf_file(options.month, stored.number).exists())
         try:
-            plans.append(plan_organization(org, usage, price_plans, stored, rules, pdf_file_missing=missing_file))
+            plans.append(plan_organization(org, usage, price_plans, stored, rules, history=histories[org.id],
+                                           pdf_file_missing=missing_file))
         except Exception as exc:  # a bug in planning one organization must not stop the others
             plans.append(OrgPlan(org, Action.REFUSE, existing=stored,
                                  problem=f"unexpected error: {type(exc).__name__}: {exc}"))

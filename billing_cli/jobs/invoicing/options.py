@@ -37,6 +37,7 @@ class InvoiceOptions:
     render_processes: int = 1  # PDF rendering in this many processes for large runs (1: in the threads)
     renderer: Callable[[InvoiceDocument, Seller], bytes] = render_invoice
     keep_plan: bool = False  # keep every organization's outcome in the result (a dry run's --json plan)
+    late_usage_months: int = 3  # earlier months whose changed usage an invoice adjusts (LATE_USAGE_MONTHS)
 
     def pdf_file(self, month: Month, number: str) -> Path:
         """Where an invoice's PDF is written in the output folder."""

@@ -7,16 +7,18 @@ and a dry run (previewing.py), so a preview shows exactly what a real run would 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
+from ...composition import ComposedInvoice, PeriodDelta, PeriodRecord, compose, credit_balance, period_delta
+from ...db.billing_history import OrgHistory
 from ...db.invoice_store import StoredInvoice
 from ...db.usage_store import OrganizationRow
 from ...delivery.invoice_email import BadAddress, check_address, check_header_value
 from ...outcomes import Step
 from ...periods import Month
-from ...pricing import PricePlan, RatedInvoice, RatingError, rate
+from ...pricing import PricePlan, RatingError
 
 
 class Action(StrEnum):
@@ -25,7 +27,7 @@ class Action(StrEnum):
     VOID = "void"  # --regenerate, and now there is nothing to bill: void the live invoice
     COMPLETE = "complete"  # issued earlier: carry out the steps still missing
     SKIP = "skip"  # issued earlier, every step done
-    NOTHING_TO_BILL = "nothing_to_bill"  # no usage and no fee
+    NOTHING_TO_BILL = "nothing_to_bill"  # no usage, no fee, no adjustment
     REFUSE = "refuse"  # the organization's data cannot be invoiced: nothing is issued
 
 
@@ -37,41 +39,104 @@ class PlanRules:
     regenerate: bool = False
     deliveries: tuple[Step, ...] = ()  # the delivery steps that are on
     keep_pdf_files: bool = False  # PDFs are also written to an output folder
+    late_usage_months: int = 3  # how many earlier months an invoice adjusts for late usage
 
 
 @dataclass(frozen=True)
 class OrgPlan:
     organization: OrganizationRow
     action: Action
-    rated: RatedInvoice | None = None  # ISSUE, REGENERATE: what will be invoiced
-    existing: StoredInvoice | None = None  # the live invoice, if there is one
+    invoice: ComposedInvoice | None = None  # ISSUE, REGENERATE: every line that will be invoiced
+    existing: StoredInvoice | None = None  # the live invoice of the month, if there is one
     steps: tuple[Step, ...] = ()  # ISSUE, REGENERATE, COMPLETE: the PDF and deliveries to carry out
     problem: str | None = None  # REFUSE: what is wrong and what to fix
     warnings: tuple[str, ...] = ()
+    late: PeriodDelta | None = None  # COMPLETE, SKIP: usage that changed after the month was invoiced
+    history: OrgHistory = field(default_factory=OrgHistory)  # what the plan was made from
+
+    @property
+    def final(self) -> bool:
+        """The organization is no longer active: this is its final invoice (or a late one)."""
+        return not self.organization.active
+
+    @property
+    def revisions(self) -> dict[Month, int]:
+        """The usage revision of each period the invoice accounts for (its own month's is the
+        one read with the month's usage)."""
+        return {**self.history.revisions, self.organization_month: self.organization.usage_revision}
+
+    @property
+    def organization_month(self) -> Month:
+        assert self.invoice is not None
+        return self.invoice.period
 
 
 def plan_organization(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str, PricePlan],
-                      existing: StoredInvoice | None, rules: PlanRules, *, pdf_file_missing: bool = False) -> OrgPlan:
+                      existing: StoredInvoice | None, rules: PlanRules, *, history: OrgHistory = OrgHistory(),
+                      pdf_file_missing: bool = False) -> OrgPlan:
     """Decide one organization's action. `pdf_file_missing`: its stored invoice's PDF is not in the
     output folder (only meaningful with `rules.keep_pdf_files`)."""
+    month = rules.month
+    warnings = _too_old(history, rules)
     if existing is not None and not rules.regenerate:
         steps = _missing_steps(existing, rules, pdf_file_missing)
-        return OrgPlan(org, Action.COMPLETE if steps else Action.SKIP, existing=existing, steps=steps)
+        late = _late_usage(org, usage, plans, history, month)
+        return OrgPlan(org, Action.COMPLETE if steps else Action.SKIP, existing=existing, steps=steps,
+                       warnings=warnings, late=late, history=history)
     problem = _data_problem(org, plans)
     if problem is not None:
-        return OrgPlan(org, Action.REFUSE, existing=existing, problem=problem)
+        return OrgPlan(org, Action.REFUSE, existing=existing, problem=problem, history=history)
     plan = plans[org.price_plan_id]  # type: ignore[index]  # checked by _data_problem
+    replaced = existing.id if existing is not None else None
+    window = month.minus(rules.late_usage_months)
+    earlier = [(record.without(replaced), record.plan or plan) for period, record in history.changed.items()
+               if window <= period < month]
+    own = history.changed.get(month)
     try:
-        rated = rate(usage, plan, rules.month)
+        invoice = compose(month, usage, plan, fees=lambda period: fees_apply(org, period),
+                          own=own.without(replaced) if own is not None else None, earlier=earlier,
+                          credit_balance=credit_balance(history.credits, without=replaced))
     except RatingError as exc:
-        return OrgPlan(org, Action.REFUSE, existing=existing, problem=str(exc))
-    warnings = (f"usage not priced by plan {plan.id!r}: {', '.join(rated.unpriced_metrics)}",) \
-        if rated.unpriced_metrics else ()
-    if rated.is_empty:
+        return OrgPlan(org, Action.REFUSE, existing=existing, problem=str(exc), history=history)
+    if invoice.is_empty:
         return OrgPlan(org, Action.VOID if existing is not None else Action.NOTHING_TO_BILL, existing=existing,
-                       warnings=warnings)
-    return OrgPlan(org, Action.REGENERATE if existing is not None else Action.ISSUE, rated=rated,
-                   existing=existing, steps=(Step.PDF, *rules.deliveries), warnings=warnings)
+                       warnings=warnings, history=history)
+    return OrgPlan(org, Action.REGENERATE if existing is not None else Action.ISSUE, invoice=invoice,
+                   existing=existing, steps=(Step.PDF, *rules.deliveries), warnings=warnings, history=history)
+
+
+def fees_apply(org: OrganizationRow, period: Month) -> bool:
+    """Whether the base fee and the minimum commitment are due for `period`: the organization
+    existed before the period ended, and was active at some time in it (an organization
+    deactivated during the month pays that month's fees on its final invoice; after that, only
+    usage). An inactive organization whose status change time is unknown pays no fees."""
+    if org.created_at is not None and org.created_at >= period.end:
+        return False
+    if org.active:
+        return True
+    return org.status_changed_at is not None and org.status_changed_at > period.start
+
+
+def _late_usage(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str, PricePlan],
+                history: OrgHistory, month: Month) -> PeriodDelta | None:
+    """For an invoiced month: what its usage now adds to what was billed for it (late, deleted or
+    corrected events), billed on the next invoice. None when nothing changed."""
+    record = history.changed.get(month)
+    plan = (record.plan if record is not None else None) or plans.get(org.price_plan_id or "")
+    if record is None or plan is None:
+        return None
+    try:
+        delta = period_delta(PeriodRecord(month, usage, record.billed, record.billed_usage), plan,
+                             fees=fees_apply(org, month), label=f"Adjustment for {month.label}")
+    except RatingError:
+        return None  # reported when the next invoice is planned
+    return None if delta.is_empty else delta
+
+
+def _too_old(history: OrgHistory, rules: PlanRules) -> tuple[str, ...]:
+    return tuple(f"usage of {period} changed after it was billed, more than LATE_USAGE_MONTHS="
+                 f"{rules.late_usage_months} months before {rules.month}: not billed; `billing reconcile --month "
+                 f"{period}` shows the difference" for period in history.too_old)
 
 
 def pending_deliveries(invoice: StoredInvoice, enabled: tuple[Step, ...]) -> tuple[Step, ...]:

@@ -36,14 +36,14 @@ class Previewing:
         outcome.pending = plan.steps
         if plan.action not in (Action.ISSUE, Action.REGENERATE):
             return outcome
-        options, org, rated = self.options, plan.organization, plan.rated
-        assert rated is not None
+        options, org, invoice = self.options, plan.organization, plan.invoice
+        assert invoice is not None
         try:
             document = InvoiceDocument(invoice_number(options.month, self._take_number()), org.id, org.name,
                                        org.email, options.month, options.issue_date,
-                                       due_date(options.issue_date, options.payment_terms_days), rated.currency,
-                                       rated.lines, rated.total, preview=True)
-            outcome.number, outcome.currency, outcome.total = document.number, rated.currency, rated.total
+                                       due_date(options.issue_date, options.payment_terms_days), invoice.currency,
+                                       invoice.lines, invoice.total, preview=True)
+            outcome.number, outcome.currency, outcome.total = document.number, invoice.currency, invoice.total
             render(document, options, outcome)
         except Exception as exc:  # as in a real run: one organization's bug is reported, not fatal
             outcome.fail(Component.DATA, f"unexpected error: {type(exc).__name__}: {exc}")

@@ -10,6 +10,7 @@ from typing import Any
 from ...outcomes import Component, Job, OrgStatus, Step, run_outcome
 from ...periods import Month
 from ...summary import RunSummary
+from ...composition import PeriodDelta
 from .planning import Action, OrgPlan
 
 
@@ -28,6 +29,9 @@ class OrgOutcome:
     pdf_path: str | None = None  # where the PDF file was written, if it was
     steps: list[Step] = field(default_factory=list)  # carried out in this run, in order
     voided_number: str | None = None  # the invoice a regeneration voided
+    final: bool = False  # the organization is no longer active: its final (or a late) invoice
+    adjusted: tuple[PeriodDelta, ...] = ()  # earlier periods this invoice adjusts for late usage
+    late: PeriodDelta | None = None  # an invoiced month's usage that changed since: on the next invoice
     pending: tuple[Step, ...] = ()  # a dry run: the steps a real run would carry out
     errors: list[tuple[Component, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -47,6 +51,11 @@ class OrgOutcome:
                 "number": self.number, "currency": self.currency,
                 "total": str(self.total) if self.total is not None else None,
                 "voids": self.voided_number, "done": list(self.steps), "pending": list(self.pending),
+                "final": self.final,
+                "adjustments": [{"period": str(d.period), "amount": str(d.amount),
+                                 "usage": {m: str(q) for m, q in d.usage.items()}} for d in self.adjusted],
+                "late_usage": {"amount": str(self.late.amount), "usage": {m: str(q) for m, q in self.late.usage.items()}}
+                if self.late else None,
                 "errors": [list(e) for e in self.errors], "warnings": self.warnings}
 
 
@@ -114,7 +123,8 @@ def expected_outcome(plan: OrgPlan) -> OrgOutcome:
     """The outcome a plan leads to if all goes well (a failure while carrying it out changes it)."""
     org, existing = plan.organization, plan.existing
     outcome = OrgOutcome(org.id, org.name, status=_STATUS[plan.action], action=plan.action,
-                         warnings=list(plan.warnings))
+                         warnings=list(plan.warnings), final=plan.final, late=plan.late,
+                         adjusted=plan.invoice.adjusted if plan.invoice is not None else ())
     if plan.action in (Action.COMPLETE, Action.SKIP) and existing is not None:
         outcome.number, outcome.currency, outcome.total = existing.number, existing.currency, existing.total
         outcome.pdf_bytes = existing.pdf_bytes

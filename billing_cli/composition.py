@@ -1,0 +1,209 @@
+"""What goes on one invoice: the period's own lines, adjustments for the usage of earlier periods
+that changed after they were billed, and the move of a credit balance. Pure: no I/O.
+
+The rule for a period that was billed before (late, deleted or corrected usage): rate the whole
+period again, with the plan it was billed with, and bill the difference to what live invoices
+already billed for it, per charge (a metric, or a fee). Never rate only the difference: under
+tiered prices the late units belong in the tier the whole month reaches.
+
+A negative total is never charged: a credit line brings it to zero, and the credit is applied to
+the organization's next invoices (the balance is the sum of the credit lines of its live
+invoices, so voiding an invoice also undoes the credit it moved).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from .money import ZERO, exact_sum, format_quantity
+from .periods import Month
+from .pricing import CREDIT_KINDS, InvoiceLine, PricePlan, RatedInvoice, RatingError, rate
+
+
+@dataclass(frozen=True)
+class PeriodRecord:
+    """One period of one organization: its usage now, and what each live invoice billed for it."""
+
+    period: Month
+    usage: Mapping[str, Decimal]  # per metric, from the hourly roll-up now
+    billed: Mapping[int, Mapping[str, Decimal]] = field(default_factory=dict)  # invoice id -> charge -> amount
+    billed_usage: Mapping[int, Mapping[str, Decimal]] = field(default_factory=dict)  # invoice id -> metric -> qty
+    plan: PricePlan | None = None  # the plan its own invoice was rated with (its snapshot), if it has one
+
+    def without(self, invoice_id: int | None) -> PeriodRecord:
+        """The record as if that invoice (about to be voided) did not exist."""
+        if invoice_id is None:
+            return self
+        return PeriodRecord(self.period, self.usage, {i: c for i, c in self.billed.items() if i != invoice_id},
+                            {i: u for i, u in self.billed_usage.items() if i != invoice_id}, self.plan)
+
+    def billed_total(self) -> dict[str, Decimal]:
+        return _sum_maps(self.billed.values())
+
+    def billed_quantities(self) -> dict[str, Decimal]:
+        return _sum_maps(self.billed_usage.values())
+
+
+@dataclass(frozen=True)
+class PeriodDelta:
+    """What a period's current usage would add to (or take from) what was billed for it."""
+
+    period: Month
+    lines: tuple[InvoiceLine, ...]
+    usage: dict[str, Decimal]  # per metric: quantity now minus quantity billed
+
+    @property
+    def amount(self) -> Decimal:
+        return exact_sum(line.amount for line in self.lines)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.lines and not any(self.usage.values())
+
+
+@dataclass(frozen=True)
+class ComposedInvoice:
+    """Every line of one invoice, with the usage quantities it accounts for per period."""
+
+    plan: PricePlan
+    currency: str
+    period: Month
+    lines: tuple[InvoiceLine, ...]
+    usage: dict[tuple[Month, str], Decimal]  # (period, metric) -> quantity billed by this invoice
+    periods: tuple[Month, ...]  # every period this invoice accounted for (its own and those it adjusted)
+    adjusted: tuple[PeriodDelta, ...] = ()
+
+    @property
+    def total(self) -> Decimal:
+        return exact_sum(line.amount for line in self.lines)
+
+    @property
+    def subtotal(self) -> Decimal:
+        return self.total
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.lines
+
+    @property
+    def plan_id(self) -> str:
+        return self.plan.id
+
+
+def period_delta(record: PeriodRecord, plan: PricePlan, *, fees: bool, label: str) -> PeriodDelta:
+    """Rate the whole period again with `plan` and subtract what was billed for it, per charge.
+    `label` starts each line's description (e.g. "Adjustment for January 2024")."""
+    rated = rate(record.usage, plan, record.period, fees=fees)
+    if rated.unpriced_metrics:
+        raise UnpricedUsage(plan, rated.unpriced_metrics, record.period)
+    now = _amounts(rated.lines)
+    before = record.billed_total()
+    quantities_before = record.billed_quantities()
+    usage = {m: record.usage.get(m, ZERO) - quantities_before.get(m, ZERO)
+             for m in sorted(set(record.usage) | set(quantities_before))}
+    lines = []
+    for charge in sorted(set(now) | set(before)):
+        difference = now.get(charge, ZERO) - before.get(charge, ZERO)
+        if difference == 0:
+            continue
+        metric = charge if charge in usage or plan.price_for(charge) is not None else None
+        detail = _usage_detail(usage.get(charge, ZERO), record.usage.get(charge, ZERO)) if metric else ""
+        lines.append(InvoiceLine("usage" if metric else charge, f"{label}: {_charge_name(charge, plan)}{detail}",  # type: ignore[arg-type]
+                                 Decimal(1), difference, difference, metric, record.period))
+    return PeriodDelta(record.period, tuple(lines), {m: q for m, q in usage.items() if q != 0})
+
+
+class UnpricedUsage(RatingError):
+    def __init__(self, plan: PricePlan, metrics: tuple[str, ...], period: Month) -> None:
+        super().__init__(f"usage of {', '.join(metrics)} in {period} is not priced by plan {plan.id!r}: price it in "
+                         f"the plan, or list it in the plan's free_metrics, then rerun")
+        self.metrics = metrics
+
+
+def compose(period: Month, usage: Mapping[str, Decimal], plan: PricePlan, *, fees: Callable[[Month], bool],
+            own: PeriodRecord | None = None, earlier: Iterable[tuple[PeriodRecord, PricePlan]] = (),
+            credit_balance: Decimal = ZERO) -> ComposedInvoice:
+    """The invoice of `period`: its usage rated with `plan`; minus what other live invoices already
+    billed for it (`own`, after a regeneration); plus, for each earlier period whose usage changed
+    since it was billed, the difference (rated with the plan it was billed with); then the credit
+    balance applied, or a negative total carried forward as credit."""
+    rated: RatedInvoice = rate(usage, plan, period, fees=fees(period))
+    if rated.unpriced_metrics:
+        raise UnpricedUsage(plan, rated.unpriced_metrics, period)
+    lines = [_in_period(line, period) for line in rated.lines]
+    billed_usage: dict[tuple[Month, str], Decimal] = {(period, m): q for m, q in sorted(usage.items()) if q != 0}
+    if own is not None and own.billed:
+        previous = period_delta(PeriodRecord(period, {}, own.billed, own.billed_usage, plan), plan, fees=False,
+                                label=f"Already billed for {period.label}")
+        lines += previous.lines
+        for metric, quantity in previous.usage.items():
+            billed_usage[(period, metric)] = billed_usage.get((period, metric), ZERO) + quantity
+    adjusted = []
+    for record, record_plan in sorted(earlier, key=lambda pair: pair[0].period):
+        if record_plan.currency != plan.currency:
+            raise RatingError(f"{record.period} was billed in {record_plan.currency}, the organization is now "
+                              f"billed in {plan.currency}: its late usage cannot go on this invoice")
+        delta = period_delta(record, record_plan, fees=fees(record.period),
+                             label=f"Adjustment for {record.period.label}")
+        if delta.is_empty:
+            continue
+        adjusted.append(delta)
+        lines += delta.lines
+        billed_usage.update({(record.period, m): q for m, q in delta.usage.items()})
+    lines += _credit_lines(exact_sum(line.amount for line in lines), credit_balance, period)
+    periods = (period, *(d.period for d in adjusted))
+    return ComposedInvoice(plan, plan.currency, period, tuple(lines), billed_usage, periods, tuple(adjusted))
+
+
+def _credit_lines(subtotal: Decimal, balance: Decimal, period: Month) -> list[InvoiceLine]:
+    if subtotal < 0:
+        return [InvoiceLine("credit_carried", "Credit carried to your next invoice", Decimal(1), -subtotal,
+                            -subtotal, None, period)]
+    if subtotal > 0 and balance > 0:
+        used = min(balance, subtotal)
+        return [InvoiceLine("credit_applied", "Credit from earlier invoices", Decimal(1), -used, -used, None, period)]
+    return []
+
+
+def credit_balance(credits: Mapping[int, Decimal], *, without: int | None = None) -> Decimal:
+    """An organization's credit: the credit lines of its live invoices (`credits`: invoice id ->
+    sum of its credit lines), leaving out an invoice about to be voided."""
+    return exact_sum(amount for invoice_id, amount in credits.items() if invoice_id != without)
+
+
+def _in_period(line: InvoiceLine, period: Month) -> InvoiceLine:
+    return InvoiceLine(line.kind, line.description, line.quantity, line.unit_price, line.amount, line.metric, period)
+
+
+def _amounts(lines: Iterable[InvoiceLine]) -> dict[str, Decimal]:
+    amounts: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    for line in lines:
+        if line.kind not in CREDIT_KINDS:
+            amounts[line.charge] = exact_sum((amounts[line.charge], line.amount))
+    return dict(amounts)
+
+
+def _sum_maps(maps: Iterable[Mapping[str, Decimal]]) -> dict[str, Decimal]:
+    total: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    for mapping in maps:
+        for key, value in mapping.items():
+            total[key] = exact_sum((total[key], value))
+    return dict(total)
+
+
+def _charge_name(charge: str, plan: PricePlan) -> str:
+    price = plan.price_for(charge)
+    if price is not None:
+        return price.description
+    return {"base_fee": f"{plan.name} plan, monthly fee", "minimum": "minimum commitment top-up"}.get(
+        charge, charge.replace("_", " "))
+
+
+def _usage_detail(difference: Decimal, now: Decimal) -> str:
+    if difference == 0:
+        return ""
+    sign = "+" if difference > 0 else "-"
+    return f", {sign}{format_quantity(abs(difference))} units ({format_quantity(now)} in all)"

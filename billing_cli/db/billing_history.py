@@ -1,0 +1,132 @@
+"""What was billed before, per organization: the live invoices, the credit they moved, and the
+periods whose usage changed since they were billed (with that usage and what was billed for it).
+
+Read for a batch of organizations before planning them; every function runs in the caller's
+transaction.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from sqlalchemy import Connection, text
+
+from ..composition import PeriodRecord
+from ..periods import Month
+from ..pricing import CREDIT_KINDS, PricePlan, plan_from_snapshot
+
+
+@dataclass(frozen=True)
+class OrgHistory:
+    """One organization's billing so far, as far as the next invoice needs it."""
+
+    live_invoices: frozenset[int] = frozenset()  # ids of its live invoices, when read
+    credits: dict[int, Decimal] = field(default_factory=dict)  # live invoice id -> sum of its credit lines
+    changed: dict[Month, PeriodRecord] = field(default_factory=dict)  # periods with usage billed by no invoice yet
+    revisions: dict[Month, int] = field(default_factory=dict)  # the usage revision each changed period was read at
+    too_old: tuple[Month, ...] = ()  # changed periods before the window: reported, not billed
+
+
+def load_histories(conn: Connection, month: Month, organization_ids: list[str], *, late_months: int,
+                   report_months: int = 12) -> dict[str, OrgHistory]:
+    """For each organization: its live invoices and credit, and every period from `late_months`
+    before `month` up to `month` whose usage revision is newer than what its invoices billed (read
+    with that period's usage, what was billed for it, and the plan it was billed with). Changed
+    periods up to `report_months` further back are listed as too old."""
+    window_start = month.minus(late_months)
+    live: dict[str, set[int]] = defaultdict(set)
+    credits: dict[str, dict[int, Decimal]] = defaultdict(dict)
+    for row in conn.execute(text("""
+        SELECT i.organization_id, i.id,
+               coalesce(sum(l.amount) FILTER (WHERE l.kind = ANY(:credit_kinds)), 0) AS credit
+        FROM invoices i LEFT JOIN invoice_lines l ON l.invoice_id = i.id
+        WHERE i.status <> 'void' AND i.organization_id = ANY(:ids)
+        GROUP BY 1, 2
+    """), {"ids": organization_ids, "credit_kinds": list(CREDIT_KINDS)}):
+        live[row.organization_id].add(row.id)
+        if row.credit:
+            credits[row.organization_id][row.id] = Decimal(row.credit)
+
+    changed = conn.execute(text("""
+        SELECT r.organization_id, r.period_start, r.revision
+        FROM usage_revisions r
+        WHERE r.organization_id = ANY(:ids) AND r.period_start >= :oldest AND r.period_start <= :period
+          AND r.revision > coalesce((SELECT max(p.revision) FROM invoices i
+                                     JOIN invoice_periods p ON p.invoice_id = i.id
+                                     WHERE i.organization_id = r.organization_id AND i.status <> 'void'
+                                       AND p.period_start = r.period_start), 0)
+    """), {"ids": organization_ids, "oldest": window_start.minus(report_months).first_day,
+           "period": month.first_day}).all()
+    in_window = [(r.organization_id, Month.containing_date(r.period_start)) for r in changed
+                 if r.period_start >= window_start.first_day]
+    too_old: dict[str, list[Month]] = defaultdict(list)
+    for r in changed:
+        if r.period_start < window_start.first_day:
+            too_old[r.organization_id].append(Month.containing_date(r.period_start))
+    records = _period_records(conn, in_window, month) if in_window else {}
+
+    histories = {}
+    for org_id in organization_ids:
+        periods = {p: rec for (o, p), (rec, _) in records.items() if o == org_id}
+        revisions = {p: revision for (o, p), (_, revision) in records.items() if o == org_id}
+        histories[org_id] = OrgHistory(frozenset(live.get(org_id, ())), credits.get(org_id, {}), periods, revisions,
+                                       tuple(sorted(too_old.get(org_id, ()))))
+    return histories
+
+
+def _period_records(conn: Connection, pairs: list[tuple[str, Month]], month: Month,
+                    ) -> dict[tuple[str, Month], tuple[PeriodRecord, int]]:
+    """Usage now (with its revision, read in the same statement), what each live invoice billed,
+    and the billing plan, for each (organization, period). The invoice's own month's usage is not
+    read here: the caller has it from the month's stream."""
+    orgs = [o for o, _ in pairs]
+    starts = [p.first_day for _, p in pairs]
+    usage: dict[tuple[str, Month], dict[str, Decimal]] = defaultdict(dict)
+    revision: dict[tuple[str, Month], int] = {}
+    for row in conn.execute(text("""
+        SELECT c.org, c.start, r.revision, h.metric, sum(h.quantity) AS quantity
+        FROM unnest(CAST(:orgs AS varchar[]), CAST(:starts AS date[])) AS c(org, start)
+        JOIN usage_revisions r ON r.organization_id = c.org AND r.period_start = c.start
+        LEFT JOIN usage_hourly h ON h.organization_id = c.org AND c.start <> :period
+             AND h.hour_start >= c.start AND h.hour_start < c.start + interval '1 month'
+        GROUP BY 1, 2, 3, 4
+    """), {"orgs": orgs, "starts": starts, "period": month.first_day}):
+        key = (row.org, Month.containing_date(row.start))
+        revision[key] = row.revision
+        if row.metric is not None:
+            usage[key][row.metric] = Decimal(row.quantity)
+
+    billed: dict[tuple[str, Month], dict[int, dict[str, Decimal]]] = defaultdict(lambda: defaultdict(dict))
+    for row in conn.execute(text("""
+        SELECT i.organization_id AS org, l.period_start, i.id, coalesce(l.metric, l.kind) AS charge,
+               sum(l.amount) AS amount
+        FROM unnest(CAST(:orgs AS varchar[]), CAST(:starts AS date[])) AS c(org, start)
+        JOIN invoices i ON i.organization_id = c.org AND i.status <> 'void'
+        JOIN invoice_lines l ON l.invoice_id = i.id AND l.period_start = c.start
+        WHERE NOT (l.kind = ANY(:credit_kinds))
+        GROUP BY 1, 2, 3, 4
+    """), {"orgs": orgs, "starts": starts, "credit_kinds": list(CREDIT_KINDS)}):
+        billed[(row.org, Month.containing_date(row.period_start))][row.id][row.charge] = Decimal(row.amount)
+
+    billed_usage: dict[tuple[str, Month], dict[int, dict[str, Decimal]]] = defaultdict(lambda: defaultdict(dict))
+    plans: dict[tuple[str, Month], PricePlan] = {}
+    for row in conn.execute(text("""
+        SELECT i.organization_id AS org, u.period_start, i.id, u.metric, u.quantity
+        FROM unnest(CAST(:orgs AS varchar[]), CAST(:starts AS date[])) AS c(org, start)
+        JOIN invoices i ON i.organization_id = c.org AND i.status <> 'void'
+        JOIN invoice_usage u ON u.invoice_id = i.id AND u.period_start = c.start
+    """), {"orgs": orgs, "starts": starts}):
+        billed_usage[(row.org, Month.containing_date(row.period_start))][row.id][row.metric] = Decimal(row.quantity)
+    for row in conn.execute(text("""
+        SELECT i.organization_id AS org, i.period_start, i.plan_snapshot
+        FROM unnest(CAST(:orgs AS varchar[]), CAST(:starts AS date[])) AS c(org, start)
+        JOIN invoices i ON i.organization_id = c.org AND i.period_start = c.start AND i.status <> 'void'
+        WHERE i.plan_snapshot IS NOT NULL
+    """), {"orgs": orgs, "starts": starts}):
+        plans[(row.org, Month.containing_date(row.period_start))] = plan_from_snapshot(row.plan_snapshot)
+
+    return {key: (PeriodRecord(key[1], usage.get(key, {}), dict(billed.get(key, {})),
+                               dict(billed_usage.get(key, {})), plans.get(key)), revision.get(key, 0))
+            for key in pairs}
