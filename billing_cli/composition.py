@@ -126,21 +126,23 @@ class UnpricedUsage(RatingError):
 def compose(period: Month, usage: Mapping[str, Decimal], plan: PricePlan, *, fees: Callable[[Month], bool],
             own: PeriodRecord | None = None, earlier: Iterable[tuple[PeriodRecord, PricePlan]] = (),
             credit_balance: Decimal = ZERO) -> ComposedInvoice:
-    """The invoice of `period`: its usage rated with `plan`; minus what other live invoices already
-    billed for it (`own`, after a regeneration); plus, for each earlier period whose usage changed
+    """The invoice of `period`: its usage rated with `plan`, less what other live invoices already
+    billed for it (`own`); plus, for each earlier period whose usage changed
     since it was billed, the difference (rated with the plan it was billed with); then the credit
     balance applied, or a negative total carried forward as credit."""
-    rated: RatedInvoice = rate(usage, plan, period, fees=fees(period))
-    if rated.unpriced_metrics:
-        raise UnpricedUsage(plan, rated.unpriced_metrics, period)
-    lines = [_in_period(line, period) for line in rated.lines]
-    billed_usage: dict[tuple[Month, str], Decimal] = {(period, m): q for m, q in sorted(usage.items()) if q != 0}
-    if own is not None and own.billed:
-        previous = period_delta(PeriodRecord(period, {}, own.billed, own.billed_usage, plan), plan, fees=False,
-                                label=f"Already billed for {period.label}")
-        lines += previous.lines
-        for metric, quantity in previous.usage.items():
-            billed_usage[(period, metric)] = billed_usage.get((period, metric), ZERO) + quantity
+    if own is not None and (own.billed or own.billed_usage):
+        # Other live invoices already billed part of this period (it was regenerated after a later
+        # invoice adjusted it, or its usage was billed before it was invoiced): bill the rest.
+        rest = period_delta(PeriodRecord(period, usage, own.billed, own.billed_usage), plan, fees=fees(period),
+                            label=f"{period.label}, after what was billed before")
+        lines = list(rest.lines)
+        billed_usage = {(period, m): q for m, q in rest.usage.items()}
+    else:
+        rated: RatedInvoice = rate(usage, plan, period, fees=fees(period))
+        if rated.unpriced_metrics:
+            raise UnpricedUsage(plan, rated.unpriced_metrics, period)
+        lines = [_in_period(line, period) for line in rated.lines]
+        billed_usage = {(period, m): q for m, q in sorted(usage.items()) if q != 0}
     adjusted = []
     for record, record_plan in sorted(earlier, key=lambda pair: pair[0].period):
         if record_plan.currency != plan.currency:

@@ -24,17 +24,20 @@ class OrgHistory:
 
     live_invoices: frozenset[int] = frozenset()  # ids of its live invoices, when read
     credits: dict[int, Decimal] = field(default_factory=dict)  # live invoice id -> sum of its credit lines
-    changed: dict[Month, PeriodRecord] = field(default_factory=dict)  # periods with usage billed by no invoice yet
+    own: PeriodRecord | None = None  # what live invoices billed for the invoiced month itself (no usage)
+    own_billed_revision: int = 0  # the newest usage revision of the month that an invoice billed
+    changed: dict[Month, PeriodRecord] = field(default_factory=dict)  # earlier periods with usage no invoice billed
     revisions: dict[Month, int] = field(default_factory=dict)  # the usage revision each changed period was read at
     too_old: tuple[Month, ...] = ()  # changed periods before the window: reported, not billed
 
 
 def load_histories(conn: Connection, month: Month, organization_ids: list[str], *, late_months: int,
                    report_months: int = 12) -> dict[str, OrgHistory]:
-    """For each organization: its live invoices and credit, and every period from `late_months`
-    before `month` up to `month` whose usage revision is newer than what its invoices billed (read
-    with that period's usage, what was billed for it, and the plan it was billed with). Changed
-    periods up to `report_months` further back are listed as too old."""
+    """For each organization: its live invoices and credit; what its live invoices billed for
+    `month` itself; and every period from `late_months` before `month` whose usage revision is
+    newer than what its invoices billed (read with that period's usage, what was billed for it,
+    and the plan it was billed with). Changed periods up to `report_months` further back are listed
+    as too old."""
     window_start = month.minus(late_months)
     live: dict[str, set[int]] = defaultdict(set)
     credits: dict[str, dict[int, Decimal]] = defaultdict(dict)
@@ -52,7 +55,7 @@ def load_histories(conn: Connection, month: Month, organization_ids: list[str], 
     changed = conn.execute(text("""
         SELECT r.organization_id, r.period_start, r.revision
         FROM usage_revisions r
-        WHERE r.organization_id = ANY(:ids) AND r.period_start >= :oldest AND r.period_start <= :period
+        WHERE r.organization_id = ANY(:ids) AND r.period_start >= :oldest AND r.period_start < :period
           AND r.revision > coalesce((SELECT max(p.revision) FROM invoices i
                                      JOIN invoice_periods p ON p.invoice_id = i.id
                                      WHERE i.organization_id = r.organization_id AND i.status <> 'void'
@@ -65,22 +68,23 @@ def load_histories(conn: Connection, month: Month, organization_ids: list[str], 
     for r in changed:
         if r.period_start < window_start.first_day:
             too_old[r.organization_id].append(Month.containing_date(r.period_start))
-    records = _period_records(conn, in_window, month) if in_window else {}
+    records = _period_records(conn, [*in_window, *((o, month) for o in organization_ids)], month)
 
     histories = {}
     for org_id in organization_ids:
-        periods = {p: rec for (o, p), (rec, _) in records.items() if o == org_id}
-        revisions = {p: revision for (o, p), (_, revision) in records.items() if o == org_id}
-        histories[org_id] = OrgHistory(frozenset(live.get(org_id, ())), credits.get(org_id, {}), periods, revisions,
-                                       tuple(sorted(too_old.get(org_id, ()))))
+        periods = {p: rec for (o, p), (rec, _, _) in records.items() if o == org_id and p != month}
+        revisions = {p: revision for (o, p), (_, revision, _) in records.items() if o == org_id and p != month}
+        own, _, own_billed = records[(org_id, month)]
+        histories[org_id] = OrgHistory(frozenset(live.get(org_id, ())), credits.get(org_id, {}), own, own_billed,
+                                       periods, revisions, tuple(sorted(too_old.get(org_id, ()))))
     return histories
 
 
 def _period_records(conn: Connection, pairs: list[tuple[str, Month]], month: Month,
-                    ) -> dict[tuple[str, Month], tuple[PeriodRecord, int]]:
-    """Usage now (with its revision, read in the same statement), what each live invoice billed,
-    and the billing plan, for each (organization, period). The invoice's own month's usage is not
-    read here: the caller has it from the month's stream."""
+                    ) -> dict[tuple[str, Month], tuple[PeriodRecord, int, int]]:
+    """For each (organization, period): usage now with its revision (read in the same statement),
+    what each live invoice billed, the billing plan, and the newest revision an invoice billed.
+    The invoiced month's own usage is not read here: the caller has it from the month's stream."""
     orgs = [o for o, _ in pairs]
     starts = [p.first_day for _, p in pairs]
     usage: dict[tuple[str, Month], dict[str, Decimal]] = defaultdict(dict)
@@ -88,13 +92,13 @@ def _period_records(conn: Connection, pairs: list[tuple[str, Month]], month: Mon
     for row in conn.execute(text("""
         SELECT c.org, c.start, r.revision, h.metric, sum(h.quantity) AS quantity
         FROM unnest(CAST(:orgs AS varchar[]), CAST(:starts AS date[])) AS c(org, start)
-        JOIN usage_revisions r ON r.organization_id = c.org AND r.period_start = c.start
+        LEFT JOIN usage_revisions r ON r.organization_id = c.org AND r.period_start = c.start
         LEFT JOIN usage_hourly h ON h.organization_id = c.org AND c.start <> :period
              AND h.hour_start >= c.start AND h.hour_start < c.start + interval '1 month'
         GROUP BY 1, 2, 3, 4
     """), {"orgs": orgs, "starts": starts, "period": month.first_day}):
         key = (row.org, Month.containing_date(row.start))
-        revision[key] = row.revision
+        revision[key] = row.revision or 0
         if row.metric is not None:
             usage[key][row.metric] = Decimal(row.quantity)
 
@@ -127,6 +131,17 @@ def _period_records(conn: Connection, pairs: list[tuple[str, Month]], month: Mon
     """), {"orgs": orgs, "starts": starts}):
         plans[(row.org, Month.containing_date(row.period_start))] = plan_from_snapshot(row.plan_snapshot)
 
+    covered: dict[tuple[str, Month], int] = {}
+    for row in conn.execute(text("""
+        SELECT c.org, c.start, max(p.revision) AS revision
+        FROM unnest(CAST(:orgs AS varchar[]), CAST(:starts AS date[])) AS c(org, start)
+        JOIN invoices i ON i.organization_id = c.org AND i.status <> 'void'
+        JOIN invoice_periods p ON p.invoice_id = i.id AND p.period_start = c.start
+        GROUP BY 1, 2
+    """), {"orgs": orgs, "starts": starts}):
+        covered[(row.org, Month.containing_date(row.start))] = row.revision
+
     return {key: (PeriodRecord(key[1], usage.get(key, {}), dict(billed.get(key, {})),
-                               dict(billed_usage.get(key, {})), plans.get(key)), revision.get(key, 0))
+                               dict(billed_usage.get(key, {})), plans.get(key)), revision.get(key, 0),
+                  covered.get(key, 0))
             for key in pairs}

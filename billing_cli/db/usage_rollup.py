@@ -155,3 +155,18 @@ def _report(rows) -> HourReport:
             report.orphan_events, report.orphan_ids = int(row.orphan_events), sorted(row.orphan_ids)
     report.metrics.sort(key=lambda m: m.metric)
     return report
+
+
+def late_hours(conn: Connection, before: datetime) -> list[datetime]:
+    """Hours before `before` whose events changed since they were rolled up, found cheaply: events
+    that arrived since the last roll-up (by the BRIN index on received_at, with an hour of margin
+    for slow producer transactions), and hours whose events were edited or deleted in place (the
+    triggers' usage_event_changes)."""
+    return list(conn.execute(text("""
+        SELECT DISTINCT date_trunc('hour', e.occurred_at, 'UTC') AS hour_start FROM usage_events e
+        WHERE e.received_at >= (SELECT max(aggregated_at) - interval '1 hour' FROM aggregated_hours)
+          AND e.occurred_at < :before
+        UNION
+        SELECT hour_start FROM usage_event_changes WHERE hour_start < :before
+        ORDER BY 1
+    """), {"before": before}).scalars())

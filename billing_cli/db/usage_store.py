@@ -89,10 +89,11 @@ def _window(month: Month, late_months: int) -> dict:
             "oldest": month.minus(late_months).first_day}
 
 
-def stale_hours(session: Connection, month: Month) -> list[datetime]:
+def stale_hours(session: Connection, month: Month, *, edited_since: Month | None = None) -> list[datetime]:
     """Hours of the month whose events changed since they were aggregated (or never were): late
     or removed events (the count or the latest arrival differs), events edited in place (the
-    trigger's usage_event_changes), or an hour the hourly job missed."""
+    trigger's usage_event_changes, also in the earlier months from `edited_since`, whose changed
+    usage the month's invoices adjust), or an hour the hourly job missed."""
     rows = session.execute(text("""
         WITH current AS (
             SELECT date_trunc('hour', occurred_at, 'UTC') AS hour_start, count(*) AS event_count,
@@ -109,9 +110,9 @@ def stale_hours(session: Connection, month: Month) -> list[datetime]:
         WHERE a.hour_start >= :start AND a.hour_start < :end AND a.event_count > 0
           AND NOT EXISTS (SELECT 1 FROM current c WHERE c.hour_start = a.hour_start)
         UNION
-        SELECT hour_start FROM usage_event_changes WHERE hour_start >= :start AND hour_start < :end
+        SELECT hour_start FROM usage_event_changes WHERE hour_start >= :edited_from AND hour_start < :end
         ORDER BY 1
-    """), {"start": month.start, "end": month.end})
+    """), {"start": month.start, "end": month.end, "edited_from": (edited_since or month).start})
     return [r.hour_start for r in rows]
 
 

@@ -80,6 +80,9 @@ def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller
         f"  Total due:      {total}",
         f"  Due date:       {doc.due_date}",
     ]
+    notes = _notes(doc)
+    if notes:
+        text += ["", *notes]
     if link:
         text += ["", f"Download (link valid for a limited time): {link}"]
     text += ["", f"Thank you,\n{seller.name}"]
@@ -96,11 +99,25 @@ for {doc.period}.</p>
 <tr><td>Total due</td><td><b>{html.escape(total)}</b></td></tr>
 <tr><td>Due date</td><td>{doc.due_date}</td></tr>
 </table>
+{"".join(f"<p>{html.escape(note)}</p>" for note in notes)}
 {link_html}
 <p>Thank you,<br>{html.escape(seller.name)}</p>
 </body></html>""", subtype="html")
     message.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{doc.number}.pdf")
     return message
+
+
+def _notes(doc: InvoiceDocument) -> list[str]:
+    """What a customer must not miss: adjustments of earlier months, and credit moved."""
+    notes = []
+    for line in doc.lines:
+        if line.period is not None and line.period != doc.period:
+            notes.append(f"{line.description}: {format_money(line.amount, doc.currency)}")
+        elif line.kind == "credit_carried":
+            notes.append(f"A credit of {format_money(line.amount, doc.currency)} is carried to your next invoice.")
+        elif line.kind == "credit_applied":
+            notes.append(f"A credit of {format_money(-line.amount, doc.currency)} from earlier invoices is applied.")
+    return notes
 
 
 def _noon(doc: InvoiceDocument):

@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..db.engine import Transactions
-from ..db.usage_rollup import HourReport, MetricTotals, apply_hour, preview_hour
+from ..db.usage_rollup import HourReport, MetricTotals, apply_hour, late_hours, preview_hour
 from ..outcomes import Job, run_outcome
 from ..periods import HOUR, HourRange
 from ..summary import RunSummary
@@ -36,6 +36,7 @@ class HourResult(HourReport):
 class AggregationResult:
     window: HourRange
     dry_run: bool
+    late_hours: list[datetime] = field(default_factory=list)  # rolled up again besides the window
     hours: list[HourResult] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
@@ -87,21 +88,29 @@ class AggregationResult:
         )
 
 
+def find_late_hours(transactions: Transactions, window: HourRange) -> list[datetime]:
+    """Hours before the window whose events changed since they were rolled up (late arrivals,
+    in-place edits and deletions): the scheduled run rolls them up again too."""
+    with transactions() as conn:
+        return late_hours(conn, window.start)
+
+
 def aggregate_hours(
     transactions: Transactions,
     window: HourRange,
     *,
+    late_hours: list[datetime] = (),  # type: ignore[assignment]
     dry_run: bool = False,
     on_hour: Callable[[HourResult], None] | None = None,
     stop: threading.Event | None = None,
 ) -> AggregationResult:
-    """Roll up every hour of `window`, each in its own transaction, so a crash keeps finished hours
-    and a failed hour does not stop the others. Running it again gives identical rows. A dry run
-    computes the same report read-only."""
+    """Roll up every hour of `late_hours`, then of `window`, each in its own transaction, so a
+    crash keeps finished hours and a failed hour does not stop the others. Running it again gives
+    identical rows. A dry run computes the same report read-only."""
     started = time.perf_counter()
-    result = AggregationResult(window=window, dry_run=dry_run)
+    result = AggregationResult(window=window, dry_run=dry_run, late_hours=list(late_hours))
     roll_up = preview_hour if dry_run else apply_hour
-    for hour in window.hours():
+    for hour in [*late_hours, *window.hours()]:
         if stop is not None and stop.is_set():  # SIGTERM: the hours done so far are committed
             result.interrupted = True
             break

@@ -20,22 +20,27 @@ class AggregationScreen:
         self.dry_run = False
         self.notice, self.warning, self.set_context = output.notice, output.warning, output.set_context
 
-    def aggregation_started(self, window: HourRange, dry_run: bool, database: str) -> None:
+    def aggregation_started(self, window: HourRange, late_hours: list, dry_run: bool, database: str) -> None:
         self.dry_run = dry_run
-        aggregation_header(self.output, window, dry_run, database)
+        aggregation_header(self.output, window, late_hours, dry_run, database)
 
     def hour_done(self, hour: HourResult) -> None:
         aggregation_hour(self.output, hour, self.dry_run)
 
 
-def aggregation_header(output: Output, window: HourRange, dry_run: bool, where: str) -> None:
+def aggregation_header(output: Output, window: HourRange, late_hours: list, dry_run: bool, where: str) -> None:
+    late = ",".join(format_hour(h) for h in late_hours)
     if output.plain:
         output.record("start", job="aggregate-hourly", window_start=format_hour(window.start),
                       window_end=format_hour(window.end), hours=len(window),
+                      **({"late_hours": late} if late_hours else {}),
                       dry_run=str(dry_run).lower(), database=where)
         return
     output.banner("🕐 billing aggregate-hourly", [
-        ("window", str(window)), ("dry run", "yes" if dry_run else "no"), ("database", where)])
+        ("window", str(window)),
+        *((("late hours", f"{len(late_hours)} older hour(s) whose events changed since: {late}"),)
+          if late_hours else ()),
+        ("dry run", "yes" if dry_run else "no"), ("database", where)])
 
 
 def aggregation_hour(output: Output, hour: HourResult, dry_run: bool) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..config import DELIVERY_FLAGS
-from ..money import format_money
+from ..money import format_money, format_quantity
 from ..outcomes import Component, OrgStatus, Step
 from .output import Output
 
@@ -90,6 +90,10 @@ def organization_fields(o: OrgOutcome) -> dict[str, object]:
         fields["done"] = ",".join(step.value for step in o.steps)
     if o.pending:
         fields["pending"] = ",".join(step.value for step in o.pending)
+    if o.adjusted:
+        fields["adjusts"] = ",".join(str(d.period) for d in o.adjusted)
+    if o.late is not None:
+        fields["late_usage"] = late_usage_sentence(o)
     for component, message in o.errors:
         fields[f"error_{component.value}"] = message
     if o.warnings:
@@ -120,11 +124,25 @@ def organization_line(o: OrgOutcome, dry_run: bool) -> str:
         text = f"{mark} {who}: nothing to bill{voided}"
     else:
         text = f"{mark} {who}"
+    if o.adjusted:
+        text += "\n   ↳ adjusts " + ", ".join(f"{d.period} ({format_money(d.amount, o.currency or '')})"
+                                         for d in o.adjusted) + " for usage that changed after it was billed"
+    if o.late is not None:
+        text += f"\n   ⚠️  {late_usage_sentence(o)}"
     for component, message in o.errors:
         text += f"\n   ❌ {component.value}: {message}"
     for warning in o.warnings:
         text += f"\n   ⚠️  {warning}"
     return text
+
+
+def late_usage_sentence(o: OrgOutcome) -> str:
+    """`late usage since INV-…: +900 api_calls, +9.00 USD: billed on the next invoice`."""
+    assert o.late is not None
+    usage = ", ".join(f"{'+' if q > 0 else '-'}{format_quantity(abs(q))} {metric}" for metric, q in o.late.usage.items())
+    amount = o.late.amount
+    money = f"{'+' if amount >= 0 else '-'}{format_money(abs(amount), o.currency or '')}"
+    return f"late usage since {o.number}: {usage or 'fees'}, {money}: billed on the next invoice"
 
 
 def invoice_header(output: Output, start: InvoicingStart) -> None:

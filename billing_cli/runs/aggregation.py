@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from ..config import load_settings
 from ..db.engine import Database
-from ..jobs.aggregate import AggregationResult, HourResult, aggregate_hours
+from ..jobs.aggregate import AggregationResult, HourResult, aggregate_hours, find_late_hours
 from ..outcomes import Job
 from ..periods import HourRange, aggregation_window, utc_now
 from .lifecycle import Finished, NotifyWhen, RunSpec, RunView, run_job
@@ -24,9 +25,15 @@ class AggregateRequest:
     lookback: int | None = None
     dry_run: bool | None = None
 
+    @property
+    def scheduled(self) -> bool:
+        """No hours given: the scheduled run (the previous hour, the lookback, and late hours)."""
+        return self.hour is None and self.from_ is None and self.to is None
+
 
 class AggregationView(RunView, Protocol):
-    def aggregation_started(self, window: HourRange, dry_run: bool, database: str) -> None: ...
+    def aggregation_started(self, window: HourRange, late_hours: list[datetime], dry_run: bool,
+                            database: str) -> None: ...
     def hour_done(self, hour: HourResult) -> None: ...
 
 
@@ -41,7 +48,11 @@ def run_aggregate_hourly(request: AggregateRequest, view: AggregationView) -> Fi
                    notify=NotifyWhen.ON_PROBLEMS if settings.notify_on_aggregate_errors else NotifyWhen.NEVER)
 
     def aggregate(db: Database, stop: threading.Event) -> AggregationResult:
-        view.aggregation_started(window, dry_run, db.where)
-        return aggregate_hours(db.transactions, window, dry_run=dry_run, stop=stop, on_hour=view.hour_done)
+        # The scheduled run also rolls up older hours whose events changed since; an explicit
+        # window means exactly that window.
+        late = find_late_hours(db.transactions, window) if request.scheduled else []
+        view.aggregation_started(window, late, dry_run, db.where)
+        return aggregate_hours(db.transactions, window, late_hours=late, dry_run=dry_run, stop=stop,
+                               on_hour=view.hour_done)
 
     return run_job(spec, settings, view, aggregate)

@@ -47,7 +47,10 @@ What the SDK does with faults (stripe-python 16): it retries connection errors, 
 anything carrying `Stripe-Should-Retry: true`, but NOT a plain 429; real Stripe marks only
 lock-timeout 429s as retryable, hence `fail_next(..., 429, should_retry=True)`.
 
-Not modelled: payments (`pay`, `paid` on finalization of $0 invoices or by charging), deleting
+Modelled as Stripe documents it: an invoice whose amount due is 0 is paid on finalization; items
+may be negative (a credit), the invoice's total is the sum of its lines.
+
+Not modelled: payments (`pay`, or charging a payment method), deleting
 or updating objects, automatic advancement of `auto_advance` invoices, e-mails and webhooks
 (`send` only records the send in `sent_invoices`), taxes, discounts, prices/products, live vs
 test mode separation (only test keys are accepted by default), concurrent use of one idempotency
@@ -613,6 +616,9 @@ class _Account:
                        hosted_invoice_url=f"https://invoice.stripe.test/i/{invoice['id']}",
                        invoice_pdf=f"https://pay.stripe.test/invoice/{invoice['id']}/pdf")
         invoice["status_transitions"]["finalized_at"] = now
+        if invoice["amount_due"] == 0:  # as Stripe does: nothing to collect, paid on finalization
+            invoice["status"] = "paid"
+            invoice["status_transitions"]["paid_at"] = now
         if auto_advance is not None:
             invoice["auto_advance"] = auto_advance
         return self.render(invoice, expand)

@@ -50,7 +50,8 @@ def invoice_month(
                               plan=[] if options.keep_plan else None)
     only = list(options.organizations) or None
     with transactions() as conn:
-        stale = usage_store.stale_hours(conn, options.month)
+        stale = usage_store.stale_hours(conn, options.month,
+                                        edited_since=options.month.minus(options.late_usage_months))
         result.organizations_found = usage_store.count_to_invoice(conn, options.month, only=only, shard=options.shard,
                                                                   late_months=options.late_usage_months)
         unknown = [o for o in usage_store.unknown_organizations(conn, only) if options.shard.owns(o)] if only else []

@@ -91,7 +91,7 @@ def plan_organization(org: OrganizationRow, usage: Mapping[str, Decimal], plans:
     window = month.minus(rules.late_usage_months)
     earlier = [(record.without(replaced), record.plan or plan) for period, record in history.changed.items()
                if window <= period < month]
-    own = history.changed.get(month)
+    own = history.own
     try:
         invoice = compose(month, usage, plan, fees=lambda period: fees_apply(org, period),
                           own=own.without(replaced) if own is not None else None, earlier=earlier,
@@ -119,9 +119,9 @@ def fees_apply(org: OrganizationRow, period: Month) -> bool:
 
 def _late_usage(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str, PricePlan],
                 history: OrgHistory, month: Month) -> PeriodDelta | None:
-    """For an invoiced month: what its usage now adds to what was billed for it (late, deleted or
-    corrected events), billed on the next invoice. None when nothing changed."""
-    record = history.changed.get(month)
+    """For an invoiced month: what its usage now adds to (or takes from) what was billed for it
+    (late, deleted or corrected events), billed on the next invoice. None when nothing changed."""
+    record = history.own if org.usage_revision > history.own_billed_revision else None
     plan = (record.plan if record is not None else None) or plans.get(org.price_plan_id or "")
     if record is None or plan is None:
         return None
