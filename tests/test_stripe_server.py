@@ -352,6 +352,7 @@ def test_invoice_state_rules(fake: FakeStripeServer) -> None:
         client.v1.invoices.send_invoice(invoice.id)  # a draft cannot be sent
     with pytest.raises(stripe.InvalidRequestError):
         client.v1.invoices.void_invoice(invoice.id)  # drafts are deleted, not voided
+    client.v1.invoice_items.create({"customer": customer.id, "invoice": invoice.id, "amount": 250})
     client.v1.invoices.finalize_invoice(invoice.id)
 
     with pytest.raises(stripe.InvalidRequestError) as caught:
@@ -361,7 +362,20 @@ def test_invoice_state_rules(fake: FakeStripeServer) -> None:
     with pytest.raises(stripe.InvalidRequestError):
         client.v1.invoices.finalize_invoice(invoice.id)
     assert client.v1.invoices.void_invoice(invoice.id).status == "void"
-    assert fake.invoices[invoice.id]["total"] == 0 and fake.invoice_items == {}
+    assert fake.invoices[invoice.id]["total"] == 250 and len(fake.invoice_items) == 1
+
+
+def test_an_invoice_with_nothing_due_is_paid_on_finalization_and_items_may_be_negative(fake) -> None:
+    client = client_for(fake)
+    customer = new_customer(client)
+    invoice = draft_invoice(client, customer.id)
+    for amount in (-800, 800):
+        client.v1.invoice_items.create({"customer": customer.id, "invoice": invoice.id, "amount": amount})
+
+    finalized = client.v1.invoices.finalize_invoice(invoice.id)
+
+    assert (finalized.status, finalized.total, finalized.amount_due) == ("paid", 0, 0)
+    assert finalized.status_transitions.paid_at is not None
 
 
 def test_item_must_fit_its_invoice(fake: FakeStripeServer) -> None:
