@@ -1,5 +1,6 @@
-"""The `billing` commands: each parses its flags into a request, calls one function, renders the
-result and exits with its code. Heavy modules are imported inside the commands (fast `--help`)."""
+"""The `billing` command line and its jobs: each command parses its flags into a request, calls one
+function, renders the result and exits with its code. Heavy modules are imported inside the
+commands (fast `--help`). The operator's other commands are in cli_admin.py."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from .cli_common import (CliState, DryRunOption, JsonOption, LogFormatOption, PlainOption, ScheduleFormat,
-                         VersionOption, command, end_run, exit_with, failures_to_exit_codes)
+from . import cli_admin
+from .cli_common import (CliState, DryRunOption, JsonOption, LogFormatOption, PlainOption, VersionOption, command,
+                         end_run, exit_with, failures_to_exit_codes)
 from .errors import ExitCode
-from .outcomes import Job
 
 app = typer.Typer(
     name="billing", help="Usage billing jobs, one job per run, scheduled by cron or Kubernetes. "
@@ -19,10 +20,6 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, rich_markup_mode=None,
     pretty_exceptions_show_locals=False,  # a traceback must never print a secret held in a local
 )
-db_app = typer.Typer(help="Database schema: migrations and revision.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-plans_app = typer.Typer(help="Price plans, managed as code in a TOML file.", no_args_is_help=True)
-app.add_typer(plans_app, name="plans")
 
 
 @app.callback()
@@ -48,7 +45,8 @@ def aggregate_hourly(
     dry_run: DryRunOption = None, as_json: JsonOption = False, plain: PlainOption = None,
     log_format: LogFormatOption = None,
 ) -> None:
-    """Roll the previous hour's usage events of every active organization into hourly totals.
+    """Roll the previous hour's usage events into hourly totals (every organization's, and orphan
+    usage), with the hours before it (--lookback) and older hours whose events changed since.
 
     Safe to run again: totals are recomputed from the events, never added twice.
 
@@ -86,8 +84,9 @@ def invoice_monthly(
         min=1, help="How many shards split the organizations. Default: SHARD_COUNT (1).")] = None,
     as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
-    """Invoice every active organization for a month: rate usage, issue one invoice each, render the
-    PDF, and deliver it (S3, Stripe, e-mail: each when turned on).
+    """Invoice every organization for a month (active ones, and final invoices of churned ones): rate
+    usage, adjust earlier months' late usage, issue one invoice each, render the PDF, and deliver it
+    (S3, Stripe, e-mail: each when turned on).
 
     Safe to rerun: organizations already invoiced are skipped ("already invoiced") and only
     missing steps are completed. Exit 6 when some organizations failed; rerun to finish them.
@@ -125,152 +124,27 @@ def legacy_run(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOpti
         end_run(cmd, run_legacy(InvoicingScreen(cmd.output), keep_plan=cmd.as_json), invoice_run_summary)
 
 
-@app.command("runs")
-def runs(
+@app.command("reconcile")
+def reconcile(
     ctx: typer.Context,
-    job: Annotated[Job | None, typer.Option(help="Only this job.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many runs, newest first.")] = 20,
+    month: Annotated[str | None, typer.Option(help="Month to check, YYYY-MM. Default: the previous month.")] = None,
+    org: Annotated[list[str] | None, typer.Option("--org", help="Only this organization id (repeatable).")] = None,
     as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
-    """List recent runs: job, period, shard, status, duration, counts, errors; dry runs marked.
+    """Prove a month is billed exactly once: events = roll-ups = billed quantities, invoice lines =
+    totals, and Stripe, S3 and e-mail (when on) hold what the invoices say. Read-only.
 
-    Example: billing runs --job invoice-monthly --json
+    Exit 0 when everything agrees, 11 when something differs, 12 when a service cannot be asked.
+
+    Example: billing reconcile --month 2024-01 --json | jq .differences
     """
-    from .report.tables import runs_report
-    from .runs.admin import run_history
+    from .report.reconcile import ReconcileScreen, reconcile_summary
+    from .runs.reconcile import ReconcileRequest, run_reconcile
 
     cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
     with failures_to_exit_codes(cmd.output):
-        runs_report(cmd.output, run_history(job, limit, cmd.output.notice), as_json=cmd.as_json)
-
-
-@app.command("status")
-def status(
-    ctx: typer.Context,
-    check: Annotated[bool, typer.Option("--check", help="Exit 10 when a job is late, failed or stuck.")] = False,
-    as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
-) -> None:
-    """Health of each job: last run, last success and its age, last outcome, failed organizations.
-
-    Example: billing status --check
-    """
-    from .periods import utc_now
-    from .report.tables import status_report
-    from .runs.admin import job_health
-
-    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
-    with failures_to_exit_codes(cmd.output):
-        now = utc_now()
-        statuses = job_health(now, cmd.output.notice)
-        status_report(cmd.output, statuses, now, as_json=cmd.as_json)
-        if check and any(s.problems for s in statuses):
-            exit_with(ExitCode.UNHEALTHY)
-
-
-@app.command("schedule")
-def schedule(
-    ctx: typer.Context,
-    output_format: Annotated[ScheduleFormat, typer.Option("--format", help="table, crontab or k8s.")] = ScheduleFormat.TABLE,
-    count: Annotated[int, typer.Option(min=1, max=100, help="How many next run times to show.")] = 3,
-    plain: PlainOption = None, log_format: LogFormatOption = None,
-) -> None:
-    """Show each job's schedule: as configured (six fields, seconds first), the five-field form cron
-    and Kubernetes need, what it means, and the next run times (UTC).
-
-    Example: billing schedule --format k8s
-    """
-    from .periods import utc_now
-    from .report.tables import schedule_output
-    from .runs.admin import configured_schedules
-
-    cmd = command(ctx, plain=plain, log_format=log_format)
-    with failures_to_exit_codes(cmd.output):
-        schedule_output(cmd.output, configured_schedules(), output_format, now=utc_now(), count=count)
-
-
-@app.command("config")
-def config(
-    ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOption = None,
-    example: Annotated[bool, typer.Option("--example", help="Print a documented .env template instead.")] = False,
-) -> None:
-    """Show the effective configuration, where each value comes from, secrets masked; then validate it.
-
-    Example: billing config
-    """
-    from .config import env_example, read_raw_config, validate
-    from .report.tables import config_table, config_valid
-
-    if example:
-        typer.echo(env_example(), nl=False)
-        return
-    cmd = command(ctx, plain=plain, log_format=log_format)
-    with failures_to_exit_codes(cmd.output):
-        raw = read_raw_config()
-        config_table(cmd.output, raw)
-        validate(raw)
-        config_valid(cmd.output)
-
-
-@db_app.command("upgrade")
-def db_upgrade(ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOption = None) -> None:
-    """Apply the database migrations (safe to run again; concurrent runs wait for each other).
-
-    Example: DATABASE_URL=postgresql://billing@db/billing billing db upgrade
-    """
-    from .report.tables import schema_upgraded
-    from .runs.admin import upgrade_schema
-
-    cmd = command(ctx, plain=plain, log_format=log_format)
-    with failures_to_exit_codes(cmd.output):
-        schema_upgraded(cmd.output, upgrade_schema(cmd.output.notice))
-
-
-@db_app.command("current")
-def db_current(ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOption = None) -> None:
-    """Show the database's schema revision and whether it is up to date (exit 5 when behind).
-
-    Example: billing db current
-    """
-    from .report.tables import schema_revision_line
-    from .runs.admin import schema_revision
-
-    cmd = command(ctx, plain=plain, log_format=log_format)
-    with failures_to_exit_codes(cmd.output):
-        state = schema_revision(cmd.output.notice)
-        schema_revision_line(cmd.output, state)
-        exit_with(ExitCode.OK if state.up_to_date else ExitCode.SCHEMA_OUTDATED)
-
-
-@plans_app.command("apply")
-def plans_apply(
-    ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="The plans TOML file (format: docs/plans.md).")],
-    dry_run: DryRunOption = None, plain: PlainOption = None, log_format: LogFormatOption = None,
-) -> None:
-    """Create or update the price plans of a TOML file: all of them, or none if any is invalid.
-
-    Example: billing plans apply plans.toml
-    """
-    from .report.tables import plans_applied
-    from .runs.admin import apply_plans
-
-    cmd = command(ctx, plain=plain, log_format=log_format)
-    with failures_to_exit_codes(cmd.output):
-        plans_applied(cmd.output, apply_plans(file, dry_run, cmd.output.notice))
-
-
-@plans_app.command("list")
-def plans_list(ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOption = None) -> None:
-    """Show the price plans and their prices.
-
-    Example: billing plans list
-    """
-    from .report.tables import plans_table
-    from .runs.admin import list_plans
-
-    cmd = command(ctx, plain=plain, log_format=log_format)
-    with failures_to_exit_codes(cmd.output):
-        plans_table(cmd.output, list_plans(cmd.output.notice))
+        request = ReconcileRequest(month=month, organizations=tuple(org or ()))
+        end_run(cmd, run_reconcile(request, ReconcileScreen(cmd.output)), reconcile_summary)
 
 
 @app.command("demo")
@@ -292,6 +166,12 @@ def demo(ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOpt
         invoice_summary(cmd.output, run.invoiced)
         demo_next_steps(cmd.output, run.seeded.month, run.output_dir)
         exit_with(ExitCode.OK if run.ok else ExitCode.PARTIAL)
+
+
+# The operator's commands (history, health, schedules, configuration, schema, plans), after the jobs.
+app.registered_commands += cli_admin.commands.registered_commands
+app.add_typer(cli_admin.db_app, name="db")
+app.add_typer(cli_admin.plans_app, name="plans")
 
 
 def main() -> None:

@@ -8,8 +8,8 @@ from enum import IntEnum
 class ExitCode(IntEnum):
     """Every exit code the program uses. Documented in README.md; Kubernetes manifests rely on it.
 
-    Codes 2, 3, 5 and 8 are permanent (re-running the same command cannot help); 4, 6 and 9 are
-    worth retrying; 7 means another run is busy with the same work; 1 is a bug.
+    Codes 2, 3, 5, 8 and 11 are permanent (re-running the same command cannot help); 4, 6, 9 and
+    12 are worth retrying; 7 means another run is busy with the same work; 1 is a bug.
     """
 
     OK = 0
@@ -23,6 +23,8 @@ class ExitCode(IntEnum):
     REFUSED = 8  # the command refused to act on this data (e.g. demo on a non-demo database)
     INTERRUPTED = 9  # stopped by SIGTERM/SIGINT after finishing what was in flight; a rerun completes it
     UNHEALTHY = 10  # `billing status --check`: a job is late, failed or stuck
+    MISMATCH = 11  # `billing reconcile`: events, roll-ups, invoices and the outside services disagree
+    PEER_UNAVAILABLE = 12  # an outside service a check needs (Stripe, S3) could not be reached
 
 
 class BillingError(Exception):
@@ -61,3 +63,7 @@ class AlreadyRunning(BillingError):
 
 class Refused(BillingError):
     exit_code = ExitCode.REFUSED
+
+
+class PeerUnavailable(BillingError):
+    exit_code = ExitCode.PEER_UNAVAILABLE

@@ -11,6 +11,7 @@ class Job(StrEnum):
     AGGREGATE_HOURLY = "aggregate-hourly"
     INVOICE_MONTHLY = "invoice-monthly"
     LEGACY_RUN = "legacy-run"
+    RECONCILE = "reconcile"
 
 
 MONTHLY_JOBS = (Job.INVOICE_MONTHLY, Job.LEGACY_RUN)  # either one bills a month
@@ -23,6 +24,7 @@ class RunOutcome(StrEnum):
     PARTIAL = "partial"  # finished, but some organizations or hours failed
     FAILED = "failed"  # stopped by an error before finishing
     INTERRUPTED = "interrupted"  # SIGTERM/SIGINT: the work in flight was finished, the rest left
+    MISMATCH = "mismatch"  # reconcile: it finished and found differences
 
     @property
     def exit_code(self) -> ExitCode:
@@ -30,7 +32,8 @@ class RunOutcome(StrEnum):
 
 
 _EXIT_CODES = {RunOutcome.SUCCEEDED: ExitCode.OK, RunOutcome.PARTIAL: ExitCode.PARTIAL,
-               RunOutcome.FAILED: ExitCode.INTERNAL, RunOutcome.INTERRUPTED: ExitCode.INTERRUPTED}
+               RunOutcome.FAILED: ExitCode.INTERNAL, RunOutcome.INTERRUPTED: ExitCode.INTERRUPTED,
+               RunOutcome.MISMATCH: ExitCode.MISMATCH}
 
 
 def run_outcome(*, ok: bool, interrupted: bool) -> RunOutcome:

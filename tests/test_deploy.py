@@ -39,10 +39,11 @@ VERSIONS = ["1.28.0", kubernetes_validate.latest_version()]
 
 # podFailurePolicy from the one table of exit codes: these are worth retrying within the Job
 # (Count toward backoffLimit); every other failure code fails the Job at once (FailJob).
-RETRYABLE_NAMES = {"DATABASE_UNAVAILABLE", "PARTIAL", "INTERRUPTED"}
+RETRYABLE_NAMES = {"DATABASE_UNAVAILABLE", "PARTIAL", "INTERRUPTED", "PEER_UNAVAILABLE"}
 # The codes decided to fail the Job. A new ExitCode must be put in one of the two sets by someone
 # who knows what it means (test_every_exit_code_is_classified), never land in FailJob by default.
-FAIL_JOB_NAMES = {"INTERNAL", "USAGE", "CONFIG", "SCHEMA_OUTDATED", "ALREADY_RUNNING", "REFUSED", "UNHEALTHY"}
+FAIL_JOB_NAMES = {"INTERNAL", "USAGE", "CONFIG", "SCHEMA_OUTDATED", "ALREADY_RUNNING", "REFUSED", "UNHEALTHY",
+                  "MISMATCH"}
 RETRYABLE = {int(code) for code in ExitCode if code.name in RETRYABLE_NAMES}
 FAIL_JOB = {int(code) for code in ExitCode} - {int(ExitCode.OK)} - RETRYABLE
 # Only Kubernetes (per pod of an Indexed Job) or the sharded CronJob's own env may set these.
@@ -294,7 +295,7 @@ def test_objects_pass_kubernetes_validate(name: str, version: str) -> None:
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_cronjob_settings(name: str) -> None:
     cronjobs = by_kind(rendered(name), "CronJob")
-    assert {billing_job(c) for c in cronjobs} == {"aggregate-hourly", "invoice-monthly", "legacy-run"}
+    assert {billing_job(c) for c in cronjobs} == {"aggregate-hourly", "invoice-monthly", "legacy-run", "reconcile"}
     for cronjob in cronjobs:
         where = f"{name}: {cronjob['metadata']['name']}"
         spec = cronjob["spec"]
@@ -318,8 +319,9 @@ def test_exactly_one_monthly_invoicing_cronjob_is_active(name: str) -> None:
     active = [c["metadata"]["name"] for c in cronjobs
               if billing_job(c) in MONTHLY_JOBS and not c["spec"].get("suspend", False)]
     assert len(active) == 1, f"{name}: active monthly CronJobs {active}"
-    hourly = [c for c in cronjobs if billing_job(c) == "aggregate-hourly"]
-    assert len(hourly) == 1 and not hourly[0]["spec"].get("suspend", False)
+    for always in ("aggregate-hourly", "reconcile"):
+        runs = [c for c in cronjobs if billing_job(c) == always]
+        assert len(runs) == 1 and not runs[0]["spec"].get("suspend", False), f"{name}: {always}"
 
 
 def test_legacy_run_and_sharded_are_suspended_in_the_base() -> None:
@@ -382,8 +384,8 @@ def test_pods_are_hardened_and_configured(name: str) -> None:
         env_from = container["envFrom"]
         assert {"configMapRef": {"name": CONFIGMAP}} in env_from, where
         assert {"secretRef": {"name": SECRET}} in env_from, where
-        if container["args"][0] in MONTHLY_JOBS:
-            # IRSA: the S3 upload needs the projected service account token.
+        if container["args"][0] in MONTHLY_JOBS | {"reconcile"}:
+            # IRSA: the S3 upload (and reconcile's S3 check) needs the projected service account token.
             assert pod.get("automountServiceAccountToken", True) is True, where
 
 
@@ -477,7 +479,7 @@ def billing_schedule(output_format: str, overrides: tuple[tuple[str, str], ...] 
 
 def k8s_schedules(overrides: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
     schedules = yaml.safe_load(billing_schedule("k8s", overrides))
-    assert set(schedules) == {"aggregate-hourly", "invoice-monthly", "legacy-run"}
+    assert set(schedules) == {"aggregate-hourly", "invoice-monthly", "legacy-run", "reconcile"}
     return schedules
 
 
@@ -486,7 +488,7 @@ def test_cronjob_schedules_match_billing_schedule(name: str) -> None:
     objects = rendered(name)
     defaults = k8s_schedules()
     assert defaults == {"aggregate-hourly": "0 * * * *", "invoice-monthly": "0 0 1 * *",
-                        "legacy-run": "0 0 1 * *"}
+                        "legacy-run": "0 0 1 * *", "reconcile": "0 6 * * *"}
     # The ConfigMap may set the six-field schedules: the CronJobs must follow them too.
     configured = k8s_schedules(tuple(sorted((k, v) for k, v in configmap_data(objects).items()
                                             if k.endswith("_SCHEDULE"))))
@@ -543,7 +545,7 @@ def test_crontab_example_matches_billing_schedule() -> None:
         expected[fields[6]] = " ".join(fields[:5])
 
     active, commented = crontab_entries(text)
-    assert sorted(e["job"] for e in active) == ["aggregate-hourly", "invoice-monthly"]
+    assert sorted(e["job"] for e in active) == ["aggregate-hourly", "invoice-monthly", "reconcile"]
     for entry in active:
         assert entry["schedule"] == expected[entry["job"]], entry["line"]
         assert "flock -n" in entry["command"], entry["line"]

@@ -218,6 +218,6 @@ def test_shared_options_are_accepted_before_and_after_the_command(clean_env, bil
     bad = run("status", "--log-format", "xml", DATABASE_URL=billed_db)
 
     assert after.exit_code == 0 and "Job status" not in after.output and "job=aggregate-hourly" not in after.output
-    assert [json.loads(line)["event"] for line in after.stdout.splitlines()] == ["status"] * 3
+    assert [json.loads(line)["event"] for line in after.stdout.splitlines()] == ["status"] * 4
     assert before.exit_code == 0 and isinstance(json.loads(before.stdout), list)
     assert bad.exit_code == ExitCode.USAGE and "--log-format" in bad.output

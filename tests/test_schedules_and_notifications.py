@@ -54,7 +54,7 @@ def test_schedule_command_renders_crontab_and_k8s(clean_env) -> None:
     k8s = run("schedule", "--format", "k8s", RUN_SCHEDULE="0 30 6 2 * *")
     assert k8s.exit_code == 0
     assert k8s.output.splitlines() == ['aggregate-hourly: "0 * * * *"', 'invoice-monthly: "0 0 1 * *"',
-                                       'legacy-run: "30 6 2 * *"']
+                                       'legacy-run: "30 6 2 * *"', 'reconcile: "0 6 * * *"']
     crontab = run("schedule", "--format", "crontab")
     assert crontab.output.splitlines()[0] == "CRON_TZ=UTC"
     assert "0 * * * *  billing aggregate-hourly" in crontab.output

@@ -47,6 +47,7 @@ class Settings:
     run_schedule: str
     aggregate_schedule: str
     invoice_schedule: str
+    reconcile_schedule: str
     process_month: str | None
     dry_run: bool
     aggregate_lookback_hours: int

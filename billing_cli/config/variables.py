@@ -60,6 +60,8 @@ VARIABLES: tuple[Variable, ...] = (
              help="aggregate-hourly's schedule, for `billing schedule` and the manifests it checks."),
     Variable("INVOICE_SCHEDULE", "invoice_schedule", Schedule(), default="0 0 0 1 * *",
              help="invoice-monthly's schedule, for `billing schedule` and the manifests it checks."),
+    Variable("RECONCILE_SCHEDULE", "reconcile_schedule", Schedule(), default="0 0 6 * * *",
+             help="reconcile's schedule (daily, after the night's runs), for `billing schedule` and the manifests."),
     Variable("PROCESS_MONTH", "process_month", Month(), default=None, example="2024-01",
              help="Month to invoice, YYYY-MM. Unset: the previous calendar month (UTC)."),
     Variable("DRY_RUN", "dry_run", Bool(), default="false",

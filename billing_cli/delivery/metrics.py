@@ -40,6 +40,13 @@ def push_run_metrics(gateway_url: str, summary: RunSummary, *, shard: str | None
     if "orphan_events" in summary.counts:
         gauge("billing_orphan_usage_events", "Events of organization ids with no organizations row, in the last "
               "run's window (rolled up; billed once the organization exists).", summary.counts["orphan_events"])
+    if summary.job == "reconcile":
+        differences = Gauge("billing_reconcile_differences", "Differences the last reconcile found, by kind "
+                            "(0 everywhere: events, roll-ups, invoices and the services agree).", ["kind"],
+                            registry=registry)
+        differences.labels(kind="any").set(summary.counts.get("differences", 0))
+        for kind, count in summary.errors.items():
+            differences.labels(kind=kind).set(count)
     errors = Gauge("billing_errors", "Errors of the last run by component.", ["component"], registry=registry)
     for component, count in summary.errors.items():
         errors.labels(component=component).set(count)

@@ -19,9 +19,10 @@ STRIPE_API_VERSION = "2026-10-28.endive"
 
 
 class PaymentError(Exception):
-    def __init__(self, message: str, *, transient: bool) -> None:
+    def __init__(self, message: str, *, transient: bool, not_found: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+        self.not_found = not_found  # Stripe answered 404: no such object
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,18 @@ class StripeInvoice:
     total: int  # minor units
     currency: str
     hosted_url: str | None = None
+
+
+@dataclass(frozen=True)
+class StripeInvoiceDetail:
+    """A Stripe invoice as `billing reconcile` compares it with ours."""
+
+    id: str
+    status: str
+    total: int  # minor units
+    currency: str
+    our_number: str | None  # the invoice number we gave it (metadata)
+    lines: tuple[tuple[int, int], ...]  # (our line number, amount in minor units), in our order
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,7 @@ class PaymentGateway(Protocol):
     def retrieve(self, stripe_invoice_id: str) -> StripeInvoice: ...
     def finalize(self, stripe_invoice_id: str, *, invoice_id: int) -> StripeInvoice: ...
     def send(self, stripe_invoice_id: str, *, invoice_id: int) -> StripeInvoice: ...
+    def invoice_detail(self, stripe_invoice_id: str) -> StripeInvoiceDetail | None: ...
 
 
 def _path(stripe_id: str) -> str:
@@ -162,7 +176,8 @@ class StripeGateway:
         except stripe.AuthenticationError:
             raise PaymentError(f"Stripe {what}: authentication failed: check STRIPE_API_KEY", transient=False) from None
         except stripe.InvalidRequestError as exc:
-            raise PaymentError(f"Stripe {what}: {exc.user_message or exc}", transient=False) from None
+            raise PaymentError(f"Stripe {what}: {exc.user_message or exc}", transient=False,
+                               not_found=getattr(exc, "http_status", None) == 404) from None
         except stripe.IdempotencyError as exc:
             raise PaymentError(f"Stripe {what}: idempotency conflict: {exc.user_message or exc}",
                                transient=False) from None
@@ -241,3 +256,18 @@ class StripeGateway:
         return self._invoice(self._request(
             "sending", "post", f"/v1/invoices/{_path(stripe_invoice_id)}/send",
             idempotency_key=f"billing-invoice-{invoice_id}-send"))
+
+    def invoice_detail(self, stripe_invoice_id: str) -> StripeInvoiceDetail | None:
+        """The invoice with all its lines, read-only; None if Stripe has no such invoice."""
+        try:
+            data = self._request("invoice retrieval", "get", f"/v1/invoices/{_path(stripe_invoice_id)}")
+        except PaymentError as exc:
+            if exc.not_found:
+                return None
+            raise
+        lines = data.get("lines") or {}
+        items = lines.get("data", []) if not lines.get("has_more") else \
+            self._list("invoice lines", f"/v1/invoices/{_path(stripe_invoice_id)}/lines")
+        numbered = sorted((int((line.get("metadata") or {}).get("line_no", 0)), int(line["amount"])) for line in items)
+        return StripeInvoiceDetail(data["id"], data["status"], int(data.get("total") or 0), data["currency"],
+                                   (data.get("metadata") or {}).get("invoice_number"), tuple(numbered))

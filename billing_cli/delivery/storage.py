@@ -32,6 +32,8 @@ class FileStore(Protocol):
 
     def link(self, key: str) -> str: ...
 
+    def sha256(self, key: str) -> str | None: ...
+
 
 @dataclass
 class S3Store:
@@ -86,3 +88,24 @@ class S3Store:
         return self._client().generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key},
             ExpiresIn=min(self.link_seconds, MAX_LINK_SECONDS))
+
+    def sha256(self, key: str) -> str | None:
+        """The SHA-256 (hex) of the object's bytes, read-only: the checksum S3 keeps when it has
+        one, else computed from the bytes (stores that keep none); None if there is no such
+        object. StorageError if S3 cannot be asked."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            head = self._client().head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+            checksum = head.get("ChecksumSHA256")
+            if checksum and "-" not in checksum:  # a multipart object's checksum is of its parts
+                return base64.b64decode(checksum).hex()
+            body = self._client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return hashlib.sha256(body).hexdigest()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StorageError(f"S3 refused to describe s3://{self.bucket}/{key}: "
+                               f"{exc.response.get('Error', {}).get('Code', '?')}") from None
+        except BotoCoreError as exc:
+            raise StorageError(f"S3 cannot be reached to check s3://{self.bucket}/{key}: {exc}") from None

@@ -33,7 +33,7 @@ class JobStatus:
                 "last_success_age_seconds": round(age) if age is not None else None}
 
 
-_UNHEALTHY_ENDINGS = (RunOutcome.FAILED, RunOutcome.PARTIAL, RunOutcome.INTERRUPTED)
+_UNHEALTHY_ENDINGS = (RunOutcome.FAILED, RunOutcome.PARTIAL, RunOutcome.INTERRUPTED, RunOutcome.MISMATCH)
 
 
 def job_statuses(conn: Connection, now: datetime, thresholds: Thresholds = Thresholds()) -> list[JobStatus]:

@@ -107,4 +107,5 @@ def configured_schedules() -> list[Schedule]:
     settings = load_settings()
     return [parse_schedule(Job.AGGREGATE_HOURLY, settings.aggregate_schedule),
             parse_schedule(Job.INVOICE_MONTHLY, settings.invoice_schedule),
-            parse_schedule(Job.LEGACY_RUN, settings.run_schedule)]
+            parse_schedule(Job.LEGACY_RUN, settings.run_schedule),
+            parse_schedule(Job.RECONCILE, settings.reconcile_schedule)]

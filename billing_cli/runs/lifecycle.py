@@ -57,7 +57,7 @@ class NotifyWhen(Enum):
 class RunSpec:
     job: str
     period: str
-    lock_scope: str  # runs with the same scope never overlap
+    lock_scope: str | None  # runs with the same scope never overlap; None: a read-only job, no lock
     dry_run: bool
     parameters: dict[str, Any] = field(default_factory=dict)
     shard: str | None = None  # "2/4"; None for a run over every organization
@@ -148,7 +148,8 @@ def _recorded(engine: Engine, record: _Record) -> Iterator[_Record]:
     spec = record.spec
     with engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        if not spec.dry_run and not run_store.try_lock(conn, spec.lock_scope):
+        locking = not spec.dry_run and spec.lock_scope is not None
+        if locking and not run_store.try_lock(conn, spec.lock_scope):  # type: ignore[arg-type]
             raise AlreadyRunning(f"another {spec.job} run for {spec.period}"
                                  f"{f' (shard {spec.shard})' if spec.shard else ''} is in progress: it holds the "
                                  "lock, so this run did nothing",
@@ -170,9 +171,9 @@ def _recorded(engine: Engine, record: _Record) -> Iterator[_Record]:
             else:
                 _finish(conn, record.run_id, record.ended())
         finally:
-            if not spec.dry_run:
+            if locking:
                 try:
-                    run_store.unlock(conn, spec.lock_scope)
+                    run_store.unlock(conn, spec.lock_scope)  # type: ignore[arg-type]
                 except SQLAlchemyError:
                     pass  # the connection is gone, and the lock went with it
 

@@ -1013,6 +1013,12 @@ class FakeStripeServer:
         with self._lock:
             return copy.deepcopy(self._account.invoices)
 
+    def edit_invoice(self, invoice_id: str, **fields: object) -> None:
+        """Change an invoice behind the API's back, as a dashboard edit or a bug at Stripe would
+        (for tests that must notice it)."""
+        with self._lock:
+            self._account.invoices[invoice_id].update(fields)
+
     @property
     def invoice_items(self) -> dict[str, Obj]:
         with self._lock:

@@ -12,6 +12,7 @@
   invoice billed, per period and metric, with which plan, and which periods it accounted for, so a
   month can be rated again and only the difference billed.
 - price_plans.free_metrics: metrics a plan deliberately does not charge for.
+- job_runs.status 'mismatch': a `billing reconcile` run that found differences.
 
 Revision ID: 0004_usage_completeness
 Revises: 0003_job_runs
@@ -132,12 +133,19 @@ def upgrade() -> None:
     """)
     op.create_index("idx_invoices_organization", "invoices", ["organization_id", "period_start"])
 
+    op.drop_constraint("ck_job_runs_status", "job_runs")
+    op.create_check_constraint("ck_job_runs_status", "job_runs",
+                               "status IN ('running', 'succeeded', 'partial', 'failed', 'interrupted', 'mismatch')")
+
     op.add_column("price_plans", sa.Column("free_metrics", postgresql.ARRAY(sa.String(100)), nullable=False,
                                            server_default="{}"))
 
 
 def downgrade() -> None:
     op.drop_column("price_plans", "free_metrics")
+    op.drop_constraint("ck_job_runs_status", "job_runs")
+    op.create_check_constraint("ck_job_runs_status", "job_runs",
+                               "status IN ('running', 'succeeded', 'partial', 'failed', 'interrupted')")
     op.drop_index("idx_invoices_organization", "invoices")
     op.drop_table("invoice_periods")
     op.drop_table("invoice_usage")

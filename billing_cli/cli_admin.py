@@ -1,0 +1,166 @@
+"""The operator's commands around the jobs: run history, health, schedules, configuration, the
+database schema and price plans. Each translates flags, calls one function, renders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .cli_common import (DryRunOption, JsonOption, LogFormatOption, PlainOption, ScheduleFormat, command,
+                         exit_with, failures_to_exit_codes)
+from .errors import ExitCode
+from .outcomes import Job
+
+commands = typer.Typer()  # merged into the main app (cli.py)
+db_app = typer.Typer(help="Database schema: migrations and revision.", no_args_is_help=True)
+plans_app = typer.Typer(help="Price plans, managed as code in a TOML file.", no_args_is_help=True)
+
+
+@commands.command("runs")
+def runs(
+    ctx: typer.Context,
+    job: Annotated[Job | None, typer.Option(help="Only this job.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many runs, newest first.")] = 20,
+    as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
+) -> None:
+    """List recent runs: job, period, shard, status, duration, counts, errors; dry runs marked.
+
+    Example: billing runs --job invoice-monthly --json
+    """
+    from .report.tables import runs_report
+    from .runs.admin import run_history
+
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
+    with failures_to_exit_codes(cmd.output):
+        runs_report(cmd.output, run_history(job, limit, cmd.output.notice), as_json=cmd.as_json)
+
+
+@commands.command("status")
+def status(
+    ctx: typer.Context,
+    check: Annotated[bool, typer.Option("--check", help="Exit 10 when a job is late, failed or stuck.")] = False,
+    as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
+) -> None:
+    """Health of each job: last run, last success and its age, last outcome, failed organizations.
+
+    Example: billing status --check
+    """
+    from .periods import utc_now
+    from .report.tables import status_report
+    from .runs.admin import job_health
+
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
+    with failures_to_exit_codes(cmd.output):
+        now = utc_now()
+        statuses = job_health(now, cmd.output.notice)
+        status_report(cmd.output, statuses, now, as_json=cmd.as_json)
+        if check and any(s.problems for s in statuses):
+            exit_with(ExitCode.UNHEALTHY)
+
+
+@commands.command("schedule")
+def schedule(
+    ctx: typer.Context,
+    output_format: Annotated[ScheduleFormat, typer.Option("--format", help="table, crontab or k8s.")] = ScheduleFormat.TABLE,
+    count: Annotated[int, typer.Option(min=1, max=100, help="How many next run times to show.")] = 3,
+    plain: PlainOption = None, log_format: LogFormatOption = None,
+) -> None:
+    """Show each job's schedule: as configured (six fields, seconds first), the five-field form cron
+    and Kubernetes need, what it means, and the next run times (UTC).
+
+    Example: billing schedule --format k8s
+    """
+    from .periods import utc_now
+    from .report.tables import schedule_output
+    from .runs.admin import configured_schedules
+
+    cmd = command(ctx, plain=plain, log_format=log_format)
+    with failures_to_exit_codes(cmd.output):
+        schedule_output(cmd.output, configured_schedules(), output_format, now=utc_now(), count=count)
+
+
+@commands.command("config")
+def config(
+    ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOption = None,
+    example: Annotated[bool, typer.Option("--example", help="Print a documented .env template instead.")] = False,
+) -> None:
+    """Show the effective configuration, where each value comes from, secrets masked; then validate it.
+
+    Example: billing config
+    """
+    from .config import env_example, read_raw_config, validate
+    from .report.tables import config_table, config_valid
+
+    if example:
+        typer.echo(env_example(), nl=False)
+        return
+    cmd = command(ctx, plain=plain, log_format=log_format)
+    with failures_to_exit_codes(cmd.output):
+        raw = read_raw_config()
+        config_table(cmd.output, raw)
+        validate(raw)
+        config_valid(cmd.output)
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOption = None) -> None:
+    """Apply the database migrations (safe to run again; concurrent runs wait for each other).
+
+    Example: DATABASE_URL=postgresql://billing@db/billing billing db upgrade
+    """
+    from .report.tables import schema_upgraded
+    from .runs.admin import upgrade_schema
+
+    cmd = command(ctx, plain=plain, log_format=log_format)
+    with failures_to_exit_codes(cmd.output):
+        schema_upgraded(cmd.output, upgrade_schema(cmd.output.notice))
+
+
+@db_app.command("current")
+def db_current(ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOption = None) -> None:
+    """Show the database's schema revision and whether it is up to date (exit 5 when behind).
+
+    Example: billing db current
+    """
+    from .report.tables import schema_revision_line
+    from .runs.admin import schema_revision
+
+    cmd = command(ctx, plain=plain, log_format=log_format)
+    with failures_to_exit_codes(cmd.output):
+        state = schema_revision(cmd.output.notice)
+        schema_revision_line(cmd.output, state)
+        exit_with(ExitCode.OK if state.up_to_date else ExitCode.SCHEMA_OUTDATED)
+
+
+@plans_app.command("apply")
+def plans_apply(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="The plans TOML file (format: docs/plans.md).")],
+    dry_run: DryRunOption = None, plain: PlainOption = None, log_format: LogFormatOption = None,
+) -> None:
+    """Create or update the price plans of a TOML file: all of them, or none if any is invalid.
+
+    Example: billing plans apply plans.toml
+    """
+    from .report.tables import plans_applied
+    from .runs.admin import apply_plans
+
+    cmd = command(ctx, plain=plain, log_format=log_format)
+    with failures_to_exit_codes(cmd.output):
+        plans_applied(cmd.output, apply_plans(file, dry_run, cmd.output.notice))
+
+
+@plans_app.command("list")
+def plans_list(ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOption = None) -> None:
+    """Show the price plans and their prices.
+
+    Example: billing plans list
+    """
+    from .report.tables import plans_table
+    from .runs.admin import list_plans
+
+    cmd = command(ctx, plain=plain, log_format=log_format)
+    with failures_to_exit_codes(cmd.output):
+        plans_table(cmd.output, list_plans(cmd.output.notice))

@@ -1,0 +1,223 @@
+"""billing reconcile: a read-only proof that every unit of a month's usage is billed exactly once.
+
+For every organization and metric: raw events = hourly roll-ups = quantities billed (the month's
+own invoice plus adjustments on later ones). For every live invoice: its lines add up to its
+total, and, when the delivery is on, Stripe holds it finalized with our number, lines and total,
+S3 holds our PDF, and it was e-mailed. Also: orphan usage, and fees owed but never invoiced.
+
+Only differences are kept (a bounded number for the report; all are counted), so memory stays
+flat whatever the size of the month. A service that cannot be asked stops the check: "could not
+check" must never read as "all clear".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+
+from ..db import reconcile_store
+from ..db.engine import Transactions
+from ..delivery.payments import PaymentError, PaymentGateway
+from ..delivery.storage import FileStore, StorageError
+from ..errors import PeerUnavailable
+from ..money import exact_sum, to_minor_units
+from ..outcomes import Job, RunOutcome
+from ..periods import Month
+from ..summary import RunSummary
+
+KEPT = 1000  # differences kept for the report and --json (all are counted)
+
+
+class Kind(StrEnum):
+    ROLLUP_BEHIND = "rollup_behind"  # events and the hourly roll-up differ: aggregate-hourly has not seen them
+    UNBILLED_USAGE = "unbilled_usage"  # the roll-up differs from what invoices billed: the next invoice adjusts
+    ORPHAN_USAGE = "orphan_usage"  # usage of an organization id that has no organizations row
+    NOT_INVOICED = "not_invoiced"  # fees were owed for the month, and no invoice bills it
+    INVOICE_TOTAL = "invoice_total"  # an invoice's lines do not add up to its total
+    STRIPE_MISSING = "stripe_missing"
+    STRIPE_DRAFT = "stripe_draft"
+    STRIPE_NUMBER = "stripe_number"
+    STRIPE_LINES = "stripe_lines"
+    STRIPE_TOTAL = "stripe_total"
+    S3_MISSING = "s3_missing"
+    S3_CHECKSUM = "s3_checksum"
+    EMAIL_NOT_SENT = "email_not_sent"
+
+
+@dataclass(frozen=True)
+class Difference:
+    kind: Kind
+    organization_id: str
+    subject: str  # the metric, or the invoice number
+    ours: str  # what we expected
+    found: str  # what was found
+    what_to_do: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"kind": self.kind.value, "organization_id": self.organization_id, "subject": self.subject,
+                "ours": self.ours, "found": self.found, "what_to_do": self.what_to_do}
+
+
+@dataclass(frozen=True)
+class Checks:
+    """What is checked besides the database: the deliveries that are on (their adapters)."""
+
+    store: FileStore | None = None
+    payments: PaymentGateway | None = None
+    email: bool = False
+
+
+@dataclass
+class ReconcileResult:
+    month: Month
+    organizations: tuple[str, ...] = ()
+    checked: Counter[str] = field(default_factory=Counter)  # what was compared: usage rows, invoices, …
+    by_kind: Counter[Kind] = field(default_factory=Counter)
+    differences: list[Difference] = field(default_factory=list)  # the first KEPT
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.by_kind
+
+    def add(self, difference: Difference) -> None:
+        self.by_kind[difference.kind] += 1
+        if len(self.differences) < KEPT:
+            self.differences.append(difference)
+
+    def summary(self) -> RunSummary:
+        outcome = RunOutcome.INTERRUPTED if self.interrupted else \
+            RunOutcome.SUCCEEDED if self.ok else RunOutcome.MISMATCH
+        return RunSummary(job=Job.RECONCILE, period=str(self.month), outcome=outcome, dry_run=False,
+                          seconds=self.seconds, counts={**self.checked, "differences": sum(self.by_kind.values())},
+                          errors={kind.value: n for kind, n in sorted(self.by_kind.items())},
+                          failed=[{"organization_id": d.organization_id, "errors": [[d.kind.value, d.subject]]}
+                                  for d in self.differences[:100]])
+
+    def json_extra(self) -> dict:
+        return {"differences": [d.as_dict() for d in self.differences]}
+
+
+def reconcile_month(transactions: Transactions, month: Month, checks: Checks, *, only: tuple[str, ...] = (),
+                    stop: threading.Event | None = None,
+                    on_difference: Callable[[Difference], None] | None = None) -> ReconcileResult:
+    started = time.perf_counter()
+    result = ReconcileResult(month, only)
+    ids = list(only) or None
+
+    def found(difference: Difference) -> None:
+        result.add(difference)
+        if on_difference:
+            on_difference(difference)
+
+    with transactions() as conn:
+        for row in reconcile_store.usage_differences(conn, month, ids):
+            result.checked["usage_rows_differing"] += 1
+            for difference in _usage(row):
+                found(difference)
+        for org in reconcile_store.owed_fees_not_invoiced(conn, month, ids):
+            found(Difference(Kind.NOT_INVOICED, org, str(month), "an invoice for its fees", "none",
+                             f"billing invoice-monthly --month {month} --org {org}"))
+    with transactions() as conn:
+        for invoice in reconcile_store.live_invoices(conn, month, ids):
+            if stop is not None and stop.is_set():
+                result.interrupted = True
+                break
+            result.checked["invoices"] += 1
+            for difference in _invoice(invoice, checks, result.checked):
+                found(difference)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _usage(row: reconcile_store.UsageRow) -> list[Difference]:
+    org, metric = row.organization_id, row.metric
+    if not row.known:
+        return [Difference(Kind.ORPHAN_USAGE, org, metric, "an organizations row", f"{row.rolled_up} rolled up",
+                           "create the organization (it is billed then), or fix the producer's id")]
+    found = []
+    if row.events != row.rolled_up:
+        found.append(Difference(Kind.ROLLUP_BEHIND, org, metric, f"{row.events} in events", f"{row.rolled_up} rolled up",
+                                "billing aggregate-hourly rolls the changed hours up (its next scheduled run does)"))
+    if row.rolled_up != row.billed and not row.free:
+        found.append(Difference(Kind.UNBILLED_USAGE, org, metric, f"{row.rolled_up} rolled up", f"{row.billed} billed",
+                                "the organization's next invoice adjusts it (late, deleted or corrected usage)"))
+    return found
+
+
+def _invoice(invoice: reconcile_store.InvoiceRow, checks: Checks, checked: Counter[str]) -> list[Difference]:
+    org, number = invoice.organization_id, invoice.number
+    found = []
+    if invoice.lines_total != invoice.total or invoice.subtotal != invoice.total:
+        found.append(Difference(Kind.INVOICE_TOTAL, org, number, f"total {invoice.total}",
+                                f"lines add up to {invoice.lines_total}", "the invoice was edited in the database: "
+                                "find out who changed it; regenerate it if it is wrong"))
+    if checks.payments is not None:
+        checked["stripe_invoices"] += 1
+        found += _stripe(invoice, checks.payments)
+    if checks.store is not None:
+        checked["s3_objects"] += 1
+        found += _s3(invoice, checks.store)
+    if checks.email and invoice.emailed_at is None:
+        found.append(Difference(Kind.EMAIL_NOT_SENT, org, number, "e-mailed", "not sent",
+                                f"billing invoice-monthly --month {number[4:11]} completes it"))
+    return found
+
+
+def _stripe(invoice: reconcile_store.InvoiceRow, gateway: PaymentGateway) -> list[Difference]:
+    org, number, rerun = invoice.organization_id, invoice.number, f"billing invoice-monthly --month {invoice.number[4:11]}"
+    if invoice.stripe_invoice_id is None:
+        return [Difference(Kind.STRIPE_MISSING, org, number, "a Stripe invoice", "none", f"{rerun} creates it")]
+    try:
+        remote = gateway.invoice_detail(invoice.stripe_invoice_id)
+    except PaymentError as exc:
+        raise PeerUnavailable(f"could not check {number} in Stripe: {exc}",
+                              hint="Nothing is known about Stripe until it answers: rerun `billing reconcile`.") from None
+    if remote is None:
+        return [Difference(Kind.STRIPE_MISSING, org, number, invoice.stripe_invoice_id, "no such Stripe invoice",
+                           "find out who deleted it in Stripe")]
+    found = []
+    if remote.status == "draft":
+        found.append(Difference(Kind.STRIPE_DRAFT, org, number, "finalized", "draft", f"{rerun} finalizes it"))
+    if remote.our_number != number:
+        found.append(Difference(Kind.STRIPE_NUMBER, org, number, number, str(remote.our_number),
+                                "the Stripe invoice is not ours: check it in Stripe"))
+    ours = tuple((n, to_minor_units(amount, invoice.currency)) for n, amount in invoice.lines)
+    if remote.lines != ours:
+        found.append(Difference(Kind.STRIPE_LINES, org, number, _lines(ours), _lines(remote.lines),
+                                "the Stripe invoice's lines were changed: check it in Stripe"))
+    total = to_minor_units(invoice.total, invoice.currency)
+    if remote.total != total or remote.currency.lower() != invoice.currency.lower():
+        found.append(Difference(Kind.STRIPE_TOTAL, org, number, f"{total} {invoice.currency}",
+                                f"{remote.total} {remote.currency.upper()}", "Stripe charges another amount than "
+                                "the invoice says: check it in Stripe now"))
+    return found
+
+
+def _s3(invoice: reconcile_store.InvoiceRow, store: FileStore) -> list[Difference]:
+    org, number = invoice.organization_id, invoice.number
+    if invoice.s3_key is None:
+        return [Difference(Kind.S3_MISSING, org, number, "uploaded", "not uploaded",
+                           f"billing invoice-monthly --month {number[4:11]} uploads it")]
+    try:
+        sha256 = store.sha256(invoice.s3_key)
+    except StorageError as exc:
+        raise PeerUnavailable(f"could not check {number} in S3: {exc}",
+                              hint="Nothing is known about S3 until it answers: rerun `billing reconcile`.") from None
+    if sha256 is None:
+        return [Difference(Kind.S3_MISSING, org, number, invoice.s3_key, "no such object",
+                           "restore it, or clear invoices.s3_key so that invoice-monthly uploads it again")]
+    if sha256 != invoice.pdf_sha256:
+        return [Difference(Kind.S3_CHECKSUM, org, number, str(invoice.pdf_sha256), sha256,
+                           "the object is not our PDF: restore it")]
+    return []
+
+
+def _lines(lines: tuple[tuple[int, int], ...]) -> str:
+    return f"{len(lines)} lines, {exact_sum(Decimal(a) for _, a in lines)} in minor units"

@@ -1,0 +1,148 @@
+"""`billing reconcile`: clean when events, roll-ups, invoices, Stripe, S3 and e-mail agree; exit 11
+with the difference named for each kind of disagreement; exit 12 when a service cannot be asked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from billing_cli.cli import app
+from billing_cli.errors import ExitCode
+from tests.data import PLANS, add_event, add_org, set_plan, utc
+from tests.peers.fixtures import peer_env
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def invoiced(db_url, engine, tmp_path, clean_env, s3, mail, fake_stripe):
+    """Two organizations with January events, rolled up, invoiced and delivered everywhere."""
+    plans = tmp_path / "plans.toml"
+    plans.write_text(PLANS)
+    env = peer_env(db_url, s3, mail, fake_stripe)
+    assert runner.invoke(app, ["plans", "apply", str(plans)], env=env).exit_code == 0
+    with engine.begin() as conn:
+        for org, plan, currency in (("acme", "pro", "USD"), ("gmbh", "euro", "EUR")):
+            add_org(conn, org, currency=currency)
+            set_plan(conn, org, plan)
+            for n in range(3):
+                add_event(conn, org, "api_calls", "100", utc(2024, 1, 10 + n, 9), key=f"{org}-{n}")
+    assert runner.invoke(app, ["aggregate-hourly", "--from", "2024-01-10T09", "--to", "2024-01-12T09"],
+                         env=env).exit_code == 0
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
+    assert result.exit_code == 0, result.output
+    return env
+
+
+def reconcile(env, *args: str):
+    result = runner.invoke(app, ["reconcile", "--month", "2024-01", "--json", *args], env=env)
+    assert result.stdout.startswith("{"), (result.exit_code, result.output, result.exception)
+    return result, json.loads(result.stdout)
+
+
+def kinds(report) -> list[tuple[str, str, str]]:
+    return [(d["kind"], d["organization_id"], d["subject"]) for d in report["differences"]]
+
+
+def test_a_month_billed_exactly_once_reconciles_clean(invoiced, engine) -> None:
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == 0, result.output
+    assert report["outcome"] == "succeeded" and report["differences"] == []
+    assert report["counts"]["invoices"] == 2 and report["counts"]["stripe_invoices"] == 2
+    assert report["counts"]["s3_objects"] == 2
+    with engine.connect() as conn:  # read-only: the check wrote nothing but its run record
+        assert conn.execute(text("SELECT status FROM job_runs WHERE job = 'reconcile'")).scalar_one() == "succeeded"
+
+
+def test_an_edited_invoice_line_is_a_difference(invoiced, engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE invoice_lines SET amount = amount + 1 WHERE line_no = 1 AND invoice_id = "
+                          "(SELECT id FROM invoices WHERE organization_id = 'acme')"))
+
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == ExitCode.MISMATCH
+    # The lines no longer add up to the total, and no longer match the Stripe invoice's lines.
+    assert kinds(report) == [("invoice_total", "acme", "INV-2024-01-000001"),
+                             ("stripe_lines", "acme", "INV-2024-01-000001")]
+
+
+def test_a_deleted_s3_object_is_a_difference(invoiced, engine, s3) -> None:
+    with engine.connect() as conn:
+        key = conn.execute(text("SELECT s3_key FROM invoices WHERE organization_id = 'gmbh'")).scalar_one()
+    s3.client().delete_object(Bucket=s3.bucket, Key=key)
+
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == ExitCode.MISMATCH
+    assert kinds(report) == [("s3_missing", "gmbh", "INV-2024-01-000002")]
+    assert report["differences"][0]["found"] == "no such object"
+
+
+def test_a_changed_stripe_total_is_a_difference(invoiced, engine, fake_stripe) -> None:
+    with engine.connect() as conn:
+        stripe_id = conn.execute(text("SELECT stripe_invoice_id FROM invoices WHERE organization_id = 'acme'"
+                                      )).scalar_one()
+    fake_stripe.edit_invoice(stripe_id, total=1800)  # someone changed it in Stripe
+
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == ExitCode.MISMATCH
+    assert kinds(report) == [("stripe_total", "acme", "INV-2024-01-000001")]
+    assert report["differences"][0]["ours"] == "1300 USD" and report["differences"][0]["found"] == "1800 USD"
+
+
+def test_a_late_event_is_a_difference_until_it_is_rolled_up_and_billed(invoiced, engine) -> None:
+    with engine.begin() as conn:
+        add_event(conn, "acme", "api_calls", "50", utc(2024, 1, 31, 23, 30), key="acme-late")
+
+    result, report = reconcile(invoiced)
+    assert result.exit_code == ExitCode.MISMATCH
+    assert kinds(report) == [("rollup_behind", "acme", "api_calls")]
+    assert report["differences"][0]["ours"] == "350 in events" and report["differences"][0]["found"] == "300 rolled up"
+
+    assert runner.invoke(app, ["aggregate-hourly"], env=invoiced).exit_code == 0  # picks the late hour up
+    _, report = reconcile(invoiced)
+    assert kinds(report) == [("unbilled_usage", "acme", "api_calls")]  # the next invoice adjusts it
+
+    assert runner.invoke(app, ["invoice-monthly", "--month", "2024-02"], env=invoiced).exit_code == 0
+    result, report = reconcile(invoiced)
+    assert result.exit_code == 0 and report["differences"] == []
+
+
+def test_orphan_usage_and_fees_never_invoiced_are_differences(invoiced, engine) -> None:
+    with engine.begin() as conn:
+        add_event(conn, "ghost", "api_calls", "1", utc(2024, 1, 3, 3), key="ghost-1")
+        add_org(conn, "forgotten")
+        set_plan(conn, "forgotten", "pro")  # a base fee every month, never invoiced for January
+    assert runner.invoke(app, ["aggregate-hourly", "--hour", "2024-01-03T03"], env=invoiced).exit_code == 0
+
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == ExitCode.MISMATCH
+    assert kinds(report) == [("orphan_usage", "ghost", "api_calls"), ("not_invoiced", "forgotten", "2024-01")]
+
+
+def test_a_service_that_cannot_be_asked_is_never_all_clear(invoiced) -> None:
+    unreachable = {**invoiced, "STRIPE_API_BASE": "http://127.0.0.1:1", "DELIVERY_MAX_ATTEMPTS": "1"}
+
+    result = runner.invoke(app, ["reconcile", "--month", "2024-01"], env=unreachable)
+
+    assert result.exit_code == ExitCode.PEER_UNAVAILABLE
+    assert "could not check INV-2024-01-000001 in Stripe" in result.output
+
+
+def test_status_check_fails_on_a_failed_latest_reconcile(invoiced, engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE invoices SET emailed_at = NULL WHERE organization_id = 'gmbh'"))
+    assert reconcile(invoiced)[0].exit_code == ExitCode.MISMATCH
+
+    status = runner.invoke(app, ["status", "--check", "--json"], env=invoiced)
+
+    problems = {s["job"]: s["problems"] for s in json.loads(status.stdout)}
+    assert status.exit_code == ExitCode.UNHEALTHY
+    assert problems["reconcile"] == ["last run (2024-01) mismatch"]
