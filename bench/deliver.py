@@ -316,12 +316,13 @@ def load_template(args: argparse.Namespace, workdir: Path) -> tuple[int, float]:
     rows = 0
     with psycopg.connect(url, autocommit=True) as conn:
         with conn.transaction(), conn.cursor() as cur:
-            with cur.copy("COPY organizations (id, name, email, status, currency, price_plan_id) "
+            # created_at: they existed before the billed month, so its base fee is due.
+            with cur.copy("COPY organizations (id, name, email, status, currency, price_plan_id, created_at) "
                           "FROM STDIN") as copy:
                 for i, org in enumerate(orgs):
                     currency, plan = ("EUR", "bench-eur") if i % 3 == 2 else ("USD", "bench-usd")
                     copy.write_row((org, f"Organization {org[4:]}", f"{org}@example.com", "active",
-                                    currency, plan))
+                                    currency, plan, "2023-01-01T00:00:00Z"))
             with cur.copy("COPY usage_hourly (organization_id, metric, hour_start, quantity, event_count) "
                           "FROM STDIN") as copy:
                 for org in orgs:

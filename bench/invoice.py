@@ -417,10 +417,12 @@ def load_data(conn: psycopg.Connection, url: str, args: argparse.Namespace, work
     plans_file.write_text(plans_toml(metrics), encoding="utf-8")
     common.run_checked([common.billing_executable(), "plans", "apply", str(plans_file), "--plain"], env=billing_env(url))
 
-    copy_orgs = "COPY organizations (id, name, email, status, currency, price_plan_id) FROM STDIN"
+    # created_at: they existed before the billed month, so its base fee is due.
+    copy_orgs = ("COPY organizations (id, name, email, status, currency, price_plan_id, created_at) "
+                 "FROM STDIN")
     with conn.transaction(), conn.cursor() as cur, cur.copy(copy_orgs) as copy:
         copy.write("".join(f"{o.id}\t{o.name}\tbilling+{o.id}@example.com\tactive\t"
-                           f"{PLANS[o.plan].currency}\t{PLANS[o.plan].id}\n" for o in orgs))
+                           f"{PLANS[o.plan].currency}\t{PLANS[o.plan].id}\t2023-01-01T00:00:00Z\n" for o in orgs))
 
     # Hourly quantities in hundredths (exact), from one pool per (size, metric). The text of each
     # pool entry is "quantity\tevent_count\t"; the row text is prefix + entry + hour.

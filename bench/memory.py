@@ -125,10 +125,13 @@ def load(conn: psycopg.Connection, url: str, args: argparse.Namespace, workdir: 
     plans_file.write_text(bench.plans_toml(METRICS), encoding="utf-8")
     common.run_checked([common.billing_executable(), "plans", "apply", str(plans_file), "--plain"], env=job_env(url))
 
-    copy_orgs = "COPY organizations (id, name, email, status, currency, price_plan_id) FROM STDIN"
+    # created_at: they existed before the billed month, so its base fee is due.
+    copy_orgs = ("COPY organizations (id, name, email, status, currency, price_plan_id, created_at) "
+                 "FROM STDIN")
     with conn.transaction(), conn.cursor() as cur, cur.copy(copy_orgs) as copy:
         copy.write("".join(f"{o.id}\t{o.name}\tbilling+{o.id}@example.com\tactive\t"
-                           f"{bench.PLANS[o.plan].currency}\t{bench.PLANS[o.plan].id}\n" for o in orgs))
+                           f"{bench.PLANS[o.plan].currency}\t{bench.PLANS[o.plan].id}\t2023-01-01T00:00:00Z\n"
+                           for o in orgs))
 
     # One hour per organization, a month's worth of quantity in it (hundredths, exact).
     prices = [bench.plan_prices(p, METRICS) for p in range(len(bench.PLANS))]
