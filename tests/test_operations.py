@@ -156,6 +156,14 @@ def test_metrics_are_pushed_to_a_real_pushgateway(clean_env, billed, engine) -> 
 
         assert run("aggregate-hourly", "--hour", "2024-01-31T13", **env).exit_code == 0
         assert 'billing_last_run_success{instance="",job="billing-aggregate-hourly",shard="all"} 1' in gateway.metrics()
+
+        # This month's roll-ups were written without their events: reconcile says so, and pushes it.
+        assert run("reconcile", "--month", "2024-01", **env).exit_code == ExitCode.MISMATCH
+        reconciled = gateway.metrics()
+        job = 'instance="",job="billing-reconcile"'
+        assert f'billing_reconcile_differences{{{job},kind="any",shard="all"}} 3' in reconciled
+        assert f'billing_reconcile_differences{{{job},kind="rollup_behind",shard="all"}} 3' in reconciled
+        assert f'billing_last_run_success{{{job},shard="all"}} 0' in reconciled
     finally:
         gateway.stop()
 
