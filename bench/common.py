@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -84,3 +88,95 @@ def run_checked(cmd: Sequence[str], env: dict[str, str] | None = None) -> subpro
     if proc.returncode != 0:
         raise BenchError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}{proc.stderr}")
     return proc
+
+
+# --- measured processes and captured statements ---------------------------------------------------
+
+TIME = "/usr/bin/time"  # GNU time: reaps the command with wait4 and reports its rusage
+
+
+@dataclass
+class Measured:
+    """One process: its exit status, wall time, peak RSS and CPU, and what it printed."""
+
+    returncode: int
+    seconds: float
+    rss_mib: float
+    cpu_seconds: float
+    stdout: str
+    stderr: str
+
+
+def run_measured(cmd: Sequence[str], env: dict[str, str] | None = None, *, check: bool = True) -> Measured:
+    """Run `cmd` under GNU time: the wall time is measured here, around the whole thing; the peak
+    RSS (ru_maxrss) and the user + system CPU are that one process's, from time's own wait4.
+    Through time rather than directly because, on Linux, ru_maxrss carries over exec the memory
+    the process had before it (a child forked from this script would report at least this
+    script's own peak); time itself is a few MiB. With `check`, a non-zero exit is a BenchError."""
+    if not os.access(TIME, os.X_OK):
+        raise BenchError(f"{TIME} (GNU time) is needed to measure peak RSS: apt-get install time")
+    with tempfile.NamedTemporaryFile("r", prefix="bench-time-", suffix=".txt") as report:
+        started = time.perf_counter()
+        proc = subprocess.run([TIME, "-f", "%M %U %S", "-o", report.name, *cmd], env=env,
+                              capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - started
+        lines = [line for line in Path(report.name).read_text().splitlines() if line.strip()]
+    if proc.returncode != 0 and check:
+        raise BenchError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    try:
+        maxrss_kib, user, system = lines[-1].split()  # a first line says "Command exited with ..."
+        rss_mib, cpu = int(maxrss_kib) / 1024, float(user) + float(system)
+    except (IndexError, ValueError):
+        raise BenchError(f"{TIME} printed no usage for {' '.join(cmd)}: {lines}") from None
+    return Measured(proc.returncode, seconds, rss_mib, cpu, proc.stdout, proc.stderr)
+
+
+def plain_records(output: str, kind: str) -> list[dict[str, str]]:
+    """The `kind key=value ...` lines of a `--plain` run as dicts (values with spaces are quoted)."""
+    records = []
+    for line in output.splitlines():
+        if line.startswith(kind + " "):
+            try:
+                parts = shlex.split(line)[1:]
+            except ValueError:  # an unbalanced quote inside a value: split on spaces
+                parts = line.split()[1:]
+            records.append(dict(p.split("=", 1) for p in parts if "=" in p))
+    return records
+
+
+class _RecordingConnection:
+    """Stands in for a SQLAlchemy Connection: records each execute() and returns no rows."""
+
+    class _NoRows(list):
+        def scalars(self):
+            return []
+
+        def fetchall(self):
+            return []
+
+    def __init__(self) -> None:
+        self.statements: list[tuple[str, dict]] = []
+
+    def execute(self, statement, parameters=None, **_kwargs):
+        self.statements.append((str(getattr(statement, "text", statement)), dict(parameters or {})))
+        return self._NoRows()
+
+
+def captured_statements(fn: Callable[..., object], *args, **kwargs) -> list[tuple[str, dict]]:
+    """The SQL text (with :name parameters) and parameters a store function runs, without running
+    it: `fn(connection, *args)` is called with a recording stand-in (a generator is drained)."""
+    recorder = _RecordingConnection()
+    result = fn(recorder, *args, **kwargs)
+    if isinstance(result, Iterator):
+        for _ in result:
+            pass
+    return recorder.statements
+
+
+def explain_analyze(conn, statement: str, parameters: dict, *, fmt: str = "TEXT") -> list[str] | list:
+    """EXPLAIN (ANALYZE, BUFFERS) of a captured statement on a SQLAlchemy connection: the text
+    plan's lines, or with fmt="JSON" the JSON plan."""
+    from sqlalchemy import text
+
+    rows = conn.execute(text(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT {fmt}) " + statement), parameters).fetchall()
+    return rows[0][0] if fmt.upper() == "JSON" else [r[0] for r in rows]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from .money import ZERO, exact_sum, format_quantity
+from .money import ZERO, Precision, exact_sum, format_quantity
 from .periods import Month
 from .pricing import CREDIT_KINDS, InvoiceLine, PricePlan, RatedInvoice, RatingError, rate
 
@@ -93,10 +93,11 @@ class ComposedInvoice:
         return self.plan.id
 
 
-def period_delta(record: PeriodRecord, plan: PricePlan, *, fees: bool, label: str) -> PeriodDelta:
+def period_delta(record: PeriodRecord, plan: PricePlan, *, fees: bool, label: str,
+                 precision: Precision = Precision.ISO) -> PeriodDelta:
     """Rate the whole period again with `plan` and subtract what was billed for it, per charge.
     `label` starts each line's description (e.g. "Adjustment for January 2024")."""
-    rated = rate(record.usage, plan, record.period, fees=fees)
+    rated = rate(record.usage, plan, record.period, fees=fees, precision=precision)
     if rated.unpriced_metrics:
         raise UnpricedUsage(plan, rated.unpriced_metrics, record.period)
     now = _amounts(rated.lines)
@@ -125,7 +126,7 @@ class UnpricedUsage(RatingError):
 
 def compose(period: Month, usage: Mapping[str, Decimal], plan: PricePlan, *, fees: Callable[[Month], bool],
             own: PeriodRecord | None = None, earlier: Iterable[tuple[PeriodRecord, PricePlan]] = (),
-            credit_balance: Decimal = ZERO) -> ComposedInvoice:
+            credit_balance: Decimal = ZERO, precision: Precision = Precision.ISO) -> ComposedInvoice:
     """The invoice of `period`: its usage rated with `plan`, less what other live invoices already
     billed for it (`own`); plus, for each earlier period whose usage changed
     since it was billed, the difference (rated with the plan it was billed with); then the credit
@@ -134,11 +135,11 @@ def compose(period: Month, usage: Mapping[str, Decimal], plan: PricePlan, *, fee
         # Other live invoices already billed part of this period (it was regenerated after a later
         # invoice adjusted it, or its usage was billed before it was invoiced): bill the rest.
         rest = period_delta(PeriodRecord(period, usage, own.billed, own.billed_usage), plan, fees=fees(period),
-                            label=f"{period.label}, after what was billed before")
+                            label=f"{period.label}, after what was billed before", precision=precision)
         lines = list(rest.lines)
         billed_usage = {(period, m): q for m, q in rest.usage.items()}
     else:
-        rated: RatedInvoice = rate(usage, plan, period, fees=fees(period))
+        rated: RatedInvoice = rate(usage, plan, period, fees=fees(period), precision=precision)
         if rated.unpriced_metrics:
             raise UnpricedUsage(plan, rated.unpriced_metrics, period)
         lines = [_in_period(line, period) for line in rated.lines]
@@ -149,7 +150,7 @@ def compose(period: Month, usage: Mapping[str, Decimal], plan: PricePlan, *, fee
             raise RatingError(f"{record.period} was billed in {record_plan.currency}, the organization is now "
                               f"billed in {plan.currency}: its late usage cannot go on this invoice")
         delta = period_delta(record, record_plan, fees=fees(record.period),
-                             label=f"Adjustment for {record.period.label}")
+                             label=f"Adjustment for {record.period.label}", precision=precision)
         if delta.is_empty:
             continue
         adjusted.append(delta)

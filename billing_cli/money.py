@@ -1,12 +1,21 @@
-"""Money: Decimal amounts, ISO 4217 currencies and their minor units, the one rounding rule.
+"""Money: Decimal amounts, ISO 4217 currencies and their minor units, the one rounding rule, and
+the amounts Stripe can charge.
 
 Every amount that reaches an invoice line goes through `round_money`: half-up to the currency's
 minor unit. Unit prices are never rounded. Floats are refused.
+
+Stripe has rules of its own, apart from ISO 4217 (its "Supported currencies" documentation): its
+API counts zero-decimal currencies (including MGA, two decimals in ISO) in whole units and
+three-decimal ones in thousandths whose last digit must be 0, and takes ISK in hundredths that
+must be whole krónur. When invoices are charged through Stripe, they are kept in what Stripe can
+charge (`Precision.STRIPE`): the same half-up rule, to the unit Stripe can charge (two decimals
+for KWD, whole units for MGA and ISK), so the PDF shows exactly what Stripe charges.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from enum import Enum
 from decimal import ROUND_HALF_UP, Context, Decimal, Inexact, InvalidOperation, Overflow
 
 # ISO 4217 active codes and their minor units (exponent). Codes not listed have 2 decimals.
@@ -40,6 +49,59 @@ _ROUNDING = Context(prec=80, rounding=ROUND_HALF_UP, traps=[InvalidOperation])
 
 class CurrencyError(ValueError):
     pass
+
+
+class Precision(Enum):
+    """The unit invoice amounts are rounded to."""
+
+    ISO = "iso"  # the currency's ISO 4217 minor unit
+    STRIPE = "stripe"  # what Stripe can charge in the currency (never finer than ISO)
+
+
+# Stripe's presentment currencies (docs: Supported currencies), with its API exponents and the
+# step its amounts must be a multiple of.
+STRIPE_ZERO_DECIMAL = frozenset({"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX",
+                                 "VND", "VUV", "XAF", "XOF", "XPF"})
+STRIPE_THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})  # the last digit must be 0
+STRIPE_WHOLE_HUNDREDTHS = frozenset({"ISK"})  # two decimals in the API, amounts divisible by 100
+STRIPE_CURRENCIES = frozenset({
+    "USD", "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT", "BGN",
+    "BMD", "BND", "BOB", "BRL", "BSD", "BWP", "BYN", "BZD", "CAD", "CDF", "CHF", "CNY", "COP", "CRC", "CVE",
+    "CZK", "DKK", "DOP", "DZD", "EGP", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL", "GIP", "GMD", "GTQ", "GYD",
+    "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "ISK", "JMD", "KES", "KGS", "KHR", "KYD", "KZT", "LAK",
+    "LBP", "LKR", "LRD", "LSL", "MAD", "MDL", "MKD", "MMK", "MNT", "MOP", "MUR", "MVR", "MWK", "MXN", "MYR",
+    "MZN", "NAD", "NGN", "NIO", "NOK", "NPR", "NZD", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "QAR", "RON",
+    "RSD", "RUB", "SAR", "SBD", "SCR", "SEK", "SGD", "SHP", "SLE", "SOS", "SRD", "SZL", "THB", "TJS", "TOP",
+    "TRY", "TTD", "TWD", "TZS", "UAH", "UYU", "UZS", "WST", "XCD", "YER", "ZAR", "ZMW",
+}) | STRIPE_ZERO_DECIMAL | STRIPE_THREE_DECIMAL
+
+
+def stripe_api_exponent(currency: str) -> int:
+    """How many decimals Stripe's API counts amounts of the currency in."""
+    return 0 if currency in STRIPE_ZERO_DECIMAL else 3 if currency in STRIPE_THREE_DECIMAL else 2
+
+
+def _stripe_step(currency: str) -> int:
+    return 100 if currency in STRIPE_WHOLE_HUNDREDTHS else 10 if currency in STRIPE_THREE_DECIMAL else 1
+
+
+def exponent(currency: str, precision: Precision = Precision.ISO) -> int:
+    """The decimals invoice amounts are kept in."""
+    iso = minor_units(currency)
+    if precision is Precision.ISO:
+        return iso
+    if currency not in STRIPE_CURRENCIES:
+        raise CurrencyError(f"Stripe does not charge in {currency}: bill it without Stripe, or in another currency")
+    step_digits = len(str(_stripe_step(currency))) - 1
+    return min(iso, stripe_api_exponent(currency) - step_digits)
+
+
+def to_stripe_amount(amount: Decimal, currency: str) -> int:
+    """An amount as the integer Stripe's API takes; ValueError if Stripe cannot charge it exactly."""
+    scaled = amount.scaleb(stripe_api_exponent(currency), context=_ROUNDING)
+    if scaled != scaled.to_integral_value() or int(scaled) % _stripe_step(currency):
+        raise ValueError(f"{amount} {currency} cannot be charged by Stripe exactly")
+    return int(scaled)
 
 
 def check_currency(code: str) -> str:
@@ -79,17 +141,12 @@ def exact_sum(amounts: Iterable[Decimal]) -> Decimal:
     return total
 
 
-def round_money(amount: Decimal, currency: str) -> Decimal:
-    """THE rounding rule: half-up to the currency's minor unit (2 for USD, 0 for JPY, 3 for KWD)."""
-    return amount.quantize(Decimal(1).scaleb(-minor_units(currency)), rounding=ROUND_HALF_UP, context=_ROUNDING)
-
-
-def to_minor_units(amount: Decimal, currency: str) -> int:
-    """An already rounded amount as an integer of minor units (cents), as Stripe wants it."""
-    scaled = amount.scaleb(minor_units(currency), context=_ROUNDING)
-    if scaled != scaled.to_integral_value():
-        raise ValueError(f"{amount} {currency} is not rounded to the currency's minor unit")
-    return int(scaled)
+def round_money(amount: Decimal, currency: str, precision: Precision = Precision.ISO) -> Decimal:
+    """THE rounding rule: half-up to the currency's minor unit (2 for USD, 0 for JPY, 3 for KWD;
+    with Stripe: what it can charge, e.g. 2 for KWD, 0 for MGA)."""
+    places = Decimal(1).scaleb(-exponent(currency, precision))
+    return amount.quantize(places, rounding=ROUND_HALF_UP, context=_ROUNDING).quantize(
+        Decimal(1).scaleb(-minor_units(currency)), context=_ROUNDING)
 
 
 def format_money(amount: Decimal, currency: str) -> str:

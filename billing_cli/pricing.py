@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
-from .money import ZERO, round_money
+from .money import ZERO, Precision, exact_sum, round_money
 from .periods import Month
 
 Model = Literal["per_unit", "graduated", "volume", "package"]
@@ -96,7 +96,7 @@ class RatedInvoice:
 
     @property
     def total(self) -> Decimal:
-        return sum((line.amount for line in self.lines), ZERO)
+        return exact_sum(line.amount for line in self.lines)
 
     @property
     def subtotal(self) -> Decimal:
@@ -108,32 +108,35 @@ class RatedInvoice:
         return not self.lines
 
 
-def rate(usage: Mapping[str, Decimal], plan: PricePlan, period: Month, *, fees: bool = True) -> RatedInvoice:
+def rate(usage: Mapping[str, Decimal], plan: PricePlan, period: Month, *, fees: bool = True,
+         precision: Precision = Precision.ISO) -> RatedInvoice:
     """Rate one organization's month. `usage` maps metric -> total quantity for the month. `fees`:
     whether the base fee and the minimum commitment apply (not for a month the organization was
-    not active in: its usage is still billed)."""
+    not active in: its usage is still billed). `precision`: what amounts are rounded to (Stripe's
+    chargeable unit when invoices go to Stripe)."""
     try:
         with _decimal.localcontext(_EXACT):
-            return _rate(usage, plan, period, fees)
+            return _rate(usage, plan, period, fees, precision)
     except (_decimal.Inexact, _decimal.InvalidOperation, _decimal.Overflow):
         raise RatingError("a quantity or price is too large to be priced exactly") from None
 
 
-def _rate(usage: Mapping[str, Decimal], plan: PricePlan, period: Month, fees: bool) -> RatedInvoice:
+def _rate(usage: Mapping[str, Decimal], plan: PricePlan, period: Month, fees: bool,
+          precision: Precision) -> RatedInvoice:
     cur = plan.currency
     lines: list[InvoiceLine] = []
     if fees and plan.base_fee > 0:
         lines.append(InvoiceLine("base_fee", f"{plan.name} plan, monthly fee", Decimal(1), plan.base_fee,
-                                 round_money(plan.base_fee, cur)))
+                                 round_money(plan.base_fee, cur, precision)))
     for price in plan.prices:
         quantity = usage.get(price.metric, ZERO)
         if quantity < 0:
             raise RatingError(f"negative usage for {price.metric}: {quantity}")
         if quantity > 0:
-            lines.extend(price_lines(price, quantity, cur))
-    running = sum((line.amount for line in lines), ZERO)
+            lines.extend(price_lines(price, quantity, cur, precision))
+    running = exact_sum(line.amount for line in lines)
     if fees and plan.minimum_commitment > running and (lines or plan.minimum_commitment > 0):
-        top_up = round_money(plan.minimum_commitment - running, cur)
+        top_up = round_money(plan.minimum_commitment - running, cur, precision)
         lines.append(InvoiceLine("minimum", f"Minimum commitment top-up (to {plan.minimum_commitment:f} {cur})",
                                  Decimal(1), top_up, top_up))
     unpriced = tuple(sorted(m for m, q in usage.items()
@@ -141,8 +144,12 @@ def _rate(usage: Mapping[str, Decimal], plan: PricePlan, period: Month, fees: bo
     return RatedInvoice(plan.id, cur, period, tuple(lines), unpriced)
 
 
-def price_lines(price: Price, quantity: Decimal, currency: str) -> list[InvoiceLine]:
+def price_lines(price: Price, quantity: Decimal, currency: str,
+                precision: Precision = Precision.ISO) -> list[InvoiceLine]:
     """The invoice lines of one metric's monthly quantity."""
+    def _line(*args, **kwargs) -> InvoiceLine:
+        return _rounded_line(*args, precision=precision, **kwargs)
+
     billable = max(quantity - price.included, ZERO)
     free = f" ({_qty(min(quantity, price.included))} included)" if price.included > 0 else ""
     label = f"{price.description}{free}"
@@ -228,10 +235,10 @@ def _volume_tier(tiers: tuple[Tier, ...], quantity: Decimal) -> tuple[Tier, Deci
     raise RatingError(f"quantity {quantity} is above the last tier")  # validation forbids a bounded last tier
 
 
-def _line(kind: LineKind, description: str, quantity: Decimal, unit_price: Decimal, currency: str,
-          metric: str | None, *, billed: Decimal | None = None) -> InvoiceLine:
+def _rounded_line(kind: LineKind, description: str, quantity: Decimal, unit_price: Decimal, currency: str,
+                  metric: str | None, *, billed: Decimal | None = None, precision: Precision) -> InvoiceLine:
     amount = (quantity if billed is None else billed) * unit_price
-    return InvoiceLine(kind, description, quantity, unit_price, round_money(amount, currency), metric)
+    return InvoiceLine(kind, description, quantity, unit_price, round_money(amount, currency, precision), metric)
 
 
 def _qty(value: Decimal) -> str:

@@ -374,3 +374,48 @@ def test_a_second_run_while_the_first_is_running_exits_7_and_touches_nothing(bil
         runs = conn.execute(text("SELECT job, status FROM job_runs")).all()
     assert [tuple(r) for r in runs] == [("invoice-monthly", "succeeded")]  # the second left no trace
     assert len(fake_stripe.invoices) == 3
+
+
+CURRENCY_PLANS = "\n".join(f"""
+[[plan]]
+id = "{code.lower()}"
+name = "{code}"
+currency = "{code}"
+  [[plan.price]]
+  metric = "api_calls"
+  model = "per_unit"
+  unit_price = {price}
+""" for code, price in (("KWD", "0.0012345"), ("ISK", "1.2345"), ("MGA", "1.2345"), ("JPY", "1.2345")))
+
+
+def test_the_pdf_total_is_what_stripe_charges_where_stripe_differs_from_iso(db_url, engine, s3, mail, fake_stripe,
+                                                                            clean_env, tmp_path) -> None:
+    import io
+
+    from pypdf import PdfReader
+
+    from tests.data import add_org, add_usage, set_plan
+
+    plans = tmp_path / "plans.toml"
+    plans.write_text(CURRENCY_PLANS)
+    env = peer_env(db_url, s3, mail, fake_stripe)
+    assert runner.invoke(app, ["plans", "apply", str(plans)], env=env).exit_code == 0
+    with engine.begin() as conn:
+        for code in ("KWD", "ISK", "MGA", "JPY"):
+            add_org(conn, f"org-{code.lower()}", currency=code)
+            set_plan(conn, f"org-{code.lower()}", code.lower())
+            add_usage(conn, f"org-{code.lower()}", "api_calls", "1000")
+
+    result = run(env)
+
+    assert result.exit_code == 0, result.output
+    # 1,000 x 0.0012345 = 1.2345 KWD: Stripe charges tens of fils, so 1.230; ISK 1234.5 -> 1235 (whole
+    # krónur, sent as 123500); MGA 1234.5 -> 1235.00 (zero-decimal at Stripe); JPY 1234.5 -> 1235.
+    expected = {"KWD": ("1.230", 1230), "ISK": ("1235", 123500), "MGA": ("1235.00", 1235), "JPY": ("1235", 1235)}
+    for org, invoice in stored(engine).items():
+        total, stripe_amount = expected[invoice["currency"]]
+        remote = fake_stripe.invoices[invoice["stripe_invoice_id"]]
+        assert (str(invoice["total"]), remote["total"]) == (total, stripe_amount), org
+        pdf = s3.client().get_object(Bucket=s3.bucket, Key=invoice["s3_key"])["Body"].read()
+        text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
+        assert f"{D(total):,} {invoice['currency']}" in text, (org, text)

@@ -12,9 +12,25 @@ from billing_cli.money import (
     decimal,
     format_money,
     format_unit_price,
+    STRIPE_CURRENCIES,
+    Precision,
+    exact_sum,
     round_money,
-    to_minor_units,
+    to_stripe_amount,
 )
+
+# Stripe's rules, written out here from its "Supported currencies" documentation, independently of
+# money.py: the API's decimals, and the step an amount must be a multiple of.
+STRIPE_ZERO = {"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX", "VND", "VUV", "XAF",
+               "XOF", "XPF"}
+STRIPE_THREE = {"BHD", "JOD", "KWD", "OMR", "TND"}
+
+
+def read_as_stripe_does(amount: int, currency: str) -> Decimal:
+    decimals = 0 if currency in STRIPE_ZERO else 3 if currency in STRIPE_THREE else 2
+    step = 100 if currency == "ISK" else 10 if currency in STRIPE_THREE else 1
+    assert amount % step == 0, f"Stripe refuses {amount} {currency}: not a multiple of {step}"
+    return Decimal(amount).scaleb(-decimals)
 
 
 @pytest.mark.parametrize("amount,currency,expected", [
@@ -27,12 +43,35 @@ def test_round_half_up_to_the_minor_unit(amount: str, currency: str, expected: s
     assert rounded == Decimal(expected) and str(rounded) == expected
 
 
-def test_minor_units_for_stripe() -> None:
-    assert to_minor_units(Decimal("12.34"), "USD") == 1234
-    assert to_minor_units(Decimal("1234"), "JPY") == 1234
-    assert to_minor_units(Decimal("1.234"), "KWD") == 1234
-    with pytest.raises(ValueError, match="not rounded"):
-        to_minor_units(Decimal("1.234"), "USD")
+@pytest.mark.parametrize("currency", sorted(STRIPE_CURRENCIES))
+def test_what_we_print_is_what_stripe_charges_in_every_currency_it_supports(currency: str) -> None:
+    for exact in ("1234.5678", "0.4449", "99999.995", "7"):
+        ours = round_money(Decimal(exact), currency, Precision.STRIPE)
+        printed = format_money(ours, currency)
+        charged = read_as_stripe_does(to_stripe_amount(ours, currency), currency)
+        assert charged == ours and printed == format_money(charged, currency), (currency, exact, printed)
+
+
+def test_stripe_precision_where_stripe_differs_from_iso() -> None:
+    stripe = Precision.STRIPE
+    assert round_money(Decimal("1.2345"), "KWD") == Decimal("1.235")  # ISO: three decimals
+    assert round_money(Decimal("1.2345"), "KWD", stripe) == Decimal("1.230")  # Stripe: the last one 0
+    assert to_stripe_amount(Decimal("1.230"), "KWD") == 1230
+    assert round_money(Decimal("1234.56"), "MGA", stripe) == Decimal("1235.00")  # zero-decimal at Stripe
+    assert to_stripe_amount(Decimal("1235.00"), "MGA") == 1235
+    assert to_stripe_amount(Decimal("1235"), "ISK") == 123500  # hundredths of whole krónur
+    with pytest.raises(ValueError, match="cannot be charged by Stripe exactly"):
+        to_stripe_amount(Decimal("1.234"), "KWD")
+    with pytest.raises(CurrencyError, match="Stripe does not charge in IQD"):
+        round_money(Decimal(1), "IQD", stripe)
+
+
+def test_sums_are_exact_far_beyond_28_digits() -> None:
+    lines = [Decimal("123456789012345678901234567.61"), Decimal("0.06")]
+    assert exact_sum(lines) == Decimal("123456789012345678901234567.67")  # sum() rounds to ...567.7
+    assert sum(lines) != exact_sum(lines)
+    with pytest.raises(ArithmeticError):
+        exact_sum([Decimal("1" * 70), Decimal("0.01")])
 
 
 def test_currency_codes() -> None:

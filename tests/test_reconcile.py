@@ -22,7 +22,7 @@ def invoiced(db_url, engine, tmp_path, clean_env, s3, mail, fake_stripe):
     """Two organizations with January events, rolled up, invoiced and delivered everywhere."""
     plans = tmp_path / "plans.toml"
     plans.write_text(PLANS)
-    env = peer_env(db_url, s3, mail, fake_stripe)
+    env = peer_env(db_url, s3, mail, fake_stripe, INVOICE_CONCURRENCY="1")  # numbers in id order
     assert runner.invoke(app, ["plans", "apply", str(plans)], env=env).exit_code == 0
     with engine.begin() as conn:
         for org, plan, currency in (("acme", "pro", "USD"), ("gmbh", "euro", "EUR")):

@@ -29,7 +29,7 @@ from ..delivery.payments import PaymentError
 from ..delivery.ports import Deliveries
 from ..delivery.storage import StorageError, object_key
 from ..invoices import InvoiceDocument, Seller
-from ..money import to_minor_units
+from ..money import to_stripe_amount
 from ..outcomes import Component, Step
 
 # Stripe keeps idempotency keys for about 24 hours; past this age a retry could create a second
@@ -109,7 +109,7 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: St
         with transactions() as conn:
             invoice_store.record_stripe_invoice(conn, invoice.id, stripe_id, status)
 
-    expected = to_minor_units(document.total, document.currency)
+    expected = to_stripe_amount(document.total, document.currency)
     if status == "draft":
         # A draft created by this call has no items of ours, except ones an earlier attempt added
         # under the same idempotency keys, which Stripe replays instead of duplicating: no lookup.
@@ -117,7 +117,7 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: St
         for line_no, line in enumerate(document.lines, start=1):
             if line_no not in present:
                 gateway.add_item(customer, stripe_id, invoice_id=invoice.id, line_no=line_no,
-                                 amount=to_minor_units(line.amount, document.currency),
+                                 amount=to_stripe_amount(line.amount, document.currency),
                                  currency=document.currency, description=line.description)
         current = gateway.retrieve(stripe_id)
         _check_total(current.total, expected, current.currency, document)

@@ -25,7 +25,7 @@ from ..db.engine import Transactions
 from ..delivery.payments import PaymentError, PaymentGateway
 from ..delivery.storage import FileStore, StorageError
 from ..errors import PeerUnavailable
-from ..money import exact_sum, to_minor_units
+from ..money import exact_sum, to_stripe_amount
 from ..outcomes import Job, RunOutcome
 from ..periods import Month
 from ..summary import RunSummary
@@ -188,11 +188,11 @@ def _stripe(invoice: reconcile_store.InvoiceRow, gateway: PaymentGateway) -> lis
     if remote.our_number != number:
         found.append(Difference(Kind.STRIPE_NUMBER, org, number, number, str(remote.our_number),
                                 "the Stripe invoice is not ours: check it in Stripe"))
-    ours = tuple((n, to_minor_units(amount, invoice.currency)) for n, amount in invoice.lines)
+    ours = tuple((n, to_stripe_amount(amount, invoice.currency)) for n, amount in invoice.lines)
     if remote.lines != ours:
         found.append(Difference(Kind.STRIPE_LINES, org, number, _lines(ours), _lines(remote.lines),
                                 "the Stripe invoice's lines were changed: check it in Stripe"))
-    total = to_minor_units(invoice.total, invoice.currency)
+    total = to_stripe_amount(invoice.total, invoice.currency)
     if remote.total != total or remote.currency.lower() != invoice.currency.lower():
         found.append(Difference(Kind.STRIPE_TOTAL, org, number, f"{total} {invoice.currency}",
                                 f"{remote.total} {remote.currency.upper()}", "Stripe charges another amount than "

@@ -15,6 +15,7 @@ from ..errors import UsageError
 from ..invoices import Seller
 from ..jobs.invoicing import InvoiceOptions, InvoiceRunResult, OrgOutcome, invoice_month
 from ..delivery.ports import Deliveries
+from ..money import Precision
 from ..outcomes import DELIVERY_STEPS, Job, Step
 from ..periods import Month, invoicing_month, utc_now
 from ..schedules import parse_schedule
@@ -100,6 +101,8 @@ def resolve(job: Job, request: InvoiceRequest, settings: Settings, now: datetime
         batch_size=request.batch_size or settings.batch_size, render_processes=settings.render_processes,
         delivery_steps=tuple(Step(step) for step in settings.enabled_deliveries),
         late_usage_months=settings.late_usage_months,
+        # Invoices charged through Stripe are kept in amounts Stripe can charge exactly (money.py).
+        precision=Precision.STRIPE if settings.stripe_enabled else Precision.ISO,
         keep_plan=request.keep_plan and dry_run)
 
 

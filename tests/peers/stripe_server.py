@@ -203,6 +203,18 @@ def _integer(params: Params, name: str, *, minimum: int | None = None,
     return value
 
 
+# Stripe's amount rules (docs: Supported currencies, "Special cases"): ISK amounts are whole
+# krónur in hundredths, and three-decimal currencies need a last digit of 0.
+_STEP = {"isk": 100, "bhd": 10, "jod": 10, "kwd": 10, "omr": 10, "tnd": 10}
+
+
+def _check_chargeable(amount: int, currency: str) -> None:
+    step = _STEP.get(currency.lower(), 1)
+    if amount % step:
+        raise _param_error(f"Invalid amount. Currency {currency.upper()} amounts must be evenly divisible by {step}.",
+                           "amount", "invalid_charge_amount_no_decimal_compatible")
+
+
 def _boolean(params: Params, name: str) -> bool | None:
     text = _string(params, name)
     if text is None:
@@ -674,6 +686,7 @@ class _Account:
             amount = int((unit * quantity).quantize(Decimal(1), rounding=ROUND_HALF_UP))
         else:
             unit = Decimal(amount or 0)
+        _check_chargeable(amount or 0, currency or customer["currency"] or "usd")
         now = self._now()
         item: Obj = {
             "id": self._new_id("ii"), "object": "invoiceitem", "amount": amount,

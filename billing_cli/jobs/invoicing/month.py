@@ -81,7 +81,8 @@ def _run(transactions: Transactions, options: InvoiceOptions, handler: PlanHandl
          only: list[str] | None, live_hours: list[datetime],
          on_outcome: Callable[[OrgOutcome], None] | None) -> None:
     rules = PlanRules(options.month, options.regenerate, options.delivery_steps,
-                      keep_pdf_files=options.output_dir is not None, late_usage_months=options.late_usage_months)
+                      keep_pdf_files=options.output_dir is not None, late_usage_months=options.late_usage_months,
+                      precision=options.precision)
 
     def collect(outcome: OrgOutcome) -> None:
         result.add(outcome)

@@ -12,6 +12,7 @@ from ...db.usage_store import Shard
 from ...delivery.pdf import render_invoice
 from ...delivery.ports import Deliveries
 from ...invoices import InvoiceDocument, Seller
+from ...money import Precision
 from ...outcomes import Job, Step
 from ...periods import Month
 
@@ -38,6 +39,7 @@ class InvoiceOptions:
     renderer: Callable[[InvoiceDocument, Seller], bytes] = render_invoice
     keep_plan: bool = False  # keep every organization's outcome in the result (a dry run's --json plan)
     late_usage_months: int = 3  # earlier months whose changed usage an invoice adjusts (LATE_USAGE_MONTHS)
+    precision: Precision = Precision.ISO  # STRIPE when invoices go to Stripe: amounts it can charge exactly
 
     def pdf_file(self, month: Month, number: str) -> Path:
         """Where an invoice's PDF is written in the output folder."""

@@ -16,6 +16,7 @@ from ...db.billing_history import OrgHistory
 from ...db.invoice_store import StoredInvoice
 from ...db.usage_store import OrganizationRow
 from ...delivery.invoice_email import BadAddress, check_address, check_header_value
+from ...money import CurrencyError, Precision
 from ...outcomes import Step
 from ...periods import Month
 from ...pricing import PricePlan, RatingError
@@ -40,6 +41,7 @@ class PlanRules:
     deliveries: tuple[Step, ...] = ()  # the delivery steps that are on
     keep_pdf_files: bool = False  # PDFs are also written to an output folder
     late_usage_months: int = 3  # how many earlier months an invoice adjusts for late usage
+    precision: Precision = Precision.ISO  # what amounts are rounded to (STRIPE: what Stripe can charge)
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def plan_organization(org: OrganizationRow, usage: Mapping[str, Decimal], plans:
     warnings = _too_old(history, rules)
     if existing is not None and not rules.regenerate:
         steps = _missing_steps(existing, rules, pdf_file_missing)
-        late = _late_usage(org, usage, plans, history, month)
+        late = _late_usage(org, usage, plans, history, month, rules.precision)
         return OrgPlan(org, Action.COMPLETE if steps else Action.SKIP, existing=existing, steps=steps,
                        warnings=warnings, late=late, history=history)
     problem = _data_problem(org, plans)
@@ -95,8 +97,8 @@ def plan_organization(org: OrganizationRow, usage: Mapping[str, Decimal], plans:
     try:
         invoice = compose(month, usage, plan, fees=lambda period: fees_apply(org, period),
                           own=own.without(replaced) if own is not None else None, earlier=earlier,
-                          credit_balance=credit_balance(history.credits, without=replaced))
-    except RatingError as exc:
+                          credit_balance=credit_balance(history.credits, without=replaced), precision=rules.precision)
+    except (RatingError, CurrencyError) as exc:
         return OrgPlan(org, Action.REFUSE, existing=existing, problem=str(exc), history=history)
     if invoice.is_empty:
         return OrgPlan(org, Action.VOID if existing is not None else Action.NOTHING_TO_BILL, existing=existing,
@@ -118,7 +120,7 @@ def fees_apply(org: OrganizationRow, period: Month) -> bool:
 
 
 def _late_usage(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str, PricePlan],
-                history: OrgHistory, month: Month) -> PeriodDelta | None:
+                history: OrgHistory, month: Month, precision: Precision) -> PeriodDelta | None:
     """For an invoiced month: what its usage now adds to (or takes from) what was billed for it
     (late, deleted or corrected events), billed on the next invoice. None when nothing changed."""
     record = history.own if org.usage_revision > history.own_billed_revision else None
@@ -127,8 +129,8 @@ def _late_usage(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mappi
         return None
     try:
         delta = period_delta(PeriodRecord(month, usage, record.billed, record.billed_usage), plan,
-                             fees=fees_apply(org, month), label=f"Adjustment for {month.label}")
-    except RatingError:
+                             fees=fees_apply(org, month), label=f"Adjustment for {month.label}", precision=precision)
+    except (RatingError, CurrencyError):
         return None  # reported when the next invoice is planned
     return None if delta.is_empty else delta
 
