@@ -17,12 +17,31 @@ organization's history. It then times, on the same data and in the same run:
            PostgreSQL then switches to a generic plan (what a naive script gets);
       (c2) prepare_threshold=None: never prepared, so a custom plan for every organization.
 
-(a), (b) and (c) aggregate only the measured hour. usage_hourly and aggregated_hours are
-truncated before every measurement, so each one is the same fresh first aggregation; (a) and (b)
-alternate their order. Every run's usage_hourly must equal the first run's, whose per-metric totals
-must equal the generator's (exact decimals): otherwise the script stops with an error.
+  (d) the "late hours" check that the scheduled run (no --hour) makes before its window:
+      `billing_cli.db.usage_rollup.late_hours(conn, before)`, in-process on one SQLAlchemy
+      connection (billing_cli.db.engine.make_engine), one transaction per call, like
+      jobs/aggregate.find_late_hours. It reads the events received since the last roll-up (minus
+      an hour of margin) through the BRIN index on received_at, and usage_event_changes.
+
+(a), (b) and (c) aggregate only the measured hour. usage_hourly, aggregated_hours and
+usage_revisions are truncated before every measurement, so each one is the same fresh first
+aggregation; (a) and (b) alternate their order, and (d) follows each pair. Every run's
+usage_hourly must equal the first run's, whose per-metric totals must equal the generator's (exact
+decimals): otherwise the script stops with an error.
 Targets: (a) <= 1.3 x (b), and (a) >= 10 x faster than (c); the ratio is reported for (c1) and
-(c2), and --check requires both.
+(c2), and --check requires both. (d) is reported as a share of (b), the statement that the check
+precedes, and flagged EXPENSIVE above 15% (no --check target); its plan (EXPLAIN ANALYZE) is printed.
+
+Arrival times, for (d): events arrive as they occur. The data's timeline is shifted to the present:
+with T the top of the UTC hour at which the load begins, the measured hour's events have received_at
+in the hour before T (occurred_at's offset in its hour plus 0.05-3 s), the hour before it in the
+hour before that, and so on (the table is filled in arrival order, as in production). For (d),
+aggregated_hours holds a year of hourly runs, the last one at T - 1 hour (it rolled up the hour
+before the measured one, with its lookback), and usage_event_changes is empty: the situation of the
+scheduled run at T, whose window with the default lookback (2 hours) is [HOUR - 2 h, HOUR + 1 h), so
+`before` = HOUR - 2 h. Its check must find no late hour; afterwards, one late event (occurred 5 hours
+before the measured hour, received now) is added in a transaction that is rolled back, and the check
+must then find exactly that hour.
 
 If a naive loop over every organization would take more than ~2 minutes, it is timed on an evenly
 spaced sample of organizations and extrapolated linearly (the output says so).
@@ -56,11 +75,15 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from billing_cli.db.usage_rollup import APPLY_SQL
+from billing_cli.db.usage_rollup import APPLY_SQL, late_hours
 
 HOUR_ARG = "2024-01-31T13"
 HOUR_START = datetime(2024, 1, 31, 13, tzinfo=UTC)
 HOUR_END = HOUR_START + timedelta(hours=1)
+LOOKBACK = timedelta(hours=2)  # AGGREGATE_LOOKBACK_HOURS' default: the scheduled run's window starts 2 h earlier
+LATE_BEFORE = HOUR_START - LOOKBACK  # late_hours(conn, before): the scheduled run's window start
+LATE_CHECK_EXPENSIVE = 0.15  # (d) above this share of (b) is reported as expensive
+PREVIOUS_RUNS = 365 * 24  # hourly runs recorded in aggregated_hours for (d)
 SCRATCH_DB = "billing_bench_aggregate"
 DEFAULT_ADMIN_URL = "postgresql://root@127.0.0.1:5432/test"
 METRIC_NAMES = ["api_calls", "storage_gb_hours", "compute_seconds", "egress_gb", "seats",
@@ -152,9 +175,13 @@ def org_ids(count: int) -> list[str]:
 
 
 def write_hour(copy: psycopg.Copy, rng: random.Random, orgs: Sequence[str], metrics: Sequence[str],
-               hour_start: datetime, events: int, truth: Truth | None) -> None:
-    """`events` events spread uniformly over one hour, in chunks of COPY FROM STDIN text."""
+               hour_start: datetime, events: int, truth: Truth | None, arrival_shift: timedelta) -> None:
+    """`events` events spread uniformly over one hour, in chunks of COPY FROM STDIN text. Each
+    arrives (received_at) at occurred_at + arrival_shift (whole hours) + 0.05-3 s; the delay is
+    derived from the instant, not drawn, so the events themselves are what the seed always gave."""
     hour_prefix = hour_start.strftime("%Y-%m-%d %H")
+    arrival_hour = f"{hour_start + arrival_shift:%Y-%m-%d %H}:"
+    arrival_next = f"{hour_start + arrival_shift + timedelta(hours=1):%Y-%m-%d %H}:"
     chunk = 50_000
     for first in range(0, events, chunk):
         lines = []
@@ -166,11 +193,17 @@ def write_hour(copy: psycopg.Copy, rng: random.Random, orgs: Sequence[str], metr
             micros = rng.randrange(3_600_000_000)
             seconds, micro = divmod(micros, 1_000_000)
             minute, second = divmod(seconds, 60)
+            received = micros + 50_000 + micros * 2_654_435_761 % 2_950_000
+            arrival = arrival_hour
+            if received >= 3_600_000_000:
+                received, arrival = received - 3_600_000_000, arrival_next
+            r_seconds, r_micro = divmod(received, 1_000_000)
             if truth is not None:
                 truth.events[metric] += 1
                 truth.hundredths[metric] += cents
             lines.append(f"{org}\t{metric}\t{cents // 100}.{cents % 100:02d}\t"
-                         f"{hour_prefix}:{minute:02d}:{second:02d}.{micro:06d}+00\n")
+                         f"{hour_prefix}:{minute:02d}:{second:02d}.{micro:06d}+00\t"
+                         f"{arrival}{r_seconds // 60:02d}:{r_seconds % 60:02d}.{r_micro:06d}+00\n")
         copy.write("".join(lines))
 
 
@@ -182,6 +215,7 @@ class Loaded:
     hour_seconds: float
     vacuum_seconds: float
     table_size: str
+    arrival_shift: timedelta  # received_at = occurred_at + this (+ seconds): the timeline ends at T
 
 
 def load_data(conn: psycopg.Connection, args: argparse.Namespace) -> Loaded:
@@ -189,7 +223,10 @@ def load_data(conn: psycopg.Connection, args: argparse.Namespace) -> Loaded:
     table's physical order is arrival order, as in production. COPY FROM STDIN throughout."""
     orgs = org_ids(args.organizations)
     metrics = METRIC_NAMES[:args.metrics]
-    copy_events = "COPY usage_events (organization_id, metric, quantity, occurred_at) FROM STDIN"
+    copy_events = "COPY usage_events (organization_id, metric, quantity, occurred_at, received_at) FROM STDIN"
+    # T, the top of the current hour: the measured hour's events arrived in the hour before it.
+    now_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    shift = now_hour - HOUR_END
     with conn.transaction(), conn.cursor() as cur:
         with cur.copy("COPY organizations (id, name, email, status) FROM STDIN") as copy:
             copy.write("".join(f"{o}\tOrganization {o}\tbilling+{o}@example.com\tactive\n" for o in orgs))
@@ -201,7 +238,7 @@ def load_data(conn: psycopg.Connection, args: argparse.Namespace) -> Loaded:
             break
         with conn.transaction(), conn.cursor() as cur, cur.copy(copy_events) as copy:
             write_hour(copy, history_rng, orgs, metrics, HOUR_START - back * timedelta(hours=1),
-                       args.history_rate, None)
+                       args.history_rate, None, shift)
         done = args.history_hours - back + 1
         if done % 6 == 0 or done == args.history_hours:
             print(f"  history: {done}/{args.history_hours} hours, {time.perf_counter() - started:.0f} s",
@@ -211,7 +248,7 @@ def load_data(conn: psycopg.Connection, args: argparse.Namespace) -> Loaded:
     started = time.perf_counter()
     truth = Truth({m: 0 for m in metrics}, {m: 0 for m in metrics})
     with conn.transaction(), conn.cursor() as cur, cur.copy(copy_events) as copy:
-        write_hour(copy, random.Random(args.seed), orgs, metrics, HOUR_START, args.events, truth)
+        write_hour(copy, random.Random(args.seed), orgs, metrics, HOUR_START, args.events, truth, shift)
     hour_seconds = time.perf_counter() - started
 
     # VACUUM as well as ANALYZE: sets hint bits and the visibility map now, so that the first
@@ -222,13 +259,15 @@ def load_data(conn: psycopg.Connection, args: argparse.Namespace) -> Loaded:
     vacuum_seconds = time.perf_counter() - started
     size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('usage_events'))").fetchone()[0]
     return Loaded(truth, args.history_hours * args.history_rate, history_seconds, hour_seconds,
-                  vacuum_seconds, size)
+                  vacuum_seconds, size, shift)
 
 
 # --- the three measurements ------------------------------------------------------------------
 
 def reset(conn: psycopg.Connection) -> None:
-    conn.execute("TRUNCATE usage_hourly, aggregated_hours")
+    # usage_revisions too: the roll-up statement raises each changed organization's revision of the
+    # month, so without it every run after the first would update, not insert, those rows.
+    conn.execute("TRUNCATE usage_hourly, aggregated_hours, usage_revisions")
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -278,6 +317,64 @@ def run_naive(url: str, organizations: Sequence[str] | None, variant: str, *, co
             conn.commit()
         else:
             conn.rollback()
+
+
+# --- (d): the scheduled run's late-hours check ------------------------------------------------
+
+@dataclass
+class LateCheck:
+    times: list[float] = field(default_factory=list)
+    found_after_late_event: list[datetime] = field(default_factory=list)
+    late_event_hour: datetime | None = None
+    plan: list[str] = field(default_factory=list)
+
+
+def late_check_state(conn: psycopg.Connection, args: argparse.Namespace, loaded: Loaded) -> None:
+    """aggregated_hours as the scheduled run at T finds it: a year of hourly runs, each hour rolled
+    up by the run at its end and again by the next two (the lookback); the last run was at T - 1 h
+    (+2 s, its duration). No in-place edits pending (usage_event_changes empty)."""
+    conn.execute("TRUNCATE aggregated_hours, usage_event_changes")
+    conn.execute("""
+        INSERT INTO aggregated_hours (hour_start, aggregated_at, event_count, last_received_at)
+        SELECT h, least(h + interval '3 hours', %(measured)s) + %(shift)s + interval '2 seconds',
+               CASE WHEN h >= %(history)s THEN %(rate)s ELSE 0 END,
+               CASE WHEN h >= %(history)s THEN h + interval '1 hour' + %(shift)s END
+        FROM generate_series(%(measured)s - %(runs)s * interval '1 hour', %(measured)s - interval '1 hour',
+                             interval '1 hour') AS h
+    """, {"measured": HOUR_START, "shift": loaded.arrival_shift, "runs": PREVIOUS_RUNS,
+          "history": HOUR_START - args.history_hours * timedelta(hours=1), "rate": args.history_rate})
+    conn.execute("ANALYZE aggregated_hours")
+
+
+def time_late_check(engine) -> float:
+    """One late-hours check, as the job makes it: its own transaction, on a connected engine."""
+    with engine.begin() as conn:
+        started = time.perf_counter()
+        found = late_hours(conn, LATE_BEFORE)
+        seconds = time.perf_counter() - started
+    if found:
+        raise BenchError(f"(d) found late hours {found} in data that has none")
+    return seconds
+
+
+def late_check_extras(engine, check: LateCheck) -> None:
+    """Its plan, and one late event (rolled back): the check must then find exactly its hour."""
+    from sqlalchemy import text
+
+    (statement, params), = common.captured_statements(late_hours, LATE_BEFORE)
+    with engine.begin() as conn:
+        check.plan = common.explain_analyze(conn, statement, params)
+    check.late_event_hour = HOUR_START - timedelta(hours=5)
+    with engine.connect() as conn, conn.begin() as transaction:
+        conn.execute(text("INSERT INTO usage_events (organization_id, metric, quantity, occurred_at) "
+                          "VALUES (:org, :metric, 1, :at)"),
+                     {"org": org_ids(1)[0], "metric": METRIC_NAMES[0],
+                      "at": check.late_event_hour + timedelta(minutes=17)})
+        check.found_after_late_event = late_hours(conn, LATE_BEFORE)
+        transaction.rollback()
+    if check.found_after_late_event != [check.late_event_hour]:
+        raise BenchError(f"(d) after one late event for {check.late_event_hour:%Y-%m-%dT%H}:00Z the check found "
+                         f"{check.found_after_late_event}")
 
 
 # --- verification ----------------------------------------------------------------------------
@@ -363,25 +460,38 @@ def measure_naive(conn: psycopg.Connection, url: str, args: argparse.Namespace, 
 
 
 def measure_job_and_floor(conn: psycopg.Connection, url: str, args: argparse.Namespace, script: Path,
-                          truth: Truth) -> tuple[list[float], list[float], list[tuple]]:
+                          loaded: Loaded) -> tuple[list[float], list[float], LateCheck, list[tuple]]:
+    from billing_cli.db.engine import make_engine
+
     billing, env = common.billing_executable(), billing_env(url)
     # Warm-up (untimed): the first aggregation, kept as the reference every timed run must equal.
     reset(conn)
     run_billing(billing, env)
-    totals = save_reference(conn, truth, args.events)
+    totals = save_reference(conn, loaded.truth, args.events)
     job: list[float] = []
     floor: list[float] = []
-    for i in range(args.repeat):
-        order = [("a", job), ("b", floor)] if i % 2 == 0 else [("b", floor), ("a", job)]
-        for name, times in order:
-            reset(conn)
-            if name == "a":
-                times.append(timed(lambda: run_billing(billing, env)))
-            else:
-                times.append(timed(lambda: run_psql(url, script)))
-            verify(conn, f"({name}) run {i + 1}")
-            print(f"  ({name}) run {i + 1}: {times[-1]:.3f} s", flush=True)
-    return job, floor, totals
+    late = LateCheck()
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.connect() as warm:  # connected before the timing, like the job's pool
+            warm.exec_driver_sql("SELECT 1")
+        for i in range(args.repeat):
+            order = [("a", job), ("b", floor)] if i % 2 == 0 else [("b", floor), ("a", job)]
+            for name, times in order:
+                reset(conn)
+                if name == "a":
+                    times.append(timed(lambda: run_billing(billing, env)))
+                else:
+                    times.append(timed(lambda: run_psql(url, script)))
+                verify(conn, f"({name}) run {i + 1}")
+                print(f"  ({name}) run {i + 1}: {times[-1]:.3f} s", flush=True)
+            late_check_state(conn, args, loaded)
+            late.times.append(time_late_check(engine))
+            print(f"  (d) run {i + 1}: {late.times[-1]:.3f} s", flush=True)
+        late_check_extras(engine, late)
+    finally:
+        engine.dispose()
+    return job, floor, late, totals
 
 
 def runs(times: Sequence[float], factor: float = 1.0) -> str:
@@ -389,9 +499,11 @@ def runs(times: Sequence[float], factor: float = 1.0) -> str:
 
 
 def report(args: argparse.Namespace, machine: dict[str, str], job: list[float], floor: list[float],
-           naives: list[Naive], totals: list[tuple], loaded: Loaded) -> bool:
+           naives: list[Naive], totals: list[tuple], loaded: Loaded, late: LateCheck) -> bool:
     a, b = statistics.median(job), statistics.median(floor)
+    d = statistics.median(late.times)
     a_over_b = a / b
+    now_hour = HOUR_END + loaded.arrival_shift
     ok = a_over_b <= 1.3
     history = ("no history" if not loaded.history_events else
                f"history: {loaded.history_events:,} events in the {args.history_hours} hours before it "
@@ -417,6 +529,7 @@ def report(args: argparse.Namespace, machine: dict[str, str], job: list[float], 
     for naive in naives:
         label = f"({naive.variant}) {NAIVE_VARIANTS[naive.variant][0]}"
         lines.append(f"{label:45} {naive.median:9.3f}   {runs(naive.times, naive.factor)}")
+    lines.append(f"{'(d) late-hours check (late_hours, in-process)':45} {d:9.3f}   {runs(late.times)}")
     for naive in naives:
         lines.append(f"    ({naive.variant}): " + (
             "all organizations" if naive.sample is None else
@@ -432,6 +545,22 @@ def report(args: argparse.Namespace, machine: dict[str, str], job: list[float], 
         ok_c = ratio >= 10
         ok = ok and ok_c
         lines.append(f"{naive.variant} / a = {ratio:6.1f}   target >= 10     {'PASS' if ok_c else 'FAIL'}")
+    expensive = d / b > LATE_CHECK_EXPENSIVE
+    lines += [
+        "",
+        f"(d) late-hours check: {d:.3f} s = {d / b:.3f} x (b)   "
+        + (f"EXPENSIVE: more than {LATE_CHECK_EXPENSIVE:.0%} of the bare one-hour statement (plan below)"
+           if expensive else f"(under {LATE_CHECK_EXPENSIVE:.0%} of (b))"),
+        f"    the scheduled run at T = {now_hour:%Y-%m-%dT%H:%M}Z for the hour {HOUR_ARG}: late_hours(conn, "
+        f"{LATE_BEFORE:%Y-%m-%dT%H}:00Z), its window with the default lookback starting 2 h before the hour;",
+        f"    aggregated_hours: {PREVIOUS_RUNS:,} hourly runs, the last at T - 1 h; received_at: the measured hour's "
+        "events in [T - 1 h, T), each earlier hour's an hour earlier;",
+        f"    found no late hour (every run); with one late event added for {late.late_event_hour:%Y-%m-%dT%H}:17Z "
+        "(received now, rolled back): found "
+        + ", ".join(f"{h:%Y-%m-%dT%H}:00Z" for h in late.found_after_late_event),
+        "    plan of (d), EXPLAIN (ANALYZE, BUFFERS), once after the timed runs:",
+        *(f"      {line}" for line in late.plan),
+    ]
     lines += [
         "",
         "usage_hourly per metric (identical for every run of (a), (b), (c); equal to the generated events):",
@@ -459,13 +588,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{loaded.vacuum_seconds:.0f} s; usage_events {loaded.table_size}", flush=True)
             with tempfile.TemporaryDirectory(prefix="bench-aggregate-") as tmp:
                 script = psql_script(Path(tmp) / "apply.sql")
-                print("timing (a) and (b) ...", flush=True)
-                job, floor, totals = measure_job_and_floor(conn, url, args, script, loaded.truth)
+                print("timing (a), (b) and (d) ...", flush=True)
+                job, floor, late, totals = measure_job_and_floor(conn, url, args, script, loaded)
             naives = []
             for variant in NAIVE_VARIANTS:
                 print(f"timing ({variant}) ...", flush=True)
                 naives.append(measure_naive(conn, url, args, variant))
-        met = report(args, machine, job, floor, naives, totals, loaded)
+        met = report(args, machine, job, floor, naives, totals, loaded, late)
     except BenchError as exc:
         print(f"\nERROR: {exc}", file=sys.stderr)
         return 2

@@ -29,9 +29,16 @@ times each (median):
   (b) the month's bare GROUP BY over the raw events, by psql (`-X -q -A -t -o /dev/null`, PGTZ=UTC):
       SELECT organization_id, metric, sum(quantity) FROM usage_events
       WHERE occurred_at >= '2024-01-01' AND occurred_at < '2024-02-01' GROUP BY 1, 2
+  and, to explain (a), not held to a target:
+  (c) `billing reconcile --month 2024-01 --org bench-none --plain`: the same process for an
+      organization id with no data (every query is limited to it by an index): the fixed cost of
+      a run (interpreter and imports, settings, connection, the job_runs row);
+  (d) the same GROUP BY by psql on usage_hourly (hour_start in the month): the roll-up side that
+      reconcile compares the events with.
 
-Both run under GNU time (/usr/bin/time): wall time measured around the process, peak RSS and CPU
-from time's wait4 of that one process (see common.run_measured). Target: a / b <= 2.0.
+All run under GNU time (/usr/bin/time): wall time measured around the process, peak RSS and CPU
+from time's wait4 of that one process (see common.run_measured); each round runs them in a
+rotated order. Target: a / b <= 2.0.
 
 Correctness: before the timing, reconcile on the clean data must exit 0 and report 0 differences
 and every issued invoice checked; after it, one late event is added (an organization's api_calls,
@@ -89,6 +96,9 @@ MISMATCH_EXIT = 11
 
 FLOOR_SQL = ("SELECT organization_id, metric, sum(quantity) FROM usage_events "
              "WHERE occurred_at >= '2024-01-01' AND occurred_at < '2024-02-01' GROUP BY 1, 2")
+HOURLY_SQL = ("SELECT organization_id, metric, sum(quantity) FROM usage_hourly "
+              "WHERE hour_start >= '2024-01-01' AND hour_start < '2024-02-01' GROUP BY 1, 2")
+NO_SUCH_ORG = "bench-none"
 
 LATE_EVENT = ("api_calls", Decimal(7), "2024-01-20 10:30:00+00", "bench-late-event")
 
@@ -315,19 +325,19 @@ def roll_up_and_invoice(conn: psycopg.Connection, url: str, args: argparse.Names
 
 # --- the measured processes ----------------------------------------------------------------------
 
-def reconcile(url: str) -> common.Measured:
-    return common.run_measured([common.billing_executable(), "reconcile", "--month", MONTH_ARG, "--plain"],
+def reconcile(url: str, *extra: str) -> common.Measured:
+    return common.run_measured([common.billing_executable(), "reconcile", "--month", MONTH_ARG, "--plain", *extra],
                                job_env(url), check=False)
 
 
-def floor(url: str) -> common.Measured:
+def psql(url: str, statement: str = FLOOR_SQL) -> common.Measured:
     return common.run_measured(["psql", "-X", "-q", "-A", "-t", "-o", os.devnull, "-v", "ON_ERROR_STOP=1",
-                                "-d", url, "-c", FLOOR_SQL], {**os.environ, "PGTZ": "UTC"})
+                                "-d", url, "-c", statement], {**os.environ, "PGTZ": "UTC"})
 
 
-def reconcile_clean(url: str, invoices: int, label: str) -> common.Measured:
+def reconcile_clean(url: str, invoices: int, label: str, *extra: str) -> common.Measured:
     """A reconcile run that must find everything in order."""
-    run = reconcile(url)
+    run = reconcile(url, *extra)
     summary = (common.plain_records(run.stdout, "summary") or [{}])[-1]
     if run.returncode != 0 or summary.get("differences") != "0" or summary.get("outcome") != "ok" \
             or summary.get("invoices") != str(invoices):
@@ -402,11 +412,12 @@ def explain_queries(url: str) -> list[str]:
                 for statement, params in common.captured_statements(fn, month, None):
                     plan = common.explain_analyze(conn, statement, params, fmt="JSON")[0]
                     seconds = plan["Execution Time"] / 1000
-                    detail = ""
+                    jit = plan.get("JIT", {}).get("Timing", {}).get("Total", 0.0) / 1000
+                    detail = f" (JIT {jit:.2f} s)" if jit else ""
                     if fn is reconcile_store.usage_differences:
                         parts: dict[str, float] = {}
                         _branches(plan["Plan"], {"usage_events", "usage_hourly", "invoice_usage"}, parts)
-                        detail = "; of which " + ", ".join(
+                        detail += "; of which " + ", ".join(
                             f"{name} GROUP BY {parts[name]:.2f} s" for name in
                             ("usage_events", "usage_hourly", "invoice_usage") if name in parts)
                     lines.append(f"  {fn.__name__:24} {seconds:7.2f} s{detail}")
@@ -422,12 +433,17 @@ def runs(values: Sequence[float], fmt: str = "{:.3f}") -> str:
 
 
 def report(args: argparse.Namespace, machine: dict[str, str], loads: tuple[str, str], loaded: Loaded,
-           prepared: Prepared, job: list[common.Measured], flr: list[common.Measured], late_line: str,
-           where: list[str]) -> bool:
-    a, b = statistics.median(r.seconds for r in job), statistics.median(r.seconds for r in flr)
+           prepared: Prepared, times: dict[str, list[common.Measured]], late_line: str, where: list[str]) -> bool:
+    med = {k: statistics.median(r.seconds for r in v) for k, v in times.items()}
+    a, b, c, d = med["a"], med["b"], med["c"], med["d"]
     ratio = a / b
     ok = ratio <= TARGET_RATIO
-    own = [float((common.plain_records(r.stdout, "summary") or [{}])[-1].get("seconds", "nan")) for r in job]
+    own = [float((common.plain_records(r.stdout, "summary") or [{}])[-1].get("seconds", "nan")) for r in times["a"]]
+    labels = {"a": "(a) billing reconcile --month 2024-01", "b": "(b) psql: the month GROUP BY on usage_events",
+              "c": "(c) billing reconcile ... --org bench-none", "d": "(d) psql: the month GROUP BY on usage_hourly"}
+    rows = [f"{labels[k]:46} {med[k]:9.3f} {max(r.rss_mib for r in v):8.1f} "
+            f"{statistics.median(r.cpu_seconds for r in v):6.2f}   {runs([r.seconds for r in v])}"
+            for k, v in times.items()]
     pct = ", ".join(f"{m} {loaded.truth.events[m]:,}" for m in loaded.truth.events)
     lines = [
         "",
@@ -444,29 +460,30 @@ def report(args: argparse.Namespace, machine: dict[str, str], loads: tuple[str, 
         f"{prepared.hourly_size} with indexes; (organization, metric) pairs: {prepared.pairs:,}",
         f"      rolled up by aggregate-hourly --from 2024-01-01T00 --to 2024-01-31T23 in {prepared.rollup_seconds:.0f} s; "
         f"invoiced by invoice-monthly in {prepared.invoice_seconds:.0f} s: {prepared.invoices:,} invoices",
-        f"runs: whole processes under /usr/bin/time, (a) and (b) alternating, repeat={args.repeat}, median; "
-        "Stripe, S3 and e-mail off",
+        f"runs: whole processes under /usr/bin/time, (a) (b) (c) (d) in a rotated order each round, "
+        f"repeat={args.repeat}, median; Stripe, S3 and e-mail off",
         "",
-        f"{'':44} {'median s':>9} {'RSS MiB':>8} {'CPU s':>6}   runs (s)",
-        f"{'(a) billing reconcile --month 2024-01':44} {a:9.3f} {max(r.rss_mib for r in job):8.1f} "
-        f"{statistics.median(r.cpu_seconds for r in job):6.2f}   {runs([r.seconds for r in job])}",
-        f"{'(b) psql: the month GROUP BY on usage_events':44} {b:9.3f} {max(r.rss_mib for r in flr):8.1f} "
-        f"{statistics.median(r.cpu_seconds for r in flr):6.2f}   {runs([r.seconds for r in flr])}",
+        f"{'':46} {'median s':>9} {'RSS MiB':>8} {'CPU s':>6}   runs (s)",
+        *rows,
         f"    (a)'s own timer (summary seconds=): median {statistics.median(own):.2f} s; RSS = the highest peak "
         "of the runs; CPU = the process's user+sys (the server's work is not in it)",
+        f"    a = b + d + c + the rest (joins, invoices, fees owed): {a:.2f} = {b:.2f} + {d:.2f} + {c:.2f} "
+        f"+ {a - b - c - d:.2f} s",
         "",
-        "where (a)'s time goes (EXPLAIN ANALYZE of reconcile_store's queries, once, in-process; server time):",
+        "reconcile's queries under EXPLAIN ANALYZE (captured from reconcile_store; once, in-process; server time,",
+        "inflated by EXPLAIN's per-row timing):",
         *where,
         "",
-        "verified: every (a) run exit 0, differences=0, invoices=" f"{prepared.invoices:,}; usage_hourly and the "
-        "invoices' billed usage per metric = the generated events",
+        f"verified: every (a) run exit 0, differences=0, invoices={prepared.invoices:,}; every (c) run exit 0, "
+        "differences=0, invoices=0;",
+        "          usage_hourly and the invoices' billed usage per metric = the generated events",
         "one late event added (api_calls, 2024-01-20 10:30Z): exit 11 with exactly this difference:",
         f"  {late_line}",
         "          removed again: exit 0, differences=0",
         "",
         f"a - b: {a - b:.3f} s",
         f"a / b = {ratio:5.2f}   target <= {TARGET_RATIO:.1f}   {'PASS' if ok else 'FAIL'}",
-        f"peak RSS of (a): {max(r.rss_mib for r in job):.1f} MiB",
+        f"peak RSS of (a): {max(r.rss_mib for r in times['a']):.1f} MiB",
     ]
     print("\n".join(lines), flush=True)
     return ok
@@ -498,26 +515,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        f"SELECT count(*) FROM ({FLOOR_SQL}) f"], {**os.environ, "PGTZ": "UTC"})
             if rows.stdout.strip() != str(prepared.pairs):
                 raise BenchError(f"the GROUP BY returns {rows.stdout.strip()} rows, expected {prepared.pairs}")
-            floor(url)
+            psql(url)
+            psql(url, HOURLY_SQL)
 
-            print("timing (a) and (b) ...", flush=True)
-            job: list[common.Measured] = []
-            flr: list[common.Measured] = []
+            print("timing (a), (b), (c), (d) ...", flush=True)
+            measure = {
+                "a": lambda i: reconcile_clean(url, prepared.invoices, f"(a) run {i}"),
+                "b": lambda i: psql(url),
+                "c": lambda i: reconcile_clean(url, 0, f"(c) run {i}", "--org", NO_SUCH_ORG),
+                "d": lambda i: psql(url, HOURLY_SQL),
+            }
+            times: dict[str, list[common.Measured]] = {name: [] for name in measure}
             for i in range(args.repeat):
-                for name in ("ab" if i % 2 == 0 else "ba"):
-                    if name == "a":
-                        job.append(reconcile_clean(url, prepared.invoices, f"(a) run {i + 1}"))
-                        run = job[-1]
-                    else:
-                        flr.append(floor(url))
-                        run = flr[-1]
+                order = list(measure)[i % 4:] + list(measure)[:i % 4]
+                for name in order:
+                    run = measure[name](i + 1)
+                    times[name].append(run)
                     print(f"  ({name}) run {i + 1}: {run.seconds:.3f} s, RSS {run.rss_mib:.1f} MiB", flush=True)
 
             print("checking one late event ...", flush=True)
             late_line = check_late_event(conn, url, prepared.invoices)
             print("EXPLAIN ANALYZE of reconcile's queries ...", flush=True)
             where = explain_queries(url)
-        met = report(args, machine, (load_start, common.loadavg()), loaded, prepared, job, flr, late_line, where)
+        met = report(args, machine, (load_start, common.loadavg()), loaded, prepared, times, late_line, where)
     except BenchError as exc:
         print(f"\nERROR: {exc}", file=sys.stderr)
         return 2

@@ -102,6 +102,8 @@ class Month:
         match = _MONTH_FORMAT.match(text.strip())
         if not match or not 1 <= int(match.group(2)) <= 12:
             raise UsageError(f"{option} {text!r} is not a month: use YYYY-MM, e.g. 2024-01")
+        if not 1900 <= int(match.group(1)) <= 9998:
+            raise UsageError(f"{option} {text!r} is out of range: use a year from 1900 to 9998")
         return cls(int(match.group(1)), int(match.group(2)))
 
     @classmethod

@@ -14,8 +14,7 @@ from typer.testing import CliRunner
 from billing_cli.cli import app
 from billing_cli.errors import ExitCode
 from tests.conftest import BILLING, billing_subprocess_env
-from tests.data import add_event, add_org, utc
-from tests.data import add_usage
+from tests.data import add_event, add_org, add_usage, set_plan, utc
 
 runner = CliRunner()
 UNREACHABLE = "postgresql://billing:db-SECRET-pw@127.0.0.1:1/billing"
@@ -45,13 +44,24 @@ def issued(engine) -> list[tuple[str, str]]:
      "not a Stripe secret key"),
     (["aggregate-hourly"], {"DATABASE_URL": UNREACHABLE}, ExitCode.DATABASE_UNAVAILABLE,
      "cannot reach PostgreSQL at 127.0.0.1:1/billing"),
+    (["invoice-monthly", "--month", "0000-01", "--dry-run"], {}, ExitCode.USAGE,
+     "--month '0000-01' is out of range: use a year from 1900 to 9998"),
+    (["invoice-monthly", "--org", "org-1,org-2"], {}, ExitCode.USAGE,
+     "--org 'org-1,org-2' holds a comma: give each organization its own --org (--org org-1 --org org-2)"),
+    (["runs"], {"DATABASE_URL": "postgresql://nosuch-role-x:db-SECRET-pw@127.0.0.1:5432/test"}, ExitCode.CONFIG,
+     'refused the login: FATAL:  role "nosuch-role-x" does not exist'),
+    (["runs"], {"DATABASE_URL": "postgresql://root@127.0.0.1:5432/no_such_database_x"}, ExitCode.CONFIG,
+     'refused the login: FATAL:  database "no_such_database_x" does not exist'),
+    (["config"], {"DATABASE_URL": "postgresql://u@db/x?sslmode=require&password=db-SECRET-pw",
+                  "NOTIFY_WEBHOOK_URL": "https://db-SECRET-pw@hooks.example.com/x?token=db-SECRET-pw"},
+     ExitCode.CONFIG, "NOTIFY_WEBHOOK_URL is set but NOTIFY_WEBHOOK_SECRET is not"),
 ])
 def test_bad_flags_settings_and_servers(clean_env, args, env, code, message) -> None:
     result = run(*args, **{"DATABASE_URL": UNREACHABLE, **env})
     assert result.exit_code == code, result.output
     assert message in result.output
     assert "Traceback" not in result.output and "db-SECRET-pw" not in result.output
-    assert len(result.output.strip().splitlines()) == 1  # one clear line
+    assert len([line for line in result.output.strip().splitlines() if line.startswith("error")]) == 1  # one line
 
 
 def test_broken_organizations_fail_alone_and_nothing_is_doubled(clean_env, billed, engine) -> None:
@@ -133,3 +143,40 @@ def test_database_restarted_mid_run_stops_with_4_and_the_rerun_completes(billed,
                            capture_output=True, text=True, timeout=60)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert len(issued(engine)) == 3 and len(fake_stripe.invoices) == 3
+
+
+def test_an_organization_id_that_is_not_there_stops_the_run_before_any_work(clean_env, billed, engine) -> None:
+    result = run("invoice-monthly", "--month", "2024-01", "--org", "org-1", "--org", "org-nosuch",
+                 DATABASE_URL=billed)
+
+    assert result.exit_code == ExitCode.USAGE
+    assert "--org org-nosuch: no organization with this id; check the id (nothing was done)" in result.output
+    assert issued(engine) == []  # not even org-1
+
+
+def test_an_organization_id_that_would_break_an_email_header_is_refused_before_issuing(
+        clean_env, billed, engine) -> None:
+    with engine.begin() as conn:
+        add_org(conn, "acme\u2028Bcc: x@evil.example", email="billing@acme.example", name="Acme")
+        set_plan(conn, "acme\u2028Bcc: x@evil.example", "pro")
+        add_usage(conn, "acme\u2028Bcc: x@evil.example", "api_calls", "5")
+
+    result = run("invoice-monthly", "--month", "2024-01", DATABASE_URL=billed)
+
+    assert result.exit_code == ExitCode.PARTIAL
+    assert "organization id contains control characters or line breaks" in result.output
+    assert len([line for line in result.output.splitlines() if "acme" in line]) == 1  # one log line, not two
+    assert sorted(org for org, _ in issued(engine)) == ["org-1", "org-2", "org-3"]
+
+
+def test_the_message_id_is_well_formed_whatever_the_organization_id() -> None:
+    from datetime import date
+    from decimal import Decimal
+
+    from billing_cli.delivery.invoice_email import message_id
+    from billing_cli.invoices import InvoiceDocument
+    from billing_cli.periods import Month
+
+    doc = InvoiceDocument("INV-2024-01-000001", "org 7\u0085x", "A", "a@b.example", Month(2024, 1),
+                          date(2024, 2, 1), date(2024, 3, 2), "USD", (), Decimal(0))
+    assert message_id(doc, "billing@example.cloud") == "<INV-2024-01-000001.x6f72672037c28578@example.cloud>"

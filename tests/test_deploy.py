@@ -20,8 +20,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from billing_cli.config import VARIABLES, VARIABLES_BY_NAME, load_settings
-from billing_cli.errors import ExitCode
+from billing_cli.config import VARIABLES, VARIABLES_BY_NAME, Settings, load_settings
+from billing_cli.errors import ConfigError, ExitCode
 from tests.conftest import BILLING, ROOT, billing_subprocess_env
 
 K8S = ROOT / "deploy" / "k8s"
@@ -31,7 +31,6 @@ RENDERINGS = {"base": BASE} | {f"overlays/{path.name}": path for path in OVERLAY
 SECRET_EXAMPLE = BASE / "secret.example.yaml"
 
 CONFIGMAP = "billing-config"
-SECRET = "billing-secrets"
 CONTAINER = "billing"
 UID = 10001
 
@@ -50,6 +49,42 @@ FAIL_JOB = {int(code) for code in ExitCode} - {int(ExitCode.OK)} - RETRYABLE
 PER_POD_VARIABLES = {"SHARD_COUNT", "JOB_COMPLETION_INDEX"}
 
 MONTHLY_JOBS = {"invoice-monthly", "legacy-run"}
+
+# --- Secrets: one per need, least privilege ---
+# The keys of each Secret. Every secret=True variable is in exactly one of them; the other keys are
+# companions the program only accepts together with that secret (a username without its password,
+# a webhook URL without its signing secret: exit 3), so they must never be in the ConfigMap, which
+# pods without that Secret read too.
+DATABASE, STRIPE, SMTP, WEBHOOK = "billing-database", "billing-stripe", "billing-smtp", "billing-webhook"
+SECRET_KEYS = {
+    DATABASE: {"DATABASE_URL"},
+    STRIPE: {"STRIPE_API_KEY"},
+    SMTP: {"INVOICE_SMTP_USERNAME", "INVOICE_SMTP_PASSWORD"},
+    WEBHOOK: {"NOTIFY_WEBHOOK_URL", "NOTIFY_WEBHOOK_SECRET"},
+}
+SECRET_COMPANIONS = {"INVOICE_SMTP_USERNAME", "NOTIFY_WEBHOOK_URL"}
+# A pod without it must not start. The others are optional: an environment may not use the feature
+# (and with the feature on but its Secret missing, the program exits 3 naming the variable).
+REQUIRED_SECRETS = {DATABASE}
+# Every Job and CronJob of every rendering -> exactly the Secrets its pods read, and never another.
+# aggregate-hourly: no Stripe; no SMTP, because it e-mails only with NOTIFY_ON_AGGREGATE_ERRORS (off
+# everywhere; test_secret_table_follows_what_each_job_uses fails if an overlay turns it on). reconcile:
+# SMTP, because it e-mails its differences when NOTIFY_ON_COMPLETION is on (both overlays).
+JOB_SECRETS = {
+    "billing-db-upgrade": {DATABASE},
+    "billing-aggregate-hourly": {DATABASE, WEBHOOK},
+    "billing-invoice-monthly": {DATABASE, STRIPE, SMTP, WEBHOOK},
+    "billing-invoice-monthly-sharded": {DATABASE, STRIPE, SMTP, WEBHOOK},
+    "billing-legacy-run": {DATABASE, STRIPE, SMTP, WEBHOOK},
+    "billing-reconcile": {DATABASE, STRIPE, SMTP, WEBHOOK},
+}
+# Every feature that needs a Secret turned on, with the non-secret settings it requires.
+FEATURES_ON = {"INVOICE_ENABLE_S3": "true", "INVOICE_S3_BUCKET": "b", "INVOICE_ENABLE_STRIPE": "true",
+               "INVOICE_ENABLE_EMAIL": "true", "INVOICE_SMTP_HOST": "smtp.example.com",
+               "INVOICE_SMTP_FROM": "billing@example.com", "NOTIFY_ON_COMPLETION": "true",
+               "NOTIFY_EMAIL": "finance@example.com"}
+FEATURES_OFF = {"INVOICE_ENABLE_S3": "false", "INVOICE_ENABLE_STRIPE": "false", "INVOICE_ENABLE_EMAIL": "false",
+                "NOTIFY_ON_COMPLETION": "false", "NOTIFY_ON_AGGREGATE_ERRORS": "false"}
 
 
 # --- a small, honest kustomize ---------------------------------------------------------------
@@ -225,9 +260,80 @@ def billing_job(cronjob: dict) -> str:
     return container["args"][0]
 
 
-def secret_example() -> dict:
-    [secret] = _load_all(SECRET_EXAMPLE)
-    return secret
+def secret_examples() -> dict[str, dict]:
+    """The example Secrets by name (placeholders: stand-ins for the real ones in the tests)."""
+    secrets = _load_all(SECRET_EXAMPLE)
+    by_name = {secret["metadata"]["name"]: secret for secret in secrets}
+    assert len(by_name) == len(secrets), "an example Secret defined twice"
+    return by_name
+
+
+def example_secret_data(*, without: set[str] | frozenset[str] = frozenset()) -> dict[str, dict[str, str]]:
+    """name -> data of the example Secrets, as if the namespace held all of them but `without`."""
+    return {name: secret["stringData"] for name, secret in secret_examples().items() if name not in without}
+
+
+class PodWouldNotStart(Exception):
+    """A non-optional Secret or key is missing: CreateContainerConfigError."""
+
+
+def _secret_references(node: object) -> list[dict]:
+    """Every reference to a Secret anywhere in an object: envFrom secretRef, env secretKeyRef, a
+    secret or projected volume, as {"name": ..., "key": ..., "optional": ...} (key None: all keys)."""
+    found: list[dict] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("secretRef", "secretKeyRef") and isinstance(value, dict):
+                found.append({"name": value.get("name"), "key": value.get("key"), "optional": value.get("optional")})
+            elif key == "secret" and isinstance(value, dict) and "secretName" in value:
+                found.append({"name": value["secretName"], "key": None, "optional": value.get("optional")})
+            elif key == "secret" and isinstance(value, dict) and "name" in value:  # projected volume source
+                found.append({"name": value["name"], "key": None, "optional": value.get("optional")})
+            else:
+                found += _secret_references(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += _secret_references(item)
+    return found
+
+
+def pod_environment(container: dict, configmap: dict[str, str],
+                    secrets: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The variables Kubernetes gives `container` when the namespace holds `configmap` and `secrets`
+    (name -> data): envFrom in order, then env, which wins over envFrom."""
+    environ: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        assert set(source) == {"configMapRef"} and source["configMapRef"]["name"] == CONFIGMAP, source
+        environ.update(configmap)
+    for item in container.get("env", []):
+        if "value" in item:
+            environ[item["name"]] = item["value"]
+            continue
+        ref = item["valueFrom"]["secretKeyRef"]  # nothing else is used (KeyError otherwise)
+        value = secrets.get(ref["name"], {}).get(ref["key"])
+        if value is not None:
+            environ[item["name"]] = value
+        elif not ref.get("optional", False):
+            raise PodWouldNotStart(f"{item['name']}: secret {ref['name']} key {ref['key']}")
+    return environ
+
+
+def secrets_used(job: str, settings: Settings) -> set[str]:
+    """The Secrets a run of `job` (its first argument) reads with these settings, as the program
+    behaves (billing_cli/runs/): invoice-monthly and legacy-run deliver and always notify, reconcile
+    reads Stripe and S3 and notifies on differences, aggregate-hourly notifies on errors only with
+    NOTIFY_ON_AGGREGATE_ERRORS, `db upgrade` notifies no one. Notifying: e-mail (through the SMTP
+    server) with NOTIFY_ON_COMPLETION, the webhook with NOTIFY_WEBHOOK_URL."""
+    invoicing = job in MONTHLY_JOBS
+    notifies = invoicing or job == "reconcile" or (job == "aggregate-hourly" and settings.notify_on_aggregate_errors)
+    used = {DATABASE}
+    if settings.stripe_enabled and (invoicing or job == "reconcile"):
+        used.add(STRIPE)
+    if (invoicing and settings.email_enabled) or (notifies and settings.notify_on_completion):
+        used.add(SMTP)
+    if notifies and settings.webhook_url:
+        used.add(WEBHOOK)
+    return used
 
 
 # --- the renderer itself -----------------------------------------------------------------------
@@ -282,7 +388,7 @@ def test_every_base_manifest_is_a_resource_except_the_secret_example() -> None:
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_objects_pass_kubernetes_validate(name: str, version: str) -> None:
-    objects = rendered(name) + ([secret_example()] if name == "base" else [])
+    objects = rendered(name) + (list(secret_examples().values()) if name == "base" else [])
     assert objects
     for obj in objects:
         try:
@@ -342,7 +448,7 @@ def test_sharded_invoicing_is_an_indexed_job(name: str) -> None:
     args = _container(job)["args"]
     assert args[0] == "invoice-monthly"
     shards = int(args[args.index("--shard-count") + 1])
-    env = {item["name"]: item["value"] for item in _container(job).get("env", [])}
+    env = {item["name"]: item["value"] for item in _container(job).get("env", []) if "value" in item}
     assert job["completionMode"] == "Indexed"
     assert job["completions"] == job["parallelism"] == shards == int(env["SHARD_COUNT"])
 
@@ -381,9 +487,8 @@ def test_pods_are_hardened_and_configured(name: str) -> None:
         assert "emptyDir" in volume, where
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container["resources"][kind]), where
-        env_from = container["envFrom"]
-        assert {"configMapRef": {"name": CONFIGMAP}} in env_from, where
-        assert {"secretRef": {"name": SECRET}} in env_from, where
+        # The ConfigMap whole; Secrets only key by key (test_each_pod_reads_exactly_its_secrets).
+        assert container["envFrom"] == [{"configMapRef": {"name": CONFIGMAP}}], where
         if container["args"][0] in MONTHLY_JOBS | {"reconcile"}:
             # IRSA: the S3 upload (and reconcile's S3 check) needs the projected service account token.
             assert pod.get("automountServiceAccountToken", True) is True, where
@@ -428,39 +533,152 @@ def test_configmap_holds_known_non_secret_variables(name: str) -> None:
     data = configmap_data(rendered(name))
     for key, value in data.items():
         assert key in VARIABLES_BY_NAME, f"{name}: {key} is not a billing variable"
-        assert not VARIABLES_BY_NAME[key].secret, f"{name}: secret {key} belongs in {SECRET}"
+        owner = [secret for secret, keys in SECRET_KEYS.items() if key in keys]
+        assert not VARIABLES_BY_NAME[key].secret, f"{name}: secret {key} belongs in {owner}"
+        assert key not in SECRET_COMPANIONS, \
+            f"{name}: {key} belongs in {owner}, next to its secret: pods without it would exit 3"
         assert isinstance(value, str), key
     assert data["BILLING_REQUIRE_DATABASE_URL"] == "true"
     assert not PER_POD_VARIABLES & set(data), f"{name}: per-pod variables would shard every job"
     assert "PROCESS_MONTH" not in data, "PROCESS_MONTH would pin every monthly run to one month"
 
 
+def _pod_settings(spec: dict, configmap: dict[str, str], secrets: dict[str, dict[str, str]],
+                  env_file: Path) -> list[Settings]:
+    """The validated settings of each pod of a Job (each index of an Indexed Job), as Kubernetes
+    would start it under this ConfigMap and these Secrets; ConfigError (exit 3) as the program raises it."""
+    environ = pod_environment(_container(spec), configmap, secrets) | {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}
+    indexes = range(spec["completions"]) if spec.get("completionMode") == "Indexed" else [None]
+    return [load_settings(environ | ({"JOB_COMPLETION_INDEX": str(index)} if index is not None else {}),
+                          env_file=env_file) for index in indexes]
+
+
+def _mounted_secrets(spec: dict) -> set[str]:
+    return {ref["name"] for ref in _secret_references(spec["template"])}
+
+
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_configuration_is_valid_in_every_pod(name: str, tmp_path: Path) -> None:
-    """What each pod of this rendering sees (ConfigMap, the example Secret, its own env and, for an
-    Indexed Job, each JOB_COMPLETION_INDEX) passes the program's own validation: no exit 3."""
+    """What each pod of this rendering sees (the ConfigMap, its own env, only the example Secrets
+    it reads and, for an Indexed Job, each JOB_COMPLETION_INDEX) passes the program's own
+    validation: no exit 3. Also with every feature turned on in the ConfigMap: a pod without the
+    Stripe key must not fail on the Stripe flag (the program validates every feature, whatever the
+    command). And each secret variable reaches exactly the pods whose Secret holds it."""
     objects = rendered(name)
-    shared = {**configmap_data(objects), **secret_example()["stringData"], "KUBERNETES_SERVICE_HOST": "10.0.0.1"}
+    secret_vars = {v.name for v in VARIABLES if v.secret}
+    for configmap in (configmap_data(objects), configmap_data(objects) | FEATURES_ON):
+        for job_name, spec in job_specs(objects):
+            where = f"{name}: {job_name}"
+            container = _container(spec)
+            assert {item["name"] for item in container.get("env", [])} <= set(VARIABLES_BY_NAME), where
+            environ = pod_environment(container, configmap, example_secret_data())
+            allowed = set().union(*(SECRET_KEYS[secret] for secret in JOB_SECRETS[job_name]))
+            assert secret_vars & set(environ) == secret_vars & allowed, where
+            for settings in _pod_settings(spec, configmap, example_secret_data(), tmp_path / "absent.env"):
+                assert settings.require_database_url and settings.database_url is not None, where
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_each_pod_reads_exactly_its_secrets(name: str) -> None:
+    """Every rendered object: only the Jobs' billing containers refer to Secrets; each Job's pods
+    read exactly the Secrets of JOB_SECRETS, key by key (never a whole Secret by envFrom, never a
+    volume), every key of each Secret they read, and only billing-database is required."""
+    objects = rendered(name)
+    specs = dict(job_specs(objects))
+    assert set(specs) == set(JOB_SECRETS), f"{name}: put every Job in JOB_SECRETS, with the Secrets it needs"
+    for obj in objects:
+        where = f"{name}: {obj['kind']}/{obj['metadata']['name']}"
+        if obj["kind"] not in ("Job", "CronJob"):
+            assert not _secret_references(obj), where
+            continue
+        spec = specs[obj["metadata"]["name"]]
+        pod = spec["template"]["spec"]
+        others = [c for c in pod["containers"] + pod.get("initContainers", []) if c["name"] != CONTAINER]
+        assert not _secret_references(others) and not _secret_references(pod.get("volumes", [])), where
+        container = _container(spec)
+        assert not any("secretRef" in source for source in container.get("envFrom", [])), \
+            f"{where}: read Secrets key by key (env valueFrom.secretKeyRef), never whole"
+        read: dict[str, set[str]] = {}
+        for item in container.get("env", []):
+            if "valueFrom" not in item:
+                continue
+            assert set(item["valueFrom"]) == {"secretKeyRef"}, f"{where}: {item['name']}"
+            ref = item["valueFrom"]["secretKeyRef"]
+            assert ref["name"] in SECRET_KEYS, f"{where}: unknown Secret {ref['name']}"
+            assert ref["key"] == item["name"], f"{where}: {item['name']} from key {ref['key']}"
+            assert ref["key"] in SECRET_KEYS[ref["name"]], f"{where}: {ref['key']} is not a key of {ref['name']}"
+            required = ref["name"] in REQUIRED_SECRETS
+            assert ref.get("optional", False) is not required, \
+                f"{where}: {ref['name']} must be {'required' if required else 'optional: true'}"
+            read.setdefault(ref["name"], set()).add(ref["key"])
+        assert set(read) == JOB_SECRETS[obj["metadata"]["name"]], f"{where}: reads {sorted(read)}"
+        assert _mounted_secrets(spec) == set(read), where
+        for secret, keys in read.items():
+            assert keys == SECRET_KEYS[secret], f"{where}: all of {secret} ({sorted(SECRET_KEYS[secret])})"
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_secret_table_follows_what_each_job_uses(name: str, tmp_path: Path) -> None:
+    """JOB_SECRETS against the program's behaviour (secrets_used): with the rendering's ConfigMap
+    and every feature on, each job has every Secret it would use; and it never has one it could not
+    use even with everything on, NOTIFY_ON_AGGREGATE_ERRORS too."""
+    objects = rendered(name)
+    features_on = configmap_data(objects) | FEATURES_ON
+    everything_on = features_on | {"NOTIFY_ON_AGGREGATE_ERRORS": "true"}
     for job_name, spec in job_specs(objects):
-        own = {item["name"]: item["value"] for item in _container(spec).get("env", [])}
-        assert set(own) <= set(VARIABLES_BY_NAME), f"{name}: {job_name}: unknown variables {set(own)}"
-        indexes = range(spec["completions"]) if spec.get("completionMode") == "Indexed" else [None]
-        for index in indexes:
-            environ = shared | own | ({"JOB_COMPLETION_INDEX": str(index)} if index is not None else {})
-            settings = load_settings(environ, env_file=tmp_path / "absent.env")
-            assert settings.require_database_url and settings.database_url is not None
+        job = _container(spec)["args"][0]
+        mounted = _mounted_secrets(spec)
+        [settings, *_] = _pod_settings(spec, features_on, example_secret_data(), tmp_path / "absent.env")
+        needs = secrets_used(job, settings)
+        assert needs <= mounted, \
+            f"{name}: {job_name} uses {sorted(needs - mounted)}: give it them, and update JOB_SECRETS"
+        [settings, *_] = _pod_settings(spec, everything_on, example_secret_data(), tmp_path / "absent.env")
+        may_use = secrets_used(job, settings)
+        assert mounted <= may_use, f"{name}: {job_name} never uses {sorted(mounted - may_use)}: take it away"
 
 
-def test_secret_example_holds_placeholders_only() -> None:
-    secret = secret_example()
-    assert secret["metadata"]["name"] == SECRET
-    assert "data" not in secret
-    values = secret["stringData"]
-    assert {v.name for v in VARIABLES if v.secret} <= set(values)
-    for key, value in values.items():
-        assert key in VARIABLES_BY_NAME, key
-        assert "CHANGE_ME" in value, f"{key}: use a CHANGE_ME placeholder"
-        assert not re.search(r"[sr]k_(live|test)_(?!CHANGE_ME\b)", value), key
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_optional_secrets_may_be_missing(name: str, tmp_path: Path) -> None:
+    """Only billing-database is needed to start: with the features off, every pod starts and
+    validates with it alone. Without it, no pod starts. With Stripe on but no billing-stripe, the
+    pods that call Stripe fail the right way: exit 3 (CONFIG) naming STRIPE_API_KEY."""
+    objects = rendered(name)
+    features_off = configmap_data(objects) | FEATURES_OFF
+    for job_name, spec in job_specs(objects):
+        where = f"{name}: {job_name}"
+        only_database = example_secret_data(without=set(SECRET_KEYS) - REQUIRED_SECRETS)
+        assert _pod_settings(spec, features_off, only_database, tmp_path / "absent.env"), where
+        with pytest.raises(PodWouldNotStart):
+            _pod_settings(spec, features_off, example_secret_data(without=REQUIRED_SECRETS), tmp_path / "absent.env")
+        if STRIPE in _mounted_secrets(spec):
+            with pytest.raises(ConfigError, match="STRIPE_API_KEY") as failure:
+                _pod_settings(spec, features_off | {"INVOICE_ENABLE_STRIPE": "true"},
+                              example_secret_data(without={STRIPE}), tmp_path / "absent.env")
+            assert failure.value.exit_code == ExitCode.CONFIG, where
+
+
+def test_secret_examples_hold_placeholders_only() -> None:
+    """One example Secret per need, with exactly its keys, placeholders only; every secret variable
+    of the program is in exactly one Secret."""
+    examples = secret_examples()
+    assert set(examples) == set(SECRET_KEYS)
+    secret_vars = {v.name for v in VARIABLES if v.secret}
+    for variable in secret_vars:
+        holders = [name for name, keys in SECRET_KEYS.items() if variable in keys]
+        assert len(holders) == 1, f"{variable} must be in exactly one Secret, not {holders}"
+    for name, keys in SECRET_KEYS.items():
+        assert keys & secret_vars, f"{name} holds no secret variable"
+        assert keys - secret_vars <= SECRET_COMPANIONS, name
+        assert not keys & PER_POD_VARIABLES, name
+    for name, secret in examples.items():
+        assert secret["kind"] == "Secret" and secret["type"] == "Opaque", name
+        assert "data" not in secret, f"{name}: stringData placeholders only"
+        values = secret["stringData"]
+        assert set(values) == SECRET_KEYS[name], name
+        for key, value in values.items():
+            assert key in VARIABLES_BY_NAME, key
+            assert "CHANGE_ME" in value, f"{name}: {key}: use a CHANGE_ME placeholder"
+            assert not re.search(r"[sr]k_(live|test)_(?!CHANGE_ME\b)", value), key
     text = SECRET_EXAMPLE.read_text(encoding="utf-8")
     assert not re.search(r"[sr]k_(live|test)_[A-Za-z0-9]{8,}", text.replace("CHANGE_ME", ""))
 
@@ -632,5 +850,6 @@ def test_deploy_readme_covers_the_exit_codes() -> None:
         assert f"`{code.name}`" in readme, code.name
     for phrase in ("kubectl apply -k deploy/k8s/overlays/production", "billing schedule --format k8s"):
         assert phrase in readme, phrase
-    assert re.search(r"kubectl (-n \S+ )?create secret generic billing-secrets", readme)
+    for secret in SECRET_KEYS:
+        assert re.search(rf"kubectl (-n \S+ )?create secret generic {secret}\b", readme), secret
     assert "job/billing-db-upgrade" in readme, "the migration Job runs first"

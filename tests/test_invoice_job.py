@@ -128,13 +128,16 @@ def test_one_broken_organization_does_not_stop_the_others_and_a_rerun_finishes_i
             ("org-b", "INV-2024-01-000001"), ("org-a", "INV-2024-01-000002"), ("org-c", "INV-2024-01-000003")]
 
 
-def test_a_plan_that_does_not_exist_and_an_unknown_org_are_reported(month_of_usage) -> None:
+def test_a_plan_that_does_not_exist_is_reported_and_an_unknown_org_stops_the_run(month_of_usage) -> None:
+    from billing_cli.errors import UsageError
+
     with month_of_usage() as conn:
         set_plan(conn, "org-b", "enterprise")
-    result = invoice_month(month_of_usage, options(organizations=("org-b", "org-nope")))
+    result = invoice_month(month_of_usage, options(organizations=("org-b",)))
     errors = {o.organization_id: o.errors[0] for o in result.failed}
     assert errors["org-b"] == ("data", "price plan 'enterprise' does not exist: add it with `billing plans apply`")
-    assert errors["org-nope"] == ("data", "no organization with this id")
+    with pytest.raises(UsageError, match="--org org-nope: no organization with this id"):
+        invoice_month(month_of_usage, options(organizations=("org-b", "org-nope")))
 
 
 def test_regenerate_voids_and_reissues_with_a_new_number(month_of_usage) -> None:

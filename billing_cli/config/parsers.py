@@ -21,6 +21,7 @@ class Parser:
     """Text -> value. A ValueError's message is shown after `NAME='text':`, so it need not repeat them."""
 
     kind = "str"  # shown as Variable.kind
+    masks_always = False  # True: printed masked even when the variable is not marked secret
 
     def __call__(self, text: str) -> object:
         raise NotImplementedError
@@ -76,6 +77,7 @@ class Month(Parser):
 
 class PostgresUrl(Parser):
     kind = "url"
+    masks_always = True
 
     def __call__(self, text: str) -> str:
         if not _POSTGRES_URL.match(text):
@@ -154,10 +156,15 @@ class Email(Text):
 
 
 class HttpUrl(Text):
+    masks_always = True  # a token may hide in the user part or the query, secret flag or not
+
     def __call__(self, text: str) -> str:
         if not _HTTP_URL.match(super().__call__(text)):
             raise ValueError("not an http(s) URL")
         return text
+
+    def mask(self, text: str) -> str:
+        return mask_url_password(text, keep_user=False)
 
 
 class StripeKey(Text):

@@ -28,6 +28,25 @@ class Secret:
         return hash(self._value)
 
 
-def mask_url_password(url: str) -> str:
-    """`scheme://user:secret@host/db` -> `scheme://user:****@host/db` (also for unparsable URLs)."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:/@]*):[^@]*@", r"\1:****@", url)
+# Query parameters of a PostgreSQL URL that never carry a secret (libpq's connection keywords).
+_SAFE_QUERY = frozenset({"sslmode", "connect_timeout", "application_name", "target_session_attrs", "host",
+                         "hostaddr", "port", "dbname", "gssencmode", "channel_binding", "sslrootcert",
+                         "load_balance_hosts", "keepalives", "keepalives_idle", "keepalives_interval",
+                         "keepalives_count", "tcp_user_timeout"})
+
+
+def mask_url_password(url: str, *, keep_user: bool = True) -> str:
+    """A URL safe to print: the password (or, with `keep_user=False`, the whole user part, which
+    may itself be a token) replaced by ****, and every query value that could be a secret
+    (`?password=…`, `?token=…`) too. Works on text that does not parse as a URL as well."""
+    userinfo = r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^/@?#]*)@"
+    if keep_user:
+        masked = re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:/@?#]*):[^@/?#]*@", r"\1:****@", url)
+    else:
+        masked = re.sub(userinfo, r"\1****@", url)
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(2)
+        return match.group(0) if name.lower() in _SAFE_QUERY else f"{match.group(1)}{name}=****"
+
+    return re.sub(r"([?&])([^=&#]+)=([^&#]*)", value, masked)

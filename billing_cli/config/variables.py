@@ -171,7 +171,7 @@ VARIABLES_BY_NAME = {v.name: v for v in VARIABLES}
 def mask(name: str, value: str) -> str:
     """The printable form of a variable's value: secrets masked, URLs without passwords."""
     var = VARIABLES_BY_NAME.get(name)
-    if var is None or not var.secret:
+    if var is None or not (var.secret or var.parse.masks_always):
         return value
     return var.parse.mask(value)
 

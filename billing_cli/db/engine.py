@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, create_engine, make_url, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from ..errors import DatabaseUnavailable
+from ..errors import ConfigError, DatabaseUnavailable
 
 # What jobs receive to open their units of work: `with transactions() as conn:` commits when the
 # block succeeds and rolls back when it raises. In production it is `engine.begin`; tests pass
@@ -64,10 +64,19 @@ class Database:
         return self.engine.begin
 
 
-def unavailable(exc: DBAPIError, where: str) -> DatabaseUnavailable:
-    """The one-line error for a database we cannot reach (psycopg's reason, without secrets)."""
+# The server answered, and refused these credentials or this database: waiting will not help
+# (a configuration error, exit 3), unlike a server that is down or restarting (exit 4).
+_REFUSED_LOGIN = ("password authentication failed", "authentication failed", "no pg_hba.conf entry",
+                  "does not exist", "permission denied for database", "not permitted to log in")
+
+
+def unavailable(exc: DBAPIError, where: str) -> DatabaseUnavailable | ConfigError:
+    """The one-line error for a database we cannot use (psycopg's reason, without secrets)."""
     reason = str(exc.orig).strip().splitlines()[-1] if exc.orig is not None else type(exc).__name__
-    reason = reason.split("failed: ")[-1].strip()
+    reason = reason.split("failed: ")[-1].strip() if "authentication failed" not in reason else reason
+    if any(marker in reason for marker in _REFUSED_LOGIN):
+        return ConfigError(f"PostgreSQL at {where} refused the login: {reason}",
+                           hint="Fix DATABASE_URL (user, password, database name) or the server's grants.")
     return DatabaseUnavailable(
         f"cannot reach PostgreSQL at {where}: {reason}",
         hint="Check DATABASE_URL and that the server is up; retry later if it is restarting.",

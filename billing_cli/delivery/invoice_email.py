@@ -38,9 +38,15 @@ class BadAddress(ValueError):
     """An address or name that cannot go into a header safely (CR/LF injection, not an address)."""
 
 
+# Every character some mail software treats as the end of a line: CR/LF and the other control
+# characters, NEL (U+0085), and the Unicode line and paragraph separators (U+2028, U+2029).
+_LINE_BREAKING = frozenset("\x85\u2028\u2029")
+
+
 def check_header_value(label: str, value: str) -> str:
-    if any(ch in value for ch in "\r\n\x00") or any(ord(ch) < 32 for ch in value):
-        raise BadAddress(f"{label} contains control characters (CR/LF): refusing to put it in an e-mail header")
+    if any(ord(ch) < 32 or ord(ch) == 127 or ch in _LINE_BREAKING for ch in value):
+        raise BadAddress(f"{label} contains control characters or line breaks (CR/LF, U+0085, U+2028): refusing "
+                         "to put it in an e-mail header")
     return value
 
 
@@ -52,9 +58,14 @@ def check_address(label: str, value: str) -> str:
 
 
 def message_id(doc: InvoiceDocument, sender: str) -> str:
-    """Stable per invoice: if a crash makes us send twice, mail systems can tell it is one message."""
+    """Stable per invoice: if a crash makes us send twice, mail systems can tell it is one message.
+    Only RFC 5322 atom characters: an organization id with anything else (a space, a Unicode line
+    separator) is spelled in hex, so the header is always well formed."""
     domain = parseaddr(sender)[1].rpartition("@")[2] or "billing.invalid"
-    return f"<{doc.number}.{doc.organization_id}@{domain}>".replace(" ", "")
+    org = doc.organization_id
+    if not re.fullmatch(r"[A-Za-z0-9._\-]+", org):
+        org = "x" + org.encode().hex()
+    return f"<{doc.number}.{org}@{domain}>"
 
 
 def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller: Seller,

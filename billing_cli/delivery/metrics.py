@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import time
 
+from ..config.secret import mask_url_password
 from ..summary import RunSummary
+
+
+def _masked(text: str, url: str, masked: str) -> str:
+    """An error text with the URL (and anything of it the error repeats) in its masked form."""
+    return text.replace(url, masked)
 
 
 class MetricsError(Exception):
@@ -59,4 +65,5 @@ def push_run_metrics(gateway_url: str, summary: RunSummary, *, shard: str | None
                            grouping_key={"shard": (shard or "all").replace("/", "-of-")},
                            registry=registry, timeout=timeout_seconds)
     except Exception as exc:  # urllib raises assorted errors; a metrics failure is only a warning
-        raise MetricsError(f"metrics push to {gateway_url} failed: {exc}") from None
+        where = mask_url_password(gateway_url, keep_user=False)
+        raise MetricsError(f"metrics push to {where} failed: {_masked(str(exc), gateway_url, where)}") from None

@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from email.message import EmailMessage
 
+from ..config.secret import mask_url_password
 from ..summary import RunSummary
 from .mailer import Mailer, MailError
 
@@ -68,7 +69,11 @@ class WebhookNotifier:
     max_wait_seconds: float = 30
 
     def __repr__(self) -> str:
-        return f"WebhookNotifier(url={self.url!r})"  # never the secret
+        return f"WebhookNotifier(url={self._shown!r})"  # never the secret, nor a token in the URL
+
+    @property
+    def _shown(self) -> str:
+        return mask_url_password(self.url, keep_user=False)
 
     def notify(self, summary: RunSummary) -> None:
         from tenacity import retry, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
@@ -80,9 +85,9 @@ class WebhookNotifier:
         try:
             post(body)
         except urllib.error.HTTPError as exc:
-            raise NotifyError(f"webhook {self.url} answered {exc.code}") from None
+            raise NotifyError(f"webhook {self._shown} answered {exc.code}") from None
         except OSError as exc:
-            raise NotifyError(f"webhook {self.url} unreachable: {exc}") from None
+            raise NotifyError(f"webhook {self._shown} unreachable: {str(exc).replace(self.url, self._shown)}") from None
 
     def _post(self, body: bytes) -> None:
         timestamp = int(time.time())

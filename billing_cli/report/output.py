@@ -22,6 +22,8 @@ def number(value: int | Decimal) -> str:
 
 def plain_value(value: object) -> str:
     text = str(value).replace("\r", " ").replace("\n", "; ")  # one record, one line
+    for separator in "\x85\u2028\u2029":  # line breaks to some log readers: shown escaped
+        text = text.replace(separator, separator.encode("unicode_escape").decode())
     return f'"{text}"' if (" " in text or text == "") else text
 
 

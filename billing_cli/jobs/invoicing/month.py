@@ -20,7 +20,7 @@ from ...db import billing_history, invoice_store, plan_store, usage_store
 from ...db.engine import Transactions
 from ...db.usage_store import OrganizationRow
 from ...delivery.pdf import RenderPool
-from ...outcomes import Component
+from ...errors import UsageError
 from .acting import Acting
 from .options import InvoiceOptions
 from .planning import Action, OrgPlan, PlanRules, plan_organization
@@ -54,7 +54,10 @@ def invoice_month(
                                         edited_since=options.month.minus(options.late_usage_months))
         result.organizations_found = usage_store.count_to_invoice(conn, options.month, only=only, shard=options.shard,
                                                                   late_months=options.late_usage_months)
-        unknown = [o for o in usage_store.unknown_organizations(conn, only) if options.shard.owns(o)] if only else []
+        unknown = usage_store.unknown_organizations(conn, only) if only else []
+    if unknown:  # a typo must not look like a month with failures (exit 6, retried): nothing is done
+        raise UsageError(f"--org {', '.join(unknown)}: no organization with this id; check the id "
+                         f"(nothing was done)")
     render_pool = None
     if options.render_processes > 1 and result.organizations_found >= RENDER_POOL_THRESHOLD:
         render_pool = RenderPool(options.render_processes)
@@ -65,11 +68,6 @@ def invoice_month(
         if on_start:
             on_start(result)
         _run(transactions, options, handler, result, only, live_hours, on_outcome)
-        for missing in unknown if not result.interrupted else ():
-            outcome = OrgOutcome(missing).fail(Component.DATA, "no organization with this id")
-            result.add(outcome)
-            if on_outcome:
-                on_outcome(outcome)
     finally:
         if render_pool is not None:
             render_pool.close()

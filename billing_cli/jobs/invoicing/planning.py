@@ -163,6 +163,10 @@ def _data_problem(org: OrganizationRow, plans: Mapping[str, PricePlan]) -> str |
         check_header_value("organization name", org.name)
     except BadAddress as exc:
         return f"{exc}: fix organizations.name"
+    try:  # the id goes into S3 keys, Stripe metadata and the e-mail's Message-ID
+        check_header_value("organization id", org.id)
+    except BadAddress as exc:
+        return f"{exc}: fix organizations.id"
     if not org.price_plan_id:
         return "no price plan: set organizations.price_plan_id to a plan id"
     plan = plans.get(org.price_plan_id)
