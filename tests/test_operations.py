@@ -196,3 +196,28 @@ def test_auto_format_is_json_without_a_terminal(clean_env, billed, monkeypatch) 
     quiet = runner.invoke(app, ["--log-format", "plain", "aggregate-hourly", "--hour", "2024-01-31T13"],
                           env={"DATABASE_URL": billed, "LOG_LEVEL": "warning"})
     assert "hour hour=" not in quiet.stdout and quiet.stdout.startswith("start job=aggregate-hourly")
+
+
+def test_a_run_limited_to_some_organizations_never_makes_a_failed_month_look_healthy(clean_env, billed, engine) -> None:
+    from tests.peers.pushgateway import Pushgateway
+
+    gateway = Pushgateway().start()
+    try:
+        env = {"DATABASE_URL": billed, "PROMETHEUS_PUSHGATEWAY_URL": gateway.url}
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE organizations SET price_plan_id = NULL WHERE id = 'org-1'"))
+        assert run("invoice-monthly", "--month", "2024-01", **env).exit_code == ExitCode.PARTIAL
+        assert run("invoice-monthly", "--month", "2024-01", "--org", "org-2", **env).exit_code == 0
+
+        monthly = {s.job: s for s in job_statuses(engine.connect(), datetime(2024, 2, 3, tzinfo=UTC))}
+        metrics = gateway.metrics()
+    finally:
+        gateway.stop()
+    problems = monthly["invoice-monthly"].problems
+    assert problems[0].startswith("last run (2024-01) partial")
+    assert "2024-01 is not invoiced successfully yet (deadline: day 2 of 2024-02)" in problems
+    whole = 'instance="",job="billing-invoice-monthly",shard="all"'
+    assert f"billing_last_run_success{{{whole}}} 0" in metrics  # the --org run did not overwrite it
+    assert 'billing_last_run_success{instance="",job="billing-invoice-monthly",shard="targeted"} 1' in metrics
+    listing = run("runs", "--plain", DATABASE_URL=billed)
+    assert 'status="succeeded (--org)"' in listing.output

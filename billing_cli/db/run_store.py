@@ -32,12 +32,12 @@ def unlock(conn: Connection, scope: str) -> None:
 
 
 def start_run(conn: Connection, *, job: str, period: str, shard: str | None, dry_run: bool,
-              parameters: dict[str, Any]) -> int:
-    """Record a run as running; returns its id."""
+              parameters: dict[str, Any], targeted: bool = False) -> int:
+    """Record a run as running; returns its id. `targeted`: limited to some organizations."""
     return conn.execute(text("""
-        INSERT INTO job_runs (job, period, shard, dry_run, parameters, host, version)
-        VALUES (:job, :period, :shard, :dry, CAST(:params AS jsonb), :host, :version) RETURNING id
-    """), {"job": job, "period": period, "shard": shard, "dry": dry_run,
+        INSERT INTO job_runs (job, period, shard, dry_run, targeted, parameters, host, version)
+        VALUES (:job, :period, :shard, :dry, :targeted, CAST(:params AS jsonb), :host, :version) RETURNING id
+    """), {"job": job, "period": period, "shard": shard, "dry": dry_run, "targeted": targeted,
            "params": json.dumps(parameters, default=str), "host": socket.gethostname(),
            "version": __version__}).scalar_one()
 
@@ -56,7 +56,7 @@ def finish_run(conn: Connection, run_id: int, *, status: str, seconds: float, me
            "failed": json.dumps(summary.failed[:1000] if summary else []), "message": message})
 
 
-_RUN_COLUMNS = ("id, job, period, shard, dry_run, status, started_at, finished_at, duration_seconds, counts, "
+_RUN_COLUMNS = ("id, job, period, shard, dry_run, targeted, status, started_at, finished_at, duration_seconds, counts, "
                 "errors, revenue, failed, message, host, version")
 
 
@@ -69,15 +69,16 @@ def recent_runs(conn: Connection, *, job: str | None = None, limit: int = 20) ->
 
 
 def last_run(conn: Connection, job: str) -> dict[str, Any] | None:
-    """The job's latest real (not dry) run."""
-    row = conn.execute(text(f"SELECT {_RUN_COLUMNS} FROM job_runs WHERE job = :job AND NOT dry_run "
+    """The job's latest real (not dry, not limited to some organizations) run: what its health is
+    judged from."""
+    row = conn.execute(text(f"SELECT {_RUN_COLUMNS} FROM job_runs WHERE job = :job AND NOT dry_run AND NOT targeted "
                             "ORDER BY started_at DESC, id DESC LIMIT 1"), {"job": job}).mappings().first()
     return dict(row) if row else None
 
 
 def last_success(conn: Connection, job: str) -> dict[str, Any] | None:
     row = conn.execute(text(f"SELECT {_RUN_COLUMNS} FROM job_runs WHERE job = :job AND NOT dry_run "
-                            "AND status = 'succeeded' ORDER BY finished_at DESC LIMIT 1"),
+                            "AND NOT targeted AND status = 'succeeded' ORDER BY finished_at DESC LIMIT 1"),
                        {"job": job}).mappings().first()
     return dict(row) if row else None
 
@@ -89,8 +90,9 @@ def running_since(conn: Connection, job: str, before: datetime) -> datetime | No
 
 
 def succeeded_shards(conn: Connection, jobs: list[str], period: str) -> list[str | None]:
-    """The shard of every successful real run of these jobs for the period (None: a whole run)."""
+    """The shard of every successful real run of these jobs for the period over all organizations
+    (None: a whole run; a run limited by --org never counts)."""
     return list(conn.execute(text("""
         SELECT shard FROM job_runs WHERE job = ANY(:jobs) AND period = :period AND NOT dry_run
-          AND status = 'succeeded'
+          AND NOT targeted AND status = 'succeeded'
     """), {"jobs": jobs, "period": period}).scalars())

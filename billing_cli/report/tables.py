@@ -99,7 +99,7 @@ def runs_report(output: Output, history: list[dict], *, as_json: bool) -> None:
         counts = run["counts"] or {}
         done = ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "-"
         rows.append((run["id"], run["job"], run["period"], run["shard"] or "-",
-                     run["status"] + (" (dry run)" if run["dry_run"] else ""),
+                     run["status"] + (" (dry run)" if run["dry_run"] else "") + (" (--org)" if run.get("targeted") else ""),
                      f"{run['started_at']:%Y-%m-%d %H:%M:%S}Z",
                      f"{run['duration_seconds']:.1f} s" if run["duration_seconds"] is not None else "-",
                      done, run["message"] or ""))

@@ -61,6 +61,7 @@ class RunSpec:
     dry_run: bool
     parameters: dict[str, Any] = field(default_factory=dict)
     shard: str | None = None  # "2/4"; None for a run over every organization
+    targeted: bool = False  # limited to some organizations (--org): says nothing about the month
     pool_size: int = 5  # database connections
     notify: NotifyWhen = NotifyWhen.ALWAYS
 
@@ -106,7 +107,8 @@ def run_job(spec: RunSpec, settings: Settings, view: RunView,
 
 
 def _complete(settings: Settings, view: RunView, spec: RunSpec, summary: RunSummary) -> None:
-    push_metrics(settings, view.warning, summary, spec.shard)
+    # A run limited by --org is pushed under its own group: it must not stand in for the month.
+    push_metrics(settings, view.warning, summary, "targeted" if spec.targeted else spec.shard)
     problems = summary.outcome in (RunOutcome.FAILED, RunOutcome.PARTIAL)
     if spec.notify == NotifyWhen.ALWAYS or (spec.notify == NotifyWhen.ON_PROBLEMS and problems):
         notify(settings, view.warning, view.notice, summary)
@@ -156,7 +158,8 @@ def _recorded(engine: Engine, record: _Record) -> Iterator[_Record]:
                                  hint="Wait for it to finish; `billing status` shows it.")
         try:
             record.run_id = run_store.start_run(conn, job=spec.job, period=spec.period, shard=spec.shard,
-                                                dry_run=spec.dry_run, parameters=spec.parameters)
+                                                dry_run=spec.dry_run, parameters=spec.parameters,
+                                                targeted=spec.targeted)
             try:
                 yield record
             except KeyboardInterrupt:

@@ -34,6 +34,7 @@ def run_reconcile(request: ReconcileRequest, view: ReconcileView) -> Finished[Re
     if month > Month.containing(now):
         raise UsageError(f"month {month} is in the future: nothing to reconcile yet")
     spec = RunSpec(job=Job.RECONCILE, period=str(month), lock_scope=None, dry_run=False,
+                   targeted=bool(request.organizations),
                    parameters={"month": str(month), "organizations": list(request.organizations)},
                    notify=NotifyWhen.ON_PROBLEMS)
 

@@ -12,7 +12,8 @@
   invoice billed, per period and metric, with which plan, and which periods it accounted for, so a
   month can be rated again and only the difference billed.
 - price_plans.free_metrics: metrics a plan deliberately does not charge for.
-- job_runs.status 'mismatch': a `billing reconcile` run that found differences.
+- job_runs.status 'mismatch': a `billing reconcile` run that found differences; job_runs.targeted:
+  a run limited to some organizations (--org), which says nothing about the month's health.
 
 Revision ID: 0004_usage_completeness
 Revises: 0003_job_runs
@@ -136,6 +137,7 @@ def upgrade() -> None:
     op.drop_constraint("ck_job_runs_status", "job_runs")
     op.create_check_constraint("ck_job_runs_status", "job_runs",
                                "status IN ('running', 'succeeded', 'partial', 'failed', 'interrupted', 'mismatch')")
+    op.add_column("job_runs", sa.Column("targeted", sa.Boolean, nullable=False, server_default="false"))
 
     op.add_column("price_plans", sa.Column("free_metrics", postgresql.ARRAY(sa.String(100)), nullable=False,
                                            server_default="{}"))
@@ -143,6 +145,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_column("price_plans", "free_metrics")
+    op.drop_column("job_runs", "targeted")
     op.drop_constraint("ck_job_runs_status", "job_runs")
     op.create_check_constraint("ck_job_runs_status", "job_runs",
                                "status IN ('running', 'succeeded', 'partial', 'failed', 'interrupted')")
