@@ -514,6 +514,7 @@ def report(args: argparse.Namespace, machine: dict[str, str], job: list[float], 
         f"aggregate-hourly benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M}Z",
         f"machine: nproc={machine['nproc']}, CPU {machine['cpu']}, {machine['memory']} RAM, "
         f"{machine['postgres']}, Python {machine['python']}, Linux {machine['kernel']}",
+        f"code: {common.code_info()}; load average: {machine['load_start']} at the start, {common.loadavg()} at the end",
         f"data: {args.events:,} events in {HOUR_ARG}:00Z, {args.organizations:,} active organizations, "
         f"{args.metrics} metrics",
         f"      {history}",
@@ -579,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         common.run_checked([common.billing_executable(), "db", "upgrade", "--plain"], env=billing_env(url))
         with psycopg.connect(url, autocommit=True) as conn:  # transactions only where needed
-            machine = common.machine_info(conn)
+            machine = {**common.machine_info(conn), "load_start": common.loadavg()}
             print(f"loading {args.history_hours * args.history_rate:,} history events "
                   f"({args.history_hours} hours x {args.history_rate:,}) and {args.events:,} events "
                   f"in the measured hour ...", flush=True)

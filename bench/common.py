@@ -75,6 +75,23 @@ class BenchError(Exception):
     """A setup failure or a result mismatch: the figures cannot be trusted."""
 
 
+def code_info() -> str:
+    """Which billing_cli the measured processes run: this checkout's (git describe), or the copy
+    that PYTHONPATH puts first (e.g. a `git archive` of one commit while the checkout is edited)."""
+    import billing_cli
+
+    package = Path(billing_cli.__file__).resolve().parent
+    checkout = Path(__file__).resolve().parent.parent
+    if package.parent != checkout:
+        return f"billing_cli from {package}"
+    try:
+        described = subprocess.run(["git", "-C", str(checkout), "describe", "--always", "--dirty"],
+                                   capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        described = ""
+    return f"{described or 'unknown'} (this checkout)"
+
+
 def billing_executable() -> str:
     beside = Path(sys.executable).with_name("billing")
     found = str(beside) if beside.exists() else shutil.which("billing")

@@ -65,5 +65,9 @@ class Refused(BillingError):
     exit_code = ExitCode.REFUSED
 
 
+class LockLost(DatabaseUnavailable):
+    """The run's lock went with its database session: it stops before taking more work (exit 4)."""
+
+
 class PeerUnavailable(BillingError):
     exit_code = ExitCode.PEER_UNAVAILABLE

@@ -71,3 +71,4 @@ class Component(StrEnum):
     S3 = "s3"
     STRIPE = "stripe"
     EMAIL = "email"
+    BUSY = "busy"  # another process was handling the organization: a rerun completes it

@@ -155,6 +155,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     for name in ("KUBERNETES_SERVICE_HOST", "BILLING_ENV_FILE", "NO_COLOR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LOG_FORMAT", "plain")  # key=value lines; the JSON and Rich forms have their own tests
+    # Invoice numbers follow the order invoices are issued in: one worker makes that the order of the
+    # organizations, so tests can name numbers. Concurrency has its own tests (processes, shards).
+    monkeypatch.setenv("INVOICE_CONCURRENCY", "1")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -166,3 +166,56 @@ def test_the_one_window_that_can_resend_an_email(peers_env, engine, s3, mail, ki
     assert_exactly_once(engine, s3, mail, killing_stripe, extra_emails=1)
     ids = Counter(m.message["Message-ID"] for m in mail.received)
     assert sorted(ids.values()) == [1, 1, 2]
+
+
+def test_overlapping_whole_and_sharded_runs_never_deliver_one_organization_twice(peers_env, engine, s3, mail,
+                                                                                 killing_stripe, tmp_path) -> None:
+    """A whole run and two shard runs of the same month started at once (a manual run beside the
+    CronJobs): each organization is issued, billed and e-mailed once; whoever found it busy says
+    so (exit 6) and a rerun has nothing left to do."""
+    killing_stripe.latency = 0.05
+    env = {**peers_env, "INVOICE_CONCURRENCY": "2"}
+    commands = [[*BILLING, "invoice-monthly", "--month", "2024-01"],
+                [*BILLING, "invoice-monthly", "--month", "2024-01", "--shard-index", "0", "--shard-count", "2"],
+                [*BILLING, "invoice-monthly", "--month", "2024-01", "--shard-index", "1", "--shard-count", "2"]]
+    procs = [subprocess.Popen(c, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c in commands]
+    results = [(p.wait(timeout=120), p.stdout.read() if p.stdout else "") for p in procs]
+    errors = [p.stderr.read() if p.stderr else "" for p in procs]
+
+    assert all(code in (0, 6) for code, _ in results), (results, errors)
+    busy = sum(out.count("error_busy=") for _, out in results)
+    rerun = subprocess.run(commands[0], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert_exactly_once(engine, s3, mail, killing_stripe)
+    print(f"organizations found busy by an overlapping run: {busy}")
+
+
+def test_a_run_that_loses_its_lock_stops_and_says_so(peers_env, engine, s3, mail, killing_stripe, tmp_path) -> None:
+    """An administrator (or a failover) kills the database session that holds the run's lock: the
+    run notices before its next organization, stops with exit 4 and records why; a rerun finishes."""
+    killing_stripe.latency = 0.3
+    proc = start(peers_env, tmp_path)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("organization "):
+            break
+    from billing_cli.db.run_store import lock_key
+
+    key = lock_key("invoice:2024-01:1/1") & 0xFFFF_FFFF_FFFF_FFFF
+    with engine.connect() as conn:
+        killed = conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                                   "AND granted AND classid = CAST(:high AS oid) AND objid = CAST(:low AS oid)"),
+                              {"high": key >> 32, "low": key & 0xFFFF_FFFF}).scalars().all()
+    out, err = proc.communicate(timeout=120)
+
+    assert killed, "the run's lock was not found"
+    assert proc.returncode == 4, out + err
+    assert "this run lost its lock (invoice:2024-01:1/1)" in err
+    with engine.connect() as conn:
+        status, message = conn.execute(text("SELECT status, message FROM job_runs ORDER BY id")).one()
+    assert status == "failed" and "lost its lock" in message
+    rerun = subprocess.run([*BILLING, "invoice-monthly", "--month", "2024-01"], env=peers_env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert_exactly_once(engine, s3, mail, killing_stripe)

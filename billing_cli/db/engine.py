@@ -47,7 +47,15 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         # No ping per checkout: a run's connections are fresh, and a database that goes away mid-run
         # stops the run (exit 4) anyway; a ping would add a round trip to every short transaction.
         pool_pre_ping=False,
-        connect_args={"connect_timeout": 10, "application_name": "billing"},
+        connect_args={
+            "connect_timeout": 10, "application_name": "billing",
+            # A run's lock lives in its database session. Keepalives both ways: the client notices
+            # a dead server, and the server drops the session of a lost node (and its lock) within
+            # about a minute, not the kernel's default two hours.
+            "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+            "options": "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3 "
+                       "-c tcp_user_timeout=60000",
+        },
     )
 
 

@@ -27,6 +27,25 @@ def try_lock(conn: Connection, scope: str) -> bool:
     return bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_key(scope)}).scalar_one())
 
 
+def holds_lock(conn: Connection, scope: str) -> bool:
+    """Whether this session still holds the lock of `scope` (pg_locks splits the 64-bit key)."""
+    key = lock_key(scope) & 0xFFFF_FFFF_FFFF_FFFF
+    return bool(conn.execute(text("""
+        SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+                       AND classid = CAST(:high AS oid) AND objid = CAST(:low AS oid) AND objsubid = 1)
+    """), {"high": key >> 32, "low": key & 0xFFFF_FFFF}).scalar_one())
+
+
+def try_lock_organization(conn: Connection, organization_id: str) -> bool:
+    """The session lock one process holds while it issues, voids or delivers the organization's
+    invoices (whatever its run, month or shard)."""
+    return try_lock(conn, f"organization:{organization_id}")
+
+
+def unlock_organization(conn: Connection, organization_id: str) -> None:
+    unlock(conn, f"organization:{organization_id}")
+
+
 def unlock(conn: Connection, scope: str) -> None:
     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key(scope)})
 

@@ -103,6 +103,7 @@ def aggregate_hours(
     dry_run: bool = False,
     on_hour: Callable[[HourResult], None] | None = None,
     stop: threading.Event | None = None,
+    still_locked: Callable[[], None] = lambda: None,
 ) -> AggregationResult:
     """Roll up every hour of `late_hours`, then of `window`, each in its own transaction, so a
     crash keeps finished hours and a failed hour does not stop the others. Running it again gives
@@ -114,6 +115,7 @@ def aggregate_hours(
         if stop is not None and stop.is_set():  # SIGTERM: the hours done so far are committed
             result.interrupted = True
             break
+        still_locked()  # raises once the run's lock is lost: another run may be rolling up beside it
         hour_result = _one_hour(transactions, hour, roll_up)
         result.hours.append(hour_result)
         if on_hour is not None:

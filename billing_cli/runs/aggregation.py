@@ -12,7 +12,7 @@ from ..db.engine import Database
 from ..jobs.aggregate import AggregationResult, HourResult, aggregate_hours, find_late_hours
 from ..outcomes import Job
 from ..periods import HourRange, aggregation_window, utc_now
-from .lifecycle import Finished, NotifyWhen, RunSpec, RunView, run_job
+from .lifecycle import Finished, LockGuard, NotifyWhen, RunSpec, RunView, run_job
 
 
 @dataclass(frozen=True)
@@ -47,12 +47,12 @@ def run_aggregate_hourly(request: AggregateRequest, view: AggregationView) -> Fi
                    parameters={"window": str(window)},
                    notify=NotifyWhen.ON_PROBLEMS if settings.notify_on_aggregate_errors else NotifyWhen.NEVER)
 
-    def aggregate(db: Database, stop: threading.Event) -> AggregationResult:
+    def aggregate(db: Database, stop: threading.Event, guard: LockGuard) -> AggregationResult:
         # The scheduled run also rolls up older hours whose events changed since; an explicit
         # window means exactly that window.
         late = find_late_hours(db.transactions, window) if request.scheduled else []
         view.aggregation_started(window, late, dry_run, db.where)
         return aggregate_hours(db.transactions, window, late_hours=late, dry_run=dry_run, stop=stop,
-                               on_hour=view.hour_done)
+                               on_hour=view.hour_done, still_locked=guard)
 
     return run_job(spec, settings, view, aggregate)

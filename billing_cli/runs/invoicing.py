@@ -19,7 +19,7 @@ from ..money import Precision
 from ..outcomes import DELIVERY_STEPS, Job, Step
 from ..periods import Month, invoicing_month, utc_now
 from ..schedules import parse_schedule
-from .lifecycle import Finished, RunSpec, RunView, run_job
+from .lifecycle import Finished, LockGuard, RunSpec, RunView, run_job
 from .wiring import deliveries_from_settings
 
 
@@ -120,7 +120,7 @@ def _run(job: Job, request: InvoiceRequest, settings: Settings, view: InvoicingV
                    parameters={"month": str(options.month), "organizations": list(options.organizations),
                                "regenerate": options.regenerate, "shard": sharded})
 
-    def invoice(db: Database, stop: threading.Event) -> InvoiceRunResult:
+    def invoice(db: Database, stop: threading.Event, guard: LockGuard) -> InvoiceRunResult:
         # A preview is handed no adapter at all: it cannot reach a service, even by mistake.
         deliveries = Deliveries() if options.dry_run else deliveries_from_settings(settings,
                                                                                    concurrency=options.concurrency)
@@ -128,7 +128,7 @@ def _run(job: Job, request: InvoiceRequest, settings: Settings, view: InvoicingV
                                               [s for s in Step if s in DELIVERY_STEPS and s not in options.delivery_steps],
                                               sharded))
         try:
-            return invoice_month(db.transactions, replace(options, stop=stop, deliveries=deliveries),
+            return invoice_month(db.transactions, replace(options, stop=stop, deliveries=deliveries, locks=guard),
                                  on_start=view.organizations_found, on_outcome=view.organization_done)
         finally:
             view.invoicing_ended()

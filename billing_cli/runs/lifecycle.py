@@ -23,7 +23,7 @@ from ..config import Settings
 from ..db import run_store
 from ..db.connect import open_database
 from ..db.engine import Database
-from ..errors import AlreadyRunning, BillingError, ExitCode
+from ..errors import AlreadyRunning, BillingError, ExitCode, LockLost
 from ..outcomes import RunOutcome
 from ..summary import RunSummary
 from .completion import notify, push_metrics
@@ -79,8 +79,59 @@ class Finished(Generic[R]):
         return self.error.exit_code if self.error is not None else self.summary.outcome.exit_code
 
 
+class LockGuard:
+    """The run's locks, all held by its lock session. `check()` (or calling it): the run still holds
+    its own lock before it takes more work: a killed database session (a failover, an
+    administrator, a proxy) silently releases it, and a second run could then start beside this
+    one; checked at most once a second, so it is cheap before every organization or hour.
+    `hold(org)`: the lock on one organization, so that two processes (a whole run and a shard, an
+    --org fix) never handle the same organization at once. The worker threads share the one
+    session, taking turns for the short lock calls."""
+
+    INTERVAL = 1.0
+
+    def __init__(self, conn=None, scope: str | None = None) -> None:
+        self._conn, self._scope = conn, scope
+        self._mutex = threading.Lock()
+        self._checked = float("-inf")
+
+    def __call__(self) -> None:
+        self.check()
+
+    @contextmanager
+    def hold(self, organization_id: str) -> Iterator[bool]:
+        if self._conn is None:
+            yield True
+            return
+        with self._mutex:
+            alone = run_store.try_lock_organization(self._conn, organization_id)
+        try:
+            yield alone
+        finally:
+            if alone:
+                with self._mutex:
+                    try:
+                        run_store.unlock_organization(self._conn, organization_id)
+                    except SQLAlchemyError:
+                        pass  # the session is gone, and its locks with it; check() says so next
+
+    def check(self) -> None:
+        if self._conn is None or time.monotonic() - self._checked < self.INTERVAL:
+            return
+        with self._mutex:
+            try:
+                held = run_store.holds_lock(self._conn, self._scope)  # type: ignore[arg-type]
+            except SQLAlchemyError:
+                held = False
+            if not held:
+                raise LockLost(f"this run lost its lock ({self._scope}): its database session ended, so another "
+                               "run could start beside it; it stopped before taking more work",
+                               hint="Rerun to finish: what was done is recorded, and nothing is done twice.")
+            self._checked = time.monotonic()
+
+
 def run_job(spec: RunSpec, settings: Settings, view: RunView,
-            job: Callable[[Database, threading.Event], R]) -> Finished[R]:
+            job: Callable[[Database, threading.Event, LockGuard], R]) -> Finished[R]:
     """Run `job` inside the lifecycle. Whatever ends the run (success, a BillingError, a bug, a
     second Ctrl-C), its summary is recorded in job_runs, pushed and notified the same way; an
     expected error is returned with the summary, anything else is raised after that. An
@@ -90,7 +141,7 @@ def run_job(spec: RunSpec, settings: Settings, view: RunView,
         with open_database(settings, notice=view.notice, pool_size=spec.pool_size) as db, \
                 stop_on_signals(view.warning) as stop, _recorded(db.engine, record) as record:
             view.set_context(job=spec.job, run_id=record.run_id)
-            result = job(db, stop)
+            result = job(db, stop, record.guard)
             record.summary = result.summary()
     except AlreadyRunning:
         raise
@@ -120,6 +171,7 @@ class _Record:
 
     spec: RunSpec
     run_id: int | None = None
+    guard: LockGuard = field(default_factory=LockGuard)  # no lock (a dry run) checks nothing
     summary: RunSummary | None = None  # the job's summary when it returns; a failed one otherwise
     started: float = field(default_factory=time.perf_counter)
     closed: bool = False
@@ -156,6 +208,8 @@ def _recorded(engine: Engine, record: _Record) -> Iterator[_Record]:
                                  f"{f' (shard {spec.shard})' if spec.shard else ''} is in progress: it holds the "
                                  "lock, so this run did nothing",
                                  hint="Wait for it to finish; `billing status` shows it.")
+        if locking:
+            record.guard = LockGuard(conn, spec.lock_scope)
         try:
             record.run_id = run_store.start_run(conn, job=spec.job, period=spec.period, shard=spec.shard,
                                                 dry_run=spec.dry_run, parameters=spec.parameters,
@@ -163,16 +217,16 @@ def _recorded(engine: Engine, record: _Record) -> Iterator[_Record]:
             try:
                 yield record
             except KeyboardInterrupt:
-                _finish(conn, record.run_id, record.ended("interrupted by a signal", interrupted=True))
+                _finish(engine, conn, record.run_id, record.ended("interrupted by a signal", interrupted=True))
                 raise
             except BillingError as exc:
-                _finish(conn, record.run_id, record.ended(str(exc)))
+                _finish(engine, conn, record.run_id, record.ended(str(exc)))
                 raise
             except Exception as exc:
-                _finish(conn, record.run_id, record.ended(f"unexpected error: {type(exc).__name__}"))
+                _finish(engine, conn, record.run_id, record.ended(f"unexpected error: {type(exc).__name__}"))
                 raise
             else:
-                _finish(conn, record.run_id, record.ended())
+                _finish(engine, conn, record.run_id, record.ended())
         finally:
             if locking:
                 try:
@@ -181,9 +235,18 @@ def _recorded(engine: Engine, record: _Record) -> Iterator[_Record]:
                     pass  # the connection is gone, and the lock went with it
 
 
-def _finish(conn, run_id: int, summary: RunSummary) -> None:
-    try:
-        run_store.finish_run(conn, run_id, status=summary.outcome, seconds=summary.seconds,
-                             message=summary.message, summary=summary)
-    except SQLAlchemyError:  # the database itself may be what failed: the row then stays "running"
-        pass
+def _finish(engine: Engine, conn, run_id: int, summary: RunSummary) -> None:
+    """Record how the run ended: on the lock's session, or, if that session is gone (how a lost
+    lock shows), on a new one; only if the database itself is gone does the row stay "running"."""
+    for attempt in (conn, None):
+        try:
+            if attempt is None:
+                with engine.begin() as fresh:
+                    run_store.finish_run(fresh, run_id, status=summary.outcome, seconds=summary.seconds,
+                                         message=summary.message, summary=summary)
+            else:
+                run_store.finish_run(attempt, run_id, status=summary.outcome, seconds=summary.seconds,
+                                     message=summary.message, summary=summary)
+            return
+        except SQLAlchemyError:
+            continue

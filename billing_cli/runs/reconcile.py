@@ -38,7 +38,7 @@ def run_reconcile(request: ReconcileRequest, view: ReconcileView) -> Finished[Re
                    parameters={"month": str(month), "organizations": list(request.organizations)},
                    notify=NotifyWhen.ON_PROBLEMS)
 
-    def reconcile(db: Database, stop: threading.Event) -> ReconcileResult:
+    def reconcile(db: Database, stop: threading.Event, _guard: object) -> ReconcileResult:
         adapters = deliveries_from_settings(settings)  # read calls only
         checks = Checks(adapters.store, adapters.payments, email=settings.email_enabled)
         view.reconcile_started(month, ["events", "roll-ups", "invoices",

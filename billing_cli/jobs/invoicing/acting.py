@@ -26,6 +26,9 @@ from .planning import Action, OrgPlan, pending_deliveries
 from .results import InvoiceRunResult, OrgOutcome, expected_outcome
 
 
+_CHANGES = (Action.ISSUE, Action.REGENERATE, Action.VOID, Action.COMPLETE)  # what writes or delivers
+
+
 class Acting:
     def __init__(self, transactions: Transactions, options: InvoiceOptions) -> None:
         self.transactions = transactions
@@ -46,6 +49,18 @@ class Acting:
 
     def handle(self, plan: OrgPlan) -> OrgOutcome:
         outcome = expected_outcome(plan)
+        if plan.action not in _CHANGES:
+            return outcome
+        self.options.locks.check()  # never act once the run has lost its own lock
+        # One process at a time issues, voids or delivers an organization's invoices, whatever
+        # run it belongs to (a whole run, a shard, an --org fix): held for the whole of it.
+        with self.options.locks.hold(plan.organization.id) as alone:
+            if not alone:
+                return outcome.fail(Component.BUSY, "another run is handling this organization right now: "
+                                                    "nothing done here; a rerun completes what is missing")
+            return self._handle(plan, outcome)
+
+    def _handle(self, plan: OrgPlan, outcome: OrgOutcome) -> OrgOutcome:
         try:
             if plan.action in (Action.ISSUE, Action.REGENERATE):
                 self._issue(plan, outcome)

@@ -13,6 +13,7 @@ from ...delivery.pdf import render_invoice
 from ...delivery.ports import Deliveries
 from ...invoices import InvoiceDocument, Seller
 from ...money import Precision
+from .locks import NO_LOCKS, OrganizationLocks
 from ...outcomes import Job, Step
 from ...periods import Month
 
@@ -34,6 +35,7 @@ class InvoiceOptions:
     concurrency: int = 1
     shard: Shard = field(default_factory=Shard)
     stop: threading.Event | None = None  # set on SIGTERM/SIGINT: finish what is in flight, take nothing new
+    locks: OrganizationLocks = field(default_factory=lambda: NO_LOCKS)  # the run's locks (runs/lifecycle.py)
     grace_seconds: float = 20.0
     render_processes: int = 1  # PDF rendering in this many processes for large runs (1: in the threads)
     renderer: Callable[[InvoiceDocument, Seller], bytes] = render_invoice
