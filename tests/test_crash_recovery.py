@@ -109,9 +109,9 @@ def assert_exactly_once(engine, s3, mail, stripe_server, *, extra_emails: int = 
 
 @pytest.mark.parametrize("point,arm", [
     ("after the PDF and S3 upload", lambda s: setattr(s, "kill_before", post(r"/v1/customers"))),
-    ("after the Stripe draft", lambda s: setattr(s, "kill_before", post(r"/v1/invoiceitems"))),
-    ("after the items", lambda s: setattr(s, "kill_before", post(r"/v1/invoices/[^/]+/finalize"))),
-    ("after finalizing", lambda s: setattr(s, "kill_before", post(r"/v1/invoices/[^/]+/send"))),
+    ("after the customer, before recording it", lambda s: setattr(s, "kill_after", post(r"/v1/customers"))),
+    ("after the Stripe draft", lambda s: setattr(s, "kill_before", post(r"/v1/invoices/[^/]+/add_lines"))),
+    ("after the lines", lambda s: setattr(s, "kill_before", post(r"/v1/invoices/[^/]+/send"))),
     ("after sending, before recording it", lambda s: setattr(s, "kill_after", post(r"/v1/invoices/[^/]+/send"))),
     ("after the e-mail was recorded", lambda s: setattr(s, "kill_before", post(r"/v1/customers", nth=2))),
 ])
@@ -141,6 +141,37 @@ def test_killed_after_stripe_created_the_draft_days_before_the_rerun(peers_env, 
     assert len(killing_stripe.invoices) == 1
     with engine.begin() as conn:
         assert conn.execute(text("SELECT count(stripe_invoice_id) FROM invoices")).scalar_one() == 0
+        conn.execute(text("UPDATE invoices SET created_at = created_at - interval '3 days'"))
+    killing_stripe.forget_idempotency_keys()
+
+    rerun = subprocess.run([*BILLING, "invoice-monthly", "--month", "2024-01"], env=peers_env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert_exactly_once(engine, s3, mail, killing_stripe)
+
+
+@pytest.mark.parametrize("point,kill", [
+    ("after the lines", lambda: ("kill_after", post(r"/v1/invoices/[^/]+/add_lines"))),
+    ("after sending", lambda: ("kill_after", post(r"/v1/invoices/[^/]+/send"))),
+    ("after the customer", lambda: ("kill_after", post(r"/v1/customers"))),
+])
+def test_a_rerun_days_later_decides_from_what_stripe_holds_now(point, kill, peers_env, engine, s3, mail,
+                                                               killing_stripe, tmp_path) -> None:
+    """Killed after a Stripe call succeeded, then rerun days later, when Stripe has forgotten the
+    idempotency keys: the rerun reads the invoice as Stripe has it (lines there, finalized and
+    sent) instead of trusting its own record, and neither adds lines twice, nor sends twice, nor
+    makes a second customer."""
+    def arm(pid: int) -> None:
+        name, predicate = kill()
+        setattr(killing_stripe, name, predicate)
+        killing_stripe.victim = pid
+
+    proc = start(peers_env, tmp_path)
+    arm(proc.pid)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    with engine.begin() as conn:
         conn.execute(text("UPDATE invoices SET created_at = created_at - interval '3 days'"))
     killing_stripe.forget_idempotency_keys()
 

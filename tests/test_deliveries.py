@@ -4,7 +4,9 @@ through the real client libraries. Exactly once across reruns, faults and retrie
 from __future__ import annotations
 
 import hashlib
+import re
 import urllib.request
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal as D
 
 import pytest
@@ -69,7 +71,9 @@ def test_every_invoice_is_uploaded_billed_and_mailed_once(env, engine, s3, mail,
             f"{org_id}@example.com"
         assert (remote["status"], remote["total"], remote["currency"]) == ("open", minor, inv["currency"].lower())
         assert remote["collection_method"] == "send_invoice" and remote["auto_advance"] is False
-        assert remote["due_date"] - remote["created"] == 30 * 86400
+        # Our number and our due date (issue date + 30 days, end of day UTC), not Stripe's own.
+        due = datetime.combine(date.today() + timedelta(days=30), time(23, 59, 59), tzinfo=UTC)
+        assert remote["number"] == inv["number"] and remote["due_date"] == int(due.timestamp())
         assert remote["metadata"] == {"invoice_number": inv["number"], "billing_invoice_id": str(inv["id"])}
         assert inv["stripe_status"] == "sent" and len(fake_stripe.sent_invoices[remote["id"]]) == 1
     assert {r.stripe_version for r in fake_stripe.requests} == {"2026-10-28.endive"}
@@ -268,7 +272,7 @@ def test_the_client_side_rate_limit_keeps_stripe_from_answering_429(env, engine,
     result = run({**env, "STRIPE_REQUESTS_PER_SECOND": "4", "INVOICE_ENABLE_EMAIL": "false"})
     assert result.exit_code == 0, result.output
     assert fake_stripe.rejected_429 == 0 and len(fake_stripe.invoices) == 3
-    assert len(fake_stripe.requests) >= 15  # enough calls that an unthrottled client would hit the limit
+    assert len(fake_stripe.requests) >= 12  # enough calls that an unthrottled client would hit the limit
 
 
 def test_stripe_calls_go_through_the_proxy_the_environment_names(env, engine, fake_stripe) -> None:
@@ -419,3 +423,26 @@ def test_the_pdf_total_is_what_stripe_charges_where_stripe_differs_from_iso(db_u
         pdf = s3.client().get_object(Bucket=s3.bucket, Key=invoice["s3_key"])["Body"].read()
         text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
         assert f"{D(total):,} {invoice['currency']}" in text, (org, text)
+
+
+def test_a_known_customer_costs_three_stripe_calls_and_a_changed_one_is_updated(env, engine, fake_stripe) -> None:
+    from tests.data import add_usage, utc
+
+    only_stripe = {**env, "INVOICE_ENABLE_S3": "false", "INVOICE_ENABLE_EMAIL": "false"}
+    assert run(only_stripe).exit_code == 0  # January: creates the customers
+    with engine.begin() as conn:
+        for org in ("org-1", "org-2", "org-3"):
+            add_usage(conn, org, "api_calls", "10", utc(2024, 2, 10, 10))
+        conn.execute(text("UPDATE organizations SET name = 'Customer One GmbH', email = 'ap@one.example' "
+                          "WHERE id = 'org-1'"))
+    before = len(fake_stripe.requests)
+
+    february = runner.invoke(app, ["invoice-monthly", "--month", "2024-02"], env=only_stripe)
+
+    assert february.exit_code == 0, february.output
+    calls = [(r.method, re.sub(r"/(in|cus)_\w+", "/{id}", r.path)) for r in fake_stripe.requests[before:]]
+    assert sorted(calls) == sorted(
+        [("POST", "/v1/invoices"), ("POST", "/v1/invoices/{id}/add_lines"), ("POST", "/v1/invoices/{id}/send")] * 3
+        + [("POST", "/v1/customers/{id}")])  # three calls an invoice, whatever its lines; one update
+    renamed = next(c for c in fake_stripe.customers.values() if c["metadata"]["organization_id"] == "org-1")
+    assert (renamed["name"], renamed["email"]) == ("Customer One GmbH", "ap@one.example")

@@ -349,8 +349,6 @@ def test_invoice_state_rules(fake: FakeStripeServer) -> None:
     customer = new_customer(client)
     invoice = draft_invoice(client, customer.id)
     with pytest.raises(stripe.InvalidRequestError):
-        client.v1.invoices.send_invoice(invoice.id)  # a draft cannot be sent
-    with pytest.raises(stripe.InvalidRequestError):
         client.v1.invoices.void_invoice(invoice.id)  # drafts are deleted, not voided
     client.v1.invoice_items.create({"customer": customer.id, "invoice": invoice.id, "amount": 250})
     client.v1.invoices.finalize_invoice(invoice.id)
@@ -417,3 +415,22 @@ def test_reset_and_stop(fake: FakeStripeServer) -> None:
     fake.stop()
     with pytest.raises(stripe.APIConnectionError):
         client.v1.customers.list()
+
+
+def test_sending_a_draft_finalizes_it_and_add_lines_is_all_or_nothing(fake: FakeStripeServer) -> None:
+    client = client_for(fake)
+    customer = new_customer(client)
+    invoice = draft_invoice(client, customer.id)
+    with pytest.raises(stripe.InvalidRequestError):  # one bad line: none is added
+        client.raw_request("post", f"/v1/invoices/{invoice.id}/add_lines",
+                           lines=[{"amount": 100, "description": "ok"}, {"description": "no amount"}])
+    assert fake.invoices[invoice.id]["lines"]["data"] == []
+    client.raw_request("post", f"/v1/invoices/{invoice.id}/add_lines",
+                       lines=[{"amount": 100, "description": "a"}, {"amount": -30, "description": "b"}])
+
+    sent = client.v1.invoices.send_invoice(invoice.id)  # "Stripe finalizes drafts before sending"
+
+    assert (sent.status, sent.total) == ("open", 70) and fake.sent_invoices[invoice.id]
+    with pytest.raises(stripe.InvalidRequestError) as caught:  # lines only on a draft
+        client.raw_request("post", f"/v1/invoices/{invoice.id}/add_lines", lines=[{"amount": 1}])
+    assert caught.value.code == "invoice_not_editable"

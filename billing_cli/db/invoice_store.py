@@ -35,6 +35,8 @@ class StoredInvoice:
     pdf_path: str | None = None
     s3_key: str | None = None
     stripe_customer_id: str | None = None
+    stripe_customer_name: str | None = None  # what billing last told Stripe (None: unknown)
+    stripe_customer_email: str | None = None
     stripe_invoice_id: str | None = None
     stripe_status: str | None = None
     emailed_at: datetime | None = None
@@ -43,8 +45,10 @@ class StoredInvoice:
 _STORED = """
     SELECT i.id, i.organization_id, i.number, i.currency, i.total, i.created_at, i.pdf_sha256, i.pdf_bytes,
            i.pdf_path, CASE WHEN i.s3_uploaded_at IS NOT NULL THEN i.s3_key END AS s3_key,
-           o.stripe_customer_id, i.stripe_invoice_id, i.stripe_status, i.emailed_at
+           o.stripe_customer_id, sc.name AS stripe_customer_name, sc.email AS stripe_customer_email,
+           i.stripe_invoice_id, i.stripe_status, i.emailed_at
     FROM invoices i LEFT JOIN organizations o ON o.id = i.organization_id
+    LEFT JOIN stripe_customers sc ON sc.organization_id = i.organization_id AND sc.customer_id = o.stripe_customer_id
 """
 
 
@@ -93,7 +97,7 @@ def organization_lock(session: Connection, organization_id: str) -> None:
 def issue_invoice(session: Connection, *, organization_id: str, bill_to_name: str, bill_to_email: str,
                   invoice: ComposedInvoice, revisions: Mapping[Month, int], issue_date: date, due_date: date,
                   planned_with: frozenset[int], replaces: StoredInvoice | None = None,
-                  stripe_customer_id: str | None = None) -> StoredInvoice:
+                  stripe_customer: tuple[str | None, str | None, str | None] = (None, None, None)) -> StoredInvoice:
     """Insert the invoice, its lines, the usage it bills per period and the periods it accounts for
     (at which usage revision), with the month's next number. Raises StalePlan, touching nothing,
     when the organization's live invoices are no longer those the plan was made from. The counter
@@ -140,8 +144,10 @@ def issue_invoice(session: Connection, *, organization_id: str, bill_to_name: st
                          "VALUES (:invoice, :period, :revision)"),
                     [{"invoice": invoice_id, "period": period.first_day, "revision": revisions.get(period, 0)}
                      for period in invoice.periods])
+    customer_id, customer_name, customer_email = stripe_customer  # carried to its Stripe step, not stored here
     return StoredInvoice(id=invoice_id, organization_id=organization_id, number=number, currency=invoice.currency,
-                         total=invoice.total, created_at=created_at, stripe_customer_id=stripe_customer_id)
+                         total=invoice.total, created_at=created_at, stripe_customer_id=customer_id,
+                         stripe_customer_name=customer_name, stripe_customer_email=customer_email)
 
 
 def record_pdf(session: Connection, invoice_id: int, *, sha256: str, size: int, path: str | None) -> None:
@@ -171,9 +177,16 @@ def record_s3(session: Connection, invoice_id: int, key: str) -> None:
                     {"id": invoice_id, "key": key})
 
 
-def record_stripe_customer(session: Connection, organization_id: str, customer_id: str) -> None:
+def record_stripe_customer(session: Connection, organization_id: str, customer_id: str, *, name: str,
+                           email: str) -> None:
+    """The organization's Stripe customer, and the name and e-mail it now has at Stripe."""
     session.execute(text("UPDATE organizations SET stripe_customer_id = :c WHERE id = :id "
                          "AND stripe_customer_id IS NULL"), {"id": organization_id, "c": customer_id})
+    session.execute(text("""
+        INSERT INTO stripe_customers (organization_id, customer_id, name, email) VALUES (:id, :c, :name, :email)
+        ON CONFLICT (organization_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, name = EXCLUDED.name,
+            email = EXCLUDED.email, synced_at = now()
+    """), {"id": organization_id, "c": customer_id, "name": name, "email": email})
 
 
 def record_stripe_invoice(session: Connection, invoice_id: int, stripe_invoice_id: str, status: str) -> None:

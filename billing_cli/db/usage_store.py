@@ -24,6 +24,8 @@ class OrganizationRow:
     created_at: datetime | None = None
     status_changed_at: datetime | None = None  # kept by a trigger; NULL: unknown (before it existed)
     usage_revision: int = 0  # the revision of the month's usage read with it (usage_revisions)
+    stripe_customer_name: str | None = None  # what billing last told Stripe about it
+    stripe_customer_email: str | None = None
 
     @property
     def active(self) -> bool:
@@ -142,11 +144,13 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
     # The usage revision is read in the same statement, so it is the revision of exactly this usage.
     rows = conn.execute(text(f"""
         SELECT o.id, o.name, o.email, o.currency, o.price_plan_id, o.stripe_customer_id, o.status, o.created_at,
-               o.status_changed_at, coalesce(r.revision, 0) AS revision, u.metric, u.quantity
+               o.status_changed_at, coalesce(r.revision, 0) AS revision, sc.name AS sc_name,
+               sc.email AS sc_email, u.metric, u.quantity
         FROM organizations o
         LEFT JOIN (SELECT organization_id, metric, sum(quantity) AS quantity FROM ({source}) s GROUP BY 1, 2) u
                ON u.organization_id = o.id
         LEFT JOIN usage_revisions r ON r.organization_id = o.id AND r.period_start = :period
+        LEFT JOIN stripe_customers sc ON sc.organization_id = o.id AND sc.customer_id = o.stripe_customer_id
         WHERE {_TO_INVOICE}{where}
         ORDER BY o.id
     """), {**params, **_window(month, late_months), "live": live_hours or []},
@@ -162,7 +166,7 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
                     batch = []
             org = OrganizationRow(row.id, row.name, row.email, (row.currency or "").strip(), row.price_plan_id,
                                   row.stripe_customer_id, row.status, row.created_at, row.status_changed_at,
-                                  row.revision)
+                                  row.revision, row.sc_name, row.sc_email)
             current = (org, {})
         if row.metric is not None:
             current[1][row.metric] = Decimal(row.quantity)

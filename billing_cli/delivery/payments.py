@@ -8,10 +8,11 @@ the ids we store (and the lookups below by our metadata). The client is built on
 from __future__ import annotations
 
 import threading
-import time
+import time as _time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
 from typing import Any, Protocol
 
 # Pinned, so that upgrading the SDK never silently changes the API behaviour we rely on.
@@ -47,22 +48,22 @@ class StripeInvoiceDetail:
 
 
 @dataclass(frozen=True)
-class StripeItem:
+class StripeLine:
+    """One line of our invoice as Stripe gets it."""
+
     line_no: int
-    amount: int
+    amount: int  # in Stripe's units for the currency (money.to_stripe_amount)
+    description: str
 
 
 class PaymentGateway(Protocol):
     def find_customer(self, organization_id: str, email: str) -> str | None: ...
     def create_customer(self, organization_id: str, name: str, email: str) -> str: ...
+    def update_customer(self, customer_id: str, *, name: str, email: str) -> None: ...
     def find_invoice(self, customer_id: str, invoice_id: int) -> StripeInvoice | None: ...
     def create_draft(self, customer_id: str, *, invoice_id: int, number: str, currency: str,
-                     days_until_due: int) -> StripeInvoice: ...
-    def items(self, stripe_invoice_id: str) -> list[StripeItem]: ...
-    def add_item(self, customer_id: str, stripe_invoice_id: str, *, invoice_id: int, line_no: int,
-                 amount: int, currency: str, description: str) -> None: ...
-    def retrieve(self, stripe_invoice_id: str) -> StripeInvoice: ...
-    def finalize(self, stripe_invoice_id: str, *, invoice_id: int) -> StripeInvoice: ...
+                     due_date: date) -> StripeInvoice: ...
+    def add_lines(self, stripe_invoice_id: str, *, invoice_id: int, lines: list[StripeLine]) -> StripeInvoice: ...
     def send(self, stripe_invoice_id: str, *, invoice_id: int) -> StripeInvoice: ...
     def invoice_detail(self, stripe_invoice_id: str) -> StripeInvoiceDetail | None: ...
 
@@ -93,8 +94,8 @@ class RateLimiter:
 
     WINDOW = 1.05  # seconds
 
-    def __init__(self, per_second: int, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, per_second: int, *, clock: Callable[[], float] = _time.monotonic,
+                 sleep: Callable[[float], None] = _time.sleep) -> None:
         self.limit = per_second
         self._clock, self._sleep = clock, sleep
         self._starts: deque[float] = deque()  # the start times given to the last `limit` calls, in order
@@ -223,36 +224,40 @@ class StripeGateway:
                 return self._invoice(invoice)
         return None
 
+    def update_customer(self, customer_id: str, *, name: str, email: str) -> None:
+        """The customer's name and e-mail as the organization's are now (they changed since)."""
+        import hashlib
+
+        fingerprint = hashlib.sha256(f"{name}\n{email}".encode()).hexdigest()[:16]
+        self._request("customer update", "post", f"/v1/customers/{_path(customer_id)}", name=name, email=email,
+                      idempotency_key=_key("billing-customer-update", f"{customer_id}-{fingerprint}"))
+
     def create_draft(self, customer_id: str, *, invoice_id: int, number: str, currency: str,
-                     days_until_due: int) -> StripeInvoice:
+                     due_date: date) -> StripeInvoice:
+        """A draft with our number and our due date (end of that day, UTC), not Stripe's own: the
+        same invoice, under the same number, whatever day the draft is made."""
+        due = int(datetime.combine(due_date, time(23, 59, 59), tzinfo=UTC).timestamp())
         return self._invoice(self._request(
             "draft invoice", "post", "/v1/invoices",
-            customer=customer_id, collection_method="send_invoice", days_until_due=days_until_due,
+            customer=customer_id, collection_method="send_invoice", due_date=due, number=number,
             auto_advance=False, currency=currency.lower(), pending_invoice_items_behavior="exclude",
             description=f"Invoice {number}", metadata={"invoice_number": number, "billing_invoice_id": str(invoice_id)},
             idempotency_key=f"billing-invoice-{invoice_id}-draft"))
 
-    def items(self, stripe_invoice_id: str) -> list[StripeItem]:
-        return [StripeItem(int((item.get("metadata") or {}).get("line_no", 0)), int(item["amount"]))
-                for item in self._list("invoice items lookup", "/v1/invoiceitems", invoice=stripe_invoice_id)]
-
-    def add_item(self, customer_id: str, stripe_invoice_id: str, *, invoice_id: int, line_no: int,
-                 amount: int, currency: str, description: str) -> None:
-        self._request(f"invoice item {line_no}", "post", "/v1/invoiceitems",
-                      customer=customer_id, invoice=stripe_invoice_id, amount=amount, currency=currency.lower(),
-                      description=description[:500],
-                      metadata={"billing_invoice_id": str(invoice_id), "line_no": str(line_no)},
-                      idempotency_key=f"billing-invoice-{invoice_id}-item-{line_no}")
-
-    def retrieve(self, stripe_invoice_id: str) -> StripeInvoice:
-        return self._invoice(self._request("invoice retrieval", "get", f"/v1/invoices/{_path(stripe_invoice_id)}"))
-
-    def finalize(self, stripe_invoice_id: str, *, invoice_id: int) -> StripeInvoice:
+    def add_lines(self, stripe_invoice_id: str, *, invoice_id: int, lines: list[StripeLine]) -> StripeInvoice:
+        """Every line in one call: Stripe adds all of them or none, to a draft only. Answers the
+        invoice with its new total."""
+        first, last = lines[0].line_no, lines[-1].line_no
         return self._invoice(self._request(
-            "finalization", "post", f"/v1/invoices/{_path(stripe_invoice_id)}/finalize", auto_advance=False,
-            idempotency_key=f"billing-invoice-{invoice_id}-finalize"))
+            "invoice lines", "post", f"/v1/invoices/{_path(stripe_invoice_id)}/add_lines",
+            lines=[{"amount": line.amount, "description": line.description[:500],
+                    "metadata": {"billing_invoice_id": str(invoice_id), "line_no": str(line.line_no)}}
+                   for line in lines],
+            idempotency_key=f"billing-invoice-{invoice_id}-lines-{first}-{last}"))
 
     def send(self, stripe_invoice_id: str, *, invoice_id: int) -> StripeInvoice:
+        """Send the invoice to the customer; a draft is finalized first (one call, and Stripe's
+        status then tells whether it was sent: only this call finalizes our drafts)."""
         return self._invoice(self._request(
             "sending", "post", f"/v1/invoices/{_path(stripe_invoice_id)}/send",
             idempotency_key=f"billing-invoice-{invoice_id}-send"))

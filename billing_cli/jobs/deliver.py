@@ -25,7 +25,7 @@ from ..db.engine import Transactions
 from ..db.invoice_store import StoredInvoice
 from ..delivery.invoice_email import BadAddress, build_invoice_email, message_id
 from ..delivery.mailer import MailError
-from ..delivery.payments import PaymentError
+from ..delivery.payments import PaymentError, PaymentGateway, StripeInvoiceDetail, StripeLine
 from ..delivery.ports import Deliveries
 from ..delivery.storage import StorageError, object_key
 from ..invoices import InvoiceDocument, Seller
@@ -87,56 +87,70 @@ def deliver(transactions: Transactions, invoice: StoredInvoice, document: Invoic
 
 def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: StoredInvoice,
                  document: InvoiceDocument) -> None:
+    """Bring the Stripe invoice to "sent", from wherever an earlier attempt left it. The happy
+    path is three calls: the draft (with our number and due date), all lines at once, and send
+    (which finalizes). Resuming, what to do is decided from the invoice as Stripe has it now, never
+    from what we stored: our own send is the only call that finalizes our drafts, so a finalized
+    invoice was sent, and is never sent twice, however long ago the first attempt was."""
     gateway = deliveries.payments
     assert gateway is not None
-    customer = invoice.stripe_customer_id
-    if customer is None:
-        customer = gateway.find_customer(document.organization_id, document.bill_to_email) or \
-            gateway.create_customer(document.organization_id, document.bill_to_name, document.bill_to_email)
-        with transactions() as conn:
-            invoice_store.record_stripe_customer(conn, document.organization_id, customer)
-
-    stripe_id, status = invoice.stripe_invoice_id, invoice.stripe_status
-    created_now = False
+    customer = _customer(transactions, gateway, invoice, document)
+    stale = datetime.now(UTC) - invoice.created_at > IDEMPOTENCY_WINDOW
+    stripe_id = invoice.stripe_invoice_id
+    remote: StripeInvoiceDetail | None = None
+    if stripe_id is None and stale:  # a draft may exist whose id never reached us, its key forgotten
+        found = gateway.find_invoice(customer, invoice.id)
+        stripe_id = found.id if found is not None else None
     if stripe_id is None:
-        found = None
-        if datetime.now(UTC) - invoice.created_at > IDEMPOTENCY_WINDOW:
-            found = gateway.find_invoice(customer, invoice.id)
-        draft = found or gateway.create_draft(customer, invoice_id=invoice.id, number=document.number,
-                                              currency=document.currency, days_until_due=deliveries.days_until_due)
-        created_now = found is None
-        stripe_id, status = draft.id, draft.status
+        stripe_id = gateway.create_draft(customer, invoice_id=invoice.id, number=document.number,
+                                         currency=document.currency, due_date=document.due_date).id
         with transactions() as conn:
-            invoice_store.record_stripe_invoice(conn, invoice.id, stripe_id, status)
+            invoice_store.record_stripe_invoice(conn, invoice.id, stripe_id, "draft")
+    else:
+        remote = gateway.invoice_detail(stripe_id)
+        if remote is None:
+            raise PaymentError(f"Stripe has no invoice {stripe_id} any more (deleted?): check it in Stripe",
+                               transient=False)
 
     expected = to_stripe_amount(document.total, document.currency)
+    ours = [StripeLine(n, to_stripe_amount(line.amount, document.currency), line.description)
+            for n, line in enumerate(document.lines, start=1)]
+    status = "draft" if remote is None else remote.status
     if status == "draft":
-        # A draft created by this call has no items of ours, except ones an earlier attempt added
-        # under the same idempotency keys, which Stripe replays instead of duplicating: no lookup.
-        present = set() if created_now else {item.line_no for item in gateway.items(stripe_id)}
-        for line_no, line in enumerate(document.lines, start=1):
-            if line_no not in present:
-                gateway.add_item(customer, stripe_id, invoice_id=invoice.id, line_no=line_no,
-                                 amount=to_stripe_amount(line.amount, document.currency),
-                                 currency=document.currency, description=line.description)
-        current = gateway.retrieve(stripe_id)
-        _check_total(current.total, expected, current.currency, document)
-        finalized = gateway.finalize(stripe_id, invoice_id=invoice.id)
-        status = finalized.status
-        with transactions() as conn:
-            invoice_store.record_stripe_invoice(conn, invoice.id, stripe_id, status)
-
-    if status == "open":
-        # Stripe shows no "sent" state on the invoice: our record is the truth. A crash between
-        # this call and the record below resends under the same idempotency key (replayed, not
-        # sent twice, within Stripe's ~24 h key lifetime).
-        sent = gateway.send(stripe_id, invoice_id=invoice.id)
-        _check_total(sent.total, expected, sent.currency, document)
-    elif status not in ("paid", "sent"):  # a zero invoice is paid on finalization: nothing to send
+        present = {n for n, _ in remote.lines} if remote is not None else set()
+        missing = [line for line in ours if line.line_no not in present]
+        total = gateway.add_lines(stripe_id, invoice_id=invoice.id, lines=missing).total if missing else \
+            remote.total  # type: ignore[union-attr]
+        currency = remote.currency if remote is not None else document.currency
+        _check_total(total, expected, currency, document)
+        gateway.send(stripe_id, invoice_id=invoice.id)  # finalizes, then sends
+    elif status == "open" and invoice.stripe_status == "open":
+        # Finalized by an older version of this program, which then sent separately: send it
+        # (under the same key as then: replayed by Stripe if that send happened within ~24 h).
+        gateway.send(stripe_id, invoice_id=invoice.id)
+    elif status not in ("open", "paid"):
         raise PaymentError(f"Stripe invoice {stripe_id} is {status}, expected open: check it in Stripe",
                            transient=False)
     with transactions() as conn:
         invoice_store.record_stripe_invoice(conn, invoice.id, stripe_id, "sent")
+
+
+def _customer(transactions: Transactions, gateway: PaymentGateway, invoice: StoredInvoice,
+              document: InvoiceDocument) -> str:
+    """The organization's Stripe customer, created once, and told when its name or e-mail change."""
+    name, email = document.bill_to_name, document.bill_to_email
+    customer = invoice.stripe_customer_id
+    if customer is None:
+        stale = datetime.now(UTC) - invoice.created_at > IDEMPOTENCY_WINDOW
+        customer = (gateway.find_customer(document.organization_id, email) if stale else None) or \
+            gateway.create_customer(document.organization_id, name, email)
+    elif (invoice.stripe_customer_name, invoice.stripe_customer_email) != (name, email):
+        gateway.update_customer(customer, name=name, email=email)
+    else:
+        return customer
+    with transactions() as conn:
+        invoice_store.record_stripe_customer(conn, document.organization_id, customer, name=name, email=email)
+    return customer
 
 
 def _check_total(stripe_total: int, expected: int, currency: str, document: InvoiceDocument) -> None:

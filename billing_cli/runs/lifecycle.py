@@ -104,7 +104,10 @@ class LockGuard:
             yield True
             return
         with self._mutex:
-            alone = run_store.try_lock_organization(self._conn, organization_id)
+            try:
+                alone = run_store.try_lock_organization(self._conn, organization_id)
+            except SQLAlchemyError:
+                raise self._lost() from None
         try:
             yield alone
         finally:
@@ -124,10 +127,13 @@ class LockGuard:
             except SQLAlchemyError:
                 held = False
             if not held:
-                raise LockLost(f"this run lost its lock ({self._scope}): its database session ended, so another "
-                               "run could start beside it; it stopped before taking more work",
-                               hint="Rerun to finish: what was done is recorded, and nothing is done twice.")
+                raise self._lost()
             self._checked = time.monotonic()
+
+    def _lost(self) -> LockLost:
+        return LockLost(f"this run lost its lock ({self._scope}): its database session ended, so another run "
+                        "could start beside it; it stopped before taking more work",
+                        hint="Rerun to finish: what was done is recorded, and nothing is done twice.")
 
 
 def run_job(spec: RunSpec, settings: Settings, view: RunView,

@@ -17,17 +17,19 @@ so the server speaks Stripe's wire format (what stripe-python sends and parses):
   `Request-Id`, `Stripe-Version`, `Idempotency-Key`, `Idempotent-Replayed` and `Original-Request`
   response headers.
 
-Endpoints: `POST/GET /v1/customers`, `GET /v1/customers/{id}`; `POST/GET /v1/invoices`,
+Endpoints: `POST/GET /v1/customers`, `GET/POST /v1/customers/{id}`; `POST/GET /v1/invoices`,
 `GET /v1/invoices/{id}`, `GET /v1/invoices/{id}/lines`, `POST /v1/invoices/{id}/finalize`,
-`.../send`, `.../void`; `POST/GET /v1/invoiceitems`, `GET /v1/invoiceitems/{id}`.
+`.../send`, `.../void`, `.../add_lines`; `POST/GET /v1/invoiceitems`, `GET /v1/invoiceitems/{id}`.
 
 Modelled Stripe behaviour:
 
 - unknown parameters, missing or malformed ones (integers, booleans, enums, currencies, metadata
   limits) are refused with 400 like Stripe does, so a typo in production code fails in tests;
-- invoices: draft -> open (finalize assigns `number` = customer `invoice_prefix`-sequence) ->
-  void; items only on draft invoices of the same customer and currency; totals recomputed from
-  the lines; `pending_invoice_items_behavior=include` pulls the customer's pending items;
+- invoices: draft -> open (finalize keeps the `number` given at creation, unique in the account,
+  or assigns customer `invoice_prefix`-sequence) -> void; sending a draft finalizes it first;
+  items only on draft invoices of the same customer and currency; `add_lines` adds every line or
+  none, to a draft only; totals recomputed from the lines; `pending_invoice_items_behavior=include`
+  pulls the customer's pending items;
 - invoice items take `amount`, or `quantity` x `unit_amount_decimal` (rounded half-up); the
   pre-2025-03-31 `unit_amount` is accepted only when the request's `Stripe-Version` is older;
 - idempotency: a POST's first result is saved under its `Idempotency-Key` and replayed byte for
@@ -463,6 +465,17 @@ class _Account:
         self.customers[customer["id"]] = customer
         return self.render(customer, expand)
 
+    def update_customer(self, call: _Call) -> Obj:
+        p = call.params
+        _check_known(p, ("email", "name", "description", "phone", "metadata", "expand"))
+        customer = self._find(self.customers, call.path_id or "", "customer", "id", 404)
+        for name, value in (("email", _email(p)), ("name", _string(p, "name", max_length=256)),
+                            ("description", _string(p, "description"))):
+            if value is not None:
+                customer[name] = value
+        customer["metadata"].update(_metadata(p))
+        return self.render(customer, _expand(p, "customer"))
+
     def retrieve_customer(self, call: _Call) -> Obj:
         _check_known(call.params, ("expand",))
         customer = self._find(self.customers, call.path_id or "", "customer", "id", 404)
@@ -481,8 +494,12 @@ class _Account:
     def create_invoice(self, call: _Call) -> Obj:
         p = call.params
         _check_known(p, ("customer", "collection_method", "days_until_due", "due_date",
-                         "auto_advance", "currency", "description", "footer", "metadata",
+                         "auto_advance", "currency", "description", "footer", "metadata", "number",
                          "pending_invoice_items_behavior", "expand"))
+        number = _string(p, "number", max_length=26)
+        if number is not None and any(i["number"] == number for i in self.invoices.values()):
+            raise ApiError(400, f"Invoice number {number} is already in use: numbers are unique in an account.",
+                           code="invoice_number_taken", param="number")
         customer_id = _string(p, "customer", required=True) or ""
         method = _choice(p, "collection_method", ("charge_automatically", "send_invoice"))
         method = method or "charge_automatically"
@@ -500,7 +517,7 @@ class _Account:
             due_date = now + days * 86400
         invoice = self._new_invoice(customer, now, method, due_date, currency)
         invoice.update(auto_advance=bool(auto_advance), description=description, footer=footer,
-                       metadata=metadata)
+                       metadata=metadata, number=number)
         self.invoices[invoice["id"]] = invoice
         if pending == "include":
             for item in self._pending_items(customer_id, invoice["currency"]):
@@ -618,11 +635,19 @@ class _Account:
         if invoice["status"] != "draft":
             raise ApiError(400, "This invoice is already finalized, you can't re-finalize a "
                                 "non-draft invoice.", code="invoice_not_editable")
+        self._finalize(invoice)
+        if auto_advance is not None:
+            invoice["auto_advance"] = auto_advance
+        return self.render(invoice, expand)
+
+    def _finalize(self, invoice: Obj) -> None:
         customer = self.customers[invoice["customer"]]
-        sequence = customer["next_invoice_sequence"]
-        customer["next_invoice_sequence"] = sequence + 1
+        number = invoice["number"]
+        if number is None:
+            number = f"{customer['invoice_prefix']}-{customer['next_invoice_sequence']:04d}"
+            customer["next_invoice_sequence"] += 1
         now = self._now()
-        invoice.update(status="open", number=f"{customer['invoice_prefix']}-{sequence:04d}",
+        invoice.update(status="open", number=number,
                        effective_at=now, ending_balance=0, customer_email=customer["email"],
                        customer_name=customer["name"],
                        hosted_invoice_url=f"https://invoice.stripe.test/i/{invoice['id']}",
@@ -631,9 +656,6 @@ class _Account:
         if invoice["amount_due"] == 0:  # as Stripe does: nothing to collect, paid on finalization
             invoice["status"] = "paid"
             invoice["status_transitions"]["paid_at"] = now
-        if auto_advance is not None:
-            invoice["auto_advance"] = auto_advance
-        return self.render(invoice, expand)
 
     def send_invoice(self, call: _Call) -> Obj:
         _check_known(call.params, ("expand",))
@@ -642,6 +664,8 @@ class _Account:
         if invoice["collection_method"] != "send_invoice":
             raise ApiError(400, "You can only manually send an invoice if its collection "
                                 "method is 'send_invoice'.")
+        if invoice["status"] == "draft":  # "Stripe automatically finalizes drafts before sending"
+            self._finalize(invoice)
         if invoice["status"] not in ("open", "paid"):
             raise ApiError(400, f"You can only send a finalized invoice (open or paid); "
                                 f"invoice {invoice['id']} is {invoice['status']}.",
@@ -662,6 +686,44 @@ class _Account:
         return self.render(invoice, expand)
 
     # invoice items
+
+    def add_lines(self, call: _Call) -> Obj:
+        """POST /v1/invoices/{id}/add_lines: every line or none, on a draft invoice only."""
+        p = call.params
+        _check_known(p, ("lines", "invoice_metadata", "expand"))
+        invoice = self._find(self.invoices, call.path_id or "", "invoice", "id", 404)
+        raw = p.get("lines")
+        if not isinstance(raw, dict) or not raw:
+            raise _param_error("Missing required param: lines.", "lines", "parameter_missing")
+        if invoice["status"] != "draft":
+            raise ApiError(400, "You can only add lines to a draft invoice.", code="invoice_not_editable")
+        lines = []
+        for index in sorted(raw, key=int):
+            line = raw[index]
+            if not isinstance(line, dict):
+                raise _param_error(f"Invalid hash: lines[{index}]", f"lines[{index}]")
+            _check_known(line, ("amount", "description", "metadata", "period", "discountable"))
+            amount = _integer(line, "amount")
+            if amount is None:
+                raise _param_error(f"Missing required param: lines[{index}][amount].", f"lines[{index}][amount]",
+                                   "parameter_missing")
+            _check_chargeable(amount, invoice["currency"])
+            lines.append((amount, _string(line, "description"), _metadata(line), _period(line)))
+        now = self._now()
+        for amount, description, metadata, period in lines:  # all validated: now add them all
+            item: Obj = {
+                "id": self._new_id("ii"), "object": "invoiceitem", "amount": amount,
+                "currency": invoice["currency"], "customer": invoice["customer"], "date": now,
+                "description": description, "discountable": True, "discounts": [], "invoice": None,
+                "livemode": False, "metadata": metadata, "net_amount": amount, "parent": None,
+                "period": period or {"start": now, "end": now},
+                "pricing": {"price_details": None, "type": None, "unit_amount_decimal": _decimal_text(Decimal(amount))},
+                "proration": False, "quantity": 1, "tax_rates": [], "test_clock": None,
+            }
+            self.invoice_items[item["id"]] = item
+            self._attach(invoice, item)
+        invoice["metadata"].update(_metadata({"metadata": p.get("invoice_metadata")}))
+        return self.render(invoice, _expand(p, "invoice"))
 
     def create_invoice_item(self, call: _Call) -> Obj:
         p = call.params
@@ -764,6 +826,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], Callable[[_Account, _Call], Obj]]] = [
         ("POST", r"/v1/customers", _Account.create_customer),
         ("GET", r"/v1/customers", _Account.list_customers),
         ("GET", rf"/v1/customers/{_ID}", _Account.retrieve_customer),
+        ("POST", rf"/v1/customers/{_ID}", _Account.update_customer),
         ("POST", r"/v1/invoices", _Account.create_invoice),
         ("GET", r"/v1/invoices", _Account.list_invoices),
         ("GET", rf"/v1/invoices/{_ID}", _Account.retrieve_invoice),
@@ -771,6 +834,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], Callable[[_Account, _Call], Obj]]] = [
         ("POST", rf"/v1/invoices/{_ID}/finalize", _Account.finalize_invoice),
         ("POST", rf"/v1/invoices/{_ID}/send", _Account.send_invoice),
         ("POST", rf"/v1/invoices/{_ID}/void", _Account.void_invoice),
+        ("POST", rf"/v1/invoices/{_ID}/add_lines", _Account.add_lines),
         ("POST", r"/v1/invoiceitems", _Account.create_invoice_item),
         ("GET", r"/v1/invoiceitems", _Account.list_invoice_items),
         ("GET", rf"/v1/invoiceitems/{_ID}", _Account.retrieve_invoice_item),

@@ -93,7 +93,7 @@ class Acting:
                     conn, organization_id=org.id, bill_to_name=org.name, bill_to_email=org.email, invoice=invoice,
                     revisions=plan.revisions, issue_date=options.issue_date, due_date=due,
                     planned_with=plan.history.live_invoices, replaces=plan.existing,
-                    stripe_customer_id=org.stripe_customer_id)
+                    stripe_customer=(org.stripe_customer_id, org.stripe_customer_name, org.stripe_customer_email))
         except invoice_store.StalePlan:
             # Another run issued or voided one of its invoices since the plan was read: what was
             # already billed may differ, so nothing is issued now; a rerun plans it afresh.
