@@ -33,8 +33,13 @@ times each (median):
   (c) `billing reconcile --month 2024-01 --org ID --plain` for the invoiced organization with the
       fewest events (every query is limited to it, through an index): the fixed cost of a run
       (interpreter and imports, settings, connection, the job_runs row);
-  (d) the same GROUP BY by psql on usage_hourly (hour_start in the month): the roll-up side that
-      reconcile compares the events with.
+  (d) the same GROUP BY by psql on usage_hourly (hour_start in the month), after
+      `SET max_parallel_workers_per_gather = 0`: the roll-up side that reconcile compares the
+      events with;
+  (e) (b) after `SET max_parallel_workers_per_gather = 0`.
+  Why serial: reconcile streams its usage query (yield_per), i.e. through a server-side cursor,
+  and PostgreSQL never plans a cursor's query in parallel, whereas psql's (b) gets parallel
+  workers. (d) and (e) are what the two GROUP BYs inside reconcile's query cost.
 
 All run under GNU time (/usr/bin/time): wall time measured around the process, peak RSS and CPU
 from time's wait4 of that one process (see common.run_measured); each round runs them in a
@@ -45,8 +50,9 @@ and every issued invoice checked; after it, one late event is added (an organiza
 2024-01-20 10:30Z, received now), and reconcile must exit 11 with exactly one difference,
 rollup_behind for that organization and metric, with the events' and roll-up's sums; the event is
 then removed again (and the hour's usage_event_changes row its deletion made) and reconcile must
-exit 0 again. Finally each of reconcile's queries is run once under EXPLAIN ANALYZE (captured from
-billing_cli.db.reconcile_store), to show where (a)'s time goes.
+exit 0 again. Finally each of reconcile's queries (captured from billing_cli.db.reconcile_store) is
+run once under EXPLAIN ANALYZE without parallel workers, and the usage query's plan as a cursor is
+printed (EXPLAIN DECLARE), to show where (a)'s time goes.
 
     .venv/bin/python bench/reconcile.py [--organizations N] [--events E] [--skew S] [--repeat R]
                                         [--keep-database] [--check]
@@ -64,6 +70,7 @@ import bisect
 import itertools
 import os
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -98,6 +105,7 @@ FLOOR_SQL = ("SELECT organization_id, metric, sum(quantity) FROM usage_events "
              "WHERE occurred_at >= '2024-01-01' AND occurred_at < '2024-02-01' GROUP BY 1, 2")
 HOURLY_SQL = ("SELECT organization_id, metric, sum(quantity) FROM usage_hourly "
               "WHERE hour_start >= '2024-01-01' AND hour_start < '2024-02-01' GROUP BY 1, 2")
+SERIAL = "SET max_parallel_workers_per_gather = 0"  # as for a cursor's query
 
 LATE_EVENT = ("api_calls", Decimal(7), "2024-01-20 10:30:00+00", "bench-late-event")
 
@@ -335,9 +343,10 @@ def reconcile(url: str, *extra: str) -> common.Measured:
                                job_env(url), check=False)
 
 
-def psql(url: str, statement: str = FLOOR_SQL) -> common.Measured:
+def psql(url: str, *statements: str) -> common.Measured:
+    commands = [arg for statement in statements or (FLOOR_SQL,) for arg in ("-c", statement)]
     return common.run_measured(["psql", "-X", "-q", "-A", "-t", "-o", os.devnull, "-v", "ON_ERROR_STOP=1",
-                                "-d", url, "-c", statement], {**os.environ, "PGTZ": "UTC"})
+                                "-d", url, *commands], {**os.environ, "PGTZ": "UTC"})
 
 
 def reconcile_clean(url: str, invoices: int, label: str, *extra: str) -> common.Measured:
@@ -402,7 +411,11 @@ def _branches(node: dict, tables: set[str], out: dict[str, float]) -> None:
 
 
 def explain_queries(url: str) -> list[str]:
-    """Each of reconcile's queries (captured from reconcile_store, not copied) under EXPLAIN ANALYZE."""
+    """reconcile's queries (captured from reconcile_store, not copied): each under EXPLAIN ANALYZE
+    without parallel workers (reconcile streams them through cursors); and the usage query's plan as
+    reconcile runs it, from EXPLAIN DECLARE ... CURSOR (estimates only: a cursor cannot be analyzed)."""
+    from sqlalchemy import text
+
     from billing_cli.db import reconcile_store
     from billing_cli.db.engine import make_engine
     from billing_cli.periods import Month
@@ -412,6 +425,7 @@ def explain_queries(url: str) -> list[str]:
     engine = make_engine(url, pool_size=1)
     try:
         with engine.begin() as conn:
+            conn.execute(text(SERIAL.replace("SET", "SET LOCAL")))
             for fn in (reconcile_store.usage_differences, reconcile_store.owed_fees_not_invoiced,
                        reconcile_store.live_invoices):
                 for statement, params in common.captured_statements(fn, month, None):
@@ -426,6 +440,14 @@ def explain_queries(url: str) -> list[str]:
                             f"{name} GROUP BY {parts[name]:.2f} s" for name in
                             ("usage_events", "usage_hourly", "invoice_usage") if name in parts)
                     lines.append(f"  {fn.__name__:24} {seconds:7.2f} s{detail}")
+        (statement, params), = common.captured_statements(reconcile_store.usage_differences, month, None)
+        with engine.begin() as conn:
+            plan = [r[0] for r in conn.execute(text("EXPLAIN DECLARE bench NO SCROLL CURSOR FOR " + statement), params)]
+        lines.append("  usage_differences as reconcile runs it (EXPLAIN DECLARE ... CURSOR; node lines):")
+        cost = re.compile(r"  \(cost=[^)]*\)")
+        lines += ["    " + cost.sub("", line) for line in plan if "->" in line or line is plan[0]]
+        if not any("Gather" in line for line in plan):
+            lines.append("    (no Gather node: no parallel worker)")
     finally:
         engine.dispose()
     return lines
@@ -440,12 +462,13 @@ def runs(values: Sequence[float], fmt: str = "{:.3f}") -> str:
 def report(args: argparse.Namespace, machine: dict[str, str], loads: tuple[str, str], loaded: Loaded,
            prepared: Prepared, times: dict[str, list[common.Measured]], late_line: str, where: list[str]) -> bool:
     med = {k: statistics.median(r.seconds for r in v) for k, v in times.items()}
-    a, b, c, d = med["a"], med["b"], med["c"], med["d"]
+    a, b, c, d, e = med["a"], med["b"], med["c"], med["d"], med["e"]
     ratio = a / b
     ok = ratio <= TARGET_RATIO
     own = [float((common.plain_records(r.stdout, "summary") or [{}])[-1].get("seconds", "nan")) for r in times["a"]]
     labels = {"a": "(a) billing reconcile --month 2024-01", "b": "(b) psql: the month GROUP BY on usage_events",
-              "c": "(c) billing reconcile ... --org ID", "d": "(d) psql: the month GROUP BY on usage_hourly"}
+              "c": "(c) billing reconcile ... --org ID", "d": "(d) psql, serial: GROUP BY on usage_hourly",
+              "e": "(e) psql, serial: (b) without parallel workers"}
     rows = [f"{labels[k]:46} {med[k]:9.3f} {max(r.rss_mib for r in v):8.1f} "
             f"{statistics.median(r.cpu_seconds for r in v):6.2f}   {runs([r.seconds for r in v])}"
             for k, v in times.items()]
@@ -465,7 +488,7 @@ def report(args: argparse.Namespace, machine: dict[str, str], loads: tuple[str, 
         f"{prepared.hourly_size} with indexes; (organization, metric) pairs: {prepared.pairs:,}",
         f"      rolled up by aggregate-hourly --from 2024-01-01T00 --to 2024-01-31T23 in {prepared.rollup_seconds:.0f} s; "
         f"invoiced by invoice-monthly in {prepared.invoice_seconds:.0f} s: {prepared.invoices:,} invoices",
-        f"runs: whole processes under /usr/bin/time, (a) (b) (c) (d) in a rotated order each round, "
+        f"runs: whole processes under /usr/bin/time, (a) to (e) in a rotated order each round, "
         f"repeat={args.repeat}, median; Stripe, S3 and e-mail off",
         "",
         f"{'':46} {'median s':>9} {'RSS MiB':>8} {'CPU s':>6}   runs (s)",
@@ -473,11 +496,12 @@ def report(args: argparse.Namespace, machine: dict[str, str], loads: tuple[str, 
         f"    (c): --org {prepared.smallest[0]} ({prepared.smallest[1]:,} event{'s' if prepared.smallest[1] != 1 else ''} in the month)",
         f"    (a)'s own timer (summary seconds=): median {statistics.median(own):.2f} s; RSS = the highest peak "
         "of the runs; CPU = the process's user+sys (the server's work is not in it)",
-        f"    a = b + d + c + the rest (joins, invoices, fees owed): {a:.2f} = {b:.2f} + {d:.2f} + {c:.2f} "
-        f"+ {a - b - c - d:.2f} s",
+        f"    a = c + e + d + the rest (joining the sums, invoices, fees owed): {a:.2f} = {c:.2f} + {e:.2f} + "
+        f"{d:.2f} + {a - c - e - d:.2f} s",
+        f"    a / e = {a / e:.2f} (both without parallel workers; for information, not the target)",
         "",
-        "reconcile's queries under EXPLAIN ANALYZE (captured from reconcile_store; once, in-process; server time,",
-        "inflated by EXPLAIN's per-row timing):",
+        "reconcile's queries under EXPLAIN ANALYZE (captured from reconcile_store; once, in-process, without parallel",
+        "workers; server time, inflated by EXPLAIN's per-row timing):",
         *where,
         "",
         f"verified: every (a) run exit 0, differences=0, invoices={prepared.invoices:,}; every (c) run exit 0, "
@@ -522,18 +546,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             if rows.stdout.strip() != str(prepared.pairs):
                 raise BenchError(f"the GROUP BY returns {rows.stdout.strip()} rows, expected {prepared.pairs}")
             psql(url)
-            psql(url, HOURLY_SQL)
+            psql(url, SERIAL, HOURLY_SQL)
 
-            print("timing (a), (b), (c), (d) ...", flush=True)
+            print("timing (a), (b), (c), (d), (e) ...", flush=True)
             measure = {
                 "a": lambda i: reconcile_clean(url, prepared.invoices, f"(a) run {i}"),
                 "b": lambda i: psql(url),
                 "c": lambda i: reconcile_clean(url, 1, f"(c) run {i}", "--org", prepared.smallest[0]),
-                "d": lambda i: psql(url, HOURLY_SQL),
+                "d": lambda i: psql(url, SERIAL, HOURLY_SQL),
+                "e": lambda i: psql(url, SERIAL, FLOOR_SQL),
             }
             times: dict[str, list[common.Measured]] = {name: [] for name in measure}
             for i in range(args.repeat):
-                order = list(measure)[i % 4:] + list(measure)[:i % 4]
+                order = list(measure)[i % len(measure):] + list(measure)[:i % len(measure)]
                 for name in order:
                     run = measure[name](i + 1)
                     times[name].append(run)

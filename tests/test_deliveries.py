@@ -446,3 +446,30 @@ def test_a_known_customer_costs_three_stripe_calls_and_a_changed_one_is_updated(
         + [("POST", "/v1/customers/{id}")])  # three calls an invoice, whatever its lines; one update
     renamed = next(c for c in fake_stripe.customers.values() if c["metadata"]["organization_id"] == "org-1")
     assert (renamed["name"], renamed["email"]) == ("Customer One GmbH", "ap@one.example")
+
+
+def test_a_service_that_is_down_is_given_up_after_a_few_failures_and_the_next_run_completes(
+        env, engine, mail, fake_stripe) -> None:
+    from tests.data import add_org, add_usage, set_plan
+
+    with engine.begin() as conn:
+        for n in range(4, 11):
+            add_org(conn, f"org-{n:02d}")
+            set_plan(conn, f"org-{n:02d}", "pro")
+            add_usage(conn, f"org-{n:02d}", "api_calls", "5")
+    fake_stripe.fail_next(10_000, 500)  # Stripe is down for this run
+    down = {**env, "DELIVERY_MAX_ATTEMPTS": "2", "DELIVERY_CIRCUIT_BREAKER_FAILURES": "3"}
+
+    result = run(down)
+
+    assert result.exit_code == ExitCode.PARTIAL
+    # Three customer creations failed (two attempts each); then Stripe was not called again.
+    assert len(fake_stripe.requests) == 3 * 2
+    assert result.output.count("error_stripe=") == 10
+    assert result.output.count("Stripe failed 3 times in a row in this run: not called again") == 7
+    assert len(mail.received) == 0  # the e-mail follows Stripe: never told about an invoice not in Stripe
+    assert all(inv["s3_key"] for inv in stored(engine).values())  # what came before is done
+
+    fake_stripe.reset()
+    assert run(env).exit_code == 0
+    assert all(inv["stripe_status"] == "sent" and inv["emailed_at"] for inv in stored(engine).values())

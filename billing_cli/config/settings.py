@@ -92,6 +92,7 @@ class Settings:
     delivery_max_attempts: int
     delivery_timeout_seconds: int
     delivery_max_retry_seconds: int
+    delivery_breaker_failures: int
     sources: Mapping[str, Source] = field(default_factory=dict, compare=False)
 
     @property

@@ -162,7 +162,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DELIVERY_TIMEOUT_SECONDS", "delivery_timeout_seconds", Int(1, 600), default="30",
              help="Network timeout of one S3/Stripe/SMTP call."),
     Variable("DELIVERY_MAX_RETRY_SECONDS", "delivery_max_retry_seconds", Int(0, 3600), default="60",
-             help="Longest time spent retrying one delivery call."),
+             help="Longest time spent retrying one S3/Stripe/SMTP call (all its attempts)."),
+    Variable("DELIVERY_CIRCUIT_BREAKER_FAILURES", "delivery_breaker_failures", Int(0, 10000), default="5",
+             help="After this many failures in a row of one service (each after its retries), it is not called "
+                  "again in the run: its steps stay for the next run (0: never give up)."),
 )
 
 VARIABLES_BY_NAME = {v.name: v for v in VARIABLES}

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Literal, Protocol
 
+from .breaker import CircuitBreaker, CircuitOpen
+
 Security = Literal["ssl", "starttls", "none"]
 
 
@@ -90,7 +92,14 @@ class SmtpMailer:
     max_attempts: int = 4
     max_wait_seconds: float = 60.0
     ssl_context: ssl.SSLContext | None = None  # tests pass one trusting their own certificate
+    breaker_failures: int = 5
     _sessions: _Sessions = field(default_factory=_Sessions, init=False, repr=False, compare=False)
+    _breaker: CircuitBreaker = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_breaker", CircuitBreaker(
+            "the SMTP server", failures=self.breaker_failures,
+            is_transient=lambda exc: isinstance(exc, MailError) and exc.transient))
 
     def send(self, message: EmailMessage) -> None:
         from tenacity import retry, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
@@ -101,7 +110,10 @@ class SmtpMailer:
             wait=wait_random_exponential(multiplier=0.5, max=10),
             reraise=True,
         )(self._send_once)
-        sender(message)
+        try:
+            self._breaker.call(lambda: sender(message))
+        except CircuitOpen as exc:
+            raise MailError(str(exc), transient=True) from None
 
     def _context(self) -> ssl.SSLContext:
         """One TLS context per mailer: building it loads the CA store (~17 ms of CPU each time)."""

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Any, Protocol
 
+from .breaker import CircuitBreaker, CircuitOpen
+
 # Pinned, so that upgrading the SDK never silently changes the API behaviour we rely on.
 STRIPE_API_VERSION = "2026-10-28.endive"
 
@@ -68,6 +70,16 @@ class PaymentGateway(Protocol):
     def invoice_detail(self, stripe_invoice_id: str) -> StripeInvoiceDetail | None: ...
 
 
+def _retryable(exc: BaseException) -> bool:
+    """What Stripe (and its SDK) say is worth retrying: no connection, 5xx, 409 conflicts, 429."""
+    import stripe
+
+    if isinstance(exc, (stripe.APIConnectionError, stripe.RateLimitError)):
+        return True
+    status = getattr(exc, "http_status", None)
+    return isinstance(exc, stripe.StripeError) and status is not None and (status >= 500 or status == 409)
+
+
 def _path(stripe_id: str) -> str:
     """An id inside a URL path, escaped as the SDK's own services do."""
     from urllib.parse import quote
@@ -119,18 +131,20 @@ class StripeGateway:
     tests); the code path is the same."""
 
     def __init__(self, api_key: str, *, api_base: str | None = None, requests_per_second: int = 25,
-                 max_network_retries: int = 3, timeout_seconds: float = 30, rate_limit_retries: int = 5,
-                 max_connections: int = 10) -> None:
+                 max_attempts: int = 4, max_retry_seconds: float = 60, timeout_seconds: float = 30,
+                 max_connections: int = 10, breaker_failures: int = 5) -> None:
         self._api_key = api_key
         self._api_base = api_base
-        self._max_network_retries = max_network_retries
+        self._max_attempts = max_attempts
+        self._max_retry_seconds = max_retry_seconds
         self._timeout = timeout_seconds
-        self._rate_limit_retries = rate_limit_retries
         self._max_connections = max_connections
         self.limiter = RateLimiter(requests_per_second)
+        self.breaker = CircuitBreaker("Stripe", failures=breaker_failures,
+                                      is_transient=lambda exc: isinstance(exc, PaymentError) and exc.transient)
         self._client_lock = threading.Lock()
         self._client: Any = None
-        self._on_429: Any = None
+        self._retrying: Any = None
 
     def __repr__(self) -> str:
         return f"StripeGateway(api_base={self._api_base!r})"  # never the key
@@ -140,19 +154,23 @@ class StripeGateway:
         with self._client_lock:
             if self._client is None:
                 import stripe
-                from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+                from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, \
+                    wait_random_exponential
 
                 from .stripe_http import Urllib3Client
 
                 self._client = stripe.StripeClient(
                     self._api_key, stripe_version=STRIPE_API_VERSION,
                     base_addresses={"api": self._api_base} if self._api_base else None,
-                    max_network_retries=self._max_network_retries,
+                    max_network_retries=0,  # retried below, within DELIVERY_MAX_RETRY_SECONDS
                     http_client=Urllib3Client(timeout_seconds=self._timeout, max_connections=self._max_connections))
-                # Backoff on 429, which the SDK does not retry (its state is per thread: one for all).
-                self._on_429 = Retrying(retry=retry_if_exception_type(stripe.RateLimitError), reraise=True,
-                                        stop=stop_after_attempt(self._rate_limit_retries),
-                                        wait=wait_random_exponential(0.5, max=8))
+                # Every transient failure (connection, 5xx, 409, 429) backs off and retries, at most
+                # DELIVERY_MAX_ATTEMPTS times and DELIVERY_MAX_RETRY_SECONDS in all: one call never
+                # holds a run for minutes. Safe: every creating call carries an idempotency key.
+                self._retrying = Retrying(retry=retry_if_exception(_retryable), reraise=True,
+                                          stop=stop_after_attempt(self._max_attempts)
+                                          | stop_after_delay(self._max_retry_seconds),
+                                          wait=wait_random_exponential(0.5, max=8))
             return self._client
 
     def _request(self, what: str, method: str, path: str, **params: Any) -> dict[str, Any]:
@@ -160,7 +178,15 @@ class StripeGateway:
         auth, pinned API version, idempotency keys, retries and error types, without building
         StripeObjects (this adapter reads a few fields; building them was a quarter of a call's CPU).
 
-        Around it: the client-side rate limit, plus backoff on 429, which the SDK does not retry."""
+        Around it: the client-side rate limit, the retries with backoff, and the run's circuit
+        breaker (after DELIVERY_CIRCUIT_BREAKER_FAILURES transient failures in a row, Stripe is not
+        called again in this run)."""
+        try:
+            return self.breaker.call(lambda: self._retried(what, method, path, params))
+        except CircuitOpen as exc:
+            raise PaymentError(f"Stripe {what}: {exc}", transient=True) from None
+
+    def _retried(self, what: str, method: str, path: str, params: dict[str, Any]) -> dict[str, Any]:
         import stripe
 
         client = self._stripe()
@@ -170,9 +196,9 @@ class StripeGateway:
             return client.raw_request(method, path, **params).data
 
         try:
-            return self._on_429(attempt)
+            return self._retrying(attempt)
         except stripe.RateLimitError as exc:
-            raise PaymentError(f"Stripe {what}: rate limited (429) after {self._rate_limit_retries} attempts",
+            raise PaymentError(f"Stripe {what}: rate limited (429) after {self._max_attempts} attempts",
                                transient=True) from exc
         except stripe.AuthenticationError:
             raise PaymentError(f"Stripe {what}: authentication failed: check STRIPE_API_KEY", transient=False) from None

@@ -13,12 +13,23 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..periods import Month
+from .breaker import CircuitBreaker, CircuitOpen
 
 MAX_LINK_SECONDS = 7 * 24 * 3600  # S3's own ceiling for SigV4 presigned URLs
 
 
 class StorageError(Exception):
-    """An upload failed after boto3's retries (or was refused outright)."""
+    """An upload failed after the retries (or was refused outright)."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+# S3 error codes worth retrying (throttling and the service's own failures), as boto3's
+# "standard" retry mode has them.
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+                    "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
 
 
 def object_key(prefix: str, month: Month, organization_id: str, number: str) -> str:
@@ -44,10 +55,27 @@ class S3Store:
     max_attempts: int = 5
     timeout_seconds: float = 30.0
     max_connections: int = 10  # botocore's default; the job sets its concurrency
+    max_retry_seconds: float = 60.0  # all attempts of one call
+    breaker_failures: int = 5
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._s3 = None
+        self.breaker = CircuitBreaker("S3", failures=self.breaker_failures,
+                                      is_transient=lambda exc: isinstance(exc, StorageError) and exc.transient)
+
+    def _call(self, action):
+        """One S3 call: retried with backoff while transient, within max_attempts and
+        max_retry_seconds in all, through the run's circuit breaker."""
+        from tenacity import retry, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
+
+        retried = retry(retry=retry_if_exception(lambda exc: isinstance(exc, StorageError) and exc.transient),
+                        stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_retry_seconds),
+                        wait=wait_random_exponential(multiplier=0.2, max=5), reraise=True)(action)
+        try:
+            return self.breaker.call(retried)
+        except CircuitOpen as exc:
+            raise StorageError(str(exc), transient=True) from None
 
     def _client(self):
         """One client for all worker threads: a boto3 client is thread-safe once built (building
@@ -58,7 +86,8 @@ class S3Store:
                 import boto3
                 from botocore.config import Config
 
-                config = Config(retries={"mode": "standard", "max_attempts": self.max_attempts},
+                # Retried by _call (within the time budget), not inside botocore.
+                config = Config(retries={"mode": "standard", "max_attempts": 1},
                                 connect_timeout=self.timeout_seconds, read_timeout=self.timeout_seconds,
                                 signature_version="s3v4", max_pool_connections=self.max_connections)
                 self._s3 = boto3.session.Session().client("s3", region_name=self.region,
@@ -70,18 +99,24 @@ class S3Store:
         from botocore.exceptions import BotoCoreError, ClientError
 
         checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
-        try:
-            self._client().put_object(
-                Bucket=self.bucket, Key=key, Body=data, ContentType="application/pdf",
-                ServerSideEncryption="AES256", ChecksumSHA256=checksum,
-                Metadata={"invoice-number": invoice_number},
-            )
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            raise StorageError(f"S3 refused the upload to s3://{self.bucket}/{key}: "
-                               f"{error.get('Code', '?')} {error.get('Message', '')}".rstrip()) from None
-        except BotoCoreError as exc:
-            raise StorageError(f"S3 upload to s3://{self.bucket}/{key} failed: {exc}") from None
+
+        def upload() -> None:
+            try:
+                self._client().put_object(
+                    Bucket=self.bucket, Key=key, Body=data, ContentType="application/pdf",
+                    ServerSideEncryption="AES256", ChecksumSHA256=checksum,
+                    Metadata={"invoice-number": invoice_number},
+                )
+            except ClientError as exc:
+                error = exc.response.get("Error", {})
+                code = str(error.get("Code", "?"))
+                raise StorageError(f"S3 refused the upload to s3://{self.bucket}/{key}: "
+                                   f"{code} {error.get('Message', '')}".rstrip(),
+                                   transient=code in _TRANSIENT_CODES) from None
+            except BotoCoreError as exc:
+                raise StorageError(f"S3 upload to s3://{self.bucket}/{key} failed: {exc}", transient=True) from None
+
+        self._call(upload)
 
     def link(self, key: str) -> str:
         """A presigned GET URL that expires (the objects themselves stay private)."""
@@ -95,17 +130,22 @@ class S3Store:
         object. StorageError if S3 cannot be asked."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        try:
-            head = self._client().head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-            checksum = head.get("ChecksumSHA256")
-            if checksum and "-" not in checksum:  # a multipart object's checksum is of its parts
-                return base64.b64decode(checksum).hex()
-            body = self._client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
-            return hashlib.sha256(body).hexdigest()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise StorageError(f"S3 refused to describe s3://{self.bucket}/{key}: "
-                               f"{exc.response.get('Error', {}).get('Code', '?')}") from None
-        except BotoCoreError as exc:
-            raise StorageError(f"S3 cannot be reached to check s3://{self.bucket}/{key}: {exc}") from None
+        def read() -> str | None:
+            try:
+                head = self._client().head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+                checksum = head.get("ChecksumSHA256")
+                if checksum and "-" not in checksum:  # a multipart object's checksum is of its parts
+                    return base64.b64decode(checksum).hex()
+                body = self._client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+                return hashlib.sha256(body).hexdigest()
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", "?"))
+                if code in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise StorageError(f"S3 refused to describe s3://{self.bucket}/{key}: {code}",
+                                   transient=code in _TRANSIENT_CODES) from None
+            except BotoCoreError as exc:
+                raise StorageError(f"S3 cannot be reached to check s3://{self.bucket}/{key}: {exc}",
+                                   transient=True) from None
+
+        return self._call(read)

@@ -20,18 +20,19 @@ def deliveries_from_settings(settings: Settings, *, concurrency: int | None = No
         assert settings.s3_bucket is not None
         store = S3Store(settings.s3_bucket, settings.s3_region, endpoint_url=settings.s3_endpoint_url,
                         link_seconds=settings.s3_link_seconds, max_attempts=settings.delivery_max_attempts,
-                        timeout_seconds=settings.delivery_timeout_seconds,
-                        max_connections=connections)
+                        timeout_seconds=settings.delivery_timeout_seconds, max_connections=connections,
+                        max_retry_seconds=settings.delivery_max_retry_seconds,
+                        breaker_failures=settings.delivery_breaker_failures)
     if settings.stripe_enabled:
         from ..delivery.payments import StripeGateway
 
         assert settings.stripe_api_key is not None
         payments = StripeGateway(settings.stripe_api_key.reveal(), api_base=settings.stripe_api_base,
                                  requests_per_second=settings.stripe_requests_per_second,
-                                 max_network_retries=settings.delivery_max_attempts - 1,
+                                 max_attempts=settings.delivery_max_attempts,
+                                 max_retry_seconds=settings.delivery_max_retry_seconds,
                                  timeout_seconds=settings.delivery_timeout_seconds,
-                                 rate_limit_retries=settings.delivery_max_attempts,
-                                 max_connections=connections)
+                                 max_connections=connections, breaker_failures=settings.delivery_breaker_failures)
     if settings.email_enabled:
         mailer = smtp_mailer(settings)
     return Deliveries(store=store, payments=payments, mailer=mailer, sender=settings.smtp_from,
@@ -66,4 +67,5 @@ def smtp_mailer(settings: Settings):
                       password=settings.smtp_password.reveal() if settings.smtp_password else None,
                       timeout_seconds=settings.delivery_timeout_seconds,
                       max_attempts=settings.delivery_max_attempts,
-                      max_wait_seconds=settings.delivery_max_retry_seconds)
+                      max_wait_seconds=settings.delivery_max_retry_seconds,
+                      breaker_failures=settings.delivery_breaker_failures)
