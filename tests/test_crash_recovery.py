@@ -250,3 +250,40 @@ def test_a_run_that_loses_its_lock_stops_and_says_so(peers_env, engine, s3, mail
                            capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert_exactly_once(engine, s3, mail, killing_stripe)
+
+
+def test_a_kill_among_sixteen_concurrent_emails_repeats_only_those_in_flight(peers_env, engine, s3, mail,
+                                                                            killing_stripe, tmp_path) -> None:
+    """Each e-mail is recorded the moment the server accepts it, so a SIGKILL can repeat only the
+    e-mails accepted in the same few milliseconds; the duplicates are counted and shown here."""
+    from tests.data import add_org, add_usage, set_plan
+
+    with engine.begin() as conn:
+        for n in range(4, 21):
+            add_org(conn, f"org-{n:02d}")
+            set_plan(conn, f"org-{n:02d}", "pro")
+            add_usage(conn, f"org-{n:02d}", "api_calls", "5")
+    state: dict[str, int] = {"seen": 0}
+
+    def kill_at_the_sixth(_received) -> None:
+        state["seen"] += 1
+        if state["seen"] == 6 and state.get("victim"):
+            os.kill(state.pop("victim"), signal.SIGKILL)
+
+    mail.on_message = kill_at_the_sixth
+    env = {**peers_env, "INVOICE_CONCURRENCY": "16", "INVOICE_ENABLE_STRIPE": "false"}
+    proc = start(env, tmp_path)
+    state["victim"] = proc.pid
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    rerun = subprocess.run([*BILLING, "invoice-monthly", "--month", "2024-01"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+
+    with engine.connect() as conn:
+        recorded = dict(conn.execute(text("SELECT email_message_id, number FROM invoices WHERE status = 'issued'")).all())
+    received = Counter(m.message["Message-ID"] for m in mail.received)
+    duplicates = sum(received.values()) - len(recorded)
+    print(f"e-mails repeated after one SIGKILL at concurrency 16: {duplicates}")
+    assert set(received) == set(recorded)  # every invoice e-mailed, under its own Message-ID
+    assert 0 <= duplicates <= 16 and all(count <= 2 for count in received.values())

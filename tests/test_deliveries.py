@@ -473,3 +473,30 @@ def test_a_service_that_is_down_is_given_up_after_a_few_failures_and_the_next_ru
     fake_stripe.reset()
     assert run(env).exit_code == 0
     assert all(inv["stripe_status"] == "sent" and inv["emailed_at"] for inv in stored(engine).values())
+
+
+def test_an_smtp_server_that_goes_quiet_after_the_message_is_not_sent_it_again_in_the_run(env, engine, mail) -> None:
+    import time
+
+    slow = {"first": True}
+
+    def hold_the_answer(_received) -> None:
+        if slow.pop("first", False):
+            time.sleep(2.5)  # the message is stored; the "250" comes after the client gave up
+
+    mail.on_message = hold_the_answer
+    only_mail = {**env, "INVOICE_ENABLE_STRIPE": "false", "INVOICE_ENABLE_S3": "false",
+                 "DELIVERY_TIMEOUT_SECONDS": "1"}
+
+    first = run(only_mail)
+
+    assert first.exit_code == ExitCode.PARTIAL
+    assert "did not confirm the message it was sent" in first.output and "not sent again in this run" in first.output
+    assert len(mail.received) == 3  # one each: the quiet one was not retried
+    unconfirmed = [org for org, inv in stored(engine).items() if inv["emailed_at"] is None]
+    assert len(unconfirmed) == 1
+
+    again = run(only_mail)  # the next run sends it again, with the same Message-ID
+    assert again.exit_code == 0
+    ids = [m.message["Message-ID"] for m in mail.received]
+    assert len(ids) == 4 and len(set(ids)) == 3

@@ -32,6 +32,25 @@ class MailError(Exception):
         self.transient = transient
 
 
+class _DataTracking:
+    """Knows whether the message itself was sent (DATA) before a failure: after that, the server
+    may have accepted it even if its answer never came."""
+
+    data_started = False
+
+    def data(self, msg):  # type: ignore[no-untyped-def]
+        self.data_started = True
+        return super().data(msg)  # type: ignore[misc]
+
+
+class _SMTP(_DataTracking, smtplib.SMTP):
+    pass
+
+
+class _SMTP_SSL(_DataTracking, smtplib.SMTP_SSL):
+    pass
+
+
 class Mailer(Protocol):
     def send(self, message: EmailMessage) -> None: ...
 
@@ -130,10 +149,18 @@ class SmtpMailer:
         try:
             if smtp is None:
                 smtp = self._connect()
+            smtp.data_started = False  # type: ignore[attr-defined]
             smtp.send_message(message)
         except Exception as exc:
             if smtp is not None:
                 _drop(smtp)
+            if getattr(smtp, "data_started", False) and isinstance(exc, (OSError, smtplib.SMTPServerDisconnected)):
+                # The message went out and the answer did not come back: it may well have been
+                # accepted. Sending it again now could deliver it twice; the next run sends it
+                # (with the same Message-ID, so mail systems can tell) if it was not recorded.
+                raise MailError(f"the SMTP server {self.host}:{self.port} did not confirm the message it was "
+                                f"sent ({type(exc).__name__}): it may have been delivered; not sent again in "
+                                "this run", transient=False) from None
             error = self._error(exc)
             if error is None:
                 raise
@@ -143,9 +170,9 @@ class SmtpMailer:
     def _connect(self) -> smtplib.SMTP:
         context = self._context() if self.security != "none" else None
         if self.security == "ssl":
-            smtp: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout_seconds, context=context)
+            smtp: smtplib.SMTP = _SMTP_SSL(self.host, self.port, timeout=self.timeout_seconds, context=context)
         else:
-            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout_seconds)
+            smtp = _SMTP(self.host, self.port, timeout=self.timeout_seconds)
         try:
             if self.security == "starttls":
                 smtp.starttls(context=context)
