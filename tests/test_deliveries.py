@@ -35,7 +35,8 @@ def stored(engine) -> dict[str, dict]:
     with engine.connect() as conn:
         rows = conn.execute(text("""
             SELECT i.organization_id, i.id, i.number, i.total, i.currency, i.pdf_sha256, i.s3_key, i.s3_uploaded_at,
-                   i.stripe_invoice_id, i.stripe_status, i.emailed_at, i.email_message_id, o.stripe_customer_id
+                   i.stripe_invoice_id, i.stripe_status, i.stripe_hosted_url, i.emailed_at, i.email_message_id,
+                   o.stripe_customer_id
             FROM invoices i JOIN organizations o ON o.id = i.organization_id WHERE i.status = 'issued'""")).all()
     return {r.organization_id: r._asdict() for r in rows}
 
@@ -95,10 +96,11 @@ def test_every_invoice_is_uploaded_billed_and_mailed_once(env, engine, s3, mail,
         assert attachment.get_filename() == f"{inv['number']}.pdf"
         pdf = attachment.get_content()
         assert hashlib.sha256(pdf).hexdigest() == inv["pdf_sha256"]
-        link = next(word for word in plain.split() if word.startswith("http://"))
-        with urllib.request.urlopen(link) as response:  # the presigned URL serves the same PDF
-            assert response.read() == pdf
-        assert "X-Amz-Expires=604800" in link and "X-Amz-Signature=" in link
+        # Stripe's page of the invoice to view and pay it; no S3 link beside the attached PDF.
+        page = stripe_invoices[inv["stripe_invoice_id"]]["hosted_invoice_url"]
+        assert page and inv["stripe_hosted_url"] == page
+        assert f"View and pay the invoice online: {page}" in plain and f'href="{page}"' in html
+        assert "X-Amz-Signature" not in plain and "Download the PDF" not in plain
     assert "uploaded to S3, Stripe invoice sent, e-mailed" in run(env, "--rich", "--org", "org-1",
                                                                    "--regenerate").output
 
@@ -323,13 +325,57 @@ def test_the_rate_limiter_admits_a_burst_up_to_the_limit_and_never_more_per_wind
 
 
 def test_key_prefix_and_link_expiry_settings(env, engine, s3, mail) -> None:
-    result = run({**env, "INVOICE_S3_PREFIX": "/billing/prod/", "INVOICE_S3_LINK_EXPIRY_SECONDS": "3600"})
+    result = run({**env, "INVOICE_S3_PREFIX": "/billing/prod/"})
     assert result.exit_code == 0, result.output
     keys = sorted(inv["s3_key"] for inv in stored(engine).values())
     assert keys[0] == "billing/prod/invoices/2024/01/org-1/INV-2024-01-000001.pdf"
-    assert all("X-Amz-Expires=3600" in m.message.get_body(("plain",)).get_content() for m in mail.received)
     too_long = run({**env, "INVOICE_S3_LINK_EXPIRY_SECONDS": "700000"})
     assert too_long.exit_code == ExitCode.CONFIG and "INVOICE_S3_LINK_EXPIRY_SECONDS" in too_long.output
+
+
+def s3_links_in(item) -> list[str]:
+    return [word for word in item.message.get_body(("plain",)).get_content().split() if "X-Amz-Signature=" in word]
+
+
+def test_a_pdf_over_the_attachment_limit_is_linked_for_as_long_as_the_e_mail_says(env, engine, s3, mail,
+                                                                                 monkeypatch) -> None:
+    monkeypatch.delenv("AWS_SESSION_TOKEN")  # long-lived credentials: a link can last its whole lifetime
+    before = datetime.now(UTC)
+    result = run({**env, "INVOICE_EMAIL_ATTACHMENT_MAX_BYTES": "1000", "INVOICE_S3_LINK_EXPIRY_SECONDS": "3600"})
+
+    assert result.exit_code == 0, result.output
+    assert len(mail.received) == 3
+    for item in mail.received:
+        assert list(item.message.iter_attachments()) == []
+        plain = item.message.get_body(("plain",)).get_content()
+        assert "is ready." in plain and "please find attached" not in plain
+        [link] = s3_links_in(item)
+        assert "X-Amz-Expires=3600" in link and "View and pay the invoice online: https://" in plain
+        until = datetime.strptime(plain.split("link valid until ")[1][:16], "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+        assert before - timedelta(minutes=1) <= until - timedelta(seconds=3600) <= datetime.now(UTC)
+        inv = next(i for i in stored(engine).values() if i["email_message_id"] == item.message["Message-ID"])
+        with urllib.request.urlopen(link) as response:  # the presigned URL serves the stored PDF
+            assert hashlib.sha256(response.read()).hexdigest() == inv["pdf_sha256"]
+
+
+def test_temporary_credentials_give_no_link_that_would_die_before_its_stated_time(env, engine, s3, mail,
+                                                                                    monkeypatch) -> None:
+    # Credentials that expire in an hour, as IRSA's do: a 7-day link signed with them would stop
+    # working after that hour, so none is sent, and a PDF too large to attach is not e-mailed.
+    expires = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    monkeypatch.setenv("AWS_CREDENTIAL_EXPIRATION", expires)
+    limited = {**env, "INVOICE_EMAIL_ATTACHMENT_MAX_BYTES": "1000"}
+
+    refused = run(limited)
+
+    assert refused.exit_code == ExitCode.PARTIAL and mail.received == []
+    assert "over INVOICE_EMAIL_ATTACHMENT_MAX_BYTES and there is no download link" in refused.output
+    assert all(inv["s3_uploaded_at"] and inv["emailed_at"] is None for inv in stored(engine).values())
+
+    # A lifetime the credentials do outlive gets its link; the PDF small enough is attached again.
+    shorter = run({**limited, "INVOICE_S3_LINK_EXPIRY_SECONDS": "1800"})
+    assert shorter.exit_code == 0, shorter.output
+    assert all("X-Amz-Expires=1800" in s3_links_in(item)[0] for item in mail.received) and len(mail.received) == 3
 
 
 @pytest.mark.parametrize("mode", ["starttls", "ssl"])

@@ -80,6 +80,7 @@ class Settings:
     smtp_password: Secret | None
     smtp_from: str | None
     smtp_security: str
+    email_attachment_max_bytes: int
     concurrency: int
     batch_size: int
     render_processes: int

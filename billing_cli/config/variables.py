@@ -120,7 +120,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("INVOICE_S3_PREFIX", "s3_prefix", Text(), default=None, unset="",
              help="Key prefix before invoices/YYYY/MM/<org>/<number>.pdf."),
     Variable("INVOICE_S3_LINK_EXPIRY_SECONDS", "s3_link_seconds", Int(1, 604800), default="604800",
-             help="Lifetime of the presigned download link in invoice e-mails (at most 7 days = 604800)."),
+             help="Lifetime of the S3 download link an invoice e-mail carries when the PDF is not attached (at most "
+                  "7 days = 604800); offered only if the credentials outlive it."),
     Variable("INVOICE_ENABLE_STRIPE", "stripe_enabled", Bool(), default="false",
              help="Create and send Stripe invoices."),
     Variable("STRIPE_API_KEY", "stripe_api_key", StripeKey(), default=None, secret=True,
@@ -146,6 +147,9 @@ VARIABLES: tuple[Variable, ...] = (
              unset=_security_for_port,
              help="ssl (implicit TLS), starttls (certificate verified) or none (plain; local testing only). "
                   "Unset: ssl on port 465, else starttls."),
+    Variable("INVOICE_EMAIL_ATTACHMENT_MAX_BYTES", "email_attachment_max_bytes", Int(0, 50_000_000),
+             default="5000000",
+             help="Largest PDF attached to an invoice e-mail; a larger one is linked instead (S3). 0: never attach."),
     Variable("INVOICE_CONCURRENCY", "concurrency", Int(1, 256), default="16",
              help="Organizations invoiced and delivered in parallel (the work waits on S3, Stripe and SMTP)."),
     Variable("PDF_RENDER_PROCESSES", "render_processes", Int(1, 64), default="2",

@@ -39,6 +39,7 @@ class StoredInvoice:
     stripe_customer_email: str | None = None
     stripe_invoice_id: str | None = None
     stripe_status: str | None = None
+    stripe_hosted_url: str | None = None  # Stripe's page for the sent invoice
     emailed_at: datetime | None = None
 
 
@@ -46,7 +47,7 @@ _STORED = """
     SELECT i.id, i.organization_id, i.number, i.currency, i.total, i.created_at, i.pdf_sha256, i.pdf_bytes,
            i.pdf_path, CASE WHEN i.s3_uploaded_at IS NOT NULL THEN i.s3_key END AS s3_key,
            o.stripe_customer_id, sc.name AS stripe_customer_name, sc.email AS stripe_customer_email,
-           i.stripe_invoice_id, i.stripe_status, i.emailed_at
+           i.stripe_invoice_id, i.stripe_status, i.stripe_hosted_url, i.emailed_at
     FROM invoices i LEFT JOIN organizations o ON o.id = i.organization_id
     LEFT JOIN stripe_customers sc ON sc.organization_id = i.organization_id AND sc.customer_id = o.stripe_customer_id
 """
@@ -189,11 +190,13 @@ def record_stripe_customer(session: Connection, organization_id: str, customer_i
     """), {"id": organization_id, "c": customer_id, "name": name, "email": email})
 
 
-def record_stripe_invoice(session: Connection, invoice_id: int, stripe_invoice_id: str, status: str) -> None:
+def record_stripe_invoice(session: Connection, invoice_id: int, stripe_invoice_id: str, status: str,
+                          hosted_url: str | None = None) -> None:
     session.execute(text("""
-        UPDATE invoices SET stripe_invoice_id = :sid, stripe_status = :status, stripe_updated_at = now()
+        UPDATE invoices SET stripe_invoice_id = :sid, stripe_status = :status, stripe_updated_at = now(),
+                            stripe_hosted_url = COALESCE(:url, stripe_hosted_url)
         WHERE id = :id
-    """), {"id": invoice_id, "sid": stripe_invoice_id, "status": status})
+    """), {"id": invoice_id, "sid": stripe_invoice_id, "status": status, "url": hosted_url})
 
 
 def record_email(session: Connection, invoice_id: int, message_id: str) -> None:

@@ -1,4 +1,8 @@
-"""The invoice e-mail: plain text and HTML bodies, the PDF attached, a stable Message-ID."""
+"""The invoice e-mail: plain text and HTML bodies, the PDF attached (or linked), a stable Message-ID.
+
+Links: Stripe's hosted page of the invoice (to view and pay it), and, when the PDF is not attached,
+a presigned download link whose stated lifetime the signing credentials can keep.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from email.utils import format_datetime, parseaddr
 
 from ..invoices import InvoiceDocument, Seller
 from ..money import format_money
+from .storage import PresignedLink
 
 _ADDRESS = re.compile(r"^[^@\s<>\"(),;:]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}$")
 
@@ -68,8 +73,10 @@ def message_id(doc: InvoiceDocument, sender: str) -> str:
     return f"<{doc.number}.{org}@{domain}>"
 
 
-def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller: Seller,
-                        link: str | None = None) -> EmailMessage:
+def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller: Seller, attach: bool = True,
+                        page_url: str | None = None, download: PresignedLink | None = None) -> EmailMessage:
+    """The message for `doc`: the PDF attached if `attach`, else `download` links it; `page_url`
+    is Stripe's page of the invoice."""
     to_address = check_address("organization e-mail", doc.bill_to_email)
     name = check_header_value("organization name", doc.bill_to_name)
     check_header_value("INVOICE_SMTP_FROM", sender)
@@ -81,10 +88,12 @@ def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller
     message["To"] = Address(display_name=name, username=user, domain=domain)
     message["Message-ID"] = message_id(doc, sender)
     message["Date"] = format_datetime(_noon(doc))
+    opening = (f"please find attached invoice {doc.number} from {seller.name} for {doc.period}." if attach else
+               f"invoice {doc.number} from {seller.name} for {doc.period} is ready.")
     text = [
         f"Hello {name},",
         "",
-        f"please find attached invoice {doc.number} from {seller.name} for {doc.period}.",
+        opening,
         "",
         f"  Invoice number: {doc.number}",
         f"  Billing period: {doc.period.first_day} to {doc.period.last_day}",
@@ -92,18 +101,16 @@ def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller
         f"  Due date:       {doc.due_date}",
     ]
     notes = _notes(doc)
+    links = _links(page_url, download)
     if notes:
         text += ["", *notes]
-    if link:
-        text += ["", f"Download (link valid for a limited time): {link}"]
+    for label, url in links:
+        text += ["", f"{label}: {url}"]
     text += ["", f"Thank you,\n{seller.name}"]
     message.set_content("\n".join(text))
-    link_html = f'<p><a href="{html.escape(link)}">Download the invoice</a> (link valid for a limited time)</p>' \
-        if link else ""
     message.add_alternative(f"""<html><body style="font-family: sans-serif">
 <p>Hello {html.escape(name)},</p>
-<p>please find attached invoice <b>{html.escape(doc.number)}</b> from {html.escape(seller.name)}
-for {doc.period}.</p>
+<p>{html.escape(opening)}</p>
 <table cellpadding="4">
 <tr><td>Invoice number</td><td><b>{html.escape(doc.number)}</b></td></tr>
 <tr><td>Billing period</td><td>{doc.period.first_day} to {doc.period.last_day}</td></tr>
@@ -111,11 +118,22 @@ for {doc.period}.</p>
 <tr><td>Due date</td><td>{doc.due_date}</td></tr>
 </table>
 {"".join(f"<p>{html.escape(note)}</p>" for note in notes)}
-{link_html}
+{"".join(f'<p><a href="{html.escape(url)}">{html.escape(label)}</a></p>' for label, url in links)}
 <p>Thank you,<br>{html.escape(seller.name)}</p>
 </body></html>""", subtype="html")
-    message.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{doc.number}.pdf")
+    if attach:
+        message.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{doc.number}.pdf")
     return message
+
+
+def _links(page_url: str | None, download: PresignedLink | None) -> list[tuple[str, str]]:
+    links = []
+    if page_url:
+        links.append(("View and pay the invoice online", page_url))
+    if download is not None:
+        until = download.expires_at.strftime("%Y-%m-%d %H:%M UTC")
+        links.append((f"Download the PDF (link valid until {until})", download.url))
+    return links
 
 
 def _notes(doc: InvoiceDocument) -> list[str]:

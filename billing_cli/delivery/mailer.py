@@ -154,7 +154,8 @@ class SmtpMailer:
         except Exception as exc:
             if smtp is not None:
                 _drop(smtp)
-            if getattr(smtp, "data_started", False) and isinstance(exc, (OSError, smtplib.SMTPServerDisconnected)):
+            answered = isinstance(exc, smtplib.SMTPResponseException)  # a refusal is an answer: resend is safe
+            if getattr(smtp, "data_started", False) and isinstance(exc, OSError) and not answered:
                 # The message went out and the answer did not come back: it may well have been
                 # accepted. Sending it again now could deliver it twice; the next run sends it
                 # (with the same Message-ID, so mail systems can tell) if it was not recorded.

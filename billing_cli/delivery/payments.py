@@ -47,6 +47,7 @@ class StripeInvoiceDetail:
     currency: str
     our_number: str | None  # the invoice number we gave it (metadata)
     lines: tuple[tuple[int, int], ...]  # (our line number, amount in minor units), in our order
+    hosted_url: str | None = None  # Stripe's page for the customer, once finalized
 
 
 @dataclass(frozen=True)
@@ -301,4 +302,5 @@ class StripeGateway:
             self._list("invoice lines", f"/v1/invoices/{_path(stripe_invoice_id)}/lines")
         numbered = sorted((int((line.get("metadata") or {}).get("line_no", 0)), int(line["amount"])) for line in items)
         return StripeInvoiceDetail(data["id"], data["status"], int(data.get("total") or 0), data["currency"],
-                                   (data.get("metadata") or {}).get("invoice_number"), tuple(numbered))
+                                   (data.get("metadata") or {}).get("invoice_number"), tuple(numbered),
+                                   data.get("hosted_invoice_url"))

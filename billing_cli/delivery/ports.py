@@ -22,6 +22,7 @@ class Deliveries:
     sender: str | None = None
     s3_prefix: str = ""
     days_until_due: int = 30
+    attachment_max_bytes: int = 5_000_000  # a larger PDF is linked, not attached
 
     def close(self) -> None:
         """End the sessions the adapters keep open between invoices (SMTP: QUIT)."""

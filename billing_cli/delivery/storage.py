@@ -2,6 +2,11 @@
 
 The boto3 client is created on first use, inside the call, never at import or construction.
 Credentials come from boto3's usual chain (environment, profile, IRSA web identity).
+
+A presigned link stops working when the credentials that signed it expire, whatever its
+X-Amz-Expires says: temporary credentials (IRSA, an assumed role, SSO) last hours. So a link is
+offered only when the credentials outlive the whole configured lifetime, and the e-mail states
+that lifetime; otherwise there is no link (the PDF is attached, Stripe's page linked).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import base64
 import hashlib
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from ..periods import Month
@@ -38,10 +44,16 @@ def object_key(prefix: str, month: Month, organization_id: str, number: str) -> 
     return f"{prefix.strip('/')}/{key}" if prefix.strip("/") else key
 
 
+@dataclass(frozen=True)
+class PresignedLink:
+    url: str
+    expires_at: datetime  # the credentials that signed it last at least this long
+
+
 class FileStore(Protocol):
     def put(self, key: str, data: bytes, *, invoice_number: str) -> None: ...
 
-    def link(self, key: str) -> str: ...
+    def link(self, key: str) -> PresignedLink | None: ...
 
     def sha256(self, key: str) -> str | None: ...
 
@@ -61,6 +73,7 @@ class S3Store:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._s3 = None
+        self._session = None
         self.breaker = CircuitBreaker("S3", failures=self.breaker_failures,
                                       is_transient=lambda exc: isinstance(exc, StorageError) and exc.transient)
 
@@ -90,8 +103,9 @@ class S3Store:
                 config = Config(retries={"mode": "standard", "max_attempts": 1},
                                 connect_timeout=self.timeout_seconds, read_timeout=self.timeout_seconds,
                                 signature_version="s3v4", max_pool_connections=self.max_connections)
-                self._s3 = boto3.session.Session().client("s3", region_name=self.region,
-                                                          endpoint_url=self.endpoint_url, config=config)
+                self._session = boto3.session.Session()
+                self._s3 = self._session.client("s3", region_name=self.region,
+                                                endpoint_url=self.endpoint_url, config=config)
             return self._s3
 
     def put(self, key: str, data: bytes, *, invoice_number: str) -> None:
@@ -118,11 +132,31 @@ class S3Store:
 
         self._call(upload)
 
-    def link(self, key: str) -> str:
-        """A presigned GET URL that expires (the objects themselves stay private)."""
-        return self._client().generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key},
-            ExpiresIn=min(self.link_seconds, MAX_LINK_SECONDS))
+    def link(self, key: str) -> PresignedLink | None:
+        """A presigned GET URL valid for `link_seconds` (the objects themselves stay private), or
+        None when the credentials cannot keep it that long: temporary credentials whose expiry is
+        sooner, or unknown."""
+        from botocore.exceptions import BotoCoreError
+
+        client = self._client()
+        assert self._session is not None
+        try:
+            credentials = self._session.get_credentials()
+            if credentials is None:
+                return None
+            frozen = credentials.get_frozen_credentials()  # refreshes credentials about to expire first
+        except BotoCoreError as exc:
+            raise StorageError(f"S3 credentials for a download link: {exc}", transient=True) from None
+        now = datetime.now(UTC).replace(microsecond=0)
+        seconds = min(self.link_seconds, MAX_LINK_SECONDS)
+        expires_at = now + timedelta(seconds=seconds)
+        if frozen.token:  # temporary credentials: the link dies with them
+            credentials_expire = getattr(credentials, "_expiry_time", None)  # botocore keeps no public name for it
+            if credentials_expire is None or credentials_expire.astimezone(UTC) < expires_at:
+                return None
+        url = client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
+                                            ExpiresIn=seconds)
+        return PresignedLink(url, expires_at)
 
     def sha256(self, key: str) -> str | None:
         """The SHA-256 (hex) of the object's bytes, read-only: the checksum S3 keeps when it has

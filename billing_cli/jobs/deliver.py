@@ -2,8 +2,8 @@
 the invoice the moment it succeeds, so that a rerun (after a failure or a crash) performs only
 the steps still missing.
 
-Order matters: the e-mail links the S3 object, and goes last so that a customer is never told
-about an invoice that is not in Stripe. A failed step stops the later ones for that invoice.
+Order matters: the e-mail links Stripe's page (and the S3 object when the PDF is too large to
+attach), and goes last so that a customer is never told about an invoice that is not in Stripe. A failed step stops the later ones for that invoice.
 
 Crash windows (the process killed between a side effect and its record):
 - S3: the rerun uploads the same bytes to the same key again: harmless.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 
 from ..db import invoice_store
 from ..db.engine import Transactions
@@ -62,9 +63,10 @@ def deliver(transactions: Transactions, invoice: StoredInvoice, document: Invoic
             invoice_store.record_s3(conn, invoice.id, key)
         delivered.steps.append(Step.S3)
 
+    page_url = invoice.stripe_hosted_url
     if Step.STRIPE in steps and deliveries.payments is not None:
         try:
-            _sync_stripe(transactions, deliveries, invoice, document)
+            page_url = _sync_stripe(transactions, deliveries, invoice, document) or page_url
         except PaymentError as exc:
             delivered.error = (Component.STRIPE, str(exc))
             return delivered
@@ -73,10 +75,9 @@ def deliver(transactions: Transactions, invoice: StoredInvoice, document: Invoic
     if Step.EMAIL in steps and deliveries.mailer is not None:
         assert deliveries.sender is not None
         try:
-            link = deliveries.store.link(key) if deliveries.store is not None and key else None
-            message = build_invoice_email(document, pdf, sender=deliveries.sender, seller=seller, link=link)
+            message = _invoice_email(deliveries, document, pdf, seller, key=key, page_url=page_url)
             deliveries.mailer.send(message)
-        except (BadAddress, MailError) as exc:
+        except (BadAddress, MailError, StorageError) as exc:
             delivered.error = (Component.EMAIL, str(exc))
             return delivered
         with transactions() as conn:  # right away: this is the one window that can resend
@@ -85,8 +86,26 @@ def deliver(transactions: Transactions, invoice: StoredInvoice, document: Invoic
     return delivered
 
 
+def _invoice_email(deliveries: Deliveries, document: InvoiceDocument, pdf: bytes, seller: Seller, *,
+                   key: str | None, page_url: str | None) -> EmailMessage:
+    """The PDF attached if it is small enough, else linked from S3 (a link the credentials keep
+    for its stated lifetime); Stripe's page of the invoice linked when there is one."""
+    assert deliveries.sender is not None
+    attach = len(pdf) <= deliveries.attachment_max_bytes
+    download = None
+    if not attach:
+        download = deliveries.store.link(key) if deliveries.store is not None and key else None
+        if download is None:
+            raise MailError(f"the PDF ({len(pdf)} bytes) is over INVOICE_EMAIL_ATTACHMENT_MAX_BYTES and there is no "
+                            "download link to send instead (S3 off, or its credentials expire before "
+                            "INVOICE_S3_LINK_EXPIRY_SECONDS): raise the limit, or turn S3 on with lasting credentials",
+                            transient=False)
+    return build_invoice_email(document, pdf, sender=deliveries.sender, seller=seller, attach=attach,
+                               page_url=page_url, download=download)
+
+
 def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: StoredInvoice,
-                 document: InvoiceDocument) -> None:
+                 document: InvoiceDocument) -> str | None:
     """Bring the Stripe invoice to "sent", from wherever an earlier attempt left it. The happy
     path is three calls: the draft (with our number and due date), all lines at once, and send
     (which finalizes). Resuming, what to do is decided from the invoice as Stripe has it now, never
@@ -123,16 +142,19 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: St
             remote.total  # type: ignore[union-attr]
         currency = remote.currency if remote is not None else document.currency
         _check_total(total, expected, currency, document)
-        gateway.send(stripe_id, invoice_id=invoice.id)  # finalizes, then sends
+        hosted_url = gateway.send(stripe_id, invoice_id=invoice.id).hosted_url  # finalizes, then sends
     elif status == "open" and invoice.stripe_status == "open":
         # Finalized by an older version of this program, which then sent separately: send it
         # (under the same key as then: replayed by Stripe if that send happened within ~24 h).
-        gateway.send(stripe_id, invoice_id=invoice.id)
-    elif status not in ("open", "paid"):
+        hosted_url = gateway.send(stripe_id, invoice_id=invoice.id).hosted_url
+    elif status in ("open", "paid"):
+        hosted_url = remote.hosted_url  # type: ignore[union-attr]
+    else:
         raise PaymentError(f"Stripe invoice {stripe_id} is {status}, expected open: check it in Stripe",
                            transient=False)
     with transactions() as conn:
-        invoice_store.record_stripe_invoice(conn, invoice.id, stripe_id, "sent")
+        invoice_store.record_stripe_invoice(conn, invoice.id, stripe_id, "sent", hosted_url)
+    return hosted_url
 
 
 def _customer(transactions: Transactions, gateway: PaymentGateway, invoice: StoredInvoice,

@@ -36,7 +36,8 @@ def deliveries_from_settings(settings: Settings, *, concurrency: int | None = No
     if settings.email_enabled:
         mailer = smtp_mailer(settings)
     return Deliveries(store=store, payments=payments, mailer=mailer, sender=settings.smtp_from,
-                      s3_prefix=settings.s3_prefix, days_until_due=settings.payment_terms_days)
+                      s3_prefix=settings.s3_prefix, days_until_due=settings.payment_terms_days,
+                      attachment_max_bytes=settings.email_attachment_max_bytes)
 
 
 def notifiers_from_settings(settings: Settings) -> list:
