@@ -221,3 +221,75 @@ def test_a_run_limited_to_some_organizations_never_makes_a_failed_month_look_hea
     assert 'billing_last_run_success{instance="",job="billing-invoice-monthly",shard="targeted"} 1' in metrics
     listing = run("runs", "--plain", DATABASE_URL=billed)
     assert 'status="succeeded (--org)"' in listing.output
+
+
+def test_ctrl_c_in_a_terminal_finishes_the_work_in_flight_and_prints_the_summary(
+        clean_env, billed, engine, fake_stripe, tmp_path) -> None:
+    """Ctrl-C in a real pseudo-terminal reaches the whole process group, the PDF worker processes
+    included (a run of 200+ organizations renders in them): they ignore it, and the run stops
+    as SIGTERM makes it stop: exit 9, the summary, no traceback, nothing half done."""
+    import os
+    import pty
+    import select
+    import time
+
+    from billing_cli.jobs.invoicing.month import RENDER_POOL_THRESHOLD
+
+    extra = RENDER_POOL_THRESHOLD + 10
+    with engine.begin() as conn:
+        conn.execute(text("""
+            INSERT INTO organizations (id, name, email, status, currency, created_at, price_plan_id)
+            SELECT 'bulk-' || lpad(n::text, 4, '0'), 'Bulk ' || n, 'bulk-' || n || '@example.com', 'active', 'USD',
+                   '2023-01-01', 'pro' FROM generate_series(1, :n) AS n"""), {"n": extra})
+        conn.execute(text("""
+            INSERT INTO usage_hourly (organization_id, metric, hour_start, quantity, event_count)
+            SELECT id, 'api_calls', '2024-01-15 10:00+00', 1500, 1 FROM organizations WHERE id LIKE 'bulk-%'"""))
+    fake_stripe.latency = 0.02  # Stripe calls in flight when the key is pressed
+    env = billing_subprocess_env(
+        DATABASE_URL=billed, BILLING_ENV_FILE="/dev/null", INVOICE_CONCURRENCY="4", PDF_RENDER_PROCESSES="2",
+        INVOICE_ENABLE_STRIPE="true", STRIPE_API_KEY="sk_test_CTRLCsecret0001", STRIPE_API_BASE=fake_stripe.base_url,
+        LOG_FORMAT="auto", COLUMNS="120", TERM="xterm")
+
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: a session of its own on the pseudo-terminal, as in a shell
+        os.chdir(tmp_path)
+        os.execvpe(BILLING[0], [*BILLING, "invoice-monthly", "--month", "2024-01"], env)
+
+    screen = bytearray()
+
+    def read(until: float) -> None:
+        while time.monotonic() < until:
+            ready, _, _ = select.select([terminal], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(terminal, 65536)
+                except OSError:  # the child closed the terminal
+                    return
+                if not chunk:
+                    return
+                screen.extend(chunk)
+
+    started = time.monotonic()
+    while True:  # wait until some organizations are done (and their PDFs rendered in the pool)
+        read(time.monotonic() + 0.2)
+        with engine.connect() as conn:
+            if conn.execute(text("SELECT count(*) FROM invoices WHERE stripe_status = 'sent'")).scalar_one() >= 10:
+                break
+        assert time.monotonic() - started < 60, screen.decode(errors="replace")
+    os.write(terminal, b"\x03")  # Ctrl-C, as typed: the terminal signals the foreground process group
+    read(time.monotonic() + 60)
+    _, status = os.waitpid(pid, 0)
+    os.close(terminal)
+    output = screen.decode(errors="replace")
+
+    assert os.waitstatus_to_exitcode(status) == ExitCode.INTERRUPTED, output
+    assert "SIGINT received: finishing the work in flight" in output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output and "worker process died" not in output
+    assert "rerun the same command" in output and "Revenue" in output  # the summary was printed
+    with engine.connect() as conn:
+        run_status, counts = conn.execute(text("SELECT status, counts FROM job_runs")).one()
+        issued = conn.execute(text("SELECT count(*) FROM invoices")).scalar_one()
+        sent = conn.execute(text("SELECT count(*) FROM invoices WHERE stripe_status = 'sent' "
+                                 "AND pdf_sha256 IS NOT NULL")).scalar_one()
+    assert run_status == "interrupted" and counts["failed"] == 0
+    assert 10 <= issued == sent == counts["processed"] < extra + 3  # what was in flight finished its steps

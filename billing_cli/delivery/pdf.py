@@ -38,6 +38,16 @@ def render_invoice(doc: InvoiceDocument, seller: Seller) -> bytes:
         raise PdfError(f"{type(exc).__name__}: {exc}") from exc
 
 
+def leave_stop_signals_to_the_parent() -> None:
+    """In a render worker: ignore SIGINT and SIGTERM. Ctrl-C in a terminal reaches the whole
+    process group; the parent alone decides to stop, finishes the invoices in flight (their PDFs
+    included) and then shuts the pool down."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class RenderPool:
     """Renders in worker processes: layout is CPU-bound Python, and threads share one core.
     Used for large runs; the bytes are the same as rendering in-process."""
@@ -47,7 +57,8 @@ class RenderPool:
         from concurrent.futures import ProcessPoolExecutor
 
         # "spawn": a fresh interpreter, never a fork of a process holding threads and connections.
-        self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=leave_stop_signals_to_the_parent)
 
     def __call__(self, doc: InvoiceDocument, seller: Seller) -> bytes:
         from concurrent.futures.process import BrokenProcessPool

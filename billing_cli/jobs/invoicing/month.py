@@ -8,6 +8,7 @@ of the two is chosen once, here; neither knows about the other.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -89,7 +90,8 @@ def _run(transactions: Transactions, options: InvoiceOptions, handler: PlanHandl
 
     # Organizations are I/O-bound (database, S3, Stripe, SMTP): a bounded pool of worker threads,
     # each organization in its own transactions. Outcomes are collected on this thread.
-    pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="invoice")
+    pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="invoice",
+                              initializer=_leave_stop_signals_to_the_main_thread)
     at_once = False
     try:
         with transactions() as stream:
@@ -112,6 +114,13 @@ def _run(transactions: Transactions, options: InvoiceOptions, handler: PlanHandl
         pool.shutdown(wait=not at_once, cancel_futures=True)
     if options.stopping:
         result.interrupted = True
+
+
+def _leave_stop_signals_to_the_main_thread() -> None:
+    """Worker threads block SIGINT and SIGTERM: the main thread handles them, and a PDF worker
+    process started from this thread is born with them blocked (until it ignores them), so a
+    Ctrl-C in its first instants cannot kill it either."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _plan_batch(transactions: Transactions, options: InvoiceOptions, rules: PlanRules,
