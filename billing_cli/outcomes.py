@@ -54,6 +54,7 @@ class Step(StrEnum):
 
     VOIDED = "voided"  # the live invoice was voided and nothing replaced it (a regeneration with nothing to bill)
     ISSUED = "issued"
+    STRIPE_REVERSED = "stripe_reversed"  # a voided invoice's Stripe invoice was voided, credited or deleted
     PDF = "pdf"
     S3 = "s3"
     STRIPE = "stripe"

@@ -100,3 +100,44 @@ def test_usage_of_a_metric_the_plan_lists_as_free_is_invoiced_without_a_line() -
     assert plan.action == Action.ISSUE and plan.invoice is not None
     assert [line.metric for line in plan.invoice.lines] == ["api_calls"] and plan.invoice.total == D("1.00")
     assert plan.invoice.usage[(JAN, "health_checks")] == D(99)  # accounted for, at no charge
+
+
+def test_amounts_too_large_to_add_up_exactly_are_refused_never_rounded() -> None:
+    """A base fee and a usage line of 60 digits each, whose sum needs 61: the organization is
+    refused with a data error; no total is ever rounded."""
+    big = "9" + "0" * 57 + ".01"
+    plans = {p.id: p for p in parse_plans(f"""
+[[plan]]
+id = "big"
+name = "Big"
+currency = "EUR"
+base_fee = {big}
+
+  [[plan.price]]
+  metric = "api_calls"
+  description = "API calls"
+  model = "per_unit"
+  unit_price = {big}
+""")}
+    org = OrganizationRow("org-a", "Acme", "billing@acme.example", "EUR", "big")
+
+    plan = plan_organization(org, {"api_calls": D(1)}, plans, None, PlanRules(JAN))
+
+    assert plan.action == Action.REFUSE and plan.invoice is None
+    assert plan.problem is not None and "too large to be priced exactly" in plan.problem
+
+
+def test_the_stripe_invoice_of_a_replaced_invoice_is_planned_for_reversal_only_with_stripe_on() -> None:
+    existing = stored(pdf_sha256="ab" * 32, stripe_invoice_id="in_1", stripe_status="sent")
+    on = PlanRules(JAN, regenerate=True, deliveries=ALL_DELIVERIES)
+    off = PlanRules(JAN, regenerate=True, deliveries=(Step.S3, Step.EMAIL))
+
+    with_stripe = plan_organization(ORG, {"api_calls": D(10)}, PLAN, existing, on)
+    without = plan_organization(ORG, {"api_calls": D(10)}, PLAN, existing, off)
+    left_over = plan_organization(ORG, {"api_calls": D(10)}, PLAN, stored(pdf_sha256="ab" * 32, s3_key="k",
+                                  stripe_status="sent", emailed_at=datetime(2024, 2, 1, tzinfo=UTC)),
+                                  PlanRules(JAN, deliveries=ALL_DELIVERIES), pending_reversals=("INV-2023-12-000009",))
+
+    assert with_stripe.reversals == ("INV-2024-01-000001",)
+    assert without.reversals == () and "stays open until a run with Stripe on" in without.warnings[0]
+    assert (left_over.action, left_over.steps, left_over.reversals) == (Action.COMPLETE, (), ("INV-2023-12-000009",))

@@ -73,8 +73,42 @@ def void_invoice(session: Connection, invoice_id: int, reason: str, *, organizat
     organization's id, under its lock (see issue_invoice). False if it was void already."""
     if organization_id is not None:
         organization_lock(session, organization_id)
-    return session.execute(text("UPDATE invoices SET status = 'void', voided_at = now(), void_reason = :reason "
-                                "WHERE id = :id AND status <> 'void'"), {"id": invoice_id, "reason": reason}).rowcount == 1
+    # Its Stripe invoice, if it has one, is reversed next (pending_reversals), in the same run.
+    return session.execute(text("""
+        UPDATE invoices SET status = 'void', voided_at = now(), void_reason = :reason,
+                            stripe_reversal = CASE WHEN stripe_invoice_id IS NOT NULL THEN 'pending' END
+        WHERE id = :id AND status <> 'void'"""), {"id": invoice_id, "reason": reason}).rowcount == 1
+
+
+@dataclass(frozen=True)
+class PendingReversal:
+    """A void invoice whose Stripe invoice has not been voided, credited or deleted yet."""
+
+    id: int
+    number: str
+    stripe_invoice_id: str
+    replaced_by: str | None  # the number of the invoice that replaced it, if one did
+
+
+def pending_reversals(session: Connection, organization_ids: list[str]) -> dict[str, list[PendingReversal]]:
+    """Each organization's void invoices whose Stripe invoice still needs reversing, oldest first."""
+    rows = session.execute(text("""
+        SELECT v.organization_id, v.id, v.number, v.stripe_invoice_id, r.number AS replaced_by
+        FROM invoices v LEFT JOIN invoices r ON r.replaces_invoice_id = v.id
+        WHERE v.stripe_reversal = 'pending' AND v.organization_id = ANY(:ids)
+        ORDER BY v.id"""), {"ids": organization_ids}).mappings()
+    found: dict[str, list[PendingReversal]] = {}
+    for row in rows:
+        found.setdefault(row["organization_id"], []).append(
+            PendingReversal(row["id"], row["number"], row["stripe_invoice_id"], row["replaced_by"]))
+    return found
+
+
+def record_reversal(session: Connection, invoice_id: int, how: str, credit_note_id: str | None = None) -> None:
+    """The void invoice's Stripe invoice was voided, credited in full or deleted."""
+    session.execute(text("""
+        UPDATE invoices SET stripe_reversal = :how, stripe_credit_note_id = :note, stripe_reversed_at = now()
+        WHERE id = :id AND stripe_reversal = 'pending'"""), {"id": invoice_id, "how": how, "note": credit_note_id})
 
 
 def next_number_preview(session: Connection, month: Month) -> int:

@@ -48,6 +48,7 @@ class StripeInvoiceDetail:
     our_number: str | None  # the invoice number we gave it (metadata)
     lines: tuple[tuple[int, int], ...]  # (our line number, amount in minor units), in our order
     hosted_url: str | None = None  # Stripe's page for the customer, once finalized
+    credited: int = 0  # what credit notes already took off it, in minor units
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ class PaymentGateway(Protocol):
     def add_lines(self, stripe_invoice_id: str, *, invoice_id: int, lines: list[StripeLine]) -> StripeInvoice: ...
     def send(self, stripe_invoice_id: str, *, invoice_id: int) -> StripeInvoice: ...
     def invoice_detail(self, stripe_invoice_id: str) -> StripeInvoiceDetail | None: ...
+    def delete_draft(self, stripe_invoice_id: str) -> None: ...
+    def void(self, stripe_invoice_id: str, *, invoice_id: int) -> None: ...
+    def credit_notes(self, stripe_invoice_id: str, *, invoice_id: int) -> list[str]: ...
+    def credit_in_full(self, stripe_invoice_id: str, *, invoice_id: int, amount: int, memo: str) -> str: ...
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -289,6 +294,33 @@ class StripeGateway:
             "sending", "post", f"/v1/invoices/{_path(stripe_invoice_id)}/send",
             idempotency_key=f"billing-invoice-{invoice_id}-send"))
 
+    # -- reversing the invoice of a voided one ---------------------------------------------------
+    def delete_draft(self, stripe_invoice_id: str) -> None:
+        """Delete a draft (never sent, never charged); done already if Stripe has no such invoice."""
+        try:
+            self._request("draft deletion", "delete", f"/v1/invoices/{_path(stripe_invoice_id)}")
+        except PaymentError as exc:
+            if not exc.not_found:
+                raise
+
+    def void(self, stripe_invoice_id: str, *, invoice_id: int) -> None:
+        """Void an open (or uncollectible) invoice: the customer no longer owes it."""
+        self._request("voiding", "post", f"/v1/invoices/{_path(stripe_invoice_id)}/void",
+                      idempotency_key=f"billing-invoice-{invoice_id}-void")
+
+    def credit_notes(self, stripe_invoice_id: str, *, invoice_id: int) -> list[str]:
+        """The ids of the credit notes this program issued for the invoice."""
+        return [note["id"] for note in self._list("credit note lookup", "/v1/credit_notes", invoice=stripe_invoice_id)
+                if (note.get("metadata") or {}).get("billing_invoice_id") == str(invoice_id)]
+
+    def credit_in_full(self, stripe_invoice_id: str, *, invoice_id: int, amount: int, memo: str) -> str:
+        """A credit note for `amount` on a paid invoice, credited to the customer's balance (which
+        Stripe applies to the customer's next invoice). Returns its id."""
+        return self._request(
+            "credit note", "post", "/v1/credit_notes", invoice=stripe_invoice_id, amount=amount, credit_amount=amount,
+            reason="order_change", memo=memo[:500], metadata={"billing_invoice_id": str(invoice_id)},
+            idempotency_key=f"billing-invoice-{invoice_id}-credit-note")["id"]
+
     def invoice_detail(self, stripe_invoice_id: str) -> StripeInvoiceDetail | None:
         """The invoice with all its lines, read-only; None if Stripe has no such invoice."""
         try:
@@ -303,4 +335,6 @@ class StripeGateway:
         numbered = sorted((int((line.get("metadata") or {}).get("line_no", 0)), int(line["amount"])) for line in items)
         return StripeInvoiceDetail(data["id"], data["status"], int(data.get("total") or 0), data["currency"],
                                    (data.get("metadata") or {}).get("invoice_number"), tuple(numbered),
-                                   data.get("hosted_invoice_url"))
+                                   data.get("hosted_invoice_url"),
+                                   int(data.get("pre_payment_credit_notes_amount") or 0)
+                                   + int(data.get("post_payment_credit_notes_amount") or 0))

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
 _MARKS = {OrgStatus.INVOICED: "✅", OrgStatus.ALREADY_INVOICED: "⏭ ", OrgStatus.NOTHING_TO_BILL: "➖",
           OrgStatus.FAILED: "❌"}
-_STEP_NAMES = {Step.PDF: "PDF stored", Step.S3: "uploaded to S3", Step.STRIPE: "Stripe invoice sent",
-               Step.EMAIL: "e-mailed"}
+_STEP_NAMES = {Step.STRIPE_REVERSED: "replaced Stripe invoice voided", Step.PDF: "PDF stored",
+               Step.S3: "uploaded to S3", Step.STRIPE: "Stripe invoice sent", Step.EMAIL: "e-mailed"}
 
 
 class InvoicingScreen:

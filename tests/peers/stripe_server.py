@@ -306,8 +306,9 @@ _EXPANDABLE: dict[str, dict[str, str]] = {  # object kind -> field -> kind of th
     "invoice": {"customer": "customer"},
     "invoiceitem": {"customer": "customer", "invoice": "invoice"},
 }
-_TABLES = {"customer": "customers", "invoice": "invoices", "invoiceitem": "invoice_items"}
-_PREFIXES = {"customer": "cus", "invoice": "in", "invoiceitem": "ii", "line_item": "il"}
+_TABLES = {"customer": "customers", "invoice": "invoices", "invoiceitem": "invoice_items",
+           "credit_note": "credit_notes"}
+_PREFIXES = {"customer": "cus", "invoice": "in", "invoiceitem": "ii", "line_item": "il", "credit_note": "cn"}
 
 
 def _expandable(kind: str, parts: list[str]) -> bool:
@@ -365,6 +366,7 @@ class _Account:
         self.customers: dict[str, Obj] = {}
         self.invoices: dict[str, Obj] = {}
         self.invoice_items: dict[str, Obj] = {}
+        self.credit_notes: dict[str, Obj] = {}
         self.sent_invoices: dict[str, list[int]] = {}
         self._order: dict[str, int] = {}  # creation order of every object, for lists/cursors
         self._counters: dict[str, int] = {}
@@ -653,6 +655,11 @@ class _Account:
                        hosted_invoice_url=f"https://invoice.stripe.test/i/{invoice['id']}",
                        invoice_pdf=f"https://pay.stripe.test/invoice/{invoice['id']}/pdf")
         invoice["status_transitions"]["finalized_at"] = now
+        balance = customer["balance"]  # negative: credit the customer has (e.g. from a credit note)
+        applied = min(-balance, invoice["amount_due"]) if balance < 0 else 0
+        customer["balance"] = balance + applied
+        invoice.update(starting_balance=balance, ending_balance=customer["balance"],
+                       amount_due=invoice["amount_due"] - applied, amount_remaining=invoice["amount_due"] - applied)
         if invoice["amount_due"] == 0:  # as Stripe does: nothing to collect, paid on finalization
             invoice["status"] = "paid"
             invoice["status_transitions"]["paid_at"] = now
@@ -684,6 +691,99 @@ class _Account:
         invoice.update(status="void", amount_remaining=0)
         invoice["status_transitions"]["voided_at"] = self._now()
         return self.render(invoice, expand)
+
+    def delete_invoice(self, call: _Call) -> Obj:
+        """DELETE /v1/invoices/{id}: drafts only (finalized invoices are voided instead)."""
+        _check_known(call.params, ())
+        invoice = self._find(self.invoices, call.path_id or "", "invoice", "id", 404)
+        if invoice["status"] != "draft":
+            raise ApiError(400, f"You can only delete draft invoices; invoice {invoice['id']} is "
+                                f"{invoice['status']} (void it instead).", code="invoice_not_editable")
+        for item in list(self.invoice_items.values()):  # its invoice items go with it
+            if item["invoice"] == invoice["id"]:
+                del self.invoice_items[item["id"]]
+        del self.invoices[invoice["id"]]
+        return {"id": invoice["id"], "object": "invoice", "deleted": True}
+
+    def pay_invoice(self, call: _Call) -> Obj:
+        """POST /v1/invoices/{id}/pay, here only `paid_out_of_band=true` (a payment Stripe did not
+        take: a bank transfer the finance team recorded)."""
+        _check_known(call.params, ("paid_out_of_band", "expand"))
+        if _boolean(call.params, "paid_out_of_band") is not True:
+            raise ApiError(400, "This test server only records payments made out of band "
+                                "(paid_out_of_band=true).", param="paid_out_of_band")
+        invoice = self._find(self.invoices, call.path_id or "", "invoice", "id", 404)
+        if invoice["status"] != "open":
+            raise ApiError(400, f"Invoice {invoice['id']} is {invoice['status']}: only open invoices "
+                                "can be paid.", code="invoice_not_editable")
+        invoice.update(status="paid", paid_out_of_band=True, amount_paid=invoice["amount_remaining"],
+                       amount_remaining=0)
+        invoice["status_transitions"]["paid_at"] = self._now()
+        return self.render(invoice, _expand(call.params, "invoice"))
+
+    # credit notes
+
+    def create_credit_note(self, call: _Call) -> Obj:
+        """POST /v1/credit_notes by `amount` on a finalized invoice. On an open invoice it reduces
+        what is due; on a paid one, the whole amount must go somewhere: the customer's balance
+        (`credit_amount`) or outside Stripe (`out_of_band_amount`)."""
+        p = call.params
+        _check_known(p, ("invoice", "amount", "credit_amount", "refund_amount", "out_of_band_amount",
+                         "reason", "memo", "metadata", "email_type", "expand"))
+        invoice_id = _string(p, "invoice", required=True) or ""
+        amount = _integer(p, "amount", minimum=1)
+        credit = _integer(p, "credit_amount", minimum=0) or 0
+        refund = _integer(p, "refund_amount", minimum=0) or 0
+        out_of_band = _integer(p, "out_of_band_amount", minimum=0) or 0
+        reason = _choice(p, "reason", ("duplicate", "fraudulent", "order_change", "product_unsatisfactory"))
+        _choice(p, "email_type", ("credit_note", "none"))
+        memo, metadata, expand = _string(p, "memo"), _metadata(p), _expand(p, "credit_note")
+        if amount is None:
+            raise _param_error("Missing required param: amount (or lines).", "amount", "parameter_missing")
+        invoice = self._find(self.invoices, invoice_id, "invoice", "invoice")
+        if invoice["status"] not in ("open", "paid"):
+            raise ApiError(400, f"You can only create credit notes for open or paid invoices; invoice "
+                                f"{invoice['id']} is {invoice['status']}.", param="invoice")
+        credited = invoice["pre_payment_credit_notes_amount"] + invoice["post_payment_credit_notes_amount"]
+        if amount > invoice["total"] - credited:
+            raise ApiError(400, f"The credit note amount ({amount}) exceeds what remains to credit on the "
+                                f"invoice ({invoice['total'] - credited}).", param="amount")
+        _check_chargeable(amount, invoice["currency"])
+        pre = min(amount, invoice["amount_remaining"]) if invoice["status"] == "open" else 0
+        post = amount - pre
+        if credit + refund + out_of_band != post:
+            raise ApiError(400, f"The sum of credit_amount, refund_amount and out_of_band_amount "
+                                f"({credit + refund + out_of_band}) must equal the post-payment amount of the "
+                                f"credit note ({post}).", param="amount")
+        if refund and invoice.get("paid_out_of_band"):
+            raise ApiError(400, "This invoice was paid out of band: there is no charge to refund.",
+                           param="refund_amount")
+        customer = self.customers[invoice["customer"]]
+        customer["balance"] -= credit
+        invoice["pre_payment_credit_notes_amount"] += pre
+        invoice["post_payment_credit_notes_amount"] += post
+        invoice["amount_due"] -= pre
+        invoice["amount_remaining"] -= pre
+        note_id = self._new_id("cn")
+        note: Obj = {
+            "id": note_id, "object": "credit_note", "amount": amount, "created": self._now(),
+            "currency": invoice["currency"], "customer": invoice["customer"], "invoice": invoice["id"],
+            "memo": memo, "metadata": metadata, "reason": reason, "status": "issued",
+            "number": f"{invoice['number']}-CN-{sum(1 for n in self.credit_notes.values() if n['invoice'] == invoice['id']) + 1:02d}",
+            "pre_payment_amount": pre, "post_payment_amount": post, "out_of_band_amount": out_of_band or None,
+            "type": "post_payment" if post else "pre_payment", "subtotal": amount, "total": amount,
+            "livemode": False, "voided_at": None,
+        }
+        self.credit_notes[note_id] = note
+        return self.render(note, expand)
+
+    def list_credit_notes(self, call: _Call) -> Obj:
+        p = call.params
+        _check_known(p, ("invoice", "customer", *_LIST_PARAMS))
+        invoice, customer = _string(p, "invoice"), _string(p, "customer")
+        matches = [n for n in self.credit_notes.values()
+                   if (invoice is None or n["invoice"] == invoice) and (customer is None or n["customer"] == customer)]
+        return self.render(self._page(matches, p, "/v1/credit_notes", "credit_note"), _expand(p, "list:credit_note"))
 
     # invoice items
 
@@ -834,6 +934,10 @@ _ROUTES: list[tuple[str, re.Pattern[str], Callable[[_Account, _Call], Obj]]] = [
         ("POST", rf"/v1/invoices/{_ID}/finalize", _Account.finalize_invoice),
         ("POST", rf"/v1/invoices/{_ID}/send", _Account.send_invoice),
         ("POST", rf"/v1/invoices/{_ID}/void", _Account.void_invoice),
+        ("DELETE", rf"/v1/invoices/{_ID}", _Account.delete_invoice),
+        ("POST", rf"/v1/invoices/{_ID}/pay", _Account.pay_invoice),
+        ("POST", r"/v1/credit_notes", _Account.create_credit_note),
+        ("GET", r"/v1/credit_notes", _Account.list_credit_notes),
         ("POST", rf"/v1/invoices/{_ID}/add_lines", _Account.add_lines),
         ("POST", r"/v1/invoiceitems", _Account.create_invoice_item),
         ("GET", r"/v1/invoiceitems", _Account.list_invoice_items),
@@ -1100,6 +1204,11 @@ class FakeStripeServer:
     def invoice_items(self) -> dict[str, Obj]:
         with self._lock:
             return copy.deepcopy(self._account.invoice_items)
+
+    @property
+    def credit_notes(self) -> dict[str, Obj]:
+        with self._lock:
+            return copy.deepcopy(self._account.credit_notes)
 
     @property
     def sent_invoices(self) -> dict[str, list[int]]:

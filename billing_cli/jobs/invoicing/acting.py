@@ -14,11 +14,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from ...db import invoice_store
 from ...db.engine import Transactions
 from ...db.invoice_store import StoredInvoice
+from ...delivery.payments import PaymentError
 from ...errors import BillingError
 from ...invoices import InvoiceDocument, due_date
 from ...outcomes import DELIVERY_STEPS, Component, OrgStatus, Step
 from ...periods import format_hour
 from ..aggregate import aggregate_one_hour
+from .. import stripe_reversal
 from ..deliver import deliver
 from .documents import render
 from .options import InvoiceOptions
@@ -27,6 +29,11 @@ from .results import InvoiceRunResult, OrgOutcome, expected_outcome
 
 
 _CHANGES = (Action.ISSUE, Action.REGENERATE, Action.VOID, Action.COMPLETE)  # what writes or delivers
+
+
+def _before_stripe(steps: tuple[Step, ...]) -> tuple[Step, ...]:
+    """The steps that may go ahead while a replaced invoice is still open in Stripe."""
+    return tuple(step for step in steps if step not in (Step.STRIPE, Step.EMAIL))
 
 
 class Acting:
@@ -49,7 +56,7 @@ class Acting:
 
     def handle(self, plan: OrgPlan) -> OrgOutcome:
         outcome = expected_outcome(plan)
-        if plan.action not in _CHANGES:
+        if plan.action not in _CHANGES and not plan.reversals:
             return outcome
         self.options.locks.check()  # never act once the run has lost its own lock
         # One process at a time issues, voids or delivers an organization's invoices, whatever
@@ -73,9 +80,13 @@ class Acting:
                     outcome.steps.append(Step.VOIDED)
                 else:
                     outcome.warnings.append(f"{plan.existing.number} was voided meanwhile by another run")
+                self._reverse_in_stripe(plan, outcome)
             elif plan.action == Action.COMPLETE:
                 assert plan.existing is not None
-                self._complete(plan.existing, plan.steps, outcome)
+                reversed_ = self._reverse_in_stripe(plan, outcome)
+                self._complete(plan.existing, plan.steps if reversed_ else _before_stripe(plan.steps), outcome)
+            else:  # nothing else to do: only the Stripe invoices of void invoices
+                self._reverse_in_stripe(plan, outcome)
         except OperationalError:
             raise  # the database is gone: stop the run (exit 4); a rerun resumes where this one stopped
         except Exception as exc:  # one organization's bug must not stop the others; it is reported
@@ -110,10 +121,35 @@ class Acting:
             return
         outcome.number, outcome.currency, outcome.total = stored.number, stored.currency, stored.total
         outcome.steps.append(Step.ISSUED)
+        reversed_ = self._reverse_in_stripe(plan, outcome)  # the replaced invoice leaves Stripe first
         # Just issued: the document is known without reading it back.
         document = InvoiceDocument(stored.number, org.id, org.name, org.email, options.month, options.issue_date,
                                    due, invoice.currency, invoice.lines, invoice.total)
-        self._carry_out_steps(stored, document, plan.steps, outcome)
+        self._carry_out_steps(stored, document, plan.steps if reversed_ else _before_stripe(plan.steps), outcome)
+
+    def _reverse_in_stripe(self, plan: OrgPlan, outcome: OrgOutcome) -> bool:
+        """Void (or credit, or delete) the Stripe invoices of this organization's void invoices,
+        as stored now, under its lock. False if one could not be: the organization's current
+        invoice then goes neither to Stripe nor to the customer, so that they are never asked to
+        pay twice for a period; a rerun carries on."""
+        gateway = self.options.deliveries.payments
+        if not plan.reversals or gateway is None:
+            return True
+        org_id = plan.organization.id
+        with self.transactions() as conn:
+            pending = invoice_store.pending_reversals(conn, [org_id]).get(org_id, [])
+        for item in pending:
+            try:
+                how, credit_note = stripe_reversal.reverse(gateway, item)
+            except PaymentError as exc:
+                outcome.fail(Component.STRIPE, f"the Stripe invoice {item.stripe_invoice_id} of void {item.number} "
+                                               f"could not be voided ({exc}): the current invoice waits for it")
+                return False
+            with self.transactions() as conn:
+                invoice_store.record_reversal(conn, item.id, how, credit_note)
+            if Step.STRIPE_REVERSED not in outcome.steps:
+                outcome.steps.append(Step.STRIPE_REVERSED)
+        return True
 
     def _complete(self, planned: StoredInvoice, steps: tuple[Step, ...], outcome: OrgOutcome) -> None:
         """An invoice issued earlier: read it again now (another run may have moved it on since

@@ -132,6 +132,7 @@ def _plan_batch(transactions: Transactions, options: InvoiceOptions, rules: Plan
         existing = invoice_store.live_invoices(conn, options.month, ids)
         histories = billing_history.load_histories(conn, options.month, ids, late_months=options.late_usage_months)
         price_plans = plan_store.load_plans(conn, sorted({o.price_plan_id for o, _ in batch if o.price_plan_id}))
+        reversals = invoice_store.pending_reversals(conn, ids)
     plans = []
     for org, usage in batch:
         stored = existing.get(org.id)
@@ -139,7 +140,8 @@ def _plan_batch(transactions: Transactions, options: InvoiceOptions, rules: Plan
                         and not options.pdf_file(options.month, stored.number).exists())
         try:
             plans.append(plan_organization(org, usage, price_plans, stored, rules, history=histories[org.id],
-                                           pdf_file_missing=missing_file))
+                                           pdf_file_missing=missing_file,
+                                           pending_reversals=tuple(r.number for r in reversals.get(org.id, ()))))
         except Exception as exc:  # a bug in planning one organization must not stop the others
             plans.append(OrgPlan(org, Action.REFUSE, existing=stored,
                                  problem=f"unexpected error: {type(exc).__name__}: {exc}"))

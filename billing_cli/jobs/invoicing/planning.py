@@ -54,6 +54,7 @@ class OrgPlan:
     problem: str | None = None  # REFUSE: what is wrong and what to fix
     warnings: tuple[str, ...] = ()
     late: PeriodDelta | None = None  # COMPLETE, SKIP: usage that changed after the month was invoiced
+    reversals: tuple[str, ...] = ()  # void invoices whose Stripe invoice is voided/credited first (numbers)
     history: OrgHistory = field(default_factory=OrgHistory)  # what the plan was made from
 
     @property
@@ -75,19 +76,29 @@ class OrgPlan:
 
 def plan_organization(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str, PricePlan],
                       existing: StoredInvoice | None, rules: PlanRules, *, history: OrgHistory = OrgHistory(),
-                      pdf_file_missing: bool = False) -> OrgPlan:
+                      pdf_file_missing: bool = False, pending_reversals: tuple[str, ...] = ()) -> OrgPlan:
     """Decide one organization's action. `pdf_file_missing`: its stored invoice's PDF is not in the
-    output folder (only meaningful with `rules.keep_pdf_files`)."""
+    output folder (only meaningful with `rules.keep_pdf_files`). `pending_reversals`: its void
+    invoices whose Stripe invoice is still to be voided or credited."""
     month = rules.month
     warnings = _too_old(history, rules)
+    stripe_on = Step.STRIPE in rules.deliveries
+    voided_now = existing is not None and existing.stripe_invoice_id is not None and rules.regenerate
+    if (pending_reversals or voided_now) and not stripe_on:
+        numbers = (*pending_reversals, *((existing.number,) if voided_now and existing else ()))
+        warnings += (f"the Stripe invoice of void {', '.join(numbers)} stays open until a run with Stripe on "
+                     "voids it",)
+    pending = pending_reversals if stripe_on else ()
+    reversals = pending + ((existing.number,) if voided_now and stripe_on and existing else ())
     if existing is not None and not rules.regenerate:
         steps = _missing_steps(existing, rules, pdf_file_missing)
         late = _late_usage(org, usage, plans, history, month, rules.precision)
-        return OrgPlan(org, Action.COMPLETE if steps else Action.SKIP, existing=existing, steps=steps,
-                       warnings=warnings, late=late, history=history)
+        return OrgPlan(org, Action.COMPLETE if steps or reversals else Action.SKIP, existing=existing, steps=steps,
+                       warnings=warnings, late=late, reversals=reversals, history=history)
     problem = _data_problem(org, plans)
     if problem is not None:
-        return OrgPlan(org, Action.REFUSE, existing=existing, problem=problem, history=history)
+        return OrgPlan(org, Action.REFUSE, existing=existing, problem=problem, reversals=pending,
+                       history=history)
     plan = plans[org.price_plan_id]  # type: ignore[index]  # checked by _data_problem
     replaced = existing.id if existing is not None else None
     window = month.minus(rules.late_usage_months)
@@ -99,12 +110,18 @@ def plan_organization(org: OrganizationRow, usage: Mapping[str, Decimal], plans:
                           own=own.without(replaced) if own is not None else None, earlier=earlier,
                           credit_balance=credit_balance(history.credits, without=replaced), precision=rules.precision)
     except (RatingError, CurrencyError) as exc:
-        return OrgPlan(org, Action.REFUSE, existing=existing, problem=str(exc), history=history)
+        return OrgPlan(org, Action.REFUSE, existing=existing, problem=str(exc), reversals=pending,
+                       history=history)
+    except ArithmeticError:  # decimal's exact context: a total beyond 60 digits is never rounded
+        return OrgPlan(org, Action.REFUSE, existing=existing, reversals=pending, history=history,
+                       problem="its amounts are too large to add up exactly (more than 60 digits): check the usage "
+                               "quantities and the plan's prices")
     if invoice.is_empty:
         return OrgPlan(org, Action.VOID if existing is not None else Action.NOTHING_TO_BILL, existing=existing,
-                       warnings=warnings, history=history)
+                       warnings=warnings, reversals=reversals, history=history)
     return OrgPlan(org, Action.REGENERATE if existing is not None else Action.ISSUE, invoice=invoice,
-                   existing=existing, steps=(Step.PDF, *rules.deliveries), warnings=warnings, history=history)
+                   existing=existing, steps=(Step.PDF, *rules.deliveries), warnings=warnings, reversals=reversals,
+                   history=history)
 
 
 def fees_apply(org: OrganizationRow, period: Month) -> bool:

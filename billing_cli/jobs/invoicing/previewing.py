@@ -12,7 +12,7 @@ from datetime import datetime
 from ...db import invoice_store
 from ...db.engine import Transactions
 from ...invoices import InvoiceDocument, due_date, invoice_number
-from ...outcomes import Component
+from ...outcomes import Component, Step
 from .documents import render
 from .options import InvoiceOptions
 from .planning import Action, OrgPlan
@@ -33,7 +33,7 @@ class Previewing:
 
     def handle(self, plan: OrgPlan) -> OrgOutcome:
         outcome = expected_outcome(plan)
-        outcome.pending = plan.steps
+        outcome.pending = ((Step.STRIPE_REVERSED,) if plan.reversals else ()) + plan.steps
         if plan.action not in (Action.ISSUE, Action.REGENERATE):
             return outcome
         options, org, invoice = self.options, plan.organization, plan.invoice

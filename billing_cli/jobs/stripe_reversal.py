@@ -1,0 +1,45 @@
+"""The Stripe side of a voided invoice. When a regeneration voids an invoice Stripe already has,
+its Stripe invoice is voided (open), credited in full (paid) or deleted (a draft), before the
+replacement is delivered, so the customer never has two invoices to pay for one period.
+
+A paid invoice cannot be voided: it gets a credit note for what it has not been credited yet,
+credited to the customer's Stripe balance, which Stripe applies to the customer's next invoice
+(normally the replacement). Refunding instead is a decision for a person, in Stripe.
+
+Resumable: what to do is decided from the invoice as Stripe has it now; every creating call
+carries an idempotency key, and a credit note this program already issued for the invoice (found
+by our metadata, however long ago) is never issued twice.
+"""
+
+from __future__ import annotations
+
+from ..db.invoice_store import PendingReversal
+from ..delivery.payments import PaymentError, PaymentGateway
+
+
+def reverse(gateway: PaymentGateway, item: PendingReversal) -> tuple[str, str | None]:
+    """Reverse one void invoice's Stripe invoice: ("voided" | "credited" | "deleted", credit note id)."""
+    stripe_id = item.stripe_invoice_id
+    remote = gateway.invoice_detail(stripe_id)
+    if remote is None:  # deleted already (by us, just before a crash, or by hand)
+        return "deleted", None
+    if remote.status == "draft":
+        gateway.delete_draft(stripe_id)
+        return "deleted", None
+    if remote.status in ("open", "uncollectible"):
+        gateway.void(stripe_id, invoice_id=item.id)
+        return "voided", None
+    if remote.status == "void":
+        return "voided", None
+    if remote.status == "paid":
+        issued = gateway.credit_notes(stripe_id, invoice_id=item.id)
+        if issued:
+            return "credited", issued[0]
+        remaining = remote.total - remote.credited
+        if remaining <= 0:  # nothing was charged (a zero invoice), or it was credited by hand
+            return "credited", None
+        memo = (f"Invoice {item.number} is replaced by invoice {item.replaced_by}." if item.replaced_by
+                else f"Invoice {item.number} is cancelled.")
+        return "credited", gateway.credit_in_full(stripe_id, invoice_id=item.id, amount=remaining, memo=memo)
+    raise PaymentError(f"Stripe invoice {stripe_id} is {remote.status}: cannot void or credit it; check it in Stripe",
+                       transient=False)
