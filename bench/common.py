@@ -182,11 +182,18 @@ class _RecordingConnection:
 def captured_statements(fn: Callable[..., object], *args, **kwargs) -> list[tuple[str, dict]]:
     """The SQL text (with :name parameters) and parameters a store function runs, without running
     it: `fn(connection, *args)` is called with a recording stand-in (a generator is drained)."""
+    from billing_cli.db import engine
+
     recorder = _RecordingConnection()
-    result = fn(recorder, *args, **kwargs)
-    if isinstance(result, Iterator):
-        for _ in result:
-            pass
+    streamed = engine.stream_rows  # statements read through it are recorded too
+    engine.stream_rows = lambda conn, statement, parameters: conn.execute(statement, parameters)
+    try:
+        result = fn(recorder, *args, **kwargs)
+        if isinstance(result, Iterator):
+            for _ in result:
+                pass
+    finally:
+        engine.stream_rows = streamed
     return recorder.statements
 
 

@@ -37,9 +37,9 @@ times each (median):
       `SET max_parallel_workers_per_gather = 0`: the roll-up side that reconcile compares the
       events with;
   (e) (b) after `SET max_parallel_workers_per_gather = 0`.
-  Why serial: reconcile streams its usage query (yield_per), i.e. through a server-side cursor,
-  and PostgreSQL never plans a cursor's query in parallel, whereas psql's (b) gets parallel
-  workers. (d) and (e) are what the two GROUP BYs inside reconcile's query cost.
+  (d) and (e) are what the two GROUP BYs inside reconcile's query cost without parallel workers.
+  reconcile streams its usage query without a server-side cursor (psycopg's streaming), so
+  PostgreSQL may run it with parallel workers as it does psql's (b); a cursor's query never is.
 
 All run under GNU time (/usr/bin/time): wall time measured around the process, peak RSS and CPU
 from time's wait4 of that one process (see common.run_measured); each round runs them in a
@@ -51,8 +51,8 @@ and every issued invoice checked; after it, one late event is added (an organiza
 rollup_behind for that organization and metric, with the events' and roll-up's sums; the event is
 then removed again (and the hour's usage_event_changes row its deletion made) and reconcile must
 exit 0 again. Finally each of reconcile's queries (captured from billing_cli.db.reconcile_store) is
-run once under EXPLAIN ANALYZE without parallel workers, and the usage query's plan as a cursor is
-printed (EXPLAIN DECLARE), to show where (a)'s time goes.
+run once under EXPLAIN ANALYZE as reconcile runs it (the usage query with the parallel workers it
+gets), to show where (a)'s time goes.
 
     .venv/bin/python bench/reconcile.py [--organizations N] [--events E] [--skew S] [--repeat R]
                                         [--keep-database] [--check]
@@ -411,9 +411,9 @@ def _branches(node: dict, tables: set[str], out: dict[str, float]) -> None:
 
 
 def explain_queries(url: str) -> list[str]:
-    """reconcile's queries (captured from reconcile_store, not copied): each under EXPLAIN ANALYZE
-    without parallel workers (reconcile streams them through cursors); and the usage query's plan as
-    reconcile runs it, from EXPLAIN DECLARE ... CURSOR (estimates only: a cursor cannot be analyzed)."""
+    """reconcile's queries (captured from reconcile_store, not copied), each under EXPLAIN ANALYZE
+    as reconcile runs it: the usage query streamed without a cursor (parallel workers allowed), the
+    invoice queries through cursors (serial); and whether the usage query got parallel workers."""
     from sqlalchemy import text
 
     from billing_cli.db import reconcile_store
@@ -424,11 +424,15 @@ def explain_queries(url: str) -> list[str]:
     lines = []
     engine = make_engine(url, pool_size=1)
     try:
-        with engine.begin() as conn:
-            conn.execute(text(SERIAL.replace("SET", "SET LOCAL")))
-            for fn in (reconcile_store.usage_differences, reconcile_store.owed_fees_not_invoiced,
-                       reconcile_store.live_invoices):
+        for fn in (reconcile_store.usage_differences, reconcile_store.owed_fees_not_invoiced,
+                   reconcile_store.live_invoices):
+            with engine.begin() as conn:
+                if fn is not reconcile_store.usage_differences:
+                    conn.execute(text(SERIAL.replace("SET", "SET LOCAL")))
                 for statement, params in common.captured_statements(fn, month, None):
+                    if statement.lstrip().upper().startswith("SET "):  # its session settings, as it runs
+                        conn.execute(text(statement), params)
+                        continue
                     plan = common.explain_analyze(conn, statement, params, fmt="JSON")[0]
                     seconds = plan["Execution Time"] / 1000
                     jit = plan.get("JIT", {}).get("Timing", {}).get("Total", 0.0) / 1000
@@ -439,18 +443,17 @@ def explain_queries(url: str) -> list[str]:
                         detail += "; of which " + ", ".join(
                             f"{name} GROUP BY {parts[name]:.2f} s" for name in
                             ("usage_events", "usage_hourly", "invoice_usage") if name in parts)
+                        workers = _workers(plan["Plan"])
+                        detail += f"; parallel workers launched: {workers}" if workers else "; no parallel worker"
                     lines.append(f"  {fn.__name__:24} {seconds:7.2f} s{detail}")
-        (statement, params), = common.captured_statements(reconcile_store.usage_differences, month, None)
-        with engine.begin() as conn:
-            plan = [r[0] for r in conn.execute(text("EXPLAIN DECLARE bench NO SCROLL CURSOR FOR " + statement), params)]
-        lines.append("  usage_differences as reconcile runs it (EXPLAIN DECLARE ... CURSOR; node lines):")
-        cost = re.compile(r"  \(cost=[^)]*\)")
-        lines += ["    " + cost.sub("", line) for line in plan if "->" in line or line is plan[0]]
-        if not any("Gather" in line for line in plan):
-            lines.append("    (no Gather node: no parallel worker)")
     finally:
         engine.dispose()
     return lines
+
+
+def _workers(node: dict) -> int:
+    """Parallel workers launched anywhere in a JSON plan."""
+    return node.get("Workers Launched", 0) + sum(_workers(child) for child in node.get("Plans", []))
 
 
 # --- report --------------------------------------------------------------------------------------

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, make_url, text
+from sqlalchemy import Connection, Engine, TextClause, create_engine, make_url, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..errors import ConfigError, DatabaseUnavailable
@@ -110,3 +111,18 @@ def translate_disconnects(where: str) -> Iterator[None]:
         if exc.connection_invalidated:
             raise unavailable(exc, where) from None
         raise
+
+
+def stream_rows(conn: Connection, statement: TextClause, params: dict[str, Any]) -> Iterator[Any]:
+    """The statement's rows one by one as PostgreSQL sends them (psycopg's streaming, libpq's
+    single-row mode), in the connection's transaction, holding only the row at hand.
+
+    For a large aggregate read whole, rather than SQLAlchemy's `yield_per`: that goes through a
+    server-side cursor, and PostgreSQL never runs a cursor's query with parallel workers."""
+    from psycopg.rows import namedtuple_row
+
+    compiled = statement.compile(dialect=conn.dialect)
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    with driver.cursor(row_factory=namedtuple_row) as cursor:
+        yield from cursor.stream(compiled.string, compiled.construct_params(params))
