@@ -828,10 +828,15 @@ def test_dockerfile() -> None:
         if keyword == "RUN":
             assert not re.search(r"apt-get\s+install.*\b(build-essential|gcc|g\+\+|make|libpq-dev|python3-dev)\b",
                                  args), f"build tools in the final image: {args}"
-    # The builder copies the package only, never the whole context.
+    # The builder copies the lock and the package only, never the whole context.
     copies = [args for stage in stages[:-1] for keyword, args in stage if keyword == "COPY"]
     sources = {source for args in copies for source in args.split()[:-1] if not source.startswith("--")}
-    assert sources <= {"pyproject.toml", "README.md", "billing_cli", "billing_cli/"}, sources
+    assert sources <= {"requirements/runtime.txt", "pyproject.toml", "README.md", "billing_cli", "billing_cli/"}, \
+        sources
+    # Reproducible: the dependencies come from the hashed lock, the package adds nothing to them.
+    installs = [args for stage in stages[:-1] for keyword, args in stage if keyword == "RUN" and "pip install" in args]
+    assert installs == ["/opt/venv/bin/pip install --require-hashes -r requirements/runtime.txt",
+                        "/opt/venv/bin/pip install --no-deps --no-build-isolation ."], installs
 
 
 def test_dockerignore() -> None:
@@ -853,3 +858,51 @@ def test_deploy_readme_covers_the_exit_codes() -> None:
     for secret in SECRET_KEYS:
         assert re.search(rf"kubectl (-n \S+ )?create secret generic {secret}\b", readme), secret
     assert "job/billing-db-upgrade" in readme, "the migration Job runs first"
+
+
+# --- reproducible installs -------------------------------------------------------------------
+
+def _pins(lock: Path) -> dict[str, str]:
+    """name -> version of every `name==version \\` line of a pip-compiled lock file."""
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in lock.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\-]+)(\[[^\]]*\])?==([^ ;\\]+)", line)
+        if match:
+            pins[canonicalize_name(match.group(1))] = match.group(3)
+    return pins
+
+
+def test_the_lock_files_pin_every_dependency_with_hashes_within_pyproject_bounds() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    runtime = [Requirement(r) for r in project["dependencies"]]
+    test = [Requirement(r) for r in project["optional-dependencies"]["test"] + project["optional-dependencies"]["embedded"]
+            if not r.startswith("billing")]
+    for lock, needed in (("runtime.txt", runtime), ("test.txt", runtime + test)):
+        path = ROOT / "requirements" / lock
+        pins = _pins(path)
+        for requirement in [*needed, Requirement("setuptools>=68")]:  # setuptools builds the package
+            name = canonicalize_name(requirement.name)
+            assert name in pins, f"{lock} does not pin {name}: run requirements/refresh"
+            assert requirement.specifier.contains(pins[name], prereleases=True), (lock, name, pins[name])
+        text = path.read_text(encoding="utf-8")
+        blocks = re.split(r"\n(?=[A-Za-z0-9])", text.strip())
+        assert all("--hash=sha256:" in block for block in blocks if "==" in block), f"{lock}: a pin without hashes"
+    assert "billing" not in _pins(ROOT / "requirements" / "test.txt")  # the project itself is installed apart
+
+
+def test_ci_runs_the_readme_test_command_verbatim_from_the_lock() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    commands = re.findall(r"```sh\n(.*?)\n```", readme.split("## Quick start")[1].split("\n## ")[0], re.S)
+    assert len(commands) == 2, "the quick start has exactly two set-up commands"
+    test_command = commands[1]
+    assert test_command.endswith(".venv/bin/python -m pytest") and "--require-hashes -r requirements/test.txt" in \
+        test_command
+    assert test_command in ci.splitlines()
