@@ -70,7 +70,6 @@ import bisect
 import itertools
 import os
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -430,9 +429,6 @@ def explain_queries(url: str) -> list[str]:
                 if fn is not reconcile_store.usage_differences:
                     conn.execute(text(SERIAL.replace("SET", "SET LOCAL")))
                 for statement, params in common.captured_statements(fn, month, None):
-                    if statement.lstrip().upper().startswith("SET "):  # its session settings, as it runs
-                        conn.execute(text(statement), params)
-                        continue
                     plan = common.explain_analyze(conn, statement, params, fmt="JSON")[0]
                     seconds = plan["Execution Time"] / 1000
                     jit = plan.get("JIT", {}).get("Timing", {}).get("Total", 0.0) / 1000

@@ -61,10 +61,6 @@ def usage_differences(conn: Connection, month: Month, only: list[str] | None) ->
         ORDER BY 1, 2
     """
     params = {"start": month.start, "end": month.end, "period": month.first_day, "only": only or []}
-    # Sized for one pass: the month's sums (tens of thousands of groups per worker) fit in memory
-    # instead of spilling to disk, and JIT compilation (0.1 s here) buys nothing on numeric sums.
-    conn.execute(text("SET LOCAL work_mem = '32MB'"))
-    conn.execute(text("SET LOCAL jit = off"))
     for row in engine.stream_rows(conn, text(sql), params):
         yield UsageRow(row.organization_id, row.metric, Decimal(row.events), Decimal(row.rolled_up),
                        Decimal(row.billed), row.known, row.free)

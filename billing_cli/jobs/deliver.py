@@ -3,7 +3,8 @@ the invoice the moment it succeeds, so that a rerun (after a failure or a crash)
 the steps still missing.
 
 Order matters: the e-mail links Stripe's page (and the S3 object when the PDF is too large to
-attach), and goes last so that a customer is never told about an invoice that is not in Stripe. A failed step stops the later ones for that invoice.
+attach), and goes last so that a customer is never told about an invoice that is not in Stripe. A
+failed step stops the later ones for that invoice.
 
 Crash windows (the process killed between a side effect and its record):
 - S3: the rerun uploads the same bytes to the same key again: harmless.
@@ -73,7 +74,6 @@ def deliver(transactions: Transactions, invoice: StoredInvoice, document: Invoic
         delivered.steps.append(Step.STRIPE)
 
     if Step.EMAIL in steps and deliveries.mailer is not None:
-        assert deliveries.sender is not None
         try:
             message = _invoice_email(deliveries, document, pdf, seller, key=key, page_url=page_url)
             deliveries.mailer.send(message)

@@ -31,11 +31,6 @@ from .results import InvoiceRunResult, OrgOutcome, expected_outcome
 _CHANGES = (Action.ISSUE, Action.REGENERATE, Action.VOID, Action.COMPLETE)  # what writes or delivers
 
 
-def _before_stripe(steps: tuple[Step, ...]) -> tuple[Step, ...]:
-    """The steps that may go ahead while a replaced invoice is still open in Stripe."""
-    return tuple(step for step in steps if step not in (Step.STRIPE, Step.EMAIL))
-
-
 class Acting:
     def __init__(self, transactions: Transactions, options: InvoiceOptions) -> None:
         self.transactions = transactions
@@ -83,8 +78,7 @@ class Acting:
                 self._reverse_in_stripe(plan, outcome)
             elif plan.action == Action.COMPLETE:
                 assert plan.existing is not None
-                reversed_ = self._reverse_in_stripe(plan, outcome)
-                self._complete(plan.existing, plan.steps if reversed_ else _before_stripe(plan.steps), outcome)
+                self._complete(plan.existing, self._reverse_in_stripe(plan, outcome), outcome)
             else:  # nothing else to do: only the Stripe invoices of void invoices
                 self._reverse_in_stripe(plan, outcome)
         except OperationalError:
@@ -121,20 +115,20 @@ class Acting:
             return
         outcome.number, outcome.currency, outcome.total = stored.number, stored.currency, stored.total
         outcome.steps.append(Step.ISSUED)
-        reversed_ = self._reverse_in_stripe(plan, outcome)  # the replaced invoice leaves Stripe first
+        steps = self._reverse_in_stripe(plan, outcome)  # the replaced invoice leaves Stripe first
         # Just issued: the document is known without reading it back.
         document = InvoiceDocument(stored.number, org.id, org.name, org.email, options.month, options.issue_date,
                                    due, invoice.currency, invoice.lines, invoice.total)
-        self._carry_out_steps(stored, document, plan.steps if reversed_ else _before_stripe(plan.steps), outcome)
+        self._carry_out_steps(stored, document, steps, outcome)
 
-    def _reverse_in_stripe(self, plan: OrgPlan, outcome: OrgOutcome) -> bool:
+    def _reverse_in_stripe(self, plan: OrgPlan, outcome: OrgOutcome) -> tuple[Step, ...]:
         """Void (or credit, or delete) the Stripe invoices of this organization's void invoices,
-        as stored now, under its lock. False if one could not be: the organization's current
-        invoice then goes neither to Stripe nor to the customer, so that they are never asked to
-        pay twice for a period; a rerun carries on."""
+        as stored now, under its lock. Returns the plan's steps that may go ahead: all of them,
+        or, if a reversal failed, none that reaches Stripe or the customer (never asked to pay
+        twice for a period); a rerun carries on."""
         gateway = self.options.deliveries.payments
         if not plan.reversals or gateway is None:
-            return True
+            return plan.steps
         org_id = plan.organization.id
         with self.transactions() as conn:
             pending = invoice_store.pending_reversals(conn, [org_id]).get(org_id, [])
@@ -144,12 +138,12 @@ class Acting:
             except PaymentError as exc:
                 outcome.fail(Component.STRIPE, f"the Stripe invoice {item.stripe_invoice_id} of void {item.number} "
                                                f"could not be voided ({exc}): the current invoice waits for it")
-                return False
+                return tuple(step for step in plan.steps if step not in (Step.STRIPE, Step.EMAIL))
             with self.transactions() as conn:
                 invoice_store.record_reversal(conn, item.id, how, credit_note)
             if Step.STRIPE_REVERSED not in outcome.steps:
                 outcome.steps.append(Step.STRIPE_REVERSED)
-        return True
+        return plan.steps
 
     def _complete(self, planned: StoredInvoice, steps: tuple[Step, ...], outcome: OrgOutcome) -> None:
         """An invoice issued earlier: read it again now (another run may have moved it on since

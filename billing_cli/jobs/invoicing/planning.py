@@ -82,14 +82,15 @@ def plan_organization(org: OrganizationRow, usage: Mapping[str, Decimal], plans:
     invoices whose Stripe invoice is still to be voided or credited."""
     month = rules.month
     warnings = _too_old(history, rules)
-    stripe_on = Step.STRIPE in rules.deliveries
-    voided_now = existing is not None and existing.stripe_invoice_id is not None and rules.regenerate
-    if (pending_reversals or voided_now) and not stripe_on:
-        numbers = (*pending_reversals, *((existing.number,) if voided_now and existing else ()))
-        warnings += (f"the Stripe invoice of void {', '.join(numbers)} stays open until a run with Stripe on "
+    # Void invoices whose Stripe invoice goes first: those left pending, and the one this plan voids.
+    voided_now: tuple[str, ...] = ()
+    if existing is not None and existing.stripe_invoice_id is not None and rules.regenerate:
+        voided_now = (existing.number,)
+    pending, reversals = pending_reversals, pending_reversals + voided_now
+    if reversals and Step.STRIPE not in rules.deliveries:
+        warnings += (f"the Stripe invoice of void {', '.join(reversals)} stays open until a run with Stripe on "
                      "voids it",)
-    pending = pending_reversals if stripe_on else ()
-    reversals = pending + ((existing.number,) if voided_now and stripe_on and existing else ())
+        pending = reversals = ()
     if existing is not None and not rules.regenerate:
         steps = _missing_steps(existing, rules, pdf_file_missing)
         late = _late_usage(org, usage, plans, history, month, rules.precision)
