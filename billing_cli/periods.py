@@ -172,3 +172,16 @@ def invoicing_month(month: str | None, process_month: str | None, *, now: dateti
         raise UsageError(f"month {chosen} {when} (now {now:%Y-%m-%d %H:%M}Z): invoicing it would bill a partial "
                          "month; pass --force to do it anyway")
     return chosen
+
+
+Period = Month | HourRange  # what a run covers: a month, or a window of hours
+
+
+def iso_utc(moment: datetime) -> str:
+    """`2024-01-01T00:00:00Z`: how machine-readable output writes a time."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def period_json(period: Period) -> dict[str, str]:
+    """A run's period in machine-readable output: its label and its half-open interval."""
+    return {"label": str(period), "start": iso_utc(period.start), "end": iso_utc(period.end)}

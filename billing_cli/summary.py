@@ -7,12 +7,13 @@ from typing import Any
 
 from . import __version__
 from .outcomes import RunOutcome
+from .periods import Period, period_json
 
 
 @dataclass
 class RunSummary:
     job: str
-    period: str  # the month, or the window of hours
+    period: Period  # the month, or the window of hours
     outcome: RunOutcome
     dry_run: bool
     seconds: float
@@ -23,13 +24,13 @@ class RunSummary:
     message: str | None = None  # why a failed run stopped
 
     @classmethod
-    def failed_run(cls, job: str, period: str, message: str, dry_run: bool, seconds: float) -> RunSummary:
+    def failed_run(cls, job: str, period: Period, message: str, dry_run: bool, seconds: float) -> RunSummary:
         """A run stopped by an error before it finished."""
         return cls(job=job, period=period, outcome=RunOutcome.FAILED, dry_run=dry_run, seconds=seconds,
                    message=message)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"job": self.job, "period": self.period, "outcome": self.outcome, "dry_run": self.dry_run,
+        return {"job": self.job, "period": period_json(self.period), "outcome": self.outcome, "dry_run": self.dry_run,
                 "seconds": round(self.seconds, 3), "counts": self.counts, "errors": self.errors,
                 "revenue": self.revenue, "failed": self.failed, "message": self.message,
                 "version": __version__}

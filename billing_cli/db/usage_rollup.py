@@ -43,13 +43,14 @@ seen_changes AS (
 _REPORT = """
 SELECT 'metric' AS kind, metric, count(*) AS organizations, sum(event_count)::bigint AS events,
        sum(quantity) AS quantity, NULL::bigint AS inserted, NULL::bigint AS updated,
-       NULL::bigint AS deleted, NULL::bigint AS orphan_events, NULL::text[] AS orphan_ids
+       NULL::bigint AS deleted, NULL::bigint AS orphan_events, NULL::text[] AS orphan_ids,
+       array_agg(organization_id) AS organization_ids
 FROM grouped GROUP BY metric
 UNION ALL
 SELECT 'changes', NULL, (SELECT count(DISTINCT organization_id) FROM grouped), NULL, NULL,
        {inserted}, {updated}, {deleted},
        (SELECT coalesce(sum(event_count), 0) FROM orphans),
-       (SELECT coalesce(array_agg(DISTINCT organization_id), '{{}}') FROM orphans)
+       (SELECT coalesce(array_agg(DISTINCT organization_id), '{{}}') FROM orphans), NULL
 """
 
 # Upsert changed rows, delete rows whose events disappeared, and record what the hour looked like:
@@ -132,6 +133,9 @@ class HourReport:
     deleted: int = 0
     orphan_events: int = 0  # events of organization ids with no organizations row (rolled up all the same)
     orphan_ids: list[str] = field(default_factory=list)
+    # metric -> the organizations with usage of it this hour: merged into the run's distinct
+    # counts as each hour ends, then dropped (a month's run keeps one set, not 744 lists)
+    organization_ids: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
 
 def apply_hour(conn: Connection, start: datetime, end: datetime) -> HourReport:
@@ -149,6 +153,7 @@ def _report(rows) -> HourReport:
     for row in rows:
         if row.kind == "metric":
             report.metrics.append(MetricTotals(row.metric, row.organizations, row.events, row.quantity))
+            report.organization_ids[row.metric] = row.organization_ids
         else:
             report.organizations = row.organizations
             report.inserted, report.updated, report.deleted = row.inserted, row.updated, row.deleted

@@ -40,6 +40,14 @@ class AggregationResult:
     hours: list[HourResult] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    # metric -> every organization with usage of it in the hours rolled up (distinct over hours)
+    organizations_by_metric: dict[str, set[str]] = field(default_factory=dict)
+
+    def add(self, hour: HourResult) -> None:
+        for metric, ids in hour.organization_ids.items():
+            self.organizations_by_metric.setdefault(metric, set()).update(ids)
+        hour.organization_ids = {}
+        self.hours.append(hour)
 
     @property
     def failed_hours(self) -> list[HourResult]:
@@ -54,8 +62,9 @@ class AggregationResult:
         return sum(h.events for h in self.hours)
 
     @property
-    def busiest_hour_organizations(self) -> int:
-        return max((h.organizations for h in self.hours), default=0)
+    def organizations(self) -> int:
+        """Distinct organizations with usage in the hours rolled up."""
+        return len(set().union(*self.organizations_by_metric.values()))
 
     @property
     def orphan_events(self) -> int:
@@ -66,22 +75,23 @@ class AggregationResult:
         return sorted({i for h in self.hours for i in h.orphan_ids})
 
     def totals_by_metric(self) -> list[MetricTotals]:
-        """Per metric over the window; `organizations` is the busiest hour's count for that metric."""
+        """Per metric over the window; `organizations` counts each organization once."""
         merged: dict[str, MetricTotals] = {}
         for hour in self.hours:
             for m in hour.metrics:
                 prev = merged.get(m.metric)
                 merged[m.metric] = m if prev is None else MetricTotals(
-                    m.metric, max(prev.organizations, m.organizations),
-                    prev.events + m.events, prev.quantity + m.quantity)
-        return [merged[k] for k in sorted(merged)]
+                    m.metric, 0, prev.events + m.events, prev.quantity + m.quantity)
+        return [MetricTotals(k, len(self.organizations_by_metric.get(k, ())), merged[k].events, merged[k].quantity)
+                for k in sorted(merged)]
 
     def summary(self) -> RunSummary:
         return RunSummary(
-            job=Job.AGGREGATE_HOURLY, period=str(self.window),
+            job=Job.AGGREGATE_HOURLY, period=self.window,
             outcome=run_outcome(ok=self.ok, interrupted=self.interrupted),
             dry_run=self.dry_run, seconds=self.seconds,
             counts={"hours": len(self.hours), "failed_hours": len(self.failed_hours), "events": self.events,
+                    "organizations": self.organizations,
                     "orphan_events": self.orphan_events},
             failed=[{"organization_id": "-", "errors": [["hour", f"{h.hour:%Y-%m-%dT%H}:00Z {h.error}"]]}
                     for h in self.failed_hours],
@@ -117,7 +127,7 @@ def aggregate_hours(
             break
         still_locked()  # raises once the run's lock is lost: another run may be rolling up beside it
         hour_result = _one_hour(transactions, hour, roll_up)
-        result.hours.append(hour_result)
+        result.add(hour_result)
         if on_hour is not None:
             on_hour(hour_result)
     result.seconds = time.perf_counter() - started

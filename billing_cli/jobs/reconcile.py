@@ -94,7 +94,7 @@ class ReconcileResult:
     def summary(self) -> RunSummary:
         outcome = RunOutcome.INTERRUPTED if self.interrupted else \
             RunOutcome.SUCCEEDED if self.ok else RunOutcome.MISMATCH
-        return RunSummary(job=Job.RECONCILE, period=str(self.month), outcome=outcome, dry_run=False,
+        return RunSummary(job=Job.RECONCILE, period=self.month, outcome=outcome, dry_run=False,
                           seconds=self.seconds, counts={**self.checked, "differences": sum(self.by_kind.values())},
                           errors={kind.value: n for kind, n in sorted(self.by_kind.items())},
                           failed=[{"organization_id": d.organization_id, "errors": [[d.kind.value, d.subject]]}

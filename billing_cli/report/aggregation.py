@@ -20,24 +20,26 @@ class AggregationScreen:
         self.dry_run = False
         self.notice, self.warning, self.set_context = output.notice, output.warning, output.set_context
 
-    def aggregation_started(self, window: HourRange, late_hours: list, dry_run: bool, database: str) -> None:
+    def aggregation_started(self, window: HourRange, why: str, late_hours: list, dry_run: bool,
+                            database: str) -> None:
         self.dry_run = dry_run
-        aggregation_header(self.output, window, late_hours, dry_run, database)
+        aggregation_header(self.output, window, why, late_hours, dry_run, database)
 
     def hour_done(self, hour: HourResult) -> None:
         aggregation_hour(self.output, hour, self.dry_run)
 
 
-def aggregation_header(output: Output, window: HourRange, late_hours: list, dry_run: bool, where: str) -> None:
+def aggregation_header(output: Output, window: HourRange, why: str, late_hours: list, dry_run: bool,
+                       where: str) -> None:
     late = ",".join(format_hour(h) for h in late_hours)
     if output.plain:
         output.record("start", job="aggregate-hourly", window_start=format_hour(window.start),
-                      window_end=format_hour(window.end), hours=len(window),
+                      window_end=format_hour(window.end), hours=len(window), why=why,
                       **({"late_hours": late} if late_hours else {}),
-                      dry_run=str(dry_run).lower(), database=where)
+                      dry_run=dry_run, database=where)
         return
     output.banner("🕐 billing aggregate-hourly", [
-        ("window", str(window)),
+        ("window", f"{window}: {why}"),
         *((("late hours", f"{len(late_hours)} older hour(s) whose events changed since: {late}"),)
           if late_hours else ()),
         ("dry run", "yes" if dry_run else "no"), ("database", where)])
@@ -63,10 +65,9 @@ def aggregation_hour(output: Output, hour: HourResult, dry_run: bool) -> None:
 
 
 def aggregation_summary(output: Output, result: AggregationResult) -> None:
-    multi = len(result.window) > 1
     output.table(
         "Usage by metric",
-        [("Metric", "metric"), ("Organizations (busiest hour)" if multi else "Organizations", "organizations"),
+        [("Metric", "metric"), ("Organizations", "organizations"),
          ("Events", "events"), ("Quantity", "quantity")],
         [(m.metric, m.organizations, m.events, m.quantity)
          for m in result.totals_by_metric()],
@@ -75,14 +76,14 @@ def aggregation_summary(output: Output, result: AggregationResult) -> None:
     fields = {
         "hours": len(result.hours),
         "failed_hours": len(result.failed_hours),
-        "organizations": result.busiest_hour_organizations,
+        "organizations": result.organizations,
         "events": result.events,
         "rows_written": sum(h.inserted + h.updated for h in result.hours),
         "rows_removed": sum(h.deleted for h in result.hours),
         "orphan_events": result.orphan_events,
-        "dry_run": str(result.dry_run).lower(),
-        "seconds": f"{result.seconds:.2f}",
-        "outcome": "ok" if result.ok else "partial",
+        "dry_run": result.dry_run,
+        "seconds": round(result.seconds, 3),
+        "outcome": result.summary().outcome.value,
     }
     if result.orphan_events:
         output.warning(orphan_warning(result))
@@ -92,7 +93,7 @@ def aggregation_summary(output: Output, result: AggregationResult) -> None:
     mark = "✅" if result.ok else "❌"
     output.line(f"{mark} {fields['hours']} hours aggregated, {fields['failed_hours']} failed; "
                 f"{number(result.events)} events from {number(fields['organizations'])} organizations"
-                f"{' (busiest hour)' if multi else ''}; {number(fields['rows_written'])} rows "
+                f"; {number(fields['rows_written'])} rows "
                 f"{'would be ' if result.dry_run else ''}written, {number(fields['rows_removed'])} removed; "
                 f"{number(fields['orphan_events'])} orphan events; {fields['seconds']} s"
                 f"{'  (dry run: nothing written)' if result.dry_run else ''}")

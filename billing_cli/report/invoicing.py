@@ -50,9 +50,12 @@ class InvoicingScreen:
             return
         out.line(f"Found {result.organizations_found:,} active organizations to invoice")
         if out.out.is_terminal and result.organizations_found > 1:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._progress = Progress("[progress.description]{task.description}", BarColumn(),
+            # the console prints without markup, so the description's style is a column style, not
+            # "[progress.description]" markup (which would be printed literally)
+            self._progress = Progress(TextColumn("{task.description}", style="progress.description", markup=False),
+                                      BarColumn(),
                                       MofNCompleteColumn(), TimeRemainingColumn(), console=out.out, transient=True)
             self._progress.start()
             self._task = self._progress.add_task("invoicing", total=result.organizations_found)
@@ -83,9 +86,13 @@ def organization_fields(o: OrgOutcome) -> dict[str, object]:
     if o.pdf_bytes:
         fields["pdf_bytes"] = o.pdf_bytes
     if o.final:
-        fields["final"] = "true"
+        fields["final"] = True
     if o.voided_number:
         fields["voids"] = o.voided_number
+        if o.voided_total is not None:
+            fields["voided_total"] = o.voided_total
+    if o.pdf_path:
+        fields["pdf_path"] = o.pdf_path
     if o.steps:
         fields["done"] = ",".join(step.value for step in o.steps)
     if o.pending:
@@ -107,11 +114,12 @@ def organization_line(o: OrgOutcome, dry_run: bool) -> str:
     mark = _MARKS[OrgStatus.FAILED] if o.errors else _MARKS[o.status]
     amount = f"{format_money(o.total, o.currency)}" if o.total is not None and o.currency else ""
     pdf = f", PDF {o.pdf_bytes / 1024:.1f} kB" if o.pdf_bytes else ""
+    pdf += f" at {o.pdf_path}" if o.pdf_path else ""
     delivered = [_STEP_NAMES[s] for s in o.steps if s in _STEP_NAMES]
     if o.status == OrgStatus.INVOICED:
         kind = "final invoice" if o.final else "invoice"
         verb = f"would get its {kind}" if dry_run else f"{kind} generated:"
-        replacing = f" (replacing {o.voided_number}, voided)" if o.voided_number else ""
+        replacing = f" ({replacement_sentence(o, dry_run)})" if o.voided_number else ""
         steps = f"; {', '.join(delivered)}" if delivered else ""
         text = f"{mark} {who}: {verb} {o.number}{replacing}, {amount}{pdf}{steps}"
     elif o.status == OrgStatus.ALREADY_INVOICED:
@@ -120,7 +128,8 @@ def organization_line(o: OrgOutcome, dry_run: bool) -> str:
             f"; would complete: {', '.join(pending)}" if pending and dry_run else ""
         text = f"{mark} {who}: already invoiced ({o.number}, {amount}){extra}"
     elif o.status == OrgStatus.NOTHING_TO_BILL:
-        voided = f"; {o.voided_number} {'would be ' if dry_run else ''}voided" if o.voided_number else ""
+        was = f" ({format_money(o.voided_total, o.currency)})" if o.voided_total is not None and o.currency else ""
+        voided = f"; {o.voided_number}{was} {'would be ' if dry_run else ''}voided" if o.voided_number else ""
         text = f"{mark} {who}: nothing to bill{voided}"
     else:
         text = f"{mark} {who}"
@@ -134,6 +143,18 @@ def organization_line(o: OrgOutcome, dry_run: bool) -> str:
     for warning in o.warnings:
         text += f"\n   ⚠️  {warning}"
     return text
+
+
+def replacement_sentence(o: OrgOutcome, dry_run: bool) -> str:
+    """`replaces INV-2024-01-000003, voided: 12.00 USD -> 14.50 USD (+2.50 USD)`."""
+    verb = "would replace" if dry_run else "replaces"
+    voided = "would be voided" if dry_run else "voided"
+    if o.voided_total is None or o.total is None or not o.currency:
+        return f"{verb} {o.voided_number}, {voided}"
+    change = o.total - o.voided_total
+    sign = "+" if change > 0 else "-" if change < 0 else "±"
+    return (f"{verb} {o.voided_number}, {voided}: {format_money(o.voided_total, o.currency)} -> "
+            f"{format_money(o.total, o.currency)} ({sign}{format_money(abs(change), o.currency)})")
 
 
 def late_usage_sentence(o: OrgOutcome) -> str:
@@ -152,7 +173,7 @@ def invoice_header(output: Output, start: InvoicingStart) -> None:
     if start.dry_run:
         deliveries = "none (dry run: nothing is uploaded, created or sent)"
     if output.plain:
-        output.record("start", job=start.job, month=start.month, dry_run=str(start.dry_run).lower(),
+        output.record("start", job=start.job, month=str(start.month), dry_run=start.dry_run,
                       database=start.database,
                       **({} if start.dry_run else {step: "off" if step in disabled else "on" for step in DELIVERY_FLAGS}),
                       **({"shard": start.shard} if start.shard else {}))
@@ -173,8 +194,8 @@ def invoice_summary(output: Output, result: InvoiceRunResult) -> None:
                       nothing_to_bill=statuses[OrgStatus.NOTHING_TO_BILL], failed=len(result.failed),
                       **{f"errors_{c}": n for c, n in errors.items()},
                       **{f"revenue_{cur}": amount for cur, amount in revenue.items()},
-                      dry_run=str(result.dry_run).lower(), seconds=f"{result.seconds:.2f}",
-                      outcome="ok" if result.ok else "partial")
+                      dry_run=result.dry_run, seconds=round(result.seconds, 3),
+                      outcome=result.summary().outcome.value)
         return
     rows: list[tuple[str, object]] = [
         ("Month", str(result.month)),
@@ -191,8 +212,23 @@ def invoice_summary(output: Output, result: InvoiceRunResult) -> None:
     output.table("Errors by component", [("Component", "component"), ("Errors", "errors")],
                  list(errors.items()), kind="errors")
     mark = "✅" if result.ok else "❌"
-    output.line(f"{mark} {result.month}: {statuses[OrgStatus.INVOICED]} invoiced, {len(result.failed)} failed"
-                + ("; rerun the same command to finish the failed ones" if not result.ok else ""))
+    verb = "would be invoiced" if result.dry_run else "invoiced"
+    output.line(f"{mark} {result.month}: {statuses[OrgStatus.INVOICED]} {verb}, {len(result.failed)} failed"
+                + (f"; {what_to_do(result)}" if not result.ok else ""))
+
+
+def what_to_do(result: InvoiceRunResult) -> str:
+    """What fixes the failed organizations: bad data is fixed where it lives (a rerun alone fails
+    again the same way); a delivery or a busy organization is finished by a rerun."""
+    data = sum(1 for o in result.failed if any(c == Component.DATA for c, _ in o.errors))
+    other = len(result.failed) - data
+    parts = []
+    if data:
+        parts.append(f"{data} failed on their data: fix what each line above names (the plan, the "
+                     "organization's row or its usage), then rerun the same command")
+    if other:
+        parts.append(f"{other} failed delivering or were busy: rerun the same command to finish them")
+    return "; ".join(parts)
 
 
 def invoice_run_summary(output: Output, result: InvoiceRunResult) -> None:

@@ -21,7 +21,7 @@ def number(value: int | Decimal) -> str:
 
 
 def plain_value(value: object) -> str:
-    text = str(value).replace("\r", " ").replace("\n", "; ")  # one record, one line
+    text = ("true" if value else "false") if isinstance(value, bool) else str(value).replace("\r", " ").replace("\n", "; ")  # one record, one line
     for separator in "\x85\u2028\u2029":  # line breaks to some log readers: shown escaped
         text = text.replace(separator, separator.encode("unicode_escape").decode())
     return f'"{text}"' if (" " in text or text == "") else text
@@ -137,12 +137,19 @@ class Output:
 
         table = Table(title=title, title_justify="left", title_style="bold",
                       show_header=any(header for header, _ in columns))
+        cells = [[number(c) if isinstance(c, (int, Decimal)) and not isinstance(c, bool) else str(c) for c in row]
+                 for row in rows]
         for i, (header, _) in enumerate(columns):
             numeric = bool(rows) and all(isinstance(row[i], (int, Decimal)) for row in rows)
-            table.add_column(header, justify="right" if numeric else "left")
-        for row in rows:
-            table.add_row(*(number(c) if isinstance(c, (int, Decimal)) and not isinstance(c, bool)
-                            else str(c) for c in row))
+            # A value without spaces (an id, a job, a time, a number) is never cut to "invoi…": its
+            # column keeps its width, and columns of sentences wrap at spaces to make room.
+            words = [cell for row in cells for cell in row[i].splitlines() if cell]
+            atomic = all(" " not in word for word in words)
+            width = min(max((len(word) for word in words), default=0), 32)
+            table.add_column(header, justify="right" if numeric else "left", overflow="fold",
+                             no_wrap=atomic, min_width=width if atomic else None)
+        for row in cells:
+            table.add_row(*row)
         self.out.print(table)
 
 

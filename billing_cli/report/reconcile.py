@@ -34,7 +34,7 @@ def reconcile_summary(output: Output, result: ReconcileResult) -> None:
     if output.plain:
         output.record("summary", job="reconcile", month=result.month, invoices=result.checked["invoices"],
                       differences=total, **{f"differences_{k.value}": n for k, n in sorted(result.by_kind.items())},
-                      seconds=f"{result.seconds:.2f}", outcome="ok" if result.ok else "mismatch")
+                      seconds=round(result.seconds, 3), outcome=result.summary().outcome.value)
         return
     if result.differences:
         output.table("Differences", [("Kind", "kind"), ("Organization", "organization_id"), ("Subject", "subject"),

@@ -100,12 +100,23 @@ def runs_report(output: Output, history: list[dict], *, as_json: bool) -> None:
         done = ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "-"
         rows.append((run["id"], run["job"], run["period"], run["shard"] or "-",
                      run["status"] + (" (dry run)" if run["dry_run"] else "") + (" (--org)" if run.get("targeted") else ""),
-                     f"{run['started_at']:%Y-%m-%d %H:%M:%S}Z",
-                     f"{run['duration_seconds']:.1f} s" if run["duration_seconds"] is not None else "-",
-                     done, run["message"] or ""))
+                     f"{run['started_at']:%Y-%m-%dT%H:%MZ}",
+                     f"{run['duration_seconds']:.1f}s" if run["duration_seconds"] is not None else "-",
+                     done, run["message"] or failures_in_brief(run["failed"] or [])))
     output.table("Recent runs", [("Run", "id"), ("Job", "job"), ("Period", "period"), ("Shard", "shard"),
                                  ("Status", "status"), ("Started", "started"), ("Duration", "duration"),
                                  ("Counts", "counts"), ("Message", "message")], rows, kind="run")
+
+
+def failures_in_brief(failed: list[dict]) -> str:
+    """A finished run's failed organizations (or hours), for a runs table with no message:
+    `2 failed: org-a (data), org-b (s3)`."""
+    if not failed:
+        return ""
+    shown = [f"{f['organization_id']} ({', '.join(sorted({e[0] for e in f['errors']}))})"
+             if f["organization_id"] != "-" else f"hour {f['errors'][0][1].split()[0]}" for f in failed[:3]]
+    more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+    return f"{len(failed)} failed: {', '.join(shown)}{more}"
 
 
 def status_report(output: Output, statuses: list, now, *, as_json: bool) -> None:
@@ -141,7 +152,7 @@ def schema_revision_line(output: Output, state) -> None:
     current, head = state.current, state.head
     if output.plain:
         output.record("db-current", database=state.database, current=current or "none", head=head,
-                      up_to_date=str(current == head).lower())
+                      up_to_date=current == head)
     else:
         verdict = "up to date" if current == head else "behind: run `billing db upgrade`"
         output.line(f"{state.database}: revision {current or 'none'} (this program: {head}) — {verdict}")
@@ -152,21 +163,29 @@ def plans_applied(output: Output, applied) -> None:
     for label, ids in (("created", applied.created), ("updated", applied.updated), ("unchanged", applied.unchanged)):
         for plan_id in ids:
             if output.plain:
-                output.record("plan", id=plan_id, result=label, dry_run=str(applied.dry_run).lower())
+                output.record("plan", id=plan_id, result=label, dry_run=applied.dry_run)
             else:
                 output.line(f"{'✅' if label != 'unchanged' else '•'} plan {plan_id}: {verb}{label}")
 
 
 def demo_next_steps(output: Output, month, output_dir) -> None:
+    """Where the demo's PDFs are and what to try next: on a terminal as text, piped as records."""
+    pdfs = output_dir / str(month)
+    deliveries = ("Deliveries are off in the demo: to upload, bill and e-mail, set INVOICE_ENABLE_S3, "
+                  "INVOICE_ENABLE_STRIPE and INVOICE_ENABLE_EMAIL with their settings (billing config "
+                  "--example) and run billing invoice-monthly.")
+    commands = ["billing plans list", f"billing invoice-monthly --month {month} --dry-run",
+                f"billing invoice-monthly --month {month} --org demo-acme --regenerate",
+                f"billing aggregate-hourly --hour {month}-15T10 --dry-run"]
     if output.plain:
+        output.record("pdfs", directory=str(pdfs))
+        output.record("hint", message=deliveries)
+        for command in commands:
+            output.record("next", command=command)
         return
     output.line("")
-    output.line(f"Invoice PDFs: {output_dir / str(month)}")
-    output.line("Deliveries are off in the demo: to upload, bill and e-mail, set INVOICE_ENABLE_S3, "
-                "INVOICE_ENABLE_STRIPE and INVOICE_ENABLE_EMAIL with their settings (billing config "
-                "--example) and run billing invoice-monthly.")
+    output.line(f"Invoice PDFs: {pdfs}")
+    output.line(deliveries)
     output.line("Try next:")
-    output.line("  billing plans list")
-    output.line(f"  billing invoice-monthly --month {month} --dry-run")
-    output.line(f"  billing invoice-monthly --month {month} --org demo-acme --regenerate")
-    output.line(f"  billing aggregate-hourly --hour {month}-15T10 --dry-run")
+    for command in commands:
+        output.line(f"  {command}")

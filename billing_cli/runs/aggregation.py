@@ -30,9 +30,29 @@ class AggregateRequest:
         """No hours given: the scheduled run (the previous hour, the lookback, and late hours)."""
         return self.hour is None and self.from_ is None and self.to is None
 
+    def lookback_hours(self, configured: int) -> int:
+        """The scheduled run looks back AGGREGATE_LOOKBACK_HOURS; an explicit window means exactly
+        that window, unless --lookback is given too."""
+        if self.lookback is not None:
+            return self.lookback
+        return configured if self.scheduled else 0
+
+    def why(self, lookback: int) -> str:
+        """Which hours a run processes, and why, for its start line."""
+        if self.hour is not None:
+            chosen = f"--hour {self.hour}"
+        elif self.from_ is not None:
+            chosen = f"--from {self.from_} --to {self.to}"
+        else:
+            chosen = "the previous full hour"
+        if not lookback:
+            return chosen
+        source = "--lookback" if self.lookback is not None else "AGGREGATE_LOOKBACK_HOURS"
+        return f"{chosen}, and the {lookback} hour(s) before it for late events ({source}={lookback})"
+
 
 class AggregationView(RunView, Protocol):
-    def aggregation_started(self, window: HourRange, late_hours: list[datetime], dry_run: bool,
+    def aggregation_started(self, window: HourRange, why: str, late_hours: list[datetime], dry_run: bool,
                             database: str) -> None: ...
     def hour_done(self, hour: HourResult) -> None: ...
 
@@ -40,10 +60,10 @@ class AggregationView(RunView, Protocol):
 def run_aggregate_hourly(request: AggregateRequest, view: AggregationView) -> Finished[AggregationResult]:
     settings = load_settings()
     dry_run = settings.dry_run if request.dry_run is None else request.dry_run
-    window = aggregation_window(
-        now=utc_now(), hour=request.hour, from_=request.from_, to=request.to,
-        lookback=settings.aggregate_lookback_hours if request.lookback is None else request.lookback)
-    spec = RunSpec(job=Job.AGGREGATE_HOURLY, period=str(window), lock_scope=Job.AGGREGATE_HOURLY, dry_run=dry_run,
+    lookback = request.lookback_hours(settings.aggregate_lookback_hours)
+    window = aggregation_window(now=utc_now(), hour=request.hour, from_=request.from_, to=request.to,
+                                lookback=lookback)
+    spec = RunSpec(job=Job.AGGREGATE_HOURLY, period=window, lock_scope=Job.AGGREGATE_HOURLY, dry_run=dry_run,
                    parameters={"window": str(window)},
                    notify=NotifyWhen.ON_PROBLEMS if settings.notify_on_aggregate_errors else NotifyWhen.NEVER)
 
@@ -51,7 +71,7 @@ def run_aggregate_hourly(request: AggregateRequest, view: AggregationView) -> Fi
         # The scheduled run also rolls up older hours whose events changed since; an explicit
         # window means exactly that window.
         late = find_late_hours(db.transactions, window) if request.scheduled else []
-        view.aggregation_started(window, late, dry_run, db.where)
+        view.aggregation_started(window, request.why(lookback), late, dry_run, db.where)
         return aggregate_hours(db.transactions, window, late_hours=late, dry_run=dry_run, stop=stop,
                                on_hour=view.hour_done, still_locked=guard)
 

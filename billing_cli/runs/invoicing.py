@@ -114,7 +114,7 @@ def _run(job: Job, request: InvoiceRequest, settings: Settings, view: InvoicingV
          now: datetime | None = None) -> Finished[InvoiceRunResult]:
     options = resolve(job, request, settings, now or utc_now())
     sharded = str(options.shard) if options.shard.count > 1 else None
-    spec = RunSpec(job=job, period=str(options.month), lock_scope=f"invoice:{options.month}:{options.shard}",
+    spec = RunSpec(job=job, period=options.month, lock_scope=f"invoice:{options.month}:{options.shard}",
                    dry_run=options.dry_run, shard=sharded, pool_size=options.concurrency + 3,
                    targeted=bool(options.organizations),
                    parameters={"month": str(options.month), "organizations": list(options.organizations),

@@ -25,6 +25,7 @@ from ..db.connect import open_database
 from ..db.engine import Database
 from ..errors import AlreadyRunning, BillingError, ExitCode, LockLost
 from ..outcomes import RunOutcome
+from ..periods import Period
 from ..summary import RunSummary
 from .completion import notify, push_metrics
 from .signals import stop_on_signals
@@ -56,7 +57,7 @@ class NotifyWhen(Enum):
 @dataclass(frozen=True)
 class RunSpec:
     job: str
-    period: str
+    period: Period  # job_runs.period holds its text
     lock_scope: str | None  # runs with the same scope never overlap; None: a read-only job, no lock
     dry_run: bool
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -217,7 +218,7 @@ def _recorded(engine: Engine, record: _Record) -> Iterator[_Record]:
         if locking:
             record.guard = LockGuard(conn, spec.lock_scope)
         try:
-            record.run_id = run_store.start_run(conn, job=spec.job, period=spec.period, shard=spec.shard,
+            record.run_id = run_store.start_run(conn, job=spec.job, period=str(spec.period), shard=spec.shard,
                                                 dry_run=spec.dry_run, parameters=spec.parameters,
                                                 targeted=spec.targeted)
             try:

@@ -33,7 +33,7 @@ def run_reconcile(request: ReconcileRequest, view: ReconcileView) -> Finished[Re
     month = Month.parse(request.month) if request.month else Month.previous(now)
     if month > Month.containing(now):
         raise UsageError(f"month {month} is in the future: nothing to reconcile yet")
-    spec = RunSpec(job=Job.RECONCILE, period=str(month), lock_scope=None, dry_run=False,
+    spec = RunSpec(job=Job.RECONCILE, period=month, lock_scope=None, dry_run=False,
                    targeted=bool(request.organizations),
                    parameters={"month": str(month), "organizations": list(request.organizations)},
                    notify=NotifyWhen.ON_PROBLEMS)

@@ -29,6 +29,7 @@ class OrgOutcome:
     pdf_path: str | None = None  # where the PDF file was written, if it was
     steps: list[Step] = field(default_factory=list)  # carried out in this run, in order
     voided_number: str | None = None  # the invoice a regeneration voided
+    voided_total: Decimal | None = None  # and its total (same currency as the replacement)
     final: bool = False  # the organization is no longer active: its final (or a late) invoice
     adjusted: tuple[PeriodDelta, ...] = ()  # earlier periods this invoice adjusts for late usage
     late: PeriodDelta | None = None  # an invoiced month's usage that changed since: on the next invoice
@@ -50,7 +51,8 @@ class OrgOutcome:
         return {"organization_id": self.organization_id, "action": self.action, "status": self.status,
                 "number": self.number, "currency": self.currency,
                 "total": str(self.total) if self.total is not None else None,
-                "voids": self.voided_number, "done": list(self.steps), "pending": list(self.pending),
+                "voids": self.voided_number,
+                "voided_total": str(self.voided_total) if self.voided_total is not None else None, "done": list(self.steps), "pending": list(self.pending),
                 "final": self.final,
                 "adjustments": [{"period": str(d.period), "amount": str(d.amount),
                                  "usage": {m: str(q) for m, q in d.usage.items()}} for d in self.adjusted],
@@ -100,7 +102,7 @@ class InvoiceRunResult:
 
     def summary(self) -> RunSummary:
         return RunSummary(
-            job=self.job, period=str(self.month), outcome=run_outcome(ok=self.ok, interrupted=self.interrupted),
+            job=self.job, period=self.month, outcome=run_outcome(ok=self.ok, interrupted=self.interrupted),
             dry_run=self.dry_run, seconds=self.seconds,
             counts={"found": self.organizations_found, "processed": self.processed,
                     "invoiced": self.statuses[OrgStatus.INVOICED],
@@ -129,7 +131,7 @@ def expected_outcome(plan: OrgPlan) -> OrgOutcome:
         outcome.number, outcome.currency, outcome.total = existing.number, existing.currency, existing.total
         outcome.pdf_bytes = existing.pdf_bytes
     elif plan.action in (Action.REGENERATE, Action.VOID) and existing is not None:
-        outcome.voided_number = existing.number
+        outcome.voided_number, outcome.voided_total = existing.number, existing.total
     if plan.action == Action.REFUSE:
         outcome.fail(Component.DATA, plan.problem or "cannot be invoiced")
     return outcome
