@@ -1,6 +1,6 @@
-"""deploy/monitoring: the PrometheusRule. No database.
+"""deploy/monitoring: the PrometheusRule and the Grafana dashboard. No database.
 
-The metrics it may name are derived from the program: billing_cli/delivery/metrics.py is run
+The metrics they may name are derived from the program: billing_cli/delivery/metrics.py is run
 against a collector registry for every job and outcome (`pushed_metrics`), and a real Pushgateway
 shows what it adds. The rules are checked and unit-tested with Debian's promtool (package
 `prometheus`); without it the promtool tests are reported as skipped, and in CI (`CI` set: .ci/run
@@ -9,6 +9,7 @@ installs it) they fail instead.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ from tests.conftest import ROOT
 
 MONITORING = ROOT / "deploy" / "monitoring"
 RULES = MONITORING / "prometheusrule.yaml"
+DASHBOARD = MONITORING / "billing-dashboard.json"
 RULE_TESTS = ROOT / "tests" / "monitoring" / "rules.test.yaml"
 OPERATIONS = ROOT / "docs" / "operations.md"
 
@@ -259,8 +261,138 @@ def test_operations_doc_lists_exactly_the_alerts_of_the_manifest() -> None:
     text = OPERATIONS.read_text(encoding="utf-8")
     section = text.split("## Metrics and alerts")[1].split("\n## ")[0]
     assert "](../deploy/monitoring/prometheusrule.yaml)" in section
+    assert "](../deploy/monitoring/billing-dashboard.json)" in section
     assert "expr:" not in section, "the expressions live in deploy/monitoring/prometheusrule.yaml only"
     table = section.split("| alert | fires when | what to do |")[1].split("\n\n")[0]
     documented = re.findall(r"^\| `(\w+)` \|", table, re.M)
     assert len(documented) == len(set(documented))
     assert set(documented) == {rule["alert"] for rule in alert_rules()}
+
+
+# --- the Grafana dashboard --------------------------------------------------------------------
+
+@cache
+def _dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text(encoding="utf-8"))
+
+
+def panels() -> list[dict]:
+    found = []
+    for panel in _dashboard()["panels"]:
+        found.append(panel)
+        found += panel.get("panels", [])  # collapsed rows hold their panels
+    return found
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every query."""
+    return [(panel["title"], target["expr"]) for panel in panels() for target in panel.get("targets", [])]
+
+
+def test_dashboard_is_a_grafana_dashboard_over_a_prometheus_variable() -> None:
+    dashboard = _dashboard()
+    assert dashboard["uid"] == "billing" and dashboard["title"]
+    assert dashboard["schemaVersion"] >= 36  # Grafana 9 and later
+    assert dashboard.get("id") is None, "no database id: the dashboard is provisioned"
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    ids = [panel["id"] for panel in panels()]
+    assert len(ids) == len(set(ids))
+    for panel in panels():
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target.get("datasource", panel["datasource"]) == panel["datasource"], panel["title"]
+        refs = [target["refId"] for target in panel["targets"]]
+        assert len(refs) == len(set(refs)), panel["title"]
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24 and grid["h"] > 0, panel["title"]
+
+
+def test_dashboard_names_only_what_the_program_pushes(pushed_metrics: dict[str, set[str]]) -> None:
+    named = set()
+    for title, expr in dashboard_queries():
+        assert "$" not in expr.replace("$1", ""), f"{title}: Grafana variables in the query are not checked"
+        assert unknown_names(expr, pushed_metrics) == [], title
+        named |= {name for name, _ in selectors(expr)}
+    # ... and shows everything the program pushes.
+    assert named >= set(pushed_metrics) - PUSHGATEWAY_METRICS
+
+
+def test_dashboard_has_the_panels_operators_need() -> None:
+    by_metric: dict[str, set[str]] = {}
+    for panel in panels():
+        for target in panel.get("targets", []):
+            for name, _ in selectors(target["expr"]):
+                by_metric.setdefault(name, set()).add(panel["type"])
+    assert "stat" in by_metric["billing_last_success_timestamp_seconds"]  # last success per job
+    assert by_metric["billing_last_run_success"] & {"state-timeline", "status-history"}  # run outcomes
+    for name in ("billing_revenue", "billing_organizations_processed", "billing_errors",
+                 "billing_run_duration_seconds"):
+        assert "timeseries" in by_metric[name], name
+    [revenue] = [expr for _, expr in dashboard_queries() if "billing_revenue" in expr]
+    assert re.search(r"\bsum by \(currency\)", revenue)
+    assert 'shard!="targeted"' in revenue  # --org runs are not the month's revenue
+
+
+def test_promtool_parses_the_dashboard_queries(tmp_path: Path) -> None:
+    rules = [{"record": f"dashboard:query_{index}", "expr": expr}
+             for index, (_, expr) in enumerate(dashboard_queries())]
+    (tmp_path / "queries.yaml").write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}),
+                                           encoding="utf-8")
+    result = _promtool("check", "rules", "queries.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_revenue_query_adds_up_the_shards_of_the_month_only(tmp_path: Path) -> None:
+    """The dashboard's revenue query, evaluated by promtool: the shards of the month's split add
+    up per currency; a --org run and a job that has not run for 40 days (an earlier whole run)
+    are left out."""
+    [revenue] = [expr for _, expr in dashboard_queries() if "billing_revenue" in expr]
+    day = 86400
+    monthly = 'job="billing-invoice-monthly"'
+
+    def series(name: str, labels: str, value: float) -> dict:
+        return {"series": f"{name}{{{monthly}, {labels}}}", "values": f"{value}x60"}  # one a day, 60 days
+
+    tests = {"rule_files": [], "evaluation_interval": "1m", "tests": [{
+        "interval": "1d",
+        "input_series": [
+            series("billing_revenue", 'shard="0-of-2", currency="USD"', 10),
+            series("billing_revenue", 'shard="1-of-2", currency="USD"', 5.5),
+            series("billing_revenue", 'shard="1-of-2", currency="EUR"', 2),
+            series("billing_revenue", 'shard="targeted", currency="USD"', 100),
+            series("billing_revenue", 'shard="all", currency="USD"', 1000),
+            series("billing_last_run_timestamp_seconds", 'shard="0-of-2"', 59 * day),
+            series("billing_last_run_timestamp_seconds", 'shard="1-of-2"', 59 * day),
+            series("billing_last_run_timestamp_seconds", 'shard="targeted"', 59 * day),
+            series("billing_last_run_timestamp_seconds", 'shard="all"', 15 * day),  # 45 days before
+        ],
+        "promql_expr_test": [{"expr": revenue, "eval_time": "60d", "exp_samples": [
+            {"labels": '{currency="USD"}', "value": 15.5},
+            {"labels": '{currency="EUR"}', "value": 2},
+        ]}],
+    }]}
+    (tmp_path / "revenue.test.yaml").write_text(yaml.safe_dump(tests), encoding="utf-8")
+    result = _promtool("test", "rules", "revenue.test.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- the kustomization ------------------------------------------------------------------------
+
+def test_monitoring_kustomization_holds_the_rules_and_the_dashboard_apart_from_the_jobs() -> None:
+    kustomization = yaml.safe_load((MONITORING / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert kustomization["resources"] == [RULES.name]
+    [generator] = kustomization["configMapGenerator"]
+    assert generator["files"] == [DASHBOARD.name]
+    assert generator["options"]["labels"]["grafana_dashboard"] == "1"
+    assert kustomization["generatorOptions"]["disableNameSuffixHash"] is True
+    assert "namespace" not in kustomization
+    # deploy/k8s applies on a cluster without the Prometheus Operator: nothing of it refers here.
+    for path in (ROOT / "deploy" / "k8s").rglob("kustomization.yaml"):
+        assert "monitoring" not in yaml.safe_load(path.read_text(encoding="utf-8")).get("resources", []), path
+    readme = (MONITORING / "README.md").read_text(encoding="utf-8")
+    assert "kubectl apply -n monitoring -k deploy/monitoring" in readme
+    assert "honorLabels: true" in readme
