@@ -130,12 +130,12 @@ def test_aggregate_hourly_plain_output(clean_env, db_url, engine) -> None:
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("start job=aggregate-hourly window_start=2024-01-31T13:00Z "
-                               "window_end=2024-01-31T14:00Z hours=1 dry_run=false")
+                               'window_end=2024-01-31T14:00Z hours=1 why="--hour 2024-01-31T13" dry_run=false')
     assert "hour hour=2024-01-31T13:00Z status=ok organizations=1 events=2 inserted=1" in result.output
     assert "metric metric=api_calls organizations=1 events=2 quantity=3.5" in result.output
     assert lines[-1].startswith("summary job=aggregate-hourly hours=1 failed_hours=0 organizations=1 events=2 "
                                 "rows_written=1 rows_removed=0 orphan_events=0 dry_run=false")
-    assert lines[-1].endswith("outcome=ok")
+    assert lines[-1].endswith("outcome=succeeded")
     assert "\x1b[" not in result.output  # no colour codes without a terminal
 
 
@@ -213,3 +213,43 @@ def test_the_smtp_password_never_shows_in_a_repr() -> None:
     from billing_cli.delivery.mailer import SmtpMailer
 
     assert "s3cr3t" not in repr(SmtpMailer("smtp.example.com", 587, "starttls", username="u", password="s3cr3t"))
+
+
+def test_an_explicit_window_is_exactly_that_window_and_the_start_line_says_why(clean_env, db_url, engine) -> None:
+    with engine.begin() as s:
+        add_org(s, "org-a")
+        add_org(s, "org-b")
+        add_event(s, "org-a", "api_calls", "1", utc(2024, 1, 31, 20, 10))
+        add_event(s, "org-b", "api_calls", "2", utc(2024, 1, 31, 23, 10))
+        add_event(s, "org-b", "storage_gb", "3", utc(2024, 1, 31, 18, 10))  # outside the window
+
+    result = run("aggregate-hourly", "--from", "2024-01-31T20", "--to", "2024-01-31T23", DATABASE_URL=db_url,
+                 AGGREGATE_LOOKBACK_HOURS="2")
+    assert result.exit_code == 0, result.output
+    start = result.output.splitlines()[0]
+    assert "window_start=2024-01-31T20:00Z window_end=2024-02-01T00:00Z hours=4" in start
+    assert 'why="--from 2024-01-31T20 --to 2024-01-31T23"' in start
+    # Two organizations had usage in the window, never in the same hour: both are counted.
+    assert "summary job=aggregate-hourly hours=4 failed_hours=0 organizations=2 events=2 " in result.output
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM usage_hourly WHERE metric = 'storage_gb'").scalar_one() == 0
+
+    widened = run("aggregate-hourly", "--hour", "2024-01-31T20", "--lookback", "2", DATABASE_URL=db_url)
+    assert widened.exit_code == 0, widened.output
+    assert "hours=3" in widened.output.splitlines()[0]
+    assert 'why="--hour 2024-01-31T20, and the 2 hour(s) before it for late events (--lookback=2)"' in widened.output
+
+
+def test_json_log_lines_carry_typed_values(clean_env, db_url, engine) -> None:
+    import json
+
+    with engine.begin() as s:
+        add_org(s, "org-a")
+        add_event(s, "org-a", "api_calls", "1.5", utc(2024, 1, 31, 13, 10))
+    result = run("aggregate-hourly", "--hour", "2024-01-31T13", "--log-format", "json", DATABASE_URL=db_url)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.output.splitlines()]
+    start, summary = records[0], records[-1]
+    assert start["event"] == "start" and start["dry_run"] is False and start["hours"] == 1
+    assert summary["event"] == "summary" and summary["outcome"] == "succeeded"
+    assert isinstance(summary["seconds"], float) and summary["organizations"] == 1 and summary["dry_run"] is False

@@ -236,7 +236,9 @@ def test_a_run_that_loses_its_lock_stops_and_says_so(peers_env, engine, s3, mail
     key = lock_key("invoice:2024-01:1/1") & 0xFFFF_FFFF_FFFF_FFFF
     with engine.connect() as conn:
         killed = conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
-                                   "AND granted AND classid = CAST(:high AS oid) AND objid = CAST(:low AS oid)"),
+                                   "AND granted AND classid = CAST(:high AS oid) AND objid = CAST(:low AS oid) "
+                                   # advisory locks are per database: never another test run's
+                                   "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
                               {"high": key >> 32, "low": key & 0xFFFF_FFFF}).scalars().all()
     out, err = proc.communicate(timeout=120)
 

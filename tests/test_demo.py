@@ -34,7 +34,10 @@ def test_demo_on_the_embedded_database(tmp_path) -> None:
     assert aggregation.startswith("summary job=aggregate-hourly hours=744 failed_hours=0 organizations=6 "
                                   "events=74184 ")
     assert "orphan_events=0" in aggregation
-    invoicing = lines[-1]
+    invoicing = next(line for line in lines if line.startswith("summary job=invoice-monthly"))
+    # Piped, the demo still says where the PDFs are and what to try next.
+    assert f"pdfs directory={tmp_path / '.billing' / 'invoices' / '2024-01'}" in lines
+    assert "next command=\"billing invoice-monthly --month 2024-01 --dry-run\"" in lines
     assert invoicing.startswith("summary job=invoice-monthly month=2024-01 found=7 processed=7 invoiced=6 "
                                 "already_invoiced=0 nothing_to_bill=1 failed=0")
     # Its final invoice: 29.00 fee (active when January began) + (547,200 - 100,000 included) API
@@ -51,7 +54,8 @@ def test_demo_on_the_embedded_database(tmp_path) -> None:
     again_lines = again.stdout.splitlines()
     assert "rows_written=0 rows_removed=0" in next(line for line in again_lines
                                                    if line.startswith("summary job=aggregate-hourly"))
-    assert "invoiced=0 already_invoiced=6 nothing_to_bill=1 failed=0" in again_lines[-1]
+    assert "invoiced=0 already_invoiced=6 nothing_to_bill=1 failed=0" in next(
+        line for line in again_lines if line.startswith("summary job=invoice-monthly"))
 
 
 def test_demo_totals_in_the_database(clean_env, db_url, engine) -> None:

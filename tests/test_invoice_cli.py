@@ -221,3 +221,35 @@ def test_shared_options_are_accepted_before_and_after_the_command(clean_env, bil
     assert [json.loads(line)["event"] for line in after.stdout.splitlines()] == ["status"] * 4
     assert before.exit_code == 0 and isinstance(json.loads(before.stdout), list)
     assert bad.exit_code == ExitCode.USAGE and "--log-format" in bad.output
+
+
+def test_what_a_dry_run_a_failure_and_a_regeneration_say(clean_env, billed_db, engine) -> None:
+    dry = run("invoice-monthly", "--month", "2024-01", "--dry-run", "--rich", DATABASE_URL=billed_db)
+    assert dry.exit_code == 0, dry.output
+    assert "✅ 2024-01: 3 would be invoiced, 0 failed" in dry.output
+
+    with engine.begin() as conn:
+        set_plan(conn, "org-2", None)
+    failed = run("invoice-monthly", "--month", "2024-01", "--rich", DATABASE_URL=billed_db)
+    assert failed.exit_code == ExitCode.PARTIAL, failed.output
+    # A rerun alone cannot fix bad data: the summary says what to fix, and where.
+    assert "1 failed on their data: fix what each line above names" in failed.output
+    assert "rerun the same command to finish the failed ones" not in failed.output
+
+    with engine.begin() as conn:
+        add_usage(conn, "org-1", "api_calls", "1000", hour=utc(2024, 1, 20, 10))
+    preview = run("invoice-monthly", "--month", "2024-01", "--org", "org-1", "--regenerate", "--dry-run", "--rich",
+                  DATABASE_URL=billed_db)
+    assert preview.exit_code == 0, preview.output
+    assert "would replace INV-2024-01-000001, would be voided: 11.00 USD -> 20.50 USD (+9.50 USD)" in preview.output
+    real = run("invoice-monthly", "--month", "2024-01", "--org", "org-1", "--regenerate", DATABASE_URL=billed_db)
+    assert real.exit_code == 0, real.output
+    line = next(x for x in real.output.splitlines() if x.startswith("organization id=org-1 "))
+    assert "voids=INV-2024-01-000001 voided_total=11.00" in line and "total=20.50" in line
+
+
+def test_an_organization_is_billed_only_for_months_it_existed_in(clean_env, billed_db) -> None:
+    # The organizations were created long after 1999: that month owes no base fee, and has no usage.
+    result = run("invoice-monthly", "--month", "1999-01", "--dry-run", DATABASE_URL=billed_db)
+    assert result.exit_code == 0, result.output
+    assert "invoiced=0 already_invoiced=0 nothing_to_bill=3 failed=0" in result.output

@@ -135,22 +135,44 @@ class Output:
             return
         from rich.table import Table
 
-        table = Table(title=title, title_justify="left", title_style="bold",
-                      show_header=any(header for header, _ in columns))
         cells = [[number(c) if isinstance(c, (int, Decimal)) and not isinstance(c, bool) else str(c) for c in row]
                  for row in rows]
+        # A value without spaces (an id, a job, a time, a number) is never cut to "invoi…": its
+        # column keeps its width, and columns of sentences wrap at spaces to make room. When even
+        # that does not fit the terminal, each row is shown as a block of `Header: value` lines.
+        layout = []
         for i, (header, _) in enumerate(columns):
-            numeric = bool(rows) and all(isinstance(row[i], (int, Decimal)) for row in rows)
-            # A value without spaces (an id, a job, a time, a number) is never cut to "invoi…": its
-            # column keeps its width, and columns of sentences wrap at spaces to make room.
             words = [cell for row in cells for cell in row[i].splitlines() if cell]
             atomic = all(" " not in word for word in words)
-            width = min(max((len(word) for word in words), default=0), 32)
+            width = max(len(header), min(max((len(word) for word in words), default=0), 32))
+            numeric = bool(rows) and all(isinstance(row[i], (int, Decimal)) for row in rows)
+            layout.append((header, atomic, width, numeric))
+        needed = 1 + sum(3 + (width if atomic else min(width, 12)) for _, atomic, width, _ in layout)
+        if needed > self.out.width and any(header for header, _ in columns):
+            self._blocks(title, [header for header, _ in columns], cells)
+            return
+        table = Table(title=title, title_justify="left", title_style="bold",
+                      show_header=any(header for header, _ in columns))
+        for header, atomic, width, numeric in layout:
             table.add_column(header, justify="right" if numeric else "left", overflow="fold",
                              no_wrap=atomic, min_width=width if atomic else None)
         for row in cells:
             table.add_row(*row)
         self.out.print(table)
+
+    def _blocks(self, title: str, headers: list[str], cells: list[list[str]]) -> None:
+        """A table too wide for the terminal: one block of `Header: value` lines per row."""
+        from rich.text import Text
+
+        self.out.print(Text(title, style="bold"))
+        label = max(len(h) for h in headers) + 1
+        for row in cells:
+            self.out.print(Text("─" * min(self.out.width, 40), style="dim"))
+            for header, value in zip(headers, row, strict=True):
+                lines = value.splitlines() or [""]
+                self.out.print(Text(f"{header + ':':<{label}} ", style="bold") + Text(lines[0]), soft_wrap=False)
+                for more in lines[1:]:
+                    self.out.print(" " * (label + 1) + more, markup=False, soft_wrap=False)
 
 
 def print_json(data: object) -> None:
