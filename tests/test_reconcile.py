@@ -146,3 +146,36 @@ def test_status_check_fails_on_a_failed_latest_reconcile(invoiced, engine) -> No
     problems = {s["job"]: s["problems"] for s in json.loads(status.stdout)}
     assert status.exit_code == ExitCode.UNHEALTHY
     assert problems["reconcile"] == ["last run (2024-01) mismatch"]
+
+
+def test_organization_ids_that_sort_differently_by_locale_and_by_bytes_reconcile_clean(
+        db_url, engine, tmp_path, clean_env) -> None:
+    # The sides are merged in byte order, whatever the database's collation: ids with case,
+    # accents, punctuation and non-Latin letters, and a pair of ids one the prefix of the other.
+    plans = tmp_path / "plans.toml"
+    plans.write_text(PLANS)
+    env = {"DATABASE_URL": db_url}
+    assert runner.invoke(app, ["plans", "apply", str(plans)], env=env).exit_code == 0
+    ids = ["Zeta", "alpha", "Ålborg", "_under", "org-1", "org-10", "org-1-b", "日本", "émile", "Émile"]
+    with engine.begin() as conn:
+        # ids compared by a linguistic collation (ICU's English) rather than this server's default:
+        # "alpha" < "Zeta" there, "Zeta" < "alpha" byte-wise
+        for table in ("organizations", "usage_events", "usage_hourly", "invoices"):
+            column = "id" if table == "organizations" else "organization_id"
+            conn.execute(text(f'ALTER TABLE {table} ALTER COLUMN {column} TYPE varchar(255) COLLATE "en-x-icu"'))
+        assert conn.execute(text("SELECT 'alpha' < 'Zeta' COLLATE \"en-x-icu\"")).scalar_one()
+        for n, org in enumerate(ids):
+            add_org(conn, org)
+            set_plan(conn, org, "pro")
+            add_event(conn, org, "api_calls", str(n + 1), utc(2024, 1, 10, 9), key=f"k-{n}")
+            add_event(conn, org, "api_calls", "1.5", utc(2024, 1, 10, 9), key=f"s-{n}")
+        add_event(conn, "ghost", "api_calls", "7", utc(2024, 1, 10, 9), key="ghost")  # no organizations row
+    assert runner.invoke(app, ["aggregate-hourly", "--hour", "2024-01-10T09"], env=env).exit_code == 0
+    assert runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env).exit_code == 0
+
+    result, report = reconcile(env)
+
+    # Only the orphan usage differs; every other pair agreed on all three sides.
+    assert [(d["kind"], d["organization_id"]) for d in report["differences"]] == [("orphan_usage", "ghost")], \
+        report["differences"]
+    assert result.exit_code == ExitCode.MISMATCH
