@@ -8,21 +8,24 @@ from typing import Annotated
 
 import typer
 
-from .cli_common import (DryRunOption, JsonOption, LogFormatOption, PlainOption, ScheduleFormat, command,
+from .cli_common import (CONTEXT_SETTINGS, CommandGroup, DryRunOption, JsonOption, LogFormatOption, PlainOption, ScheduleFormat, command,
                          exit_with, failures_to_exit_codes)
 from .errors import ExitCode
 from .outcomes import Job
 
 commands = typer.Typer()  # merged into the main app (cli.py)
-db_app = typer.Typer(help="Database schema: migrations and revision.", no_args_is_help=True)
-plans_app = typer.Typer(help="Price plans, managed as code in a TOML file.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema: migrations and revision.", no_args_is_help=True, cls=CommandGroup,
+                     context_settings=CONTEXT_SETTINGS)
+plans_app = typer.Typer(help="Price plans, managed as code in a TOML file.", no_args_is_help=True, cls=CommandGroup,
+                        context_settings=CONTEXT_SETTINGS)
 
 
 @commands.command("runs")
 def runs(
     ctx: typer.Context,
-    job: Annotated[Job | None, typer.Option(help="Only this job.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many runs, newest first.")] = 20,
+    job: Annotated[Job | None, typer.Option(
+        metavar="JOB", help="Only this job: aggregate-hourly, invoice-monthly, legacy-run or reconcile.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, metavar="N", help="How many runs, newest first.")] = 20,
     as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
     """List recent runs: job, period, shard, status, duration, counts, errors; dry runs marked.
@@ -63,8 +66,9 @@ def status(
 @commands.command("schedule")
 def schedule(
     ctx: typer.Context,
-    output_format: Annotated[ScheduleFormat, typer.Option("--format", help="table, crontab or k8s.")] = ScheduleFormat.TABLE,
-    count: Annotated[int, typer.Option(min=1, max=100, help="How many next run times to show.")] = 3,
+    output_format: Annotated[ScheduleFormat, typer.Option(
+        "--format", metavar="table|crontab|k8s", help="A table, the lines of a crontab, or the CronJobs' schedules.")] = ScheduleFormat.TABLE,
+    count: Annotated[int, typer.Option(min=1, max=100, metavar="N", help="How many next run times to show.")] = 3,
     plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
     """Show each job's schedule: as configured (six fields, seconds first), the five-field form cron
@@ -137,7 +141,7 @@ def db_current(ctx: typer.Context, plain: PlainOption = None, log_format: LogFor
 @plans_app.command("apply")
 def plans_apply(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="The plans TOML file (format: docs/plans.md).")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="The plans TOML file (format: docs/plans.md).")],
     dry_run: DryRunOption = None, plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
     """Create or update the price plans of a TOML file: all of them, or none if any is invalid.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 import subprocess
 import sys
 
@@ -14,6 +16,7 @@ from billing_cli import __version__
 from billing_cli.cli import app
 from billing_cli.db.migrate import HEAD
 from billing_cli.errors import ExitCode
+from tests.conftest import BILLING, billing_subprocess_env
 from tests.data import add_event, add_org, utc
 
 runner = CliRunner()
@@ -55,6 +58,68 @@ def test_every_command_has_help_with_an_example(clean_env, path: list[str]) -> N
     result = run(*path, "--help")
     assert result.exit_code == 0
     assert "Example: " in result.output and "billing " in result.output.split("Example: ")[1].splitlines()[0]
+
+
+@pytest.mark.parametrize("path", [[], ["invoice-monthly"], ["db"], ["db", "upgrade"], ["plans", "apply"]], ids=" ".join)
+def test_dash_h_is_help(clean_env, path: list[str]) -> None:
+    short, long = run(*path, "-h"), run(*path, "--help")
+    assert short.exit_code == 0 and short.output == long.output
+    assert short.output.startswith(f"Usage: billing {' '.join(path)}".rstrip() + " ")
+
+
+def test_shell_completion_is_offered_and_completes(clean_env) -> None:
+    assert "--install-completion" in run("--help").output
+    # The shell is detected from the parent process, as it is for an operator typing the command.
+    command = " ".join(shlex.quote(part) for part in BILLING)
+    shown = subprocess.run(["bash", "-c", f"{command} --show-completion"], env=billing_subprocess_env(),
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "complete -o default -F _billing_completion billing" in shown.stdout
+    # What bash asks the program when Tab is pressed after `billing inv`, and after `--sh`.
+    for words, cword, expected in (("billing inv", "1", ["invoice-monthly"]),
+                                   ("billing invoice-monthly --sh", "2", ["--shard-index", "--shard-count"])):
+        completed = subprocess.run(BILLING, env=billing_subprocess_env(
+            _BILLING_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=cword),
+            capture_output=True, text=True, timeout=60)
+        assert completed.returncode == 0 and completed.stdout.split() == expected, completed
+
+
+def command_paths_with_groups() -> list[list[str]]:
+    root = typer.main.get_command(app)
+    groups = [[name] for name, command in root.commands.items() if hasattr(command, "commands")]  # type: ignore[attr-defined]
+    return [[], *groups, *all_commands()]
+
+
+@pytest.mark.parametrize("path", command_paths_with_groups(), ids=lambda path: " ".join(path) or "billing")
+def test_every_option_says_what_to_type(clean_env, path: list[str]) -> None:
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]  # type: ignore[attr-defined]
+    for param in command.params:
+        takes_a_value = not getattr(param, "is_flag", False) and not getattr(param, "count", False)
+        if takes_a_value and param.name not in ("help",):
+            assert param.metavar, f"billing {' '.join(path)}: {param.opts[0]} has no metavar"
+    help_text = run(*path, "--help").output
+    for generic in ("<str>", "<int", "<list", "TEXT", "INTEGER"):
+        assert generic not in help_text, f"billing {' '.join(path)} --help shows {generic!r}"
+
+
+def test_top_level_help_shows_whole_command_descriptions(clean_env) -> None:
+    help_text = run("--help").output
+    commands_section = help_text.split("Commands:")[1]
+    assert "..." not in commands_section and "…" not in commands_section
+    flat = " ".join(commands_section.split())
+    for name, command in typer.main.get_command(app).commands.items():  # type: ignore[attr-defined]
+        first_paragraph = " ".join(command.help.split("\n\n")[0].split())
+        first_sentence = re.match(r"(.+?\.)(\s|$)", first_paragraph)
+        assert f"{name} {first_sentence.group(1) if first_sentence else first_paragraph}" in flat, name
+
+
+@pytest.mark.parametrize("command", ["invoice-monthly", "reconcile"])
+def test_org_is_repeated_and_a_comma_gets_a_hint(clean_env, command: str) -> None:
+    result = run(command, "--org", "org-1, org-2", DATABASE_URL="postgresql://u@127.0.0.1:1/none")
+    assert result.exit_code == ExitCode.USAGE
+    assert "give each organization its own --org (--org org-1 --org org-2)" in result.output
 
 
 def test_version(clean_env) -> None:
