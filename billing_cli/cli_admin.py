@@ -108,6 +108,22 @@ def config(
         config_valid(cmd.output)
 
 
+@commands.command("exit-codes")
+def exit_codes(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOption = None,
+               log_format: LogFormatOption = None) -> None:
+    """What each exit code means and whether running the command again can help.
+
+    The same table as README.md's; cron wrappers and alerts can read it with --json.
+
+    Example: billing exit-codes --json | jq '.[] | select(.retry == "yes") | .code'
+    """
+    from .errors import EXIT_CODES
+    from .report.tables import exit_codes_report
+
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
+    exit_codes_report(cmd.output, EXIT_CODES, as_json=cmd.as_json)
+
+
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOption = None) -> None:
     """Apply the database migrations (safe to run again; concurrent runs wait for each other).

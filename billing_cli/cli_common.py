@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 from typer.core import TyperGroup
 
-from .errors import BillingError, ExitCode, UsageError
+from .errors import KEYBOARD_INTERRUPT, BillingError, ExitCode, UsageError
 
 if TYPE_CHECKING:
     from .report.output import Output
@@ -142,7 +142,7 @@ def failures_to_exit_codes(output: Output) -> Iterator[None]:
         raise typer.Exit(int(exc.exit_code)) from None
     except KeyboardInterrupt:
         output.error("interrupted")
-        raise typer.Exit(130) from None
+        raise typer.Exit(KEYBOARD_INTERRUPT) from None
 
 
 def exit_with(code: ExitCode) -> NoReturn:

@@ -122,6 +122,28 @@ def test_org_is_repeated_and_a_comma_gets_a_hint(clean_env, command: str) -> Non
     assert "give each organization its own --org (--org org-1 --org org-2)" in result.output
 
 
+def test_exit_codes_are_listed_by_the_program(clean_env) -> None:
+    import json
+
+    epilog = " ".join(run("--help").output.split("Exit codes:")[1].split())
+    for code in ExitCode:
+        assert f"{int(code)} {code.name}," in epilog
+    assert "130 Ctrl-C" in epilog and "`billing exit-codes`" in epilog
+
+    plain = run("exit-codes", "--plain")
+    assert plain.exit_code == 0
+    assert ('exit-code code=5 name=SCHEMA_OUTDATED meaning="The schema is behind this program: run '
+            '`billing db upgrade`." retry="no: migrate first"') in plain.output
+    as_json = run("exit-codes", "--json")
+    assert as_json.exit_code == 0
+    listed = json.loads(as_json.stdout)
+    assert [entry["code"] for entry in listed] == [*(int(code) for code in ExitCode), 130]
+    assert [entry["name"] for entry in listed] == [*(code.name for code in ExitCode), None]
+    assert all(set(entry) == {"code", "name", "meaning", "retry"} and entry["meaning"] for entry in listed)
+    assert listed[int(ExitCode.PARTIAL)]["retry"] == "yes"
+    assert json.loads(run("--json", "exit-codes").stdout) == listed
+
+
 def test_version(clean_env) -> None:
     result = run("--version")
     assert result.exit_code == 0 and result.output.strip() == f"billing {__version__}"

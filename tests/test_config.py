@@ -143,6 +143,15 @@ def test_readme_configuration_table_is_the_generated_one() -> None:
         assert f"| `{var.name}` |" in readme, f"{var.name} is missing from README.md"
 
 
+def test_readme_exit_codes_are_the_programs() -> None:
+    from billing_cli.config.docs import exit_codes_table
+    from billing_cli.errors import EXIT_CODES
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert exit_codes_table() in readme, "regenerate it: python -m billing_cli.config"
+    assert [doc.code for doc in EXIT_CODES] == [*(int(code) for code in ExitCode), 130]
+
+
 def test_readme_table_rows_have_three_cells() -> None:
     # A `|` inside a value or text must not split the row (GitHub splits even inside `code`).
     for row in readme_table().splitlines():

@@ -88,6 +88,16 @@ def schedule_output(output: Output, schedules: list, output_format: str, *, now,
                                      (f"Next {count} runs", "next")], rows, kind="schedule")
 
 
+# -- exit codes --------------------------------------------------------------------------------------
+
+def exit_codes_report(output: Output, codes, *, as_json: bool) -> None:
+    if as_json:
+        print_json([doc.as_dict() for doc in codes])
+        return
+    output.table("Exit codes", [("Code", "code"), ("Name", "name"), ("Meaning", "meaning"), ("Retry?", "retry")],
+                 [(doc.code, doc.name or "-", doc.meaning, doc.retry) for doc in codes], kind="exit-code")
+
+
 # -- runs and status ---------------------------------------------------------------------------------
 
 def runs_report(output: Output, history: list[dict], *, as_json: bool) -> None:
