@@ -92,10 +92,12 @@ def config(
 ) -> None:
     """Show the effective configuration, where each value comes from, secrets masked; then validate it.
 
+    Every problem is listed and its variables are marked in the table (exit 3 when there is one).
+
     Example: billing config
     """
-    from .config import env_example, read_raw_config, validate
-    from .report.tables import config_table, config_valid
+    from .config import config_problems, env_example, read_raw_config
+    from .report.tables import config_table, config_verdict
 
     if example:
         typer.echo(env_example(), nl=False)
@@ -103,9 +105,10 @@ def config(
     cmd = command(ctx, plain=plain, log_format=log_format)
     with failures_to_exit_codes(cmd.output):
         raw = read_raw_config()
-        config_table(cmd.output, raw)
-        validate(raw)
-        config_valid(cmd.output)
+        problems = config_problems(raw)
+        config_table(cmd.output, raw, problems)
+        config_verdict(cmd.output, problems)
+        exit_with(ExitCode.CONFIG if problems else ExitCode.OK)
 
 
 @commands.command("exit-codes")

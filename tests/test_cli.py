@@ -260,6 +260,43 @@ def test_config_exits_3_after_showing_an_invalid_configuration(clean_env) -> Non
     assert "STRIPE_API_KEY is not set" in result.output
 
 
+BROKEN = {"DRY_RUN": "perhaps", "INVOICE_SMTP_PORT": "x", "INVOICE_ENABLE_STRIPE": "true",
+          "SHARD_COUNT": "2", "JOB_COMPLETION_INDEX": "5"}
+
+
+def test_config_lists_every_problem_and_marks_its_rows(clean_env) -> None:
+    result = run("config", **BROKEN)
+    assert result.exit_code == ExitCode.CONFIG
+    out = result.output
+    assert "setting name=DRY_RUN value=perhaps source=env problem=1" in out
+    assert "setting name=INVOICE_SMTP_PORT value=x source=env problem=2" in out
+    assert "setting name=INVOICE_ENABLE_STRIPE value=true source=env problem=3" in out
+    assert 'setting name=STRIPE_API_KEY value="(not set)" source=default problem=3' in out
+    assert "setting name=JOB_COMPLETION_INDEX value=5 source=env problem=4" in out
+    assert "setting name=INVOICE_S3_REGION value=us-east-1 source=default problem=-" in out
+    assert "config-problem number=1 variables=DRY_RUN message=\"DRY_RUN='perhaps': not a boolean" in out
+    assert "config-problem number=2 variables=INVOICE_SMTP_PORT message=\"INVOICE_SMTP_PORT='x': not a whole number" in out
+    assert "config-problem number=3 variables=INVOICE_ENABLE_STRIPE,STRIPE_API_KEY" in out
+    assert "config-problem number=4 variables=JOB_COMPLETION_INDEX,SHARD_COUNT" in out
+    assert out.strip().splitlines()[-1] == "error: configuration is invalid: 4 problems, numbered above and marked in the table"
+    assert "more" not in out  # nothing hidden, no pointer to itself
+
+    rich = run("config", "--rich", **BROKEN)
+    assert rich.exit_code == ExitCode.CONFIG
+    assert "configuration is invalid: 4 problems" in rich.output
+    assert "  3. INVOICE_ENABLE_STRIPE is on but STRIPE_API_KEY is not set" in rich.output
+    marked = [line for line in rich.output.splitlines() if "✗" in line]
+    assert [line.split()[1] for line in marked] == ["DRY_RUN", "INVOICE_ENABLE_STRIPE", "STRIPE_API_KEY",
+                                                    "INVOICE_SMTP_PORT", "SHARD_COUNT", "JOB_COMPLETION_INDEX"]
+
+
+def test_other_commands_name_the_first_problem_and_send_to_billing_config(clean_env) -> None:
+    result = run("schedule", **BROKEN)
+    assert result.exit_code == ExitCode.CONFIG
+    assert ("configuration error: DRY_RUN='perhaps': not a boolean: use true/false, 1/0 or yes/no "
+            "(and 3 more; run `billing config` to see them all)") in result.output
+
+
 def test_no_secret_appears_in_any_command_output(clean_env, db_url) -> None:
     env = {**SECRETS, "DATABASE_URL": url_with_password(db_url), "INVOICE_SMTP_USERNAME": "mailer",
            "INVOICE_ENABLE_STRIPE": "true", "INVOICE_ENABLE_EMAIL": "true",

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from billing_cli.config import (VARIABLES, Secret, Settings, env_example, load_settings, mask, mask_url_password,
-                                read_raw_config, readme_table)
+from billing_cli.config import (VARIABLES, Secret, Settings, config_problems, env_example, load_settings, mask,
+                                mask_url_password, read_raw_config, readme_table)
 from billing_cli.config.docs import with_readme_table
 from billing_cli.errors import ConfigError, ExitCode
 
@@ -96,6 +96,26 @@ def test_complete_feature_settings_are_accepted() -> None:
 def test_malformed_values_are_named(env, fragment) -> None:
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
         settings(env)
+
+
+def test_every_problem_is_found_with_the_variables_it_is_about() -> None:
+    raw = read_raw_config({"DATABASE_URL": "mysql://u@h/db", "INVOICE_ENABLE_S3": "yes", "INVOICE_SMTP_PORT": "0",
+                           "INVOICE_SMTP_USERNAME": "mailer", "NOTIFY_ON_COMPLETION": "true",
+                           "NOTIFY_EMAIL": "nobody", "SHARD_COUNT": "many"}, NO_FILE)
+    problems = config_problems(raw)
+    assert [p.names for p in problems] == [
+        ("DATABASE_URL",), ("NOTIFY_EMAIL",), ("INVOICE_SMTP_PORT",), ("SHARD_COUNT",),
+        ("INVOICE_ENABLE_S3", "INVOICE_S3_BUCKET"),
+        # NOTIFY_EMAIL is set, only invalid: not reported as missing as well
+        ("NOTIFY_ON_COMPLETION", "INVOICE_SMTP_HOST"), ("NOTIFY_ON_COMPLETION", "INVOICE_SMTP_FROM"),
+        ("INVOICE_SMTP_USERNAME", "INVOICE_SMTP_PASSWORD"),
+    ]
+    with pytest.raises(ConfigError, match=r"^configuration error: DATABASE_URL='mysql://u@h/db': not a PostgreSQL "
+                                          r"URL.* \(and 7 more; run `billing config` to see them all\)$"):
+        load_settings({"DATABASE_URL": "mysql://u@h/db", "INVOICE_ENABLE_S3": "yes", "INVOICE_SMTP_PORT": "0",
+                       "INVOICE_SMTP_USERNAME": "mailer", "NOTIFY_ON_COMPLETION": "true",
+                       "NOTIFY_EMAIL": "nobody", "SHARD_COUNT": "many"}, NO_FILE)
+    assert config_problems(read_raw_config({}, NO_FILE)) == []
 
 
 def test_embedded_database_is_refused_under_kubernetes_and_on_request() -> None:
