@@ -67,7 +67,7 @@ def status(
 def schedule(
     ctx: typer.Context,
     output_format: Annotated[ScheduleFormat, typer.Option(
-        "--format", metavar="table|crontab|k8s", help="A table, the lines of a crontab, or the CronJobs' schedules.")] = ScheduleFormat.TABLE,
+        "--format", metavar="table|crontab|k8s", help="A table, a whole crontab (as crontab.example), or the CronJobs' schedules.")] = ScheduleFormat.TABLE,
     count: Annotated[int, typer.Option(min=1, max=100, metavar="N", help="How many next run times to show.")] = 3,
     plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:

@@ -96,9 +96,9 @@ def plans_table(output: Output, plans: list) -> None:
 def schedule_output(output: Output, schedules: list, output_format: str, *, now, count: int) -> None:
     """`billing schedule`: a table, crontab lines, or the CronJob `schedule` values."""
     if output_format == "crontab":
-        print("CRON_TZ=UTC")
-        for s in schedules:
-            print(f"{s.five_field}  billing {s.job}")
+        from .crontab import crontab_text
+
+        print(crontab_text(schedules), end="")
         return
     if output_format == "k8s":
         for s in schedules:
