@@ -33,7 +33,8 @@ CRON_TZ=UTC
 # - Overlap: `flock -n /run/lock/billing-<job>.lock` skips a start while the previous run of the
 #   same job still holds the lock (the program's own lock, exit 7, is the second line of defence).
 # - Output: appended to /var/log/billing/<job>.log (create /var/log/billing owned by billing;
-#   rotate with logrotate). Plain key=value lines, since there is no terminal.
+#   rotate with logrotate). One JSON object a line, since there is no terminal (LOG_FORMAT=auto);
+#   LOG_FORMAT=plain in the env file gives key=value lines.
 # - Failures: nothing retries under cron (`billing exit-codes` lists the exit codes). aggregate-hourly
 #   catches up on its next run (it re-aggregates the 2 hours before its window). After exit 4
 #   (database unavailable), 6 (partial) or 9 (interrupted by SIGTERM) from invoice-monthly, rerun
