@@ -42,8 +42,10 @@ def aggregate_hourly(
     ctx: typer.Context,
     hour: Annotated[str | None, typer.Option(
         metavar="YYYY-MM-DDTHH", help="One UTC hour, YYYY-MM-DDTHH. Default: the previous full hour.")] = None,
-    from_: Annotated[str | None, typer.Option("--from", metavar="YYYY-MM-DDTHH", help="First hour of a backfill range (inclusive).")] = None,
-    to: Annotated[str | None, typer.Option("--to", metavar="YYYY-MM-DDTHH", help="Last hour of a backfill range (inclusive).")] = None,
+    from_: Annotated[str | None, typer.Option(
+        "--from", metavar="YYYY-MM-DDTHH", help="First hour of a backfill range (inclusive).")] = None,
+    to: Annotated[str | None, typer.Option(
+        "--to", metavar="YYYY-MM-DDTHH", help="Last hour of a backfill range (inclusive).")] = None,
     lookback: Annotated[int | None, typer.Option(
         metavar="N", help="Also re-aggregate this many hours before the window, for late events. "
              "Default: AGGREGATE_LOOKBACK_HOURS.")] = None,
@@ -70,7 +72,8 @@ def aggregate_hourly(
 def invoice_monthly(
     ctx: typer.Context,
     month: Annotated[str | None, typer.Option(
-        metavar="YYYY-MM", help="Month to invoice, YYYY-MM. Default: PROCESS_MONTH, else the previous month (UTC).")] = None,
+        metavar="YYYY-MM",
+        help="Month to invoice, YYYY-MM. Default: PROCESS_MONTH, else the previous month (UTC).")] = None,
     dry_run: DryRunOption = None,
     org: OrgOption = None,
     regenerate: Annotated[bool, typer.Option(
@@ -84,7 +87,8 @@ def invoice_monthly(
     batch_size: Annotated[int | None, typer.Option(
         min=1, max=100000, metavar="N", help="Organizations read at a time. Default: INVOICE_BATCH_SIZE.")] = None,
     shard_index: Annotated[int | None, typer.Option(
-        min=0, metavar="N", help="This process's shard (0-based). Default: JOB_COMPLETION_INDEX (Indexed Jobs).")] = None,
+        min=0, metavar="N",
+        help="This process's shard (0-based). Default: JOB_COMPLETION_INDEX (Indexed Jobs).")] = None,
     shard_count: Annotated[int | None, typer.Option(
         min=1, metavar="N", help="How many shards split the organizations. Default: SHARD_COUNT (1).")] = None,
     as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
@@ -104,9 +108,10 @@ def invoice_monthly(
 
     cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
     with failures_to_exit_codes(cmd.output):
-        request = InvoiceRequest(month=month, dry_run=dry_run, organizations=organization_ids(org), regenerate=regenerate,
-                                 output_dir=output_dir, force=force, concurrency=concurrency, batch_size=batch_size,
-                                 shard_index=shard_index, shard_count=shard_count, keep_plan=cmd.as_json)
+        request = InvoiceRequest(month=month, dry_run=dry_run, organizations=organization_ids(org),
+                                 regenerate=regenerate, output_dir=output_dir, force=force, concurrency=concurrency,
+                                 batch_size=batch_size, shard_index=shard_index, shard_count=shard_count,
+                                 keep_plan=cmd.as_json)
         end_run(cmd, run_invoice_monthly(request, InvoicingScreen(cmd.output)), invoice_run_summary)
 
 

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from .cli_common import (CONTEXT_SETTINGS, CommandGroup, DryRunOption, JsonOption, LogFormatOption, PlainOption, ScheduleFormat, command,
-                         exit_with, failures_to_exit_codes)
+from .cli_common import (CONTEXT_SETTINGS, CommandGroup, DryRunOption, JsonOption, LogFormatOption, PlainOption,
+                         ScheduleFormat, command, exit_with, failures_to_exit_codes)
 from .errors import ExitCode
 from .outcomes import Job
 
@@ -67,7 +67,8 @@ def status(
 def schedule(
     ctx: typer.Context,
     output_format: Annotated[ScheduleFormat, typer.Option(
-        "--format", metavar="table|crontab|k8s", help="A table, a whole crontab (as crontab.example), or the CronJobs' schedules.")] = ScheduleFormat.TABLE,
+        "--format", metavar="table|crontab|k8s",
+        help="A table, a whole crontab (as crontab.example), or the CronJobs' schedules.")] = ScheduleFormat.TABLE,
     count: Annotated[int, typer.Option(min=1, max=100, metavar="N", help="How many next run times to show.")] = 3,
     plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:

@@ -109,7 +109,8 @@ def check_currency(code: str) -> str:
     if code not in MINOR_UNITS:
         import difflib
 
-        close = [code.upper()] if code.upper() in MINOR_UNITS else difflib.get_close_matches(code.upper(), MINOR_UNITS, 1)
+        upper = code.upper()
+        close = [upper] if upper in MINOR_UNITS else difflib.get_close_matches(upper, MINOR_UNITS, 1)
         hint = f"did you mean {close[0]}?" if close else "e.g. USD, EUR, JPY"
         raise CurrencyError(f"{code!r} is not an ISO 4217 currency code ({hint})")
     return code

@@ -120,6 +120,9 @@ def parse_plans(text: str, *, source: str = "plans.toml") -> list[PricePlan]:
     seen: set[str] = set()
     for index, raw in enumerate(raw_plans):
         start = lines.plans[index] if index < len(lines.plans) else 1
+        if not isinstance(raw, dict):
+            errors.add(PlanFileError(f"{source}:{start}: plan #{index + 1}: plans go in [[plan]] tables"))
+            continue
         plan = _plan(raw, source, lines, index, start, errors)
         if plan is None:
             continue
@@ -179,7 +182,8 @@ def _plan(raw: dict[str, Any], source: str, lines: _Lines, index: int, start: in
         raw_prices = []
     metrics: set[str] = set()
     for p_index, raw_price in enumerate(raw_prices):
-        p_start = lines.prices[index][p_index] if index < len(lines.prices) and p_index < len(lines.prices[index]) else start
+        known = index < len(lines.prices) and p_index < len(lines.prices[index])
+        p_start = lines.prices[index][p_index] if known else start
         metric_name = raw_price.get("metric") if isinstance(raw_price, dict) else None
         price = _price(raw_price, currency, errors, lambda key, msg, s=p_start, m=metric_name: PlanFileError(
             f"{source}:{lines.of_key(s, key) if key else s}: plan {plan_id!r}, price {m!r}: {msg}"))

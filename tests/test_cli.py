@@ -86,7 +86,8 @@ def test_shell_completion_is_offered_and_completes(clean_env) -> None:
 
 def command_paths_with_groups() -> list[list[str]]:
     root = typer.main.get_command(app)
-    groups = [[name] for name, command in root.commands.items() if hasattr(command, "commands")]  # type: ignore[attr-defined]
+    commands = root.commands.items()  # type: ignore[attr-defined]
+    groups = [[name] for name, command in commands if hasattr(command, "commands")]
     return [[], *groups, *all_commands()]
 
 
@@ -275,10 +276,12 @@ def test_config_lists_every_problem_and_marks_its_rows(clean_env) -> None:
     assert "setting name=JOB_COMPLETION_INDEX value=5 source=env problem=4" in out
     assert "setting name=INVOICE_S3_REGION value=us-east-1 source=default problem=-" in out
     assert "config-problem number=1 variables=DRY_RUN message=\"DRY_RUN='perhaps': not a boolean" in out
-    assert "config-problem number=2 variables=INVOICE_SMTP_PORT message=\"INVOICE_SMTP_PORT='x': not a whole number" in out
+    assert ("config-problem number=2 variables=INVOICE_SMTP_PORT message=\"INVOICE_SMTP_PORT='x': "
+            "not a whole number") in out
     assert "config-problem number=3 variables=INVOICE_ENABLE_STRIPE,STRIPE_API_KEY" in out
     assert "config-problem number=4 variables=JOB_COMPLETION_INDEX,SHARD_COUNT" in out
-    assert out.strip().splitlines()[-1] == "error: configuration is invalid: 4 problems, numbered above and marked in the table"
+    assert out.strip().splitlines()[-1] == ("error: configuration is invalid: 4 problems, numbered above and "
+                                            "marked in the table")
     assert "more" not in out  # nothing hidden, no pointer to itself
 
     rich = run("config", "--rich", **BROKEN)

@@ -67,7 +67,8 @@ def test_the_documented_example_is_valid() -> None:
     (("{ unit_price = 0.005 },", "{ up_to = 200000, unit_price = 0.005 },"), r"the last tier must have no `up_to`"),
     (("included = 1000", "includes = 1000"),
      r":11: plan 'pro', price 'api_calls': unknown key 'includes' \(did you mean 'included'\?\)"),
-    (("base_fee = 49.00", "base_fees = 49.00"), r":6: plan 'pro': unknown key 'base_fees' \(did you mean 'base_fee'\?\)"),
+    (("base_fee = 49.00", "base_fees = 49.00"),
+     r":6: plan 'pro': unknown key 'base_fees' \(did you mean 'base_fee'\?\)"),
     (("base_fee = 49.00", "colour = 'blue'"), r":6: plan 'pro': unknown key 'colour'$"),
     (('id = "pro"', 'id = "pro plan!"'), r"`id` must be letters"),
     (('name = "Pro"', ''), r"`name` is required"),
@@ -149,6 +150,8 @@ def test_other_structural_errors() -> None:
         parse_plans("[[plan]\nid=")
     with pytest.raises(PlanFileError, match="no \\[\\[plan\\]\\] tables"):
         parse_plans("")
+    with pytest.raises(PlanFileError, match=r"plan #1: plans go in \[\[plan\]\] tables"):
+        parse_plans("plan = [1]")
     with pytest.raises(PlanFileError, match="defined twice"):
         parse_plans(GOOD + GOOD)
     with pytest.raises(PlanFileError, match="priced twice"):

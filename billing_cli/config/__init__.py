@@ -8,7 +8,7 @@ from .settings import Problem, Settings, config_problems, load_settings, validat
 from .variables import DELIVERY_FLAGS, VARIABLES, VARIABLES_BY_NAME, Variable, mask
 
 __all__ = [
-    "DELIVERY_FLAGS", "VARIABLES", "VARIABLES_BY_NAME", "Problem", "RawConfig", "Secret", "Settings", "Source", "Variable",
-    "config_problems", "env_example", "load_settings", "mask", "mask_url_password", "parse_bool", "read_raw_config",
-    "readme_table", "validate",
+    "DELIVERY_FLAGS", "VARIABLES", "VARIABLES_BY_NAME", "Problem", "RawConfig", "Secret", "Settings", "Source",
+    "Variable", "config_problems", "env_example", "load_settings", "mask", "mask_url_password", "parse_bool",
+    "read_raw_config", "readme_table", "validate",
 ]

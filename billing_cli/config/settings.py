@@ -184,9 +184,9 @@ def _missing_companions(converted: Mapping[str, object], under_kubernetes: bool)
     if ((converted.get("BILLING_REQUIRE_DATABASE_URL") or under_kubernetes)
             and "DATABASE_URL" in converted and converted["DATABASE_URL"] is None):
         why = "running under Kubernetes" if under_kubernetes else "BILLING_REQUIRE_DATABASE_URL is on"
+        names = ("DATABASE_URL",) if under_kubernetes else ("DATABASE_URL", "BILLING_REQUIRE_DATABASE_URL")
         problems.append(Problem(f"DATABASE_URL is not set and the embedded database is refused ({why}): "
-                                "set DATABASE_URL (check the Secret the job reads)",
-                                ("DATABASE_URL",) if under_kubernetes else ("DATABASE_URL", "BILLING_REQUIRE_DATABASE_URL")))
+                                "set DATABASE_URL (check the Secret the job reads)", names))
     return problems
 
 
