@@ -4,20 +4,24 @@ commands (fast `--help`). The operator's other commands are in cli_admin.py."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from . import cli_admin
-from .cli_common import (CliState, DryRunOption, JsonOption, LogFormatOption, PlainOption, VersionOption, command,
-                         end_run, exit_with, failures_to_exit_codes)
-from .errors import ExitCode
+from .cli_common import (CONTEXT_SETTINGS, CliState, CommandGroup, DryRunOption, JsonOption, LogFormatOption,
+                         OrgOption, PlainOption, VersionOption, command, end_run, exit_with, failures_to_exit_codes,
+                         organization_ids)
+from .errors import ExitCode, exit_codes_summary
 
 app = typer.Typer(
-    name="billing", help="Usage billing jobs, one job per run, scheduled by cron or Kubernetes. "
-                         "Exit codes are listed in README.md.",
-    no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+    name="billing", help="Usage billing jobs, one job per run, scheduled by cron or Kubernetes.",
+    epilog="\b\n" + textwrap.fill(f"Exit codes: {exit_codes_summary()}. `billing exit-codes` says what each means "
+                                  "and whether to retry.", 78, break_on_hyphens=False),  # \b: printed as wrapped here
+    no_args_is_help=True, add_completion=True, rich_markup_mode=None, cls=CommandGroup,
+    context_settings=CONTEXT_SETTINGS,
     pretty_exceptions_show_locals=False,  # a traceback must never print a secret held in a local
 )
 
@@ -36,11 +40,14 @@ def root(
 @app.command("aggregate-hourly")
 def aggregate_hourly(
     ctx: typer.Context,
-    hour: Annotated[str | None, typer.Option(help="One UTC hour, YYYY-MM-DDTHH. Default: the previous full hour.")] = None,
-    from_: Annotated[str | None, typer.Option("--from", help="First hour of a backfill range (inclusive).")] = None,
-    to: Annotated[str | None, typer.Option("--to", help="Last hour of a backfill range (inclusive).")] = None,
+    hour: Annotated[str | None, typer.Option(
+        metavar="YYYY-MM-DDTHH", help="One UTC hour, YYYY-MM-DDTHH. Default: the previous full hour.")] = None,
+    from_: Annotated[str | None, typer.Option(
+        "--from", metavar="YYYY-MM-DDTHH", help="First hour of a backfill range (inclusive).")] = None,
+    to: Annotated[str | None, typer.Option(
+        "--to", metavar="YYYY-MM-DDTHH", help="Last hour of a backfill range (inclusive).")] = None,
     lookback: Annotated[int | None, typer.Option(
-        help="Also re-aggregate this many hours before the window, for late events. "
+        metavar="N", help="Also re-aggregate this many hours before the window, for late events. "
              "Default: AGGREGATE_LOOKBACK_HOURS.")] = None,
     dry_run: DryRunOption = None, as_json: JsonOption = False, plain: PlainOption = None,
     log_format: LogFormatOption = None,
@@ -65,23 +72,25 @@ def aggregate_hourly(
 def invoice_monthly(
     ctx: typer.Context,
     month: Annotated[str | None, typer.Option(
+        metavar="YYYY-MM",
         help="Month to invoice, YYYY-MM. Default: PROCESS_MONTH, else the previous month (UTC).")] = None,
     dry_run: DryRunOption = None,
-    org: Annotated[list[str] | None, typer.Option("--org", help="Only this organization id (repeatable).")] = None,
+    org: OrgOption = None,
     regenerate: Annotated[bool, typer.Option(
         help="Void the existing invoice of each --org and issue a new one (needs --org).")] = False,
     output_dir: Annotated[Path | None, typer.Option(
-        help="Also write the PDFs here (<dir>/<YYYY-MM>/<number>.pdf); previews in a dry run. "
+        metavar="DIR", help="Also write the PDFs here (<dir>/<YYYY-MM>/<number>.pdf); previews in a dry run. "
              "Default: INVOICE_OUTPUT_DIR.")] = None,
     force: Annotated[bool, typer.Option(help="Allow the current (unfinished) or a future month.")] = False,
     concurrency: Annotated[int | None, typer.Option(
-        min=1, max=256, help="Organizations processed in parallel. Default: INVOICE_CONCURRENCY.")] = None,
+        min=1, max=256, metavar="N", help="Organizations processed in parallel. Default: INVOICE_CONCURRENCY.")] = None,
     batch_size: Annotated[int | None, typer.Option(
-        min=1, max=100000, help="Organizations read at a time. Default: INVOICE_BATCH_SIZE.")] = None,
+        min=1, max=100000, metavar="N", help="Organizations read at a time. Default: INVOICE_BATCH_SIZE.")] = None,
     shard_index: Annotated[int | None, typer.Option(
-        min=0, help="This process's shard (0-based). Default: JOB_COMPLETION_INDEX (Indexed Jobs).")] = None,
+        min=0, metavar="N",
+        help="This process's shard (0-based). Default: JOB_COMPLETION_INDEX (Indexed Jobs).")] = None,
     shard_count: Annotated[int | None, typer.Option(
-        min=1, help="How many shards split the organizations. Default: SHARD_COUNT (1).")] = None,
+        min=1, metavar="N", help="How many shards split the organizations. Default: SHARD_COUNT (1).")] = None,
     as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
     """Invoice every organization for a month (active ones, and final invoices of churned ones): rate
@@ -99,9 +108,10 @@ def invoice_monthly(
 
     cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
     with failures_to_exit_codes(cmd.output):
-        request = InvoiceRequest(month=month, dry_run=dry_run, organizations=tuple(org or ()), regenerate=regenerate,
-                                 output_dir=output_dir, force=force, concurrency=concurrency, batch_size=batch_size,
-                                 shard_index=shard_index, shard_count=shard_count, keep_plan=cmd.as_json)
+        request = InvoiceRequest(month=month, dry_run=dry_run, organizations=organization_ids(org),
+                                 regenerate=regenerate, output_dir=output_dir, force=force, concurrency=concurrency,
+                                 batch_size=batch_size, shard_index=shard_index, shard_count=shard_count,
+                                 keep_plan=cmd.as_json)
         end_run(cmd, run_invoice_monthly(request, InvoicingScreen(cmd.output)), invoice_run_summary)
 
 
@@ -127,8 +137,9 @@ def legacy_run(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOpti
 @app.command("reconcile")
 def reconcile(
     ctx: typer.Context,
-    month: Annotated[str | None, typer.Option(help="Month to check, YYYY-MM. Default: the previous month.")] = None,
-    org: Annotated[list[str] | None, typer.Option("--org", help="Only this organization id (repeatable).")] = None,
+    month: Annotated[str | None, typer.Option(
+        metavar="YYYY-MM", help="Month to check, YYYY-MM. Default: the previous month.")] = None,
+    org: OrgOption = None,
     as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
     """Prove a month is billed exactly once: events = roll-ups = billed quantities, invoice lines =
@@ -143,7 +154,7 @@ def reconcile(
 
     cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
     with failures_to_exit_codes(cmd.output):
-        request = ReconcileRequest(month=month, organizations=tuple(org or ()))
+        request = ReconcileRequest(month=month, organizations=organization_ids(org))
         end_run(cmd, run_reconcile(request, ReconcileScreen(cmd.output)), reconcile_summary)
 
 
@@ -175,4 +186,5 @@ app.add_typer(cli_admin.plans_app, name="plans")
 
 
 def main() -> None:
-    app()
+    # "billing" also under `python -m billing_cli`: in usage lines and in the completion script's variable.
+    app(prog_name="billing")

@@ -8,21 +8,24 @@ from typing import Annotated
 
 import typer
 
-from .cli_common import (DryRunOption, JsonOption, LogFormatOption, PlainOption, ScheduleFormat, command,
-                         exit_with, failures_to_exit_codes)
+from .cli_common import (CONTEXT_SETTINGS, CommandGroup, DryRunOption, JsonOption, LogFormatOption, PlainOption,
+                         ScheduleFormat, command, exit_with, failures_to_exit_codes)
 from .errors import ExitCode
 from .outcomes import Job
 
 commands = typer.Typer()  # merged into the main app (cli.py)
-db_app = typer.Typer(help="Database schema: migrations and revision.", no_args_is_help=True)
-plans_app = typer.Typer(help="Price plans, managed as code in a TOML file.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema: migrations and revision.", no_args_is_help=True, cls=CommandGroup,
+                     context_settings=CONTEXT_SETTINGS)
+plans_app = typer.Typer(help="Price plans, managed as code in a TOML file.", no_args_is_help=True, cls=CommandGroup,
+                        context_settings=CONTEXT_SETTINGS)
 
 
 @commands.command("runs")
 def runs(
     ctx: typer.Context,
-    job: Annotated[Job | None, typer.Option(help="Only this job.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many runs, newest first.")] = 20,
+    job: Annotated[Job | None, typer.Option(
+        metavar="JOB", help="Only this job: aggregate-hourly, invoice-monthly, legacy-run or reconcile.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, metavar="N", help="How many runs, newest first.")] = 20,
     as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
     """List recent runs: job, period, shard, status, duration, counts, errors; dry runs marked.
@@ -63,8 +66,10 @@ def status(
 @commands.command("schedule")
 def schedule(
     ctx: typer.Context,
-    output_format: Annotated[ScheduleFormat, typer.Option("--format", help="table, crontab or k8s.")] = ScheduleFormat.TABLE,
-    count: Annotated[int, typer.Option(min=1, max=100, help="How many next run times to show.")] = 3,
+    output_format: Annotated[ScheduleFormat, typer.Option(
+        "--format", metavar="table|crontab|k8s",
+        help="A table, a whole crontab (as crontab.example), or the CronJobs' schedules.")] = ScheduleFormat.TABLE,
+    count: Annotated[int, typer.Option(min=1, max=100, metavar="N", help="How many next run times to show.")] = 3,
     plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
     """Show each job's schedule: as configured (six fields, seconds first), the five-field form cron
@@ -88,10 +93,12 @@ def config(
 ) -> None:
     """Show the effective configuration, where each value comes from, secrets masked; then validate it.
 
+    Every problem is listed and its variables are marked in the table (exit 3 when there is one).
+
     Example: billing config
     """
-    from .config import env_example, read_raw_config, validate
-    from .report.tables import config_table, config_valid
+    from .config import config_problems, env_example, read_raw_config
+    from .report.tables import config_table, config_verdict
 
     if example:
         typer.echo(env_example(), nl=False)
@@ -99,9 +106,26 @@ def config(
     cmd = command(ctx, plain=plain, log_format=log_format)
     with failures_to_exit_codes(cmd.output):
         raw = read_raw_config()
-        config_table(cmd.output, raw)
-        validate(raw)
-        config_valid(cmd.output)
+        problems = config_problems(raw)
+        config_table(cmd.output, raw, problems)
+        config_verdict(cmd.output, problems)
+        exit_with(ExitCode.CONFIG if problems else ExitCode.OK)
+
+
+@commands.command("exit-codes")
+def exit_codes(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOption = None,
+               log_format: LogFormatOption = None) -> None:
+    """What each exit code means and whether running the command again can help.
+
+    The same table as README.md's; cron wrappers and alerts can read it with --json.
+
+    Example: billing exit-codes --json | jq '.[] | select(.retry == "yes") | .code'
+    """
+    from .errors import EXIT_CODES
+    from .report.tables import exit_codes_report
+
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
+    exit_codes_report(cmd.output, EXIT_CODES, as_json=cmd.as_json)
 
 
 @db_app.command("upgrade")
@@ -137,7 +161,7 @@ def db_current(ctx: typer.Context, plain: PlainOption = None, log_format: LogFor
 @plans_app.command("apply")
 def plans_apply(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="The plans TOML file (format: docs/plans.md).")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="The plans TOML file (format: docs/plans.md).")],
     dry_run: DryRunOption = None, plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
     """Create or update the price plans of a TOML file: all of them, or none if any is invalid.

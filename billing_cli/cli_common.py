@@ -10,8 +10,9 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
-from .errors import BillingError, ExitCode
+from .errors import KEYBOARD_INTERRUPT, BillingError, ExitCode, UsageError
 
 if TYPE_CHECKING:
     from .report.output import Output
@@ -30,6 +31,25 @@ class ScheduleFormat(StrEnum):
     K8S = "k8s"  # the CronJobs' `schedule` values
 
 
+# `-h` as well as `--help`, for the app and (inherited by their contexts) every command and group.
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+class CommandGroup(TyperGroup):
+    """A group whose help lists each command with the whole first sentence of its description
+    (Click cuts it to the terminal's width and ends it with "...")."""
+
+    def format_commands(self, ctx, formatter) -> None:  # type: ignore[no-untyped-def]
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=10_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
 def _print_version(value: bool) -> None:
     if value:
         from . import __version__
@@ -41,7 +61,7 @@ def _print_version(value: bool) -> None:
 VersionOption = Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                              help="Show the version and exit.")]
 LogFormatOption = Annotated[LogFormat | None, typer.Option(
-    "--log-format", case_sensitive=False,
+    "--log-format", case_sensitive=False, metavar="auto|rich|plain|json",
     help="auto, rich, plain or json. Default: LOG_FORMAT (auto: Rich on a terminal, JSON lines otherwise).")]
 JsonOption = Annotated[bool, typer.Option(
     "--json", help="Print the result as one JSON document on stdout; logs go to stderr.")]
@@ -49,6 +69,17 @@ PlainOption = Annotated[bool | None, typer.Option(
     "--plain/--rich", help="Plain key=value lines, or Rich tables. Default: Rich on a terminal.")]
 DryRunOption = Annotated[bool | None, typer.Option(
     "--dry-run/--no-dry-run", help="Compute and report everything, write nothing. Default: DRY_RUN.")]
+OrgOption = Annotated[list[str] | None, typer.Option(
+    "--org", metavar="ID", help="Only this organization id; repeat it for several (--org a --org b).")]
+
+
+def organization_ids(values: list[str] | None) -> tuple[str, ...]:
+    """The ids of the repeated --org; a comma is taken for a list given the wrong way (exit 2)."""
+    for value in values or ():
+        if "," in value:
+            raise UsageError(f"--org {value!r} holds a comma: give each organization its own --org "
+                             f"({' '.join('--org ' + o.strip() for o in value.split(',') if o.strip())})")
+    return tuple(values or ())
 
 
 @dataclass
@@ -111,7 +142,7 @@ def failures_to_exit_codes(output: Output) -> Iterator[None]:
         raise typer.Exit(int(exc.exit_code)) from None
     except KeyboardInterrupt:
         output.error("interrupted")
-        raise typer.Exit(130) from None
+        raise typer.Exit(KEYBOARD_INTERRUPT) from None
 
 
 def exit_with(code: ExitCode) -> NoReturn:

@@ -107,7 +107,12 @@ def to_stripe_amount(amount: Decimal, currency: str) -> int:
 def check_currency(code: str) -> str:
     """The code itself if it is an active ISO 4217 currency, else CurrencyError."""
     if code not in MINOR_UNITS:
-        raise CurrencyError(f"{code!r} is not an ISO 4217 currency code (e.g. USD, EUR, JPY)")
+        import difflib
+
+        upper = code.upper()
+        close = [upper] if upper in MINOR_UNITS else difflib.get_close_matches(upper, MINOR_UNITS, 1)
+        hint = f"did you mean {close[0]}?" if close else "e.g. USD, EUR, JPY"
+        raise CurrencyError(f"{code!r} is not an ISO 4217 currency code ({hint})")
     return code
 
 

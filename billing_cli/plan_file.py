@@ -1,14 +1,18 @@
 """Price plans as code: read and validate a plans TOML file (format: docs/plans.md).
 
-All of the file is checked before anything is written; an error names the file, the line, the
-plan and the price.
+All of the file is checked before anything is written, and every error in it is reported at once;
+each names the file, the line, the plan and the price, and an unknown key or currency comes with a
+"did you mean".
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,35 @@ _TIER_KEYS = {"up_to", "unit_price", "flat_fee"}
 
 class PlanFileError(UsageError):
     """A plans file that cannot be applied; exit code 2 (fix the file)."""
+
+
+@dataclass
+class _Errors:
+    """The errors found so far: the checks go on after one, so that one run shows them all."""
+
+    messages: list[str] = field(default_factory=list)
+
+    def add(self, error: PlanFileError) -> None:
+        self.messages.append(str(error))
+
+    @contextmanager
+    def check(self) -> Iterator[None]:
+        """Record the PlanFileError a check raises and go on with the next check."""
+        try:
+            yield
+        except PlanFileError as exc:
+            self.add(exc)
+
+    def mark(self) -> int:
+        return len(self.messages)
+
+    def since(self, mark: int) -> bool:
+        return len(self.messages) > mark
+
+
+def _unknown_key(key: str, allowed: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(allowed), n=1)
+    return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 @dataclass
@@ -69,30 +102,52 @@ def load_plan_file(path: Path) -> list[PricePlan]:
 
 
 def parse_plans(text: str, *, source: str = "plans.toml") -> list[PricePlan]:
+    """Every plan of the file, or PlanFileError listing every error found (one a line)."""
     try:
         document = tomllib.loads(text, parse_float=Decimal)
     except tomllib.TOMLDecodeError as exc:
         raise PlanFileError(f"{source}: not valid TOML: {exc}") from None
     lines = _Lines.scan(text)
-    unknown = set(document) - {"plan"}
-    if unknown:
-        raise PlanFileError(f"{source}: unknown top-level key(s) {sorted(unknown)}; plans go in [[plan]] tables")
+    errors = _Errors()
+    for key in sorted(set(document) - {"plan"}):
+        errors.add(PlanFileError(f"{source}: {_unknown_key(key, {'plan'})} at the top level; plans go in "
+                                 "[[plan]] tables"))
     raw_plans = document.get("plan", [])
     if not isinstance(raw_plans, list) or not raw_plans:
-        raise PlanFileError(f"{source}: no [[plan]] tables found")
+        errors.add(PlanFileError(f"{source}: no [[plan]] tables found"))
+        raw_plans = []
     plans: list[PricePlan] = []
     seen: set[str] = set()
     for index, raw in enumerate(raw_plans):
         start = lines.plans[index] if index < len(lines.plans) else 1
-        plan = _plan(raw, source, lines, index, start)
+        if not isinstance(raw, dict):
+            errors.add(PlanFileError(f"{source}:{start}: plan #{index + 1}: plans go in [[plan]] tables"))
+            continue
+        plan = _plan(raw, source, lines, index, start, errors)
+        if plan is None:
+            continue
         if plan.id in seen:
-            raise PlanFileError(f"{source}:{lines.of_key(start, 'id')}: plan {plan.id!r} is defined twice")
+            errors.add(PlanFileError(f"{source}:{lines.of_key(start, 'id')}: plan {plan.id!r} is defined twice"))
         seen.add(plan.id)
         plans.append(plan)
+    if len(errors.messages) == 1:
+        raise PlanFileError(errors.messages[0])
+    if errors.messages:
+        in_file_order = sorted(errors.messages, key=lambda message: _line_number(message, source))
+        raise PlanFileError(f"{source}: {len(errors.messages)} errors:\n  " + "\n  ".join(in_file_order))
     return plans
 
 
-def _plan(raw: dict[str, Any], source: str, lines: _Lines, index: int, start: int) -> PricePlan:
+def _line_number(message: str, source: str) -> int:
+    """The line a message names (`<source>:<line>: …`); 0 for the file as a whole."""
+    line = message.removeprefix(f"{source}:").split(":", 1)[0]
+    return int(line) if line.isdigit() else 0
+
+
+def _plan(raw: dict[str, Any], source: str, lines: _Lines, index: int, start: int,
+          errors: _Errors) -> PricePlan | None:
+    """The plan, or None when it has errors (recorded in `errors`)."""
+    mark = errors.mark()
     plan_id = raw.get("id")
     where = f"{source}:{start}: plan {plan_id!r}" if isinstance(plan_id, str) else f"{source}:{start}: plan #{index + 1}"
 
@@ -101,100 +156,151 @@ def _plan(raw: dict[str, Any], source: str, lines: _Lines, index: int, start: in
         return PlanFileError(f"{source}:{line}: plan {plan_id!r}: {message}")
 
     if not isinstance(plan_id, str) or not _ID.match(plan_id):
-        raise PlanFileError(f"{where}: `id` must be letters, digits, '-', '_' or '.' (at most 100)")
-    _no_unknown_keys(raw, _PLAN_KEYS, lambda key: fail(key, f"unknown key {key!r}"))
+        errors.add(PlanFileError(f"{where}: `id` must be letters, digits, '-', '_' or '.' (at most 100)"))
+    for key in raw:
+        if key not in _PLAN_KEYS:
+            errors.add(fail(key, _unknown_key(key, _PLAN_KEYS)))
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise fail("name", "`name` is required")
+        errors.add(fail("name", "`name` is required"))
     currency = raw.get("currency")
     try:
         currency = check_currency(currency if isinstance(currency, str) else repr(currency))
     except CurrencyError as exc:
-        raise fail("currency", str(exc)) from None
-    base_fee = _money(raw, "base_fee", currency, fail)
-    minimum = _money(raw, "minimum_commitment", currency, fail)
+        errors.add(fail("currency", str(exc)))
+        currency = None  # amounts are still checked, their decimals cannot be
+    base_fee: Decimal | None = None  # None: invalid (already an error)
+    minimum: Decimal | None = None
+    with errors.check():
+        base_fee = _money(raw, "base_fee", currency, fail)
+    with errors.check():
+        minimum = _money(raw, "minimum_commitment", currency, fail)
     prices: list[Price] = []
     raw_prices = raw.get("price", [])
     if not isinstance(raw_prices, list):
-        raise fail("price", "prices go in [[plan.price]] tables")
+        errors.add(fail("price", "prices go in [[plan.price]] tables"))
+        raw_prices = []
     metrics: set[str] = set()
     for p_index, raw_price in enumerate(raw_prices):
-        p_start = lines.prices[index][p_index] if index < len(lines.prices) and p_index < len(lines.prices[index]) else start
-        price = _price(raw_price, currency, lambda key, msg, s=p_start, r=raw_price: PlanFileError(
-            f"{source}:{lines.of_key(s, key) if key else s}: plan {plan_id!r}, price "
-            f"{r.get('metric')!r}: {msg}"))
+        known = index < len(lines.prices) and p_index < len(lines.prices[index])
+        p_start = lines.prices[index][p_index] if known else start
+        metric_name = raw_price.get("metric") if isinstance(raw_price, dict) else None
+        price = _price(raw_price, currency, errors, lambda key, msg, s=p_start, m=metric_name: PlanFileError(
+            f"{source}:{lines.of_key(s, key) if key else s}: plan {plan_id!r}, price {m!r}: {msg}"))
+        if price is None:
+            continue
         if price.metric in metrics:
-            raise PlanFileError(f"{source}:{p_start}: plan {plan_id!r}: metric {price.metric!r} is priced twice")
+            errors.add(PlanFileError(f"{source}:{p_start}: plan {plan_id!r}: metric {price.metric!r} is priced twice"))
         metrics.add(price.metric)
         prices.append(price)
-    if not prices and base_fee == 0 and minimum == 0:
-        raise fail(None, "the plan has no price, no base fee and no minimum commitment")
+    if not raw_prices and base_fee == 0 and minimum == 0:
+        errors.add(fail(None, "the plan has no price, no base fee and no minimum commitment"))
     free = raw.get("free_metrics", [])
     if not isinstance(free, list) or not all(isinstance(m, str) and _ID.match(m) for m in free):
-        raise fail("free_metrics", "`free_metrics` must be a list of metric names, e.g. [\"health_checks\"]")
+        errors.add(fail("free_metrics", "`free_metrics` must be a list of metric names, e.g. [\"health_checks\"]"))
+        free = []
     priced_and_free = sorted(metrics & set(free))
     if priced_and_free:
-        raise fail("free_metrics", f"{', '.join(priced_and_free)} cannot be both priced and free")
+        errors.add(fail("free_metrics", f"{', '.join(priced_and_free)} cannot be both priced and free"))
+    if errors.since(mark):
+        return None
+    assert isinstance(plan_id, str) and isinstance(name, str) and currency is not None
+    assert base_fee is not None and minimum is not None
     return PricePlan(plan_id, name.strip(), currency, tuple(prices), base_fee, minimum, tuple(sorted(set(free))))
 
 
-def _price(raw: dict[str, Any], currency: str, fail) -> Price:
-    _no_unknown_keys(raw, _PRICE_KEYS, lambda key: fail(key, f"unknown key {key!r}"))
+def _price(raw: Any, currency: str | None, errors: _Errors, fail) -> Price | None:
+    """The price, or None when it has errors (recorded in `errors`)."""
+    if not isinstance(raw, dict):
+        errors.add(fail(None, "a price is a [[plan.price]] table"))
+        return None
+    mark = errors.mark()
+    for key in raw:
+        if key not in _PRICE_KEYS:
+            errors.add(fail(key, _unknown_key(key, _PRICE_KEYS)))
     metric = raw.get("metric")
     if not isinstance(metric, str) or not _ID.match(metric):
-        raise fail("metric", "`metric` is required (letters, digits, '-', '_', '.')")
+        errors.add(fail("metric", "`metric` is required (letters, digits, '-', '_', '.')"))
+        metric = ""
     model = raw.get("model")
     if model not in MODELS:
-        raise fail("model", f"unknown model {model!r}: use one of {', '.join(MODELS)}")
+        close = difflib.get_close_matches(str(model), MODELS, n=1)
+        errors.add(fail("model", f"unknown model {model!r}: " + (f"did you mean {close[0]!r}? " if close else "")
+                        + f"use one of {', '.join(MODELS)}"))
     description = raw.get("description", metric.replace("_", " ").capitalize())
     if not isinstance(description, str) or not description.strip() or any(c in description for c in "\r\n"):
-        raise fail("description", "`description` must be one line of text")
-    included = _amount(raw, "included", fail)
+        errors.add(fail("description", "`description` must be one line of text"))
+        description = ""
+    included = ZERO
+    with errors.check():
+        included = _amount(raw, "included", fail)
     unit_price = package_size = None
     tiers: tuple[Tier, ...] = ()
     if model in ("per_unit", "package"):
         if "unit_price" not in raw:
-            raise fail(None, f"a {model} price needs `unit_price`")
+            errors.add(fail(None, f"a {model} price needs `unit_price`"))
         if "tiers" in raw:
-            raise fail("tiers", f"a {model} price has no tiers")
-        unit_price = _amount(raw, "unit_price", fail)
+            errors.add(fail("tiers", f"a {model} price has no tiers"))
+        with errors.check():
+            unit_price = _amount(raw, "unit_price", fail)
         if model == "package":
-            package_size = _amount(raw, "package_size", fail)
-            if package_size <= 0:
-                raise fail("package_size", "a package price needs `package_size` > 0")
+            with errors.check():
+                package_size = _amount(raw, "package_size", fail)
+                if package_size <= 0:
+                    raise fail("package_size", "a package price needs `package_size` > 0")
     else:
-        if "unit_price" in raw:
-            raise fail("unit_price", f"a {model} price is priced by its tiers, not `unit_price`")
-        tiers = _tiers(raw.get("tiers"), currency, fail)
+        if model in MODELS and "unit_price" in raw:
+            errors.add(fail("unit_price", f"a {model} price is priced by its tiers, not `unit_price`"))
+        if model in MODELS or "tiers" in raw:  # a misspelt model's tiers are checked too
+            tiers = _tiers(raw.get("tiers"), currency, errors, fail)
+    if errors.since(mark):
+        return None
     return Price(metric, model, description.strip(), unit_price, package_size, tiers, included)
 
 
-def _tiers(raw: Any, currency: str, fail) -> tuple[Tier, ...]:
+def _tiers(raw: Any, currency: str | None, errors: _Errors, fail) -> tuple[Tier, ...]:
     if not isinstance(raw, list) or not raw:
-        raise fail("tiers", "`tiers` must be a non-empty list of { up_to, unit_price, flat_fee }")
+        errors.add(fail("tiers", "`tiers` must be a non-empty list of { up_to, unit_price, flat_fee }"))
+        return ()
     tiers: list[Tier] = []
-    previous = ZERO
+    previous: Decimal | None = ZERO  # None: an earlier bound is wrong, the order cannot be checked
     for number, tier in enumerate(raw, start=1):
         if not isinstance(tier, dict):
-            raise fail("tiers", f"tier {number} is not a table")
-        _no_unknown_keys(tier, _TIER_KEYS, lambda key, n=number: fail("tiers", f"tier {n}: unknown key {key!r}"))
+            errors.add(fail("tiers", f"tier {number} is not a table"))
+            previous = None
+            continue
+
+        def tier_fail(_key: str | None, message: str, n: int = number) -> PlanFileError:
+            return fail("tiers", f"tier {n}: {message}")
+
+        for key in tier:
+            if key not in _TIER_KEYS:
+                errors.add(tier_fail(key, _unknown_key(key, _TIER_KEYS)))
         last = number == len(raw)
+        unit_price = flat_fee = ZERO
         if "unit_price" not in tier:
-            raise fail("tiers", f"tier {number} needs `unit_price`")
-        unit_price = _amount(tier, "unit_price", lambda k, m, n=number: fail("tiers", f"tier {n}: {m}"))
-        flat_fee = _money(tier, "flat_fee", currency, lambda k, m, n=number: fail("tiers", f"tier {n}: {m}"))
-        if "up_to" in tier:
-            up_to = _amount(tier, "up_to", lambda k, m, n=number: fail("tiers", f"tier {n}: {m}"))
-            if up_to <= previous:
-                raise fail("tiers", f"tiers overlap or are not in increasing order: tier {number} "
-                                    f"ends at {up_to}, not above {previous}")
-            if last:
-                raise fail("tiers", "the last tier must have no `up_to` (it covers everything above)")
-            previous = up_to
-        elif not last:
-            raise fail("tiers", f"only the last tier may omit `up_to` (tier {number} does)")
+            errors.add(fail("tiers", f"tier {number} needs `unit_price`"))
         else:
-            up_to = None
+            with errors.check():
+                unit_price = _amount(tier, "unit_price", tier_fail)
+        with errors.check():
+            flat_fee = _money(tier, "flat_fee", currency, tier_fail)
+        up_to = None
+        if "up_to" in tier:
+            try:
+                up_to = _amount(tier, "up_to", tier_fail)
+            except PlanFileError as exc:
+                errors.add(exc)
+                previous = None
+            else:
+                if previous is not None and up_to <= previous:
+                    errors.add(fail("tiers", f"tiers overlap or are not in increasing order: tier {number} "
+                                             f"ends at {up_to}, not above {previous}"))
+                if last:
+                    errors.add(fail("tiers", "the last tier must have no `up_to` (it covers everything above)"))
+                previous = up_to if previous is not None else None
+        elif not last:
+            errors.add(fail("tiers", f"only the last tier may omit `up_to` (tier {number} does)"))
         tiers.append(Tier(up_to, unit_price, flat_fee))
     return tuple(tiers)
 
@@ -214,16 +320,8 @@ def _amount(raw: dict[str, Any], key: str, fail) -> Decimal:
     return number
 
 
-def _money(raw: dict[str, Any], key: str, currency: str, fail) -> Decimal:
+def _money(raw: dict[str, Any], key: str, currency: str | None, fail) -> Decimal:
     amount = _amount(raw, key, fail)
-    if round_money(amount, currency) != amount:
+    if currency is not None and round_money(amount, currency) != amount:
         raise fail(key, f"`{key}` = {amount} has more decimals than {currency} allows")
     return amount
-
-
-def _no_unknown_keys(raw: Any, allowed: set[str], fail) -> None:
-    if not isinstance(raw, dict):
-        raise fail(None)
-    for key in raw:
-        if key not in allowed:
-            raise fail(key)

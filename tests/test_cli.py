@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 import subprocess
 import sys
 
@@ -14,6 +16,7 @@ from billing_cli import __version__
 from billing_cli.cli import app
 from billing_cli.db.migrate import HEAD
 from billing_cli.errors import ExitCode
+from tests.conftest import BILLING, billing_subprocess_env
 from tests.data import add_event, add_org, utc
 
 runner = CliRunner()
@@ -55,6 +58,91 @@ def test_every_command_has_help_with_an_example(clean_env, path: list[str]) -> N
     result = run(*path, "--help")
     assert result.exit_code == 0
     assert "Example: " in result.output and "billing " in result.output.split("Example: ")[1].splitlines()[0]
+
+
+@pytest.mark.parametrize("path", [[], ["invoice-monthly"], ["db"], ["db", "upgrade"], ["plans", "apply"]], ids=" ".join)
+def test_dash_h_is_help(clean_env, path: list[str]) -> None:
+    short, long = run(*path, "-h"), run(*path, "--help")
+    assert short.exit_code == 0 and short.output == long.output
+    assert short.output.startswith(f"Usage: billing {' '.join(path)}".rstrip() + " ")
+
+
+def test_shell_completion_is_offered_and_completes(clean_env) -> None:
+    assert "--install-completion" in run("--help").output
+    # The shell is detected from the parent process, as it is for an operator typing the command.
+    command = " ".join(shlex.quote(part) for part in BILLING)
+    shown = subprocess.run(["bash", "-c", f"{command} --show-completion"], env=billing_subprocess_env(),
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "complete -o default -F _billing_completion billing" in shown.stdout
+    # What bash asks the program when Tab is pressed after `billing inv`, and after `--sh`.
+    for words, cword, expected in (("billing inv", "1", ["invoice-monthly"]),
+                                   ("billing invoice-monthly --sh", "2", ["--shard-index", "--shard-count"])):
+        completed = subprocess.run(BILLING, env=billing_subprocess_env(
+            _BILLING_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=cword),
+            capture_output=True, text=True, timeout=60)
+        assert completed.returncode == 0 and completed.stdout.split() == expected, completed
+
+
+def command_paths_with_groups() -> list[list[str]]:
+    root = typer.main.get_command(app)
+    commands = root.commands.items()  # type: ignore[attr-defined]
+    groups = [[name] for name, command in commands if hasattr(command, "commands")]
+    return [[], *groups, *all_commands()]
+
+
+@pytest.mark.parametrize("path", command_paths_with_groups(), ids=lambda path: " ".join(path) or "billing")
+def test_every_option_says_what_to_type(clean_env, path: list[str]) -> None:
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]  # type: ignore[attr-defined]
+    for param in command.params:
+        takes_a_value = not getattr(param, "is_flag", False) and not getattr(param, "count", False)
+        if takes_a_value and param.name not in ("help",):
+            assert param.metavar, f"billing {' '.join(path)}: {param.opts[0]} has no metavar"
+    help_text = run(*path, "--help").output
+    for generic in ("<str>", "<int", "<list", "TEXT", "INTEGER"):
+        assert generic not in help_text, f"billing {' '.join(path)} --help shows {generic!r}"
+
+
+def test_top_level_help_shows_whole_command_descriptions(clean_env) -> None:
+    help_text = run("--help").output
+    commands_section = help_text.split("Commands:")[1]
+    assert "..." not in commands_section and "…" not in commands_section
+    flat = " ".join(commands_section.split())
+    for name, command in typer.main.get_command(app).commands.items():  # type: ignore[attr-defined]
+        first_paragraph = " ".join(command.help.split("\n\n")[0].split())
+        first_sentence = re.match(r"(.+?\.)(\s|$)", first_paragraph)
+        assert f"{name} {first_sentence.group(1) if first_sentence else first_paragraph}" in flat, name
+
+
+@pytest.mark.parametrize("command", ["invoice-monthly", "reconcile"])
+def test_org_is_repeated_and_a_comma_gets_a_hint(clean_env, command: str) -> None:
+    result = run(command, "--org", "org-1, org-2", DATABASE_URL="postgresql://u@127.0.0.1:1/none")
+    assert result.exit_code == ExitCode.USAGE
+    assert "give each organization its own --org (--org org-1 --org org-2)" in result.output
+
+
+def test_exit_codes_are_listed_by_the_program(clean_env) -> None:
+    import json
+
+    epilog = " ".join(run("--help").output.split("Exit codes:")[1].split())
+    for code in ExitCode:
+        assert f"{int(code)} {code.name}," in epilog
+    assert "130 Ctrl-C" in epilog and "`billing exit-codes`" in epilog
+
+    plain = run("exit-codes", "--plain")
+    assert plain.exit_code == 0
+    assert ('exit-code code=5 name=SCHEMA_OUTDATED meaning="The schema is behind this program: run '
+            '`billing db upgrade`." retry="no: migrate first"') in plain.output
+    as_json = run("exit-codes", "--json")
+    assert as_json.exit_code == 0
+    listed = json.loads(as_json.stdout)
+    assert [entry["code"] for entry in listed] == [*(int(code) for code in ExitCode), 130]
+    assert [entry["name"] for entry in listed] == [*(code.name for code in ExitCode), None]
+    assert all(set(entry) == {"code", "name", "meaning", "retry"} and entry["meaning"] for entry in listed)
+    assert listed[int(ExitCode.PARTIAL)]["retry"] == "yes"
+    assert json.loads(run("--json", "exit-codes").stdout) == listed
 
 
 def test_version(clean_env) -> None:
@@ -171,6 +259,45 @@ def test_config_exits_3_after_showing_an_invalid_configuration(clean_env) -> Non
     assert result.exit_code == ExitCode.CONFIG
     assert "setting name=INVOICE_ENABLE_STRIPE value=true source=env" in result.output
     assert "STRIPE_API_KEY is not set" in result.output
+
+
+BROKEN = {"DRY_RUN": "perhaps", "INVOICE_SMTP_PORT": "x", "INVOICE_ENABLE_STRIPE": "true",
+          "SHARD_COUNT": "2", "JOB_COMPLETION_INDEX": "5"}
+
+
+def test_config_lists_every_problem_and_marks_its_rows(clean_env) -> None:
+    result = run("config", **BROKEN)
+    assert result.exit_code == ExitCode.CONFIG
+    out = result.output
+    assert "setting name=DRY_RUN value=perhaps source=env problem=1" in out
+    assert "setting name=INVOICE_SMTP_PORT value=x source=env problem=2" in out
+    assert "setting name=INVOICE_ENABLE_STRIPE value=true source=env problem=3" in out
+    assert 'setting name=STRIPE_API_KEY value="(not set)" source=default problem=3' in out
+    assert "setting name=JOB_COMPLETION_INDEX value=5 source=env problem=4" in out
+    assert "setting name=INVOICE_S3_REGION value=us-east-1 source=default problem=-" in out
+    assert "config-problem number=1 variables=DRY_RUN message=\"DRY_RUN='perhaps': not a boolean" in out
+    assert ("config-problem number=2 variables=INVOICE_SMTP_PORT message=\"INVOICE_SMTP_PORT='x': "
+            "not a whole number") in out
+    assert "config-problem number=3 variables=INVOICE_ENABLE_STRIPE,STRIPE_API_KEY" in out
+    assert "config-problem number=4 variables=JOB_COMPLETION_INDEX,SHARD_COUNT" in out
+    assert out.strip().splitlines()[-1] == ("error: configuration is invalid: 4 problems, numbered above and "
+                                            "marked in the table")
+    assert "more" not in out  # nothing hidden, no pointer to itself
+
+    rich = run("config", "--rich", **BROKEN)
+    assert rich.exit_code == ExitCode.CONFIG
+    assert "configuration is invalid: 4 problems" in rich.output
+    assert "  3. INVOICE_ENABLE_STRIPE is on but STRIPE_API_KEY is not set" in rich.output
+    marked = [line for line in rich.output.splitlines() if "✗" in line]
+    assert [line.split()[1] for line in marked] == ["DRY_RUN", "INVOICE_ENABLE_STRIPE", "STRIPE_API_KEY",
+                                                    "INVOICE_SMTP_PORT", "SHARD_COUNT", "JOB_COMPLETION_INDEX"]
+
+
+def test_other_commands_name_the_first_problem_and_send_to_billing_config(clean_env) -> None:
+    result = run("schedule", **BROKEN)
+    assert result.exit_code == ExitCode.CONFIG
+    assert ("configuration error: DRY_RUN='perhaps': not a boolean: use true/false, 1/0 or yes/no "
+            "(and 3 more; run `billing config` to see them all)") in result.output
 
 
 def test_no_secret_appears_in_any_command_output(clean_env, db_url) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from billing_cli.config import (VARIABLES, Secret, Settings, env_example, load_settings, mask, mask_url_password,
-                                read_raw_config, readme_table)
+from billing_cli.config import (VARIABLES, Secret, Settings, config_problems, env_example, load_settings, mask,
+                                mask_url_password, read_raw_config, readme_table)
 from billing_cli.config.docs import with_readme_table
 from billing_cli.errors import ConfigError, ExitCode
 
@@ -98,6 +98,26 @@ def test_malformed_values_are_named(env, fragment) -> None:
         settings(env)
 
 
+def test_every_problem_is_found_with_the_variables_it_is_about() -> None:
+    raw = read_raw_config({"DATABASE_URL": "mysql://u@h/db", "INVOICE_ENABLE_S3": "yes", "INVOICE_SMTP_PORT": "0",
+                           "INVOICE_SMTP_USERNAME": "mailer", "NOTIFY_ON_COMPLETION": "true",
+                           "NOTIFY_EMAIL": "nobody", "SHARD_COUNT": "many"}, NO_FILE)
+    problems = config_problems(raw)
+    assert [p.names for p in problems] == [
+        ("DATABASE_URL",), ("NOTIFY_EMAIL",), ("INVOICE_SMTP_PORT",), ("SHARD_COUNT",),
+        ("INVOICE_ENABLE_S3", "INVOICE_S3_BUCKET"),
+        # NOTIFY_EMAIL is set, only invalid: not reported as missing as well
+        ("NOTIFY_ON_COMPLETION", "INVOICE_SMTP_HOST"), ("NOTIFY_ON_COMPLETION", "INVOICE_SMTP_FROM"),
+        ("INVOICE_SMTP_USERNAME", "INVOICE_SMTP_PASSWORD"),
+    ]
+    with pytest.raises(ConfigError, match=r"^configuration error: DATABASE_URL='mysql://u@h/db': not a PostgreSQL "
+                                          r"URL.* \(and 7 more; run `billing config` to see them all\)$"):
+        load_settings({"DATABASE_URL": "mysql://u@h/db", "INVOICE_ENABLE_S3": "yes", "INVOICE_SMTP_PORT": "0",
+                       "INVOICE_SMTP_USERNAME": "mailer", "NOTIFY_ON_COMPLETION": "true",
+                       "NOTIFY_EMAIL": "nobody", "SHARD_COUNT": "many"}, NO_FILE)
+    assert config_problems(read_raw_config({}, NO_FILE)) == []
+
+
 def test_embedded_database_is_refused_under_kubernetes_and_on_request() -> None:
     with pytest.raises(ConfigError, match="DATABASE_URL is not set.*Kubernetes"):
         load_settings({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, NO_FILE)
@@ -141,6 +161,15 @@ def test_readme_configuration_table_is_the_generated_one() -> None:
     assert with_readme_table(readme) == readme, "regenerate it: python -m billing_cli.config"
     for var in VARIABLES:
         assert f"| `{var.name}` |" in readme, f"{var.name} is missing from README.md"
+
+
+def test_readme_exit_codes_are_the_programs() -> None:
+    from billing_cli.config.docs import exit_codes_table
+    from billing_cli.errors import EXIT_CODES
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert exit_codes_table() in readme, "regenerate it: python -m billing_cli.config"
+    assert [doc.code for doc in EXIT_CODES] == [*(int(code) for code in ExitCode), 130]
 
 
 def test_readme_table_rows_have_three_cells() -> None:

@@ -751,28 +751,29 @@ def crontab_entries(text: str) -> tuple[list[dict], list[dict]]:
     return active, commented
 
 
-def test_crontab_example_matches_billing_schedule() -> None:
-    text = (ROOT / "crontab.example").read_text(encoding="utf-8")
-    expected_lines = billing_schedule("crontab").splitlines()
-    assert expected_lines[0] == "CRON_TZ=UTC"
-    assert text.splitlines()[0] == "CRON_TZ=UTC"
-    expected = {}
-    for line in expected_lines[1:]:
-        fields = line.split()
-        assert fields[5] == "billing"
-        expected[fields[6]] = " ".join(fields[:5])
+def test_crontab_example_is_what_billing_schedule_prints() -> None:
+    generated = billing_schedule("crontab")
+    assert (ROOT / "crontab.example").read_bytes() == generated.encode("utf-8"), \
+        "regenerate it: billing schedule --format crontab > crontab.example (with no *_SCHEDULE set)"
 
+
+@pytest.mark.parametrize("overrides", [(), (("AGGREGATE_SCHEDULE", "0 5 * * * *"), ("RUN_SCHEDULE", "0 30 6 2 * *"))],
+                         ids=["defaults", "configured"])
+def test_billing_schedule_crontab_runs_each_job_once_with_flock_and_a_log(overrides) -> None:
+    text = billing_schedule("crontab", overrides)
+    expected = k8s_schedules(overrides)  # the same five-field forms as the CronJobs
+    assert text.splitlines()[0] == "CRON_TZ=UTC"
     active, commented = crontab_entries(text)
+    # invoice-monthly and legacy-run bill the same month: only one of them is active.
     assert sorted(e["job"] for e in active) == ["aggregate-hourly", "invoice-monthly", "reconcile"]
     for entry in active:
         assert entry["schedule"] == expected[entry["job"]], entry["line"]
-        assert "flock -n" in entry["command"], entry["line"]
-        assert f"/billing-{entry['job']}.lock" in entry["command"], entry["line"]
+        assert entry["command"].startswith(f"/usr/bin/flock -n /run/lock/billing-{entry['job']}.lock "), entry["line"]
         assert entry["binary"].startswith("/"), f"absolute path to billing: {entry['line']}"
-        assert f">> /var/log/billing/{entry['job']}.log 2>&1" in entry["command"], entry["line"]
-    # legacy-run bills the same month as invoice-monthly: present, commented out.
+        assert entry["command"].endswith(f" >> /var/log/billing/{entry['job']}.log 2>&1"), entry["line"]
     legacy = [e for e in commented if e["job"] == "legacy-run"]
-    assert legacy and all(e["schedule"] == expected["legacy-run"] for e in legacy)
+    assert len(legacy) == 1 and legacy[0]["schedule"] == expected["legacy-run"]
+    assert legacy[0]["command"].endswith(" >> /var/log/billing/legacy-run.log 2>&1")
 
 
 def test_crontab_parser_sees_active_lines(tmp_path: Path) -> None:

@@ -55,9 +55,12 @@ def test_schedule_command_renders_crontab_and_k8s(clean_env) -> None:
     assert k8s.exit_code == 0
     assert k8s.output.splitlines() == ['aggregate-hourly: "0 * * * *"', 'invoice-monthly: "0 0 1 * *"',
                                        'legacy-run: "30 6 2 * *"', 'reconcile: "0 6 * * *"']
-    crontab = run("schedule", "--format", "crontab")
-    assert crontab.output.splitlines()[0] == "CRON_TZ=UTC"
-    assert "0 * * * *  billing aggregate-hourly" in crontab.output
+    crontab = run("schedule", "--format", "crontab", RUN_SCHEDULE="0 30 6 2 * *")
+    assert crontab.exit_code == 0 and crontab.output.splitlines()[0] == "CRON_TZ=UTC"
+    assert ("\n0 * * * *  /usr/bin/flock -n /run/lock/billing-aggregate-hourly.lock /opt/billing/venv/bin/billing "
+            "aggregate-hourly >> /var/log/billing/aggregate-hourly.log 2>&1\n") in crontab.output
+    assert ("\n# legacy-run, at 06:30 on the second day of every month (UTC): the older all-in-one\n" in crontab.output)
+    assert "\n# 30 6 2 * *  /usr/bin/flock -n /run/lock/billing-legacy-run.lock " in crontab.output
     table = run("schedule", "--plain", "--count", "2")
     assert 'schedule job=legacy-run six_field="0 0 0 1 * *" five_field="0 0 1 * *"' in table.output
     bad = run("schedule", RUN_SCHEDULE="5 0 0 1 * *")

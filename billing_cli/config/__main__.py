@@ -1,4 +1,5 @@
-"""`python -m billing_cli.config` (in the checkout): rewrite .env.example and README.md's table from VARIABLES."""
+"""`python -m billing_cli.config` (in the checkout): rewrite .env.example and README.md's tables from
+VARIABLES and EXIT_CODES."""
 
 from __future__ import annotations
 

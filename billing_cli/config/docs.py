@@ -1,10 +1,13 @@
-"""The documentation made from VARIABLES: `.env.example` and README.md's configuration table."""
+"""The documentation made from VARIABLES and EXIT_CODES: `.env.example` and README.md's tables of
+settings and exit codes."""
 
 from __future__ import annotations
 
+from ..errors import EXIT_CODES
 from .variables import VARIABLES
 
 README_TABLE_HEADER = "| Variable | Default | Meaning |"
+EXIT_CODES_TABLE_HEADER = "| Code | Name | Meaning | Retry? |"
 
 
 def env_example() -> str:
@@ -31,16 +34,28 @@ def readme_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def exit_codes_table() -> str:
+    """README.md's table of exit codes (the text `billing exit-codes` prints), ending with a newline."""
+    rows = [EXIT_CODES_TABLE_HEADER, "|---|---|---|---|"]
+    for doc in EXIT_CODES:
+        name = f"`{doc.name}`" if doc.name else "—"
+        rows.append(f"| {doc.code} | {name} | {_markdown(doc.meaning)} | {_markdown(doc.retry)} |")
+    return "\n".join(rows) + "\n"
+
+
 def with_readme_table(readme: str) -> str:
-    """`readme` with its table of variables (from the header row to the last row) replaced by readme_table()."""
-    lines = readme.splitlines(keepends=True)
-    starts = [i for i, line in enumerate(lines) if line.rstrip("\n") == README_TABLE_HEADER]
-    if len(starts) != 1:
-        raise ValueError(f"README.md must have exactly one line {README_TABLE_HEADER!r}, not {len(starts)}")
-    end = starts[0]
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    return "".join(lines[:starts[0]]) + readme_table() + "".join(lines[end:])
+    """`readme` with its tables of variables and of exit codes (each from the header row to the last
+    row) replaced by readme_table() and exit_codes_table()."""
+    for header, table in ((README_TABLE_HEADER, readme_table()), (EXIT_CODES_TABLE_HEADER, exit_codes_table())):
+        lines = readme.splitlines(keepends=True)
+        starts = [i for i, line in enumerate(lines) if line.rstrip("\n") == header]
+        if len(starts) != 1:
+            raise ValueError(f"README.md must have exactly one line {header!r}, not {len(starts)}")
+        end = starts[0]
+        while end < len(lines) and lines[end].startswith("|"):
+            end += 1
+        readme = "".join(lines[:starts[0]]) + table + "".join(lines[end:])
+    return readme
 
 
 def _markdown(text: str) -> str:

@@ -111,25 +111,24 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
     return validate(read_raw_config(environ, env_file))
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the configuration, and the variables it is about (the rows `billing config` marks)."""
+
+    message: str
+    names: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def validate(raw: RawConfig) -> Settings:
-    """The Settings `raw` describes, or ConfigError naming the first problem and counting the others."""
-    converted: dict[str, object] = {}
-    problems: list[str] = []
-    for var in VARIABLES:
-        text, source = raw.values[var.name]
-        if text is None:
-            converted[var.name] = None
-            continue
-        try:
-            converted[var.name] = var.convert(text)
-        except ValueError as exc:
-            where = f" (from {raw.env_file})" if source == ".env" else ""
-            problems.append(f"{var.name}={mask(var.name, text)!r}{where}: {exc}")
-    problems += _missing_companions(converted, raw.under_kubernetes)
-    if not problems:  # only then are both numbers known
-        problems += _shard_problems(converted)
+    """The Settings `raw` describes, or ConfigError naming the first problem and counting the others
+    (`billing config` shows them all)."""
+    problems, converted = _check(raw)
     if problems:
-        more = f" (and {len(problems) - 1} more problem(s); see `billing config`)" if len(problems) > 1 else ""
+        more = (f" (and {len(problems) - 1} more; run `billing config` to see them all)"
+                if len(problems) > 1 else "")
         raise ConfigError(f"configuration error: {problems[0]}{more}")
 
     fields = _fields(converted)
@@ -139,34 +138,63 @@ def validate(raw: RawConfig) -> Settings:
     return Settings(**fields, sources=sources)  # type: ignore[arg-type]  # test_config checks the types
 
 
-def _missing_companions(converted: Mapping[str, object], under_kubernetes: bool) -> list[str]:
+def config_problems(raw: RawConfig) -> list[Problem]:
+    """Everything wrong with the configuration `raw` describes, in the order of VARIABLES, then the
+    checks across variables; empty when it is valid."""
+    return _check(raw)[0]
+
+
+def _check(raw: RawConfig) -> tuple[list[Problem], dict[str, object]]:
+    converted: dict[str, object] = {}  # a variable whose value does not parse is left out
+    problems: list[Problem] = []
+    for var in VARIABLES:
+        text, source = raw.values[var.name]
+        if text is None:
+            converted[var.name] = None
+            continue
+        try:
+            converted[var.name] = var.convert(text)
+        except ValueError as exc:
+            where = f" (from {raw.env_file})" if source == ".env" else ""
+            problems.append(Problem(f"{var.name}={mask(var.name, text)!r}{where}: {exc}", (var.name,)))
+    problems += _missing_companions(converted, raw.under_kubernetes)
+    problems += _shard_problems(converted)
+    return problems, converted
+
+
+def _missing_companions(converted: Mapping[str, object], under_kubernetes: bool) -> list[Problem]:
     """Settings that are only valid together: a feature turned on needs its target and credentials."""
-    problems: list[str] = []
+    problems: list[Problem] = []
 
     def require(flag: str, *needed: str) -> None:
         if converted.get(flag):
-            problems.extend(f"{flag} is on but {name} is not set: set {name} or turn {flag} off"
-                            for name in needed if converted.get(name) is None)
+            problems.extend(Problem(f"{flag} is on but {name} is not set: set {name} or turn {flag} off", (flag, name))
+                            for name in needed if name in converted and converted[name] is None)
 
     require("INVOICE_ENABLE_S3", "INVOICE_S3_BUCKET")
     require("INVOICE_ENABLE_STRIPE", "STRIPE_API_KEY")
     require("INVOICE_ENABLE_EMAIL", "INVOICE_SMTP_HOST", "INVOICE_SMTP_FROM")
     require("NOTIFY_ON_COMPLETION", "NOTIFY_EMAIL", "INVOICE_SMTP_HOST", "INVOICE_SMTP_FROM")
-    if converted.get("NOTIFY_WEBHOOK_URL") and converted.get("NOTIFY_WEBHOOK_SECRET") is None:
-        problems.append("NOTIFY_WEBHOOK_URL is set but NOTIFY_WEBHOOK_SECRET is not: receivers verify the "
-                        "signature with it")
-    if converted.get("INVOICE_SMTP_USERNAME") and converted.get("INVOICE_SMTP_PASSWORD") is None:
-        problems.append("INVOICE_SMTP_USERNAME is set but INVOICE_SMTP_PASSWORD is not")
-    if (converted.get("BILLING_REQUIRE_DATABASE_URL") or under_kubernetes) and converted.get("DATABASE_URL") is None:
+    if converted.get("NOTIFY_WEBHOOK_URL") and converted.get("NOTIFY_WEBHOOK_SECRET", "") is None:
+        problems.append(Problem("NOTIFY_WEBHOOK_URL is set but NOTIFY_WEBHOOK_SECRET is not: receivers verify the "
+                                "signature with it", ("NOTIFY_WEBHOOK_URL", "NOTIFY_WEBHOOK_SECRET")))
+    if converted.get("INVOICE_SMTP_USERNAME") and converted.get("INVOICE_SMTP_PASSWORD", "") is None:
+        problems.append(Problem("INVOICE_SMTP_USERNAME is set but INVOICE_SMTP_PASSWORD is not",
+                                ("INVOICE_SMTP_USERNAME", "INVOICE_SMTP_PASSWORD")))
+    if ((converted.get("BILLING_REQUIRE_DATABASE_URL") or under_kubernetes)
+            and "DATABASE_URL" in converted and converted["DATABASE_URL"] is None):
         why = "running under Kubernetes" if under_kubernetes else "BILLING_REQUIRE_DATABASE_URL is on"
-        problems.append(f"DATABASE_URL is not set and the embedded database is refused ({why}): "
-                        "set DATABASE_URL (check the Secret the job reads)")
+        names = ("DATABASE_URL",) if under_kubernetes else ("DATABASE_URL", "BILLING_REQUIRE_DATABASE_URL")
+        problems.append(Problem(f"DATABASE_URL is not set and the embedded database is refused ({why}): "
+                                "set DATABASE_URL (check the Secret the job reads)", names))
     return problems
 
 
-def _shard_problems(converted: Mapping[str, object]) -> list[str]:
+def _shard_problems(converted: Mapping[str, object]) -> list[Problem]:
+    if "JOB_COMPLETION_INDEX" not in converted or "SHARD_COUNT" not in converted:
+        return []  # one of them is not a number: already a problem of its own
     index, count = converted["JOB_COMPLETION_INDEX"], converted["SHARD_COUNT"]
     if index >= count:  # type: ignore[operator]
-        return [f"JOB_COMPLETION_INDEX={index} is not below SHARD_COUNT={count}: the completions of the "
-                "Indexed Job and SHARD_COUNT must agree"]
+        return [Problem(f"JOB_COMPLETION_INDEX={index} is not below SHARD_COUNT={count}: the completions of the "
+                        "Indexed Job and SHARD_COUNT must agree", ("JOB_COMPLETION_INDEX", "SHARD_COUNT"))]
     return []

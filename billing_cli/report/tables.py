@@ -2,32 +2,56 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..money import format_money
 from .output import Output, number, print_json
 
 if TYPE_CHECKING:
-    from ..config import RawConfig
+    from ..config import Problem, RawConfig
     from ..jobs.demo import DemoResult
 
 
 # -- config ------------------------------------------------------------------------------------------
 
-def config_table(output: Output, raw: RawConfig) -> None:
+def config_table(output: Output, raw: RawConfig, problems: Sequence[Problem] = ()) -> None:
+    """Every variable, its (masked) value and source; a row a problem is about is marked with its number."""
     from ..config import VARIABLES, mask
 
+    marks: dict[str, list[str]] = {}
+    for number_, problem in enumerate(problems, start=1):
+        for name in problem.names:
+            marks.setdefault(name, []).append(str(number_))
     rows = []
     for var in VARIABLES:
         value, source = raw.values[var.name]
         shown = "(not set)" if value is None else mask(var.name, value)
-        rows.append((var.name, shown, source))
+        mark = ",".join(marks.get(var.name, ()))
+        if output.plain:
+            rows.append((var.name, shown, source, mark or "-"))
+        else:
+            rows.append((var.name, shown, source, f"✗ {mark.replace(',', ', ')}" if mark else ""))
     output.table(f"Configuration (.env: {raw.env_file})",
-                 [("Variable", "name"), ("Value", "value"), ("Source", "source")], rows, kind="setting")
+                 [("Variable", "name"), ("Value", "value"), ("Source", "source"), ("Problem", "problem")], rows,
+                 kind="setting")
 
 
-def config_valid(output: Output) -> None:
-    output.line("✅ configuration is valid" if not output.plain else "config status=valid")
+def config_verdict(output: Output, problems: Sequence[Problem]) -> None:
+    """`configuration is valid`, or every problem, numbered as the table marks them, and one error line."""
+    if not problems:
+        output.line("✅ configuration is valid" if not output.plain else "config status=valid")
+        return
+    if output.plain:
+        for number_, problem in enumerate(problems, start=1):
+            output.record("config-problem", number=number_, variables=",".join(problem.names), message=problem.message)
+    else:
+        output.line("")
+        output.line("Problems:")
+        for number_, problem in enumerate(problems, start=1):
+            output.line(f"  {number_}. {problem.message}")
+    count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+    output.error(f"configuration is invalid: {count}, numbered above and marked in the table")
 
 
 # -- demo --------------------------------------------------------------------------------------------
@@ -72,9 +96,9 @@ def plans_table(output: Output, plans: list) -> None:
 def schedule_output(output: Output, schedules: list, output_format: str, *, now, count: int) -> None:
     """`billing schedule`: a table, crontab lines, or the CronJob `schedule` values."""
     if output_format == "crontab":
-        print("CRON_TZ=UTC")
-        for s in schedules:
-            print(f"{s.five_field}  billing {s.job}")
+        from .crontab import crontab_text
+
+        print(crontab_text(schedules), end="")
         return
     if output_format == "k8s":
         for s in schedules:
@@ -86,6 +110,16 @@ def schedule_output(output: Output, schedules: list, output_format: str, *, now,
     output.table("Schedules (UTC)", [("Job", "job"), ("Configured", "six_field"),
                                      ("Five fields", "five_field"), ("Meaning", "description"),
                                      (f"Next {count} runs", "next")], rows, kind="schedule")
+
+
+# -- exit codes --------------------------------------------------------------------------------------
+
+def exit_codes_report(output: Output, codes, *, as_json: bool) -> None:
+    if as_json:
+        print_json([doc.as_dict() for doc in codes])
+        return
+    output.table("Exit codes", [("Code", "code"), ("Name", "name"), ("Meaning", "meaning"), ("Retry?", "retry")],
+                 [(doc.code, doc.name or "-", doc.meaning, doc.retry) for doc in codes], kind="exit-code")
 
 
 # -- runs and status ---------------------------------------------------------------------------------

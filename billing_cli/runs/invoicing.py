@@ -44,10 +44,6 @@ class InvoiceRequest:
         if self.regenerate and not self.organizations:
             raise UsageError("--regenerate needs --org: regeneration is done one organization at a time, "
                              "never for a whole month by accident")
-        for org in self.organizations:
-            if "," in org:
-                raise UsageError(f"--org {org!r} holds a comma: give each organization its own --org "
-                                 f"({' '.join('--org ' + o.strip() for o in org.split(',') if o.strip())})")
 
 
 @dataclass(frozen=True)
