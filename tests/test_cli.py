@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import typer.main
-from sqlalchemy import make_url
+from sqlalchemy import make_url, text
 from typer.testing import CliRunner
 
 from billing_cli import __version__
@@ -380,3 +380,40 @@ def test_json_log_lines_carry_typed_values(clean_env, db_url, engine) -> None:
     assert start["event"] == "start" and start["dry_run"] is False and start["hours"] == 1
     assert summary["event"] == "summary" and summary["outcome"] == "succeeded"
     assert isinstance(summary["seconds"], float) and summary["organizations"] == 1 and summary["dry_run"] is False
+
+
+def test_the_scheduled_run_rolls_up_a_lookback_hour_again_only_when_it_changed(clean_env, db_url, engine) -> None:
+    from datetime import timedelta
+
+    from billing_cli.periods import HOUR, floor_hour, format_hour, utc_now
+
+    target = floor_hour(utc_now()) - HOUR  # the previous full hour: what the scheduled run rolls up
+    long_ago = utc_now() - timedelta(hours=6)  # events backfilled hours ago: not late arrivals
+    with engine.begin() as s:
+        add_org(s, "org-a")
+        for back in (0, 1, 2):
+            add_event(s, "org-a", "api_calls", "1", target - back * HOUR + timedelta(minutes=5),
+                      received_at=long_ago)
+
+    def scheduled() -> tuple[dict, str]:
+        result = run("aggregate-hourly", DATABASE_URL=db_url, AGGREGATE_LOOKBACK_HOURS="2")
+        assert result.exit_code == 0, result.output
+        start = result.output.splitlines()[0]
+        summary = next(line for line in result.output.splitlines() if line.startswith("summary "))
+        return dict(part.split("=", 1) for part in summary.split()[1:] if "=" in part), start
+
+    first, start = scheduled()  # the two lookback hours were never rolled up: they are now
+    assert first["hours"] == "3" and first["events"] == "3", first
+    assert f"late_hours={format_hour(target - 2 * HOUR)},{format_hour(target - HOUR)}" in start
+
+    second, start = scheduled()  # nothing changed: only the previous hour is read again
+    assert second["hours"] == "1" and second["events"] == "1" and "late_hours" not in start, start
+    assert "older hours whose events changed since they were rolled up" in start
+
+    with engine.begin() as s:  # a late event for two hours ago
+        add_event(s, "org-a", "api_calls", "5", target - 2 * HOUR + timedelta(minutes=30))
+    third, start = scheduled()
+    assert f"late_hours={format_hour(target - 2 * HOUR)}" in start and third["hours"] == "2", start
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT quantity FROM usage_hourly WHERE hour_start = :h"),
+                            {"h": target - 2 * HOUR}).scalar_one() == 6

@@ -67,7 +67,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DRY_RUN", "dry_run", Bool(), default="false",
              help="Compute and report everything, write nothing, call no outside service."),
     Variable("AGGREGATE_LOOKBACK_HOURS", "aggregate_lookback_hours", Int(0, 168), default="2",
-             help="aggregate-hourly also re-aggregates this many hours before its window, for late events."),
+             help="The scheduled aggregate-hourly also rolls up those of this many hours before its window that "
+                  "were never rolled up (a missed run); hours whose events changed are rolled up again "
+                  "whatever their age."),
     Variable("LATE_USAGE_MONTHS", "late_usage_months", Int(0, 24), default="3",
              help="An invoice also bills the changed usage (late, deleted or corrected events) of this many "
                   "earlier months; older changes are reported, not billed (docs/plans.md)."),

@@ -162,6 +162,16 @@ def _report(rows) -> HourReport:
     return report
 
 
+def unaggregated_hours(conn: Connection, start: datetime, end: datetime) -> list[datetime]:
+    """The hours from `start` to `end` that were never rolled up (a missed or failed run), by the
+    primary key of aggregated_hours: no event is read."""
+    return list(conn.execute(text("""
+        SELECT h FROM generate_series(CAST(:start AS timestamptz), CAST(:end AS timestamptz) - interval '1 hour',
+                                      interval '1 hour') AS h
+        WHERE NOT EXISTS (SELECT 1 FROM aggregated_hours a WHERE a.hour_start = h) ORDER BY 1
+    """), {"start": start, "end": end}).scalars())
+
+
 def late_hours(conn: Connection, before: datetime) -> list[datetime]:
     """Hours before `before` whose events changed since they were rolled up, found cheaply: events
     that arrived since the last roll-up (by the BRIN index on received_at, with an hour of margin

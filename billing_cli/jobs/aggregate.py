@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..db.engine import Transactions
-from ..db.usage_rollup import HourReport, MetricTotals, apply_hour, late_hours, preview_hour
+from ..db.usage_rollup import HourReport, MetricTotals, apply_hour, late_hours, preview_hour, unaggregated_hours
 from ..outcomes import Job, run_outcome
 from ..periods import HOUR, HourRange
 from ..summary import RunSummary
@@ -98,11 +98,16 @@ class AggregationResult:
         )
 
 
-def find_late_hours(transactions: Transactions, window: HourRange) -> list[datetime]:
-    """Hours before the window whose events changed since they were rolled up (late arrivals,
-    in-place edits and deletions): the scheduled run rolls them up again too."""
+def find_late_hours(transactions: Transactions, window: HourRange, *, lookback: int = 0) -> list[datetime]:
+    """Hours before the window to roll up again: those whose events changed since they were rolled
+    up (late arrivals, in-place edits and deletions), and, among the `lookback` hours just before
+    it, those never rolled up (a missed or failed run). Found without reading an unchanged hour's
+    events, so a lookback hour costs a lookup, not a second read of its events."""
     with transactions() as conn:
-        return late_hours(conn, window.start)
+        changed = set(late_hours(conn, window.start))
+        if lookback:
+            changed.update(unaggregated_hours(conn, window.start - lookback * HOUR, window.start))
+    return sorted(changed)
 
 
 def aggregate_hours(

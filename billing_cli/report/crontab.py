@@ -36,7 +36,8 @@ CRON_TZ=UTC
 #   rotate with logrotate). One JSON object a line, since there is no terminal (LOG_FORMAT=auto);
 #   LOG_FORMAT=plain in the env file gives key=value lines.
 # - Failures: nothing retries under cron (`billing exit-codes` lists the exit codes). aggregate-hourly
-#   catches up on its next run (it re-aggregates the 2 hours before its window). After exit 4
+#   catches up on its next run (it rolls up the hours a missed run left, among the 2 before its
+#   window, and every hour whose events changed). After exit 4
 #   (database unavailable), 6 (partial) or 9 (interrupted by SIGTERM) from invoice-monthly, rerun
 #   it by hand: organizations already invoiced are skipped and only missing steps are done.
 # - Schedules: from the configuration (*_SCHEDULE). This text is `billing schedule --format crontab`;

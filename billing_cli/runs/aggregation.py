@@ -30,14 +30,21 @@ class AggregateRequest:
         """No hours given: the scheduled run (the previous hour, the lookback, and late hours)."""
         return self.hour is None and self.from_ is None and self.to is None
 
-    def lookback_hours(self, configured: int) -> int:
-        """The scheduled run looks back AGGREGATE_LOOKBACK_HOURS; an explicit window means exactly
-        that window, unless --lookback is given too."""
-        if self.lookback is not None:
-            return self.lookback
-        return configured if self.scheduled else 0
+    def widening(self) -> int:
+        """Hours added before an explicit window and rolled up again whatever they hold: --lookback
+        given on the command line. The scheduled run widens nothing: it checks its lookback hours
+        cheaply instead (`checked_hours`)."""
+        return self.lookback if self.lookback is not None and not self.scheduled else 0
 
-    def why(self, lookback: int) -> str:
+    def checked_hours(self, configured: int) -> int:
+        """The scheduled run's lookback (AGGREGATE_LOOKBACK_HOURS, or --lookback): hours before
+        the previous one that are rolled up again only if they were never rolled up; hours whose
+        events changed are found and rolled up again whatever their age."""
+        if not self.scheduled:
+            return 0
+        return self.lookback if self.lookback is not None else configured
+
+    def why(self, widened: int, checked: int) -> str:
         """Which hours a run processes, and why, for its start line."""
         if self.hour is not None:
             chosen = f"--hour {self.hour}"
@@ -45,10 +52,13 @@ class AggregateRequest:
             chosen = f"--from {self.from_} --to {self.to}"
         else:
             chosen = "the previous full hour"
-        if not lookback:
-            return chosen
-        source = "--lookback" if self.lookback is not None else "AGGREGATE_LOOKBACK_HOURS"
-        return f"{chosen}, and the {lookback} hour(s) before it for late events ({source}={lookback})"
+        if widened:
+            return f"{chosen}, and the {widened} hour(s) before it for late events (--lookback={widened})"
+        if self.scheduled:
+            source = "--lookback" if self.lookback is not None else "AGGREGATE_LOOKBACK_HOURS"
+            return (f"{chosen}, and older hours whose events changed since they were rolled up or, among "
+                    f"the {checked} before it ({source}={checked}), that were never rolled up")
+        return chosen
 
 
 class AggregationView(RunView, Protocol):
@@ -60,9 +70,9 @@ class AggregationView(RunView, Protocol):
 def run_aggregate_hourly(request: AggregateRequest, view: AggregationView) -> Finished[AggregationResult]:
     settings = load_settings()
     dry_run = settings.dry_run if request.dry_run is None else request.dry_run
-    lookback = request.lookback_hours(settings.aggregate_lookback_hours)
+    widened, checked = request.widening(), request.checked_hours(settings.aggregate_lookback_hours)
     window = aggregation_window(now=utc_now(), hour=request.hour, from_=request.from_, to=request.to,
-                                lookback=lookback)
+                                lookback=widened)
     spec = RunSpec(job=Job.AGGREGATE_HOURLY, period=window, lock_scope=Job.AGGREGATE_HOURLY, dry_run=dry_run,
                    parameters={"window": str(window)},
                    notify=NotifyWhen.ON_PROBLEMS if settings.notify_on_aggregate_errors else NotifyWhen.NEVER)
@@ -70,8 +80,8 @@ def run_aggregate_hourly(request: AggregateRequest, view: AggregationView) -> Fi
     def aggregate(db: Database, stop: threading.Event, guard: LockGuard) -> AggregationResult:
         # The scheduled run also rolls up older hours whose events changed since; an explicit
         # window means exactly that window.
-        late = find_late_hours(db.transactions, window) if request.scheduled else []
-        view.aggregation_started(window, request.why(lookback), late, dry_run, db.where)
+        late = find_late_hours(db.transactions, window, lookback=checked) if request.scheduled else []
+        view.aggregation_started(window, request.why(widened, checked), late, dry_run, db.where)
         return aggregate_hours(db.transactions, window, late_hours=late, dry_run=dry_run, stop=stop,
                                on_hour=view.hour_done, still_locked=guard)
 
