@@ -71,7 +71,8 @@ def test_shell_completion_is_offered_and_completes(clean_env) -> None:
     assert "--install-completion" in run("--help").output
     # The shell is detected from the parent process, as it is for an operator typing the command.
     command = " ".join(shlex.quote(part) for part in BILLING)
-    shown = subprocess.run(["bash", "-c", f"{command} --show-completion"], env=billing_subprocess_env(),
+    # (`; exit $?` keeps bash as the parent: a lone command would be exec'd in its place)
+    shown = subprocess.run(["bash", "-c", f"{command} --show-completion; exit $?"], env=billing_subprocess_env(),
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert "complete -o default -F _billing_completion billing" in shown.stdout
