@@ -74,6 +74,7 @@ def test_a_run_with_failures_exits_6_and_the_rerun_completes_it(clean_env, bille
     assert first.exit_code == ExitCode.PARTIAL, first.output
     assert "organization id=org-2 status=failed error_data=\"no price plan" in first.output
     assert "failed=1 errors_data=1 errors_pdf=0 errors_s3=0 errors_stripe=0 errors_email=0" in first.output
+    assert 'what_to_do="1 failed on their data: fix what each line above names' in first.output  # piped too
     with engine.begin() as conn:
         set_plan(conn, "org-2", "pro")
     second = run("invoice-monthly", "--month", "2024-01", DATABASE_URL=billed_db)

@@ -195,7 +195,8 @@ def invoice_summary(output: Output, result: InvoiceRunResult) -> None:
                       **{f"errors_{c}": n for c, n in errors.items()},
                       **{f"revenue_{cur}": amount for cur, amount in revenue.items()},
                       dry_run=result.dry_run, seconds=round(result.seconds, 3),
-                      outcome=result.summary().outcome.value)
+                      outcome=result.summary().outcome.value,
+                      **({"what_to_do": what_to_do(result)} if not result.ok else {}))
         return
     rows: list[tuple[str, object]] = [
         ("Month", str(result.month)),
