@@ -90,9 +90,29 @@ def schedule_output(output: Output, schedules: list, output_format: str, *, now,
 
 # -- runs and status ---------------------------------------------------------------------------------
 
+def run_json(run: dict | None) -> dict | None:
+    """One job_runs row as machine-readable output: times ISO 8601 UTC, the period as {label,
+    start, end}, the duration a number, counts integers, revenue exact decimal strings."""
+    from ..periods import iso_utc, period_label_json
+
+    if run is None:
+        return None
+    duration = run["duration_seconds"]
+    return {"id": int(run["id"]), "job": run["job"], "period": period_label_json(run["period"]),
+            "shard": run["shard"], "dry_run": bool(run["dry_run"]), "targeted": bool(run.get("targeted")),
+            "status": run["status"], "started_at": iso_utc(run["started_at"]),
+            "finished_at": iso_utc(run["finished_at"]) if run["finished_at"] is not None else None,
+            "duration_seconds": float(duration) if duration is not None else None,
+            "counts": {k: int(v) for k, v in (run["counts"] or {}).items()},
+            "errors": {k: int(v) for k, v in (run["errors"] or {}).items()},
+            "revenue": {k: str(v) for k, v in (run["revenue"] or {}).items()},
+            "failed": run["failed"] or [], "message": run["message"], "host": run["host"],
+            "version": run["version"]}
+
+
 def runs_report(output: Output, history: list[dict], *, as_json: bool) -> None:
     if as_json:
-        print_json(history)
+        print_json([run_json(run) for run in history])
         return
     rows = []
     for run in history:
@@ -121,7 +141,8 @@ def failures_in_brief(failed: list[dict]) -> str:
 
 def status_report(output: Output, statuses: list, now, *, as_json: bool) -> None:
     if as_json:
-        print_json([s.as_dict(now) for s in statuses])
+        print_json([{**s.as_dict(now), "last_run": run_json(s.last_run), "last_success": run_json(s.last_success)}
+                    for s in statuses])
         return
     rows = []
     for s in statuses:
