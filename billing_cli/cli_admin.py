@@ -153,14 +153,20 @@ def plans_apply(
 
 
 @plans_app.command("list")
-def plans_list(ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOption = None) -> None:
+def plans_list(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOption = None,
+               log_format: LogFormatOption = None) -> None:
     """Show the price plans and their prices.
 
     Example: billing plans list
     """
-    from .report.tables import plans_table
+    from .report.output import print_json
+    from .report.tables import plans_json, plans_table
     from .runs.admin import list_plans
 
-    cmd = command(ctx, plain=plain, log_format=log_format)
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
     with failures_to_exit_codes(cmd.output):
-        plans_table(cmd.output, list_plans(cmd.output.notice))
+        plans = list_plans(cmd.output.notice)
+        if cmd.as_json:
+            print_json(plans_json(plans))
+        else:
+            plans_table(cmd.output, plans)

@@ -61,10 +61,28 @@ def plans_table(output: Output, plans: list) -> None:
                 detail = f"{format_unit_price(price.unit_price)} per {number(price.package_size)}"
             else:
                 detail = f"{format_unit_price(price.unit_price)} per unit"
-            rows.append(("", "", "", "", price.metric, price.model,
+            # The table leaves the plan's cells blank under its first row; a record names its plan.
+            plan_cells = (plan.id, plan.name, plan.currency) if output.plain else ("", "", "")
+            rows.append((*plan_cells, "", price.metric, price.model,
                          detail + (f" ({number(price.included)} included)" if price.included else "")))
     output.table("Price plans", [("Plan", "plan"), ("Name", "name"), ("Currency", "currency"), ("Fees", "fees"),
                                  ("Metric", "metric"), ("Model", "model"), ("Price", "price")], rows, kind="plan")
+
+
+def plans_json(plans: list) -> list[dict]:
+    """`billing plans list --json`: one document per plan with its prices, amounts exact strings."""
+    def text(value) -> str | None:
+        return None if value is None else f"{value:f}"
+
+    return [{"id": plan.id, "name": plan.name, "currency": plan.currency, "base_fee": text(plan.base_fee),
+             "minimum_commitment": text(plan.minimum_commitment), "free_metrics": list(plan.free_metrics),
+             "prices": [{"metric": price.metric, "description": price.description, "model": str(price.model),
+                         "unit_price": text(price.unit_price), "package_size": text(price.package_size),
+                         "included": text(price.included),
+                         "tiers": [{"up_to": text(tier.up_to), "unit_price": text(tier.unit_price),
+                                    "flat_fee": text(tier.flat_fee)} for tier in price.tiers]}
+                        for price in plan.prices]}
+            for plan in plans]
 
 
 # -- schedule ----------------------------------------------------------------------------------------
