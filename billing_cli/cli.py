@@ -10,14 +10,14 @@ from typing import Annotated
 import typer
 
 from . import cli_admin
-from .cli_common import (CliState, DryRunOption, JsonOption, LogFormatOption, PlainOption, VersionOption, command,
-                         end_run, exit_with, failures_to_exit_codes)
+from .cli_common import (BillingGroup, CliState, DryRunOption, JsonOption, LogFormatOption, PlainOption,
+                         VersionOption, command, end_run, exit_with, failures_to_exit_codes)
 from .errors import ExitCode
 
 app = typer.Typer(
     name="billing", help="Usage billing jobs, one job per run, scheduled by cron or Kubernetes. "
                          "Exit codes are listed in README.md.",
-    no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+    no_args_is_help=True, add_completion=False, rich_markup_mode=None, cls=BillingGroup,
     pretty_exceptions_show_locals=False,  # a traceback must never print a secret held in a local
 )
 

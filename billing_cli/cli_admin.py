@@ -65,26 +65,33 @@ def schedule(
     ctx: typer.Context,
     output_format: Annotated[ScheduleFormat, typer.Option("--format", help="table, crontab or k8s.")] = ScheduleFormat.TABLE,
     count: Annotated[int, typer.Option(min=1, max=100, help="How many next run times to show.")] = 3,
-    plain: PlainOption = None, log_format: LogFormatOption = None,
+    as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
     """Show each job's schedule: as configured (six fields, seconds first), the five-field form cron
     and Kubernetes need, what it means, and the next run times (UTC).
 
     Example: billing schedule --format k8s
     """
+    from .errors import UsageError
     from .periods import utc_now
-    from .report.tables import schedule_output
+    from .report.tables import schedule_json, schedule_output
     from .runs.admin import configured_schedules
 
-    cmd = command(ctx, plain=plain, log_format=log_format)
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
     with failures_to_exit_codes(cmd.output):
-        schedule_output(cmd.output, configured_schedules(), output_format, now=utc_now(), count=count)
+        if cmd.as_json and output_format != ScheduleFormat.TABLE:
+            raise UsageError(f"--json and --format {output_format}: choose one")
+        if cmd.as_json:
+            cmd.output.document(schedule_json(configured_schedules(), now=utc_now(), count=count))
+        else:
+            schedule_output(cmd.output, configured_schedules(), output_format, now=utc_now(), count=count)
 
 
 @commands.command("config")
 def config(
     ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOption = None,
     example: Annotated[bool, typer.Option("--example", help="Print a documented .env template instead.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Show the effective configuration, where each value comes from, secrets masked; then validate it.
 
@@ -96,12 +103,33 @@ def config(
     if example:
         typer.echo(env_example(), nl=False)
         return
-    cmd = command(ctx, plain=plain, log_format=log_format)
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
+    if cmd.as_json:
+        config_as_json(cmd)
+        return
     with failures_to_exit_codes(cmd.output):
         raw = read_raw_config()
         config_table(cmd.output, raw)
         validate(raw)
         config_valid(cmd.output)
+
+
+def config_as_json(cmd) -> None:
+    """`billing config --json`: the settings (secrets masked) and the problems as one document;
+    exit 3 when there are problems, the first also on stderr."""
+    from .config import read_raw_config, validate
+    from .errors import ConfigError
+    from .report.tables import config_json
+
+    with failures_to_exit_codes(cmd.output):
+        raw = read_raw_config()
+        try:
+            validate(raw)
+        except ConfigError as exc:
+            # validate() names the first problem (and counts the others): the list holds that one.
+            cmd.output.document(config_json(raw, [exc.message.removeprefix("configuration error: ")]))
+            raise
+        cmd.output.document(config_json(raw, []))
 
 
 @db_app.command("upgrade")
@@ -119,18 +147,22 @@ def db_upgrade(ctx: typer.Context, plain: PlainOption = None, log_format: LogFor
 
 
 @db_app.command("current")
-def db_current(ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOption = None) -> None:
+def db_current(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOption = None,
+               log_format: LogFormatOption = None) -> None:
     """Show the database's schema revision and whether it is up to date (exit 5 when behind).
 
     Example: billing db current
     """
-    from .report.tables import schema_revision_line
+    from .report.tables import schema_revision_json, schema_revision_line
     from .runs.admin import schema_revision
 
-    cmd = command(ctx, plain=plain, log_format=log_format)
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
     with failures_to_exit_codes(cmd.output):
         state = schema_revision(cmd.output.notice)
-        schema_revision_line(cmd.output, state)
+        if cmd.as_json:
+            cmd.output.document(schema_revision_json(state))
+        else:
+            schema_revision_line(cmd.output, state)
         exit_with(ExitCode.OK if state.up_to_date else ExitCode.SCHEMA_OUTDATED)
 
 
@@ -159,7 +191,6 @@ def plans_list(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOpti
 
     Example: billing plans list
     """
-    from .report.output import print_json
     from .report.tables import plans_json, plans_table
     from .runs.admin import list_plans
 
@@ -167,6 +198,6 @@ def plans_list(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOpti
     with failures_to_exit_codes(cmd.output):
         plans = list_plans(cmd.output.notice)
         if cmd.as_json:
-            print_json(plans_json(plans))
+            cmd.output.document(plans_json(plans))
         else:
             plans_table(cmd.output, plans)

@@ -35,11 +35,14 @@ class Output:
     """Where a command writes. Formats: `rich` (banners and tables, for a terminal), `plain`
     (`kind key=value` lines) and `json` (one JSON object a line: time, level, job, run id, event
     and its fields). `auto` is Rich on a terminal and JSON lines otherwise (Kubernetes, CI).
-    With `to_stderr` (the jobs' --json), everything goes to stderr and stdout keeps one document."""
+    With `to_stderr` (--json), everything goes to stderr and stdout keeps one document: the
+    result's (`document`), else, when the command fails first, the error's."""
 
     def __init__(self, *, log_format: str = "auto", level: str = "info", to_stderr: bool = False) -> None:
         from rich.console import Console
 
+        self.json_document = to_stderr  # --json: stdout holds exactly one JSON document
+        self.document_printed = False
         self.stream = sys.stderr if to_stderr else sys.stdout
         self.out: Console = Console(highlight=False, soft_wrap=True, stderr=to_stderr)
         self.err: Console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -49,6 +52,11 @@ class Output:
         self.plain = log_format in ("plain", "json")  # line-oriented, no tables
         self.level = _LEVELS.get(level, 20)
         self.context: dict[str, object] = {}  # job, run_id: added to every JSON line
+
+    def document(self, data: object) -> None:
+        """The command's one JSON document (--json), on stdout."""
+        self.document_printed = True
+        print_json(data)
 
     def set_context(self, **fields: object) -> None:
         self.context = dict(fields)

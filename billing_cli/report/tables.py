@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..money import format_money
-from .output import Output, number, print_json
+from .output import Output, number
 
 if TYPE_CHECKING:
     from ..config import RawConfig
@@ -24,6 +24,19 @@ def config_table(output: Output, raw: RawConfig) -> None:
         rows.append((var.name, shown, source))
     output.table(f"Configuration (.env: {raw.env_file})",
                  [("Variable", "name"), ("Value", "value"), ("Source", "source")], rows, kind="setting")
+
+
+def config_json(raw: RawConfig, problems: list[str]) -> dict:
+    """`billing config --json`: every setting (secrets masked as in the table; null when unset),
+    where it comes from, and the problems found (none: valid)."""
+    from ..config import VARIABLES, mask
+
+    settings = []
+    for var in VARIABLES:
+        value, source = raw.values[var.name]
+        settings.append({"name": var.name, "value": None if value is None else mask(var.name, value),
+                         "source": source})
+    return {"env_file": str(raw.env_file), "settings": settings, "valid": not problems, "problems": problems}
 
 
 def config_valid(output: Output) -> None:
@@ -106,6 +119,15 @@ def schedule_output(output: Output, schedules: list, output_format: str, *, now,
                                      (f"Next {count} runs", "next")], rows, kind="schedule")
 
 
+def schedule_json(schedules: list, *, now, count: int) -> list[dict]:
+    """`billing schedule --json`: each job's expressions, their meaning and the next run times."""
+    from ..periods import iso_utc
+
+    return [{"job": str(s.job), "configured": s.configured, "six_field": s.six_field, "five_field": s.five_field,
+             "description": s.describe(), "next_runs": [iso_utc(m) for m in s.next_runs(now, count)]}
+            for s in schedules]
+
+
 # -- runs and status ---------------------------------------------------------------------------------
 
 def run_json(run: dict | None) -> dict | None:
@@ -130,7 +152,7 @@ def run_json(run: dict | None) -> dict | None:
 
 def runs_report(output: Output, history: list[dict], *, as_json: bool) -> None:
     if as_json:
-        print_json([run_json(run) for run in history])
+        output.document([run_json(run) for run in history])
         return
     rows = []
     for run in history:
@@ -159,7 +181,7 @@ def failures_in_brief(failed: list[dict]) -> str:
 
 def status_report(output: Output, statuses: list, now, *, as_json: bool) -> None:
     if as_json:
-        print_json([{**s.as_dict(now), "last_run": run_json(s.last_run), "last_success": run_json(s.last_success)}
+        output.document([{**s.as_dict(now), "last_run": run_json(s.last_run), "last_success": run_json(s.last_success)}
                     for s in statuses])
         return
     rows = []
@@ -195,6 +217,12 @@ def schema_revision_line(output: Output, state) -> None:
     else:
         verdict = "up to date" if current == head else "behind: run `billing db upgrade`"
         output.line(f"{state.database}: revision {current or 'none'} (this program: {head}) — {verdict}")
+
+
+def schema_revision_json(state) -> dict:
+    """`billing db current --json`."""
+    return {"database": state.database, "current": state.current, "head": state.head,
+            "up_to_date": state.up_to_date}
 
 
 def plans_applied(output: Output, applied) -> None:
