@@ -65,11 +65,11 @@ class Output:
         import json
         from datetime import UTC, datetime
 
-        record = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": level,
-                  **self.context, "event": event}
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        record = {"time": now, "level": level, **self.context, "event": event}
         for key, value in fields.items():
             record["organization_id" if (key == "id" and event == "organization") else key] = value
-        print(json.dumps(record, default=str, ensure_ascii=False), file=stream, flush=True)
+        print(json.dumps(record, default=json_value, ensure_ascii=False), file=stream, flush=True)
 
     # -- generic lines -------------------------------------------------------------------------
     def line(self, text: str = "") -> None:
@@ -161,8 +161,22 @@ class Output:
         self.out.print(table)
 
 
+def json_value(value: object) -> object:
+    """What JSON cannot hold natively: a Decimal as its exact digits (never an exponent, never a
+    float), a time as ISO 8601 UTC with Z, anything else (an enum, a path) as its text."""
+    from datetime import datetime
+
+    if isinstance(value, Decimal):
+        return f"{value:f}"
+    if isinstance(value, datetime):
+        from ..periods import iso_utc
+
+        return iso_utc(value)
+    return str(value)
+
+
 def print_json(data: object) -> None:
-    """One JSON document on stdout (Decimals as exact strings, times as ISO 8601)."""
+    """One JSON document on stdout (Decimals as exact strings, times as ISO 8601 UTC)."""
     import json
 
-    print(json.dumps(data, default=str, indent=2, sort_keys=True))
+    print(json.dumps(data, default=json_value, indent=2, sort_keys=True))
