@@ -155,7 +155,9 @@ def error_json(exit_code: int, message: str, hint: str | None = None) -> dict[st
 
 @contextmanager
 def failures_to_exit_codes(output: Output) -> Iterator[None]:
-    """The one place where expected failures become a message and an exit code."""
+    """The one place where expected failures become a message and an exit code. Under --json the
+    failure is also the error document on stdout, unless the command's document is already out
+    (a job's summary of a failed run says why itself)."""
     try:
         yield
     except BillingError as exc:
