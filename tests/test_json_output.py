@@ -220,6 +220,7 @@ def test_a_bad_configuration_under_json_is_still_one_document(clean_env) -> None
     (["invoice-monthly", "--month", "2024-13", "--json"], {"DATABASE_URL": "postgresql://u@127.0.0.1:1/x"},
      ExitCode.USAGE, "--month '2024-13' is not a month"),
     (["aggregate-hourly", "--json"], {"DRY_RUN": "bogus"}, ExitCode.CONFIG, "DRY_RUN='bogus'"),
+    (["legacy-run", "--json"], {"RUN_SCHEDULE": "0 0 0 1 13 *"}, ExitCode.CONFIG, "RUN_SCHEDULE='0 0 0 1 13 *'"),
     (["reconcile", "--month", "2024-01", "--json"], {"DATABASE_URL": "postgresql://u@127.0.0.1:1/x",
                                                      "INVOICE_ENABLE_S3": "true"}, ExitCode.CONFIG, "INVOICE_S3_BUCKET"),
     (["runs", "--json"], {"DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:1/x"}, ExitCode.DATABASE_UNAVAILABLE,
@@ -271,3 +272,16 @@ def test_json_log_lines_of_a_real_run_validate_line_by_line(clean_env, billed, e
     assert Decimal(organization["total"]) > 0 and organization["time"].endswith("Z")
     hour = next(line for line in lines if line["event"] == "hour")
     assert isinstance(hour["seconds"], float) and hour["events"] == 1
+
+
+def test_a_run_refused_by_the_lock_prints_an_error_document(clean_env, db_url, engine) -> None:
+    from billing_cli.db.run_store import try_lock
+
+    with engine.connect() as conn:
+        assert try_lock(conn, "aggregate-hourly")  # another run holds the job's lock
+        result = run("aggregate-hourly", "--hour", "2024-01-31T13", "--json", DATABASE_URL=db_url)
+
+    assert result.exit_code == ExitCode.ALREADY_RUNNING
+    document = json.loads(result.stdout)
+    assert_valid("error", document)
+    assert document["error"]["name"] == "ALREADY_RUNNING" and "billing status" in document["error"]["hint"]
