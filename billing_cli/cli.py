@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from . import cli_admin
-from .cli_common import (CONTEXT_SETTINGS, CliState, CommandGroup, DryRunOption, JsonOption, LogFormatOption,
+from .cli_common import (CONTEXT_SETTINGS, BillingGroup, CliState, DryRunOption, JsonOption, LogFormatOption,
                          OrgOption, PlainOption, VersionOption, command, end_run, exit_with, failures_to_exit_codes,
                          organization_ids)
 from .errors import ExitCode, exit_codes_summary
@@ -20,7 +20,7 @@ app = typer.Typer(
     name="billing", help="Usage billing jobs, one job per run, scheduled by cron or Kubernetes.",
     epilog="\b\n" + textwrap.fill(f"Exit codes: {exit_codes_summary()}. `billing exit-codes` says what each means "
                                   "and whether to retry.", 78, break_on_hyphens=False),  # \b: printed as wrapped here
-    no_args_is_help=True, add_completion=True, rich_markup_mode=None, cls=CommandGroup,
+    no_args_is_help=True, add_completion=True, rich_markup_mode=None, cls=BillingGroup,
     context_settings=CONTEXT_SETTINGS,
     pretty_exceptions_show_locals=False,  # a traceback must never print a secret held in a local
 )

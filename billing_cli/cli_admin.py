@@ -70,26 +70,33 @@ def schedule(
         "--format", metavar="table|crontab|k8s",
         help="A table, a whole crontab (as crontab.example), or the CronJobs' schedules.")] = ScheduleFormat.TABLE,
     count: Annotated[int, typer.Option(min=1, max=100, metavar="N", help="How many next run times to show.")] = 3,
-    plain: PlainOption = None, log_format: LogFormatOption = None,
+    as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
     """Show each job's schedule: as configured (six fields, seconds first), the five-field form cron
     and Kubernetes need, what it means, and the next run times (UTC).
 
     Example: billing schedule --format k8s
     """
+    from .errors import UsageError
     from .periods import utc_now
-    from .report.tables import schedule_output
+    from .report.tables import schedule_json, schedule_output
     from .runs.admin import configured_schedules
 
-    cmd = command(ctx, plain=plain, log_format=log_format)
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
     with failures_to_exit_codes(cmd.output):
-        schedule_output(cmd.output, configured_schedules(), output_format, now=utc_now(), count=count)
+        if cmd.as_json and output_format != ScheduleFormat.TABLE:
+            raise UsageError(f"--json and --format {output_format}: choose one")
+        if cmd.as_json:
+            cmd.output.document(schedule_json(configured_schedules(), now=utc_now(), count=count))
+        else:
+            schedule_output(cmd.output, configured_schedules(), output_format, now=utc_now(), count=count)
 
 
 @commands.command("config")
 def config(
     ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOption = None,
     example: Annotated[bool, typer.Option("--example", help="Print a documented .env template instead.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Show the effective configuration, where each value comes from, secrets masked; then validate it.
 
@@ -103,7 +110,10 @@ def config(
     if example:
         typer.echo(env_example(), nl=False)
         return
-    cmd = command(ctx, plain=plain, log_format=log_format)
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
+    if cmd.as_json:
+        config_as_json(cmd)
+        return
     with failures_to_exit_codes(cmd.output):
         raw = read_raw_config()
         problems = config_problems(raw)
@@ -128,6 +138,21 @@ def exit_codes(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOpti
     exit_codes_report(cmd.output, EXIT_CODES, as_json=cmd.as_json)
 
 
+def config_as_json(cmd) -> None:
+    """`billing config --json`: the settings (secrets masked) and the problems as one document;
+    exit 3 when there are problems, the first also on stderr."""
+    from .config import config_problems, read_raw_config
+    from .report.tables import config_json
+
+    with failures_to_exit_codes(cmd.output):
+        raw = read_raw_config()
+        problems = config_problems(raw)
+        cmd.output.document(config_json(raw, problems))
+        if problems:
+            cmd.output.error(f"configuration is invalid: {len(problems)} problem(s), listed in the document")
+            exit_with(ExitCode.CONFIG)
+
+
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOption = None) -> None:
     """Apply the database migrations (safe to run again; concurrent runs wait for each other).
@@ -143,18 +168,22 @@ def db_upgrade(ctx: typer.Context, plain: PlainOption = None, log_format: LogFor
 
 
 @db_app.command("current")
-def db_current(ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOption = None) -> None:
+def db_current(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOption = None,
+               log_format: LogFormatOption = None) -> None:
     """Show the database's schema revision and whether it is up to date (exit 5 when behind).
 
     Example: billing db current
     """
-    from .report.tables import schema_revision_line
+    from .report.tables import schema_revision_json, schema_revision_line
     from .runs.admin import schema_revision
 
-    cmd = command(ctx, plain=plain, log_format=log_format)
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
     with failures_to_exit_codes(cmd.output):
         state = schema_revision(cmd.output.notice)
-        schema_revision_line(cmd.output, state)
+        if cmd.as_json:
+            cmd.output.document(schema_revision_json(state))
+        else:
+            schema_revision_line(cmd.output, state)
         exit_with(ExitCode.OK if state.up_to_date else ExitCode.SCHEMA_OUTDATED)
 
 
@@ -177,14 +206,19 @@ def plans_apply(
 
 
 @plans_app.command("list")
-def plans_list(ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOption = None) -> None:
+def plans_list(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOption = None,
+               log_format: LogFormatOption = None) -> None:
     """Show the price plans and their prices.
 
     Example: billing plans list
     """
-    from .report.tables import plans_table
+    from .report.tables import plans_json, plans_table
     from .runs.admin import list_plans
 
-    cmd = command(ctx, plain=plain, log_format=log_format)
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
     with failures_to_exit_codes(cmd.output):
-        plans_table(cmd.output, list_plans(cmd.output.notice))
+        plans = list_plans(cmd.output.notice)
+        if cmd.as_json:
+            cmd.output.document(plans_json(plans))
+        else:
+            plans_table(cmd.output, plans)

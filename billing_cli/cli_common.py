@@ -82,6 +82,51 @@ def organization_ids(values: list[str] | None) -> tuple[str, ...]:
     return tuple(values or ())
 
 
+def _json_requested(args: list[str]) -> bool:
+    """Whether a command line asks for --json (before a `--` that ends the options)."""
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
+
+
+# Click's UsageError (a bad option or value, a missing command): Typer's copy of Click, or Click.
+_ClickUsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+class BillingGroup(CommandGroup):
+    """The root command (its help lists whole descriptions, as CommandGroup): a usage error Click finds while parsing (an unknown option, a bad value,
+    a missing command) prints, under --json, the error document on stdout too, like every other
+    failure (failures_to_exit_codes); Click still writes its message to stderr and exits 2."""
+
+    def make_context(self, info_name, args, parent=None, **extra):  # type: ignore[no-untyped-def]
+        requested = _json_requested(list(args))
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)
+        except _ClickUsageError as exc:
+            _usage_error_document(exc, requested)
+            raise
+        ctx.meta["billing.json_requested"] = requested
+        return ctx
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except _ClickUsageError as exc:
+            _usage_error_document(exc, ctx.meta.get("billing.json_requested", False))
+            raise
+
+
+def _usage_error_document(exc, requested: bool) -> None:
+    from .report.output import print_json
+
+    if not requested:
+        return
+    hint = None
+    if exc.ctx is not None and exc.ctx.command.get_help_option(exc.ctx) is not None:
+        hint = f"Try '{exc.ctx.command_path} {exc.ctx.help_option_names[0]}' for help."
+    # A group given no command shows its help as the "message": the document says what is wrong.
+    message = "Missing command." if type(exc).__name__ == "NoArgsIsHelpError" else exc.format_message()
+    print_json(error_json(exc.exit_code, message, hint))
+
+
 @dataclass
 class CliState:
     """Options given before the command (`billing --log-format json status`), on `ctx.obj`."""
@@ -121,24 +166,34 @@ def command(ctx: typer.Context, *, plain: bool | None = None, log_format: LogFor
     if chosen not in tuple(LogFormat):
         chosen = LogFormat.AUTO
     level = (raw.value("LOG_LEVEL") or "info").lower()
-    output = Output(log_format=str(chosen), level=level, to_stderr=as_json)
+    output = Output(log_format=str(chosen), level=level, to_stderr=as_json or refused)
     if refused:
         names, parent = [], ctx
         while parent.parent is not None:
             names.insert(0, parent.info_name or "")
             parent = parent.parent
-        output.error(f"--json: `billing {' '.join(names)}` has no JSON output; leave --json out")
-        exit_with(ExitCode.USAGE)
+        with failures_to_exit_codes(output):
+            raise UsageError(f"--json: `billing {' '.join(names)}` has no JSON output; leave --json out")
     return Command(output, as_json)
+
+
+def error_json(exit_code: int, message: str, hint: str | None = None) -> dict[str, object]:
+    """The document a command prints on stdout under --json when it fails before its result
+    (schemas/error.schema.json); the same message goes to stderr."""
+    return {"error": {"exit_code": exit_code, "name": ExitCode(exit_code).name, "message": message, "hint": hint}}
 
 
 @contextmanager
 def failures_to_exit_codes(output: Output) -> Iterator[None]:
-    """The one place where expected failures become a message and an exit code."""
+    """The one place where expected failures become a message and an exit code. Under --json the
+    failure is also the error document on stdout, unless the command's document is already out
+    (a job's summary of a failed run says why itself)."""
     try:
         yield
     except BillingError as exc:
         output.error(str(exc))
+        if output.json_document and not output.document_printed:
+            output.document(error_json(int(exc.exit_code), exc.message, exc.hint))
         raise typer.Exit(int(exc.exit_code)) from None
     except KeyboardInterrupt:
         output.error("interrupted")
@@ -152,13 +207,11 @@ def exit_with(code: ExitCode) -> NoReturn:
 def end_run(cmd: Command, finished, render) -> NoReturn:
     """A job's end, the same for every job: its result rendered, the summary as JSON when asked
     (also when the run failed), then the error or the outcome's exit code."""
-    from .report.output import print_json
-
     if finished.result is not None:
         render(cmd.output, finished.result)
     if cmd.as_json:
         extra = getattr(finished.result, "json_extra", dict)()
-        print_json({**finished.summary.as_dict(), **extra})
+        cmd.output.document({**finished.summary.as_dict(), **extra})
     if finished.error is not None:
         raise finished.error
     exit_with(finished.exit_code)

@@ -185,3 +185,28 @@ def iso_utc(moment: datetime) -> str:
 def period_json(period: Period) -> dict[str, str]:
     """A run's period in machine-readable output: its label and its half-open interval."""
     return {"label": str(period), "start": iso_utc(period.start), "end": iso_utc(period.end)}
+
+
+_HOURS_LABEL = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}):00Z(?: \.\. (\d{4}-\d{2}-\d{2}T\d{2}):00Z)? \(\d+ hours?\)$")
+
+
+def parse_period(label: str) -> Period | None:
+    """The period a run's label names (`str(period)`, as job_runs.period holds it); None for a
+    label this program does not write."""
+    hours = _HOURS_LABEL.match(label)
+    try:
+        if hours:
+            first = parse_hour(hours.group(1))
+            return HourRange(first, parse_hour(hours.group(2) or hours.group(1)) + HOUR)
+        if _MONTH_FORMAT.match(label):
+            return Month.parse(label)
+    except (UsageError, ValueError):
+        return None
+    return None
+
+
+def period_label_json(label: str) -> dict[str, str | None]:
+    """A recorded run's period in machine-readable output: {label, start, end}, the interval
+    null when the label is not one this program writes."""
+    period = parse_period(label)
+    return period_json(period) if period is not None else {"label": label, "start": None, "end": None}

@@ -322,8 +322,8 @@ def test_no_secret_appears_in_any_command_output(clean_env, db_url) -> None:
 
 
 def test_a_shared_json_flag_is_refused_by_a_command_that_has_no_json_form(clean_env) -> None:
-    result = runner.invoke(app, ["--json", "schedule"])
-    assert result.exit_code == ExitCode.USAGE and "`billing schedule` has no JSON output" in result.output
+    result = runner.invoke(app, ["--json", "demo"])
+    assert result.exit_code == ExitCode.USAGE and "`billing demo` has no JSON output" in result.stderr
 
 
 def test_a_failed_run_still_prints_its_summary_as_json(clean_env) -> None:

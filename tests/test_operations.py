@@ -184,7 +184,7 @@ def test_json_lines_carry_job_and_run_id_and_the_json_summary_goes_to_stdout(cle
     orgs = [line for line in lines if line["event"] == "organization"]
     assert {line["organization_id"] for line in orgs} == {"org-1", "org-2", "org-3"}
     assert all(line["job"] == "invoice-monthly" and line["run_id"] == run_id and line["level"] == "info"
-               and line["time"].endswith("+00:00") for line in orgs)
+               and line["time"].endswith("Z") for line in orgs)
     assert {line["status"] for line in orgs} == {"invoiced"}
 
 

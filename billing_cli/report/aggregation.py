@@ -51,7 +51,7 @@ def aggregation_hour(output: Output, hour: HourResult, dry_run: bool) -> None:
         output.record("hour", hour=format_hour(hour.hour), status="ok" if hour.ok else "error",
                       organizations=hour.organizations, events=hour.events, inserted=hour.inserted,
                       updated=hour.updated, deleted=hour.deleted, orphan_events=hour.orphan_events,
-                      seconds=f"{hour.seconds:.3f}", **({"error": hour.error} if hour.error else {}))
+                      seconds=round(hour.seconds, 3), **({"error": hour.error} if hour.error else {}))
         return
     if hour.ok:
         changed = hour.inserted + hour.updated

@@ -35,11 +35,14 @@ class Output:
     """Where a command writes. Formats: `rich` (banners and tables, for a terminal), `plain`
     (`kind key=value` lines) and `json` (one JSON object a line: time, level, job, run id, event
     and its fields). `auto` is Rich on a terminal and JSON lines otherwise (Kubernetes, CI).
-    With `to_stderr` (the jobs' --json), everything goes to stderr and stdout keeps one document."""
+    With `to_stderr` (--json), everything goes to stderr and stdout keeps one document: the
+    result's (`document`), else, when the command fails first, the error's."""
 
     def __init__(self, *, log_format: str = "auto", level: str = "info", to_stderr: bool = False) -> None:
         from rich.console import Console
 
+        self.json_document = to_stderr  # --json: stdout holds exactly one JSON document
+        self.document_printed = False
         self.stream = sys.stderr if to_stderr else sys.stdout
         self.out: Console = Console(highlight=False, soft_wrap=True, stderr=to_stderr)
         self.err: Console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -50,6 +53,11 @@ class Output:
         self.level = _LEVELS.get(level, 20)
         self.context: dict[str, object] = {}  # job, run_id: added to every JSON line
 
+    def document(self, data: object) -> None:
+        """The command's one JSON document (--json), on stdout."""
+        self.document_printed = True
+        print_json(data)
+
     def set_context(self, **fields: object) -> None:
         self.context = dict(fields)
 
@@ -57,11 +65,11 @@ class Output:
         import json
         from datetime import UTC, datetime
 
-        record = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": level,
-                  **self.context, "event": event}
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        record = {"time": now, "level": level, **self.context, "event": event}
         for key, value in fields.items():
             record["organization_id" if (key == "id" and event == "organization") else key] = value
-        print(json.dumps(record, default=str, ensure_ascii=False), file=stream, flush=True)
+        print(json.dumps(record, default=json_value, ensure_ascii=False), file=stream, flush=True)
 
     # -- generic lines -------------------------------------------------------------------------
     def line(self, text: str = "") -> None:
@@ -175,8 +183,22 @@ class Output:
                     self.out.print(" " * (label + 1) + more, markup=False, soft_wrap=False)
 
 
+def json_value(value: object) -> object:
+    """What JSON cannot hold natively: a Decimal as its exact digits (never an exponent, never a
+    float), a time as ISO 8601 UTC with Z, anything else (an enum, a path) as its text."""
+    from datetime import datetime
+
+    if isinstance(value, Decimal):
+        return f"{value:f}"
+    if isinstance(value, datetime):
+        from ..periods import iso_utc
+
+        return iso_utc(value)
+    return str(value)
+
+
 def print_json(data: object) -> None:
-    """One JSON document on stdout (Decimals as exact strings, times as ISO 8601)."""
+    """One JSON document on stdout (Decimals as exact strings, times as ISO 8601 UTC)."""
     import json
 
-    print(json.dumps(data, default=str, indent=2, sort_keys=True))
+    print(json.dumps(data, default=json_value, indent=2, sort_keys=True))

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..money import format_money
-from .output import Output, number, print_json
+from .output import Output, number
 
 if TYPE_CHECKING:
     from ..config import Problem, RawConfig
@@ -54,6 +54,23 @@ def config_verdict(output: Output, problems: Sequence[Problem]) -> None:
     output.error(f"configuration is invalid: {count}, numbered above and marked in the table")
 
 
+def config_json(raw: RawConfig, problems: Sequence[Problem]) -> dict:
+    """`billing config --json`: every setting (secrets masked as in the table; null when unset),
+    where it comes from, and the problems found (none: valid)."""
+    from ..config import VARIABLES, mask
+
+    settings = []
+    for var in VARIABLES:
+        value, source = raw.values[var.name]
+        settings.append({"name": var.name, "value": None if value is None else mask(var.name, value),
+                         "source": source})
+    return {"env_file": str(raw.env_file), "settings": settings, "valid": not problems,
+            "problems": [{"number": n, "message": p.message, "variables": list(p.names)}
+                         for n, p in enumerate(problems, start=1)]}
+
+
+
+
 # -- demo --------------------------------------------------------------------------------------------
 
 def demo_summary(output: Output, result: DemoResult) -> None:
@@ -85,10 +102,28 @@ def plans_table(output: Output, plans: list) -> None:
                 detail = f"{format_unit_price(price.unit_price)} per {number(price.package_size)}"
             else:
                 detail = f"{format_unit_price(price.unit_price)} per unit"
-            rows.append(("", "", "", "", price.metric, price.model,
+            # The table leaves the plan's cells blank under its first row; a record names its plan.
+            plan_cells = (plan.id, plan.name, plan.currency) if output.plain else ("", "", "")
+            rows.append((*plan_cells, "", price.metric, price.model,
                          detail + (f" ({number(price.included)} included)" if price.included else "")))
     output.table("Price plans", [("Plan", "plan"), ("Name", "name"), ("Currency", "currency"), ("Fees", "fees"),
                                  ("Metric", "metric"), ("Model", "model"), ("Price", "price")], rows, kind="plan")
+
+
+def plans_json(plans: list) -> list[dict]:
+    """`billing plans list --json`: one document per plan with its prices, amounts exact strings."""
+    def text(value) -> str | None:
+        return None if value is None else f"{value:f}"
+
+    return [{"id": plan.id, "name": plan.name, "currency": plan.currency, "base_fee": text(plan.base_fee),
+             "minimum_commitment": text(plan.minimum_commitment), "free_metrics": list(plan.free_metrics),
+             "prices": [{"metric": price.metric, "description": price.description, "model": str(price.model),
+                         "unit_price": text(price.unit_price), "package_size": text(price.package_size),
+                         "included": text(price.included),
+                         "tiers": [{"up_to": text(tier.up_to), "unit_price": text(tier.unit_price),
+                                    "flat_fee": text(tier.flat_fee)} for tier in price.tiers]}
+                        for price in plan.prices]}
+            for plan in plans]
 
 
 # -- schedule ----------------------------------------------------------------------------------------
@@ -116,17 +151,46 @@ def schedule_output(output: Output, schedules: list, output_format: str, *, now,
 
 def exit_codes_report(output: Output, codes, *, as_json: bool) -> None:
     if as_json:
-        print_json([doc.as_dict() for doc in codes])
+        output.document([doc.as_dict() for doc in codes])
         return
     output.table("Exit codes", [("Code", "code"), ("Name", "name"), ("Meaning", "meaning"), ("Retry?", "retry")],
                  [(doc.code, doc.name or "-", doc.meaning, doc.retry) for doc in codes], kind="exit-code")
 
 
+def schedule_json(schedules: list, *, now, count: int) -> list[dict]:
+    """`billing schedule --json`: each job's expressions, their meaning and the next run times."""
+    from ..periods import iso_utc
+
+    return [{"job": str(s.job), "configured": s.configured, "six_field": s.six_field, "five_field": s.five_field,
+             "description": s.describe(), "next_runs": [iso_utc(m) for m in s.next_runs(now, count)]}
+            for s in schedules]
+
+
 # -- runs and status ---------------------------------------------------------------------------------
+
+def run_json(run: dict | None) -> dict | None:
+    """One job_runs row as machine-readable output: times ISO 8601 UTC, the period as {label,
+    start, end}, the duration a number, counts integers, revenue exact decimal strings."""
+    from ..periods import iso_utc, period_label_json
+
+    if run is None:
+        return None
+    duration = run["duration_seconds"]
+    return {"id": int(run["id"]), "job": run["job"], "period": period_label_json(run["period"]),
+            "shard": run["shard"], "dry_run": bool(run["dry_run"]), "targeted": bool(run.get("targeted")),
+            "status": run["status"], "started_at": iso_utc(run["started_at"]),
+            "finished_at": iso_utc(run["finished_at"]) if run["finished_at"] is not None else None,
+            "duration_seconds": float(duration) if duration is not None else None,
+            "counts": {k: int(v) for k, v in (run["counts"] or {}).items()},
+            "errors": {k: int(v) for k, v in (run["errors"] or {}).items()},
+            "revenue": {k: str(v) for k, v in (run["revenue"] or {}).items()},
+            "failed": run["failed"] or [], "message": run["message"], "host": run["host"],
+            "version": run["version"]}
+
 
 def runs_report(output: Output, history: list[dict], *, as_json: bool) -> None:
     if as_json:
-        print_json(history)
+        output.document([run_json(run) for run in history])
         return
     rows = []
     for run in history:
@@ -155,7 +219,8 @@ def failures_in_brief(failed: list[dict]) -> str:
 
 def status_report(output: Output, statuses: list, now, *, as_json: bool) -> None:
     if as_json:
-        print_json([s.as_dict(now) for s in statuses])
+        output.document([{**s.as_dict(now), "last_run": run_json(s.last_run), "last_success": run_json(s.last_success)}
+                    for s in statuses])
         return
     rows = []
     for s in statuses:
@@ -190,6 +255,12 @@ def schema_revision_line(output: Output, state) -> None:
     else:
         verdict = "up to date" if current == head else "behind: run `billing db upgrade`"
         output.line(f"{state.database}: revision {current or 'none'} (this program: {head}) — {verdict}")
+
+
+def schema_revision_json(state) -> dict:
+    """`billing db current --json`."""
+    return {"database": state.database, "current": state.current, "head": state.head,
+            "up_to_date": state.up_to_date}
 
 
 def plans_applied(output: Output, applied) -> None:
