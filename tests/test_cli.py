@@ -14,7 +14,7 @@ from billing_cli import __version__
 from billing_cli.cli import app
 from billing_cli.db.migrate import HEAD
 from billing_cli.errors import ExitCode
-from tests.data import add_event, add_org, utc
+from tests.data import SELLER_ENV, add_event, add_org, utc
 
 runner = CliRunner()
 
@@ -106,6 +106,8 @@ def test_a_schema_that_is_behind_is_refused(clean_env, empty_db_url) -> None:
     ({"INVOICE_ENABLE_S3": "true"}, "INVOICE_ENABLE_S3 is on but INVOICE_S3_BUCKET is not set"),
     ({"DRY_RUN": "perhaps"}, "DRY_RUN='perhaps'"),
     ({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "DATABASE_URL": ""}, "DATABASE_URL is not set"),
+    ({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, "INVOICE_SELLER_NAME and INVOICE_SELLER_ADDRESS are unset or the "
+                                              "placeholder"),
 ])
 def test_configuration_errors_exit_3(clean_env, env, message) -> None:
     env = {"DATABASE_URL": "postgresql://u@127.0.0.1:1/x", **env}
@@ -174,7 +176,7 @@ def test_config_exits_3_after_showing_an_invalid_configuration(clean_env) -> Non
 
 
 def test_no_secret_appears_in_any_command_output(clean_env, db_url) -> None:
-    env = {**SECRETS, "DATABASE_URL": url_with_password(db_url), "INVOICE_SMTP_USERNAME": "mailer",
+    env = {**SECRETS, **SELLER_ENV, "DATABASE_URL": url_with_password(db_url), "INVOICE_SMTP_USERNAME": "mailer",
            "INVOICE_ENABLE_STRIPE": "true", "INVOICE_ENABLE_EMAIL": "true",
            "INVOICE_SMTP_HOST": "127.0.0.1", "INVOICE_SMTP_FROM": "billing@example.com"}
     unreachable = {**env, "DATABASE_URL": "postgresql://billing:db-SECRET-pw@127.0.0.1:1/billing"}

@@ -79,7 +79,8 @@ def test_complete_feature_settings_are_accepted() -> None:
     s = settings({"INVOICE_ENABLE_S3": "true", "INVOICE_S3_BUCKET": "invoices",
                   "INVOICE_ENABLE_STRIPE": "true", "STRIPE_API_KEY": "sk_test_abc123456789",
                   "INVOICE_ENABLE_EMAIL": "true", "INVOICE_SMTP_HOST": "smtp.example.com",
-                  "INVOICE_SMTP_PORT": "2525", "INVOICE_SMTP_FROM": "Billing <billing@example.com>"})
+                  "INVOICE_SMTP_PORT": "2525", "INVOICE_SMTP_FROM": "Billing <billing@example.com>",
+                  "INVOICE_SELLER_NAME": "Nimbus Metering GmbH", "INVOICE_SELLER_ADDRESS": "Hauptstrasse 1"})
     assert s.s3_bucket == "invoices" and s.smtp_port == 2525
     assert s.stripe_api_key is not None and s.stripe_api_key.reveal() == "sk_test_abc123456789"
 
@@ -103,7 +104,8 @@ def test_embedded_database_is_refused_under_kubernetes_and_on_request() -> None:
         load_settings({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, NO_FILE)
     with pytest.raises(ConfigError, match="BILLING_REQUIRE_DATABASE_URL"):
         load_settings({"BILLING_REQUIRE_DATABASE_URL": "true"}, NO_FILE)
-    assert load_settings({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "DATABASE_URL": "postgresql://u@h/d"},
+    assert load_settings({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "DATABASE_URL": "postgresql://u@h/d",
+                          "INVOICE_SELLER_NAME": "Nimbus Metering GmbH", "INVOICE_SELLER_ADDRESS": "Hauptstrasse 1"},
                          NO_FILE).require_database_url
 
 
@@ -198,3 +200,24 @@ def test_raw_config_reports_sources(tmp_path: Path) -> None:
     assert raw.values["DRY_RUN"] == ("true", "env")
     assert raw.values["INVOICE_S3_BUCKET"] == ("from-file", ".env")
     assert raw.values["INVOICE_S3_REGION"] == ("us-east-1", "default")
+
+
+@pytest.mark.parametrize("env,why", [
+    ({"INVOICE_ENABLE_S3": "true", "INVOICE_S3_BUCKET": "invoices"}, "INVOICE_ENABLE_S3 is on"),
+    ({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "DATABASE_URL": "postgresql://u@h/d"}, "running under Kubernetes"),
+    # A copied .env.example: set, but still the placeholder.
+    ({"INVOICE_ENABLE_STRIPE": "true", "STRIPE_API_KEY": "sk_test_abc123456789",
+      "INVOICE_SELLER_NAME": "Example Cloud Ltd"}, "INVOICE_ENABLE_STRIPE is on"),
+])
+def test_the_placeholder_seller_never_reaches_a_customer(env, why) -> None:
+    with pytest.raises(ConfigError) as raised:
+        settings(env)
+    assert raised.value.exit_code == ExitCode.CONFIG
+    assert str(raised.value) == (
+        "configuration error: INVOICE_SELLER_NAME and INVOICE_SELLER_ADDRESS are unset or the placeholder "
+        f"('Example Cloud Ltd', '1 Example Street') and {why}: set INVOICE_SELLER_NAME and INVOICE_SELLER_ADDRESS "
+        "to the seller printed on invoices")
+    # Only the address left: only the address is named. Nothing reaching a customer: the placeholder is fine.
+    with pytest.raises(ConfigError, match="^configuration error: INVOICE_SELLER_ADDRESS is unset"):
+        settings({**env, "INVOICE_SELLER_NAME": "Nimbus Metering GmbH"})
+    assert settings({}).seller_name == "Example Cloud Ltd"

@@ -221,3 +221,23 @@ def test_shared_options_are_accepted_before_and_after_the_command(clean_env, bil
     assert [json.loads(line)["event"] for line in after.stdout.splitlines()] == ["status"] * 4
     assert before.exit_code == 0 and isinstance(json.loads(before.stdout), list)
     assert bad.exit_code == ExitCode.USAGE and "--log-format" in bad.output
+
+
+def test_a_pdf_is_said_stored_only_where_it_is(clean_env, billed_db, engine, tmp_path) -> None:
+    """S3 off and no INVOICE_OUTPUT_DIR: the PDF is rendered (its hash recorded) but kept nowhere,
+    and the run says so; with an output folder, the line names the file that is there."""
+    first = run("invoice-monthly", "--month", "2024-01", "--org", "org-1", "--rich", DATABASE_URL=billed_db)
+    assert first.exit_code == 0, first.output
+    assert "PDF not kept (S3 off and no INVOICE_OUTPUT_DIR)" in first.output and "PDF stored" not in first.output
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT pdf_path, pdf_sha256 IS NOT NULL FROM invoices")).one() == (None, True)
+    assert not list(tmp_path.rglob("*.pdf"))
+
+    plain = run("invoice-monthly", "--month", "2024-01", "--org", "org-2", DATABASE_URL=billed_db)
+    assert 'pdf="not kept"' in plain.output, plain.output
+
+    out = tmp_path / "kept"
+    kept = run("invoice-monthly", "--month", "2024-01", "--org", "org-3", "--rich", DATABASE_URL=billed_db,
+               INVOICE_OUTPUT_DIR=str(out))
+    path = out / "2024-01" / "INV-2024-01-000003.pdf"
+    assert path.is_file() and f"PDF stored in {path}" in " ".join(kept.output.split()), kept.output

@@ -10,7 +10,7 @@ from typing import TypeVar
 from ..errors import ConfigError
 from .raw import RawConfig, Source, read_raw_config
 from .secret import Secret
-from .variables import DELIVERY_FLAGS, VARIABLES, VARIABLES_BY_NAME, mask
+from .variables import DELIVERY_FLAGS, SELLER_VARIABLES, VARIABLES, VARIABLES_BY_NAME, mask
 
 _Class = TypeVar("_Class", bound=type)
 
@@ -161,7 +161,23 @@ def _missing_companions(converted: Mapping[str, object], under_kubernetes: bool)
         why = "running under Kubernetes" if under_kubernetes else "BILLING_REQUIRE_DATABASE_URL is on"
         problems.append(f"DATABASE_URL is not set and the embedded database is refused ({why}): "
                         "set DATABASE_URL (check the Secret the job reads)")
+    problems += _placeholder_seller(converted, under_kubernetes)
     return problems
+
+
+def _placeholder_seller(converted: Mapping[str, object], under_kubernetes: bool) -> list[str]:
+    """The seller printed on invoices is the placeholder default (or set to it, e.g. from a copied
+    .env.example) while invoices can reach customers: with any delivery on, or under Kubernetes."""
+    placeholder = [name for name in SELLER_VARIABLES
+                   if converted.get(name) in (None, VARIABLES_BY_NAME[name].convert(VARIABLES_BY_NAME[name].default))]
+    reaching = [flag for flag in DELIVERY_FLAGS.values() if converted.get(flag)]
+    if not placeholder or not (reaching or under_kubernetes):
+        return []
+    why = f"{' and '.join(reaching)} {'is' if len(reaching) == 1 else 'are'} on" if reaching else \
+        "running under Kubernetes"
+    names = " and ".join(placeholder)
+    return [f"{names} {'is' if len(placeholder) == 1 else 'are'} unset or the placeholder ('Example Cloud Ltd', "
+            f"'1 Example Street') and {why}: set {names} to the seller printed on invoices"]
 
 
 def _shard_problems(converted: Mapping[str, object]) -> list[str]:

@@ -72,10 +72,12 @@ VARIABLES: tuple[Variable, ...] = (
              help="An invoice also bills the changed usage (late, deleted or corrected events) of this many "
                   "earlier months; older changes are reported, not billed (docs/plans.md)."),
     Variable("INVOICE_SELLER_NAME", "seller_name", Text(), default="Example Cloud Ltd",
-             help="Seller name printed on invoices."),
+             help="Seller (legal) name printed on invoices. The default is a placeholder for local runs and "
+                  "previews: required with any INVOICE_ENABLE_* on and under Kubernetes."),
     Variable("INVOICE_SELLER_ADDRESS", "seller_address", Lines("|"),
              default="1 Example Street|London EC1A 1AA|United Kingdom",
-             help="Seller address on invoices; separate lines with '|'."),
+             help="Seller address on invoices; separate lines with '|'. A placeholder by default: required "
+                  "with any INVOICE_ENABLE_* on and under Kubernetes."),
     Variable("INVOICE_SELLER_TAX_ID", "seller_tax_id", Text(), default=None, example="GB123456789",
              help="Seller tax / VAT id printed on invoices."),
     Variable("INVOICE_PAYMENT_TERMS_DAYS", "payment_terms_days", Int(0, 365), default="30",
@@ -173,6 +175,9 @@ VARIABLES: tuple[Variable, ...] = (
 )
 
 VARIABLES_BY_NAME = {v.name: v for v in VARIABLES}
+
+# The seller's identity: its defaults are placeholders that must never reach a customer.
+SELLER_VARIABLES = ("INVOICE_SELLER_NAME", "INVOICE_SELLER_ADDRESS")
 
 
 def mask(name: str, value: str) -> str:
