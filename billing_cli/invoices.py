@@ -24,9 +24,12 @@ def due_date(issue: date, payment_terms_days: int) -> date:
 
 @dataclass(frozen=True)
 class Seller:
+    """Who issues the invoices, and how they print them (the same for every invoice of a run)."""
+
     name: str
     address: tuple[str, ...]
     tax_id: str | None = None
+    locale: str = "en"  # numbers and amounts on the PDF (INVOICE_LOCALE)
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,7 @@ def _price(raw: dict[str, Any], currency: str, fail) -> Price:
     model = raw.get("model")
     if model not in MODELS:
         raise fail("model", f"unknown model {model!r}: use one of {', '.join(MODELS)}")
-    description = raw.get("description", metric.replace("_", " ").capitalize())
+    description = raw.get("description", default_description(metric))
     if not isinstance(description, str) or not description.strip() or any(c in description for c in "\r\n"):
         raise fail("description", "`description` must be one line of text")
     included = _amount(raw, "included", fail)
@@ -227,3 +227,16 @@ def _no_unknown_keys(raw: Any, allowed: set[str], fail) -> None:
     for key in raw:
         if key not in allowed:
             raise fail(key)
+
+
+# Abbreviations written in capitals when a description is made from a metric's name.
+_ABBREVIATIONS = {"ai", "api", "cpu", "dns", "gb", "gpu", "http", "https", "io", "iops", "ip", "kb", "llm", "mb",
+                  "pb", "sms", "ssl", "tb", "tls", "url", "vcpu", "vm"}
+
+
+def default_description(metric: str) -> str:
+    """A line's wording when the plan gives none: `api_calls` -> `API calls`, `storage_gb` -> `Storage GB`."""
+    words = [w.upper() if w.lower() in _ABBREVIATIONS else w for w in metric.replace("-", "_").split("_") if w]
+    if words and not words[0].isupper():
+        words[0] = words[0][:1].upper() + words[0][1:]
+    return " ".join(words) or metric

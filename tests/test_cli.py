@@ -106,6 +106,7 @@ def test_a_schema_that_is_behind_is_refused(clean_env, empty_db_url) -> None:
     ({"INVOICE_ENABLE_S3": "true"}, "INVOICE_ENABLE_S3 is on but INVOICE_S3_BUCKET is not set"),
     ({"DRY_RUN": "perhaps"}, "DRY_RUN='perhaps'"),
     ({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "DATABASE_URL": ""}, "DATABASE_URL is not set"),
+    ({"INVOICE_LOCALE": "xx"}, "INVOICE_LOCALE='xx': not a locale known to CLDR"),
     ({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, "INVOICE_SELLER_NAME and INVOICE_SELLER_ADDRESS are unset or the "
                                               "placeholder"),
 ])

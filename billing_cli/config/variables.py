@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass
 
-from .parsers import (Bool, Choice, Email, Folder, HttpUrl, Int, Lines, Month, Parser, PostgresUrl, Schedule,
-                      StripeKey, Text)
+from .parsers import (Bool, Choice, Email, Folder, HttpUrl, Int, Lines, Locale, Month, Parser, PostgresUrl,
+                      Schedule, StripeKey, Text)
 from .secret import Secret
 
 
@@ -80,6 +80,9 @@ VARIABLES: tuple[Variable, ...] = (
                   "with any INVOICE_ENABLE_* on and under Kubernetes."),
     Variable("INVOICE_SELLER_TAX_ID", "seller_tax_id", Text(), default=None, example="GB123456789",
              help="Seller tax / VAT id printed on invoices."),
+    Variable("INVOICE_LOCALE", "invoice_locale", Locale(), default="en",
+             help="Locale of the numbers and amounts on invoice PDFs (CLDR, via Babel): en gives 1,234.56 and "
+                  "€1,234.56, de 1.234,56 and 1.234,56 €. The invoice's words stay English."),
     Variable("INVOICE_PAYMENT_TERMS_DAYS", "payment_terms_days", Int(0, 365), default="30",
              help="Days from issue date to due date."),
     Variable("INVOICE_OUTPUT_DIR", "invoice_output_dir", Folder(), default=None, example="./invoices",

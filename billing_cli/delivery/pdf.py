@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..invoices import InvoiceDocument, Seller
-from ..money import format_money, format_quantity, format_unit_price, round_money
+from ..localized import NumberFormat
 
 FONTS = Path(__file__).with_name("fonts")
 UNICODE_REGULAR = FONTS / "DejaVuSans-subset.ttf"
@@ -98,6 +98,7 @@ def _unicode_coverage() -> frozenset[int]:
 def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     from fpdf import FPDF
 
+    numbers = NumberFormat(seller.locale)
     unicode_font = needs_unicode_font(doc, seller)
     coverage = _unicode_coverage() if unicode_font else frozenset()
     added: set[str] = set()
@@ -227,11 +228,11 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
         else:
             pdf.multi_cell(description_width, _ROW, text, new_x="RIGHT", new_y="TOP", padding=(0, 1, 0, 1))
         pdf.set_xy(_LEFT + description_width, y)
-        font(pdf, "", 9)
-        quantity = format_quantity(line.quantity) if line.kind != "base_fee" else "1"
-        pdf.cell(_COLUMNS[1][1], _ROW, quantity, align="R")
-        pdf.cell(_COLUMNS[2][1], _ROW, format_unit_price(line.unit_price), align="R")
-        pdf.cell(_COLUMNS[3][1], _ROW, f"{round_money(line.amount, doc.currency):,}", align="R")
+        quantity = numbers.quantity(line.quantity) if line.kind != "base_fee" else "1"
+        for (_, width, _), figure in zip(_COLUMNS[1:], (quantity, numbers.unit_price(line.unit_price, doc.currency),
+                                                         numbers.amount(line.amount, doc.currency))):
+            font(pdf, "", 9, figure)
+            pdf.cell(width, _ROW, figure, align="R")
         pdf.set_xy(_LEFT, y + height)
     pdf.in_table = False
 
@@ -246,7 +247,9 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
         pdf.set_x(_RIGHT_EDGE - 80)
         font(pdf, "B" if bold else "", 11 if bold else 9)
         pdf.cell(35, 7 if bold else 5.5, label)
-        pdf.cell(45, 7 if bold else 5.5, format_money(value, doc.currency), align="R", new_x="LMARGIN", new_y="NEXT")
+        money = numbers.money(value, doc.currency)
+        font(pdf, "B" if bold else "", 11 if bold else 9, money)
+        pdf.cell(45, 7 if bold else 5.5, money, align="R", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(6)
     font(pdf, "", 8)
     pdf.set_text_color(110)

@@ -1,0 +1,85 @@
+"""The invoice PDF as its reader sees it: the text pypdf extracts from what `render_invoice` draws."""
+
+from __future__ import annotations
+
+import io
+from datetime import date
+from decimal import Decimal as D
+
+import pytest
+from pypdf import PdfReader
+
+from billing_cli.delivery.pdf import render_invoice
+from billing_cli.invoices import InvoiceDocument, Seller
+from billing_cli.money import exact_sum
+from billing_cli.periods import Month
+from billing_cli.pricing import InvoiceLine, Price, PricePlan, Tier, rate
+
+JAN = Month(2024, 1)
+SELLER = Seller("Nimbus Metering GmbH", ("Hauptstrasse 1", "10115 Berlin", "Germany"), "DE123456789")
+
+
+def document(lines: tuple[InvoiceLine, ...], currency: str = "USD", **overrides) -> InvoiceDocument:
+    values = dict(number="INV-2024-01-000001", organization_id="org-a", bill_to_name="Acme Ltd",
+                  bill_to_email="billing@acme.example", period=JAN, issue_date=date(2024, 2, 1),
+                  due_date=date(2024, 3, 2), currency=currency, lines=lines,
+                  total=exact_sum(line.amount for line in lines))
+    return InvoiceDocument(**{**values, **overrides})
+
+
+def pdf_text(doc: InvoiceDocument, seller: Seller = SELLER) -> str:
+    reader = PdfReader(io.BytesIO(render_invoice(doc, seller)))
+    # Babel's no-break spaces are drawn as spaces (localized.py); pypdf may give either back.
+    return "\n".join(page.extract_text() for page in reader.pages).replace("\xa0", " ")
+
+
+def rated(plan: PricePlan, **usage: str) -> tuple[InvoiceLine, ...]:
+    return rate({metric: D(q) for metric, q in usage.items()}, plan, JAN).lines
+
+
+def test_unit_prices_have_the_currencys_decimals_and_more_only_when_needed() -> None:
+    yen = rated(PricePlan("p", "Pro", "JPY", (Price("api_calls", "package", "API calls", unit_price=D(1000),
+                                                    package_size=D(1000)),
+                                              Price("storage", "per_unit", "Storage", unit_price=D("0.5")))),
+                api_calls="744", storage="3")
+    text = pdf_text(document(yen, "JPY"))
+    assert "1,000.00" not in text and "0.50" not in text
+    assert "API calls: 744 units, billed per started block of 1,000 1 1,000 1,000" in text
+    assert "Storage 3 0.5 2" in text  # 1.5 JPY rounds half-up to 2
+    assert "Total due ¥1,002" in text
+
+    dollars = rated(PricePlan("p", "Pro", "USD", (Price("api_calls", "per_unit", "API calls", unit_price=D("0.005")),),
+                              base_fee=D(10)), api_calls="1500")
+    text = pdf_text(document(dollars))
+    assert "Pro plan, monthly fee 1 10.00 10.00" in text and "API calls 1,500 0.005 7.50" in text
+    assert "Total due $17.50" in text
+
+
+def test_numbers_and_money_follow_the_locale() -> None:
+    lines = rated(PricePlan("p", "Pro", "EUR", (Price("api_calls", "per_unit", "API calls", unit_price=D("0.0125")),),
+                            base_fee=D("1000")), api_calls="18764.8")
+    text = pdf_text(document(lines, "EUR"), Seller(SELLER.name, SELLER.address, SELLER.tax_id, locale="de"))
+    assert "API calls 18.764,8 0,0125 234,56" in text
+    assert "Subtotal 1.234,56 €" in text and "Total due 1.234,56 €" in text
+    english = pdf_text(document(lines, "EUR"))
+    assert "API calls 18,764.8 0.0125 234.56" in english and "Total due €1,234.56" in english
+
+
+def test_tiers_package_and_flat_fees_read_as_sentences() -> None:
+    tiers = (Tier(D(100000), D("0.001")), Tier(D(1000000), D("0.0008"), D(50)), Tier(None, D("0.0005")))
+    plan = PricePlan("p", "Pro", "USD", (Price("api_calls", "graduated", "API calls", tiers=tiers),
+                                         Price("storage_gb", "volume", "Storage (GB)", tiers=tiers)))
+    text = " ".join(pdf_text(document(rated(plan, api_calls="150000", storage_gb="150000"))).split())
+    for expected in ("API calls: units 1 to 100,000", "API calls: units 100,001 to 1,000,000",
+                     "API calls: flat fee for units 100,001 to 1,000,000",
+                     "Storage (GB): all 150,000 units at the price of units 100,001 to 1,000,000",
+                     "Storage (GB): flat fee for units 100,001 to 1,000,000"):
+        assert expected in text, text
+
+
+@pytest.mark.parametrize("metric,description", [("api_calls", "API calls"), ("storage_gb", "Storage GB"),
+                                                ("emails_sent", "Emails sent"), ("GPU_hours", "GPU hours")])
+def test_a_description_made_from_a_metric_name_keeps_abbreviations(metric, description) -> None:
+    from billing_cli.plan_file import default_description
+
+    assert default_description(metric) == description
