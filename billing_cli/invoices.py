@@ -47,6 +47,7 @@ class InvoiceDocument:
     lines: tuple[InvoiceLine, ...]
     total: Decimal
     preview: bool = False  # a dry run's document: the number is what it would be
+    replaces: str | None = None  # the number of the (now void) invoice this one was regenerated from
 
     @property
     def subtotal(self) -> Decimal:

@@ -140,12 +140,25 @@ def test_a_plan_that_does_not_exist_is_reported_and_an_unknown_org_stops_the_run
         invoice_month(month_of_usage, options(organizations=("org-b", "org-nope")))
 
 
-def test_regenerate_voids_and_reissues_with_a_new_number(month_of_usage) -> None:
+def test_regenerate_voids_and_reissues_with_a_new_number(month_of_usage, tmp_path) -> None:
     invoice_month(month_of_usage, options())
     with month_of_usage() as conn:
         add_usage(conn, "org-b", "api_calls", "99", utc(2024, 1, 20, 0))  # a correction: 100 calls
 
-    result = invoice_month(month_of_usage, options(organizations=("org-b",), regenerate=True))
+    preview = invoice_month(month_of_usage, options(tmp_path / "preview", organizations=("org-b",),
+                                                    regenerate=True, dry_run=True))
+    result = invoice_month(month_of_usage, options(tmp_path, organizations=("org-b",), regenerate=True))
+
+    for folder, number in ((tmp_path / "preview", "INV-2024-01-000004"), (tmp_path, "INV-2024-01-000004")):
+        page = PdfReader(folder / "2024-01" / f"{number}.pdf").pages[0].extract_text()
+        assert "Replaces invoice INV-2024-01-000002" in page, page
+        assert "This invoice replaces invoice INV-2024-01-000002, which is void." in page
+    assert preview.ok
+    with month_of_usage() as conn:  # rendered again from the database: the same words, the same bytes
+        new_id, sha = conn.execute(text("SELECT id, pdf_sha256 FROM invoices "
+                                        "WHERE number = 'INV-2024-01-000004'")).one()
+        assert load_document(conn, new_id).replaces == "INV-2024-01-000002"
+        assert hashlib.sha256(render_invoice(load_document(conn, new_id), SELLER)).hexdigest() == sha
 
     with month_of_usage() as conn:
         rows = [r for r in invoices(conn) if r[0] == "org-b"]

@@ -195,8 +195,9 @@ def record_pdf(session: Connection, invoice_id: int, *, sha256: str, size: int, 
 
 def load_document(session: Connection, invoice_id: int) -> InvoiceDocument:
     row = session.execute(text("""
-        SELECT id, organization_id, number, bill_to_name, bill_to_email, period_start, issue_date, due_date,
-               currency, total FROM invoices WHERE id = :id
+        SELECT i.id, i.organization_id, i.number, i.bill_to_name, i.bill_to_email, i.period_start, i.issue_date,
+               i.due_date, i.currency, i.total, r.number AS replaces
+        FROM invoices i LEFT JOIN invoices r ON r.id = i.replaces_invoice_id WHERE i.id = :id
     """), {"id": invoice_id}).one()
     lines = tuple(InvoiceLine(r.kind, r.description, Decimal(r.quantity), Decimal(r.unit_price),
                               Decimal(r.amount), r.metric, Month.containing_date(r.period_start))
@@ -204,7 +205,7 @@ def load_document(session: Connection, invoice_id: int) -> InvoiceDocument:
                                                 "ORDER BY line_no"), {"id": invoice_id}))
     return InvoiceDocument(row.number, row.organization_id, row.bill_to_name, row.bill_to_email,
                            Month.containing_date(row.period_start), row.issue_date, row.due_date, row.currency,
-                           lines, Decimal(row.total))
+                           lines, Decimal(row.total), replaces=row.replaces)
 
 
 def record_s3(session: Connection, invoice_id: int, key: str) -> None:

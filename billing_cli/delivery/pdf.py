@@ -190,7 +190,8 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     facts = (("Invoice number", doc.number + (" (preview)" if doc.preview else "")),
              ("Issue date", doc.issue_date.isoformat()), ("Due date", doc.due_date.isoformat()),
              ("Billing period", f"{doc.period.first_day.isoformat()} to {doc.period.last_day.isoformat()}"),
-             ("Currency", doc.currency))
+             ("Currency", doc.currency),
+             *((("Replaces invoice", doc.replaces),) if doc.replaces else ()))
     pdf.set_y(top)
     for label, value in facts:
         pdf.set_x(_RIGHT_EDGE - 80)
@@ -253,7 +254,10 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     pdf.ln(6)
     font(pdf, "", 8)
     pdf.set_text_color(110)
-    for note in (f"Payment is due by {doc.due_date.isoformat()}. Please quote invoice number {doc.number} "
+    replaced = (f"This invoice replaces invoice {doc.replaces}, which is void.",) \
+        if doc.replaces else ()
+    for note in (*replaced,
+                 f"Payment is due by {doc.due_date.isoformat()}. Please quote invoice number {doc.number} "
                  "with your payment.",
                  f"Amounts are in {doc.currency}. Unit prices are shown with full precision; each line amount is "
                  "rounded half-up to the currency's minor unit.",

@@ -118,7 +118,8 @@ class Acting:
         steps = self._reverse_in_stripe(plan, outcome)  # the replaced invoice leaves Stripe first
         # Just issued: the document is known without reading it back.
         document = InvoiceDocument(stored.number, org.id, org.name, org.email, options.month, options.issue_date,
-                                   due, invoice.currency, invoice.lines, invoice.total)
+                                   due, invoice.currency, invoice.lines, invoice.total,
+                                   replaces=plan.existing.number if plan.existing is not None else None)
         self._carry_out_steps(stored, document, steps, outcome)
 
     def _reverse_in_stripe(self, plan: OrgPlan, outcome: OrgOutcome) -> tuple[Step, ...]:
