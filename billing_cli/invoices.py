@@ -48,6 +48,8 @@ class InvoiceDocument:
     total: Decimal
     preview: bool = False  # a dry run's document: the number is what it would be
     replaces: str | None = None  # the number of the (now void) invoice this one was regenerated from
+    bill_to_address: tuple[str, ...] = ()  # the customer's postal address, as printed (snapshot at issue)
+    bill_to_tax_id: str | None = None  # the customer's VAT / tax id (snapshot at issue)
 
     @property
     def subtotal(self) -> Decimal:

@@ -249,3 +249,44 @@ def test_render_processes_give_the_same_bytes(month_of_usage) -> None:
                 assert hashlib.sha256(pool(load_document(conn, invoice_id), SELLER)).hexdigest() == sha
     finally:
         pool.close()
+
+
+def test_the_customers_address_and_tax_id_are_printed_as_they_were_at_issue(month_of_usage, tmp_path) -> None:
+    with month_of_usage() as conn:  # the account service fills in the billing details
+        conn.execute(text("""
+            UPDATE organizations SET billing_address_line1 = 'Hauptstraße 5', billing_address_line2 = 'Aufgang B',
+                   billing_postal_code = '10115', billing_city = 'Berlin', billing_country = 'de',
+                   tax_id = 'DE 811 907 980' WHERE id = 'org-a'"""))
+        conn.execute(text("""
+            UPDATE organizations SET billing_address_line1 = '1 Main Street', billing_city = 'Springfield',
+                   billing_region = 'IL', billing_postal_code = '62701', billing_country = 'US' WHERE id = 'org-b'"""))
+
+    invoice_month(month_of_usage, options(tmp_path, organizations=("org-a", "org-b")))
+
+    def page(number: str) -> str:
+        return PdfReader(tmp_path / "2024-01" / f"{number}.pdf").pages[0].extract_text()
+
+    german = page("INV-2024-01-000001")
+    assert ("Company org-a\nHauptstraße 5\nAufgang B\n10115 Berlin\nGermany\nTax ID: DE 811 907 980\n"
+            "org-a@example.com") in german, german
+    assert "Tax ID: GB123" in german  # the seller's (INVOICE_SELLER_TAX_ID)
+    american = page("INV-2024-01-000002")
+    assert "1 Main Street\nSpringfield, IL 62701\nUnited States\norg-b@example.com" in american, american
+    assert american.count("Tax ID:") == 1  # the seller's only: org-b has none
+    with month_of_usage() as conn:  # the organization moves: its issued invoice does not
+        conn.execute(text("UPDATE organizations SET billing_city = 'Potsdam', tax_id = NULL WHERE id = 'org-a'"))
+        invoice_id, sha = conn.execute(text("SELECT id, pdf_sha256 FROM invoices "
+                                            "WHERE organization_id = 'org-a'")).one()
+        assert hashlib.sha256(render_invoice(load_document(conn, invoice_id), SELLER)).hexdigest() == sha
+
+
+def test_a_billing_country_that_is_not_a_code_fails_that_organization_only(month_of_usage) -> None:
+    with month_of_usage() as conn:
+        conn.execute(text("UPDATE organizations SET billing_country = 'Germany' WHERE id = 'org-a'"))
+
+    result = invoice_month(month_of_usage, options())
+
+    assert result.statuses == {"failed": 1, "invoiced": 2, "nothing_to_bill": 1}
+    assert [o.errors for o in result.failed] == [[
+        ("data", "billing country 'Germany' is not an ISO 3166-1 alpha-2 code (e.g. DE, US, GB): "
+                 "fix organizations.billing_country")]]

@@ -73,8 +73,8 @@ class RenderPool:
 
 
 def _texts(doc: InvoiceDocument, seller: Seller) -> list[str]:
-    return [doc.bill_to_name, doc.bill_to_email, doc.organization_id, seller.name, *seller.address,
-            seller.tax_id or "", *(line.description for line in doc.lines)]
+    return [doc.bill_to_name, doc.bill_to_email, doc.organization_id, *doc.bill_to_address, doc.bill_to_tax_id or "",
+            seller.name, *seller.address, seller.tax_id or "", *(line.description for line in doc.lines)]
 
 
 def needs_unicode_font(doc: InvoiceDocument, seller: Seller) -> bool:
@@ -178,8 +178,10 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     font(pdf, "B", 8)
     pdf.cell(100, 5, "BILL TO", new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(20)
-    for text_, style, size, height in ((doc.bill_to_name, "B", 11, 5.5), (doc.bill_to_email, "", 9, 4.5),
-                                       (f"Account: {doc.organization_id}", "", 9, 4.5)):
+    buyer = ((doc.bill_to_name, "B", 11, 5.5), *((line, "", 9, 4.5) for line in doc.bill_to_address),
+             *(((f"Tax ID: {doc.bill_to_tax_id}", "", 9, 4.5),) if doc.bill_to_tax_id else ()),
+             (doc.bill_to_email, "", 9, 4.5), (f"Account: {doc.organization_id}", "", 9, 4.5))
+    for text_, style, size, height in buyer:
         text_ = clean(text_)
         font(pdf, style, size, text_)
         if pdf.get_string_width(text_) <= 99:  # one line: cell() is far cheaper than multi_cell()
