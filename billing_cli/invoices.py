@@ -30,6 +30,8 @@ class Seller:
     address: tuple[str, ...]
     tax_id: str | None = None
     locale: str = "en"  # numbers and amounts on the PDF (INVOICE_LOCALE)
+    payment_instructions: tuple[str, ...] = ()  # how to pay, e.g. the bank account (INVOICE_PAYMENT_INSTRUCTIONS)
+    pays_online: bool = False  # Stripe is on: the invoice e-mail links to a page where it can be paid
 
 
 @dataclass(frozen=True)

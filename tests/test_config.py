@@ -221,3 +221,16 @@ def test_the_placeholder_seller_never_reaches_a_customer(env, why) -> None:
     with pytest.raises(ConfigError, match="^configuration error: INVOICE_SELLER_ADDRESS is unset"):
         settings({**env, "INVOICE_SELLER_NAME": "Nimbus Metering GmbH"})
     assert settings({}).seller_name == "Example Cloud Ltd"
+
+
+def test_invoice_presentation_settings_reach_the_seller() -> None:
+    from billing_cli.runs.wiring import seller_from_settings
+
+    s = settings({"INVOICE_LOCALE": "de-CH", "INVOICE_SELLER_TAX_ID": "CHE-123.456.789 MWST",
+                  "INVOICE_PAYMENT_INSTRUCTIONS": "Bank transfer | IBAN CH93 0076 2011 6238 5295 7 |"})
+    seller = seller_from_settings(s)
+    assert (seller.locale, seller.tax_id, seller.payment_instructions, seller.pays_online) == (
+        "de_CH", "CHE-123.456.789 MWST", ("Bank transfer", "IBAN CH93 0076 2011 6238 5295 7"), False)
+    assert seller_from_settings(settings({})).payment_instructions == ()
+    with pytest.raises(ConfigError, match="INVOICE_LOCALE='klingon': not a locale known to CLDR"):
+        settings({"INVOICE_LOCALE": "klingon"})

@@ -66,15 +66,66 @@ def test_numbers_and_money_follow_the_locale() -> None:
 
 
 def test_tiers_package_and_flat_fees_read_as_sentences() -> None:
+    """A group's first line names the metric; the lines continuing it (the next tier, a flat fee)
+    are indented without repeating it. Stored descriptions (and Stripe's) keep the whole sentence."""
     tiers = (Tier(D(100000), D("0.001")), Tier(D(1000000), D("0.0008"), D(50)), Tier(None, D("0.0005")))
     plan = PricePlan("p", "Pro", "USD", (Price("api_calls", "graduated", "API calls", tiers=tiers),
                                          Price("storage_gb", "volume", "Storage (GB)", tiers=tiers)))
-    text = " ".join(pdf_text(document(rated(plan, api_calls="150000", storage_gb="150000"))).split())
-    for expected in ("API calls: units 1 to 100,000", "API calls: units 100,001 to 1,000,000",
-                     "API calls: flat fee for units 100,001 to 1,000,000",
-                     "Storage (GB): all 150,000 units at the price of units 100,001 to 1,000,000",
-                     "Storage (GB): flat fee for units 100,001 to 1,000,000"):
-        assert expected in text, text
+    lines = rated(plan, api_calls="150000", storage_gb="150000")
+    assert [line.description for line in lines] == [
+        "API calls: units 1 to 100,000", "API calls: units 100,001 to 1,000,000",
+        "API calls: flat fee for units 100,001 to 1,000,000",
+        "Storage (GB): all 150,000 units at the price of units 100,001 to 1,000,000",
+        "Storage (GB): flat fee for units 100,001 to 1,000,000"]
+    text = pdf_text(document(lines))
+    assert ("API calls: units 1 to 100,000 100,000 0.001 100.00\n"
+            "units 100,001 to 1,000,000 50,000 0.0008 40.00\n"
+            "flat fee for units 100,001 to 1,000,000 1 50.00 50.00\n") in text, text
+    flat = " ".join(text.split())
+    assert ("Storage (GB): all 150,000 units at the price of units 100,001 to 1,000,000 150,000 0.0008 120.00 "
+            "flat fee for units 100,001 to 1,000,000 1 50.00 50.00") in flat, flat
+
+
+def test_payment_instructions_and_the_online_payment_page_are_printed_when_configured() -> None:
+    lines = rated(PricePlan("p", "Pro", "EUR", (), base_fee=D(10)))
+    bank = ("Bank transfer to Nimbus Metering GmbH", "IBAN DE89 3704 0044 0532 0130 00, BIC COBADEFFXXX")
+    text = pdf_text(document(lines, "EUR"), Seller(SELLER.name, SELLER.address, SELLER.tax_id,
+                                                   payment_instructions=bank, pays_online=True))
+    assert ("HOW TO PAY\nBank transfer to Nimbus Metering GmbH\nIBAN DE89 3704 0044 0532 0130 00, BIC COBADEFFXXX\n"
+            "Pay online: the e-mail that brought this invoice links to its payment page.") in text, text
+    assert "HOW TO PAY" not in pdf_text(document(lines, "EUR"))
+
+
+LATIN = ("Data transfer out of the region to the public internet, metered per gigabyte and billed monthly "
+         "in arrears")
+GREEK_CYRILLIC = "Εξερχόμενη κίνηση δεδομένων προς το δημόσιο διαδίκτυο — исходящий трафик в интернет, за гигабайт"
+
+
+@pytest.mark.parametrize("count", [1, 2, 30])
+@pytest.mark.parametrize("script", [LATIN, GREEK_CYRILLIC])
+def test_one_two_and_thirty_lines_lay_out_whole_in_either_script(count: int, script: str) -> None:
+    """Long descriptions wrap inside their column (every word still there, none drawn as '?'), and
+    30 lines go on over pages whose table header is repeated; the total comes last."""
+    prices = tuple(Price(f"m{n:02d}", "per_unit", f"{script} {n:02d}", unit_price=D("0.0125")) for n in range(count))
+    lines = rated(PricePlan("p", "Pro", "EUR", prices), **{f"m{n:02d}": "150000" for n in range(count)})
+    seller = Seller("Νέφος Μετρήσεις Α.Ε.", ("Οδός Ερμού 10", "105 63 Αθήνα"), "EL123456789") \
+        if script is GREEK_CYRILLIC else SELLER
+    reader = PdfReader(io.BytesIO(render_invoice(document(lines, "EUR", bill_to_name="ООО «Облако» Łódź",
+                                                          bill_to_address=("ул. Тверская, д. 7", "Russia")),
+                                                 seller)))
+    pages = [page.extract_text().replace("\xa0", " ") for page in reader.pages]
+    flat = " ".join(" ".join(pages).split())
+    assert "?" not in flat
+    for n in range(count):
+        assert f"{script} {n:02d} 150,000 0.0125 1,875.00" in flat, flat
+    if count < 30:
+        assert len(pages) == 1
+    else:  # every page that goes on with the lines repeats the table's header
+        assert len(pages) > 1 and all("(continued)" in page for page in pages[1:])
+        assert all("Description Quantity Unit price Amount (EUR)" in page for page in pages if script in page)
+    assert pages[-1].rstrip().endswith(f"Page {len(pages)} of {len(pages)}")
+    assert f"Total due €{D(1875) * count:,}.00" in pages[-1]
+    assert "ООО «Облако» Łódź\nул. Тверская, д. 7\nRussia" in pages[0]
 
 
 @pytest.mark.parametrize("metric,description", [("api_calls", "API calls"), ("storage_gb", "Storage GB"),

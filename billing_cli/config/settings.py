@@ -56,6 +56,7 @@ class Settings:
     seller_address: tuple[str, ...]
     seller_tax_id: str | None
     invoice_locale: str
+    payment_instructions: tuple[str, ...]
     payment_terms_days: int
     invoice_output_dir: Path | None
     notify_on_completion: bool

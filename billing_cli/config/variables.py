@@ -80,6 +80,10 @@ VARIABLES: tuple[Variable, ...] = (
                   "with any INVOICE_ENABLE_* on and under Kubernetes."),
     Variable("INVOICE_SELLER_TAX_ID", "seller_tax_id", Text(), default=None, example="GB123456789",
              help="Seller tax / VAT id printed on invoices."),
+    Variable("INVOICE_PAYMENT_INSTRUCTIONS", "payment_instructions", Lines("|"), default=None, unset=(),
+             example="Bank transfer to Example Cloud Ltd|IBAN GB33 BUKB 2020 1555 5555 55, BIC BUKBGB22",
+             help="How to pay, printed on invoice PDFs under the total (e.g. the bank account); separate lines "
+                  "with '|'. With Stripe on, the PDF also says that the invoice e-mail links to its payment page."),
     Variable("INVOICE_LOCALE", "invoice_locale", Locale(), default="en",
              help="Locale of the numbers and amounts on invoice PDFs (CLDR, via Babel): en gives 1,234.56 and "
                   "€1,234.56, de 1.234,56 and 1.234,56 €. The invoice's words stay English."),
