@@ -228,7 +228,8 @@ def test_a_pdf_is_said_stored_only_where_it_is(clean_env, billed_db, engine, tmp
     and the run says so; with an output folder, the line names the file that is there."""
     first = run("invoice-monthly", "--month", "2024-01", "--org", "org-1", "--rich", DATABASE_URL=billed_db)
     assert first.exit_code == 0, first.output
-    assert "PDF not kept (S3 off and no INVOICE_OUTPUT_DIR)" in first.output and "PDF stored" not in first.output
+    assert "PDF not kept (S3 off and no INVOICE_OUTPUT_DIR; a rerun with it set writes the file)" in " ".join(
+        first.output.split()) and "PDF stored" not in first.output
     with engine.begin() as conn:
         assert conn.execute(text("SELECT pdf_path, pdf_sha256 IS NOT NULL FROM invoices")).one() == (None, True)
     assert not list(tmp_path.rglob("*.pdf"))
@@ -241,3 +242,12 @@ def test_a_pdf_is_said_stored_only_where_it_is(clean_env, billed_db, engine, tmp
                INVOICE_OUTPUT_DIR=str(out))
     path = out / "2024-01" / "INV-2024-01-000003.pdf"
     assert path.is_file() and f"PDF stored in {path}" in " ".join(kept.output.split()), kept.output
+
+    # The PDF that was not kept is written by a rerun that has somewhere to keep it, and said so.
+    later = run("invoice-monthly", "--month", "2024-01", "--org", "org-1", "--rich", DATABASE_URL=billed_db,
+                INVOICE_OUTPUT_DIR=str(out))
+    first_pdf = out / "2024-01" / "INV-2024-01-000001.pdf"
+    assert first_pdf.is_file() and f"completed now: PDF stored in {first_pdf}" in " ".join(later.output.split())
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT pdf_path FROM invoices WHERE number = 'INV-2024-01-000001'")).scalar_one() \
+            == str(first_pdf)

@@ -20,7 +20,7 @@ _MARKS = {OrgStatus.INVOICED: "✅", OrgStatus.ALREADY_INVOICED: "⏭ ", OrgStat
           OrgStatus.FAILED: "❌"}
 _STEP_NAMES = {Step.STRIPE_REVERSED: "replaced Stripe invoice voided", Step.PDF: "PDF rendered",
                Step.S3: "uploaded to S3", Step.STRIPE: "Stripe invoice sent", Step.EMAIL: "e-mailed"}
-PDF_NOT_KEPT = "PDF not kept (S3 off and no INVOICE_OUTPUT_DIR)"
+PDF_NOT_KEPT = "PDF not kept (S3 off and no INVOICE_OUTPUT_DIR; a rerun with it set writes the file)"
 
 
 def _step_name(o: OrgOutcome, step: Step) -> str:
