@@ -22,6 +22,8 @@ from .money import minor_units, round_money
 
 DEFAULT_LOCALE = "en"
 _BIDI_MARKS = dict.fromkeys(map(ord, "\u200e\u200f\u061c"))  # Arabic and Hebrew locales add them
+# A number with thousands separators as rating writes it into line descriptions: 1,000 / 100,001.5
+_GROUPED_NUMBER = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,]|\.\d)")
 # CLDR's currency spacing, which Babel leaves out: a symbol of letters never touches the digits (KWD 1.230).
 _LETTER_BESIDE_DIGIT = re.compile(r"(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])")
 
@@ -59,6 +61,14 @@ class NumberFormat:
     def unit_price(self, price: Decimal, currency: str) -> str:
         """`1,000` JPY, `0.50` USD, `0.005` USD, `1,5` (de) JPY: every significant digit kept."""
         return _apply(self.locale, "decimal", price, unit_price_places(price, currency))
+
+    def in_text(self, text: str) -> str:
+        """The numbers with thousands separators in a line description (`units 1,001 to 10,000`,
+        written by rating, in English) in this locale (`units 1.001 to 10.000` in de); nothing
+        else in the text changes, and in English nothing at all."""
+        if self.locale == DEFAULT_LOCALE:
+            return text
+        return _GROUPED_NUMBER.sub(lambda m: self.quantity(Decimal(m.group().replace(",", ""))), text)
 
     def quantity(self, quantity: Decimal) -> str:
         """Every significant digit of a quantity: `1,500`, `12.345`, `12,345` (de)."""

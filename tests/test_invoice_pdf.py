@@ -63,6 +63,12 @@ def test_numbers_and_money_follow_the_locale() -> None:
     assert "Subtotal 1.234,56 €" in text and "Total due 1.234,56 €" in text
     english = pdf_text(document(lines, "EUR"))
     assert "API calls 18,764.8 0.0125 234.56" in english and "Total due €1,234.56" in english
+    # The numbers rating writes into descriptions follow the locale too: never 1,001 beside 1.500.
+    tiers = (Tier(D(1000), D("0.01")), Tier(None, D("0.005")))
+    tiered = rated(PricePlan("p", "Pro", "EUR", (Price("api_calls", "graduated", "API calls", tiers=tiers),)),
+                   api_calls="2500")
+    german = pdf_text(document(tiered, "EUR"), Seller(SELLER.name, SELLER.address, locale="de"))
+    assert "API calls: units 1 to 1.000 1.000 0,01 10,00\nunits 1.001 and above 1.500 0,005 7,50" in german, german
 
 
 def test_tiers_package_and_flat_fees_read_as_sentences() -> None:

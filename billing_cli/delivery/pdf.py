@@ -243,7 +243,8 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     pdf.in_table = True
     pdf.set_text_color(20)
     description_width = _COLUMNS[0][1]
-    described = [(indented, clean(description), line) for indented, description, line in _described(doc.lines)]
+    described = [(indented, clean(numbers.in_text(description)), line)
+                 for indented, description, line in _described(doc.lines)]
     lines_block = not all(_is_core(description) for _, description, _ in described)
     for index, (indented, text, line) in enumerate(described):
         # Every description starts at the same x; a line continuing its group (the next tier,
