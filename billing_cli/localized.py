@@ -13,6 +13,7 @@ symbol made of letters is set apart from the digits (`KWD 1.230`, `1.230 KWD`), 
 from __future__ import annotations
 
 import copy
+import decimal
 import re
 import unicodedata
 from decimal import Decimal
@@ -21,6 +22,7 @@ from functools import cache
 from .money import minor_units, round_money
 
 DEFAULT_LOCALE = "en"
+_WIDE = decimal.Context(prec=200, rounding=decimal.ROUND_HALF_UP, traps=[decimal.InvalidOperation])
 _BIDI_MARKS = dict.fromkeys(map(ord, "\u200e\u200f\u061c"))  # Arabic and Hebrew locales add them
 # A number with thousands separators as rating writes it into line descriptions: 1,000 / 100,001.5
 _GROUPED_NUMBER = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,]|\.\d)")
@@ -40,7 +42,7 @@ def check_locale(tag: str) -> str:
 
 def unit_price_places(price: Decimal, currency: str) -> int:
     """The currency's decimals, or more when the price needs them (never fewer, never rounded)."""
-    return max(minor_units(currency), -min(0, price.normalize().as_tuple().exponent))  # type: ignore[operator]
+    return max(minor_units(currency), -min(0, price.normalize(_WIDE).as_tuple().exponent))  # type: ignore[operator]
 
 
 class NumberFormat:
@@ -72,13 +74,16 @@ class NumberFormat:
 
     def quantity(self, quantity: Decimal) -> str:
         """Every significant digit of a quantity: `1,500`, `12.345`, `12,345` (de)."""
-        places = -min(0, quantity.normalize().as_tuple().exponent)  # type: ignore[operator]
+        places = -min(0, quantity.normalize(_WIDE).as_tuple().exponent)  # type: ignore[operator]
         return _apply(self.locale, "decimal", quantity, places)
 
 
 def _apply(locale: str, kind: str, value: Decimal, places: int, currency: str | None = None) -> str:
     pattern = _pattern(locale, kind, places)
-    text = pattern.apply(value, _locale(locale), currency=currency, currency_digits=False)
+    # Babel quantizes to `places` in the current context: wide enough for any NUMERIC, and exact
+    # (the value has no more digits than `places`), whatever the caller's context says.
+    with decimal.localcontext(_WIDE):
+        text = pattern.apply(value, _locale(locale), currency=currency, currency_digits=False)
     text = unicodedata.normalize("NFKC", text).translate(_BIDI_MARKS)
     return _LETTER_BESIDE_DIGIT.sub(" ", text) if currency else text
 

@@ -157,7 +157,7 @@ def format_money(amount: Decimal, currency: str) -> str:
 def format_unit_price(price: Decimal, currency: str | None = None) -> str:
     """A unit price with all of its significant digits (never rounded), and at least the currency's
     decimals (`1,000` JPY, `5.00` USD, `0.005` USD; two without a currency)."""
-    text = f"{price.normalize():f}"
+    text = f"{price.normalize(_ROUNDING):f}"  # never rounded to the default 28 digits
     whole, _, frac = text.partition(".")
     places = 2 if currency is None else minor_units(currency)
     if whole.startswith("-"):
@@ -167,6 +167,6 @@ def format_unit_price(price: Decimal, currency: str | None = None) -> str:
 
 
 def format_quantity(quantity: Decimal) -> str:
-    text = f"{quantity.normalize():f}"
+    text = f"{quantity.normalize(_ROUNDING):f}"  # never rounded to the default 28 digits
     whole, dot, frac = text.partition(".")
     return f"{int(whole):,}{dot}{frac}"
