@@ -24,9 +24,14 @@ def due_date(issue: date, payment_terms_days: int) -> date:
 
 @dataclass(frozen=True)
 class Seller:
+    """Who issues the invoices, and how they print them (the same for every invoice of a run)."""
+
     name: str
     address: tuple[str, ...]
     tax_id: str | None = None
+    locale: str = "en"  # numbers and amounts on the PDF (INVOICE_LOCALE)
+    payment_instructions: tuple[str, ...] = ()  # how to pay, e.g. the bank account (INVOICE_PAYMENT_INSTRUCTIONS)
+    pays_online: bool = False  # Stripe is on: the invoice e-mail links to a page where it can be paid
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,9 @@ class InvoiceDocument:
     lines: tuple[InvoiceLine, ...]
     total: Decimal
     preview: bool = False  # a dry run's document: the number is what it would be
+    replaces: str | None = None  # the number of the (now void) invoice this one was regenerated from
+    bill_to_address: tuple[str, ...] = ()  # the customer's postal address, as printed (snapshot at issue)
+    bill_to_tax_id: str | None = None  # the customer's VAT / tax id (snapshot at issue)
 
     @property
     def subtotal(self) -> Decimal:

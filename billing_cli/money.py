@@ -159,14 +159,19 @@ def format_money(amount: Decimal, currency: str) -> str:
     return f"{round_money(amount, currency):,} {currency}"
 
 
-def format_unit_price(price: Decimal) -> str:
-    """A unit price with all of its significant digits (never rounded), at least two decimals."""
-    text = f"{price.normalize():f}"
+def format_unit_price(price: Decimal, currency: str | None = None) -> str:
+    """A unit price with all of its significant digits (never rounded), and at least the currency's
+    decimals (`1,000` JPY, `5.00` USD, `0.005` USD; two without a currency)."""
+    text = f"{price.normalize(_ROUNDING):f}"  # never rounded to the default 28 digits
     whole, _, frac = text.partition(".")
-    return f"{int(whole):,}.{frac.ljust(2, '0')}" if not whole.startswith("-") else text
+    places = 2 if currency is None else minor_units(currency)
+    if whole.startswith("-"):
+        return text
+    frac = frac.ljust(places, "0")
+    return f"{int(whole):,}.{frac}" if frac else f"{int(whole):,}"
 
 
 def format_quantity(quantity: Decimal) -> str:
-    text = f"{quantity.normalize():f}"
+    text = f"{quantity.normalize(_ROUNDING):f}"  # never rounded to the default 28 digits
     whole, dot, frac = text.partition(".")
     return f"{int(whole):,}{dot}{frac}"

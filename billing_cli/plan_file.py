@@ -227,7 +227,7 @@ def _price(raw: Any, currency: str | None, errors: _Errors, fail) -> Price | Non
         close = difflib.get_close_matches(str(model), MODELS, n=1)
         errors.add(fail("model", f"unknown model {model!r}: " + (f"did you mean {close[0]!r}? " if close else "")
                         + f"use one of {', '.join(MODELS)}"))
-    description = raw.get("description", metric.replace("_", " ").capitalize())
+    description = raw.get("description", default_description(metric))
     if not isinstance(description, str) or not description.strip() or any(c in description for c in "\r\n"):
         errors.add(fail("description", "`description` must be one line of text"))
         description = ""
@@ -325,3 +325,16 @@ def _money(raw: dict[str, Any], key: str, currency: str | None, fail) -> Decimal
     if currency is not None and round_money(amount, currency) != amount:
         raise fail(key, f"`{key}` = {amount} has more decimals than {currency} allows")
     return amount
+
+
+# Abbreviations written in capitals when a description is made from a metric's name.
+_ABBREVIATIONS = {"ai", "api", "cpu", "dns", "gb", "gpu", "http", "https", "io", "iops", "ip", "kb", "llm", "mb",
+                  "pb", "sms", "ssl", "tb", "tls", "url", "vcpu", "vm"}
+
+
+def default_description(metric: str) -> str:
+    """A line's wording when the plan gives none: `api_calls` -> `API calls`, `storage_gb` -> `Storage GB`."""
+    words = [w.upper() if w.lower() in _ABBREVIATIONS else w for w in metric.replace("-", "_").split("_") if w]
+    if words and not words[0].isupper():
+        words[0] = words[0][:1].upper() + words[0][1:]
+    return " ".join(words) or metric

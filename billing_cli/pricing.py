@@ -160,14 +160,14 @@ def price_lines(price: Price, quantity: Decimal, currency: str,
     if price.model == "package":
         assert price.unit_price is not None and price.package_size is not None
         packages = _packages(billable, price.package_size)
-        return [_line("usage", f"{label}: {_qty(billable)} units, per started {_qty(price.package_size)}",
-                      packages, price.unit_price, currency, price.metric)]
+        return [_line("usage", f"{label}: {_qty(billable)} units, billed per started block of "
+                               f"{_qty(price.package_size)}", packages, price.unit_price, currency, price.metric)]
     if price.model == "volume":
         tier, lower = _volume_tier(price.tiers, billable)
-        lines = [_line("usage", f"{label}: all {_qty(billable)} units at the {_range(lower, tier.up_to)} rate",
-                       billable, tier.unit_price, currency, price.metric)]
+        lines = [_line("usage", f"{label}: all {_qty(billable)} units at the price of units "
+                                f"{_range(lower, tier.up_to)}", billable, tier.unit_price, currency, price.metric)]
         if tier.flat_fee > 0 and billable > 0:
-            lines.append(_line("flat_fee", f"{price.description}: flat fee, {_range(lower, tier.up_to)} tier",
+            lines.append(_line("flat_fee", f"{price.description}: flat fee for units {_range(lower, tier.up_to)}",
                                Decimal(1), tier.flat_fee, currency, price.metric))
         return lines
     if price.model == "graduated":
@@ -182,9 +182,9 @@ def price_lines(price: Price, quantity: Decimal, currency: str,
             if units <= 0:
                 break
             span = _range(lower, tier.up_to)
-            lines.append(_line("tier", f"{label}: {span}", units, tier.unit_price, currency, price.metric))
+            lines.append(_line("tier", f"{label}: units {span}", units, tier.unit_price, currency, price.metric))
             if tier.flat_fee > 0:
-                lines.append(_line("flat_fee", f"{price.description}: flat fee, {span}", Decimal(1),
+                lines.append(_line("flat_fee", f"{price.description}: flat fee for units {span}", Decimal(1),
                                    tier.flat_fee, currency, price.metric))
             if tier.up_to is None or billable <= tier.up_to:
                 break
@@ -248,10 +248,10 @@ def _qty(value: Decimal) -> str:
 
 
 def _range(lower: Decimal, up_to: Decimal | None) -> str:
-    first = _qty(lower + 1) if lower == lower.to_integral_value() else f"above {_qty(lower)}"
-    if up_to is None:
-        return f"{first} and above" if not first.startswith("above") else first
-    return f"{first} to {_qty(up_to)}"
+    """A tier's units, after the word "units": `1 to 1,000`, `1,001 and above`, `above 0.5 up to 10`."""
+    if lower != lower.to_integral_value():
+        return f"above {_qty(lower)}" + (f" up to {_qty(up_to)}" if up_to is not None else "")
+    return f"{_qty(lower + 1)} and above" if up_to is None else f"{_qty(lower + 1)} to {_qty(up_to)}"
 
 
 def plan_snapshot(plan: PricePlan) -> dict:

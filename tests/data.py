@@ -12,6 +12,11 @@ def utc(*parts: int) -> datetime:
     return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
 
 
+# The seller of runs whose invoices can reach customers (any delivery on): the placeholder default is refused.
+SELLER_ENV = {"INVOICE_SELLER_NAME": "Nimbus Metering GmbH",
+              "INVOICE_SELLER_ADDRESS": "Hauptstrasse 1|10115 Berlin|Germany"}
+
+
 # Organizations the tests bill for 2024 existed well before: a month before an organization was
 # created carries no base fee (nor minimum).
 LONG_AGO = datetime(2023, 1, 1, tzinfo=UTC)

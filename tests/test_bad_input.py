@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from billing_cli.cli import app
 from billing_cli.errors import ExitCode
 from tests.conftest import BILLING, billing_subprocess_env
-from tests.data import add_event, add_org, add_usage, set_plan, utc
+from tests.data import SELLER_ENV, add_event, add_org, add_usage, set_plan, utc
 
 runner = CliRunner()
 UNREACHABLE = "postgresql://billing:db-SECRET-pw@127.0.0.1:1/billing"
@@ -121,7 +121,7 @@ def test_database_restarted_mid_run_stops_with_4_and_the_rerun_completes(billed,
     fake_stripe.latency = 0.4
     env = billing_subprocess_env(DATABASE_URL=billed, BILLING_ENV_FILE="/dev/null", INVOICE_CONCURRENCY="1",
                                  INVOICE_ENABLE_STRIPE="true", STRIPE_API_KEY="sk_test_RESTARTsecret1",
-                                 STRIPE_API_BASE=fake_stripe.base_url)
+                                 STRIPE_API_BASE=fake_stripe.base_url, **SELLER_ENV)
     proc = subprocess.Popen([*BILLING, "invoice-monthly", "--month", "2024-01"], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None

@@ -17,7 +17,7 @@ from billing_cli.cli import app
 from billing_cli.db.migrate import HEAD
 from billing_cli.errors import ExitCode
 from tests.conftest import BILLING, billing_subprocess_env
-from tests.data import add_event, add_org, utc
+from tests.data import SELLER_ENV, add_event, add_org, utc
 
 runner = CliRunner()
 
@@ -195,6 +195,9 @@ def test_a_schema_that_is_behind_is_refused(clean_env, empty_db_url) -> None:
     ({"INVOICE_ENABLE_S3": "true"}, "INVOICE_ENABLE_S3 is on but INVOICE_S3_BUCKET is not set"),
     ({"DRY_RUN": "perhaps"}, "DRY_RUN='perhaps'"),
     ({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "DATABASE_URL": ""}, "DATABASE_URL is not set"),
+    ({"INVOICE_LOCALE": "xx"}, "INVOICE_LOCALE='xx': not a locale known to CLDR"),
+    ({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, "INVOICE_SELLER_NAME and INVOICE_SELLER_ADDRESS are unset or the "
+                                              "placeholder"),
 ])
 def test_configuration_errors_exit_3(clean_env, env, message) -> None:
     env = {"DATABASE_URL": "postgresql://u@127.0.0.1:1/x", **env}
@@ -263,7 +266,7 @@ def test_config_exits_3_after_showing_an_invalid_configuration(clean_env) -> Non
 
 
 BROKEN = {"DRY_RUN": "perhaps", "INVOICE_SMTP_PORT": "x", "INVOICE_ENABLE_STRIPE": "true",
-          "SHARD_COUNT": "2", "JOB_COMPLETION_INDEX": "5"}
+          "SHARD_COUNT": "2", "JOB_COMPLETION_INDEX": "5", **SELLER_ENV}
 
 
 def test_config_lists_every_problem_and_marks_its_rows(clean_env) -> None:
@@ -302,7 +305,7 @@ def test_other_commands_name_the_first_problem_and_send_to_billing_config(clean_
 
 
 def test_no_secret_appears_in_any_command_output(clean_env, db_url) -> None:
-    env = {**SECRETS, "DATABASE_URL": url_with_password(db_url), "INVOICE_SMTP_USERNAME": "mailer",
+    env = {**SECRETS, **SELLER_ENV, "DATABASE_URL": url_with_password(db_url), "INVOICE_SMTP_USERNAME": "mailer",
            "INVOICE_ENABLE_STRIPE": "true", "INVOICE_ENABLE_EMAIL": "true",
            "INVOICE_SMTP_HOST": "127.0.0.1", "INVOICE_SMTP_FROM": "billing@example.com"}
     unreachable = {**env, "DATABASE_URL": "postgresql://billing:db-SECRET-pw@127.0.0.1:1/billing"}

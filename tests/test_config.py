@@ -79,7 +79,8 @@ def test_complete_feature_settings_are_accepted() -> None:
     s = settings({"INVOICE_ENABLE_S3": "true", "INVOICE_S3_BUCKET": "invoices",
                   "INVOICE_ENABLE_STRIPE": "true", "STRIPE_API_KEY": "sk_test_abc123456789",
                   "INVOICE_ENABLE_EMAIL": "true", "INVOICE_SMTP_HOST": "smtp.example.com",
-                  "INVOICE_SMTP_PORT": "2525", "INVOICE_SMTP_FROM": "Billing <billing@example.com>"})
+                  "INVOICE_SMTP_PORT": "2525", "INVOICE_SMTP_FROM": "Billing <billing@example.com>",
+                  "INVOICE_SELLER_NAME": "Nimbus Metering GmbH", "INVOICE_SELLER_ADDRESS": "Hauptstrasse 1"})
     assert s.s3_bucket == "invoices" and s.smtp_port == 2525
     assert s.stripe_api_key is not None and s.stripe_api_key.reveal() == "sk_test_abc123456789"
 
@@ -101,7 +102,8 @@ def test_malformed_values_are_named(env, fragment) -> None:
 def test_every_problem_is_found_with_the_variables_it_is_about() -> None:
     raw = read_raw_config({"DATABASE_URL": "mysql://u@h/db", "INVOICE_ENABLE_S3": "yes", "INVOICE_SMTP_PORT": "0",
                            "INVOICE_SMTP_USERNAME": "mailer", "NOTIFY_ON_COMPLETION": "true",
-                           "NOTIFY_EMAIL": "nobody", "SHARD_COUNT": "many"}, NO_FILE)
+                           "NOTIFY_EMAIL": "nobody", "SHARD_COUNT": "many",
+                           "INVOICE_SELLER_NAME": "Placeholder Corp"}, NO_FILE)
     problems = config_problems(raw)
     assert [p.names for p in problems] == [
         ("DATABASE_URL",), ("NOTIFY_EMAIL",), ("INVOICE_SMTP_PORT",), ("SHARD_COUNT",),
@@ -109,9 +111,11 @@ def test_every_problem_is_found_with_the_variables_it_is_about() -> None:
         # NOTIFY_EMAIL is set, only invalid: not reported as missing as well
         ("NOTIFY_ON_COMPLETION", "INVOICE_SMTP_HOST"), ("NOTIFY_ON_COMPLETION", "INVOICE_SMTP_FROM"),
         ("INVOICE_SMTP_USERNAME", "INVOICE_SMTP_PASSWORD"),
+        # a delivery is on: the seller's address is still the placeholder (the name is set)
+        ("INVOICE_SELLER_ADDRESS",),
     ]
     with pytest.raises(ConfigError, match=r"^configuration error: DATABASE_URL='mysql://u@h/db': not a PostgreSQL "
-                                          r"URL.* \(and 7 more; run `billing config` to see them all\)$"):
+                                          r"URL.* \(and 8 more; run `billing config` to see them all\)$"):
         load_settings({"DATABASE_URL": "mysql://u@h/db", "INVOICE_ENABLE_S3": "yes", "INVOICE_SMTP_PORT": "0",
                        "INVOICE_SMTP_USERNAME": "mailer", "NOTIFY_ON_COMPLETION": "true",
                        "NOTIFY_EMAIL": "nobody", "SHARD_COUNT": "many"}, NO_FILE)
@@ -123,7 +127,8 @@ def test_embedded_database_is_refused_under_kubernetes_and_on_request() -> None:
         load_settings({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, NO_FILE)
     with pytest.raises(ConfigError, match="BILLING_REQUIRE_DATABASE_URL"):
         load_settings({"BILLING_REQUIRE_DATABASE_URL": "true"}, NO_FILE)
-    assert load_settings({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "DATABASE_URL": "postgresql://u@h/d"},
+    assert load_settings({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "DATABASE_URL": "postgresql://u@h/d",
+                          "INVOICE_SELLER_NAME": "Nimbus Metering GmbH", "INVOICE_SELLER_ADDRESS": "Hauptstrasse 1"},
                          NO_FILE).require_database_url
 
 
@@ -227,3 +232,37 @@ def test_raw_config_reports_sources(tmp_path: Path) -> None:
     assert raw.values["DRY_RUN"] == ("true", "env")
     assert raw.values["INVOICE_S3_BUCKET"] == ("from-file", ".env")
     assert raw.values["INVOICE_S3_REGION"] == ("us-east-1", "default")
+
+
+@pytest.mark.parametrize("env,why", [
+    ({"INVOICE_ENABLE_S3": "true", "INVOICE_S3_BUCKET": "invoices"}, "INVOICE_ENABLE_S3 is on"),
+    ({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "DATABASE_URL": "postgresql://u@h/d"}, "running under Kubernetes"),
+    # A copied .env.example: set, but still the placeholder.
+    ({"INVOICE_ENABLE_STRIPE": "true", "STRIPE_API_KEY": "sk_test_abc123456789",
+      "INVOICE_SELLER_NAME": "Example Cloud Ltd"}, "INVOICE_ENABLE_STRIPE is on"),
+])
+def test_the_placeholder_seller_never_reaches_a_customer(env, why) -> None:
+    with pytest.raises(ConfigError) as raised:
+        settings(env)
+    assert raised.value.exit_code == ExitCode.CONFIG
+    assert str(raised.value) == (
+        "configuration error: INVOICE_SELLER_NAME and INVOICE_SELLER_ADDRESS are unset or the placeholder "
+        f"('Example Cloud Ltd', '1 Example Street') and {why}: set INVOICE_SELLER_NAME and INVOICE_SELLER_ADDRESS "
+        "to the seller printed on invoices")
+    # Only the address left: only the address is named. Nothing reaching a customer: the placeholder is fine.
+    with pytest.raises(ConfigError, match="^configuration error: INVOICE_SELLER_ADDRESS is unset"):
+        settings({**env, "INVOICE_SELLER_NAME": "Nimbus Metering GmbH"})
+    assert settings({}).seller_name == "Example Cloud Ltd"
+
+
+def test_invoice_presentation_settings_reach_the_seller() -> None:
+    from billing_cli.runs.wiring import seller_from_settings
+
+    s = settings({"INVOICE_LOCALE": "de-CH", "INVOICE_SELLER_TAX_ID": "CHE-123.456.789 MWST",
+                  "INVOICE_PAYMENT_INSTRUCTIONS": "Bank transfer | IBAN CH93 0076 2011 6238 5295 7 |"})
+    seller = seller_from_settings(s)
+    assert (seller.locale, seller.tax_id, seller.payment_instructions, seller.pays_online) == (
+        "de_CH", "CHE-123.456.789 MWST", ("Bank transfer", "IBAN CH93 0076 2011 6238 5295 7"), False)
+    assert seller_from_settings(settings({})).payment_instructions == ()
+    with pytest.raises(ConfigError, match="INVOICE_LOCALE='klingon': not a locale known to CLDR"):
+        settings({"INVOICE_LOCALE": "klingon"})

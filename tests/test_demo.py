@@ -47,6 +47,10 @@ def test_demo_on_the_embedded_database(tmp_path) -> None:
     assert "revenue_EUR=625.41 revenue_USD=3848.50" in invoicing
     pdfs = sorted(p.name for p in (tmp_path / ".billing" / "invoices" / "2024-01").iterdir())
     assert pdfs == [f"INV-2024-01-00000{n}.pdf" for n in range(1, 7)]
+    from pypdf import PdfReader
+
+    lodz = PdfReader(tmp_path / ".billing" / "invoices" / "2024-01" / "INV-2024-01-000004.pdf").pages[0].extract_text()
+    assert "Łódź Café ΑΒΓ Кафе\nul. Piotrkowska 104\n90-926 Łódź\nPoland\nTax ID: PL7251234567" in lodz, lodz
 
     again = subprocess.run([*BILLING, "demo"], env=env, cwd=tmp_path, capture_output=True, text=True,
                            timeout=180)

@@ -247,6 +247,17 @@ def configmap_data(objects: list[dict]) -> dict[str, str]:
     return configmap["data"]
 
 
+# What an operator fills in before the first run: the manifests ship without a real seller, and
+# every job refuses to start until it is set (test_a_made_up_seller_never_reaches_a_customer).
+SELLER_FILLED_IN = {"INVOICE_SELLER_NAME": "Acme Cloud GmbH",
+                    "INVOICE_SELLER_ADDRESS": "Hauptstrasse 1|10115 Berlin|Germany"}
+
+
+def filled_in(objects: list[dict]) -> dict[str, str]:
+    """The ConfigMap's data as it runs: with the seller an operator sets in the overlay."""
+    return configmap_data(objects) | SELLER_FILLED_IN
+
+
 def job_specs(objects: list[dict]) -> list[tuple[str, dict]]:
     """(name, Job spec) of every Job and every CronJob's job template."""
     specs = [(obj["metadata"]["name"], obj["spec"]) for obj in by_kind(objects, "Job")]
@@ -566,7 +577,7 @@ def test_configuration_is_valid_in_every_pod(name: str, tmp_path: Path) -> None:
     command). And each secret variable reaches exactly the pods whose Secret holds it."""
     objects = rendered(name)
     secret_vars = {v.name for v in VARIABLES if v.secret}
-    for configmap in (configmap_data(objects), configmap_data(objects) | FEATURES_ON):
+    for configmap in (filled_in(objects), filled_in(objects) | FEATURES_ON):
         for job_name, spec in job_specs(objects):
             where = f"{name}: {job_name}"
             container = _container(spec)
@@ -576,6 +587,18 @@ def test_configuration_is_valid_in_every_pod(name: str, tmp_path: Path) -> None:
             assert secret_vars & set(environ) == secret_vars & allowed, where
             for settings in _pod_settings(spec, configmap, example_secret_data(), tmp_path / "absent.env"):
                 assert settings.require_database_url and settings.database_url is not None, where
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_a_made_up_seller_never_reaches_a_customer(name: str, tmp_path: Path) -> None:
+    """As shipped, the manifests name no real seller: every pod exits 3 naming the two variables
+    until the overlay's ConfigMap holds the company's legal name and address."""
+    objects = rendered(name)
+    for job_name, spec in job_specs(objects):
+        with pytest.raises(ConfigError) as refused:
+            _pod_settings(spec, configmap_data(objects), example_secret_data(), tmp_path / "absent.env")
+        assert "INVOICE_SELLER_NAME and INVOICE_SELLER_ADDRESS are unset or the placeholder" in str(refused.value), \
+            f"{name}: {job_name}"
 
 
 @pytest.mark.parametrize("name", RENDERINGS)
@@ -623,7 +646,7 @@ def test_secret_table_follows_what_each_job_uses(name: str, tmp_path: Path) -> N
     and every feature on, each job has every Secret it would use; and it never has one it could not
     use even with everything on, NOTIFY_ON_AGGREGATE_ERRORS too."""
     objects = rendered(name)
-    features_on = configmap_data(objects) | FEATURES_ON
+    features_on = filled_in(objects) | FEATURES_ON
     everything_on = features_on | {"NOTIFY_ON_AGGREGATE_ERRORS": "true"}
     for job_name, spec in job_specs(objects):
         job = _container(spec)["args"][0]
@@ -643,7 +666,7 @@ def test_optional_secrets_may_be_missing(name: str, tmp_path: Path) -> None:
     validates with it alone. Without it, no pod starts. With Stripe on but no billing-stripe, the
     pods that call Stripe fail the right way: exit 3 (CONFIG) naming STRIPE_API_KEY."""
     objects = rendered(name)
-    features_off = configmap_data(objects) | FEATURES_OFF
+    features_off = filled_in(objects) | FEATURES_OFF
     for job_name, spec in job_specs(objects):
         where = f"{name}: {job_name}"
         only_database = example_secret_data(without=set(SECRET_KEYS) - REQUIRED_SECRETS)

@@ -254,3 +254,33 @@ def test_an_organization_is_billed_only_for_months_it_existed_in(clean_env, bill
     result = run("invoice-monthly", "--month", "1999-01", "--dry-run", DATABASE_URL=billed_db)
     assert result.exit_code == 0, result.output
     assert "invoiced=0 already_invoiced=0 nothing_to_bill=3 failed=0" in result.output
+
+
+def test_a_pdf_is_said_stored_only_where_it_is(clean_env, billed_db, engine, tmp_path) -> None:
+    """S3 off and no INVOICE_OUTPUT_DIR: the PDF is rendered (its hash recorded) but kept nowhere,
+    and the run says so; with an output folder, the line names the file that is there."""
+    first = run("invoice-monthly", "--month", "2024-01", "--org", "org-1", "--rich", DATABASE_URL=billed_db)
+    assert first.exit_code == 0, first.output
+    assert "PDF not kept (S3 off and no INVOICE_OUTPUT_DIR; a rerun with it set writes the file)" in " ".join(
+        first.output.split()) and "PDF stored" not in first.output
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT pdf_path, pdf_sha256 IS NOT NULL FROM invoices")).one() == (None, True)
+    assert not list(tmp_path.rglob("*.pdf"))
+
+    plain = run("invoice-monthly", "--month", "2024-01", "--org", "org-2", DATABASE_URL=billed_db)
+    assert 'pdf="not kept"' in plain.output, plain.output
+
+    out = tmp_path / "kept"
+    kept = run("invoice-monthly", "--month", "2024-01", "--org", "org-3", "--rich", DATABASE_URL=billed_db,
+               INVOICE_OUTPUT_DIR=str(out))
+    path = out / "2024-01" / "INV-2024-01-000003.pdf"
+    assert path.is_file() and f"PDF stored in {path}" in " ".join(kept.output.split()), kept.output
+
+    # The PDF that was not kept is written by a rerun that has somewhere to keep it, and said so.
+    later = run("invoice-monthly", "--month", "2024-01", "--org", "org-1", "--rich", DATABASE_URL=billed_db,
+                INVOICE_OUTPUT_DIR=str(out))
+    first_pdf = out / "2024-01" / "INV-2024-01-000001.pdf"
+    assert first_pdf.is_file() and f"completed now: PDF stored in {first_pdf}" in " ".join(later.output.split())
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT pdf_path FROM invoices WHERE number = 'INV-2024-01-000001'")).scalar_one() \
+            == str(first_pdf)

@@ -86,7 +86,7 @@ def test_invoices_are_issued_with_exact_totals_and_sequential_numbers(month_of_u
             again = render_invoice(load_document(conn, invoice_id), SELLER)
             assert hashlib.sha256(again).hexdigest() == shas[number]
     page_text = PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
-    for expected in ("INV-2024-01-000001", "Company org-a", "25.00 USD", "2024-01-01 to 2024-01-31",
+    for expected in ("INV-2024-01-000001", "Company org-a", "$25.00", "2024-01-01 to 2024-01-31",
                      "Example Cloud Ltd", "Page 1 of 1", "0.005"):
         assert expected in page_text
 
@@ -140,12 +140,25 @@ def test_a_plan_that_does_not_exist_is_reported_and_an_unknown_org_stops_the_run
         invoice_month(month_of_usage, options(organizations=("org-b", "org-nope")))
 
 
-def test_regenerate_voids_and_reissues_with_a_new_number(month_of_usage) -> None:
+def test_regenerate_voids_and_reissues_with_a_new_number(month_of_usage, tmp_path) -> None:
     invoice_month(month_of_usage, options())
     with month_of_usage() as conn:
         add_usage(conn, "org-b", "api_calls", "99", utc(2024, 1, 20, 0))  # a correction: 100 calls
 
-    result = invoice_month(month_of_usage, options(organizations=("org-b",), regenerate=True))
+    preview = invoice_month(month_of_usage, options(tmp_path / "preview", organizations=("org-b",),
+                                                    regenerate=True, dry_run=True))
+    result = invoice_month(month_of_usage, options(tmp_path, organizations=("org-b",), regenerate=True))
+
+    for folder, number in ((tmp_path / "preview", "INV-2024-01-000004"), (tmp_path, "INV-2024-01-000004")):
+        page = PdfReader(folder / "2024-01" / f"{number}.pdf").pages[0].extract_text()
+        assert "Replaces invoice INV-2024-01-000002" in page, page
+        assert "This invoice replaces invoice INV-2024-01-000002, which is void." in page
+    assert preview.ok
+    with month_of_usage() as conn:  # rendered again from the database: the same words, the same bytes
+        new_id, sha = conn.execute(text("SELECT id, pdf_sha256 FROM invoices "
+                                        "WHERE number = 'INV-2024-01-000004'")).one()
+        assert load_document(conn, new_id).replaces == "INV-2024-01-000002"
+        assert hashlib.sha256(render_invoice(load_document(conn, new_id), SELLER)).hexdigest() == sha
 
     with month_of_usage() as conn:
         rows = [r for r in invoices(conn) if r[0] == "org-b"]
@@ -203,7 +216,7 @@ def test_unicode_names_render_and_unknown_characters_do_not_crash(month_of_usage
     result = invoice_month(month_of_usage, options(tmp_path, organizations=("org-c",)))
     assert result.ok
     page = PdfReader(tmp_path / "2024-01" / "INV-2024-01-000001.pdf").pages[0].extract_text()
-    assert "Łódź Café ΑΒΓ Кафе" in page and "1.23 EUR" in page and "API-Aufrufe" in page
+    assert "Łódź Café ΑΒΓ Кафе" in page and "€1.23" in page and "API-Aufrufe" in page
 
 
 def test_many_lines_make_a_clean_multi_page_invoice(transactions, tmp_path) -> None:
@@ -221,7 +234,7 @@ def test_many_lines_make_a_clean_multi_page_invoice(transactions, tmp_path) -> N
     reader = PdfReader(tmp_path / "2024-01" / "INV-2024-01-000001.pdf")
     assert len(reader.pages) >= 2
     last = reader.pages[-1].extract_text()
-    assert f"Page {len(reader.pages)} of {len(reader.pages)}" in last and "70.00 USD" in last
+    assert f"Page {len(reader.pages)} of {len(reader.pages)}" in last and "$70.00" in last
     assert "(continued)" in reader.pages[1].extract_text()
 
 
@@ -236,3 +249,44 @@ def test_render_processes_give_the_same_bytes(month_of_usage) -> None:
                 assert hashlib.sha256(pool(load_document(conn, invoice_id), SELLER)).hexdigest() == sha
     finally:
         pool.close()
+
+
+def test_the_customers_address_and_tax_id_are_printed_as_they_were_at_issue(month_of_usage, tmp_path) -> None:
+    with month_of_usage() as conn:  # the account service fills in the billing details
+        conn.execute(text("""
+            UPDATE organizations SET billing_address_line1 = 'Hauptstraße 5', billing_address_line2 = 'Aufgang B',
+                   billing_postal_code = '10115', billing_city = 'Berlin', billing_country = 'de',
+                   tax_id = 'DE 811 907 980' WHERE id = 'org-a'"""))
+        conn.execute(text("""
+            UPDATE organizations SET billing_address_line1 = '1 Main Street', billing_city = 'Springfield',
+                   billing_region = 'IL', billing_postal_code = '62701', billing_country = 'US' WHERE id = 'org-b'"""))
+
+    invoice_month(month_of_usage, options(tmp_path, organizations=("org-a", "org-b")))
+
+    def page(number: str) -> str:
+        return PdfReader(tmp_path / "2024-01" / f"{number}.pdf").pages[0].extract_text()
+
+    german = page("INV-2024-01-000001")
+    assert ("Company org-a\nHauptstraße 5\nAufgang B\n10115 Berlin\nGermany\nTax ID: DE 811 907 980\n"
+            "org-a@example.com") in german, german
+    assert "Tax ID: GB123" in german  # the seller's (INVOICE_SELLER_TAX_ID)
+    american = page("INV-2024-01-000002")
+    assert "1 Main Street\nSpringfield, IL 62701\nUnited States\norg-b@example.com" in american, american
+    assert american.count("Tax ID:") == 1  # the seller's only: org-b has none
+    with month_of_usage() as conn:  # the organization moves: its issued invoice does not
+        conn.execute(text("UPDATE organizations SET billing_city = 'Potsdam', tax_id = NULL WHERE id = 'org-a'"))
+        invoice_id, sha = conn.execute(text("SELECT id, pdf_sha256 FROM invoices "
+                                            "WHERE organization_id = 'org-a'")).one()
+        assert hashlib.sha256(render_invoice(load_document(conn, invoice_id), SELLER)).hexdigest() == sha
+
+
+def test_a_billing_country_that_is_not_a_code_fails_that_organization_only(month_of_usage) -> None:
+    with month_of_usage() as conn:
+        conn.execute(text("UPDATE organizations SET billing_country = 'Germany' WHERE id = 'org-a'"))
+
+    result = invoice_month(month_of_usage, options())
+
+    assert result.statuses == {"failed": 1, "invoiced": 2, "nothing_to_bill": 1}
+    assert [o.errors for o in result.failed] == [[
+        ("data", "billing country 'Germany' is not an ISO 3166-1 alpha-2 code (e.g. DE, US, GB): "
+                 "fix organizations.billing_country")]]

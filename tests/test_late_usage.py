@@ -100,7 +100,7 @@ def test_late_events_are_billed_once_on_the_next_invoice_rated_across_the_tier(d
     assert invoices_of(engine, "acme")[1] == ("INV-2024-02-000001", "issued", D("15.50"))  # 10 + 2.00 + 3.50
     assert lines_of(engine, "INV-2024-02-000001") == [
         ("base_fee", utc(2024, 2, 1).date(), "Pro plan, monthly fee", D("10.00")),
-        ("tier", utc(2024, 2, 1).date(), "API calls: 1 to 1,000", D("2.00")),
+        ("tier", utc(2024, 2, 1).date(), "API calls: units 1 to 1,000", D("2.00")),
         ("usage", utc(2024, 1, 1).date(), "Adjustment for January 2024: API calls, +500 units (1,300 in all)",
          D("3.50")),
     ]

@@ -91,6 +91,11 @@ def test_contract_columns(engine) -> None:
     assert list(columns)[:6] == ["id", "name", "email", "status", "created_at", "updated_at"]
     assert str(columns["id"]["type"]) == "VARCHAR(255)"
     assert str(columns["currency"]["type"]) == "CHAR(3)" and not columns["currency"]["nullable"]
+    # The customer's billing details: the account service's inserts that do not name them keep working.
+    for name in ("billing_address_line1", "billing_address_line2", "billing_postal_code", "billing_city",
+                 "billing_region", "billing_country", "tax_id"):
+        assert columns[name]["nullable"], name
+    assert not columns["tax_exempt"]["nullable"] and columns["tax_exempt"]["default"] == "false"
     usage = {c["name"]: str(c["type"]) for c in inspect(engine).get_columns("usage_events")}
     assert usage["quantity"] == "NUMERIC" and usage["occurred_at"] == "TIMESTAMP"
     pk = inspect(engine).get_pk_constraint("usage_hourly")["constrained_columns"]

@@ -11,6 +11,7 @@ from billing_cli.money import (
     check_currency,
     decimal,
     format_money,
+    format_quantity,
     format_unit_price,
     STRIPE_CURRENCIES,
     Precision,
@@ -95,3 +96,17 @@ def test_formatting() -> None:
     assert format_unit_price(Decimal("0.000001")) == "0.000001"
     assert format_unit_price(Decimal("1234.5")) == "1,234.50"
     assert format_unit_price(Decimal("5")) == "5.00"
+
+
+def test_long_quantities_and_prices_print_every_digit() -> None:
+    """Decimal's default context holds 28 digits: printing must never round to it."""
+    from billing_cli.localized import NumberFormat
+
+    long = Decimal("123456789012345678901234567890.123456789")
+    assert format_quantity(long) == "123,456,789,012,345,678,901,234,567,890.123456789"
+    assert format_unit_price(long) == "123,456,789,012,345,678,901,234,567,890.123456789"
+    german = NumberFormat("de")
+    assert german.quantity(long) == "123.456.789.012.345.678.901.234.567.890,123456789"
+    assert german.unit_price(long, "JPY") == german.quantity(long)
+    assert german.money(Decimal("12345678901234567890123456789012345678.455"), "EUR") == \
+        "12.345.678.901.234.567.890.123.456.789.012.345.678,46 €"

@@ -14,6 +14,7 @@ from billing_cli.cli import app
 from billing_cli.errors import ExitCode
 from billing_cli.jobs.status import Thresholds, job_statuses
 from tests.conftest import BILLING, billing_subprocess_env
+from tests.data import SELLER_ENV
 
 runner = CliRunner()
 
@@ -92,7 +93,8 @@ def test_sigterm_finishes_in_flight_work_records_interrupted_and_the_rerun_compl
     fake_stripe.latency = 0.5  # each organization takes a few seconds: time to stop in the middle
     env = billing_subprocess_env(
         DATABASE_URL=billed, BILLING_ENV_FILE="/dev/null", INVOICE_CONCURRENCY="1",
-        INVOICE_ENABLE_STRIPE="true", STRIPE_API_KEY="sk_test_SIGTERMsecret01", STRIPE_API_BASE=fake_stripe.base_url)
+        INVOICE_ENABLE_STRIPE="true", STRIPE_API_KEY="sk_test_SIGTERMsecret01", STRIPE_API_BASE=fake_stripe.base_url,
+        **SELLER_ENV)
     proc = subprocess.Popen([*BILLING, "invoice-monthly", "--month", "2024-01"], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -248,6 +250,7 @@ def test_ctrl_c_in_a_terminal_finishes_the_work_in_flight_and_prints_the_summary
     env = billing_subprocess_env(
         DATABASE_URL=billed, BILLING_ENV_FILE="/dev/null", INVOICE_CONCURRENCY="4", PDF_RENDER_PROCESSES="2",
         INVOICE_ENABLE_STRIPE="true", STRIPE_API_KEY="sk_test_CTRLCsecret0001", STRIPE_API_BASE=fake_stripe.base_url,
+        **SELLER_ENV,
         LOG_FORMAT="auto", COLUMNS="120", TERM="xterm")
 
     pid, terminal = pty.fork()

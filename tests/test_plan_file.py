@@ -41,7 +41,7 @@ def test_a_valid_file_parses_exactly() -> None:
     (pro,) = parse_plans(GOOD)
     assert (pro.id, pro.name, pro.currency, pro.base_fee) == ("pro", "Pro", "USD", D("49.00"))
     (price,) = pro.prices
-    assert price.model == "graduated" and price.included == D(1000) and price.description == "Api calls"
+    assert price.model == "graduated" and price.included == D(1000) and price.description == "API calls"
     assert price.tiers == (Tier(D(10000), D("0.01")), Tier(D(100000), D("0.008"), D(5)), Tier(None, D("0.005")))
     assert isinstance(price.tiers[0].unit_price, D)  # TOML floats are read as exact decimals
 

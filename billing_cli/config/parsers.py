@@ -167,6 +167,17 @@ class HttpUrl(Text):
         return mask_url_password(text, keep_user=False)
 
 
+class Locale(Text):
+    """A CLDR locale for the invoices' numbers and money (Babel): `de`, `en_GB`, `pt-BR`."""
+
+    kind = "locale"
+
+    def __call__(self, text: str) -> str:
+        from ..localized import check_locale
+
+        return check_locale(super().__call__(text))
+
+
 class StripeKey(Text):
     def __call__(self, text: str) -> str:
         if not super().__call__(text).startswith(("sk_", "rk_")):

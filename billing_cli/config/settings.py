@@ -10,7 +10,7 @@ from typing import TypeVar
 from ..errors import ConfigError
 from .raw import RawConfig, Source, read_raw_config
 from .secret import Secret
-from .variables import DELIVERY_FLAGS, VARIABLES, VARIABLES_BY_NAME, mask
+from .variables import DELIVERY_FLAGS, SELLER_VARIABLES, VARIABLES, VARIABLES_BY_NAME, mask
 
 _Class = TypeVar("_Class", bound=type)
 
@@ -55,6 +55,8 @@ class Settings:
     seller_name: str
     seller_address: tuple[str, ...]
     seller_tax_id: str | None
+    invoice_locale: str
+    payment_instructions: tuple[str, ...]
     payment_terms_days: int
     invoice_output_dir: Path | None
     notify_on_completion: bool
@@ -187,7 +189,24 @@ def _missing_companions(converted: Mapping[str, object], under_kubernetes: bool)
         names = ("DATABASE_URL",) if under_kubernetes else ("DATABASE_URL", "BILLING_REQUIRE_DATABASE_URL")
         problems.append(Problem(f"DATABASE_URL is not set and the embedded database is refused ({why}): "
                                 "set DATABASE_URL (check the Secret the job reads)", names))
+    problems += _placeholder_seller(converted, under_kubernetes)
     return problems
+
+
+def _placeholder_seller(converted: Mapping[str, object], under_kubernetes: bool) -> list[Problem]:
+    """The seller printed on invoices is the placeholder default (or set to it, e.g. from a copied
+    .env.example) while invoices can reach customers: with any delivery on, or under Kubernetes."""
+    placeholder = [name for name in SELLER_VARIABLES
+                   if converted.get(name) in (None, VARIABLES_BY_NAME[name].convert(VARIABLES_BY_NAME[name].default))]
+    reaching = [flag for flag in DELIVERY_FLAGS.values() if converted.get(flag)]
+    if not placeholder or not (reaching or under_kubernetes):
+        return []
+    why = f"{' and '.join(reaching)} {'is' if len(reaching) == 1 else 'are'} on" if reaching else \
+        "running under Kubernetes"
+    names = " and ".join(placeholder)
+    return [Problem(f"{names} {'is' if len(placeholder) == 1 else 'are'} unset or the placeholder ('Example Cloud "
+                    f"Ltd', '1 Example Street') and {why}: set {names} to the seller printed on invoices",
+                    tuple(placeholder))]
 
 
 def _shard_problems(converted: Mapping[str, object]) -> list[Problem]:

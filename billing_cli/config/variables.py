@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass
 
-from .parsers import (Bool, Choice, Email, Folder, HttpUrl, Int, Lines, Month, Parser, PostgresUrl, Schedule,
-                      StripeKey, Text)
+from .parsers import (Bool, Choice, Email, Folder, HttpUrl, Int, Lines, Locale, Month, Parser, PostgresUrl,
+                      Schedule, StripeKey, Text)
 from .secret import Secret
 
 
@@ -74,12 +74,21 @@ VARIABLES: tuple[Variable, ...] = (
              help="An invoice also bills the changed usage (late, deleted or corrected events) of this many "
                   "earlier months; older changes are reported, not billed (docs/plans.md)."),
     Variable("INVOICE_SELLER_NAME", "seller_name", Text(), default="Example Cloud Ltd",
-             help="Seller name printed on invoices."),
+             help="Seller (legal) name printed on invoices. The default is a placeholder for local runs and "
+                  "previews: required with any INVOICE_ENABLE_* on and under Kubernetes."),
     Variable("INVOICE_SELLER_ADDRESS", "seller_address", Lines("|"),
              default="1 Example Street|London EC1A 1AA|United Kingdom",
-             help="Seller address on invoices; separate lines with '|'."),
+             help="Seller address on invoices; separate lines with '|'. A placeholder by default: required "
+                  "with any INVOICE_ENABLE_* on and under Kubernetes."),
     Variable("INVOICE_SELLER_TAX_ID", "seller_tax_id", Text(), default=None, example="GB123456789",
              help="Seller tax / VAT id printed on invoices."),
+    Variable("INVOICE_PAYMENT_INSTRUCTIONS", "payment_instructions", Lines("|"), default=None, unset=(),
+             example="Bank transfer to Example Cloud Ltd|IBAN GB33 BUKB 2020 1555 5555 55, BIC BUKBGB22",
+             help="How to pay, printed on invoice PDFs under the total (e.g. the bank account); separate lines "
+                  "with '|'. With Stripe on, the PDF also says that the invoice e-mail links to its payment page."),
+    Variable("INVOICE_LOCALE", "invoice_locale", Locale(), default="en",
+             help="Locale of the numbers and amounts on invoice PDFs (CLDR, via Babel): en gives 1,234.56 and "
+                  "€1,234.56, de 1.234,56 and 1.234,56 €. The invoice's words stay English."),
     Variable("INVOICE_PAYMENT_TERMS_DAYS", "payment_terms_days", Int(0, 365), default="30",
              help="Days from issue date to due date."),
     Variable("INVOICE_OUTPUT_DIR", "invoice_output_dir", Folder(), default=None, example="./invoices",
@@ -175,6 +184,9 @@ VARIABLES: tuple[Variable, ...] = (
 )
 
 VARIABLES_BY_NAME = {v.name: v for v in VARIABLES}
+
+# The seller's identity: its defaults are placeholders that must never reach a customer.
+SELLER_VARIABLES = ("INVOICE_SELLER_NAME", "INVOICE_SELLER_ADDRESS")
 
 
 def mask(name: str, value: str) -> str:

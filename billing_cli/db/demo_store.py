@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, text
 
+from ..addresses import BillingDetails
 from ..periods import Month
 
 
@@ -18,15 +19,26 @@ def foreign_organizations(conn: Connection) -> int:
 
 
 def save_demo_organization(conn: Connection, *, id: str, name: str, email: str, status: str, currency: str,
-                           plan: str, created_at: datetime, status_changed_at: datetime) -> None:
+                           plan: str, created_at: datetime, status_changed_at: datetime,
+                           billing: BillingDetails = BillingDetails()) -> None:
     conn.execute(text("""
-        INSERT INTO organizations (id, name, email, status, currency, price_plan_id, created_at, status_changed_at)
-        VALUES (:id, :name, :email, :status, :currency, :plan, :created, :changed)
+        INSERT INTO organizations (id, name, email, status, currency, price_plan_id, created_at, status_changed_at,
+                                   billing_address_line1, billing_address_line2, billing_postal_code, billing_city,
+                                   billing_region, billing_country, tax_id, tax_exempt)
+        VALUES (:id, :name, :email, :status, :currency, :plan, :created, :changed,
+                :line1, :line2, :postal_code, :city, :region, :country, :tax_id, :tax_exempt)
         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email,
             status = EXCLUDED.status, currency = EXCLUDED.currency, price_plan_id = EXCLUDED.price_plan_id,
-            created_at = EXCLUDED.created_at, status_changed_at = EXCLUDED.status_changed_at, updated_at = now()
+            created_at = EXCLUDED.created_at, status_changed_at = EXCLUDED.status_changed_at, updated_at = now(),
+            billing_address_line1 = EXCLUDED.billing_address_line1,
+            billing_address_line2 = EXCLUDED.billing_address_line2, billing_postal_code = EXCLUDED.billing_postal_code,
+            billing_city = EXCLUDED.billing_city, billing_region = EXCLUDED.billing_region,
+            billing_country = EXCLUDED.billing_country, tax_id = EXCLUDED.tax_id, tax_exempt = EXCLUDED.tax_exempt
     """), {"id": id, "name": name, "email": email, "status": status, "currency": currency, "plan": plan,
-           "created": created_at, "changed": status_changed_at})
+           "created": created_at, "changed": status_changed_at, "line1": billing.address_line1,
+           "line2": billing.address_line2, "postal_code": billing.postal_code, "city": billing.city,
+           "region": billing.region, "country": billing.country, "tax_id": billing.tax_id,
+           "tax_exempt": billing.tax_exempt})
     conn.execute(text("INSERT INTO demo_organizations (organization_id) VALUES (:id) ON CONFLICT DO NOTHING"),
                  {"id": id})
 

@@ -130,6 +130,7 @@ def organization_lock(session: Connection, organization_id: str) -> None:
 
 
 def issue_invoice(session: Connection, *, organization_id: str, bill_to_name: str, bill_to_email: str,
+                  bill_to_address: tuple[str, ...] = (), bill_to_tax_id: str | None = None,
                   invoice: ComposedInvoice, revisions: Mapping[Month, int], issue_date: date, due_date: date,
                   planned_with: frozenset[int], replaces: StoredInvoice | None = None,
                   stripe_customer: tuple[str | None, str | None, str | None] = (None, None, None)) -> StoredInvoice:
@@ -153,14 +154,15 @@ def issue_invoice(session: Connection, *, organization_id: str, bill_to_name: st
     number = invoice_number(month, sequence)
     invoice_id, created_at = session.execute(text("""
         INSERT INTO invoices (organization_id, period_start, number, status, currency, subtotal, total,
-                              plan_id, plan_snapshot, bill_to_name, bill_to_email, issue_date, due_date,
-                              replaces_invoice_id)
+                              plan_id, plan_snapshot, bill_to_name, bill_to_email, bill_to_address, bill_to_tax_id,
+                              issue_date, due_date, replaces_invoice_id)
         VALUES (:org, :period, :number, 'issued', :currency, :subtotal, :total, :plan, CAST(:snapshot AS jsonb),
-                :name, :email, :issue, :due, :replaces)
+                :name, :email, :address, :tax_id, :issue, :due, :replaces)
         RETURNING id, created_at
     """), {"org": organization_id, "period": month.first_day, "number": number, "currency": invoice.currency,
            "subtotal": invoice.subtotal, "total": invoice.total, "plan": invoice.plan_id,
            "snapshot": json.dumps(plan_snapshot(invoice.plan)), "name": bill_to_name, "email": bill_to_email,
+           "address": list(bill_to_address) or None, "tax_id": bill_to_tax_id,
            "issue": issue_date, "due": due_date, "replaces": replaces.id if replaces else None}).one()
     session.execute(text("""
         INSERT INTO invoice_lines (invoice_id, line_no, kind, metric, description, quantity, unit_price, amount,
@@ -195,8 +197,9 @@ def record_pdf(session: Connection, invoice_id: int, *, sha256: str, size: int, 
 
 def load_document(session: Connection, invoice_id: int) -> InvoiceDocument:
     row = session.execute(text("""
-        SELECT id, organization_id, number, bill_to_name, bill_to_email, period_start, issue_date, due_date,
-               currency, total FROM invoices WHERE id = :id
+        SELECT i.id, i.organization_id, i.number, i.bill_to_name, i.bill_to_email, i.period_start, i.issue_date,
+               i.due_date, i.currency, i.total, i.bill_to_address, i.bill_to_tax_id, r.number AS replaces
+        FROM invoices i LEFT JOIN invoices r ON r.id = i.replaces_invoice_id WHERE i.id = :id
     """), {"id": invoice_id}).one()
     lines = tuple(InvoiceLine(r.kind, r.description, Decimal(r.quantity), Decimal(r.unit_price),
                               Decimal(r.amount), r.metric, Month.containing_date(r.period_start))
@@ -204,7 +207,8 @@ def load_document(session: Connection, invoice_id: int) -> InvoiceDocument:
                                                 "ORDER BY line_no"), {"id": invoice_id}))
     return InvoiceDocument(row.number, row.organization_id, row.bill_to_name, row.bill_to_email,
                            Month.containing_date(row.period_start), row.issue_date, row.due_date, row.currency,
-                           lines, Decimal(row.total))
+                           lines, Decimal(row.total), replaces=row.replaces,
+                           bill_to_address=tuple(row.bill_to_address or ()), bill_to_tax_id=row.bill_to_tax_id)
 
 
 def record_s3(session: Connection, invoice_id: int, key: str) -> None:

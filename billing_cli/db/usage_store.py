@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
+from ..addresses import BillingDetails
 from ..periods import Month
 
 
@@ -26,6 +27,7 @@ class OrganizationRow:
     usage_revision: int = 0  # the revision of the month's usage read with it (usage_revisions)
     stripe_customer_name: str | None = None  # what billing last told Stripe about it
     stripe_customer_email: str | None = None
+    billing: BillingDetails = BillingDetails()  # postal address and tax id printed on its invoices
 
     @property
     def active(self) -> bool:
@@ -145,7 +147,8 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
     rows = conn.execute(text(f"""
         SELECT o.id, o.name, o.email, o.currency, o.price_plan_id, o.stripe_customer_id, o.status, o.created_at,
                o.status_changed_at, coalesce(r.revision, 0) AS revision, sc.name AS sc_name,
-               sc.email AS sc_email, u.metric, u.quantity
+               sc.email AS sc_email, o.billing_address_line1, o.billing_address_line2, o.billing_postal_code,
+               o.billing_city, o.billing_region, o.billing_country, o.tax_id, o.tax_exempt, u.metric, u.quantity
         FROM organizations o
         LEFT JOIN (SELECT organization_id, metric, sum(quantity) AS quantity FROM ({source}) s GROUP BY 1, 2) u
                ON u.organization_id = o.id
@@ -166,7 +169,10 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
                     batch = []
             org = OrganizationRow(row.id, row.name, row.email, (row.currency or "").strip(), row.price_plan_id,
                                   row.stripe_customer_id, row.status, row.created_at, row.status_changed_at,
-                                  row.revision, row.sc_name, row.sc_email)
+                                  row.revision, row.sc_name, row.sc_email,
+                                  BillingDetails(row.billing_address_line1, row.billing_address_line2,
+                                                 row.billing_postal_code, row.billing_city, row.billing_region,
+                                                 row.billing_country, row.tax_id, row.tax_exempt))
             current = (org, {})
         if row.metric is not None:
             current[1][row.metric] = Decimal(row.quantity)

@@ -1,9 +1,10 @@
 """The invoice PDF (fpdf2): seller, bill-to, dates, line table with tiers, totals, page numbers.
 
-Fonts: Latin-1 text uses the PDF core fonts (nothing embedded: a few ms per invoice). Other
-text (Łódź, Ελληνικά, Кириллица, €) is set in DejaVu Sans, shipped in this package as a subset
-covering Latin, Greek and Cyrillic and embedded only for the strings and faces that need it;
-characters it lacks print as '?' instead of failing the run. The output is deterministic: the same invoice gives the same bytes.
+Fonts: text in Windows-1252 (Latin-1 and €) uses the PDF core fonts (nothing embedded: a few ms
+per invoice). Other text (Łódź, Ελληνικά, Кириллица, ₹) is set in DejaVu Sans, shipped in this
+package as a subset covering Latin, Greek and Cyrillic and embedded only for the strings and faces
+that need it (each face costs ~10 ms; one typeface for the whole of such an invoice would cost 4x).
+Characters it lacks (CJK, Arabic, emoji) print as '?' instead of failing the run. The output is deterministic: the same invoice gives the same bytes.
 """
 
 from __future__ import annotations
@@ -14,17 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from ..invoices import InvoiceDocument, Seller
-from ..money import format_money, format_quantity, format_unit_price, round_money
+from ..pricing import InvoiceLine
+from ..localized import NumberFormat
 
 FONTS = Path(__file__).with_name("fonts")
 UNICODE_REGULAR = FONTS / "DejaVuSans-subset.ttf"
 UNICODE_BOLD = FONTS / "DejaVuSans-Bold-subset.ttf"
-_CORE_ENCODING = "latin-1"
+# The core fonts' WinAnsiEncoding: Latin-1 plus € and typographic quotes and dashes.
+_CORE_ENCODING = "windows-1252"
 
 # A4 portrait, millimetres.
 _LEFT, _RIGHT_EDGE, _WIDTH = 15.0, 195.0, 180.0
 _COLUMNS = (("Description", 92.0, "L"), ("Quantity", 28.0, "R"), ("Unit price", 28.0, "R"), ("Amount", 32.0, "R"))
-_ROW = 5.5
+_ROW = 5.5  # one table row
+_WRAPPED = 4.2  # each line of a wrapped description
+_INDENT = 4.0  # a line that continues its group (the next tier, a flat fee)
+_GAP = 3.0  # between a description and the figures
 
 
 class PdfError(Exception):
@@ -73,17 +79,22 @@ class RenderPool:
 
 
 def _texts(doc: InvoiceDocument, seller: Seller) -> list[str]:
-    return [doc.bill_to_name, doc.bill_to_email, doc.organization_id, seller.name, *seller.address,
-            seller.tax_id or "", *(line.description for line in doc.lines)]
+    return [doc.bill_to_name, doc.bill_to_email, doc.organization_id, *doc.bill_to_address, doc.bill_to_tax_id or "",
+            seller.name, *seller.address, seller.tax_id or "", *seller.payment_instructions,
+            *(line.description for line in doc.lines)]
+
+
+def _is_core(text: str) -> bool:
+    """Whether the PDF core fonts can draw `text`."""
+    try:
+        text.encode(_CORE_ENCODING)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def needs_unicode_font(doc: InvoiceDocument, seller: Seller) -> bool:
-    try:
-        for text in _texts(doc, seller):
-            text.encode(_CORE_ENCODING)
-    except UnicodeEncodeError:
-        return True
-    return False
+    return not all(_is_core(text) for text in _texts(doc, seller))
 
 
 @cache
@@ -95,9 +106,26 @@ def _unicode_coverage() -> frozenset[int]:
         return frozenset(font.getBestCmap())
 
 
+def _described(lines: tuple[InvoiceLine, ...]) -> list[tuple[bool, str, InvoiceLine]]:
+    """Each line with how it is printed: a line of the same metric and period as the one before it
+    (the next tier, a tier's flat fee) continues that group: indented, without the label the group's
+    first line already shows (`API calls: units 1 to 1,000`, then `units 1,001 to 10,000`)."""
+    described = []
+    previous: InvoiceLine | None = None
+    for line in lines:
+        label, colon, rest = line.description.partition(": ")
+        continues = (previous is not None and line.metric is not None and colon and rest
+                     and (line.metric, line.period) == (previous.metric, previous.period)
+                     and previous.description.startswith(label + ":"))
+        described.append((bool(continues), rest if continues else line.description, line))
+        previous = line
+    return described
+
+
 def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     from fpdf import FPDF
 
+    numbers = NumberFormat(seller.locale)
     unicode_font = needs_unicode_font(doc, seller)
     coverage = _unicode_coverage() if unicode_font else frozenset()
     added: set[str] = set()
@@ -108,17 +136,19 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
             return "".join(ch if ord(ch) in coverage else "?" for ch in text)
         return text
 
-    def font(p: Any, style: str, size: float, text: str = "") -> None:
-        """Core Helvetica for Latin-1 text; the embedded font only for text that needs it (and
-        only the faces used), which keeps most invoices at a few milliseconds."""
-        try:
-            text.encode(_CORE_ENCODING)
+    def font(p: Any, style: str, size: float, text: str = "", *, block: bool = False) -> None:
+        """Core Helvetica for the text it can draw; the embedded font only for text that needs it
+        (and only the faces used): each embedded face costs about 10 ms to subset, so an invoice
+        in Latin script, € included, stays at a few milliseconds. `block`: some text of the same
+        block (the seller, the buyer, the lines) and face needs the embedded font: all of it is
+        set in it, one typeface per block and face, never a face more than the text needs."""
+        if not block and _is_core(text):
             p.set_font("Helvetica", style, size)
-        except UnicodeEncodeError:
-            if style not in added:
-                p.add_font("DejaVu", style, UNICODE_BOLD if style == "B" else UNICODE_REGULAR)
-                added.add(style)
-            p.set_font("DejaVu", style, size)
+            return
+        if style not in added:
+            p.add_font("DejaVu", style, UNICODE_BOLD if style == "B" else UNICODE_REGULAR)
+            added.add(style)
+        p.set_font("DejaVu", style, size)
 
     class InvoicePdf(FPDF):
         in_table = False
@@ -141,6 +171,7 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
             self.cell(_WIDTH / 2, 5, f"Page {self.page_no()} of {{nb}}", align="R")
 
     pdf = InvoicePdf(format="A4", unit="mm")
+    pdf.core_fonts_encoding = _CORE_ENCODING
     pdf.set_creation_date(datetime.combine(doc.issue_date, time(), tzinfo=UTC))
     pdf.set_title(f"Invoice {doc.number}")
     pdf.set_author(clean(seller.name))
@@ -160,14 +191,16 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     # -- seller and title -------------------------------------------------------------------
     pdf.set_text_color(20)
     seller_name = clean(seller.name)
+    seller_lines = [clean(line) for line in seller.address] + ([clean(f"Tax ID: {seller.tax_id}")] if seller.tax_id
+                                                                 else [])
+    seller_regular = not all(map(_is_core, seller_lines))
     font(pdf, "B", 15, seller_name)
     pdf.cell(110, 8, seller_name)
     font(pdf, "B", 20)
     pdf.cell(70, 8, "PREVIEW" if doc.preview else "INVOICE", align="R", new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(80)
-    for line in (*seller.address, *((f"Tax ID: {seller.tax_id}",) if seller.tax_id else ())):
-        line = clean(line)
-        font(pdf, "", 9, line)
+    for line in seller_lines:
+        font(pdf, "", 9, line, block=seller_regular)
         pdf.cell(110, 4.5, line, new_x="LMARGIN", new_y="NEXT")
     pdf.ln(6)
 
@@ -177,19 +210,23 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     font(pdf, "B", 8)
     pdf.cell(100, 5, "BILL TO", new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(20)
-    for text_, style, size, height in ((doc.bill_to_name, "B", 11, 5.5), (doc.bill_to_email, "", 9, 4.5),
-                                       (f"Account: {doc.organization_id}", "", 9, 4.5)):
-        text_ = clean(text_)
-        font(pdf, style, size, text_)
-        if pdf.get_string_width(text_) <= 99:  # one line: cell() is far cheaper than multi_cell()
-            pdf.cell(100, height, text_, new_x="LMARGIN", new_y="NEXT")
+    buyer = ((doc.bill_to_name, "B", 11, 5.5), *((line, "", 9, 4.5) for line in doc.bill_to_address),
+             *(((f"Tax ID: {doc.bill_to_tax_id}", "", 9, 4.5),) if doc.bill_to_tax_id else ()),
+             (doc.bill_to_email, "", 9, 4.5), (f"Account: {doc.organization_id}", "", 9, 4.5))
+    buyer = tuple((clean(text_), style, size, height) for text_, style, size, height in buyer)
+    buyer_faces = {style for text_, style, *_ in buyer if not _is_core(text_)}
+    for text_, style, size, height in buyer:
+        font(pdf, style, size, text_, block=style in buyer_faces)
+        if pdf.get_string_width(text_) <= 93:  # one line: cell() is far cheaper than multi_cell()
+            pdf.cell(95, height, text_, new_x="LMARGIN", new_y="NEXT")
         else:
-            pdf.multi_cell(100, height, text_, new_x="LMARGIN", new_y="NEXT")
+            pdf.multi_cell(95, height, text_, align="L", new_x="LMARGIN", new_y="NEXT")
     left_bottom = pdf.get_y()
     facts = (("Invoice number", doc.number + (" (preview)" if doc.preview else "")),
              ("Issue date", doc.issue_date.isoformat()), ("Due date", doc.due_date.isoformat()),
              ("Billing period", f"{doc.period.first_day.isoformat()} to {doc.period.last_day.isoformat()}"),
-             ("Currency", doc.currency))
+             ("Currency", doc.currency),
+             *((("Replaces invoice", doc.replaces),) if doc.replaces else ()))
     pdf.set_y(top)
     for label, value in facts:
         pdf.set_x(_RIGHT_EDGE - 80)
@@ -206,37 +243,53 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     pdf.in_table = True
     pdf.set_text_color(20)
     description_width = _COLUMNS[0][1]
-    for index, line in enumerate(doc.lines):
-        indent = "    " if line.kind in ("tier", "flat_fee") else ""
-        text = clean(indent + line.description)
-        font(pdf, "", 9, text)
-        fits = pdf.get_string_width(text) <= description_width - 2  # the common case: one row, no wrapping
-        lines_needed = 1 if fits else len(pdf.multi_cell(description_width - 2, _ROW, text, dry_run=True,
-                                                         output="LINES"))
-        height = _ROW * max(1, lines_needed)
+    described = [(indented, clean(numbers.in_text(description)), line)
+                 for indented, description, line in _described(doc.lines)]
+    lines_block = not all(_is_core(description) for _, description, _ in described)
+    for index, (indented, text, line) in enumerate(described):
+        # Every description starts at the same x; a line continuing its group (the next tier,
+        # a flat fee) at one indent more, its wrapped lines too; a gap before the figures.
+        x = _LEFT + (_INDENT if indented else 0.0)
+        width = description_width - (x - _LEFT) - _GAP
+        font(pdf, "", 9, text, block=lines_block)
+        fits = pdf.get_string_width(text) <= width - 2 * pdf.c_margin  # the common case: one row, no wrapping
+        wrapped = 1 if fits else len(pdf.multi_cell(width, _WRAPPED, text, dry_run=True, output="LINES"))
+        height = _ROW if fits else _WRAPPED * wrapped + (_ROW - _WRAPPED)
         if pdf.will_page_break(height):
             pdf.add_page()
-            font(pdf, "", 9, text)
+            font(pdf, "", 9, text, block=lines_block)
         y = pdf.get_y()
         if index % 2:
             pdf.set_fill_color(248, 249, 251)
             pdf.rect(_LEFT, y, _WIDTH, height, style="F")
+        pdf.set_xy(x, y)
         if fits:
-            pdf.set_x(_LEFT + 1)
-            pdf.cell(description_width - 1, _ROW, text)
-        else:
-            pdf.multi_cell(description_width, _ROW, text, new_x="RIGHT", new_y="TOP", padding=(0, 1, 0, 1))
+            pdf.cell(width, _ROW, text)
+        else:  # the first line where a single row's text would be, the others below it
+            pdf.set_y(y + (_ROW - _WRAPPED) / 2)
+            pdf.set_x(x)
+            pdf.multi_cell(width, _WRAPPED, text, align="L")
         pdf.set_xy(_LEFT + description_width, y)
-        font(pdf, "", 9)
-        quantity = format_quantity(line.quantity) if line.kind != "base_fee" else "1"
-        pdf.cell(_COLUMNS[1][1], _ROW, quantity, align="R")
-        pdf.cell(_COLUMNS[2][1], _ROW, format_unit_price(line.unit_price), align="R")
-        pdf.cell(_COLUMNS[3][1], _ROW, f"{round_money(line.amount, doc.currency):,}", align="R")
+        quantity = numbers.quantity(line.quantity) if line.kind != "base_fee" else "1"
+        for (_, column, _), figure in zip(_COLUMNS[1:], (quantity, numbers.unit_price(line.unit_price, doc.currency),
+                                                          numbers.amount(line.amount, doc.currency))):
+            font(pdf, "", 9, figure, block=lines_block)
+            pdf.cell(column, _ROW, figure, align="R")
         pdf.set_xy(_LEFT, y + height)
     pdf.in_table = False
 
-    # -- totals -----------------------------------------------------------------------------
-    if pdf.will_page_break(22):
+    # -- totals, how to pay, notes ---------------------------------------------------------
+    paying = [*(f"{line}" for line in seller.payment_instructions),
+              *(("Pay online: the e-mail that brought this invoice links to its payment page.",)
+                if seller.pays_online else ())]
+    notes = [*((f"This invoice replaces invoice {doc.replaces}, which is void.",) if doc.replaces else ()),
+             f"Payment is due by {doc.due_date.isoformat()}. Please quote invoice number {doc.number} with your "
+             "payment.",
+             f"Amounts are in {doc.currency}. Unit prices are shown with full precision; each line amount is rounded "
+             "half-up to the currency's minor unit.",
+             "The total is the sum of the rounded line amounts."]
+    # Totals, payment and notes stay together on one page (a long payment text may still wrap).
+    if pdf.will_page_break(22 + (7 + 4.5 * len(paying) if paying else 0) + 4 * (len(notes) + 2)):
         pdf.add_page()
     pdf.ln(2)
     pdf.set_draw_color(180)
@@ -246,14 +299,25 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
         pdf.set_x(_RIGHT_EDGE - 80)
         font(pdf, "B" if bold else "", 11 if bold else 9)
         pdf.cell(35, 7 if bold else 5.5, label)
-        pdf.cell(45, 7 if bold else 5.5, format_money(value, doc.currency), align="R", new_x="LMARGIN", new_y="NEXT")
+        money = numbers.money(value, doc.currency)
+        font(pdf, "B" if bold else "", 11 if bold else 9, money)
+        pdf.cell(45, 7 if bold else 5.5, money, align="R", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(6)
-    font(pdf, "", 8)
+    if paying:
+        pdf.set_text_color(110)
+        font(pdf, "B", 8)
+        pdf.cell(_WIDTH, 5, "HOW TO PAY", new_x="LMARGIN", new_y="NEXT")
+        pdf.set_text_color(20)
+        for line in paying:
+            line = clean(line)
+            font(pdf, "", 9, line)
+            pdf.multi_cell(_WIDTH, 4.5, line, align="L", new_x="LMARGIN", new_y="NEXT")
+        pdf.ln(4)
     pdf.set_text_color(110)
-    for note in (f"Payment is due by {doc.due_date.isoformat()}. Please quote invoice number {doc.number} "
-                 "with your payment.",
-                 f"Amounts are in {doc.currency}. Unit prices are shown with full precision; each line amount is "
-                 "rounded half-up to the currency's minor unit.",
-                 "The total is the sum of the rounded line amounts."):
-        pdf.cell(_WIDTH, 4, note, new_x="LMARGIN", new_y="NEXT")  # fixed lines: no costly line breaking
+    for note in notes:
+        font(pdf, "", 8, note)
+        if pdf.get_string_width(note) <= _WIDTH - 2 * pdf.c_margin:  # the usual case: no costly line breaking
+            pdf.cell(_WIDTH, 4, note, new_x="LMARGIN", new_y="NEXT")
+        else:
+            pdf.multi_cell(_WIDTH, 4, note, align="L", new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())

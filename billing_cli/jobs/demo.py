@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ..addresses import BillingDetails
 from ..db import demo_store
 from ..db.engine import Transactions
 from ..db.plan_store import save_plans
@@ -36,21 +37,26 @@ class DemoOrg:
     # When it was deactivated (an inactive organization): the demo's churned customer left in the
     # middle of the month, so it gets a final invoice with that month's fee.
     deactivated: datetime | None = None
+    billing: BillingDetails = BillingDetails()  # the postal address and tax id on its invoices
 
 
 DEMO_ORGS: tuple[DemoOrg, ...] = (
     DemoOrg("demo-acme", "Acme Analytics Ltd", "billing@acme.example", "active", "USD", "starter",
-            api_calls="40 + (extract(minute from t)::int % 7)", storage_gb="0.125"),
+            api_calls="40 + (extract(minute from t)::int % 7)", storage_gb="0.125",
+            billing=BillingDetails("5 Market Street", None, "EC1A 1AA", "London", None, "GB", "GB 123 4567 89")),
     DemoOrg("demo-globex", "Globex Corporation", "ap@globex.example", "active", "USD", "growth",
             # business hours heavy: 9–17 UTC on weekdays
             api_calls="CASE WHEN extract(isodow from t) < 6 AND extract(hour from t) BETWEEN 9 AND 17 "
                       "THEN 900 ELSE 30 END",
-            storage_gb="2.5"),
+            storage_gb="2.5",
+            billing=BillingDetails("742 Evergreen Terrace", "Suite 300", "62701", "Springfield", "IL", "US")),
     DemoOrg("demo-initech", "Initech GmbH", "rechnung@initech.example", "active", "EUR", "europe",
             # grows through the month
-            api_calls="5 * extract(day from t)::int", storage_gb="0.01 * extract(day from t)::int"),
+            api_calls="5 * extract(day from t)::int", storage_gb="0.01 * extract(day from t)::int",
+            billing=BillingDetails("Hauptstraße 5", None, "10115", "Berlin", None, "DE", "DE811907980")),
     DemoOrg("demo-lodz", "Łódź Café ΑΒΓ Кафе", "konto@lodz-cafe.example", "active", "EUR", "europe",
-            api_calls="3", storage_gb="0"),
+            api_calls="3", storage_gb="0",
+            billing=BillingDetails("ul. Piotrkowska 104", None, "90-926", "Łódź", None, "PL", "PL7251234567")),
     DemoOrg("demo-tiny", "Tiny Startup Inc.", "founder@tiny.example", "active", "USD", "payg",
             api_calls="CASE WHEN extract(minute from t) = 0 THEN 1 ELSE 0 END", storage_gb="0"),
     DemoOrg("demo-idle", "Idle Labs", "hello@idle.example", "active", "USD", "payg",
@@ -91,7 +97,8 @@ def seed_demo(transactions: Transactions, *, month: Month = DEMO_MONTH) -> DemoR
         for org in DEMO_ORGS:
             demo_store.save_demo_organization(conn, id=org.id, name=org.name, email=org.email, status=org.status,
                                               currency=org.currency, plan=org.plan, created_at=DEMO_CUSTOMERS_SINCE,
-                                              status_changed_at=org.deactivated or DEMO_CUSTOMERS_SINCE)
+                                              status_changed_at=org.deactivated or DEMO_CUSTOMERS_SINCE,
+                                              billing=org.billing)
             for metric, expression in (("api_calls", org.api_calls), ("storage_gb", org.storage_gb)):
                 demo_store.add_synthetic_events(conn, org.id, metric, expression, month)
             events = demo_store.count_events(conn, org.id, month)

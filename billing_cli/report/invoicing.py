@@ -18,8 +18,18 @@ if TYPE_CHECKING:
 
 _MARKS = {OrgStatus.INVOICED: "✅", OrgStatus.ALREADY_INVOICED: "⏭ ", OrgStatus.NOTHING_TO_BILL: "➖",
           OrgStatus.FAILED: "❌"}
-_STEP_NAMES = {Step.STRIPE_REVERSED: "replaced Stripe invoice voided", Step.PDF: "PDF stored",
+_STEP_NAMES = {Step.STRIPE_REVERSED: "replaced Stripe invoice voided", Step.PDF: "PDF rendered",
                Step.S3: "uploaded to S3", Step.STRIPE: "Stripe invoice sent", Step.EMAIL: "e-mailed"}
+PDF_NOT_KEPT = "PDF not kept (S3 off and no INVOICE_OUTPUT_DIR; a rerun with it set writes the file)"
+
+
+def _step_name(o: OrgOutcome, step: Step) -> str:
+    """What a step did, in words. The PDF is "stored" only where it really is: its file, or S3."""
+    if step == Step.PDF:
+        if o.pdf_path:
+            return f"PDF stored in {o.pdf_path}"
+        return _STEP_NAMES[step] if Step.S3 in o.steps else PDF_NOT_KEPT
+    return _STEP_NAMES[step]
 
 
 class InvoicingScreen:
@@ -85,14 +95,14 @@ def organization_fields(o: OrgOutcome) -> dict[str, object]:
         fields.update(number=o.number, total=o.total, currency=o.currency)
     if o.pdf_bytes:
         fields["pdf_bytes"] = o.pdf_bytes
+    if Step.PDF in o.steps:
+        fields["pdf"] = o.pdf_path or ("s3" if Step.S3 in o.steps else "not kept")
     if o.final:
         fields["final"] = True
     if o.voided_number:
         fields["voids"] = o.voided_number
         if o.voided_total is not None:
             fields["voided_total"] = o.voided_total
-    if o.pdf_path:
-        fields["pdf_path"] = o.pdf_path
     if o.steps:
         fields["done"] = ",".join(step.value for step in o.steps)
     if o.pending:
@@ -114,8 +124,7 @@ def organization_line(o: OrgOutcome, dry_run: bool) -> str:
     mark = _MARKS[OrgStatus.FAILED] if o.errors else _MARKS[o.status]
     amount = f"{format_money(o.total, o.currency)}" if o.total is not None and o.currency else ""
     pdf = f", PDF {o.pdf_bytes / 1024:.1f} kB" if o.pdf_bytes else ""
-    pdf += f" at {o.pdf_path}" if o.pdf_path else ""
-    delivered = [_STEP_NAMES[s] for s in o.steps if s in _STEP_NAMES]
+    delivered = [_step_name(o, s) for s in o.steps if s in _STEP_NAMES]
     if o.status == OrgStatus.INVOICED:
         kind = "final invoice" if o.final else "invoice"
         verb = f"would get its {kind}" if dry_run else f"{kind} generated:"

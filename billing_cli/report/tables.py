@@ -96,12 +96,12 @@ def plans_table(output: Output, plans: list) -> None:
         for price in plan.prices:
             if price.tiers:
                 detail = ", ".join(f"{'≤' + number(t.up_to) if t.up_to is not None else 'rest'} @ "
-                                   f"{format_unit_price(t.unit_price)}"
+                                   f"{format_unit_price(t.unit_price, plan.currency)}"
                                    + (f" +{t.flat_fee}" if t.flat_fee else "") for t in price.tiers)
             elif price.model == "package":
-                detail = f"{format_unit_price(price.unit_price)} per {number(price.package_size)}"
+                detail = f"{format_unit_price(price.unit_price, plan.currency)} per {number(price.package_size)}"
             else:
-                detail = f"{format_unit_price(price.unit_price)} per unit"
+                detail = f"{format_unit_price(price.unit_price, plan.currency)} per unit"
             # The table leaves the plan's cells blank under its first row; a record names its plan.
             plan_cells = (plan.id, plan.name, plan.currency) if output.plain else ("", "", "")
             rows.append((*plan_cells, "", price.metric, price.model,

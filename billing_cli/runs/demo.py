@@ -8,10 +8,10 @@ from typing import Protocol
 
 from ..config import load_settings
 from ..db.connect import open_database
-from ..invoices import Seller
 from ..jobs.demo import DemoResult, run_demo
 from ..jobs.invoicing import InvoiceOptions, InvoiceRunResult, OrgOutcome, invoice_month
 from ..periods import utc_now
+from .wiring import seller_from_settings
 
 
 class DemoView(Protocol):
@@ -44,7 +44,7 @@ def run_whole_demo(view: DemoView) -> DemoRun:
         view.demo_seeded(seeded)
         options = InvoiceOptions(month=seeded.month, issue_date=utc_now().date(), output_dir=output_dir,
                                  payment_terms_days=settings.payment_terms_days,
-                                 seller=Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id))
+                                 seller=seller_from_settings(settings))
         try:
             invoiced = invoice_month(db.transactions, options, on_start=view.organizations_found,
                                      on_outcome=view.organization_done)

@@ -12,7 +12,6 @@ from ..config import Settings, load_settings
 from ..db.engine import Database
 from ..db.usage_store import Shard
 from ..errors import UsageError
-from ..invoices import Seller
 from ..jobs.invoicing import InvoiceOptions, InvoiceRunResult, OrgOutcome, invoice_month
 from ..delivery.ports import Deliveries
 from ..money import Precision
@@ -20,7 +19,7 @@ from ..outcomes import DELIVERY_STEPS, Job, Step
 from ..periods import Month, invoicing_month, utc_now
 from ..schedules import parse_schedule
 from .lifecycle import Finished, LockGuard, RunSpec, RunView, run_job
-from .wiring import deliveries_from_settings
+from .wiring import deliveries_from_settings, seller_from_settings
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,7 @@ def resolve(job: Job, request: InvoiceRequest, settings: Settings, now: datetime
         month=month, issue_date=now.date(), job=job, dry_run=dry_run, organizations=request.organizations,
         regenerate=request.regenerate, output_dir=request.output_dir or settings.invoice_output_dir,
         payment_terms_days=settings.payment_terms_days,
-        seller=Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id),
+        seller=seller_from_settings(settings),
         concurrency=request.concurrency or settings.concurrency, shard=shard,
         batch_size=request.batch_size or settings.batch_size, render_processes=settings.render_processes,
         delivery_steps=tuple(Step(step) for step in settings.enabled_deliveries),

@@ -7,6 +7,14 @@ from __future__ import annotations
 
 from ..config import Settings
 from ..delivery.ports import Deliveries
+from ..invoices import Seller
+
+
+def seller_from_settings(settings: Settings) -> Seller:
+    """The issuer printed on every invoice of a run, and how its PDFs format numbers."""
+    return Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id,
+                  locale=settings.invoice_locale, payment_instructions=settings.payment_instructions,
+                  pays_online=settings.stripe_enabled)
 
 
 def deliveries_from_settings(settings: Settings, *, concurrency: int | None = None) -> Deliveries:

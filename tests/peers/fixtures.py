@@ -11,7 +11,7 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from billing_cli.cli import app
-from tests.data import PLANS, add_org, add_usage, set_plan
+from tests.data import PLANS, SELLER_ENV, add_org, add_usage, set_plan
 from tests.peers.mail_server import MailServer
 from tests.peers.s3_server import S3Server
 from tests.peers.stripe_server import FakeStripeServer
@@ -98,7 +98,7 @@ def peer_env(database_url: str, s3: S3Server, mail: MailServer, stripe_server: F
         "INVOICE_ENABLE_EMAIL": "true", "INVOICE_SMTP_HOST": "127.0.0.1", "INVOICE_SMTP_PORT": str(mail.port),
         "INVOICE_SMTP_SECURITY": "none", "INVOICE_SMTP_USERNAME": mail.username,
         "INVOICE_SMTP_PASSWORD": mail.password, "INVOICE_SMTP_FROM": "Billing <billing@example.cloud>",
-        **overrides,
+        **SELLER_ENV, **overrides,
     }
 
 

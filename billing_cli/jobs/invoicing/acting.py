@@ -95,7 +95,9 @@ class Acting:
         try:
             with self.transactions() as conn:
                 stored = invoice_store.issue_invoice(
-                    conn, organization_id=org.id, bill_to_name=org.name, bill_to_email=org.email, invoice=invoice,
+                    conn, organization_id=org.id, bill_to_name=org.name, bill_to_email=org.email,
+                    bill_to_address=org.billing.postal_lines(), bill_to_tax_id=org.billing.printed_tax_id,
+                    invoice=invoice,
                     revisions=plan.revisions, issue_date=options.issue_date, due_date=due,
                     planned_with=plan.history.live_invoices, replaces=plan.existing,
                     stripe_customer=(org.stripe_customer_id, org.stripe_customer_name, org.stripe_customer_email))
@@ -118,7 +120,10 @@ class Acting:
         steps = self._reverse_in_stripe(plan, outcome)  # the replaced invoice leaves Stripe first
         # Just issued: the document is known without reading it back.
         document = InvoiceDocument(stored.number, org.id, org.name, org.email, options.month, options.issue_date,
-                                   due, invoice.currency, invoice.lines, invoice.total)
+                                   due, invoice.currency, invoice.lines, invoice.total,
+                                   replaces=plan.existing.number if plan.existing is not None else None,
+                                   bill_to_address=org.billing.postal_lines(),
+                                   bill_to_tax_id=org.billing.printed_tax_id)
         self._carry_out_steps(stored, document, steps, outcome)
 
     def _reverse_in_stripe(self, plan: OrgPlan, outcome: OrgOutcome) -> tuple[Step, ...]:

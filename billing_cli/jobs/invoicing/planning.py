@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
+from ...addresses import CountryError
 from ...composition import ComposedInvoice, PeriodDelta, PeriodRecord, compose, credit_balance, period_delta
 from ...db.billing_history import OrgHistory
 from ...db.invoice_store import StoredInvoice
@@ -185,6 +186,10 @@ def _data_problem(org: OrganizationRow, plans: Mapping[str, PricePlan]) -> str |
         check_header_value("organization id", org.id)
     except BadAddress as exc:
         return f"{exc}: fix organizations.id"
+    try:  # printed on the invoice: a country that is not a code would print wrong, or nothing
+        org.billing.postal_lines()
+    except CountryError as exc:
+        return f"{exc}: fix organizations.billing_country"
     if not org.price_plan_id:
         return "no price plan: set organizations.price_plan_id to a plan id"
     plan = plans.get(org.price_plan_id)

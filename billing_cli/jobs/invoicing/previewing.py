@@ -42,7 +42,10 @@ class Previewing:
             document = InvoiceDocument(invoice_number(options.month, self._take_number()), org.id, org.name,
                                        org.email, options.month, options.issue_date,
                                        due_date(options.issue_date, options.payment_terms_days), invoice.currency,
-                                       invoice.lines, invoice.total, preview=True)
+                                       invoice.lines, invoice.total, preview=True,
+                                       replaces=plan.existing.number if plan.existing is not None else None,
+                                       bill_to_address=org.billing.postal_lines(),
+                                       bill_to_tax_id=org.billing.printed_tax_id)
             outcome.number, outcome.currency, outcome.total = document.number, invoice.currency, invoice.total
             render(document, options, outcome)
         except Exception as exc:  # as in a real run: one organization's bug is reported, not fatal
