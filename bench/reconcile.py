@@ -354,7 +354,7 @@ def reconcile_clean(url: str, invoices: int, label: str, *extra: str) -> common.
     """A reconcile run that must find everything in order."""
     run = reconcile(url, *extra)
     summary = (common.plain_records(run.stdout, "summary") or [{}])[-1]
-    if run.returncode != 0 or summary.get("differences") != "0" or summary.get("outcome") != "ok" \
+    if run.returncode != 0 or summary.get("differences") != "0" or summary.get("outcome") != "succeeded" \
             or summary.get("invoices") != str(invoices):
         raise BenchError(f"{label}: reconcile exited {run.returncode} with {summary} (expected exit 0, "
                          f"differences=0, invoices={invoices})\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
