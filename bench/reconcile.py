@@ -57,7 +57,7 @@ run once under EXPLAIN ANALYZE as reconcile runs it (the usage reads with the pa
 they get, each alone), to show where (a)'s time goes.
 
     .venv/bin/python bench/reconcile.py [--organizations N] [--events E] [--skew S] [--repeat R]
-                                        [--keep-database] [--check]
+                                        [--keep-database | --reuse-database] [--check]
 
 The scratch database is created on the server named by --database-url (default:
 BENCH_DATABASE_URL, else postgresql://root@127.0.0.1:5432/test) and dropped at the end unless
@@ -126,6 +126,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "(default: BENCH_DATABASE_URL, else %(default)s)")
     parser.add_argument("--seed", type=int, default=20240131, help="random seed of the synthetic data")
     parser.add_argument("--keep-database", action="store_true", help="do not drop the scratch database")
+    parser.add_argument("--reuse-database", action="store_true",
+                        help="time again on the scratch database a --keep-database run left (loaded, rolled up, "
+                             "invoiced and verified then): no load; kept afterwards")
     parser.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
     args = parser.parse_args(argv)
     if args.organizations < 2 or args.events < HOURS or args.repeat < 1 or args.skew < 0:
@@ -287,6 +290,36 @@ class Prepared:
     invoices: int
     invoice_summary: dict[str, str]
     smallest: tuple[str, int]  # the invoiced organization with the fewest events, and their number
+
+
+def reused(conn: psycopg.Connection) -> tuple[Loaded, Prepared]:
+    """What a --keep-database run left, read back from the database (for --reuse-database): the
+    figures the report prints; the generator's totals were checked against it when it was loaded,
+    and every timed run checks again that events, roll-ups and invoices agree."""
+    truth = Truth()
+    for metric, events, quantity in conn.execute(
+            "SELECT metric, count(*), sum(quantity) FROM usage_events GROUP BY 1").fetchall():
+        truth.events[metric], truth.hundredths[metric] = events, int(quantity * 100)
+    top1 = conn.execute("""SELECT sum(n) FILTER (WHERE rank <= greatest(1, total / 100)) / sum(n)
+                           FROM (SELECT count(*) AS n, row_number() OVER (ORDER BY count(*) DESC) AS rank,
+                                        count(*) OVER () AS total FROM usage_events GROUP BY organization_id) o
+                        """).fetchone()[0]
+    size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('usage_events'))").fetchone()[0]
+    loaded = Loaded([], truth, float(top1), 0.0, 0.0, 0.0, size)
+    hourly_rows = conn.execute("SELECT count(*) FROM usage_hourly").fetchone()[0]
+    hourly_size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('usage_hourly'))").fetchone()[0]
+    pairs = conn.execute("SELECT count(*) FROM (SELECT DISTINCT organization_id, metric FROM usage_hourly) p"
+                         ).fetchone()[0]
+    invoices = conn.execute("SELECT count(*) FROM invoices WHERE period_start = %s AND status = 'issued'",
+                            (PERIOD_START,)).fetchone()[0]
+    if not invoices:
+        raise BenchError("--reuse-database: the scratch database holds no issued invoice for the month; "
+                         "run once with --keep-database first")
+    smallest = conn.execute(
+        "SELECT h.organization_id, sum(h.event_count) FROM usage_hourly h WHERE EXISTS (SELECT 1 FROM invoices i "
+        "WHERE i.organization_id = h.organization_id AND i.period_start = %s AND i.status = 'issued') "
+        "GROUP BY 1 ORDER BY 2, 1 LIMIT 1", (PERIOD_START,)).fetchone()
+    return loaded, Prepared(0.0, 0.0, hourly_rows, hourly_size, pairs, invoices, {}, (smallest[0], int(smallest[1])))
 
 
 def roll_up_and_invoice(conn: psycopg.Connection, url: str, args: argparse.Namespace, loaded: Loaded) -> Prepared:
@@ -465,7 +498,9 @@ def report(args: argparse.Namespace, machine: dict[str, str], loads: tuple[str, 
         f"      usage_hourly: {prepared.hourly_rows:,} rows ({args.events / prepared.hourly_rows:.2f} events per row), "
         f"{prepared.hourly_size} with indexes; (organization, metric) pairs: {prepared.pairs:,}",
         f"      rolled up by aggregate-hourly --from 2024-01-01T00 --to 2024-01-31T23 in {prepared.rollup_seconds:.0f} s; "
-        f"invoiced by invoice-monthly in {prepared.invoice_seconds:.0f} s: {prepared.invoices:,} invoices",
+        f"invoiced by invoice-monthly in {prepared.invoice_seconds:.0f} s: {prepared.invoices:,} invoices"
+        + ("\n      REUSED (--reuse-database): the data a --keep-database run loaded, rolled up, invoiced and "
+           "verified; load and set-up times above are not measured here" if args.reuse_database else ""),
         f"runs: whole processes under /usr/bin/time, (a) to (e) in a rotated order each round, "
         f"repeat={args.repeat}, median; Stripe, S3 and e-mail off",
         "",
@@ -502,20 +537,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     url = common.scratch_url(args.database_url, SCRATCH_DB)
     print(f"scratch database {make_url(url).render_as_string(hide_password=True)}", flush=True)
     load_start = common.loadavg()
-    common.recreate_database(args.database_url, SCRATCH_DB)
+    if args.reuse_database:
+        args.keep_database = True
+    else:
+        common.recreate_database(args.database_url, SCRATCH_DB)
     try:
         common.run_checked([common.billing_executable(), "db", "upgrade", "--plain"], env=job_env(url))
         with psycopg.connect(url, autocommit=True) as conn, \
                 tempfile.TemporaryDirectory(prefix="bench-reconcile-") as tmp:
             machine = bench.machine_info(conn)
-            print(f"loading {args.organizations:,} organizations and {args.events:,} events ...", flush=True)
-            loaded = load(conn, url, args, Path(tmp))
-            print(f"loaded: COPY {loaded.copy_seconds:.0f} s, indexes {loaded.index_seconds:.0f} s, VACUUM ANALYZE "
-                  f"{loaded.vacuum_seconds:.0f} s; usage_events {loaded.events_size}", flush=True)
-            print("rolling up and invoicing the month ...", flush=True)
-            prepared = roll_up_and_invoice(conn, url, args, loaded)
-            print(f"rolled up in {prepared.rollup_seconds:.0f} s ({prepared.hourly_rows:,} usage_hourly rows), "
-                  f"invoiced in {prepared.invoice_seconds:.0f} s ({prepared.invoices:,} invoices)", flush=True)
+            if args.reuse_database:
+                loaded, prepared = reused(conn)
+                print(f"reusing the data a --keep-database run left: {prepared.invoices:,} invoices", flush=True)
+            else:
+                print(f"loading {args.organizations:,} organizations and {args.events:,} events ...", flush=True)
+                loaded = load(conn, url, args, Path(tmp))
+                print(f"loaded: COPY {loaded.copy_seconds:.0f} s, indexes {loaded.index_seconds:.0f} s, VACUUM "
+                      f"ANALYZE {loaded.vacuum_seconds:.0f} s; usage_events {loaded.events_size}", flush=True)
+                print("rolling up and invoicing the month ...", flush=True)
+                prepared = roll_up_and_invoice(conn, url, args, loaded)
+                print(f"rolled up in {prepared.rollup_seconds:.0f} s ({prepared.hourly_rows:,} usage_hourly rows), "
+                      f"invoiced in {prepared.invoice_seconds:.0f} s ({prepared.invoices:,} invoices)", flush=True)
 
             # Warm-up (untimed), and the clean check: everything agrees.
             reconcile_clean(url, prepared.invoices, "clean data")
