@@ -547,3 +547,76 @@ def test_an_smtp_server_that_goes_quiet_after_the_message_is_not_sent_it_again_i
     assert again.exit_code == 0
     ids = [m.message["Message-ID"] for m in mail.received]
     assert len(ids) == 4 and len(set(ids)) == 3
+
+
+LINE_PLANS = """
+[[plan]]
+id = "one-line"
+name = "One line"
+currency = "USD"
+
+  [[plan.price]]
+  metric = "m1"
+  model = "per_unit"
+  unit_price = 0.5
+
+[[plan]]
+id = "five-lines"
+name = "Five lines"
+currency = "USD"
+""" + "".join(f"""
+  [[plan.price]]
+  metric = "m{n}"
+  model = "per_unit"
+  unit_price = 0.{n}
+""" for n in range(1, 6))
+
+
+def test_stripe_calls_per_invoice_are_three_for_a_known_customer_and_four_for_a_new_one_whatever_the_lines(
+        db_url, engine, s3, mail, fake_stripe, clean_env, tmp_path) -> None:
+    """The exact Stripe requests of each invoice, in order, for an invoice of 1 line and one of 5:
+    a new customer costs the customer, the draft, all lines at once and send (which finalizes);
+    a known one (its id stored, the customer at Stripe, name and e-mail unchanged) the last three.
+    No read on the happy path."""
+    from tests.data import add_org, add_usage, set_plan, utc
+
+    plans = tmp_path / "plans.toml"
+    plans.write_text(LINE_PLANS)
+    assert runner.invoke(app, ["plans", "apply", str(plans)], env={"DATABASE_URL": db_url}).exit_code == 0
+    with engine.begin() as conn:
+        for org, plan, metrics in (("org-a", "one-line", 1), ("org-b", "five-lines", 5)):
+            add_org(conn, org)
+            set_plan(conn, org, plan)
+            for month in (1, 2):
+                for n in range(1, metrics + 1):
+                    add_usage(conn, org, f"m{n}", str(10 * n), utc(2024, month, 10, 10))
+    only_stripe = {**peer_env(db_url, s3, mail, fake_stripe), "INVOICE_ENABLE_S3": "false",
+                   "INVOICE_ENABLE_EMAIL": "false"}  # INVOICE_CONCURRENCY=1: one organization after the other
+
+    def calls(since: int) -> list[tuple[str, str]]:
+        return [(r.method, re.sub(r"/(in|cus)_\w+", "/{id}", r.path)) for r in fake_stripe.requests[since:]]
+
+    def lines_added(since: int) -> list[int]:
+        return [len(r.params["lines"]) for r in fake_stripe.requests[since:] if r.path.endswith("/add_lines")]
+
+    invoice_calls = [("POST", "/v1/invoices"), ("POST", "/v1/invoices/{id}/add_lines"),
+                     ("POST", "/v1/invoices/{id}/send")]
+
+    january = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=only_stripe)
+    assert january.exit_code == 0, january.output
+    print("new customers, 1 and 5 lines:", calls(0))
+    assert calls(0) == ([("POST", "/v1/customers")] + invoice_calls) * 2  # new customers: 4 calls each
+    assert lines_added(0) == [1, 5]
+    assert all(r.status == 200 and not r.replayed for r in fake_stripe.requests)
+
+    before = len(fake_stripe.requests)
+    february = runner.invoke(app, ["invoice-monthly", "--month", "2024-02"], env=only_stripe)
+    assert february.exit_code == 0, february.output
+    print("known customers, 1 and 5 lines:", calls(before))
+    assert calls(before) == invoice_calls * 2  # known customers: 3 calls each
+    assert lines_added(before) == [1, 5]
+    assert all(r.status == 200 and not r.replayed for r in fake_stripe.requests[before:])
+    assert len(fake_stripe.customers) == 2
+    assert sorted(len(inv["lines"]["data"]) for inv in fake_stripe.invoices.values()) == [1, 1, 5, 5]
+    assert {inv["status"] for inv in fake_stripe.invoices.values()} == {"open"}
+    assert sorted(map(len, fake_stripe.sent_invoices.values())) == [1, 1, 1, 1]
