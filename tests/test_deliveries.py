@@ -305,6 +305,9 @@ def test_stripe_answering_429_after_our_backoff_fails_that_step_and_the_rerun_co
 
 
 def test_the_rate_limiter_admits_a_burst_up_to_the_limit_and_never_more_per_window() -> None:
+    """A call may reach the server any time between its start and its answer: a new one starts only
+    while fewer than the limit are in flight or were answered within the last second, so no second
+    at the server can hold more than the limit, whatever the delays."""
     from billing_cli.delivery.payments import RateLimiter
 
     now = [100.0]  # a virtual clock: sleeping moves it forward
@@ -313,15 +316,49 @@ def test_the_rate_limiter_admits_a_burst_up_to_the_limit_and_never_more_per_wind
         now[0] += seconds
 
     limiter = RateLimiter(5, clock=lambda: now[0], sleep=sleep)
-    starts = []
+    calls = []
     for _ in range(17):
-        limiter.acquire()
-        starts.append(now[0])
-        now[0] += 0.01  # each call takes a little time before the next one asks
+        with limiter.slot():
+            start = now[0]
+            now[0] += 0.01  # the call takes a little time before its answer
+        calls.append((start, now[0]))
 
+    starts = [start for start, _ in calls]
     assert starts[:5] == pytest.approx([100.0, 100.01, 100.02, 100.03, 100.04])  # no spacing below the limit
-    assert starts[5] == pytest.approx(100.0 + RateLimiter.WINDOW)  # the sixth waits for the first to leave the window
-    assert all(sum(1 for t in starts if s <= t < s + RateLimiter.WINDOW - 1e-9) <= 5 for s in starts)
+    assert starts[5] == pytest.approx(100.01 + RateLimiter.WINDOW)  # a second after the first call's answer
+    # However late each call arrived (up to its answer), no one-second window held more than five.
+    for start_j, _ in calls:
+        could_be_in_its_second = [1 for start, end in calls if start <= start_j and end > start_j - RateLimiter.WINDOW]
+        assert len(could_be_in_its_second) <= 5
+
+
+def test_a_call_in_flight_holds_its_place_in_the_rate_limit_until_a_window_after_its_answer() -> None:
+    import threading
+    import time as timer
+    from contextlib import ExitStack
+
+    from billing_cli.delivery.payments import RateLimiter
+
+    limiter = RateLimiter(2)
+    limiter.WINDOW = 0.3
+    entered = threading.Event()
+
+    def third_call() -> None:
+        with limiter.slot():
+            entered.set()
+
+    with ExitStack() as in_flight:
+        in_flight.enter_context(limiter.slot())
+        second = in_flight.enter_context(ExitStack())
+        second.enter_context(limiter.slot())
+        waiter = threading.Thread(target=third_call, daemon=True)
+        waiter.start()
+        assert not entered.wait(0.5)  # two calls in flight, however long: no third
+        second.close()  # one answered
+        answered = timer.monotonic()
+        assert entered.wait(5)
+        assert timer.monotonic() - answered >= 0.3 - 0.01  # its place came back a window after the answer
+    waiter.join(5)
 
 
 def test_key_prefix_and_link_expiry_settings(env, engine, s3, mail) -> None:
