@@ -146,7 +146,7 @@ class RateLimiter:
             with self._changed:
                 self._in_flight -= 1
                 self._answered.append(self._clock())
-                self._changed.notify()
+                self._changed.notify_all()  # a waiter now knows when the next place frees
 
     def _enter(self) -> None:
         while True:
@@ -158,7 +158,7 @@ class RateLimiter:
                     self._in_flight += 1
                     return
                 if not self._answered:  # every place is a call in flight: wait for one to end
-                    self._changed.wait()
+                    self._changed.wait(self.WINDOW)
                     continue
                 wait = self._answered[0] + self.WINDOW - now
             self._sleep(wait)
