@@ -111,6 +111,8 @@ def assert_exactly_once(engine, s3, mail, stripe_server, *, extra_emails: int = 
     ("after the PDF and S3 upload", lambda s: setattr(s, "kill_before", post(r"/v1/customers"))),
     ("after the customer, before recording it", lambda s: setattr(s, "kill_after", post(r"/v1/customers"))),
     ("after the Stripe draft", lambda s: setattr(s, "kill_before", post(r"/v1/invoices/[^/]+/add_lines"))),
+    ("after add_lines, before the client heard", lambda s: setattr(s, "kill_after",
+                                                                  post(r"/v1/invoices/[^/]+/add_lines"))),
     ("after the lines", lambda s: setattr(s, "kill_before", post(r"/v1/invoices/[^/]+/send"))),
     ("after sending, before recording it", lambda s: setattr(s, "kill_after", post(r"/v1/invoices/[^/]+/send"))),
     ("after the e-mail was recorded", lambda s: setattr(s, "kill_before", post(r"/v1/customers", nth=2))),

@@ -305,6 +305,9 @@ def test_stripe_answering_429_after_our_backoff_fails_that_step_and_the_rerun_co
 
 
 def test_the_rate_limiter_admits_a_burst_up_to_the_limit_and_never_more_per_window() -> None:
+    """A call may reach the server any time between its start and its answer: a new one starts only
+    while fewer than the limit are in flight or were answered within the last second, so no second
+    at the server can hold more than the limit, whatever the delays."""
     from billing_cli.delivery.payments import RateLimiter
 
     now = [100.0]  # a virtual clock: sleeping moves it forward
@@ -313,15 +316,49 @@ def test_the_rate_limiter_admits_a_burst_up_to_the_limit_and_never_more_per_wind
         now[0] += seconds
 
     limiter = RateLimiter(5, clock=lambda: now[0], sleep=sleep)
-    starts = []
+    calls = []
     for _ in range(17):
-        limiter.acquire()
-        starts.append(now[0])
-        now[0] += 0.01  # each call takes a little time before the next one asks
+        with limiter.slot():
+            start = now[0]
+            now[0] += 0.01  # the call takes a little time before its answer
+        calls.append((start, now[0]))
 
+    starts = [start for start, _ in calls]
     assert starts[:5] == pytest.approx([100.0, 100.01, 100.02, 100.03, 100.04])  # no spacing below the limit
-    assert starts[5] == pytest.approx(100.0 + RateLimiter.WINDOW)  # the sixth waits for the first to leave the window
-    assert all(sum(1 for t in starts if s <= t < s + RateLimiter.WINDOW - 1e-9) <= 5 for s in starts)
+    assert starts[5] == pytest.approx(100.01 + RateLimiter.WINDOW)  # a second after the first call's answer
+    # However late each call arrived (up to its answer), no one-second window held more than five.
+    for start_j, _ in calls:
+        could_be_in_its_second = [1 for start, end in calls if start <= start_j and end > start_j - RateLimiter.WINDOW]
+        assert len(could_be_in_its_second) <= 5
+
+
+def test_a_call_in_flight_holds_its_place_in_the_rate_limit_until_a_window_after_its_answer() -> None:
+    import threading
+    import time as timer
+    from contextlib import ExitStack
+
+    from billing_cli.delivery.payments import RateLimiter
+
+    limiter = RateLimiter(2)
+    limiter.WINDOW = 0.3
+    entered = threading.Event()
+
+    def third_call() -> None:
+        with limiter.slot():
+            entered.set()
+
+    with ExitStack() as in_flight:
+        in_flight.enter_context(limiter.slot())
+        second = in_flight.enter_context(ExitStack())
+        second.enter_context(limiter.slot())
+        waiter = threading.Thread(target=third_call, daemon=True)
+        waiter.start()
+        assert not entered.wait(0.5)  # two calls in flight, however long: no third
+        second.close()  # one answered
+        answered = timer.monotonic()
+        assert entered.wait(5)
+        assert timer.monotonic() - answered >= 0.3 - 0.01  # its place came back a window after the answer
+    waiter.join(5)
 
 
 def test_key_prefix_and_link_expiry_settings(env, engine, s3, mail) -> None:
@@ -547,3 +584,76 @@ def test_an_smtp_server_that_goes_quiet_after_the_message_is_not_sent_it_again_i
     assert again.exit_code == 0
     ids = [m.message["Message-ID"] for m in mail.received]
     assert len(ids) == 4 and len(set(ids)) == 3
+
+
+LINE_PLANS = """
+[[plan]]
+id = "one-line"
+name = "One line"
+currency = "USD"
+
+  [[plan.price]]
+  metric = "m1"
+  model = "per_unit"
+  unit_price = 0.5
+
+[[plan]]
+id = "five-lines"
+name = "Five lines"
+currency = "USD"
+""" + "".join(f"""
+  [[plan.price]]
+  metric = "m{n}"
+  model = "per_unit"
+  unit_price = 0.{n}
+""" for n in range(1, 6))
+
+
+def test_stripe_calls_per_invoice_are_three_for_a_known_customer_and_four_for_a_new_one_whatever_the_lines(
+        db_url, engine, s3, mail, fake_stripe, clean_env, tmp_path) -> None:
+    """The exact Stripe requests of each invoice, in order, for an invoice of 1 line and one of 5:
+    a new customer costs the customer, the draft, all lines at once and send (which finalizes);
+    a known one (its id stored, the customer at Stripe, name and e-mail unchanged) the last three.
+    No read on the happy path."""
+    from tests.data import add_org, add_usage, set_plan, utc
+
+    plans = tmp_path / "plans.toml"
+    plans.write_text(LINE_PLANS)
+    assert runner.invoke(app, ["plans", "apply", str(plans)], env={"DATABASE_URL": db_url}).exit_code == 0
+    with engine.begin() as conn:
+        for org, plan, metrics in (("org-a", "one-line", 1), ("org-b", "five-lines", 5)):
+            add_org(conn, org)
+            set_plan(conn, org, plan)
+            for month in (1, 2):
+                for n in range(1, metrics + 1):
+                    add_usage(conn, org, f"m{n}", str(10 * n), utc(2024, month, 10, 10))
+    only_stripe = {**peer_env(db_url, s3, mail, fake_stripe), "INVOICE_ENABLE_S3": "false",
+                   "INVOICE_ENABLE_EMAIL": "false"}  # INVOICE_CONCURRENCY=1: one organization after the other
+
+    def calls(since: int) -> list[tuple[str, str]]:
+        return [(r.method, re.sub(r"/(in|cus)_\w+", "/{id}", r.path)) for r in fake_stripe.requests[since:]]
+
+    def lines_added(since: int) -> list[int]:
+        return [len(r.params["lines"]) for r in fake_stripe.requests[since:] if r.path.endswith("/add_lines")]
+
+    invoice_calls = [("POST", "/v1/invoices"), ("POST", "/v1/invoices/{id}/add_lines"),
+                     ("POST", "/v1/invoices/{id}/send")]
+
+    january = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=only_stripe)
+    assert january.exit_code == 0, january.output
+    print("new customers, 1 and 5 lines:", calls(0))
+    assert calls(0) == ([("POST", "/v1/customers")] + invoice_calls) * 2  # new customers: 4 calls each
+    assert lines_added(0) == [1, 5]
+    assert all(r.status == 200 and not r.replayed for r in fake_stripe.requests)
+
+    before = len(fake_stripe.requests)
+    february = runner.invoke(app, ["invoice-monthly", "--month", "2024-02"], env=only_stripe)
+    assert february.exit_code == 0, february.output
+    print("known customers, 1 and 5 lines:", calls(before))
+    assert calls(before) == invoice_calls * 2  # known customers: 3 calls each
+    assert lines_added(before) == [1, 5]
+    assert all(r.status == 200 and not r.replayed for r in fake_stripe.requests[before:])
+    assert len(fake_stripe.customers) == 2
+    assert sorted(len(inv["lines"]["data"]) for inv in fake_stripe.invoices.values()) == [1, 1, 5, 5]
+    assert {inv["status"] for inv in fake_stripe.invoices.values()} == {"open"}
+    assert sorted(map(len, fake_stripe.sent_invoices.values())) == [1, 1, 1, 1]
