@@ -690,7 +690,7 @@ def report(args: argparse.Namespace, machine: dict[str, str], loaded: tuple[int,
         f"organization (new customers), so the client-side limit caps the job below ~{ceiling:.0f} orgs/s",
         f"command: billing invoice-monthly --month {MONTH_ARG} --plain [--concurrency C]; "
         f"C={DEFAULT_CONCURRENCY} is the default (no flag)",
-        "runs: " + (f"concurrency 1 once (new customers), " if baseline is not None else "")
+        "runs: " + ("concurrency 1 once (new customers), " if baseline is not None else "")
         + f"each of {', '.join(str(c) for c in args.levels if c != 1)} repeat={args.repeat} times with new customers "
           "(none stored, none at Stripe) and as many with known customers (ids stored, customers at Stripe); "
           "medians; whole process, wall time",
