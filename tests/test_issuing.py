@@ -15,7 +15,8 @@ from billing_cli.composition import compose
 from billing_cli.db import invoice_store
 from billing_cli.db.invoice_store import IssueRequest, StalePlan, StoredInvoice
 from billing_cli.db.plan_store import save_plans
-from billing_cli.jobs.invoicing.issuing import _Ticket, block_issuer, pdf_recorder
+from billing_cli.db.grouped import Ticket as _Ticket
+from billing_cli.jobs.invoicing.issuing import block_issuer, pdf_recorder
 from billing_cli.periods import Month
 from billing_cli.plan_file import parse_plans
 from tests.data import PLANS, add_org
@@ -181,3 +182,44 @@ def test_pdf_records_written_together_or_alone(orgs) -> None:
         rows = conn.execute(text("SELECT organization_id, pdf_sha256, pdf_bytes, pdf_path FROM invoices "
                                  "ORDER BY organization_id")).all()
     assert [tuple(r) for r in rows] == [("org-a", "c" * 64, 300, "/out/a.pdf"), ("org-b", "b" * 64, 200, None)]
+
+
+def test_organization_locks_taken_together_are_each_their_own(engine) -> None:
+    from billing_cli.runs.lifecycle import LockGuard
+
+    with engine.connect() as mine, engine.connect() as theirs:
+        mine = mine.execution_options(isolation_level="AUTOCOMMIT")
+        theirs = theirs.execution_options(isolation_level="AUTOCOMMIT")
+        guard, other = LockGuard(mine, "invoice:2024-01:1/1"), LockGuard(theirs, "invoice:2024-01:2/2")
+        ids = [f"org-{n:02d}" for n in range(24)]
+        start = threading.Barrier(8)
+        held: dict[str, bool] = {}
+        release = threading.Event()
+
+        def worker(k: int) -> None:
+            start.wait()
+            for org in ids[k::8]:
+                with guard.hold(org) as alone:
+                    held[org] = alone
+            with guard.hold(f"kept-{k}") as alone:
+                held[f"kept-{k}"] = alone
+                release.wait(10)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+        for thread in threads:
+            thread.start()
+        while len(held) < len(ids) + 8:
+            threading.Event().wait(0.01)
+        assert all(held.values())
+        # While this run holds them, another session gets none of those still held, and all the others.
+        with other.hold("kept-3") as alone:
+            assert not alone
+        with other.hold("org-05") as alone:
+            assert alone
+        release.set()
+        for thread in threads:
+            thread.join()
+        with other.hold("kept-3") as alone:
+            assert alone
+        assert mine.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                 "AND pid = pg_backend_pid()")).scalar_one() == 0
