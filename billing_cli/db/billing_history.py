@@ -90,12 +90,16 @@ def _period_records(conn: Connection, pairs: list[tuple[str, Month]], month: Mon
     usage: dict[tuple[str, Month], dict[str, Decimal]] = defaultdict(dict)
     revision: dict[tuple[str, Month], int] = {}
     for row in conn.execute(text("""
-        SELECT c.org, c.start, r.revision, h.metric, sum(h.quantity) AS quantity
+        SELECT c.org, c.start, r.revision, h.metric, h.quantity
         FROM unnest(CAST(:orgs AS varchar[]), CAST(:starts AS date[])) AS c(org, start)
         LEFT JOIN usage_revisions r ON r.organization_id = c.org AND r.period_start = c.start
-        LEFT JOIN usage_hourly h ON h.organization_id = c.org AND c.start <> :period
-             AND h.hour_start >= c.start AND h.hour_start < c.start + interval '1 month'
-        GROUP BY 1, 2, 3, 4
+        LEFT JOIN LATERAL (
+            -- c.start <> :period inside: a one-time filter that skips the scan (a join filter would
+            -- read every hour of the invoiced month, then drop it)
+            SELECT u.metric, sum(u.quantity) AS quantity FROM usage_hourly u
+            WHERE c.start <> :period AND u.organization_id = c.org
+              AND u.hour_start >= c.start AND u.hour_start < c.start + interval '1 month'
+            GROUP BY u.metric) h ON true
     """), {"orgs": orgs, "starts": starts, "period": month.first_day}):
         key = (row.org, Month.containing_date(row.start))
         revision[key] = row.revision or 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -125,8 +125,29 @@ class StalePlan(Exception):
 
 def organization_lock(session: Connection, organization_id: str) -> None:
     """Serialise everything that issues or voids this organization's invoices, until commit."""
-    key = int.from_bytes(hashlib.sha256(f"billing-org:{organization_id}".encode()).digest()[:8], "big", signed=True)
-    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _organization_key(organization_id)})
+
+
+def _organization_key(organization_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"billing-org:{organization_id}".encode()).digest()[:8], "big", signed=True)
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    """One planned invoice to issue: who is billed, what, and the live invoices its plan was made from."""
+
+    organization_id: str
+    bill_to_name: str
+    bill_to_email: str
+    invoice: ComposedInvoice
+    revisions: Mapping[Month, int]
+    issue_date: date
+    due_date: date
+    planned_with: frozenset[int]
+    replaces: StoredInvoice | None = None
+    stripe_customer: tuple[str | None, str | None, str | None] = (None, None, None)
+    bill_to_address: tuple[str, ...] = ()  # copied onto the invoice: it re-renders the same after a move
+    bill_to_tax_id: str | None = None
 
 
 def issue_invoice(session: Connection, *, organization_id: str, bill_to_name: str, bill_to_email: str,
@@ -134,65 +155,162 @@ def issue_invoice(session: Connection, *, organization_id: str, bill_to_name: st
                   invoice: ComposedInvoice, revisions: Mapping[Month, int], issue_date: date, due_date: date,
                   planned_with: frozenset[int], replaces: StoredInvoice | None = None,
                   stripe_customer: tuple[str | None, str | None, str | None] = (None, None, None)) -> StoredInvoice:
-    """Insert the invoice, its lines, the usage it bills per period and the periods it accounts for
-    (at which usage revision), with the month's next number. Raises StalePlan, touching nothing,
-    when the organization's live invoices are no longer those the plan was made from. The counter
-    row stays locked until the caller commits, so a rollback returns the number (gapless)."""
-    organization_lock(session, organization_id)
-    live = frozenset(session.execute(text("SELECT id FROM invoices WHERE organization_id = :org AND status <> 'void'"),
-                                     {"org": organization_id}).scalars())
-    if live != planned_with:
-        raise StalePlan(f"the invoices of {organization_id} changed while it was planned")
-    month = invoice.period
-    if replaces is not None:
-        void_invoice(session, replaces.id, "regenerated")
-    sequence = session.execute(text("""
-        INSERT INTO invoice_number_counters AS c (period_start, last_number) VALUES (:p, 1)
-        ON CONFLICT (period_start) DO UPDATE SET last_number = c.last_number + 1
+    """One invoice: issue_invoices with a block of one; raises StalePlan, touching nothing, when the
+    organization's live invoices are no longer those the plan was made from."""
+    issued = issue_invoices(session, [IssueRequest(organization_id, bill_to_name, bill_to_email, invoice, revisions,
+                                                   issue_date, due_date, planned_with, replaces, stripe_customer,
+                                                   tuple(bill_to_address), bill_to_tax_id)])[0]
+    if isinstance(issued, StalePlan):
+        raise issued
+    return issued
+
+
+def issue_invoices(session: Connection, requests: Sequence[IssueRequest]) -> list[StoredInvoice | StalePlan]:
+    """Issue a block of invoices of one month: each with its lines, the usage it bills per period and
+    the periods it accounts for (at which usage revision), numbered with the month's next numbers,
+    consecutive, in the order given. A request whose organization's live invoices are no longer
+    those its plan was made from gets StalePlan in its place and takes no number; the others are
+    issued. Each organization is locked (organization_lock) before its invoices are read, so that
+    nothing else issues or voids them until commit. The counter row stays locked until the caller
+    commits, so a rollback returns every number of the block (gapless); so does any error, which
+    leaves the caller's transaction to roll back whole.
+
+    A constant number of statements whatever the block's size: issuing one invoice per transaction
+    makes every invoice wait for the one before it to commit (the counter row lock is held through
+    the commit's fsync)."""
+    if not requests:
+        return []
+    month = requests[0].invoice.period
+    if any(r.invoice.period != month for r in requests):
+        raise ValueError("a block of invoices to issue must all be of one month")
+    org_ids = [r.organization_id for r in requests]
+    if len(set(org_ids)) != len(org_ids):
+        raise ValueError("a block of invoices to issue holds one invoice per organization")
+    # Locks in one order (their keys sorted), so that two blocks never wait for each other in a cycle.
+    session.execute(text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"),
+                    {"keys": sorted({_organization_key(org) for org in org_ids})})
+    live: dict[str, set[int]] = {org: set() for org in org_ids}
+    for org, invoice_id in session.execute(text("SELECT organization_id, id FROM invoices "
+                                                "WHERE organization_id = ANY(:orgs) AND status <> 'void'"),
+                                           {"orgs": org_ids}):
+        live[org].add(invoice_id)
+    results: list[StoredInvoice | StalePlan | None] = [None] * len(requests)
+    fresh: list[tuple[int, IssueRequest]] = []
+    for at, request in enumerate(requests):
+        if frozenset(live[request.organization_id]) != request.planned_with:
+            results[at] = StalePlan(f"the invoices of {request.organization_id} changed while it was planned")
+        else:
+            fresh.append((at, request))
+    if not fresh:
+        return results  # type: ignore[return-value]
+    for _, request in fresh:
+        if request.replaces is not None:
+            void_invoice(session, request.replaces.id, "regenerated")
+    last = session.execute(text("""
+        INSERT INTO invoice_number_counters AS c (period_start, last_number) VALUES (:p, :k)
+        ON CONFLICT (period_start) DO UPDATE SET last_number = c.last_number + :k
         RETURNING last_number
-    """), {"p": month.first_day}).scalar_one()
-    number = invoice_number(month, sequence)
-    invoice_id, created_at = session.execute(text("""
+    """), {"p": month.first_day, "k": len(fresh)}).scalar_one()
+    numbers = [invoice_number(month, sequence) for sequence in range(last - len(fresh) + 1, last + 1)]
+    rows = session.execute(text("""
         INSERT INTO invoices (organization_id, period_start, number, status, currency, subtotal, total,
                               plan_id, plan_snapshot, bill_to_name, bill_to_email, bill_to_address, bill_to_tax_id,
                               issue_date, due_date, replaces_invoice_id)
-        VALUES (:org, :period, :number, 'issued', :currency, :subtotal, :total, :plan, CAST(:snapshot AS jsonb),
-                :name, :email, :address, :tax_id, :issue, :due, :replaces)
-        RETURNING id, created_at
-    """), {"org": organization_id, "period": month.first_day, "number": number, "currency": invoice.currency,
-           "subtotal": invoice.subtotal, "total": invoice.total, "plan": invoice.plan_id,
-           "snapshot": json.dumps(plan_snapshot(invoice.plan)), "name": bill_to_name, "email": bill_to_email,
-           "address": list(bill_to_address) or None, "tax_id": bill_to_tax_id,
-           "issue": issue_date, "due": due_date, "replaces": replaces.id if replaces else None}).one()
-    session.execute(text("""
-        INSERT INTO invoice_lines (invoice_id, line_no, kind, metric, description, quantity, unit_price, amount,
-                                   period_start)
-        VALUES (:invoice, :line_no, :kind, :metric, :description, :quantity, :unit_price, :amount, :period)
-    """), [{"invoice": invoice_id, "line_no": n, "kind": line.kind, "metric": line.metric,
-            "description": line.description, "quantity": line.quantity, "unit_price": line.unit_price,
-            "amount": line.amount, "period": (line.period or month).first_day}
-           for n, line in enumerate(invoice.lines, start=1)])
-    if invoice.usage:
-        session.execute(text("INSERT INTO invoice_usage (invoice_id, period_start, metric, quantity) "
-                             "VALUES (:invoice, :period, :metric, :quantity)"),
-                        [{"invoice": invoice_id, "period": period.first_day, "metric": metric, "quantity": quantity}
-                         for (period, metric), quantity in invoice.usage.items()])
-    session.execute(text("INSERT INTO invoice_periods (invoice_id, period_start, revision) "
-                         "VALUES (:invoice, :period, :revision)"),
-                    [{"invoice": invoice_id, "period": period.first_day, "revision": revisions.get(period, 0)}
-                     for period in invoice.periods])
-    customer_id, customer_name, customer_email = stripe_customer  # carried to its Stripe step, not stored here
-    return StoredInvoice(id=invoice_id, organization_id=organization_id, number=number, currency=invoice.currency,
-                         total=invoice.total, created_at=created_at, stripe_customer_id=customer_id,
-                         stripe_customer_name=customer_name, stripe_customer_email=customer_email)
+        SELECT org, :period, number, 'issued', currency, subtotal, total, plan, CAST(snapshot AS jsonb), name,
+               email,
+               -- each invoice's address lines travel as a JSON array (arrays of arrays cannot be unnested)
+               (SELECT array_agg(line ORDER BY n) FROM json_array_elements_text(CAST(address AS json))
+                                                       WITH ORDINALITY AS a(line, n)),
+               tax_id, issue, due, replaces
+        FROM unnest(CAST(:orgs AS text[]), CAST(:numbers AS text[]), CAST(:currencies AS text[]),
+                    CAST(:subtotals AS numeric[]), CAST(:totals AS numeric[]), CAST(:plans AS text[]),
+                    CAST(:snapshots AS text[]), CAST(:names AS text[]), CAST(:emails AS text[]),
+                    CAST(:addresses AS text[]), CAST(:tax_ids AS text[]),
+                    CAST(:issues AS date[]), CAST(:dues AS date[]), CAST(:replaces AS bigint[]))
+             AS r(org, number, currency, subtotal, total, plan, snapshot, name, email, address, tax_id, issue, due,
+                  replaces)
+        RETURNING number, id, created_at
+    """), {"period": month.first_day, "orgs": [r.organization_id for _, r in fresh], "numbers": numbers,
+           "currencies": [r.invoice.currency for _, r in fresh], "subtotals": [r.invoice.subtotal for _, r in fresh],
+           "totals": [r.invoice.total for _, r in fresh], "plans": [r.invoice.plan_id for _, r in fresh],
+           "snapshots": [json.dumps(plan_snapshot(r.invoice.plan)) for _, r in fresh],
+           "names": [r.bill_to_name for _, r in fresh], "emails": [r.bill_to_email for _, r in fresh],
+           "addresses": [json.dumps(list(r.bill_to_address)) if r.bill_to_address else None for _, r in fresh],
+           "tax_ids": [r.bill_to_tax_id for _, r in fresh],
+           "issues": [r.issue_date for _, r in fresh], "dues": [r.due_date for _, r in fresh],
+           "replaces": [r.replaces.id if r.replaces else None for _, r in fresh]}).all()
+    inserted = {number: (invoice_id, created_at) for number, invoice_id, created_at in rows}
+    ids = [inserted[number][0] for number in numbers]
+    lines = [(invoice_id, n, line, r.invoice.period) for invoice_id, (_, r) in zip(ids, fresh, strict=True)
+             for n, line in enumerate(r.invoice.lines, start=1)]
+    if lines:
+        session.execute(text("""
+            INSERT INTO invoice_lines (invoice_id, line_no, kind, metric, description, quantity, unit_price, amount,
+                                       period_start)
+            SELECT * FROM unnest(CAST(:invoices AS bigint[]), CAST(:line_nos AS integer[]), CAST(:kinds AS text[]),
+                                 CAST(:metrics AS text[]), CAST(:descriptions AS text[]),
+                                 CAST(:quantities AS numeric[]), CAST(:unit_prices AS numeric[]),
+                                 CAST(:amounts AS numeric[]), CAST(:periods AS date[]))
+        """), {"invoices": [i for i, _, _, _ in lines], "line_nos": [n for _, n, _, _ in lines],
+               "kinds": [str(line.kind) for _, _, line, _ in lines], "metrics": [line.metric for _, _, line, _ in lines],
+               "descriptions": [line.description for _, _, line, _ in lines],
+               "quantities": [line.quantity for _, _, line, _ in lines],
+               "unit_prices": [line.unit_price for _, _, line, _ in lines],
+               "amounts": [line.amount for _, _, line, _ in lines],
+               "periods": [(line.period or period).first_day for _, _, line, period in lines]})
+    usage = [(invoice_id, period.first_day, metric, quantity) for invoice_id, (_, r) in zip(ids, fresh, strict=True)
+             for (period, metric), quantity in r.invoice.usage.items()]
+    if usage:
+        session.execute(text("""
+            INSERT INTO invoice_usage (invoice_id, period_start, metric, quantity)
+            SELECT * FROM unnest(CAST(:invoices AS bigint[]), CAST(:periods AS date[]), CAST(:metrics AS text[]),
+                                 CAST(:quantities AS numeric[]))
+        """), {"invoices": [u[0] for u in usage], "periods": [u[1] for u in usage],
+               "metrics": [u[2] for u in usage], "quantities": [u[3] for u in usage]})
+    periods = [(invoice_id, period.first_day, r.revisions.get(period, 0))
+               for invoice_id, (_, r) in zip(ids, fresh, strict=True) for period in r.invoice.periods]
+    if periods:
+        session.execute(text("""
+            INSERT INTO invoice_periods (invoice_id, period_start, revision)
+            SELECT * FROM unnest(CAST(:invoices AS bigint[]), CAST(:periods AS date[]), CAST(:revisions AS bigint[]))
+        """), {"invoices": [p[0] for p in periods], "periods": [p[1] for p in periods],
+               "revisions": [p[2] for p in periods]})
+    for number, (at, request) in zip(numbers, fresh, strict=True):
+        invoice_id, created_at = inserted[number]
+        customer_id, customer_name, customer_email = request.stripe_customer  # carried to its Stripe step
+        results[at] = StoredInvoice(id=invoice_id, organization_id=request.organization_id, number=number,
+                                    currency=request.invoice.currency, total=request.invoice.total,
+                                    created_at=created_at, stripe_customer_id=customer_id,
+                                    stripe_customer_name=customer_name, stripe_customer_email=customer_email)
+    return results  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class PdfRecord:
+    """A rendered PDF of an issued invoice: its hash, its size, and where its file was written."""
+
+    invoice_id: int
+    sha256: str
+    size: int
+    path: str | None = None
 
 
 def record_pdf(session: Connection, invoice_id: int, *, sha256: str, size: int, path: str | None) -> None:
-    session.execute(text("""
-        UPDATE invoices SET pdf_sha256 = :sha, pdf_bytes = :size, pdf_path = coalesce(:path, pdf_path),
-                            pdf_rendered_at = now()
-        WHERE id = :id
-    """), {"id": invoice_id, "sha": sha256, "size": size, "path": path})
+    record_pdfs(session, [PdfRecord(invoice_id, sha256, size, path)])
+
+
+def record_pdfs(session: Connection, records: Sequence[PdfRecord]) -> list[None]:
+    """Record rendered PDFs (one statement for them all); one None per record, in order."""
+    if records:
+        session.execute(text("""
+            UPDATE invoices i SET pdf_sha256 = r.sha, pdf_bytes = r.size, pdf_path = coalesce(r.path, i.pdf_path),
+                                  pdf_rendered_at = now()
+            FROM unnest(CAST(:ids AS bigint[]), CAST(:shas AS text[]), CAST(:sizes AS integer[]),
+                        CAST(:paths AS text[])) AS r(id, sha, size, path)
+            WHERE i.id = r.id
+        """), {"ids": [r.invoice_id for r in records], "shas": [r.sha256 for r in records],
+               "sizes": [r.size for r in records], "paths": [r.path for r in records]})
+    return [None] * len(records)
 
 
 def load_document(session: Connection, invoice_id: int) -> InvoiceDocument:

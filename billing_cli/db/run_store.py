@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -44,6 +45,20 @@ def try_lock_organization(conn: Connection, organization_id: str) -> bool:
 
 def unlock_organization(conn: Connection, organization_id: str) -> None:
     unlock(conn, f"organization:{organization_id}")
+
+
+def try_lock_organizations(conn: Connection, organization_ids: Sequence[str]) -> list[bool]:
+    """try_lock_organization for several organizations in one statement; one answer each, in order."""
+    return [bool(held) for held in conn.execute(text(
+        "SELECT pg_try_advisory_lock(k) FROM unnest(CAST(:keys AS bigint[])) WITH ORDINALITY AS t(k, n) ORDER BY n"),
+        {"keys": [lock_key(f"organization:{org}") for org in organization_ids]}).scalars()]
+
+
+def unlock_organizations(conn: Connection, organization_ids: Sequence[str]) -> list[None]:
+    """unlock_organization for several organizations in one statement."""
+    conn.execute(text("SELECT count(pg_advisory_unlock(k)) FROM unnest(CAST(:keys AS bigint[])) AS k"),
+                 {"keys": [lock_key(f"organization:{org}") for org in organization_ids]})
+    return [None] * len(organization_ids)
 
 
 def unlock(conn: Connection, scope: str) -> None:

@@ -24,6 +24,7 @@ from ..db import run_store
 from ..db.connect import open_database
 from ..db.engine import Database
 from ..errors import AlreadyRunning, BillingError, ExitCode, LockLost
+from ..db.grouped import GroupedWrites
 from ..outcomes import RunOutcome
 from ..periods import Period
 from ..summary import RunSummary
@@ -87,7 +88,7 @@ class LockGuard:
     one; checked at most once a second, so it is cheap before every organization or hour.
     `hold(org)`: the lock on one organization, so that two processes (a whole run and a shard, an
     --org fix) never handle the same organization at once. The worker threads share the one
-    session, taking turns for the short lock calls."""
+    session, taking turns for the short lock calls, which those waiting for a turn make together."""
 
     INTERVAL = 1.0
 
@@ -95,6 +96,10 @@ class LockGuard:
         self._conn, self._scope = conn, scope
         self._mutex = threading.Lock()
         self._checked = float("-inf")
+        # The workers that lock (or unlock) while another thread is at it queue up; the next one
+        # sends all their calls in one statement (the locks are still each one's own).
+        self._locks = GroupedWrites(self._session, run_store.try_lock_organizations)
+        self._unlocks = GroupedWrites(self._session, run_store.unlock_organizations)
 
     def __call__(self) -> None:
         self.check()
@@ -104,20 +109,24 @@ class LockGuard:
         if self._conn is None:
             yield True
             return
-        with self._mutex:
-            try:
-                alone = run_store.try_lock_organization(self._conn, organization_id)
-            except SQLAlchemyError:
-                raise self._lost() from None
+        try:
+            alone = self._locks.submit(organization_id)
+        except SQLAlchemyError:
+            raise self._lost() from None
         try:
             yield alone
         finally:
             if alone:
-                with self._mutex:
-                    try:
-                        run_store.unlock_organization(self._conn, organization_id)
-                    except SQLAlchemyError:
-                        pass  # the session is gone, and its locks with it; check() says so next
+                try:
+                    self._unlocks.submit(organization_id)
+                except SQLAlchemyError:
+                    pass  # the session is gone, and its locks with it; check() says so next
+
+    @contextmanager
+    def _session(self) -> Iterator[Any]:
+        """The lock session, to one thread at a time (it is not a transaction: autocommit)."""
+        with self._mutex:
+            yield self._conn
 
     def check(self) -> None:
         if self._conn is None or time.monotonic() - self._checked < self.INTERVAL:

@@ -1,7 +1,9 @@
 """Acting: carry each organization's plan out for real: issue, void, render, deliver.
 
-Every write is its own short transaction, recorded the moment it succeeds, so a crash or a
-failure leaves a state the next run's plan picks up from (see jobs/deliver.py for the windows).
+Every write is a short transaction, recorded the moment it succeeds, so a crash or a failure
+leaves a state the next run's plan picks up from (see jobs/deliver.py for the windows). Issuing
+and recording the PDF are shared between organizations: what workers are ready to write at the
+same time goes into one transaction (issuing.py), each invoice still all or nothing with its number.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..aggregate import aggregate_one_hour
 from .. import stripe_reversal
 from ..deliver import deliver
 from .documents import render
+from .issuing import block_issuer, pdf_recorder
 from .options import InvoiceOptions
 from .planning import Action, OrgPlan, pending_deliveries
 from .results import InvoiceRunResult, OrgOutcome, expected_outcome
@@ -35,6 +38,8 @@ class Acting:
     def __init__(self, transactions: Transactions, options: InvoiceOptions) -> None:
         self.transactions = transactions
         self.options = options
+        self._issuer = block_issuer(transactions)
+        self._pdf_records = pdf_recorder(transactions)
 
     def prepare(self, stale_hours: list[datetime], result: InvoiceRunResult) -> list[datetime]:
         """Aggregate the month's hours whose events changed since the hourly job saw them, before
@@ -88,19 +93,18 @@ class Acting:
         return outcome
 
     def _issue(self, plan: OrgPlan, outcome: OrgOutcome) -> None:
-        """Issue the invoice (one transaction: number, invoice, lines), then its steps."""
+        """Issue the invoice (one transaction: number, invoice, lines; shared with the invoices other
+        workers issue at the same time, see issuing.py), then its steps."""
         options, org, invoice = self.options, plan.organization, plan.invoice
         assert invoice is not None
         due = due_date(options.issue_date, options.payment_terms_days)
         try:
-            with self.transactions() as conn:
-                stored = invoice_store.issue_invoice(
-                    conn, organization_id=org.id, bill_to_name=org.name, bill_to_email=org.email,
-                    bill_to_address=org.billing.postal_lines(), bill_to_tax_id=org.billing.printed_tax_id,
-                    invoice=invoice,
-                    revisions=plan.revisions, issue_date=options.issue_date, due_date=due,
-                    planned_with=plan.history.live_invoices, replaces=plan.existing,
-                    stripe_customer=(org.stripe_customer_id, org.stripe_customer_name, org.stripe_customer_email))
+            stored = self._issuer.submit(invoice_store.IssueRequest(
+                organization_id=org.id, bill_to_name=org.name, bill_to_email=org.email, invoice=invoice,
+                revisions=plan.revisions, issue_date=options.issue_date, due_date=due,
+                planned_with=plan.history.live_invoices, replaces=plan.existing,
+                stripe_customer=(org.stripe_customer_id, org.stripe_customer_name, org.stripe_customer_email),
+                bill_to_address=tuple(org.billing.postal_lines()), bill_to_tax_id=org.billing.printed_tax_id))
         except invoice_store.StalePlan:
             # Another run issued or voided one of its invoices since the plan was read: what was
             # already billed may differ, so nothing is issued now; a rerun plans it afresh.
@@ -171,8 +175,7 @@ class Acting:
             return
         sha256 = hashlib.sha256(pdf).hexdigest()
         if Step.PDF in steps:
-            with self.transactions() as conn:
-                invoice_store.record_pdf(conn, invoice.id, sha256=sha256, size=len(pdf), path=outcome.pdf_path)
+            self._pdf_records.submit(invoice_store.PdfRecord(invoice.id, sha256, len(pdf), outcome.pdf_path))
             outcome.steps.append(Step.PDF)
         elif sha256 != invoice.pdf_sha256:
             outcome.warnings.append("the PDF rendered now differs from the first rendering (a newer renderer?)")
