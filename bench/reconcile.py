@@ -38,10 +38,8 @@ times each (median):
       events with;
   (e) (b) after `SET max_parallel_workers_per_gather = 0`.
   (d) and (e) are what the two GROUP BYs inside reconcile's query cost without parallel workers.
-  reconcile reads the month's events, roll-ups and billed quantities at the same time, each on
-  its own connection (one exported snapshot), streamed without a server-side cursor (psycopg's
-  streaming), so PostgreSQL may run each with parallel workers as it does psql's (b); a cursor's
-  query never is.
+  reconcile streams its usage query without a server-side cursor (psycopg's streaming), so
+  PostgreSQL may run it with parallel workers as it does psql's (b); a cursor's query never is.
 
 All run under GNU time (/usr/bin/time): wall time measured around the process, peak RSS and CPU
 from time's wait4 of that one process (see common.run_measured); each round runs them in a
@@ -53,8 +51,8 @@ and every issued invoice checked; after it, one late event is added (an organiza
 rollup_behind for that organization and metric, with the events' and roll-up's sums; the event is
 then removed again (and the hour's usage_event_changes row its deletion made) and reconcile must
 exit 0 again. Finally each of reconcile's queries (captured from billing_cli.db.reconcile_store) is
-run once under EXPLAIN ANALYZE as reconcile runs it (the usage reads with the parallel workers
-they get, each alone), to show where (a)'s time goes.
+run once under EXPLAIN ANALYZE as reconcile runs it (the usage query with the parallel workers it
+gets), to show where (a)'s time goes.
 
     .venv/bin/python bench/reconcile.py [--organizations N] [--events E] [--skew S] [--repeat R]
                                         [--keep-database | --reuse-database] [--check]
@@ -426,12 +424,28 @@ def check_late_event(conn: psycopg.Connection, url: str, invoices: int) -> str:
 
 # --- where the time goes -------------------------------------------------------------------------
 
+def _relations(node: dict) -> set[str]:
+    found = {node["Relation Name"]} if "Relation Name" in node else set()
+    for child in node.get("Plans", []):
+        found |= _relations(child)
+    return found
+
+
+def _branches(node: dict, tables: set[str], out: dict[str, float]) -> None:
+    """The time of the largest subtree reading only one of `tables` (first one found, top-down)."""
+    rel = _relations(node) & (tables | {"invoices", "organizations", "price_plans", "invoice_lines"})
+    only = rel & tables
+    if len(rel) == 1 and only and next(iter(only)) not in out:
+        out[next(iter(only))] = node.get("Actual Total Time", 0.0) / 1000
+        return
+    for child in node.get("Plans", []):
+        _branches(child, tables, out)
+
+
 def explain_queries(url: str) -> list[str]:
-    """reconcile's queries (taken from reconcile_store, not copied), each under EXPLAIN ANALYZE as
-    reconcile runs it: the four reads of the usage comparison streamed without a cursor (parallel
-    workers allowed; reconcile runs the first three at the same time, on their own connections,
-    which EXPLAIN here cannot show: each is timed alone), the invoice queries through cursors
-    (serial); and how many parallel workers each usage read got."""
+    """reconcile's queries (captured from reconcile_store, not copied), each under EXPLAIN ANALYZE
+    as reconcile runs it: the usage query streamed without a cursor (parallel workers allowed), the
+    invoice queries through cursors (serial); and whether the usage query got parallel workers."""
     from sqlalchemy import text
 
     from billing_cli.db import reconcile_store
@@ -442,18 +456,25 @@ def explain_queries(url: str) -> list[str]:
     lines = []
     engine = make_engine(url, pool_size=1)
     try:
-        for name, (statement, params) in reconcile_store.usage_statements(month, None).items():
+        for fn in (reconcile_store.usage_differences, reconcile_store.owed_fees_not_invoiced,
+                   reconcile_store.live_invoices):
             with engine.begin() as conn:
-                plan = common.explain_analyze(conn, statement, params, fmt="JSON")[0]
-                workers = _workers(plan["Plan"])
-                lines.append(f"  usage_differences: {name:14} {plan['Execution Time'] / 1000:7.2f} s"
-                             + (f"; parallel workers launched: {workers}" if workers else "; no parallel worker"))
-        for fn in (reconcile_store.owed_fees_not_invoiced, reconcile_store.live_invoices):
-            with engine.begin() as conn:
-                conn.execute(text(SERIAL.replace("SET", "SET LOCAL")))
+                if fn is not reconcile_store.usage_differences:
+                    conn.execute(text(SERIAL.replace("SET", "SET LOCAL")))
                 for statement, params in common.captured_statements(fn, month, None):
                     plan = common.explain_analyze(conn, statement, params, fmt="JSON")[0]
-                    lines.append(f"  {fn.__name__:24} {plan['Execution Time'] / 1000:7.2f} s")
+                    seconds = plan["Execution Time"] / 1000
+                    jit = plan.get("JIT", {}).get("Timing", {}).get("Total", 0.0) / 1000
+                    detail = f" (JIT {jit:.2f} s)" if jit else ""
+                    if fn is reconcile_store.usage_differences:
+                        parts: dict[str, float] = {}
+                        _branches(plan["Plan"], {"usage_events", "usage_hourly", "invoice_usage"}, parts)
+                        detail += "; of which " + ", ".join(
+                            f"{name} GROUP BY {parts[name]:.2f} s" for name in
+                            ("usage_events", "usage_hourly", "invoice_usage") if name in parts)
+                        workers = _workers(plan["Plan"])
+                        detail += f"; parallel workers launched: {workers}" if workers else "; no parallel worker"
+                    lines.append(f"  {fn.__name__:24} {seconds:7.2f} s{detail}")
     finally:
         engine.dispose()
     return lines
@@ -513,9 +534,9 @@ def report(args: argparse.Namespace, machine: dict[str, str], loads: tuple[str, 
         f"{d:.2f} + {a - c - e - d:.2f} s",
         f"    a / e = {a / e:.2f} (both without parallel workers; for information, not the target)",
         "",
-        "reconcile's queries under EXPLAIN ANALYZE (taken from reconcile_store; once each, alone, in-process; the",
-        "usage reads with the parallel workers they get, the invoice queries without; server time, inflated by",
-        "EXPLAIN's per-row timing; reconcile runs the usage_events, usage_hourly and invoice_usage reads at once):",
+        "reconcile's queries under EXPLAIN ANALYZE (captured from reconcile_store; once, in-process; the usage",
+        "query with the parallel workers it gets, the invoice queries without; server time, inflated by EXPLAIN's",
+        "per-row timing):",
         *where,
         "",
         f"verified: every (a) run exit 0, differences=0, invoices={prepared.invoices:,}; every (c) run exit 0, "

@@ -150,7 +150,7 @@ def test_status_check_fails_on_a_failed_latest_reconcile(invoiced, engine) -> No
 
 def test_organization_ids_that_sort_differently_by_locale_and_by_bytes_reconcile_clean(
         db_url, engine, tmp_path, clean_env) -> None:
-    # The sides are merged in byte order, whatever the database's collation: ids with case,
+    # Whatever the database's collation, every side is matched to the others: ids with case,
     # accents, punctuation and non-Latin letters, and a pair of ids one the prefix of the other.
     plans = tmp_path / "plans.toml"
     plans.write_text(PLANS)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -128,81 +127,3 @@ def stream_rows(conn: Connection, statement: TextClause, params: dict[str, Any])
     with driver.cursor(row_factory=namedtuple_row) as cursor:
         yield from cursor.stream(compiled.string, compiled.construct_params(params))
 
-
-_SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+(-[0-9]+)?$")
-
-
-def share_snapshot(main: Connection, others: Sequence[Connection]) -> None:
-    """Make the transactions of `others` read exactly what `main`'s reads (REPEATABLE READ, read
-    only, `main`'s exported snapshot), as pg_dump's parallel workers do. Each transaction must not
-    have run a statement yet; `main` must stay open while the others read."""
-    repeatable = text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-    main.execute(repeatable)
-    snapshot = main.execute(text("SELECT pg_export_snapshot()")).scalar_one()
-    if not _SNAPSHOT_ID.match(snapshot):  # SET TRANSACTION SNAPSHOT takes a literal, not a parameter
-        raise ValueError(f"unexpected snapshot id {snapshot!r}")
-    for conn in others:
-        conn.execute(repeatable)
-        conn.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
-
-
-@contextmanager
-def concurrent_streams(reads: Sequence[tuple[Connection, TextClause, dict[str, Any]]]) -> Iterator[list[Iterator[Any]]]:
-    """Run each read on its own connection at the same time (one thread each, streaming as
-    `stream_rows`), and yield one iterator of rows per read, fed through a small bounded queue, so
-    memory stays flat however large the results. A read's error is raised by its iterator. Leaving
-    the block early cancels the reads still running and waits for their threads."""
-    import queue
-    import threading
-
-    stop = threading.Event()
-    channels: list[queue.Queue] = [queue.Queue(maxsize=8) for _ in reads]
-    end = object()
-
-    def produce(conn: Connection, statement: TextClause, params: dict[str, Any], channel: queue.Queue) -> None:
-        def put(item: object) -> bool:
-            while not stop.is_set():
-                try:
-                    channel.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        try:
-            batch: list[Any] = []
-            for row in stream_rows(conn, statement, params):
-                batch.append(row)
-                if len(batch) == 1000:
-                    if not put(batch):
-                        return
-                    batch = []
-            if batch and not put(batch):
-                return
-            put(end)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            put(exc)
-
-    def consume(channel: queue.Queue) -> Iterator[Any]:
-        while True:
-            item = channel.get()
-            if item is end:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield from item
-
-    threads = [threading.Thread(target=produce, args=(*read, channel), daemon=True, name="stream")
-               for read, channel in zip(reads, channels, strict=True)]
-    for thread in threads:
-        thread.start()
-    try:
-        yield [consume(channel) for channel in channels]
-    finally:
-        stop.set()
-        for (conn, _, _), thread in zip(reads, threads, strict=True):
-            if thread.is_alive():
-                driver = conn.connection.driver_connection
-                if driver is not None:
-                    driver.cancel()  # the query still running on the server stops there too
-            thread.join()

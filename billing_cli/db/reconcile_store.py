@@ -4,7 +4,7 @@ query returns only what disagrees (or what must be checked outside), streamed.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -26,81 +26,44 @@ class UsageRow:
     free: bool  # the organization's plan lists the metric as free
 
 
-# The month's usage at each stage, per (organization, metric), each sorted the same way (bytewise,
-# COLLATE "C": the order Python compares str in, whatever the database's collation), so the four
-# streams merge in one pass holding one row of each.
-_ORDER = ' ORDER BY organization_id COLLATE "C", metric COLLATE "C"'
-_EVENTS = """SELECT organization_id, metric, sum(quantity) AS q FROM usage_events
-             WHERE occurred_at >= :start AND occurred_at < :end{org} GROUP BY 1, 2""" + _ORDER
-_ROLLED_UP = """SELECT organization_id, metric, sum(quantity) AS q FROM usage_hourly
-                WHERE hour_start >= :start AND hour_start < :end{org} GROUP BY 1, 2""" + _ORDER
-_BILLED = """SELECT i.organization_id, u.metric, sum(u.quantity) AS q
-             FROM invoice_usage u JOIN invoices i ON i.id = u.invoice_id
-             WHERE i.status <> 'void' AND u.period_start = :period{org} GROUP BY 1, 2""" + _ORDER
-_ORGANIZATIONS = """SELECT o.id AS organization_id, coalesce(pp.free_metrics, '{{}}') AS free_metrics
-                    FROM organizations o LEFT JOIN price_plans pp ON pp.id = o.price_plan_id
-                    WHERE true{org} ORDER BY o.id COLLATE "C"
-"""
-
-
-def usage_statements(month: Month, only: list[str] | None) -> dict[str, tuple[str, dict]]:
-    """The four reads of `usage_differences`, by name: SQL text with :name parameters."""
-    org = " AND organization_id = ANY(:only)" if only else ""
-    params = {"start": month.start, "end": month.end, "period": month.first_day, "only": only or []}
-    return {"usage_events": (_EVENTS.format(org=org), params),
-            "usage_hourly": (_ROLLED_UP.format(org=org), params),
-            "invoice_usage": (_BILLED.format(org=org.replace("organization_id", "i.organization_id")), params),
-            "organizations": (_ORGANIZATIONS.format(org=org.replace("organization_id", "o.id")), params)}
-
-
-def usage_differences(conns: Sequence[Connection], month: Month, only: list[str] | None) -> Iterator[UsageRow]:
+def usage_differences(conn: Connection, month: Month, only: list[str] | None) -> Iterator[UsageRow]:
     """(organization, metric) pairs whose events, roll-up and billed quantities are not all equal,
-    and every pair of an organization with no organizations row.
+    from one pass over each source (a hash join of three monthly GROUP BYs).
 
-    The month's two big GROUP BYs (raw events, hourly roll-ups) run at the same time, each on its
-    own connection, with the billed quantities on a third: PostgreSQL 15 runs the aggregates of one
-    query one after the other, so one query leaves a core idle while the other side waits. The
-    four connections (`conns`; the first reads the organizations) read one snapshot, exported by the
-    first, so the comparison is as consistent as one query's. Each side is streamed as PostgreSQL
-    sends it, without a server-side cursor (a cursor's query never gets parallel workers), and the
-    sorted streams are merged holding one row of each (bench/reconcile.py)."""
-    main, *others = conns
-    statements = usage_statements(month, only)
-    engine.share_snapshot(main, others)
-    reads = [(conn, text(statements[name][0]), statements[name][1])
-             for conn, name in zip(others, ("usage_events", "usage_hourly", "invoice_usage"), strict=True)]
-    with engine.concurrent_streams(reads) as sides:
-        organizations = engine.stream_rows(main, text(statements["organizations"][0]),
-                                           statements["organizations"][1])
-        known = next(organizations, None)
-        for (organization_id, metric), (events, rolled_up, billed) in _merged(sides):
-            while known is not None and known.organization_id < organization_id:
-                known = next(organizations, None)
-            is_known = known is not None and known.organization_id == organization_id
-            if events != rolled_up or rolled_up != billed or not is_known:
-                yield UsageRow(organization_id, metric, events, rolled_up, billed, is_known,
-                               is_known and metric in known.free_metrics)
-        for _ in organizations:  # drained: the connection is free for the next query
-            pass
-
-
-def _merged(sides: list[Iterator]) -> Iterator[tuple[tuple[str, str], tuple[Decimal, ...]]]:
-    """A full outer merge of streams of (organization_id, metric, q) sorted by the first two: each
-    key once, with each stream's q (0 where a stream has no row for it)."""
-    heads = [next(side, None) for side in sides]
-    while True:
-        keys = [(h.organization_id, h.metric) for h in heads if h is not None]
-        if not keys:
-            return
-        key = min(keys)
-        values = []
-        for i, head in enumerate(heads):
-            if head is not None and (head.organization_id, head.metric) == key:
-                values.append(Decimal(head.q))
-                heads[i] = next(sides[i], None)
-            else:
-                values.append(Decimal(0))
-        yield key, tuple(values)
+    Streamed as PostgreSQL sends the rows, without a server-side cursor: PostgreSQL never runs a
+    cursor's query in parallel, and this is the month's largest GROUP BY (bench/reconcile.py)."""
+    org = " AND organization_id = ANY(:only)" if only else ""
+    sql = f"""
+        WITH ev AS (
+            SELECT organization_id, metric, sum(quantity) AS q FROM usage_events
+            WHERE occurred_at >= :start AND occurred_at < :end{org} GROUP BY 1, 2
+        ), hr AS (
+            SELECT organization_id, metric, sum(quantity) AS q FROM usage_hourly
+            WHERE hour_start >= :start AND hour_start < :end{org} GROUP BY 1, 2
+        ), bl AS (
+            SELECT i.organization_id, u.metric, sum(u.quantity) AS q
+            FROM invoice_usage u JOIN invoices i ON i.id = u.invoice_id
+            WHERE i.status <> 'void' AND u.period_start = :period{org.replace("organization_id", "i.organization_id")}
+            GROUP BY 1, 2
+        ), pairs AS (
+            SELECT coalesce(ev.organization_id, hr.organization_id, bl.organization_id) AS organization_id,
+                   coalesce(ev.metric, hr.metric, bl.metric) AS metric,
+                   coalesce(ev.q, 0) AS events, coalesce(hr.q, 0) AS rolled_up, coalesce(bl.q, 0) AS billed
+            FROM ev FULL JOIN hr ON hr.organization_id = ev.organization_id AND hr.metric = ev.metric
+            FULL JOIN bl ON bl.organization_id = coalesce(ev.organization_id, hr.organization_id)
+                        AND bl.metric = coalesce(ev.metric, hr.metric)
+        )
+        SELECT p.*, o.id IS NOT NULL AS known, coalesce(p.metric = ANY(pp.free_metrics), false) AS free
+        FROM pairs p
+        LEFT JOIN organizations o ON o.id = p.organization_id
+        LEFT JOIN price_plans pp ON pp.id = o.price_plan_id
+        WHERE p.events <> p.rolled_up OR p.rolled_up <> p.billed OR o.id IS NULL
+        ORDER BY 1, 2
+    """
+    params = {"start": month.start, "end": month.end, "period": month.first_day, "only": only or []}
+    for row in engine.stream_rows(conn, text(sql), params):
+        yield UsageRow(row.organization_id, row.metric, Decimal(row.events), Decimal(row.rolled_up),
+                       Decimal(row.billed), row.known, row.free)
 
 
 @dataclass(frozen=True)

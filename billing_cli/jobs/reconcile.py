@@ -16,7 +16,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
@@ -117,13 +116,12 @@ def reconcile_month(transactions: Transactions, month: Month, checks: Checks, *,
         if on_difference:
             on_difference(difference)
 
-    with ExitStack() as stack:  # the usage comparison reads on four connections at once
-        conns = [stack.enter_context(transactions()) for _ in range(4)]
-        for row in reconcile_store.usage_differences(conns, month, ids):
+    with transactions() as conn:
+        for row in reconcile_store.usage_differences(conn, month, ids):
             result.checked["usage_rows_differing"] += 1
             for difference in _usage(row):
                 found(difference)
-        for org in reconcile_store.owed_fees_not_invoiced(conns[0], month, ids):
+        for org in reconcile_store.owed_fees_not_invoiced(conn, month, ids):
             found(Difference(Kind.NOT_INVOICED, org, str(month), "an invoice for its fees", "none",
                              f"billing invoice-monthly --month {month} --org {org}"))
     with transactions() as conn:
