@@ -657,3 +657,20 @@ def test_stripe_calls_per_invoice_are_three_for_a_known_customer_and_four_for_a_
     assert sorted(len(inv["lines"]["data"]) for inv in fake_stripe.invoices.values()) == [1, 1, 5, 5]
     assert {inv["status"] for inv in fake_stripe.invoices.values()} == {"open"}
     assert sorted(map(len, fake_stripe.sent_invoices.values())) == [1, 1, 1, 1]
+
+
+def test_the_email_prints_amounts_as_the_pdf_does_and_says_how_to_pay(env, engine, mail) -> None:
+    only_mail = {**env, "INVOICE_ENABLE_S3": "false", "INVOICE_ENABLE_STRIPE": "false", "INVOICE_LOCALE": "de",
+                 "INVOICE_PAYMENT_INSTRUCTIONS": "Überweisung an Nimbus Metering GmbH|IBAN DE89 3704 0044 0532 0130 00"}
+    result = run(only_mail, "--org", "org-1")
+
+    assert result.exit_code == 0, result.output
+    total = stored(engine)["org-1"]["total"]
+    printed = f"{total:.2f}".replace(".", ",") + " $"  # de: decimal comma, the symbol after
+    message = mail.received[-1].message
+    plain = message.get_body(("plain",)).get_content().replace("\xa0", " ").replace("\r\n", "\n")
+    html = message.get_body(("html",)).get_content()
+    assert f"Total due:      {printed}" in plain
+    assert message["Subject"].replace("\xa0", " ").endswith(printed)
+    assert "How to pay:\n  Überweisung an Nimbus Metering GmbH\n  IBAN DE89 3704 0044 0532 0130 00" in plain
+    assert "<b>How to pay</b><br>Überweisung an Nimbus Metering GmbH<br>IBAN DE89" in html

@@ -246,5 +246,6 @@ def test_stripe_receives_the_same_negative_lines_and_zero_total(db, engine, s3, 
     email = mail.received[-1].message
     assert email["Subject"].startswith("Invoice INV-2024-02-000001")
     body = email.get_body(("plain",)).get_content()
-    assert "Adjustment for January 2024: API-Aufrufe, -100 units (0 in all): -10.00 EUR" in body
-    assert "A credit of 10.00 EUR is carried to your next invoice." in body
+    # amounts as the PDF prints them (INVOICE_LOCALE, default en)
+    assert "Adjustment for January 2024: API-Aufrufe, -100 units (0 in all): -€10.00" in body
+    assert "A credit of €10.00 is carried to your next invoice." in body

@@ -84,11 +84,12 @@ VARIABLES: tuple[Variable, ...] = (
              help="Seller tax / VAT id printed on invoices."),
     Variable("INVOICE_PAYMENT_INSTRUCTIONS", "payment_instructions", Lines("|"), default=None, unset=(),
              example="Bank transfer to Example Cloud Ltd|IBAN GB33 BUKB 2020 1555 5555 55, BIC BUKBGB22",
-             help="How to pay, printed on invoice PDFs under the total (e.g. the bank account); separate lines "
-                  "with '|'. With Stripe on, the PDF also says that the invoice e-mail links to its payment page."),
+             help="How to pay, printed on invoice PDFs under the total and in the invoice e-mail (e.g. the bank "
+                  "account); separate lines with '|'. With Stripe on, the PDF also says that the invoice e-mail "
+                  "links to its payment page."),
     Variable("INVOICE_LOCALE", "invoice_locale", Locale(), default="en",
-             help="Locale of the numbers and amounts on invoice PDFs (CLDR, via Babel): en gives 1,234.56 and "
-                  "€1,234.56, de 1.234,56 and 1.234,56 €. The invoice's words stay English."),
+             help="Locale of the numbers and amounts on invoice PDFs and e-mails (CLDR, via Babel): en gives "
+                  "1,234.56 and €1,234.56, de 1.234,56 and 1.234,56 €. The invoice's words stay English."),
     Variable("INVOICE_PAYMENT_TERMS_DAYS", "payment_terms_days", Int(0, 365), default="30",
              help="Days from issue date to due date."),
     Variable("INVOICE_OUTPUT_DIR", "invoice_output_dir", Folder(), default=None, example="./invoices",

@@ -14,7 +14,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 
 from ..invoices import InvoiceDocument, Seller
-from ..money import format_money
+from ..localized import NumberFormat
 from .storage import PresignedLink
 
 _ADDRESS = re.compile(r"^[^@\s<>\"(),;:]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}$")
@@ -80,7 +80,8 @@ def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller
     to_address = check_address("organization e-mail", doc.bill_to_email)
     name = check_header_value("organization name", doc.bill_to_name)
     check_header_value("INVOICE_SMTP_FROM", sender)
-    total = format_money(doc.total, doc.currency)
+    numbers = NumberFormat(seller.locale)  # amounts as the PDF prints them (INVOICE_LOCALE)
+    total = numbers.money(doc.total, doc.currency)
     message = EmailMessage(policy=_POLICY)
     message["Subject"] = f"Invoice {doc.number} for {doc.period}: {total}"
     message["From"] = sender
@@ -100,12 +101,14 @@ def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller
         f"  Total due:      {total}",
         f"  Due date:       {doc.due_date}",
     ]
-    notes = _notes(doc)
+    notes = _notes(doc, numbers)
     links = _links(page_url, download)
     if notes:
         text += ["", *notes]
     for label, url in links:
         text += ["", f"{label}: {url}"]
+    if seller.payment_instructions:  # the same "How to pay" as the PDF's
+        text += ["", "How to pay:", *(f"  {line}" for line in seller.payment_instructions)]
     text += ["", f"Thank you,\n{seller.name}"]
     message.set_content("\n".join(text))
     message.add_alternative(f"""<html><body style="font-family: sans-serif">
@@ -119,6 +122,7 @@ def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller
 </table>
 {"".join(f"<p>{html.escape(note)}</p>" for note in notes)}
 {"".join(f'<p><a href="{html.escape(url)}">{html.escape(label)}</a></p>' for label, url in links)}
+{_how_to_pay_html(seller)}
 <p>Thank you,<br>{html.escape(seller.name)}</p>
 </body></html>""", subtype="html")
     if attach:
@@ -136,16 +140,22 @@ def _links(page_url: str | None, download: PresignedLink | None) -> list[tuple[s
     return links
 
 
-def _notes(doc: InvoiceDocument) -> list[str]:
+def _how_to_pay_html(seller: Seller) -> str:
+    if not seller.payment_instructions:
+        return ""
+    return "<p><b>How to pay</b><br>" + "<br>".join(html.escape(line) for line in seller.payment_instructions) + "</p>"
+
+
+def _notes(doc: InvoiceDocument, numbers: NumberFormat) -> list[str]:
     """What a customer must not miss: adjustments of earlier months, and credit moved."""
     notes = []
     for line in doc.lines:
         if line.period is not None and line.period != doc.period:
-            notes.append(f"{line.description}: {format_money(line.amount, doc.currency)}")
+            notes.append(f"{line.description}: {numbers.money(line.amount, doc.currency)}")
         elif line.kind == "credit_carried":
-            notes.append(f"A credit of {format_money(line.amount, doc.currency)} is carried to your next invoice.")
+            notes.append(f"A credit of {numbers.money(line.amount, doc.currency)} is carried to your next invoice.")
         elif line.kind == "credit_applied":
-            notes.append(f"A credit of {format_money(-line.amount, doc.currency)} from earlier invoices is applied.")
+            notes.append(f"A credit of {numbers.money(-line.amount, doc.currency)} from earlier invoices is applied.")
     return notes
 
 
