@@ -177,9 +177,9 @@ def invoicing_month(month: str | None, process_month: str | None, *, now: dateti
 Period = Month | HourRange  # what a run covers: a month, or a window of hours
 
 
-def iso_utc(moment: datetime) -> str:
+def iso_utc(moment: datetime, timespec: str = "auto") -> str:
     """`2024-01-01T00:00:00Z`: how machine-readable output writes a time."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def period_json(period: Period) -> dict[str, str]:

@@ -126,4 +126,3 @@ def stream_rows(conn: Connection, statement: TextClause, params: dict[str, Any])
     assert driver is not None
     with driver.cursor(row_factory=namedtuple_row) as cursor:
         yield from cursor.stream(compiled.string, compiled.construct_params(params))
-

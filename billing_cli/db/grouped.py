@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
+
+from .engine import Transactions
 
 # At most this many writes per transaction (an issued invoice holds an advisory lock until commit).
 MAX_BLOCK = 64
@@ -42,7 +43,7 @@ class GroupedWrites(Generic[T, R]):
     in the caller's transaction and returns one result per request, in order: a value, or an
     exception that concerns that request alone (raised to its worker; the others are committed)."""
 
-    def __init__(self, transactions: Callable[[], AbstractContextManager[Connection]],
+    def __init__(self, transactions: Transactions,
                  write: Callable[[Connection, Sequence[T]], Sequence[R | Exception]],
                  max_block: int = MAX_BLOCK) -> None:
         self._transactions = transactions

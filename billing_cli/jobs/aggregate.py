@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -76,14 +77,13 @@ class AggregationResult:
 
     def totals_by_metric(self) -> list[MetricTotals]:
         """Per metric over the window; `organizations` counts each organization once."""
-        merged: dict[str, MetricTotals] = {}
+        sums: dict[str, tuple[int, Decimal]] = {}
         for hour in self.hours:
             for m in hour.metrics:
-                prev = merged.get(m.metric)
-                merged[m.metric] = m if prev is None else MetricTotals(
-                    m.metric, 0, prev.events + m.events, prev.quantity + m.quantity)
-        return [MetricTotals(k, len(self.organizations_by_metric.get(k, ())), merged[k].events, merged[k].quantity)
-                for k in sorted(merged)]
+                events, quantity = sums.get(m.metric, (0, Decimal(0)))
+                sums[m.metric] = (events + m.events, quantity + m.quantity)
+        return [MetricTotals(metric, len(self.organizations_by_metric.get(metric, ())), *sums[metric])
+                for metric in sorted(sums)]
 
     def summary(self) -> RunSummary:
         return RunSummary(

@@ -21,7 +21,9 @@ def number(value: int | Decimal) -> str:
 
 
 def plain_value(value: object) -> str:
-    text = ("true" if value else "false") if isinstance(value, bool) else str(value).replace("\r", " ").replace("\n", "; ")  # one record, one line
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value).replace("\r", " ").replace("\n", "; ")  # one record, one line
     for separator in "\x85\u2028\u2029":  # line breaks to some log readers: shown escaped
         text = text.replace(separator, separator.encode("unicode_escape").decode())
     return f'"{text}"' if (" " in text or text == "") else text
@@ -65,8 +67,9 @@ class Output:
         import json
         from datetime import UTC, datetime
 
-        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        record = {"time": now, "level": level, **self.context, "event": event}
+        from ..periods import iso_utc
+
+        record = {"time": iso_utc(datetime.now(UTC), "milliseconds"), "level": level, **self.context, "event": event}
         for key, value in fields.items():
             record["organization_id" if (key == "id" and event == "organization") else key] = value
         print(json.dumps(record, default=json_value, ensure_ascii=False), file=stream, flush=True)
