@@ -21,6 +21,7 @@ from decimal import Decimal
 from .money import ZERO, Precision, exact_sum, format_quantity
 from .periods import Month
 from .pricing import CREDIT_KINDS, InvoiceLine, PricePlan, RatedInvoice, RatingError, rate
+from .taxes import InvoiceTax
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,20 @@ class ComposedInvoice:
     usage: dict[tuple[Month, str], Decimal]  # (period, metric) -> quantity billed by this invoice
     periods: tuple[Month, ...]  # every period this invoice accounted for (its own and those it adjusted)
     adjusted: tuple[PeriodDelta, ...] = ()
-
-    @property
-    def total(self) -> Decimal:
-        return exact_sum(line.amount for line in self.lines)
+    taxes: tuple[InvoiceTax, ...] = ()  # the tax breakdown (taxes.py); none while taxes are off
 
     @property
     def subtotal(self) -> Decimal:
-        return self.total
+        """The sum of the lines: the taxable subtotal (credit moved included, net of tax)."""
+        return exact_sum(line.amount for line in self.lines)
+
+    @property
+    def tax_total(self) -> Decimal:
+        return exact_sum(tax.amount for tax in self.taxes)
+
+    @property
+    def total(self) -> Decimal:
+        return exact_sum((self.subtotal, self.tax_total)) if self.taxes else self.subtotal
 
     @property
     def is_empty(self) -> bool:

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from .periods import Month
 from .pricing import InvoiceLine
+from .taxes import InvoiceTax, mentions
 
 NUMBER_PREFIX = "INV"
 
@@ -29,6 +30,7 @@ class Seller:
     name: str
     address: tuple[str, ...]
     tax_id: str | None = None
+    country: str | None = None  # ISO 3166-1 alpha-2 (INVOICE_SELLER_COUNTRY), needed with taxes on
     locale: str = "en"  # numbers and amounts on the PDF (INVOICE_LOCALE)
     payment_instructions: tuple[str, ...] = ()  # how to pay, e.g. the bank account (INVOICE_PAYMENT_INSTRUCTIONS)
     pays_online: bool = False  # Stripe is on: the invoice e-mail links to a page where it can be paid
@@ -52,7 +54,18 @@ class InvoiceDocument:
     replaces: str | None = None  # the number of the (now void) invoice this one was regenerated from
     bill_to_address: tuple[str, ...] = ()  # the customer's postal address, as printed (snapshot at issue)
     bill_to_tax_id: str | None = None  # the customer's VAT / tax id (snapshot at issue)
+    taxes: tuple[InvoiceTax, ...] = ()  # the tax breakdown; empty while taxes are off
+
+    @property
+    def tax_total(self) -> Decimal:
+        from .money import exact_sum
+
+        return exact_sum(tax.amount for tax in self.taxes)
 
     @property
     def subtotal(self) -> Decimal:
-        return self.total
+        return self.total - self.tax_total if self.taxes else self.total
+
+    @property
+    def tax_mentions(self) -> tuple[str, ...]:
+        return mentions(self.taxes)

@@ -19,7 +19,8 @@ class RunSummary:
     seconds: float
     counts: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
-    revenue: dict[str, str] = field(default_factory=dict)  # currency -> exact decimal text
+    revenue: dict[str, str] = field(default_factory=dict)  # currency -> exact decimal text (tax included)
+    tax: dict[str, str] = field(default_factory=dict)  # currency -> the tax in that revenue (taxes on)
     failed: list[dict[str, Any]] = field(default_factory=list)
     message: str | None = None  # why a failed run stopped
 
@@ -32,7 +33,7 @@ class RunSummary:
     def as_dict(self) -> dict[str, Any]:
         return {"job": self.job, "period": period_json(self.period), "outcome": self.outcome, "dry_run": self.dry_run,
                 "seconds": round(self.seconds, 3), "counts": self.counts, "errors": self.errors,
-                "revenue": self.revenue, "failed": self.failed, "message": self.message,
+                "revenue": self.revenue, "tax": self.tax, "failed": self.failed, "message": self.message,
                 "version": __version__}
 
     def text(self) -> str:
@@ -45,6 +46,8 @@ class RunSummary:
         lines += [f"{key.replace('_', ' ').capitalize() + ':':<17}{value:,}" for key, value in self.counts.items()]
         lines.append("Errors by component: " + (", ".join(f"{k} {v}" for k, v in self.errors.items()) or "none"))
         lines.append("Revenue: " + (", ".join(f"{amount} {cur}" for cur, amount in self.revenue.items()) or "none"))
+        if self.tax:
+            lines.append("Of which tax: " + ", ".join(f"{amount} {cur}" for cur, amount in self.tax.items()))
         if self.failed:
             lines += ["", "Failed:"]
             for item in self.failed:

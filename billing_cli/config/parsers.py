@@ -187,3 +187,19 @@ class StripeKey(Text):
     def mask(self, text: str) -> str:
         # sk_t / sk_l tells a test key from a live one; short values could be guessed from a prefix.
         return text[:4] + "****" if len(text) > 8 else "****"
+
+
+class Country(Text):
+    """An ISO 3166-1 alpha-2 country code, written in capitals: `DE`, `GB`."""
+
+    kind = "country"
+
+    def __call__(self, text: str) -> str:
+        from ..addresses import CountryError, country_name
+
+        code = super().__call__(text).strip().upper()
+        try:
+            country_name(code)
+        except CountryError:
+            raise ValueError("not an ISO 3166-1 alpha-2 country code (e.g. DE, GB, US)") from None
+        return code

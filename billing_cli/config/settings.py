@@ -55,6 +55,8 @@ class Settings:
     seller_name: str
     seller_address: tuple[str, ...]
     seller_tax_id: str | None
+    seller_country: str | None
+    taxes_enabled: bool
     invoice_locale: str
     payment_instructions: tuple[str, ...]
     payment_terms_days: int
@@ -190,7 +192,32 @@ def _missing_companions(converted: Mapping[str, object], under_kubernetes: bool)
         problems.append(Problem(f"DATABASE_URL is not set and the embedded database is refused ({why}): "
                                 "set DATABASE_URL (check the Secret the job reads)", names))
     problems += _placeholder_seller(converted, under_kubernetes)
+    problems += _tax_problems(converted)
     return problems
+
+
+def _tax_problems(converted: Mapping[str, object]) -> list[Problem]:
+    """Taxes on need the seller's country and a valid tax id for it (domestic or cross-border, the
+    reverse charge, and the seller's id printed on every invoice)."""
+    if not converted.get("INVOICE_TAXES"):
+        return []
+    country, tax_id = converted.get("INVOICE_SELLER_COUNTRY", ""), converted.get("INVOICE_SELLER_TAX_ID", "")
+    missing = [name for name, value in (("INVOICE_SELLER_COUNTRY", country), ("INVOICE_SELLER_TAX_ID", tax_id))
+               if value is None]
+    if missing:
+        names = " and ".join(missing)
+        return [Problem(f"INVOICE_TAXES is on but {names} {'is' if len(missing) == 1 else 'are'} not set: set "
+                        f"{names}, or turn INVOICE_TAXES off", ("INVOICE_TAXES", *missing))]
+    if not country or not tax_id:
+        return []  # one of them does not parse: already a problem of its own
+    from ..tax_ids import TaxIdError, check_tax_id
+
+    try:
+        check_tax_id(str(tax_id), str(country))
+    except TaxIdError as exc:
+        return [Problem(f"INVOICE_SELLER_TAX_ID: {exc} (INVOICE_SELLER_COUNTRY={country}): fix the seller's tax id",
+                        ("INVOICE_SELLER_TAX_ID", "INVOICE_SELLER_COUNTRY"))]
+    return []
 
 
 def _placeholder_seller(converted: Mapping[str, object], under_kubernetes: bool) -> list[Problem]:

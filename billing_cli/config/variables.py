@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass
 
-from .parsers import (Bool, Choice, Email, Folder, HttpUrl, Int, Lines, Locale, Month, Parser, PostgresUrl,
-                      Schedule, StripeKey, Text)
+from .parsers import (Bool, Choice, Country, Email, Folder, HttpUrl, Int, Lines, Locale, Month, Parser,
+                      PostgresUrl, Schedule, StripeKey, Text)
 from .secret import Secret
 
 
@@ -81,7 +81,15 @@ VARIABLES: tuple[Variable, ...] = (
              help="Seller address on invoices; separate lines with '|'. A placeholder by default: required "
                   "with any INVOICE_ENABLE_* on and under Kubernetes."),
     Variable("INVOICE_SELLER_TAX_ID", "seller_tax_id", Text(), default=None, example="GB123456789",
-             help="Seller tax / VAT id printed on invoices."),
+             help="Seller tax / VAT id printed on invoices. Required with INVOICE_TAXES on (checked with "
+                  "python-stdnum for INVOICE_SELLER_COUNTRY)."),
+    Variable("INVOICE_SELLER_COUNTRY", "seller_country", Country(), default=None, example="GB",
+             help="The seller's country (ISO 3166-1 alpha-2): what is domestic and what is cross-border when "
+                  "taxes are on. Required with INVOICE_TAXES on."),
+    Variable("INVOICE_TAXES", "taxes_enabled", Bool(), default="false",
+             help="Compute taxes on invoices (docs/taxes.md): the rates of `billing taxes apply`, reverse charge, "
+                  "exemptions. Off: invoices carry no tax line, exactly as before. Needs INVOICE_SELLER_COUNTRY "
+                  "and INVOICE_SELLER_TAX_ID."),
     Variable("INVOICE_PAYMENT_INSTRUCTIONS", "payment_instructions", Lines("|"), default=None, unset=(),
              example="Bank transfer to Example Cloud Ltd|IBAN GB33 BUKB 2020 1555 5555 55, BIC BUKBGB22",
              help="How to pay, printed on invoice PDFs under the total and in the invoice e-mail (e.g. the bank "

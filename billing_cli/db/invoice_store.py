@@ -18,6 +18,7 @@ from ..composition import ComposedInvoice
 from ..invoices import InvoiceDocument, invoice_number
 from ..periods import Month
 from ..pricing import InvoiceLine, plan_snapshot
+from ..taxes import InvoiceTax, Treatment
 
 
 @dataclass(frozen=True)
@@ -213,25 +214,27 @@ def issue_invoices(session: Connection, requests: Sequence[IssueRequest]) -> lis
     """), {"p": month.first_day, "k": len(fresh)}).scalar_one()
     numbers = [invoice_number(month, sequence) for sequence in range(last - len(fresh) + 1, last + 1)]
     rows = session.execute(text("""
-        INSERT INTO invoices (organization_id, period_start, number, status, currency, subtotal, total,
+        INSERT INTO invoices (organization_id, period_start, number, status, currency, subtotal, tax_total, total,
                               plan_id, plan_snapshot, bill_to_name, bill_to_email, bill_to_address, bill_to_tax_id,
                               issue_date, due_date, replaces_invoice_id)
-        SELECT org, :period, number, 'issued', currency, subtotal, total, plan, CAST(snapshot AS jsonb), name,
+        SELECT org, :period, number, 'issued', currency, subtotal, tax, total, plan, CAST(snapshot AS jsonb), name,
                email,
                -- each invoice's address lines travel as a JSON array (arrays of arrays cannot be unnested)
                (SELECT array_agg(line ORDER BY n) FROM json_array_elements_text(CAST(address AS json))
                                                        WITH ORDINALITY AS a(line, n)),
                tax_id, issue, due, replaces
         FROM unnest(CAST(:orgs AS text[]), CAST(:numbers AS text[]), CAST(:currencies AS text[]),
-                    CAST(:subtotals AS numeric[]), CAST(:totals AS numeric[]), CAST(:plans AS text[]),
+                    CAST(:subtotals AS numeric[]), CAST(:taxes AS numeric[]), CAST(:totals AS numeric[]),
+                    CAST(:plans AS text[]),
                     CAST(:snapshots AS text[]), CAST(:names AS text[]), CAST(:emails AS text[]),
                     CAST(:addresses AS text[]), CAST(:tax_ids AS text[]),
                     CAST(:issues AS date[]), CAST(:dues AS date[]), CAST(:replaces AS bigint[]))
-             AS r(org, number, currency, subtotal, total, plan, snapshot, name, email, address, tax_id, issue, due,
+             AS r(org, number, currency, subtotal, tax, total, plan, snapshot, name, email, address, tax_id, issue, due,
                   replaces)
         RETURNING number, id, created_at
     """), {"period": month.first_day, "orgs": [r.organization_id for _, r in fresh], "numbers": numbers,
            "currencies": [r.invoice.currency for _, r in fresh], "subtotals": [r.invoice.subtotal for _, r in fresh],
+           "taxes": [r.invoice.tax_total for _, r in fresh],
            "totals": [r.invoice.total for _, r in fresh], "plans": [r.invoice.plan_id for _, r in fresh],
            "snapshots": [json.dumps(plan_snapshot(r.invoice.plan)) for _, r in fresh],
            "names": [r.bill_to_name for _, r in fresh], "emails": [r.bill_to_email for _, r in fresh],
@@ -258,6 +261,7 @@ def issue_invoices(session: Connection, requests: Sequence[IssueRequest]) -> lis
                "unit_prices": [line.unit_price for _, _, line, _ in lines],
                "amounts": [line.amount for _, _, line, _ in lines],
                "periods": [(line.period or period).first_day for _, _, line, period in lines]})
+    _insert_taxes(session, [(invoice_id, r.invoice.taxes) for invoice_id, (_, r) in zip(ids, fresh, strict=True)])
     usage = [(invoice_id, period.first_day, metric, quantity) for invoice_id, (_, r) in zip(ids, fresh, strict=True)
              for (period, metric), quantity in r.invoice.usage.items()]
     if usage:
@@ -283,6 +287,35 @@ def issue_invoices(session: Connection, requests: Sequence[IssueRequest]) -> lis
                                     created_at=created_at, stripe_customer_id=customer_id,
                                     stripe_customer_name=customer_name, stripe_customer_email=customer_email)
     return results  # type: ignore[return-value]
+
+
+def _insert_taxes(session: Connection, invoices: list[tuple[int, tuple[InvoiceTax, ...]]]) -> None:
+    """Each invoice's tax breakdown, in its order (one statement for the block)."""
+    rows = [(invoice_id, position, tax) for invoice_id, taxes in invoices
+            for position, tax in enumerate(taxes, start=1)]
+    if not rows:
+        return
+    session.execute(text("""
+        INSERT INTO invoice_taxes (invoice_id, position, name, country, region, percentage, taxable_amount, amount,
+                                   treatment, mention, tax_rate_id)
+        SELECT * FROM unnest(CAST(:invoices AS bigint[]), CAST(:positions AS integer[]), CAST(:names AS text[]),
+                             CAST(:countries AS text[]), CAST(:regions AS text[]), CAST(:percentages AS numeric[]),
+                             CAST(:bases AS numeric[]), CAST(:amounts AS numeric[]), CAST(:treatments AS text[]),
+                             CAST(:mentions AS text[]), CAST(:rates AS bigint[]))
+    """), {"invoices": [i for i, _, _ in rows], "positions": [p for _, p, _ in rows],
+           "names": [t.name for _, _, t in rows], "countries": [t.country for _, _, t in rows],
+           "regions": [t.region for _, _, t in rows], "percentages": [t.percentage for _, _, t in rows],
+           "bases": [t.taxable_amount for _, _, t in rows], "amounts": [t.amount for _, _, t in rows],
+           "treatments": [str(t.treatment) for _, _, t in rows], "mentions": [t.mention for _, _, t in rows],
+           "rates": [t.rate_id for _, _, t in rows]})
+
+
+def load_taxes(session: Connection, invoice_id: int) -> tuple[InvoiceTax, ...]:
+    """An invoice's tax breakdown as issued (empty: issued with taxes off)."""
+    return tuple(InvoiceTax(r.name, r.country, r.region, Decimal(r.percentage), Decimal(r.taxable_amount),
+                            Decimal(r.amount), Treatment(r.treatment), r.mention, r.tax_rate_id)
+                 for r in session.execute(text("SELECT * FROM invoice_taxes WHERE invoice_id = :id ORDER BY position"),
+                                          {"id": invoice_id}))
 
 
 @dataclass(frozen=True)
@@ -326,7 +359,8 @@ def load_document(session: Connection, invoice_id: int) -> InvoiceDocument:
     return InvoiceDocument(row.number, row.organization_id, row.bill_to_name, row.bill_to_email,
                            Month.containing_date(row.period_start), row.issue_date, row.due_date, row.currency,
                            lines, Decimal(row.total), replaces=row.replaces,
-                           bill_to_address=tuple(row.bill_to_address or ()), bill_to_tax_id=row.bill_to_tax_id)
+                           bill_to_address=tuple(row.bill_to_address or ()), bill_to_tax_id=row.bill_to_tax_id,
+                           taxes=load_taxes(session, invoice_id))
 
 
 def record_s3(session: Connection, invoice_id: int, key: str) -> None:

@@ -59,6 +59,19 @@ class StripeLine:
     line_no: int
     amount: int  # in Stripe's units for the currency (money.to_stripe_amount)
     description: str
+    tax_rates: tuple[str, ...] = ()  # Stripe TaxRate ids applied to the line (taxes on)
+
+
+@dataclass(frozen=True)
+class StripeTaxRate:
+    """One of our rate versions as a Stripe TaxRate (exclusive: the tax is added to the lines)."""
+
+    rate_id: int  # our tax_rates row: the idempotency key and the metadata
+    display_name: str  # VAT, GST, sales tax
+    percentage: str  # exact decimal text
+    country: str
+    region: str | None
+    effective_from: str  # ISO date, in the description: versions of one rate look alike otherwise
 
 
 class PaymentGateway(Protocol):
@@ -67,7 +80,8 @@ class PaymentGateway(Protocol):
     def update_customer(self, customer_id: str, *, name: str, email: str) -> None: ...
     def find_invoice(self, customer_id: str, invoice_id: int) -> StripeInvoice | None: ...
     def create_draft(self, customer_id: str, *, invoice_id: int, number: str, currency: str,
-                     due_date: date) -> StripeInvoice: ...
+                     due_date: date, footer: str | None = None) -> StripeInvoice: ...
+    def create_tax_rate(self, rate: StripeTaxRate) -> str: ...
     def add_lines(self, stripe_invoice_id: str, *, invoice_id: int, lines: list[StripeLine]) -> StripeInvoice: ...
     def send(self, stripe_invoice_id: str, *, invoice_id: int) -> StripeInvoice: ...
     def invoice_detail(self, stripe_invoice_id: str) -> StripeInvoiceDetail | None: ...
@@ -75,6 +89,11 @@ class PaymentGateway(Protocol):
     def void(self, stripe_invoice_id: str, *, invoice_id: int) -> None: ...
     def credit_notes(self, stripe_invoice_id: str, *, invoice_id: int) -> list[str]: ...
     def credit_in_full(self, stripe_invoice_id: str, *, invoice_id: int, amount: int, memo: str) -> str: ...
+
+
+# Stripe's TaxRate.tax_type for the usual names of our rates (others are left without a type).
+_TAX_TYPES = {"vat": "vat", "gst": "gst", "hst": "hst", "pst": "pst", "qst": "qst", "rst": "rst", "igst": "igst",
+              "jct": "jct", "sales tax": "sales_tax", "service tax": "service_tax"}
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -297,16 +316,31 @@ class StripeGateway:
                       idempotency_key=_key("billing-customer-update", f"{customer_id}-{fingerprint}"))
 
     def create_draft(self, customer_id: str, *, invoice_id: int, number: str, currency: str,
-                     due_date: date) -> StripeInvoice:
+                     due_date: date, footer: str | None = None) -> StripeInvoice:
         """A draft with our number and our due date (end of that day, UTC), not Stripe's own: the
-        same invoice, under the same number, whatever day the draft is made."""
+        same invoice, under the same number, whatever day the draft is made. `footer`: the legal
+        mentions of its taxes (a reverse charge, an exemption), printed by Stripe too."""
         due = int(datetime.combine(due_date, time(23, 59, 59), tzinfo=UTC).timestamp())
         return self._invoice(self._request(
             "draft invoice", "post", "/v1/invoices",
             customer=customer_id, collection_method="send_invoice", due_date=due, number=number,
             auto_advance=False, currency=currency.lower(), pending_invoice_items_behavior="exclude",
             description=f"Invoice {number}", metadata={"invoice_number": number, "billing_invoice_id": str(invoice_id)},
+            **({"footer": footer[:5000]} if footer else {}),
             idempotency_key=f"billing-invoice-{invoice_id}-draft"))
+
+    def create_tax_rate(self, rate: StripeTaxRate) -> str:
+        """A TaxRate for one of our rate versions, created once: its key is our rate's id, and the
+        caller stores the id Stripe answers (TaxRates cannot change their percentage: a new version
+        of ours is a new TaxRate)."""
+        tax_type = _TAX_TYPES.get(rate.display_name.strip().lower())
+        return self._request(
+            "tax rate", "post", "/v1/tax_rates", display_name=rate.display_name[:50], percentage=rate.percentage,
+            inclusive=False, country=rate.country, **({"state": rate.region} if rate.region else {}),
+            jurisdiction=f"{rate.country}-{rate.region}" if rate.region else rate.country,
+            description=f"{rate.display_name} {rate.percentage}% from {rate.effective_from}",
+            **({"tax_type": tax_type} if tax_type else {}), metadata={"billing_tax_rate_id": str(rate.rate_id)},
+            idempotency_key=f"billing-tax-rate-{rate.rate_id}-{rate.percentage}")["id"]
 
     def add_lines(self, stripe_invoice_id: str, *, invoice_id: int, lines: list[StripeLine]) -> StripeInvoice:
         """Every line in one call: Stripe adds all of them or none, to a draft only. Answers the
@@ -315,7 +349,8 @@ class StripeGateway:
         return self._invoice(self._request(
             "invoice lines", "post", f"/v1/invoices/{_path(stripe_invoice_id)}/add_lines",
             lines=[{"amount": line.amount, "description": line.description[:500],
-                    "metadata": {"billing_invoice_id": str(invoice_id), "line_no": str(line.line_no)}}
+                    "metadata": {"billing_invoice_id": str(invoice_id), "line_no": str(line.line_no)},
+                    **({"tax_rates": list(line.tax_rates)} if line.tax_rates else {})}
                    for line in lines],
             idempotency_key=f"billing-invoice-{invoice_id}-lines-{first}-{last}"))
 

@@ -81,7 +81,7 @@ class RenderPool:
 def _texts(doc: InvoiceDocument, seller: Seller) -> list[str]:
     return [doc.bill_to_name, doc.bill_to_email, doc.organization_id, *doc.bill_to_address, doc.bill_to_tax_id or "",
             seller.name, *seller.address, seller.tax_id or "", *seller.payment_instructions,
-            *(line.description for line in doc.lines)]
+            *(line.description for line in doc.lines), *(tax.label for tax in doc.taxes), *doc.tax_mentions]
 
 
 def _is_core(text: str) -> bool:
@@ -287,22 +287,37 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
              "payment.",
              f"Amounts are in {doc.currency}. Unit prices are shown with full precision; each line amount is rounded "
              "half-up to the currency's minor unit.",
+             "The subtotal is the sum of the rounded line amounts; each tax is computed on the taxable subtotal and "
+             "rounded once, half-up; the total is the subtotal plus the taxes." if doc.taxes else
              "The total is the sum of the rounded line amounts."]
+    # Each tax: its name, rate and jurisdiction, the amount it is computed on, and the tax.
+    taxes = [(f"{tax.label} on {numbers.money(tax.taxable_amount, doc.currency)}", tax.amount) for tax in doc.taxes]
+    mentions = [clean(mention) for mention in doc.tax_mentions]
     # Totals, payment and notes stay together on one page (a long payment text may still wrap).
-    if pdf.will_page_break(22 + (7 + 4.5 * len(paying) if paying else 0) + 4 * (len(notes) + 2)):
+    if pdf.will_page_break(22 + 5.5 * len(taxes) + 5 * len(mentions) + (7 + 4.5 * len(paying) if paying else 0)
+                           + 4 * (len(notes) + 2)):
         pdf.add_page()
     pdf.ln(2)
     pdf.set_draw_color(180)
     pdf.line(_RIGHT_EDGE - 80, pdf.get_y(), _RIGHT_EDGE, pdf.get_y())
     pdf.ln(2)
-    for label, value, bold in (("Subtotal", doc.subtotal, False), ("Total due", doc.total, True)):
-        pdf.set_x(_RIGHT_EDGE - 80)
-        font(pdf, "B" if bold else "", 11 if bold else 9)
-        pdf.cell(35, 7 if bold else 5.5, label)
+    rows = [("Subtotal", doc.subtotal, False), *((clean(label), amount, False) for label, amount in taxes),
+            ("Total due", doc.total, True)]
+    for label, value, bold in rows:
+        wide = pdf.get_string_width(label) > 33 if not bold else False  # a tax's label: from further left
+        pdf.set_x(_RIGHT_EDGE - (125 if wide else 80))
+        font(pdf, "B" if bold else "", 11 if bold else 9, label)
+        pdf.cell(80 if wide else 35, 7 if bold else 5.5, label, align="R" if wide else "L")
         money = numbers.money(value, doc.currency)
         font(pdf, "B" if bold else "", 11 if bold else 9, money)
         pdf.cell(45, 7 if bold else 5.5, money, align="R", new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(6)
+    pdf.ln(4)
+    if mentions:  # the legal mentions (reverse charge, exemption, outside the scope): on the invoice itself
+        pdf.set_text_color(20)
+        for mention in mentions:
+            font(pdf, "B", 9, mention)
+            pdf.multi_cell(_WIDTH, 4.5, mention, align="L", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(2)
     if paying:
         pdf.set_text_color(110)
         font(pdf, "B", 8)

@@ -22,17 +22,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 
-from ..db import invoice_store
+from ..db import invoice_store, tax_store
 from ..db.engine import Transactions
 from ..db.invoice_store import StoredInvoice
 from ..delivery.invoice_email import BadAddress, build_invoice_email, message_id
 from ..delivery.mailer import MailError
-from ..delivery.payments import PaymentError, PaymentGateway, StripeInvoiceDetail, StripeLine
+from ..delivery.payments import PaymentError, PaymentGateway, StripeInvoiceDetail, StripeLine, StripeTaxRate
 from ..delivery.ports import Deliveries
 from ..delivery.storage import StorageError, object_key
 from ..invoices import InvoiceDocument, Seller
 from ..money import to_stripe_amount
 from ..outcomes import Component, Step
+from ..taxes import Treatment
 
 # Stripe keeps idempotency keys for about 24 hours; past this age a retry could create a second
 # draft, so we look the invoice up by our metadata before creating one.
@@ -122,7 +123,8 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: St
         stripe_id = found.id if found is not None else None
     if stripe_id is None:
         stripe_id = gateway.create_draft(customer, invoice_id=invoice.id, number=document.number,
-                                         currency=document.currency, due_date=document.due_date).id
+                                         currency=document.currency, due_date=document.due_date,
+                                         footer="\n".join(document.tax_mentions) or None).id
         with transactions() as conn:
             invoice_store.record_stripe_invoice(conn, invoice.id, stripe_id, "draft")
     else:
@@ -132,11 +134,12 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: St
                                transient=False)
 
     expected = to_stripe_amount(document.total, document.currency)
-    ours = [StripeLine(n, to_stripe_amount(line.amount, document.currency), line.description)
-            for n, line in enumerate(document.lines, start=1)]
     status = "draft" if remote is None else remote.status
     if status == "draft":
         present = {n for n, _ in remote.lines} if remote is not None else set()
+        rates = _stripe_tax_rates(transactions, gateway, document) if len(present) < len(document.lines) else ()
+        ours = [StripeLine(n, to_stripe_amount(line.amount, document.currency), line.description, rates)
+                for n, line in enumerate(document.lines, start=1)]
         missing = [line for line in ours if line.line_no not in present]
         total = gateway.add_lines(stripe_id, invoice_id=invoice.id, lines=missing).total if missing else \
             remote.total  # type: ignore[union-attr]
@@ -155,6 +158,29 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: St
     with transactions() as conn:
         invoice_store.record_stripe_invoice(conn, invoice.id, stripe_id, "sent", hosted_url)
     return hosted_url
+
+
+def _stripe_tax_rates(transactions: Transactions, gateway: PaymentGateway, document: InvoiceDocument) -> tuple[str, ...]:
+    """The Stripe TaxRates of the invoice's charged rates, each created once and its id stored
+    (a known rate costs no call). Every line carries them all: the tax is on the taxable subtotal,
+    credit lines included, as ours is (docs/taxes.md)."""
+    rate_ids = [tax.rate_id for tax in document.taxes if tax.treatment == Treatment.STANDARD and tax.rate_id]
+    if not rate_ids:
+        return ()
+    with transactions() as conn:
+        stored = tax_store.stripe_rates(conn, rate_ids)
+    ids = []
+    for rate_id in rate_ids:
+        known = stored[rate_id]
+        stripe_id = known.stripe_id
+        if stripe_id is None:
+            rate = known.rate
+            stripe_id = gateway.create_tax_rate(StripeTaxRate(rate_id, rate.name, f"{rate.percentage:f}", rate.country,
+                                                              rate.region, rate.effective_from.isoformat()))
+            with transactions() as conn:
+                tax_store.record_stripe_rate(conn, rate_id, stripe_id)
+        ids.append(stripe_id)
+    return tuple(ids)
 
 
 def _customer(transactions: Transactions, gateway: PaymentGateway, invoice: StoredInvoice,
@@ -177,6 +203,8 @@ def _customer(transactions: Transactions, gateway: PaymentGateway, invoice: Stor
 
 def _check_total(stripe_total: int, expected: int, currency: str, document: InvoiceDocument) -> None:
     if stripe_total != expected or currency.lower() != document.currency.lower():
+        taxed = any(tax.treatment == Treatment.STANDARD for tax in document.taxes)
+        why = (" (with taxes: is Stripe's tax rounding set to the invoice level? docs/taxes.md)" if taxed else "")
         raise PaymentError(f"Stripe invoice total {stripe_total} {currency.upper()} differs from ours {expected} "
-                           f"{document.currency} (minor units): not finalized, check the Stripe draft",
+                           f"{document.currency} (minor units): not finalized, check the Stripe draft{why}",
                            transient=False)

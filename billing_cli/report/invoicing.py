@@ -203,6 +203,7 @@ def invoice_summary(output: Output, result: InvoiceRunResult) -> None:
                       nothing_to_bill=statuses[OrgStatus.NOTHING_TO_BILL], failed=len(result.failed),
                       **{f"errors_{c}": n for c, n in errors.items()},
                       **{f"revenue_{cur}": amount for cur, amount in revenue.items()},
+                      **{f"tax_{cur}": result.tax[cur] for cur in sorted(result.tax)},
                       dry_run=result.dry_run, seconds=round(result.seconds, 3),
                       outcome=result.summary().outcome.value,
                       **({"what_to_do": what_to_do(result)} if not result.ok else {}))
@@ -217,6 +218,7 @@ def invoice_summary(output: Output, result: InvoiceRunResult) -> None:
     ]
     rows += [(f"Revenue ({cur})", format_money(amount, cur)) for cur, amount in revenue.items()] or \
         [("Revenue", "none")]
+    rows += [(f"Of which tax ({cur})", format_money(result.tax[cur], cur)) for cur in sorted(result.tax)]
     rows += [("Processing time", f"{result.seconds:.2f} s"), ("Dry run", "yes" if result.dry_run else "no")]
     output.table("Summary", [("", "key"), ("", "value")], rows, kind="summary")
     output.table("Errors by component", [("Component", "component"), ("Errors", "errors")],

@@ -19,7 +19,7 @@ from ..outcomes import DELIVERY_STEPS, Job, Step
 from ..periods import Month, invoicing_month, utc_now
 from ..schedules import parse_schedule
 from .lifecycle import Finished, LockGuard, RunSpec, RunView, run_job
-from .wiring import deliveries_from_settings, seller_from_settings
+from .wiring import deliveries_from_settings, seller_from_settings, taxes_from_settings
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,7 @@ def resolve(job: Job, request: InvoiceRequest, settings: Settings, now: datetime
         late_usage_months=settings.late_usage_months,
         # Invoices charged through Stripe are kept in amounts Stripe can charge exactly (money.py).
         precision=Precision.STRIPE if settings.stripe_enabled else Precision.ISO,
+        taxes=taxes_from_settings(settings),
         keep_plan=request.keep_plan and dry_run)
 
 

@@ -12,9 +12,19 @@ from ..invoices import Seller
 
 def seller_from_settings(settings: Settings) -> Seller:
     """The issuer printed on every invoice of a run, and how its PDFs format numbers."""
-    return Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id,
+    return Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id, settings.seller_country,
                   locale=settings.invoice_locale, payment_instructions=settings.payment_instructions,
                   pays_online=settings.stripe_enabled)
+
+
+def taxes_from_settings(settings: Settings):  # -> taxes.TaxSetup | None
+    """INVOICE_TAXES on: the seller's side of the tax rules (the job reads the rates); None when off."""
+    if not settings.taxes_enabled:
+        return None
+    from ..taxes import TaxSetup
+
+    assert settings.seller_country is not None and settings.seller_tax_id is not None  # checked by the settings
+    return TaxSetup(settings.seller_country, settings.seller_tax_id)
 
 
 def deliveries_from_settings(settings: Settings, *, concurrency: int | None = None) -> Deliveries:

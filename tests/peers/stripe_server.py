@@ -17,7 +17,8 @@ so the server speaks Stripe's wire format (what stripe-python sends and parses):
   `Request-Id`, `Stripe-Version`, `Idempotency-Key`, `Idempotent-Replayed` and `Original-Request`
   response headers.
 
-Endpoints: `POST/GET /v1/customers`, `GET/POST /v1/customers/{id}`; `POST/GET /v1/invoices`,
+Endpoints: `POST/GET /v1/customers`, `GET/POST /v1/customers/{id}`; `POST/GET /v1/tax_rates`,
+`GET /v1/tax_rates/{id}`; `POST/GET /v1/invoices`,
 `GET /v1/invoices/{id}`, `GET /v1/invoices/{id}/lines`, `POST /v1/invoices/{id}/finalize`,
 `.../send`, `.../void`, `.../add_lines`; `POST/GET /v1/invoiceitems`, `GET /v1/invoiceitems/{id}`.
 
@@ -50,11 +51,20 @@ anything carrying `Stripe-Should-Retry: true`, but NOT a plain 429; real Stripe 
 lock-timeout 429s as retryable, hence `fail_next(..., 429, should_retry=True)`.
 
 Modelled as Stripe documents it: an invoice whose amount due is 0 is paid on finalization; items
-may be negative (a credit), the invoice's total is the sum of its lines.
+may be negative (a credit), the invoice's total is the sum of its lines plus their taxes.
+
+Taxes (Tax Rates, docs "Tax rates and IDs"): exclusive TaxRates (`POST /v1/tax_rates`, immutable
+percentage) attached to lines (`add_lines` `lines[][tax_rates][]`, up to 5 a line). Each line's
+tax per rate is its amount x percentage, rounded half-up (away from zero) to the currency's unit:
+Stripe's default "line-item" tax rounding. `tax_rounding = "invoice"` models the account setting
+that rounds tax at the invoice level instead: per rate, the sum of its lines' amounts x
+percentage, rounded once (the line taxes then add up to that). The invoice's `total_taxes` lists
+each rate's amount and taxable amount, and `total` = `subtotal` + the taxes. Inclusive rates,
+`default_tax_rates` and `automatic_tax` (Stripe Tax) are not modelled.
 
 Not modelled: payments (`pay`, or charging a payment method), deleting
 or updating objects, automatic advancement of `auto_advance` invoices, e-mails and webhooks
-(`send` only records the send in `sent_invoices`), taxes, discounts, prices/products, live vs
+(`send` only records the send in `sent_invoices`), discounts, prices/products, live vs
 test mode separation (only test keys are accepted by default), concurrent use of one idempotency
 key (Stripe answers 409; here the second request waits and is replayed), per-endpoint rate limits,
 and the exact wording of Stripe's error messages. Objects carry the commonly used fields, not
@@ -307,8 +317,12 @@ _EXPANDABLE: dict[str, dict[str, str]] = {  # object kind -> field -> kind of th
     "invoiceitem": {"customer": "customer", "invoice": "invoice"},
 }
 _TABLES = {"customer": "customers", "invoice": "invoices", "invoiceitem": "invoice_items",
-           "credit_note": "credit_notes"}
-_PREFIXES = {"customer": "cus", "invoice": "in", "invoiceitem": "ii", "line_item": "il", "credit_note": "cn"}
+           "credit_note": "credit_notes", "tax_rate": "tax_rates"}
+_PREFIXES = {"customer": "cus", "invoice": "in", "invoiceitem": "ii", "line_item": "il", "credit_note": "cn",
+             "tax_rate": "txr"}
+_TAX_TYPES = ("amusement_tax", "communications_tax", "gst", "hst", "igst", "jct", "lease_tax", "pst", "qst",
+              "retail_delivery_fee", "rst", "sales_tax", "service_tax", "vat")
+_MAX_TAX_RATES_PER_LINE = 5
 
 
 def _expandable(kind: str, parts: list[str]) -> bool:
@@ -363,6 +377,8 @@ class _Account:
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
+        self.tax_rounding = "line_item"  # Stripe's default; "invoice": the account rounds tax per invoice
+        self.tax_rates: dict[str, Obj] = {}
         self.customers: dict[str, Obj] = {}
         self.invoices: dict[str, Obj] = {}
         self.invoice_items: dict[str, Obj] = {}
@@ -590,18 +606,95 @@ class _Account:
             "period": dict(item["period"]), "pretax_credit_amounts": [],
             "pricing": copy.deepcopy(item["pricing"]), "quantity": item["quantity"],
             "subscription": None, "subtotal": item["amount"], "taxes": [],
+            "tax_rates": [rate["id"] for rate in item.get("tax_rates", [])],
         }
         invoice["lines"]["data"].append(line)
         self._recompute(invoice)
 
-    @staticmethod
-    def _recompute(invoice: Obj) -> None:
+    def _recompute(self, invoice: Obj) -> None:
         lines = invoice["lines"]
         subtotal = sum(line["amount"] for line in lines["data"])
-        due = max(subtotal - invoice["amount_paid"], 0)
+        tax = self._compute_taxes(invoice)
+        total = subtotal + tax
+        due = max(total - invoice["amount_paid"], 0)
         lines["total_count"] = len(lines["data"])
-        invoice.update(subtotal=subtotal, subtotal_excluding_tax=subtotal, total=subtotal,
+        invoice.update(subtotal=subtotal, subtotal_excluding_tax=subtotal, total=total,
                        total_excluding_tax=subtotal, amount_due=due, amount_remaining=due)
+
+    def _compute_taxes(self, invoice: Obj) -> int:
+        """Each line's taxes and the invoice's `total_taxes`; returns the invoice's tax."""
+        def rounded(value: Decimal) -> int:  # the currency's unit, half away from zero (Stripe's integers)
+            return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+        per_rate: dict[str, list[Obj]] = {}
+        for line in invoice["lines"]["data"]:
+            line["taxes"] = []
+            for rate_id in line.get("tax_rates", []):
+                per_rate.setdefault(rate_id, []).append(line)
+        totals = []
+        for rate_id, lines in per_rate.items():
+            percentage = Decimal(self.tax_rates[rate_id]["percentage_decimal"])
+            amounts = [rounded(Decimal(line["amount"]) * percentage / 100) for line in lines]
+            taxable = sum(line["amount"] for line in lines)
+            if self.tax_rounding == "invoice":  # rounded once on the sum; the last line takes the difference
+                whole = rounded(Decimal(taxable) * percentage / 100)
+                amounts[-1] += whole - sum(amounts)
+            for line, amount in zip(lines, amounts):
+                line["taxes"].append({"amount": amount, "tax_behavior": "exclusive",
+                                      "tax_rate_details": {"tax_rate": rate_id},
+                                      "taxability_reason": "standard_rated", "taxable_amount": line["amount"],
+                                      "type": "tax_rate_details"})
+            totals.append({"amount": sum(amounts), "tax_behavior": "exclusive",
+                           "tax_rate_details": {"tax_rate": rate_id}, "taxability_reason": "standard_rated",
+                           "taxable_amount": taxable, "type": "tax_rate_details"})
+        invoice["total_taxes"] = totals
+        return sum(t["amount"] for t in totals)
+
+    # tax rates
+
+    def create_tax_rate(self, call: _Call) -> Obj:
+        p = call.params
+        _check_known(p, ("display_name", "inclusive", "percentage", "active", "country", "description",
+                         "jurisdiction", "metadata", "state", "tax_type", "expand"))
+        display_name = _string(p, "display_name", required=True, max_length=50)
+        inclusive = _boolean(p, "inclusive")
+        if inclusive is None:
+            raise _param_error("Missing required param: inclusive.", "inclusive", "parameter_missing")
+        if inclusive:
+            raise _param_error("This fake models exclusive tax rates only (inclusive=false).", "inclusive")
+        if _string(p, "percentage") is None:
+            raise _param_error("Missing required param: percentage.", "percentage", "parameter_missing")
+        percentage = _decimal(p, "percentage")
+        assert percentage is not None
+        if not 0 <= percentage <= 100 or percentage.as_tuple().exponent < -4:  # type: ignore[operator]
+            raise _param_error("Invalid percentage: between 0 and 100, at most 4 decimals.", "percentage")
+        country = _string(p, "country")
+        if country is not None and not re.fullmatch(r"[A-Z]{2}", country):
+            raise _param_error(f"Invalid country: {country}", "country")
+        tax_type = _choice(p, "tax_type", _TAX_TYPES)
+        rate_id = self._new_id("txr")
+        rate: Obj = {
+            "id": rate_id, "object": "tax_rate", "active": _boolean(p, "active") is not False,
+            "country": country, "created": self._now(), "description": _string(p, "description"),
+            "display_name": display_name, "effective_percentage": float(percentage), "flat_amount": None,
+            "inclusive": False, "jurisdiction": _string(p, "jurisdiction", max_length=50),
+            "jurisdiction_level": None, "livemode": False, "metadata": _metadata(p),
+            "percentage": float(percentage), "percentage_decimal": _decimal_text(percentage),
+            "rate_type": "percentage", "state": _string(p, "state", max_length=64), "tax_type": tax_type,
+        }
+        self.tax_rates[rate_id] = rate
+        return self.render(rate, [])
+
+    def retrieve_tax_rate(self, call: _Call) -> Obj:
+        _check_known(call.params, ("expand",))
+        return self.render(self._find(self.tax_rates, call.path_id or "", "tax rate", "id", 404), [])
+
+    def list_tax_rates(self, call: _Call) -> Obj:
+        p = call.params
+        _check_known(p, ("active", "inclusive", *_LIST_PARAMS))
+        active = _boolean(p, "active")
+        matches = [r for r in self.tax_rates.values() if active is None or r["active"] == active]
+        return self.render(self._page(matches, p, "/v1/tax_rates", "tax_rate"), [])
 
     def retrieve_invoice(self, call: _Call) -> Obj:
         _check_known(call.params, ("expand",))
@@ -802,15 +895,16 @@ class _Account:
             line = raw[index]
             if not isinstance(line, dict):
                 raise _param_error(f"Invalid hash: lines[{index}]", f"lines[{index}]")
-            _check_known(line, ("amount", "description", "metadata", "period", "discountable"))
+            _check_known(line, ("amount", "description", "metadata", "period", "discountable", "tax_rates"))
             amount = _integer(line, "amount")
             if amount is None:
                 raise _param_error(f"Missing required param: lines[{index}][amount].", f"lines[{index}][amount]",
                                    "parameter_missing")
             _check_chargeable(amount, invoice["currency"])
-            lines.append((amount, _string(line, "description"), _metadata(line), _period(line)))
+            rates = self._line_tax_rates(line.get("tax_rates"), f"lines[{index}][tax_rates]")
+            lines.append((amount, _string(line, "description"), _metadata(line), _period(line), rates))
         now = self._now()
-        for amount, description, metadata, period in lines:  # all validated: now add them all
+        for amount, description, metadata, period, rates in lines:  # all validated: now add them all
             item: Obj = {
                 "id": self._new_id("ii"), "object": "invoiceitem", "amount": amount,
                 "currency": invoice["currency"], "customer": invoice["customer"], "date": now,
@@ -818,12 +912,31 @@ class _Account:
                 "livemode": False, "metadata": metadata, "net_amount": amount, "parent": None,
                 "period": period or {"start": now, "end": now},
                 "pricing": {"price_details": None, "type": None, "unit_amount_decimal": _decimal_text(Decimal(amount))},
-                "proration": False, "quantity": 1, "tax_rates": [], "test_clock": None,
+                "proration": False, "quantity": 1, "tax_rates": rates, "test_clock": None,
             }
             self.invoice_items[item["id"]] = item
             self._attach(invoice, item)
         invoice["metadata"].update(_metadata({"metadata": p.get("invoice_metadata")}))
         return self.render(invoice, _expand(p, "invoice"))
+
+    def _line_tax_rates(self, raw: Any, param: str) -> list[Obj]:
+        """The TaxRates of `tax_rates[]` (ids of active rates, at most 5), as copies for the item."""
+        if raw is None or raw == "":
+            return []
+        if not isinstance(raw, dict) or not all(k.isdigit() for k in raw):
+            raise _param_error(f"Invalid array: {param} must be an array of tax rate ids", param)
+        ids = [raw[k] for k in sorted(raw, key=int)]
+        if len(ids) > _MAX_TAX_RATES_PER_LINE:
+            raise _param_error(f"A line can have at most {_MAX_TAX_RATES_PER_LINE} tax rates.", param)
+        rates = []
+        for rate_id in ids:
+            rate = self.tax_rates.get(rate_id) if isinstance(rate_id, str) else None
+            if rate is None:
+                raise _no_such("tax_rate", str(rate_id), param)
+            if not rate["active"]:
+                raise ApiError(400, f"The tax rate {rate_id} is archived and cannot be applied.", param=param)
+            rates.append(copy.deepcopy(rate))
+        return rates
 
     def create_invoice_item(self, call: _Call) -> Obj:
         p = call.params
@@ -923,6 +1036,9 @@ class _Account:
 _ID = r"(?P<id>[^/]+)"
 _ROUTES: list[tuple[str, re.Pattern[str], Callable[[_Account, _Call], Obj]]] = [
     (method, re.compile(pattern), handler) for method, pattern, handler in [
+        ("POST", r"/v1/tax_rates", _Account.create_tax_rate),
+        ("GET", r"/v1/tax_rates", _Account.list_tax_rates),
+        ("GET", rf"/v1/tax_rates/{_ID}", _Account.retrieve_tax_rate),
         ("POST", r"/v1/customers", _Account.create_customer),
         ("GET", r"/v1/customers", _Account.list_customers),
         ("GET", rf"/v1/customers/{_ID}", _Account.retrieve_customer),
@@ -1199,6 +1315,23 @@ class FakeStripeServer:
         (for tests that must notice it)."""
         with self._lock:
             self._account.invoices[invoice_id].update(fields)
+
+    @property
+    def tax_rates(self) -> dict[str, Obj]:
+        with self._lock:
+            return copy.deepcopy(self._account.tax_rates)
+
+    @property
+    def tax_rounding(self) -> str:
+        """"line_item" (Stripe's default) or "invoice" (the account's setting to round tax per invoice)."""
+        return self._account.tax_rounding
+
+    @tax_rounding.setter
+    def tax_rounding(self, value: str) -> None:
+        if value not in ("line_item", "invoice"):
+            raise ValueError("tax_rounding is 'line_item' or 'invoice'")
+        with self._lock:
+            self._account.tax_rounding = value
 
     @property
     def invoice_items(self) -> dict[str, Obj]:

@@ -104,7 +104,7 @@ class Acting:
                 revisions=plan.revisions, issue_date=options.issue_date, due_date=due,
                 planned_with=plan.history.live_invoices, replaces=plan.existing,
                 stripe_customer=(org.stripe_customer_id, org.stripe_customer_name, org.stripe_customer_email),
-                bill_to_address=tuple(org.billing.postal_lines()), bill_to_tax_id=org.billing.printed_tax_id))
+                bill_to_address=tuple(org.billing.postal_lines()), bill_to_tax_id=org.billing.printed_tax_id, taxes=invoice.taxes))
         except invoice_store.StalePlan:
             # Another run issued or voided one of its invoices since the plan was read: what was
             # already billed may differ, so nothing is issued now; a rerun plans it afresh.
@@ -120,6 +120,7 @@ class Acting:
             outcome.warnings.append("invoiced concurrently by another run")
             return
         outcome.number, outcome.currency, outcome.total = stored.number, stored.currency, stored.total
+        outcome.tax = invoice.tax_total if invoice.taxes else None
         outcome.steps.append(Step.ISSUED)
         steps = self._reverse_in_stripe(plan, outcome)  # the replaced invoice leaves Stripe first
         # Just issued: the document is known without reading it back.
@@ -127,7 +128,7 @@ class Acting:
                                    due, invoice.currency, invoice.lines, invoice.total,
                                    replaces=plan.existing.number if plan.existing is not None else None,
                                    bill_to_address=org.billing.postal_lines(),
-                                   bill_to_tax_id=org.billing.printed_tax_id)
+                                   bill_to_tax_id=org.billing.printed_tax_id, taxes=invoice.taxes)
         self._carry_out_steps(stored, document, steps, outcome)
 
     def _reverse_in_stripe(self, plan: OrgPlan, outcome: OrgOutcome) -> tuple[Step, ...]:

@@ -17,11 +17,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from ...db import billing_history, invoice_store, plan_store, usage_store
+from ...db import billing_history, invoice_store, plan_store, tax_store, usage_store
 from ...db.engine import Transactions
 from ...db.usage_store import OrganizationRow
 from ...delivery.pdf import RenderPool
 from ...errors import UsageError
+from ...taxes import TaxSetup
 from .acting import Acting
 from .options import InvoiceOptions
 from .planning import Action, OrgPlan, PlanRules, plan_organization
@@ -81,7 +82,7 @@ def _run(transactions: Transactions, options: InvoiceOptions, handler: PlanHandl
          on_outcome: Callable[[OrgOutcome], None] | None) -> None:
     rules = PlanRules(options.month, options.regenerate, options.delivery_steps,
                       keep_pdf_files=options.output_dir is not None, late_usage_months=options.late_usage_months,
-                      precision=options.precision)
+                      precision=options.precision, taxes=_tax_setup(transactions, options))
 
     def collect(outcome: OrgOutcome) -> None:
         result.add(outcome)
@@ -114,6 +115,14 @@ def _run(transactions: Transactions, options: InvoiceOptions, handler: PlanHandl
         pool.shutdown(wait=not at_once, cancel_futures=True)
     if options.stopping:
         result.interrupted = True
+
+
+def _tax_setup(transactions: Transactions, options: InvoiceOptions) -> TaxSetup | None:
+    """With taxes on: the seller's details and every version of every rate, read once for the run."""
+    if options.taxes is None:
+        return None
+    with transactions() as conn:
+        return replace(options.taxes, rates=tuple(tax_store.load_rates(conn)))
 
 
 def _leave_stop_signals_to_the_main_thread() -> None:

@@ -16,6 +16,7 @@ from ...money import Precision
 from .locks import NO_LOCKS, OrganizationLocks
 from ...outcomes import Job, Step
 from ...periods import Month
+from ...taxes import TaxSetup
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class InvoiceOptions:
     keep_plan: bool = False  # keep every organization's outcome in the result (a dry run's --json plan)
     late_usage_months: int = 3  # earlier months whose changed usage an invoice adjusts (LATE_USAGE_MONTHS)
     precision: Precision = Precision.ISO  # STRIPE when invoices go to Stripe: amounts it can charge exactly
+    taxes: TaxSetup | None = None  # INVOICE_TAXES on: the seller's country and tax id (rates read by the job)
 
     def pdf_file(self, month: Month, number: str) -> Path:
         """Where an invoice's PDF is written in the output folder."""

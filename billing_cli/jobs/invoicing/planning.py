@@ -7,7 +7,7 @@ and a dry run (previewing.py), so a preview shows exactly what a real run would 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from enum import StrEnum
 
@@ -21,6 +21,7 @@ from ...money import CurrencyError, Precision
 from ...outcomes import Step
 from ...periods import Month
 from ...pricing import PricePlan, RatingError
+from ...taxes import TaxError, TaxSetup, taxes_for
 
 
 class Action(StrEnum):
@@ -43,6 +44,7 @@ class PlanRules:
     keep_pdf_files: bool = False  # PDFs are also written to an output folder
     late_usage_months: int = 3  # how many earlier months an invoice adjusts for late usage
     precision: Precision = Precision.ISO  # what amounts are rounded to (STRIPE: what Stripe can charge)
+    taxes: TaxSetup | None = None  # INVOICE_TAXES on: the seller's country and every rate version
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,13 @@ def plan_organization(org: OrganizationRow, usage: Mapping[str, Decimal], plans:
     if invoice.is_empty:
         return OrgPlan(org, Action.VOID if existing is not None else Action.NOTHING_TO_BILL, existing=existing,
                        warnings=warnings, reversals=reversals, history=history)
+    if rules.taxes is not None:  # the rates in force on the first day of the invoiced month
+        try:
+            invoice = replace(invoice, taxes=taxes_for(invoice.subtotal, invoice.currency, org.billing, rules.taxes,
+                                                       month.first_day, precision=rules.precision))
+        except TaxError as exc:
+            return OrgPlan(org, Action.REFUSE, existing=existing, problem=str(exc), reversals=pending,
+                           history=history)
     return OrgPlan(org, Action.REGENERATE if existing is not None else Action.ISSUE, invoice=invoice,
                    existing=existing, steps=(Step.PDF, *rules.deliveries), warnings=warnings, reversals=reversals,
                    history=history)

@@ -24,7 +24,8 @@ class OrgOutcome:
     action: Action | None = None  # the plan's action for this organization
     number: str | None = None
     currency: str | None = None
-    total: Decimal | None = None
+    total: Decimal | None = None  # tax included
+    tax: Decimal | None = None  # the invoice's tax (0 with taxes off), issued in this run
     pdf_bytes: int | None = None
     pdf_path: str | None = None  # where the PDF file was written, if it was
     steps: list[Step] = field(default_factory=list)  # carried out in this run, in order
@@ -51,6 +52,7 @@ class OrgOutcome:
         return {"organization_id": self.organization_id, "action": self.action, "status": self.status,
                 "number": self.number, "currency": self.currency,
                 "total": str(self.total) if self.total is not None else None,
+                "tax": str(self.tax) if self.tax is not None else None,
                 "voids": self.voided_number,
                 "voided_total": str(self.voided_total) if self.voided_total is not None else None, "done": list(self.steps), "pending": list(self.pending),
                 "final": self.final,
@@ -74,7 +76,8 @@ class InvoiceRunResult:
     stale_hours_previewed: int = 0
     statuses: Counter[OrgStatus] = field(default_factory=Counter)
     errors_by_component: Counter[Component] = field(default_factory=Counter)
-    revenue: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    revenue: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))  # tax included
+    tax: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))  # of the revenue
     failed: list[OrgOutcome] = field(default_factory=list)
     plan: list[OrgOutcome] | None = None  # every outcome, kept only when asked for (--dry-run --json)
     seconds: float = 0.0
@@ -97,6 +100,8 @@ class InvoiceRunResult:
             self.failed.append(outcome)
         if outcome.status == OrgStatus.INVOICED and outcome.total is not None and outcome.currency:
             self.revenue[outcome.currency] += outcome.total
+            if outcome.tax is not None:
+                self.tax[outcome.currency] += outcome.tax
         if self.plan is not None:
             self.plan.append(outcome)
 
@@ -110,6 +115,7 @@ class InvoiceRunResult:
                     "nothing_to_bill": self.statuses[OrgStatus.NOTHING_TO_BILL], "failed": len(self.failed)},
             errors={c.value: self.errors_by_component.get(c, 0) for c in Component},
             revenue={cur: str(self.revenue[cur]) for cur in sorted(self.revenue)},
+            tax={cur: str(self.tax[cur]) for cur in sorted(self.tax)},
             failed=[{"organization_id": o.organization_id, "errors": [list(e) for e in o.errors]}
                     for o in self.failed],
         )

@@ -1,0 +1,92 @@
+"""Tax rates in PostgreSQL: save the rates of a taxes file (versions), load them back, and the
+Stripe TaxRate each one became. Every function runs in the caller's transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import Connection, text
+
+from ..taxes import TaxRate
+
+
+class RateInUse(ValueError):
+    """A rate version already on issued invoices cannot change its percentage."""
+
+
+@dataclass(frozen=True)
+class SavedRates:
+    created: list[str]
+    updated: list[str]
+    unchanged: list[str]
+    kept: list[str]  # stored versions the file does not list: left as they are (old invoices use them)
+
+
+def _label(rate: TaxRate) -> str:
+    return f"{rate.name} {rate.jurisdiction} from {rate.effective_from.isoformat()}"
+
+
+def save_rates(session: Connection, rates: list[TaxRate]) -> SavedRates:
+    """Upsert every version of the file (all or nothing: the caller's transaction). A version's
+    percentage never changes once an invoice used it (RateInUse): history is added, not rewritten.
+    A changed percentage also forgets the version's Stripe TaxRate (Stripe's are immutable)."""
+    stored = {rate.key: rate for rate in load_rates(session)}
+    used = set(session.execute(text("SELECT DISTINCT tax_rate_id FROM invoice_taxes "
+                                    "WHERE tax_rate_id IS NOT NULL")).scalars())
+    created, updated, unchanged = [], [], []
+    refused = []
+    for rate in rates:
+        before = stored.get(rate.key)
+        if before is not None and (before.percentage, before.mention, before.region) == \
+                (rate.percentage, rate.mention, rate.region):
+            unchanged.append(_label(rate))
+            continue
+        if before is not None and before.percentage != rate.percentage and before.id in used:
+            refused.append(f"{_label(rate)} is {before.percentage}% on issued invoices: add a version with a later "
+                           f"effective_from instead of changing it to {rate.percentage}%")
+            continue
+        (updated if before is not None else created).append(_label(rate))
+        session.execute(text("""
+            INSERT INTO tax_rates (country, region, name, percentage, effective_from, mention)
+            VALUES (:country, :region, :name, :percentage, :effective_from, :mention)
+            ON CONFLICT (country, region, name, effective_from) DO UPDATE SET
+                percentage = EXCLUDED.percentage, mention = EXCLUDED.mention, updated_at = now(),
+                stripe_tax_rate_id = CASE WHEN tax_rates.percentage = EXCLUDED.percentage
+                                          THEN tax_rates.stripe_tax_rate_id END
+        """), {"country": rate.country, "region": (rate.region or "").upper(), "name": rate.name,
+               "percentage": rate.percentage, "effective_from": rate.effective_from, "mention": rate.mention})
+    if refused:
+        raise RateInUse("; ".join(refused))
+    listed = {rate.key for rate in rates}
+    kept = [_label(rate) for key, rate in stored.items() if key not in listed]
+    return SavedRates(created, updated, unchanged, kept)
+
+
+def load_rates(session: Connection) -> list[TaxRate]:
+    """Every version of every rate, by jurisdiction, name and date."""
+    rows = session.execute(text("SELECT id, country, region, name, percentage, effective_from, mention "
+                                "FROM tax_rates ORDER BY country, region, name, effective_from"))
+    return [TaxRate(r.country, r.region or None, r.name, Decimal(r.percentage), r.effective_from, r.mention, r.id)
+            for r in rows]
+
+
+@dataclass(frozen=True)
+class StripeRate:
+    """A stored rate as Stripe's TaxRate is made from it, and its id there once created."""
+
+    id: int
+    rate: TaxRate
+    stripe_id: str | None
+
+
+def stripe_rates(session: Connection, rate_ids: list[int]) -> dict[int, StripeRate]:
+    rows = session.execute(text("SELECT id, country, region, name, percentage, effective_from, mention, "
+                                "stripe_tax_rate_id FROM tax_rates WHERE id = ANY(:ids)"), {"ids": rate_ids})
+    return {r.id: StripeRate(r.id, TaxRate(r.country, r.region or None, r.name, Decimal(r.percentage),
+                                           r.effective_from, r.mention, r.id), r.stripe_tax_rate_id) for r in rows}
+
+
+def record_stripe_rate(session: Connection, rate_id: int, stripe_id: str) -> None:
+    session.execute(text("UPDATE tax_rates SET stripe_tax_rate_id = :sid WHERE id = :id"),
+                    {"id": rate_id, "sid": stripe_id})
