@@ -1,5 +1,5 @@
 """The operator's commands around the jobs: run history, health, schedules, configuration, the
-database schema and price plans. Each translates flags, calls one function, renders."""
+database schema, price plans and tax rates. Each translates flags, calls one function, renders."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ db_app = typer.Typer(help="Database schema: migrations and revision.", no_args_i
                      context_settings=CONTEXT_SETTINGS)
 plans_app = typer.Typer(help="Price plans, managed as code in a TOML file.", no_args_is_help=True, cls=CommandGroup,
                         context_settings=CONTEXT_SETTINGS)
+taxes_app = typer.Typer(help="Tax rates, versioned, managed as code in a TOML file.", no_args_is_help=True,
+                        cls=CommandGroup, context_settings=CONTEXT_SETTINGS)
 
 
 @commands.command("runs")
@@ -222,3 +224,45 @@ def plans_list(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOpti
             cmd.output.document(plans_json(plans))
         else:
             plans_table(cmd.output, plans)
+
+
+@taxes_app.command("apply")
+def taxes_apply(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="The taxes TOML file (format: docs/taxes.md).")],
+    dry_run: DryRunOption = None, as_json: JsonOption = False, plain: PlainOption = None,
+    log_format: LogFormatOption = None,
+) -> None:
+    """Create or update the tax rate versions of a TOML file: all of them, or none if any is invalid.
+
+    Example: billing taxes apply taxes.toml
+    """
+    from .report.tables import taxes_applied, taxes_applied_json
+    from .runs.admin import apply_taxes
+
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
+    with failures_to_exit_codes(cmd.output):
+        applied = apply_taxes(file, dry_run, cmd.output.notice)
+        if cmd.as_json:
+            cmd.output.document(taxes_applied_json(applied))
+        else:
+            taxes_applied(cmd.output, applied)
+
+
+@taxes_app.command("list")
+def taxes_list(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOption = None,
+               log_format: LogFormatOption = None) -> None:
+    """Show every version of every tax rate, with the date it is in force from.
+
+    Example: billing taxes list
+    """
+    from .report.tables import taxes_json, taxes_table
+    from .runs.admin import list_taxes
+
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
+    with failures_to_exit_codes(cmd.output):
+        rates = list_taxes(cmd.output.notice)
+        if cmd.as_json:
+            cmd.output.document(taxes_json(rates))
+        else:
+            taxes_table(cmd.output, rates)

@@ -44,13 +44,22 @@ def test_demo_on_the_embedded_database(tmp_path) -> None:
     # calls x 0.0004 = 178.88 + 55 started packages of 100 GB x 2.50 = 137.50 -> 345.38.
     umbrella = next(line for line in lines if line.startswith("organization id=demo-umbrella"))
     assert "status=invoiced" in umbrella and "total=345.38" in umbrella and "final=true" in umbrella
-    assert "revenue_EUR=625.41 revenue_USD=3848.50" in invoicing
+    # Taxes are on for the demo, from its German seller: Initech (Berlin) pays German VAT, 19% of
+    # 582.30 = 110.637 -> 110.64; Łódź (a Polish VAT id) is reverse-charged; the others are outside
+    # the EU (0% with the mention). Before taxes the revenue was 625.41 EUR.
+    assert "revenue_EUR=736.05 revenue_USD=3848.50 tax_EUR=110.64 tax_USD=0.00" in invoicing
     pdfs = sorted(p.name for p in (tmp_path / ".billing" / "invoices" / "2024-01").iterdir())
     assert pdfs == [f"INV-2024-01-00000{n}.pdf" for n in range(1, 7)]
     from pypdf import PdfReader
 
     lodz = PdfReader(tmp_path / ".billing" / "invoices" / "2024-01" / "INV-2024-01-000004.pdf").pages[0].extract_text()
-    assert "Łódź Café ΑΒΓ Кафе\nul. Piotrkowska 104\n90-926 Łódź\nPoland\nTax ID: PL7251234567" in lodz, lodz
+    assert "Łódź Café ΑΒΓ Кафе\nul. Piotrkowska 104\n90-926 Łódź\nPoland\nTax ID: PL5260250274" in lodz, lodz
+    assert "Subtotal €43.11\nVAT reverse charge 0% (PL) on €43.11 €0.00\nTotal due €43.11\n" \
+           "Reverse charge: VAT to be accounted for by the recipient, Art. 196 Directive 2006/112/EC" in lodz, lodz
+    assert "Nimbus Metering GmbH INVOICE\nHauptstraße 1\n10115 Berlin\nGermany\nTax ID: DE136695976" in lodz
+    initech = PdfReader(tmp_path / ".billing" / "invoices" / "2024-01" / "INV-2024-01-000003.pdf").pages[0].extract_text()
+    assert "Tax ID: DE811907980" in initech
+    assert "Subtotal €582.30\nVAT 19% (DE) on €582.30 €110.64\nTotal due €692.94" in initech, initech
 
     again = subprocess.run([*BILLING, "demo"], env=env, cwd=tmp_path, capture_output=True, text=True,
                            timeout=180)

@@ -12,14 +12,20 @@ from ..addresses import BillingDetails
 from ..db import demo_store
 from ..db.engine import Transactions
 from ..db.plan_store import save_plans
+from ..db.tax_store import save_rates
 from ..errors import Refused
+from ..invoices import Seller
 from ..periods import Month
 from ..plan_file import load_plan_file
+from ..tax_file import load_tax_file
 from .aggregate import AggregationResult, HourResult, aggregate_hours
 
 DEMO_MONTH = Month(2024, 1)
 DEMO_CUSTOMERS_SINCE = datetime(2023, 6, 1, tzinfo=UTC)  # the organizations existed before the demo month
 DEMO_PLANS = Path(__file__).with_name("demo_plans.toml")
+DEMO_TAXES = Path(__file__).with_name("demo_taxes.toml")
+# The demo's own seller, whatever the environment says: taxes are on for its run, from Germany.
+DEMO_SELLER = Seller("Nimbus Metering GmbH", ("Hauptstraße 1", "10115 Berlin", "Germany"), "DE136695976", "DE")
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class DemoOrg:
 DEMO_ORGS: tuple[DemoOrg, ...] = (
     DemoOrg("demo-acme", "Acme Analytics Ltd", "billing@acme.example", "active", "USD", "starter",
             api_calls="40 + (extract(minute from t)::int % 7)", storage_gb="0.125",
-            billing=BillingDetails("5 Market Street", None, "EC1A 1AA", "London", None, "GB", "GB 123 4567 89")),
+            billing=BillingDetails("5 Market Street", None, "EC1A 1AA", "London", None, "GB", "GB 980 7806 84")),
     DemoOrg("demo-globex", "Globex Corporation", "ap@globex.example", "active", "USD", "growth",
             # business hours heavy: 9–17 UTC on weekdays
             api_calls="CASE WHEN extract(isodow from t) < 6 AND extract(hour from t) BETWEEN 9 AND 17 "
@@ -56,14 +62,17 @@ DEMO_ORGS: tuple[DemoOrg, ...] = (
             billing=BillingDetails("Hauptstraße 5", None, "10115", "Berlin", None, "DE", "DE811907980")),
     DemoOrg("demo-lodz", "Łódź Café ΑΒΓ Кафе", "konto@lodz-cafe.example", "active", "EUR", "europe",
             api_calls="3", storage_gb="0",
-            billing=BillingDetails("ul. Piotrkowska 104", None, "90-926", "Łódź", None, "PL", "PL7251234567")),
+                        # an EU business in another member state: reverse charge
+            billing=BillingDetails("ul. Piotrkowska 104", None, "90-926", "Łódź", None, "PL", "PL5260250274")),
     DemoOrg("demo-tiny", "Tiny Startup Inc.", "founder@tiny.example", "active", "USD", "payg",
-            api_calls="CASE WHEN extract(minute from t) = 0 THEN 1 ELSE 0 END", storage_gb="0"),
+            api_calls="CASE WHEN extract(minute from t) = 0 THEN 1 ELSE 0 END", storage_gb="0",
+            billing=BillingDetails("1 Infinite Loop", None, "95014", "Cupertino", "CA", "US")),
     DemoOrg("demo-idle", "Idle Labs", "hello@idle.example", "active", "USD", "payg",
             api_calls="0", storage_gb="0"),  # no usage, no fee: nothing to bill
     DemoOrg("demo-umbrella", "Umbrella Corp (closed)", "closed@umbrella.example", "inactive", "USD", "starter",
             api_calls="CASE WHEN t < '2024-01-20' THEN 100 ELSE 0 END",
-            storage_gb="CASE WHEN t < '2024-01-20' THEN 1 ELSE 0 END", deactivated=datetime(2024, 1, 20, tzinfo=UTC)),
+            storage_gb="CASE WHEN t < '2024-01-20' THEN 1 ELSE 0 END", deactivated=datetime(2024, 1, 20, tzinfo=UTC),
+            billing=BillingDetails("1 Umbrella Way", None, "10001", "New York", "NY", "US")),
 )
 
 
@@ -93,6 +102,7 @@ def seed_demo(transactions: Transactions, *, month: Month = DEMO_MONTH) -> DemoR
                 hint="Unset DATABASE_URL to use the embedded database, or point it at an empty one.",
             )
         save_plans(conn, load_plan_file(DEMO_PLANS))
+        save_rates(conn, load_tax_file(DEMO_TAXES))
         result = DemoResult(month=month)
         for org in DEMO_ORGS:
             demo_store.save_demo_organization(conn, id=org.id, name=org.name, email=org.email, status=org.status,

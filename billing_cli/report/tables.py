@@ -126,6 +126,42 @@ def plans_json(plans: list) -> list[dict]:
             for plan in plans]
 
 
+# -- tax rates ---------------------------------------------------------------------------------------
+
+def taxes_json(rates: list) -> list[dict]:
+    """`billing taxes list --json`: every rate version, percentages exact strings."""
+    return [{"country": r.country, "region": r.region, "jurisdiction": r.jurisdiction, "name": r.name,
+             "percentage": f"{r.percentage:f}", "effective_from": r.effective_from.isoformat(), "mention": r.mention}
+            for r in rates]
+
+
+def taxes_table(output: Output, rates: list) -> None:
+    from ..taxes import format_percentage
+
+    rows = [(r.jurisdiction, r.name, format_percentage(r.percentage), r.effective_from.isoformat(), r.mention or "")
+            for r in rates]
+    output.table("Tax rates", [("Jurisdiction", "jurisdiction"), ("Name", "name"), ("Rate", "percentage"),
+                               ("In force from", "effective_from"), ("Mention", "mention")], rows, kind="tax_rate")
+
+
+def taxes_applied_json(applied) -> dict:
+    return {"dry_run": applied.dry_run, "created": applied.created, "updated": applied.updated,
+            "unchanged": applied.unchanged, "kept": applied.kept}
+
+
+def taxes_applied(output: Output, applied) -> None:
+    verb = "would be " if applied.dry_run else ""
+    for label, names in (("created", applied.created), ("updated", applied.updated),
+                         ("unchanged", applied.unchanged), ("kept", applied.kept)):
+        for name in names:
+            if output.plain:
+                output.record("tax_rate", rate=name, result=label, dry_run=applied.dry_run)
+            elif label == "kept":
+                output.line(f"• rate {name}: not in the file, kept (issued invoices may use it)")
+            else:
+                output.line(f"{'✅' if label != 'unchanged' else '•'} rate {name}: {verb}{label}")
+
+
 # -- schedule ----------------------------------------------------------------------------------------
 
 def schedule_output(output: Output, schedules: list, output_format: str, *, now, count: int) -> None:

@@ -40,6 +40,41 @@ def apply_plans(file: Path, dry_run: bool | None, notice: Notice) -> AppliedPlan
     return AppliedPlans(saved.created, saved.updated, saved.unchanged, dry)
 
 
+@dataclass(frozen=True)
+class AppliedTaxes:
+    created: list[str]
+    updated: list[str]
+    unchanged: list[str]
+    kept: list[str]  # stored versions the file does not list: left alone
+    dry_run: bool
+
+
+def apply_taxes(file: Path, dry_run: bool | None, notice: Notice) -> AppliedTaxes:
+    """Upsert the rate versions of a taxes TOML file, all or nothing; a dry run rolls back what it wrote."""
+    from ..db.tax_store import RateInUse, save_rates
+    from ..tax_file import TaxFileError, load_tax_file
+
+    rates = load_tax_file(file)
+    settings = load_settings()
+    dry = settings.dry_run if dry_run is None else dry_run
+    with open_database(settings, notice=notice) as db, db.engine.connect() as conn, conn.begin() as transaction:
+        try:
+            saved = save_rates(conn, rates)
+        except RateInUse as exc:
+            transaction.rollback()
+            raise TaxFileError(f"{file}: nothing applied: {exc}") from None
+        if dry:
+            transaction.rollback()
+    return AppliedTaxes(saved.created, saved.updated, saved.unchanged, saved.kept, dry)
+
+
+def list_taxes(notice: Notice) -> list:  # -> list[taxes.TaxRate]
+    from ..db.tax_store import load_rates
+
+    with open_database(load_settings(), notice=notice) as db, db.engine.connect() as conn:
+        return load_rates(conn)
+
+
 def list_plans(notice: Notice) -> list[PricePlan]:
     from ..db.plan_store import load_plans
 

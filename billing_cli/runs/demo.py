@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from ..config import load_settings
 from ..db.connect import open_database
-from ..jobs.demo import DemoResult, run_demo
+from ..jobs.demo import DEMO_SELLER, DemoResult, run_demo
 from ..jobs.invoicing import InvoiceOptions, InvoiceRunResult, OrgOutcome, invoice_month
 from ..periods import utc_now
+from ..taxes import TaxSetup
 from .wiring import seller_from_settings
 
 
@@ -42,9 +43,13 @@ def run_whole_demo(view: DemoView) -> DemoRun:
         view.demo_started(db.where)
         seeded = run_demo(db.transactions)
         view.demo_seeded(seeded)
+        # Its own seller and taxes on, whatever the environment says: the demo always shows taxes.
+        seller = replace(seller_from_settings(settings), name=DEMO_SELLER.name, address=DEMO_SELLER.address,
+                         tax_id=DEMO_SELLER.tax_id, country=DEMO_SELLER.country)
+        assert seller.country is not None and seller.tax_id is not None
         options = InvoiceOptions(month=seeded.month, issue_date=utc_now().date(), output_dir=output_dir,
-                                 payment_terms_days=settings.payment_terms_days,
-                                 seller=seller_from_settings(settings))
+                                 payment_terms_days=settings.payment_terms_days, seller=seller,
+                                 taxes=TaxSetup(seller.country, seller.tax_id))
         try:
             invoiced = invoice_month(db.transactions, options, on_start=view.organizations_found,
                                      on_outcome=view.organization_done)

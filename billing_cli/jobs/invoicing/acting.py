@@ -104,7 +104,7 @@ class Acting:
                 revisions=plan.revisions, issue_date=options.issue_date, due_date=due,
                 planned_with=plan.history.live_invoices, replaces=plan.existing,
                 stripe_customer=(org.stripe_customer_id, org.stripe_customer_name, org.stripe_customer_email),
-                bill_to_address=tuple(org.billing.postal_lines()), bill_to_tax_id=org.billing.printed_tax_id, taxes=invoice.taxes))
+                bill_to_address=tuple(org.billing.postal_lines()), bill_to_tax_id=org.billing.printed_tax_id))
         except invoice_store.StalePlan:
             # Another run issued or voided one of its invoices since the plan was read: what was
             # already billed may differ, so nothing is issued now; a rerun plans it afresh.
