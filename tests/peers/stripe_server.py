@@ -1332,6 +1332,9 @@ class FakeStripeServer:
             raise ValueError("tax_rounding is 'line_item' or 'invoice'")
         with self._lock:
             self._account.tax_rounding = value
+            for invoice in self._account.invoices.values():  # drafts are computed again; finalized ones stay
+                if invoice["status"] == "draft":
+                    self._account._recompute(invoice)
 
     @property
     def invoice_items(self) -> dict[str, Obj]:

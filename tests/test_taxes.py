@@ -1,0 +1,436 @@
+"""Taxes on invoices, end to end: the rates of a taxes file, the organizations' billing details,
+real PostgreSQL, the PDF's text, the stored totals and the Stripe peer's own computation, all
+equal to figures computed by hand in each test."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from decimal import Decimal as D
+from pathlib import Path
+
+import pytest
+from pypdf import PdfReader
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from billing_cli.addresses import BillingDetails
+from billing_cli.cli import app
+from billing_cli.errors import ExitCode
+from billing_cli.money import Precision
+from billing_cli.tax_file import parse_taxes
+from billing_cli.tax_ids import TaxIdError, check_tax_id
+from billing_cli.taxes import REVERSE_CHARGE_MENTION, TaxError, TaxRate, TaxSetup, tax_amount, taxes_for
+from tests.data import SELLER_ENV, add_org, add_usage, set_plan, utc
+from tests.peers.fixtures import STRIPE_KEY
+
+runner = CliRunner()
+
+PLANS = """
+[[plan]]
+id = "eu"
+name = "Europe"
+currency = "EUR"
+base_fee = 19
+
+  [[plan.price]]
+  metric = "api_calls"
+  description = "API calls"
+  model = "per_unit"
+  unit_price = 0.0009
+
+[[plan]]
+id = "gb"
+name = "Britain"
+currency = "GBP"
+base_fee = 49.03
+
+  [[plan.price]]
+  metric = "api_calls"
+  description = "API calls"
+  model = "per_unit"
+  unit_price = 0.0101
+
+[[plan]]
+id = "ca"
+name = "Canada"
+currency = "CAD"
+base_fee = 100
+
+  [[plan.price]]
+  metric = "api_calls"
+  description = "API calls"
+  model = "per_unit"
+  unit_price = 0.01
+
+[[plan]]
+id = "jp"
+name = "Japan"
+currency = "JPY"
+
+  [[plan.price]]
+  metric = "api_calls"
+  description = "API calls"
+  model = "per_unit"
+  unit_price = 1.5
+"""
+
+TAXES = """
+[[rate]]
+country = "DE"
+name = "VAT"
+percentage = 19
+effective_from = 2007-01-01
+
+[[rate]]
+country = "GB"
+name = "VAT"
+percentage = 20
+effective_from = 2011-01-04
+
+# Canada: the federal GST, and Quebec's QST on top of it for a customer in Quebec.
+[[rate]]
+country = "CA"
+name = "GST"
+percentage = 5
+effective_from = 2008-01-01
+
+[[rate]]
+country = "CA"
+region = "QC"
+name = "QST"
+percentage = "9.975"
+effective_from = 2013-01-01
+
+[[rate]]
+country = "JP"
+name = "JCT"
+percentage = 10
+effective_from = 2019-10-01
+"""
+
+GERMAN_SELLER = {**SELLER_ENV, "INVOICE_TAXES": "true", "INVOICE_SELLER_COUNTRY": "DE",
+                 "INVOICE_SELLER_TAX_ID": "DE136695976"}
+BRITISH_SELLER = {"INVOICE_SELLER_NAME": "Nimbus Metering Ltd", "INVOICE_SELLER_ADDRESS": "1 Old Street|London",
+                  "INVOICE_TAXES": "true", "INVOICE_SELLER_COUNTRY": "GB", "INVOICE_SELLER_TAX_ID": "GB980780684"}
+
+
+def apply(db_url: str, tmp_path: Path, *, plans: str = PLANS, taxes: str = TAXES) -> None:
+    (tmp_path / "plans.toml").write_text(plans)
+    (tmp_path / "taxes.toml").write_text(taxes)
+    assert runner.invoke(app, ["plans", "apply", str(tmp_path / "plans.toml")],
+                         env={"DATABASE_URL": db_url}).exit_code == 0
+    applied = runner.invoke(app, ["taxes", "apply", str(tmp_path / "taxes.toml")], env={"DATABASE_URL": db_url})
+    assert applied.exit_code == 0, applied.output
+
+
+def customer(conn, org_id: str, plan: str, currency: str, usage: str, *, country: str | None, tax_id: str | None = None,
+             region: str | None = None, exempt: bool = False) -> None:
+    """An organization with its billing details, written the way the account service writes them."""
+    add_org(conn, org_id, currency=currency, name=f"Customer {org_id}")
+    conn.execute(text("UPDATE organizations SET billing_address_line1 = '1 Main Street', billing_city = 'Town', "
+                      "billing_country = :country, billing_region = :region, tax_id = :tax_id, tax_exempt = :exempt "
+                      "WHERE id = :id"),
+                 {"id": org_id, "country": country, "region": region, "tax_id": tax_id, "exempt": exempt})
+    set_plan(conn, org_id, plan)
+    add_usage(conn, org_id, "api_calls", usage)
+
+
+def stored(engine) -> dict[str, dict]:
+    """Each organization's live invoice: its totals and its tax breakdown, as stored."""
+    with engine.connect() as conn:
+        invoices = {r.organization_id: r._asdict() for r in conn.execute(text(
+            "SELECT id, organization_id, number, currency, subtotal, tax_total, total, stripe_invoice_id "
+            "FROM invoices WHERE status = 'issued'"))}
+        for invoice in invoices.values():
+            invoice["taxes"] = [tuple(r) for r in conn.execute(text(
+                "SELECT name, country, region, percentage, taxable_amount, amount, treatment FROM invoice_taxes "
+                "WHERE invoice_id = :id ORDER BY position"), {"id": invoice["id"]})]
+    return invoices
+
+
+def pdf_text(folder: Path, number: str) -> str:
+    return PdfReader(folder / "2024-01" / f"{number}.pdf").pages[0].extract_text()
+
+
+@pytest.fixture
+def stripe_env(fake_stripe, clean_env) -> dict[str, str]:
+    fake_stripe.tax_rounding = "invoice"  # the account setting docs/taxes.md asks for
+    return {"INVOICE_ENABLE_STRIPE": "true", "STRIPE_API_KEY": STRIPE_KEY, "STRIPE_API_BASE": fake_stripe.base_url,
+            "DELIVERY_MAX_RETRY_SECONDS": "5"}
+
+
+def test_a_german_seller_taxes_each_buyer_by_the_rules(db_url, engine, tmp_path, fake_stripe, stripe_env) -> None:
+    apply(db_url, tmp_path)
+    with engine.begin() as conn:
+        # 19.00 base fee + 26,784 calls x 0.0009 = 24.1056 -> 24.11: a subtotal of 43.11 EUR.
+        customer(conn, "de-buyer", "eu", "EUR", "26784", country="DE", tax_id="DE811907980")
+        customer(conn, "fr-valid", "eu", "EUR", "26784", country="FR", tax_id="FR 40 303265045")
+        customer(conn, "fr-invalid", "eu", "EUR", "26784", country="FR", tax_id="FR40303265046")
+        customer(conn, "exempt", "eu", "EUR", "26784", country="DE", exempt=True)
+        customer(conn, "no-country", "eu", "EUR", "26784", country=None)
+        # 100.00 + 2,345 x 0.01 = 23.45: 123.45 CAD, in Quebec.
+        customer(conn, "ca-qc", "ca", "CAD", "2345", country="CA", region="QC")
+        # 1,003 x 1.5 = 1,504.5 -> 1,505 JPY (no minor unit).
+        customer(conn, "jp", "jp", "JPY", "1003", country="JP")
+    pdfs = tmp_path / "pdfs"
+    env = {"DATABASE_URL": db_url, **GERMAN_SELLER, "INVOICE_OUTPUT_DIR": str(pdfs), **stripe_env}
+
+    dry = runner.invoke(app, ["invoice-monthly", "--month", "2024-01", "--dry-run", "--json"], env=env)
+    real = runner.invoke(app, ["invoice-monthly", "--month", "2024-01", "--json"], env=env)
+
+    assert real.exit_code == ExitCode.PARTIAL, real.output
+    invoices = stored(engine)
+    assert {org: (i["subtotal"], i["tax_total"], i["total"]) for org, i in invoices.items()} == {
+        "de-buyer": (D("43.11"), D("8.19"), D("51.30")),  # 43.11 x 19% = 8.1909 -> 8.19
+        "fr-valid": (D("43.11"), D("0.00"), D("43.11")),  # EU B2B from DE to FR: reverse charge
+        "exempt": (D("43.11"), D("0.00"), D("43.11")),
+        # GST 123.45 x 5% = 6.1725 -> 6.17; QST 123.45 x 9.975% = 12.3141375 -> 12.31
+        "ca-qc": (D("123.45"), D("18.48"), D("141.93")),
+        "jp": (D("1505"), D("151"), D("1656")),  # 1,505 x 10% = 150.5 -> 151
+    }
+    assert invoices["ca-qc"]["taxes"] == [("GST", "CA", None, D("5"), D("123.45"), D("6.17"), "standard"),
+                                          ("QST", "CA", "QC", D("9.975"), D("123.45"), D("12.31"), "standard")]
+    assert invoices["fr-valid"]["taxes"] == [("VAT reverse charge", "FR", None, D("0"), D("43.11"), D("0.00"),
+                                              "reverse_charge")]
+    assert invoices["exempt"]["taxes"][0][-1] == "exempt"
+
+    # The organizations whose data cannot be taxed are refused, named with the column to fix.
+    failed = {f["organization_id"]: f["errors"][0][1] for f in json.loads(real.stdout)["failed"]}
+    assert set(failed) == {"fr-invalid", "no-country"}
+    assert "tax id 'FR40303265046' is not a valid EU VAT number" in failed["fr-invalid"]
+    assert "fix organizations.tax_id" in failed["fr-invalid"]
+    assert "set organizations.billing_country" in failed["no-country"]
+
+    # The run's summary: revenue and the tax in it, per currency.
+    summary = json.loads(real.stdout)
+    assert summary["revenue"] == {"CAD": "141.93", "EUR": "137.52", "JPY": "1656"}
+    assert summary["tax"] == {"CAD": "18.48", "EUR": "8.19", "JPY": "151"}
+
+    # The PDFs print the subtotal, one line per tax, the mentions, the total, both tax ids.
+    de = pdf_text(pdfs, invoices["de-buyer"]["number"])
+    assert "Tax ID: DE136695976" in de and "Tax ID: DE811907980" in de
+    assert "Subtotal €43.11\nVAT 19% (DE) on €43.11 €8.19\nTotal due €51.30" in de, de
+    fr = pdf_text(pdfs, invoices["fr-valid"]["number"])
+    assert "Tax ID: FR 40 303265045" in fr
+    assert f"Subtotal €43.11\nVAT reverse charge 0% (FR) on €43.11 €0.00\nTotal due €43.11\n{REVERSE_CHARGE_MENTION}" \
+        in fr, fr
+    exempt = pdf_text(pdfs, invoices["exempt"]["number"])
+    assert "Tax exempt 0% (DE) on €43.11 €0.00\nTotal due €43.11\nTax exempt: the customer is exempt" in exempt
+    ca = pdf_text(pdfs, invoices["ca-qc"]["number"])
+    assert "Subtotal CA$123.45\nGST 5% (CA) on CA$123.45 CA$6.17\nQST 9.975% (CA-QC) on CA$123.45 CA$12.31\n" \
+           "Total due CA$141.93" in ca, ca
+    jp = pdf_text(pdfs, invoices["jp"]["number"])
+    assert "Subtotal ¥1,505\nJCT 10% (JP) on ¥1,505 ¥151\nTotal due ¥1,656" in jp, jp
+
+    # Stripe computed the same tax on the same lines: its totals equal ours, to the minor unit.
+    by_number = {i["number"]: i for i in fake_stripe.invoices.values()}
+    assert {org: by_number[i["number"]]["total"] for org, i in invoices.items()} == {
+        "de-buyer": 5130, "fr-valid": 4311, "exempt": 4311, "ca-qc": 14193, "jp": 1656}
+    assert {org: by_number[i["number"]]["status"] for org, i in invoices.items()} == {org: "open" for org in invoices}
+    assert sorted(t["amount"] for t in by_number[invoices["ca-qc"]["number"]]["total_taxes"]) == [617, 1231]
+    assert by_number[invoices["fr-valid"]["number"]]["footer"] == REVERSE_CHARGE_MENTION
+    assert by_number[invoices["fr-valid"]["number"]]["total_taxes"] == []
+    # One Stripe TaxRate per rate used, created once, its id stored.
+    rates = fake_stripe.tax_rates
+    assert sorted((r["display_name"], r["percentage_decimal"], r["jurisdiction"]) for r in rates.values()) == [
+        ("GST", "5", "CA"), ("JCT", "10", "JP"), ("QST", "9.975", "CA-QC"), ("VAT", "19", "DE")]
+    with engine.connect() as conn:
+        assert set(conn.execute(text("SELECT stripe_tax_rate_id FROM tax_rates "
+                                     "WHERE stripe_tax_rate_id IS NOT NULL")).scalars()) == set(rates)
+
+    # The dry run showed exactly what the real run did.
+    plan = {item["organization_id"]: item for item in json.loads(dry.stdout)["plan"]}
+    assert {org: (plan[org]["number"], plan[org]["total"], plan[org]["tax"]) for org in invoices} == {
+        org: (i["number"], str(i["total"]), str(i["tax_total"])) for org, i in invoices.items()}
+    assert json.loads(dry.stdout)["tax"] == summary["tax"]
+
+
+def test_domestic_vat_is_rounded_once_on_the_subtotal_as_stripe_does_at_the_invoice_level(
+        db_url, engine, tmp_path, fake_stripe, stripe_env) -> None:
+    """49.03 + 12,345 x 0.0101 = 124.6845 -> 124.68: a subtotal of 173.71 GBP. VAT 20% on it is
+    34.742 -> 34.74. Rounded per line it would be 9.806 -> 9.81 plus 24.936 -> 24.94 = 34.75."""
+    apply(db_url, tmp_path)
+    with engine.begin() as conn:
+        customer(conn, "gb-buyer", "gb", "GBP", "12345", country="GB", tax_id="GB 980 7806 84")
+    pdfs = tmp_path / "pdfs"
+    env = {"DATABASE_URL": db_url, **BRITISH_SELLER, "INVOICE_OUTPUT_DIR": str(pdfs), **stripe_env}
+
+    fake_stripe.tax_rounding = "line_item"  # Stripe's default: its total would be one penny more
+    refused = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
+
+    assert refused.exit_code == ExitCode.PARTIAL
+    assert "Stripe invoice total 20846 GBP differs from ours 20845 GBP" in refused.output
+    assert "is Stripe's tax rounding set to the invoice level?" in refused.output
+    [draft] = fake_stripe.invoices.values()
+    assert draft["status"] == "draft" and fake_stripe.sent_invoices == {}  # never finalized, never sent
+
+    fake_stripe.tax_rounding = "invoice"  # the account fixed as docs/taxes.md says: the rerun completes it
+    fixed = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
+
+    assert fixed.exit_code == 0, fixed.output
+    invoice = stored(engine)["gb-buyer"]
+    assert (invoice["subtotal"], invoice["tax_total"], invoice["total"]) == (D("173.71"), D("34.74"), D("208.45"))
+    assert invoice["taxes"] == [("VAT", "GB", None, D("20"), D("173.71"), D("34.74"), "standard")]
+    [sent] = fake_stripe.invoices.values()
+    assert (sent["status"], sent["subtotal"], sent["total"]) == ("open", 17371, 20845)
+    assert "Subtotal £173.71\nVAT 20% (GB) on £173.71 £34.74\nTotal due £208.45" in pdf_text(pdfs, invoice["number"])
+
+
+def test_a_known_customer_with_known_rates_costs_three_stripe_calls(db_url, engine, tmp_path, fake_stripe,
+                                                                   stripe_env) -> None:
+    apply(db_url, tmp_path)
+    with engine.begin() as conn:
+        customer(conn, "gb-buyer", "gb", "GBP", "12345", country="GB")
+        add_usage(conn, "gb-buyer", "api_calls", "100", hour=utc(2024, 2, 3, 4))
+    env = {"DATABASE_URL": db_url, **BRITISH_SELLER, **stripe_env}
+    assert runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env).exit_code == 0
+    before = len(fake_stripe.requests)
+
+    february = runner.invoke(app, ["invoice-monthly", "--month", "2024-02"], env=env)
+
+    assert february.exit_code == 0, february.output
+    calls = [(r.method, r.path.rsplit("/", 1)[-1]) for r in fake_stripe.requests[before:]]
+    assert len(calls) == 3 and calls[0] == ("POST", "invoices") and calls[-1][1] == "send"
+    # 49.03 + 100 x 0.0101 = 50.04; VAT 10.008 -> 10.01; the same TaxRate as January's.
+    [february_invoice] = [i for i in fake_stripe.invoices.values() if i["number"].startswith("INV-2024-02")]
+    assert february_invoice["total"] == 6005
+    assert len(fake_stripe.tax_rates) == 1
+
+
+def test_a_month_is_taxed_at_the_rate_in_force_on_its_first_day(db_url, engine, tmp_path, clean_env) -> None:
+    """A new rate from 15 January 2024: January keeps the old one, February takes the new one."""
+    taxes = TAXES + '\n[[rate]]\ncountry = "DE"\nname = "VAT"\npercentage = 21\neffective_from = 2024-01-15\n'
+    apply(db_url, tmp_path, taxes=taxes)
+    with engine.begin() as conn:
+        customer(conn, "de-buyer", "eu", "EUR", "26784", country="DE")
+        add_usage(conn, "de-buyer", "api_calls", "26784", hour=utc(2024, 2, 20, 8))
+    pdfs = tmp_path / "pdfs"
+    env = {"DATABASE_URL": db_url, **GERMAN_SELLER, "INVOICE_OUTPUT_DIR": str(pdfs)}
+
+    for month in ("2024-01", "2024-02"):
+        assert runner.invoke(app, ["invoice-monthly", "--month", month], env=env).exit_code == 0
+
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT i.period_start, i.subtotal, t.percentage, i.tax_total, i.total, i.number "
+                                 "FROM invoices i JOIN invoice_taxes t ON t.invoice_id = i.id "
+                                 "ORDER BY i.period_start")).all()
+    # 43.11 x 19% = 8.1909 -> 8.19; 43.11 x 21% = 9.0531 -> 9.05
+    assert [tuple(r)[1:5] for r in rows] == [(D("43.11"), D("19"), D("8.19"), D("51.30")),
+                                             (D("43.11"), D("21"), D("9.05"), D("52.16"))]
+    january = pdf_text(pdfs, rows[0].number)
+    assert "VAT 19% (DE) on €43.11 €8.19" in january
+
+
+def test_taxes_off_leaves_invoices_as_they_were(db_url, engine, tmp_path, clean_env) -> None:
+    apply(db_url, tmp_path)
+    with engine.begin() as conn:
+        customer(conn, "de-buyer", "eu", "EUR", "26784", country=None, tax_id="not a VAT id")
+
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01", "--json"], env={"DATABASE_URL": db_url})
+
+    assert result.exit_code == 0, result.output
+    invoice = stored(engine)["de-buyer"]
+    assert (invoice["subtotal"], invoice["tax_total"], invoice["total"], invoice["taxes"]) == \
+        (D("43.11"), D("0"), D("43.11"), [])
+    assert json.loads(result.stdout)["tax"] == {}
+
+
+# -- configuration -----------------------------------------------------------------------------------
+
+
+def test_taxes_on_need_the_sellers_country_and_a_valid_tax_id(db_url, clean_env) -> None:
+    missing = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"],
+                            env={"DATABASE_URL": db_url, "INVOICE_TAXES": "true"})
+    invalid = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"],
+                            env={"DATABASE_URL": db_url, "INVOICE_TAXES": "true", "INVOICE_SELLER_COUNTRY": "DE",
+                                 "INVOICE_SELLER_TAX_ID": "DE136695977"})
+    shown = runner.invoke(app, ["config", "--json"], env={"DATABASE_URL": db_url, **GERMAN_SELLER})
+
+    assert missing.exit_code == ExitCode.CONFIG
+    assert ("INVOICE_TAXES is on but INVOICE_SELLER_COUNTRY and INVOICE_SELLER_TAX_ID are not set"
+            in " ".join(missing.output.split()))
+    assert invalid.exit_code == ExitCode.CONFIG
+    assert "INVOICE_SELLER_TAX_ID: tax id 'DE136695977' is not a valid EU VAT number" in " ".join(invalid.output.split())
+    variables = {v["name"]: v for v in json.loads(shown.stdout)["settings"]}
+    assert variables["INVOICE_TAXES"]["value"] == "true" and variables["INVOICE_SELLER_COUNTRY"]["value"] == "DE"
+
+
+# -- the taxes file ----------------------------------------------------------------------------------
+
+
+def test_taxes_apply_is_all_or_nothing_and_names_each_bad_line(db_url, tmp_path, clean_env) -> None:
+    bad = tmp_path / "taxes.toml"
+    bad.write_text('[[rate]]\ncountry = "DE"\nname = "VAT"\npercentage = 19\neffective_from = 2007-01-01\n\n'
+                   '[[rate]]\ncountry = "XX"\nname = "VAT"\npercentag = 20\neffective_from = 2020-01-01\n')
+
+    result = runner.invoke(app, ["taxes", "apply", str(bad)], env={"DATABASE_URL": db_url})
+    listed = runner.invoke(app, ["taxes", "list", "--json"], env={"DATABASE_URL": db_url})
+
+    assert result.exit_code == ExitCode.USAGE
+    text_ = " ".join(result.output.split())
+    assert f"{bad}:8: rate #2: `country` = 'XX' is not an ISO 3166-1 alpha-2 code" in text_
+    assert f"{bad}:10: rate #2: unknown key 'percentag' (did you mean 'percentage'?)" in text_
+    assert f"{bad}:7: rate #2: `percentage` is missing" in text_
+    assert json.loads(listed.stdout) == []  # nothing applied, not even the valid first rate
+
+
+def test_taxes_list_shows_every_version_and_a_used_version_cannot_change(db_url, engine, tmp_path, clean_env) -> None:
+    apply(db_url, tmp_path)
+    with engine.begin() as conn:
+        customer(conn, "de-buyer", "eu", "EUR", "26784", country="DE")
+    assert runner.invoke(app, ["invoice-monthly", "--month", "2024-01"],
+                         env={"DATABASE_URL": db_url, **GERMAN_SELLER}).exit_code == 0
+    changed = tmp_path / "changed.toml"
+    changed.write_text(TAXES.replace("percentage = 19", "percentage = 18"))
+
+    refused = runner.invoke(app, ["taxes", "apply", str(changed)], env={"DATABASE_URL": db_url})
+    again = runner.invoke(app, ["taxes", "apply", str(tmp_path / "taxes.toml"), "--json"], env={"DATABASE_URL": db_url})
+    listed = json.loads(runner.invoke(app, ["taxes", "list", "--json"], env={"DATABASE_URL": db_url}).stdout)
+
+    assert refused.exit_code == ExitCode.USAGE
+    assert "VAT DE from 2007-01-01 is 19% on issued invoices: add a version with a later effective_from" \
+        in " ".join(refused.output.split())
+    assert json.loads(again.stdout)["unchanged"] == ["VAT DE from 2007-01-01", "VAT GB from 2011-01-04",
+                                                     "GST CA from 2008-01-01", "QST CA-QC from 2013-01-01",
+                                                     "JCT JP from 2019-10-01"]
+    assert {(r["jurisdiction"], r["name"], r["percentage"], r["effective_from"]) for r in listed} == {
+        ("CA", "GST", "5", "2008-01-01"), ("CA-QC", "QST", "9.975", "2013-01-01"), ("DE", "VAT", "19", "2007-01-01"),
+        ("GB", "VAT", "20", "2011-01-04"), ("JP", "JCT", "10", "2019-10-01")}
+
+
+# -- the rules, pure -----------------------------------------------------------------------------------
+
+
+def test_tax_ids_are_checked_for_their_country() -> None:
+    assert check_tax_id("GB 980 7806 84", "GB").checked
+    assert check_tax_id("51 824 753 556", "AU").compact == "51824753556"  # an ABN
+    assert check_tax_id("27AAPFU0939F1ZV", "IN").checked  # a GSTIN
+    assert check_tax_id("EL094259216", "GR").is_eu_vat
+    with pytest.raises(TaxIdError, match="is a VAT number of DE, not of the billing country FR"):
+        check_tax_id("DE136695976", "FR")
+    with pytest.raises(TaxIdError, match="not a valid AU tax id"):
+        check_tax_id("51 824 753 557", "AU")
+
+
+SETUP = TaxSetup("DE", "DE136695976", tuple(parse_taxes(TAXES)))
+
+
+def test_a_country_without_a_rate_is_a_data_error_never_zero() -> None:
+    with pytest.raises(TaxError, match="no tax rate for US-CA in force on 2024-01-01"):
+        taxes_for(D("10.00"), "USD", BillingDetails(country="US", region="CA"), SETUP, date(2024, 1, 1))
+
+
+def test_a_b2c_buyer_elsewhere_in_the_eu_pays_its_countrys_rate_or_is_refused() -> None:
+    # No VAT id: no reverse charge; FR has no rate in this file, so it is a data error, not 0%.
+    with pytest.raises(TaxError, match="no tax rate for FR"):
+        taxes_for(D("10.00"), "EUR", BillingDetails(country="FR"), SETUP, date(2024, 1, 1))
+    with_fr = TaxSetup("DE", "DE136695976", (*SETUP.rates, TaxRate("FR", None, "VAT", D(20), date(2014, 1, 1))))
+    [french] = taxes_for(D("10.00"), "EUR", BillingDetails(country="FR"), with_fr, date(2024, 1, 1))
+    assert (french.name, french.amount) == ("VAT", D("2.00"))
+
+
+def test_tax_is_rounded_once_half_up_to_what_is_charged() -> None:
+    assert tax_amount(D("0.05"), D("10"), "EUR") == D("0.01")  # 0.005 -> 0.01
+    assert tax_amount(D("1505"), D("10"), "JPY") == D("151")  # 150.5 -> 151
+    assert tax_amount(D("100"), D("9.975"), "ISK", Precision.STRIPE) == D("10")  # Stripe charges whole krónur
