@@ -434,3 +434,50 @@ def test_sending_a_draft_finalizes_it_and_add_lines_is_all_or_nothing(fake: Fake
     with pytest.raises(stripe.InvalidRequestError) as caught:  # lines only on a draft
         client.raw_request("post", f"/v1/invoices/{invoice.id}/add_lines", lines=[{"amount": 1}])
     assert caught.value.code == "invoice_not_editable"
+
+
+# --- taxes ------------------------------------------------------------------------------------
+
+
+def test_tax_rates_on_lines_are_computed_per_line_by_default_and_per_invoice_when_set(fake: FakeStripeServer) -> None:
+    client = client_for(fake)
+    vat = client.v1.tax_rates.create({"display_name": "VAT", "percentage": 20, "inclusive": False, "country": "GB",
+                                      "tax_type": "vat"}, options={"idempotency_key": "rate-1"})
+    again = client.v1.tax_rates.create({"display_name": "VAT", "percentage": 20, "inclusive": False, "country": "GB",
+                                        "tax_type": "vat"}, options={"idempotency_key": "rate-1"})
+    invoice = draft_invoice(client, new_customer(client).id)
+    # 4,903 x 20% = 980.6 -> 981 and 12,468 x 20% = 2,493.6 -> 2,494: 3,475 rounded per line;
+    # (4,903 + 12,468) x 20% = 3,474.2 -> 3,474 rounded once on the invoice.
+    client.raw_request("post", f"/v1/invoices/{invoice.id}/add_lines",
+                       lines=[{"amount": 4903, "tax_rates": [vat.id]}, {"amount": 12468, "tax_rates": [vat.id]}])
+
+    line_item = fake.invoices[invoice.id]
+    fake.tax_rounding = "invoice"
+    per_invoice = fake.invoices[invoice.id]
+
+    assert again.id == vat.id and len(fake.tax_rates) == 1 and vat.percentage == 20.0
+    assert [t["amount"] for line in line_item["lines"]["data"] for t in line["taxes"]] == [981, 2494]
+    assert (line_item["subtotal"], line_item["total"]) == (17371, 20846)
+    assert per_invoice["total_taxes"][0] == {"amount": 3474, "tax_behavior": "exclusive",
+                                                  "tax_rate_details": {"tax_rate": vat.id},
+                                                  "taxability_reason": "standard_rated", "taxable_amount": 17371,
+                                                  "type": "tax_rate_details"}
+    assert per_invoice["total"] == 20845
+    sent = client.v1.invoices.send_invoice(invoice.id)
+    fake.tax_rounding = "line_item"  # a finalized invoice keeps its amounts
+    assert sent.total == 20845 and fake.invoices[invoice.id]["total"] == 20845
+
+
+def test_an_unknown_or_inclusive_tax_rate_is_refused_and_adds_no_line(fake: FakeStripeServer) -> None:
+    client = client_for(fake)
+    invoice = draft_invoice(client, new_customer(client).id)
+
+    with pytest.raises(stripe.InvalidRequestError, match="No such tax_rate: 'txr_missing'"):
+        client.raw_request("post", f"/v1/invoices/{invoice.id}/add_lines",
+                           lines=[{"amount": 100}, {"amount": 200, "tax_rates": ["txr_missing"]}])
+    with pytest.raises(stripe.InvalidRequestError, match="exclusive tax rates only"):
+        client.v1.tax_rates.create({"display_name": "VAT", "percentage": 20, "inclusive": True})
+    with pytest.raises(stripe.InvalidRequestError, match="Invalid percentage"):
+        client.v1.tax_rates.create({"display_name": "VAT", "percentage": "12.34567", "inclusive": False})
+
+    assert fake.invoices[invoice.id]["lines"]["data"] == [] and fake.tax_rates == {}
