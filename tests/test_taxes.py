@@ -276,6 +276,17 @@ def test_domestic_vat_is_rounded_once_on_the_subtotal_as_stripe_does_at_the_invo
     assert (sent["status"], sent["subtotal"], sent["total"]) == ("open", 17371, 20845)
     assert "Subtotal £173.71\nVAT 20% (GB) on £173.71 £34.74\nTotal due £208.45" in pdf_text(pdfs, invoice["number"])
 
+    # billing reconcile agrees with a taxed invoice and its Stripe invoice (the usage of this test was
+    # written as roll-ups without events: that difference is the only one), and sees a tax edited
+    # behind its back.
+    clean = runner.invoke(app, ["reconcile", "--month", "2024-01", "--json"], env=env)
+    assert [d["kind"] for d in json.loads(clean.stdout)["differences"]] == ["rollup_behind"]
+    assert json.loads(clean.stdout)["counts"]["stripe_invoices"] == 1
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE invoice_taxes SET amount = amount + 0.01"))
+    edited = runner.invoke(app, ["reconcile", "--month", "2024-01", "--json"], env=env)
+    assert [d["kind"] for d in json.loads(edited.stdout)["differences"]] == ["rollup_behind", "invoice_total"]
+
 
 def test_a_known_customer_with_known_rates_costs_three_stripe_calls(db_url, engine, tmp_path, fake_stripe,
                                                                    stripe_env) -> None:

@@ -80,13 +80,16 @@ class InvoiceRow:
     s3_key: str | None
     stripe_invoice_id: str | None
     emailed_at: datetime | None
+    tax_total: Decimal = Decimal(0)  # as stored on the invoice
+    taxes_total: Decimal = Decimal(0)  # the sum of its tax breakdown (invoice_taxes)
 
 
 def live_invoices(conn: Connection, month: Month, only: list[str] | None) -> Iterator[InvoiceRow]:
     """Every live invoice of the month with its lines, in number order, streamed."""
     org = " AND i.organization_id = ANY(:only)" if only else ""
     rows = conn.execute(text(f"""
-        SELECT i.id, i.organization_id, i.number, i.currency, i.subtotal, i.total, i.pdf_sha256,
+        SELECT i.id, i.organization_id, i.number, i.currency, i.subtotal, i.total, i.tax_total, i.pdf_sha256,
+               (SELECT coalesce(sum(t.amount), 0) FROM invoice_taxes t WHERE t.invoice_id = i.id) AS taxes_total,
                CASE WHEN i.s3_uploaded_at IS NOT NULL THEN i.s3_key END AS s3_key, i.stripe_invoice_id, i.emailed_at,
                coalesce(sum(l.amount), 0) AS lines_total,
                coalesce(array_agg(l.line_no ORDER BY l.line_no) FILTER (WHERE l.line_no IS NOT NULL), '{{}}') AS line_nos,
@@ -98,7 +101,8 @@ def live_invoices(conn: Connection, month: Month, only: list[str] | None) -> Ite
     for r in rows:
         yield InvoiceRow(r.id, r.organization_id, r.number, r.currency, Decimal(r.subtotal), Decimal(r.total),
                          Decimal(r.lines_total), tuple(zip(r.line_nos, (Decimal(a) for a in r.amounts), strict=True)),
-                         r.pdf_sha256, r.s3_key, r.stripe_invoice_id, r.emailed_at)
+                         r.pdf_sha256, r.s3_key, r.stripe_invoice_id, r.emailed_at, Decimal(r.tax_total),
+                         Decimal(r.taxes_total))
 
 
 def owed_fees_not_invoiced(conn: Connection, month: Month, only: list[str] | None) -> list[str]:

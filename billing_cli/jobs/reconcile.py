@@ -154,10 +154,13 @@ def _usage(row: reconcile_store.UsageRow) -> list[Difference]:
 def _invoice(invoice: reconcile_store.InvoiceRow, checks: Checks, checked: Counter[str]) -> list[Difference]:
     org, number = invoice.organization_id, invoice.number
     found = []
-    if invoice.lines_total != invoice.total or invoice.subtotal != invoice.total:
+    # The lines add up to the subtotal, the tax breakdown to the tax, and the two to the total.
+    if (invoice.lines_total != invoice.subtotal or invoice.taxes_total != invoice.tax_total
+            or invoice.subtotal + invoice.tax_total != invoice.total):
         found.append(Difference(Kind.INVOICE_TOTAL, org, number, f"total {invoice.total}",
-                                f"lines add up to {invoice.lines_total}", "the invoice was edited in the database: "
-                                "find out who changed it; regenerate it if it is wrong"))
+                                f"lines add up to {invoice.lines_total}, taxes to {invoice.taxes_total}",
+                                "the invoice was edited in the database: find out who changed it; regenerate it if "
+                                "it is wrong"))
     if checks.payments is not None:
         checked["stripe_invoices"] += 1
         found += _stripe(invoice, checks.payments)
