@@ -48,6 +48,8 @@ def test_demo_on_the_embedded_database(tmp_path) -> None:
     # 582.30 = 110.637 -> 110.64; Łódź (a Polish VAT id) is reverse-charged; the others are outside
     # the EU (0% with the mention). Before taxes the revenue was 625.41 EUR.
     assert "revenue_EUR=736.05 revenue_USD=3848.50 tax_EUR=110.64 tax_USD=0.00" in invoicing
+    initech_line = next(line for line in lines if line.startswith("organization id=demo-initech"))
+    assert "total=692.94 currency=EUR tax=110.64" in initech_line
     pdfs = sorted(p.name for p in (tmp_path / ".billing" / "invoices" / "2024-01").iterdir())
     assert pdfs == [f"INV-2024-01-00000{n}.pdf" for n in range(1, 7)]
     from pypdf import PdfReader

@@ -93,6 +93,8 @@ def organization_fields(o: OrgOutcome) -> dict[str, object]:
     fields: dict[str, object] = {"id": o.organization_id, "status": o.status.value}
     if o.number:
         fields.update(number=o.number, total=o.total, currency=o.currency)
+        if o.tax is not None:  # taxes on: the tax included in the total
+            fields["tax"] = o.tax
     if o.pdf_bytes:
         fields["pdf_bytes"] = o.pdf_bytes
     if Step.PDF in o.steps:
