@@ -309,7 +309,8 @@ def test_a_known_customer_with_known_rates_costs_three_stripe_calls(db_url, engi
     assert len(fake_stripe.tax_rates) == 1
 
 
-def test_a_month_is_taxed_at_the_rate_in_force_on_its_first_day(db_url, engine, tmp_path, clean_env) -> None:
+def test_a_month_is_taxed_at_the_rate_in_force_on_its_first_day(db_url, engine, tmp_path, fake_stripe,
+                                                                 stripe_env) -> None:
     """A new rate from 15 January 2024: January keeps the old one, February takes the new one."""
     taxes = TAXES + '\n[[rate]]\ncountry = "DE"\nname = "VAT"\npercentage = 21\neffective_from = 2024-01-15\n'
     apply(db_url, tmp_path, taxes=taxes)
@@ -317,7 +318,7 @@ def test_a_month_is_taxed_at_the_rate_in_force_on_its_first_day(db_url, engine, 
         customer(conn, "de-buyer", "eu", "EUR", "26784", country="DE")
         add_usage(conn, "de-buyer", "api_calls", "26784", hour=utc(2024, 2, 20, 8))
     pdfs = tmp_path / "pdfs"
-    env = {"DATABASE_URL": db_url, **GERMAN_SELLER, "INVOICE_OUTPUT_DIR": str(pdfs)}
+    env = {"DATABASE_URL": db_url, **GERMAN_SELLER, "INVOICE_OUTPUT_DIR": str(pdfs), **stripe_env}
 
     for month in ("2024-01", "2024-02"):
         assert runner.invoke(app, ["invoice-monthly", "--month", month], env=env).exit_code == 0
@@ -329,8 +330,13 @@ def test_a_month_is_taxed_at_the_rate_in_force_on_its_first_day(db_url, engine, 
     # 43.11 x 19% = 8.1909 -> 8.19; 43.11 x 21% = 9.0531 -> 9.05
     assert [tuple(r)[1:5] for r in rows] == [(D("43.11"), D("19"), D("8.19"), D("51.30")),
                                              (D("43.11"), D("21"), D("9.05"), D("52.16"))]
-    january = pdf_text(pdfs, rows[0].number)
-    assert "VAT 19% (DE) on €43.11 €8.19" in january
+    assert "Subtotal €43.11\nVAT 19% (DE) on €43.11 €8.19\nTotal due €51.30" in pdf_text(pdfs, rows[0].number)
+    february = PdfReader(pdfs / "2024-02" / f"{rows[1].number}.pdf").pages[0].extract_text()
+    assert "Subtotal €43.11\nVAT 21% (DE) on €43.11 €9.05\nTotal due €52.16" in february
+    by_number = {i["number"]: i for i in fake_stripe.invoices.values()}
+    assert [by_number[r.number]["total"] for r in rows] == [5130, 5216]
+    # Two versions, two Stripe TaxRates (a TaxRate's percentage never changes).
+    assert sorted(r["percentage_decimal"] for r in fake_stripe.tax_rates.values()) == ["19", "21"]
 
 
 def test_taxes_off_leaves_invoices_as_they_were(db_url, engine, tmp_path, clean_env) -> None:
