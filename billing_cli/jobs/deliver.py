@@ -163,7 +163,9 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: St
 def _stripe_tax_rates(transactions: Transactions, gateway: PaymentGateway, document: InvoiceDocument) -> tuple[str, ...]:
     """The Stripe TaxRates of the invoice's charged rates, each created once and its id stored
     (a known rate costs no call). Every line carries them all: the tax is on the taxable subtotal,
-    credit lines included, as ours is (docs/taxes.md)."""
+    credit lines included, as ours is (docs/taxes.md). Killed between the creation and its record,
+    a rerun within Stripe's ~24 h gets the same TaxRate back (same idempotency key); later, a second,
+    identical TaxRate: harmless, as every invoice still carries one rate of the right percentage."""
     rate_ids = [tax.rate_id for tax in document.taxes if tax.treatment == Treatment.STANDARD and tax.rate_id]
     if not rate_ids:
         return ()
