@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .cli_common import (CONTEXT_SETTINGS, CommandGroup, DryRunOption, JsonOption, LogFormatOption, PlainOption,
-                         ScheduleFormat, command, exit_with, failures_to_exit_codes)
+                         ScheduleFormat, command, end_run, exit_with, failures_to_exit_codes)
 from .errors import ExitCode
 from .outcomes import Job
 
@@ -18,6 +18,8 @@ db_app = typer.Typer(help="Database schema: migrations and revision.", no_args_i
                      context_settings=CONTEXT_SETTINGS)
 plans_app = typer.Typer(help="Price plans, managed as code in a TOML file.", no_args_is_help=True, cls=CommandGroup,
                         context_settings=CONTEXT_SETTINGS)
+invoices_app = typer.Typer(help="Issued invoices: void one (a credit note is issued when it was sent).",
+                           no_args_is_help=True, cls=CommandGroup, context_settings=CONTEXT_SETTINGS)
 
 
 @commands.command("runs")
@@ -222,3 +224,38 @@ def plans_list(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOpti
             cmd.output.document(plans_json(plans))
         else:
             plans_table(cmd.output, plans)
+
+
+@invoices_app.command("void")
+def invoices_void(
+    ctx: typer.Context,
+    number: Annotated[str, typer.Argument(metavar="NUMBER", help="The invoice number, e.g. INV-2024-01-000042.")],
+    reason: Annotated[str, typer.Option("--reason", metavar="TEXT",
+                                        help="Why it is voided: printed on the credit note and kept on the invoice.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (required outside a "
+                                                           "terminal).")] = False,
+    as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
+) -> None:
+    """Void one issued invoice. If the customer was sent it (e-mailed, or sent in Stripe), a credit
+    note (CN-YYYY-MM-NNNNNN) is issued and delivered like an invoice: PDF, S3, Stripe (the Stripe
+    invoice is voided while open, credited in full once paid) and e-mail. An invoice never sent is
+    simply voided. Refuses (exit 8) a number never issued or an invoice already void.
+
+    Example: billing invoices void INV-2024-01-000042 --reason "Billed to the wrong account" --yes
+    """
+    import sys
+
+    from .errors import UsageError
+    from .report.voiding import void_question, void_report
+    from .runs.voiding import VoidRequest, run_void_invoice
+
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
+    with failures_to_exit_codes(cmd.output):
+        terminal = sys.stdin.isatty() and sys.stderr.isatty()
+        if not yes and not terminal:
+            raise UsageError(f"voiding {number} needs --yes outside a terminal (nothing was done)")
+
+        def confirm(plan) -> bool:
+            return yes or typer.confirm(void_question(plan), default=False, err=True)
+
+        end_run(cmd, run_void_invoice(VoidRequest(number, reason), cmd.output, confirm), void_report)

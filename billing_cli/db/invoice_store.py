@@ -14,7 +14,9 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
+from . import credit_note_store
 from ..composition import ComposedInvoice
+from ..credit_notes import was_sent
 from ..invoices import InvoiceDocument, invoice_number
 from ..periods import Month
 from ..pricing import InvoiceLine, plan_snapshot
@@ -74,10 +76,42 @@ def void_invoice(session: Connection, invoice_id: int, reason: str, *, organizat
     if organization_id is not None:
         organization_lock(session, organization_id)
     # Its Stripe invoice, if it has one, is reversed next (pending_reversals), in the same run.
-    return session.execute(text("""
+    voided = session.execute(text("""
         UPDATE invoices SET status = 'void', voided_at = now(), void_reason = :reason,
                             stripe_reversal = CASE WHEN stripe_invoice_id IS NOT NULL THEN 'pending' END
         WHERE id = :id AND status <> 'void'"""), {"id": invoice_id, "reason": reason}).rowcount == 1
+    if voided:  # the customer had it: its credit note, in the same transaction (delivered next)
+        credit_note_store.issue_for_void(session, invoice_id, reason)
+    return voided
+
+
+@dataclass(frozen=True)
+class InvoiceByNumber:
+    """An invoice as `billing invoices void` finds it: whether it is live, and whether it was sent."""
+
+    id: int
+    organization_id: str
+    bill_to_name: str
+    period_start: date
+    currency: str
+    total: Decimal
+    status: str
+    voided_at: datetime | None
+    void_reason: str | None
+    stripe_invoice_id: str | None
+    sent: bool  # credit_notes.was_sent: e-mailed, or sent in Stripe
+
+
+def invoice_by_number(session: Connection, number: str) -> InvoiceByNumber | None:
+    row = session.execute(text("""
+        SELECT id, organization_id, bill_to_name, period_start, currency, total, status, voided_at, void_reason,
+               stripe_invoice_id, emailed_at, stripe_status
+        FROM invoices WHERE number = :number"""), {"number": number}).mappings().one_or_none()
+    if row is None:
+        return None
+    fields = dict(row)
+    sent = was_sent(emailed_at=fields.pop("emailed_at"), stripe_status=fields.pop("stripe_status"))
+    return InvoiceByNumber(**fields, sent=sent)
 
 
 @dataclass(frozen=True)
@@ -88,19 +122,23 @@ class PendingReversal:
     number: str
     stripe_invoice_id: str
     replaced_by: str | None  # the number of the invoice that replaced it, if one did
+    credit_note: str | None = None  # our credit note for it, if it had been sent
 
 
 def pending_reversals(session: Connection, organization_ids: list[str]) -> dict[str, list[PendingReversal]]:
     """Each organization's void invoices whose Stripe invoice still needs reversing, oldest first."""
     rows = session.execute(text("""
-        SELECT v.organization_id, v.id, v.number, v.stripe_invoice_id, r.number AS replaced_by
+        SELECT v.organization_id, v.id, v.number, v.stripe_invoice_id, r.number AS replaced_by,
+               c.number AS credit_note
         FROM invoices v LEFT JOIN invoices r ON r.replaces_invoice_id = v.id
+        LEFT JOIN credit_notes c ON c.invoice_id = v.id
         WHERE v.stripe_reversal = 'pending' AND v.organization_id = ANY(:ids)
         ORDER BY v.id"""), {"ids": organization_ids}).mappings()
     found: dict[str, list[PendingReversal]] = {}
     for row in rows:
         found.setdefault(row["organization_id"], []).append(
-            PendingReversal(row["id"], row["number"], row["stripe_invoice_id"], row["replaced_by"]))
+            PendingReversal(row["id"], row["number"], row["stripe_invoice_id"], row["replaced_by"],
+                            row["credit_note"]))
     return found
 
 

@@ -40,6 +40,8 @@ def reverse(gateway: PaymentGateway, item: PendingReversal) -> tuple[str, str | 
             return "credited", None
         memo = (f"Invoice {item.number} is replaced by invoice {item.replaced_by}." if item.replaced_by
                 else f"Invoice {item.number} is cancelled.")
+        if item.credit_note:  # our credit note document for it, which the customer receives
+            memo = f"{memo} Credit note {item.credit_note}."
         return "credited", gateway.credit_in_full(stripe_id, invoice_id=item.id, amount=remaining, memo=memo)
     raise PaymentError(f"Stripe invoice {stripe_id} is {remote.status}: cannot void or credit it; check it in Stripe",
                        transient=False)

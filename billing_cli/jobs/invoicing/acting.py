@@ -23,6 +23,7 @@ from ...outcomes import DELIVERY_STEPS, Component, OrgStatus, Step
 from ...periods import format_hour
 from ..aggregate import aggregate_one_hour
 from .. import stripe_reversal
+from ..credit_notes import deliver_credit_note, undelivered_credit_notes
 from ..deliver import deliver
 from .documents import render
 from .issuing import block_issuer, pdf_recorder
@@ -56,7 +57,7 @@ class Acting:
 
     def handle(self, plan: OrgPlan) -> OrgOutcome:
         outcome = expected_outcome(plan)
-        if plan.action not in _CHANGES and not plan.reversals:
+        if plan.action not in _CHANGES and not plan.reversals and not plan.credit_notes:
             return outcome
         self.options.locks.check()  # never act once the run has lost its own lock
         # One process at a time issues, voids or delivers an organization's invoices, whatever
@@ -81,11 +82,15 @@ class Acting:
                 else:
                     outcome.warnings.append(f"{plan.existing.number} was voided meanwhile by another run")
                 self._reverse_in_stripe(plan, outcome)
+                self._deliver_credit_notes(plan, outcome)
             elif plan.action == Action.COMPLETE:
                 assert plan.existing is not None
-                self._complete(plan.existing, self._reverse_in_stripe(plan, outcome), outcome)
-            else:  # nothing else to do: only the Stripe invoices of void invoices
+                steps = self._reverse_in_stripe(plan, outcome)
+                self._deliver_credit_notes(plan, outcome)
+                self._complete(plan.existing, steps, outcome)
+            else:  # nothing else to do: only what void invoices still need (Stripe, credit notes)
                 self._reverse_in_stripe(plan, outcome)
+                self._deliver_credit_notes(plan, outcome)
         except OperationalError:
             raise  # the database is gone: stop the run (exit 4); a rerun resumes where this one stopped
         except Exception as exc:  # one organization's bug must not stop the others; it is reported
@@ -122,6 +127,7 @@ class Acting:
         outcome.number, outcome.currency, outcome.total = stored.number, stored.currency, stored.total
         outcome.steps.append(Step.ISSUED)
         steps = self._reverse_in_stripe(plan, outcome)  # the replaced invoice leaves Stripe first
+        self._deliver_credit_notes(plan, outcome)  # its credit note reaches the customer before the replacement
         # Just issued: the document is known without reading it back.
         document = InvoiceDocument(stored.number, org.id, org.name, org.email, options.month, options.issue_date,
                                    due, invoice.currency, invoice.lines, invoice.total,
@@ -153,6 +159,22 @@ class Acting:
             if Step.STRIPE_REVERSED not in outcome.steps:
                 outcome.steps.append(Step.STRIPE_REVERSED)
         return plan.steps
+
+    def _deliver_credit_notes(self, plan: OrgPlan, outcome: OrgOutcome) -> None:
+        """Deliver the organization's credit notes that have a step missing: those the plan found,
+        and the one a regeneration or a void just issued (read now, under the organization's lock)."""
+        org_id = plan.organization.id
+        if plan.credit_notes or plan.action in (Action.REGENERATE, Action.VOID):
+            pending = undelivered_credit_notes(self.transactions, [org_id], self.options.delivery_steps).get(org_id, ())
+        else:
+            return
+        for credit_note_id in pending:
+            delivered = deliver_credit_note(self.transactions, credit_note_id, self.options.deliveries,
+                                            self.options.seller, self.options.delivery_steps, self.options.renderer)
+            if delivered.steps and Step.CREDIT_NOTE not in outcome.steps:
+                outcome.steps.append(Step.CREDIT_NOTE)
+            if delivered.error is not None:
+                outcome.fail(*delivered.error)
 
     def _complete(self, planned: StoredInvoice, steps: tuple[Step, ...], outcome: OrgOutcome) -> None:
         """An invoice issued earlier: read it again now (another run may have moved it on since

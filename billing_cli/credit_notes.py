@@ -1,0 +1,40 @@
+"""Credit notes as documents: when one is due, its number, and its lines (the credited invoice's,
+negated). Pure: no database, no outside service.
+
+A credit note cancels an invoice that was *sent*: one the customer may have seen or been asked to
+pay. An invoice is sent when billing e-mailed it (`invoices.emailed_at` is set) or sent it in
+Stripe (`invoices.stripe_status = 'sent'`: Stripe finalized it and e-mailed the customer). An
+invoice that was only issued, rendered or uploaded to our private S3 bucket (or is a Stripe draft)
+was never in the customer's hands: voiding it is enough.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from .periods import Month
+from .pricing import InvoiceLine
+
+NUMBER_PREFIX = "CN"
+
+
+def credit_note_number(month: Month, sequence: int) -> str:
+    """`CN-2024-01-000001`: the credited invoice's billing month, then a per-month sequence of its
+    own, gapless like the invoices' (a credit note's number is taken in the transaction that voids
+    the invoice, so a rollback returns it)."""
+    return f"{NUMBER_PREFIX}-{month}-{sequence:06d}"
+
+
+def was_sent(*, emailed_at: datetime | None, stripe_status: str | None) -> bool:
+    """Whether the customer received the invoice (see the module's docstring): e-mailed, or sent
+    in Stripe."""
+    return emailed_at is not None or stripe_status == "sent"
+
+
+def credit_lines(invoice_lines: tuple[InvoiceLine, ...]) -> tuple[InvoiceLine, ...]:
+    """The credit note's lines: each line of the credited invoice, with the same description,
+    quantity and period, and its unit price and amount negated, so that the credit note's total is
+    exactly minus the invoice's. The one place where a credit note's lines are made: tax lines (a
+    reversed tax) belong here too."""
+    return tuple(replace(line, unit_price=-line.unit_price, amount=-line.amount) for line in invoice_lines)
