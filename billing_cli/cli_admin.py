@@ -26,7 +26,7 @@ invoices_app = typer.Typer(help="Issued invoices: void one (a credit note is iss
 def runs(
     ctx: typer.Context,
     job: Annotated[Job | None, typer.Option(
-        metavar="JOB", help="Only this job: aggregate-hourly, invoice-monthly, legacy-run or reconcile.")] = None,
+        metavar="JOB", help="Only this job: aggregate-hourly, invoice-monthly, legacy-run, reconcile or invoices-void.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, metavar="N", help="How many runs, newest first.")] = 20,
     as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
@@ -226,11 +226,17 @@ def plans_list(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOpti
             plans_table(cmd.output, plans)
 
 
+class InvoiceNumber(str):
+    """An invoice number as typed (`INV-2024-01-000042`), checked when the request is built; the
+    class names the argument's type in `--help`."""
+
+
 @invoices_app.command("void")
 def invoices_void(
     ctx: typer.Context,
-    number: Annotated[str, typer.Argument(metavar="NUMBER", help="The invoice number, e.g. INV-2024-01-000042.")],
-    reason: Annotated[str, typer.Option("--reason", metavar="TEXT",
+    number: Annotated[InvoiceNumber, typer.Argument(metavar="NUMBER", parser=InvoiceNumber,
+                                                    help="The invoice number, e.g. INV-2024-01-000042.")],
+    reason: Annotated[str, typer.Option("--reason", metavar="WHY",
                                         help="Why it is voided: printed on the credit note and kept on the invoice.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (required outside a "
                                                            "terminal).")] = False,
@@ -258,4 +264,4 @@ def invoices_void(
         def confirm(plan) -> bool:
             return yes or typer.confirm(void_question(plan), default=False, err=True)
 
-        end_run(cmd, run_void_invoice(VoidRequest(number, reason), cmd.output, confirm), void_report)
+        end_run(cmd, run_void_invoice(VoidRequest(str(number), reason), cmd.output, confirm), void_report)

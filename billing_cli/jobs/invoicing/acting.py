@@ -168,9 +168,14 @@ class Acting:
             pending = undelivered_credit_notes(self.transactions, [org_id], self.options.delivery_steps).get(org_id, ())
         else:
             return
+        enabled = self.options.delivery_steps
+        if any(component == Component.STRIPE for component, _ in outcome.errors):
+            # Stripe refused a reversal of this organization in this run: not asked again now, and no
+            # e-mail says "cancelled" while Stripe still asks for the money; a rerun carries on.
+            enabled = tuple(step for step in enabled if step not in (Step.STRIPE, Step.EMAIL))
         for credit_note_id in pending:
             delivered = deliver_credit_note(self.transactions, credit_note_id, self.options.deliveries,
-                                            self.options.seller, self.options.delivery_steps, self.options.renderer)
+                                            self.options.seller, enabled, self.options.renderer)
             if delivered.steps and Step.CREDIT_NOTE not in outcome.steps:
                 outcome.steps.append(Step.CREDIT_NOTE)
             if delivered.error is not None:
