@@ -209,6 +209,9 @@ def test_voiding_refuses_what_cannot_be_voided_with_one_line_and_its_exit_code(e
     twice = void(env, FIRST, "--yes", "--json")
     assert twice.exit_code == ExitCode.REFUSED
     assert f"invoice {FIRST} is void already" in twice.output and "its credit note is CN-2024-01-000001" in twice.output
+    refused = json.loads(twice.stdout)
+    assert_valid("invoices-void", refused)
+    assert refused["outcome"] == "failed" and "void already" in refused["message"] and "invoice" not in refused
     assert len(credit_notes(engine)) == 1
 
 
@@ -261,9 +264,12 @@ def test_an_interrupted_credit_note_is_completed_by_the_next_run(env, engine, s3
     assert invoice_month(env).exit_code == 0
     mail.received.clear()
 
-    broken = void({**env, "INVOICE_S3_BUCKET": "no-such-bucket"}, FIRST, "--yes")
+    broken = void({**env, "INVOICE_S3_BUCKET": "no-such-bucket"}, FIRST, "--yes", "--json")
 
     assert broken.exit_code == ExitCode.PARTIAL, broken.output
+    document = json.loads(broken.stdout)
+    assert_valid("invoices-void", document)
+    assert (document["outcome"], document["errors"], document["credit_note"]["done"]) == ("partial", {"s3": 1}, ["pdf"])
     [note] = credit_notes(engine)
     assert note["pdf_sha256"] is not None and note["s3_uploaded_at"] is None and note["emailed_at"] is None
     assert mail.received == []  # the later steps wait for S3, as an invoice's do
@@ -279,3 +285,63 @@ def test_an_interrupted_credit_note_is_completed_by_the_next_run(env, engine, s3
         "Credit note CN-2024-01-000001 for invoice INV-2024-01-000001: -$11.00",
         "Invoice INV-2024-01-000004 for 2024-01: $11.00"]
     assert fake_stripe.invoices[invoice(engine, FIRST)["stripe_invoice_id"]]["status"] == "void"
+
+
+def test_voiding_waits_for_no_run_an_invoicing_run_holding_the_organization_makes_it_exit_7(env, engine,
+                                                                                            billed) -> None:
+    """The void holds the organization with the same advisory lock as every invoicing run (of any
+    month or shard): while another process holds it, nothing is voided."""
+    from billing_cli.db.run_store import lock_key
+
+    assert invoice_month(env).exit_code == 0
+    with engine.connect() as holder:  # as an invoicing run holds org-1 while it handles it
+        holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_key("organization:org-1")})
+        busy = void(env, FIRST, "--yes")
+        holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key("organization:org-1")})
+
+    assert busy.exit_code == ExitCode.ALREADY_RUNNING, busy.output
+    assert "another run is handling organization org-1 right now: invoice INV-2024-01-000001 was not voided" \
+        in busy.output
+    assert invoice(engine, FIRST)["status"] == "issued" and credit_notes(engine) == []
+    assert void(env, FIRST, "--yes").exit_code == 0  # once the run let go
+
+
+def test_on_a_terminal_the_void_asks_first(env, engine, tmp_path) -> None:
+    """On a terminal the command shows what it will do and waits for y/N; "n" changes nothing."""
+    import os
+    import pty
+    import select
+    import subprocess
+
+    from tests.conftest import BILLING, billing_subprocess_env
+
+    assert invoice_month(env).exit_code == 0
+    process_env = billing_subprocess_env(**env, BILLING_ENV_FILE="/dev/null", AWS_ACCESS_KEY_ID="testing",
+                                         AWS_SECRET_ACCESS_KEY="testing")
+
+    def answer(reply: str) -> tuple[int, str]:
+        controller, terminal = pty.openpty()
+        proc = subprocess.Popen([*BILLING, "invoices", "void", FIRST, "--reason", "Duplicate"], env=process_env,
+                                cwd=tmp_path, stdin=terminal, stderr=terminal, stdout=subprocess.PIPE, text=True)
+        os.close(terminal)
+        shown = b""
+        while b"[y/N]" not in shown:
+            ready, _, _ = select.select([controller], [], [], 60)
+            assert ready, shown
+            shown += os.read(controller, 4096)
+        os.write(controller, reply.encode() + b"\n")
+        proc.wait(timeout=120)
+        os.close(controller)
+        return proc.returncode, shown.decode()
+
+    code, question = answer("n")
+    assert code == ExitCode.REFUSED
+    assert ("It was sent: a credit note is issued and sent to the customer (and its Stripe invoice voided or "
+            "credited). The next invoicing run of 2024-01 invoices the organization again from its usage. "
+            "Void invoice INV-2024-01-000001 of Customer 1 (org-1) for $11.00? [y/N]") in " ".join(question.split())
+    assert invoice(engine, FIRST)["status"] == "issued" and credit_notes(engine) == []
+
+    code, _ = answer("y")
+    assert code == 0
+    assert invoice(engine, FIRST)["status"] == "void" and [n["number"] for n in credit_notes(engine)] == [
+        "CN-2024-01-000001"]

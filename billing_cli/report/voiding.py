@@ -17,10 +17,11 @@ _DONE = {"pdf": "PDF rendered", "s3": "uploaded to S3", "stripe": "Stripe invoic
 def void_question(plan: VoidPlan) -> str:
     """What the operator confirms: which invoice, whose, how much, and what the customer receives."""
     total = NumberFormat().money(plan.total, plan.currency)
-    then = ("it was sent, so a credit note is issued and sent to the customer"
+    then = ("It was sent: a credit note is issued and sent to the customer"
             + (" (and its Stripe invoice voided or credited)" if plan.in_stripe else "")) if plan.sent else \
-        "it was never sent, so it is simply voided (no credit note)"
-    return f"Void invoice {plan.number} of {plan.bill_to_name} ({plan.organization_id}) for {total}? {then}."
+        "It was never sent: it is simply voided, no credit note"
+    return (f"{then}. The next invoicing run of {plan.month} invoices the organization again from its usage.\n"
+            f"Void invoice {plan.number} of {plan.bill_to_name} ({plan.organization_id}) for {total}?")
 
 
 def void_report(output: Output, result: VoidResult) -> None:
