@@ -16,10 +16,11 @@ that records it, and then under the same Message-ID.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from ..db import credit_note_store, invoice_store
@@ -37,7 +38,7 @@ from ..outcomes import Component, Job, RunOutcome, Step
 from ..periods import Month
 from ..summary import RunSummary
 from . import stripe_reversal
-from .deliver import Delivered
+from .deliver import Delivered, attachment_or_link
 
 Renderer = Callable[[InvoiceDocument, Seller], bytes]
 
@@ -86,7 +87,8 @@ def deliver_credit_note(transactions: Transactions, credit_note_id: int, deliver
 
     if Step.STRIPE in steps and deliveries.payments is not None:
         try:
-            reverse_in_stripe(transactions, deliveries, note.organization_id, only=note.invoice_id)
+            stripe_reversal.reverse_pending(transactions, deliveries.payments, note.organization_id,
+                                            only=note.invoice_id)
         except PaymentError as exc:
             delivered.error = (Component.STRIPE, f"credit note {note.number}: the Stripe invoice of {note.invoice_number}"
                                                  f" could not be voided or credited ({exc}); the e-mail waits for it")
@@ -96,14 +98,7 @@ def deliver_credit_note(transactions: Transactions, credit_note_id: int, deliver
     if Step.EMAIL in steps and deliveries.mailer is not None:
         assert deliveries.sender is not None
         try:
-            attach = len(pdf) <= deliveries.attachment_max_bytes
-            download = None
-            if not attach:
-                download = deliveries.store.link(key) if deliveries.store is not None and key else None
-                if download is None:
-                    raise MailError(f"the PDF ({len(pdf)} bytes) is over INVOICE_EMAIL_ATTACHMENT_MAX_BYTES and there "
-                                    "is no download link to send instead: raise the limit, or turn S3 on with lasting "
-                                    "credentials", transient=False)
+            attach, download = attachment_or_link(deliveries, pdf, key)
             deliveries.mailer.send(build_credit_note_email(document, pdf, sender=deliveries.sender, seller=seller,
                                                            attach=attach, download=download))
         except (BadAddress, MailError, StorageError) as exc:
@@ -113,26 +108,6 @@ def deliver_credit_note(transactions: Transactions, credit_note_id: int, deliver
             credit_note_store.record_email(conn, note.id, message_id(document, deliveries.sender))
         delivered.steps.append(Step.EMAIL)
     return delivered
-
-
-def reverse_in_stripe(transactions: Transactions, deliveries: Deliveries, organization_id: str, *,
-                      only: int | None = None) -> list[str]:
-    """Void, credit or delete the Stripe invoices of the organization's void invoices (or of the one
-    invoice `only`) that are still pending, each recorded as it is done; returns their numbers.
-    Raises PaymentError at the first one Stripe refuses (the others wait for a rerun)."""
-    gateway = deliveries.payments
-    assert gateway is not None
-    with transactions() as conn:
-        pending = invoice_store.pending_reversals(conn, [organization_id]).get(organization_id, [])
-    done = []
-    for item in pending:
-        if only is not None and item.id != only:
-            continue
-        how, credit_note = stripe_reversal.reverse(gateway, item)
-        with transactions() as conn:
-            invoice_store.record_reversal(conn, item.id, how, credit_note)
-        done.append(item.number)
-    return done
 
 
 # -- billing invoices void ---------------------------------------------------------------------
@@ -211,14 +186,12 @@ def plan_void(transactions: Transactions, number: str) -> VoidPlan:
 
 def void_invoice(transactions: Transactions, number: str, reason: str, *, deliveries: Deliveries, seller: Seller,
                  enabled: tuple[Step, ...], locks: Locks, confirm: Callable[[VoidPlan], bool],
-                 renderer: Renderer = render_invoice, clock: Callable[[], float] | None = None) -> VoidResult:
+                 renderer: Renderer = render_invoice) -> VoidResult:
     """Void one live invoice by its number, with a reason: plan it, have it confirmed, then, holding
     the organization as an invoicing run does (so neither races the other), void it and issue its
     credit note if it was sent (one transaction), reverse its Stripe invoice, and deliver the credit
     note. A draft-only invoice (never sent) is simply voided (and its Stripe draft, if any, deleted)."""
-    import time
-
-    started = (clock or time.perf_counter)()
+    started = time.perf_counter()
     plan = plan_void(transactions, number)
     if not confirm(plan):
         raise Refused(f"invoice {number} not voided: not confirmed", hint="Nothing was changed.")
@@ -239,11 +212,11 @@ def void_invoice(transactions: Transactions, number: str, reason: str, *, delive
             result.steps, result.error = delivered.steps, delivered.error
         elif deliveries.payments is not None and plan.in_stripe:  # a Stripe draft of an invoice never sent
             try:
-                reverse_in_stripe(transactions, deliveries, plan.organization_id, only=row.id)
+                stripe_reversal.reverse_pending(transactions, deliveries.payments, plan.organization_id, only=row.id)
             except PaymentError as exc:
                 result.error = (Component.STRIPE, f"the Stripe draft of {number} could not be deleted ({exc}); "
                                                   "the next invoicing run of the organization deletes it")
-    result.seconds = (clock or time.perf_counter)() - started
+    result.seconds = time.perf_counter() - started
     return result
 
 

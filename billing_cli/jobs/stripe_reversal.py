@@ -13,8 +13,42 @@ by our metadata, however long ago) is never issued twice.
 
 from __future__ import annotations
 
+from ..db import invoice_store
+from ..db.engine import Transactions
 from ..db.invoice_store import PendingReversal
 from ..delivery.payments import PaymentError, PaymentGateway
+
+
+class ReversalFailed(PaymentError):
+    """Stripe refused (or could not be asked) to reverse one void invoice's Stripe invoice."""
+
+    def __init__(self, item: PendingReversal, cause: PaymentError, done: list[str]) -> None:
+        super().__init__(str(cause), transient=cause.transient, not_found=cause.not_found)
+        self.item = item
+        self.done = done  # the numbers reversed before it
+
+
+def reverse_pending(transactions: Transactions, gateway: PaymentGateway, organization_id: str, *,
+                    only: int | None = None) -> list[str]:
+    """Reverse the Stripe invoices of the organization's void invoices still pending (or of the one
+    invoice `only`), as stored now, oldest first, each recorded the moment it is done; returns their
+    numbers. Used by invoicing runs (before anything else of the organization is delivered) and by
+    a credit note's Stripe step. Raises ReversalFailed at the first one Stripe refuses: the others
+    wait for a rerun."""
+    with transactions() as conn:
+        pending = invoice_store.pending_reversals(conn, [organization_id]).get(organization_id, [])
+    done = []
+    for item in pending:
+        if only is not None and item.id != only:
+            continue
+        try:
+            how, credit_note = reverse(gateway, item)
+        except PaymentError as exc:
+            raise ReversalFailed(item, exc, done) from exc
+        with transactions() as conn:
+            invoice_store.record_reversal(conn, item.id, how, credit_note)
+        done.append(item.number)
+    return done
 
 
 def reverse(gateway: PaymentGateway, item: PendingReversal) -> tuple[str, str | None]:

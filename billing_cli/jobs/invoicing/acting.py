@@ -16,7 +16,6 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from ...db import invoice_store
 from ...db.engine import Transactions
 from ...db.invoice_store import StoredInvoice
-from ...delivery.payments import PaymentError
 from ...errors import BillingError
 from ...invoices import InvoiceDocument, due_date
 from ...outcomes import DELIVERY_STEPS, Component, OrgStatus, Step
@@ -144,20 +143,17 @@ class Acting:
         gateway = self.options.deliveries.payments
         if not plan.reversals or gateway is None:
             return plan.steps
-        org_id = plan.organization.id
-        with self.transactions() as conn:
-            pending = invoice_store.pending_reversals(conn, [org_id]).get(org_id, [])
-        for item in pending:
-            try:
-                how, credit_note = stripe_reversal.reverse(gateway, item)
-            except PaymentError as exc:
-                outcome.fail(Component.STRIPE, f"the Stripe invoice {item.stripe_invoice_id} of void {item.number} "
-                                               f"could not be voided ({exc}): the current invoice waits for it")
-                return tuple(step for step in plan.steps if step not in (Step.STRIPE, Step.EMAIL))
-            with self.transactions() as conn:
-                invoice_store.record_reversal(conn, item.id, how, credit_note)
-            if Step.STRIPE_REVERSED not in outcome.steps:
+        try:
+            done = stripe_reversal.reverse_pending(self.transactions, gateway, plan.organization.id)
+        except stripe_reversal.ReversalFailed as exc:
+            item = exc.item
+            if exc.done:
                 outcome.steps.append(Step.STRIPE_REVERSED)
+            outcome.fail(Component.STRIPE, f"the Stripe invoice {item.stripe_invoice_id} of void {item.number} "
+                                           f"could not be voided ({exc}): the current invoice waits for it")
+            return tuple(step for step in plan.steps if step not in (Step.STRIPE, Step.EMAIL))
+        if done and Step.STRIPE_REVERSED not in outcome.steps:
+            outcome.steps.append(Step.STRIPE_REVERSED)
         return plan.steps
 
     def _deliver_credit_notes(self, plan: OrgPlan, outcome: OrgOutcome) -> None:
