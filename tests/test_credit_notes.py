@@ -270,6 +270,7 @@ def test_an_interrupted_credit_note_is_completed_by_the_next_run(env, engine, s3
     document = json.loads(broken.stdout)
     assert_valid("invoices-void", document)
     assert (document["outcome"], document["errors"], document["credit_note"]["done"]) == ("partial", {"s3": 1}, ["pdf"])
+    assert "s3: credit note CN-2024-01-000001:" in broken.stderr and "NoSuchBucket" in broken.stderr
     [note] = credit_notes(engine)
     assert note["pdf_sha256"] is not None and note["s3_uploaded_at"] is None and note["emailed_at"] is None
     assert mail.received == []  # the later steps wait for S3, as an invoice's do
@@ -345,3 +346,29 @@ def test_on_a_terminal_the_void_asks_first(env, engine, tmp_path) -> None:
     assert code == 0
     assert invoice(engine, FIRST)["status"] == "void" and [n["number"] for n in credit_notes(engine)] == [
         "CN-2024-01-000001"]
+
+
+def test_a_credit_note_is_the_invoice_negated_in_any_locale_and_script() -> None:
+    """Pure: the lines are the invoice's with negative unit prices and amounts (one function makes
+    them), and the PDF prints them as the invoice's locale prints amounts, Unicode included."""
+    from datetime import date
+
+    from billing_cli.credit_notes import credit_lines
+    from billing_cli.delivery.pdf import render_invoice
+    from billing_cli.invoices import InvoiceDocument, Seller
+    from billing_cli.periods import Month
+    from billing_cli.pricing import InvoiceLine
+
+    lines = (InvoiceLine("base_fee", "Grundgebühr", Decimal("1"), Decimal("1234.50"), Decimal("1234.50")),
+             InvoiceLine("credit_applied", "Guthaben", Decimal("1"), Decimal("-34.50"), Decimal("-34.50")))
+    credited = credit_lines(lines)
+    assert [(line.quantity, line.unit_price, line.amount) for line in credited] == [
+        (Decimal("1"), Decimal("-1234.50"), Decimal("-1234.50")), (Decimal("1"), Decimal("34.50"), Decimal("34.50"))]
+    document = InvoiceDocument("CN-2024-02-000007", "org-łódź", "Łódź Świat sp. z o.o.", "a@example.pl",
+                               Month(2024, 2), date(2024, 3, 5), date(2024, 3, 5), "EUR", credited, Decimal("-1200.00"),
+                               credits="INV-2024-02-000031", reason="Doppelt berechnet – Kunde Łódź")
+    printed = pdf_text(render_invoice(document, Seller("Nimbus Metering GmbH", ("Berlin",), locale="de")))
+    for expected in ("CREDIT NOTE", "Credit note for INV-2024-02-000031", "Reason: Doppelt berechnet – Kunde Łódź",
+                     "Grundgebühr 1 -1.234,50 -1.234,50", "Guthaben 1 34,50 34,50", "Total credited -1.200,00 €",
+                     "Łódź Świat sp. z o.o.", "Credit note CN-2024-02-000007 Page 1 of 1"):
+        assert expected in printed, (expected, printed)

@@ -26,16 +26,14 @@ def void_question(plan: VoidPlan) -> str:
 
 def void_report(output: Output, result: VoidResult) -> None:
     plan = result.plan
-    fields = {"number": plan.number, "organization": plan.organization_id, "credit_note": result.credit_note or "",
-              "done": ",".join(result.steps)}
     if output.plain:
-        output.record("voided", **fields)
-        return
-    if result.credit_note is None:
+        output.record("voided", number=plan.number, organization=plan.organization_id,
+                      credit_note=result.credit_note or "", done=",".join(result.steps))
+    elif result.credit_note is None:
         output.line(f"✅ {plan.number} voided (never sent: no credit note)")
-        return
-    done = ", ".join(_DONE[step] for step in result.steps) or "nothing delivered yet"
-    output.line(f"✅ {plan.number} voided; credit note {result.credit_note} issued: {done}")
+    else:
+        done = ", ".join(_DONE[step] for step in result.steps) or "nothing delivered yet"
+        output.line(f"✅ {plan.number} voided; credit note {result.credit_note} issued: {done}")
     if result.error is not None:
         component, message = result.error
-        output.error(f"{component}: {message} (the next invoice-monthly run for {plan.month} completes it)")
+        output.error(f"{component}: {message} (the next invoice-monthly run completes it)")
