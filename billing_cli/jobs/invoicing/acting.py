@@ -159,11 +159,10 @@ class Acting:
     def _deliver_credit_notes(self, plan: OrgPlan, outcome: OrgOutcome) -> None:
         """Deliver the organization's credit notes that have a step missing: those the plan found,
         and the one a regeneration or a void just issued (read now, under the organization's lock)."""
-        org_id = plan.organization.id
-        if plan.credit_notes or plan.action in (Action.REGENERATE, Action.VOID):
-            pending = undelivered_credit_notes(self.transactions, [org_id], self.options.delivery_steps).get(org_id, ())
-        else:
+        if not plan.credit_notes and plan.action not in (Action.REGENERATE, Action.VOID):
             return
+        org_id = plan.organization.id
+        pending = undelivered_credit_notes(self.transactions, [org_id], self.options.delivery_steps).get(org_id, ())
         enabled = self.options.delivery_steps
         if any(component == Component.STRIPE for component, _ in outcome.errors):
             # Stripe refused a reversal of this organization in this run: not asked again now, and no
