@@ -372,3 +372,25 @@ def test_a_credit_note_is_the_invoice_negated_in_any_locale_and_script() -> None
                      "Grundgebühr 1 -1.234,50 -1.234,50", "Guthaben 1 34,50 34,50", "Total credited -1.200,00 €",
                      "Łódź Świat sp. z o.o.", "Credit note CN-2024-02-000007 Page 1 of 1"):
         assert expected in printed, (expected, printed)
+
+
+def test_an_invoice_stripe_sent_before_a_crash_kept_us_from_recording_it_is_credited(env, engine, mail,
+                                                                                     fake_stripe) -> None:
+    """Stripe sent the invoice, and the process died before `stripe_status = 'sent'` (and so before
+    the e-mail): by our records it was never sent, but Stripe holds it finalized, which only our send
+    does. The void finds that out when it reverses it, and the customer gets a credit note."""
+    assert invoice_month({**env, "INVOICE_ENABLE_EMAIL": "false"}).exit_code == 0
+    with engine.begin() as conn:  # the state that crash leaves
+        conn.execute(text("UPDATE invoices SET stripe_status = 'draft' WHERE number = :n"), {"n": FIRST})
+    sent = invoice(engine, FIRST)
+    assert fake_stripe.invoices[sent["stripe_invoice_id"]]["status"] == "open"
+
+    result = void(env, FIRST, "--yes", "--json")
+
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["invoice"]["sent"] is False  # what our records said when it was confirmed
+    assert document["credit_note"] == {"number": "CN-2024-01-000001", "total": "-11.00", "done": ["pdf", "s3", "email"]}
+    assert fake_stripe.invoices[sent["stripe_invoice_id"]]["status"] == "void"
+    assert [m.message["Subject"] for m in mail.received] == [
+        "Credit note CN-2024-01-000001 for invoice INV-2024-01-000001: -$11.00"]

@@ -49,17 +49,22 @@ _STORED = """
 """
 
 
-def issue_for_void(session: Connection, invoice_id: int, reason: str) -> str | None:
+def issue_for_void(session: Connection, invoice_id: int, reason: str | None = None, *,
+                   finalized_in_stripe: bool = False) -> str | None:
     """Right after `invoice_id` was voided, in the same transaction: if the customer had been sent
-    it (credit_notes.was_sent), issue its credit note: the month's next credit note number, the
-    invoice's lines negated. Returns the number, or None for an invoice never sent (or one that
-    has its credit note already: the unique invoice_id keeps it to one)."""
+    it (credit_notes.was_sent; or `finalized_in_stripe`: its reversal found it finalized in Stripe,
+    which only our send does, though a crash kept us from recording the send), issue its credit
+    note: the month's next credit note number, the invoice's lines negated, `reason` (default: the
+    invoice's void reason). Returns the number, or None for an invoice never sent (or one that has
+    its credit note already: the unique invoice_id keeps it to one)."""
     invoice = session.execute(text("""
         SELECT i.organization_id, i.period_start, i.currency, i.subtotal, i.total, i.emailed_at, i.stripe_status,
-               EXISTS (SELECT 1 FROM credit_notes c WHERE c.invoice_id = i.id) AS credited
+               i.void_reason, EXISTS (SELECT 1 FROM credit_notes c WHERE c.invoice_id = i.id) AS credited
         FROM invoices i WHERE i.id = :id"""), {"id": invoice_id}).one()
-    if invoice.credited or not was_sent(emailed_at=invoice.emailed_at, stripe_status=invoice.stripe_status):
+    sent = finalized_in_stripe or was_sent(emailed_at=invoice.emailed_at, stripe_status=invoice.stripe_status)
+    if invoice.credited or not sent:
         return None
+    reason = reason or invoice.void_reason or "void"
     lines = credit_lines(_invoice_lines(session, invoice_id))
     # The counter row stays locked until the caller commits: a rollback returns the number (gapless).
     sequence = session.execute(text("""

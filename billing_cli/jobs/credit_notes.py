@@ -205,17 +205,21 @@ def void_invoice(transactions: Transactions, number: str, reason: str, *, delive
             if not invoice_store.void_invoice(conn, row.id, reason, organization_id=row.organization_id):
                 raise Refused(f"invoice {number} was voided meanwhile by another run", hint="Nothing was changed.")
             note = credit_note_store.of_invoice(conn, row.id)
-        result = VoidResult(plan, reason, credit_note=note.number if note else None,
-                            credit_note_total=note.total if note else None)
-        if note is not None:
-            delivered = deliver_credit_note(transactions, note.id, deliveries, seller, enabled, renderer)
-            result.steps, result.error = delivered.steps, delivered.error
-        elif deliveries.payments is not None and plan.in_stripe:  # a Stripe draft of an invoice never sent
+        result = VoidResult(plan, reason)
+        if note is None and deliveries.payments is not None and plan.in_stripe:
+            # Not sent as far as we recorded: its Stripe draft is deleted; or, if Stripe has it
+            # finalized (sent by a run that crashed before recording it), voided and credited.
             try:
                 stripe_reversal.reverse_pending(transactions, deliveries.payments, plan.organization_id, only=row.id)
             except PaymentError as exc:
-                result.error = (Component.STRIPE, f"the Stripe draft of {number} could not be deleted ({exc}); "
-                                                  "the next invoicing run of the organization deletes it")
+                result.error = (Component.STRIPE, f"the Stripe invoice of {number} could not be deleted or voided "
+                                                  f"({exc}); the next invoicing run of the organization does it")
+            with transactions() as conn:
+                note = credit_note_store.of_invoice(conn, row.id)
+        if note is not None:
+            result.credit_note, result.credit_note_total = note.number, note.total
+            delivered = deliver_credit_note(transactions, note.id, deliveries, seller, enabled, renderer)
+            result.steps, result.error = delivered.steps, delivered.error
     result.seconds = time.perf_counter() - started
     return result
 

@@ -13,7 +13,7 @@ by our metadata, however long ago) is never issued twice.
 
 from __future__ import annotations
 
-from ..db import invoice_store
+from ..db import credit_note_store, invoice_store
 from ..db.engine import Transactions
 from ..db.invoice_store import PendingReversal
 from ..delivery.payments import PaymentError, PaymentGateway
@@ -47,6 +47,8 @@ def reverse_pending(transactions: Transactions, gateway: PaymentGateway, organiz
             raise ReversalFailed(item, exc, done) from exc
         with transactions() as conn:
             invoice_store.record_reversal(conn, item.id, how, credit_note)
+            if how != "deleted":  # Stripe had it finalized: it was sent, whatever we managed to record
+                credit_note_store.issue_for_void(conn, item.id, finalized_in_stripe=True)
         done.append(item.number)
     return done
 

@@ -158,8 +158,10 @@ class Acting:
 
     def _deliver_credit_notes(self, plan: OrgPlan, outcome: OrgOutcome) -> None:
         """Deliver the organization's credit notes that have a step missing: those the plan found,
-        and the one a regeneration or a void just issued (read now, under the organization's lock)."""
-        if not plan.credit_notes and plan.action not in (Action.REGENERATE, Action.VOID):
+        and those issued in this run (by a regeneration or a void, or by a reversal that found an
+        invoice finalized in Stripe), read now, under the organization's lock."""
+        voided_now = plan.action in (Action.REGENERATE, Action.VOID) or Step.STRIPE_REVERSED in outcome.steps
+        if not plan.credit_notes and not voided_now:
             return
         org_id = plan.organization.id
         pending = undelivered_credit_notes(self.transactions, [org_id], self.options.delivery_steps).get(org_id, ())
