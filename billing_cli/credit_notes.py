@@ -5,7 +5,9 @@ A credit note cancels an invoice that was *sent*: one the customer may have seen
 pay. An invoice is sent when billing e-mailed it (`invoices.emailed_at` is set) or sent it in
 Stripe (`invoices.stripe_status = 'sent'`: Stripe finalized it and e-mailed the customer). An
 invoice that was only issued, rendered or uploaded to our private S3 bucket (or is a Stripe draft)
-was never in the customer's hands: voiding it is enough.
+was never in the customer's hands: voiding it is enough. (One that Stripe turns out to hold
+finalized when its void reverses it was sent too: a crash kept the send from being recorded; see
+jobs/stripe_reversal.reverse_pending.)
 """
 
 from __future__ import annotations
