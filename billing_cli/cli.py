@@ -184,6 +184,7 @@ app.registered_commands += cli_admin.commands.registered_commands
 app.add_typer(cli_admin.db_app, name="db")
 app.add_typer(cli_admin.plans_app, name="plans")
 app.add_typer(cli_admin.taxes_app, name="taxes")
+app.add_typer(cli_admin.invoices_app, name="invoices")
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .cli_common import (CONTEXT_SETTINGS, CommandGroup, DryRunOption, JsonOption, LogFormatOption, PlainOption,
-                         ScheduleFormat, command, exit_with, failures_to_exit_codes)
+                         ScheduleFormat, command, end_run, exit_with, failures_to_exit_codes)
 from .errors import ExitCode
 from .outcomes import Job
 
@@ -20,13 +20,15 @@ plans_app = typer.Typer(help="Price plans, managed as code in a TOML file.", no_
                         context_settings=CONTEXT_SETTINGS)
 taxes_app = typer.Typer(help="Tax rates, versioned, managed as code in a TOML file.", no_args_is_help=True,
                         cls=CommandGroup, context_settings=CONTEXT_SETTINGS)
+invoices_app = typer.Typer(help="Issued invoices: void one (a credit note is issued when it was sent).",
+                           no_args_is_help=True, cls=CommandGroup, context_settings=CONTEXT_SETTINGS)
 
 
 @commands.command("runs")
 def runs(
     ctx: typer.Context,
     job: Annotated[Job | None, typer.Option(
-        metavar="JOB", help="Only this job: aggregate-hourly, invoice-monthly, legacy-run or reconcile.")] = None,
+        metavar="JOB", help="Only this job: aggregate-hourly, invoice-monthly, legacy-run, reconcile or invoices-void.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, metavar="N", help="How many runs, newest first.")] = 20,
     as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
@@ -266,3 +268,44 @@ def taxes_list(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOpti
             cmd.output.document(taxes_json(rates))
         else:
             taxes_table(cmd.output, rates)
+
+
+class InvoiceNumber(str):
+    """An invoice number as typed (`INV-2024-01-000042`), checked when the request is built; the
+    class names the argument's type in `--help`."""
+
+
+@invoices_app.command("void")
+def invoices_void(
+    ctx: typer.Context,
+    number: Annotated[InvoiceNumber, typer.Argument(metavar="NUMBER", parser=InvoiceNumber,
+                                                    help="The invoice number, e.g. INV-2024-01-000042.")],
+    reason: Annotated[str, typer.Option("--reason", metavar="WHY",
+                                        help="Why it is voided: printed on the credit note and kept on the invoice.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (required outside a "
+                                                           "terminal).")] = False,
+    as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
+) -> None:
+    """Void one issued invoice. If the customer was sent it (e-mailed, or sent in Stripe), a credit
+    note (CN-YYYY-MM-NNNNNN) is issued and delivered like an invoice: PDF, S3, Stripe (the Stripe
+    invoice is voided while open, credited in full once paid) and e-mail. An invoice never sent is
+    simply voided. Refuses (exit 8) a number never issued or an invoice already void.
+
+    Example: billing invoices void INV-2024-01-000042 --reason "Billed to the wrong account" --yes
+    """
+    import sys
+
+    from .errors import UsageError
+    from .report.voiding import void_question, void_report
+    from .runs.voiding import VoidRequest, run_void_invoice
+
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
+    with failures_to_exit_codes(cmd.output):
+        terminal = sys.stdin.isatty() and sys.stderr.isatty()
+        if not yes and not terminal:
+            raise UsageError(f"voiding {number} needs --yes outside a terminal (nothing was done)")
+
+        def confirm(plan) -> bool:
+            return yes or typer.confirm(void_question(plan), default=False, err=True)
+
+        end_run(cmd, run_void_invoice(VoidRequest(str(number), reason), cmd.output, confirm), void_report)

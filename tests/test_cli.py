@@ -77,7 +77,7 @@ def test_shell_completion_is_offered_and_completes(clean_env) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "complete -o default -F _billing_completion billing" in shown.stdout
     # What bash asks the program when Tab is pressed after `billing inv`, and after `--sh`.
-    for words, cword, expected in (("billing inv", "1", ["invoice-monthly"]),
+    for words, cword, expected in (("billing inv", "1", ["invoice-monthly", "invoices"]),
                                    ("billing invoice-monthly --sh", "2", ["--shard-index", "--shard-count"])):
         completed = subprocess.run(BILLING, env=billing_subprocess_env(
             _BILLING_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=cword),

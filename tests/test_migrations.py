@@ -19,7 +19,8 @@ CONTRACT_TABLES = {"organizations", "usage_events", "usage_hourly"}
 BILLING_TABLES = {"aggregated_hours", "demo_organizations", "price_plans", "plan_prices", "plan_price_tiers",
                   "invoices", "invoice_lines", "invoice_number_counters", "job_runs", "alembic_version",
                   "usage_event_changes", "usage_revisions", "invoice_usage", "invoice_periods", "stripe_customers",
-                  "invoice_taxes", "tax_rates"}
+                  "invoice_taxes", "tax_rates",
+                  "credit_notes", "credit_note_lines", "credit_note_number_counters"}
 
 
 @pytest.fixture
