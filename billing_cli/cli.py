@@ -183,6 +183,7 @@ def demo(ctx: typer.Context, plain: PlainOption = None, log_format: LogFormatOpt
 app.registered_commands += cli_admin.commands.registered_commands
 app.add_typer(cli_admin.db_app, name="db")
 app.add_typer(cli_admin.plans_app, name="plans")
+app.add_typer(cli_admin.usage_app, name="usage")
 
 
 def main() -> None:

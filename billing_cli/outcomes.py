@@ -12,6 +12,7 @@ class Job(StrEnum):
     INVOICE_MONTHLY = "invoice-monthly"
     LEGACY_RUN = "legacy-run"
     RECONCILE = "reconcile"
+    USAGE_PRUNE = "usage-prune"
 
 
 MONTHLY_JOBS = (Job.INVOICE_MONTHLY, Job.LEGACY_RUN)  # either one bills a month
