@@ -158,6 +158,23 @@ def test_a_partition_made_later_takes_its_rows_out_of_the_default_partition(engi
     assert again.created == []
 
 
+def test_a_partition_that_cannot_be_made_now_is_reported_and_made_by_the_next_run(engine) -> None:
+    later = Month.containing(utc_now()).next().next()
+    with engine.begin() as conn:
+        add_event(conn, "o1", "api", "7", later.start, key="early")
+    with engine.connect() as reader:  # a long read of the default partition holds its lock
+        reader.execute(text("LOCK TABLE usage_events_default IN ACCESS SHARE MODE"))
+        blocked = keep_partitions_ahead(transactions_of(engine), later.prev().start, lock_timeout_seconds=1)
+        reader.rollback()
+
+    assert blocked.created == [] and [m for m, _ in blocked.failed] == [later]
+    assert "lock timeout" in blocked.failed[0][1]
+    with engine.connect() as conn:
+        assert partition_of(conn, "early") == "usage_events_default"  # kept, billed all the same
+    retried = keep_partitions_ahead(transactions_of(engine), later.prev().start)
+    assert [(c.month, c.moved_events) for c in retried.created] == [(later, 1)] and retried.failed == []
+
+
 def test_aggregate_hourly_makes_partitions_ahead_and_reports_the_default_partition(db_url, engine,
                                                                                  clean_env) -> None:
     nxt = Month.containing(utc_now()).next()

@@ -33,8 +33,10 @@ class CreatedPartition:
         return partition_name(self.month)
 
 
-def create_month_partition(conn: Connection, month: Month) -> CreatedPartition | None:
-    """The month's partition, unless it exists (None then)."""
+def create_month_partition(conn: Connection, month: Month, *, lock_timeout_seconds: int = 10) -> CreatedPartition | None:
+    """The month's partition, unless it exists (None then). Waits at most the timeout for the
+    default partition's lock (a long read of it holds it off) rather than hold inserts queued."""
+    conn.execute(text(f"SET LOCAL lock_timeout = '{int(lock_timeout_seconds)}s'"))
     moved = conn.execute(text("SELECT billing_usage_events_partition(:day)"), {"day": month.first_day}).scalar_one()
     return None if moved is None else CreatedPartition(month, int(moved))
 

@@ -25,6 +25,7 @@ class PartitionUpkeep:
     """What making the partitions ahead did (or, in a dry run, would do), and the stray events."""
 
     created: list[store.CreatedPartition] = field(default_factory=list)
+    failed: list[tuple[Month, str]] = field(default_factory=list)  # not created this time: the next run retries
     stray: store.StrayEvents = field(default_factory=store.StrayEvents)
     dry_run: bool = False
 
@@ -35,17 +36,26 @@ def months_ahead(now: datetime) -> list[Month]:
     return [current, current.next()]
 
 
-def keep_partitions_ahead(transactions: Transactions, now: datetime, *, dry_run: bool = False) -> PartitionUpkeep:
+def keep_partitions_ahead(transactions: Transactions, now: datetime, *, dry_run: bool = False,
+                          lock_timeout_seconds: int = 10) -> PartitionUpkeep:
     """Create the current and next month's partitions if missing (each in its own transaction, with
     its rows moved out of the default partition), then count the default partition's events. A dry
-    run creates nothing and reports what it would create."""
+    run creates nothing and reports what it would create. A partition that cannot be made now (its
+    lock not granted in time) is reported and left to the next run: its events go to the default
+    partition meanwhile, billed all the same."""
     upkeep = PartitionUpkeep(dry_run=dry_run)
     for month in months_ahead(now):
-        with transactions() as conn:
-            if dry_run:
-                upkeep.created += [store.CreatedPartition(m, 0) for m in store.missing_partitions(conn, [month])]
-            elif (created := store.create_month_partition(conn, month)) is not None:
-                upkeep.created.append(created)
+        try:
+            with transactions() as conn:
+                if dry_run:
+                    upkeep.created += [store.CreatedPartition(m, 0) for m in store.missing_partitions(conn, [month])]
+                elif (created := store.create_month_partition(conn, month,
+                                                              lock_timeout_seconds=lock_timeout_seconds)) is not None:
+                    upkeep.created.append(created)
+        except DBAPIError as exc:
+            if isinstance(exc, OperationalError) and _sqlstate(exc) != _LOCK_NOT_AVAILABLE:
+                raise  # the database is gone
+            upkeep.failed.append((month, _first_line(exc)))
     with transactions() as conn:
         upkeep.stray = store.stray_events(conn)
     return upkeep
@@ -115,6 +125,10 @@ def _sqlstate(exc: DBAPIError) -> str | None:
     return getattr(exc.orig, "sqlstate", None)
 
 
+def _first_line(exc: DBAPIError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+
+
 def refusal_reasons(record: store.MonthRecord) -> list[str]:
     """Why a month's events may not be dropped yet: every event must be rolled up and every change
     of its usage billed, it must be invoiced (every shard), and its latest reconcile over every
@@ -177,7 +191,7 @@ def prune_months(transactions: Transactions, before: Month, *, dry_run: bool, fo
                 if isinstance(exc, OperationalError) and _sqlstate(exc) != _LOCK_NOT_AVAILABLE:
                     raise  # the database is gone: the run stops (exit 4)
                 item.status = PruneStatus.FAILED
-                item.reasons = [str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)]
+                item.reasons = [_first_line(exc)]
         if on_month is not None:
             on_month(item)
     result.seconds = time.perf_counter() - started

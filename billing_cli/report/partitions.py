@@ -87,6 +87,10 @@ def partitions_created(output: Output, upkeep: PartitionUpkeep) -> None:
             moved = f", {number(created.moved_events)} events moved into it from the default partition" \
                 if created.moved_events else ""
             output.notice(f"created partition {created.name} for {created.month}{moved}")
+    for month, error in upkeep.failed:
+        output.warning(f"partition usage_events_{month.year:04d}_{month.month:02d} for {month} not created: {error}; "
+                       "the next aggregate-hourly run (or billing db upgrade) retries; its events go to the default "
+                       "partition meanwhile, billed all the same")
 
 
 def default_partition_warning(stray: StrayEvents) -> str:
