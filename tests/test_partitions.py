@@ -306,6 +306,10 @@ def test_a_dry_run_shows_the_plan_and_changes_nothing(billed_months, engine) -> 
     assert report["dry_run"] is True and report["counts"]["pruned"] == 1 and report["counts"]["events"] == 3
     assert [(m["month"], m["partition"], m["status"]) for m in report["months"]] == [
         ("2024-01", "usage_events_2024_01", "pruned")]
+    rich = run(billed_months, "usage", "prune", "--before", "2024-02", "--dry-run", "--rich")
+    assert rich.exit_code == 0, rich.output
+    assert "✅ 2024-01  would drop usage_events_2024_01: 3 events rolled up" in rich.output
+    assert "1 of 1 month(s) before 2024-02 would be dropped" in rich.output and "(dry run: nothing dropped)" in rich.output
     with engine.connect() as conn:
         assert table_snapshot(conn, "usage_events", "usage_hourly", "invoices", "usage_pruned_months") == before
         assert exists(conn, "usage_events_2024_01")

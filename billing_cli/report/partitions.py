@@ -48,7 +48,7 @@ class PruneScreen:
                                bytes=item.partition.bytes,
                                **({"reasons": "; ".join(item.reasons)} if item.reasons else {}))
             return
-        what = f"{item.partition.name}: {number(item.partition.events)} events, {size(item.partition.bytes)}"
+        what = f"{item.partition.name}: {number(item.partition.events)} events rolled up, {size(item.partition.bytes)}"
         if status == "pruned":
             forced = f" (forced: {'; '.join(item.reasons)})" if item.reasons else ""
             verb = "would drop" if dry_run else "dropped"
@@ -73,7 +73,7 @@ def prune_summary(output: Output, result: PruneResult) -> None:
     mark = "✅" if not result.failed else "❌"
     verb = "would be dropped" if result.dry_run else "dropped"
     output.line(f"{mark} {fields['pruned']} of {fields['months']} month(s) before {result.before} {verb}: "
-                f"{number(fields['events'])} events, {size(fields['bytes'])}; {fields['failed']} failed; "
+                f"{number(fields['events'])} events (as rolled up), {size(fields['bytes'])}; {fields['failed']} failed; "
                 f"hourly roll-ups kept; {fields['seconds']} s"
                 f"{'  (dry run: nothing dropped)' if result.dry_run else ''}")
 
