@@ -18,9 +18,11 @@ from typer.testing import CliRunner
 from billing_cli.cli import app
 from billing_cli.db.migrate import HEAD, upgrade
 from billing_cli.errors import ExitCode
+from billing_cli.db.partitions import drop_month_partition
 from billing_cli.jobs.partitions import keep_partitions_ahead
 from billing_cli.periods import Month, utc_now
 from tests.data import PLANS, add_event, add_org, hourly_rows, set_plan, table_snapshot, utc
+from tests.test_json_output import assert_valid
 
 runner = CliRunner()
 
@@ -196,6 +198,7 @@ def test_aggregate_hourly_makes_partitions_ahead_and_reports_the_default_partiti
 
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
+    assert_valid("aggregate-hourly", report)
     assert report["counts"]["default_partition_events"] == 4 and report["counts"]["events"] == 3
     assert report["default_partition"] == {"events": 4, "months": {"2024-01": 3, "2024-03": 1}}
     assert f"created partition {name}" in result.stderr
@@ -247,9 +250,11 @@ def billed_months(db_url, engine, tmp_path, clean_env):
                           "billing_usage_events_partition('2024-02-01')"))
         add_org(conn, "acme")
         set_plan(conn, "acme", "pro")
-        for day in (10, 11, 12):
-            add_event(conn, "acme", "api_calls", "100", utc(2024, 1, day, 9), key=f"jan-{day}")
-            add_event(conn, "acme", "api_calls", "50", utc(2024, 2, day, 9), key=f"feb-{day}")
+        for day in (10, 11, 12):  # received as they occurred, long ago
+            add_event(conn, "acme", "api_calls", "100", utc(2024, 1, day, 9), key=f"jan-{day}",
+                      received_at=utc(2024, 1, day, 9, 1))
+            add_event(conn, "acme", "api_calls", "50", utc(2024, 2, day, 9), key=f"feb-{day}",
+                      received_at=utc(2024, 2, day, 9, 1))
     assert run(db_url, "aggregate-hourly", "--from", "2024-01-10T09", "--to", "2024-01-12T09").exit_code == 0
     assert run(db_url, "aggregate-hourly", "--from", "2024-02-10T09", "--to", "2024-02-12T09").exit_code == 0
     for month in ("2024-01", "2024-02"):
@@ -261,7 +266,9 @@ def billed_months(db_url, engine, tmp_path, clean_env):
 def prune(db_url: str, *args: str):
     result = run(db_url, "usage", "prune", "--json", *args)
     assert result.stdout.startswith("{"), (result.exit_code, result.output, result.exception)
-    return result, json.loads(result.stdout)
+    report = json.loads(result.stdout)
+    assert_valid("usage-prune", report)
+    return result, report
 
 
 def events_in(conn, month: str) -> int:
@@ -379,6 +386,22 @@ def test_a_month_after_the_pruned_one_is_still_billed_and_reconciled_right(bille
         total = conn.execute(text("SELECT total::text FROM invoices WHERE period_start = '2024-02-01' "
                                   "AND status <> 'void'")).scalar_one()
     assert total == "11.75"
+
+
+def test_an_event_arriving_between_the_check_and_the_drop_stops_that_drop(billed_months, engine) -> None:
+    from billing_cli.db.partitions import MonthChanged, database_now, month_partitions
+
+    with engine.begin() as conn:
+        checked_at = database_now(conn)
+        [january] = month_partitions(conn, before=Month(2024, 2))
+    with engine.begin() as conn:  # a late event, after the check that allowed the month
+        add_event(conn, "acme", "api_calls", "1", utc(2024, 1, 25, 9), key="in-between")
+    with pytest.raises(MonthChanged, match="events of 2024-01 arrived or were edited while it was being pruned"), \
+            engine.begin() as conn:
+        drop_month_partition(conn, january, forced=False, recheck_since=checked_at)
+    with engine.connect() as conn:
+        assert exists(conn, "usage_events_2024_01") and events_in(conn, "2024-01") == 4
+        assert conn.execute(text("SELECT count(*) FROM usage_pruned_months")).scalar_one() == 0
 
 
 def test_force_drops_a_month_that_is_not_reconciled_and_says_so(billed_months, engine) -> None:

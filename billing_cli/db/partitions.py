@@ -142,13 +142,30 @@ def month_record(conn: Connection, month: Month, invoicing_jobs: list[str], reco
     return MonthRecord(shards, last.status if last else None, revised, len(stale_hours(conn, month)), unbilled)
 
 
+class MonthChanged(Exception):
+    """Events of a month being pruned arrived or were edited after the month was checked."""
+
+
 def drop_month_partition(conn: Connection, partition: MonthPartition, *, forced: bool,
-                         lock_timeout_seconds: int = 10) -> None:
+                         recheck_since: datetime | None, lock_timeout_seconds: int = 10) -> None:
     """Drop the month's events (one catalog change, no row-by-row DELETE, no trigger), record the
     month as pruned, and forget edits of its hours that no roll-up has seen. Its roll-ups stay.
     Dropping needs a moment's exclusive lock on usage_events: it waits at most the timeout rather
-    than hold every producer's insert queued behind it."""
+    than hold every producer's insert queued behind it. Once the lock is held nothing can change,
+    and the month is checked again cheaply since `recheck_since` (the check that allowed it; None
+    with --force): an event that arrived meanwhile (by the BRIN index on received_at, with an hour
+    of margin for producers' transactions still open then) or an in-place edit raises MonthChanged.
+    `forced`: recorded, the month was dropped without being invoiced and reconciled."""
     conn.execute(text(f"SET LOCAL lock_timeout = '{int(lock_timeout_seconds)}s'"))
+    conn.execute(text("LOCK TABLE usage_events IN ACCESS EXCLUSIVE MODE"))
+    window = {"start": partition.month.start, "end": partition.month.end, "since": recheck_since}
+    if recheck_since is not None and conn.execute(text("""
+        SELECT EXISTS (SELECT 1 FROM usage_events WHERE occurred_at >= :start AND occurred_at < :end
+                       AND received_at >= CAST(:since AS timestamptz) - interval '1 hour')
+            OR EXISTS (SELECT 1 FROM usage_event_changes WHERE hour_start >= :start AND hour_start < :end)
+    """), window).scalar_one():
+        raise MonthChanged(f"events of {partition.month} arrived or were edited while it was being pruned: let "
+                           "aggregate-hourly roll them up, then prune again")
     conn.execute(text("""
         INSERT INTO usage_pruned_months (period_start, events, bytes, forced) VALUES (:day, :events, :bytes, :forced)
         ON CONFLICT (period_start) DO UPDATE SET pruned_at = now(), events = EXCLUDED.events,
@@ -172,6 +189,10 @@ def refuse_pruned_hour(conn: Connection, hour: datetime) -> None:
     if is_pruned(conn, month):
         raise MonthPruned(f"the events of {month} were pruned (billing usage prune): its hourly roll-ups are kept "
                           "as they are and cannot be computed again")
+
+
+def database_now(conn: Connection) -> datetime:
+    return conn.execute(text("SELECT now()")).scalar_one()
 
 
 def is_pruned(conn: Connection, month: Month) -> bool:

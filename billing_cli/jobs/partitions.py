@@ -149,16 +149,18 @@ def refusal_reasons(record: store.MonthRecord) -> list[str]:
     return reasons
 
 
-def plan_prune(transactions: Transactions, before: Month, *, force: bool) -> list[MonthPrune]:
-    """Every monthly partition before `before`, oldest first, with why it may not be dropped."""
+def plan_prune(transactions: Transactions, before: Month, *, force: bool) -> tuple[list[MonthPrune], datetime]:
+    """Every monthly partition before `before`, oldest first, with why it may not be dropped; and
+    the database's time of the check."""
     with transactions() as conn:
+        checked_at = store.database_now(conn)
         plan = [MonthPrune(p) for p in store.month_partitions(conn, before=before)]
         for item in plan:
             record = store.month_record(conn, item.month, list(MONTHLY_JOBS), Job.RECONCILE)
             item.reasons = refusal_reasons(record)
             if item.reasons and not force:
                 item.status = PruneStatus.REFUSED
-    return plan
+    return plan, checked_at
 
 
 def prune_months(transactions: Transactions, before: Month, *, dry_run: bool, force: bool,
@@ -167,7 +169,8 @@ def prune_months(transactions: Transactions, before: Month, *, dry_run: bool, fo
     partition is dropped (Refused). Each drop is its own transaction, so a failed one (its lock not
     granted in time) leaves the others done and a rerun retries it. A dry run drops nothing."""
     started = time.perf_counter()
-    result = PruneResult(before, dry_run, force, plan_prune(transactions, before, force=force))
+    plan, checked_at = plan_prune(transactions, before, force=force)
+    result = PruneResult(before, dry_run, force, plan)
     refused = [m for m in result.months if m.status == PruneStatus.REFUSED]
     if refused:
         for item in result.months:
@@ -186,7 +189,11 @@ def prune_months(transactions: Transactions, before: Month, *, dry_run: bool, fo
         if not dry_run:
             try:
                 with transactions() as conn:
-                    store.drop_month_partition(conn, item.partition, forced=bool(item.reasons))
+                    store.drop_month_partition(conn, item.partition, forced=bool(item.reasons),
+                                               recheck_since=None if force else checked_at)
+            except store.MonthChanged as exc:
+                item.status = PruneStatus.FAILED
+                item.reasons = [str(exc)]
             except DBAPIError as exc:
                 if isinstance(exc, OperationalError) and _sqlstate(exc) != _LOCK_NOT_AVAILABLE:
                     raise  # the database is gone: the run stops (exit 4)
