@@ -185,6 +185,7 @@ app.add_typer(cli_admin.db_app, name="db")
 app.add_typer(cli_admin.plans_app, name="plans")
 app.add_typer(cli_admin.taxes_app, name="taxes")
 app.add_typer(cli_admin.invoices_app, name="invoices")
+app.add_typer(cli_admin.usage_app, name="usage")
 
 
 def main() -> None:

@@ -16,6 +16,8 @@ from .outcomes import Job
 commands = typer.Typer()  # merged into the main app (cli.py)
 db_app = typer.Typer(help="Database schema: migrations and revision.", no_args_is_help=True, cls=CommandGroup,
                      context_settings=CONTEXT_SETTINGS)
+usage_app = typer.Typer(help="Raw usage events: retention of usage_events' monthly partitions.", no_args_is_help=True,
+                        cls=CommandGroup, context_settings=CONTEXT_SETTINGS)
 plans_app = typer.Typer(help="Price plans, managed as code in a TOML file.", no_args_is_help=True, cls=CommandGroup,
                         context_settings=CONTEXT_SETTINGS)
 taxes_app = typer.Typer(help="Tax rates, versioned, managed as code in a TOML file.", no_args_is_help=True,
@@ -28,7 +30,8 @@ invoices_app = typer.Typer(help="Issued invoices: void one (a credit note is iss
 def runs(
     ctx: typer.Context,
     job: Annotated[Job | None, typer.Option(
-        metavar="JOB", help="Only this job: aggregate-hourly, invoice-monthly, legacy-run, reconcile or invoices-void.")] = None,
+        metavar="JOB",
+        help="Only this job: aggregate-hourly, invoice-monthly, legacy-run, reconcile, invoices-void or usage-prune.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, metavar="N", help="How many runs, newest first.")] = 20,
     as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
@@ -189,6 +192,33 @@ def db_current(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOpti
         else:
             schema_revision_line(cmd.output, state)
         exit_with(ExitCode.OK if state.up_to_date else ExitCode.SCHEMA_OUTDATED)
+
+
+@usage_app.command("prune")
+def usage_prune(
+    ctx: typer.Context,
+    before: Annotated[str, typer.Option(
+        metavar="YYYY-MM", help="Drop the raw events of every month strictly before this one.")],
+    force: Annotated[bool, typer.Option(
+        help="Also drop months that are not invoiced and reconciled (their roll-ups still stay).")] = False,
+    dry_run: DryRunOption = None, as_json: JsonOption = False, plain: PlainOption = None,
+    log_format: LogFormatOption = None,
+) -> None:
+    """Drop usage_events' monthly partitions before a month: whole partitions, no DELETE. The hourly
+    roll-ups (usage_hourly) stay, so invoices and reconcile of those months still add up.
+
+    Refuses (exit 8, nothing dropped) while one of those months is not invoiced and reconciled with
+    nothing changed since, unless --force. Recorded in `billing runs` as usage-prune.
+
+    Example: billing usage prune --before 2025-01 --dry-run
+    """
+    from .report.partitions import PruneScreen, prune_summary
+    from .runs.partitions import PruneRequest, run_usage_prune
+
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
+    with failures_to_exit_codes(cmd.output):
+        request = PruneRequest(before=before, dry_run=dry_run, force=force)
+        end_run(cmd, run_usage_prune(request, PruneScreen(cmd.output)), prune_summary)
 
 
 @plans_app.command("apply")

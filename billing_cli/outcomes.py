@@ -13,6 +13,7 @@ class Job(StrEnum):
     LEGACY_RUN = "legacy-run"
     RECONCILE = "reconcile"
     INVOICES_VOID = "invoices-void"  # an operator voids one invoice (and credits it, if it was sent)
+    USAGE_PRUNE = "usage-prune"
 
 
 MONTHLY_JOBS = (Job.INVOICE_MONTHLY, Job.LEGACY_RUN)  # either one bills a month

@@ -22,6 +22,7 @@ from enum import StrEnum
 
 from ..db import credit_note_store, reconcile_store
 from ..db.engine import Transactions
+from ..db.partitions import is_pruned
 from ..delivery.payments import PaymentError, PaymentGateway
 from ..delivery.storage import FileStore, StorageError
 from ..errors import PeerUnavailable
@@ -119,7 +120,8 @@ def reconcile_month(transactions: Transactions, month: Month, checks: Checks, *,
             on_difference(difference)
 
     with transactions() as conn:
-        for row in reconcile_store.usage_differences(conn, month, ids):
+        pruned = is_pruned(conn, month)  # `billing usage prune` dropped its events; the roll-ups stay
+        for row in reconcile_store.usage_differences(conn, month, ids, events_pruned=pruned):
             result.checked["usage_rows_differing"] += 1
             for difference in _usage(row):
                 found(difference)

@@ -5,15 +5,15 @@ far its delivery got (PDF, S3, e-mail; its Stripe side is the void invoice's `st
 One credit note per invoice at most: a unique constraint on `invoice_id`, so no rerun, crash or
 race can ever credit an invoice twice.
 
-Revision ID: 0012_credit_notes
-Revises: 0008_customer_billing_details
+Revision ID: 0010_credit_notes
+Revises: 0009_taxes
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012_credit_notes"
-down_revision = "0010_taxes"
+revision = "0010_credit_notes"
+down_revision = "0009_taxes"
 branch_labels = None
 depends_on = None
 
