@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 
+from .anchors import BillingPeriod
 from .periods import Month
 from .pricing import InvoiceLine
 
@@ -52,6 +53,20 @@ class InvoiceDocument:
     replaces: str | None = None  # the number of the (now void) invoice this one was regenerated from
     bill_to_address: tuple[str, ...] = ()  # the customer's postal address, as printed (snapshot at issue)
     bill_to_tax_id: str | None = None  # the customer's VAT / tax id (snapshot at issue)
+    bounds: BillingPeriod | None = None  # the period billed; None: the calendar month `period`
+
+    @property
+    def billing_period(self) -> BillingPeriod:
+        return self.bounds or BillingPeriod.calendar(self.period)
+
+    @property
+    def period_text(self) -> str:
+        """How documents print the period: `2024-01-01 to 2024-01-31` for a calendar month, else
+        `15 Jan – 14 Feb 2024` (both days inclusive)."""
+        period = self.billing_period
+        if period.is_calendar_month:
+            return f"{self.period.first_day.isoformat()} to {self.period.last_day.isoformat()}"
+        return period.label
 
     @property
     def subtotal(self) -> Decimal:

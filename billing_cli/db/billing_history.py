@@ -13,6 +13,7 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
+from ..anchors import BillingPeriod
 from ..composition import PeriodRecord
 from ..periods import Month
 from ..pricing import CREDIT_KINDS, PricePlan, plan_from_snapshot
@@ -93,12 +94,17 @@ def _period_records(conn: Connection, pairs: list[tuple[str, Month]], month: Mon
         SELECT c.org, c.start, r.revision, h.metric, h.quantity
         FROM unnest(CAST(:orgs AS varchar[]), CAST(:starts AS date[])) AS c(org, start)
         LEFT JOIN usage_revisions r ON r.organization_id = c.org AND r.period_start = c.start
+        -- the period as its live invoice billed it (an anchored one is not the calendar month)
+        LEFT JOIN LATERAL (
+            SELECT i.period_start, i.period_end FROM invoices i
+            WHERE i.organization_id = c.org AND i.billing_month = c.start AND i.status <> 'void' LIMIT 1) b ON true
         LEFT JOIN LATERAL (
             -- c.start <> :period inside: a one-time filter that skips the scan (a join filter would
             -- read every hour of the invoiced month, then drop it)
             SELECT u.metric, sum(u.quantity) AS quantity FROM usage_hourly u
             WHERE c.start <> :period AND u.organization_id = c.org
-              AND u.hour_start >= c.start AND u.hour_start < c.start + interval '1 month'
+              AND u.hour_start >= coalesce(b.period_start, c.start)
+              AND u.hour_start < coalesce(b.period_end, c.start + interval '1 month')
             GROUP BY u.metric) h ON true
     """), {"orgs": orgs, "starts": starts, "period": month.first_day}):
         key = (row.org, Month.containing_date(row.start))
@@ -120,6 +126,7 @@ def _period_records(conn: Connection, pairs: list[tuple[str, Month]], month: Mon
 
     billed_usage: dict[tuple[str, Month], dict[int, dict[str, Decimal]]] = defaultdict(lambda: defaultdict(dict))
     plans: dict[tuple[str, Month], PricePlan] = {}
+    bounds: dict[tuple[str, Month], BillingPeriod] = {}
     for row in conn.execute(text("""
         SELECT i.organization_id AS org, u.period_start, i.id, u.metric, u.quantity
         FROM unnest(CAST(:orgs AS varchar[]), CAST(:starts AS date[])) AS c(org, start)
@@ -128,12 +135,14 @@ def _period_records(conn: Connection, pairs: list[tuple[str, Month]], month: Mon
     """), {"orgs": orgs, "starts": starts}):
         billed_usage[(row.org, Month.containing_date(row.period_start))][row.id][row.metric] = Decimal(row.quantity)
     for row in conn.execute(text("""
-        SELECT i.organization_id AS org, i.period_start, i.plan_snapshot
+        SELECT i.organization_id AS org, i.billing_month, i.period_start, i.period_end, i.plan_snapshot
         FROM unnest(CAST(:orgs AS varchar[]), CAST(:starts AS date[])) AS c(org, start)
-        JOIN invoices i ON i.organization_id = c.org AND i.period_start = c.start AND i.status <> 'void'
-        WHERE i.plan_snapshot IS NOT NULL
+        JOIN invoices i ON i.organization_id = c.org AND i.billing_month = c.start AND i.status <> 'void'
     """), {"orgs": orgs, "starts": starts}):
-        plans[(row.org, Month.containing_date(row.period_start))] = plan_from_snapshot(row.plan_snapshot)
+        key = (row.org, Month.containing_date(row.billing_month))
+        bounds[key] = BillingPeriod(key[1], row.period_start, row.period_end)
+        if row.plan_snapshot is not None:
+            plans[key] = plan_from_snapshot(row.plan_snapshot)
 
     covered: dict[tuple[str, Month], int] = {}
     for row in conn.execute(text("""
@@ -146,6 +155,6 @@ def _period_records(conn: Connection, pairs: list[tuple[str, Month]], month: Mon
         covered[(row.org, Month.containing_date(row.start))] = row.revision
 
     return {key: (PeriodRecord(key[1], usage.get(key, {}), dict(billed.get(key, {})),
-                               dict(billed_usage.get(key, {})), plans.get(key)), revision.get(key, 0),
+                               dict(billed_usage.get(key, {})), plans.get(key), bounds.get(key)), revision.get(key, 0),
                   covered.get(key, 0))
             for key in pairs}

@@ -97,7 +97,7 @@ def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller
         opening,
         "",
         f"  Invoice number: {doc.number}",
-        f"  Billing period: {doc.period.first_day} to {doc.period.last_day}",
+        f"  Billing period: {doc.period_text}",
         f"  Total due:      {total}",
         f"  Due date:       {doc.due_date}",
     ]
@@ -116,7 +116,7 @@ def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller
 <p>{html.escape(opening)}</p>
 <table cellpadding="4">
 <tr><td>Invoice number</td><td><b>{html.escape(doc.number)}</b></td></tr>
-<tr><td>Billing period</td><td>{doc.period.first_day} to {doc.period.last_day}</td></tr>
+<tr><td>Billing period</td><td>{html.escape(doc.period_text)}</td></tr>
 <tr><td>Total due</td><td><b>{html.escape(total)}</b></td></tr>
 <tr><td>Due date</td><td>{doc.due_date}</td></tr>
 </table>

@@ -59,6 +59,7 @@ class StripeLine:
     line_no: int
     amount: int  # in Stripe's units for the currency (money.to_stripe_amount)
     description: str
+    period: tuple[int, int] | None = None  # the period the line bills, as Unix times [start, end)
 
 
 class PaymentGateway(Protocol):
@@ -315,7 +316,8 @@ class StripeGateway:
         return self._invoice(self._request(
             "invoice lines", "post", f"/v1/invoices/{_path(stripe_invoice_id)}/add_lines",
             lines=[{"amount": line.amount, "description": line.description[:500],
-                    "metadata": {"billing_invoice_id": str(invoice_id), "line_no": str(line.line_no)}}
+                    "metadata": {"billing_invoice_id": str(invoice_id), "line_no": str(line.line_no)},
+                    **({"period": {"start": line.period[0], "end": line.period[1]}} if line.period else {})}
                    for line in lines],
             idempotency_key=f"billing-invoice-{invoice_id}-lines-{first}-{last}"))
 

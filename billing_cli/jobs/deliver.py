@@ -30,9 +30,11 @@ from ..delivery.mailer import MailError
 from ..delivery.payments import PaymentError, PaymentGateway, StripeInvoiceDetail, StripeLine
 from ..delivery.ports import Deliveries
 from ..delivery.storage import StorageError, object_key
+from ..anchors import BillingPeriod
 from ..invoices import InvoiceDocument, Seller
 from ..money import to_stripe_amount
 from ..outcomes import Component, Step
+from ..periods import Month
 
 # Stripe keeps idempotency keys for about 24 hours; past this age a retry could create a second
 # draft, so we look the invoice up by our metadata before creating one.
@@ -132,7 +134,8 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: St
                                transient=False)
 
     expected = to_stripe_amount(document.total, document.currency)
-    ours = [StripeLine(n, to_stripe_amount(line.amount, document.currency), line.description)
+    ours = [StripeLine(n, to_stripe_amount(line.amount, document.currency), line.description,
+                       _line_period(document, line.period))
             for n, line in enumerate(document.lines, start=1)]
     status = "draft" if remote is None else remote.status
     if status == "draft":
@@ -180,3 +183,9 @@ def _check_total(stripe_total: int, expected: int, currency: str, document: Invo
         raise PaymentError(f"Stripe invoice total {stripe_total} {currency.upper()} differs from ours {expected} "
                            f"{document.currency} (minor units): not finalized, check the Stripe draft",
                            transient=False)
+
+
+def _line_period(document: InvoiceDocument, month: Month | None) -> tuple[int, int]:
+    """The period a line bills, for Stripe: the invoice's own period, or the month an adjustment is for."""
+    period = document.billing_period if month is None or month == document.period else BillingPeriod.calendar(month)
+    return int(period.start.timestamp()), int(period.end.timestamp())

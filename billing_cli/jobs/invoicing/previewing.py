@@ -45,7 +45,7 @@ class Previewing:
                                        invoice.lines, invoice.total, preview=True,
                                        replaces=plan.existing.number if plan.existing is not None else None,
                                        bill_to_address=org.billing.postal_lines(),
-                                       bill_to_tax_id=org.billing.printed_tax_id)
+                                       bill_to_tax_id=org.billing.printed_tax_id, bounds=invoice.bounds)
             outcome.number, outcome.currency, outcome.total = document.number, invoice.currency, invoice.total
             render(document, options, outcome)
         except Exception as exc:  # as in a real run: one organization's bug is reported, not fatal
