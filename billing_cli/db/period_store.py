@@ -64,3 +64,14 @@ def any_anchored(conn: Connection) -> bool:
     return bool(conn.execute(text(
         "SELECT EXISTS (SELECT 1 FROM organizations WHERE billing_anchor_day IS NOT NULL "
         "OR billing_anchor_previous IS NOT NULL)")).scalar_one())
+
+
+def latest_period_end(conn: Connection, at_or_before: datetime) -> datetime:
+    """The latest moment, at or before `at_or_before`, at which some organization's period ended:
+    the 1st of its month for calendar months, else an anchored period's end (of the periods that
+    start in the two months before)."""
+    month = Month.containing(at_or_before)
+    ends = [month.start]
+    for earlier in (month.prev(), month.prev().prev()):
+        ends += [p.end for p in anchored_periods(conn, earlier).periods.values()]
+    return max(end for end in ends if end <= at_or_before)

@@ -60,7 +60,7 @@ def job_health(now: datetime, notice: Notice) -> list:
 
     settings = load_settings()
     thresholds = Thresholds(timedelta(hours=settings.status_aggregate_max_age_hours),
-                            settings.status_invoice_deadline_day,
+                            timedelta(hours=settings.status_invoice_grace_hours),
                             timedelta(hours=settings.status_stuck_after_hours))
     with open_database(settings, notice=notice) as db, db.engine.connect() as conn:
         return job_statuses(conn, now, thresholds)
