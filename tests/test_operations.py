@@ -219,7 +219,8 @@ def test_a_run_limited_to_some_organizations_never_makes_a_failed_month_look_hea
         gateway.stop()
     problems = monthly["invoice-monthly"].problems
     assert problems[0].startswith("last run (2024-01) partial")
-    assert "2024-01 is not invoiced successfully yet (deadline: day 2 of 2024-02)" in problems
+    assert ("the billing periods that ended at 2024-02-01 00:00Z (starting in 2024-01) are not invoiced "
+            "successfully yet, 48 h 0 min later (grace: 24 h)") in problems
     whole = 'instance="",job="billing-invoice-monthly",shard="all"'
     assert f"billing_last_run_success{{{whole}}} 0" in metrics  # the --org run did not overwrite it
     assert 'billing_last_run_success{instance="",job="billing-invoice-monthly",shard="targeted"} 1' in metrics
