@@ -29,7 +29,7 @@ from billing_cli.invoices import Seller
 from billing_cli.jobs.invoicing import InvoiceOptions, invoice_due, invoice_month
 from billing_cli.periods import HOUR, Month
 from billing_cli.plan_file import parse_plans
-from tests.data import PLANS, add_org, add_usage, set_plan, table_snapshot, utc
+from tests.data import PLANS, add_event, add_org, add_usage, set_plan, table_snapshot, utc
 
 JAN, FEB, MAR = Month(2024, 1), Month(2024, 2), Month(2024, 3)
 SELLER = Seller("Example Cloud Ltd", ("1 Example Street", "London"), "GB123")
@@ -355,3 +355,57 @@ def test_a_period_not_ended_is_left_for_a_later_run_unless_forced(plans) -> None
     assert early.organizations_found == 0 and early.not_due == 1 and invoices(engine) == {}
     forced = invoice_month(engine.begin, replace(options(JAN, None), issue_date=date(2024, 2, 10)))
     assert forced.statuses == {"invoiced": 1}
+
+
+def test_a_plan_change_takes_effect_at_the_next_period_boundary_unless_given_a_time(plans, db_url, tmp_path) -> None:
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "calendar", None)
+        org(conn, "a15", 15)
+    dearer = tmp_path / "plans.toml"
+    dearer.write_text(PLANS.replace("base_fee = 10", "base_fee = 20"))
+    # Applied now (December 2026): every period of 2024 started before, so keeps the fee of 10.
+    applied = runner.invoke(app, ["plans", "apply", str(dearer)], env={"DATABASE_URL": db_url})
+    assert applied.exit_code == 0, applied.output
+    invoice_month(engine.begin, options(JAN, utc(2024, 3, 1)))
+    assert {o: rows[-1][4] for o, rows in invoices(engine).items()} == {"calendar": D("10.00"), "a15": D("10.00")}
+    # In force from 1 February 2024: periods starting from then pay 20, 15 Jan - 14 Feb still 10.
+    cheaper_then_dearer = runner.invoke(app, ["plans", "apply", str(dearer), "--effective", "2024-02-01"],
+                                        env={"DATABASE_URL": db_url})
+    assert cheaper_then_dearer.exit_code == 0, cheaper_then_dearer.output
+    invoice_month(engine.begin, options(FEB, utc(2024, 4, 1)))
+    assert {o: [r[4] for r in rows] for o, rows in invoices(engine).items()} == {
+        "calendar": [D("10.00"), D("20.00")], "a15": [D("10.00"), D("20.00")]}
+    with engine.connect() as conn:
+        versions = conn.execute(text("SELECT effective_from, snapshot->>'base_fee' FROM price_plan_versions "
+                                     "WHERE plan_id = 'pro' ORDER BY effective_from")).all()
+    assert [(v[0].year, v[1]) for v in versions][:2] == [(1970, "10"), (2024, "20")]
+    assert versions[-1][0].year == 2026 and len(versions) == 3  # the first apply: from when it was applied
+    bad = runner.invoke(app, ["plans", "apply", str(dearer), "--effective", "March"], env={"DATABASE_URL": db_url})
+    assert bad.exit_code == 2 and "--effective 'March' is not an hour" in bad.output
+
+
+def test_reconcile_compares_an_anchored_period_with_what_its_invoice_billed(plans, db_url) -> None:
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "a15", 15)
+        for n, at in enumerate((utc(2024, 1, 10, 8), utc(2024, 1, 20, 8), utc(2024, 2, 3, 8), utc(2024, 2, 20, 8))):
+            add_event(conn, "a15", "api_calls", "100", at, key=f"e{n}")
+    rolled = runner.invoke(app, ["aggregate-hourly", "--from", "2024-01-01T00", "--to", "2024-02-29T23"],
+                           env={"DATABASE_URL": db_url})
+    assert rolled.exit_code == 0, rolled.output
+    result = invoice_month(engine.begin, options(JAN, utc(2024, 3, 1)))
+    assert result.statuses == {"invoiced": 1}
+    # 15 Jan - 14 Feb: 10 + (20 Jan, 3 Feb) 200 × 0.01 = 12.00; and the period before, 15 Dec - 14 Jan,
+    # never invoiced, is adjusted on it (like any earlier month's unbilled usage): its fee 10 and the
+    # 100 calls of 10 Jan, 1.00: 23.00.
+    assert invoices(engine)["a15"][0][4] == D("23.00")
+    with engine.connect() as conn:
+        lines = [tuple(r) for r in conn.execute(text("SELECT description, amount FROM invoice_lines ORDER BY line_no"))]
+    assert lines == [("Pro plan, monthly fee", D("10.00")), ("API calls: units 1 to 1,000", D("2.00")),
+                     ("Adjustment for 15 Dec 2023 – 14 Jan 2024: API calls, +100 units (100 in all)", D("1.00")),
+                     ("Adjustment for 15 Dec 2023 – 14 Jan 2024: Pro plan, monthly fee", D("10.00"))]
+    for month in ("2024-01", "2023-12"):  # each period: events, roll-up and invoices agree
+        check = runner.invoke(app, ["reconcile", "--month", month, "--json"], env={"DATABASE_URL": db_url})
+        assert check.exit_code == 0, check.output
+        assert json.loads(check.stdout)["counts"]["differences"] == 0

@@ -10,7 +10,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, text
 
 from ..addresses import BillingDetails
-from ..anchors import BillingPeriod
+from ..anchors import Anchor, BillingPeriod
 from ..periods import Month
 
 
@@ -31,6 +31,7 @@ class OrganizationRow:
     billing: BillingDetails = BillingDetails()  # postal address and tax id printed on its invoices
     period: BillingPeriod | None = None  # its period of the month, when not the calendar month (anchors.py)
     period_problem: str | None = None  # why its period cannot be computed (a data error)
+    anchor: Anchor | None = None  # its anchor day and last change, when it has (or had) one
 
     @property
     def active(self) -> bool:
@@ -196,7 +197,8 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
         SELECT o.id, o.name, o.email, o.currency, o.price_plan_id, o.stripe_customer_id, o.status, o.created_at,
                o.status_changed_at, coalesce(r.revision, 0) AS revision, sc.name AS sc_name,
                sc.email AS sc_email, o.billing_address_line1, o.billing_address_line2, o.billing_postal_code,
-               o.billing_city, o.billing_region, o.billing_country, o.tax_id, o.tax_exempt, u.metric, u.quantity
+               o.billing_city, o.billing_region, o.billing_country, o.tax_id, o.tax_exempt, o.billing_anchor_day,
+               o.billing_anchor_previous, o.billing_anchor_changed_at, u.metric, u.quantity
         FROM organizations o
         LEFT JOIN (SELECT organization_id, metric, sum(quantity) AS quantity FROM ({source}) s GROUP BY 1, 2) u
                ON u.organization_id = o.id
@@ -223,7 +225,11 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
                                   BillingDetails(row.billing_address_line1, row.billing_address_line2,
                                                  row.billing_postal_code, row.billing_city, row.billing_region,
                                                  row.billing_country, row.tax_id, row.tax_exempt),
-                                  periods.get(row.id), (problems or {}).get(row.id))
+                                  periods.get(row.id), (problems or {}).get(row.id),
+                                  Anchor(row.billing_anchor_day, row.billing_anchor_previous,
+                                         row.billing_anchor_changed_at)
+                                  if row.billing_anchor_day is not None or row.billing_anchor_previous is not None
+                                  else None)
             current = (org, {})
         if row.metric is not None:
             current[1][row.metric] = Decimal(row.quantity)

@@ -166,14 +166,18 @@ def _plan_batch(transactions: Transactions, options: InvoiceOptions, rules: Plan
     ids = [org.id for org, _ in batch]
     with transactions() as conn:
         existing = invoice_store.live_invoices(conn, options.month, ids)
-        histories = billing_history.load_histories(conn, options.month, ids, late_months=options.late_usage_months)
-        price_plans = plan_store.load_plans(conn, sorted({o.price_plan_id for o, _ in batch if o.price_plan_id}))
+        histories = billing_history.load_histories(conn, options.month, ids, late_months=options.late_usage_months,
+                                                   anchors={o.id: o.anchor for o, _ in batch if o.anchor is not None})
+        versions = plan_store.load_plan_versions(conn, sorted({o.price_plan_id for o, _ in batch if o.price_plan_id}))
         reversals = invoice_store.pending_reversals(conn, ids)
     plans = []
     for org, usage in batch:
         stored = existing.get(org.id)
         missing_file = (stored is not None and options.output_dir is not None
                         and not options.pdf_file(options.month, stored.number).exists())
+        # Its plan as defined when its period started: a plan change waits for the next boundary.
+        in_force = versions.at(org.price_plan_id, org.billing_period(options.month).start) if org.price_plan_id else None
+        price_plans = {org.price_plan_id: in_force} if org.price_plan_id and in_force is not None else {}
         try:
             plans.append(plan_organization(org, usage, price_plans, stored, rules, history=histories[org.id],
                                            pdf_file_missing=missing_file,

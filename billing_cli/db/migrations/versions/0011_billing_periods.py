@@ -9,6 +9,9 @@
   half-open, midnight-aligned): the period itself, filled for existing invoices from their month.
 - uq_invoices_one_live_period: one live invoice per organization and period start, beside the
   existing one per organization and billing month (a period never starts in another month).
+- price_plan_versions: every definition `billing plans apply` gave a plan, from when it is in force
+  (a period is rated with the version in force when it starts). Existing plans get theirs on their
+  next change (the definition until then, in force since 1970).
 
 Revision ID: 0011_billing_periods
 Revises: 0008_customer_billing_details
@@ -16,6 +19,7 @@ Revises: 0008_customer_billing_details
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision = "0011_billing_periods"
 down_revision = "0008_customer_billing_details"
@@ -60,8 +64,17 @@ def upgrade() -> None:
     op.create_index("uq_invoices_one_live_period", "invoices", ["organization_id", "period_start"], unique=True,
                     postgresql_where=sa.text("status <> 'void'"))
 
+    op.create_table(
+        "price_plan_versions",
+        sa.Column("plan_id", sa.String(100), sa.ForeignKey("price_plans.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("effective_from", TZ, primary_key=True),
+        sa.Column("snapshot", postgresql.JSONB, nullable=False),
+        sa.Column("applied_at", TZ, nullable=False, server_default=sa.func.now()),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("price_plan_versions")
     op.drop_index("uq_invoices_one_live_period", table_name="invoices")
     op.drop_constraint("ck_invoices_period", "invoices")
     op.drop_column("invoices", "period_end")
