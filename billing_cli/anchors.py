@@ -145,7 +145,7 @@ def billing_period(month: Month, anchor: Anchor = CALENDAR, *, previous_end: dat
 class FeeShare:
     """The part of a period's base fee and minimum commitment an organization owes: `days` of
     `of_days`, by whole UTC days (the day it was created and the day it was deactivated count in
-    full). `of_days` is the period's length, or a regular period's for one that changed length."""
+    full, unless it was deactivated at midnight). `of_days` is the period's length, or a regular period's for one that changed length."""
 
     days: int
     of_days: int
@@ -175,7 +175,7 @@ def fee_share(period: BillingPeriod, *, created_at: datetime | None, active: boo
     if not active:
         if status_changed_at is None or status_changed_at <= period.start:
             return None
-        last = min(last, _day_of(status_changed_at) + DAY)
+        last = min(last, _day_end(status_changed_at))
     if first >= last:
         return None
     return FeeShare((last - first) // DAY, period.regular_days, first.date(), (last - DAY).date())
@@ -184,3 +184,9 @@ def fee_share(period: BillingPeriod, *, created_at: datetime | None, active: boo
 def _day_of(moment: datetime) -> datetime:
     moment = moment.astimezone(UTC)
     return datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
+
+
+def _day_end(moment: datetime) -> datetime:
+    """The end of the UTC day `moment` falls in (a deactivation at 00:00 ends the day before)."""
+    start = _day_of(moment)
+    return start if start == moment else start + DAY

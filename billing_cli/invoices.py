@@ -60,6 +60,12 @@ class InvoiceDocument:
         return self.bounds or BillingPeriod.calendar(self.period)
 
     @property
+    def period_name(self) -> str:
+        """The period in a sentence or a subject: `2024-01` for a calendar month, else its days."""
+        period = self.billing_period
+        return str(self.period) if period.is_calendar_month else period.label
+
+    @property
     def period_text(self) -> str:
         """How documents print the period: `2024-01-01 to 2024-01-31` for a calendar month, else
         `15 Jan – 14 Feb 2024` (both days inclusive)."""

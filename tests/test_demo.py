@@ -40,11 +40,12 @@ def test_demo_on_the_embedded_database(tmp_path) -> None:
     assert "next command=\"billing invoice-monthly --month 2024-01 --dry-run\"" in lines
     assert invoicing.startswith("summary job=invoice-monthly month=2024-01 found=7 processed=7 invoiced=6 "
                                 "already_invoiced=0 nothing_to_bill=1 failed=0")
-    # Its final invoice: 29.00 fee (active when January began) + (547,200 - 100,000 included) API
-    # calls x 0.0004 = 178.88 + 55 started packages of 100 GB x 2.50 = 137.50 -> 345.38.
+    # Its final invoice: the 29.00 fee for the 19 of January's 31 days it was active (deactivated on
+    # 20 January, 00:00): 29 x 19/31 = 17.774... -> 17.77; + (547,200 - 100,000 included) API calls
+    # x 0.0004 = 178.88 + 55 started packages of 100 GB x 2.50 = 137.50 -> 334.15.
     umbrella = next(line for line in lines if line.startswith("organization id=demo-umbrella"))
-    assert "status=invoiced" in umbrella and "total=345.38" in umbrella and "final=true" in umbrella
-    assert "revenue_EUR=625.41 revenue_USD=3848.50" in invoicing
+    assert "status=invoiced" in umbrella and "total=334.15" in umbrella and "final=true" in umbrella
+    assert "revenue_EUR=625.41 revenue_USD=3837.27" in invoicing  # 29.00 - 17.77 = 11.23 less than a full fee
     pdfs = sorted(p.name for p in (tmp_path / ".billing" / "invoices" / "2024-01").iterdir())
     assert pdfs == [f"INV-2024-01-00000{n}.pdf" for n in range(1, 7)]
     from pypdf import PdfReader

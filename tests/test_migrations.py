@@ -18,7 +18,8 @@ from tests.conftest import ROOT
 CONTRACT_TABLES = {"organizations", "usage_events", "usage_hourly"}
 BILLING_TABLES = {"aggregated_hours", "demo_organizations", "price_plans", "plan_prices", "plan_price_tiers",
                   "invoices", "invoice_lines", "invoice_number_counters", "job_runs", "alembic_version",
-                  "usage_event_changes", "usage_revisions", "invoice_usage", "invoice_periods", "stripe_customers"}
+                  "usage_event_changes", "usage_revisions", "invoice_usage", "invoice_periods", "stripe_customers",
+                  "price_plan_versions"}
 
 
 @pytest.fixture

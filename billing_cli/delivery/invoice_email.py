@@ -83,14 +83,14 @@ def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller
     numbers = NumberFormat(seller.locale)  # amounts as the PDF prints them (INVOICE_LOCALE)
     total = numbers.money(doc.total, doc.currency)
     message = EmailMessage(policy=_POLICY)
-    message["Subject"] = f"Invoice {doc.number} for {doc.period}: {total}"
+    message["Subject"] = f"Invoice {doc.number} for {doc.period_name}: {total}"
     message["From"] = sender
     user, _, domain = to_address.rpartition("@")
     message["To"] = Address(display_name=name, username=user, domain=domain)
     message["Message-ID"] = message_id(doc, sender)
     message["Date"] = format_datetime(_noon(doc))
-    opening = (f"please find attached invoice {doc.number} from {seller.name} for {doc.period}." if attach else
-               f"invoice {doc.number} from {seller.name} for {doc.period} is ready.")
+    opening = (f"please find attached invoice {doc.number} from {seller.name} for {doc.period_name}." if attach else
+               f"invoice {doc.number} from {seller.name} for {doc.period_name} is ready.")
     text = [
         f"Hello {name},",
         "",
