@@ -409,3 +409,16 @@ def test_reconcile_compares_an_anchored_period_with_what_its_invoice_billed(plan
         check = runner.invoke(app, ["reconcile", "--month", month, "--json"], env={"DATABASE_URL": db_url})
         assert check.exit_code == 0, check.output
         assert json.loads(check.stdout)["counts"]["differences"] == 0
+
+
+def test_the_run_output_names_an_anchored_period(plans, db_url) -> None:
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "a15", 15)
+        org(conn, "calendar", None)
+    plain = runner.invoke(app, ["invoice-monthly", "--month", "2024-01", "--plain", "--dry-run"],
+                          env={"DATABASE_URL": db_url})
+    assert plain.exit_code == 0, plain.output
+    lines = {line.split()[1]: line for line in plain.output.splitlines() if line.startswith("organization ")}
+    assert "period_start=2024-01-15T00:00:00Z period_end=2024-02-15T00:00:00Z" in lines["id=a15"]
+    assert "period_start" not in lines["id=calendar"]  # calendar months print as before

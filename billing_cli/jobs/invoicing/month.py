@@ -61,7 +61,8 @@ def invoice_month(
         periods = period_store.anchored_periods(conn, options.month, only=only, shard=options.shard)
         # A period that has not ended is not billed yet (a later daily run bills it): with --force, it is.
         not_due = periods.not_due(options.due_by) if options.due_by is not None else []
-        due_ends = [p.end for org, p in periods.periods.items() if org not in set(not_due)]
+        waiting = set(not_due)
+        due_ends = [p.end for org, p in periods.periods.items() if org not in waiting]
         stale = usage_store.stale_hours(conn, options.month, edited_since=options.month.minus(options.late_usage_months),
                                         until=max(due_ends, default=None))
         result.organizations_found = usage_store.count_to_invoice(conn, options.month, only=only, shard=options.shard,
