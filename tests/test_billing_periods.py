@@ -422,3 +422,27 @@ def test_the_run_output_names_an_anchored_period(plans, db_url) -> None:
     lines = {line.split()[1]: line for line in plain.output.splitlines() if line.startswith("organization ")}
     assert "period_start=2024-01-15T00:00:00Z period_end=2024-02-15T00:00:00Z" in lines["id=a15"]
     assert "period_start" not in lines["id=calendar"]  # calendar months print as before
+
+
+def test_an_anchor_day_outside_1_to_31_is_refused_by_the_database(plans) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    with plans.begin() as conn:
+        org(conn, "odd", None)
+    for day in (0, 32):
+        with pytest.raises(IntegrityError, match="ck_organizations_billing_anchor_day"), plans.begin() as conn:
+            conn.execute(text("UPDATE organizations SET billing_anchor_day = :d WHERE id = 'odd'"), {"d": day})
+
+
+def test_a_period_that_cannot_be_computed_fails_that_organization_alone() -> None:
+    from billing_cli.db.usage_store import OrganizationRow
+    from billing_cli.jobs.invoicing import PlanRules, plan_organization
+
+    pro = parse_plans(PLANS)[0]
+    broken = OrganizationRow("broken", "Broken", "b@example.com", "USD", "pro", period_problem=(
+        "billing anchor day 40 is not a day of the month: set organizations.billing_anchor_day to 1..31, or NULL "
+        "for calendar months"))
+    fine = OrganizationRow("fine", "Fine", "f@example.com", "USD", "pro")
+    refused = plan_organization(broken, {}, {"pro": pro}, None, PlanRules(JAN))
+    assert refused.action == "refuse" and "organizations.billing_anchor_day" in (refused.problem or "")
+    assert plan_organization(fine, {}, {"pro": pro}, None, PlanRules(JAN)).action == "issue"
