@@ -446,3 +446,18 @@ def test_a_period_that_cannot_be_computed_fails_that_organization_alone() -> Non
     refused = plan_organization(broken, {}, {"pro": pro}, None, PlanRules(JAN))
     assert refused.action == "refuse" and "organizations.billing_anchor_day" in (refused.problem or "")
     assert plan_organization(fine, {}, {"pro": pro}, None, PlanRules(JAN)).action == "issue"
+
+
+def test_legacy_run_keeps_process_month_calendar_months_and_periods_starting_in_it(plans, db_url, clean_env) -> None:
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "a15", 15)
+        org(conn, "calendar", None)
+        add_usage(conn, "a15", "api_calls", "100", utc(2024, 2, 3, 0))  # in 15 Jan - 14 Feb
+        add_usage(conn, "calendar", "api_calls", "100", utc(2024, 2, 3, 0))  # February: not January's
+    run = runner.invoke(app, ["legacy-run", "--json"], env={"DATABASE_URL": db_url, "PROCESS_MONTH": "2024-01"})
+    assert run.exit_code == 0, run.output
+    assert json.loads(run.stdout)["counts"]["invoiced"] == 2
+    found = invoices(engine)
+    assert [(p0, p1, t) for _, _, p0, p1, t in found["a15"]] == [(utc(2024, 1, 15), utc(2024, 2, 15), D("11.00"))]
+    assert [(p0, p1, t) for _, _, p0, p1, t in found["calendar"]] == [(utc(2024, 1, 1), utc(2024, 2, 1), D("10.00"))]
