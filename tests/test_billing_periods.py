@@ -461,3 +461,19 @@ def test_legacy_run_keeps_process_month_calendar_months_and_periods_starting_in_
     found = invoices(engine)
     assert [(p0, p1, t) for _, _, p0, p1, t in found["a15"]] == [(utc(2024, 1, 15), utc(2024, 2, 15), D("11.00"))]
     assert [(p0, p1, t) for _, _, p0, p1, t in found["calendar"]] == [(utc(2024, 1, 1), utc(2024, 2, 1), D("10.00"))]
+
+
+def test_a_churned_anchored_organization_gets_its_usage_of_the_next_month_part_of_its_period(plans) -> None:
+    """Anchor 15, deactivated in December: its only usage, 3 February, is in 15 Jan - 14 Feb. The
+    January run bills it (usage only: no fee for a period it was inactive in)."""
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "gone15", 15)
+        conn.execute(text("UPDATE organizations SET status = 'inactive' WHERE id = 'gone15'"))
+        conn.execute(text("UPDATE organizations SET status_changed_at = :t WHERE id = 'gone15'"),
+                     {"t": utc(2023, 12, 20)})
+        add_usage(conn, "gone15", "api_calls", "300", utc(2024, 2, 3, 0))
+    result = invoice_month(engine.begin, options(JAN, utc(2024, 3, 1)))
+    assert result.organizations_found == 1 and result.statuses == {"invoiced": 1}, result.failed
+    assert [(p0, p1, t) for _, _, p0, p1, t in invoices(engine)["gone15"]] == [
+        (utc(2024, 1, 15), utc(2024, 2, 15), D("3.00"))]  # 300 × 0.01, no fee

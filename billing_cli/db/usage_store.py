@@ -76,6 +76,10 @@ def _filters(only: list[str] | None, shard: Shard, column: str = "id") -> tuple[
 _TO_INVOICE = """(o.status = 'active' OR o.status_changed_at >= :start
     OR EXISTS (SELECT 1 FROM usage_hourly h WHERE h.organization_id = o.id
                AND h.hour_start >= :start AND h.hour_start < :end)
+    -- an anchored period reaches into the next month (:read_end: the latest period end)
+    OR (o.billing_anchor_day IS NOT NULL AND :read_end > :end
+        AND EXISTS (SELECT 1 FROM usage_hourly h WHERE h.organization_id = o.id
+                    AND h.hour_start >= :end AND h.hour_start < :read_end))
     OR EXISTS (SELECT 1 FROM usage_revisions r WHERE r.organization_id = o.id AND r.period_start >= :oldest
                AND r.period_start < :period AND r.revision > coalesce(
                    (SELECT max(p.revision) FROM invoices i JOIN invoice_periods p ON p.invoice_id = i.id
@@ -83,12 +87,14 @@ _TO_INVOICE = """(o.status = 'active' OR o.status_changed_at >= :start
 
 
 def count_to_invoice(session: Connection, month: Month, *, late_months: int, only: list[str] | None = None,
-                     shard: Shard = Shard(), excluded: list[str] | None = None, uninvoiced_only: bool = False) -> int:
-    """How many organizations organizations_with_usage streams (`excluded`: periods not ended yet)."""
+                     shard: Shard = Shard(), excluded: list[str] | None = None, uninvoiced_only: bool = False,
+                     periods: Mapping[str, BillingPeriod] | None = None) -> int:
+    """How many organizations organizations_with_usage streams (`excluded`: periods not ended yet;
+    `periods`: the anchored ones, as it is given them)."""
     where, params = _filters(only, shard, column="o.id")
     where += _exclusions(excluded, uninvoiced_only)
     return session.execute(text(f"SELECT count(*) FROM organizations o WHERE {_TO_INVOICE}{where}"),
-                           {**params, **_window(month, late_months), "excluded": excluded or []}).scalar_one()
+                           {**params, **_window(month, late_months, periods), "excluded": excluded or []}).scalar_one()
 
 
 def uninvoiced(session: Connection, month: Month, *, late_months: int, only: list[str] | None = None,
@@ -116,9 +122,14 @@ def unknown_organizations(session: Connection, ids: list[str]) -> list[str]:
     return sorted(set(ids) - known)
 
 
-def _window(month: Month, late_months: int) -> dict:
+def _window(month: Month, late_months: int, periods: Mapping[str, BillingPeriod] | None = None) -> dict:
     return {"start": month.start, "end": month.end, "period": month.first_day,
-            "oldest": month.minus(late_months).first_day}
+            "oldest": month.minus(late_months).first_day, "read_end": _read_end(month, periods)}
+
+
+def _read_end(month: Month, periods: Mapping[str, BillingPeriod] | None) -> datetime:
+    """Where the hours a month's periods cover end: the month's end, or the latest anchored period's."""
+    return max([month.end, *(p.end for p in (periods or {}).values())])
 
 
 def stale_hours(session: Connection, month: Month, *, edited_since: Month | None = None,
@@ -169,7 +180,7 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
     # Organizations on calendar months (the common case) are summed over the month alone; with
     # anchored periods, the hours read reach to the latest period end, and each anchored
     # organization keeps the hours of its own period (one pass still, a hash join on the periods).
-    read_end = max([month.end, *(p.end for p in periods.values())])
+    # :read_end is _read_end(month, periods) (in _window).
     hourly = ("SELECT organization_id, metric, quantity, hour_start FROM usage_hourly "
               "WHERE hour_start >= :start AND hour_start < :read_end")
     if only:  # a few organizations (--org, a catch-up pass): read their hours alone, not the month's
@@ -206,7 +217,7 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
         LEFT JOIN stripe_customers sc ON sc.organization_id = o.id AND sc.customer_id = o.stripe_customer_id
         WHERE {_TO_INVOICE}{where}
         ORDER BY o.id
-    """), {**params, **_window(month, late_months), "live": live_hours or [], "read_end": read_end,
+    """), {**params, **_window(month, late_months, periods), "live": live_hours or [],
            "excluded": excluded or [], "period_orgs": list(periods),
            "period_starts": [p.start for p in periods.values()], "period_ends": [p.end for p in periods.values()]},
         execution_options={"yield_per": 2000})  # a server-side cursor: rows arrive as they are read

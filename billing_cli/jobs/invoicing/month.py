@@ -67,7 +67,7 @@ def invoice_month(
                                         until=max(due_ends, default=None))
         result.organizations_found = usage_store.count_to_invoice(conn, options.month, only=only, shard=options.shard,
                                                                   late_months=options.late_usage_months,
-                                                                  excluded=not_due,
+                                                                  excluded=not_due, periods=periods.periods,
                                                                   uninvoiced_only=options.uninvoiced_only)
         result.not_due = len(not_due)
         unknown = usage_store.unknown_organizations(conn, only) if only else []
