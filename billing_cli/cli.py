@@ -73,7 +73,8 @@ def invoice_monthly(
     ctx: typer.Context,
     month: Annotated[str | None, typer.Option(
         metavar="YYYY-MM",
-        help="Month to invoice, YYYY-MM. Default: PROCESS_MONTH, else the previous month (UTC).")] = None,
+        help="Invoice the billing periods that start in this month, YYYY-MM (calendar months: that month). "
+             "Default: PROCESS_MONTH, else every period that has ended (UTC).")] = None,
     dry_run: DryRunOption = None,
     org: OrgOption = None,
     regenerate: Annotated[bool, typer.Option(
@@ -81,7 +82,8 @@ def invoice_monthly(
     output_dir: Annotated[Path | None, typer.Option(
         metavar="DIR", help="Also write the PDFs here (<dir>/<YYYY-MM>/<number>.pdf); previews in a dry run. "
              "Default: INVOICE_OUTPUT_DIR.")] = None,
-    force: Annotated[bool, typer.Option(help="Allow the current (unfinished) or a future month.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Allow the current (unfinished) or a future month, and periods that have not ended yet.")] = False,
     concurrency: Annotated[int | None, typer.Option(
         min=1, max=256, metavar="N", help="Organizations processed in parallel. Default: INVOICE_CONCURRENCY.")] = None,
     batch_size: Annotated[int | None, typer.Option(
@@ -93,9 +95,10 @@ def invoice_monthly(
         min=1, metavar="N", help="How many shards split the organizations. Default: SHARD_COUNT (1).")] = None,
     as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
-    """Invoice every organization for a month (active ones, and final invoices of churned ones): rate
-    usage, adjust earlier months' late usage, issue one invoice each, render the PDF, and deliver it
-    (S3, Stripe, e-mail: each when turned on).
+    """Invoice every organization for its billing period (active ones, and final invoices of churned
+    ones): rate usage, adjust earlier periods' late usage, issue one invoice each, render the PDF, and
+    deliver it (S3, Stripe, e-mail: each when turned on). Without --month, every period that has
+    ended and is not invoiced yet (run it daily); periods that have not ended are left for later.
 
     Safe to rerun: organizations already invoiced are skipped ("already invoiced") and only
     missing steps are completed. Exit 6 when some organizations failed; rerun to finish them.

@@ -225,18 +225,27 @@ def usage_prune(
 def plans_apply(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(metavar="FILE", help="The plans TOML file (format: docs/plans.md).")],
+    effective: Annotated[str | None, typer.Option(
+        metavar="YYYY-MM-DD[THH]",
+        help="Billing periods starting from this UTC day (or hour) use the new definitions. Default: now, so "
+             "each organization's period under way keeps the old one (the change takes effect at its next "
+             "period boundary).")] = None,
     dry_run: DryRunOption = None, plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
     """Create or update the price plans of a TOML file: all of them, or none if any is invalid.
+    Every definition is kept with the time it is in force from: a billing period is rated with
+    its plan as defined when the period started.
 
-    Example: billing plans apply plans.toml
+    Example: billing plans apply plans.toml --effective 2024-03-01
     """
+    from .periods import parse_moment
     from .report.tables import plans_applied
     from .runs.admin import apply_plans
 
     cmd = command(ctx, plain=plain, log_format=log_format)
     with failures_to_exit_codes(cmd.output):
-        plans_applied(cmd.output, apply_plans(file, dry_run, cmd.output.notice))
+        since = parse_moment(effective, option="--effective") if effective is not None else None
+        plans_applied(cmd.output, apply_plans(file, dry_run, cmd.output.notice, effective=since))
 
 
 @plans_app.command("list")

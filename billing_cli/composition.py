@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from .anchors import BillingPeriod, FeeShare
 from .money import ZERO, Precision, exact_sum, format_quantity
 from .periods import Month
 from .pricing import CREDIT_KINDS, InvoiceLine, PricePlan, RatedInvoice, RatingError, rate
@@ -33,13 +34,18 @@ class PeriodRecord:
     billed: Mapping[int, Mapping[str, Decimal]] = field(default_factory=dict)  # invoice id -> charge -> amount
     billed_usage: Mapping[int, Mapping[str, Decimal]] = field(default_factory=dict)  # invoice id -> metric -> qty
     plan: PricePlan | None = None  # the plan its own invoice was rated with (its snapshot), if it has one
+    bounds: BillingPeriod | None = None  # its interval, as its own invoice billed it; None: the calendar month
+
+    @property
+    def label(self) -> str:
+        return (self.bounds or BillingPeriod.calendar(self.period)).label
 
     def without(self, invoice_id: int | None) -> PeriodRecord:
         """The record as if that invoice (about to be voided) did not exist."""
         if invoice_id is None:
             return self
         return PeriodRecord(self.period, self.usage, {i: c for i, c in self.billed.items() if i != invoice_id},
-                            {i: u for i, u in self.billed_usage.items() if i != invoice_id}, self.plan)
+                            {i: u for i, u in self.billed_usage.items() if i != invoice_id}, self.plan, self.bounds)
 
     def billed_total(self) -> dict[str, Decimal]:
         return _sum_maps(self.billed.values())
@@ -77,6 +83,11 @@ class ComposedInvoice:
     periods: tuple[Month, ...]  # every period this invoice accounted for (its own and those it adjusted)
     adjusted: tuple[PeriodDelta, ...] = ()
     taxes: tuple[InvoiceTax, ...] = ()  # the tax breakdown (taxes.py); none while taxes are off
+    billing_period: BillingPeriod | None = None  # its own period's interval; None: the calendar month
+
+    @property
+    def bounds(self) -> BillingPeriod:
+        return self.billing_period or BillingPeriod.calendar(self.period)
 
     @property
     def subtotal(self) -> Decimal:
@@ -100,7 +111,10 @@ class ComposedInvoice:
         return self.plan.id
 
 
-def period_delta(record: PeriodRecord, plan: PricePlan, *, fees: bool, label: str,
+Fees = bool | FeeShare | None  # the fees a period owes: all, none, or a prorated share (pricing.rate)
+
+
+def period_delta(record: PeriodRecord, plan: PricePlan, *, fees: Fees, label: str,
                  precision: Precision = Precision.ISO) -> PeriodDelta:
     """Rate the whole period again with `plan` and subtract what was billed for it, per charge.
     `label` starts each line's description (e.g. "Adjustment for January 2024")."""
@@ -131,9 +145,10 @@ class UnpricedUsage(RatingError):
         self.metrics = metrics
 
 
-def compose(period: Month, usage: Mapping[str, Decimal], plan: PricePlan, *, fees: Callable[[Month], bool],
+def compose(period: Month, usage: Mapping[str, Decimal], plan: PricePlan, *, fees: Callable[[Month], Fees],
             own: PeriodRecord | None = None, earlier: Iterable[tuple[PeriodRecord, PricePlan]] = (),
-            credit_balance: Decimal = ZERO, precision: Precision = Precision.ISO) -> ComposedInvoice:
+            credit_balance: Decimal = ZERO, precision: Precision = Precision.ISO,
+            bounds: BillingPeriod | None = None) -> ComposedInvoice:
     """The invoice of `period`: its usage rated with `plan`, less what other live invoices already
     billed for it (`own`); plus, for each earlier period whose usage changed
     since it was billed, the difference (rated with the plan it was billed with); then the credit
@@ -142,7 +157,7 @@ def compose(period: Month, usage: Mapping[str, Decimal], plan: PricePlan, *, fee
         # Other live invoices already billed part of this period (it was regenerated after a later
         # invoice adjusted it, or its usage was billed before it was invoiced): bill the rest.
         rest = period_delta(PeriodRecord(period, usage, own.billed, own.billed_usage), plan, fees=fees(period),
-                            label=f"{period.label}, after what was billed before", precision=precision)
+                            label=f"{(bounds or BillingPeriod.calendar(period)).label}, after what was billed before", precision=precision)
         lines = list(rest.lines)
         billed_usage = {(period, m): q for m, q in rest.usage.items()}
     else:
@@ -157,7 +172,7 @@ def compose(period: Month, usage: Mapping[str, Decimal], plan: PricePlan, *, fee
             raise RatingError(f"{record.period} was billed in {record_plan.currency}, the organization is now "
                               f"billed in {plan.currency}: its late usage cannot go on this invoice")
         delta = period_delta(record, record_plan, fees=fees(record.period),
-                             label=f"Adjustment for {record.period.label}", precision=precision)
+                             label=f"Adjustment for {record.label}", precision=precision)
         if delta.is_empty:
             continue
         adjusted.append(delta)
@@ -165,7 +180,8 @@ def compose(period: Month, usage: Mapping[str, Decimal], plan: PricePlan, *, fee
         billed_usage.update({(record.period, m): q for m, q in delta.usage.items()})
     lines += _credit_lines(exact_sum(line.amount for line in lines), credit_balance, period)
     periods = (period, *(d.period for d in adjusted))
-    return ComposedInvoice(plan, plan.currency, period, tuple(lines), billed_usage, periods, tuple(adjusted))
+    return ComposedInvoice(plan, plan.currency, period, tuple(lines), billed_usage, periods, tuple(adjusted),
+                           bounds)
 
 
 def _credit_lines(subtotal: Decimal, balance: Decimal, period: Month) -> list[InvoiceLine]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 
+from .anchors import BillingPeriod
 from .periods import Month
 from .pricing import InvoiceLine
 from .taxes import InvoiceTax, mentions
@@ -58,6 +59,7 @@ class InvoiceDocument:
     credits: str | None = None  # a credit note: the number of the invoice it credits (lines negated)
     reason: str | None = None  # a credit note: why the invoice was voided
     replaced_by: str | None = None  # a credit note: the invoice that replaced the credited one, if any
+    bounds: BillingPeriod | None = None  # the period billed; None: the calendar month `period`
 
     @property
     def tax_total(self) -> Decimal:
@@ -73,6 +75,25 @@ class InvoiceDocument:
     def title(self) -> str:
         """`Invoice INV-…` or `Credit note CN-…`: how headers and footers name the document."""
         return f"{'Credit note' if self.is_credit_note else 'Invoice'} {self.number}"
+
+    @property
+    def billing_period(self) -> BillingPeriod:
+        return self.bounds or BillingPeriod.calendar(self.period)
+
+    @property
+    def period_name(self) -> str:
+        """The period in a sentence or a subject: `2024-01` for a calendar month, else its days."""
+        period = self.billing_period
+        return str(self.period) if period.is_calendar_month else period.label
+
+    @property
+    def period_text(self) -> str:
+        """How documents print the period: `2024-01-01 to 2024-01-31` for a calendar month, else
+        `15 Jan – 14 Feb 2024` (both days inclusive)."""
+        period = self.billing_period
+        if period.is_calendar_month:
+            return f"{self.period.first_day.isoformat()} to {self.period.last_day.isoformat()}"
+        return period.label
 
     @property
     def subtotal(self) -> Decimal:

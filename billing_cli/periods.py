@@ -34,6 +34,16 @@ def parse_hour(text: str, *, option: str = "--hour") -> datetime:
         raise UsageError(f"{option} {text!r} is not a valid hour: {exc}") from None
 
 
+def parse_moment(text: str, *, option: str) -> datetime:
+    """`2024-03-01` (midnight UTC) or an hour (`2024-03-01T06`, see parse_hour)."""
+    if re.match(r"^\d{4}-\d{2}-\d{2}$", text.strip()):
+        try:
+            return datetime.fromisoformat(text.strip()).replace(tzinfo=UTC)
+        except ValueError as exc:
+            raise UsageError(f"{option} {text!r} is not a valid day: {exc}") from None
+    return parse_hour(text, option=option)
+
+
 def format_hour(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:00Z")
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
+from .anchors import FeeShare
 from .money import ZERO, Precision, exact_sum, round_money
 from .periods import Month
 
@@ -108,12 +109,13 @@ class RatedInvoice:
         return not self.lines
 
 
-def rate(usage: Mapping[str, Decimal], plan: PricePlan, period: Month, *, fees: bool = True,
+def rate(usage: Mapping[str, Decimal], plan: PricePlan, period: Month, *, fees: bool | FeeShare | None = True,
          precision: Precision = Precision.ISO) -> RatedInvoice:
-    """Rate one organization's month. `usage` maps metric -> total quantity for the month. `fees`:
-    whether the base fee and the minimum commitment apply (not for a month the organization was
-    not active in: its usage is still billed). `precision`: what amounts are rounded to (Stripe's
-    chargeable unit when invoices go to Stripe)."""
+    """Rate one organization's period. `usage` maps metric -> total quantity for the period. `fees`:
+    whether the base fee and the minimum commitment apply (not for a period the organization was
+    not active in: its usage is still billed), or the share of them it owes (a `FeeShare`: both
+    are prorated by days, each rounded once; usage is never prorated). `precision`: what amounts
+    are rounded to (Stripe's chargeable unit when invoices go to Stripe)."""
     try:
         with _decimal.localcontext(_EXACT):
             return _rate(usage, plan, period, fees, precision)
@@ -121,13 +123,18 @@ def rate(usage: Mapping[str, Decimal], plan: PricePlan, period: Month, *, fees: 
         raise RatingError("a quantity or price is too large to be priced exactly") from None
 
 
-def _rate(usage: Mapping[str, Decimal], plan: PricePlan, period: Month, fees: bool,
+def _rate(usage: Mapping[str, Decimal], plan: PricePlan, period: Month, fees: bool | FeeShare | None,
           precision: Precision) -> RatedInvoice:
     cur = plan.currency
     lines: list[InvoiceLine] = []
+    share = fees if isinstance(fees, FeeShare) and not fees.is_whole else None
     if fees and plan.base_fee > 0:
-        lines.append(InvoiceLine("base_fee", f"{plan.name} plan, monthly fee", Decimal(1), plan.base_fee,
-                                 round_money(plan.base_fee, cur, precision)))
+        if share is None:
+            lines.append(InvoiceLine("base_fee", f"{plan.name} plan, monthly fee", Decimal(1), plan.base_fee,
+                                     round_money(plan.base_fee, cur, precision)))
+        else:  # the monthly fee for `days` of `of_days`, rounded once
+            amount = round_money(prorated(plan.base_fee, share), cur, precision)
+            lines.append(InvoiceLine("base_fee", f"Base fee, {share.label}", Decimal(1), amount, amount))
     for price in plan.prices:
         quantity = usage.get(price.metric, ZERO)
         if quantity < 0:
@@ -135,13 +142,25 @@ def _rate(usage: Mapping[str, Decimal], plan: PricePlan, period: Month, fees: bo
         if quantity > 0:
             lines.extend(price_lines(price, quantity, cur, precision))
     running = exact_sum(line.amount for line in lines)
-    if fees and plan.minimum_commitment > running and (lines or plan.minimum_commitment > 0):
-        top_up = round_money(plan.minimum_commitment - running, cur, precision)
-        lines.append(InvoiceLine("minimum", f"Minimum commitment top-up (to {plan.minimum_commitment:f} {cur})",
-                                 Decimal(1), top_up, top_up))
+    minimum = plan.minimum_commitment if share is None else prorated(plan.minimum_commitment, share)
+    if fees and minimum > running and (lines or minimum > 0):
+        top_up = round_money(minimum - running, cur, precision)
+        if share is None or top_up > 0:
+            owed = (f"{plan.minimum_commitment:f} {cur}" if share is None
+                    else f"{round_money(minimum, cur, precision)} {cur}, {share.label}")
+            lines.append(InvoiceLine("minimum", f"Minimum commitment top-up (to {owed})", Decimal(1), top_up, top_up))
     unpriced = tuple(sorted(m for m, q in usage.items()
                             if q > 0 and plan.price_for(m) is None and m not in plan.free_metrics))
     return RatedInvoice(plan.id, cur, period, tuple(lines), unpriced)
+
+
+# Proration divides: 60 significant digits before the one rounding, never an Inexact trap.
+_PRORATION = _decimal.Context(prec=60, rounding=_decimal.ROUND_HALF_EVEN)
+
+
+def prorated(amount: Decimal, share: FeeShare) -> Decimal:
+    """`amount` × days / of_days, unrounded (the caller rounds once, with money.round_money)."""
+    return _PRORATION.divide(_PRORATION.multiply(amount, Decimal(share.days)), Decimal(share.of_days))
 
 
 def price_lines(price: Price, quantity: Decimal, currency: str,

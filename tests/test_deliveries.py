@@ -674,3 +674,27 @@ def test_the_email_prints_amounts_as_the_pdf_does_and_says_how_to_pay(env, engin
     assert message["Subject"].replace("\xa0", " ").endswith(printed)
     assert "How to pay:\n  Überweisung an Nimbus Metering GmbH\n  IBAN DE89 3704 0044 0532 0130 00" in plain
     assert "<b>How to pay</b><br>Überweisung an Nimbus Metering GmbH<br>IBAN DE89" in html
+
+
+def test_an_anchored_period_reaches_stripe_and_the_email_with_its_days(env, engine, s3, mail, fake_stripe) -> None:
+    """org-1 bills from the 15th: its invoice of January is 15 Jan - 14 Feb (its usage of 15 January,
+    10:00 is in it); the others keep the calendar month."""
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE organizations SET billing_anchor_day = 15 WHERE id = 'org-1'"))
+        conn.execute(text("UPDATE organizations SET billing_anchor_previous = NULL, billing_anchor_changed_at = NULL "
+                          "WHERE id = 'org-1'"))  # anchored from the start (as if set when it was created)
+    result = run(env)
+    assert result.exit_code == 0, result.output
+    invoices = stored(engine)
+    january = (int(datetime(2024, 1, 1, tzinfo=UTC).timestamp()), int(datetime(2024, 2, 1, tzinfo=UTC).timestamp()))
+    anchored = (int(datetime(2024, 1, 15, tzinfo=UTC).timestamp()), int(datetime(2024, 2, 15, tzinfo=UTC).timestamp()))
+    for org_id, inv in invoices.items():
+        lines = fake_stripe.invoices[inv["stripe_invoice_id"]]["lines"]["data"]
+        expected = anchored if org_id == "org-1" else january
+        assert lines and all((line["period"]["start"], line["period"]["end"]) == expected for line in lines)
+    subjects = {item.recipients[0].split("@")[0]: item.message["Subject"] for item in mail.received}
+    assert subjects["org-1"].startswith(f"Invoice {invoices['org-1']['number']} for 15 Jan – 14 Feb 2024: ")
+    assert subjects["org-2"].startswith(f"Invoice {invoices['org-2']['number']} for 2024-01: ")
+    body = next(item.message for item in mail.received if item.recipients == ["org-1@example.com"])
+    text_part = body.get_body(("plain",)).get_content()
+    assert "Billing period: 15 Jan – 14 Feb 2024" in text_part

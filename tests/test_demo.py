@@ -40,14 +40,16 @@ def test_demo_on_the_embedded_database(tmp_path) -> None:
     assert "next command=\"billing invoice-monthly --month 2024-01 --dry-run\"" in lines
     assert invoicing.startswith("summary job=invoice-monthly month=2024-01 found=7 processed=7 invoiced=6 "
                                 "already_invoiced=0 nothing_to_bill=1 failed=0")
-    # Its final invoice: 29.00 fee (active when January began) + (547,200 - 100,000 included) API
-    # calls x 0.0004 = 178.88 + 55 started packages of 100 GB x 2.50 = 137.50 -> 345.38.
+    # Its final invoice: the 29.00 fee for the 19 of January's 31 days it was active (deactivated on
+    # 20 January, 00:00): 29 x 19/31 = 17.774... -> 17.77; + (547,200 - 100,000 included) API calls
+    # x 0.0004 = 178.88 + 55 started packages of 100 GB x 2.50 = 137.50 -> 334.15.
     umbrella = next(line for line in lines if line.startswith("organization id=demo-umbrella"))
-    assert "status=invoiced" in umbrella and "total=345.38" in umbrella and "final=true" in umbrella
+    assert "status=invoiced" in umbrella and "total=334.15" in umbrella and "final=true" in umbrella
     # Taxes are on for the demo, from its German seller: Initech (Berlin) pays German VAT, 19% of
     # 582.30 = 110.637 -> 110.64; Łódź (a Polish VAT id) is reverse-charged; the others are outside
     # the EU (0% with the mention). Before taxes the revenue was 625.41 EUR.
-    assert "revenue_EUR=736.05 revenue_USD=3848.50 tax_EUR=110.64 tax_USD=0.00" in invoicing
+    # Umbrella's final month is prorated: 29.00 - 17.77 = 11.23 USD less than a full fee.
+    assert "revenue_EUR=736.05 revenue_USD=3837.27 tax_EUR=110.64 tax_USD=0.00" in invoicing
     initech_line = next(line for line in lines if line.startswith("organization id=demo-initech"))
     assert "total=692.94 currency=EUR tax=110.64" in initech_line
     pdfs = sorted(p.name for p in (tmp_path / ".billing" / "invoices" / "2024-01").iterdir())

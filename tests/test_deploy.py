@@ -728,7 +728,7 @@ def k8s_schedules(overrides: tuple[tuple[str, str], ...] = ()) -> dict[str, str]
 def test_cronjob_schedules_match_billing_schedule(name: str) -> None:
     objects = rendered(name)
     defaults = k8s_schedules()
-    assert defaults == {"aggregate-hourly": "0 * * * *", "invoice-monthly": "0 0 1 * *",
+    assert defaults == {"aggregate-hourly": "0 * * * *", "invoice-monthly": "0 0 * * *",
                         "legacy-run": "0 0 1 * *", "reconcile": "0 6 * * *"}
     # The ConfigMap may set the six-field schedules: the CronJobs must follow them too.
     configured = k8s_schedules(tuple(sorted((k, v) for k, v in configmap_data(objects).items()

@@ -174,10 +174,21 @@ def test_the_database_allows_one_live_invoice_per_org_and_month(month_of_usage) 
     invoice_month(month_of_usage, options(organizations=("org-b",)))
     with pytest.raises(IntegrityError, match="uq_invoices_one_live_per_org_month"), month_of_usage() as conn:
         conn.execute(text("""
-            INSERT INTO invoices (organization_id, period_start, number, currency, subtotal, total, plan_id,
-                                  bill_to_name, bill_to_email, issue_date, due_date)
-            VALUES ('org-b', '2024-01-01', 'INV-2024-01-999999', 'USD', 1, 1, 'pro', 'x', 'x@y.z',
-                    '2024-02-01', '2024-03-01')"""))
+            INSERT INTO invoices (organization_id, billing_month, period_start, period_end, number, currency,
+                                  subtotal, total, plan_id, bill_to_name, bill_to_email, issue_date, due_date)
+            VALUES ('org-b', '2024-01-01', '2024-01-01T00:00Z', '2024-02-01T00:00Z', 'INV-2024-01-999999', 'USD',
+                    1, 1, 'pro', 'x', 'x@y.z', '2024-02-01', '2024-03-01')"""))
+
+
+def test_the_database_allows_one_live_invoice_per_org_and_period_start(month_of_usage) -> None:
+    """Whatever month it is filed under, a second live invoice of the same period is refused."""
+    invoice_month(month_of_usage, options(organizations=("org-b",)))
+    with pytest.raises(IntegrityError), month_of_usage() as conn:
+        conn.execute(text("""
+            INSERT INTO invoices (organization_id, billing_month, period_start, period_end, number, currency,
+                                  subtotal, total, plan_id, bill_to_name, bill_to_email, issue_date, due_date)
+            VALUES ('org-b', '2024-02-01', '2024-01-01T00:00Z', '2024-02-01T00:00Z', 'INV-2024-02-999999', 'USD',
+                    1, 1, 'pro', 'x', 'x@y.z', '2024-02-01', '2024-03-01')"""))
 
 
 def test_dry_run_leaves_the_database_byte_for_byte_unchanged(month_of_usage, tmp_path) -> None:

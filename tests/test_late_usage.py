@@ -167,12 +167,13 @@ def test_events_that_arrive_before_their_organization_are_billed_once_it_exists(
         set_plan(conn, "newco", "pro")
     assert invoice(db, "2024-02").exit_code == 0
 
-    # February's fee (it existed in February) and January's usage without January's fee: 10 + 3.00.
-    assert invoices_of(engine, "newco") == [("INV-2024-02-000001", "issued", D("13.00"))]
+    # February's fee for the 27 of its 29 days it existed (3-29 Feb: 10 × 27/29 = 9.3103… -> 9.31) and
+    # January's usage without January's fee (3.00): 12.31.
+    assert invoices_of(engine, "newco") == [("INV-2024-02-000001", "issued", D("12.31"))]
     assert [(kind, period.month, amount) for kind, period, _, amount in lines_of(engine, "INV-2024-02-000001")] == [
-        ("base_fee", 2, D("10.00")), ("usage", 1, D("3.00"))]
+        ("base_fee", 2, D("9.31")), ("usage", 1, D("3.00"))]
     assert invoice(db, "2024-01").exit_code == 0  # January now: already billed, nothing twice
-    assert invoices_of(engine, "newco") == [("INV-2024-02-000001", "issued", D("13.00"))]
+    assert invoices_of(engine, "newco") == [("INV-2024-02-000001", "issued", D("12.31"))]
 
 
 def test_an_organization_deactivated_during_the_month_gets_its_final_invoice(db, engine) -> None:

@@ -21,7 +21,7 @@ BILLING_TABLES = {"aggregated_hours", "demo_organizations", "price_plans", "plan
                   "usage_event_changes", "usage_revisions", "invoice_usage", "invoice_periods", "stripe_customers",
                   "invoice_taxes", "tax_rates",
                   "credit_notes", "credit_note_lines", "credit_note_number_counters",
-                  "usage_pruned_months"}
+                  "usage_pruned_months", "price_plan_versions"}
 
 
 def tables(engine) -> set[str]:

@@ -252,7 +252,7 @@ def test_promtool_unit_tests_of_the_rules(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
     tested = set(re.findall(r"alertname: (\w+)", RULE_TESTS.read_text(encoding="utf-8")))
-    assert {"BillingMonthNotInvoiced", "BillingHourlyAggregationStale"} <= tested
+    assert {"BillingPeriodsNotInvoiced", "BillingHourlyAggregationStale"} <= tested
     assert tested <= {rule["alert"] for rule in alert_rules()}
 
 

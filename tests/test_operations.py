@@ -64,13 +64,15 @@ def test_status_check(clean_env, billed, engine) -> None:
         late = {s.job: s for s in job_statuses(conn, now + timedelta(hours=3))}
         assert late["aggregate-hourly"].problems[0].startswith("last success 3 h 0 min ago, more than 2 h"), \
             (late["aggregate-hourly"].problems, late["aggregate-hourly"].last_success)
-        # the previous month (2024-01 seen from 2024-02-05) is not invoiced yet
+        # January's periods (calendar months here) ended on 1 February: not invoiced, 4 days later
         february = {s.job: s for s in job_statuses(conn, datetime(2024, 2, 5, tzinfo=UTC), Thresholds(
             aggregate_max_age=timedelta(days=10000)))}
         assert february["invoice-monthly"].problems == [
-            "2024-01 is not invoiced successfully yet (deadline: day 2 of 2024-02)"]
-        assert {s.job: s for s in job_statuses(conn, datetime(2024, 2, 1, 12, tzinfo=UTC), Thresholds(
-            aggregate_max_age=timedelta(days=10000)))}["invoice-monthly"].problems == []  # before the deadline
+            "the billing periods that ended at 2024-02-01 00:00Z (starting in 2024-01) are not invoiced "
+            "successfully yet, 96 h 0 min later (grace: 24 h)"]
+        within_grace = {s.job: s for s in job_statuses(conn, datetime(2024, 2, 1, 12, tzinfo=UTC), Thresholds(
+            aggregate_max_age=timedelta(days=10000)))}["invoice-monthly"].problems
+        assert "(starting in 2024-01)" not in " ".join(within_grace)  # 12 h after January ended: not yet due
 
     assert run("invoice-monthly", "--month", "2024-01", DATABASE_URL=billed).exit_code == 0
     with engine.connect() as conn:
@@ -83,7 +85,7 @@ def test_status_check(clean_env, billed, engine) -> None:
         assert "stuck, or the process died" in stuck["aggregate-hourly"].problems[0]
         conn.rollback()
 
-    healthy_env = {"DATABASE_URL": billed, "STATUS_INVOICE_DEADLINE_DAY": "28"}
+    healthy_env = {"DATABASE_URL": billed, "STATUS_INVOICE_GRACE_HOURS": "720"}
     table = run("status", "--plain", **healthy_env)
     assert "status job=aggregate-hourly" in table.output and 'health=ok' in table.output
 
@@ -217,7 +219,8 @@ def test_a_run_limited_to_some_organizations_never_makes_a_failed_month_look_hea
         gateway.stop()
     problems = monthly["invoice-monthly"].problems
     assert problems[0].startswith("last run (2024-01) partial")
-    assert "2024-01 is not invoiced successfully yet (deadline: day 2 of 2024-02)" in problems
+    assert ("the billing periods that ended at 2024-02-01 00:00Z (starting in 2024-01) are not invoiced "
+            "successfully yet, 48 h 0 min later (grace: 24 h)") in problems
     whole = 'instance="",job="billing-invoice-monthly",shard="all"'
     assert f"billing_last_run_success{{{whole}}} 0" in metrics  # the --org run did not overwrite it
     assert 'billing_last_run_success{instance="",job="billing-invoice-monthly",shard="targeted"} 1' in metrics

@@ -53,7 +53,7 @@ def test_bad_schedules(expression: str, message: str) -> None:
 def test_schedule_command_renders_crontab_and_k8s(clean_env) -> None:
     k8s = run("schedule", "--format", "k8s", RUN_SCHEDULE="0 30 6 2 * *")
     assert k8s.exit_code == 0
-    assert k8s.output.splitlines() == ['aggregate-hourly: "0 * * * *"', 'invoice-monthly: "0 0 1 * *"',
+    assert k8s.output.splitlines() == ['aggregate-hourly: "0 * * * *"', 'invoice-monthly: "0 0 * * *"',
                                        'legacy-run: "30 6 2 * *"', 'reconcile: "0 6 * * *"']
     crontab = run("schedule", "--format", "crontab", RUN_SCHEDULE="0 30 6 2 * *")
     assert crontab.exit_code == 0 and crontab.output.splitlines()[0] == "CRON_TZ=UTC"

@@ -91,7 +91,7 @@ class Settings:
     shard_count: int
     shard_index: int
     status_aggregate_max_age_hours: int
-    status_invoice_deadline_day: int
+    status_invoice_grace_hours: int
     status_stuck_after_hours: int
     pushgateway_url: str | None
     delivery_max_attempts: int

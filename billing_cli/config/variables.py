@@ -58,12 +58,14 @@ VARIABLES: tuple[Variable, ...] = (
              help="legacy-run's schedule: six-field cron, seconds first (five fields accepted)."),
     Variable("AGGREGATE_SCHEDULE", "aggregate_schedule", Schedule(), default="0 0 * * * *",
              help="aggregate-hourly's schedule, for `billing schedule` and the manifests it checks."),
-    Variable("INVOICE_SCHEDULE", "invoice_schedule", Schedule(), default="0 0 0 1 * *",
-             help="invoice-monthly's schedule, for `billing schedule` and the manifests it checks."),
+    Variable("INVOICE_SCHEDULE", "invoice_schedule", Schedule(), default="0 0 0 * * *",
+             help="invoice-monthly's schedule (daily: every period that ended is invoiced the next run), for "
+                  "`billing schedule` and the manifests it checks."),
     Variable("RECONCILE_SCHEDULE", "reconcile_schedule", Schedule(), default="0 0 6 * * *",
              help="reconcile's schedule (daily, after the night's runs), for `billing schedule` and the manifests."),
     Variable("PROCESS_MONTH", "process_month", Month(), default=None, example="2024-01",
-             help="Month to invoice, YYYY-MM. Unset: the previous calendar month (UTC)."),
+             help="Month to invoice, YYYY-MM: the periods that start in it. Unset: every period that has ended "
+                  "(those of the previous calendar month, and of the one before that have no invoice yet)."),
     Variable("DRY_RUN", "dry_run", Bool(), default="false",
              help="Compute and report everything, write nothing, call no outside service."),
     Variable("AGGREGATE_LOOKBACK_HOURS", "aggregate_lookback_hours", Int(0, 168), default="2",
@@ -104,8 +106,9 @@ VARIABLES: tuple[Variable, ...] = (
              help="Also write each invoice PDF into this folder (<dir>/<YYYY-MM>/<number>.pdf)."),
     Variable("STATUS_AGGREGATE_MAX_AGE_HOURS", "status_aggregate_max_age_hours", Int(1, 8760), default="2",
              help="`billing status --check`: aggregate-hourly's last success may be at most this old."),
-    Variable("STATUS_INVOICE_DEADLINE_DAY", "status_invoice_deadline_day", Int(1, 28), default="2",
-             help="`billing status --check`: the previous month must be invoiced by this day of the month."),
+    Variable("STATUS_INVOICE_GRACE_HOURS", "status_invoice_grace_hours", Int(1, 720), default="24",
+             help="`billing status --check`: every billing period that ended more than this many hours ago must "
+                  "be invoiced (a successful invoicing run since)."),
     Variable("STATUS_STUCK_AFTER_HOURS", "status_stuck_after_hours", Int(1, 720), default="6",
              help="`billing status --check`: a run still running after this long is stuck."),
     # The CLI reads LOG_FORMAT and LOG_LEVEL before validating, so that configuration errors

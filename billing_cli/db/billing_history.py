@@ -8,11 +8,13 @@ transaction.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
+from ..anchors import Anchor, AnchorError, BillingPeriod, billing_period
 from ..composition import PeriodRecord
 from ..periods import Month
 from ..pricing import CREDIT_KINDS, PricePlan, plan_from_snapshot
@@ -32,7 +34,7 @@ class OrgHistory:
 
 
 def load_histories(conn: Connection, month: Month, organization_ids: list[str], *, late_months: int,
-                   report_months: int = 12) -> dict[str, OrgHistory]:
+                   report_months: int = 12, anchors: Mapping[str, Anchor] | None = None) -> dict[str, OrgHistory]:
     """For each organization: its live invoices and credit; what its live invoices billed for
     `month` itself; and every period from `late_months` before `month` whose usage revision is
     newer than what its invoices billed (read with that period's usage, what was billed for it,
@@ -68,7 +70,7 @@ def load_histories(conn: Connection, month: Month, organization_ids: list[str], 
     for r in changed:
         if r.period_start < window_start.first_day:
             too_old[r.organization_id].append(Month.containing_date(r.period_start))
-    records = _period_records(conn, [*in_window, *((o, month) for o in organization_ids)], month)
+    records = _period_records(conn, [*in_window, *((o, month) for o in organization_ids)], month, anchors or {})
 
     histories = {}
     for org_id in organization_ids:
@@ -80,27 +82,37 @@ def load_histories(conn: Connection, month: Month, organization_ids: list[str], 
     return histories
 
 
-def _period_records(conn: Connection, pairs: list[tuple[str, Month]], month: Month,
+def _period_records(conn: Connection, pairs: list[tuple[str, Month]], month: Month, anchors: Mapping[str, Anchor],
                     ) -> dict[tuple[str, Month], tuple[PeriodRecord, int, int]]:
     """For each (organization, period): usage now with its revision (read in the same statement),
     what each live invoice billed, the billing plan, and the newest revision an invoice billed.
     The invoiced month's own usage is not read here: the caller has it from the month's stream."""
     orgs = [o for o, _ in pairs]
     starts = [p.first_day for _, p in pairs]
+    # A period no live invoice billed (usage before anything was invoiced): as the anchor gives it.
+    assumed = {(o, p): _assumed(p, anchors.get(o)) for o, p in pairs}
     usage: dict[tuple[str, Month], dict[str, Decimal]] = defaultdict(dict)
     revision: dict[tuple[str, Month], int] = {}
     for row in conn.execute(text("""
         SELECT c.org, c.start, r.revision, h.metric, h.quantity
-        FROM unnest(CAST(:orgs AS varchar[]), CAST(:starts AS date[])) AS c(org, start)
+        FROM unnest(CAST(:orgs AS varchar[]), CAST(:starts AS date[]), CAST(:assumed_starts AS timestamptz[]),
+                    CAST(:assumed_ends AS timestamptz[])) AS c(org, start, assumed_start, assumed_end)
         LEFT JOIN usage_revisions r ON r.organization_id = c.org AND r.period_start = c.start
+        -- the period as its live invoice billed it (an anchored one is not the calendar month)
+        LEFT JOIN LATERAL (
+            SELECT i.period_start, i.period_end FROM invoices i
+            WHERE i.organization_id = c.org AND i.billing_month = c.start AND i.status <> 'void' LIMIT 1) b ON true
         LEFT JOIN LATERAL (
             -- c.start <> :period inside: a one-time filter that skips the scan (a join filter would
             -- read every hour of the invoiced month, then drop it)
             SELECT u.metric, sum(u.quantity) AS quantity FROM usage_hourly u
             WHERE c.start <> :period AND u.organization_id = c.org
-              AND u.hour_start >= c.start AND u.hour_start < c.start + interval '1 month'
+              AND u.hour_start >= coalesce(b.period_start, c.assumed_start)
+              AND u.hour_start < coalesce(b.period_end, c.assumed_end)
             GROUP BY u.metric) h ON true
-    """), {"orgs": orgs, "starts": starts, "period": month.first_day}):
+    """), {"orgs": orgs, "starts": starts, "period": month.first_day,
+           "assumed_starts": [assumed[pair].start for pair in pairs],
+           "assumed_ends": [assumed[pair].end for pair in pairs]}):
         key = (row.org, Month.containing_date(row.start))
         revision[key] = row.revision or 0
         if row.metric is not None:
@@ -120,6 +132,7 @@ def _period_records(conn: Connection, pairs: list[tuple[str, Month]], month: Mon
 
     billed_usage: dict[tuple[str, Month], dict[int, dict[str, Decimal]]] = defaultdict(lambda: defaultdict(dict))
     plans: dict[tuple[str, Month], PricePlan] = {}
+    bounds: dict[tuple[str, Month], BillingPeriod] = {}
     for row in conn.execute(text("""
         SELECT i.organization_id AS org, u.period_start, i.id, u.metric, u.quantity
         FROM unnest(CAST(:orgs AS varchar[]), CAST(:starts AS date[])) AS c(org, start)
@@ -128,12 +141,14 @@ def _period_records(conn: Connection, pairs: list[tuple[str, Month]], month: Mon
     """), {"orgs": orgs, "starts": starts}):
         billed_usage[(row.org, Month.containing_date(row.period_start))][row.id][row.metric] = Decimal(row.quantity)
     for row in conn.execute(text("""
-        SELECT i.organization_id AS org, i.period_start, i.plan_snapshot
+        SELECT i.organization_id AS org, i.billing_month, i.period_start, i.period_end, i.plan_snapshot
         FROM unnest(CAST(:orgs AS varchar[]), CAST(:starts AS date[])) AS c(org, start)
-        JOIN invoices i ON i.organization_id = c.org AND i.period_start = c.start AND i.status <> 'void'
-        WHERE i.plan_snapshot IS NOT NULL
+        JOIN invoices i ON i.organization_id = c.org AND i.billing_month = c.start AND i.status <> 'void'
     """), {"orgs": orgs, "starts": starts}):
-        plans[(row.org, Month.containing_date(row.period_start))] = plan_from_snapshot(row.plan_snapshot)
+        key = (row.org, Month.containing_date(row.billing_month))
+        bounds[key] = BillingPeriod(key[1], row.period_start, row.period_end)
+        if row.plan_snapshot is not None:
+            plans[key] = plan_from_snapshot(row.plan_snapshot)
 
     covered: dict[tuple[str, Month], int] = {}
     for row in conn.execute(text("""
@@ -146,6 +161,14 @@ def _period_records(conn: Connection, pairs: list[tuple[str, Month]], month: Mon
         covered[(row.org, Month.containing_date(row.start))] = row.revision
 
     return {key: (PeriodRecord(key[1], usage.get(key, {}), dict(billed.get(key, {})),
-                               dict(billed_usage.get(key, {})), plans.get(key)), revision.get(key, 0),
+                               dict(billed_usage.get(key, {})), plans.get(key), bounds.get(key, assumed[key])),
+                  revision.get(key, 0),
                   covered.get(key, 0))
             for key in pairs}
+
+
+def _assumed(period: Month, anchor: Anchor | None) -> BillingPeriod:
+    try:
+        return billing_period(period, anchor) if anchor is not None else BillingPeriod.calendar(period)
+    except AnchorError:
+        return BillingPeriod.calendar(period)  # reported when the organization's own period is planned

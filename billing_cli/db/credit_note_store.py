@@ -59,7 +59,7 @@ def issue_for_void(session: Connection, invoice_id: int, reason: str | None = No
     invoice's void reason). Returns the number, or None for an invoice never sent (or one that has
     its credit note already: the unique invoice_id keeps it to one)."""
     invoice = session.execute(text("""
-        SELECT i.organization_id, i.period_start, i.currency, i.subtotal, i.total, i.emailed_at, i.stripe_status,
+        SELECT i.organization_id, i.billing_month, i.currency, i.subtotal, i.total, i.emailed_at, i.stripe_status,
                i.void_reason, EXISTS (SELECT 1 FROM credit_notes c WHERE c.invoice_id = i.id) AS credited
         FROM invoices i WHERE i.id = :id"""), {"id": invoice_id}).one()
     sent = finalized_in_stripe or was_sent(emailed_at=invoice.emailed_at, stripe_status=invoice.stripe_status)
@@ -71,8 +71,8 @@ def issue_for_void(session: Connection, invoice_id: int, reason: str | None = No
     sequence = session.execute(text("""
         INSERT INTO credit_note_number_counters AS c (period_start, last_number) VALUES (:p, 1)
         ON CONFLICT (period_start) DO UPDATE SET last_number = c.last_number + 1
-        RETURNING last_number"""), {"p": invoice.period_start}).scalar_one()
-    number = credit_note_number(Month.containing_date(invoice.period_start), sequence)
+        RETURNING last_number"""), {"p": invoice.billing_month}).scalar_one()
+    number = credit_note_number(Month.containing_date(invoice.billing_month), sequence)
     subtotal = exact_sum(line.amount for line in lines)
     tax_total = exact_sum(tax.amount for tax in credit_taxes(invoice_taxes.load(session, invoice_id)))
     total = exact_sum((subtotal, tax_total))
@@ -82,7 +82,7 @@ def issue_for_void(session: Connection, invoice_id: int, reason: str | None = No
         VALUES (:number, :invoice, :org, :period, :currency, :subtotal, :tax_total, :total, :reason,
                 CAST(now() AT TIME ZONE 'UTC' AS date))
         RETURNING id"""), {"number": number, "invoice": invoice_id, "org": invoice.organization_id,
-                           "period": invoice.period_start, "currency": invoice.currency, "subtotal": subtotal,
+                           "period": invoice.billing_month, "currency": invoice.currency, "subtotal": subtotal,
                            "tax_total": tax_total, "total": total, "reason": reason}).scalar_one()
     if lines:
         session.execute(text("""
@@ -96,7 +96,7 @@ def issue_for_void(session: Connection, invoice_id: int, reason: str | None = No
             {"note": note_id, "kinds": [str(line.kind) for line in lines], "metrics": [line.metric for line in lines],
              "descriptions": [line.description for line in lines], "quantities": [line.quantity for line in lines],
              "unit_prices": [line.unit_price for line in lines], "amounts": [line.amount for line in lines],
-             "periods": [(line.period or Month.containing_date(invoice.period_start)).first_day for line in lines]})
+             "periods": [(line.period or Month.containing_date(invoice.billing_month)).first_day for line in lines]})
     return number
 
 

@@ -14,6 +14,7 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
+from ..anchors import BillingPeriod
 from . import credit_note_store, invoice_taxes
 from ..composition import ComposedInvoice
 from ..credit_notes import was_sent
@@ -57,7 +58,7 @@ _STORED = """
 
 def live_invoices(session: Connection, month: Month, organization_ids: list[str]) -> dict[str, StoredInvoice]:
     """The live (not void) invoice of each given organization for the month, if any."""
-    rows = session.execute(text(f"{_STORED} WHERE i.period_start = :period AND i.status <> 'void' "
+    rows = session.execute(text(f"{_STORED} WHERE i.billing_month = :period AND i.status <> 'void' "
                                 "AND i.organization_id = ANY(:ids)"),
                            {"period": month.first_day, "ids": organization_ids}).mappings()
     return {r["organization_id"]: StoredInvoice(**r) for r in rows}
@@ -92,7 +93,7 @@ class InvoiceByNumber:
     id: int
     organization_id: str
     bill_to_name: str
-    period_start: date
+    billing_month: date  # the first day of the month its period starts in (its number's month)
     currency: str
     total: Decimal
     status: str
@@ -104,7 +105,7 @@ class InvoiceByNumber:
 
 def invoice_by_number(session: Connection, number: str) -> InvoiceByNumber | None:
     row = session.execute(text("""
-        SELECT id, organization_id, bill_to_name, period_start, currency, total, status, voided_at, void_reason,
+        SELECT id, organization_id, bill_to_name, billing_month, currency, total, status, voided_at, void_reason,
                stripe_invoice_id, emailed_at, stripe_status
         FROM invoices WHERE number = :number"""), {"number": number}).mappings().one_or_none()
     if row is None:
@@ -251,10 +252,11 @@ def issue_invoices(session: Connection, requests: Sequence[IssueRequest]) -> lis
     """), {"p": month.first_day, "k": len(fresh)}).scalar_one()
     numbers = [invoice_number(month, sequence) for sequence in range(last - len(fresh) + 1, last + 1)]
     rows = session.execute(text("""
-        INSERT INTO invoices (organization_id, period_start, number, status, currency, subtotal, tax_total, total,
-                              plan_id, plan_snapshot, bill_to_name, bill_to_email, bill_to_address, bill_to_tax_id,
-                              issue_date, due_date, replaces_invoice_id)
-        SELECT org, :period, number, 'issued', currency, subtotal, tax, total, plan, CAST(snapshot AS jsonb), name,
+        INSERT INTO invoices (organization_id, billing_month, period_start, period_end, number, status, currency,
+                              subtotal, tax_total, total, plan_id, plan_snapshot, bill_to_name, bill_to_email,
+                              bill_to_address, bill_to_tax_id, issue_date, due_date, replaces_invoice_id)
+        SELECT org, :period, period_start, period_end, number, 'issued', currency, subtotal, tax, total, plan,
+               CAST(snapshot AS jsonb), name,
                email,
                -- each invoice's address lines travel as a JSON array (arrays of arrays cannot be unnested)
                (SELECT array_agg(line ORDER BY n) FROM json_array_elements_text(CAST(address AS json))
@@ -265,9 +267,10 @@ def issue_invoices(session: Connection, requests: Sequence[IssueRequest]) -> lis
                     CAST(:plans AS text[]),
                     CAST(:snapshots AS text[]), CAST(:names AS text[]), CAST(:emails AS text[]),
                     CAST(:addresses AS text[]), CAST(:tax_ids AS text[]),
-                    CAST(:issues AS date[]), CAST(:dues AS date[]), CAST(:replaces AS bigint[]))
+                    CAST(:issues AS date[]), CAST(:dues AS date[]), CAST(:replaces AS bigint[]),
+                    CAST(:period_starts AS timestamptz[]), CAST(:period_ends AS timestamptz[]))
              AS r(org, number, currency, subtotal, tax, total, plan, snapshot, name, email, address, tax_id, issue, due,
-                  replaces)
+                  replaces, period_start, period_end)
         RETURNING number, id, created_at
     """), {"period": month.first_day, "orgs": [r.organization_id for _, r in fresh], "numbers": numbers,
            "currencies": [r.invoice.currency for _, r in fresh], "subtotals": [r.invoice.subtotal for _, r in fresh],
@@ -278,7 +281,9 @@ def issue_invoices(session: Connection, requests: Sequence[IssueRequest]) -> lis
            "addresses": [json.dumps(list(r.bill_to_address)) if r.bill_to_address else None for _, r in fresh],
            "tax_ids": [r.bill_to_tax_id for _, r in fresh],
            "issues": [r.issue_date for _, r in fresh], "dues": [r.due_date for _, r in fresh],
-           "replaces": [r.replaces.id if r.replaces else None for _, r in fresh]}).all()
+           "replaces": [r.replaces.id if r.replaces else None for _, r in fresh],
+           "period_starts": [r.invoice.bounds.start for _, r in fresh],
+           "period_ends": [r.invoice.bounds.end for _, r in fresh]}).all()
     inserted = {number: (invoice_id, created_at) for number, invoice_id, created_at in rows}
     ids = [inserted[number][0] for number in numbers]
     lines = [(invoice_id, n, line, r.invoice.period) for invoice_id, (_, r) in zip(ids, fresh, strict=True)
@@ -356,7 +361,8 @@ def record_pdfs(session: Connection, records: Sequence[PdfRecord]) -> list[None]
 
 def load_document(session: Connection, invoice_id: int) -> InvoiceDocument:
     row = session.execute(text("""
-        SELECT i.id, i.organization_id, i.number, i.bill_to_name, i.bill_to_email, i.period_start, i.issue_date,
+        SELECT i.id, i.organization_id, i.number, i.bill_to_name, i.bill_to_email, i.billing_month, i.period_start,
+               i.period_end, i.issue_date,
                i.due_date, i.currency, i.total, i.bill_to_address, i.bill_to_tax_id, r.number AS replaces
         FROM invoices i LEFT JOIN invoices r ON r.id = i.replaces_invoice_id WHERE i.id = :id
     """), {"id": invoice_id}).one()
@@ -365,8 +371,10 @@ def load_document(session: Connection, invoice_id: int) -> InvoiceDocument:
                   for r in session.execute(text("SELECT * FROM invoice_lines WHERE invoice_id = :id "
                                                 "ORDER BY line_no"), {"id": invoice_id}))
     return InvoiceDocument(row.number, row.organization_id, row.bill_to_name, row.bill_to_email,
-                           Month.containing_date(row.period_start), row.issue_date, row.due_date, row.currency,
+                           Month.containing_date(row.billing_month), row.issue_date, row.due_date, row.currency,
                            lines, Decimal(row.total), replaces=row.replaces,
+                           bounds=BillingPeriod(Month.containing_date(row.billing_month), row.period_start,
+                                                row.period_end),
                            bill_to_address=tuple(row.bill_to_address or ()), bill_to_tax_id=row.bill_to_tax_id,
                            taxes=invoice_taxes.load(session, invoice_id))
 

@@ -1,14 +1,21 @@
-"""Price plans in PostgreSQL: upsert validated plans, load them back as pricing.PricePlan."""
+"""Price plans in PostgreSQL: upsert validated plans (keeping each definition's version and when it is
+in force), load them back as pricing.PricePlan, as they are now or as they were for a period."""
 
 from __future__ import annotations
 
+import json
+from bisect import bisect_right
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
-from ..pricing import Price, PricePlan, Tier
+from ..pricing import Price, PricePlan, Tier, plan_from_snapshot, plan_snapshot
+
+# When a plan's first known definition is in force from: before anything is billed.
+SINCE_ALWAYS = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -18,14 +25,24 @@ class SavedPlans:
     unchanged: list[str]
 
 
-def save_plans(session: Connection, plans: list[PricePlan]) -> SavedPlans:
+def save_plans(session: Connection, plans: list[PricePlan], *, effective: datetime | None = None) -> SavedPlans:
     """Upsert every plan in the caller's transaction (all or nothing). Plans not in the list are
-    left alone: organizations may still reference them."""
+    left alone: organizations may still reference them. Each new definition is also kept as a
+    version in force from `effective` (default: now, so a period under way keeps the definition it
+    started with: a change takes effect at each organization's next period boundary); a new plan's
+    first definition is in force since always."""
     existing = load_plans(session, [p.id for p in plans])
+    versioned = set(session.execute(text("SELECT DISTINCT plan_id FROM price_plan_versions WHERE plan_id = ANY(:ids)"),
+                                    {"ids": [p.id for p in plans]}).scalars())
+    scheduled = load_plan_versions(session, [p.id for p in plans]) if effective is not None else PlanVersions()
     created, updated, unchanged = [], [], []
     for plan in plans:
         if existing.get(plan.id) == plan:
-            unchanged.append(plan.id)
+            if effective is not None and plan.id in versioned and scheduled.at(plan.id, effective) != plan:
+                _save_version(session, plan, effective)  # the same definition, now also in force earlier
+                updated.append(plan.id)
+            else:
+                unchanged.append(plan.id)
             continue
         (updated if plan.id in existing else created).append(plan.id)
         session.execute(text("""
@@ -51,7 +68,45 @@ def save_plans(session: Connection, plans: list[PricePlan]) -> SavedPlans:
                     VALUES (:plan, :metric, :position, :up_to, :unit_price, :flat_fee)
                 """), {"plan": plan.id, "metric": price.metric, "position": tier_position,
                        "up_to": tier.up_to, "unit_price": tier.unit_price, "flat_fee": tier.flat_fee})
+        if plan.id in existing and plan.id not in versioned:  # the definition until now, kept first
+            _save_version(session, existing[plan.id], SINCE_ALWAYS)
+        _save_version(session, plan, SINCE_ALWAYS if plan.id not in existing else effective)
     return SavedPlans(created, updated, unchanged)
+
+
+def _save_version(session: Connection, plan: PricePlan, effective: datetime | None) -> None:
+    session.execute(text("""
+        INSERT INTO price_plan_versions (plan_id, effective_from, snapshot)
+        VALUES (:id, coalesce(:effective, now()), CAST(:snapshot AS jsonb))
+        ON CONFLICT (plan_id, effective_from) DO UPDATE SET snapshot = EXCLUDED.snapshot, applied_at = now()
+    """), {"id": plan.id, "effective": effective, "snapshot": json.dumps(plan_snapshot(plan))})
+
+
+@dataclass(frozen=True)
+class PlanVersions:
+    """Plans as they were over time: each one's versions by the time they are in force from, and
+    its current definition for a plan that has no version (written before versions were kept)."""
+
+    versions: dict[str, list[tuple[datetime, PricePlan]]] = field(default_factory=dict)
+    current: dict[str, PricePlan] = field(default_factory=dict)
+
+    def at(self, plan_id: str, moment: datetime) -> PricePlan | None:
+        """The definition in force at `moment` (a period's start); before the first version, the
+        first one (a plan created during the period)."""
+        versions = self.versions.get(plan_id)
+        if not versions:
+            return self.current.get(plan_id)
+        index = bisect_right([since for since, _ in versions], moment) - 1
+        return versions[max(index, 0)][1]
+
+
+def load_plan_versions(session: Connection, ids: list[str]) -> PlanVersions:
+    versions: dict[str, list[tuple[datetime, PricePlan]]] = defaultdict(list)
+    for row in session.execute(text("SELECT plan_id, effective_from, snapshot FROM price_plan_versions "
+                                    "WHERE plan_id = ANY(:ids) ORDER BY plan_id, effective_from"), {"ids": ids}):
+        versions[row.plan_id].append((row.effective_from, plan_from_snapshot(row.snapshot)))
+    unversioned = [plan_id for plan_id in ids if plan_id not in versions]
+    return PlanVersions(dict(versions), load_plans(session, unversioned) if unversioned else {})
 
 
 def load_plans(session: Connection, ids: list[str] | None = None) -> dict[str, PricePlan]:

@@ -12,7 +12,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, text
 
 from ..periods import Month
-from . import engine
+from . import engine, period_store
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,30 @@ def usage_differences(conn: Connection, month: Month, only: list[str] | None, *,
     cursor's query in parallel, and this is the month's largest GROUP BY (bench/reconcile.py)."""
     org = " AND organization_id = ANY(:only)" if only else ""
     events, at = ("usage_hourly", "hour_start") if events_pruned else ("usage_events", "occurred_at")
+    windows = period_windows(conn, month, only)
+    read_end = max([month.end, *(end for _, end in windows.values())])
+    if windows:  # anchored periods: each such organization's own hours, the others' the month's
+        period_join = """LEFT JOIN unnest(CAST(:period_orgs AS varchar[]), CAST(:period_starts AS timestamptz[]),
+                             CAST(:period_ends AS timestamptz[])) AS p(org, ps, pe) ON p.org = s.organization_id"""
+        in_period = "((p.org IS NULL AND s.at < :end) OR (s.at >= p.ps AND s.at < p.pe))"
+        ev_source = f"""SELECT s.organization_id, s.metric, s.quantity FROM (
+                SELECT organization_id, metric, quantity, {at} AS at FROM {events}
+                WHERE {at} >= :start AND {at} < :read_end{org}) s {period_join} WHERE {in_period}"""
+        hr_source = f"""SELECT s.organization_id, s.metric, s.quantity FROM (
+                SELECT organization_id, metric, quantity, hour_start AS at FROM usage_hourly
+                WHERE hour_start >= :start AND hour_start < :read_end{org}) s {period_join} WHERE {in_period}"""
+        ev = f"SELECT organization_id, metric, sum(quantity) AS q FROM ({ev_source}) e GROUP BY 1, 2"
+        hr = f"SELECT organization_id, metric, sum(quantity) AS q FROM ({hr_source}) h GROUP BY 1, 2"
+    else:
+        ev = f"""SELECT organization_id, metric, sum(quantity) AS q FROM {events}
+            WHERE {at} >= :start AND {at} < :end{org} GROUP BY 1, 2"""
+        hr = f"""SELECT organization_id, metric, sum(quantity) AS q FROM usage_hourly
+            WHERE hour_start >= :start AND hour_start < :end{org} GROUP BY 1, 2"""
     sql = f"""
         WITH ev AS (
-            SELECT organization_id, metric, sum(quantity) AS q FROM {events}
-            WHERE {at} >= :start AND {at} < :end{org} GROUP BY 1, 2
+            {ev}
         ), hr AS (
-            SELECT organization_id, metric, sum(quantity) AS q FROM usage_hourly
-            WHERE hour_start >= :start AND hour_start < :end{org} GROUP BY 1, 2
+            {hr}
         ), bl AS (
             SELECT i.organization_id, u.metric, sum(u.quantity) AS q
             FROM invoice_usage u JOIN invoices i ON i.id = u.invoice_id
@@ -63,10 +80,26 @@ def usage_differences(conn: Connection, month: Month, only: list[str] | None, *,
         WHERE p.events <> p.rolled_up OR p.rolled_up <> p.billed OR o.id IS NULL
         ORDER BY 1, 2
     """
-    params = {"start": month.start, "end": month.end, "period": month.first_day, "only": only or []}
+    params = {"start": month.start, "end": month.end, "period": month.first_day, "only": only or [],
+              "read_end": read_end, "period_orgs": list(windows),
+              "period_starts": [start for start, _ in windows.values()],
+              "period_ends": [end for _, end in windows.values()]}
     for row in engine.stream_rows(conn, text(sql), params):
         yield UsageRow(row.organization_id, row.metric, Decimal(row.events), Decimal(row.rolled_up),
                        Decimal(row.billed), row.known, row.free)
+
+
+def period_windows(conn: Connection, month: Month, only: list[str] | None) -> dict[str, tuple[datetime, datetime]]:
+    """The organizations whose period starting in the month is not the calendar month, with its
+    interval: as their live invoice billed it, else as their anchor gives it."""
+    windows = {org: (p.start, p.end) for org, p in period_store.anchored_periods(conn, month, only=only).periods.items()}
+    org = " AND organization_id = ANY(:only)" if only else ""
+    for row in conn.execute(text(f"""
+        SELECT organization_id, period_start, period_end FROM invoices
+        WHERE billing_month = :period AND status <> 'void' AND (period_start <> :start OR period_end <> :end){org}
+    """), {"period": month.first_day, "start": month.start, "end": month.end, "only": only or []}):
+        windows[row.organization_id] = (row.period_start, row.period_end)
+    return windows
 
 
 @dataclass(frozen=True)
@@ -98,7 +131,7 @@ def live_invoices(conn: Connection, month: Month, only: list[str] | None) -> Ite
                coalesce(array_agg(l.line_no ORDER BY l.line_no) FILTER (WHERE l.line_no IS NOT NULL), '{{}}') AS line_nos,
                coalesce(array_agg(l.amount ORDER BY l.line_no) FILTER (WHERE l.line_no IS NOT NULL), '{{}}') AS amounts
         FROM invoices i LEFT JOIN invoice_lines l ON l.invoice_id = i.id
-        WHERE i.period_start = :period AND i.status <> 'void'{org}
+        WHERE i.billing_month = :period AND i.status <> 'void'{org}
         GROUP BY i.id ORDER BY i.number
     """), {"period": month.first_day, "only": only or []}, execution_options={"yield_per": 500})
     for r in rows:

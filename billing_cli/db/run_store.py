@@ -123,10 +123,14 @@ def running_since(conn: Connection, job: str, before: datetime) -> datetime | No
                              "AND started_at < :before"), {"job": job, "before": before}).scalar_one()
 
 
-def succeeded_shards(conn: Connection, jobs: list[str], period: str) -> list[str | None]:
-    """The shard of every successful real run of these jobs for the period over all organizations
-    (None: a whole run; a run limited by --org never counts)."""
-    return list(conn.execute(text("""
-        SELECT shard FROM job_runs WHERE job = ANY(:jobs) AND period = :period AND NOT dry_run
-          AND NOT targeted AND status = 'succeeded'
-    """), {"jobs": jobs, "period": period}).scalars())
+def succeeded_shards_since(conn: Connection, jobs: list[str], periods: list[str], since: datetime,
+                           ) -> dict[str, list[str | None]]:
+    """Per period label: the shard of every successful real run over all organizations that
+    started at or after `since` (None: a whole run)."""
+    found: dict[str, list[str | None]] = {period: [] for period in periods}
+    for period, shard in conn.execute(text("""
+        SELECT period, shard FROM job_runs WHERE job = ANY(:jobs) AND period = ANY(:periods) AND NOT dry_run
+          AND NOT targeted AND status = 'succeeded' AND started_at >= :since
+    """), {"jobs": jobs, "periods": periods, "since": since}):
+        found[period].append(shard)
+    return found

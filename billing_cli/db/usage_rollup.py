@@ -75,9 +75,22 @@ removed AS (
 ),
 revised AS (
     INSERT INTO usage_revisions AS r (organization_id, period_start, revised_at)
-    SELECT DISTINCT organization_id, CAST(date_trunc('month', hour_start, 'UTC') AS date), now()
-    FROM (SELECT organization_id, hour_start FROM upserted UNION ALL
-          SELECT organization_id, hour_start FROM removed) c
+    SELECT DISTINCT d.organization_id, coalesce(
+               -- the billing month of the invoiced period holding the day (an anchored period spans two months)
+               (SELECT CASE WHEN d.day < i.period_end THEN i.billing_month END FROM invoices i
+                WHERE i.organization_id = d.organization_id AND i.status <> 'void' AND i.period_start <= d.day
+                ORDER BY i.period_start DESC LIMIT 1),
+               -- not invoiced yet: the month its period starts in, by the anchor day (anchors.py)
+               CAST(CASE WHEN o.billing_anchor_day IS NULL OR extract(day FROM d.local) >= least(
+                             o.billing_anchor_day, extract(day FROM date_trunc('month', d.local)
+                                                                    + interval '1 month - 1 day'))
+                         THEN date_trunc('month', d.local)
+                         ELSE date_trunc('month', d.local) - interval '1 month' END AS date)), now()
+    FROM (SELECT DISTINCT organization_id, date_trunc('day', hour_start, 'UTC') AS day,
+                 date_trunc('day', hour_start AT TIME ZONE 'UTC') AS local
+          FROM (SELECT organization_id, hour_start FROM upserted UNION ALL
+                SELECT organization_id, hour_start FROM removed) c) d
+    LEFT JOIN organizations o ON o.id = d.organization_id
     ON CONFLICT (organization_id, period_start) DO UPDATE
         SET revision = r.revision + 1, revised_at = EXCLUDED.revised_at
     RETURNING 1

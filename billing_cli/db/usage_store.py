@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -10,6 +10,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, text
 
 from ..addresses import BillingDetails
+from ..anchors import Anchor, BillingPeriod
 from ..periods import Month
 
 
@@ -28,10 +29,16 @@ class OrganizationRow:
     stripe_customer_name: str | None = None  # what billing last told Stripe about it
     stripe_customer_email: str | None = None
     billing: BillingDetails = BillingDetails()  # postal address and tax id printed on its invoices
+    period: BillingPeriod | None = None  # its period of the month, when not the calendar month (anchors.py)
+    period_problem: str | None = None  # why its period cannot be computed (a data error)
+    anchor: Anchor | None = None  # its anchor day and last change, when it has (or had) one
 
     @property
     def active(self) -> bool:
         return self.status == "active"
+
+    def billing_period(self, month: Month) -> BillingPeriod:
+        return self.period if self.period is not None else BillingPeriod.calendar(month)
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,10 @@ def _filters(only: list[str] | None, shard: Shard, column: str = "id") -> tuple[
 _TO_INVOICE = """(o.status = 'active' OR o.status_changed_at >= :start
     OR EXISTS (SELECT 1 FROM usage_hourly h WHERE h.organization_id = o.id
                AND h.hour_start >= :start AND h.hour_start < :end)
+    -- an anchored period reaches into the next month (:read_end: the latest period end)
+    OR (o.billing_anchor_day IS NOT NULL AND :read_end > :end
+        AND EXISTS (SELECT 1 FROM usage_hourly h WHERE h.organization_id = o.id
+                    AND h.hour_start >= :end AND h.hour_start < :read_end))
     OR EXISTS (SELECT 1 FROM usage_revisions r WHERE r.organization_id = o.id AND r.period_start >= :oldest
                AND r.period_start < :period AND r.revision > coalesce(
                    (SELECT max(p.revision) FROM invoices i JOIN invoice_periods p ON p.invoice_id = i.id
@@ -76,10 +87,33 @@ _TO_INVOICE = """(o.status = 'active' OR o.status_changed_at >= :start
 
 
 def count_to_invoice(session: Connection, month: Month, *, late_months: int, only: list[str] | None = None,
-                     shard: Shard = Shard()) -> int:
+                     shard: Shard = Shard(), excluded: list[str] | None = None, uninvoiced_only: bool = False,
+                     periods: Mapping[str, BillingPeriod] | None = None) -> int:
+    """How many organizations organizations_with_usage streams (`excluded`: periods not ended yet;
+    `periods`: the anchored ones, as it is given them)."""
     where, params = _filters(only, shard, column="o.id")
+    where += _exclusions(excluded, uninvoiced_only)
     return session.execute(text(f"SELECT count(*) FROM organizations o WHERE {_TO_INVOICE}{where}"),
-                           {**params, **_window(month, late_months)}).scalar_one()
+                           {**params, **_window(month, late_months, periods), "excluded": excluded or []}).scalar_one()
+
+
+def uninvoiced(session: Connection, month: Month, *, late_months: int, only: list[str] | None = None,
+               shard: Shard = Shard()) -> list[str]:
+    """The organizations to invoice for the month that have no live invoice of it."""
+    where, params = _filters(only, shard, column="o.id")
+    where += _exclusions(None, True)
+    return list(session.execute(text(f"SELECT o.id FROM organizations o WHERE {_TO_INVOICE}{where} ORDER BY o.id"),
+                                {**params, **_window(month, late_months)}).scalars())
+
+
+def _exclusions(excluded: list[str] | None, uninvoiced_only: bool) -> str:
+    """` AND …` leaving out the organizations whose period has not ended (`excluded`), and with
+    `uninvoiced_only` those with a live invoice of the month (a catch-up pass bills only the rest)."""
+    where = " AND NOT (o.id = ANY(:excluded))" if excluded else ""
+    if uninvoiced_only:
+        where += (" AND NOT EXISTS (SELECT 1 FROM invoices li WHERE li.organization_id = o.id "
+                  "AND li.billing_month = :period AND li.status <> 'void')")
+    return where
 
 
 def unknown_organizations(session: Connection, ids: list[str]) -> list[str]:
@@ -88,16 +122,23 @@ def unknown_organizations(session: Connection, ids: list[str]) -> list[str]:
     return sorted(set(ids) - known)
 
 
-def _window(month: Month, late_months: int) -> dict:
+def _window(month: Month, late_months: int, periods: Mapping[str, BillingPeriod] | None = None) -> dict:
     return {"start": month.start, "end": month.end, "period": month.first_day,
-            "oldest": month.minus(late_months).first_day}
+            "oldest": month.minus(late_months).first_day, "read_end": _read_end(month, periods)}
 
 
-def stale_hours(session: Connection, month: Month, *, edited_since: Month | None = None) -> list[datetime]:
+def _read_end(month: Month, periods: Mapping[str, BillingPeriod] | None) -> datetime:
+    """Where the hours a month's periods cover end: the month's end, or the latest anchored period's."""
+    return max([month.end, *(p.end for p in (periods or {}).values())])
+
+
+def stale_hours(session: Connection, month: Month, *, edited_since: Month | None = None,
+                until: datetime | None = None) -> list[datetime]:
     """Hours of the month whose events changed since they were aggregated (or never were): late
     or removed events (the count or the latest arrival differs), events edited in place (the
     trigger's usage_event_changes, also in the earlier months from `edited_since`, whose changed
-    usage the month's invoices adjust), or an hour the hourly job missed."""
+    usage the month's invoices adjust), or an hour the hourly job missed. `until`: the end of the
+    latest period starting in the month, when anchored periods reach into the next one."""
     rows = session.execute(text("""
         WITH current AS (
             SELECT date_trunc('hour', occurred_at, 'UTC') AS hour_start, count(*) AS event_count,
@@ -120,13 +161,17 @@ def stale_hours(session: Connection, month: Month, *, edited_since: Month | None
             (p.period_start + interval '1 month' - interval '1 hour') AT TIME ZONE 'UTC', interval '1 hour') AS h
         WHERE p.period_start >= CAST(:edited_from AS timestamptz) AT TIME ZONE 'UTC'
         ORDER BY 1
-    """), {"start": month.start, "end": month.end, "edited_from": (edited_since or month).start})
+    """), {"start": month.start, "end": max(month.end, until or month.end),
+           "edited_from": (edited_since or month).start})
     return [r.hour_start for r in rows]
 
 
 def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int, late_months: int = 0,
                              only: list[str] | None = None, shard: Shard = Shard(),
                              live_hours: list[datetime] | None = None,
+                             periods: Mapping[str, BillingPeriod] | None = None,
+                             problems: Mapping[str, str] | None = None, excluded: list[str] | None = None,
+                             uninvoiced_only: bool = False,
                              ) -> Iterator[list[tuple[OrganizationRow, dict[str, Decimal]]]]:
     """The organizations to invoice with their month's usage per metric, in batches, from ONE ordered pass
     over the month (a hash aggregate of usage_hourly joined to organizations, streamed through a
@@ -134,16 +179,31 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
     organizations, and memory holds one batch. `live_hours` (a dry run's hours not aggregated yet)
     are summed from the raw events instead."""
     where, params = _filters(only, shard, column="o.id")
-    hourly = ("SELECT organization_id, metric, quantity FROM usage_hourly "
-              "WHERE hour_start >= :start AND hour_start < :end")
+    where += _exclusions(excluded, uninvoiced_only)
+    periods = periods or {}
+    # Organizations on calendar months (the common case) are summed over the month alone; with
+    # anchored periods, the hours read reach to the latest period end, and each anchored
+    # organization keeps the hours of its own period (one pass still, a hash join on the periods).
+    # :read_end is _read_end(month, periods) (in _window).
+    hourly = ("SELECT organization_id, metric, quantity, hour_start FROM usage_hourly "
+              "WHERE hour_start >= :start AND hour_start < :read_end")
+    if only:  # a few organizations (--org, a catch-up pass): read their hours alone, not the month's
+        hourly += " AND organization_id = ANY(:only)"
     if live_hours:
         source = f"""{hourly} AND NOT (hour_start = ANY(:live))
             UNION ALL
-            SELECT organization_id, metric, quantity FROM usage_events
-            WHERE occurred_at >= :start AND occurred_at < :end
+            SELECT organization_id, metric, quantity, date_trunc('hour', occurred_at, 'UTC') FROM usage_events
+            WHERE occurred_at >= :start AND occurred_at < :read_end
               AND date_trunc('hour', occurred_at, 'UTC') = ANY(:live)"""
     else:
         source = hourly
+    if periods:
+        source = f"""SELECT s.organization_id, s.metric, s.quantity FROM ({source}) s
+            LEFT JOIN unnest(CAST(:period_orgs AS varchar[]), CAST(:period_starts AS timestamptz[]),
+                             CAST(:period_ends AS timestamptz[])) AS p(org, period_start, period_end)
+                   ON p.org = s.organization_id
+            WHERE (p.org IS NULL AND s.hour_start < :end)
+               OR (s.hour_start >= p.period_start AND s.hour_start < p.period_end)"""
     # A cursor makes PostgreSQL plan for the first 10% of rows (index scans per organization, tens
     # of seconds on a big month); we read them all, so plan for all: one hash aggregate, ~the floor.
     conn.execute(text("SET LOCAL cursor_tuple_fraction = 1.0"))
@@ -152,7 +212,8 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
         SELECT o.id, o.name, o.email, o.currency, o.price_plan_id, o.stripe_customer_id, o.status, o.created_at,
                o.status_changed_at, coalesce(r.revision, 0) AS revision, sc.name AS sc_name,
                sc.email AS sc_email, o.billing_address_line1, o.billing_address_line2, o.billing_postal_code,
-               o.billing_city, o.billing_region, o.billing_country, o.tax_id, o.tax_exempt, u.metric, u.quantity
+               o.billing_city, o.billing_region, o.billing_country, o.tax_id, o.tax_exempt, o.billing_anchor_day,
+               o.billing_anchor_previous, o.billing_anchor_changed_at, u.metric, u.quantity
         FROM organizations o
         LEFT JOIN (SELECT organization_id, metric, sum(quantity) AS quantity FROM ({source}) s GROUP BY 1, 2) u
                ON u.organization_id = o.id
@@ -160,7 +221,9 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
         LEFT JOIN stripe_customers sc ON sc.organization_id = o.id AND sc.customer_id = o.stripe_customer_id
         WHERE {_TO_INVOICE}{where}
         ORDER BY o.id
-    """), {**params, **_window(month, late_months), "live": live_hours or []},
+    """), {**params, **_window(month, late_months, periods), "live": live_hours or [],
+           "excluded": excluded or [], "period_orgs": list(periods),
+           "period_starts": [p.start for p in periods.values()], "period_ends": [p.end for p in periods.values()]},
         execution_options={"yield_per": 2000})  # a server-side cursor: rows arrive as they are read
     batch: list[tuple[OrganizationRow, dict[str, Decimal]]] = []
     current: tuple[OrganizationRow, dict[str, Decimal]] | None = None
@@ -176,7 +239,12 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
                                   row.revision, row.sc_name, row.sc_email,
                                   BillingDetails(row.billing_address_line1, row.billing_address_line2,
                                                  row.billing_postal_code, row.billing_city, row.billing_region,
-                                                 row.billing_country, row.tax_id, row.tax_exempt))
+                                                 row.billing_country, row.tax_id, row.tax_exempt),
+                                  periods.get(row.id), (problems or {}).get(row.id),
+                                  Anchor(row.billing_anchor_day, row.billing_anchor_previous,
+                                         row.billing_anchor_changed_at)
+                                  if row.billing_anchor_day is not None or row.billing_anchor_previous is not None
+                                  else None)
             current = (org, {})
         if row.metric is not None:
             current[1][row.metric] = Decimal(row.quantity)

@@ -83,21 +83,21 @@ def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller
     numbers = NumberFormat(seller.locale)  # amounts as the PDF prints them (INVOICE_LOCALE)
     total = numbers.money(doc.total, doc.currency)
     message = EmailMessage(policy=_POLICY)
-    message["Subject"] = f"Invoice {doc.number} for {doc.period}: {total}"
+    message["Subject"] = f"Invoice {doc.number} for {doc.period_name}: {total}"
     message["From"] = sender
     user, _, domain = to_address.rpartition("@")
     message["To"] = Address(display_name=name, username=user, domain=domain)
     message["Message-ID"] = message_id(doc, sender)
     message["Date"] = format_datetime(_noon(doc))
-    opening = (f"please find attached invoice {doc.number} from {seller.name} for {doc.period}." if attach else
-               f"invoice {doc.number} from {seller.name} for {doc.period} is ready.")
+    opening = (f"please find attached invoice {doc.number} from {seller.name} for {doc.period_name}." if attach else
+               f"invoice {doc.number} from {seller.name} for {doc.period_name} is ready.")
     text = [
         f"Hello {name},",
         "",
         opening,
         "",
         f"  Invoice number: {doc.number}",
-        f"  Billing period: {doc.period.first_day} to {doc.period.last_day}",
+        f"  Billing period: {doc.period_text}",
         f"  Total due:      {total}",
         f"  Due date:       {doc.due_date}",
     ]
@@ -116,7 +116,7 @@ def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller
 <p>{html.escape(opening)}</p>
 <table cellpadding="4">
 <tr><td>Invoice number</td><td><b>{html.escape(doc.number)}</b></td></tr>
-<tr><td>Billing period</td><td>{doc.period.first_day} to {doc.period.last_day}</td></tr>
+<tr><td>Billing period</td><td>{html.escape(doc.period_text)}</td></tr>
 <tr><td>Total due</td><td><b>{html.escape(total)}</b></td></tr>
 <tr><td>Due date</td><td>{doc.due_date}</td></tr>
 </table>

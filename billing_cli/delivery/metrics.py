@@ -43,6 +43,9 @@ def push_run_metrics(gateway_url: str, summary: RunSummary, *, shard: str | None
     failed = summary.counts.get("failed", summary.counts.get("failed_hours", 0))
     gauge("billing_organizations_processed", "Organizations (or hours) processed by the last run.", processed)
     gauge("billing_organizations_failed", "Organizations (or hours) that failed in the last run.", failed)
+    if "not_due" in summary.counts:
+        gauge("billing_periods_not_due", "Organizations whose period of the run's month had not ended yet: left for "
+              "a later run.", summary.counts["not_due"])
     if "orphan_events" in summary.counts:
         gauge("billing_orphan_usage_events", "Events of organization ids with no organizations row, in the last "
               "run's window (rolled up; billed once the organization exists).", summary.counts["orphan_events"])

@@ -60,6 +60,7 @@ class StripeLine:
     amount: int  # in Stripe's units for the currency (money.to_stripe_amount)
     description: str
     tax_rates: tuple[str, ...] = ()  # Stripe TaxRate ids applied to the line (taxes on)
+    period: tuple[int, int] | None = None  # the period the line bills, as Unix times [start, end)
 
 
 @dataclass(frozen=True)
@@ -350,7 +351,8 @@ class StripeGateway:
             "invoice lines", "post", f"/v1/invoices/{_path(stripe_invoice_id)}/add_lines",
             lines=[{"amount": line.amount, "description": line.description[:500],
                     "metadata": {"billing_invoice_id": str(invoice_id), "line_no": str(line.line_no)},
-                    **({"tax_rates": list(line.tax_rates)} if line.tax_rates else {})}
+                    **({"tax_rates": list(line.tax_rates)} if line.tax_rates else {}),
+                    **({"period": {"start": line.period[0], "end": line.period[1]}} if line.period else {})}
                    for line in lines],
             idempotency_key=f"billing-invoice-{invoice_id}-lines-{first}-{last}"))
 

@@ -229,7 +229,7 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
              (("Invoice number", doc.number + (" (preview)" if doc.preview else "")),
               ("Issue date", doc.issue_date.isoformat()), ("Due date", doc.due_date.isoformat())))
     facts = (*facts,
-             ("Billing period", f"{doc.period.first_day.isoformat()} to {doc.period.last_day.isoformat()}"),
+             ("Billing period", doc.period_text),
              ("Currency", doc.currency),
              *((("Replaces invoice", doc.replaces),) if doc.replaces else ()))
     pdf.set_y(top)

@@ -180,7 +180,7 @@ def plan_void(transactions: Transactions, number: str) -> VoidPlan:
         credited = f"; its credit note is {note.number}" if note is not None else ""
         raise Refused(f"invoice {number} is void already (since {row.voided_at:%Y-%m-%d}, {row.void_reason}){credited}",
                       hint="Nothing to do: a void invoice is never voided or credited twice.")
-    return VoidPlan(number, row.organization_id, row.bill_to_name, Month.containing_date(row.period_start),
+    return VoidPlan(number, row.organization_id, row.bill_to_name, Month.containing_date(row.billing_month),
                     row.currency, row.total, sent=row.sent, in_stripe=row.stripe_invoice_id is not None)
 
 

@@ -30,10 +30,12 @@ from ..delivery.mailer import MailError
 from ..delivery.payments import PaymentError, PaymentGateway, StripeInvoiceDetail, StripeLine, StripeTaxRate
 from ..delivery.ports import Deliveries
 from ..delivery.storage import PresignedLink, StorageError, object_key
+from ..anchors import BillingPeriod
 from ..invoices import InvoiceDocument, Seller
 from ..money import to_stripe_amount
 from ..outcomes import Component, Step
 from ..taxes import Treatment
+from ..periods import Month
 
 # Stripe keeps idempotency keys for about 24 hours; past this age a retry could create a second
 # draft, so we look the invoice up by our metadata before creating one.
@@ -144,7 +146,8 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: St
     if status == "draft":
         present = {n for n, _ in remote.lines} if remote is not None else set()
         rates = _stripe_tax_rates(transactions, gateway, document) if len(present) < len(document.lines) else ()
-        ours = [StripeLine(n, to_stripe_amount(line.amount, document.currency), line.description, rates)
+        ours = [StripeLine(n, to_stripe_amount(line.amount, document.currency), line.description, rates,
+                           _line_period(document, line.period))
                 for n, line in enumerate(document.lines, start=1)]
         missing = [line for line in ours if line.line_no not in present]
         total = gateway.add_lines(stripe_id, invoice_id=invoice.id, lines=missing).total if missing else \
@@ -216,3 +219,9 @@ def _check_total(stripe_total: int, expected: int, currency: str, document: Invo
         raise PaymentError(f"Stripe invoice total {stripe_total} {currency.upper()} differs from ours {expected} "
                            f"{document.currency} (minor units): not finalized, check the Stripe draft{why}",
                            transient=False)
+
+
+def _line_period(document: InvoiceDocument, month: Month | None) -> tuple[int, int]:
+    """The period a line bills, for Stripe: the invoice's own period, or the month an adjustment is for."""
+    period = document.billing_period if month is None or month == document.period else BillingPeriod.calendar(month)
+    return int(period.start.timestamp()), int(period.end.timestamp())

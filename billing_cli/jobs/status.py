@@ -8,14 +8,14 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from ..db import run_store
+from ..db import period_store, run_store
 from ..outcomes import MONTHLY_JOBS, SCHEDULED_JOBS, Job, RunOutcome
 from ..periods import Month
 
 @dataclass(frozen=True)
 class Thresholds:
     aggregate_max_age: timedelta = timedelta(hours=2)
-    invoice_deadline_day: int = 2  # the previous month must be invoiced by this day of the month
+    invoice_grace: timedelta = timedelta(hours=24)  # every period that ended longer ago is invoiced
     stuck_after: timedelta = timedelta(hours=6)
 
 
@@ -55,7 +55,7 @@ def job_statuses(conn: Connection, now: datetime, thresholds: Thresholds = Thres
                 status.problems.append(f"last success {_ago(now, success['finished_at'])} ago, more than "
                                        f"{_hours(thresholds.aggregate_max_age)}")
         if job == Job.INVOICE_MONTHLY:
-            problem = _monthly_problem(conn, now, thresholds)
+            problem = _periods_problem(conn, now, thresholds)
             if problem:
                 status.problems.append(problem)
         statuses.append(status)
@@ -74,15 +74,20 @@ def month_is_invoiced(shards: list[str | None]) -> bool:
     return any(len(indexes) == count for count, indexes in by_count.items())
 
 
-def _monthly_problem(conn: Connection, now: datetime, thresholds: Thresholds) -> str | None:
-    """The previous month must be invoiced (by invoice-monthly or legacy-run, every shard) by the
-    deadline day."""
-    if now.day < thresholds.invoice_deadline_day:
+def _periods_problem(conn: Connection, now: datetime, thresholds: Thresholds) -> str | None:
+    """Every billing period that ended more than the grace before now must be invoiced: a
+    successful run (invoice-monthly or legacy-run, whole or every shard of one split, not limited
+    with --org) started after the latest such period ended, for the month that period starts in
+    (a daily run of the month after catches it up too)."""
+    cutoff = now - thresholds.invoice_grace
+    ended = period_store.latest_period_end(conn, cutoff)
+    key = Month.containing(ended).prev()  # a period ending in month M starts in M - 1
+    labels = [str(key), str(key.next())]
+    runs = run_store.succeeded_shards_since(conn, list(MONTHLY_JOBS), labels, ended)
+    if any(month_is_invoiced(shards) for shards in runs.values() if shards):
         return None
-    month = str(Month.previous(now))
-    if month_is_invoiced(run_store.succeeded_shards(conn, list(MONTHLY_JOBS), month)):
-        return None
-    return f"{month} is not invoiced successfully yet (deadline: day {thresholds.invoice_deadline_day} of {now:%Y-%m})"
+    return (f"the billing periods that ended at {ended:%Y-%m-%d %H:%M}Z (starting in {key}) are not invoiced "
+            f"successfully yet, {_ago(now, ended)} later (grace: {_hours(thresholds.invoice_grace)})")
 
 
 def _hours(delta: timedelta) -> str:

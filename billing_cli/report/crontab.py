@@ -58,7 +58,8 @@ BILLING_ENV_FILE=/etc/billing/billing.env
 # out: it bills the same month as invoice-monthly, so only one of the two may be active.
 _WHAT = {
     "aggregate-hourly": ["the previous hour's usage."],
-    "invoice-monthly": ["the previous month's invoices."],
+    "invoice-monthly": ["every billing period that has ended and",
+                        "is not invoiced yet (calendar months on the 1st, anchored periods on their day)."],
     "reconcile": ["a read-only check of the previous month (exit 11 when",
                   "something differs; `billing reconcile --month YYYY-MM` shows what and what to do)."],
     "legacy-run": ["the older all-in-one",

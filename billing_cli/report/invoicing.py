@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from ..config import DELIVERY_FLAGS
 from ..money import format_money, format_quantity
 from ..outcomes import Component, OrgStatus, Step
+from ..periods import iso_utc
 from .output import Output
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ class InvoicingScreen:
 def organization_fields(o: OrgOutcome) -> dict[str, object]:
     """One organization as a machine-readable record."""
     fields: dict[str, object] = {"id": o.organization_id, "status": o.status.value}
+    if o.period is not None and not o.period.is_calendar_month:  # an anchored period: which days
+        fields.update(period_start=iso_utc(o.period.start), period_end=iso_utc(o.period.end))
     if o.number:
         fields.update(number=o.number, total=o.total, currency=o.currency)
         if o.tax is not None:  # taxes on: the tax included in the total
@@ -145,6 +148,8 @@ def organization_line(o: OrgOutcome, dry_run: bool) -> str:
         text = f"{mark} {who}: nothing to bill{voided}"
     else:
         text = f"{mark} {who}"
+    if o.period is not None and not o.period.is_calendar_month:
+        text += f"\n   ↳ period {o.period.label}"
     if o.adjusted:
         text += "\n   ↳ adjusts " + ", ".join(f"{d.period} ({format_money(d.amount, o.currency or '')})"
                                          for d in o.adjusted) + " for usage that changed after it was billed"

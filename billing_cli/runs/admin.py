@@ -25,8 +25,9 @@ class AppliedPlans:
     dry_run: bool
 
 
-def apply_plans(file: Path, dry_run: bool | None, notice: Notice) -> AppliedPlans:
-    """Upsert the plans of a TOML file, all or nothing; a dry run rolls back what it wrote."""
+def apply_plans(file: Path, dry_run: bool | None, notice: Notice, *, effective: datetime | None = None) -> AppliedPlans:
+    """Upsert the plans of a TOML file, all or nothing; a dry run rolls back what it wrote. The new
+    definitions are in force for periods that start from `effective` (default: now)."""
     from ..db.plan_store import save_plans
     from ..plan_file import load_plan_file
 
@@ -34,7 +35,7 @@ def apply_plans(file: Path, dry_run: bool | None, notice: Notice) -> AppliedPlan
     settings = load_settings()
     dry = settings.dry_run if dry_run is None else dry_run
     with open_database(settings, notice=notice) as db, db.engine.connect() as conn, conn.begin() as transaction:
-        saved = save_plans(conn, plans)
+        saved = save_plans(conn, plans, effective=effective)
         if dry:
             transaction.rollback()
     return AppliedPlans(saved.created, saved.updated, saved.unchanged, dry)
@@ -95,7 +96,7 @@ def job_health(now: datetime, notice: Notice) -> list:
 
     settings = load_settings()
     thresholds = Thresholds(timedelta(hours=settings.status_aggregate_max_age_hours),
-                            settings.status_invoice_deadline_day,
+                            timedelta(hours=settings.status_invoice_grace_hours),
                             timedelta(hours=settings.status_stuck_after_hours))
     with open_database(settings, notice=notice) as db, db.engine.connect() as conn:
         return job_statuses(conn, now, thresholds)

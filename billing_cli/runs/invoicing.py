@@ -12,7 +12,7 @@ from ..config import Settings, load_settings
 from ..db.engine import Database
 from ..db.usage_store import Shard
 from ..errors import UsageError
-from ..jobs.invoicing import InvoiceOptions, InvoiceRunResult, OrgOutcome, invoice_month
+from ..jobs.invoicing import InvoiceOptions, InvoiceRunResult, OrgOutcome, invoice_due
 from ..delivery.ports import Deliveries
 from ..money import Precision
 from ..outcomes import DELIVERY_STEPS, Job, Step
@@ -103,12 +103,24 @@ def resolve(job: Job, request: InvoiceRequest, settings: Settings, now: datetime
         # Invoices charged through Stripe are kept in amounts Stripe can charge exactly (money.py).
         precision=Precision.STRIPE if settings.stripe_enabled else Precision.ISO,
         taxes=taxes_from_settings(settings),
-        keep_plan=request.keep_plan and dry_run)
+        keep_plan=request.keep_plan and dry_run,
+        # Only periods that have ended are billed (anchored periods end after their month); --force
+        # bills them as they stand.
+        due_by=None if request.force else now)
+
+
+def catch_up_months(job: Job, request: InvoiceRequest, settings: Settings, options: InvoiceOptions) -> tuple[Month, ...]:
+    """The daily run (no --month, no PROCESS_MONTH) also bills the periods of the month before
+    that ended and have no invoice yet: days it was missed at the turn of a month."""
+    if request.month is not None or settings.process_month is not None or request.regenerate:
+        return ()
+    return (options.month.prev(),)
 
 
 def _run(job: Job, request: InvoiceRequest, settings: Settings, view: InvoicingView, *,
          now: datetime | None = None) -> Finished[InvoiceRunResult]:
     options = resolve(job, request, settings, now or utc_now())
+    catch_up = catch_up_months(job, request, settings, options)
     sharded = str(options.shard) if options.shard.count > 1 else None
     spec = RunSpec(job=job, period=options.month, lock_scope=f"invoice:{options.month}:{options.shard}",
                    dry_run=options.dry_run, shard=sharded, pool_size=options.concurrency + 3,
@@ -124,8 +136,9 @@ def _run(job: Job, request: InvoiceRequest, settings: Settings, view: InvoicingV
                                               [s for s in Step if s in DELIVERY_STEPS and s not in options.delivery_steps],
                                               sharded))
         try:
-            return invoice_month(db.transactions, replace(options, stop=stop, deliveries=deliveries, locks=guard),
-                                 on_start=view.organizations_found, on_outcome=view.organization_done)
+            return invoice_due(db.transactions, replace(options, stop=stop, deliveries=deliveries, locks=guard),
+                               catch_up=catch_up, on_start=view.organizations_found,
+                               on_outcome=view.organization_done)
         finally:
             view.invoicing_ended()
             deliveries.close()

@@ -116,7 +116,8 @@ class Acting:
                                          "invoicing it): nothing issued; rerun to invoice it")
             return
         except IntegrityError as exc:
-            if "uq_invoices_one_live_per_org_month" not in str(exc.orig):
+            if ("uq_invoices_one_live_per_org_month" not in str(exc.orig)
+                    and "uq_invoices_one_live_period" not in str(exc.orig)):
                 raise
             # Another run issued this organization's invoice between our read and our insert: the
             # unique index kept it to one. Report it as already invoiced; a rerun finishes its steps.
@@ -133,7 +134,8 @@ class Acting:
                                    due, invoice.currency, invoice.lines, invoice.total,
                                    replaces=plan.existing.number if plan.existing is not None else None,
                                    bill_to_address=org.billing.postal_lines(),
-                                   bill_to_tax_id=org.billing.printed_tax_id, taxes=invoice.taxes)
+                                   bill_to_tax_id=org.billing.printed_tax_id, taxes=invoice.taxes,
+                                   bounds=invoice.bounds)
         self._carry_out_steps(stored, document, steps, outcome)
 
     def _reverse_in_stripe(self, plan: OrgPlan, outcome: OrgOutcome) -> tuple[Step, ...]:

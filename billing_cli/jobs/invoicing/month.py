@@ -17,11 +17,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from ...db import billing_history, invoice_store, plan_store, tax_store, usage_store
+from ...db import billing_history, invoice_store, period_store, plan_store, tax_store, usage_store
 from ...db.engine import Transactions
 from ...db.usage_store import OrganizationRow
 from ...delivery.pdf import RenderPool
 from ...errors import UsageError
+from ...periods import Month
 from ...taxes import TaxSetup
 from ..credit_notes import undelivered_credit_notes
 from .acting import Acting
@@ -52,11 +53,25 @@ def invoice_month(
     result = InvoiceRunResult(month=options.month, dry_run=options.dry_run, job=options.job,
                               plan=[] if options.keep_plan else None)
     only = list(options.organizations) or None
+    if options.uninvoiced_only:  # a catch-up pass: only what has no invoice yet, read for those alone
+        with transactions() as conn:
+            only = usage_store.uninvoiced(conn, options.month, late_months=options.late_usage_months, only=only,
+                                          shard=options.shard)
+        if not only:
+            return result
     with transactions() as conn:
-        stale = usage_store.stale_hours(conn, options.month,
-                                        edited_since=options.month.minus(options.late_usage_months))
+        periods = period_store.anchored_periods(conn, options.month, only=only, shard=options.shard)
+        # A period that has not ended is not billed yet (a later daily run bills it): with --force, it is.
+        not_due = periods.not_due(options.due_by) if options.due_by is not None else []
+        waiting = set(not_due)
+        due_ends = [p.end for org, p in periods.periods.items() if org not in waiting]
+        stale = usage_store.stale_hours(conn, options.month, edited_since=options.month.minus(options.late_usage_months),
+                                        until=max(due_ends, default=None))
         result.organizations_found = usage_store.count_to_invoice(conn, options.month, only=only, shard=options.shard,
-                                                                  late_months=options.late_usage_months)
+                                                                  late_months=options.late_usage_months,
+                                                                  excluded=not_due, periods=periods.periods,
+                                                                  uninvoiced_only=options.uninvoiced_only)
+        result.not_due = len(not_due)
         unknown = usage_store.unknown_organizations(conn, only) if only else []
     if unknown:  # a typo must not look like a month with failures (exit 6, retried): nothing is done
         raise UsageError(f"--org {', '.join(unknown)}: no organization with this id; check the id "
@@ -70,7 +85,7 @@ def invoice_month(
         live_hours = handler.prepare(stale, result)
         if on_start:
             on_start(result)
-        _run(transactions, options, handler, result, only, live_hours, on_outcome)
+        _run(transactions, options, handler, result, only, live_hours, on_outcome, periods, not_due)
     finally:
         if render_pool is not None:
             render_pool.close()
@@ -78,9 +93,30 @@ def invoice_month(
     return result
 
 
+def invoice_due(
+    transactions: Transactions,
+    options: InvoiceOptions,
+    *,
+    catch_up: tuple[Month, ...] = (),
+    on_start: Callable[[InvoiceRunResult], None] | None = None,
+    on_outcome: Callable[[OrgOutcome], None] | None = None,
+) -> InvoiceRunResult:
+    """The daily run: the periods of `options.month` that have ended, then, in `catch_up` (earlier
+    months), the periods that ended and have no live invoice yet (days the run was missed across
+    the turn of a month). One result for the whole run."""
+    result = invoice_month(transactions, options, on_start=on_start, on_outcome=on_outcome)
+    for month in catch_up:
+        if result.interrupted or options.stopping:
+            break
+        result.absorb(invoice_month(transactions, replace(options, month=month, uninvoiced_only=True),
+                                    on_outcome=on_outcome))
+    return result
+
+
 def _run(transactions: Transactions, options: InvoiceOptions, handler: PlanHandler, result: InvoiceRunResult,
          only: list[str] | None, live_hours: list[datetime],
-         on_outcome: Callable[[OrgOutcome], None] | None) -> None:
+         on_outcome: Callable[[OrgOutcome], None] | None, periods: period_store.MonthPeriods,
+         not_due: list[str]) -> None:
     rules = PlanRules(options.month, options.regenerate, options.delivery_steps,
                       keep_pdf_files=options.output_dir is not None, late_usage_months=options.late_usage_months,
                       precision=options.precision, taxes=_tax_setup(transactions, options))
@@ -99,7 +135,8 @@ def _run(transactions: Transactions, options: InvoiceOptions, handler: PlanHandl
         with transactions() as stream:
             for batch in usage_store.organizations_with_usage(
                     stream, options.month, batch_size=options.batch_size, late_months=options.late_usage_months,
-                    only=only, shard=options.shard, live_hours=live_hours):
+                    only=only, shard=options.shard, live_hours=live_hours, periods=periods.periods,
+                    problems=periods.problems, excluded=not_due, uninvoiced_only=options.uninvoiced_only):
                 if options.stopping:
                     break
                 plans = _plan_batch(transactions, options, rules, batch)
@@ -140,8 +177,9 @@ def _plan_batch(transactions: Transactions, options: InvoiceOptions, rules: Plan
     ids = [org.id for org, _ in batch]
     with transactions() as conn:
         existing = invoice_store.live_invoices(conn, options.month, ids)
-        histories = billing_history.load_histories(conn, options.month, ids, late_months=options.late_usage_months)
-        price_plans = plan_store.load_plans(conn, sorted({o.price_plan_id for o, _ in batch if o.price_plan_id}))
+        histories = billing_history.load_histories(conn, options.month, ids, late_months=options.late_usage_months,
+                                                   anchors={o.id: o.anchor for o, _ in batch if o.anchor is not None})
+        versions = plan_store.load_plan_versions(conn, sorted({o.price_plan_id for o, _ in batch if o.price_plan_id}))
         reversals = invoice_store.pending_reversals(conn, ids)
     credit_notes = undelivered_credit_notes(transactions, ids, options.delivery_steps)
     plans = []
@@ -149,6 +187,9 @@ def _plan_batch(transactions: Transactions, options: InvoiceOptions, rules: Plan
         stored = existing.get(org.id)
         missing_file = (stored is not None and options.output_dir is not None
                         and not options.pdf_file(options.month, stored.number).exists())
+        # Its plan as defined when its period started: a plan change waits for the next boundary.
+        in_force = versions.at(org.price_plan_id, org.billing_period(options.month).start) if org.price_plan_id else None
+        price_plans = {org.price_plan_id: in_force} if org.price_plan_id and in_force is not None else {}
         try:
             plans.append(plan_organization(org, usage, price_plans, stored, rules, history=histories[org.id],
                                            pdf_file_missing=missing_file,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 from ...db.usage_store import Shard
@@ -44,6 +44,8 @@ class InvoiceOptions:
     late_usage_months: int = 3  # earlier months whose changed usage an invoice adjusts (LATE_USAGE_MONTHS)
     precision: Precision = Precision.ISO  # STRIPE when invoices go to Stripe: amounts it can charge exactly
     taxes: TaxSetup | None = None  # INVOICE_TAXES on: the seller's country and tax id (rates read by the job)
+    due_by: datetime | None = None  # only periods ended by then are invoiced (now; None with --force)
+    uninvoiced_only: bool = False  # a catch-up pass: only organizations without a live invoice of the month
 
     def pdf_file(self, month: Month, number: str) -> Path:
         """Where an invoice's PDF is written in the output folder."""

@@ -12,6 +12,7 @@ from decimal import Decimal
 from enum import StrEnum
 
 from ...addresses import CountryError
+from ...anchors import BillingPeriod, FeeShare, fee_share
 from ...composition import ComposedInvoice, PeriodDelta, PeriodRecord, compose, credit_balance, period_delta
 from ...db.billing_history import OrgHistory
 from ...db.invoice_store import StoredInvoice
@@ -60,6 +61,7 @@ class OrgPlan:
     reversals: tuple[str, ...] = ()  # void invoices whose Stripe invoice is voided/credited first (numbers)
     credit_notes: tuple[int, ...] = ()  # credit notes (ids) with a step still missing: completed by this run
     history: OrgHistory = field(default_factory=OrgHistory)  # what the plan was made from
+    period: BillingPeriod | None = None  # the organization's period of the month
 
     @property
     def final(self) -> bool:
@@ -82,12 +84,13 @@ def plan_organization(org: OrganizationRow, usage: Mapping[str, Decimal], plans:
                       existing: StoredInvoice | None, rules: PlanRules, *, history: OrgHistory = OrgHistory(),
                       pdf_file_missing: bool = False, pending_reversals: tuple[str, ...] = (),
                       credit_notes: tuple[int, ...] = ()) -> OrgPlan:
-    """Decide one organization's action. `pdf_file_missing`: its stored invoice's PDF is not in the
+    """Decide one organization's action for its period of `rules.month` (its usage is that
+    period's). `pdf_file_missing`: its stored invoice's PDF is not in the
     output folder (only meaningful with `rules.keep_pdf_files`). `pending_reversals`: its void
     invoices whose Stripe invoice is still to be voided or credited. `credit_notes`: its credit
     notes with a step still missing, completed whatever the action."""
     plan = _plan(org, usage, plans, existing, rules, history, pdf_file_missing, pending_reversals)
-    return replace(plan, credit_notes=credit_notes) if credit_notes else plan
+    return replace(plan, period=org.billing_period(rules.month), credit_notes=credit_notes)
 
 
 def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str, PricePlan],
@@ -119,10 +122,14 @@ def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str
     earlier = [(record.without(replaced), record.plan or plan) for period, record in history.changed.items()
                if window <= period < month]
     own = history.own
+    bounds = {period: record.bounds for period, record in history.changed.items() if record.bounds is not None}
+    bounds[month] = org.billing_period(month)
     try:
-        invoice = compose(month, usage, plan, fees=lambda period: fees_apply(org, period),
+        invoice = compose(month, usage, plan,
+                          fees=lambda period: fees_apply(org, bounds.get(period) or BillingPeriod.calendar(period)),
                           own=own.without(replaced) if own is not None else None, earlier=earlier,
-                          credit_balance=credit_balance(history.credits, without=replaced), precision=rules.precision)
+                          credit_balance=credit_balance(history.credits, without=replaced), precision=rules.precision,
+                          bounds=org.period)
     except (RatingError, CurrencyError) as exc:
         return OrgPlan(org, Action.REFUSE, existing=existing, problem=str(exc), reversals=pending,
                        history=history)
@@ -133,10 +140,10 @@ def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str
     if invoice.is_empty:
         return OrgPlan(org, Action.VOID if existing is not None else Action.NOTHING_TO_BILL, existing=existing,
                        warnings=warnings, reversals=reversals, history=history)
-    if rules.taxes is not None:  # the rates in force on the first day of the invoiced month
+    if rules.taxes is not None:  # the rates in force on the first day of the invoiced period (UTC)
         try:
             invoice = replace(invoice, taxes=taxes_for(invoice.subtotal, invoice.currency, org.billing, rules.taxes,
-                                                       month.first_day, precision=rules.precision))
+                                                       invoice.bounds.start.date(), precision=rules.precision))
         except TaxError as exc:
             return OrgPlan(org, Action.REFUSE, existing=existing, problem=str(exc), reversals=pending,
                            history=history)
@@ -145,16 +152,12 @@ def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str
                    history=history)
 
 
-def fees_apply(org: OrganizationRow, period: Month) -> bool:
-    """Whether the base fee and the minimum commitment are due for `period`: the organization
-    existed before the period ended, and was active at some time in it (an organization
-    deactivated during the month pays that month's fees on its final invoice; after that, only
-    usage). An inactive organization whose status change time is unknown pays no fees."""
-    if org.created_at is not None and org.created_at >= period.end:
-        return False
-    if org.active:
-        return True
-    return org.status_changed_at is not None and org.status_changed_at > period.start
+def fees_apply(org: OrganizationRow, period: BillingPeriod) -> FeeShare | None:
+    """The share of the base fee and the minimum commitment due for `period`: the days of it in
+    which the organization existed and was active (an organization deactivated during the period
+    pays fees up to that day on its final invoice; after that, only usage); None when none is due.
+    An inactive organization whose status change time is unknown pays no fees."""
+    return fee_share(period, created_at=org.created_at, active=org.active, status_changed_at=org.status_changed_at)
 
 
 def _late_usage(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str, PricePlan],
@@ -166,8 +169,9 @@ def _late_usage(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mappi
     if record is None or plan is None:
         return None
     try:
-        delta = period_delta(PeriodRecord(month, usage, record.billed, record.billed_usage), plan,
-                             fees=fees_apply(org, month), label=f"Adjustment for {month.label}", precision=precision)
+        bounds = record.bounds or org.billing_period(month)
+        delta = period_delta(PeriodRecord(month, usage, record.billed, record.billed_usage, bounds=bounds), plan,
+                             fees=fees_apply(org, bounds), label=f"Adjustment for {bounds.label}", precision=precision)
     except (RatingError, CurrencyError):
         return None  # reported when the next invoice is planned
     return None if delta.is_empty else delta
@@ -193,6 +197,8 @@ def _missing_steps(invoice: StoredInvoice, rules: PlanRules, pdf_file_missing: b
 
 def _data_problem(org: OrganizationRow, plans: Mapping[str, PricePlan]) -> str | None:
     """Why this organization cannot be invoiced as it is, naming what to fix; None if it can."""
+    if org.period_problem is not None:
+        return org.period_problem
     try:  # the bill-to data is copied onto the invoice and into e-mail headers: it must be clean
         check_address("organization e-mail", org.email)
     except BadAddress as exc:

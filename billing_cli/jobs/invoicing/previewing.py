@@ -47,7 +47,8 @@ class Previewing:
                                        invoice.lines, invoice.total, preview=True,
                                        replaces=plan.existing.number if plan.existing is not None else None,
                                        bill_to_address=org.billing.postal_lines(),
-                                       bill_to_tax_id=org.billing.printed_tax_id, taxes=invoice.taxes)
+                                       bill_to_tax_id=org.billing.printed_tax_id, taxes=invoice.taxes,
+                                       bounds=invoice.bounds)
             outcome.number, outcome.currency, outcome.total = document.number, invoice.currency, invoice.total
             outcome.tax = invoice.tax_total if invoice.taxes else None
             render(document, options, outcome)

@@ -8,7 +8,8 @@ from decimal import Decimal
 from typing import Any
 
 from ...outcomes import Component, Job, OrgStatus, Step, run_outcome
-from ...periods import Month
+from ...anchors import BillingPeriod
+from ...periods import Month, iso_utc
 from ...summary import RunSummary
 from ...composition import PeriodDelta
 from .planning import Action, OrgPlan
@@ -35,6 +36,7 @@ class OrgOutcome:
     adjusted: tuple[PeriodDelta, ...] = ()  # earlier periods this invoice adjusts for late usage
     late: PeriodDelta | None = None  # an invoiced month's usage that changed since: on the next invoice
     pending: tuple[Step, ...] = ()  # a dry run: the steps a real run would carry out
+    period: BillingPeriod | None = None  # the organization's period billed
     errors: list[tuple[Component, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -50,6 +52,8 @@ class OrgOutcome:
 
     def as_dict(self) -> dict[str, Any]:
         return {"organization_id": self.organization_id, "action": self.action, "status": self.status,
+                "period": {"label": self.period.label, "start": iso_utc(self.period.start),
+                           "end": iso_utc(self.period.end)} if self.period is not None else None,
                 "number": self.number, "currency": self.currency,
                 "total": str(self.total) if self.total is not None else None,
                 "tax": str(self.tax) if self.tax is not None else None,
@@ -83,6 +87,7 @@ class InvoiceRunResult:
     seconds: float = 0.0
     interrupted: bool = False
     unfinished: int = 0  # organizations still in flight when the grace period ended
+    not_due: int = 0  # organizations whose period of the month has not ended yet: left for a later run
 
     @property
     def processed(self) -> int:
@@ -105,6 +110,23 @@ class InvoiceRunResult:
         if self.plan is not None:
             self.plan.append(outcome)
 
+    def absorb(self, other: InvoiceRunResult) -> None:
+        """Add another pass of the same run (a catch-up of an earlier month) to this result."""
+        self.organizations_found += other.organizations_found
+        self.aggregated_hours += other.aggregated_hours
+        self.stale_hours_previewed += other.stale_hours_previewed
+        self.statuses.update(other.statuses)
+        self.errors_by_component.update(other.errors_by_component)
+        for currency, amount in other.revenue.items():
+            self.revenue[currency] += amount
+        self.failed += other.failed
+        if self.plan is not None and other.plan is not None:
+            self.plan += other.plan
+        self.seconds += other.seconds
+        self.interrupted = self.interrupted or other.interrupted
+        self.unfinished += other.unfinished
+        self.not_due += other.not_due
+
     def summary(self) -> RunSummary:
         return RunSummary(
             job=self.job, period=self.month, outcome=run_outcome(ok=self.ok, interrupted=self.interrupted),
@@ -112,7 +134,8 @@ class InvoiceRunResult:
             counts={"found": self.organizations_found, "processed": self.processed,
                     "invoiced": self.statuses[OrgStatus.INVOICED],
                     "already_invoiced": self.statuses[OrgStatus.ALREADY_INVOICED],
-                    "nothing_to_bill": self.statuses[OrgStatus.NOTHING_TO_BILL], "failed": len(self.failed)},
+                    "nothing_to_bill": self.statuses[OrgStatus.NOTHING_TO_BILL], "failed": len(self.failed),
+                    "not_due": self.not_due},
             errors={c.value: self.errors_by_component.get(c, 0) for c in Component},
             revenue={cur: str(self.revenue[cur]) for cur in sorted(self.revenue)},
             tax={cur: str(self.tax[cur]) for cur in sorted(self.tax)},
@@ -131,7 +154,7 @@ def expected_outcome(plan: OrgPlan) -> OrgOutcome:
     """The outcome a plan leads to if all goes well (a failure while carrying it out changes it)."""
     org, existing = plan.organization, plan.existing
     outcome = OrgOutcome(org.id, org.name, status=_STATUS[plan.action], action=plan.action,
-                         warnings=list(plan.warnings), final=plan.final, late=plan.late,
+                         warnings=list(plan.warnings), final=plan.final, late=plan.late, period=plan.period,
                          adjusted=plan.invoice.adjusted if plan.invoice is not None else ())
     if plan.action in (Action.COMPLETE, Action.SKIP) and existing is not None:
         outcome.number, outcome.currency, outcome.total = existing.number, existing.currency, existing.total

@@ -1,0 +1,77 @@
+"""Reads for billing periods: the organizations whose period of a month is not the calendar month.
+
+Every function runs in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, text
+
+from ..anchors import Anchor, AnchorError, BillingPeriod, billing_period
+from ..periods import Month
+from .usage_store import Shard, _filters
+
+
+@dataclass(frozen=True)
+class MonthPeriods:
+    """The periods starting in a month of the organizations that have (or just had) an anchor day;
+    every other organization's period is the calendar month. `problems`: organizations whose
+    period cannot be computed (invoiced as a data error, the others go on)."""
+
+    periods: dict[str, BillingPeriod]
+    problems: dict[str, str]
+
+    def not_due(self, now: datetime) -> list[str]:
+        """The organizations whose period has not ended at `now`."""
+        return sorted(org for org, period in self.periods.items() if period.end > now)
+
+    @property
+    def latest_end(self) -> datetime | None:
+        return max((p.end for p in self.periods.values()), default=None)
+
+
+def anchored_periods(conn: Connection, month: Month, *, only: list[str] | None = None,
+                     shard: Shard = Shard()) -> MonthPeriods:
+    """For each organization with an anchor day, or that had one: its period starting in `month`, computed from its
+    anchor and the end of its live invoice of the month before (anchors.billing_period)."""
+    where, params = _filters(only, shard, column="o.id")
+    rows = conn.execute(text(f"""
+        SELECT o.id, o.billing_anchor_day, o.billing_anchor_previous, o.billing_anchor_changed_at,
+               p.period_end AS previous_end
+        FROM organizations o
+        LEFT JOIN invoices p ON p.organization_id = o.id AND p.billing_month = :previous AND p.status <> 'void'
+        WHERE (o.billing_anchor_day IS NOT NULL OR o.billing_anchor_previous IS NOT NULL){where}
+    """), {**params, "previous": month.prev().first_day})
+    periods: dict[str, BillingPeriod] = {}
+    problems: dict[str, str] = {}
+    for row in rows:
+        anchor = Anchor(row.billing_anchor_day, row.billing_anchor_previous, row.billing_anchor_changed_at)
+        try:
+            period = billing_period(month, anchor, previous_end=row.previous_end)
+        except (AnchorError, ValueError) as exc:
+            problems[row.id] = str(exc)
+            continue
+        if not period.is_calendar_month or period.regular_start is not None:
+            periods[row.id] = period
+    return MonthPeriods(periods, problems)
+
+
+def any_anchored(conn: Connection) -> bool:
+    """Whether any organization has (or had) an anchor day: without one, every period is a calendar month."""
+    return bool(conn.execute(text(
+        "SELECT EXISTS (SELECT 1 FROM organizations WHERE billing_anchor_day IS NOT NULL "
+        "OR billing_anchor_previous IS NOT NULL)")).scalar_one())
+
+
+def latest_period_end(conn: Connection, at_or_before: datetime) -> datetime:
+    """The latest moment, at or before `at_or_before`, at which some organization's period ended:
+    the 1st of its month for calendar months, else an anchored period's end (of the periods that
+    start in the two months before)."""
+    month = Month.containing(at_or_before)
+    ends = [month.start]
+    for earlier in (month.prev(), month.prev().prev()):
+        ends += [p.end for p in anchored_periods(conn, earlier).periods.values()]
+    return max(end for end in ends if end <= at_or_before)

@@ -1,0 +1,479 @@
+"""Billing periods per organization, invoiced on a real PostgreSQL: anchor days, catch-up runs,
+proration, shards, --month, --regenerate, the dry run.
+
+Plan `pro` (USD): base fee 10.00, API calls graduated 1..1,000 at 0.01, above at 0.005. Every
+figure is worked out by hand in the comments.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from dataclasses import replace
+from datetime import date, datetime
+from decimal import Decimal as D
+
+import pytest
+from pypdf import PdfReader
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from billing_cli.anchors import Anchor, billing_period
+from billing_cli.cli import app
+from billing_cli.db.invoice_store import load_document
+from billing_cli.db.plan_store import save_plans
+from billing_cli.db.usage_store import Shard
+from billing_cli.delivery.pdf import render_invoice
+from billing_cli.invoices import Seller
+from billing_cli.jobs.invoicing import InvoiceOptions, invoice_due, invoice_month
+from billing_cli.periods import HOUR, Month
+from billing_cli.plan_file import parse_plans
+from tests.data import PLANS, add_event, add_org, add_usage, set_plan, table_snapshot, utc
+
+JAN, FEB, MAR = Month(2024, 1), Month(2024, 2), Month(2024, 3)
+SELLER = Seller("Example Cloud Ltd", ("1 Example Street", "London"), "GB123")
+TABLES = ("invoices", "invoice_lines", "invoice_usage", "invoice_periods", "invoice_number_counters")
+runner = CliRunner()
+
+
+def options(month: Month, due_by: datetime | None, **overrides) -> InvoiceOptions:
+    values = dict(month=month, issue_date=(due_by or month.end).date(), seller=SELLER, due_by=due_by)
+    values.update(overrides)
+    return InvoiceOptions(**values)
+
+
+def set_anchor(conn, org_id: str, day: int | None, *, changed_at: datetime | None = None) -> None:
+    """The account service sets the anchor (the trigger records the change); `changed_at`: when, in
+    the test's calendar (None: long before any period billed here)."""
+    conn.execute(text("UPDATE organizations SET billing_anchor_day = :d WHERE id = :o"), {"d": day, "o": org_id})
+    if changed_at is None:
+        conn.execute(text("UPDATE organizations SET billing_anchor_previous = NULL, billing_anchor_changed_at = NULL "
+                          "WHERE id = :o"), {"o": org_id})
+    else:
+        conn.execute(text("UPDATE organizations SET billing_anchor_changed_at = :t WHERE id = :o"),
+                     {"t": changed_at, "o": org_id})
+
+
+def org(conn, org_id: str, anchor: int | None, *, created_at: datetime = utc(2023, 1, 1)) -> None:
+    add_org(conn, org_id, created_at=created_at)
+    set_plan(conn, org_id, "pro")
+    if anchor is not None:
+        set_anchor(conn, org_id, anchor)
+
+
+def invoices(engine) -> dict[str, list[tuple]]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT organization_id, number, status, period_start, period_end, total "
+                                 "FROM invoices ORDER BY id")).all()
+    found: dict[str, list[tuple]] = {}
+    for r in rows:
+        found.setdefault(r.organization_id, []).append((r.number, r.status, r.period_start, r.period_end, r.total))
+    return found
+
+
+@pytest.fixture
+def plans(engine):
+    with engine.begin() as conn:
+        save_plans(conn, parse_plans(PLANS))
+    return engine
+
+
+@pytest.mark.parametrize("year", [2024, 2023])
+def test_anchors_across_february_bill_each_period_hour_exactly_once(plans, year: int) -> None:
+    """For each anchor: 1 API call in the first hour of January's period, 1000 in its last hour, 10
+    in the first hour of February's, 100 in the first hour after February's (March's period)."""
+    engine = plans
+    january, february = Month(year, 1), Month(year, 2)
+    anchors = (1, 15, 28, 29, 30, 31)
+    with engine.begin() as conn:
+        for anchor in anchors:
+            org(conn, f"a{anchor:02d}", anchor)
+            first = billing_period(january, Anchor(anchor))
+            second = billing_period(february, Anchor(anchor))
+            for at, quantity in ((first.start, "1"), (first.end - HOUR, "1000"), (second.start, "10"),
+                                 (second.end, "100")):
+                add_usage(conn, f"a{anchor:02d}", "api_calls", quantity, at)
+    jan = invoice_month(engine.begin, options(january, utc(year, 4, 1)))
+    feb = invoice_month(engine.begin, options(february, utc(year, 4, 1)))
+    assert jan.statuses == {"invoiced": 6} and feb.statuses == {"invoiced": 6}, (jan.failed, feb.failed)
+
+    with engine.connect() as conn:
+        billed = {(r.organization_id, r.billing_month.month): (r.period_start, r.period_end, D(r.quantity))
+                  for r in conn.execute(text(
+                      "SELECT i.organization_id, i.billing_month, i.period_start, i.period_end, u.quantity "
+                      "FROM invoices i JOIN invoice_usage u ON u.invoice_id = i.id AND u.period_start = i.billing_month"))}
+    for anchor in anchors:
+        first = billing_period(january, Anchor(anchor))
+        second = billing_period(february, Anchor(anchor))
+        # January's period: its first hour (1) and its last hour (1000); February's: its first hour
+        # (10, at January's end) only, the next period's first hour (100) is March's.
+        assert billed[(f"a{anchor:02d}", 1)] == (first.start, first.end, D("1001")), anchor
+        assert billed[(f"a{anchor:02d}", 2)] == (second.start, second.end, D("10")), anchor
+    # Hand-checked periods of anchor 31 in the leap year, and anchor 30 in the common one.
+    if year == 2024:
+        assert billed[("a31", 1)][:2] == (utc(2024, 1, 31), utc(2024, 2, 29))
+        assert billed[("a31", 2)][:2] == (utc(2024, 2, 29), utc(2024, 3, 31))
+    else:
+        assert billed[("a30", 1)][:2] == (utc(2023, 1, 30), utc(2023, 2, 28))
+        assert billed[("a30", 2)][:2] == (utc(2023, 2, 28), utc(2023, 3, 30))
+
+
+def test_an_organization_created_mid_period_pays_a_prorated_base_fee_and_minimum(plans, tmp_path) -> None:
+    engine = plans
+    with engine.begin() as conn:
+        save_plans(conn, parse_plans("""
+[[plan]]
+id = "team"
+name = "Team"
+currency = "USD"
+base_fee = 10
+minimum_commitment = 50
+
+  [[plan.price]]
+  metric = "api_calls"
+  description = "API calls"
+  model = "per_unit"
+  unit_price = 0.01
+"""))
+        add_org(conn, "newco", created_at=utc(2024, 1, 17, 10, 32))
+        set_plan(conn, "newco", "team")
+        add_usage(conn, "newco", "api_calls", "100", utc(2024, 1, 20, 8))
+        add_org(conn, "anchored", created_at=utc(2024, 1, 20, 15))  # period 15 Jan - 15 Feb: 26 of 31 days
+        set_plan(conn, "anchored", "team")
+        set_anchor(conn, "anchored", 15)
+    result = invoice_month(engine.begin, options(JAN, utc(2024, 3, 1)))
+    assert result.statuses == {"invoiced": 2}, result.failed
+    with engine.connect() as conn:
+        lines = {(r.organization_id, r.kind): (r.description, r.amount) for r in conn.execute(text(
+            "SELECT i.organization_id, l.kind, l.description, l.amount FROM invoice_lines l "
+            "JOIN invoices i ON i.id = l.invoice_id"))}
+        totals = dict(conn.execute(text("SELECT organization_id, total FROM invoices")).all())
+        newco = conn.execute(text("SELECT id FROM invoices WHERE organization_id = 'newco'")).scalar_one()
+        document = load_document(conn, newco)
+    # newco, 17-31 Jan = 15 of 31 days: base 10 × 15/31 = 4.838… -> 4.84; usage 100 × 0.01 = 1.00;
+    # minimum 50 × 15/31 = 24.193…, top-up 24.193… - 5.84 = 18.353… -> 18.35; total 24.19.
+    assert lines[("newco", "base_fee")] == ("Base fee, 17–31 Jan (15 of 31 days)", D("4.84"))
+    assert lines[("newco", "usage")] == ("API calls", D("1.00"))
+    assert lines[("newco", "minimum")] == ("Minimum commitment top-up (to 24.19 USD, 17–31 Jan (15 of 31 days))",
+                                           D("18.35"))
+    assert totals["newco"] == D("24.19")
+    # anchored, 20 Jan - 14 Feb = 26 of 31 days: base 10 × 26/31 = 8.387… -> 8.39; no usage;
+    # minimum 50 × 26/31 = 41.935…, top-up 41.935… - 8.39 = 33.545… -> 33.55; total 41.94.
+    assert lines[("anchored", "base_fee")] == ("Base fee, 20 Jan – 14 Feb (26 of 31 days)", D("8.39"))
+    assert lines[("anchored", "minimum")][1] == D("33.55")
+    assert totals["anchored"] == D("41.94")
+    pdf = "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(render_invoice(document, SELLER))).pages)
+    assert "Base fee, 17–31 Jan (15 of 31 days)" in pdf and "24.19" in pdf
+
+
+def test_the_pdf_of_an_anchored_period_names_its_days(plans) -> None:
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "mid", 15)
+        add_usage(conn, "mid", "api_calls", "100", utc(2024, 2, 3, 4))
+    invoice_month(engine.begin, options(JAN, utc(2024, 2, 16)))
+    with engine.connect() as conn:
+        document = load_document(conn, conn.execute(text("SELECT id FROM invoices")).scalar_one())
+    pdf = "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(render_invoice(document, SELLER))).pages)
+    assert "15 Jan – 14 Feb 2024" in pdf and "INV-2024-01-000001" in pdf
+    assert document.total == D("11.00")  # 10 + 100 × 0.01 (usage of 3 Feb is in this period)
+
+
+def test_catch_up_after_three_missed_daily_runs_then_a_rerun_changes_nothing(plans) -> None:
+    engine = plans
+    with engine.begin() as conn:
+        for anchor in (15, 16, 17, 20):
+            org(conn, f"a{anchor}", anchor)
+            add_usage(conn, f"a{anchor}", "api_calls", "100", utc(2024, 2, 1, 12))
+    # The daily runs of 15, 16 and 17 February did not happen; 18 February's does.
+    first = invoice_due(engine.begin, options(JAN, utc(2024, 2, 18, 2)))
+    assert first.statuses == {"invoiced": 3} and first.not_due == 1  # a20's period ends on 20 Feb
+    assert {o: [(n, s, p0, p1) for n, s, p0, p1, _ in rows] for o, rows in invoices(engine).items()} == {
+        "a15": [("INV-2024-01-000001", "issued", utc(2024, 1, 15), utc(2024, 2, 15))],
+        "a16": [("INV-2024-01-000002", "issued", utc(2024, 1, 16), utc(2024, 2, 16))],
+        "a17": [("INV-2024-01-000003", "issued", utc(2024, 1, 17), utc(2024, 2, 17))],
+    }
+    with engine.connect() as conn:
+        before = table_snapshot(conn, *TABLES)
+    again = invoice_due(engine.begin, options(JAN, utc(2024, 2, 18, 3)))
+    assert again.statuses == {"already_invoiced": 3} and again.not_due == 1
+    with engine.connect() as conn:
+        assert table_snapshot(conn, *TABLES) == before  # a rerun changes nothing
+    later = invoice_due(engine.begin, options(JAN, utc(2024, 2, 21, 2)))
+    assert later.statuses == {"already_invoiced": 3, "invoiced": 1} and later.not_due == 0
+    assert invoices(engine)["a20"][0][:2] == ("INV-2024-01-000004", "issued")
+
+
+def test_catch_up_across_the_turn_of_a_month(plans) -> None:
+    """Anchor 31: the period 31 Jan - 29 Feb 2024 ends on 29 Feb. The runs of 29 Feb, 1 and 2 March
+    were missed: the run of 3 March (previous month: February) catches January's period up."""
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "a31", 31)
+        org(conn, "calendar", None)
+        add_usage(conn, "a31", "api_calls", "5", utc(2024, 2, 28, 23))
+    result = invoice_due(engine.begin, options(FEB, utc(2024, 3, 3, 2)), catch_up=(JAN,))
+    found = invoices(engine)
+    assert [r[:4] for r in found["a31"]] == [("INV-2024-01-000001", "issued", utc(2024, 1, 31), utc(2024, 2, 29))]
+    # The calendar organization had no January invoice either: February's, then January's caught up.
+    assert [r[:4] for r in found["calendar"]] == [("INV-2024-02-000001", "issued", utc(2024, 2, 1), utc(2024, 3, 1)),
+                                                  ("INV-2024-01-000002", "issued", utc(2024, 1, 1), utc(2024, 2, 1))]
+    assert result.statuses == {"invoiced": 3} and result.not_due == 1 and result.ok  # a31's Feb period ends 31 Mar
+    again = invoice_due(engine.begin, options(FEB, utc(2024, 3, 4, 2)), catch_up=(JAN,))
+    assert again.statuses == {"already_invoiced": 1} and sum(len(rows) for rows in invoices(engine).values()) == 3
+
+
+def test_four_shards_on_a_day_when_1000_organizations_with_mixed_anchors_are_due(plans) -> None:
+    """29 Feb 2024: every period that started in January has ended (anchors 29, 30, 31 end today).
+    Four shards at once invoice each organization once, with gapless numbers."""
+    engine = plans
+    anchors = [None, *range(1, 32)]
+    with engine.begin() as conn:
+        for n in range(1000):
+            org_id = f"org-{n:04d}"
+            anchor = anchors[n % len(anchors)]
+            org(conn, org_id, anchor)
+            start = billing_period(JAN, Anchor(anchor)).start
+            add_usage(conn, org_id, "api_calls", str(n % 7 + 1), start)  # in its period's first hour
+        org(conn, "org-tenth", 10)  # anchor 10: January's period ended 10 Feb, due too (no usage: the fee)
+    results = [None] * 4
+
+    def shard(index: int) -> None:
+        results[index] = invoice_month(engine.begin, options(JAN, utc(2024, 2, 29, 1), shard=Shard(index, 4)))
+
+    threads = [threading.Thread(target=shard, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(r is not None and r.ok for r in results)
+    assert sum(r.statuses["invoiced"] for r in results) == 1001
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT organization_id, number, period_start, period_end, total FROM invoices "
+                                 "WHERE status = 'issued'")).all()
+    assert len({r.organization_id for r in rows}) == len(rows) == 1001  # each organization exactly once
+    assert sorted(r.number for r in rows) == [f"INV-2024-01-{n:06d}" for n in range(1, 1002)]  # gapless
+    for r in rows:
+        if r.organization_id == "org-tenth":
+            assert (r.period_start, r.period_end, r.total) == (utc(2024, 1, 10), utc(2024, 2, 10), D("10.00"))
+            continue
+        n = int(r.organization_id[4:])
+        period = billing_period(JAN, Anchor(anchors[n % len(anchors)]))
+        assert (r.period_start, r.period_end) == (period.start, period.end)
+        assert r.total == D("10") + D(n % 7 + 1) * D("0.01")  # the fee + its usage, never another's
+
+
+def test_month_bills_the_periods_that_start_in_it(plans, db_url) -> None:
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "a15", 15)
+        org(conn, "calendar", None)
+        add_usage(conn, "a15", "api_calls", "100", utc(2024, 1, 10, 0))  # December's period (15 Dec - 15 Jan)
+        add_usage(conn, "a15", "api_calls", "200", utc(2024, 2, 10, 0))  # January's (15 Jan - 15 Feb)
+        add_usage(conn, "calendar", "api_calls", "300", utc(2024, 2, 10, 0))  # February
+    run = runner.invoke(app, ["invoice-monthly", "--month", "2024-01", "--json"], env={"DATABASE_URL": db_url})
+    assert run.exit_code == 0, run.output
+    assert json.loads(run.stdout)["counts"]["invoiced"] == 2
+    feb = runner.invoke(app, ["invoice-monthly", "--month", "2024-02"], env={"DATABASE_URL": db_url})
+    assert feb.exit_code == 0, feb.output
+    found = invoices(engine)
+    # January: a15's 15 Jan - 15 Feb (10 + 200 × 0.01 = 12.00), calendar's January (10.00).
+    # February: a15's 15 Feb - 15 Mar (10.00), calendar's February (10 + 3.00 = 13.00).
+    assert [(n, p0, p1, t) for n, _, p0, p1, t in found["a15"]] == [
+        ("INV-2024-01-000001", utc(2024, 1, 15), utc(2024, 2, 15), D("12.00")),
+        ("INV-2024-02-000001", utc(2024, 2, 15), utc(2024, 3, 15), D("10.00"))]
+    assert [(n, p0, p1, t) for n, _, p0, p1, t in found["calendar"]] == [
+        ("INV-2024-01-000002", utc(2024, 1, 1), utc(2024, 2, 1), D("10.00")),
+        ("INV-2024-02-000002", utc(2024, 2, 1), utc(2024, 3, 1), D("13.00"))]
+
+
+def test_an_anchor_change_waits_for_the_next_boundary_and_prorates_the_changed_period(plans) -> None:
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "mover", 15)
+    invoice_month(engine.begin, options(JAN, utc(2024, 2, 16)))
+    with engine.begin() as conn:  # on 20 February, during the period 15 Feb - 15 Mar, the anchor becomes 1
+        set_anchor(conn, "mover", 1, changed_at=utc(2024, 2, 20, 9))
+    invoice_month(engine.begin, options(FEB, utc(2024, 3, 16)))
+    invoice_month(engine.begin, options(MAR, utc(2024, 4, 2)))
+    found = [(p0, p1, t) for _, _, p0, p1, t in invoices(engine)["mover"]]
+    # 15 Feb - 15 Mar unchanged (10.00); then 15 Mar - 1 Apr, 17 of 31 days (a regular period is
+    # 1 Mar - 1 Apr): 10 × 17/31 = 5.483… -> 5.48; then April is a calendar month again.
+    assert found == [(utc(2024, 1, 15), utc(2024, 2, 15), D("10.00")),
+                     (utc(2024, 2, 15), utc(2024, 3, 15), D("10.00")),
+                     (utc(2024, 3, 15), utc(2024, 4, 1), D("5.48"))]
+    invoice_month(engine.begin, options(Month(2024, 4), utc(2024, 5, 2)))
+    assert [(p0, p1, t) for _, _, p0, p1, t in invoices(engine)["mover"]][-1] == (
+        utc(2024, 4, 1), utc(2024, 5, 1), D("10.00"))
+
+
+def test_regenerate_an_anchored_period(plans) -> None:
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "a15", 15)
+        add_usage(conn, "a15", "api_calls", "100", utc(2024, 1, 20, 0))
+    invoice_month(engine.begin, options(JAN, utc(2024, 2, 16)))
+    with engine.begin() as conn:  # a correction inside the period, in its February part
+        add_usage(conn, "a15", "api_calls", "400", utc(2024, 2, 14, 23))
+    result = invoice_month(engine.begin, options(JAN, utc(2024, 2, 20), organizations=("a15",), regenerate=True))
+    assert result.statuses == {"invoiced": 1}, result.failed
+    # The first: 10 + 1.00; the new one: 10 + 500 × 0.01 = 15.00, same period, the month's next number.
+    assert invoices(engine)["a15"] == [
+        ("INV-2024-01-000001", "void", utc(2024, 1, 15), utc(2024, 2, 15), D("11.00")),
+        ("INV-2024-01-000002", "issued", utc(2024, 1, 15), utc(2024, 2, 15), D("15.00"))]
+
+
+def test_the_dry_run_equals_the_real_run(plans) -> None:
+    engine = plans
+    with engine.begin() as conn:
+        for anchor in (None, 1, 15, 31):
+            org(conn, f"a{anchor}", anchor)
+            add_usage(conn, f"a{anchor}", "api_calls", "1234", utc(2024, 1, 31, 5))
+        org(conn, "young", 15, created_at=utc(2024, 1, 25))
+    due = utc(2024, 2, 29, 1)
+    with engine.connect() as conn:
+        before = table_snapshot(conn, *TABLES)
+    dry = invoice_month(engine.begin, options(JAN, due, dry_run=True, keep_plan=True))
+    with engine.connect() as conn:
+        assert table_snapshot(conn, *TABLES) == before  # a dry run writes nothing
+    real = invoice_month(engine.begin, options(JAN, due, keep_plan=True))
+    planned = {o.organization_id: (o.number, o.total, o.period) for o in dry.plan or []}
+    done = {o.organization_id: (o.number, o.total, o.period) for o in real.plan or []}
+    assert planned == done and len(done) == 5
+    stored = {o: (rows[0][0], rows[0][4]) for o, rows in invoices(engine).items()}
+    assert stored == {o: (number, total) for o, (number, total, _) in done.items()}
+    # young: 25 Jan - 14 Feb, 21 of 31 days: 10 × 21/31 = 6.774… -> 6.77.
+    assert stored["young"][1] == D("6.77")
+
+
+def test_a_period_not_ended_is_left_for_a_later_run_unless_forced(plans) -> None:
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "a15", 15)
+    early = invoice_month(engine.begin, options(JAN, utc(2024, 2, 10)))
+    assert early.organizations_found == 0 and early.not_due == 1 and invoices(engine) == {}
+    forced = invoice_month(engine.begin, replace(options(JAN, None), issue_date=date(2024, 2, 10)))
+    assert forced.statuses == {"invoiced": 1}
+
+
+def test_a_plan_change_takes_effect_at_the_next_period_boundary_unless_given_a_time(plans, db_url, tmp_path) -> None:
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "calendar", None)
+        org(conn, "a15", 15)
+    dearer = tmp_path / "plans.toml"
+    dearer.write_text(PLANS.replace("base_fee = 10", "base_fee = 20"))
+    # Applied now (December 2026): every period of 2024 started before, so keeps the fee of 10.
+    applied = runner.invoke(app, ["plans", "apply", str(dearer)], env={"DATABASE_URL": db_url})
+    assert applied.exit_code == 0, applied.output
+    invoice_month(engine.begin, options(JAN, utc(2024, 3, 1)))
+    assert {o: rows[-1][4] for o, rows in invoices(engine).items()} == {"calendar": D("10.00"), "a15": D("10.00")}
+    # In force from 1 February 2024: periods starting from then pay 20, 15 Jan - 14 Feb still 10.
+    cheaper_then_dearer = runner.invoke(app, ["plans", "apply", str(dearer), "--effective", "2024-02-01"],
+                                        env={"DATABASE_URL": db_url})
+    assert cheaper_then_dearer.exit_code == 0, cheaper_then_dearer.output
+    invoice_month(engine.begin, options(FEB, utc(2024, 4, 1)))
+    assert {o: [r[4] for r in rows] for o, rows in invoices(engine).items()} == {
+        "calendar": [D("10.00"), D("20.00")], "a15": [D("10.00"), D("20.00")]}
+    with engine.connect() as conn:
+        versions = conn.execute(text("SELECT effective_from, snapshot->>'base_fee' FROM price_plan_versions "
+                                     "WHERE plan_id = 'pro' ORDER BY effective_from")).all()
+    assert [(v[0].year, v[1]) for v in versions][:2] == [(1970, "10"), (2024, "20")]
+    assert versions[-1][0].year == 2026 and len(versions) == 3  # the first apply: from when it was applied
+    bad = runner.invoke(app, ["plans", "apply", str(dearer), "--effective", "March"], env={"DATABASE_URL": db_url})
+    assert bad.exit_code == 2 and "--effective 'March' is not an hour" in bad.output
+
+
+def test_reconcile_compares_an_anchored_period_with_what_its_invoice_billed(plans, db_url) -> None:
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "a15", 15)
+        for n, at in enumerate((utc(2024, 1, 10, 8), utc(2024, 1, 20, 8), utc(2024, 2, 3, 8), utc(2024, 2, 20, 8))):
+            add_event(conn, "a15", "api_calls", "100", at, key=f"e{n}")
+    rolled = runner.invoke(app, ["aggregate-hourly", "--from", "2024-01-01T00", "--to", "2024-02-29T23"],
+                           env={"DATABASE_URL": db_url})
+    assert rolled.exit_code == 0, rolled.output
+    result = invoice_month(engine.begin, options(JAN, utc(2024, 3, 1)))
+    assert result.statuses == {"invoiced": 1}
+    # 15 Jan - 14 Feb: 10 + (20 Jan, 3 Feb) 200 × 0.01 = 12.00; and the period before, 15 Dec - 14 Jan,
+    # never invoiced, is adjusted on it (like any earlier month's unbilled usage): its fee 10 and the
+    # 100 calls of 10 Jan, 1.00: 23.00.
+    assert invoices(engine)["a15"][0][4] == D("23.00")
+    with engine.connect() as conn:
+        lines = [tuple(r) for r in conn.execute(text("SELECT description, amount FROM invoice_lines ORDER BY line_no"))]
+    assert lines == [("Pro plan, monthly fee", D("10.00")), ("API calls: units 1 to 1,000", D("2.00")),
+                     ("Adjustment for 15 Dec 2023 – 14 Jan 2024: API calls, +100 units (100 in all)", D("1.00")),
+                     ("Adjustment for 15 Dec 2023 – 14 Jan 2024: Pro plan, monthly fee", D("10.00"))]
+    for month in ("2024-01", "2023-12"):  # each period: events, roll-up and invoices agree
+        check = runner.invoke(app, ["reconcile", "--month", month, "--json"], env={"DATABASE_URL": db_url})
+        assert check.exit_code == 0, check.output
+        assert json.loads(check.stdout)["counts"]["differences"] == 0
+
+
+def test_the_run_output_names_an_anchored_period(plans, db_url) -> None:
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "a15", 15)
+        org(conn, "calendar", None)
+    plain = runner.invoke(app, ["invoice-monthly", "--month", "2024-01", "--plain", "--dry-run"],
+                          env={"DATABASE_URL": db_url})
+    assert plain.exit_code == 0, plain.output
+    lines = {line.split()[1]: line for line in plain.output.splitlines() if line.startswith("organization ")}
+    assert "period_start=2024-01-15T00:00:00Z period_end=2024-02-15T00:00:00Z" in lines["id=a15"]
+    assert "period_start" not in lines["id=calendar"]  # calendar months print as before
+
+
+def test_an_anchor_day_outside_1_to_31_is_refused_by_the_database(plans) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    with plans.begin() as conn:
+        org(conn, "odd", None)
+    for day in (0, 32):
+        with pytest.raises(IntegrityError, match="ck_organizations_billing_anchor_day"), plans.begin() as conn:
+            conn.execute(text("UPDATE organizations SET billing_anchor_day = :d WHERE id = 'odd'"), {"d": day})
+
+
+def test_a_period_that_cannot_be_computed_fails_that_organization_alone() -> None:
+    from billing_cli.db.usage_store import OrganizationRow
+    from billing_cli.jobs.invoicing import PlanRules, plan_organization
+
+    pro = parse_plans(PLANS)[0]
+    broken = OrganizationRow("broken", "Broken", "b@example.com", "USD", "pro", period_problem=(
+        "billing anchor day 40 is not a day of the month: set organizations.billing_anchor_day to 1..31, or NULL "
+        "for calendar months"))
+    fine = OrganizationRow("fine", "Fine", "f@example.com", "USD", "pro")
+    refused = plan_organization(broken, {}, {"pro": pro}, None, PlanRules(JAN))
+    assert refused.action == "refuse" and "organizations.billing_anchor_day" in (refused.problem or "")
+    assert plan_organization(fine, {}, {"pro": pro}, None, PlanRules(JAN)).action == "issue"
+
+
+def test_legacy_run_keeps_process_month_calendar_months_and_periods_starting_in_it(plans, db_url, clean_env) -> None:
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "a15", 15)
+        org(conn, "calendar", None)
+        add_usage(conn, "a15", "api_calls", "100", utc(2024, 2, 3, 0))  # in 15 Jan - 14 Feb
+        add_usage(conn, "calendar", "api_calls", "100", utc(2024, 2, 3, 0))  # February: not January's
+    run = runner.invoke(app, ["legacy-run", "--json"], env={"DATABASE_URL": db_url, "PROCESS_MONTH": "2024-01"})
+    assert run.exit_code == 0, run.output
+    assert json.loads(run.stdout)["counts"]["invoiced"] == 2
+    found = invoices(engine)
+    assert [(p0, p1, t) for _, _, p0, p1, t in found["a15"]] == [(utc(2024, 1, 15), utc(2024, 2, 15), D("11.00"))]
+    assert [(p0, p1, t) for _, _, p0, p1, t in found["calendar"]] == [(utc(2024, 1, 1), utc(2024, 2, 1), D("10.00"))]
+
+
+def test_a_churned_anchored_organization_gets_its_usage_of_the_next_month_part_of_its_period(plans) -> None:
+    """Anchor 15, deactivated in December: its only usage, 3 February, is in 15 Jan - 14 Feb. The
+    January run bills it (usage only: no fee for a period it was inactive in)."""
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "gone15", 15)
+        conn.execute(text("UPDATE organizations SET status = 'inactive' WHERE id = 'gone15'"))
+        conn.execute(text("UPDATE organizations SET status_changed_at = :t WHERE id = 'gone15'"),
+                     {"t": utc(2023, 12, 20)})
+        add_usage(conn, "gone15", "api_calls", "300", utc(2024, 2, 3, 0))
+    result = invoice_month(engine.begin, options(JAN, utc(2024, 3, 1)))
+    assert result.organizations_found == 1 and result.statuses == {"invoiced": 1}, result.failed
+    assert [(p0, p1, t) for _, _, p0, p1, t in invoices(engine)["gone15"]] == [
+        (utc(2024, 1, 15), utc(2024, 2, 15), D("3.00"))]  # 300 × 0.01, no fee
