@@ -181,7 +181,7 @@ def compose(period: Month, usage: Mapping[str, Decimal], plan: PricePlan, *, fee
     lines += _credit_lines(exact_sum(line.amount for line in lines), credit_balance, period)
     periods = (period, *(d.period for d in adjusted))
     return ComposedInvoice(plan, plan.currency, period, tuple(lines), billed_usage, periods, tuple(adjusted),
-                           bounds)
+                           billing_period=bounds)
 
 
 def _credit_lines(subtotal: Decimal, balance: Decimal, period: Month) -> list[InvoiceLine]:

@@ -62,7 +62,8 @@ def stripe_client(fake: FakeStripeServer) -> stripe.StripeClient:
 
 def test_voiding_a_sent_invoice_delivers_a_credit_note_pdf_s3_stripe_and_email(env, engine, s3, mail,
                                                                               fake_stripe) -> None:
-    assert invoice_month(env).exit_code == 0
+    first = invoice_month(env)
+    assert first.exit_code == 0, first.output
     sent = invoice(engine, FIRST)
     assert sent["stripe_status"] == "sent" and sent["emailed_at"] is not None
     mail.received.clear()

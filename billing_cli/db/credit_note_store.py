@@ -13,6 +13,7 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
+from ..anchors import BillingPeriod
 from ..credit_notes import credit_lines, credit_note_number, credit_taxes, was_sent
 from ..invoices import InvoiceDocument
 from . import invoice_taxes
@@ -139,7 +140,8 @@ def load_document(session: Connection, credit_note_id: int) -> InvoiceDocument:
     issued to), the credit note's own number, date and negated lines."""
     row = session.execute(text("""
         SELECT c.number, c.organization_id, c.period_start, c.issue_date, c.currency, c.total, c.reason,
-               c.invoice_id, i.number AS credits, i.bill_to_name, i.bill_to_email, i.bill_to_address, i.bill_to_tax_id,
+               c.invoice_id, i.number AS credits, i.billing_month, i.period_start AS invoice_period_start,
+               i.period_end AS invoice_period_end, i.bill_to_name, i.bill_to_email, i.bill_to_address, i.bill_to_tax_id,
                r.number AS replaced_by
         FROM credit_notes c JOIN invoices i ON i.id = c.invoice_id
         LEFT JOIN invoices r ON r.replaces_invoice_id = i.id
@@ -151,6 +153,8 @@ def load_document(session: Connection, credit_note_id: int) -> InvoiceDocument:
                            lines, Decimal(row.total), bill_to_address=tuple(row.bill_to_address or ()),
                            bill_to_tax_id=row.bill_to_tax_id, credits=row.credits, reason=row.reason,
                            replaced_by=row.replaced_by,
+                           bounds=BillingPeriod(Month.containing_date(row.billing_month), row.invoice_period_start,
+                                                row.invoice_period_end),  # the credited invoice's period
                            taxes=credit_taxes(invoice_taxes.load(session, row.invoice_id)))
 
 
