@@ -9,7 +9,7 @@ without taxes) is in docs/einvoices.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Context, Decimal, Inexact, InvalidOperation
 
@@ -82,10 +82,19 @@ def vat_category(doc: InvoiceDocument, seller: Seller) -> VatCategory:
 def build_xml(doc: InvoiceDocument, seller: Seller, *, type_code: str = INVOICE,
               preceding: str | None = None) -> bytes:
     """The CII XML (UTF-8) of `doc`. `preceding`: the invoice it refers to (BT-25; a credit note's
-    credited invoice); by default the void invoice a regenerated one replaces."""
+    credited invoice); by default the void invoice a regenerated one replaces.
+
+    A credit note (381) states what it credits in positive amounts, the type code giving the sign:
+    our credit note's negative lines, taxes and totals are written negated."""
     from lxml import etree
 
+    credit_note = type_code == CREDIT_NOTE
+
+    def sign(value: Decimal) -> Decimal:  # exact, whatever the digits
+        return value.copy_negate() if credit_note else value
+
     category = vat_category(doc, seller)
+    category = replace(category, basis=sign(category.basis), amount=sign(category.amount))
     currency = doc.currency
 
     def el(parent, tag: str, text: str | None = None, **attributes: str):
@@ -134,8 +143,9 @@ def build_xml(doc: InvoiceDocument, seller: Seller, *, type_code: str = INVOICE,
     transaction = el(root, "rsm:SupplyChainTradeTransaction")
     for number, line in enumerate(doc.lines, start=1):
         # EN 16931 forbids a negative net price (BR-27): a credit or a correction is a negative quantity.
-        quantity, price = (-line.quantity, -line.unit_price) if line.unit_price < 0 else (line.quantity,
-                                                                                           line.unit_price)
+        quantity, price = sign(line.quantity), line.unit_price
+        if price < 0:
+            quantity, price = quantity.copy_negate(), price.copy_negate()
         item = el(transaction, "ram:IncludedSupplyChainTradeLineItem")
         el(el(item, "ram:AssociatedDocumentLineDocument"), "ram:LineID", str(number))
         el(el(item, "ram:SpecifiedTradeProduct"), "ram:Name", line.description)
@@ -147,7 +157,7 @@ def build_xml(doc: InvoiceDocument, seller: Seller, *, type_code: str = INVOICE,
         if line.period is not None and line.period != doc.period:  # a correction of an earlier month
             period(settlement, line.period.first_day, line.period.last_day)
         el(el(settlement, "ram:SpecifiedTradeSettlementLineMonetarySummation"), "ram:LineTotalAmount",
-           money(line.amount))
+           money(sign(line.amount)))
 
     agreement = el(transaction, "ram:ApplicableHeaderTradeAgreement")
     el(agreement, "ram:BuyerReference", doc.organization_id)
@@ -167,17 +177,20 @@ def build_xml(doc: InvoiceDocument, seller: Seller, *, type_code: str = INVOICE,
     el(settlement, "ram:InvoiceCurrencyCode", currency)
     trade_tax(settlement, header=True)
     period(settlement, doc.period.first_day, doc.period.last_day)
-    terms = el(settlement, "ram:SpecifiedTradePaymentTerms")
-    el(terms, "ram:Description", " ".join((f"Payment is due by {doc.due_date.isoformat()}.",
-                                           *seller.payment_instructions)))
-    day(terms, "ram:DueDateDateTime", doc.due_date)
-    totals = el(settlement, "ram:SpecifiedTradeSettlementHeaderMonetarySummation")
-    el(totals, "ram:LineTotalAmount", money(exact_sum(line.amount for line in doc.lines)))
-    el(totals, "ram:TaxBasisTotalAmount", money(doc.subtotal))
-    el(totals, "ram:TaxTotalAmount", money(doc.tax_total), currencyID=currency)
-    el(totals, "ram:GrandTotalAmount", money(doc.total))
-    el(totals, "ram:DuePayableAmount", money(doc.total))
     reference = preceding if preceding is not None else doc.replaces
+    terms = el(settlement, "ram:SpecifiedTradePaymentTerms")
+    if credit_note:
+        el(terms, "ram:Description", f"Credit note for invoice {reference}: nothing is owed for that invoice.")
+    else:
+        el(terms, "ram:Description", " ".join((f"Payment is due by {doc.due_date.isoformat()}.",
+                                               *seller.payment_instructions)))
+        day(terms, "ram:DueDateDateTime", doc.due_date)
+    totals = el(settlement, "ram:SpecifiedTradeSettlementHeaderMonetarySummation")
+    el(totals, "ram:LineTotalAmount", money(sign(exact_sum(line.amount for line in doc.lines))))
+    el(totals, "ram:TaxBasisTotalAmount", money(sign(doc.subtotal)))
+    el(totals, "ram:TaxTotalAmount", money(sign(doc.tax_total)), currencyID=currency)
+    el(totals, "ram:GrandTotalAmount", money(sign(doc.total)))
+    el(totals, "ram:DuePayableAmount", money(sign(doc.total)))
     if reference:
         el(el(settlement, "ram:InvoiceReferencedDocument"), "ram:IssuerAssignedID", reference)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)

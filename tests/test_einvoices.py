@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from billing_cli.cli import app
 from billing_cli.config import load_settings
 from billing_cli.db import invoice_store
-from billing_cli.delivery.pdf import render_invoice
+from billing_cli.delivery.pdf import RenderPool, render_invoice
 from billing_cli.einvoice import NOT_SUBJECT_TO_VAT
 from billing_cli.errors import ExitCode
 from billing_cli.runs.wiring import seller_from_settings
@@ -183,6 +183,11 @@ def test_the_stored_sha256_is_of_the_factur_x_pdf_which_renders_again_to_the_sam
     # pinned to the issue date), in PDF/A-3 with the Factur-X metadata.
     seller = seller_from_settings(load_settings(env))
     assert render_invoice(document, seller) == pdf
+    pool = RenderPool(2)  # large runs render in worker processes: the same bytes there
+    try:
+        assert pool(document, seller) == pdf
+    finally:
+        pool.close()
     reader = PdfReader(io.BytesIO(pdf))
     stamp = f"D:{issue_date:%Y%m%d}000000+00'00'"
     assert (reader.metadata["/CreationDate"], reader.metadata["/ModDate"]) == (stamp, stamp)
@@ -368,3 +373,35 @@ def test_the_schematron_check_catches_a_broken_invoice(schematron_rule, broken) 
     errors = schematron_errors(broken(xml))
 
     assert any(error.startswith(f"{schematron_rule}:") for error in errors), errors
+
+
+def test_a_credit_note_is_type_381_in_positive_amounts_and_names_the_invoice_it_credits() -> None:
+    """Our credit note negates the invoice it credits: 43.11 + 8.19 VAT = 51.30 EUR, all negative.
+    EN 16931 writes a credit note in positive amounts, its type code (381) giving the sign."""
+    from datetime import date
+
+    from billing_cli.einvoice import CREDIT_NOTE, build_xml
+    from billing_cli.invoices import InvoiceDocument, Seller
+    from billing_cli.periods import Month
+    from billing_cli.pricing import InvoiceLine
+    from billing_cli.taxes import InvoiceTax
+
+    month = Month.parse("2024-01")
+    lines = (InvoiceLine("base_fee", "Europe plan, monthly fee", D(1), D(-19), D("-19.00")),
+             InvoiceLine("usage", "API calls", D(-26784), D("0.0009"), D("-24.11"), "api_calls", month))
+    doc = InvoiceDocument("CN-2024-02-000001", "de-buyer", "Customer", "c@example.com", month, date(2024, 2, 20),
+                          date(2024, 2, 20), "EUR", lines, D("-51.30"), bill_to_address=("1 Main Street", "Germany"),
+                          bill_to_tax_id="DE811907980",
+                          taxes=(InvoiceTax("VAT", "DE", None, D(19), D("-43.11"), D("-8.19")),))
+    seller = Seller("Nimbus Metering GmbH", ("Hauptstraße 1", "10115 Berlin", "Germany"), "DE136695976", "DE")
+
+    xml = build_xml(doc, seller, type_code=CREDIT_NOTE, preceding="INV-2024-01-000001")
+
+    assert facturx.xml_check_xsd(xml, flavor="factur-x", level="en16931")
+    assert schematron_errors(xml) == []
+    found = figures(xml)
+    assert (found["type"], found["number"], found["preceding"]) == ("381", "CN-2024-02-000001", "INV-2024-01-000001")
+    assert found["totals"] == (D("43.11"), D("43.11"), D("8.19"), D("51.30"), D("51.30"))
+    assert found["vat"] == [("S", "19", D("43.11"), D("8.19"), None, None)]
+    assert found["lines"] == [(D(1), D(19), D("19.00")), (D(26784), D("0.0009"), D("24.11"))]
+    assert found["due"] is None  # nothing is due on a credit note
