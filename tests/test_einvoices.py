@@ -130,8 +130,14 @@ def test_each_tax_rule_gives_a_valid_en16931_invoice_with_the_stored_figures(db_
     pdfs = tmp_path / "pdfs"
     env = {"DATABASE_URL": db_url, **GERMAN_SELLER, **FACTURX, "INVOICE_OUTPUT_DIR": str(pdfs)}
 
+    dry = runner.invoke(app, ["invoice-monthly", "--month", "2024-01", "--dry-run", "--output-dir",
+                              str(tmp_path / "previews")], env=env)
     result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
 
+    assert dry.exit_code == 0, dry.output
+    previews = sorted((tmp_path / "previews" / "2024-01").iterdir())
+    assert len(previews) == 5  # a preview is no e-invoice: its number was never taken
+    assert all(facturx.get_xml_from_pdf(p.read_bytes(), check_xsd=False) == (False, False) for p in previews)
     assert result.exit_code == 0, result.output
     invoices = stored(engine)
     found = {}

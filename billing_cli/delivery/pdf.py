@@ -43,13 +43,18 @@ class PdfError(Exception):
 def render_invoice(doc: InvoiceDocument, seller: Seller) -> bytes:
     try:
         pdf = _render(doc, seller)
-        if seller.einvoice is not None:
+        if _is_einvoice(doc, seller):
             from .einvoice_pdf import embed_facturx
 
             pdf = embed_facturx(pdf, doc, seller)
         return pdf
     except Exception as exc:  # fpdf2 raises assorted errors; the job reports them per organization
         raise PdfError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _is_einvoice(doc: InvoiceDocument, seller: Seller) -> bool:
+    """Factur-X on, and a real invoice: a dry run's preview carries no e-invoice a system could import."""
+    return seller.einvoice is not None and not doc.preview
 
 
 def leave_stop_signals_to_the_parent() -> None:
@@ -134,7 +139,7 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     from fpdf import FPDF
 
     numbers = NumberFormat(seller.locale)
-    pdfa = seller.einvoice is not None  # PDF/A: no font may be left out of the file
+    pdfa = _is_einvoice(doc, seller)  # PDF/A: no font may be left out of the file
     unicode_font = pdfa or needs_unicode_font(doc, seller)
     coverage = _unicode_coverage() if unicode_font else frozenset()
     added: set[str] = set()
