@@ -161,14 +161,20 @@ def build_xml(doc: InvoiceDocument, seller: Seller, *, type_code: str = INVOICE,
 
     agreement = el(transaction, "ram:ApplicableHeaderTradeAgreement")
     el(agreement, "ram:BuyerReference", doc.organization_id)
-    # With category O no VAT identifier may appear (BR-O-02): the seller's id is its identifier
-    # (BT-29, which BR-CO-26 then asks for) and its tax registration (BT-32); the buyer's is left out.
+    # A VAT identifier starts with its country's code (BR-CO-09), and with category O none may appear
+    # (BR-O-02). Otherwise the seller's tax id is its identifier (BT-29, which BR-CO-26 then asks for)
+    # and tax registration (BT-32); a buyer's id without a country prefix (an Australian ABN, an
+    # Indian GSTIN) is its legal registration (BT-47); a buyer's VAT id under O is left out.
     outside = category.code == "O"
-    seller_id = "".join(seller.tax_id.split()) if seller.tax_id else None
-    _party(el, el(agreement, "ram:SellerTradeParty"), seller_id if outside else None, seller.name,
-           _seller_address(seller), seller.country, None, seller.tax_id, "FC" if outside else "VA")
-    _party(el, el(agreement, "ram:BuyerTradeParty"), doc.organization_id, doc.bill_to_name, doc.bill_to_address,
-           buyer_country(doc), doc.bill_to_email, None if outside else doc.bill_to_tax_id, "VA")
+    seller_tax, buyer_tax = _compact(seller.tax_id), _compact(doc.bill_to_tax_id)
+    seller_vat = seller_tax if seller_tax and not outside and _vat_prefixed(seller_tax) else None
+    _party(el, el(agreement, "ram:SellerTradeParty"), name=seller.name, address=_seller_address(seller),
+           country=seller.country, identifier=seller_tax if seller_vat is None else None, vat_id=seller_vat,
+           tax_registration=seller_tax if seller_vat is None else None)
+    buyer_vat = buyer_tax if buyer_tax and _vat_prefixed(buyer_tax) else None
+    _party(el, el(agreement, "ram:BuyerTradeParty"), name=doc.bill_to_name, address=doc.bill_to_address,
+           country=buyer_country(doc), identifier=doc.organization_id, email=doc.bill_to_email,
+           vat_id=buyer_vat if not outside else None, legal_id=buyer_tax if buyer_vat is None else None)
     delivery = el(transaction, "ram:ApplicableHeaderTradeDelivery")
     day(el(delivery, "ram:ActualDeliverySupplyChainEvent"), "ram:OccurrenceDateTime", doc.period.last_day)
 
@@ -206,11 +212,15 @@ def buyer_country(doc: InvoiceDocument) -> str | None:
     return None
 
 
-def _party(el, party, identifier: str | None, name: str, address: tuple[str, ...], country: str | None,
-           email: str | None, tax_id: str | None, scheme: str) -> None:
+def _party(el, party, *, name: str, address: tuple[str, ...], country: str | None, identifier: str | None = None,
+           email: str | None = None, vat_id: str | None = None, tax_registration: str | None = None,
+           legal_id: str | None = None) -> None:
+    """A trade party, its elements in the order of the CII schema."""
     if identifier:
         el(party, "ram:ID", identifier)
     el(party, "ram:Name", name)
+    if legal_id:
+        el(el(party, "ram:SpecifiedLegalOrganization"), "ram:ID", legal_id)
     if country:  # BT-40 / BT-55: an address without a country is not an EN 16931 address
         lines = [line for line in address if line]
         if lines and _country_code(lines[-1]) == country:
@@ -221,8 +231,19 @@ def _party(el, party, identifier: str | None, name: str, address: tuple[str, ...
         el(postal, "ram:CountryID", country)
     if email:
         el(el(party, "ram:URIUniversalCommunication"), "ram:URIID", email, schemeID="EM")
-    if tax_id:
-        el(el(party, "ram:SpecifiedTaxRegistration"), "ram:ID", "".join(tax_id.split()), schemeID=scheme)
+    if vat_id:
+        el(el(party, "ram:SpecifiedTaxRegistration"), "ram:ID", vat_id, schemeID="VA")
+    if tax_registration:
+        el(el(party, "ram:SpecifiedTaxRegistration"), "ram:ID", tax_registration, schemeID="FC")
+
+
+def _compact(tax_id: str | None) -> str | None:
+    return "".join(tax_id.split()) or None if tax_id else None
+
+
+def _vat_prefixed(tax_id: str) -> bool:
+    """Whether a tax id starts with a country code, as a VAT identifier must (EL for Greece)."""
+    return len(tax_id) > 2 and tax_id[:2].isascii() and tax_id[:2].isalpha() and tax_id[:2].isupper()
 
 
 def _seller_address(seller: Seller) -> tuple[str, ...]:

@@ -411,3 +411,39 @@ def test_a_credit_note_is_type_381_in_positive_amounts_and_names_the_invoice_it_
     assert found["vat"] == [("S", "19", D("43.11"), D("8.19"), None, None)]
     assert found["lines"] == [(D(1), D(19), D("19.00")), (D(26784), D("0.0009"), D("24.11"))]
     assert found["due"] is None  # nothing is due on a credit note
+
+
+def test_tax_ids_without_a_country_prefix_are_no_vat_identifiers() -> None:
+    """An Australian seller and buyer, GST 10% on 100.00 AUD: their ABNs are no VAT identifiers in
+    EN 16931 (BR-CO-09 wants a country prefix): the seller's is its identifier and tax registration,
+    the buyer's its legal registration. A Greek VAT id keeps its EL prefix."""
+    from datetime import date
+
+    from billing_cli.einvoice import build_xml
+    from billing_cli.invoices import InvoiceDocument, Seller
+    from billing_cli.periods import Month
+    from billing_cli.pricing import InvoiceLine
+    from billing_cli.taxes import InvoiceTax
+
+    month = Month.parse("2024-01")
+    doc = InvoiceDocument("INV-2024-01-000001", "au-buyer", "Wombat Pty Ltd", "ap@wombat.example", month,
+                          date(2024, 2, 1), date(2024, 3, 2), "AUD",
+                          (InvoiceLine("base_fee", "Pro plan, monthly fee", D(1), D(100), D("100.00")),), D("110.00"),
+                          bill_to_address=("1 George St", "Sydney, NSW 2000", "Australia"),
+                          bill_to_tax_id="53 004 085 616",
+                          taxes=(InvoiceTax("GST", "AU", None, D(10), D("100.00"), D("10.00")),))
+    seller = Seller("Koala Cloud Pty Ltd", ("2 Pitt St", "Sydney, NSW 2000", "Australia"), "51 824 753 556", "AU")
+
+    xml = build_xml(doc, seller)
+
+    assert schematron_errors(xml) == []
+    root = etree.fromstring(xml)
+    assert root.xpath("//ram:SellerTradeParty/ram:ID/text()", namespaces=NS) == ["51824753556"]
+    assert root.xpath("//ram:SellerTradeParty/ram:SpecifiedTaxRegistration/ram:ID/@schemeID", namespaces=NS) == ["FC"]
+    assert root.xpath("//ram:BuyerTradeParty/ram:SpecifiedLegalOrganization/ram:ID/text()",
+                      namespaces=NS) == ["53004085616"]
+    assert figures(xml)["buyer_vat"] is None and figures(xml)["buyer_country"] == "AU"
+    greek = build_xml(replace(doc, currency="EUR", bill_to_tax_id="EL 094259216", bill_to_address=("Athens", "Greece"),
+                              taxes=(InvoiceTax("VAT", "GR", None, D(24), D("100.00"), D("24.00")),),
+                              total=D("124.00")), replace(seller, tax_id="DE136695976", country="DE"))
+    assert schematron_errors(greek) == [] and figures(greek)["buyer_vat"] == "EL094259216"
