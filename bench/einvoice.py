@@ -28,7 +28,8 @@ def documents(count: int):
     month = Month.parse("2024-01")
     for n in range(1, count + 1):
         lines = (InvoiceLine("base_fee", "Europe plan, monthly fee", D(1), D(19), D("19.00")),
-                 InvoiceLine("usage", "API calls: units 1 to 1,000", D(1000), D("0.001"), D("1.00"), "api_calls", month),
+                 InvoiceLine("usage", "API calls: units 1 to 1,000", D(1000), D("0.001"), D("1.00"), "api_calls",
+                             month),
                  InvoiceLine("usage", "API calls: units 1,001 to 10,000", D(9000), D("0.0009"), D("8.10"), "api_calls",
                              month),
                  InvoiceLine("usage", "API calls: units 10,001 and above", D(16784 + n), D("0.0005"),
@@ -40,7 +41,8 @@ def documents(count: int):
         tax = (subtotal * D("0.19")).quantize(D("0.01"))
         base = dict(number=f"INV-2024-01-{n:06d}", organization_id=f"org-{n}", bill_to_email=f"ap{n}@example.com",
                     period=month, issue_date=date(2024, 2, 1), due_date=date(2024, 3, 2), currency="EUR",
-                    lines=lines, total=subtotal + tax, bill_to_address=("Unter den Linden 5", "10117 Berlin", "Germany"),
+                    lines=lines, total=subtotal + tax,
+                    bill_to_address=("Unter den Linden 5", "10117 Berlin", "Germany"),
                     bill_to_tax_id="DE811907980",
                     taxes=(InvoiceTax("VAT", "DE", None, D(19), subtotal, tax),))
         yield (InvoiceDocument(bill_to_name=f"Organization {n:06d} GmbH", **base),

@@ -67,8 +67,8 @@ def vat_category(doc: InvoiceDocument, seller: Seller) -> VatCategory:
         raise EInvoiceError("the tax breakdown mixes treatments or bases: EN 16931 cannot express it")
     first = doc.taxes[0]
     tax_total = exact_sum(tax.amount for tax in doc.taxes)
-    if first.treatment is Treatment.EXEMPT:
-        return VatCategory("E", ZERO, subtotal, tax_total, first.mention or "Exempt from VAT")  # the article is the buyer's: no VATEX code
+    if first.treatment is Treatment.EXEMPT:  # no VATEX code: the article of the exemption is the buyer's
+        return VatCategory("E", ZERO, subtotal, tax_total, first.mention or "Exempt from VAT")
     if first.treatment is Treatment.REVERSE_CHARGE:
         return VatCategory("AE", ZERO, subtotal, tax_total, first.mention or "Reverse charge", "VATEX-EU-AE")
     rate = exact_sum(tax.percentage for tax in doc.taxes)

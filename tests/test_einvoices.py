@@ -343,7 +343,8 @@ def test_factur_x_needs_the_sellers_country_and_tax_id_and_is_shown_by_config(db
     assert unknown.exit_code == ExitCode.CONFIG
     assert "INVOICE_EINVOICE='zugferd': use off or facturx" in " ".join(unknown.output.split())
     assert invalid.exit_code == ExitCode.CONFIG
-    assert "INVOICE_SELLER_TAX_ID: tax id 'DE136695977' is not a valid EU VAT number" in " ".join(invalid.output.split())
+    assert ("INVOICE_SELLER_TAX_ID: tax id 'DE136695977' is not a valid EU VAT number"
+            in " ".join(invalid.output.split()))
     assert shown.exit_code == 0, shown.output
     import json
 
