@@ -215,6 +215,13 @@ def test_the_stored_sha256_is_of_the_factur_x_pdf_which_renders_again_to_the_sam
     # Without Factur-X the same document is a plain PDF with no XML in it.
     plain = render_invoice(document, replace(seller, einvoice=None))
     assert facturx.get_xml_from_pdf(plain, check_xsd=False) == (False, False)  # the library's "none found"
+    # A regenerated invoice names the void one it replaces as its preceding invoice (BT-25).
+    regenerated = runner.invoke(app, ["invoice-monthly", "--month", "2024-01", "--org", "de-buyer", "--regenerate"],
+                                env=env)
+    assert regenerated.exit_code == 0, regenerated.output
+    replacement = stored(engine)["de-buyer"]
+    found = figures(embedded_xml(pdf_file(pdfs, replacement["number"]).read_bytes()))
+    assert (found["number"], found["preceding"]) == (replacement["number"], invoice["number"])
 
 
 def test_without_taxes_the_e_invoice_is_outside_the_scope_of_vat_and_credits_are_negative_lines(
