@@ -230,6 +230,12 @@ def load_data(conn: psycopg.Connection, args: argparse.Namespace) -> Loaded:
     with conn.transaction(), conn.cursor() as cur:
         with cur.copy("COPY organizations (id, name, email, status) FROM STDIN") as copy:
             copy.write("".join(f"{o}\tOrganization {o}\tbilling+{o}@example.com\tactive\n" for o in orgs))
+        # usage_events is partitioned by month: the data's months get their partitions, as a live
+        # table's have (otherwise the events would all land in the default partition).
+        cur.execute("SELECT billing_usage_events_partition(CAST(m AS date)) FROM generate_series("
+                    "date_trunc('month', CAST(%s AS timestamp)), CAST(%s AS timestamp), interval '1 month') AS m",
+                    ((HOUR_START - args.history_hours * timedelta(hours=1)).replace(tzinfo=None),
+                     HOUR_START.replace(tzinfo=None)))
 
     started = time.perf_counter()
     history_rng = random.Random(args.seed + 1)
@@ -257,7 +263,8 @@ def load_data(conn: psycopg.Connection, args: argparse.Namespace) -> Loaded:
     conn.execute("VACUUM (ANALYZE) organizations")
     conn.execute("VACUUM (ANALYZE) usage_events")
     vacuum_seconds = time.perf_counter() - started
-    size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('usage_events'))").fetchone()[0]
+    size = conn.execute("SELECT pg_size_pretty(sum(pg_total_relation_size(relid))) "
+                        "FROM pg_partition_tree('usage_events')").fetchone()[0]
     return Loaded(truth, args.history_hours * args.history_rate, history_seconds, hour_seconds,
                   vacuum_seconds, size, shift)
 

@@ -224,8 +224,11 @@ def load(conn: psycopg.Connection, url: str, args: argparse.Namespace, workdir: 
     truth, per_org = Truth(), [0] * len(ids)
     events_rng = random.Random(args.seed + 2)
 
+    # usage_events is partitioned by month: January 2024 gets its partition, as a live table's
+    # months have (otherwise the events would land in the default partition).
+    conn.execute("SELECT billing_usage_events_partition(%s)", (PERIOD_START,))
     # The table's own indexes and constraints, as the migrations made them: dropped for the load,
-    # then rebuilt from these definitions.
+    # then rebuilt from these definitions (on the partitioned table: on every partition).
     constraints = conn.execute(
         "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
         "WHERE conrelid = 'usage_events'::regclass AND contype IN ('p', 'u') ORDER BY contype").fetchall()
@@ -234,7 +237,9 @@ def load(conn: psycopg.Connection, url: str, args: argparse.Namespace, workdir: 
         "WHERE x.indrelid = 'usage_events'::regclass AND NOT EXISTS "
         "(SELECT 1 FROM pg_constraint c WHERE c.conindid = i.oid) ORDER BY 1").fetchall()
     started = time.perf_counter()
-    copy_events = ("COPY usage_events (organization_id, metric, quantity, occurred_at, idempotency_key, "
+    # COPY FREEZE cannot target a partitioned table: the month's partition itself, which has no
+    # identity of its own (ids come from usage_events' sequence, as inserts through it take them).
+    copy_events = ("COPY usage_events_2024_01 (organization_id, metric, quantity, occurred_at, idempotency_key, "
                    "received_at) FROM STDIN (FREEZE)")
     with conn.transaction(), conn.cursor() as cur:
         # Truncated in this transaction, so COPY FREEZE writes the rows frozen and all-visible.
@@ -243,6 +248,8 @@ def load(conn: psycopg.Connection, url: str, args: argparse.Namespace, workdir: 
             cur.execute(sql.SQL("ALTER TABLE usage_events DROP CONSTRAINT {}").format(sql.Identifier(name)))
         for name, _ in indexes:
             cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
+        cur.execute("ALTER TABLE usage_events_2024_01 ALTER COLUMN id "
+                    "SET DEFAULT nextval(pg_get_serial_sequence('usage_events', 'id'))")
         per_hour, extra = divmod(args.events, HOURS)
         with cur.copy(copy_events) as copy:
             for h in range(HOURS):
@@ -250,6 +257,7 @@ def load(conn: psycopg.Connection, url: str, args: argparse.Namespace, workdir: 
                            per_hour + (1 if h < extra else 0), truth, per_org)
                 if (h + 1) % 124 == 0:
                     print(f"  COPY: {h + 1}/{HOURS} hours, {time.perf_counter() - started:.0f} s", flush=True)
+        cur.execute("ALTER TABLE usage_events_2024_01 ALTER COLUMN id DROP DEFAULT")
     copy_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -257,7 +265,7 @@ def load(conn: psycopg.Connection, url: str, args: argparse.Namespace, workdir: 
     for name, definition in constraints:
         conn.execute(sql.SQL("ALTER TABLE usage_events ADD CONSTRAINT {} " + definition).format(sql.Identifier(name)))
     for _, definition in indexes:
-        conn.execute(definition)
+        conn.execute(definition.replace(" ON ONLY ", " ON "))  # a partitioned index: on every partition too
     conn.execute("RESET maintenance_work_mem")
     index_seconds = time.perf_counter() - started
 
@@ -270,7 +278,8 @@ def load(conn: psycopg.Connection, url: str, args: argparse.Namespace, workdir: 
     if count != args.events:
         raise BenchError(f"usage_events has {count:,} rows, expected {args.events:,}")
     busiest = sorted(per_org, reverse=True)[:max(1, len(per_org) // 100)]
-    size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('usage_events'))").fetchone()[0]
+    size = conn.execute("SELECT pg_size_pretty(sum(pg_total_relation_size(relid))) "
+                        "FROM pg_partition_tree('usage_events')").fetchone()[0]
     return Loaded(orgs, truth, sum(busiest) / args.events, copy_seconds, index_seconds, vacuum_seconds, size)
 
 
@@ -302,7 +311,8 @@ def reused(conn: psycopg.Connection) -> tuple[Loaded, Prepared]:
                            FROM (SELECT count(*) AS n, row_number() OVER (ORDER BY count(*) DESC) AS rank,
                                         count(*) OVER () AS total FROM usage_events GROUP BY organization_id) o
                         """).fetchone()[0]
-    size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('usage_events'))").fetchone()[0]
+    size = conn.execute("SELECT pg_size_pretty(sum(pg_total_relation_size(relid))) "
+                        "FROM pg_partition_tree('usage_events')").fetchone()[0]
     loaded = Loaded([], truth, float(top1), 0.0, 0.0, 0.0, size)
     hourly_rows = conn.execute("SELECT count(*) FROM usage_hourly").fetchone()[0]
     hourly_size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('usage_hourly'))").fetchone()[0]

@@ -184,6 +184,8 @@ app.registered_commands += cli_admin.commands.registered_commands
 app.add_typer(cli_admin.db_app, name="db")
 app.add_typer(cli_admin.plans_app, name="plans")
 app.add_typer(cli_admin.taxes_app, name="taxes")
+app.add_typer(cli_admin.invoices_app, name="invoices")
+app.add_typer(cli_admin.usage_app, name="usage")
 
 
 def main() -> None:

@@ -9,24 +9,29 @@ from typing import Annotated
 import typer
 
 from .cli_common import (CONTEXT_SETTINGS, CommandGroup, DryRunOption, JsonOption, LogFormatOption, PlainOption,
-                         ScheduleFormat, command, exit_with, failures_to_exit_codes)
+                         ScheduleFormat, command, end_run, exit_with, failures_to_exit_codes)
 from .errors import ExitCode
 from .outcomes import Job
 
 commands = typer.Typer()  # merged into the main app (cli.py)
 db_app = typer.Typer(help="Database schema: migrations and revision.", no_args_is_help=True, cls=CommandGroup,
                      context_settings=CONTEXT_SETTINGS)
+usage_app = typer.Typer(help="Raw usage events: retention of usage_events' monthly partitions.", no_args_is_help=True,
+                        cls=CommandGroup, context_settings=CONTEXT_SETTINGS)
 plans_app = typer.Typer(help="Price plans, managed as code in a TOML file.", no_args_is_help=True, cls=CommandGroup,
                         context_settings=CONTEXT_SETTINGS)
 taxes_app = typer.Typer(help="Tax rates, versioned, managed as code in a TOML file.", no_args_is_help=True,
                         cls=CommandGroup, context_settings=CONTEXT_SETTINGS)
+invoices_app = typer.Typer(help="Issued invoices: void one (a credit note is issued when it was sent).",
+                           no_args_is_help=True, cls=CommandGroup, context_settings=CONTEXT_SETTINGS)
 
 
 @commands.command("runs")
 def runs(
     ctx: typer.Context,
     job: Annotated[Job | None, typer.Option(
-        metavar="JOB", help="Only this job: aggregate-hourly, invoice-monthly, legacy-run or reconcile.")] = None,
+        metavar="JOB",
+        help="Only this job: aggregate-hourly, invoice-monthly, legacy-run, reconcile, invoices-void or usage-prune.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, metavar="N", help="How many runs, newest first.")] = 20,
     as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
 ) -> None:
@@ -189,6 +194,33 @@ def db_current(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOpti
         exit_with(ExitCode.OK if state.up_to_date else ExitCode.SCHEMA_OUTDATED)
 
 
+@usage_app.command("prune")
+def usage_prune(
+    ctx: typer.Context,
+    before: Annotated[str, typer.Option(
+        metavar="YYYY-MM", help="Drop the raw events of every month strictly before this one.")],
+    force: Annotated[bool, typer.Option(
+        help="Also drop months that are not invoiced and reconciled (their roll-ups still stay).")] = False,
+    dry_run: DryRunOption = None, as_json: JsonOption = False, plain: PlainOption = None,
+    log_format: LogFormatOption = None,
+) -> None:
+    """Drop usage_events' monthly partitions before a month: whole partitions, no DELETE. The hourly
+    roll-ups (usage_hourly) stay, so invoices and reconcile of those months still add up.
+
+    Refuses (exit 8, nothing dropped) while one of those months is not invoiced and reconciled with
+    nothing changed since, unless --force. Recorded in `billing runs` as usage-prune.
+
+    Example: billing usage prune --before 2025-01 --dry-run
+    """
+    from .report.partitions import PruneScreen, prune_summary
+    from .runs.partitions import PruneRequest, run_usage_prune
+
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
+    with failures_to_exit_codes(cmd.output):
+        request = PruneRequest(before=before, dry_run=dry_run, force=force)
+        end_run(cmd, run_usage_prune(request, PruneScreen(cmd.output)), prune_summary)
+
+
 @plans_app.command("apply")
 def plans_apply(
     ctx: typer.Context,
@@ -266,3 +298,44 @@ def taxes_list(ctx: typer.Context, as_json: JsonOption = False, plain: PlainOpti
             cmd.output.document(taxes_json(rates))
         else:
             taxes_table(cmd.output, rates)
+
+
+class InvoiceNumber(str):
+    """An invoice number as typed (`INV-2024-01-000042`), checked when the request is built; the
+    class names the argument's type in `--help`."""
+
+
+@invoices_app.command("void")
+def invoices_void(
+    ctx: typer.Context,
+    number: Annotated[InvoiceNumber, typer.Argument(metavar="NUMBER", parser=InvoiceNumber,
+                                                    help="The invoice number, e.g. INV-2024-01-000042.")],
+    reason: Annotated[str, typer.Option("--reason", metavar="WHY",
+                                        help="Why it is voided: printed on the credit note and kept on the invoice.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (required outside a "
+                                                           "terminal).")] = False,
+    as_json: JsonOption = False, plain: PlainOption = None, log_format: LogFormatOption = None,
+) -> None:
+    """Void one issued invoice. If the customer was sent it (e-mailed, or sent in Stripe), a credit
+    note (CN-YYYY-MM-NNNNNN) is issued and delivered like an invoice: PDF, S3, Stripe (the Stripe
+    invoice is voided while open, credited in full once paid) and e-mail. An invoice never sent is
+    simply voided. Refuses (exit 8) a number never issued or an invoice already void.
+
+    Example: billing invoices void INV-2024-01-000042 --reason "Billed to the wrong account" --yes
+    """
+    import sys
+
+    from .errors import UsageError
+    from .report.voiding import void_question, void_report
+    from .runs.voiding import VoidRequest, run_void_invoice
+
+    cmd = command(ctx, plain=plain, log_format=log_format, as_json=as_json, json_output=True)
+    with failures_to_exit_codes(cmd.output):
+        terminal = sys.stdin.isatty() and sys.stderr.isatty()
+        if not yes and not terminal:
+            raise UsageError(f"voiding {number} needs --yes outside a terminal (nothing was done)")
+
+        def confirm(plan) -> bool:
+            return yes or typer.confirm(void_question(plan), default=False, err=True)
+
+        end_run(cmd, run_void_invoice(VoidRequest(str(number), reason), cmd.output, confirm), void_report)

@@ -56,12 +56,24 @@ class InvoiceDocument:
     bill_to_address: tuple[str, ...] = ()  # the customer's postal address, as printed (snapshot at issue)
     bill_to_tax_id: str | None = None  # the customer's VAT / tax id (snapshot at issue)
     taxes: tuple[InvoiceTax, ...] = ()  # the tax breakdown; empty while taxes are off
+    credits: str | None = None  # a credit note: the number of the invoice it credits (lines negated)
+    reason: str | None = None  # a credit note: why the invoice was voided
+    replaced_by: str | None = None  # a credit note: the invoice that replaced the credited one, if any
 
     @property
     def tax_total(self) -> Decimal:
         from .money import exact_sum
 
         return exact_sum(tax.amount for tax in self.taxes)
+
+    @property
+    def is_credit_note(self) -> bool:
+        return self.credits is not None
+
+    @property
+    def title(self) -> str:
+        """`Invoice INV-…` or `Credit note CN-…`: how headers and footers name the document."""
+        return f"{'Credit note' if self.is_credit_note else 'Invoice'} {self.number}"
 
     @property
     def subtotal(self) -> Decimal:

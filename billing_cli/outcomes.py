@@ -12,9 +12,13 @@ class Job(StrEnum):
     INVOICE_MONTHLY = "invoice-monthly"
     LEGACY_RUN = "legacy-run"
     RECONCILE = "reconcile"
+    INVOICES_VOID = "invoices-void"  # an operator voids one invoice (and credits it, if it was sent)
+    USAGE_PRUNE = "usage-prune"
 
 
 MONTHLY_JOBS = (Job.INVOICE_MONTHLY, Job.LEGACY_RUN)  # either one bills a month
+# The jobs cron runs, whose health `billing status` watches (an operator's void is not one).
+SCHEDULED_JOBS = (Job.AGGREGATE_HOURLY, Job.INVOICE_MONTHLY, Job.LEGACY_RUN, Job.RECONCILE)
 
 
 class RunOutcome(StrEnum):
@@ -59,6 +63,7 @@ class Step(StrEnum):
     S3 = "s3"
     STRIPE = "stripe"
     EMAIL = "email"
+    CREDIT_NOTE = "credit_note"  # a credit note of a void invoice was delivered (its missing steps)
 
 
 DELIVERY_STEPS = (Step.S3, Step.STRIPE, Step.EMAIL)

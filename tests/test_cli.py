@@ -77,7 +77,7 @@ def test_shell_completion_is_offered_and_completes(clean_env) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "complete -o default -F _billing_completion billing" in shown.stdout
     # What bash asks the program when Tab is pressed after `billing inv`, and after `--sh`.
-    for words, cword, expected in (("billing inv", "1", ["invoice-monthly"]),
+    for words, cword, expected in (("billing inv", "1", ["invoice-monthly", "invoices"]),
                                    ("billing invoice-monthly --sh", "2", ["--shard-index", "--shard-count"])):
         completed = subprocess.run(BILLING, env=billing_subprocess_env(
             _BILLING_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=cword),
@@ -226,7 +226,8 @@ def test_aggregate_hourly_plain_output(clean_env, db_url, engine) -> None:
     assert "hour hour=2024-01-31T13:00Z status=ok organizations=1 events=2 inserted=1" in result.output
     assert "metric metric=api_calls organizations=1 events=2 quantity=3.5" in result.output
     assert lines[-1].startswith("summary job=aggregate-hourly hours=1 failed_hours=0 organizations=1 events=2 "
-                                "rows_written=1 rows_removed=0 orphan_events=0 dry_run=false")
+                                "rows_written=1 rows_removed=0 orphan_events=0 default_partition_events=2 "
+                                "dry_run=false")
     assert lines[-1].endswith("outcome=succeeded")
     assert "\x1b[" not in result.output  # no colour codes without a terminal
 

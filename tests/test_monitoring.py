@@ -49,7 +49,7 @@ def _summaries() -> Iterator[RunSummary]:
         for outcome in RunOutcome:
             yield RunSummary(job=job.value, period="2024-01", outcome=outcome, dry_run=False, seconds=1.5,
                              counts={"processed": 2, "failed": 1, "hours": 2, "failed_hours": 1,
-                                     "orphan_events": 3, "differences": 1},
+                                     "orphan_events": 3, "default_partition_events": 1, "differences": 1},
                              errors={component.value: 1 for component in Component},
                              revenue={"USD": "10.00", "EUR": "2.50"})
 
@@ -85,6 +85,7 @@ def test_pushed_metrics_are_derived_from_the_code(pushed_metrics: dict[str, set[
     assert pushed_metrics["billing_revenue"] == GROUPING_LABELS | {"currency"}
     assert "billing_last_success_timestamp_seconds" in pushed_metrics  # pushed on success only
     assert "billing_orphan_usage_events" in pushed_metrics and "billing_reconcile_differences" in pushed_metrics
+    assert "billing_usage_events_default_partition" in pushed_metrics
     assert all(name.startswith("billing_") for name in set(pushed_metrics) - PUSHGATEWAY_METRICS)
 
 

@@ -64,7 +64,7 @@ def test_regenerating_voids_the_open_stripe_invoice_before_the_replacement_is_se
     result = regenerate(env)
 
     assert result.exit_code == 0, result.output
-    assert "done=issued,stripe_reversed,pdf,s3,stripe,email" in result.output, result.output
+    assert "done=issued,stripe_reversed,credit_note,pdf,s3,stripe,email" in result.output, result.output
     voided, new = invoices_of(engine)
     assert (voided["status"], voided["stripe_reversal"]) == ("void", "voided")
     remote = fake_stripe.invoices
@@ -76,7 +76,8 @@ def test_regenerating_voids_the_open_stripe_invoice_before_the_replacement_is_se
     paths = [r.path for r in fake_stripe.requests if r.method == "POST" and r.status == 200]
     assert paths.index(f"/v1/invoices/{old['stripe_invoice_id']}/void") < \
         paths.index(f"/v1/invoices/{new['stripe_invoice_id']}/send")
-    assert len(mail.received) == 4  # the three first invoices, then the replacement
+    # The three first invoices, then the old one's credit note (it had been sent), then the replacement.
+    assert len(mail.received) == 5 and mail.received[3].message["Subject"].startswith("Credit note CN-2024-01-000001")
 
     again = run(env)  # a rerun has nothing left to do, in Stripe either
     assert again.exit_code == 0 and "already_invoiced=3" in again.output
@@ -99,7 +100,7 @@ def test_a_paid_invoice_is_credited_in_full_once_and_the_credit_goes_to_the_repl
     assert (voided["stripe_reversal"], voided["stripe_credit_note_id"]) == ("credited", note["id"])
     assert (note["invoice"], note["amount"], note["type"], note["reason"]) == (
         old["stripe_invoice_id"], old_cents, "post_payment", "order_change")
-    assert note["memo"] == f"Invoice {old['number']} is replaced by invoice {new['number']}."
+    assert note["memo"] == f"Invoice {old['number']} is replaced by invoice {new['number']}. Credit note CN-2024-01-000001."
     assert fake_stripe.invoices[old["stripe_invoice_id"]]["status"] == "paid"  # paid stays paid, credited
     # What was paid is taken off the replacement: the customer pays only the difference.
     replacement = fake_stripe.invoices[new["stripe_invoice_id"]]
@@ -147,13 +148,14 @@ def test_until_the_old_stripe_invoice_is_voided_the_replacement_goes_neither_to_
     voided, new = invoices_of(engine)
     assert voided["stripe_reversal"] == "pending" and new["stripe_invoice_id"] is None and new["emailed_at"] is None
     assert len(fake_stripe.invoices) == 3 and len(mail.received) == 3  # nothing new in Stripe or the mailbox
+    assert len(fake_stripe.requests_for("POST", f"/v1/invoices/{old['stripe_invoice_id']}/void")) == 1  # asked once
 
     rerun = run(env)  # the plain monthly command completes it
 
     assert rerun.exit_code == 0, rerun.output
     voided, new = invoices_of(engine)
     assert voided["stripe_reversal"] == "voided" and new["stripe_status"] == "sent" and new["emailed_at"]
-    assert fake_stripe.invoices[old["stripe_invoice_id"]]["status"] == "void" and len(mail.received) == 4
+    assert fake_stripe.invoices[old["stripe_invoice_id"]]["status"] == "void" and len(mail.received) == 5
 
 
 def test_with_stripe_off_the_old_stripe_invoice_waits_for_a_run_with_stripe_on(env, engine, fake_stripe) -> None:

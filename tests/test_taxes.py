@@ -4,6 +4,7 @@ equal to figures computed by hand in each test."""
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import date
 from decimal import Decimal as D
@@ -22,7 +23,7 @@ from billing_cli.tax_file import parse_taxes
 from billing_cli.tax_ids import TaxIdError, check_tax_id
 from billing_cli.taxes import REVERSE_CHARGE_MENTION, TaxError, TaxRate, TaxSetup, tax_amount, taxes_for
 from tests.data import SELLER_ENV, add_org, add_usage, set_plan, utc
-from tests.peers.fixtures import STRIPE_KEY
+from tests.peers.fixtures import STRIPE_KEY, peer_env
 
 runner = CliRunner()
 
@@ -451,3 +452,33 @@ def test_tax_is_rounded_once_half_up_to_what_is_charged() -> None:
     assert tax_amount(D("0.05"), D("10"), "EUR") == D("0.01")  # 0.005 -> 0.01
     assert tax_amount(D("1505"), D("10"), "JPY") == D("151")  # 150.5 -> 151
     assert tax_amount(D("100"), D("9.975"), "ISK", Precision.STRIPE) == D("10")  # Stripe charges whole krónur
+
+
+def test_a_credit_note_reverses_exactly_the_tax_that_was_charged(db_url, engine, tmp_path, s3, mail, fake_stripe,
+                                                                   clean_env) -> None:
+    """The GB invoice of 173.71 + VAT 34.74 = 208.45 GBP, sent (Stripe and e-mail), then voided: its
+    credit note carries the same lines negated and the same VAT reversed (-34.74 on -173.71, never
+    computed again), -208.45 in all, in S3 and in the customer's mailbox; Stripe's open invoice is
+    voided."""
+    apply(db_url, tmp_path)
+    with engine.begin() as conn:
+        customer(conn, "gb-buyer", "gb", "GBP", "12345", country="GB", tax_id="GB 980 7806 84")
+    fake_stripe.tax_rounding = "invoice"
+    env = peer_env(db_url, s3, mail, fake_stripe, **BRITISH_SELLER, DELIVERY_MAX_RETRY_SECONDS="5")
+    assert runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env).exit_code == 0
+    invoice = stored(engine)["gb-buyer"]
+
+    voided = runner.invoke(app, ["invoices", "void", invoice["number"], "--reason", "Wrong VAT number", "--yes"],
+                           env=env)
+
+    assert voided.exit_code == 0, voided.output
+    with engine.connect() as conn:
+        note = conn.execute(text("SELECT number, subtotal, tax_total, total, s3_key FROM credit_notes")).one()
+    assert note.number == "CN-2024-01-000001"
+    assert (note.subtotal, note.tax_total, note.total) == (D("-173.71"), D("-34.74"), D("-208.45"))
+    body = s3.client().get_object(Bucket=s3.bucket, Key=note.s3_key)["Body"].read()
+    printed = PdfReader(io.BytesIO(body)).pages[0].extract_text()
+    assert f"Credit note for {invoice['number']}" in printed
+    assert "Subtotal -£173.71\nVAT 20% (GB) on -£173.71 -£34.74\nTotal credited -£208.45" in printed
+    assert fake_stripe.invoices[invoice["stripe_invoice_id"]]["status"] == "void"
+    assert any(note.number in m.message["Subject"] for m in mail.received)

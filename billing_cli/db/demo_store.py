@@ -56,7 +56,7 @@ def add_synthetic_events(conn: Connection, organization_id: str, metric: str, qu
               FROM generate_series(CAST(:start AS timestamptz), CAST(:end AS timestamptz) - interval '5 minutes',
                                    interval '5 minutes') AS t) ticks
         WHERE q > 0
-        ON CONFLICT (organization_id, idempotency_key) DO NOTHING
+        ON CONFLICT (organization_id, idempotency_key, occurred_at) DO NOTHING
     """), {"id": organization_id, "metric": metric, "start": month.start, "end": month.end})
 
 

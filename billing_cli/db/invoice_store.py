@@ -14,11 +14,12 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
+from . import credit_note_store, invoice_taxes
 from ..composition import ComposedInvoice
+from ..credit_notes import was_sent
 from ..invoices import InvoiceDocument, invoice_number
 from ..periods import Month
 from ..pricing import InvoiceLine, plan_snapshot
-from ..taxes import InvoiceTax, Treatment
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,42 @@ def void_invoice(session: Connection, invoice_id: int, reason: str, *, organizat
     if organization_id is not None:
         organization_lock(session, organization_id)
     # Its Stripe invoice, if it has one, is reversed next (pending_reversals), in the same run.
-    return session.execute(text("""
+    voided = session.execute(text("""
         UPDATE invoices SET status = 'void', voided_at = now(), void_reason = :reason,
                             stripe_reversal = CASE WHEN stripe_invoice_id IS NOT NULL THEN 'pending' END
         WHERE id = :id AND status <> 'void'"""), {"id": invoice_id, "reason": reason}).rowcount == 1
+    if voided:  # the customer had it: its credit note, in the same transaction (delivered next)
+        credit_note_store.issue_for_void(session, invoice_id, reason)
+    return voided
+
+
+@dataclass(frozen=True)
+class InvoiceByNumber:
+    """An invoice as `billing invoices void` finds it: whether it is live, and whether it was sent."""
+
+    id: int
+    organization_id: str
+    bill_to_name: str
+    period_start: date
+    currency: str
+    total: Decimal
+    status: str
+    voided_at: datetime | None
+    void_reason: str | None
+    stripe_invoice_id: str | None
+    sent: bool  # credit_notes.was_sent: e-mailed, or sent in Stripe
+
+
+def invoice_by_number(session: Connection, number: str) -> InvoiceByNumber | None:
+    row = session.execute(text("""
+        SELECT id, organization_id, bill_to_name, period_start, currency, total, status, voided_at, void_reason,
+               stripe_invoice_id, emailed_at, stripe_status
+        FROM invoices WHERE number = :number"""), {"number": number}).mappings().one_or_none()
+    if row is None:
+        return None
+    fields = dict(row)
+    sent = was_sent(emailed_at=fields.pop("emailed_at"), stripe_status=fields.pop("stripe_status"))
+    return InvoiceByNumber(**fields, sent=sent)
 
 
 @dataclass(frozen=True)
@@ -89,19 +122,23 @@ class PendingReversal:
     number: str
     stripe_invoice_id: str
     replaced_by: str | None  # the number of the invoice that replaced it, if one did
+    credit_note: str | None = None  # our credit note for it, if it had been sent
 
 
 def pending_reversals(session: Connection, organization_ids: list[str]) -> dict[str, list[PendingReversal]]:
     """Each organization's void invoices whose Stripe invoice still needs reversing, oldest first."""
     rows = session.execute(text("""
-        SELECT v.organization_id, v.id, v.number, v.stripe_invoice_id, r.number AS replaced_by
+        SELECT v.organization_id, v.id, v.number, v.stripe_invoice_id, r.number AS replaced_by,
+               c.number AS credit_note
         FROM invoices v LEFT JOIN invoices r ON r.replaces_invoice_id = v.id
+        LEFT JOIN credit_notes c ON c.invoice_id = v.id
         WHERE v.stripe_reversal = 'pending' AND v.organization_id = ANY(:ids)
         ORDER BY v.id"""), {"ids": organization_ids}).mappings()
     found: dict[str, list[PendingReversal]] = {}
     for row in rows:
         found.setdefault(row["organization_id"], []).append(
-            PendingReversal(row["id"], row["number"], row["stripe_invoice_id"], row["replaced_by"]))
+            PendingReversal(row["id"], row["number"], row["stripe_invoice_id"], row["replaced_by"],
+                            row["credit_note"]))
     return found
 
 
@@ -261,7 +298,7 @@ def issue_invoices(session: Connection, requests: Sequence[IssueRequest]) -> lis
                "unit_prices": [line.unit_price for _, _, line, _ in lines],
                "amounts": [line.amount for _, _, line, _ in lines],
                "periods": [(line.period or period).first_day for _, _, line, period in lines]})
-    _insert_taxes(session, [(invoice_id, r.invoice.taxes) for invoice_id, (_, r) in zip(ids, fresh, strict=True)])
+    invoice_taxes.insert(session, [(invoice_id, r.invoice.taxes) for invoice_id, (_, r) in zip(ids, fresh, strict=True)])
     usage = [(invoice_id, period.first_day, metric, quantity) for invoice_id, (_, r) in zip(ids, fresh, strict=True)
              for (period, metric), quantity in r.invoice.usage.items()]
     if usage:
@@ -287,35 +324,6 @@ def issue_invoices(session: Connection, requests: Sequence[IssueRequest]) -> lis
                                     created_at=created_at, stripe_customer_id=customer_id,
                                     stripe_customer_name=customer_name, stripe_customer_email=customer_email)
     return results  # type: ignore[return-value]
-
-
-def _insert_taxes(session: Connection, invoices: list[tuple[int, tuple[InvoiceTax, ...]]]) -> None:
-    """Each invoice's tax breakdown, in its order (one statement for the block)."""
-    rows = [(invoice_id, position, tax) for invoice_id, taxes in invoices
-            for position, tax in enumerate(taxes, start=1)]
-    if not rows:
-        return
-    session.execute(text("""
-        INSERT INTO invoice_taxes (invoice_id, position, name, country, region, percentage, taxable_amount, amount,
-                                   treatment, mention, tax_rate_id)
-        SELECT * FROM unnest(CAST(:invoices AS bigint[]), CAST(:positions AS integer[]), CAST(:names AS text[]),
-                             CAST(:countries AS text[]), CAST(:regions AS text[]), CAST(:percentages AS numeric[]),
-                             CAST(:bases AS numeric[]), CAST(:amounts AS numeric[]), CAST(:treatments AS text[]),
-                             CAST(:mentions AS text[]), CAST(:rates AS bigint[]))
-    """), {"invoices": [i for i, _, _ in rows], "positions": [p for _, p, _ in rows],
-           "names": [t.name for _, _, t in rows], "countries": [t.country for _, _, t in rows],
-           "regions": [t.region for _, _, t in rows], "percentages": [t.percentage for _, _, t in rows],
-           "bases": [t.taxable_amount for _, _, t in rows], "amounts": [t.amount for _, _, t in rows],
-           "treatments": [str(t.treatment) for _, _, t in rows], "mentions": [t.mention for _, _, t in rows],
-           "rates": [t.rate_id for _, _, t in rows]})
-
-
-def load_taxes(session: Connection, invoice_id: int) -> tuple[InvoiceTax, ...]:
-    """An invoice's tax breakdown as issued (empty: issued with taxes off)."""
-    return tuple(InvoiceTax(r.name, r.country, r.region, Decimal(r.percentage), Decimal(r.taxable_amount),
-                            Decimal(r.amount), Treatment(r.treatment), r.mention, r.tax_rate_id)
-                 for r in session.execute(text("SELECT * FROM invoice_taxes WHERE invoice_id = :id ORDER BY position"),
-                                          {"id": invoice_id}))
 
 
 @dataclass(frozen=True)
@@ -360,7 +368,7 @@ def load_document(session: Connection, invoice_id: int) -> InvoiceDocument:
                            Month.containing_date(row.period_start), row.issue_date, row.due_date, row.currency,
                            lines, Decimal(row.total), replaces=row.replaces,
                            bill_to_address=tuple(row.bill_to_address or ()), bill_to_tax_id=row.bill_to_tax_id,
-                           taxes=load_taxes(session, invoice_id))
+                           taxes=invoice_taxes.load(session, invoice_id))
 
 
 def record_s3(session: Connection, invoice_id: int, key: str) -> None:

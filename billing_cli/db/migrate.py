@@ -14,7 +14,9 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # list matches the Alembic scripts, so the check below needs no Alembic import on every cron run.
 REVISIONS: tuple[str, ...] = ("0001_foundation", "0002_invoicing", "0003_job_runs", "0004_usage_completeness",
                              "0005_stripe_customers", "0006_stripe_hosted_url",
-                             "0007_stripe_reversals", "0008_customer_billing_details", "0010_taxes")
+                             "0007_stripe_reversals", "0008_customer_billing_details", "0009_taxes",
+                             "0010_credit_notes",
+                             "0011_partition_usage_events")
 HEAD = REVISIONS[-1]
 
 # Serialises concurrent `db upgrade` runs (two pods starting at once): pg_advisory_xact_lock key.

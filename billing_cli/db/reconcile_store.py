@@ -26,17 +26,20 @@ class UsageRow:
     free: bool  # the organization's plan lists the metric as free
 
 
-def usage_differences(conn: Connection, month: Month, only: list[str] | None) -> Iterator[UsageRow]:
+def usage_differences(conn: Connection, month: Month, only: list[str] | None, *,
+                      events_pruned: bool = False) -> Iterator[UsageRow]:
     """(organization, metric) pairs whose events, roll-up and billed quantities are not all equal,
-    from one pass over each source (a hash join of three monthly GROUP BYs).
+    from one pass over each source (a hash join of three monthly GROUP BYs). For a month whose
+    events were pruned, the roll-ups stand for the events (they are what is left of them).
 
     Streamed as PostgreSQL sends the rows, without a server-side cursor: PostgreSQL never runs a
     cursor's query in parallel, and this is the month's largest GROUP BY (bench/reconcile.py)."""
     org = " AND organization_id = ANY(:only)" if only else ""
+    events, at = ("usage_hourly", "hour_start") if events_pruned else ("usage_events", "occurred_at")
     sql = f"""
         WITH ev AS (
-            SELECT organization_id, metric, sum(quantity) AS q FROM usage_events
-            WHERE occurred_at >= :start AND occurred_at < :end{org} GROUP BY 1, 2
+            SELECT organization_id, metric, sum(quantity) AS q FROM {events}
+            WHERE {at} >= :start AND {at} < :end{org} GROUP BY 1, 2
         ), hr AS (
             SELECT organization_id, metric, sum(quantity) AS q FROM usage_hourly
             WHERE hour_start >= :start AND hour_start < :end{org} GROUP BY 1, 2

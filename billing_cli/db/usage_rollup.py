@@ -12,6 +12,8 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
+from .partitions import refuse_pruned_hour
+
 # Every event is rolled up, whatever its organization's status, and even when the organization
 # has no row yet ("orphan" usage: counted and reported, billed once the row exists). Events are
 # grouped per (organization, metric, hour) first, so the checks against organizations touch
@@ -139,12 +141,14 @@ class HourReport:
 
 
 def apply_hour(conn: Connection, start: datetime, end: datetime) -> HourReport:
+    refuse_pruned_hour(conn, start)
     conn.execute(text("SET LOCAL work_mem = '256MB'"))  # a busy hour's hash aggregate spills with 4MB
     return _report(conn.execute(text(APPLY_SQL), {"start": start, "end": end}))
 
 
 def preview_hour(conn: Connection, start: datetime, end: datetime) -> HourReport:
     conn.execute(text("SET TRANSACTION READ ONLY"))
+    refuse_pruned_hour(conn, start)
     return _report(conn.execute(text(PREVIEW_SQL), {"start": start, "end": end}))
 
 
@@ -176,12 +180,24 @@ def late_hours(conn: Connection, before: datetime) -> list[datetime]:
     """Hours before `before` whose events changed since they were rolled up, found cheaply: events
     that arrived since the last roll-up (by the BRIN index on received_at, with an hour of margin
     for slow producer transactions), and hours whose events were edited or deleted in place (the
-    triggers' usage_event_changes)."""
+    triggers' usage_event_changes). Hours of pruned months are left out: their roll-ups are final.
+
+    The arrival threshold is read first and passed as a value: inside the query it would be unknown
+    to the planner, which then expects a third of every partition to match, and the cost of that
+    estimate, growing with the table's history, switches on JIT compilation (hundreds of
+    milliseconds at six months of history, for a check that finds nothing). For the same reason JIT
+    is off for the rest of this (short) transaction: the check reads a few blocks per partition."""
+    conn.execute(text("SET LOCAL jit = off"))
+    since = conn.execute(text("SELECT max(aggregated_at) - interval '1 hour' FROM aggregated_hours")).scalar_one()
     return list(conn.execute(text("""
-        SELECT DISTINCT date_trunc('hour', e.occurred_at, 'UTC') AS hour_start FROM usage_events e
-        WHERE e.received_at >= (SELECT max(aggregated_at) - interval '1 hour' FROM aggregated_hours)
-          AND e.occurred_at < :before
-        UNION
-        SELECT hour_start FROM usage_event_changes WHERE hour_start < :before
+        SELECT hour_start FROM (
+            SELECT DISTINCT date_trunc('hour', e.occurred_at, 'UTC') AS hour_start FROM usage_events e
+            WHERE e.received_at >= CAST(:since AS timestamptz)
+              AND e.occurred_at < :before
+            UNION
+            SELECT hour_start FROM usage_event_changes WHERE hour_start < :before
+        ) changed
+        WHERE NOT EXISTS (SELECT 1 FROM usage_pruned_months p
+                          WHERE p.period_start = CAST(date_trunc('month', hour_start AT TIME ZONE 'UTC') AS date))
         ORDER BY 1
-    """), {"before": before}).scalars())
+    """), {"before": before, "since": since}).scalars())

@@ -115,6 +115,10 @@ def stale_hours(session: Connection, month: Month, *, edited_since: Month | None
           AND NOT EXISTS (SELECT 1 FROM current c WHERE c.hour_start = a.hour_start)
         UNION
         SELECT hour_start FROM usage_event_changes WHERE hour_start >= :edited_from AND hour_start < :end
+        EXCEPT  -- a pruned month's roll-ups are final: its events are gone, not changed
+        SELECT h FROM usage_pruned_months p, generate_series(CAST(p.period_start AS timestamp) AT TIME ZONE 'UTC',
+            (p.period_start + interval '1 month' - interval '1 hour') AT TIME ZONE 'UTC', interval '1 hour') AS h
+        WHERE p.period_start >= CAST(:edited_from AS timestamptz) AT TIME ZONE 'UTC'
         ORDER BY 1
     """), {"start": month.start, "end": month.end, "edited_from": (edited_since or month).start})
     return [r.hour_start for r in rows]

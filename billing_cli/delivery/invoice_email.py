@@ -130,6 +130,49 @@ def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller
     return message
 
 
+def build_credit_note_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller: Seller, attach: bool = True,
+                            download: PresignedLink | None = None) -> EmailMessage:
+    """The message for a credit note (`doc.credits` is the invoice it cancels): the PDF attached if
+    `attach`, else `download` links it. Its Message-ID is the credit note's own."""
+    to_address = check_address("organization e-mail", doc.bill_to_email)
+    name = check_header_value("organization name", doc.bill_to_name)
+    check_header_value("INVOICE_SMTP_FROM", sender)
+    numbers = NumberFormat(seller.locale)
+    total = numbers.money(doc.total, doc.currency)
+    message = EmailMessage(policy=_POLICY)
+    message["Subject"] = f"Credit note {doc.number} for invoice {doc.credits}: {total}"
+    message["From"] = sender
+    user, _, domain = to_address.rpartition("@")
+    message["To"] = Address(display_name=name, username=user, domain=domain)
+    message["Message-ID"] = message_id(doc, sender)
+    message["Date"] = format_datetime(_noon(doc))
+    opening = (f"invoice {doc.credits} from {seller.name} for {doc.period} is cancelled: it is void, and nothing is "
+               f"owed for it. Please find attached credit note {doc.number}." if attach else
+               f"invoice {doc.credits} from {seller.name} for {doc.period} is cancelled: it is void, and nothing is "
+               f"owed for it. Credit note {doc.number} is ready.")
+    facts = [("Credit note number", doc.number), ("Credits invoice", doc.credits or ""),
+             ("Amount credited", total), ("Reason", doc.reason or "")]
+    if doc.replaced_by:
+        facts.append(("Replaced by invoice", doc.replaced_by))
+    links = _links(None, download)
+    text = [f"Hello {name},", "", opening, "", *(f"  {label + ':':<21}{value}" for label, value in facts)]
+    for label, url in links:
+        text += ["", f"{label}: {url}"]
+    text += ["", f"Thank you,\n{seller.name}"]
+    message.set_content("\n".join(text))
+    rows = "".join(f"<tr><td>{html.escape(label)}</td><td><b>{html.escape(value)}</b></td></tr>" for label, value in facts)
+    message.add_alternative(f"""<html><body style="font-family: sans-serif">
+<p>Hello {html.escape(name)},</p>
+<p>{html.escape(opening)}</p>
+<table cellpadding="4">{rows}</table>
+{"".join(f'<p><a href="{html.escape(url)}">{html.escape(label)}</a></p>' for label, url in links)}
+<p>Thank you,<br>{html.escape(seller.name)}</p>
+</body></html>""", subtype="html")
+    if attach:
+        message.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{doc.number}.pdf")
+    return message
+
+
 def _links(page_url: str | None, download: PresignedLink | None) -> list[tuple[str, str]]:
     links = []
     if page_url:

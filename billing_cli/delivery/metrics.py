@@ -46,6 +46,10 @@ def push_run_metrics(gateway_url: str, summary: RunSummary, *, shard: str | None
     if "orphan_events" in summary.counts:
         gauge("billing_orphan_usage_events", "Events of organization ids with no organizations row, in the last "
               "run's window (rolled up; billed once the organization exists).", summary.counts["orphan_events"])
+    if "default_partition_events" in summary.counts:
+        gauge("billing_usage_events_default_partition", "Events in usage_events' default partition: occurred_at "
+              "outside every monthly partition (billed all the same; a clock off, or a backfill).",
+              summary.counts["default_partition_events"])
     if summary.job == "reconcile":
         differences = Gauge("billing_reconcile_differences", "Differences the last reconcile found, by kind "
                             "(0 everywhere: events, roll-ups, invoices and the services agree).", ["kind"],

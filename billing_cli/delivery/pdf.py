@@ -94,7 +94,8 @@ class RenderPool:
 def _texts(doc: InvoiceDocument, seller: Seller) -> list[str]:
     return [doc.bill_to_name, doc.bill_to_email, doc.organization_id, *doc.bill_to_address, doc.bill_to_tax_id or "",
             seller.name, *seller.address, seller.tax_id or "", *seller.payment_instructions,
-            *(line.description for line in doc.lines), *(tax.label for tax in doc.taxes), *doc.tax_mentions]
+            *(line.description for line in doc.lines), *(tax.label for tax in doc.taxes), *doc.tax_mentions,
+            doc.reason or ""]
 
 
 def _is_core(text: str) -> bool:
@@ -169,7 +170,7 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
 
         def header(self) -> None:
             if self.page_no() > 1:
-                continued = clean(f"{seller.name} - Invoice {doc.number} (continued)")
+                continued = clean(f"{seller.name} - {doc.title} (continued)")
                 font(self, "", 8, continued)
                 self.set_text_color(110)
                 self.cell(0, 5, continued, new_x="LMARGIN", new_y="NEXT")
@@ -181,13 +182,13 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
             self.set_y(-14)
             font(self, "", 8)
             self.set_text_color(110)
-            self.cell(_WIDTH / 2, 5, f"Invoice {doc.number}")
+            self.cell(_WIDTH / 2, 5, doc.title)
             self.cell(_WIDTH / 2, 5, f"Page {self.page_no()} of {{nb}}", align="R")
 
     pdf = InvoicePdf(format="A4", unit="mm")
     pdf.core_fonts_encoding = _CORE_ENCODING
     pdf.set_creation_date(datetime.combine(doc.issue_date, time(), tzinfo=UTC))
-    pdf.set_title(f"Invoice {doc.number}")
+    pdf.set_title(f"Credit note for {doc.credits}" if doc.is_credit_note else doc.title)
     pdf.set_author(clean(seller.name))
     pdf.set_margins(_LEFT, 15, 210 - _RIGHT_EDGE)
     pdf.set_auto_page_break(True, margin=20)
@@ -220,7 +221,8 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     font(pdf, "B", 15, seller_name)
     pdf.cell(110, 8, seller_name)
     font(pdf, "B", 20)
-    pdf.cell(70, 8, "PREVIEW" if doc.preview else "INVOICE", align="R", new_x="LMARGIN", new_y="NEXT")
+    heading = "PREVIEW" if doc.preview else "CREDIT NOTE" if doc.is_credit_note else "INVOICE"
+    pdf.cell(70, 8, heading, align="R", new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(80)
     for line in seller_lines:
         font(pdf, "", 9, line, block=seller_regular)
@@ -245,8 +247,11 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
         else:
             pdf.multi_cell(95, height, text_, align="L", new_x="LMARGIN", new_y="NEXT")
     left_bottom = pdf.get_y()
-    facts = (("Invoice number", doc.number + (" (preview)" if doc.preview else "")),
-             ("Issue date", doc.issue_date.isoformat()), ("Due date", doc.due_date.isoformat()),
+    facts = ((("Credit note number", doc.number), ("Issue date", doc.issue_date.isoformat()),
+              ("Credits invoice", doc.credits)) if doc.is_credit_note else
+             (("Invoice number", doc.number + (" (preview)" if doc.preview else "")),
+              ("Issue date", doc.issue_date.isoformat()), ("Due date", doc.due_date.isoformat())))
+    facts = (*facts,
              ("Billing period", f"{doc.period.first_day.isoformat()} to {doc.period.last_day.isoformat()}"),
              ("Currency", doc.currency),
              *((("Replaces invoice", doc.replaces),) if doc.replaces else ()))
@@ -260,6 +265,12 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
         font(pdf, "B", 9)
         pdf.cell(45, 5, value, align="R", new_x="LMARGIN", new_y="NEXT")
     pdf.set_y(max(left_bottom, pdf.get_y()) + 8)
+
+    if doc.is_credit_note:  # what it credits and why, above the lines it negates
+        for text_, style in ((f"Credit note for {doc.credits}", "B"), (f"Reason: {clean(doc.reason or '')}", "")):
+            font(pdf, style, 11 if style else 9, text_)
+            pdf.multi_cell(_WIDTH, 6 if style else 4.5, text_, align="L", new_x="LMARGIN", new_y="NEXT")
+        pdf.ln(3)
 
     # -- lines ------------------------------------------------------------------------------
     table_header(pdf)
@@ -302,12 +313,17 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     pdf.in_table = False
 
     # -- totals, how to pay, notes ---------------------------------------------------------
-    paying = [*(f"{line}" for line in seller.payment_instructions),
-              *(("Pay online: the e-mail that brought this invoice links to its payment page.",)
-                if seller.pays_online else ())]
-    notes = [*((f"This invoice replaces invoice {doc.replaces}, which is void.",) if doc.replaces else ()),
-             f"Payment is due by {doc.due_date.isoformat()}. Please quote invoice number {doc.number} with your "
-             "payment.",
+    paying = [] if doc.is_credit_note else \
+        [*(f"{line}" for line in seller.payment_instructions),
+         *(("Pay online: the e-mail that brought this invoice links to its payment page.",)
+           if seller.pays_online else ())]
+    notes = [*((f"This credit note cancels invoice {doc.credits} in full: that invoice is void and nothing is "
+                "owed for it.",
+                *((f"It is replaced by invoice {doc.replaced_by}.",) if doc.replaced_by else ()))
+               if doc.is_credit_note else
+               (*((f"This invoice replaces invoice {doc.replaces}, which is void.",) if doc.replaces else ()),
+                f"Payment is due by {doc.due_date.isoformat()}. Please quote invoice number {doc.number} with your "
+                "payment.")),
              f"Amounts are in {doc.currency}. Unit prices are shown with full precision; each line amount is rounded "
              "half-up to the currency's minor unit.",
              "The subtotal is the sum of the rounded line amounts; each tax is computed on the taxable subtotal and "
@@ -325,7 +341,7 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     pdf.line(_RIGHT_EDGE - 80, pdf.get_y(), _RIGHT_EDGE, pdf.get_y())
     pdf.ln(2)
     rows = [("Subtotal", doc.subtotal, False), *((clean(label), amount, False) for label, amount in taxes),
-            ("Total due", doc.total, True)]
+            ("Total credited" if doc.is_credit_note else "Total due", doc.total, True)]
     for label, value, bold in rows:
         wide = pdf.get_string_width(label) > 33 if not bold else False  # a tax's label: from further left
         pdf.set_x(_RIGHT_EDGE - (125 if wide else 80))

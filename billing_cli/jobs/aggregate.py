@@ -12,6 +12,7 @@ from decimal import Decimal
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..db.engine import Transactions
+from ..db.partitions import MonthPruned, StrayEvents
 from ..db.usage_rollup import HourReport, MetricTotals, apply_hour, late_hours, preview_hour, unaggregated_hours
 from ..outcomes import Job, run_outcome
 from ..periods import HOUR, HourRange
@@ -43,6 +44,8 @@ class AggregationResult:
     interrupted: bool = False
     # metric -> every organization with usage of it in the hours rolled up (distinct over hours)
     organizations_by_metric: dict[str, set[str]] = field(default_factory=dict)
+    # events in usage_events' DEFAULT partition (outside every monthly partition), whatever the window
+    default_partition: StrayEvents = field(default_factory=StrayEvents)
 
     def add(self, hour: HourResult) -> None:
         for metric, ids in hour.organization_ids.items():
@@ -92,10 +95,14 @@ class AggregationResult:
             dry_run=self.dry_run, seconds=self.seconds,
             counts={"hours": len(self.hours), "failed_hours": len(self.failed_hours), "events": self.events,
                     "organizations": self.organizations,
-                    "orphan_events": self.orphan_events},
+                    "orphan_events": self.orphan_events,
+                    "default_partition_events": self.default_partition.events},
             failed=[{"organization_id": "-", "errors": [["hour", f"{h.hour:%Y-%m-%dT%H}:00Z {h.error}"]]}
                     for h in self.failed_hours],
         )
+
+    def json_extra(self) -> dict:
+        return {"default_partition": self.default_partition.as_dict()}
 
 
 def find_late_hours(transactions: Transactions, window: HourRange, *, lookback: int = 0) -> list[datetime]:
@@ -151,6 +158,8 @@ def _one_hour(transactions: Transactions, start: datetime,
         with transactions() as conn:
             report = roll_up(conn, start, start + HOUR)
         result = HourResult(hour=start, **vars(report))
+    except MonthPruned as exc:  # its roll-up stays as it was
+        result = HourResult(hour=start, error=str(exc))
     except OperationalError:
         raise  # the database itself is gone: the whole run stops (exit 4), nothing half-written
     except DBAPIError as exc:

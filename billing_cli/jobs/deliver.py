@@ -29,7 +29,7 @@ from ..delivery.invoice_email import BadAddress, build_invoice_email, message_id
 from ..delivery.mailer import MailError
 from ..delivery.payments import PaymentError, PaymentGateway, StripeInvoiceDetail, StripeLine, StripeTaxRate
 from ..delivery.ports import Deliveries
-from ..delivery.storage import StorageError, object_key
+from ..delivery.storage import PresignedLink, StorageError, object_key
 from ..invoices import InvoiceDocument, Seller
 from ..money import to_stripe_amount
 from ..outcomes import Component, Step
@@ -92,17 +92,23 @@ def _invoice_email(deliveries: Deliveries, document: InvoiceDocument, pdf: bytes
     """The PDF attached if it is small enough, else linked from S3 (a link the credentials keep
     for its stated lifetime); Stripe's page of the invoice linked when there is one."""
     assert deliveries.sender is not None
-    attach = len(pdf) <= deliveries.attachment_max_bytes
-    download = None
-    if not attach:
-        download = deliveries.store.link(key) if deliveries.store is not None and key else None
-        if download is None:
-            raise MailError(f"the PDF ({len(pdf)} bytes) is over INVOICE_EMAIL_ATTACHMENT_MAX_BYTES and there is no "
-                            "download link to send instead (S3 off, or its credentials expire before "
-                            "INVOICE_S3_LINK_EXPIRY_SECONDS): raise the limit, or turn S3 on with lasting credentials",
-                            transient=False)
+    attach, download = attachment_or_link(deliveries, pdf, key)
     return build_invoice_email(document, pdf, sender=deliveries.sender, seller=seller, attach=attach,
                                page_url=page_url, download=download)
+
+
+def attachment_or_link(deliveries: Deliveries, pdf: bytes, key: str | None) -> tuple[bool, PresignedLink | None]:
+    """Whether the PDF is attached, else the S3 link that replaces it (invoices and credit notes);
+    MailError when it is too large and no link the credentials can keep exists."""
+    if len(pdf) <= deliveries.attachment_max_bytes:
+        return True, None
+    download = deliveries.store.link(key) if deliveries.store is not None and key else None
+    if download is None:
+        raise MailError(f"the PDF ({len(pdf)} bytes) is over INVOICE_EMAIL_ATTACHMENT_MAX_BYTES and there is no "
+                        "download link to send instead (S3 off, or its credentials expire before "
+                        "INVOICE_S3_LINK_EXPIRY_SECONDS): raise the limit, or turn S3 on with lasting credentials",
+                        transient=False)
+    return False, download
 
 
 def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: StoredInvoice,

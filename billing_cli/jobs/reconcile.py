@@ -20,15 +20,17 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
-from ..db import reconcile_store
+from ..db import credit_note_store, reconcile_store
 from ..db.engine import Transactions
+from ..db.partitions import is_pruned
 from ..delivery.payments import PaymentError, PaymentGateway
 from ..delivery.storage import FileStore, StorageError
 from ..errors import PeerUnavailable
 from ..money import exact_sum, to_stripe_amount
-from ..outcomes import Job, RunOutcome
+from ..outcomes import Job, RunOutcome, Step
 from ..periods import Month
 from ..summary import RunSummary
+from .credit_notes import pending_steps
 
 KEPT = 1000  # differences kept for the report and --json (all are counted)
 
@@ -47,6 +49,7 @@ class Kind(StrEnum):
     S3_MISSING = "s3_missing"
     S3_CHECKSUM = "s3_checksum"
     EMAIL_NOT_SENT = "email_not_sent"
+    CREDIT_NOTE_UNDELIVERED = "credit_note_undelivered"  # a credit note's PDF, S3, Stripe or e-mail step is missing
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,8 @@ def reconcile_month(transactions: Transactions, month: Month, checks: Checks, *,
             on_difference(difference)
 
     with transactions() as conn:
-        for row in reconcile_store.usage_differences(conn, month, ids):
+        pruned = is_pruned(conn, month)  # `billing usage prune` dropped its events; the roll-ups stay
+        for row in reconcile_store.usage_differences(conn, month, ids, events_pruned=pruned):
             result.checked["usage_rows_differing"] += 1
             for difference in _usage(row):
                 found(difference)
@@ -132,6 +136,17 @@ def reconcile_month(transactions: Transactions, month: Month, checks: Checks, *,
             result.checked["invoices"] += 1
             for difference in _invoice(invoice, checks, result.checked):
                 found(difference)
+    with transactions() as conn:
+        notes = credit_note_store.month_credit_notes(conn, month, list(only))
+    enabled = tuple(step for step, on in ((Step.S3, checks.store), (Step.STRIPE, checks.payments),
+                                          (Step.EMAIL, checks.email)) if on)
+    result.checked["credit_notes"] = len(notes)
+    for note in notes:
+        missing = pending_steps(note, enabled)
+        if missing:
+            found(Difference(Kind.CREDIT_NOTE_UNDELIVERED, note.organization_id, note.number, "delivered",
+                             f"missing: {', '.join(missing)}",
+                             f"billing invoice-monthly --month {month} --org {note.organization_id} completes it"))
     result.seconds = time.perf_counter() - started
     return result
 

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..db import run_store
-from ..outcomes import MONTHLY_JOBS, Job, RunOutcome
+from ..outcomes import MONTHLY_JOBS, SCHEDULED_JOBS, Job, RunOutcome
 from ..periods import Month
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ _UNHEALTHY_ENDINGS = (RunOutcome.FAILED, RunOutcome.PARTIAL, RunOutcome.INTERRUP
 
 def job_statuses(conn: Connection, now: datetime, thresholds: Thresholds = Thresholds()) -> list[JobStatus]:
     statuses = []
-    for job in Job:
+    for job in SCHEDULED_JOBS:
         last, success = run_store.last_run(conn, job), run_store.last_success(conn, job)
         status = JobStatus(job.value, last, success)
         if last is not None and last["status"] in _UNHEALTHY_ENDINGS:

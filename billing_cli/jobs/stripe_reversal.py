@@ -13,8 +13,44 @@ by our metadata, however long ago) is never issued twice.
 
 from __future__ import annotations
 
+from ..db import credit_note_store, invoice_store
+from ..db.engine import Transactions
 from ..db.invoice_store import PendingReversal
 from ..delivery.payments import PaymentError, PaymentGateway
+
+
+class ReversalFailed(PaymentError):
+    """Stripe refused (or could not be asked) to reverse one void invoice's Stripe invoice."""
+
+    def __init__(self, item: PendingReversal, cause: PaymentError, done: list[str]) -> None:
+        super().__init__(str(cause), transient=cause.transient, not_found=cause.not_found)
+        self.item = item
+        self.done = done  # the numbers reversed before it
+
+
+def reverse_pending(transactions: Transactions, gateway: PaymentGateway, organization_id: str, *,
+                    only: int | None = None) -> list[str]:
+    """Reverse the Stripe invoices of the organization's void invoices still pending (or of the one
+    invoice `only`), as stored now, oldest first, each recorded the moment it is done; returns their
+    numbers. Used by invoicing runs (before anything else of the organization is delivered) and by
+    a credit note's Stripe step. Raises ReversalFailed at the first one Stripe refuses: the others
+    wait for a rerun."""
+    with transactions() as conn:
+        pending = invoice_store.pending_reversals(conn, [organization_id]).get(organization_id, [])
+    done = []
+    for item in pending:
+        if only is not None and item.id != only:
+            continue
+        try:
+            how, credit_note = reverse(gateway, item)
+        except PaymentError as exc:
+            raise ReversalFailed(item, exc, done) from exc
+        with transactions() as conn:
+            invoice_store.record_reversal(conn, item.id, how, credit_note)
+            if how != "deleted":  # Stripe had it finalized: it was sent, whatever we managed to record
+                credit_note_store.issue_for_void(conn, item.id, finalized_in_stripe=True)
+        done.append(item.number)
+    return done
 
 
 def reverse(gateway: PaymentGateway, item: PendingReversal) -> tuple[str, str | None]:
@@ -40,6 +76,8 @@ def reverse(gateway: PaymentGateway, item: PendingReversal) -> tuple[str, str | 
             return "credited", None
         memo = (f"Invoice {item.number} is replaced by invoice {item.replaced_by}." if item.replaced_by
                 else f"Invoice {item.number} is cancelled.")
+        if item.credit_note:  # our credit note document for it, which the customer receives
+            memo = f"{memo} Credit note {item.credit_note}."
         return "credited", gateway.credit_in_full(stripe_id, invoice_id=item.id, amount=remaining, memo=memo)
     raise PaymentError(f"Stripe invoice {stripe_id} is {remote.status}: cannot void or credit it; check it in Stripe",
                        transient=False)

@@ -6,9 +6,11 @@ from typing import TYPE_CHECKING
 
 from ..periods import format_hour
 from .output import Output, number
+from .partitions import default_partition_warning, partitions_created
 
 if TYPE_CHECKING:
     from ..jobs.aggregate import AggregationResult, HourResult
+    from ..jobs.partitions import PartitionUpkeep
     from ..periods import HourRange
 
 
@@ -27,6 +29,9 @@ class AggregationScreen:
 
     def hour_done(self, hour: HourResult) -> None:
         aggregation_hour(self.output, hour, self.dry_run)
+
+    def partitions_kept(self, upkeep: PartitionUpkeep) -> None:
+        partitions_created(self.output, upkeep)
 
 
 def aggregation_header(output: Output, window: HourRange, why: str, late_hours: list, dry_run: bool,
@@ -81,12 +86,15 @@ def aggregation_summary(output: Output, result: AggregationResult) -> None:
         "rows_written": sum(h.inserted + h.updated for h in result.hours),
         "rows_removed": sum(h.deleted for h in result.hours),
         "orphan_events": result.orphan_events,
+        "default_partition_events": result.default_partition.events,
         "dry_run": result.dry_run,
         "seconds": round(result.seconds, 3),
         "outcome": result.summary().outcome.value,
     }
     if result.orphan_events:
         output.warning(orphan_warning(result))
+    if result.default_partition.events:
+        output.warning(default_partition_warning(result.default_partition))
     if output.plain:
         output.record("summary", job="aggregate-hourly", **fields)
         return

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 _MARKS = {OrgStatus.INVOICED: "✅", OrgStatus.ALREADY_INVOICED: "⏭ ", OrgStatus.NOTHING_TO_BILL: "➖",
           OrgStatus.FAILED: "❌"}
 _STEP_NAMES = {Step.STRIPE_REVERSED: "replaced Stripe invoice voided", Step.PDF: "PDF rendered",
-               Step.S3: "uploaded to S3", Step.STRIPE: "Stripe invoice sent", Step.EMAIL: "e-mailed"}
+               Step.S3: "uploaded to S3", Step.STRIPE: "Stripe invoice sent", Step.EMAIL: "e-mailed",
+               Step.CREDIT_NOTE: "credit note of the void invoice delivered"}
 PDF_NOT_KEPT = "PDF not kept (S3 off and no INVOICE_OUTPUT_DIR; a rerun with it set writes the file)"
 
 

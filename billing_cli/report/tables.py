@@ -275,6 +275,12 @@ def status_report(output: Output, statuses: list, now, *, as_json: bool) -> None
 # -- db, plans apply, demo ---------------------------------------------------------------------------
 
 def schema_upgraded(output: Output, state) -> None:
+    from .partitions import default_partition_warning, partitions_created
+
+    if state.partitions is not None:
+        partitions_created(output, state.partitions)
+        if state.partitions.stray.events:
+            output.warning(default_partition_warning(state.partitions.stray))
     if output.plain:
         output.record("db-upgrade", database=state.database, before=state.before or "none", after=state.after)
     elif state.before == state.after:

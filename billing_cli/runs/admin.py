@@ -106,6 +106,7 @@ class SchemaUpgrade:
     database: str
     before: str | None  # the revision found (None: an empty database)
     after: str | None  # the revision left
+    partitions: Any = None  # jobs.partitions.PartitionUpkeep: usage_events' partitions made ahead
 
 
 @dataclass(frozen=True)
@@ -120,12 +121,15 @@ class SchemaRevision:
 
 
 def upgrade_schema(notice: Notice) -> SchemaUpgrade:
-    """Apply the migrations (safe to repeat; concurrent runs wait for each other)."""
+    """Apply the migrations (safe to repeat; concurrent runs wait for each other), then make
+    usage_events' partitions for the current and the next month if they are missing."""
     from ..db.migrate import upgrade
+    from ..jobs.partitions import keep_partitions_ahead
+    from ..periods import utc_now
 
     with open_database(load_settings(), notice=notice, require_schema=False) as db:
         before, after = upgrade(db.engine)
-        return SchemaUpgrade(db.where, before, after)
+        return SchemaUpgrade(db.where, before, after, keep_partitions_ahead(db.transactions, utc_now()))
 
 
 def schema_revision(notice: Notice) -> SchemaRevision:

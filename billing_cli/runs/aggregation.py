@@ -10,6 +10,7 @@ from typing import Protocol
 from ..config import load_settings
 from ..db.engine import Database
 from ..jobs.aggregate import AggregationResult, HourResult, aggregate_hours, find_late_hours
+from ..jobs.partitions import PartitionUpkeep, keep_partitions_ahead
 from ..outcomes import Job
 from ..periods import HourRange, aggregation_window, utc_now
 from .lifecycle import Finished, LockGuard, NotifyWhen, RunSpec, RunView, run_job
@@ -65,13 +66,15 @@ class AggregationView(RunView, Protocol):
     def aggregation_started(self, window: HourRange, why: str, late_hours: list[datetime], dry_run: bool,
                             database: str) -> None: ...
     def hour_done(self, hour: HourResult) -> None: ...
+    def partitions_kept(self, upkeep: PartitionUpkeep) -> None: ...
 
 
 def run_aggregate_hourly(request: AggregateRequest, view: AggregationView) -> Finished[AggregationResult]:
     settings = load_settings()
     dry_run = settings.dry_run if request.dry_run is None else request.dry_run
     widened, checked = request.widening(), request.checked_hours(settings.aggregate_lookback_hours)
-    window = aggregation_window(now=utc_now(), hour=request.hour, from_=request.from_, to=request.to,
+    now = utc_now()
+    window = aggregation_window(now=now, hour=request.hour, from_=request.from_, to=request.to,
                                 lookback=widened)
     spec = RunSpec(job=Job.AGGREGATE_HOURLY, period=window, lock_scope=Job.AGGREGATE_HOURLY, dry_run=dry_run,
                    parameters={"window": str(window)},
@@ -82,7 +85,12 @@ def run_aggregate_hourly(request: AggregateRequest, view: AggregationView) -> Fi
         # window means exactly that window.
         late = find_late_hours(db.transactions, window, lookback=checked) if request.scheduled else []
         view.aggregation_started(window, request.why(widened, checked), late, dry_run, db.where)
-        return aggregate_hours(db.transactions, window, late_hours=late, dry_run=dry_run, stop=stop,
-                               on_hour=view.hour_done, still_locked=guard)
+        # usage_events' partitions for this month and the next exist before their events arrive.
+        upkeep = keep_partitions_ahead(db.transactions, now, dry_run=dry_run)
+        view.partitions_kept(upkeep)
+        result = aggregate_hours(db.transactions, window, late_hours=late, dry_run=dry_run, stop=stop,
+                                 on_hour=view.hour_done, still_locked=guard)
+        result.default_partition = upkeep.stray
+        return result
 
     return run_job(spec, settings, view, aggregate)

@@ -16,13 +16,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from ...db import invoice_store
 from ...db.engine import Transactions
 from ...db.invoice_store import StoredInvoice
-from ...delivery.payments import PaymentError
 from ...errors import BillingError
 from ...invoices import InvoiceDocument, due_date
 from ...outcomes import DELIVERY_STEPS, Component, OrgStatus, Step
 from ...periods import format_hour
 from ..aggregate import aggregate_one_hour
 from .. import stripe_reversal
+from ..credit_notes import deliver_credit_note, undelivered_credit_notes
 from ..deliver import deliver
 from .documents import render
 from .issuing import block_issuer, pdf_recorder
@@ -56,7 +56,7 @@ class Acting:
 
     def handle(self, plan: OrgPlan) -> OrgOutcome:
         outcome = expected_outcome(plan)
-        if plan.action not in _CHANGES and not plan.reversals:
+        if plan.action not in _CHANGES and not plan.reversals and not plan.credit_notes:
             return outcome
         self.options.locks.check()  # never act once the run has lost its own lock
         # One process at a time issues, voids or delivers an organization's invoices, whatever
@@ -81,11 +81,15 @@ class Acting:
                 else:
                     outcome.warnings.append(f"{plan.existing.number} was voided meanwhile by another run")
                 self._reverse_in_stripe(plan, outcome)
+                self._deliver_credit_notes(plan, outcome)
             elif plan.action == Action.COMPLETE:
                 assert plan.existing is not None
-                self._complete(plan.existing, self._reverse_in_stripe(plan, outcome), outcome)
-            else:  # nothing else to do: only the Stripe invoices of void invoices
+                steps = self._reverse_in_stripe(plan, outcome)
+                self._deliver_credit_notes(plan, outcome)
+                self._complete(plan.existing, steps, outcome)
+            else:  # nothing else to do: only what void invoices still need (Stripe, credit notes)
                 self._reverse_in_stripe(plan, outcome)
+                self._deliver_credit_notes(plan, outcome)
         except OperationalError:
             raise  # the database is gone: stop the run (exit 4); a rerun resumes where this one stopped
         except Exception as exc:  # one organization's bug must not stop the others; it is reported
@@ -123,6 +127,7 @@ class Acting:
         outcome.tax = invoice.tax_total if invoice.taxes else None
         outcome.steps.append(Step.ISSUED)
         steps = self._reverse_in_stripe(plan, outcome)  # the replaced invoice leaves Stripe first
+        self._deliver_credit_notes(plan, outcome)  # its credit note reaches the customer before the replacement
         # Just issued: the document is known without reading it back.
         document = InvoiceDocument(stored.number, org.id, org.name, org.email, options.month, options.issue_date,
                                    due, invoice.currency, invoice.lines, invoice.total,
@@ -139,21 +144,40 @@ class Acting:
         gateway = self.options.deliveries.payments
         if not plan.reversals or gateway is None:
             return plan.steps
-        org_id = plan.organization.id
-        with self.transactions() as conn:
-            pending = invoice_store.pending_reversals(conn, [org_id]).get(org_id, [])
-        for item in pending:
-            try:
-                how, credit_note = stripe_reversal.reverse(gateway, item)
-            except PaymentError as exc:
-                outcome.fail(Component.STRIPE, f"the Stripe invoice {item.stripe_invoice_id} of void {item.number} "
-                                               f"could not be voided ({exc}): the current invoice waits for it")
-                return tuple(step for step in plan.steps if step not in (Step.STRIPE, Step.EMAIL))
-            with self.transactions() as conn:
-                invoice_store.record_reversal(conn, item.id, how, credit_note)
-            if Step.STRIPE_REVERSED not in outcome.steps:
+        try:
+            done = stripe_reversal.reverse_pending(self.transactions, gateway, plan.organization.id)
+        except stripe_reversal.ReversalFailed as exc:
+            item = exc.item
+            if exc.done:
                 outcome.steps.append(Step.STRIPE_REVERSED)
+            outcome.fail(Component.STRIPE, f"the Stripe invoice {item.stripe_invoice_id} of void {item.number} "
+                                           f"could not be voided ({exc}): the current invoice waits for it")
+            return tuple(step for step in plan.steps if step not in (Step.STRIPE, Step.EMAIL))
+        if done and Step.STRIPE_REVERSED not in outcome.steps:
+            outcome.steps.append(Step.STRIPE_REVERSED)
         return plan.steps
+
+    def _deliver_credit_notes(self, plan: OrgPlan, outcome: OrgOutcome) -> None:
+        """Deliver the organization's credit notes that have a step missing: those the plan found,
+        and those issued in this run (by a regeneration or a void, or by a reversal that found an
+        invoice finalized in Stripe), read now, under the organization's lock."""
+        voided_now = plan.action in (Action.REGENERATE, Action.VOID) or Step.STRIPE_REVERSED in outcome.steps
+        if not plan.credit_notes and not voided_now:
+            return
+        org_id = plan.organization.id
+        pending = undelivered_credit_notes(self.transactions, [org_id], self.options.delivery_steps).get(org_id, ())
+        enabled = self.options.delivery_steps
+        if any(component == Component.STRIPE for component, _ in outcome.errors):
+            # Stripe refused a reversal of this organization in this run: not asked again now, and no
+            # e-mail says "cancelled" while Stripe still asks for the money; a rerun carries on.
+            enabled = tuple(step for step in enabled if step not in (Step.STRIPE, Step.EMAIL))
+        for credit_note_id in pending:
+            delivered = deliver_credit_note(self.transactions, credit_note_id, self.options.deliveries,
+                                            self.options.seller, enabled, self.options.renderer)
+            if delivered.steps and Step.CREDIT_NOTE not in outcome.steps:
+                outcome.steps.append(Step.CREDIT_NOTE)
+            if delivered.error is not None:
+                outcome.fail(*delivered.error)
 
     def _complete(self, planned: StoredInvoice, steps: tuple[Step, ...], outcome: OrgOutcome) -> None:
         """An invoice issued earlier: read it again now (another run may have moved it on since

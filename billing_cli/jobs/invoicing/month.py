@@ -23,6 +23,7 @@ from ...db.usage_store import OrganizationRow
 from ...delivery.pdf import RenderPool
 from ...errors import UsageError
 from ...taxes import TaxSetup
+from ..credit_notes import undelivered_credit_notes
 from .acting import Acting
 from .options import InvoiceOptions
 from .planning import Action, OrgPlan, PlanRules, plan_organization
@@ -143,6 +144,7 @@ def _plan_batch(transactions: Transactions, options: InvoiceOptions, rules: Plan
         histories = billing_history.load_histories(conn, options.month, ids, late_months=options.late_usage_months)
         price_plans = plan_store.load_plans(conn, sorted({o.price_plan_id for o, _ in batch if o.price_plan_id}))
         reversals = invoice_store.pending_reversals(conn, ids)
+    credit_notes = undelivered_credit_notes(transactions, ids, options.delivery_steps)
     plans = []
     for org, usage in batch:
         stored = existing.get(org.id)
@@ -151,7 +153,8 @@ def _plan_batch(transactions: Transactions, options: InvoiceOptions, rules: Plan
         try:
             plans.append(plan_organization(org, usage, price_plans, stored, rules, history=histories[org.id],
                                            pdf_file_missing=missing_file,
-                                           pending_reversals=tuple(r.number for r in reversals.get(org.id, ()))))
+                                           pending_reversals=tuple(r.number for r in reversals.get(org.id, ())),
+                                           credit_notes=credit_notes.get(org.id, ())))
         except Exception as exc:  # a bug in planning one organization must not stop the others
             plans.append(OrgPlan(org, Action.REFUSE, existing=stored,
                                  problem=f"unexpected error: {type(exc).__name__}: {exc}"))

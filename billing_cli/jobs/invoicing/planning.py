@@ -59,6 +59,7 @@ class OrgPlan:
     warnings: tuple[str, ...] = ()
     late: PeriodDelta | None = None  # COMPLETE, SKIP: usage that changed after the month was invoiced
     reversals: tuple[str, ...] = ()  # void invoices whose Stripe invoice is voided/credited first (numbers)
+    credit_notes: tuple[int, ...] = ()  # credit notes (ids) with a step still missing: completed by this run
     history: OrgHistory = field(default_factory=OrgHistory)  # what the plan was made from
 
     @property
@@ -80,10 +81,19 @@ class OrgPlan:
 
 def plan_organization(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str, PricePlan],
                       existing: StoredInvoice | None, rules: PlanRules, *, history: OrgHistory = OrgHistory(),
-                      pdf_file_missing: bool = False, pending_reversals: tuple[str, ...] = ()) -> OrgPlan:
+                      pdf_file_missing: bool = False, pending_reversals: tuple[str, ...] = (),
+                      credit_notes: tuple[int, ...] = ()) -> OrgPlan:
     """Decide one organization's action. `pdf_file_missing`: its stored invoice's PDF is not in the
     output folder (only meaningful with `rules.keep_pdf_files`). `pending_reversals`: its void
-    invoices whose Stripe invoice is still to be voided or credited."""
+    invoices whose Stripe invoice is still to be voided or credited. `credit_notes`: its credit
+    notes with a step still missing, completed whatever the action."""
+    plan = _plan(org, usage, plans, existing, rules, history, pdf_file_missing, pending_reversals)
+    return replace(plan, credit_notes=credit_notes) if credit_notes else plan
+
+
+def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str, PricePlan],
+          existing: StoredInvoice | None, rules: PlanRules, history: OrgHistory, pdf_file_missing: bool,
+          pending_reversals: tuple[str, ...]) -> OrgPlan:
     month = rules.month
     warnings = _too_old(history, rules)
     # Void invoices whose Stripe invoice goes first: those left pending, and the one this plan voids.

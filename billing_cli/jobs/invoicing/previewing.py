@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
+from ...credit_notes import was_sent
 from ...db import invoice_store
 from ...db.engine import Transactions
 from ...invoices import InvoiceDocument, due_date, invoice_number
@@ -33,7 +34,8 @@ class Previewing:
 
     def handle(self, plan: OrgPlan) -> OrgOutcome:
         outcome = expected_outcome(plan)
-        outcome.pending = ((Step.STRIPE_REVERSED,) if plan.reversals else ()) + plan.steps
+        outcome.pending = ((Step.STRIPE_REVERSED,) if plan.reversals else ()) + \
+            ((Step.CREDIT_NOTE,) if _credits(plan) else ()) + plan.steps
         if plan.action not in (Action.ISSUE, Action.REGENERATE):
             return outcome
         options, org, invoice = self.options, plan.organization, plan.invoice
@@ -58,3 +60,11 @@ class Previewing:
         with self._lock:
             self._next += 1
             return self._next - 1
+
+
+def _credits(plan: OrgPlan) -> bool:
+    """Whether a real run would deliver a credit note for this organization: one left undelivered,
+    or the one a regeneration issues for a live invoice that was sent."""
+    voiding = plan.action in (Action.REGENERATE, Action.VOID) and plan.existing is not None
+    return bool(plan.credit_notes) or (voiding and was_sent(emailed_at=plan.existing.emailed_at,  # type: ignore[union-attr]
+                                                            stripe_status=plan.existing.stripe_status))  # type: ignore[union-attr]

@@ -1,14 +1,14 @@
 """Taxes: the versioned tax rates (`billing taxes apply`), each invoice's tax breakdown, and its
 tax total. Invoices issued before (or with taxes off) have a tax total of 0 and no breakdown.
 
-Revision ID: 0010_taxes
+Revision ID: 0009_taxes
 Revises: 0008_customer_billing_details
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_taxes"
+revision = "0009_taxes"
 down_revision = "0008_customer_billing_details"
 branch_labels = None
 depends_on = None

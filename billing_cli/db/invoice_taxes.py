@@ -1,0 +1,39 @@
+"""Invoices' tax breakdowns (invoice_taxes): written with the invoices they belong to, read back
+for their documents and for the credit notes that reverse them. In the caller's transaction."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from sqlalchemy import Connection, text
+
+from ..taxes import InvoiceTax, Treatment
+
+
+def insert(session: Connection, invoices: list[tuple[int, tuple[InvoiceTax, ...]]]) -> None:
+    """Each invoice's tax breakdown, in its order (one statement for the block)."""
+    rows = [(invoice_id, position, tax) for invoice_id, taxes in invoices
+            for position, tax in enumerate(taxes, start=1)]
+    if not rows:
+        return
+    session.execute(text("""
+        INSERT INTO invoice_taxes (invoice_id, position, name, country, region, percentage, taxable_amount, amount,
+                                   treatment, mention, tax_rate_id)
+        SELECT * FROM unnest(CAST(:invoices AS bigint[]), CAST(:positions AS integer[]), CAST(:names AS text[]),
+                             CAST(:countries AS text[]), CAST(:regions AS text[]), CAST(:percentages AS numeric[]),
+                             CAST(:bases AS numeric[]), CAST(:amounts AS numeric[]), CAST(:treatments AS text[]),
+                             CAST(:mentions AS text[]), CAST(:rates AS bigint[]))
+    """), {"invoices": [i for i, _, _ in rows], "positions": [p for _, p, _ in rows],
+           "names": [t.name for _, _, t in rows], "countries": [t.country for _, _, t in rows],
+           "regions": [t.region for _, _, t in rows], "percentages": [t.percentage for _, _, t in rows],
+           "bases": [t.taxable_amount for _, _, t in rows], "amounts": [t.amount for _, _, t in rows],
+           "treatments": [str(t.treatment) for _, _, t in rows], "mentions": [t.mention for _, _, t in rows],
+           "rates": [t.rate_id for _, _, t in rows]})
+
+
+def load(session: Connection, invoice_id: int) -> tuple[InvoiceTax, ...]:
+    """An invoice's tax breakdown as issued (empty: issued with taxes off)."""
+    return tuple(InvoiceTax(r.name, r.country, r.region, Decimal(r.percentage), Decimal(r.taxable_amount),
+                            Decimal(r.amount), Treatment(r.treatment), r.mention, r.tax_rate_id)
+                 for r in session.execute(text("SELECT * FROM invoice_taxes WHERE invoice_id = :id ORDER BY position"),
+                                          {"id": invoice_id}))
