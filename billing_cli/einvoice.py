@@ -79,16 +79,19 @@ def vat_category(doc: InvoiceDocument, seller: Seller) -> VatCategory:
     return VatCategory("Z", ZERO, subtotal, tax_total)
 
 
-def build_xml(doc: InvoiceDocument, seller: Seller, *, type_code: str = INVOICE,
-              preceding: str | None = None) -> bytes:
-    """The CII XML (UTF-8) of `doc`. `preceding`: the invoice it refers to (BT-25; a credit note's
-    credited invoice); by default the void invoice a regenerated one replaces.
+def type_code(doc: InvoiceDocument) -> str:
+    return CREDIT_NOTE if doc.is_credit_note else INVOICE
 
-    A credit note (381) states what it credits in positive amounts, the type code giving the sign:
-    our credit note's negative lines, taxes and totals are written negated."""
+
+def build_xml(doc: InvoiceDocument, seller: Seller) -> bytes:
+    """The CII XML (UTF-8) of `doc`, an invoice (380) or a credit note (381). The preceding invoice
+    (BT-25) is the one a credit note credits, or the void one a regenerated invoice replaces.
+
+    A credit note states what it credits in positive amounts, its type code giving the sign: our
+    credit note's negated lines, taxes and totals are written negated back."""
     from lxml import etree
 
-    credit_note = type_code == CREDIT_NOTE
+    credit_note = doc.is_credit_note
 
     def sign(value: Decimal) -> Decimal:  # exact, whatever the digits
         return value.copy_negate() if credit_note else value
@@ -135,10 +138,11 @@ def build_xml(doc: InvoiceDocument, seller: Seller, *, type_code: str = INVOICE,
     el(el(context, "ram:GuidelineSpecifiedDocumentContextParameter"), "ram:ID", PROFILE)
     header = el(root, "rsm:ExchangedDocument")
     el(header, "ram:ID", doc.number)
-    el(header, "ram:TypeCode", type_code)
+    el(header, "ram:TypeCode", type_code(doc))
     day(header, "ram:IssueDateTime", doc.issue_date)
-    for mention in doc.tax_mentions:
-        el(el(header, "ram:IncludedNote"), "ram:Content", mention)
+    notes = ((f"Credit note for invoice {doc.credits}. Reason: {doc.reason}",) if credit_note and doc.reason else ())
+    for note in (*notes, *doc.tax_mentions):
+        el(el(header, "ram:IncludedNote"), "ram:Content", note)
 
     transaction = el(root, "rsm:SupplyChainTradeTransaction")
     for number, line in enumerate(doc.lines, start=1):
@@ -183,7 +187,7 @@ def build_xml(doc: InvoiceDocument, seller: Seller, *, type_code: str = INVOICE,
     el(settlement, "ram:InvoiceCurrencyCode", currency)
     trade_tax(settlement, header=True)
     period(settlement, doc.period.first_day, doc.period.last_day)
-    reference = preceding if preceding is not None else doc.replaces
+    reference = doc.credits if credit_note else doc.replaces
     terms = el(settlement, "ram:SpecifiedTradePaymentTerms")
     if credit_note:
         el(terms, "ram:Description", f"Credit note for invoice {reference}: nothing is owed for that invoice.")

@@ -31,7 +31,7 @@ from billing_cli.taxes import EXEMPT_MENTION, REVERSE_CHARGE_MENTION
 from tests.data import SELLER_ENV, add_org, set_plan, utc
 from tests.peers.fixtures import peer_env
 from tests.test_late_usage import events, roll_up
-from tests.test_taxes import GERMAN_SELLER, apply, customer, stored
+from tests.test_taxes import BRITISH_SELLER, GERMAN_SELLER, apply, customer, stored
 
 runner = CliRunner()
 NS = {"rsm": "urn:un:unece:uncefact:data:standard:CrossIndustryInvoice:100",
@@ -389,36 +389,44 @@ def test_the_schematron_check_catches_a_broken_invoice(schematron_rule, broken) 
     assert any(error.startswith(f"{schematron_rule}:") for error in errors), errors
 
 
-def test_a_credit_note_is_type_381_in_positive_amounts_and_names_the_invoice_it_credits() -> None:
-    """Our credit note negates the invoice it credits: 43.11 + 8.19 VAT = 51.30 EUR, all negative.
-    EN 16931 writes a credit note in positive amounts, its type code (381) giving the sign."""
-    from datetime import date
+def test_a_credit_note_is_type_381_in_positive_amounts_and_names_the_invoice_it_credits(
+        db_url, engine, tmp_path, s3, mail, fake_stripe, clean_env) -> None:
+    """The GB invoice of tests/test_taxes.py, 173.71 + VAT 34.74 = 208.45 GBP, e-mailed, then voided:
+    its credit note stores -173.71, -34.74, -208.45. EN 16931 writes a credit note in positive
+    amounts, its type code (381) giving the sign, and names the invoice it credits (BT-25)."""
+    apply(db_url, tmp_path)
+    with engine.begin() as conn:
+        customer(conn, "gb-buyer", "gb", "GBP", "12345", country="GB", tax_id="GB 980 7806 84")
+    env = peer_env(db_url, s3, mail, fake_stripe, **BRITISH_SELLER, **FACTURX, INVOICE_ENABLE_STRIPE="false",
+                   DELIVERY_MAX_RETRY_SECONDS="5")
+    assert runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env).exit_code == 0
+    invoice = stored(engine)["gb-buyer"]
 
-    from billing_cli.einvoice import CREDIT_NOTE, build_xml
-    from billing_cli.invoices import InvoiceDocument, Seller
-    from billing_cli.periods import Month
-    from billing_cli.pricing import InvoiceLine
-    from billing_cli.taxes import InvoiceTax
+    voided = runner.invoke(app, ["invoices", "void", invoice["number"], "--reason", "Wrong VAT number", "--yes"],
+                           env=env)
 
-    month = Month.parse("2024-01")
-    lines = (InvoiceLine("base_fee", "Europe plan, monthly fee", D(1), D(-19), D("-19.00")),
-             InvoiceLine("usage", "API calls", D(-26784), D("0.0009"), D("-24.11"), "api_calls", month))
-    doc = InvoiceDocument("CN-2024-02-000001", "de-buyer", "Customer", "c@example.com", month, date(2024, 2, 20),
-                          date(2024, 2, 20), "EUR", lines, D("-51.30"), bill_to_address=("1 Main Street", "Germany"),
-                          bill_to_tax_id="DE811907980",
-                          taxes=(InvoiceTax("VAT", "DE", None, D(19), D("-43.11"), D("-8.19")),))
-    seller = Seller("Nimbus Metering GmbH", ("Hauptstraße 1", "10115 Berlin", "Germany"), "DE136695976", "DE")
-
-    xml = build_xml(doc, seller, type_code=CREDIT_NOTE, preceding="INV-2024-01-000001")
-
-    assert facturx.xml_check_xsd(xml, flavor="factur-x", level="en16931")
-    assert schematron_errors(xml) == []
+    assert voided.exit_code == 0, voided.output
+    with engine.connect() as conn:
+        note = conn.execute(text("SELECT number, subtotal, tax_total, total, s3_key, pdf_sha256 "
+                                 "FROM credit_notes")).one()
+        lines = conn.execute(text("SELECT quantity, unit_price, amount FROM credit_note_lines ORDER BY line_no")).all()
+    assert (note.subtotal, note.tax_total, note.total) == (D("-173.71"), D("-34.74"), D("-208.45"))
+    [message] = [m.message for m in mail.received if note.number in m.message["Subject"]]
+    [attachment] = list(message.iter_attachments())
+    pdf = attachment.get_content()
+    assert hashlib.sha256(pdf).hexdigest() == note.pdf_sha256
+    assert s3.client().get_object(Bucket=s3.bucket, Key=note.s3_key)["Body"].read() == pdf
+    xml = embedded_xml(pdf)
     found = figures(xml)
-    assert (found["type"], found["number"], found["preceding"]) == ("381", "CN-2024-02-000001", "INV-2024-01-000001")
-    assert found["totals"] == (D("43.11"), D("43.11"), D("8.19"), D("51.30"), D("51.30"))
-    assert found["vat"] == [("S", "19", D("43.11"), D("8.19"), None, None)]
-    assert found["lines"] == [(D(1), D(19), D("19.00")), (D(26784), D("0.0009"), D("24.11"))]
+    assert (found["type"], found["number"], found["preceding"]) == ("381", note.number, invoice["number"])
+    assert found["totals"] == (D("173.71"), D("173.71"), D("34.74"), D("208.45"), D("208.45"))
+    assert found["vat"] == [("S", "20", D("173.71"), D("34.74"), None, None)]
+    # Each stored line negated: the same quantity at the positive price, a positive amount.
+    assert found["lines"] == [(quantity, -price, -amount) for quantity, price, amount in lines]
     assert found["due"] is None  # nothing is due on a credit note
+    assert "Reason: Wrong VAT number" in " ".join(etree.fromstring(xml).xpath("//ram:IncludedNote/ram:Content/text()",
+                                                                             namespaces=NS))
+    assert "Total credited -£208.45" in page_text(pdf)
 
 
 def test_tax_ids_without_a_country_prefix_are_no_vat_identifiers() -> None:

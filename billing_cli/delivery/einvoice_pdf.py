@@ -18,7 +18,7 @@ import threading
 from datetime import UTC, datetime, time
 from functools import cache
 
-from ..einvoice import INVOICE, build_xml
+from ..einvoice import build_xml
 from ..invoices import InvoiceDocument, Seller
 
 FACTURX = "facturx"
@@ -26,15 +26,14 @@ XML_FILENAME = "factur-x.xml"
 _STAMPING = threading.Lock()  # the pinned clock is the library's module state: one embedding at a time
 
 
-def embed_facturx(pdf: bytes, doc: InvoiceDocument, seller: Seller, *, type_code: str = INVOICE,
-                  preceding: str | None = None) -> bytes:
-    """`pdf` as a Factur-X PDF/A-3 carrying the EN 16931 XML of `doc`."""
+def embed_facturx(pdf: bytes, doc: InvoiceDocument, seller: Seller) -> bytes:
+    """`pdf` as a Factur-X PDF/A-3 carrying the EN 16931 XML of `doc` (an invoice or a credit note)."""
     import facturx
     from facturx import facturx as library
 
-    xml = build_xml(doc, seller, type_code=type_code, preceding=preceding)
+    xml = build_xml(doc, seller)
     stamp = datetime.combine(doc.issue_date, time(), tzinfo=UTC)
-    kind = "Credit note" if type_code != INVOICE else "Invoice"
+    kind = "Credit note" if doc.is_credit_note else "Invoice"
     metadata = {"author": seller.name, "keywords": f"{kind}, Factur-X",
                 "title": f"{seller.name}: {kind} {doc.number}",
                 "subject": f"{kind} {doc.number} dated {doc.issue_date.isoformat()} issued by {seller.name}"}
