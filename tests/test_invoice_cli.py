@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from billing_cli.cli import app
 from billing_cli.errors import ExitCode
-from billing_cli.outcomes import Job
+from billing_cli.outcomes import SCHEDULED_JOBS
 from tests.conftest import BILLING, billing_subprocess_env
 from tests.data import PLANS, add_org, add_usage, set_plan, utc
 
@@ -220,7 +220,7 @@ def test_shared_options_are_accepted_before_and_after_the_command(clean_env, bil
     bad = run("status", "--log-format", "xml", DATABASE_URL=billed_db)
 
     assert after.exit_code == 0 and "Job status" not in after.output and "job=aggregate-hourly" not in after.output
-    assert [json.loads(line)["event"] for line in after.stdout.splitlines()] == ["status"] * len(Job)  # one line per job
+    assert [json.loads(line)["event"] for line in after.stdout.splitlines()] == ["status"] * len(SCHEDULED_JOBS)  # one line per scheduled job
     assert before.exit_code == 0 and isinstance(json.loads(before.stdout), list)
     assert bad.exit_code == ExitCode.USAGE and "--log-format" in bad.output
 
