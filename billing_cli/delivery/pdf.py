@@ -7,7 +7,8 @@ that need it (each face costs ~10 ms; one typeface for the whole of such an invo
 Characters it lacks (CJK, Arabic, emoji) print as '?' instead of failing the run. The output is deterministic: the same invoice gives the same bytes.
 
 With INVOICE_EINVOICE=facturx the PDF is a PDF/A-3 (einvoice_pdf.py): PDF/A embeds every font, so
-all of its text is set in DejaVu Sans (both faces, ~20 ms more), and it carries an sRGB output intent.
+all of its text is set in DejaVu Sans (both faces: several times the plain PDF's few milliseconds,
+bench/einvoice.py), and it carries an sRGB output intent.
 """
 
 from __future__ import annotations

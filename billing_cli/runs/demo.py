@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from ..config import read_raw_config, validate
+from ..config import Settings, read_raw_config, validate
 from ..db.connect import open_database
 from ..jobs.demo import DEMO_SELLER, DemoResult, run_demo
 from ..jobs.invoicing import InvoiceOptions, InvoiceRunResult, OrgOutcome, invoice_month
@@ -58,7 +58,7 @@ def run_whole_demo(view: DemoView) -> DemoRun:
     return DemoRun(seeded, invoiced, output_dir)
 
 
-def _demo_settings():  # -> Settings
+def _demo_settings() -> Settings:
     """The configuration with the demo's own seller country and tax id in it, whatever the environment
     says: what needs them (INVOICE_EINVOICE=facturx) is checked against the seller the demo prints."""
     raw = read_raw_config()
