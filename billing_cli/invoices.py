@@ -35,6 +35,7 @@ class Seller:
     locale: str = "en"  # numbers and amounts on the PDF (INVOICE_LOCALE)
     payment_instructions: tuple[str, ...] = ()  # how to pay, e.g. the bank account (INVOICE_PAYMENT_INSTRUCTIONS)
     pays_online: bool = False  # Stripe is on: the invoice e-mail links to a page where it can be paid
+    einvoice: str | None = None  # "facturx" (INVOICE_EINVOICE): PDFs are PDF/A-3 with the EN 16931 XML embedded
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ class Settings:
     seller_tax_id: str | None
     seller_country: str | None
     taxes_enabled: bool
+    einvoice: str  # INVOICE_EINVOICE: off or facturx
     invoice_locale: str
     payment_instructions: tuple[str, ...]
     payment_terms_days: int
@@ -193,6 +194,7 @@ def _missing_companions(converted: Mapping[str, object], under_kubernetes: bool)
                                 "set DATABASE_URL (check the Secret the job reads)", names))
     problems += _placeholder_seller(converted, under_kubernetes)
     problems += _tax_problems(converted)
+    problems += _einvoice_problems(converted)
     return problems
 
 
@@ -208,6 +210,26 @@ def _tax_problems(converted: Mapping[str, object]) -> list[Problem]:
         names = " and ".join(missing)
         return [Problem(f"INVOICE_TAXES is on but {names} {'is' if len(missing) == 1 else 'are'} not set: set "
                         f"{names}, or turn INVOICE_TAXES off", ("INVOICE_TAXES", *missing))]
+    return _seller_tax_id_problems(country, tax_id)
+
+
+def _einvoice_problems(converted: Mapping[str, object]) -> list[Problem]:
+    """An EN 16931 e-invoice names the seller's country (BT-40) and identifies the seller by its VAT or
+    tax id (BR-CO-26). With taxes on, `_tax_problems` already asks for both."""
+    if converted.get("INVOICE_EINVOICE") != "facturx" or converted.get("INVOICE_TAXES"):
+        return []
+    country, tax_id = converted.get("INVOICE_SELLER_COUNTRY", ""), converted.get("INVOICE_SELLER_TAX_ID", "")
+    missing = [name for name, value in (("INVOICE_SELLER_COUNTRY", country), ("INVOICE_SELLER_TAX_ID", tax_id))
+               if value is None]
+    if missing:
+        names = " and ".join(missing)
+        return [Problem(f"INVOICE_EINVOICE is facturx but {names} {'is' if len(missing) == 1 else 'are'} not set: "
+                        f"set {names} (an EN 16931 e-invoice names them), or set INVOICE_EINVOICE=off",
+                        ("INVOICE_EINVOICE", *missing))]
+    return _seller_tax_id_problems(country, tax_id)
+
+
+def _seller_tax_id_problems(country: object, tax_id: object) -> list[Problem]:
     if not country or not tax_id:
         return []  # one of them does not parse: already a problem of its own
     from ..tax_ids import TaxIdError, check_tax_id

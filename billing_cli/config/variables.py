@@ -92,6 +92,10 @@ VARIABLES: tuple[Variable, ...] = (
              help="Compute taxes on invoices (docs/taxes.md): the rates of `billing taxes apply`, reverse charge, "
                   "exemptions. Off: invoices carry no tax line, exactly as before. Needs INVOICE_SELLER_COUNTRY "
                   "and INVOICE_SELLER_TAX_ID."),
+    Variable("INVOICE_EINVOICE", "einvoice", Choice("off", "facturx"), default="off",
+             help="E-invoices (docs/einvoices.md): facturx makes every invoice PDF a PDF/A-3 with its Factur-X / "
+                  "ZUGFeRD XML (EN 16931 profile) embedded, for buyers' accounting systems to read. Needs "
+                  "INVOICE_SELLER_COUNTRY and INVOICE_SELLER_TAX_ID; off: plain PDFs."),
     Variable("INVOICE_PAYMENT_INSTRUCTIONS", "payment_instructions", Lines("|"), default=None, unset=(),
              example="Bank transfer to Example Cloud Ltd|IBAN GB33 BUKB 2020 1555 5555 55, BIC BUKBGB22",
              help="How to pay, printed on invoice PDFs under the total and in the invoice e-mail (e.g. the bank "

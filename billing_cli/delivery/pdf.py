@@ -5,6 +5,10 @@ per invoice). Other text (Łódź, Ελληνικά, Кириллица, ₹) is
 package as a subset covering Latin, Greek and Cyrillic and embedded only for the strings and faces
 that need it (each face costs ~10 ms; one typeface for the whole of such an invoice would cost 4x).
 Characters it lacks (CJK, Arabic, emoji) print as '?' instead of failing the run. The output is deterministic: the same invoice gives the same bytes.
+
+With INVOICE_EINVOICE=facturx the PDF is a PDF/A-3 (einvoice_pdf.py): PDF/A embeds every font, so
+all of its text is set in DejaVu Sans (both faces: several times the plain PDF's few milliseconds,
+bench/einvoice.py), and it carries an sRGB output intent.
 """
 
 from __future__ import annotations
@@ -39,9 +43,19 @@ class PdfError(Exception):
 
 def render_invoice(doc: InvoiceDocument, seller: Seller) -> bytes:
     try:
-        return _render(doc, seller)
+        pdf = _render(doc, seller)
+        if _is_einvoice(doc, seller):
+            from .einvoice_pdf import embed_facturx
+
+            pdf = embed_facturx(pdf, doc, seller)
+        return pdf
     except Exception as exc:  # fpdf2 raises assorted errors; the job reports them per organization
         raise PdfError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _is_einvoice(doc: InvoiceDocument, seller: Seller) -> bool:
+    """Factur-X on, and a real invoice: a dry run's preview carries no e-invoice a system could import."""
+    return seller.einvoice is not None and not doc.preview
 
 
 def leave_stop_signals_to_the_parent() -> None:
@@ -127,7 +141,8 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     from fpdf import FPDF
 
     numbers = NumberFormat(seller.locale)
-    unicode_font = needs_unicode_font(doc, seller)
+    pdfa = _is_einvoice(doc, seller)  # PDF/A: no font may be left out of the file
+    unicode_font = pdfa or needs_unicode_font(doc, seller)
     coverage = _unicode_coverage() if unicode_font else frozenset()
     added: set[str] = set()
 
@@ -143,7 +158,7 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
         in Latin script, € included, stays at a few milliseconds. `block`: some text of the same
         block (the seller, the buyer, the lines) and face needs the embedded font: all of it is
         set in it, one typeface per block and face, never a face more than the text needs."""
-        if not block and _is_core(text):
+        if not pdfa and not block and _is_core(text):
             p.set_font("Helvetica", style, size)
             return
         if style not in added:
@@ -178,6 +193,15 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
     pdf.set_author(clean(seller.name))
     pdf.set_margins(_LEFT, 15, 210 - _RIGHT_EDGE)
     pdf.set_auto_page_break(True, margin=20)
+    if pdfa:
+        from fpdf.enums import OutputIntentSubType
+        from fpdf.output import PDFICCProfile
+
+        from .einvoice_pdf import srgb_profile
+
+        pdf.add_output_intent(OutputIntentSubType.PDFA, output_condition_identifier="sRGB",
+                              output_condition="IEC 61966-2-1:1999", registry_name="http://www.color.org",
+                              dest_output_profile=PDFICCProfile(srgb_profile(), 3, "DeviceRGB"), info="sRGB")
 
     def table_header(p: Any) -> None:
         font(p, "B", 9)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from ..config import load_settings
+from ..config import Settings, read_raw_config, validate
 from ..db.connect import open_database
 from ..jobs.demo import DEMO_SELLER, DemoResult, run_demo
 from ..jobs.invoicing import InvoiceOptions, InvoiceRunResult, OrgOutcome, invoice_month
@@ -37,7 +37,7 @@ class DemoRun:
 
 def run_whole_demo(view: DemoView) -> DemoRun:
     """The whole story in one command. Deliveries are off: nothing leaves the machine."""
-    settings = load_settings()
+    settings = _demo_settings()
     output_dir = (settings.invoice_output_dir or settings.billing_home / "invoices").resolve()
     with open_database(settings, notice=view.notice) as db:
         view.demo_started(db.where)
@@ -56,3 +56,12 @@ def run_whole_demo(view: DemoView) -> DemoRun:
         finally:
             view.invoicing_ended()
     return DemoRun(seeded, invoiced, output_dir)
+
+
+def _demo_settings() -> Settings:
+    """The configuration with the demo's own seller country and tax id in it, whatever the environment
+    says: what needs them (INVOICE_EINVOICE=facturx) is checked against the seller the demo prints."""
+    raw = read_raw_config()
+    own = {"INVOICE_SELLER_COUNTRY": (DEMO_SELLER.country, "default"), "INVOICE_SELLER_TAX_ID": (DEMO_SELLER.tax_id,
+                                                                                              "default")}
+    return validate(replace(raw, values={**raw.values, **own}))

@@ -14,7 +14,8 @@ def seller_from_settings(settings: Settings) -> Seller:
     """The issuer printed on every invoice of a run, and how its PDFs format numbers."""
     return Seller(settings.seller_name, settings.seller_address, settings.seller_tax_id, settings.seller_country,
                   locale=settings.invoice_locale, payment_instructions=settings.payment_instructions,
-                  pays_online=settings.stripe_enabled)
+                  pays_online=settings.stripe_enabled,
+                  einvoice=settings.einvoice if settings.einvoice != "off" else None)
 
 
 def taxes_from_settings(settings: Settings):  # -> taxes.TaxSetup | None

@@ -119,7 +119,8 @@ def _run(transactions: Transactions, options: InvoiceOptions, handler: PlanHandl
          not_due: list[str]) -> None:
     rules = PlanRules(options.month, options.regenerate, options.delivery_steps,
                       keep_pdf_files=options.output_dir is not None, late_usage_months=options.late_usage_months,
-                      precision=options.precision, taxes=_tax_setup(transactions, options))
+                      precision=options.precision, taxes=_tax_setup(transactions, options),
+                      einvoice=options.seller.einvoice is not None)
 
     def collect(outcome: OrgOutcome) -> None:
         result.add(outcome)

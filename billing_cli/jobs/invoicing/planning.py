@@ -46,6 +46,7 @@ class PlanRules:
     late_usage_months: int = 3  # how many earlier months an invoice adjusts for late usage
     precision: Precision = Precision.ISO  # what amounts are rounded to (STRIPE: what Stripe can charge)
     taxes: TaxSetup | None = None  # INVOICE_TAXES on: the seller's country and every rate version
+    einvoice: bool = False  # INVOICE_EINVOICE on: an EN 16931 invoice names the buyer's country
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,10 @@ def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str
         except TaxError as exc:
             return OrgPlan(org, Action.REFUSE, existing=existing, problem=str(exc), reversals=pending,
                            history=history)
+    if rules.einvoice and not (org.billing.country or "").strip():  # before a number is taken
+        return OrgPlan(org, Action.REFUSE, existing=existing, reversals=pending, history=history,
+                       problem="no billing country, and e-invoices are on (INVOICE_EINVOICE; EN 16931 requires the "
+                               "buyer's country): set organizations.billing_country")
     return OrgPlan(org, Action.REGENERATE if existing is not None else Action.ISSUE, invoice=invoice,
                    existing=existing, steps=(Step.PDF, *rules.deliveries), warnings=warnings, reversals=reversals,
                    history=history)
