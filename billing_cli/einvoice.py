@@ -158,7 +158,7 @@ def build_xml(doc: InvoiceDocument, seller: Seller) -> bytes:
         el(el(item, "ram:SpecifiedLineTradeDelivery"), "ram:BilledQuantity", _plain(quantity), unitCode="C62")
         settlement = el(item, "ram:SpecifiedLineTradeSettlement")
         trade_tax(settlement, header=False)
-        if line.period is not None and line.period != doc.period:  # a correction of an earlier month
+        if line.period is not None and line.period != doc.period:  # a correction of an earlier period
             period(settlement, line.period.first_day, line.period.last_day)
         el(el(settlement, "ram:SpecifiedTradeSettlementLineMonetarySummation"), "ram:LineTotalAmount",
            money(sign(line.amount)))
@@ -180,13 +180,14 @@ def build_xml(doc: InvoiceDocument, seller: Seller) -> bytes:
            country=buyer_country(doc), identifier=doc.organization_id, email=doc.bill_to_email,
            vat_id=buyer_vat if not outside else None, legal_id=buyer_tax if buyer_vat is None else None)
     delivery = el(transaction, "ram:ApplicableHeaderTradeDelivery")
-    day(el(delivery, "ram:ActualDeliverySupplyChainEvent"), "ram:OccurrenceDateTime", doc.period.last_day)
+    billed = doc.billing_period  # the organization's own period (anchor day), else the calendar month
+    day(el(delivery, "ram:ActualDeliverySupplyChainEvent"), "ram:OccurrenceDateTime", billed.last_day)
 
     settlement = el(transaction, "ram:ApplicableHeaderTradeSettlement")
     el(settlement, "ram:PaymentReference", doc.number)
     el(settlement, "ram:InvoiceCurrencyCode", currency)
     trade_tax(settlement, header=True)
-    period(settlement, doc.period.first_day, doc.period.last_day)
+    period(settlement, billed.start.date(), billed.last_day)
     reference = doc.credits if credit_note else doc.replaces
     terms = el(settlement, "ram:SpecifiedTradePaymentTerms")
     if credit_note:

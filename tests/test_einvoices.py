@@ -463,3 +463,30 @@ def test_tax_ids_without_a_country_prefix_are_no_vat_identifiers() -> None:
                               taxes=(InvoiceTax("VAT", "GR", None, D(24), D("100.00"), D("24.00")),),
                               total=D("124.00")), replace(seller, tax_id="DE136695976", country="DE"))
     assert schematron_errors(greek) == [] and figures(greek)["buyer_vat"] == "EL094259216"
+
+
+def test_an_anchored_period_is_the_e_invoices_billing_period(db_url, engine, tmp_path, clean_env) -> None:
+    """An organization billed from the 15th: its January period is 15 Jan - 14 Feb 2024, and the
+    XML says so (BT-73/BT-74, and the delivery date BT-72 is its last day), as the PDF prints it."""
+    apply(db_url, tmp_path)
+    with engine.begin() as conn:
+        customer(conn, "de-anchored", "eu", "EUR", "26784", country="DE", tax_id="DE811907980")
+        # The account service sets the anchor; the change is then dated long before 2024 (the trigger
+        # records it as made now, which would leave January on the calendar month).
+        conn.execute(text("UPDATE organizations SET billing_anchor_day = 15 WHERE id = 'de-anchored'"))
+        conn.execute(text("UPDATE organizations SET billing_anchor_previous = NULL, billing_anchor_changed_at = NULL "
+                          "WHERE id = 'de-anchored'"))
+    pdfs = tmp_path / "pdfs"
+    env = {"DATABASE_URL": db_url, **GERMAN_SELLER, **FACTURX, "INVOICE_OUTPUT_DIR": str(pdfs)}
+
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
+
+    assert result.exit_code == 0, result.output
+    invoice = stored(engine)["de-anchored"]
+    pdf = pdf_file(pdfs, invoice["number"]).read_bytes()
+    root = etree.fromstring(embedded_xml(pdf))
+    period = root.xpath("//ram:ApplicableHeaderTradeSettlement/ram:BillingSpecifiedPeriod", namespaces=NS)[0]
+    assert [period.xpath(f"ram:{edge}/udt:DateTimeString", namespaces=NS)[0].text
+            for edge in ("StartDateTime", "EndDateTime")] == ["20240115", "20240214"]
+    assert root.xpath("//ram:ActualDeliverySupplyChainEvent//udt:DateTimeString", namespaces=NS)[0].text == "20240214"
+    assert "15 Jan – 14 Feb 2024" in page_text(pdf)
