@@ -1,6 +1,7 @@
-"""Benchmark of migration 0009: converting an existing usage_events table into monthly partitions.
+"""Benchmark of migration 0011_partition_usage_events: converting an existing usage_events table
+into monthly partitions.
 
-Creates a scratch database at revision 0008 (one table), inserts N synthetic events (default
+Creates a scratch database at revision 0010_credit_notes (one table), inserts N synthetic events (default
 2,000,000) spread evenly over the M months before the current one (default 3), then times the
 whole `billing db upgrade --plain` process, which converts the table while holding its lock
 (producers' inserts wait that long). Checks afterwards that every event is there with its id (count
@@ -50,12 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with psycopg.connect(admin) as conn:
             machine = common.machine_info(conn)
-        print("bench/convert.py: migration 0009 on an existing usage_events table")
+        print("bench/convert.py: migration 0011_partition_usage_events on an existing usage_events table")
         print(f"machine: {machine['cpu']}, {machine['nproc']} cores, {machine['memory']}; {machine['postgres']}; "
               f"load average {common.loadavg()}")
         print(f"code: {common.code_info()}")
         engine = make_engine(url)
-        upgrade(engine, "0008_customer_billing_details")
+        upgrade(engine, "0010_credit_notes")  # the revision before the partitioning
         engine.dispose()
         now = datetime.now(UTC)
         index = now.year * 12 + now.month - 1 - args.months

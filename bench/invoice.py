@@ -552,7 +552,7 @@ class Verified:
 
 
 def verify_real(conn: psycopg.Connection, url: str, expected: dict[str, tuple[str, Decimal]], n: int) -> Verified:
-    where = "period_start = %s AND status = 'issued'"
+    where = "billing_month = %s AND status = 'issued'"
     count, distinct, low, high, with_pdf, pdf_avg = conn.execute(
         f"SELECT count(*), count(DISTINCT number), min(number), max(number), count(pdf_sha256), "
         f"avg(pdf_bytes) FROM invoices WHERE {where}", (PERIOD_START,)).fetchone()
@@ -610,7 +610,8 @@ def verify_real(conn: psycopg.Connection, url: str, expected: dict[str, tuple[st
 
 
 def truncate_invoices(conn: psycopg.Connection) -> None:
-    conn.execute("TRUNCATE invoice_lines, invoice_usage, invoice_periods, invoices, invoice_number_counters "
+    conn.execute("TRUNCATE invoice_lines, invoice_usage, invoice_periods, invoice_taxes, credit_note_lines, "
+                 "credit_notes, invoices, invoice_number_counters, credit_note_number_counters "
                  "RESTART IDENTITY")
 
 

@@ -318,14 +318,14 @@ def reused(conn: psycopg.Connection) -> tuple[Loaded, Prepared]:
     hourly_size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('usage_hourly'))").fetchone()[0]
     pairs = conn.execute("SELECT count(*) FROM (SELECT DISTINCT organization_id, metric FROM usage_hourly) p"
                          ).fetchone()[0]
-    invoices = conn.execute("SELECT count(*) FROM invoices WHERE period_start = %s AND status = 'issued'",
+    invoices = conn.execute("SELECT count(*) FROM invoices WHERE billing_month = %s AND status = 'issued'",
                             (PERIOD_START,)).fetchone()[0]
     if not invoices:
         raise BenchError("--reuse-database: the scratch database holds no issued invoice for the month; "
                          "run once with --keep-database first")
     smallest = conn.execute(
         "SELECT h.organization_id, sum(h.event_count) FROM usage_hourly h WHERE EXISTS (SELECT 1 FROM invoices i "
-        "WHERE i.organization_id = h.organization_id AND i.period_start = %s AND i.status = 'issued') "
+        "WHERE i.organization_id = h.organization_id AND i.billing_month = %s AND i.status = 'issued') "
         "GROUP BY 1 ORDER BY 2, 1 LIMIT 1", (PERIOD_START,)).fetchone()
     return loaded, Prepared(0.0, 0.0, hourly_rows, hourly_size, pairs, invoices, {}, (smallest[0], int(smallest[1])))
 
@@ -354,7 +354,7 @@ def roll_up_and_invoice(conn: psycopg.Connection, url: str, args: argparse.Names
             or any(v != "0" for k, v in invoice_summary.items() if k.startswith("errors_")):
         raise BenchError(f"invoice-monthly: {invoice_summary}")
     invoice_seconds = run.seconds
-    invoices = conn.execute("SELECT count(*) FROM invoices WHERE period_start = %s AND status = 'issued'",
+    invoices = conn.execute("SELECT count(*) FROM invoices WHERE billing_month = %s AND status = 'issued'",
                             (PERIOD_START,)).fetchone()[0]
     if str(invoices) != invoice_summary["invoiced"]:
         raise BenchError(f"{invoices} issued invoices, the summary says invoiced={invoice_summary['invoiced']}")
@@ -372,7 +372,7 @@ def roll_up_and_invoice(conn: psycopg.Connection, url: str, args: argparse.Names
                          ).fetchone()[0]
     smallest = conn.execute(
         "SELECT h.organization_id, sum(h.event_count) FROM usage_hourly h WHERE EXISTS (SELECT 1 FROM invoices i "
-        "WHERE i.organization_id = h.organization_id AND i.period_start = %s AND i.status = 'issued') "
+        "WHERE i.organization_id = h.organization_id AND i.billing_month = %s AND i.status = 'issued') "
         "GROUP BY 1 ORDER BY 2, 1 LIMIT 1", (PERIOD_START,)).fetchone()
     return Prepared(rollup_seconds, invoice_seconds, hourly_rows, hourly_size, pairs, invoices, invoice_summary,
                     (smallest[0], int(smallest[1])))

@@ -477,3 +477,78 @@ def test_a_churned_anchored_organization_gets_its_usage_of_the_next_month_part_o
     assert result.organizations_found == 1 and result.statuses == {"invoiced": 1}, result.failed
     assert [(p0, p1, t) for _, _, p0, p1, t in invoices(engine)["gone15"]] == [
         (utc(2024, 1, 15), utc(2024, 2, 15), D("3.00"))]  # 300 × 0.01, no fee
+
+
+def test_reconcile_owes_nothing_for_an_anchored_period_that_began_after_the_organization_left(engine) -> None:
+    """Anchor 15, deactivated 10 Jan 2024: its last period is 15 Dec - 14 Jan (named December). The
+    period starting in January (15 Jan - 14 Feb) owes no fee and has no usage: nothing is billed,
+    and reconcile must not call January's fee unbilled (a mismatch that would never clear, and
+    would keep `billing usage prune` from dropping January)."""
+    from billing_cli.db import reconcile_store
+
+    with engine.begin() as conn:
+        save_plans(conn, parse_plans(PLANS))
+        add_org(conn, "anch", created_at=utc(2023, 1, 1))
+        set_plan(conn, "anch", "pro")
+        conn.execute(text("UPDATE organizations SET billing_anchor_day = 15 WHERE id = 'anch'"))
+        conn.execute(text("UPDATE organizations SET billing_anchor_previous = NULL, billing_anchor_changed_at = NULL,"
+                          " status = 'inactive' WHERE id = 'anch'"))
+        conn.execute(text("UPDATE organizations SET status_changed_at = :t WHERE id = 'anch'"), {"t": utc(2024, 1, 10)})
+        add_usage(conn, "anch", "api_calls", "5", utc(2024, 1, 5, 10))
+    for month in (Month(2023, 12), JAN):
+        result = invoice_month(engine.begin, InvoiceOptions(month=month, issue_date=date(2024, 3, 1), seller=SELLER,
+                                                            due_by=utc(2024, 3, 1)))
+        assert not result.failed, result.failed
+    with engine.connect() as conn:
+        months = conn.execute(text("SELECT billing_month FROM invoices WHERE status <> 'void'")).scalars().all()
+        assert months == [date(2023, 12, 1)]
+        assert reconcile_store.owed_fees_not_invoiced(conn, JAN, None) == []
+        assert reconcile_store.owed_fees_not_invoiced(conn, Month(2023, 12), None) == []
+
+
+def test_a_voided_month_is_billed_again_on_its_own_invoice_at_its_own_plan_version(engine) -> None:
+    """Plan pro: 0.01 per call until 1 Feb 2024, 0.02 from then. January (100 calls: 10.00 + 1.00)
+    is invoiced, then voided by hand. The daily run of 1 March catches January up first, on an
+    invoice of its own at January's version (11.00 again), then bills February at February's
+    (10.00 + 2.00), with no adjustment and no credit."""
+    from billing_cli.db import invoice_store
+
+    with engine.begin() as conn:
+        save_plans(conn, parse_plans(PLANS))
+        save_plans(conn, parse_plans(PLANS.replace("unit_price = 0.01", "unit_price = 0.02")),
+                   effective=utc(2024, 2, 1))
+        add_org(conn, "cal", created_at=utc(2023, 1, 1))
+        set_plan(conn, "cal", "pro")
+        add_usage(conn, "cal", "api_calls", "100", utc(2024, 1, 10, 10))
+        add_usage(conn, "cal", "api_calls", "100", utc(2024, 2, 10, 10))
+        conn.execute(text("INSERT INTO usage_revisions (organization_id, period_start, revised_at) VALUES "
+                          "('cal', '2024-01-01', now()), ('cal', '2024-02-01', now())"))
+    first = invoice_month(engine.begin, InvoiceOptions(month=JAN, issue_date=date(2024, 2, 1), seller=SELLER,
+                                                       due_by=utc(2024, 2, 1)))
+    assert not first.failed
+    with engine.begin() as conn:
+        jan_id = conn.execute(text("SELECT id FROM invoices WHERE billing_month = '2024-01-01'")).scalar_one()
+        invoice_store.void_invoice(conn, jan_id, "wrong address", organization_id="cal")
+
+    invoice_due(engine.begin, InvoiceOptions(month=FEB, issue_date=date(2024, 3, 1), seller=SELLER,
+                                             due_by=utc(2024, 3, 1)), catch_up=(JAN,))
+
+    with engine.connect() as conn:
+        live = conn.execute(text("SELECT number, billing_month, total FROM invoices WHERE status <> 'void' "
+                                 "ORDER BY number")).all()
+        descriptions = conn.execute(text("SELECT l.description FROM invoice_lines l JOIN invoices i "
+                                         "ON i.id = l.invoice_id WHERE i.status <> 'void'")).scalars().all()
+    assert [(r.billing_month, r.total) for r in live] == [(date(2024, 1, 1), D("11.00")),
+                                                          (date(2024, 2, 1), D("12.00"))]
+    assert not [d for d in descriptions if d.startswith(("Adjustment", "Credit"))], descriptions
+
+
+def test_a_catch_up_pass_adds_its_tax_to_the_run_summary() -> None:
+    from billing_cli.jobs.invoicing.results import InvoiceRunResult, OrgOutcome
+    from billing_cli.outcomes import OrgStatus
+
+    run, catch_up = InvoiceRunResult(month=FEB, dry_run=False), InvoiceRunResult(month=JAN, dry_run=False)
+    catch_up.add(OrgOutcome("o1", "O1", status=OrgStatus.INVOICED, currency="EUR", total=D("119.00"), tax=D("19.00")))
+    run.absorb(catch_up)
+    summary = run.summary()
+    assert (summary.revenue, summary.tax) == ({"EUR": "119.00"}, {"EUR": "19.00"})

@@ -261,8 +261,8 @@ def test_without_taxes_the_e_invoice_is_outside_the_scope_of_vat_and_credits_are
     invoice("2024-03")
 
     with engine.connect() as conn:
-        numbers = dict(conn.execute(text("SELECT to_char(period_start, 'YYYY-MM'), number FROM invoices "
-                                         "ORDER BY period_start")).all())
+        numbers = dict(conn.execute(text("SELECT to_char(billing_month, 'YYYY-MM'), number FROM invoices "
+                                         "ORDER BY billing_month")).all())
     january, february, march = (figures(embedded_xml(pdf_file(pdfs, numbers[m]).read_bytes()))
                                 for m in ("2024-01", "2024-02", "2024-03"))
     # No VAT: category O with its reason, no rate, and no VAT identifier of either party (BR-O-02).

@@ -383,7 +383,7 @@ def test_a_month_after_the_pruned_one_is_still_billed_and_reconciled_right(bille
     assert reconciled.exit_code == 0, reconciled.output
     with engine.connect() as conn:
         # 175 calls at 0.01 plus the base fee of 10.
-        total = conn.execute(text("SELECT total::text FROM invoices WHERE period_start = '2024-02-01' "
+        total = conn.execute(text("SELECT total::text FROM invoices WHERE billing_month = '2024-02-01' "
                                   "AND status <> 'void'")).scalar_one()
     assert total == "11.75"
 

@@ -1,7 +1,7 @@
 """usage_events' monthly partitions: created ahead, the DEFAULT partition's stray events counted,
 old months dropped whole, and the months whose events were dropped. On the caller's connection.
 
-The partitions are made by the SQL function billing_usage_events_partition (migration 0009), so
+The partitions are made by the SQL function billing_usage_events_partition (migration 0011_partition_usage_events), so
 `billing db upgrade`, `aggregate-hourly` and an operator in psql create them the same way: once,
 with the month's rows moved out of the DEFAULT partition in the same transaction.
 """

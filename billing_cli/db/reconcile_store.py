@@ -142,14 +142,22 @@ def live_invoices(conn: Connection, month: Month, only: list[str] | None) -> Ite
 
 
 def owed_fees_not_invoiced(conn: Connection, month: Month, only: list[str] | None) -> list[str]:
-    """Organizations whose plan has a base fee or a minimum, that existed before the month ended
-    and were active in it, with no invoice billing the month: their fees were never billed."""
+    """Organizations whose plan has a base fee or a minimum, that existed before their period of
+    the month ended and were active in it, with no invoice billing that period: their fees were
+    never billed. The period is the calendar month, or an anchored organization's own period
+    starting in the month (`period_windows`), and only a period that has ended is owed."""
     org = " AND o.id = ANY(:only)" if only else ""
+    windows = period_windows(conn, month, only)
     return list(conn.execute(text(f"""
         SELECT o.id FROM organizations o JOIN price_plans p ON p.id = o.price_plan_id
-        WHERE (p.base_fee > 0 OR p.minimum_commitment > 0) AND o.created_at < :end
-          AND (o.status = 'active' OR o.status_changed_at > :start){org}
+        LEFT JOIN unnest(CAST(:period_orgs AS varchar[]), CAST(:period_starts AS timestamptz[]),
+                         CAST(:period_ends AS timestamptz[])) AS w(org, ps, pe) ON w.org = o.id
+        WHERE (p.base_fee > 0 OR p.minimum_commitment > 0) AND o.created_at < coalesce(w.pe, :end)
+          AND coalesce(w.pe, :end) <= now()
+          AND (o.status = 'active' OR o.status_changed_at > coalesce(w.ps, :start)){org}
           AND NOT EXISTS (SELECT 1 FROM invoices i JOIN invoice_periods ip ON ip.invoice_id = i.id
                           WHERE i.organization_id = o.id AND i.status <> 'void' AND ip.period_start = :period)
         ORDER BY 1
-    """), {"start": month.start, "end": month.end, "period": month.first_day, "only": only or []}).scalars())
+    """), {"start": month.start, "end": month.end, "period": month.first_day, "only": only or [],
+           "period_orgs": list(windows), "period_starts": [start for start, _ in windows.values()],
+           "period_ends": [end for _, end in windows.values()]}).scalars())

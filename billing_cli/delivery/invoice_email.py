@@ -146,10 +146,10 @@ def build_credit_note_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, se
     message["To"] = Address(display_name=name, username=user, domain=domain)
     message["Message-ID"] = message_id(doc, sender)
     message["Date"] = format_datetime(_noon(doc))
-    opening = (f"invoice {doc.credits} from {seller.name} for {doc.period} is cancelled: it is void, and nothing is "
-               f"owed for it. Please find attached credit note {doc.number}." if attach else
-               f"invoice {doc.credits} from {seller.name} for {doc.period} is cancelled: it is void, and nothing is "
-               f"owed for it. Credit note {doc.number} is ready.")
+    cancelled = (f"invoice {doc.credits} from {seller.name} for {doc.period_name} is cancelled: it is void, and "
+                 "nothing is owed for it.")
+    opening = (f"{cancelled} Please find attached credit note {doc.number}." if attach else
+               f"{cancelled} Credit note {doc.number} is ready.")
     facts = [("Credit note number", doc.number), ("Credits invoice", doc.credits or ""),
              ("Amount credited", total), ("Reason", doc.reason or "")]
     if doc.replaced_by:

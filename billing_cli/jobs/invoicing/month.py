@@ -17,6 +17,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
+from ...anchors import BillingPeriod
 from ...db import billing_history, invoice_store, period_store, plan_store, tax_store, usage_store
 from ...db.engine import Transactions
 from ...db.usage_store import OrganizationRow
@@ -101,15 +102,27 @@ def invoice_due(
     on_start: Callable[[InvoiceRunResult], None] | None = None,
     on_outcome: Callable[[OrgOutcome], None] | None = None,
 ) -> InvoiceRunResult:
-    """The daily run: the periods of `options.month` that have ended, then, in `catch_up` (earlier
-    months), the periods that ended and have no live invoice yet (days the run was missed across
-    the turn of a month). One result for the whole run."""
-    result = invoice_month(transactions, options, on_start=on_start, on_outcome=on_outcome)
-    for month in catch_up:
-        if result.interrupted or options.stopping:
+    """The daily run: first, in `catch_up` (earlier months, oldest first), the periods that ended and
+    have no live invoice yet (days the run was missed across the turn of a month, or an invoice
+    voided by hand); then the periods of `options.month` that have ended. Earlier periods go first so
+    that each gets its own invoice, rated with its own plan, before a later invoice would bill it as
+    an adjustment. One result for the whole run."""
+    earlier: list[InvoiceRunResult] = []
+    for month in sorted(catch_up):
+        if options.stopping:
             break
-        result.absorb(invoice_month(transactions, replace(options, month=month, uninvoiced_only=True),
-                                    on_outcome=on_outcome))
+        earlier.append(invoice_month(transactions, replace(options, month=month, uninvoiced_only=True),
+                                     on_outcome=on_outcome))
+        if earlier[-1].interrupted:
+            break
+    if earlier and (earlier[-1].interrupted or options.stopping):
+        result = InvoiceRunResult(month=options.month, dry_run=options.dry_run, job=options.job,
+                                  plan=[] if options.keep_plan else None)
+        result.interrupted = True
+    else:
+        result = invoice_month(transactions, options, on_start=on_start, on_outcome=on_outcome)
+    for other in earlier:
+        result.absorb(other)
     return result
 
 
@@ -191,11 +204,15 @@ def _plan_batch(transactions: Transactions, options: InvoiceOptions, rules: Plan
         # Its plan as defined when its period started: a plan change waits for the next boundary.
         in_force = versions.at(org.price_plan_id, org.billing_period(options.month).start) if org.price_plan_id else None
         price_plans = {org.price_plan_id: in_force} if org.price_plan_id and in_force is not None else {}
+        earlier_plans = {
+            period: versions.at(org.price_plan_id, (record.bounds or BillingPeriod.calendar(period)).start)
+            for period, record in histories[org.id].changed.items()} if org.price_plan_id else {}
         try:
             plans.append(plan_organization(org, usage, price_plans, stored, rules, history=histories[org.id],
                                            pdf_file_missing=missing_file,
                                            pending_reversals=tuple(r.number for r in reversals.get(org.id, ())),
-                                           credit_notes=credit_notes.get(org.id, ())))
+                                           credit_notes=credit_notes.get(org.id, ()),
+                                           earlier_plans={p: v for p, v in earlier_plans.items() if v is not None}))
         except Exception as exc:  # a bug in planning one organization must not stop the others
             plans.append(OrgPlan(org, Action.REFUSE, existing=stored,
                                  problem=f"unexpected error: {type(exc).__name__}: {exc}"))

@@ -84,19 +84,21 @@ class OrgPlan:
 def plan_organization(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str, PricePlan],
                       existing: StoredInvoice | None, rules: PlanRules, *, history: OrgHistory = OrgHistory(),
                       pdf_file_missing: bool = False, pending_reversals: tuple[str, ...] = (),
-                      credit_notes: tuple[int, ...] = ()) -> OrgPlan:
+                      credit_notes: tuple[int, ...] = (), earlier_plans: Mapping[Month, PricePlan] = {}) -> OrgPlan:
     """Decide one organization's action for its period of `rules.month` (its usage is that
     period's). `pdf_file_missing`: its stored invoice's PDF is not in the
     output folder (only meaningful with `rules.keep_pdf_files`). `pending_reversals`: its void
     invoices whose Stripe invoice is still to be voided or credited. `credit_notes`: its credit
-    notes with a step still missing, completed whatever the action."""
-    plan = _plan(org, usage, plans, existing, rules, history, pdf_file_missing, pending_reversals)
+    notes with a step still missing, completed whatever the action. `earlier_plans`: the organization's
+    plan as defined when each earlier period started, for the periods no live invoice billed (an
+    invoice's own plan snapshot rates the periods it billed)."""
+    plan = _plan(org, usage, plans, existing, rules, history, pdf_file_missing, pending_reversals, earlier_plans)
     return replace(plan, period=org.billing_period(rules.month), credit_notes=credit_notes)
 
 
 def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str, PricePlan],
           existing: StoredInvoice | None, rules: PlanRules, history: OrgHistory, pdf_file_missing: bool,
-          pending_reversals: tuple[str, ...]) -> OrgPlan:
+          pending_reversals: tuple[str, ...], earlier_plans: Mapping[Month, PricePlan]) -> OrgPlan:
     month = rules.month
     warnings = _too_old(history, rules)
     # Void invoices whose Stripe invoice goes first: those left pending, and the one this plan voids.
@@ -120,8 +122,10 @@ def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str
     plan = plans[org.price_plan_id]  # type: ignore[index]  # checked by _data_problem
     replaced = existing.id if existing is not None else None
     window = month.minus(rules.late_usage_months)
-    earlier = [(record.without(replaced), record.plan or plan) for period, record in history.changed.items()
-               if window <= period < month]
+    # Each earlier period is rated again with the plan it was billed with, else the plan as defined
+    # when it started (never this period's version: a plan change waits for the next boundary).
+    earlier = [(record.without(replaced), record.plan or earlier_plans.get(period) or plan)
+               for period, record in history.changed.items() if window <= period < month]
     own = history.own
     bounds = {period: record.bounds for period, record in history.changed.items() if record.bounds is not None}
     bounds[month] = org.billing_period(month)

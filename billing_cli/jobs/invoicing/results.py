@@ -119,6 +119,8 @@ class InvoiceRunResult:
         self.errors_by_component.update(other.errors_by_component)
         for currency, amount in other.revenue.items():
             self.revenue[currency] += amount
+        for currency, amount in other.tax.items():
+            self.tax[currency] += amount
         self.failed += other.failed
         if self.plan is not None and other.plan is not None:
             self.plan += other.plan
