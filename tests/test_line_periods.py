@@ -1,0 +1,131 @@
+"""An adjustment line bills an earlier period, and states that period's own days: for an organization
+billed from the 15th, its January period is 15 Jan - 14 Feb 2024, not the calendar month of January.
+What the customer receives says so: the Stripe invoice's line period, the Factur-X XML's line
+period (BT-134/BT-135), and the credit note of the invoice. Calendar-month organizations keep the
+calendar month. Real PostgreSQL, the Stripe peer, S3 and SMTP peers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal as D
+
+from lxml import etree
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from billing_cli.cli import app
+from tests.data import add_event, utc
+from tests.peers.fixtures import peer_env
+from tests.test_einvoices import FACTURX, NS, embedded_xml
+from tests.test_taxes import GERMAN_SELLER, apply, customer
+
+runner = CliRunner()
+
+
+def unix(*day: int) -> int:
+    return int(datetime(*day, tzinfo=UTC).timestamp())
+
+
+def anchor_from_the_start(conn, org_id: str, day: int) -> None:
+    """The account service sets the anchor; dated long before 2024, as if set when it was created
+    (the trigger dates a change now, which would leave January on the calendar month)."""
+    conn.execute(text("UPDATE organizations SET billing_anchor_day = :d WHERE id = :o"), {"d": day, "o": org_id})
+    conn.execute(text("UPDATE organizations SET billing_anchor_previous = NULL, billing_anchor_changed_at = NULL "
+                      "WHERE id = :o"), {"o": org_id})
+
+
+def line_periods(xml: bytes) -> list[tuple[str, tuple[str, str] | None]]:
+    """Each XML line's name and its own billing period (start, end: inclusive days), if it has one."""
+    found = []
+    for item in etree.fromstring(xml).xpath("//ram:IncludedSupplyChainTradeLineItem", namespaces=NS):
+        period = item.xpath("ram:SpecifiedLineTradeSettlement/ram:BillingSpecifiedPeriod", namespaces=NS)
+        days = tuple(period[0].xpath(f"ram:{edge}/udt:DateTimeString", namespaces=NS)[0].text
+                     for edge in ("StartDateTime", "EndDateTime")) if period else None
+        found.append((item.xpath("ram:SpecifiedTradeProduct/ram:Name", namespaces=NS)[0].text, days))
+    return found
+
+
+def stored_line_periods(engine, table: str, number: str) -> list[tuple]:
+    owner = {"invoice_lines": "JOIN invoices d ON d.id = l.invoice_id",
+             "credit_note_lines": "JOIN credit_notes d ON d.id = l.credit_note_id"}[table]
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(
+            f"SELECT l.period_start, l.period_from, l.period_to, l.amount FROM {table} l {owner} "
+            "WHERE d.number = :n ORDER BY l.line_no"), {"n": number})]
+
+
+def test_an_adjustment_of_an_anchored_period_carries_its_days_to_stripe_the_e_invoice_and_the_credit_note(
+        db_url, engine, tmp_path, s3, mail, fake_stripe, clean_env) -> None:
+    """de-15 bills from the 15th, de-cal calendar months. Both were invoiced for January (26,784 API
+    calls each, 24.11 EUR + the 19 EUR fee). Then 1,000 calls of 31 January and 1,000 of 10 February
+    arrive: for de-15 both belong to its January period (15 Jan - 14 Feb), which February's invoice
+    adjusts: 28,784 × 0.0009 = 25.91, 1.80 more. For de-cal, those of 31 January adjust January
+    (27,784: 0.90 more) and those of 10 February are February's own."""
+    apply(db_url, tmp_path)
+    with engine.begin() as conn:
+        customer(conn, "de-15", "eu", "EUR", "26784", country="DE", tax_id="DE811907980")
+        anchor_from_the_start(conn, "de-15", 15)
+        customer(conn, "de-cal", "eu", "EUR", "26784", country="DE", tax_id="DE811907980")
+    env = peer_env(db_url, s3, mail, fake_stripe, **GERMAN_SELLER, **FACTURX)
+    january = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
+    assert january.exit_code == 0, january.output
+    with engine.begin() as conn:
+        for org_id in ("de-15", "de-cal"):  # late: of 31 January, and of 10 February (de-15: its January)
+            add_event(conn, org_id, "api_calls", "1000", utc(2024, 2, 10, 9), key=f"{org_id}-late")
+            add_event(conn, org_id, "api_calls", "1000", utc(2024, 1, 31, 9), key=f"{org_id}-jan-31")
+    rolled = runner.invoke(app, ["aggregate-hourly", "--from", "2024-01-31T00", "--to", "2024-02-10T23"],
+                           env={"DATABASE_URL": db_url})
+    assert rolled.exit_code == 0, rolled.output
+
+    february = runner.invoke(app, ["invoice-monthly", "--month", "2024-02"], env=env)
+
+    assert february.exit_code == 0, february.output
+    with engine.connect() as conn:
+        invoices = {r.organization_id: r for r in conn.execute(text(
+            "SELECT organization_id, id, number, stripe_invoice_id, s3_key FROM invoices "
+            "WHERE billing_month = '2024-02-01' AND status = 'issued'"))}
+    anchored, calendar = invoices["de-15"], invoices["de-cal"]
+    # Stored: the adjustment's days beside its month; the own lines the invoice's period; a calendar
+    # month leaves both NULL.
+    assert stored_line_periods(engine, "invoice_lines", anchored.number) == [
+        (datetime(2024, 2, 1).date(), utc(2024, 2, 15), utc(2024, 3, 15), D("19.00")),
+        (datetime(2024, 1, 1).date(), utc(2024, 1, 15), utc(2024, 2, 15), D("1.80"))]
+    assert [(row[1], row[2]) for row in stored_line_periods(engine, "invoice_lines", calendar.number)] == [
+        (None, None)] * 3
+
+    # Stripe: each line's period, in Unix times [start, end).
+    stripe_lines = fake_stripe.invoices[anchored.stripe_invoice_id]["lines"]["data"]
+    assert [(line["description"], line["amount"], line["period"]) for line in stripe_lines] == [
+        ("Europe plan, monthly fee", 1900, {"start": unix(2024, 2, 15), "end": unix(2024, 3, 15)}),
+        ("Adjustment for 15 Jan – 14 Feb 2024: API calls, +2,000 units (28,784 in all)", 180,
+         {"start": unix(2024, 1, 15), "end": unix(2024, 2, 15)})]
+    calendar_lines = fake_stripe.invoices[calendar.stripe_invoice_id]["lines"]["data"]
+    assert [(line["description"], line["period"]) for line in calendar_lines] == [
+        ("Europe plan, monthly fee", {"start": unix(2024, 2, 1), "end": unix(2024, 3, 1)}),
+        ("API calls", {"start": unix(2024, 2, 1), "end": unix(2024, 3, 1)}),
+        ("Adjustment for January 2024: API calls, +1,000 units (27,784 in all)",
+         {"start": unix(2024, 1, 1), "end": unix(2024, 2, 1)})]
+
+    # Factur-X: the adjustment line's own billing period is 15 Jan - 14 Feb (both days inclusive);
+    # lines of the invoice's own period state none (the header's period applies). Valid EN 16931.
+    pdf = s3.client().get_object(Bucket=s3.bucket, Key=anchored.s3_key)["Body"].read()
+    assert line_periods(embedded_xml(pdf)) == [
+        ("Europe plan, monthly fee", None),
+        ("Adjustment for 15 Jan – 14 Feb 2024: API calls, +2,000 units (28,784 in all)", ("20240115", "20240214"))]
+    calendar_pdf = s3.client().get_object(Bucket=s3.bucket, Key=calendar.s3_key)["Body"].read()
+    assert line_periods(embedded_xml(calendar_pdf))[-1] == (
+        "Adjustment for January 2024: API calls, +1,000 units (27,784 in all)", ("20240101", "20240131"))
+
+    # Its credit note keeps each line's period: stored, and in the credit note's XML.
+    voided = runner.invoke(app, ["invoices", "void", anchored.number, "--reason", "Wrong address", "--yes"], env=env)
+    assert voided.exit_code == 0, voided.output
+    with engine.connect() as conn:
+        note = conn.execute(text("SELECT number, s3_key FROM credit_notes WHERE invoice_id = :id"),
+                            {"id": anchored.id}).one()
+    assert stored_line_periods(engine, "credit_note_lines", note.number) == [
+        (datetime(2024, 2, 1).date(), utc(2024, 2, 15), utc(2024, 3, 15), D("-19.00")),
+        (datetime(2024, 1, 1).date(), utc(2024, 1, 15), utc(2024, 2, 15), D("-1.80"))]
+    note_pdf = s3.client().get_object(Bucket=s3.bucket, Key=note.s3_key)["Body"].read()
+    assert line_periods(embedded_xml(note_pdf)) == [
+        ("Europe plan, monthly fee", None),
+        ("Adjustment for 15 Jan – 14 Feb 2024: API calls, +2,000 units (28,784 in all)", ("20240115", "20240214"))]
