@@ -9,11 +9,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal as D
 
+import pytest
 from lxml import etree
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError
 from typer.testing import CliRunner
 
 from billing_cli.cli import app
+from billing_cli.db.migrate import HEAD, upgrade
 from tests.data import add_event, utc
 from tests.peers.fixtures import peer_env
 from tests.test_einvoices import FACTURX, NS, embedded_xml
@@ -129,3 +132,66 @@ def test_an_adjustment_of_an_anchored_period_carries_its_days_to_stripe_the_e_in
     assert line_periods(embedded_xml(note_pdf)) == [
         ("Europe plan, monthly fee", None),
         ("Adjustment for 15 Jan – 14 Feb 2024: API calls, +2,000 units (28,784 in all)", ("20240115", "20240214"))]
+
+
+def test_the_migration_gives_existing_lines_of_anchored_periods_their_days(empty_db_url) -> None:
+    """Lines written before 0013: a line of an anchored invoice's own month takes the invoice's days;
+    an adjustment takes those of the organization's invoice of its month (the live one, not a void
+    one billed differently); a credit note line those of the line it negates; calendar months stay
+    NULL (the calendar month)."""
+    engine = create_engine(empty_db_url)
+    try:
+        upgrade(engine, "0012_billing_periods")
+        with engine.begin() as conn:
+            for org_id in ("a15", "cal"):
+                conn.execute(text("INSERT INTO organizations (id, name, email) VALUES (:o, :o, 'x@example.com')"),
+                             {"o": org_id})
+            old_invoice(conn, 1, "a15", "2024-01", utc(2024, 1, 1), utc(2024, 2, 1), status="void")
+            old_invoice(conn, 2, "a15", "2024-01", utc(2024, 1, 15), utc(2024, 2, 15))
+            old_invoice(conn, 3, "a15", "2024-02", utc(2024, 2, 15), utc(2024, 3, 15), adjusts="2024-01")
+            old_invoice(conn, 4, "cal", "2024-01", utc(2024, 1, 1), utc(2024, 2, 1))
+            old_invoice(conn, 5, "cal", "2024-02", utc(2024, 2, 1), utc(2024, 3, 1), adjusts="2024-01")
+            conn.execute(text("UPDATE invoices SET status = 'void' WHERE id = 3"))
+            conn.execute(text(
+                "INSERT INTO credit_notes (id, number, invoice_id, organization_id, period_start, currency, subtotal, "
+                "total, reason, issue_date) VALUES (1, 'CN-2024-02-000001', 3, 'a15', '2024-02-01', 'EUR', -2, -2, "
+                "'test', '2024-03-20')"))
+            conn.execute(text(
+                "INSERT INTO credit_note_lines (credit_note_id, line_no, kind, description, quantity, unit_price, "
+                "amount, period_start) SELECT 1, line_no, kind, description, quantity, -unit_price, -amount, "
+                "period_start FROM invoice_lines WHERE invoice_id = 3"))
+
+        assert upgrade(engine) == ("0012_billing_periods", HEAD)
+
+        with engine.connect() as conn:
+            lines = {(r.invoice_id, r.line_no): (r.period_from, r.period_to) for r in conn.execute(text(
+                "SELECT invoice_id, line_no, period_from, period_to FROM invoice_lines"))}
+            notes = [tuple(r) for r in conn.execute(text(
+                "SELECT line_no, period_from, period_to FROM credit_note_lines ORDER BY line_no"))]
+        assert lines == {(1, 1): (None, None), (2, 1): (utc(2024, 1, 15), utc(2024, 2, 15)),
+                         (3, 1): (utc(2024, 2, 15), utc(2024, 3, 15)), (3, 2): (utc(2024, 1, 15), utc(2024, 2, 15)),
+                         (4, 1): (None, None), (5, 1): (None, None), (5, 2): (None, None)}
+        assert notes == [(1, utc(2024, 2, 15), utc(2024, 3, 15)), (2, utc(2024, 1, 15), utc(2024, 2, 15))]
+        with pytest.raises(IntegrityError), engine.begin() as conn:  # days of another month than the line's
+            conn.execute(text("UPDATE invoice_lines SET period_from = '2024-02-15Z', period_to = '2024-03-15Z' "
+                              "WHERE invoice_id = 3 AND line_no = 2"))
+    finally:
+        engine.dispose()
+
+
+def old_invoice(conn, invoice_id: int, org_id: str, month: str, start: datetime, end: datetime, *,
+                status: str = "issued", adjusts: str | None = None) -> None:
+    """An invoice as 0012 stored it: its fee line, and an adjustment of an earlier month's usage."""
+    conn.execute(text(
+        "INSERT INTO invoices (id, organization_id, billing_month, number, status, currency, subtotal, total, "
+        "plan_id, bill_to_name, bill_to_email, issue_date, due_date, period_start, period_end) VALUES "
+        "(:id, :org, CAST(:month AS date), :number, :status, 'EUR', 2, 2, 'eu', :org, 'x@example.com', "
+        "'2024-03-20', '2024-04-19', :start, :end)"),
+        {"id": invoice_id, "org": org_id, "month": f"{month}-01", "number": f"INV-{month}-{invoice_id:06d}",
+         "status": status, "start": start, "end": end})
+    periods = [month] + ([adjusts] if adjusts else [])
+    for line_no, period in enumerate(periods, start=1):
+        conn.execute(text(
+            "INSERT INTO invoice_lines (invoice_id, line_no, kind, description, quantity, unit_price, amount, "
+            "period_start) VALUES (:id, :n, 'base_fee', 'Fee', 1, 1, 1, CAST(:p AS date))"),
+            {"id": invoice_id, "n": line_no, "p": f"{period}-01"})
