@@ -175,6 +175,8 @@ def test_the_migration_gives_existing_lines_of_anchored_periods_their_days(empty
         with pytest.raises(IntegrityError), engine.begin() as conn:  # days of another month than the line's
             conn.execute(text("UPDATE invoice_lines SET period_from = '2024-02-15Z', period_to = '2024-03-15Z' "
                               "WHERE invoice_id = 3 AND line_no = 2"))
+        with pytest.raises(IntegrityError), engine.begin() as conn:  # one bound without the other
+            conn.execute(text("UPDATE invoice_lines SET period_to = NULL WHERE invoice_id = 3 AND line_no = 2"))
     finally:
         engine.dispose()
 

@@ -9,6 +9,8 @@ interval the line bills; NULL: the calendar month of `period_start`. Both are se
 Existing lines are filled where their period was an anchored one: a line of the invoice's own month
 takes the invoice's period; an adjustment takes the period of the organization's invoice of that
 month (the live one, else the latest one); a credit note line takes the credited invoice's line's.
+An adjustment of a period that was never invoiced has no stored days to take: it stays NULL (its
+calendar month, as it was stated until now).
 
 Revision ID: 0013_line_period_bounds
 Revises: 0012_billing_periods
@@ -32,8 +34,9 @@ def upgrade() -> None:
         op.add_column(table, sa.Column("period_to", TZ, nullable=True))
         op.create_check_constraint(f"ck_{table}_period_bounds", table, """
             (period_from IS NULL AND period_to IS NULL)
-            OR (period_from < period_to
-                AND date_trunc('month', period_from AT TIME ZONE 'UTC') = period_start)""")
+            OR (period_from IS NOT NULL AND period_to IS NOT NULL AND period_from < period_to
+                AND period_from = date_trunc('day', period_from, 'UTC') AND period_to = date_trunc('day', period_to, 'UTC')
+                AND date_trunc('month', period_from, 'UTC') = period_start::timestamp AT TIME ZONE 'UTC')""")
     # A line of the invoice's own period: the invoice's days.
     op.execute("""
         UPDATE invoice_lines l SET period_from = i.period_start, period_to = i.period_end
