@@ -6,7 +6,7 @@ calendar month. Real PostgreSQL, the Stripe peer, S3 and SMTP peers."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal as D
 
 import pytest
@@ -15,9 +15,16 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 from typer.testing import CliRunner
 
+from billing_cli.anchors import Anchor, BillingPeriod, billing_period
 from billing_cli.cli import app
+from billing_cli.composition import PeriodRecord, compose
+from billing_cli.credit_notes import credit_lines
 from billing_cli.db.migrate import HEAD, upgrade
-from tests.data import add_event, utc
+from billing_cli.invoices import InvoiceDocument
+from billing_cli.periods import Month
+from billing_cli.plan_file import parse_plans
+from billing_cli.pricing import InvoiceLine, line_bounds
+from tests.data import PLANS, add_event, utc
 from tests.peers.fixtures import peer_env
 from tests.test_einvoices import FACTURX, NS, embedded_xml
 from tests.test_taxes import GERMAN_SELLER, apply, customer
@@ -197,3 +204,38 @@ def old_invoice(conn, invoice_id: int, org_id: str, month: str, start: datetime,
             "INSERT INTO invoice_lines (invoice_id, line_no, kind, description, quantity, unit_price, amount, "
             "period_start) VALUES (:id, :n, 'base_fee', 'Fee', 1, 1, 1, CAST(:p AS date))"),
             {"id": invoice_id, "n": line_no, "p": f"{period}-01"})
+
+
+FEB, JAN = Month(2024, 2), Month(2024, 1)
+PRO = {plan.id: plan for plan in parse_plans(PLANS)}["pro"]
+
+
+@pytest.mark.parametrize("anchor", [15, None])
+def test_every_composed_line_carries_its_periods_days_and_a_calendar_month_none(anchor: int | None) -> None:
+    """February's invoice of an organization anchored on the 15th, regenerated after part of its
+    period was billed (the rest), with an adjustment of January's period and a credit applied: each
+    line names its month and that period's days; calendar months carry no days (None)."""
+    days = {month: billing_period(month, Anchor(anchor)) for month in (JAN, FEB)}
+    january = PeriodRecord(JAN, {"api_calls": D(300)}, {1: {"api_calls": D("1.00"), "base_fee": D("10.00")}},
+                           {1: {"api_calls": D(100)}}, bounds=days[JAN])
+    own = PeriodRecord(FEB, {}, {2: {"api_calls": D("0.50")}}, {2: {"api_calls": D(50)}}, bounds=days[FEB])
+
+    invoice = compose(FEB, {"api_calls": D(250)}, PRO, fees=lambda month: True, own=own, earlier=[(january, PRO)],
+                      credit_balance=D("5.00"), bounds=days[FEB])
+
+    assert [(line.kind, line.period, line.bounds) for line in invoice.lines] == [
+        ("usage", FEB, line_bounds(days[FEB])), ("base_fee", FEB, line_bounds(days[FEB])),
+        ("usage", JAN, line_bounds(days[JAN])), ("credit_applied", FEB, line_bounds(days[FEB]))]
+    if anchor is not None:  # the days alone, without the proration's reference start
+        assert invoice.lines[2].bounds == BillingPeriod(JAN, utc(2024, 1, 15), utc(2024, 2, 15))
+    document = InvoiceDocument("INV-2024-02-000001", "o", "O", "o@example.com", FEB, date(2024, 3, 15),
+                               date(2024, 4, 14), "USD", invoice.lines, invoice.total, bounds=days[FEB])
+    assert [document.line_period(line) for line in invoice.lines] == [days[FEB], days[FEB], days[JAN], days[FEB]]
+    credited = credit_lines(invoice.lines)
+    assert [(line.period, line.bounds) for line in credited] == [(line.period, line.bounds) for line in invoice.lines]
+
+
+def test_a_line_cannot_bill_another_months_days() -> None:
+    with pytest.raises(ValueError, match="cannot bill the period 15 Jan – 14 Feb 2024"):
+        InvoiceLine("usage", "x", D(1), D(1), D(1), "api_calls", FEB,
+                    BillingPeriod(JAN, utc(2024, 1, 15), utc(2024, 2, 15)))
