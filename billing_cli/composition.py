@@ -21,7 +21,7 @@ from decimal import Decimal
 from .anchors import BillingPeriod, FeeShare
 from .money import ZERO, Precision, exact_sum, format_quantity
 from .periods import Month
-from .pricing import CREDIT_KINDS, InvoiceLine, PricePlan, RatedInvoice, RatingError, rate
+from .pricing import CREDIT_KINDS, InvoiceLine, PricePlan, RatedInvoice, RatingError, line_bounds, rate
 from .taxes import InvoiceTax
 
 
@@ -127,6 +127,7 @@ def period_delta(record: PeriodRecord, plan: PricePlan, *, fees: Fees, label: st
     usage = {m: record.usage.get(m, ZERO) - quantities_before.get(m, ZERO)
              for m in sorted(set(record.usage) | set(quantities_before))}
     lines = []
+    days = line_bounds(record.bounds)
     for charge in sorted(set(now) | set(before)):
         difference = now.get(charge, ZERO) - before.get(charge, ZERO)
         if difference == 0:
@@ -134,7 +135,7 @@ def period_delta(record: PeriodRecord, plan: PricePlan, *, fees: Fees, label: st
         metric = charge if charge in usage or plan.price_for(charge) is not None else None
         detail = _usage_detail(usage.get(charge, ZERO), record.usage.get(charge, ZERO)) if metric else ""
         lines.append(InvoiceLine("usage" if metric else charge, f"{label}: {_charge_name(charge, plan)}{detail}",  # type: ignore[arg-type]
-                                 Decimal(1), difference, difference, metric, record.period))
+                                 Decimal(1), difference, difference, metric, record.period, days))
     return PeriodDelta(record.period, tuple(lines), {m: q for m, q in usage.items() if q != 0})
 
 
@@ -156,7 +157,8 @@ def compose(period: Month, usage: Mapping[str, Decimal], plan: PricePlan, *, fee
     if own is not None and (own.billed or own.billed_usage):
         # Other live invoices already billed part of this period (it was regenerated after a later
         # invoice adjusted it, or its usage was billed before it was invoiced): bill the rest.
-        rest = period_delta(PeriodRecord(period, usage, own.billed, own.billed_usage), plan, fees=fees(period),
+        rest = period_delta(PeriodRecord(period, usage, own.billed, own.billed_usage, bounds=bounds), plan,
+                            fees=fees(period),
                             label=f"{(bounds or BillingPeriod.calendar(period)).label}, after what was billed before", precision=precision)
         lines = list(rest.lines)
         billed_usage = {(period, m): q for m, q in rest.usage.items()}
@@ -164,7 +166,7 @@ def compose(period: Month, usage: Mapping[str, Decimal], plan: PricePlan, *, fee
         rated: RatedInvoice = rate(usage, plan, period, fees=fees(period), precision=precision)
         if rated.unpriced_metrics:
             raise UnpricedUsage(plan, rated.unpriced_metrics, period)
-        lines = [_in_period(line, period) for line in rated.lines]
+        lines = [_in_period(line, period, bounds) for line in rated.lines]
         billed_usage = {(period, m): q for m, q in sorted(usage.items()) if q != 0}
     adjusted = []
     for record, record_plan in sorted(earlier, key=lambda pair: pair[0].period):
@@ -178,19 +180,22 @@ def compose(period: Month, usage: Mapping[str, Decimal], plan: PricePlan, *, fee
         adjusted.append(delta)
         lines += delta.lines
         billed_usage.update({(record.period, m): q for m, q in delta.usage.items()})
-    lines += _credit_lines(exact_sum(line.amount for line in lines), credit_balance, period)
+    lines += _credit_lines(exact_sum(line.amount for line in lines), credit_balance, period, bounds)
     periods = (period, *(d.period for d in adjusted))
     return ComposedInvoice(plan, plan.currency, period, tuple(lines), billed_usage, periods, tuple(adjusted),
                            billing_period=bounds)
 
 
-def _credit_lines(subtotal: Decimal, balance: Decimal, period: Month) -> list[InvoiceLine]:
+def _credit_lines(subtotal: Decimal, balance: Decimal, period: Month,
+                  bounds: BillingPeriod | None) -> list[InvoiceLine]:
+    days = line_bounds(bounds)
     if subtotal < 0:
         return [InvoiceLine("credit_carried", "Credit carried to your next invoice", Decimal(1), -subtotal,
-                            -subtotal, None, period)]
+                            -subtotal, None, period, days)]
     if subtotal > 0 and balance > 0:
         used = min(balance, subtotal)
-        return [InvoiceLine("credit_applied", "Credit from earlier invoices", Decimal(1), -used, -used, None, period)]
+        return [InvoiceLine("credit_applied", "Credit from earlier invoices", Decimal(1), -used, -used, None, period,
+                            days)]
     return []
 
 
@@ -200,8 +205,9 @@ def credit_balance(credits: Mapping[int, Decimal], *, without: int | None = None
     return exact_sum(amount for invoice_id, amount in credits.items() if invoice_id != without)
 
 
-def _in_period(line: InvoiceLine, period: Month) -> InvoiceLine:
-    return InvoiceLine(line.kind, line.description, line.quantity, line.unit_price, line.amount, line.metric, period)
+def _in_period(line: InvoiceLine, period: Month, bounds: BillingPeriod | None) -> InvoiceLine:
+    return InvoiceLine(line.kind, line.description, line.quantity, line.unit_price, line.amount, line.metric, period,
+                       line_bounds(bounds))
 
 
 def _amounts(lines: Iterable[InvoiceLine]) -> dict[str, Decimal]:

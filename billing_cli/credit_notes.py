@@ -37,8 +37,9 @@ def was_sent(*, emailed_at: datetime | None, stripe_status: str | None) -> bool:
 
 def credit_lines(invoice_lines: tuple[InvoiceLine, ...]) -> tuple[InvoiceLine, ...]:
     """The credit note's lines: each line of the credited invoice, with the same description,
-    quantity and period, and its unit price and amount negated, so that the credit note's total is
-    exactly minus the invoice's subtotal. The one place where a credit note's lines are made."""
+    quantity and period (its month and, for an anchored period, its days), and its unit price and
+    amount negated, so that the credit note's total is exactly minus the invoice's subtotal. The one
+    place where a credit note's lines are made."""
     return tuple(replace(line, unit_price=-line.unit_price, amount=-line.amount) for line in invoice_lines)
 
 

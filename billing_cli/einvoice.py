@@ -159,7 +159,8 @@ def build_xml(doc: InvoiceDocument, seller: Seller) -> bytes:
         settlement = el(item, "ram:SpecifiedLineTradeSettlement")
         trade_tax(settlement, header=False)
         if line.period is not None and line.period != doc.period:  # a correction of an earlier period
-            period(settlement, line.period.first_day, line.period.last_day)
+            days = doc.line_period(line)
+            period(settlement, days.start.date(), days.last_day)
         el(el(settlement, "ram:SpecifiedTradeSettlementLineMonetarySummation"), "ram:LineTotalAmount",
            money(sign(line.amount)))
 

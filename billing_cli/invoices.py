@@ -81,6 +81,15 @@ class InvoiceDocument:
     def billing_period(self) -> BillingPeriod:
         return self.bounds or BillingPeriod.calendar(self.period)
 
+    def line_period(self, line: InvoiceLine) -> BillingPeriod:
+        """The days a line bills: its own bounds (an anchored period); else the document's period for
+        a line of it; else the calendar month it names (an adjustment of a calendar-month period)."""
+        if line.bounds is not None:
+            return line.bounds
+        if line.period is None or line.period == self.period:
+            return self.billing_period
+        return BillingPeriod.calendar(line.period)
+
     @property
     def period_name(self) -> str:
         """The period in a sentence or a subject: `2024-01` for a calendar month, else its days."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
-from .anchors import FeeShare
+from .anchors import BillingPeriod, FeeShare
 from .money import ZERO, Precision, exact_sum, round_money
 from .periods import Month
 
@@ -80,11 +80,24 @@ class InvoiceLine:
     amount: Decimal  # rounded to the currency's minor unit
     metric: str | None = None
     period: Month | None = None  # the period whose usage or fees the line bills; None: the invoice's own
+    bounds: BillingPeriod | None = None  # that period's days when they are not its calendar month (an anchor day)
+
+    def __post_init__(self) -> None:
+        if self.bounds is not None and self.bounds.month != self.period:
+            raise ValueError(f"a line of {self.period} cannot bill the period {self.bounds.label} of {self.bounds.month}")
 
     @property
     def charge(self) -> str:
         """What the line bills, for comparing a period's lines: its metric, or its fee or credit kind."""
         return self.metric if self.metric is not None else self.kind
+
+
+def line_bounds(period: BillingPeriod | None) -> BillingPeriod | None:
+    """What a line records of the days it bills: None for a calendar month (or when unknown), else
+    the interval alone (a fee's proration is already in its amount)."""
+    if period is None or period.is_calendar_month:
+        return None
+    return BillingPeriod(period.month, period.start, period.end)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from ..anchors import BillingPeriod
 from ..credit_notes import credit_lines, credit_note_number, credit_taxes, was_sent
 from ..invoices import InvoiceDocument
 from . import invoice_taxes
+from .line_rows import bounds_params, read_lines
 from ..money import exact_sum
 from ..periods import Month
 from ..pricing import InvoiceLine
@@ -88,27 +89,24 @@ def issue_for_void(session: Connection, invoice_id: int, reason: str | None = No
     if lines:
         session.execute(text("""
             INSERT INTO credit_note_lines (credit_note_id, line_no, kind, metric, description, quantity, unit_price,
-                                           amount, period_start)
-            SELECT :note, n, kind, metric, description, quantity, unit_price, amount, period
+                                           amount, period_start, period_from, period_to)
+            SELECT :note, n, kind, metric, description, quantity, unit_price, amount, period, period_from, period_to
             FROM unnest(CAST(:kinds AS text[]), CAST(:metrics AS text[]), CAST(:descriptions AS text[]),
                         CAST(:quantities AS numeric[]), CAST(:unit_prices AS numeric[]), CAST(:amounts AS numeric[]),
-                        CAST(:periods AS date[])) WITH ORDINALITY
-                 AS l(kind, metric, description, quantity, unit_price, amount, period, n)"""),
+                        CAST(:periods AS date[]), CAST(:froms AS timestamptz[]), CAST(:tos AS timestamptz[]))
+                 WITH ORDINALITY AS l(kind, metric, description, quantity, unit_price, amount, period, period_from,
+                                      period_to, n)"""),
             {"note": note_id, "kinds": [str(line.kind) for line in lines], "metrics": [line.metric for line in lines],
              "descriptions": [line.description for line in lines], "quantities": [line.quantity for line in lines],
              "unit_prices": [line.unit_price for line in lines], "amounts": [line.amount for line in lines],
-             "periods": [(line.period or Month.containing_date(invoice.billing_month)).first_day for line in lines]})
+             "periods": [(line.period or Month.containing_date(invoice.billing_month)).first_day for line in lines],
+             **bounds_params(lines)})
     return number
 
 
 def _invoice_lines(session: Connection, invoice_id: int) -> tuple[InvoiceLine, ...]:
-    return _lines(session.execute(text("SELECT * FROM invoice_lines WHERE invoice_id = :id ORDER BY line_no"),
-                                  {"id": invoice_id}))
-
-
-def _lines(rows) -> tuple[InvoiceLine, ...]:
-    return tuple(InvoiceLine(r.kind, r.description, Decimal(r.quantity), Decimal(r.unit_price), Decimal(r.amount),
-                             r.metric, Month.containing_date(r.period_start)) for r in rows)
+    return read_lines(session.execute(text("SELECT * FROM invoice_lines WHERE invoice_id = :id ORDER BY line_no"),
+                                      {"id": invoice_id}))
 
 
 def undelivered(session: Connection, organization_ids: Sequence[str]) -> dict[str, list[StoredCreditNote]]:
@@ -146,8 +144,8 @@ def load_document(session: Connection, credit_note_id: int) -> InvoiceDocument:
         FROM credit_notes c JOIN invoices i ON i.id = c.invoice_id
         LEFT JOIN invoices r ON r.replaces_invoice_id = i.id
         WHERE c.id = :id"""), {"id": credit_note_id}).one()
-    lines = _lines(session.execute(text("SELECT * FROM credit_note_lines WHERE credit_note_id = :id ORDER BY line_no"),
-                                   {"id": credit_note_id}))
+    lines = read_lines(session.execute(text("SELECT * FROM credit_note_lines WHERE credit_note_id = :id "
+                                            "ORDER BY line_no"), {"id": credit_note_id}))
     return InvoiceDocument(row.number, row.organization_id, row.bill_to_name, row.bill_to_email,
                            Month.containing_date(row.period_start), row.issue_date, row.issue_date, row.currency,
                            lines, Decimal(row.total), bill_to_address=tuple(row.bill_to_address or ()),

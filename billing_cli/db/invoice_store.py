@@ -16,11 +16,12 @@ from sqlalchemy import Connection, text
 
 from ..anchors import BillingPeriod
 from . import credit_note_store, invoice_taxes
+from .line_rows import bounds_params, read_lines
 from ..composition import ComposedInvoice
 from ..credit_notes import was_sent
 from ..invoices import InvoiceDocument, invoice_number
 from ..periods import Month
-from ..pricing import InvoiceLine, plan_snapshot
+from ..pricing import plan_snapshot
 
 
 @dataclass(frozen=True)
@@ -291,18 +292,20 @@ def issue_invoices(session: Connection, requests: Sequence[IssueRequest]) -> lis
     if lines:
         session.execute(text("""
             INSERT INTO invoice_lines (invoice_id, line_no, kind, metric, description, quantity, unit_price, amount,
-                                       period_start)
+                                       period_start, period_from, period_to)
             SELECT * FROM unnest(CAST(:invoices AS bigint[]), CAST(:line_nos AS integer[]), CAST(:kinds AS text[]),
                                  CAST(:metrics AS text[]), CAST(:descriptions AS text[]),
                                  CAST(:quantities AS numeric[]), CAST(:unit_prices AS numeric[]),
-                                 CAST(:amounts AS numeric[]), CAST(:periods AS date[]))
+                                 CAST(:amounts AS numeric[]), CAST(:periods AS date[]),
+                                 CAST(:froms AS timestamptz[]), CAST(:tos AS timestamptz[]))
         """), {"invoices": [i for i, _, _, _ in lines], "line_nos": [n for _, n, _, _ in lines],
                "kinds": [str(line.kind) for _, _, line, _ in lines], "metrics": [line.metric for _, _, line, _ in lines],
                "descriptions": [line.description for _, _, line, _ in lines],
                "quantities": [line.quantity for _, _, line, _ in lines],
                "unit_prices": [line.unit_price for _, _, line, _ in lines],
                "amounts": [line.amount for _, _, line, _ in lines],
-               "periods": [(line.period or period).first_day for _, _, line, period in lines]})
+               "periods": [(line.period or period).first_day for _, _, line, period in lines],
+               **bounds_params([line for _, _, line, _ in lines])})
     invoice_taxes.insert(session, [(invoice_id, r.invoice.taxes) for invoice_id, (_, r) in zip(ids, fresh, strict=True)])
     usage = [(invoice_id, period.first_day, metric, quantity) for invoice_id, (_, r) in zip(ids, fresh, strict=True)
              for (period, metric), quantity in r.invoice.usage.items()]
@@ -366,10 +369,8 @@ def load_document(session: Connection, invoice_id: int) -> InvoiceDocument:
                i.due_date, i.currency, i.total, i.bill_to_address, i.bill_to_tax_id, r.number AS replaces
         FROM invoices i LEFT JOIN invoices r ON r.id = i.replaces_invoice_id WHERE i.id = :id
     """), {"id": invoice_id}).one()
-    lines = tuple(InvoiceLine(r.kind, r.description, Decimal(r.quantity), Decimal(r.unit_price),
-                              Decimal(r.amount), r.metric, Month.containing_date(r.period_start))
-                  for r in session.execute(text("SELECT * FROM invoice_lines WHERE invoice_id = :id "
-                                                "ORDER BY line_no"), {"id": invoice_id}))
+    lines = read_lines(session.execute(text("SELECT * FROM invoice_lines WHERE invoice_id = :id ORDER BY line_no"),
+                                       {"id": invoice_id}))
     return InvoiceDocument(row.number, row.organization_id, row.bill_to_name, row.bill_to_email,
                            Month.containing_date(row.billing_month), row.issue_date, row.due_date, row.currency,
                            lines, Decimal(row.total), replaces=row.replaces,

@@ -17,7 +17,8 @@ REVISIONS: tuple[str, ...] = ("0001_foundation", "0002_invoicing", "0003_job_run
                              "0007_stripe_reversals", "0008_customer_billing_details", "0009_taxes",
                              "0010_credit_notes",
                              "0011_partition_usage_events",
-                             "0012_billing_periods")
+                             "0012_billing_periods",
+                             "0013_line_period_bounds")
 HEAD = REVISIONS[-1]
 
 # Serialises concurrent `db upgrade` runs (two pods starting at once): pg_advisory_xact_lock key.

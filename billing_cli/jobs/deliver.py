@@ -30,12 +30,11 @@ from ..delivery.mailer import MailError
 from ..delivery.payments import PaymentError, PaymentGateway, StripeInvoiceDetail, StripeLine, StripeTaxRate
 from ..delivery.ports import Deliveries
 from ..delivery.storage import PresignedLink, StorageError, object_key
-from ..anchors import BillingPeriod
 from ..invoices import InvoiceDocument, Seller
 from ..money import to_stripe_amount
 from ..outcomes import Component, Step
 from ..taxes import Treatment
-from ..periods import Month
+from ..pricing import InvoiceLine
 
 # Stripe keeps idempotency keys for about 24 hours; past this age a retry could create a second
 # draft, so we look the invoice up by our metadata before creating one.
@@ -147,7 +146,7 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: St
         present = {n for n, _ in remote.lines} if remote is not None else set()
         rates = _stripe_tax_rates(transactions, gateway, document) if len(present) < len(document.lines) else ()
         ours = [StripeLine(n, to_stripe_amount(line.amount, document.currency), line.description, rates,
-                           _line_period(document, line.period))
+                           _line_period(document, line))
                 for n, line in enumerate(document.lines, start=1)]
         missing = [line for line in ours if line.line_no not in present]
         total = gateway.add_lines(stripe_id, invoice_id=invoice.id, lines=missing).total if missing else \
@@ -221,7 +220,8 @@ def _check_total(stripe_total: int, expected: int, currency: str, document: Invo
                            transient=False)
 
 
-def _line_period(document: InvoiceDocument, month: Month | None) -> tuple[int, int]:
-    """The period a line bills, for Stripe: the invoice's own period, or the month an adjustment is for."""
-    period = document.billing_period if month is None or month == document.period else BillingPeriod.calendar(month)
+def _line_period(document: InvoiceDocument, line: InvoiceLine) -> tuple[int, int]:
+    """The period a line bills, for Stripe, as Unix times [start, end): the invoice's own period, or
+    the period an adjustment is for (its own days when it was an anchored one)."""
+    period = document.line_period(line)
     return int(period.start.timestamp()), int(period.end.timestamp())
