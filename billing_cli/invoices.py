@@ -7,6 +7,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 from .anchors import BillingPeriod
+from .money import exact_sum
 from .periods import Month
 from .pricing import InvoiceLine
 from .taxes import InvoiceTax, mentions
@@ -64,8 +65,6 @@ class InvoiceDocument:
 
     @property
     def tax_total(self) -> Decimal:
-        from .money import exact_sum
-
         return exact_sum(tax.amount for tax in self.taxes)
 
     @property
@@ -107,7 +106,7 @@ class InvoiceDocument:
 
     @property
     def subtotal(self) -> Decimal:
-        return self.total - self.tax_total if self.taxes else self.total
+        return exact_sum((self.total, -self.tax_total)) if self.taxes else self.total
 
     @property
     def tax_mentions(self) -> tuple[str, ...]:

@@ -171,7 +171,7 @@ def _invoice(invoice: reconcile_store.InvoiceRow, checks: Checks, checked: Count
     found = []
     # The lines add up to the subtotal, the tax breakdown to the tax, and the two to the total.
     if (invoice.lines_total != invoice.subtotal or invoice.taxes_total != invoice.tax_total
-            or invoice.subtotal + invoice.tax_total != invoice.total):
+            or exact_sum((invoice.subtotal, invoice.tax_total)) != invoice.total):
         found.append(Difference(Kind.INVOICE_TOTAL, org, number, f"total {invoice.total}",
                                 f"lines add up to {invoice.lines_total}, taxes to {invoice.taxes_total}",
                                 "the invoice was edited in the database: find out who changed it; regenerate it if "

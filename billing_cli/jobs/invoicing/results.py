@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from ...money import exact_sum
 from ...outcomes import Component, Job, OrgStatus, Step, run_outcome
 from ...anchors import BillingPeriod
 from ...periods import Month, iso_utc
@@ -104,9 +105,9 @@ class InvoiceRunResult:
         if outcome.errors:
             self.failed.append(outcome)
         if outcome.status == OrgStatus.INVOICED and outcome.total is not None and outcome.currency:
-            self.revenue[outcome.currency] += outcome.total
+            self.revenue[outcome.currency] = exact_sum((self.revenue[outcome.currency], outcome.total))
             if outcome.tax is not None:
-                self.tax[outcome.currency] += outcome.tax
+                self.tax[outcome.currency] = exact_sum((self.tax[outcome.currency], outcome.tax))
         if self.plan is not None:
             self.plan.append(outcome)
 
@@ -118,9 +119,9 @@ class InvoiceRunResult:
         self.statuses.update(other.statuses)
         self.errors_by_component.update(other.errors_by_component)
         for currency, amount in other.revenue.items():
-            self.revenue[currency] += amount
+            self.revenue[currency] = exact_sum((self.revenue[currency], amount))
         for currency, amount in other.tax.items():
-            self.tax[currency] += amount
+            self.tax[currency] = exact_sum((self.tax[currency], amount))
         self.failed += other.failed
         if self.plan is not None and other.plan is not None:
             self.plan += other.plan
