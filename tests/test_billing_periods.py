@@ -13,6 +13,7 @@ import threading
 from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal as D
+from pathlib import Path
 
 import pytest
 from pypdf import PdfReader
@@ -553,3 +554,42 @@ def test_a_catch_up_pass_adds_its_tax_to_the_run_summary() -> None:
     run.absorb(catch_up)
     summary = run.summary()
     assert (summary.revenue, summary.tax) == ({"EUR": "119.00"}, {"EUR": "19.00"})
+
+
+def test_the_daily_run_catches_up_as_far_back_as_late_usage_is_billed(plans) -> None:
+    """The daily run of 2 April 2024 with LATE_USAGE_MONTHS=3 (the default) catches up December,
+    January and February, oldest first, before March: an organization whose runs were all missed
+    gets one invoice per month, each its own (no adjustments), in order; a rerun changes nothing.
+    With LATE_USAGE_MONTHS=0 the run still catches up the month before."""
+    from billing_cli.config import load_settings
+    from billing_cli.runs.invoicing import InvoiceRequest, catch_up_months
+
+    unused = {"DATABASE_URL": "postgresql://localhost/unused"}
+    settings = load_settings(unused, env_file=Path("/dev/null"))
+    zero = load_settings({**unused, "LATE_USAGE_MONTHS": "0"}, env_file=Path("/dev/null"))
+    daily, explicit = InvoiceRequest(), InvoiceRequest(month="2024-03")
+    march = options(MAR, utc(2024, 4, 2))
+    assert catch_up_months(None, daily, settings, march) == (Month(2023, 12), JAN, FEB)
+    assert catch_up_months(None, daily, zero, march) == (FEB,)
+    assert catch_up_months(None, explicit, settings, march) == ()
+
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "missed", None)
+        for month in (JAN, FEB, MAR):
+            add_usage(conn, "missed", "api_calls", "100", month.start + HOUR * 10)
+    run = lambda: invoice_due(engine.begin, march, catch_up=catch_up_months(None, daily, settings, march))  # noqa: E731
+
+    first = run()
+
+    with engine.connect() as conn:
+        issued = conn.execute(text("SELECT number, billing_month, total FROM invoices ORDER BY id")).all()
+        adjustments = conn.execute(text("SELECT count(*) FROM invoice_lines WHERE description LIKE 'Adjustment%'"
+                                        )).scalar_one()
+    # December: the base fee only (created long before, no usage); then 10.00 + 100 x 0.01 each month.
+    assert [(r.number, r.billing_month, r.total) for r in issued] == [
+        ("INV-2023-12-000001", date(2023, 12, 1), D("10.00")), ("INV-2024-01-000001", date(2024, 1, 1), D("11.00")),
+        ("INV-2024-02-000001", date(2024, 2, 1), D("11.00")), ("INV-2024-03-000001", date(2024, 3, 1), D("11.00"))]
+    assert adjustments == 0 and first.statuses == {"invoiced": 4}
+    again = run()
+    assert again.statuses == {"already_invoiced": 1}

@@ -110,11 +110,14 @@ def resolve(job: Job, request: InvoiceRequest, settings: Settings, now: datetime
 
 
 def catch_up_months(job: Job, request: InvoiceRequest, settings: Settings, options: InvoiceOptions) -> tuple[Month, ...]:
-    """The daily run (no --month, no PROCESS_MONTH) also bills the periods of the month before
-    that ended and have no invoice yet: days it was missed at the turn of a month."""
+    """The daily run (no --month, no PROCESS_MONTH) also bills the periods of the earlier months
+    that ended and have no invoice yet, as far back as late usage is billed (LATE_USAGE_MONTHS, at
+    least one month): days or weeks the run was missed, or an invoice voided by hand. Each such
+    month costs one check of who has no invoice of it; only those are read and planned."""
     if request.month is not None or settings.process_month is not None or request.regenerate:
         return ()
-    return (options.month.prev(),)
+    back = max(1, settings.late_usage_months)
+    return tuple(options.month.minus(k) for k in range(back, 0, -1))
 
 
 def _run(job: Job, request: InvoiceRequest, settings: Settings, view: InvoicingView, *,
