@@ -15,6 +15,10 @@ from ..periods import Month
 from . import engine, period_store
 
 
+# Anchored organizations' periods starting in a month: organization id -> (start, end), half-open.
+Windows = dict[str, tuple[datetime, datetime]]
+
+
 @dataclass(frozen=True)
 class UsageRow:
     organization_id: str
@@ -26,17 +30,18 @@ class UsageRow:
     free: bool  # the organization's plan lists the metric as free
 
 
-def usage_differences(conn: Connection, month: Month, only: list[str] | None, *,
-                      events_pruned: bool = False) -> Iterator[UsageRow]:
+def usage_differences(conn: Connection, month: Month, only: list[str] | None, *, events_pruned: bool = False,
+                      windows: Windows | None = None) -> Iterator[UsageRow]:
     """(organization, metric) pairs whose events, roll-up and billed quantities are not all equal,
     from one pass over each source (a hash join of three monthly GROUP BYs). For a month whose
     events were pruned, the roll-ups stand for the events (they are what is left of them).
 
     Streamed as PostgreSQL sends the rows, without a server-side cursor: PostgreSQL never runs a
-    cursor's query in parallel, and this is the month's largest GROUP BY (bench/reconcile.py)."""
+    cursor's query in parallel, and this is the month's largest GROUP BY (bench/reconcile.py).
+    `windows`: `period_windows` of the month, when the caller read them already."""
     org = " AND organization_id = ANY(:only)" if only else ""
     events, at = ("usage_hourly", "hour_start") if events_pruned else ("usage_events", "occurred_at")
-    windows = period_windows(conn, month, only)
+    windows = period_windows(conn, month, only) if windows is None else windows
     read_end = max([month.end, *(end for _, end in windows.values())])
     if windows:  # anchored periods: each such organization's own hours, the others' the month's
         period_join = """LEFT JOIN unnest(CAST(:period_orgs AS varchar[]), CAST(:period_starts AS timestamptz[]),
@@ -89,7 +94,7 @@ def usage_differences(conn: Connection, month: Month, only: list[str] | None, *,
                        Decimal(row.billed), row.known, row.free)
 
 
-def period_windows(conn: Connection, month: Month, only: list[str] | None) -> dict[str, tuple[datetime, datetime]]:
+def period_windows(conn: Connection, month: Month, only: list[str] | None) -> Windows:
     """The organizations whose period starting in the month is not the calendar month, with its
     interval: as their live invoice billed it, else as their anchor gives it."""
     windows = {org: (p.start, p.end) for org, p in period_store.anchored_periods(conn, month, only=only).periods.items()}
@@ -141,13 +146,15 @@ def live_invoices(conn: Connection, month: Month, only: list[str] | None) -> Ite
                          Decimal(r.taxes_total))
 
 
-def owed_fees_not_invoiced(conn: Connection, month: Month, only: list[str] | None) -> list[str]:
+def owed_fees_not_invoiced(conn: Connection, month: Month, only: list[str] | None, *,
+                           windows: Windows | None = None) -> list[str]:
     """Organizations whose plan has a base fee or a minimum, that existed before their period of
     the month ended and were active in it, with no invoice billing that period: their fees were
     never billed. The period is the calendar month, or an anchored organization's own period
-    starting in the month (`period_windows`), and only a period that has ended is owed."""
+    starting in the month (`period_windows`, or `windows` when the caller read them already), and
+    only a period that has ended is owed."""
     org = " AND o.id = ANY(:only)" if only else ""
-    windows = period_windows(conn, month, only)
+    windows = period_windows(conn, month, only) if windows is None else windows
     return list(conn.execute(text(f"""
         SELECT o.id FROM organizations o JOIN price_plans p ON p.id = o.price_plan_id
         LEFT JOIN unnest(CAST(:period_orgs AS varchar[]), CAST(:period_starts AS timestamptz[]),

@@ -121,11 +121,12 @@ def reconcile_month(transactions: Transactions, month: Month, checks: Checks, *,
 
     with transactions() as conn:
         pruned = is_pruned(conn, month)  # `billing usage prune` dropped its events; the roll-ups stay
-        for row in reconcile_store.usage_differences(conn, month, ids, events_pruned=pruned):
+        windows = reconcile_store.period_windows(conn, month, ids)  # anchored organizations' own periods
+        for row in reconcile_store.usage_differences(conn, month, ids, events_pruned=pruned, windows=windows):
             result.checked["usage_rows_differing"] += 1
             for difference in _usage(row):
                 found(difference)
-        for org in reconcile_store.owed_fees_not_invoiced(conn, month, ids):
+        for org in reconcile_store.owed_fees_not_invoiced(conn, month, ids, windows=windows):
             found(Difference(Kind.NOT_INVOICED, org, str(month), "an invoice for its fees", "none",
                              f"billing invoice-monthly --month {month} --org {org}"))
     with transactions() as conn:
