@@ -31,6 +31,7 @@ from billing_cli.jobs.invoicing import InvoiceOptions, invoice_due, invoice_mont
 from billing_cli.periods import HOUR, Month
 from billing_cli.plan_file import parse_plans
 from tests.data import PLANS, add_event, add_org, add_usage, set_plan, table_snapshot, utc
+from tests.test_anchors import PLAN as TEAM  # base fee 10, minimum 50, 0.01 per API call
 
 JAN, FEB, MAR = Month(2024, 1), Month(2024, 2), Month(2024, 3)
 SELLER = Seller("Example Cloud Ltd", ("1 Example Street", "London"), "GB123")
@@ -123,20 +124,7 @@ def test_anchors_across_february_bill_each_period_hour_exactly_once(plans, year:
 def test_an_organization_created_mid_period_pays_a_prorated_base_fee_and_minimum(plans, tmp_path) -> None:
     engine = plans
     with engine.begin() as conn:
-        save_plans(conn, parse_plans("""
-[[plan]]
-id = "team"
-name = "Team"
-currency = "USD"
-base_fee = 10
-minimum_commitment = 50
-
-  [[plan.price]]
-  metric = "api_calls"
-  description = "API calls"
-  model = "per_unit"
-  unit_price = 0.01
-"""))
+        save_plans(conn, [TEAM])
         add_org(conn, "newco", created_at=utc(2024, 1, 17, 10, 32))
         set_plan(conn, "newco", "team")
         add_usage(conn, "newco", "api_calls", "100", utc(2024, 1, 20, 8))

@@ -77,18 +77,9 @@ def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller
                         page_url: str | None = None, download: PresignedLink | None = None) -> EmailMessage:
     """The message for `doc`: the PDF attached if `attach`, else `download` links it; `page_url`
     is Stripe's page of the invoice."""
-    to_address = check_address("organization e-mail", doc.bill_to_email)
-    name = check_header_value("organization name", doc.bill_to_name)
-    check_header_value("INVOICE_SMTP_FROM", sender)
     numbers = NumberFormat(seller.locale)  # amounts as the PDF prints them (INVOICE_LOCALE)
     total = numbers.money(doc.total, doc.currency)
-    message = EmailMessage(policy=_POLICY)
-    message["Subject"] = f"Invoice {doc.number} for {doc.period_name}: {total}"
-    message["From"] = sender
-    user, _, domain = to_address.rpartition("@")
-    message["To"] = Address(display_name=name, username=user, domain=domain)
-    message["Message-ID"] = message_id(doc, sender)
-    message["Date"] = format_datetime(_noon(doc))
+    message, name = _addressed(doc, sender, f"Invoice {doc.number} for {doc.period_name}: {total}")
     opening = (f"please find attached invoice {doc.number} from {seller.name} for {doc.period_name}." if attach else
                f"invoice {doc.number} from {seller.name} for {doc.period_name} is ready.")
     text = [
@@ -126,7 +117,7 @@ def build_invoice_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, seller
 <p>Thank you,<br>{html.escape(seller.name)}</p>
 </body></html>""", subtype="html")
     if attach:
-        message.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{doc.number}.pdf")
+        _attach_pdf(message, doc, pdf)
     return message
 
 
@@ -134,18 +125,8 @@ def build_credit_note_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, se
                             download: PresignedLink | None = None) -> EmailMessage:
     """The message for a credit note (`doc.credits` is the invoice it cancels): the PDF attached if
     `attach`, else `download` links it. Its Message-ID is the credit note's own."""
-    to_address = check_address("organization e-mail", doc.bill_to_email)
-    name = check_header_value("organization name", doc.bill_to_name)
-    check_header_value("INVOICE_SMTP_FROM", sender)
-    numbers = NumberFormat(seller.locale)
-    total = numbers.money(doc.total, doc.currency)
-    message = EmailMessage(policy=_POLICY)
-    message["Subject"] = f"Credit note {doc.number} for invoice {doc.credits}: {total}"
-    message["From"] = sender
-    user, _, domain = to_address.rpartition("@")
-    message["To"] = Address(display_name=name, username=user, domain=domain)
-    message["Message-ID"] = message_id(doc, sender)
-    message["Date"] = format_datetime(_noon(doc))
+    total = NumberFormat(seller.locale).money(doc.total, doc.currency)
+    message, name = _addressed(doc, sender, f"Credit note {doc.number} for invoice {doc.credits}: {total}")
     cancelled = (f"invoice {doc.credits} from {seller.name} for {doc.period_name} is cancelled: it is void, and "
                  "nothing is owed for it.")
     opening = (f"{cancelled} Please find attached credit note {doc.number}." if attach else
@@ -169,8 +150,28 @@ def build_credit_note_email(doc: InvoiceDocument, pdf: bytes, *, sender: str, se
 <p>Thank you,<br>{html.escape(seller.name)}</p>
 </body></html>""", subtype="html")
     if attach:
-        message.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{doc.number}.pdf")
+        _attach_pdf(message, doc, pdf)
     return message
+
+
+def _addressed(doc: InvoiceDocument, sender: str, subject: str) -> tuple[EmailMessage, str]:
+    """A message to the document's customer, with its headers (each value checked, so a bad
+    address or a line break in a name is refused, never sent), and the customer's name."""
+    to_address = check_address("organization e-mail", doc.bill_to_email)
+    name = check_header_value("organization name", doc.bill_to_name)
+    check_header_value("INVOICE_SMTP_FROM", sender)
+    message = EmailMessage(policy=_POLICY)
+    message["Subject"] = subject
+    message["From"] = sender
+    user, _, domain = to_address.rpartition("@")
+    message["To"] = Address(display_name=name, username=user, domain=domain)
+    message["Message-ID"] = message_id(doc, sender)
+    message["Date"] = format_datetime(_noon(doc))
+    return message, name
+
+
+def _attach_pdf(message: EmailMessage, doc: InvoiceDocument, pdf: bytes) -> None:
+    message.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"{doc.number}.pdf")
 
 
 def _links(page_url: str | None, download: PresignedLink | None) -> list[tuple[str, str]]:

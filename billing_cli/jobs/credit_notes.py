@@ -31,14 +31,14 @@ from ..delivery.mailer import MailError
 from ..delivery.payments import PaymentError
 from ..delivery.pdf import PdfError, render_invoice
 from ..delivery.ports import Deliveries
-from ..delivery.storage import StorageError, object_key
+from ..delivery.storage import StorageError
 from ..errors import AlreadyRunning, Refused
 from ..invoices import InvoiceDocument, Seller
 from ..outcomes import Component, Job, RunOutcome, Step
 from ..periods import Month
 from ..summary import RunSummary
 from . import stripe_reversal
-from .deliver import Delivered, attachment_or_link
+from .deliver import Delivered, attachment_or_link, upload_pdf
 
 Renderer = Callable[[InvoiceDocument, Seller], bytes]
 
@@ -75,9 +75,8 @@ def deliver_credit_note(transactions: Transactions, credit_note_id: int, deliver
 
     key = note.s3_key
     if Step.S3 in steps and deliveries.store is not None:
-        key = object_key(deliveries.s3_prefix, document.period, document.organization_id, document.number)
         try:
-            deliveries.store.put(key, pdf, invoice_number=document.number)
+            key = upload_pdf(deliveries, document, pdf)
         except StorageError as exc:
             delivered.error = (Component.S3, f"credit note {note.number}: {exc}")
             return delivered

@@ -56,9 +56,8 @@ def deliver(transactions: Transactions, invoice: StoredInvoice, document: Invoic
     delivered = Delivered()
     key = invoice.s3_key
     if Step.S3 in steps and deliveries.store is not None:
-        key = object_key(deliveries.s3_prefix, document.period, document.organization_id, document.number)
         try:
-            deliveries.store.put(key, pdf, invoice_number=document.number)
+            key = upload_pdf(deliveries, document, pdf)
         except StorageError as exc:
             delivered.error = (Component.S3, str(exc))
             return delivered
@@ -86,6 +85,15 @@ def deliver(transactions: Transactions, invoice: StoredInvoice, document: Invoic
             invoice_store.record_email(conn, invoice.id, message_id(document, deliveries.sender))
         delivered.steps.append(Step.EMAIL)
     return delivered
+
+
+def upload_pdf(deliveries: Deliveries, document: InvoiceDocument, pdf: bytes) -> str:
+    """The document's PDF put in S3 (an invoice, or a credit note beside it); its key. StorageError
+    when the upload failed."""
+    assert deliveries.store is not None
+    key = object_key(deliveries.s3_prefix, document.period, document.organization_id, document.number)
+    deliveries.store.put(key, pdf, invoice_number=document.number)
+    return key
 
 
 def _invoice_email(deliveries: Deliveries, document: InvoiceDocument, pdf: bytes, seller: Seller, *,

@@ -51,8 +51,7 @@ def invoice_month(
     on_outcome: Callable[[OrgOutcome], None] | None = None,
 ) -> InvoiceRunResult:
     started = time.perf_counter()
-    result = InvoiceRunResult(month=options.month, dry_run=options.dry_run, job=options.job,
-                              plan=[] if options.keep_plan else None)
+    result = _new_result(options)
     only = list(options.organizations) or None
     if options.uninvoiced_only:  # a catch-up pass: only what has no invoice yet, read for those alone
         with transactions() as conn:
@@ -103,8 +102,7 @@ def invoice_due(
     on_outcome: Callable[[OrgOutcome], None] | None = None,
 ) -> InvoiceRunResult:
     """The daily run: first, in `catch_up` (earlier months, oldest first), the periods that ended and
-    have no live invoice yet (days the run was missed across the turn of a month, or an invoice
-    voided by hand); then the periods of `options.month` that have ended. Earlier periods go first so
+    have no live invoice yet (runs missed for days or weeks, or an invoice voided by hand); then the periods of `options.month` that have ended. Earlier periods go first so
     that each gets its own invoice, rated with its own plan, before a later invoice would bill it as
     an adjustment. One result for the whole run."""
     earlier: list[InvoiceRunResult] = []
@@ -115,15 +113,19 @@ def invoice_due(
                                      on_outcome=on_outcome))
         if earlier[-1].interrupted:
             break
-    if earlier and (earlier[-1].interrupted or options.stopping):
-        result = InvoiceRunResult(month=options.month, dry_run=options.dry_run, job=options.job,
-                                  plan=[] if options.keep_plan else None)
+    if earlier and (earlier[-1].interrupted or options.stopping):  # stopped before the month itself
+        result = _new_result(options)
         result.interrupted = True
     else:
         result = invoice_month(transactions, options, on_start=on_start, on_outcome=on_outcome)
     for other in earlier:
         result.absorb(other)
     return result
+
+
+def _new_result(options: InvoiceOptions) -> InvoiceRunResult:
+    return InvoiceRunResult(month=options.month, dry_run=options.dry_run, job=options.job,
+                            plan=[] if options.keep_plan else None)
 
 
 def _run(transactions: Transactions, options: InvoiceOptions, handler: PlanHandler, result: InvoiceRunResult,
