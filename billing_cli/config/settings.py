@@ -203,7 +203,7 @@ def _tax_problems(converted: Mapping[str, object]) -> list[Problem]:
     reverse charge, and the seller's id printed on every invoice)."""
     if not converted.get("INVOICE_TAXES"):
         return []
-    return _seller_identity_problems(converted, "INVOICE_TAXES is on", "turn INVOICE_TAXES off", "INVOICE_TAXES")
+    return _seller_identity_problems(converted, "INVOICE_TAXES is on", ", or turn INVOICE_TAXES off", "INVOICE_TAXES")
 
 
 def _einvoice_problems(converted: Mapping[str, object]) -> list[Problem]:
@@ -212,20 +212,20 @@ def _einvoice_problems(converted: Mapping[str, object]) -> list[Problem]:
     if converted.get("INVOICE_EINVOICE") != "facturx" or converted.get("INVOICE_TAXES"):
         return []
     return _seller_identity_problems(converted, "INVOICE_EINVOICE is facturx",
-                                     "(an EN 16931 e-invoice names them), or set INVOICE_EINVOICE=off",
+                                     " (an EN 16931 e-invoice names them), or set INVOICE_EINVOICE=off",
                                      "INVOICE_EINVOICE")
 
 
 def _seller_identity_problems(converted: Mapping[str, object], why: str, otherwise: str, flag: str) -> list[Problem]:
-    """The seller's country and tax id, both set (naming the `flag` that needs them) and valid together."""
+    """The seller's country and tax id, both set (naming the `flag` that needs them, `otherwise`: the
+    rest of the sentence after "set …") and valid together."""
     country, tax_id = converted.get("INVOICE_SELLER_COUNTRY", ""), converted.get("INVOICE_SELLER_TAX_ID", "")
     missing = [name for name, value in (("INVOICE_SELLER_COUNTRY", country), ("INVOICE_SELLER_TAX_ID", tax_id))
                if value is None]
     if missing:
         names = " and ".join(missing)
-        joiner = " " if otherwise.startswith("(") else ", or "
-        return [Problem(f"{why} but {names} {'is' if len(missing) == 1 else 'are'} not set: set {names}"
-                        f"{joiner}{otherwise}", (flag, *missing))]
+        return [Problem(f"{why} but {names} {'is' if len(missing) == 1 else 'are'} not set: set {names}{otherwise}",
+                        (flag, *missing))]
     return _seller_tax_id_problems(country, tax_id)
 
 
