@@ -19,6 +19,7 @@ from ..invoices import InvoiceDocument
 from . import invoice_taxes
 from .line_rows import bounds_params, read_lines
 from ..money import exact_sum
+from ..outcomes import Step
 from ..periods import Month
 from ..pricing import InvoiceLine
 
@@ -41,6 +42,13 @@ class StoredCreditNote:
     stripe_invoice_id: str | None = None  # the credited invoice's, if Stripe had it
     stripe_pending: bool = False  # its Stripe invoice is still to be voided or credited
     stripe_credit_note_id: str | None = None
+
+    def pending_steps(self, enabled: tuple[Step, ...]) -> tuple[Step, ...]:
+        """The steps still missing: its PDF, then those of the deliveries in `enabled`."""
+        done = {Step.S3: self.s3_key is not None, Step.STRIPE: not self.stripe_pending,
+                Step.EMAIL: self.emailed_at is not None}
+        deliveries = tuple(step for step in (Step.S3, Step.STRIPE, Step.EMAIL) if step in enabled and not done[step])
+        return ((Step.PDF,) if self.pdf_sha256 is None else ()) + deliveries
 
 
 _STORED = """

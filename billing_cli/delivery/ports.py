@@ -7,11 +7,14 @@ receive this bundle as an argument and never build adapters themselves.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..outcomes import Step
-from .mailer import Mailer
-from .payments import PaymentGateway
-from .storage import FileStore
+
+if TYPE_CHECKING:  # the adapters' modules load when a run builds them, not for every command
+    from .mailer import Mailer
+    from .payments import PaymentGateway
+    from .storage import FileStore
 
 
 @dataclass(frozen=True)

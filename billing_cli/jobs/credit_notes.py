@@ -24,7 +24,6 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from ..db import credit_note_store, invoice_store
-from ..db.credit_note_store import StoredCreditNote
 from ..db.engine import Transactions
 from ..delivery.invoice_email import BadAddress, build_credit_note_email, message_id
 from ..delivery.mailer import MailError
@@ -43,14 +42,6 @@ from .deliver import Delivered, attachment_or_link, upload_pdf
 Renderer = Callable[[InvoiceDocument, Seller], bytes]
 
 
-def pending_steps(note: StoredCreditNote, enabled: tuple[Step, ...]) -> tuple[Step, ...]:
-    """The steps still missing for a credit note: its PDF, then the deliveries that are on."""
-    done = {Step.S3: note.s3_key is not None, Step.STRIPE: not note.stripe_pending,
-            Step.EMAIL: note.emailed_at is not None}
-    deliveries = tuple(step for step in (Step.S3, Step.STRIPE, Step.EMAIL) if step in enabled and not done[step])
-    return ((Step.PDF,) if note.pdf_sha256 is None else ()) + deliveries
-
-
 def deliver_credit_note(transactions: Transactions, credit_note_id: int, deliveries: Deliveries, seller: Seller,
                         enabled: tuple[Step, ...], renderer: Renderer = render_invoice) -> Delivered:
     """Carry out the credit note's missing steps (PDF, S3, Stripe, e-mail), recording each as it
@@ -60,7 +51,7 @@ def deliver_credit_note(transactions: Transactions, credit_note_id: int, deliver
     with transactions() as conn:
         note = credit_note_store.load(conn, credit_note_id)
         document = credit_note_store.load_document(conn, credit_note_id)
-    steps = pending_steps(note, enabled)
+    steps = note.pending_steps(enabled)
     if not steps:
         return delivered
     try:  # rendered from what is stored: the same bytes every time
@@ -229,5 +220,5 @@ def undelivered_credit_notes(transactions: Transactions, organization_ids: list[
     with transactions() as conn:
         found = credit_note_store.undelivered(conn, organization_ids)
     return {org: ids for org, notes in found.items()
-            if (ids := tuple(n.id for n in notes if pending_steps(n, enabled)))}
+            if (ids := tuple(n.id for n in notes if n.pending_steps(enabled)))}
 

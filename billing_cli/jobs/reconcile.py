@@ -30,7 +30,6 @@ from ..money import exact_sum, to_stripe_amount
 from ..outcomes import Job, RunOutcome, Step
 from ..periods import Month
 from ..summary import RunSummary
-from .credit_notes import pending_steps
 
 KEPT = 1000  # differences kept for the report and --json (all are counted)
 
@@ -143,7 +142,7 @@ def reconcile_month(transactions: Transactions, month: Month, checks: Checks, *,
                                           (Step.EMAIL, checks.email)) if on)
     result.checked["credit_notes"] = len(notes)
     for note in notes:
-        missing = pending_steps(note, enabled)
+        missing = note.pending_steps(enabled)
         if missing:
             found(Difference(Kind.CREDIT_NOTE_UNDELIVERED, note.organization_id, note.number, "delivered",
                              f"missing: {', '.join(missing)}",
