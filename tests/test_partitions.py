@@ -473,3 +473,29 @@ def test_prune_refuses_a_month_whose_anchored_period_the_invoicing_run_left_for_
         from billing_cli.db.partitions import month_record
         assert month_record(conn, Month(2024, 1), ["invoice-monthly", "legacy-run"], "reconcile"
                             ).unbilled_organizations == 1
+
+
+def test_an_event_arriving_for_a_pruned_month_is_reported_until_someone_deals_with_it(billed_months, engine) -> None:
+    """January is pruned; an event for 10 January still arrives. aggregate-hourly reports it (never
+    as billed: the month is closed), and the partition function the report points to for backfilled
+    months refuses a pruned month: recreating January's partition would take the event out of the
+    default partition, where it is reported, into one nothing reads (its hours are final), so it
+    would be neither billed nor reported any more."""
+    from sqlalchemy.exc import DBAPIError
+
+    assert run(billed_months, "reconcile", "--month", "2024-01").exit_code == 0
+    assert run(billed_months, "usage", "prune", "--before", "2024-02").exit_code == 0
+    with engine.begin() as conn:
+        add_event(conn, "acme", "api_calls", "9", utc(2024, 1, 10, 9, 30), key="too-late")
+    scheduled = run(billed_months, "aggregate-hourly", "--json")
+    assert scheduled.exit_code == 0, scheduled.output
+    assert json.loads(scheduled.stdout)["default_partition"] == {"events": 1, "months": {"2024-01": 1}}
+    warning = next(line for line in scheduled.stderr.splitlines() if "default partition" in line)
+    assert "occurred_at in pruned months: 2024-01 (1)): NOT rolled up or billed" in warning, warning
+
+    with pytest.raises(DBAPIError, match="the events of 2024-01 were pruned"), engine.begin() as conn:
+        conn.execute(text("SELECT billing_usage_events_partition('2024-01-01')"))
+    with engine.connect() as conn:
+        assert partition_of(conn, "too-late") == "usage_events_default" and not exists(conn, "usage_events_2024_01")
+    again = run(billed_months, "aggregate-hourly", "--json")
+    assert json.loads(again.stdout)["default_partition"]["months"] == {"2024-01": 1}  # still reported
