@@ -581,3 +581,20 @@ def test_the_daily_run_catches_up_as_far_back_as_late_usage_is_billed(plans) -> 
     assert adjustments == 0 and first.statuses == {"invoiced": 4}
     again = run()
     assert again.statuses == {"already_invoiced": 1}
+
+
+def test_a_catch_up_pass_bills_a_churned_anchored_organization_with_usage_only_in_the_next_month_part(plans) -> None:
+    """Anchor 15, deactivated in December: its only usage, 3 February, is in 15 Jan - 14 Feb. The
+    daily runs of 15 to 29 February were missed: the run of 1 March (month February) catches
+    January up, and its period 15 Jan - 14 Feb gets its own invoice (usage only, no fee)."""
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "gone15", 15)
+        conn.execute(text("UPDATE organizations SET status = 'inactive' WHERE id = 'gone15'"))
+        conn.execute(text("UPDATE organizations SET status_changed_at = :t WHERE id = 'gone15'"),
+                     {"t": utc(2023, 12, 20)})
+        add_usage(conn, "gone15", "api_calls", "300", utc(2024, 2, 3, 0))
+    result = invoice_due(engine.begin, options(FEB, utc(2024, 3, 1, 2)), catch_up=(JAN,))
+    assert result.statuses == {"invoiced": 1}, (result.statuses, result.failed)
+    assert [(n, p0, p1, t) for n, _, p0, p1, t in invoices(engine)["gone15"]] == [
+        ("INV-2024-01-000001", utc(2024, 1, 15), utc(2024, 2, 15), D("3.00"))]  # 300 × 0.01, no fee

@@ -156,3 +156,64 @@ def test_the_one_window_that_can_resend_a_credit_note_email(peers_env, engine, s
     killed_void_then_rerun(peers_env, tmp_path, lambda pid: state.update(victim=pid))
 
     assert_credit_note_delivered_once(engine, s3, mail, killing_stripe, paid=False, extra_emails=1)
+
+
+def test_a_stripe_draft_whose_id_a_crash_kept_from_us_is_deleted_when_its_invoice_is_voided(
+        peers_env, engine, s3, mail, killing_stripe, tmp_path) -> None:
+    """The run was killed right after Stripe created org-1's draft: its id never reached our
+    database. The invoice is voided before any rerun. The void finds the draft by our metadata and
+    deletes it (never sent, never charged), so the replacement the next run issues is the only
+    Stripe invoice of the customer for the period, and no draft of a void invoice is left behind."""
+    proc = subprocess.Popen([*BILLING, "invoice-monthly", "--month", "2024-01"], env=peers_env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _arm_stripe(killing_stripe, "kill_after", stripe_request("POST", r"/v1/invoices"))(proc.pid)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, out, err)
+    with engine.connect() as conn:
+        crashed = conn.execute(text("SELECT id, stripe_invoice_id, organization_id FROM invoices WHERE number = :n"),
+                               {"n": INVOICE}).one()
+    [draft] = killing_stripe.invoices.values()
+    assert crashed.stripe_invoice_id is None and draft["status"] == "draft"
+    assert draft["metadata"]["billing_invoice_id"] == str(crashed.id)
+
+    voided = billing(peers_env, tmp_path, "invoices", "void", INVOICE, "--reason", "Wrong plan", "--yes")
+
+    assert voided.returncode == 0, voided.stdout + voided.stderr
+    assert draft["id"] not in killing_stripe.invoices  # deleted: nothing of the void invoice stays in Stripe
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT stripe_invoice_id, stripe_reversal FROM invoices WHERE id = :i"),
+                            {"i": crashed.id}).one() == (draft["id"], "deleted")
+        assert conn.execute(text("SELECT count(*) FROM credit_notes")).scalar_one() == 0  # never sent
+    rerun = billing(peers_env, tmp_path, "invoice-monthly", "--month", "2024-01")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    with engine.connect() as conn:
+        live = conn.execute(text("SELECT number, stripe_invoice_id FROM invoices WHERE organization_id = 'org-1' "
+                                 "AND status = 'issued'")).one()
+    customer = killing_stripe.invoices[live.stripe_invoice_id]["customer"]
+    assert [(i["id"], i["status"]) for i in killing_stripe.invoices.values() if i["customer"] == customer] == [
+        (live.stripe_invoice_id, "open")]
+
+
+def test_a_stripe_draft_whose_id_a_crash_kept_from_us_is_deleted_when_its_invoice_is_regenerated(
+        peers_env, engine, s3, mail, killing_stripe, tmp_path) -> None:
+    """The same crash, then org-1's invoice is regenerated before any plain rerun: the lost draft is
+    deleted before the replacement goes to Stripe, which then holds one invoice of org-1 for January."""
+    proc = subprocess.Popen([*BILLING, "invoice-monthly", "--month", "2024-01"], env=peers_env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _arm_stripe(killing_stripe, "kill_after", stripe_request("POST", r"/v1/invoices"))(proc.pid)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, out, err)
+    [draft] = killing_stripe.invoices.values()
+
+    regenerated = billing(peers_env, tmp_path, "invoice-monthly", "--month", "2024-01", "--org", "org-1",
+                          "--regenerate")
+
+    assert regenerated.returncode == 0, regenerated.stdout + regenerated.stderr
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT number, status, stripe_invoice_id, stripe_reversal FROM invoices "
+                                 "WHERE organization_id = 'org-1' ORDER BY id")).all()
+    [(old, old_status, old_stripe, reversal), (_, new_status, new_stripe, _)] = rows
+    assert (old, old_status, old_stripe, reversal) == (INVOICE, "void", draft["id"], "deleted")
+    assert draft["id"] not in killing_stripe.invoices and new_status == "issued"
+    assert [(i["id"], i["status"]) for i in killing_stripe.invoices.values()
+            if i["customer"] == draft["customer"]] == [(new_stripe, "open")]

@@ -423,3 +423,79 @@ def test_prune_refuses_the_current_month_and_a_bad_month(db_url, clean_env) -> N
     assert future.exit_code == ExitCode.USAGE and "current month" in future.stderr
     bad = run(db_url, "usage", "prune", "--before", "2024-13")
     assert bad.exit_code == ExitCode.USAGE and "--before '2024-13' is not a month" in bad.stderr
+
+
+def test_prune_refuses_a_month_whose_anchored_period_the_invoicing_run_left_for_later(db_url, engine, tmp_path,
+                                                                                        clean_env, monkeypatch) -> None:
+    """The January run of 5 February 2024 succeeds but leaves acme15's period 15 Jan - 14 Feb (not
+    over yet) for a later run. January's partition holds that period's events of 20 January: it is
+    not pruned, though the run succeeded, because that usage is billed by no invoice yet."""
+    import billing_cli.runs.invoicing as invoicing_run
+
+    plans = tmp_path / "plans.toml"
+    plans.write_text(PLANS)
+    assert run(db_url, "plans", "apply", str(plans)).exit_code == 0
+    with engine.begin() as conn:
+        conn.execute(text("SELECT billing_usage_events_partition('2024-01-01'), "
+                          "billing_usage_events_partition('2024-02-01')"))
+        for org_id in ("acme", "acme15"):
+            add_org(conn, org_id)
+            set_plan(conn, org_id, "pro")
+            add_event(conn, org_id, "api_calls", "100", utc(2024, 1, 20, 9), key=f"{org_id}-jan",
+                      received_at=utc(2024, 1, 20, 9, 1))
+        conn.execute(text("UPDATE organizations SET billing_anchor_day = 15 WHERE id = 'acme15'"))
+        conn.execute(text("UPDATE organizations SET billing_anchor_previous = NULL, billing_anchor_changed_at = NULL "
+                          "WHERE id = 'acme15'"))
+    assert run(db_url, "aggregate-hourly", "--hour", "2024-01-20T09").exit_code == 0
+    monkeypatch.setattr(invoicing_run, "utc_now", lambda: utc(2024, 2, 5, 0, 5))
+    january = run(db_url, "invoice-monthly", "--month", "2024-01", "--json")
+    assert january.exit_code == 0, january.output
+    assert json.loads(january.stdout)["counts"]["invoiced"] == 1  # acme; acme15's period has not ended
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT organization_id FROM invoices")).scalars().all() == ["acme"]
+        assert conn.execute(text("SELECT status FROM job_runs WHERE job = 'invoice-monthly'")).scalar_one() == \
+            "succeeded"
+
+    # Its reconcile says so too: the period's usage is rolled up and billed by no invoice.
+    reconciled = run(db_url, "reconcile", "--month", "2024-01", "--json")
+    assert reconciled.exit_code == ExitCode.MISMATCH, reconciled.output
+    assert ("unbilled_usage", "acme15") in {(d["kind"], d["organization_id"])
+                                            for d in json.loads(reconciled.stdout)["differences"]}
+
+    result, report = prune(db_url, "--before", "2024-02")
+
+    assert result.exit_code == ExitCode.REFUSED, result.output
+    assert "2024-01: usage of 1 organization(s) changed after it was billed" in report["message"], report["message"]
+    assert "its latest billing reconcile ended mismatch" in report["message"]
+    with engine.connect() as conn:
+        assert exists(conn, "usage_events_2024_01") and events_in(conn, "2024-01") == 2
+        # The check that refuses it, on its own (reconcile aside): acme15's usage of January is unbilled.
+        from billing_cli.db.partitions import month_record
+        assert month_record(conn, Month(2024, 1), ["invoice-monthly", "legacy-run"], "reconcile"
+                            ).unbilled_organizations == 1
+
+
+def test_an_event_arriving_for_a_pruned_month_is_reported_until_someone_deals_with_it(billed_months, engine) -> None:
+    """January is pruned; an event for 10 January still arrives. aggregate-hourly reports it (never
+    as billed: the month is closed), and the partition function the report points to for backfilled
+    months refuses a pruned month: recreating January's partition would take the event out of the
+    default partition, where it is reported, into one nothing reads (its hours are final), so it
+    would be neither billed nor reported any more."""
+    from sqlalchemy.exc import DBAPIError
+
+    assert run(billed_months, "reconcile", "--month", "2024-01").exit_code == 0
+    assert run(billed_months, "usage", "prune", "--before", "2024-02").exit_code == 0
+    with engine.begin() as conn:
+        add_event(conn, "acme", "api_calls", "9", utc(2024, 1, 10, 9, 30), key="too-late")
+    scheduled = run(billed_months, "aggregate-hourly", "--json")
+    assert scheduled.exit_code == 0, scheduled.output
+    assert json.loads(scheduled.stdout)["default_partition"] == {"events": 1, "months": {"2024-01": 1}}
+    warning = next(line for line in scheduled.stderr.splitlines() if "default partition" in line)
+    assert "occurred_at in pruned months: 2024-01 (1)): NOT rolled up or billed" in warning, warning
+
+    with pytest.raises(DBAPIError, match="the events of 2024-01 were pruned"), engine.begin() as conn:
+        conn.execute(text("SELECT billing_usage_events_partition('2024-01-01')"))
+    with engine.connect() as conn:
+        assert partition_of(conn, "too-late") == "usage_events_default" and not exists(conn, "usage_events_2024_01")
+    again = run(billed_months, "aggregate-hourly", "--json")
+    assert json.loads(again.stdout)["default_partition"]["months"] == {"2024-01": 1}  # still reported

@@ -54,6 +54,9 @@ class StrayEvents:
 
     events: int = 0
     by_month: dict[str, int] = field(default_factory=dict)  # "YYYY-MM" -> events
+    # Those of by_month's months whose events were pruned: these strays are NOT billed (the month is
+    # closed), and the month's partition is not made again (it would hide them).
+    pruned: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {"events": self.events, "months": self.by_month}
@@ -64,10 +67,15 @@ def stray_events(conn: Connection) -> StrayEvents:
     if conn.execute(text("SELECT to_regclass('usage_events_default') IS NULL")).scalar_one():
         return StrayEvents()
     rows = conn.execute(text("""
-        SELECT to_char(date_trunc('month', occurred_at AT TIME ZONE 'UTC'), 'YYYY-MM') AS month, count(*) AS events
-        FROM usage_events_default GROUP BY 1 ORDER BY 1
+        SELECT s.month, s.events, p.period_start IS NOT NULL AS pruned FROM (
+            SELECT CAST(date_trunc('month', occurred_at AT TIME ZONE 'UTC') AS date) AS first_day,
+                   to_char(date_trunc('month', occurred_at AT TIME ZONE 'UTC'), 'YYYY-MM') AS month, count(*) AS events
+            FROM usage_events_default GROUP BY 1, 2) s
+        LEFT JOIN usage_pruned_months p ON p.period_start = s.first_day
+        ORDER BY 1
     """)).all()
-    return StrayEvents(sum(r.events for r in rows), {r.month: r.events for r in rows})
+    return StrayEvents(sum(r.events for r in rows), {r.month: r.events for r in rows},
+                       tuple(r.month for r in rows if r.pruned))
 
 
 @dataclass(frozen=True)

@@ -98,12 +98,13 @@ def count_to_invoice(session: Connection, month: Month, *, late_months: int, onl
 
 
 def uninvoiced(session: Connection, month: Month, *, late_months: int, only: list[str] | None = None,
-               shard: Shard = Shard()) -> list[str]:
-    """The organizations to invoice for the month that have no live invoice of it."""
+               shard: Shard = Shard(), periods: Mapping[str, BillingPeriod] | None = None) -> list[str]:
+    """The organizations to invoice for the month that have no live invoice of it (`periods`: the
+    anchored ones, so that usage in the part of a period that reaches into the next month counts)."""
     where, params = _filters(only, shard, column="o.id")
     where += _exclusions(None, True)
     return list(session.execute(text(f"SELECT o.id FROM organizations o WHERE {_TO_INVOICE}{where} ORDER BY o.id"),
-                                {**params, **_window(month, late_months)}).scalars())
+                                {**params, **_window(month, late_months, periods)}).scalars())
 
 
 def _exclusions(excluded: list[str] | None, uninvoiced_only: bool) -> str:

@@ -27,11 +27,11 @@ from ..db import credit_note_store, invoice_store
 from ..db.engine import Transactions
 from ..delivery.invoice_email import BadAddress, build_credit_note_email, message_id
 from ..delivery.mailer import MailError
-from ..delivery.payments import PaymentError
+from ..delivery.payments import PaymentError, PaymentGateway
 from ..delivery.pdf import PdfError, render_invoice
 from ..delivery.ports import Deliveries
 from ..delivery.storage import StorageError
-from ..errors import AlreadyRunning, Refused
+from ..errors import AlreadyRunning, PeerUnavailable, Refused
 from ..invoices import InvoiceDocument, Seller
 from ..outcomes import Component, Job, RunOutcome, Step
 from ..periods import Month
@@ -189,6 +189,8 @@ def void_invoice(transactions: Transactions, number: str, reason: str, *, delive
         if not alone:
             raise AlreadyRunning(f"another run is handling organization {plan.organization_id} right now: invoice "
                                  f"{number} was not voided", hint="Run the same command again in a moment.")
+        if deliveries.payments is not None:
+            _adopt_lost_draft(transactions, deliveries.payments, number)
         with transactions() as conn:
             row = invoice_store.invoice_by_number(conn, number)
             assert row is not None
@@ -196,7 +198,7 @@ def void_invoice(transactions: Transactions, number: str, reason: str, *, delive
                 raise Refused(f"invoice {number} was voided meanwhile by another run", hint="Nothing was changed.")
             note = credit_note_store.of_invoice(conn, row.id)
         result = VoidResult(plan, reason)
-        if note is None and deliveries.payments is not None and plan.in_stripe:
+        if note is None and deliveries.payments is not None and row.stripe_invoice_id is not None:
             # Not sent as far as we recorded: its Stripe draft is deleted; or, if Stripe has it
             # finalized (sent by a run that crashed before recording it), voided and credited.
             try:
@@ -212,6 +214,23 @@ def void_invoice(transactions: Transactions, number: str, reason: str, *, delive
             result.steps, result.error = delivered.steps, delivered.error
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _adopt_lost_draft(transactions: Transactions, gateway: PaymentGateway, number: str) -> None:
+    """The invoice's Stripe draft whose id a crash kept from us, recorded so that the void deletes it
+    (stripe_reversal.adopt_lost_draft). Stripe not answering stops the void before anything changed:
+    voided first, such a draft would never be found again."""
+    with transactions() as conn:
+        found = invoice_store.invoice_by_number(conn, number)
+        live = invoice_store.load_live_invoice(conn, found.id) if found is not None else None
+    if live is None:
+        return  # voided meanwhile: the void below says so
+    try:
+        stripe_reversal.adopt_lost_draft(transactions, gateway, live)
+    except PaymentError as exc:
+        raise PeerUnavailable(f"could not ask Stripe whether it holds a draft of {number} whose id a crash kept from "
+                              f"the database ({exc}): invoice {number} was not voided",
+                              hint="Nothing was changed: run the same command again once Stripe answers.") from None
 
 
 def undelivered_credit_notes(transactions: Transactions, organization_ids: list[str],

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ..db import credit_note_store, invoice_store
 from ..db.engine import Transactions
-from ..db.invoice_store import PendingReversal
+from ..db.invoice_store import PendingReversal, StoredInvoice
 from ..delivery.payments import PaymentError, PaymentGateway
 
 
@@ -51,6 +51,22 @@ def reverse_pending(transactions: Transactions, gateway: PaymentGateway, organiz
                 credit_note_store.issue_for_void(conn, item.id, finalized_in_stripe=True)
         done.append(item.number)
     return done
+
+
+def adopt_lost_draft(transactions: Transactions, gateway: PaymentGateway, invoice: StoredInvoice) -> bool:
+    """Before a live invoice that has no Stripe id is voided: the Stripe draft a crash may have
+    kept from us (killed between Stripe's answer to the draft's creation and its record) is looked
+    up by our metadata and recorded on the invoice, so that the void reverses it (deletes the draft)
+    like any other instead of leaving it in Stripe for ever. True when one was found. A draft is only
+    made for a customer recorded first: without one there is nothing to look for."""
+    if invoice.stripe_invoice_id is not None or invoice.stripe_customer_id is None:
+        return False
+    found = gateway.find_invoice(invoice.stripe_customer_id, invoice.id)
+    if found is None:
+        return False
+    with transactions() as conn:
+        invoice_store.record_stripe_invoice(conn, invoice.id, found.id, "draft")
+    return True
 
 
 def reverse(gateway: PaymentGateway, item: PendingReversal) -> tuple[str, str | None]:

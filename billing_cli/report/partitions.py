@@ -94,9 +94,21 @@ def partitions_created(output: Output, upkeep: PartitionUpkeep) -> None:
 
 
 def default_partition_warning(stray: StrayEvents) -> str:
-    months = list(stray.by_month.items())
-    shown = ", ".join(f"{month} ({number(count)})" for month, count in months[:5]) + \
-        (f" and {len(months) - 5} more months" if len(months) > 5 else "")
+    open_months = [(m, n) for m, n in stray.by_month.items() if m not in stray.pruned]
+    pruned = [(m, n) for m, n in stray.by_month.items() if m in stray.pruned]
+    parts = []
+    if open_months:
+        parts.append(f"(occurred_at in {_months(open_months)}): rolled up and billed all the same; check the "
+                     "producer's clock, or for a backfilled month create its partition: "
+                     "SELECT billing_usage_events_partition('YYYY-MM-01')")
+    if pruned:
+        parts.append(f"(occurred_at in pruned months: {_months(pruned)}): NOT rolled up or billed, those months' "
+                     "events were pruned (billing usage prune) and their partitions are not made again; find out "
+                     "why they arrived, then delete them")
     return (f"{number(stray.events)} usage events are in usage_events' default partition, outside every monthly "
-            f"partition (occurred_at in {shown}): rolled up and billed all the same; check the producer's clock, "
-            "or for a backfilled month create its partition: SELECT billing_usage_events_partition('YYYY-MM-01')")
+            f"partition {'; and '.join(parts)}")
+
+
+def _months(months: list[tuple[str, int]]) -> str:
+    return ", ".join(f"{month} ({number(count)})" for month, count in months[:5]) + \
+        (f" and {len(months) - 5} more months" if len(months) > 5 else "")

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from ...db import invoice_store
 from ...db.engine import Transactions
 from ...db.invoice_store import StoredInvoice
+from ...delivery.payments import PaymentError
 from ...errors import BillingError
 from ...invoices import InvoiceDocument, due_date
 from ...outcomes import DELIVERY_STEPS, Component, OrgStatus, Step
@@ -102,6 +103,16 @@ class Acting:
         options, org, invoice = self.options, plan.organization, plan.invoice
         assert invoice is not None
         due = due_date(options.issue_date, options.payment_terms_days)
+        lost_draft = False
+        if plan.existing is not None and options.deliveries.payments is not None:
+            try:  # a draft of the invoice replaced whose id a crash kept from us: deleted like any other
+                lost_draft = stripe_reversal.adopt_lost_draft(self.transactions, options.deliveries.payments,
+                                                              plan.existing)
+            except PaymentError as exc:
+                outcome.fail(Component.STRIPE, f"could not ask Stripe whether it holds a draft of "
+                                               f"{plan.existing.number} whose id a crash kept from us ({exc}): "
+                                               "nothing issued; rerun")
+                return
         try:
             stored = self._issuer.submit(invoice_store.IssueRequest(
                 organization_id=org.id, bill_to_name=org.name, bill_to_email=org.email, invoice=invoice,
@@ -127,7 +138,7 @@ class Acting:
         outcome.number, outcome.currency, outcome.total = stored.number, stored.currency, stored.total
         outcome.tax = invoice.tax_total if invoice.taxes else None
         outcome.steps.append(Step.ISSUED)
-        steps = self._reverse_in_stripe(plan, outcome)  # the replaced invoice leaves Stripe first
+        steps = self._reverse_in_stripe(plan, outcome, lost_draft)  # the replaced invoice leaves Stripe first
         self._deliver_credit_notes(plan, outcome)  # its credit note reaches the customer before the replacement
         # Just issued: the document is known without reading it back.
         document = InvoiceDocument(stored.number, org.id, org.name, org.email, options.month, options.issue_date,
@@ -138,13 +149,14 @@ class Acting:
                                    bounds=invoice.bounds)
         self._carry_out_steps(stored, document, steps, outcome)
 
-    def _reverse_in_stripe(self, plan: OrgPlan, outcome: OrgOutcome) -> tuple[Step, ...]:
+    def _reverse_in_stripe(self, plan: OrgPlan, outcome: OrgOutcome, lost_draft: bool = False) -> tuple[Step, ...]:
         """Void (or credit, or delete) the Stripe invoices of this organization's void invoices,
-        as stored now, under its lock. Returns the plan's steps that may go ahead: all of them,
+        as stored now, under its lock (`lost_draft`: the one replaced now had a draft found since
+        the plan was made). Returns the plan's steps that may go ahead: all of them,
         or, if a reversal failed, none that reaches Stripe or the customer (never asked to pay
         twice for a period); a rerun carries on."""
         gateway = self.options.deliveries.payments
-        if not plan.reversals or gateway is None:
+        if not (plan.reversals or lost_draft) or gateway is None:
             return plan.steps
         try:
             done = stripe_reversal.reverse_pending(self.transactions, gateway, plan.organization.id)

@@ -55,8 +55,10 @@ def invoice_month(
     only = list(options.organizations) or None
     if options.uninvoiced_only:  # a catch-up pass: only what has no invoice yet, read for those alone
         with transactions() as conn:
+            # The anchored periods too: a period reaching into the next month may hold all its usage there.
+            anchored = period_store.anchored_periods(conn, options.month, only=only, shard=options.shard)
             only = usage_store.uninvoiced(conn, options.month, late_months=options.late_usage_months, only=only,
-                                          shard=options.shard)
+                                          shard=options.shard, periods=anchored.periods)
         if not only:
             return result
     with transactions() as conn:
