@@ -4,14 +4,18 @@ with the difference named for each kind of disagreement; exit 12 when a service 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
 from billing_cli.cli import app
+from billing_cli.db.plan_store import save_plans
 from billing_cli.errors import ExitCode
-from tests.data import PLANS, add_event, add_org, set_plan, utc
+from billing_cli.periods import Month, utc_now
+from billing_cli.plan_file import parse_plans
+from tests.data import PLANS, add_event, add_org, add_usage, set_plan, utc
 from tests.peers.fixtures import peer_env
 
 runner = CliRunner()
@@ -179,3 +183,25 @@ def test_organization_ids_that_sort_differently_by_locale_and_by_bytes_reconcile
     assert [(d["kind"], d["organization_id"]) for d in report["differences"]] == [("orphan_usage", "ghost")], \
         report["differences"]
     assert result.exit_code == ExitCode.MISMATCH
+
+
+def test_usage_of_a_period_still_running_is_not_called_unbilled(engine, db_url) -> None:
+    """Reconciling a month before its periods end (an anchored organization's period runs into the
+    next month; the daily reconcile checks the previous month from the 1st): the usage is rolled up
+    but no invoice can bill it yet, which is no difference. Events against roll-ups still are."""
+    month = Month.containing(utc_now())  # its periods end next month at the earliest: after now
+    day15 = month.start.replace(day=15)  # in the anchored period 15th - 14th, whatever today is
+    with engine.begin() as conn:
+        save_plans(conn, parse_plans(PLANS))
+        for org_id, anchor, at in (("cal", None, month.start), ("a15", 15, day15)):
+            add_org(conn, org_id)
+            set_plan(conn, org_id, "pro")
+            conn.execute(text("UPDATE organizations SET billing_anchor_day = :d WHERE id = :o"), {"d": anchor, "o": org_id})
+            add_event(conn, org_id, "api_calls", "100", at, key=f"{org_id}-1")
+            add_usage(conn, org_id, "api_calls", "100", at)
+        add_event(conn, "a15", "api_calls", "7", day15 + timedelta(hours=2), key="a15-late")  # not rolled up yet
+    check = runner.invoke(app, ["reconcile", "--month", str(month), "--json"], env={"DATABASE_URL": db_url})
+    assert check.exit_code == 11, check.output
+    document = json.loads(check.stdout)
+    assert [(d["kind"], d["organization_id"]) for d in document["differences"]] == [("rollup_behind", "a15")]
+    assert document["counts"]["usage_rows_period_running"] == 2  # compared with invoices once the periods end

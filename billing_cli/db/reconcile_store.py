@@ -28,6 +28,7 @@ class UsageRow:
     billed: Decimal  # the sum billed by live invoices (their own month and adjustments)
     known: bool  # the organization has an organizations row
     free: bool  # the organization's plan lists the metric as free
+    due: bool = True  # its period of the month has ended: what it used should be billed by now
 
 
 def usage_differences(conn: Connection, month: Month, only: list[str] | None, *, events_pruned: bool = False,
@@ -78,10 +79,13 @@ def usage_differences(conn: Connection, month: Month, only: list[str] | None, *,
             FULL JOIN bl ON bl.organization_id = coalesce(ev.organization_id, hr.organization_id)
                         AND bl.metric = coalesce(ev.metric, hr.metric)
         )
-        SELECT p.*, o.id IS NOT NULL AS known, coalesce(p.metric = ANY(pp.free_metrics), false) AS free
+        SELECT p.*, o.id IS NOT NULL AS known, coalesce(p.metric = ANY(pp.free_metrics), false) AS free,
+               coalesce(w.pe, :end) <= now() AS due
         FROM pairs p
         LEFT JOIN organizations o ON o.id = p.organization_id
         LEFT JOIN price_plans pp ON pp.id = o.price_plan_id
+        LEFT JOIN unnest(CAST(:period_orgs AS varchar[]), CAST(:period_ends AS timestamptz[])) AS w(org, pe)
+               ON w.org = p.organization_id
         WHERE p.events <> p.rolled_up OR p.rolled_up <> p.billed OR o.id IS NULL
         ORDER BY 1, 2
     """
@@ -91,7 +95,7 @@ def usage_differences(conn: Connection, month: Month, only: list[str] | None, *,
               "period_ends": [end for _, end in windows.values()]}
     for row in engine.stream_rows(conn, text(sql), params):
         yield UsageRow(row.organization_id, row.metric, Decimal(row.events), Decimal(row.rolled_up),
-                       Decimal(row.billed), row.known, row.free)
+                       Decimal(row.billed), row.known, row.free, row.due)
 
 
 def period_windows(conn: Connection, month: Month, only: list[str] | None) -> Windows:
