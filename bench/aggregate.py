@@ -145,6 +145,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "(default: BENCH_DATABASE_URL, else %(default)s)")
     parser.add_argument("--scratch-database", default=SCRATCH_DB, metavar="NAME",
                         help="name of the scratch database, created and dropped (default %(default)s)")
+    parser.add_argument("--baseline-code", default=None, metavar="DIR",
+                        help="also time (e0): the scheduled run of (e) with the billing_cli package found in DIR "
+                             "(put first on PYTHONPATH; e.g. a `git archive` of the code before a change), in the "
+                             "same rounds as (e): before and after on the same data")
     parser.add_argument("--naive-sample", type=int, default=None, metavar="K",
                         help="time the naive loop on K organizations and extrapolate; 0 = always all "
                              "organizations. Default: all if estimated under ~2 minutes, else 500")
@@ -475,6 +479,7 @@ class Steady:
     hours (the lookback among them) were rolled up by earlier runs and are unchanged."""
 
     process: list[float] = field(default_factory=list)      # (e)
+    baseline: list[float] = field(default_factory=list)     # (e0): (e) with --baseline-code
     psql: list[float] = field(default_factory=list)         # (b2)
     in_process: list[float] = field(default_factory=list)   # (e')
     check: list[float] = field(default_factory=list)        # (e')'s find_late_hours part
@@ -484,6 +489,7 @@ class Steady:
     start_line: str = ""
     # per run of (e) and (e'): the hours rolled up besides the measured one (the target: none)
     again_process: list[list[datetime]] = field(default_factory=list)
+    again_baseline: list[list[datetime]] = field(default_factory=list)
     again_in_process: list[list[datetime]] = field(default_factory=list)
 
 
@@ -541,7 +547,13 @@ def steady_reset(conn: psycopg.Connection) -> None:
 
 def steady_command() -> list[str]:
     """`billing aggregate-hourly --plain` as cron starts it, with only its clock pinned."""
-    return [sys.executable, "-c", STEADY_LAUNCHER, PINNED_NOW.isoformat(), "aggregate-hourly", "--plain"]
+    # -P: not the current directory first on sys.path (it may hold another billing_cli), like the
+    # `billing` console script, which imports the installed package or PYTHONPATH's.
+    return [sys.executable, "-P", "-c", STEADY_LAUNCHER, PINNED_NOW.isoformat(), "aggregate-hourly", "--plain"]
+
+
+def baseline_env(env: dict[str, str], code: str) -> dict[str, str]:
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in (code, env.get("PYTHONPATH")) if p)}
 
 
 def run_scheduled(env: dict[str, str]) -> str:
@@ -626,7 +638,7 @@ def run_bare_in_process(engine) -> None:
 def measure_steady_once(conn: psycopg.Connection, engine, url: str, script: Path, env: dict[str, str],
                         args: argparse.Namespace, loaded: Loaded, steady: Steady, i: int) -> None:
     """One run of each steady measurement, from the same state, the order rotated per round."""
-    order = ["e", "b2", "e'", "b'"]
+    order = ["e", "b2", "e'", "b'"] + (["e0"] if args.baseline_code else [])
     order = order[i % len(order):] + order[:i % len(order)]
     for name in order:
         steady_reset(conn)
@@ -637,6 +649,12 @@ def measure_steady_once(conn: psycopg.Connection, engine, url: str, script: Path
             steady.process.append(time.perf_counter() - started)
             steady.start_line, late = check_scheduled_output(stdout, f"(e) run {i + 1}", args)
             seconds = steady.process[-1]
+        elif name == "e0":
+            started = time.perf_counter()
+            stdout = run_scheduled(baseline_env(env, args.baseline_code))
+            steady.baseline.append(time.perf_counter() - started)
+            _, late = check_scheduled_output(stdout, f"(e0) run {i + 1}", args)
+            seconds = steady.baseline[-1]
         elif name == "b2":
             steady.psql.append(seconds := timed(lambda: run_psql(url, script)))
         elif name == "e'":
@@ -652,6 +670,8 @@ def measure_steady_once(conn: psycopg.Connection, engine, url: str, script: Path
                              f"the run said {late}")
         if name == "e":
             steady.again_process.append(again)
+        elif name == "e0":
+            steady.again_baseline.append(again)
         elif name == "e'":
             steady.again_in_process.append(again)
         print(f"  ({name}) run {i + 1}: {seconds:.3f} s"
@@ -725,6 +745,10 @@ def measure_job_and_floor(conn: psycopg.Connection, url: str, args: argparse.Nam
         steady_reset(conn)
         check_scheduled_output(run_scheduled(env), "(e) warm-up", args)
         check_steady_state(conn, "(e) warm-up", loaded, args)
+        if args.baseline_code:
+            steady_reset(conn)
+            check_scheduled_output(run_scheduled(baseline_env(env, args.baseline_code)), "(e0) warm-up", args)
+            check_steady_state(conn, "(e0) warm-up", loaded, args)
         print(f"  steady state: {steady.history_rows:,} usage_hourly rows of history, set up in "
               f"{steady.setup_seconds:.0f} s", flush=True)
         for i in range(args.repeat):
@@ -792,6 +816,8 @@ def report(args: argparse.Namespace, machine: dict[str, str], job: list[float], 
     lines += [
         "  steady state: the history hours (lookback included) rolled up, the measured hour not:",
         f"{'(e) billing aggregate-hourly, scheduled':45} {e:9.3f}   {runs(steady.process)}",
+        *([f"{'(e0) the same, --baseline-code':45} {statistics.median(steady.baseline):9.3f}   "
+           f"{runs(steady.baseline)}"] if steady.baseline else []),
         f"{'(b2) psql -f APPLY_SQL, steady state':45} {b2:9.3f}   {runs(steady.psql)}",
         f"{label_e1:45} {e1:9.3f}   {runs(steady.in_process)}",
         f"{'     of which find_late_hours':45} {e1_check:9.3f}   {runs(steady.check)}",
@@ -819,6 +845,7 @@ def report(args: argparse.Namespace, machine: dict[str, str], job: list[float], 
               "ROLLED UP AGAIN (found late, although unchanged): "
               + "; ".join(f"{label} runs: " + " | ".join(",".join(f"{h:%H}:00Z" for h in run) or "-" for run in r)
                           for label, r in (("(e)", steady.again_process), ("(e')", steady.again_in_process))))
+    again0 = sorted({h for run in steady.again_baseline for h in run})
     lines += [
         "",
         f"(e) the scheduled run (`billing aggregate-hourly --plain`, no --hour, default lookback) at "
@@ -830,6 +857,10 @@ def report(args: argparse.Namespace, machine: dict[str, str], job: list[float], 
         f"    Every run rolled up {HOUR_ARG}:00Z equal to the reference, the history unchanged. {reread}.",
         f"    Start line of the last (e): {steady.start_line}",
         f"e / b   = {e / b:6.2f}   target <= {STEADY_TARGET:.2f}   {'PASS' if ok_e else 'FAIL'}",
+        *([f"e0 / b  = {statistics.median(steady.baseline) / b:6.2f}   (the baseline code {args.baseline_code}; "
+           f"e / e0 = {e / statistics.median(steady.baseline):.2f}; its runs rolled up again: "
+           + (" | ".join(",".join(f"{h:%H}:00Z" for h in run) or "-" for run in steady.again_baseline)
+              if again0 else "nothing") + ")"] if steady.baseline else []),
         f"e / a   = {e / a:6.2f}",
         f"e' / b' = {e1 / b1:6.2f}   (in-process: the lookback check and the job around the statement)",
         f"e / b2  = {e / b2:6.2f}   (process vs psql, both in the steady state)",
