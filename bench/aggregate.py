@@ -321,8 +321,18 @@ def psql_script(path: Path) -> Path:
     return path
 
 
-def run_billing(billing: str, env: dict[str, str]) -> None:
-    common.run_checked([billing, "aggregate-hourly", "--hour", HOUR_ARG, "--lookback", "0", "--plain"], env=env)
+def run_billing(billing: str, env: dict[str, str]) -> str:
+    return common.run_checked([billing, "aggregate-hourly", "--hour", HOUR_ARG, "--lookback", "0", "--plain"],
+                              env=env).stdout
+
+
+def rollup_seconds(stdout: str) -> float:
+    """The roll-up's own time inside a `--plain` run: its summary's seconds (aggregate_hours, every
+    hour it rolled up; not the start-up, the late-hours check or the partition upkeep)."""
+    summary = common.plain_records(stdout, "summary")
+    if len(summary) != 1 or "seconds" not in summary[0]:
+        raise BenchError(f"no summary with seconds in:\n{stdout[-2000:]}")
+    return float(summary[0]["seconds"])
 
 
 def run_psql(url: str, script: Path) -> None:
@@ -480,6 +490,10 @@ class Steady:
 
     process: list[float] = field(default_factory=list)      # (e)
     baseline: list[float] = field(default_factory=list)     # (e0): (e) with --baseline-code
+    # the roll-up's own seconds inside the processes (their summaries): (a), (e), (e0)
+    job_rollup: list[float] = field(default_factory=list)
+    process_rollup: list[float] = field(default_factory=list)
+    baseline_rollup: list[float] = field(default_factory=list)
     psql: list[float] = field(default_factory=list)         # (b2)
     in_process: list[float] = field(default_factory=list)   # (e')
     check: list[float] = field(default_factory=list)        # (e')'s find_late_hours part
@@ -648,12 +662,14 @@ def measure_steady_once(conn: psycopg.Connection, engine, url: str, script: Path
             stdout = run_scheduled(env)
             steady.process.append(time.perf_counter() - started)
             steady.start_line, late = check_scheduled_output(stdout, f"(e) run {i + 1}", args)
+            steady.process_rollup.append(rollup_seconds(stdout))
             seconds = steady.process[-1]
         elif name == "e0":
             started = time.perf_counter()
             stdout = run_scheduled(baseline_env(env, args.baseline_code))
             steady.baseline.append(time.perf_counter() - started)
             _, late = check_scheduled_output(stdout, f"(e0) run {i + 1}", args)
+            steady.baseline_rollup.append(rollup_seconds(stdout))
             seconds = steady.baseline[-1]
         elif name == "b2":
             steady.psql.append(seconds := timed(lambda: run_psql(url, script)))
@@ -756,7 +772,10 @@ def measure_job_and_floor(conn: psycopg.Connection, url: str, args: argparse.Nam
             for name, times in order:
                 reset(conn)
                 if name == "a":
-                    times.append(timed(lambda: run_billing(billing, env)))
+                    started = time.perf_counter()
+                    stdout = run_billing(billing, env)
+                    times.append(time.perf_counter() - started)
+                    steady.job_rollup.append(rollup_seconds(stdout))
                 else:
                     times.append(timed(lambda: run_psql(url, script)))
                 verify(conn, f"({name}) run {i + 1}")
@@ -867,6 +886,13 @@ def report(args: argparse.Namespace, machine: dict[str, str], job: list[float], 
         f"b2 / b  = {b2 / b:6.2f}   (the bare statement, steady state vs fresh)",
         f"e - e'  = {e - e1:.3f} s (the process: interpreter, imports, configuration, connecting, run records)",
         f"find_late_hours in (e'): {e1_check:.3f} s = {e1_check / b1:.3f} x (b')",
+        "inside the processes, by their summaries' seconds (the roll-up of their hours) and the rest "
+        "(start-up, late-hours check, partition upkeep, run records), medians:",
+        *(f"    {name}: roll-up {statistics.median(inner):.3f} s ({runs(inner)}), rest "
+          f"{statistics.median([t - r for t, r in zip(total, inner)]):.3f} s "
+          f"({runs([t - r for t, r in zip(total, inner)])})"
+          for name, total, inner in (("(a) ", job, steady.job_rollup), ("(e) ", steady.process, steady.process_rollup),
+                                     ("(e0)", steady.baseline, steady.baseline_rollup)) if inner),
     ]
     expensive = d / b > LATE_CHECK_EXPENSIVE
     lines += [
