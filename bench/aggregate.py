@@ -785,6 +785,7 @@ def measure_job_and_floor(conn: psycopg.Connection, url: str, args: argparse.Nam
             print(f"  (d) run {i + 1}: {late.times[-1]:.3f} s", flush=True)
             steady_restore(conn)
             measure_steady_once(conn, engine, url, script, env, args, loaded, steady, i)
+        late_check_state(conn, args, loaded)  # the steady runs left their own aggregated_hours
         late_check_extras(engine, late)
     finally:
         engine.dispose()
