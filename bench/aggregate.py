@@ -43,6 +43,17 @@ scheduled run at T, whose window with the default lookback (2 hours) is [HOUR - 
 before the measured hour, received now) is added in a transaction that is rolled back, and the check
 must then find exactly that hour.
 
+(e) the scheduled run, `billing aggregate-hourly --plain` (no --hour, the default lookback), as a
+whole process in the steady state: the history hours rolled up beforehand (apply_hour, once), each
+recorded in aggregated_hours 5 s after its end with what its roll-up saw, the measured hour not rolled
+up. Its clock alone is pinned to just after the measured hour (STEADY_LAUNCHER), so the measured
+hour is "the previous hour". Each run must roll up the measured hour equal to the reference; any
+other hour it rolls up (found late) is printed. Target: (e) <= 1.15 x (b). In the same state and
+rounds: (b2) the statement by psql, (e') find_late_hours + aggregate_hours in-process (and the
+check's share), (b') the statement in-process; with --baseline-code DIR, (e0): (e) with the
+billing_cli found in DIR (before/after on the same data). The roll-up's own seconds inside (a), (e)
+and (e0) come from their --plain summaries.
+
 If a naive loop over every organization would take more than ~2 minutes, it is timed on an evenly
 spaced sample of organizations and extrapolated linearly (the output says so).
 
