@@ -465,7 +465,7 @@ def test_prune_refuses_a_month_whose_anchored_period_the_invoicing_run_left_for_
     result, report = prune(db_url, "--before", "2024-02")
 
     assert result.exit_code == ExitCode.REFUSED, result.output
-    assert "2024-01: usage of 1 organization(s) changed after it was billed" in report["message"], report["message"]
+    assert "2024-01: usage of 1 organization(s) not billed yet" in report["message"], report["message"]
     assert "its latest billing reconcile ended mismatch" in report["message"]
     with engine.connect() as conn:
         assert exists(conn, "usage_events_2024_01") and events_in(conn, "2024-01") == 2

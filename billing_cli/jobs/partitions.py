@@ -139,7 +139,8 @@ def refusal_reasons(record: store.MonthRecord) -> list[str]:
     if not month_is_invoiced(record.invoiced_shards):
         reasons.append("not invoiced (no successful invoice-monthly or legacy-run over every organization)")
     if record.unbilled_organizations:
-        reasons.append(f"usage of {record.unbilled_organizations} organization(s) changed after it was billed")
+        reasons.append(f"usage of {record.unbilled_organizations} organization(s) not billed yet (changed after its "
+                       "invoice, or in a period not invoiced yet)")
     if record.reconcile_status is None:
         reasons.append("not reconciled (no billing reconcile over every organization)")
     elif record.reconcile_status != "succeeded":
