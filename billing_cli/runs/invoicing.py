@@ -21,6 +21,13 @@ from ..schedules import parse_schedule
 from .lifecycle import Finished, LockGuard, RunSpec, RunView, run_job
 from .wiring import deliveries_from_settings, seller_from_settings, taxes_from_settings
 
+# Database connections kept for the worker threads, whatever INVOICE_CONCURRENCY is. A worker holds
+# one only for a short transaction, never across a call to S3, Stripe or SMTP, so a few serve many
+# workers; the pool opens more for a burst (SQLAlchemy's overflow) and closes them after. The 3 more:
+# the run's lock session (held for the whole run), the month's usage stream, one spare. So raising
+# the concurrency for Stripe's rate does not multiply the connections of every shard.
+WORKER_CONNECTIONS = 8
+
 
 @dataclass(frozen=True)
 class InvoiceRequest:
@@ -126,7 +133,7 @@ def _run(job: Job, request: InvoiceRequest, settings: Settings, view: InvoicingV
     catch_up = catch_up_months(job, request, settings, options)
     sharded = str(options.shard) if options.shard.count > 1 else None
     spec = RunSpec(job=job, period=options.month, lock_scope=f"invoice:{options.month}:{options.shard}",
-                   dry_run=options.dry_run, shard=sharded, pool_size=options.concurrency + 3,
+                   dry_run=options.dry_run, shard=sharded, pool_size=min(options.concurrency, WORKER_CONNECTIONS) + 3,
                    targeted=bool(options.organizations),
                    parameters={"month": str(options.month), "organizations": list(options.organizations),
                                "regenerate": options.regenerate, "shard": sharded})
