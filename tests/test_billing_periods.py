@@ -453,16 +453,22 @@ def test_legacy_run_keeps_process_month_calendar_months_and_periods_starting_in_
     assert [(p0, p1, t) for _, _, p0, p1, t in found["calendar"]] == [(utc(2024, 1, 1), utc(2024, 2, 1), D("10.00"))]
 
 
-def test_a_churned_anchored_organization_gets_its_usage_of_the_next_month_part_of_its_period(plans) -> None:
-    """Anchor 15, deactivated in December: its only usage, 3 February, is in 15 Jan - 14 Feb. The
-    January run bills it (usage only: no fee for a period it was inactive in)."""
-    engine = plans
+def churned_with_usage_in_february(engine) -> None:
+    """gone15: anchor 15, inactive since 20 Dec 2023; its only usage, 300 calls on 3 Feb 2024, is in
+    its period 15 Jan - 14 Feb."""
     with engine.begin() as conn:
         org(conn, "gone15", 15)
         conn.execute(text("UPDATE organizations SET status = 'inactive' WHERE id = 'gone15'"))
         conn.execute(text("UPDATE organizations SET status_changed_at = :t WHERE id = 'gone15'"),
                      {"t": utc(2023, 12, 20)})
         add_usage(conn, "gone15", "api_calls", "300", utc(2024, 2, 3, 0))
+
+
+def test_a_churned_anchored_organization_gets_its_usage_of_the_next_month_part_of_its_period(plans) -> None:
+    """Anchor 15, deactivated in December: its only usage, 3 February, is in 15 Jan - 14 Feb. The
+    January run bills it (usage only: no fee for a period it was inactive in)."""
+    engine = plans
+    churned_with_usage_in_february(engine)
     result = invoice_month(engine.begin, options(JAN, utc(2024, 3, 1)))
     assert result.organizations_found == 1 and result.statuses == {"invoiced": 1}, result.failed
     assert [(p0, p1, t) for _, _, p0, p1, t in invoices(engine)["gone15"]] == [
@@ -588,12 +594,7 @@ def test_a_catch_up_pass_bills_a_churned_anchored_organization_with_usage_only_i
     daily runs of 15 to 29 February were missed: the run of 1 March (month February) catches
     January up, and its period 15 Jan - 14 Feb gets its own invoice (usage only, no fee)."""
     engine = plans
-    with engine.begin() as conn:
-        org(conn, "gone15", 15)
-        conn.execute(text("UPDATE organizations SET status = 'inactive' WHERE id = 'gone15'"))
-        conn.execute(text("UPDATE organizations SET status_changed_at = :t WHERE id = 'gone15'"),
-                     {"t": utc(2023, 12, 20)})
-        add_usage(conn, "gone15", "api_calls", "300", utc(2024, 2, 3, 0))
+    churned_with_usage_in_february(engine)
     result = invoice_due(engine.begin, options(FEB, utc(2024, 3, 1, 2)), catch_up=(JAN,))
     assert result.statuses == {"invoiced": 1}, (result.statuses, result.failed)
     assert [(n, p0, p1, t) for n, _, p0, p1, t in invoices(engine)["gone15"]] == [

@@ -387,6 +387,15 @@ def test_json_log_lines_carry_typed_values(clean_env, db_url, engine) -> None:
     assert isinstance(summary["seconds"], float) and summary["organizations"] == 1 and summary["dry_run"] is False
 
 
+def scheduled_aggregation(db_url: str) -> tuple[dict, str]:
+    """The scheduled aggregate-hourly (no --hour, lookback 2): its summary's fields and its first line."""
+    result = run("aggregate-hourly", DATABASE_URL=db_url, AGGREGATE_LOOKBACK_HOURS="2")
+    assert result.exit_code == 0, result.output
+    start = result.output.splitlines()[0]
+    summary = next(line for line in result.output.splitlines() if line.startswith("summary "))
+    return dict(part.split("=", 1) for part in summary.split()[1:] if "=" in part), start
+
+
 def test_the_scheduled_run_does_not_roll_up_again_hours_whose_events_all_arrived_before_their_roll_up(
         clean_env, db_url, engine) -> None:
     """Events that arrive as they occur, within the hour of margin before the last run: the hours
@@ -403,29 +412,22 @@ def test_the_scheduled_run_does_not_roll_up_again_hours_whose_events_all_arrived
         for back in (0, 1, 2):
             add_event(s, "org-a", "api_calls", "1", target - back * HOUR + timedelta(minutes=5), received_at=recently)
 
-    def scheduled() -> tuple[dict, str]:
-        result = run("aggregate-hourly", DATABASE_URL=db_url, AGGREGATE_LOOKBACK_HOURS="2")
-        assert result.exit_code == 0, result.output
-        start = result.output.splitlines()[0]
-        summary = next(line for line in result.output.splitlines() if line.startswith("summary "))
-        return dict(part.split("=", 1) for part in summary.split()[1:] if "=" in part), start
-
-    first, start = scheduled()  # the two lookback hours were never rolled up: they are now
+    first, start = scheduled_aggregation(db_url)  # the two lookback hours were never rolled up: they are now
     assert first["hours"] == "3" and first["events"] == "3", first
 
-    second, start = scheduled()  # every event arrived within the margin, and nothing changed
+    second, start = scheduled_aggregation(db_url)  # every event arrived within the margin, and nothing changed
     assert second["hours"] == "1" and second["events"] == "1" and "late_hours" not in start, start
 
     with engine.begin() as s:  # committed after the last run, stamped before it
         add_event(s, "org-a", "api_calls", "5", target - HOUR + timedelta(minutes=30),
                   received_at=utc_now() - timedelta(minutes=5))
-    third, start = scheduled()
+    third, start = scheduled_aggregation(db_url)
     assert f"late_hours={format_hour(target - HOUR)} " in start and third["hours"] == "2", start
     with engine.connect() as conn:
         assert conn.execute(text("SELECT quantity FROM usage_hourly WHERE hour_start = :h"),
                             {"h": target - HOUR}).scalar_one() == 6
 
-    fourth, start = scheduled()  # rolled up again: unchanged since
+    fourth, start = scheduled_aggregation(db_url)  # rolled up again: unchanged since
     assert fourth["hours"] == "1" and "late_hours" not in start, start
 
 
@@ -442,24 +444,17 @@ def test_the_scheduled_run_rolls_up_a_lookback_hour_again_only_when_it_changed(c
             add_event(s, "org-a", "api_calls", "1", target - back * HOUR + timedelta(minutes=5),
                       received_at=long_ago)
 
-    def scheduled() -> tuple[dict, str]:
-        result = run("aggregate-hourly", DATABASE_URL=db_url, AGGREGATE_LOOKBACK_HOURS="2")
-        assert result.exit_code == 0, result.output
-        start = result.output.splitlines()[0]
-        summary = next(line for line in result.output.splitlines() if line.startswith("summary "))
-        return dict(part.split("=", 1) for part in summary.split()[1:] if "=" in part), start
-
-    first, start = scheduled()  # the two lookback hours were never rolled up: they are now
+    first, start = scheduled_aggregation(db_url)  # the two lookback hours were never rolled up: they are now
     assert first["hours"] == "3" and first["events"] == "3", first
     assert f"late_hours={format_hour(target - 2 * HOUR)},{format_hour(target - HOUR)}" in start
 
-    second, start = scheduled()  # nothing changed: only the previous hour is read again
+    second, start = scheduled_aggregation(db_url)  # nothing changed: only the previous hour is read again
     assert second["hours"] == "1" and second["events"] == "1" and "late_hours" not in start, start
     assert "older hours whose events changed since they were rolled up" in start
 
     with engine.begin() as s:  # a late event for two hours ago
         add_event(s, "org-a", "api_calls", "5", target - 2 * HOUR + timedelta(minutes=30))
-    third, start = scheduled()
+    third, start = scheduled_aggregation(db_url)
     assert f"late_hours={format_hour(target - 2 * HOUR)}" in start and third["hours"] == "2", start
     with engine.connect() as conn:
         assert conn.execute(text("SELECT quantity FROM usage_hourly WHERE hour_start = :h"),

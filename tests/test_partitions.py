@@ -239,15 +239,21 @@ def test_db_upgrade_makes_the_partitions_of_this_month_and_the_next(db_url, engi
 
 # -- billing usage prune ----------------------------------------------------------------------------------
 
-@pytest.fixture
-def billed_months(db_url, engine, tmp_path, clean_env):
-    """January and February 2024 with their own partitions, rolled up and invoiced (no deliveries)."""
+def plans_with_two_partitions(db_url, engine, tmp_path) -> None:
+    """The plans applied, and the partitions of January and February 2024."""
     plans = tmp_path / "plans.toml"
     plans.write_text(PLANS)
     assert run(db_url, "plans", "apply", str(plans)).exit_code == 0
     with engine.begin() as conn:
         conn.execute(text("SELECT billing_usage_events_partition('2024-01-01'), "
                           "billing_usage_events_partition('2024-02-01')"))
+
+
+@pytest.fixture
+def billed_months(db_url, engine, tmp_path, clean_env):
+    """January and February 2024 with their own partitions, rolled up and invoiced (no deliveries)."""
+    plans_with_two_partitions(db_url, engine, tmp_path)
+    with engine.begin() as conn:
         add_org(conn, "acme")
         set_plan(conn, "acme", "pro")
         for day in (10, 11, 12):  # received as they occurred, long ago
@@ -432,12 +438,8 @@ def test_prune_refuses_a_month_whose_anchored_period_the_invoicing_run_left_for_
     not pruned, though the run succeeded, because that usage is billed by no invoice yet."""
     import billing_cli.runs.invoicing as invoicing_run
 
-    plans = tmp_path / "plans.toml"
-    plans.write_text(PLANS)
-    assert run(db_url, "plans", "apply", str(plans)).exit_code == 0
+    plans_with_two_partitions(db_url, engine, tmp_path)
     with engine.begin() as conn:
-        conn.execute(text("SELECT billing_usage_events_partition('2024-01-01'), "
-                          "billing_usage_events_partition('2024-02-01')"))
         for org_id in ("acme", "acme15"):
             add_org(conn, org_id)
             set_plan(conn, org_id, "pro")
