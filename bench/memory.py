@@ -81,6 +81,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="admin URL of the server where the scratch database is created "
                              "(default: BENCH_DATABASE_URL, else %(default)s)")
     parser.add_argument("--seed", type=int, default=20240131, help="random seed of the synthetic data")
+    parser.add_argument("--database-name", default=os.environ.get("BENCH_MEMORY_DATABASE", SCRATCH_DB),
+                        help="name of the scratch database, so that parallel runs do not collide "
+                             "(default: BENCH_MEMORY_DATABASE, else %(default)s)")
     parser.add_argument("--keep-database", action="store_true", help="do not drop the scratch database")
     parser.add_argument("--check", action="store_true", help=f"exit 1 if RSS (b) / (a) > {TARGET_RSS_RATIO}")
     args = parser.parse_args(argv)
@@ -91,12 +94,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def scratch_url(admin_url: str) -> str:
-    return common.scratch_url(admin_url, SCRATCH_DB)
+def scratch_url(admin_url: str, name: str = SCRATCH_DB) -> str:
+    return common.scratch_url(admin_url, name)
 
 
-def recreate_database(admin_url: str, *, drop_only: bool = False) -> None:
-    common.recreate_database(admin_url, SCRATCH_DB, drop_only=drop_only)
+def recreate_database(admin_url: str, name: str = SCRATCH_DB, *, drop_only: bool = False) -> None:
+    common.recreate_database(admin_url, name, drop_only=drop_only)
 
 
 def job_env(url: str) -> dict[str, str]:
@@ -225,11 +228,11 @@ def checked(label: str, run: bench.Run, data: Data, active: int) -> bench.Run:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    url = scratch_url(args.database_url)
+    url = scratch_url(args.database_url, args.database_name)
     n, s = args.organizations, args.small
     load_start = bench.loadavg()
     print(f"scratch database {make_url(url).render_as_string(hide_password=True)}", flush=True)
-    recreate_database(args.database_url)
+    recreate_database(args.database_url, args.database_name)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
             common.run_checked([common.billing_executable(), "db", "upgrade", "--plain"], env=job_env(url))
@@ -255,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         if not args.keep_database:
-            recreate_database(args.database_url, drop_only=True)
+            recreate_database(args.database_url, args.database_name, drop_only=True)
 
     a, b, c = runs["a"], runs["b"], runs["c"]
     ratio = b.rss_mib / a.rss_mib
