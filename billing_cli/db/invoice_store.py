@@ -253,8 +253,8 @@ def issue_and_record(session: Connection, items: Sequence[IssueRequest | PdfReco
 # foreign-key checks of their inserts (PostgreSQL's own); a generic plan made when a month's
 # invoices were still few scans the whole invoices table (every foreign-key check of every line),
 # for the rest of the run when nothing analyzes the table meanwhile: a run that slows down as it
-# goes (10 sequential scans per invoice measured on 10,000 organizations). Planned each time for
-# the table as it is, they use the indexes.
+# goes (11 sequential scans of the table per invoice measured, docs/benchmarks.md). Planned each
+# time for the table as it is, they use the indexes.
 _CURRENT_PLANS = text("SET LOCAL plan_cache_mode = force_custom_plan")
 _LOCK_ORGANIZATIONS = text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS k")
 _RAISE_COUNTER = text("""
@@ -273,8 +273,9 @@ def _issue(session: Connection, month: Month, requests: Sequence[IssueRequest],
     whole process's issuing waits behind): (1) the organizations' locks, the counter raised by the
     whole block, their live invoices and the PDF records, sent together; (2) the invoices with their
     lines, taxes, usage and periods, one statement; (3) the caller's COMMIT. A stale request gives
-    its number back in statement (2)'s transaction (the counter is lowered again, before commit:
-    no gap). A regeneration voids the invoice it replaces before the counter is taken, as before."""
+    its number back in the same transaction (the counter is lowered again before anything commits:
+    no gap). A block with a regeneration voids the invoice it replaces before the counter is taken,
+    as before (one more round trip each)."""
     org_ids = [r.organization_id for r in requests]
     # Locks in one order (their keys sorted), so that two blocks never wait for each other in a cycle;
     # then the counter row (nothing that holds it waits for an organization's lock).
