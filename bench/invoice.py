@@ -45,7 +45,7 @@ not grow with the number of organizations).
     /tmp/venv/bin/python bench/invoice.py [--organizations N] [--small S] [--metrics M]
                                           [--repeat R] [--real-repeat R] [--check]
 
-The scratch database (billing_bench_invoice) is created on the server named by --database-url
+The scratch database (billing_bench_invoice, or --database-name) is created on the server named by --database-url
 (default: BENCH_DATABASE_URL, else postgresql://root@127.0.0.1:5432/test) and dropped at the end.
 Exit status: 0, or 1 with --check when a target is missed; 2 on any error or mismatch.
 """
@@ -313,6 +313,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="admin URL of the server where the scratch database is created "
                              "(default: BENCH_DATABASE_URL, else %(default)s)")
     parser.add_argument("--seed", type=int, default=20240131, help="random seed of the synthetic data")
+    parser.add_argument("--database-name", default=os.environ.get("BENCH_INVOICE_DATABASE", SCRATCH_DB),
+                        help="name of the scratch database, so that parallel runs do not collide "
+                             "(default: BENCH_INVOICE_DATABASE, else %(default)s)")
     parser.add_argument("--keep-database", action="store_true", help="do not drop the scratch database")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
@@ -346,12 +349,12 @@ def machine_info(conn: psycopg.Connection) -> dict[str, str]:
 
 # --- scratch database and processes --------------------------------------------------------------
 
-def scratch_url(admin_url: str) -> str:
-    return common.scratch_url(admin_url, SCRATCH_DB)
+def scratch_url(admin_url: str, name: str = SCRATCH_DB) -> str:
+    return common.scratch_url(admin_url, name)
 
 
-def recreate_database(admin_url: str, *, drop_only: bool = False) -> None:
-    common.recreate_database(admin_url, SCRATCH_DB, drop_only=drop_only)
+def recreate_database(admin_url: str, name: str = SCRATCH_DB, *, drop_only: bool = False) -> None:
+    common.recreate_database(admin_url, name, drop_only=drop_only)
 
 
 loadavg = common.loadavg
@@ -848,7 +851,7 @@ def report(args: argparse.Namespace, machine: dict[str, str], loaded: Loaded, re
 def _concurrency(args: argparse.Namespace) -> str:
     from billing_cli.config import load_settings
 
-    return str(getattr(load_settings(billing_env(scratch_url(args.database_url))), "concurrency", "n/a"))
+    return str(getattr(load_settings(billing_env(scratch_url(args.database_url, args.database_name))), "concurrency", "n/a"))
 
 
 def _latin1(text: str) -> bool:
@@ -865,10 +868,10 @@ def _pf(ok: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    url = scratch_url(args.database_url)
+    url = scratch_url(args.database_url, args.database_name)
     started_load = loadavg()
     print(f"scratch database {make_url(url).render_as_string(hide_password=True)}", flush=True)
-    recreate_database(args.database_url)
+    recreate_database(args.database_url, args.database_name)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-invoice-") as tmp:
             workdir = Path(tmp)
@@ -888,7 +891,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         if not args.keep_database:
-            recreate_database(args.database_url, drop_only=True)
+            recreate_database(args.database_url, args.database_name, drop_only=True)
     return 1 if args.check and not met else 0
 
 

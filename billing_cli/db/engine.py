@@ -126,3 +126,30 @@ def stream_rows(conn: Connection, statement: TextClause, params: dict[str, Any])
     assert driver is not None
     with driver.cursor(row_factory=namedtuple_row) as cursor:
         yield from cursor.stream(compiled.string, compiled.construct_params(params))
+
+
+@contextmanager
+def pipelined(conn: Connection) -> Iterator[Callable[[TextClause, dict[str, Any]], Any]]:
+    """Statements sent together, in one round trip (psycopg's pipeline mode), in the connection's
+    transaction: `run(statement, params)` queues one and returns its cursor, whose rows can be
+    fetched once the block has ended. PostgreSQL runs them one after the other, in order, each with
+    its own snapshot, exactly as if each had waited for the one before it; an error in one skips
+    those after it and is raised at the end of the block as SQLAlchemy raises it (IntegrityError,
+    OperationalError...), leaving the transaction to roll back."""
+    import psycopg
+
+    driver = conn.connection.driver_connection
+    assert driver is not None
+
+    def run(statement: TextClause, params: dict[str, Any]) -> Any:
+        compiled = statement.compile(dialect=conn.dialect)
+        cursor = driver.cursor()
+        cursor.execute(compiled.string, compiled.construct_params(params))
+        return cursor
+
+    try:
+        with driver.pipeline():
+            yield run
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(None, None, exc, psycopg.Error) from exc
+

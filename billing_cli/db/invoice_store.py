@@ -16,6 +16,7 @@ from sqlalchemy import Connection, text
 
 from ..anchors import BillingPeriod
 from . import credit_note_store, invoice_taxes
+from .engine import pipelined
 from .line_rows import bounds_params, read_lines
 from ..composition import ComposedInvoice
 from ..credit_notes import was_sent
@@ -226,13 +227,69 @@ def issue_invoices(session: Connection, requests: Sequence[IssueRequest]) -> lis
     org_ids = [r.organization_id for r in requests]
     if len(set(org_ids)) != len(org_ids):
         raise ValueError("a block of invoices to issue holds one invoice per organization")
-    # Locks in one order (their keys sorted), so that two blocks never wait for each other in a cycle.
-    session.execute(text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"),
-                    {"keys": sorted({_organization_key(org) for org in org_ids})})
+    return _issue(session, month, requests, ())
+
+
+def issue_and_record(session: Connection, items: Sequence[IssueRequest | PdfRecord]) -> list[StoredInvoice | StalePlan | None]:
+    """A block of invoices to issue (issue_invoices) and of rendered PDFs to record (record_pdfs), in
+    one transaction: one result per item, in order (None for a PDF record)."""
+    requests = [item for item in items if isinstance(item, IssueRequest)]
+    records = [item for item in items if isinstance(item, PdfRecord)]
+    if not requests:
+        with pipelined(session) as run:
+            run(_CURRENT_PLANS, {})
+            run(_RECORD_PDFS, _record_params(records))
+        return [None] * len(records)
+    month = requests[0].invoice.period
+    if any(r.invoice.period != month for r in requests):
+        raise ValueError("a block of invoices to issue must all be of one month")
+    if len({r.organization_id for r in requests}) != len(requests):
+        raise ValueError("a block of invoices to issue holds one invoice per organization")
+    issued = iter(_issue(session, month, requests, records))
+    return [next(issued) if isinstance(item, IssueRequest) else None for item in items]
+
+
+# The statements of a run's blocks are prepared (psycopg, after 5 executions), and so are the
+# foreign-key checks of their inserts (PostgreSQL's own); a generic plan made when a month's
+# invoices were still few scans the whole invoices table (every foreign-key check of every line),
+# for the rest of the run when nothing analyzes the table meanwhile: a run that slows down as it
+# goes (11 sequential scans of the table per invoice measured, docs/benchmarks.md). Planned each
+# time for the table as it is, they use the indexes.
+_CURRENT_PLANS = text("SET LOCAL plan_cache_mode = force_custom_plan")
+_LOCK_ORGANIZATIONS = text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS k")
+_RAISE_COUNTER = text("""
+    INSERT INTO invoice_number_counters AS c (period_start, last_number) VALUES (:p, :k)
+    ON CONFLICT (period_start) DO UPDATE SET last_number = c.last_number + :k
+    RETURNING last_number
+""")
+_LIVE_INVOICES = text("SELECT organization_id, id FROM invoices WHERE organization_id = ANY(:orgs) AND status <> 'void'")
+
+
+def _issue(session: Connection, month: Month, requests: Sequence[IssueRequest],
+           records: Sequence[PdfRecord]) -> list[StoredInvoice | StalePlan]:
+    """issue_invoices in three round trips whatever the block's size (issuing one invoice per
+    transaction made every invoice wait for the one before it to commit: the counter row lock is
+    held through the commit's fsync; and each round trip of the block's holder is a wait that the
+    whole process's issuing waits behind): (1) the organizations' locks, the counter raised by the
+    whole block, their live invoices and the PDF records, sent together; (2) the invoices with their
+    lines, taxes, usage and periods, one statement; (3) the caller's COMMIT. A stale request gives
+    its number back in the same transaction (the counter is lowered again before anything commits:
+    no gap). A block with a regeneration voids the invoice it replaces before the counter is taken,
+    as before (one more round trip each)."""
+    org_ids = [r.organization_id for r in requests]
+    # Locks in one order (their keys sorted), so that two blocks never wait for each other in a cycle;
+    # then the counter row (nothing that holds it waits for an organization's lock).
+    keys = sorted({_organization_key(org) for org in org_ids})
+    voids = any(r.replaces is not None for r in requests)
+    with pipelined(session) as run:
+        run(_CURRENT_PLANS, {})
+        run(_LOCK_ORGANIZATIONS, {"keys": keys})
+        raised = None if voids else run(_RAISE_COUNTER, {"p": month.first_day, "k": len(requests)})
+        live_rows = run(_LIVE_INVOICES, {"orgs": org_ids})
+        if records:  # rows of invoices this process issued (their organizations are locked by its run)
+            run(_RECORD_PDFS, _record_params(records))
     live: dict[str, set[int]] = {org: set() for org in org_ids}
-    for org, invoice_id in session.execute(text("SELECT organization_id, id FROM invoices "
-                                                "WHERE organization_id = ANY(:orgs) AND status <> 'void'"),
-                                           {"orgs": org_ids}):
+    for org, invoice_id in live_rows.fetchall():
         live[org].add(invoice_id)
     results: list[StoredInvoice | StalePlan | None] = [None] * len(requests)
     fresh: list[tuple[int, IssueRequest]] = []
@@ -241,38 +298,74 @@ def issue_invoices(session: Connection, requests: Sequence[IssueRequest]) -> lis
             results[at] = StalePlan(f"the invoices of {request.organization_id} changed while it was planned")
         else:
             fresh.append((at, request))
-    if not fresh:
-        return results  # type: ignore[return-value]
-    for _, request in fresh:
-        if request.replaces is not None:
-            void_invoice(session, request.replaces.id, "regenerated")
-    last = session.execute(text("""
-        INSERT INTO invoice_number_counters AS c (period_start, last_number) VALUES (:p, :k)
-        ON CONFLICT (period_start) DO UPDATE SET last_number = c.last_number + :k
-        RETURNING last_number
-    """), {"p": month.first_day, "k": len(fresh)}).scalar_one()
+    stale = len(requests) - len(fresh)
+    if raised is not None:
+        (last,) = raised.fetchone()
+        if stale:  # their numbers are given back, in this transaction: nothing is committed with a gap
+            last = session.execute(text("UPDATE invoice_number_counters SET last_number = last_number - :k "
+                                        "WHERE period_start = :p RETURNING last_number"),
+                                   {"p": month.first_day, "k": stale}).scalar_one()
+        if not fresh:
+            return results  # type: ignore[return-value]
+    else:
+        if not fresh:
+            return results  # type: ignore[return-value]
+        for _, request in fresh:
+            if request.replaces is not None:
+                void_invoice(session, request.replaces.id, "regenerated")
+        last = session.execute(_RAISE_COUNTER, {"p": month.first_day, "k": len(fresh)}).scalar_one()
     numbers = [invoice_number(month, sequence) for sequence in range(last - len(fresh) + 1, last + 1)]
-    rows = session.execute(text("""
-        INSERT INTO invoices (organization_id, billing_month, period_start, period_end, number, status, currency,
-                              subtotal, tax_total, total, plan_id, plan_snapshot, bill_to_name, bill_to_email,
-                              bill_to_address, bill_to_tax_id, issue_date, due_date, replaces_invoice_id)
-        SELECT org, :period, period_start, period_end, number, 'issued', currency, subtotal, tax, total, plan,
-               CAST(snapshot AS jsonb), name,
-               email,
-               -- each invoice's address lines travel as a JSON array (arrays of arrays cannot be unnested)
-               (SELECT array_agg(line ORDER BY n) FROM json_array_elements_text(CAST(address AS json))
-                                                       WITH ORDINALITY AS a(line, n)),
-               tax_id, issue, due, replaces
-        FROM unnest(CAST(:orgs AS text[]), CAST(:numbers AS text[]), CAST(:currencies AS text[]),
-                    CAST(:subtotals AS numeric[]), CAST(:taxes AS numeric[]), CAST(:totals AS numeric[]),
-                    CAST(:plans AS text[]),
-                    CAST(:snapshots AS text[]), CAST(:names AS text[]), CAST(:emails AS text[]),
-                    CAST(:addresses AS text[]), CAST(:tax_ids AS text[]),
-                    CAST(:issues AS date[]), CAST(:dues AS date[]), CAST(:replaces AS bigint[]),
-                    CAST(:period_starts AS timestamptz[]), CAST(:period_ends AS timestamptz[]))
-             AS r(org, number, currency, subtotal, tax, total, plan, snapshot, name, email, address, tax_id, issue, due,
-                  replaces, period_start, period_end)
-        RETURNING number, id, created_at
+    rows = session.execute(text(f"""
+        WITH inv AS (
+            INSERT INTO invoices (organization_id, billing_month, period_start, period_end, number, status, currency,
+                                  subtotal, tax_total, total, plan_id, plan_snapshot, bill_to_name, bill_to_email,
+                                  bill_to_address, bill_to_tax_id, issue_date, due_date, replaces_invoice_id)
+            SELECT org, :period, period_start, period_end, number, 'issued', currency, subtotal, tax, total, plan,
+                   CAST(snapshot AS jsonb), name,
+                   email,
+                   -- each invoice's address lines travel as a JSON array (arrays of arrays cannot be unnested)
+                   (SELECT array_agg(line ORDER BY n) FROM json_array_elements_text(CAST(address AS json))
+                                                           WITH ORDINALITY AS a(line, n)),
+                   tax_id, issue, due, replaces
+            FROM unnest(CAST(:orgs AS text[]), CAST(:numbers AS text[]), CAST(:currencies AS text[]),
+                        CAST(:subtotals AS numeric[]), CAST(:taxes AS numeric[]), CAST(:totals AS numeric[]),
+                        CAST(:plans AS text[]),
+                        CAST(:snapshots AS text[]), CAST(:names AS text[]), CAST(:emails AS text[]),
+                        CAST(:addresses AS text[]), CAST(:tax_ids AS text[]),
+                        CAST(:issues AS date[]), CAST(:dues AS date[]), CAST(:replaces AS bigint[]),
+                        CAST(:period_starts AS timestamptz[]), CAST(:period_ends AS timestamptz[]))
+                 AS r(org, number, currency, subtotal, tax, total, plan, snapshot, name, email, address, tax_id, issue,
+                      due, replaces, period_start, period_end)
+            RETURNING number, id, created_at
+        ), lines AS (
+            INSERT INTO invoice_lines (invoice_id, line_no, kind, metric, description, quantity, unit_price, amount,
+                                       period_start, period_from, period_to)
+            SELECT inv.id, l.line_no, l.kind, l.metric, l.description, l.quantity, l.unit_price, l.amount,
+                   l.period_start, l.period_from, l.period_to
+            FROM unnest(CAST(:line_numbers AS text[]), CAST(:line_nos AS integer[]), CAST(:kinds AS text[]),
+                        CAST(:metrics AS text[]), CAST(:descriptions AS text[]),
+                        CAST(:quantities AS numeric[]), CAST(:unit_prices AS numeric[]),
+                        CAST(:amounts AS numeric[]), CAST(:periods AS date[]),
+                        CAST(:froms AS timestamptz[]), CAST(:tos AS timestamptz[]))
+                 AS l(number, line_no, kind, metric, description, quantity, unit_price, amount, period_start,
+                      period_from, period_to)
+            JOIN inv USING (number)
+        ), taxes AS (
+            {invoice_taxes.INSERT_BY_NUMBER}
+        ), usage AS (
+            INSERT INTO invoice_usage (invoice_id, period_start, metric, quantity)
+            SELECT inv.id, u.period_start, u.metric, u.quantity
+            FROM unnest(CAST(:usage_numbers AS text[]), CAST(:usage_periods AS date[]), CAST(:usage_metrics AS text[]),
+                        CAST(:usage_quantities AS numeric[])) AS u(number, period_start, metric, quantity)
+            JOIN inv USING (number)
+        ), periods AS (
+            INSERT INTO invoice_periods (invoice_id, period_start, revision)
+            SELECT inv.id, p.period_start, p.revision
+            FROM unnest(CAST(:period_numbers AS text[]), CAST(:period_months AS date[]),
+                        CAST(:revisions AS bigint[])) AS p(number, period_start, revision)
+            JOIN inv USING (number)
+        )
+        SELECT number, id, created_at FROM inv
     """), {"period": month.first_day, "orgs": [r.organization_id for _, r in fresh], "numbers": numbers,
            "currencies": [r.invoice.currency for _, r in fresh], "subtotals": [r.invoice.subtotal for _, r in fresh],
            "taxes": [r.invoice.tax_total for _, r in fresh],
@@ -284,46 +377,11 @@ def issue_invoices(session: Connection, requests: Sequence[IssueRequest]) -> lis
            "issues": [r.issue_date for _, r in fresh], "dues": [r.due_date for _, r in fresh],
            "replaces": [r.replaces.id if r.replaces else None for _, r in fresh],
            "period_starts": [r.invoice.bounds.start for _, r in fresh],
-           "period_ends": [r.invoice.bounds.end for _, r in fresh]}).all()
+           "period_ends": [r.invoice.bounds.end for _, r in fresh],
+           **_line_params(numbers, [r for _, r in fresh]),
+           **invoice_taxes.params_by_number([(number, r.invoice.taxes) for number, (_, r) in zip(numbers, fresh, strict=True)]),
+           **_usage_params(numbers, [r for _, r in fresh])}).all()
     inserted = {number: (invoice_id, created_at) for number, invoice_id, created_at in rows}
-    ids = [inserted[number][0] for number in numbers]
-    lines = [(invoice_id, n, line, r.invoice.period) for invoice_id, (_, r) in zip(ids, fresh, strict=True)
-             for n, line in enumerate(r.invoice.lines, start=1)]
-    if lines:
-        session.execute(text("""
-            INSERT INTO invoice_lines (invoice_id, line_no, kind, metric, description, quantity, unit_price, amount,
-                                       period_start, period_from, period_to)
-            SELECT * FROM unnest(CAST(:invoices AS bigint[]), CAST(:line_nos AS integer[]), CAST(:kinds AS text[]),
-                                 CAST(:metrics AS text[]), CAST(:descriptions AS text[]),
-                                 CAST(:quantities AS numeric[]), CAST(:unit_prices AS numeric[]),
-                                 CAST(:amounts AS numeric[]), CAST(:periods AS date[]),
-                                 CAST(:froms AS timestamptz[]), CAST(:tos AS timestamptz[]))
-        """), {"invoices": [i for i, _, _, _ in lines], "line_nos": [n for _, n, _, _ in lines],
-               "kinds": [str(line.kind) for _, _, line, _ in lines], "metrics": [line.metric for _, _, line, _ in lines],
-               "descriptions": [line.description for _, _, line, _ in lines],
-               "quantities": [line.quantity for _, _, line, _ in lines],
-               "unit_prices": [line.unit_price for _, _, line, _ in lines],
-               "amounts": [line.amount for _, _, line, _ in lines],
-               "periods": [(line.period or period).first_day for _, _, line, period in lines],
-               **bounds_params([line for _, _, line, _ in lines])})
-    invoice_taxes.insert(session, [(invoice_id, r.invoice.taxes) for invoice_id, (_, r) in zip(ids, fresh, strict=True)])
-    usage = [(invoice_id, period.first_day, metric, quantity) for invoice_id, (_, r) in zip(ids, fresh, strict=True)
-             for (period, metric), quantity in r.invoice.usage.items()]
-    if usage:
-        session.execute(text("""
-            INSERT INTO invoice_usage (invoice_id, period_start, metric, quantity)
-            SELECT * FROM unnest(CAST(:invoices AS bigint[]), CAST(:periods AS date[]), CAST(:metrics AS text[]),
-                                 CAST(:quantities AS numeric[]))
-        """), {"invoices": [u[0] for u in usage], "periods": [u[1] for u in usage],
-               "metrics": [u[2] for u in usage], "quantities": [u[3] for u in usage]})
-    periods = [(invoice_id, period.first_day, r.revisions.get(period, 0))
-               for invoice_id, (_, r) in zip(ids, fresh, strict=True) for period in r.invoice.periods]
-    if periods:
-        session.execute(text("""
-            INSERT INTO invoice_periods (invoice_id, period_start, revision)
-            SELECT * FROM unnest(CAST(:invoices AS bigint[]), CAST(:periods AS date[]), CAST(:revisions AS bigint[]))
-        """), {"invoices": [p[0] for p in periods], "periods": [p[1] for p in periods],
-               "revisions": [p[2] for p in periods]})
     for number, (at, request) in zip(numbers, fresh, strict=True):
         invoice_id, created_at = inserted[number]
         customer_id, customer_name, customer_email = request.stripe_customer  # carried to its Stripe step
@@ -332,6 +390,31 @@ def issue_invoices(session: Connection, requests: Sequence[IssueRequest]) -> lis
                                     created_at=created_at, stripe_customer_id=customer_id,
                                     stripe_customer_name=customer_name, stripe_customer_email=customer_email)
     return results  # type: ignore[return-value]
+
+
+def _line_params(numbers: Sequence[str], requests: Sequence[IssueRequest]) -> dict[str, list]:
+    lines = [(number, n, line, r.invoice.period) for number, r in zip(numbers, requests, strict=True)
+             for n, line in enumerate(r.invoice.lines, start=1)]
+    return {"line_numbers": [number for number, _, _, _ in lines], "line_nos": [n for _, n, _, _ in lines],
+            "kinds": [str(line.kind) for _, _, line, _ in lines], "metrics": [line.metric for _, _, line, _ in lines],
+            "descriptions": [line.description for _, _, line, _ in lines],
+            "quantities": [line.quantity for _, _, line, _ in lines],
+            "unit_prices": [line.unit_price for _, _, line, _ in lines],
+            "amounts": [line.amount for _, _, line, _ in lines],
+            "periods": [(line.period or period).first_day for _, _, line, period in lines],
+            **bounds_params([line for _, _, line, _ in lines])}
+
+
+def _usage_params(numbers: Sequence[str], requests: Sequence[IssueRequest]) -> dict[str, list]:
+    """The usage each invoice bills per period, and the periods it accounts for (at which revision)."""
+    usage = [(number, period.first_day, metric, quantity) for number, r in zip(numbers, requests, strict=True)
+             for (period, metric), quantity in r.invoice.usage.items()]
+    periods = [(number, period.first_day, r.revisions.get(period, 0))
+               for number, r in zip(numbers, requests, strict=True) for period in r.invoice.periods]
+    return {"usage_numbers": [u[0] for u in usage], "usage_periods": [u[1] for u in usage],
+            "usage_metrics": [u[2] for u in usage], "usage_quantities": [u[3] for u in usage],
+            "period_numbers": [p[0] for p in periods], "period_months": [p[1] for p in periods],
+            "revisions": [p[2] for p in periods]}
 
 
 @dataclass(frozen=True)
@@ -348,17 +431,24 @@ def record_pdf(session: Connection, invoice_id: int, *, sha256: str, size: int, 
     record_pdfs(session, [PdfRecord(invoice_id, sha256, size, path)])
 
 
+_RECORD_PDFS = text("""
+    UPDATE invoices i SET pdf_sha256 = r.sha, pdf_bytes = r.size, pdf_path = coalesce(r.path, i.pdf_path),
+                          pdf_rendered_at = now()
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:shas AS text[]), CAST(:sizes AS integer[]),
+                CAST(:paths AS text[])) AS r(id, sha, size, path)
+    WHERE i.id = r.id
+""")
+
+
+def _record_params(records: Sequence[PdfRecord]) -> dict[str, list]:
+    return {"ids": [r.invoice_id for r in records], "shas": [r.sha256 for r in records],
+            "sizes": [r.size for r in records], "paths": [r.path for r in records]}
+
+
 def record_pdfs(session: Connection, records: Sequence[PdfRecord]) -> list[None]:
     """Record rendered PDFs (one statement for them all); one None per record, in order."""
     if records:
-        session.execute(text("""
-            UPDATE invoices i SET pdf_sha256 = r.sha, pdf_bytes = r.size, pdf_path = coalesce(r.path, i.pdf_path),
-                                  pdf_rendered_at = now()
-            FROM unnest(CAST(:ids AS bigint[]), CAST(:shas AS text[]), CAST(:sizes AS integer[]),
-                        CAST(:paths AS text[])) AS r(id, sha, size, path)
-            WHERE i.id = r.id
-        """), {"ids": [r.invoice_id for r in records], "shas": [r.sha256 for r in records],
-               "sizes": [r.size for r in records], "paths": [r.path for r in records]})
+        session.execute(_RECORD_PDFS, _record_params(records))
     return [None] * len(records)
 
 

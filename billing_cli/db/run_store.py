@@ -61,6 +61,18 @@ def unlock_organizations(conn: Connection, organization_ids: Sequence[str]) -> l
     return [None] * len(organization_ids)
 
 
+def lock_and_unlock_organizations(conn: Connection, calls: Sequence[tuple[bool, str]]) -> list[bool | None]:
+    """try_lock_organizations and unlock_organizations in one statement, in the order given:
+    (True, organization) takes its lock (answer: whether it was free), (False, organization)
+    releases it (answer: None). Each lock is still its own."""
+    held = conn.execute(text(
+        "SELECT CASE WHEN t.take THEN pg_try_advisory_lock(t.k) ELSE pg_advisory_unlock(t.k) END "
+        "FROM unnest(CAST(:keys AS bigint[]), CAST(:takes AS boolean[])) WITH ORDINALITY AS t(k, take, n) ORDER BY n"),
+        {"keys": [lock_key(f"organization:{org}") for _, org in calls],
+         "takes": [take for take, _ in calls]}).scalars().all()
+    return [bool(answer) if take else None for (take, _), answer in zip(calls, held, strict=True)]
+
+
 def unlock(conn: Connection, scope: str) -> None:
     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key(scope)})
 

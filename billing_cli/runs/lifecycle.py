@@ -96,10 +96,11 @@ class LockGuard:
         self._conn, self._scope = conn, scope
         self._mutex = threading.Lock()
         self._checked = float("-inf")
-        # The workers that lock (or unlock) while another thread is at it queue up; the next one
-        # sends all their calls in one statement (the locks are still each one's own).
-        self._locks = GroupedWrites(self._session, run_store.try_lock_organizations)
-        self._unlocks = GroupedWrites(self._session, run_store.unlock_organizations)
+        # The workers that lock or unlock while another thread is at it queue up; the next one
+        # sends all their calls, locks and unlocks alike, in one statement (the locks are still each
+        # one's own).
+        self._calls: GroupedWrites[tuple[bool, str], bool | None] = GroupedWrites(
+            self._session, run_store.lock_and_unlock_organizations)
 
     def __call__(self) -> None:
         self.check()
@@ -110,7 +111,7 @@ class LockGuard:
             yield True
             return
         try:
-            alone = self._locks.submit(organization_id)
+            alone = bool(self._calls.submit((True, organization_id)))
         except SQLAlchemyError:
             raise self._lost() from None
         try:
@@ -118,7 +119,7 @@ class LockGuard:
         finally:
             if alone:
                 try:
-                    self._unlocks.submit(organization_id)
+                    self._calls.submit((False, organization_id))
                 except SQLAlchemyError:
                     pass  # the session is gone, and its locks with it; check() says so next
 

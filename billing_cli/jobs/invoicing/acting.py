@@ -26,7 +26,7 @@ from .. import stripe_reversal
 from ..credit_notes import deliver_credit_note, undelivered_credit_notes
 from ..deliver import deliver
 from .documents import render
-from .issuing import block_issuer, pdf_recorder
+from .issuing import block_writer
 from .options import InvoiceOptions
 from .planning import Action, OrgPlan, pending_deliveries
 from .results import InvoiceRunResult, OrgOutcome, expected_outcome
@@ -39,8 +39,8 @@ class Acting:
     def __init__(self, transactions: Transactions, options: InvoiceOptions) -> None:
         self.transactions = transactions
         self.options = options
-        self._issuer = block_issuer(transactions)
-        self._pdf_records = pdf_recorder(transactions)
+        # One writer: the invoices to issue and the PDFs to record go in the same blocks.
+        self._issuer = self._pdf_records = block_writer(transactions)
 
     def prepare(self, stale_hours: list[datetime], result: InvoiceRunResult) -> list[datetime]:
         """Aggregate the month's hours whose events changed since the hourly job saw them, before

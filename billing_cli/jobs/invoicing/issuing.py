@@ -7,7 +7,8 @@ it. Here a worker that finds another worker writing queues its request; when tha
 the next worker in line writes every request queued meanwhile in one transaction: for issuing,
 consecutive numbers and one commit (invoice_store.issue_invoices). Nothing waits for a block to
 fill: a worker alone writes alone, so a run with one worker issues exactly as before. Each worker
-gets its own answer before it goes on (a PDF is recorded before its deliveries start).
+gets its own answer before it goes on (a PDF is recorded before its deliveries start). Issuing and
+recording PDFs share the blocks (block_writer): one turn, one transaction, one commit for both.
 
 The guarantees are those of one transaction: the block's numbers are committed with its invoices
 or not at all (a crash, or a rollback, returns them all: no gap). When the block's transaction
@@ -24,12 +25,20 @@ from ...db.grouped import MAX_BLOCK, GroupedWrites
 from ...db.invoice_store import IssueRequest, PdfRecord, StoredInvoice
 
 
-def block_issuer(transactions: Transactions, max_block: int = MAX_BLOCK) -> GroupedWrites[IssueRequest, StoredInvoice]:
-    """Invoices issued in blocks (invoice_store.issue_invoices); a stale plan's StalePlan is raised
-    to its worker alone."""
-    return GroupedWrites(transactions, invoice_store.issue_invoices, max_block)
+def block_writer(transactions: Transactions,
+                 max_block: int = MAX_BLOCK) -> GroupedWrites[IssueRequest | PdfRecord, StoredInvoice | None]:
+    """Invoices issued and rendered PDFs recorded in blocks, both in the same transactions
+    (invoice_store.issue_and_record): the PDF records queued while a block was being written go
+    with the next invoices, in their first round trip, instead of a transaction of their own that
+    the next block would wait for. A stale plan's StalePlan is raised to its worker alone."""
+    return GroupedWrites(transactions, invoice_store.issue_and_record, max_block)
 
 
-def pdf_recorder(transactions: Transactions, max_block: int = MAX_BLOCK) -> GroupedWrites[PdfRecord, None]:
-    """Rendered PDFs recorded in blocks (invoice_store.record_pdfs)."""
-    return GroupedWrites(transactions, invoice_store.record_pdfs, max_block)
+def block_issuer(transactions: Transactions, max_block: int = MAX_BLOCK) -> GroupedWrites[IssueRequest | PdfRecord, StoredInvoice | None]:
+    """Invoices issued in blocks (a block_writer given only invoices)."""
+    return block_writer(transactions, max_block)
+
+
+def pdf_recorder(transactions: Transactions, max_block: int = MAX_BLOCK) -> GroupedWrites[IssueRequest | PdfRecord, StoredInvoice | None]:
+    """Rendered PDFs recorded in blocks (a block_writer given only PDF records)."""
+    return block_writer(transactions, max_block)

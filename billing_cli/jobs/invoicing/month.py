@@ -8,10 +8,11 @@ of the two is chosen once, here; neither knows about the other.
 
 from __future__ import annotations
 
+import queue
 import signal
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
@@ -148,6 +149,7 @@ def _run(transactions: Transactions, options: InvoiceOptions, handler: PlanHandl
     # each organization in its own transactions. Outcomes are collected on this thread.
     pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="invoice",
                               initializer=_leave_stop_signals_to_the_main_thread)
+    outcomes = _Outcomes(pool)
     at_once = False
     try:
         with transactions() as stream:
@@ -157,11 +159,16 @@ def _run(transactions: Transactions, options: InvoiceOptions, handler: PlanHandl
                     problems=periods.problems, excluded=not_due, uninvoiced_only=options.uninvoiced_only):
                 if options.stopping:
                     break
+                # Planned while the batch before is carried out, and queued behind it: the workers
+                # do not run dry at each batch's end while the main thread plans the next one.
                 plans = _plan_batch(transactions, options, rules, batch)
-                pending = {pool.submit(handler.handle, plan) for plan in plans}
-                result.unfinished = _collect(pending, options, collect)
+                outcomes.submit(handler.handle, plans)
+                # Then wait for the batch before (at most two batches are held at a time).
+                result.unfinished = outcomes.collect(options, collect, leave=len(plans))
                 if result.unfinished or options.stopping:
                     break
+            if not result.unfinished:
+                result.unfinished = outcomes.collect(options, collect, leave=0)
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, whatever is in flight
         at_once = True
         raise
@@ -223,19 +230,40 @@ def _plan_batch(transactions: Transactions, options: InvoiceOptions, rules: Plan
     return plans
 
 
-def _collect(pending: set[Future], options: InvoiceOptions, collect: Callable[[OrgOutcome], None]) -> int:
-    """Wait for the batch's outcomes. On SIGTERM/SIGINT take no new organization and let those in
-    flight finish within the grace period; returns how many were still unfinished then."""
-    while pending:
-        done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-        for future in done:
-            collect(future.result())
-        if options.stopping and pending:
-            for future in pending:
-                future.cancel()
-            in_flight = {f for f in pending if not f.cancelled()}
-            finished, unfinished = wait(in_flight, timeout=options.grace_seconds)
-            for future in finished:
+class _Outcomes:
+    """The plans handed to the pool, and their outcomes as they complete (in the order they
+    complete: each future puts itself in a queue, so waiting costs nothing per future in flight)."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self._pool = pool
+        self._pending: set[Future] = set()
+        self._done: queue.SimpleQueue[Future] = queue.SimpleQueue()
+
+    def submit(self, handle: Callable[[OrgPlan], OrgOutcome], plans: list[OrgPlan]) -> None:
+        for plan in plans:
+            future = self._pool.submit(handle, plan)
+            self._pending.add(future)
+            future.add_done_callback(self._done.put)
+
+    def collect(self, options: InvoiceOptions, collect: Callable[[OrgOutcome], None], *, leave: int) -> int:
+        """Collect outcomes until at most `leave` plans are left to finish. On SIGTERM/SIGINT take
+        no new organization and let those in flight finish within the grace period; returns how
+        many were still unfinished then."""
+        while len(self._pending) > leave:
+            try:
+                future = self._done.get(timeout=0.2)
+            except queue.Empty:
+                future = None
+            if future is not None and future in self._pending:
+                self._pending.discard(future)
                 collect(future.result())
-            return len(unfinished)
-    return 0
+            if options.stopping and self._pending:
+                for future in self._pending:
+                    future.cancel()
+                in_flight = {f for f in self._pending if not f.cancelled()}
+                self._pending = set()
+                finished, unfinished = wait(in_flight, timeout=options.grace_seconds)
+                for future in finished:
+                    collect(future.result())
+                return len(unfinished)
+        return 0
