@@ -13,7 +13,7 @@ ANALYZE.
 
 Then, as whole processes, `billing invoice-monthly --month 2024-01 --dry-run --plain`, with only
 DATABASE_URL, BILLING_ENV_FILE=/dev/null, LOG_FORMAT=plain and PDF_RENDER_PROCESSES=1 set among the
-billing variables (the rest at their defaults: INVOICE_CONCURRENCY 8 threads, batch size 500):
+billing variables (the rest at their defaults: INVOICE_CONCURRENCY 16 threads, batch size 500):
 
   (a) over about S organizations (default 1,000): shard 1 of round(N / S) (an inactive organization
       with usage in the month gets its final invoice, so making the others inactive would not
@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{data.usage_rows:,} usage_hourly rows; {data.sizes}",
         "runs: billing invoice-monthly --month 2024-01 --dry-run --plain, once each, whole process; "
         "PDF_RENDER_PROCESSES=1 (rendering in the job's threads: one process holds all the work), "
-        "INVOICE_CONCURRENCY default (8); peak RSS and CPU from os.wait4 in a small launcher process",
+        "INVOICE_CONCURRENCY default (16); peak RSS and CPU from os.wait4 in a small launcher process",
         "",
         row.format("", "wall s", "inv/s", "RSS MiB", "CPU", "summary"),
     ]
