@@ -16,7 +16,7 @@ from billing_cli.db import invoice_store
 from billing_cli.db.invoice_store import IssueRequest, StalePlan, StoredInvoice
 from billing_cli.db.plan_store import save_plans
 from billing_cli.db.grouped import Ticket as _Ticket
-from billing_cli.jobs.invoicing.issuing import block_issuer, pdf_recorder
+from billing_cli.jobs.invoicing.issuing import block_writer
 from billing_cli.periods import Month
 from billing_cli.plan_file import parse_plans
 from tests.data import PLANS, add_org
@@ -105,7 +105,7 @@ def test_a_stale_plan_in_a_block_takes_no_number(orgs) -> None:
 
 
 def test_a_block_that_fails_is_issued_again_one_by_one_and_only_the_bad_invoice_fails(orgs) -> None:
-    issuer = block_issuer(orgs)
+    issuer = block_writer(orgs)
     tickets = [_Ticket(request("org-a")), _Ticket(request("org-b", name="x" * 300)),  # over varchar(255)
                _Ticket(request("org-c"))]
     issuer._write_block(tickets)
@@ -123,7 +123,7 @@ def test_an_invoice_the_unique_index_refuses_fails_alone_and_the_others_are_issu
         (live,) = invoice_store.issue_invoices(conn, [request("org-b")])
     tickets = [_Ticket(request("org-a")), _Ticket(request("org-b", planned_with=frozenset({live.id}))),
                _Ticket(request("org-c"))]
-    block_issuer(orgs)._write_block(tickets)
+    block_writer(orgs)._write_block(tickets)
 
     assert isinstance(tickets[1].error, IntegrityError)
     assert "uq_invoices_one_live_per_org_month" in str(tickets[1].error.orig)
@@ -137,7 +137,7 @@ def test_many_threads_issue_gapless_unique_numbers(engine) -> None:
         save_plans(conn, parse_plans(PLANS))
         for n in range(40):
             add_org(conn, f"org-{n:02d}")
-    issuer = block_issuer(engine.begin, max_block=5)
+    issuer = block_writer(engine.begin, max_block=5)
     start = threading.Barrier(8)
     issued: list[StoredInvoice] = []
     errors: list[BaseException] = []
@@ -168,7 +168,7 @@ def test_many_threads_issue_gapless_unique_numbers(engine) -> None:
 def test_pdf_records_written_together_or_alone(orgs) -> None:
     with orgs() as conn:
         a, b = invoice_store.issue_invoices(conn, [request("org-a"), request("org-b")])
-    recorder = pdf_recorder(orgs)
+    recorder = block_writer(orgs)
     tickets = [_Ticket(invoice_store.PdfRecord(a.id, "a" * 64, 100, "/out/a.pdf")),
                _Ticket(invoice_store.PdfRecord(b.id, "b" * 64, 200, None))]
     recorder._write_block(tickets)

@@ -219,15 +219,7 @@ def issue_invoices(session: Connection, requests: Sequence[IssueRequest]) -> lis
     A constant number of statements whatever the block's size: issuing one invoice per transaction
     makes every invoice wait for the one before it to commit (the counter row lock is held through
     the commit's fsync)."""
-    if not requests:
-        return []
-    month = requests[0].invoice.period
-    if any(r.invoice.period != month for r in requests):
-        raise ValueError("a block of invoices to issue must all be of one month")
-    org_ids = [r.organization_id for r in requests]
-    if len(set(org_ids)) != len(org_ids):
-        raise ValueError("a block of invoices to issue holds one invoice per organization")
-    return _issue(session, month, requests, ())
+    return issue_and_record(session, requests) if requests else []  # type: ignore[return-value]
 
 
 def issue_and_record(session: Connection, items: Sequence[IssueRequest | PdfRecord]) -> list[StoredInvoice | StalePlan | None]:

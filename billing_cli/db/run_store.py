@@ -47,24 +47,10 @@ def unlock_organization(conn: Connection, organization_id: str) -> None:
     unlock(conn, f"organization:{organization_id}")
 
 
-def try_lock_organizations(conn: Connection, organization_ids: Sequence[str]) -> list[bool]:
-    """try_lock_organization for several organizations in one statement; one answer each, in order."""
-    return [bool(held) for held in conn.execute(text(
-        "SELECT pg_try_advisory_lock(k) FROM unnest(CAST(:keys AS bigint[])) WITH ORDINALITY AS t(k, n) ORDER BY n"),
-        {"keys": [lock_key(f"organization:{org}") for org in organization_ids]}).scalars()]
-
-
-def unlock_organizations(conn: Connection, organization_ids: Sequence[str]) -> list[None]:
-    """unlock_organization for several organizations in one statement."""
-    conn.execute(text("SELECT count(pg_advisory_unlock(k)) FROM unnest(CAST(:keys AS bigint[])) AS k"),
-                 {"keys": [lock_key(f"organization:{org}") for org in organization_ids]})
-    return [None] * len(organization_ids)
-
-
 def lock_and_unlock_organizations(conn: Connection, calls: Sequence[tuple[bool, str]]) -> list[bool | None]:
-    """try_lock_organizations and unlock_organizations in one statement, in the order given:
-    (True, organization) takes its lock (answer: whether it was free), (False, organization)
-    releases it (answer: None). Each lock is still its own."""
+    """try_lock_organization and unlock_organization for several organizations in one statement,
+    in the order given: (True, organization) takes its lock (answer: whether it was free), (False,
+    organization) releases it (answer: None). Each lock is still its own."""
     held = conn.execute(text(
         "SELECT CASE WHEN t.take THEN pg_try_advisory_lock(t.k) ELSE pg_advisory_unlock(t.k) END "
         "FROM unnest(CAST(:keys AS bigint[]), CAST(:takes AS boolean[])) WITH ORDINALITY AS t(k, take, n) ORDER BY n"),

@@ -40,7 +40,7 @@ class Acting:
         self.transactions = transactions
         self.options = options
         # One writer: the invoices to issue and the PDFs to record go in the same blocks.
-        self._issuer = self._pdf_records = block_writer(transactions)
+        self._writer = block_writer(transactions)
 
     def prepare(self, stale_hours: list[datetime], result: InvoiceRunResult) -> list[datetime]:
         """Aggregate the month's hours whose events changed since the hourly job saw them, before
@@ -114,7 +114,7 @@ class Acting:
                                                "nothing issued; rerun")
                 return
         try:
-            stored = self._issuer.submit(invoice_store.IssueRequest(
+            stored = self._writer.submit(invoice_store.IssueRequest(
                 organization_id=org.id, bill_to_name=org.name, bill_to_email=org.email, invoice=invoice,
                 revisions=plan.revisions, issue_date=options.issue_date, due_date=due,
                 planned_with=plan.history.live_invoices, replaces=plan.existing,
@@ -214,7 +214,7 @@ class Acting:
             return
         sha256 = hashlib.sha256(pdf).hexdigest()
         if Step.PDF in steps:
-            self._pdf_records.submit(invoice_store.PdfRecord(invoice.id, sha256, len(pdf), outcome.pdf_path))
+            self._writer.submit(invoice_store.PdfRecord(invoice.id, sha256, len(pdf), outcome.pdf_path))
             outcome.steps.append(Step.PDF)
         elif sha256 != invoice.pdf_sha256:
             outcome.warnings.append("the PDF rendered now differs from the first rendering (a newer renderer?)")

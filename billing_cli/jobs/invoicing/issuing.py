@@ -32,13 +32,3 @@ def block_writer(transactions: Transactions,
     with the next invoices, in their first round trip, instead of a transaction of their own that
     the next block would wait for. A stale plan's StalePlan is raised to its worker alone."""
     return GroupedWrites(transactions, invoice_store.issue_and_record, max_block)
-
-
-def block_issuer(transactions: Transactions, max_block: int = MAX_BLOCK) -> GroupedWrites[IssueRequest | PdfRecord, StoredInvoice | None]:
-    """Invoices issued in blocks (a block_writer given only invoices)."""
-    return block_writer(transactions, max_block)
-
-
-def pdf_recorder(transactions: Transactions, max_block: int = MAX_BLOCK) -> GroupedWrites[IssueRequest | PdfRecord, StoredInvoice | None]:
-    """Rendered PDFs recorded in blocks (a block_writer given only PDF records)."""
-    return block_writer(transactions, max_block)
