@@ -30,6 +30,11 @@ class UsageRow:
     free: bool  # the organization's plan lists the metric as free
     due: bool = True  # its period of the month has ended: what it used should be billed by now
 
+    @property
+    def period_running(self) -> bool:
+        """Its period has not ended and no invoice billed any of it: nothing to compare with yet."""
+        return not self.due and self.billed == 0
+
 
 def usage_differences(conn: Connection, month: Month, only: list[str] | None, *, events_pruned: bool = False,
                       windows: Windows | None = None) -> Iterator[UsageRow]:

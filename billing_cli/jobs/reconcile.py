@@ -123,7 +123,7 @@ def reconcile_month(transactions: Transactions, month: Month, checks: Checks, *,
         windows = reconcile_store.period_windows(conn, month, ids)  # anchored organizations' own periods
         for row in reconcile_store.usage_differences(conn, month, ids, events_pruned=pruned, windows=windows):
             result.checked["usage_rows_differing"] += 1
-            if not row.due and row.billed == 0:  # compared with invoices once its period has ended
+            if row.period_running:  # compared with invoices once its period has ended
                 result.checked["usage_rows_period_running"] += 1
             for difference in _usage(row):
                 found(difference)
@@ -164,7 +164,7 @@ def _usage(row: reconcile_store.UsageRow) -> list[Difference]:
                                 "billing aggregate-hourly rolls the changed hours up (its next scheduled run does)"))
     # A period still running (an anchored organization's, reconciled before its anchor day) is
     # billed when it ends: until then nothing billed is not a difference.
-    if row.rolled_up != row.billed and not row.free and (row.due or row.billed != 0):
+    if row.rolled_up != row.billed and not row.free and not row.period_running:
         found.append(Difference(Kind.UNBILLED_USAGE, org, metric, f"{row.rolled_up} rolled up", f"{row.billed} billed",
                                 "the organization's next invoice adjusts it (late, deleted or corrected usage)"))
     return found
