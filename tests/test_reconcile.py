@@ -75,6 +75,31 @@ def test_an_edited_invoice_line_is_a_difference(invoiced, engine) -> None:
                              ("stripe_lines", "acme", "INV-2024-01-000001")]
 
 
+def test_with_stripe_and_s3_off_the_database_alone_checks_every_invoice(invoiced, engine) -> None:
+    # Nothing to ask outside the database: the invoices are compared there, and only those that do
+    # not add up (or, with e-mail on, were not sent) come back; all of them are counted as checked.
+    database_only = {**invoiced, "INVOICE_ENABLE_STRIPE": "false", "INVOICE_ENABLE_S3": "false"}
+    result, report = reconcile(database_only)
+    assert result.exit_code == 0 and report["differences"] == [] and report["counts"]["invoices"] == 2
+
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE invoice_lines SET amount = amount + 1 WHERE line_no = 1 AND invoice_id = "
+                          "(SELECT id FROM invoices WHERE organization_id = 'gmbh')"))
+        conn.execute(text("UPDATE invoices SET emailed_at = NULL WHERE organization_id = 'acme'"))
+
+    result, report = reconcile(database_only)
+    assert result.exit_code == ExitCode.MISMATCH
+    assert kinds(report) == [("email_not_sent", "acme", "INV-2024-01-000001"),
+                             ("invoice_total", "gmbh", "INV-2024-01-000002")]
+    assert report["counts"]["invoices"] == 2
+
+    result, report = reconcile({**database_only, "INVOICE_ENABLE_EMAIL": "false"})
+    assert kinds(report) == [("invoice_total", "gmbh", "INV-2024-01-000002")]
+    assert report["differences"][0]["ours"] == "total 30.00"  # what the invoice says
+    assert report["differences"][0]["found"] == "lines add up to 31.00, taxes to 0"
+    assert report["counts"]["invoices"] == 2
+
+
 def test_a_deleted_s3_object_is_a_difference(invoiced, engine, s3) -> None:
     with engine.connect() as conn:
         key = conn.execute(text("SELECT s3_key FROM invoices WHERE organization_id = 'gmbh'")).scalar_one()

@@ -132,27 +132,41 @@ class InvoiceRow:
     emailed_at: datetime | None
     tax_total: Decimal = Decimal(0)  # as stored on the invoice
     taxes_total: Decimal = Decimal(0)  # the sum of its tax breakdown (invoice_taxes)
+    totals_differ: bool = False  # its lines do not add up to its subtotal, its taxes to its tax, or the two to its total
 
 
-def live_invoices(conn: Connection, month: Month, only: list[str] | None) -> Iterator[InvoiceRow]:
-    """Every live invoice of the month with its lines, in number order, streamed."""
+def count_live_invoices(conn: Connection, month: Month, only: list[str] | None) -> int:
+    org = " AND organization_id = ANY(:only)" if only else ""
+    return conn.execute(text(f"SELECT count(*) FROM invoices WHERE billing_month = :period AND status <> 'void'{org}"),
+                        {"period": month.first_day, "only": only or []}).scalar_one()
+
+
+def live_invoices(conn: Connection, month: Month, only: list[str] | None, *, every: bool = True,
+                  unsent: bool = False) -> Iterator[InvoiceRow]:
+    """The live invoices of the month with their lines, in number order, streamed, each with whether
+    its amounts add up (compared here, in exact NUMERIC arithmetic). `every`: all of them (each is to
+    be checked outside the database: Stripe, S3); otherwise only those whose amounts do not add up,
+    and, with `unsent`, those not e-mailed."""
     org = " AND i.organization_id = ANY(:only)" if only else ""
+    differs = ("(coalesce(sum(l.amount), 0) <> i.subtotal OR i.tax_total <> (SELECT coalesce(sum(t.amount), 0) "
+               "FROM invoice_taxes t WHERE t.invoice_id = i.id) OR i.subtotal + i.tax_total <> i.total)")
+    having = "" if every else f" HAVING {differs}" + (" OR i.emailed_at IS NULL" if unsent else "")
     rows = conn.execute(text(f"""
         SELECT i.id, i.organization_id, i.number, i.currency, i.subtotal, i.total, i.tax_total, i.pdf_sha256,
                (SELECT coalesce(sum(t.amount), 0) FROM invoice_taxes t WHERE t.invoice_id = i.id) AS taxes_total,
                CASE WHEN i.s3_uploaded_at IS NOT NULL THEN i.s3_key END AS s3_key, i.stripe_invoice_id, i.emailed_at,
-               coalesce(sum(l.amount), 0) AS lines_total,
+               coalesce(sum(l.amount), 0) AS lines_total, {differs} AS totals_differ,
                coalesce(array_agg(l.line_no ORDER BY l.line_no) FILTER (WHERE l.line_no IS NOT NULL), '{{}}') AS line_nos,
                coalesce(array_agg(l.amount ORDER BY l.line_no) FILTER (WHERE l.line_no IS NOT NULL), '{{}}') AS amounts
         FROM invoices i LEFT JOIN invoice_lines l ON l.invoice_id = i.id
         WHERE i.billing_month = :period AND i.status <> 'void'{org}
-        GROUP BY i.id ORDER BY i.number
+        GROUP BY i.id{having} ORDER BY i.number
     """), {"period": month.first_day, "only": only or []}, execution_options={"yield_per": 500})
     for r in rows:
         yield InvoiceRow(r.id, r.organization_id, r.number, r.currency, Decimal(r.subtotal), Decimal(r.total),
                          Decimal(r.lines_total), tuple(zip(r.line_nos, (Decimal(a) for a in r.amounts), strict=True)),
                          r.pdf_sha256, r.s3_key, r.stripe_invoice_id, r.emailed_at, Decimal(r.tax_total),
-                         Decimal(r.taxes_total))
+                         Decimal(r.taxes_total), r.totals_differ)
 
 
 def owed_fees_not_invoiced(conn: Connection, month: Month, only: list[str] | None, *,
