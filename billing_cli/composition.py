@@ -186,23 +186,53 @@ def compose(period: Month, usage: Mapping[str, Decimal], plan: PricePlan, *, fee
                            billing_period=bounds)
 
 
+CREDIT_TAKEN_BACK = "Credit taken back: the invoice that carried it was voided"
+
+
 def _credit_lines(subtotal: Decimal, balance: Decimal, period: Month,
                   bounds: BillingPeriod | None) -> list[InvoiceLine]:
+    """The lines that move credit: a negative balance taken back first (credit that live invoices
+    applied, carried by an invoice voided since: it is owed again), then a negative total carried
+    forward, or the balance applied to a positive one."""
     days = line_bounds(bounds)
+    lines = []
+    if balance < 0:
+        lines.append(InvoiceLine("credit_applied", CREDIT_TAKEN_BACK, Decimal(1), -balance, -balance, None, period,
+                                 days))
+        subtotal, balance = exact_sum((subtotal, -balance)), ZERO
     if subtotal < 0:
-        return [InvoiceLine("credit_carried", "Credit carried to your next invoice", Decimal(1), -subtotal,
-                            -subtotal, None, period, days)]
-    if subtotal > 0 and balance > 0:
+        lines.append(InvoiceLine("credit_carried", "Credit carried to your next invoice", Decimal(1), -subtotal,
+                                 -subtotal, None, period, days))
+    elif subtotal > 0 and balance > 0:
         used = min(balance, subtotal)
-        return [InvoiceLine("credit_applied", "Credit from earlier invoices", Decimal(1), -used, -used, None, period,
-                            days)]
-    return []
+        lines.append(InvoiceLine("credit_applied", "Credit from earlier invoices", Decimal(1), -used, -used, None,
+                                 period, days))
+    return lines
 
 
-def credit_balance(credits: Mapping[int, Decimal], *, without: int | None = None) -> Decimal:
-    """An organization's credit: the credit lines of its live invoices (`credits`: invoice id ->
-    sum of its credit lines), leaving out an invoice about to be voided."""
-    return exact_sum(amount for invoice_id, amount in credits.items() if invoice_id != without)
+@dataclass(frozen=True)
+class Credit:
+    """The credit lines of one live invoice, in its currency."""
+
+    amount: Decimal
+    currency: str
+
+
+def credit_balance(credits: Mapping[int, Credit], currency: str, *, without: int | None = None) -> Decimal:
+    """An organization's credit in `currency`: the credit lines of its live invoices in that
+    currency (`credits`: invoice id -> the sum of its credit lines), leaving out an invoice about to
+    be voided. Credit in another currency is never converted (see `stranded_credit`)."""
+    return exact_sum(c.amount for invoice_id, c in credits.items() if invoice_id != without and c.currency == currency)
+
+
+def stranded_credit(credits: Mapping[int, Credit], currency: str, *, without: int | None = None) -> dict[str, Decimal]:
+    """The credit balance left in currencies other than `currency` (the organization changed
+    currency while it had credit): per currency, non-zero only."""
+    balances: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    for invoice_id, c in credits.items():
+        if invoice_id != without and c.currency != currency:
+            balances[c.currency] = exact_sum((balances[c.currency], c.amount))
+    return {cur: amount for cur, amount in sorted(balances.items()) if amount != 0}
 
 
 def _in_period(line: InvoiceLine, period: Month, bounds: BillingPeriod | None) -> InvoiceLine:

@@ -8,14 +8,14 @@ transaction.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
 from ..anchors import Anchor, AnchorError, BillingPeriod, billing_period
-from ..composition import PeriodRecord
+from ..composition import Credit, PeriodRecord
 from ..periods import Month
 from ..pricing import CREDIT_KINDS, PricePlan, plan_from_snapshot
 
@@ -25,7 +25,7 @@ class OrgHistory:
     """One organization's billing so far, as far as the next invoice needs it."""
 
     live_invoices: frozenset[int] = frozenset()  # ids of its live invoices, when read
-    credits: dict[int, Decimal] = field(default_factory=dict)  # live invoice id -> sum of its credit lines
+    credits: dict[int, Credit] = field(default_factory=dict)  # live invoice id -> the sum of its credit lines
     own: PeriodRecord | None = None  # what live invoices billed for the invoiced month itself (no usage)
     own_billed_revision: int = 0  # the newest usage revision of the month that an invoice billed
     changed: dict[Month, PeriodRecord] = field(default_factory=dict)  # earlier periods with usage no invoice billed
@@ -34,17 +34,19 @@ class OrgHistory:
 
 
 def load_histories(conn: Connection, month: Month, organization_ids: list[str], *, late_months: int,
-                   report_months: int = 12, anchors: Mapping[str, Anchor] | None = None) -> dict[str, OrgHistory]:
+                   report_months: int = 12, anchors: Mapping[str, Anchor] | None = None,
+                   replacing: Collection[int] = ()) -> dict[str, OrgHistory]:
     """For each organization: its live invoices and credit; what its live invoices billed for
     `month` itself; and every period from `late_months` before `month` whose usage revision is
     newer than what its invoices billed (read with that period's usage, what was billed for it,
     and the plan it was billed with). Changed periods up to `report_months` further back are listed
-    as too old."""
+    as too old. `replacing`: invoices about to be voided and replaced (--regenerate): a period whose
+    change only they billed is changed again, so that their replacements bill it as they did."""
     window_start = month.minus(late_months)
     live: dict[str, set[int]] = defaultdict(set)
-    credits: dict[str, dict[int, Decimal]] = defaultdict(dict)
+    credits: dict[str, dict[int, Credit]] = defaultdict(dict)
     for row in conn.execute(text("""
-        SELECT i.organization_id, i.id,
+        SELECT i.organization_id, i.id, i.currency,
                coalesce(sum(l.amount) FILTER (WHERE l.kind = ANY(:credit_kinds)), 0) AS credit
         FROM invoices i LEFT JOIN invoice_lines l ON l.invoice_id = i.id
         WHERE i.status <> 'void' AND i.organization_id = ANY(:ids)
@@ -52,7 +54,7 @@ def load_histories(conn: Connection, month: Month, organization_ids: list[str], 
     """), {"ids": organization_ids, "credit_kinds": list(CREDIT_KINDS)}):
         live[row.organization_id].add(row.id)
         if row.credit:
-            credits[row.organization_id][row.id] = Decimal(row.credit)
+            credits[row.organization_id][row.id] = Credit(Decimal(row.credit), row.currency.strip())
 
     changed = conn.execute(text("""
         SELECT r.organization_id, r.period_start, r.revision
@@ -61,9 +63,9 @@ def load_histories(conn: Connection, month: Month, organization_ids: list[str], 
           AND r.revision > coalesce((SELECT max(p.revision) FROM invoices i
                                      JOIN invoice_periods p ON p.invoice_id = i.id
                                      WHERE i.organization_id = r.organization_id AND i.status <> 'void'
-                                       AND p.period_start = r.period_start), 0)
+                                       AND i.id <> ALL(:replacing) AND p.period_start = r.period_start), 0)
     """), {"ids": organization_ids, "oldest": window_start.minus(report_months).first_day,
-           "period": month.first_day}).all()
+           "period": month.first_day, "replacing": list(replacing)}).all()
     in_window = [(r.organization_id, Month.containing_date(r.period_start)) for r in changed
                  if r.period_start >= window_start.first_day]
     too_old: dict[str, list[Month]] = defaultdict(list)

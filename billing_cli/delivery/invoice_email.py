@@ -198,6 +198,9 @@ def _notes(doc: InvoiceDocument, numbers: NumberFormat) -> list[str]:
             notes.append(f"{line.description}: {numbers.money(line.amount, doc.currency)}")
         elif line.kind == "credit_carried":
             notes.append(f"A credit of {numbers.money(line.amount, doc.currency)} is carried to your next invoice.")
+        elif line.kind == "credit_applied" and line.amount > 0:  # composition.CREDIT_TAKEN_BACK
+            notes.append(f"A credit of {numbers.money(line.amount, doc.currency)} applied on an earlier invoice is "
+                         "charged again: the invoice that carried it was voided.")
         elif line.kind == "credit_applied":
             notes.append(f"A credit of {numbers.money(-line.amount, doc.currency)} from earlier invoices is applied.")
     return notes

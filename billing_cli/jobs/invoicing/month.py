@@ -203,7 +203,8 @@ def _plan_batch(transactions: Transactions, options: InvoiceOptions, rules: Plan
     with transactions() as conn:
         existing = invoice_store.live_invoices(conn, options.month, ids)
         histories = billing_history.load_histories(conn, options.month, ids, late_months=options.late_usage_months,
-                                                   anchors={o.id: o.anchor for o, _ in batch if o.anchor is not None})
+                                                   anchors={o.id: o.anchor for o, _ in batch if o.anchor is not None},
+                                                   replacing=[i.id for i in existing.values()] if rules.regenerate else ())
         versions = plan_store.load_plan_versions(conn, sorted({o.price_plan_id for o, _ in batch if o.price_plan_id}))
         reversals = invoice_store.pending_reversals(conn, ids)
     credit_notes = undelivered_credit_notes(transactions, ids, options.delivery_steps)

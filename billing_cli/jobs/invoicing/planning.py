@@ -13,12 +13,13 @@ from enum import StrEnum
 
 from ...addresses import CountryError
 from ...anchors import BillingPeriod, FeeShare, fee_share
-from ...composition import ComposedInvoice, PeriodDelta, PeriodRecord, compose, credit_balance, period_delta
+from ...composition import (ComposedInvoice, PeriodDelta, PeriodRecord, compose, credit_balance, period_delta,
+                            stranded_credit)
 from ...db.billing_history import OrgHistory
 from ...db.invoice_store import StoredInvoice
 from ...db.usage_store import OrganizationRow
 from ...delivery.invoice_email import BadAddress, check_address, check_header_value
-from ...money import CurrencyError, Precision
+from ...money import CurrencyError, Precision, format_money
 from ...outcomes import Step
 from ...periods import Month
 from ...pricing import PricePlan, RatingError
@@ -133,7 +134,8 @@ def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str
         invoice = compose(month, usage, plan,
                           fees=lambda period: fees_apply(org, bounds.get(period) or BillingPeriod.calendar(period)),
                           own=own.without(replaced) if own is not None else None, earlier=earlier,
-                          credit_balance=credit_balance(history.credits, without=replaced), precision=rules.precision,
+                          credit_balance=credit_balance(history.credits, plan.currency, without=replaced),
+                          precision=rules.precision,
                           bounds=org.period)
     except (RatingError, CurrencyError) as exc:
         return OrgPlan(org, Action.REFUSE, existing=existing, problem=str(exc), reversals=pending,
@@ -142,6 +144,11 @@ def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str
         return OrgPlan(org, Action.REFUSE, existing=existing, reversals=pending, history=history,
                        problem="its amounts are too large to add up exactly (more than 60 digits): check the usage "
                                "quantities and the plan's prices")
+    stranded = stranded_credit(history.credits, plan.currency, without=replaced)
+    if stranded:
+        warnings += (f"its credit of {', '.join(format_money(amount, cur) for cur, amount in stranded.items())} from "
+                     f"earlier invoices is not applied: this invoice is in {plan.currency}, and credit is never "
+                     "converted (refund it, or settle it by hand)",)
     if invoice.is_empty:
         return OrgPlan(org, Action.VOID if existing is not None else Action.NOTHING_TO_BILL, existing=existing,
                        warnings=warnings, reversals=reversals, history=history)
