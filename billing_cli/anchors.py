@@ -163,6 +163,22 @@ class FeeShare:
         return f"{span.rsplit(' ', 1)[0]} ({self.days} of {self.of_days} days)"
 
 
+def fees_as_json(fees: bool | FeeShare | None) -> dict[str, object]:
+    """The fees an invoice billed for its period, as stored (invoices.fee_share)."""
+    if isinstance(fees, FeeShare):
+        return {"days": fees.days, "of_days": fees.of_days, "first": fees.first.isoformat(),
+                "last": fees.last.isoformat()}
+    return {"owed": bool(fees)}
+
+
+def fees_from_json(stored: dict[str, object]) -> bool | FeeShare | None:
+    """`fees_as_json` read back: True (all), None (none), or the share."""
+    if "owed" in stored:
+        return True if stored["owed"] else None
+    return FeeShare(int(stored["days"]), int(stored["of_days"]),  # type: ignore[call-overload]
+                    date.fromisoformat(str(stored["first"])), date.fromisoformat(str(stored["last"])))
+
+
 def fee_share(period: BillingPeriod, *, created_at: datetime | None, active: bool,
               status_changed_at: datetime | None) -> FeeShare | None:
     """The fees owed for `period`: None when none are (created after it ended, or inactive before

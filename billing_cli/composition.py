@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from .anchors import BillingPeriod, FeeShare
-from .money import ZERO, Precision, exact_sum, format_quantity
+from .money import ZERO, Precision, exact_sum, format_quantity, movable_credit, round_money
 from .periods import Month
 from .pricing import CREDIT_KINDS, InvoiceLine, PricePlan, RatedInvoice, RatingError, line_bounds, rate
 from .taxes import InvoiceTax
@@ -35,6 +35,8 @@ class PeriodRecord:
     billed_usage: Mapping[int, Mapping[str, Decimal]] = field(default_factory=dict)  # invoice id -> metric -> qty
     plan: PricePlan | None = None  # the plan its own invoice was rated with (its snapshot), if it has one
     bounds: BillingPeriod | None = None  # its interval, as its own invoice billed it; None: the calendar month
+    fees: Fees = None  # the fees its own invoice billed (with fees_known: that invoice stored them)
+    fees_known: bool = False
 
     @property
     def label(self) -> str:
@@ -44,8 +46,8 @@ class PeriodRecord:
         """The record as if that invoice (about to be voided) did not exist."""
         if invoice_id is None:
             return self
-        return PeriodRecord(self.period, self.usage, {i: c for i, c in self.billed.items() if i != invoice_id},
-                            {i: u for i, u in self.billed_usage.items() if i != invoice_id}, self.plan, self.bounds)
+        return replace(self, billed={i: c for i, c in self.billed.items() if i != invoice_id},
+                       billed_usage={i: u for i, u in self.billed_usage.items() if i != invoice_id})
 
     def billed_total(self) -> dict[str, Decimal]:
         return _sum_maps(self.billed.values())
@@ -84,6 +86,7 @@ class ComposedInvoice:
     adjusted: tuple[PeriodDelta, ...] = ()
     taxes: tuple[InvoiceTax, ...] = ()  # the tax breakdown (taxes.py); none while taxes are off
     billing_period: BillingPeriod | None = None  # its own period's interval; None: the calendar month
+    fees: Fees = True  # the fees its own period owes, as rated (stored: a later re-rating uses them)
 
     @property
     def bounds(self) -> BillingPeriod:
@@ -129,7 +132,10 @@ def period_delta(record: PeriodRecord, plan: PricePlan, *, fees: Fees, label: st
     lines = []
     days = line_bounds(record.bounds)
     for charge in sorted(set(now) | set(before)):
-        difference = now.get(charge, ZERO) - before.get(charge, ZERO)
+        # Amounts billed before may be in a finer unit than this invoice's (billed without Stripe, KWD
+        # in thousandths; with it, in hundredths): the difference is rounded to this invoice's unit,
+        # and what rounding leaves (under half a unit) is part of the next re-rating's difference.
+        difference = round_money(now.get(charge, ZERO) - before.get(charge, ZERO), plan.currency, precision)
         if difference == 0:
             continue
         metric = charge if charge in usage or plan.price_for(charge) is not None else None
@@ -180,33 +186,36 @@ def compose(period: Month, usage: Mapping[str, Decimal], plan: PricePlan, *, fee
         adjusted.append(delta)
         lines += delta.lines
         billed_usage.update({(record.period, m): q for m, q in delta.usage.items()})
-    lines += _credit_lines(exact_sum(line.amount for line in lines), credit_balance, period, bounds)
+    lines += _credit_lines(exact_sum(line.amount for line in lines), credit_balance, period, bounds,
+                           lambda amount: movable_credit(amount, plan.currency, precision))
     periods = (period, *(d.period for d in adjusted))
     return ComposedInvoice(plan, plan.currency, period, tuple(lines), billed_usage, periods, tuple(adjusted),
-                           billing_period=bounds)
+                           billing_period=bounds, fees=fees(period))
 
 
 CREDIT_TAKEN_BACK = "Credit taken back: the invoice that carried it was voided"
 
 
-def _credit_lines(subtotal: Decimal, balance: Decimal, period: Month,
-                  bounds: BillingPeriod | None) -> list[InvoiceLine]:
+def _credit_lines(subtotal: Decimal, balance: Decimal, period: Month, bounds: BillingPeriod | None,
+                  movable: Callable[[Decimal], Decimal]) -> list[InvoiceLine]:
     """The lines that move credit: a negative balance taken back first (credit that live invoices
     applied, carried by an invoice voided since: it is owed again), then a negative total carried
-    forward, or the balance applied to a positive one."""
+    forward, or the balance applied to a positive one. `movable`: the part of a balance that can
+    be moved in this invoice's unit (money.movable_credit)."""
     days = line_bounds(bounds)
     lines = []
-    if balance < 0:
-        lines.append(InvoiceLine("credit_applied", CREDIT_TAKEN_BACK, Decimal(1), -balance, -balance, None, period,
-                                 days))
-        subtotal, balance = exact_sum((subtotal, -balance)), ZERO
+    owed = -movable(balance) if balance < 0 else ZERO
+    if owed:
+        lines.append(InvoiceLine("credit_applied", CREDIT_TAKEN_BACK, Decimal(1), owed, owed, None, period, days))
+        subtotal = exact_sum((subtotal, owed))
     if subtotal < 0:
         lines.append(InvoiceLine("credit_carried", "Credit carried to your next invoice", Decimal(1), -subtotal,
                                  -subtotal, None, period, days))
     elif subtotal > 0 and balance > 0:
-        used = min(balance, subtotal)
-        lines.append(InvoiceLine("credit_applied", "Credit from earlier invoices", Decimal(1), -used, -used, None,
-                                 period, days))
+        used = min(movable(balance), subtotal)
+        if used:
+            lines.append(InvoiceLine("credit_applied", "Credit from earlier invoices", Decimal(1), -used, -used, None,
+                                     period, days))
     return lines
 
 

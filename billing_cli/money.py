@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import Enum
-from decimal import ROUND_HALF_UP, Context, Decimal, Inexact, InvalidOperation, Overflow
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Context, Decimal, Inexact, InvalidOperation, Overflow
 
 # ISO 4217 active codes and their minor units (exponent). Codes not listed have 2 decimals.
 _ZERO_DECIMALS = {"BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI",
@@ -151,6 +151,16 @@ def round_money(amount: Decimal, currency: str, precision: Precision = Precision
     with Stripe: what it can charge, e.g. 2 for KWD, 0 for MGA)."""
     places = Decimal(1).scaleb(-exponent(currency, precision))
     return amount.quantize(places, rounding=ROUND_HALF_UP, context=_ROUNDING).quantize(
+        Decimal(1).scaleb(-minor_units(currency)), context=_ROUNDING)
+
+
+def movable_credit(amount: Decimal, currency: str, precision: Precision = Precision.ISO) -> Decimal:
+    """The part of a credit balance an invoice can move at `precision`: toward zero, never rounded
+    up, so that moving credit never creates any (a credit kept at a finer unit than Stripe charges,
+    e.g. 0.235 KWD, moves 0.23; the rest stays, under one unit). Amounts are otherwise rounded by
+    round_money alone."""
+    places = Decimal(1).scaleb(-exponent(currency, precision))
+    return amount.quantize(places, rounding=ROUND_DOWN, context=_ROUNDING).quantize(
         Decimal(1).scaleb(-minor_units(currency)), context=_ROUNDING)
 
 

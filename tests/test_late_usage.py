@@ -201,6 +201,30 @@ def test_an_organization_deactivated_during_the_month_gets_its_final_invoice(db,
     assert invoices_of(engine, "left-long-ago") == []  # no usage, and no fee: it left before January
 
 
+def test_late_usage_of_a_month_the_organization_was_inactive_in_charges_no_fee_after_it_comes_back(
+        db, engine) -> None:
+    with engine.begin() as conn:  # inactive since June 2023: January is billed its usage, no fee
+        add_org(conn, "back")
+        set_plan(conn, "back", "pro")
+        conn.execute(text("UPDATE organizations SET status = 'inactive' WHERE id = 'back'"))
+        conn.execute(text("UPDATE organizations SET status_changed_at = '2023-06-01' WHERE id = 'back'"))
+    events(engine, "back", 100, utc(2024, 1, 5, 8))
+    roll_up(db)
+    assert invoice(db, "2024-01", "--org", "back").exit_code == 0
+    assert invoices_of(engine, "back") == [("INV-2024-01-000001", "issued", D("1.00"))]  # 100 x 0.01, no fee
+
+    with engine.begin() as conn:  # the customer comes back on 20 February (e.g. a suspension lifted)
+        conn.execute(text("UPDATE organizations SET status = 'active' WHERE id = 'back'"))
+        conn.execute(text("UPDATE organizations SET status_changed_at = '2024-02-20' WHERE id = 'back'"))
+    events(engine, "back", 100, utc(2024, 1, 6, 8))  # late January usage
+    roll_up(db)
+    assert invoice(db, "2024-02", "--org", "back").exit_code == 0
+    january = [(kind, description, amount) for kind, period, description, amount
+               in lines_of(engine, "INV-2024-02-000001") if period == utc(2024, 1, 1).date()]
+    # January was inactive: its adjustment is the 100 late calls (1.00), never January's monthly fee.
+    assert january == [("usage", "Adjustment for January 2024: API calls, +100 units (200 in all)", D("1.00"))]
+
+
 def test_usage_of_a_metric_the_plan_does_not_price_fails_that_organization(db, engine) -> None:
     with engine.begin() as conn:
         add_org(conn, "gpu-user")

@@ -110,3 +110,37 @@ def test_long_quantities_and_prices_print_every_digit() -> None:
     assert german.unit_price(long, "JPY") == german.quantity(long)
     assert german.money(Decimal("12345678901234567890123456789012345678.455"), "EUR") == \
         "12.345.678.901.234.567.890.123.456.789.012.345.678,46 €"
+
+
+def test_adjustments_and_credit_of_a_period_billed_before_stripe_was_on_are_chargeable_by_stripe() -> None:
+    """KWD has 3 decimals (ISO) but Stripe charges it in hundredths: a month billed without Stripe
+    (0.235 KWD) and adjusted on an invoice that goes to Stripe, and a credit carried from before,
+    give amounts Stripe can charge; rounding never creates credit."""
+    from billing_cli.composition import PeriodRecord, compose, period_delta
+    from billing_cli.money import Precision, movable_credit, to_stripe_amount
+    from billing_cli.periods import Month
+    from billing_cli.pricing import Price, PricePlan
+
+    plan = PricePlan("k", "K", "KWD", (Price("api_calls", "per_unit", "API calls", Decimal("0.0047")),))
+    january = Month(2024, 1)
+    billed = {1: {"api_calls": Decimal("0.235")}}  # 50 calls x 0.0047 = 0.235 KWD, billed with ISO precision
+    record = PeriodRecord(january, {"api_calls": Decimal("60")}, billed, {1: {"api_calls": Decimal("50")}}, plan)
+    delta = period_delta(record, plan, fees=True, label="Adjustment", precision=Precision.STRIPE)
+    # Now 60 x 0.0047 = 0.282 -> 0.28 at Stripe's precision; 0.28 - 0.235 = 0.045 -> 0.05 (half up; the
+    # 0.005 over is part of the next re-rating's difference).
+    assert [line.amount for line in delta.lines] == [Decimal("0.050")]
+    assert [to_stripe_amount(line.amount, "KWD") for line in delta.lines] == [50]
+
+    # A credit of 0.235 KWD carried before Stripe was on: 0.23 is applied, 0.005 stays.
+    assert movable_credit(Decimal("0.235"), "KWD", Precision.STRIPE) == Decimal("0.230")
+    assert movable_credit(Decimal("-0.235"), "KWD", Precision.STRIPE) == Decimal("-0.230")
+    invoice = compose(Month(2024, 3), {"api_calls": Decimal("100")}, plan, fees=lambda _: True,
+                      credit_balance=Decimal("0.235"), precision=Precision.STRIPE)
+    assert [(line.kind, line.amount) for line in invoice.lines] == [("usage", Decimal("0.470")),
+                                                                      ("credit_applied", Decimal("-0.230"))]
+    assert [to_stripe_amount(line.amount, "KWD") for line in invoice.lines] == [470, -230]
+    # Credit that was applied, then voided (a balance of -0.235): 0.23 is taken back, never 0.24.
+    taken = compose(Month(2024, 3), {"api_calls": Decimal("100")}, plan, fees=lambda _: True,
+                    credit_balance=Decimal("-0.235"), precision=Precision.STRIPE)
+    assert [(line.kind, line.amount) for line in taken.lines] == [("usage", Decimal("0.470")),
+                                                                  ("credit_applied", Decimal("0.230"))]

@@ -14,8 +14,8 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
-from ..anchors import Anchor, AnchorError, BillingPeriod, billing_period
-from ..composition import Credit, PeriodRecord
+from ..anchors import Anchor, AnchorError, BillingPeriod, billing_period, fees_from_json
+from ..composition import Credit, Fees, PeriodRecord
 from ..periods import Month
 from ..pricing import CREDIT_KINDS, PricePlan, plan_from_snapshot
 
@@ -135,6 +135,7 @@ def _period_records(conn: Connection, pairs: list[tuple[str, Month]], month: Mon
     billed_usage: dict[tuple[str, Month], dict[int, dict[str, Decimal]]] = defaultdict(lambda: defaultdict(dict))
     plans: dict[tuple[str, Month], PricePlan] = {}
     bounds: dict[tuple[str, Month], BillingPeriod] = {}
+    fees: dict[tuple[str, Month], Fees] = {}  # only for invoices that stored them (0015 and later)
     for row in conn.execute(text("""
         SELECT i.organization_id AS org, u.period_start, i.id, u.metric, u.quantity
         FROM unnest(CAST(:orgs AS varchar[]), CAST(:starts AS date[])) AS c(org, start)
@@ -143,7 +144,7 @@ def _period_records(conn: Connection, pairs: list[tuple[str, Month]], month: Mon
     """), {"orgs": orgs, "starts": starts}):
         billed_usage[(row.org, Month.containing_date(row.period_start))][row.id][row.metric] = Decimal(row.quantity)
     for row in conn.execute(text("""
-        SELECT i.organization_id AS org, i.billing_month, i.period_start, i.period_end, i.plan_snapshot
+        SELECT i.organization_id AS org, i.billing_month, i.period_start, i.period_end, i.plan_snapshot, i.fee_share
         FROM unnest(CAST(:orgs AS varchar[]), CAST(:starts AS date[])) AS c(org, start)
         JOIN invoices i ON i.organization_id = c.org AND i.billing_month = c.start AND i.status <> 'void'
     """), {"orgs": orgs, "starts": starts}):
@@ -151,6 +152,8 @@ def _period_records(conn: Connection, pairs: list[tuple[str, Month]], month: Mon
         bounds[key] = BillingPeriod(key[1], row.period_start, row.period_end)
         if row.plan_snapshot is not None:
             plans[key] = plan_from_snapshot(row.plan_snapshot)
+        if row.fee_share is not None:
+            fees[key] = fees_from_json(row.fee_share)
 
     covered: dict[tuple[str, Month], int] = {}
     for row in conn.execute(text("""
@@ -163,7 +166,8 @@ def _period_records(conn: Connection, pairs: list[tuple[str, Month]], month: Mon
         covered[(row.org, Month.containing_date(row.start))] = row.revision
 
     return {key: (PeriodRecord(key[1], usage.get(key, {}), dict(billed.get(key, {})),
-                               dict(billed_usage.get(key, {})), plans.get(key), bounds.get(key, assumed[key])),
+                               dict(billed_usage.get(key, {})), plans.get(key), bounds.get(key, assumed[key]),
+                               fees.get(key), key in fees),
                   revision.get(key, 0),
                   covered.get(key, 0))
             for key in pairs}

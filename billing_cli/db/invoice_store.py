@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
-from ..anchors import BillingPeriod
+from ..anchors import BillingPeriod, fees_as_json
 from . import credit_note_store, invoice_taxes
 from .engine import pipelined
 from .line_rows import bounds_params, read_lines
@@ -311,23 +311,25 @@ def _issue(session: Connection, month: Month, requests: Sequence[IssueRequest],
         WITH inv AS (
             INSERT INTO invoices (organization_id, billing_month, period_start, period_end, number, status, currency,
                                   subtotal, tax_total, total, plan_id, plan_snapshot, bill_to_name, bill_to_email,
-                                  bill_to_address, bill_to_tax_id, issue_date, due_date, replaces_invoice_id)
+                                  bill_to_address, bill_to_tax_id, issue_date, due_date, replaces_invoice_id,
+                                  fee_share)
             SELECT org, :period, period_start, period_end, number, 'issued', currency, subtotal, tax, total, plan,
                    CAST(snapshot AS jsonb), name,
                    email,
                    -- each invoice's address lines travel as a JSON array (arrays of arrays cannot be unnested)
                    (SELECT array_agg(line ORDER BY n) FROM json_array_elements_text(CAST(address AS json))
                                                            WITH ORDINALITY AS a(line, n)),
-                   tax_id, issue, due, replaces
+                   tax_id, issue, due, replaces, CAST(fee_share AS jsonb)
             FROM unnest(CAST(:orgs AS text[]), CAST(:numbers AS text[]), CAST(:currencies AS text[]),
                         CAST(:subtotals AS numeric[]), CAST(:taxes AS numeric[]), CAST(:totals AS numeric[]),
                         CAST(:plans AS text[]),
                         CAST(:snapshots AS text[]), CAST(:names AS text[]), CAST(:emails AS text[]),
                         CAST(:addresses AS text[]), CAST(:tax_ids AS text[]),
                         CAST(:issues AS date[]), CAST(:dues AS date[]), CAST(:replaces AS bigint[]),
-                        CAST(:period_starts AS timestamptz[]), CAST(:period_ends AS timestamptz[]))
+                        CAST(:period_starts AS timestamptz[]), CAST(:period_ends AS timestamptz[]),
+                        CAST(:fee_shares AS text[]))
                  AS r(org, number, currency, subtotal, tax, total, plan, snapshot, name, email, address, tax_id, issue,
-                      due, replaces, period_start, period_end)
+                      due, replaces, period_start, period_end, fee_share)
             RETURNING number, id, created_at
         ), lines AS (
             INSERT INTO invoice_lines (invoice_id, line_no, kind, metric, description, quantity, unit_price, amount,
@@ -370,6 +372,7 @@ def _issue(session: Connection, month: Month, requests: Sequence[IssueRequest],
            "replaces": [r.replaces.id if r.replaces else None for _, r in fresh],
            "period_starts": [r.invoice.bounds.start for _, r in fresh],
            "period_ends": [r.invoice.bounds.end for _, r in fresh],
+           "fee_shares": [json.dumps(fees_as_json(r.invoice.fees)) for _, r in fresh],
            **_line_params(numbers, [r for _, r in fresh]),
            **invoice_taxes.params_by_number([(number, r.invoice.taxes) for number, (_, r) in zip(numbers, fresh, strict=True)]),
            **_usage_params(numbers, [r for _, r in fresh])}).all()

@@ -13,8 +13,8 @@ from enum import StrEnum
 
 from ...addresses import CountryError
 from ...anchors import BillingPeriod, FeeShare, fee_share
-from ...composition import (ComposedInvoice, PeriodDelta, PeriodRecord, compose, credit_balance, period_delta,
-                            stranded_credit)
+from ...composition import (ComposedInvoice, Fees, PeriodDelta, PeriodRecord, compose, credit_balance,
+                            period_delta, stranded_credit)
 from ...db.billing_history import OrgHistory
 from ...db.invoice_store import StoredInvoice
 from ...db.usage_store import OrganizationRow
@@ -130,9 +130,16 @@ def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str
     own = history.own
     bounds = {period: record.bounds for period, record in history.changed.items() if record.bounds is not None}
     bounds[month] = org.billing_period(month)
+    stored_fees = {period: record.fees for period, record in history.changed.items() if record.fees_known}
+
+    def fees(period: Month) -> Fees:
+        # An invoiced period is rated again with the fees its invoice billed (the status then, not now).
+        if period in stored_fees:
+            return stored_fees[period]
+        return fees_apply(org, bounds.get(period) or BillingPeriod.calendar(period))
+
     try:
-        invoice = compose(month, usage, plan,
-                          fees=lambda period: fees_apply(org, bounds.get(period) or BillingPeriod.calendar(period)),
+        invoice = compose(month, usage, plan, fees=fees,
                           own=own.without(replaced) if own is not None else None, earlier=earlier,
                           credit_balance=credit_balance(history.credits, plan.currency, without=replaced),
                           precision=rules.precision,
@@ -187,7 +194,8 @@ def _late_usage(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mappi
     try:
         bounds = record.bounds or org.billing_period(month)
         delta = period_delta(PeriodRecord(month, usage, record.billed, record.billed_usage, bounds=bounds), plan,
-                             fees=fees_apply(org, bounds), label=f"Adjustment for {bounds.label}", precision=precision)
+                             fees=record.fees if record.fees_known else fees_apply(org, bounds),
+                             label=f"Adjustment for {bounds.label}", precision=precision)
     except (RatingError, CurrencyError):
         return None  # reported when the next invoice is planned
     return None if delta.is_empty else delta
