@@ -160,6 +160,23 @@ def test_a_partition_made_later_takes_its_rows_out_of_the_default_partition(engi
     assert again.created == []
 
 
+def test_every_partition_summarizes_its_arrivals_as_they_fill(engine) -> None:
+    # The late-events check reads recent arrivals through the BRIN index on received_at; a block range
+    # it has not summarized is read whole, so every partition's index summarizes ranges as they fill
+    # (autosummarize), those made by the migration and those made later alike.
+    later = Month.containing(utc_now()).next().next()
+    keep_partitions_ahead(transactions_of(engine), later.prev().start + timedelta(days=2))
+    with engine.connect() as conn:
+        options = dict(conn.execute(text("""
+            SELECT p.relname, coalesce(array_to_string(c.reloptions, ','), '')
+            FROM pg_inherits hi JOIN pg_class c ON c.oid = hi.inhrelid
+            JOIN pg_index x ON x.indexrelid = c.oid JOIN pg_class p ON p.oid = x.indrelid
+            WHERE hi.inhparent = 'idx_usage_events_received_at'::regclass
+        """)).all())
+    assert f"usage_events_{later.year}_{later.month:02d}" in options and "usage_events_default" in options
+    assert set(options.values()) == {"autosummarize=on"}, options
+
+
 def test_a_partition_that_cannot_be_made_now_is_reported_and_made_by_the_next_run(engine) -> None:
     later = Month.containing(utc_now()).next().next()
     with engine.begin() as conn:
