@@ -141,6 +141,25 @@ def test_masking() -> None:
     assert mask_url_password("postgresql://billing@db/billing") == "postgresql://billing@db/billing"
 
 
+@pytest.mark.parametrize("url,masked", [
+    # Passwords pasted without percent-encoding: SQLAlchemy reads the password up to the '@'.
+    ("postgresql://billing:db/SECRET@db:5432/billing", "postgresql://billing:****@db:5432/billing"),
+    ("postgresql://billing:db?SECRET@db:5432/billing?sslmode=require",
+     "postgresql://billing:****@db:5432/billing?sslmode=require"),
+    ("postgresql://billing:db#SECRET@db/billing", "postgresql://billing:****@db/billing"),
+    # A raw '@' in it: SQLAlchemy and libpq take the tail for the host; it is hidden all the same.
+    ("postgresql://billing:db-SECRET@pw-TAIL@db:5432/billing", "postgresql://billing:****@db:5432/billing"),
+    # Text that is not a usable URL still never shows the password (`billing config` prints it).
+    ("postgresq://billing:SECRET@db/billing", "postgresq://billing:****@db/billing"),
+    ("billing:SECRET@db/billing", "billing:****@db/billing"),
+    ("postgresql://db/billing?password=SECRET@x", "postgresql://db/billing?password=****"),
+])
+def test_a_masked_url_never_shows_any_part_of_the_password(url: str, masked: str) -> None:
+    assert mask_url_password(url) == masked
+    assert "SECRET" not in mask_url_password(url, keep_user=False)
+    assert "TAIL" not in mask_url_password(url, keep_user=False)
+
+
 def test_secrets_never_show_in_repr_or_str() -> None:
     s = settings({"STRIPE_API_KEY": "sk_test_TOPSECRET1234", "INVOICE_SMTP_PASSWORD": "hunter2",
                   "INVOICE_SMTP_USERNAME": "mailer",
