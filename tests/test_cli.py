@@ -206,6 +206,21 @@ def test_a_database_url_whose_password_needs_percent_encoding_is_a_configuration
     assert result.exit_code == ExitCode.CONFIG, result.output
 
 
+def test_an_option_libpq_refuses_only_when_connecting_is_a_configuration_error_too(db_url) -> None:
+    # The configuration check knows the values of sslmode & co.; a newer libpq may check more.
+    from billing_cli.db.engine import check_connection, describe_server, make_engine
+    from billing_cli.errors import ConfigError
+
+    url = make_url(url_with_password(db_url)).update_query_dict({"sslmode": "bogus"})
+    engine = make_engine(url.render_as_string(hide_password=False))
+    try:
+        with pytest.raises(ConfigError, match='invalid sslmode value: "bogus"') as err:
+            check_connection(engine, describe_server(str(url)))
+    finally:
+        engine.dispose()
+    assert "db-SECRET-pw" not in str(err.value) and "cannot reach" not in str(err.value)
+
+
 def test_a_schema_that_is_behind_is_refused(clean_env, empty_db_url) -> None:
     result = run("aggregate-hourly", DATABASE_URL=empty_db_url)
     assert result.exit_code == ExitCode.SCHEMA_OUTDATED

@@ -99,6 +99,36 @@ def test_malformed_values_are_named(env, fragment) -> None:
         settings(env)
 
 
+@pytest.mark.parametrize("url,fragment", [
+    ("postgresql://billing:db-SECRET@pw-TAIL@db:5432/billing", "percent-encode the password (@ as %40"),
+    ("postgresql://billing:db-SECRET@pw:TAIL@db:5432/billing", "percent-encode the password"),
+    ("postgresql://billing:db-SECRET@db:54x2/billing", "the port is not a number"),
+    ("postgresql://billing:db-SECRET@db:99999/billing", "the port 99999 is out of range"),
+    ("postgresql://billing:db-SECRET@[::1/billing", "an IPv6 host opened with '[' is not closed"),
+    ("postgresql://billing:db-SECRET@db/billing?sslmod=require", "unknown connection option 'sslmod' in the query "
+                                                                 "(did you mean 'sslmode'?)"),
+    ("postgresql://billing:db-SECRET@db/billing?sslmode=bogus", "sslmode='bogus' in the query: use disable"),
+    ("postgresql://billing:db-SECRET@db/billing?connect_timeout=ten", "connect_timeout='ten' in the query is not"),
+])
+def test_a_database_url_libpq_would_refuse_or_misread_is_named_without_its_password(url, fragment) -> None:
+    with pytest.raises(ConfigError) as err:
+        settings({"DATABASE_URL": url})
+    assert str(err.value).startswith("configuration error: DATABASE_URL='postgresql://billing:****@")
+    assert fragment in str(err.value)
+    assert "SECRET" not in str(err.value) and "TAIL" not in str(err.value)
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://billing:p%40ss@db:5432/billing?sslmode=verify-full&connect_timeout=5",
+    "postgresql://billing:db/pw?x#y@db/billing",  # SQLAlchemy reads a password up to the '@'
+    "postgresql://billing@tenant:pw@db/billing",  # an '@' in the user name alone is read right
+    "postgres:///billing?host=/var/run/postgresql",
+    "postgresql://billing@[::1]:5432/billing?host=a&host=b&target_session_attrs=read-write",
+])
+def test_a_usable_database_url_is_accepted(url) -> None:
+    assert settings({"DATABASE_URL": url}).database_url is not None
+
+
 def test_every_problem_is_found_with_the_variables_it_is_about() -> None:
     raw = read_raw_config({"DATABASE_URL": "mysql://u@h/db", "INVOICE_ENABLE_S3": "yes", "INVOICE_SMTP_PORT": "0",
                            "INVOICE_SMTP_USERNAME": "mailer", "NOTIFY_ON_COMPLETION": "true",
