@@ -253,6 +253,13 @@ def test_a_billing_env_file_that_does_not_exist_is_a_configuration_error(clean_e
     result = run("config", BILLING_ENV_FILE=str(clean_env / "billing.env"))
     assert result.exit_code == ExitCode.CONFIG, result.output
     assert "billing.env" in result.output
+    assert f"BILLING_ENV_FILE='{clean_env / 'billing.env'}': no such file" in result.output
+
+    job = run("aggregate-hourly", BILLING_ENV_FILE=str(clean_env / "billing.env"))
+    assert job.exit_code == ExitCode.CONFIG and "BILLING_ENV_FILE=" in job.output, job.output
+    # What the benchmarks and tests use to read no file at all; a directory is a typo too.
+    assert run("config", BILLING_ENV_FILE="/dev/null").exit_code == 0
+    assert run("config", BILLING_ENV_FILE=str(clean_env)).exit_code == ExitCode.CONFIG
 
 
 def test_dotenv_is_read_from_the_working_directory(clean_env) -> None:

@@ -274,6 +274,20 @@ def test_derived_fields() -> None:
     assert isinstance(settings({}).database_url, Secret)
 
 
+def test_only_a_missing_file_named_by_billing_env_file_is_a_problem(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here: everything comes from the environment, fine
+    assert config_problems(read_raw_config({})) == []
+    assert config_problems(read_raw_config({"BILLING_ENV_FILE": "/dev/null"})) == []
+    assert config_problems(read_raw_config({"BILLING_ENV_FILE": ""})) == []  # empty counts as unset
+
+    problems = config_problems(read_raw_config({"BILLING_ENV_FILE": str(tmp_path / "billing.env"),
+                                                "DRY_RUN": "perhaps"}))
+    assert [p.names for p in problems] == [("BILLING_ENV_FILE",), ("DRY_RUN",)]
+    assert problems[0].message.startswith(f"BILLING_ENV_FILE='{tmp_path / 'billing.env'}': no such file")
+    with pytest.raises(ConfigError, match="BILLING_ENV_FILE=.*: no such file"):
+        load_settings({"BILLING_ENV_FILE": str(tmp_path / "billing.env"), "DATABASE_URL": "postgresql://u@h/db"})
+
+
 def test_raw_config_reports_sources(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("INVOICE_S3_BUCKET=from-file\n")
