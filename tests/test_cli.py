@@ -35,6 +35,13 @@ def url_with_password(url: str, password: str = "db-SECRET-pw") -> str:
     return make_url(url).set(password=password).render_as_string(hide_password=False)
 
 
+def url_with_raw_password(url: str, password: str) -> str:
+    """`url` with this password written into it as is, not percent-encoded, as an operator pastes it
+    into a Secret."""
+    parsed = make_url(url)
+    return f"postgresql://{parsed.username}:{password}@{parsed.host}:{parsed.port or 5432}/{parsed.database}"
+
+
 def all_commands() -> list[list[str]]:
     root = typer.main.get_command(app)
     paths = []
@@ -179,6 +186,41 @@ def test_an_unreachable_database_is_one_clear_line(clean_env) -> None:
     assert "db-SECRET-pw" not in result.output
 
 
+@pytest.mark.parametrize("url", [
+    "postgresql://billing:db-SECRET-pw@db:54x2/billing",  # a typo in the port
+    "postgresql://billing:db-SECRET-pw@[::1/billing",  # an unclosed IPv6 bracket
+    "postgresql://billing:db-SECRET-pw@127.0.0.1:5432/billing?sslmod=require",  # a misspelt option
+])
+def test_a_database_url_that_cannot_be_used_is_a_configuration_error_not_a_traceback(clean_env, url) -> None:
+    config = run("config", DATABASE_URL=url)
+    assert config.exit_code == ExitCode.CONFIG, "billing config calls it valid: " + config.output
+    result = run("aggregate-hourly", DATABASE_URL=url)
+    assert result.exit_code == ExitCode.CONFIG, (result.exit_code, repr(result.exception))
+    assert "DATABASE_URL" in result.output and "db-SECRET-pw" not in result.output
+
+
+def test_a_database_url_whose_password_needs_percent_encoding_is_a_configuration_error_not_retried(
+        clean_env) -> None:
+    result = run("aggregate-hourly", DATABASE_URL="postgresql://billing:db-SECRET@pw-TAIL@127.0.0.1:5432/billing")
+    # Exit 4 is retried by Kubernetes (backoffLimit) and tells the operator to wait for the server.
+    assert result.exit_code == ExitCode.CONFIG, result.output
+
+
+def test_an_option_libpq_refuses_only_when_connecting_is_a_configuration_error_too(db_url) -> None:
+    # The configuration check knows the values of sslmode & co.; a newer libpq may check more.
+    from billing_cli.db.engine import check_connection, describe_server, make_engine
+    from billing_cli.errors import ConfigError
+
+    url = make_url(url_with_password(db_url)).update_query_dict({"sslmode": "bogus"})
+    engine = make_engine(url.render_as_string(hide_password=False))
+    try:
+        with pytest.raises(ConfigError, match='invalid sslmode value: "bogus"') as err:
+            check_connection(engine, describe_server(str(url)))
+    finally:
+        engine.dispose()
+    assert "db-SECRET-pw" not in str(err.value) and "cannot reach" not in str(err.value)
+
+
 def test_a_schema_that_is_behind_is_refused(clean_env, empty_db_url) -> None:
     result = run("aggregate-hourly", DATABASE_URL=empty_db_url)
     assert result.exit_code == ExitCode.SCHEMA_OUTDATED
@@ -203,6 +245,21 @@ def test_configuration_errors_exit_3(clean_env, env, message) -> None:
     env = {"DATABASE_URL": "postgresql://u@127.0.0.1:1/x", **env}
     result = run("aggregate-hourly", **env)
     assert result.exit_code == ExitCode.CONFIG and message in result.output
+
+
+def test_a_billing_env_file_that_does_not_exist_is_a_configuration_error(clean_env) -> None:
+    # The crontab points BILLING_ENV_FILE at the file holding DATABASE_URL and
+    # BILLING_REQUIRE_DATABASE_URL; a typo in its path loses both, silently.
+    result = run("config", BILLING_ENV_FILE=str(clean_env / "billing.env"))
+    assert result.exit_code == ExitCode.CONFIG, result.output
+    assert "billing.env" in result.output
+    assert f"BILLING_ENV_FILE='{clean_env / 'billing.env'}': no such file" in result.output
+
+    job = run("aggregate-hourly", BILLING_ENV_FILE=str(clean_env / "billing.env"))
+    assert job.exit_code == ExitCode.CONFIG and "BILLING_ENV_FILE=" in job.output, job.output
+    # What the benchmarks and tests use to read no file at all; a directory is a typo too.
+    assert run("config", BILLING_ENV_FILE="/dev/null").exit_code == 0
+    assert run("config", BILLING_ENV_FILE=str(clean_env)).exit_code == ExitCode.CONFIG
 
 
 def test_dotenv_is_read_from_the_working_directory(clean_env) -> None:
@@ -323,6 +380,26 @@ def test_no_secret_appears_in_any_command_output(clean_env, db_url) -> None:
     combined = "\n".join(outputs)
     for secret in (*SECRETS.values(), "db-SECRET-pw"):
         assert secret not in combined
+
+
+@pytest.mark.parametrize("password", ["db/SECRET-pw", "db?SECRET-pw", "db#SECRET-pw"])
+def test_billing_config_never_prints_a_database_password_holding_a_slash_question_mark_or_hash(
+        clean_env, db_url, password) -> None:
+    url = url_with_raw_password(db_url, password)
+    # A working URL: SQLAlchemy reads the password up to the '@' (the test server trusts any password).
+    assert run("status", DATABASE_URL=url).exit_code == 0
+
+    for args in (["config"], ["config", "--json"], ["config", "--rich"]):
+        result = run(*args, DATABASE_URL=url)
+        assert result.exit_code == 0, result.output
+        assert "SECRET-pw" not in result.output, f"billing {' '.join(args)} printed the password"
+
+
+def test_a_database_password_holding_an_at_sign_is_never_printed_even_in_part(clean_env) -> None:
+    url = "postgresql://billing:db-SECRET@pw-TAIL@127.0.0.1:5432/billing"
+    for args in (["aggregate-hourly"], ["config"], ["status", "--json"]):
+        result = run(*args, DATABASE_URL=url)
+        assert "pw-TAIL" not in result.output, f"billing {' '.join(args)} printed part of the password"
 
 
 def test_a_shared_json_flag_is_refused_by_a_command_that_has_no_json_form(clean_env) -> None:

@@ -99,6 +99,36 @@ def test_malformed_values_are_named(env, fragment) -> None:
         settings(env)
 
 
+@pytest.mark.parametrize("url,fragment", [
+    ("postgresql://billing:db-SECRET@pw-TAIL@db:5432/billing", "percent-encode the password (@ as %40"),
+    ("postgresql://billing:db-SECRET@pw:TAIL@db:5432/billing", "percent-encode the password"),
+    ("postgresql://billing:db-SECRET@db:54x2/billing", "the port is not a number"),
+    ("postgresql://billing:db-SECRET@db:99999/billing", "the port 99999 is out of range"),
+    ("postgresql://billing:db-SECRET@[::1/billing", "an IPv6 host opened with '[' is not closed"),
+    ("postgresql://billing:db-SECRET@db/billing?sslmod=require", "unknown connection option 'sslmod' in the query "
+                                                                 "(did you mean 'sslmode'?)"),
+    ("postgresql://billing:db-SECRET@db/billing?sslmode=bogus", "sslmode='bogus' in the query: use disable"),
+    ("postgresql://billing:db-SECRET@db/billing?connect_timeout=ten", "connect_timeout='ten' in the query is not"),
+])
+def test_a_database_url_libpq_would_refuse_or_misread_is_named_without_its_password(url, fragment) -> None:
+    with pytest.raises(ConfigError) as err:
+        settings({"DATABASE_URL": url})
+    assert str(err.value).startswith("configuration error: DATABASE_URL='postgresql://billing:****@")
+    assert fragment in str(err.value)
+    assert "SECRET" not in str(err.value) and "TAIL" not in str(err.value)
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://billing:p%40ss@db:5432/billing?sslmode=verify-full&connect_timeout=5",
+    "postgresql://billing:db/pw?x#y@db/billing",  # SQLAlchemy reads a password up to the '@'
+    "postgresql://billing@tenant:pw@db/billing",  # an '@' in the user name alone is read right
+    "postgres:///billing?host=/var/run/postgresql",
+    "postgresql://billing@[::1]:5432/billing?host=a&host=b&target_session_attrs=read-write",
+])
+def test_a_usable_database_url_is_accepted(url) -> None:
+    assert settings({"DATABASE_URL": url}).database_url is not None
+
+
 def test_every_problem_is_found_with_the_variables_it_is_about() -> None:
     raw = read_raw_config({"DATABASE_URL": "mysql://u@h/db", "INVOICE_ENABLE_S3": "yes", "INVOICE_SMTP_PORT": "0",
                            "INVOICE_SMTP_USERNAME": "mailer", "NOTIFY_ON_COMPLETION": "true",
@@ -139,6 +169,25 @@ def test_masking() -> None:
         "postgresql://billing:****@db:5432/billing"
     assert mask("INVOICE_S3_BUCKET", "invoices") == "invoices"
     assert mask_url_password("postgresql://billing@db/billing") == "postgresql://billing@db/billing"
+
+
+@pytest.mark.parametrize("url,masked", [
+    # Passwords pasted without percent-encoding: SQLAlchemy reads the password up to the '@'.
+    ("postgresql://billing:db/SECRET@db:5432/billing", "postgresql://billing:****@db:5432/billing"),
+    ("postgresql://billing:db?SECRET@db:5432/billing?sslmode=require",
+     "postgresql://billing:****@db:5432/billing?sslmode=require"),
+    ("postgresql://billing:db#SECRET@db/billing", "postgresql://billing:****@db/billing"),
+    # A raw '@' in it: SQLAlchemy and libpq take the tail for the host; it is hidden all the same.
+    ("postgresql://billing:db-SECRET@pw-TAIL@db:5432/billing", "postgresql://billing:****@db:5432/billing"),
+    # Text that is not a usable URL still never shows the password (`billing config` prints it).
+    ("postgresq://billing:SECRET@db/billing", "postgresq://billing:****@db/billing"),
+    ("billing:SECRET@db/billing", "billing:****@db/billing"),
+    ("postgresql://db/billing?password=SECRET@x", "postgresql://db/billing?password=****"),
+])
+def test_a_masked_url_never_shows_any_part_of_the_password(url: str, masked: str) -> None:
+    assert mask_url_password(url) == masked
+    assert "SECRET" not in mask_url_password(url, keep_user=False)
+    assert "TAIL" not in mask_url_password(url, keep_user=False)
 
 
 def test_secrets_never_show_in_repr_or_str() -> None:
@@ -223,6 +272,20 @@ def test_derived_fields() -> None:
     assert settings({"INVOICE_SMTP_PORT": "465", "INVOICE_SMTP_SECURITY": "starttls"}).smtp_security == "starttls"
     assert settings({}).smtp_security == "starttls" and not settings({}).require_database_url
     assert isinstance(settings({}).database_url, Secret)
+
+
+def test_only_a_missing_file_named_by_billing_env_file_is_a_problem(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here: everything comes from the environment, fine
+    assert config_problems(read_raw_config({})) == []
+    assert config_problems(read_raw_config({"BILLING_ENV_FILE": "/dev/null"})) == []
+    assert config_problems(read_raw_config({"BILLING_ENV_FILE": ""})) == []  # empty counts as unset
+
+    problems = config_problems(read_raw_config({"BILLING_ENV_FILE": str(tmp_path / "billing.env"),
+                                                "DRY_RUN": "perhaps"}))
+    assert [p.names for p in problems] == [("BILLING_ENV_FILE",), ("DRY_RUN",)]
+    assert problems[0].message.startswith(f"BILLING_ENV_FILE='{tmp_path / 'billing.env'}': no such file")
+    with pytest.raises(ConfigError, match="BILLING_ENV_FILE=.*: no such file"):
+        load_settings({"BILLING_ENV_FILE": str(tmp_path / "billing.env"), "DATABASE_URL": "postgresql://u@h/db"})
 
 
 def test_raw_config_reports_sources(tmp_path: Path) -> None:

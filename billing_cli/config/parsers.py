@@ -80,8 +80,11 @@ class PostgresUrl(Parser):
     masks_always = True
 
     def __call__(self, text: str) -> str:
+        from .postgres_url import check_postgres_url
+
         if not _POSTGRES_URL.match(text):
             raise ValueError("not a PostgreSQL URL: use postgresql://user:password@host:5432/dbname")
+        check_postgres_url(text)  # what SQLAlchemy and libpq would refuse (or misread) on connecting
         return text
 
     def mask(self, text: str) -> str:

@@ -20,18 +20,23 @@ class RawConfig:
     values: Mapping[str, tuple[str | None, Source]]
     env_file: Path
     under_kubernetes: bool
+    env_file_problem: str | None = None  # BILLING_ENV_FILE names a file that cannot be read
 
     def value(self, name: str) -> str | None:
         return self.values[name][0]
 
 
 def read_raw_config(environ: Mapping[str, str] | None = None, env_file: Path | None = None) -> RawConfig:
-    """Read every known variable: the real environment wins over `.env`, which wins over defaults."""
-    from dotenv import dotenv_values
+    """Read every known variable: the real environment wins over `.env`, which wins over defaults.
 
+    A missing `.env` is fine (everything can come from the environment); a missing file named by
+    BILLING_ENV_FILE is a problem: the crontab keeps DATABASE_URL there, and a typo in its path
+    must not run the jobs without it. `/dev/null` reads as an empty file."""
     environ = os.environ if environ is None else environ
-    env_file = Path(environ.get("BILLING_ENV_FILE", ".env")) if env_file is None else env_file
-    from_file = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if env_file.is_file() else {}
+    named = env_file is None and environ.get("BILLING_ENV_FILE", "") != ""
+    if env_file is None:
+        env_file = Path(environ["BILLING_ENV_FILE"]) if named else Path(".env")
+    from_file, problem = _read_env_file(env_file, required=named)
     values: dict[str, tuple[str | None, Source]] = {}
     for var in VARIABLES:
         # An empty value counts as unset: `DRY_RUN=` in .env or an empty ConfigMap entry means the default.
@@ -41,4 +46,21 @@ def read_raw_config(environ: Mapping[str, str] | None = None, env_file: Path | N
             values[var.name] = (from_file[var.name], ".env")
         else:
             values[var.name] = (var.default, "default")
-    return RawConfig(values, env_file, bool(environ.get("KUBERNETES_SERVICE_HOST")))
+    return RawConfig(values, env_file, bool(environ.get("KUBERNETES_SERVICE_HOST")), problem)
+
+
+def _read_env_file(path: Path, *, required: bool) -> tuple[dict[str, str], str | None]:
+    """The file's variables, and what is wrong with it when it is `required` (else: nothing)."""
+    from dotenv import dotenv_values
+
+    named = f"BILLING_ENV_FILE={str(path)!r}" if required else str(path)
+    if path.is_file():
+        try:
+            return {k: v for k, v in dotenv_values(path).items() if v is not None}, None
+        except OSError as exc:  # e.g. mode 0600 and another user
+            return {}, f"{named}: cannot be read ({exc.strerror or exc}), so none of the settings it holds are read"
+    if not required or (path.exists() and not path.is_dir()):
+        return {}, None  # no .env, or a device such as /dev/null
+    what = "is a directory" if path.is_dir() else "no such file"
+    return {}, (f"{named}: {what}, so none of the settings it holds are read: fix the path, or unset "
+                "BILLING_ENV_FILE to read .env")

@@ -38,15 +38,26 @@ _SAFE_QUERY = frozenset({"sslmode", "connect_timeout", "application_name", "targ
 def mask_url_password(url: str, *, keep_user: bool = True) -> str:
     """A URL safe to print: the password (or, with `keep_user=False`, the whole user part, which
     may itself be a token) replaced by ****, and every query value that could be a secret
-    (`?password=…`, `?token=…`) too. Works on text that does not parse as a URL as well."""
-    userinfo = r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^/@?#]*)@"
-    if keep_user:
-        masked = re.sub(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:/@?#]*):[^@/?#]*@", r"\1:****@", url)
-    else:
-        masked = re.sub(userinfo, r"\1****@", url)
+    (`?password=…`, `?token=…`) too. Works on text that does not parse as a URL as well.
+
+    The user part runs to the LAST `@`: a password pasted without percent-encoding may hold `/`,
+    `?`, `#` (SQLAlchemy reads it up to the next `@`) or `@` itself (then SQLAlchemy and libpq take
+    its tail for the host). An `@` further on, in a query value, hides more than needed: never less."""
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.\-]*://", url)
+    start = scheme.end() if scheme else 0
+    userinfo, at, rest = url[start:].rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")  # the user name ends at the first ':' (SQLAlchemy's rule)
+        if not keep_user:
+            shown = "****"
+        elif colon:
+            shown = f"{user}:****"
+        else:
+            shown = userinfo  # a user name alone, no password
+        url = f"{url[:start]}{shown}@{rest}"
 
     def value(match: re.Match[str]) -> str:
         name = match.group(2)
         return match.group(0) if name.lower() in _SAFE_QUERY else f"{match.group(1)}{name}=****"
 
-    return re.sub(r"([?&])([^=&#]+)=([^&#]*)", value, masked)
+    return re.sub(r"([?&])([^=&#]+)=([^&#]*)", value, url)

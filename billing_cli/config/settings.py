@@ -152,6 +152,8 @@ def config_problems(raw: RawConfig) -> list[Problem]:
 def _check(raw: RawConfig) -> tuple[list[Problem], dict[str, object]]:
     converted: dict[str, object] = {}  # a variable whose value does not parse is left out
     problems: list[Problem] = []
+    if raw.env_file_problem:  # first: the problems after it may come from the settings it holds
+        problems.append(Problem(raw.env_file_problem, ("BILLING_ENV_FILE",)))
     for var in VARIABLES:
         text, source = raw.values[var.name]
         if text is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, TextClause, create_engine, make_url, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from ..config.postgres_url import sqlalchemy_url
+from ..config.secret import mask_url_password
 from ..errors import ConfigError, DatabaseUnavailable
 
 # What jobs receive to open their units of work: `with transactions() as conn:` commits when the
@@ -19,17 +22,9 @@ from ..errors import ConfigError, DatabaseUnavailable
 Transactions = Callable[[], AbstractContextManager[Connection]]
 
 
-def sqlalchemy_url(url: str) -> str:
-    """Accept the usual `postgres://` and `postgresql://` spellings; always drive psycopg 3."""
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    return url
-
-
 def describe_server(url: str) -> str:
-    """`host:port/dbname` of a URL, never its password."""
-    parsed = make_url(sqlalchemy_url(url))
+    """`host:port/dbname` of a URL, never any part of its password: read from the masked URL."""
+    parsed = make_url(sqlalchemy_url(mask_url_password(url, keep_user=False)))
     host = parsed.host or parsed.query.get("host") or "localhost"
     port = f":{parsed.port or 5432}" if parsed.host else ""
     return f"{host}{port}/{parsed.database or ''}"
@@ -79,6 +74,11 @@ _REFUSED_LOGIN = ("password authentication failed", "authentication failed", "no
                   "does not exist", "permission denied for database", "not permitted to log in")
 
 
+# libpq refused an option of the URL before trying to connect (`invalid sslmode value: "bogus"`).
+# The configuration check refuses those it knows; this catches the rest, e.g. of a newer libpq.
+_BAD_OPTION = re.compile(r"invalid connection option|invalid \w+ value|invalid port number")
+
+
 def unavailable(exc: DBAPIError, where: str) -> DatabaseUnavailable | ConfigError:
     """The one-line error for a database we cannot use (psycopg's reason, without secrets)."""
     reason = str(exc.orig).strip().splitlines()[-1] if exc.orig is not None else type(exc).__name__
@@ -86,6 +86,10 @@ def unavailable(exc: DBAPIError, where: str) -> DatabaseUnavailable | ConfigErro
     if any(marker in reason for marker in _REFUSED_LOGIN):
         return ConfigError(f"PostgreSQL at {where} refused the login: {reason}",
                            hint="Fix DATABASE_URL (user, password, database name) or the server's grants.")
+    if _BAD_OPTION.search(reason):
+        reason = reason.removeprefix("connection is bad: ")
+        return ConfigError(f"DATABASE_URL cannot be used for PostgreSQL at {where}: {reason}",
+                           hint="Fix the option in DATABASE_URL's query (libpq's connection parameters).")
     return DatabaseUnavailable(
         f"cannot reach PostgreSQL at {where}: {reason}",
         hint="Check DATABASE_URL and that the server is up; retry later if it is restarting.",
