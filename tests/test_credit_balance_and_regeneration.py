@@ -12,7 +12,8 @@ from decimal import Decimal as D
 
 from sqlalchemy import text
 
-from tests.test_late_usage import billed_quantity, db, events, invoice, invoices_of, lines_of, roll_up, run  # noqa: F401
+from tests.test_late_usage import billed_quantity, events, invoice, invoices_of, lines_of, roll_up, run
+from tests.test_late_usage import db as db  # noqa: F401  (the fixture)
 from tests.data import add_org, set_plan, utc
 
 
