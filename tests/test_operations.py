@@ -299,3 +299,23 @@ def test_ctrl_c_in_a_terminal_finishes_the_work_in_flight_and_prints_the_summary
                                  "AND pdf_sha256 IS NOT NULL")).scalar_one()
     assert run_status == "interrupted" and counts["failed"] == 0
     assert 10 <= issued == sent == counts["processed"] < extra + 3  # what was in flight finished its steps
+
+
+def test_a_lock_timeout_mid_run_is_said_as_it_is_not_as_an_unreachable_database(clean_env, billed, engine) -> None:
+    # A DBA's lock_timeout (or statement_timeout, a deadlock) is an OperationalError too; the run said
+    # "cannot reach PostgreSQL at …: ^" (the last line of the server's message is the caret under the
+    # SQL) and "check that the server is up". Found by review.
+    from sqlalchemy import make_url
+
+    database = make_url(billed).database
+    with engine.connect() as admin:
+        admin.execute(text(f'ALTER DATABASE "{database}" SET lock_timeout = \'300ms\''))
+        admin.commit()
+    with engine.connect() as holder:
+        holder.execute(text("LOCK TABLE invoices IN ACCESS EXCLUSIVE MODE"))  # e.g. a long report or migration
+        result = run("invoice-monthly", "--month", "2024-01", DATABASE_URL=billed)
+        holder.rollback()
+    assert result.exit_code == ExitCode.DATABASE_UNAVAILABLE, result.output
+    assert "cannot reach PostgreSQL" not in result.output and ": ^" not in result.output, result.output
+    assert "stopped a statement of this run: it waited longer than lock_timeout for a lock another session held " \
+           "(canceling statement due to lock timeout)" in " ".join(result.output.split()), result.output

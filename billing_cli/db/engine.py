@@ -79,8 +79,24 @@ _REFUSED_LOGIN = ("password authentication failed", "authentication failed", "no
 _BAD_OPTION = re.compile(r"invalid connection option|invalid \w+ value|invalid port number")
 
 
+# The server stopped one statement, for a reason that is not the connection's: another session
+# held what it needed, or an administrator's limit. Retryable (exit 4) like a lost connection, but
+# said as it is: "cannot reach PostgreSQL" would send the operator to the wrong place.
+_STOPPED = {"55P03": "it waited longer than lock_timeout for a lock another session held",
+            "57014": "it was cancelled (statement_timeout, or by an administrator)",
+            "40P01": "it was in a deadlock with another session",
+            "40001": "it conflicted with a concurrent transaction (serialization failure)"}
+
+
 def unavailable(exc: DBAPIError, where: str) -> DatabaseUnavailable | ConfigError:
     """The one-line error for a database we cannot use (psycopg's reason, without secrets)."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate in _STOPPED:
+        primary = getattr(getattr(exc.orig, "diag", None), "message_primary", None) or sqlstate
+        return DatabaseUnavailable(
+            f"PostgreSQL at {where} stopped a statement of this run: {_STOPPED[sqlstate]} ({primary})",
+            hint="See pg_stat_activity and pg_locks for the other session; rerun: the run resumes where it stopped.",
+        )
     reason = str(exc.orig).strip().splitlines()[-1] if exc.orig is not None else type(exc).__name__
     reason = reason.split("failed: ")[-1].strip() if "authentication failed" not in reason else reason
     if any(marker in reason for marker in _REFUSED_LOGIN):
