@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 import threading
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -186,6 +187,45 @@ def test_a_notification_failure_never_fails_the_run(clean_env, billed, mail, web
     assert result.exit_code == 0
     assert "notification not delivered: webhook" in result.output and "answered 500" in result.output
     assert "notification not delivered: completion e-mail" in result.output
+
+
+@pytest.fixture
+def not_http():
+    """A port that answers every request with a line that is not HTTP (a TLS-only or SSH port, a
+    misrouted proxy)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stopped = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stopped.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/billing"
+    stopped.set()
+    thread.join()
+    server.close()
+
+
+def test_a_webhook_that_answers_garbage_is_a_warning_and_never_fails_the_run(clean_env, billed, engine,
+                                                                             not_http) -> None:
+    from sqlalchemy import text
+
+    result = run("invoice-monthly", "--month", "2024-01", DATABASE_URL=billed, NOTIFY_WEBHOOK_URL=not_http,
+                 NOTIFY_WEBHOOK_SECRET="whsec-SECRET-123", DELIVERY_MAX_RETRY_SECONDS="2")
+    assert result.exit_code == 0, (result.exit_code, repr(result.exception))
+    assert "notification not delivered: webhook" in result.output
+    assert "summary job=invoice-monthly" in result.output
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM invoices")).scalar_one() == 3
 
 
 def test_aggregate_hourly_notifies_only_on_errors_when_asked(clean_env, billed, mail, webhook) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import time
 import urllib.error
@@ -88,6 +89,9 @@ class WebhookNotifier:
             raise NotifyError(f"webhook {self._shown} answered {exc.code}") from None
         except OSError as exc:
             raise NotifyError(f"webhook {self._shown} unreachable: {str(exc).replace(self.url, self._shown)}") from None
+        except http.client.HTTPException as exc:
+            # A port that does not speak HTTP (TLS-only, SSH, a misrouted proxy): BadStatusLine and kin.
+            raise NotifyError(f"webhook {self._shown} did not answer in HTTP ({type(exc).__name__})") from None
 
     def _post(self, body: bytes) -> None:
         timestamp = int(time.time())

@@ -34,9 +34,14 @@ def notify(settings: Settings, warn: Callable[[str], None], notice: Callable[[st
     if summary.dry_run and not settings.notify_on_dry_run:
         return
     for notifier in notifiers_from_settings(settings):
+        kind = type(notifier).__name__.removesuffix("Notifier").lower()
         try:
             notifier.notify(summary)
         except NotifyError as exc:
             warn(f"notification not delivered: {exc}")
+        except Exception as exc:  # noqa: BLE001 - the run is over: never fail it here
+            # The run is over and recorded: a failure nobody foresaw in a notifier must not turn it
+            # into a failed (and retried) run. Only the error's type: its text may hold a secret.
+            warn(f"notification not delivered: {kind}: unexpected error {type(exc).__name__}")
         else:
-            notice(f"notification sent ({type(notifier).__name__.removesuffix('Notifier').lower()})")
+            notice(f"notification sent ({kind})")
