@@ -328,7 +328,8 @@ def invoices_void(
     """Void one issued invoice. If the customer was sent it (e-mailed, or sent in Stripe), a credit
     note (CN-YYYY-MM-NNNNNN) is issued and delivered like an invoice: PDF, S3, Stripe (the Stripe
     invoice is voided while open, credited in full once paid) and e-mail. An invoice never sent is
-    simply voided. Refuses (exit 8) a number never issued or an invoice already void.
+    simply voided. Refuses (exit 8) a number never issued, an invoice already void, or any void
+    while DRY_RUN is set (a void has no dry run).
 
     Example: billing invoices void INV-2024-01-000042 --reason "Billed to the wrong account" --yes
     """

@@ -216,6 +216,23 @@ def test_voiding_refuses_what_cannot_be_voided_with_one_line_and_its_exit_code(e
     assert len(credit_notes(engine)) == 1
 
 
+def test_void_does_nothing_while_dry_run_is_set(env, engine, mail, fake_stripe) -> None:
+    assert invoice_month(env).exit_code == 0
+    sent = len(mail.received)
+    with engine.connect() as conn:
+        runs = conn.execute(text("SELECT count(*) FROM job_runs")).scalar_one()
+
+    # DRY_RUN: "Compute and report everything, write nothing, call no outside service."
+    result = void(env | {"DRY_RUN": "true"}, FIRST, "--yes", reason="preview")
+
+    assert result.exit_code == ExitCode.REFUSED, result.output
+    assert f"DRY_RUN is set: invoice {FIRST} not voided" in result.output
+    with engine.connect() as conn:
+        notes = conn.execute(text("SELECT count(*) FROM credit_notes")).scalar_one()
+        assert conn.execute(text("SELECT count(*) FROM job_runs")).scalar_one() == runs
+    assert (invoice(engine, FIRST)["status"], notes, len(mail.received)) == ("issued", 0, sent)
+
+
 def test_regenerating_a_sent_invoice_credits_it_before_the_replacement_goes_out(env, engine, s3, mail,
                                                                                fake_stripe) -> None:
     assert invoice_month(env).exit_code == 0

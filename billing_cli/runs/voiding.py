@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ..config import load_settings
 from ..db.engine import Database
-from ..errors import UsageError
+from ..errors import Refused, UsageError
 from ..invoices import NUMBER_PREFIX
 from ..jobs.credit_notes import VoidPlan, VoidResult, void_invoice
 from ..outcomes import Job, Step
@@ -43,10 +43,16 @@ def run_void_invoice(request: VoidRequest, view: RunView,
                      confirm: Callable[[VoidPlan], bool]) -> Finished[VoidResult]:
     """Void one invoice. The run holds the invoice's organization exactly as invoicing runs hold it
     (LockGuard.hold: the same advisory lock), so it never races a run of any month or shard; a
-    second void of the same invoice waits on its own lock (`invoices-void:<number>`)."""
+    second void of the same invoice waits on its own lock (`invoices-void:<number>`).
+    A void has no dry run: with DRY_RUN set it is refused before it opens the database."""
     request.check()
     settings = load_settings()
     number, month = request.number.strip(), request.month()
+    if settings.dry_run:
+        # DRY_RUN promises nothing written and no outside service called; a void writes the
+        # invoice and its credit note, and calls Stripe, S3 and e-mail.
+        raise Refused(f"DRY_RUN is set: invoice {number} not voided (a void has no dry run)",
+                      hint="Nothing was changed; unset DRY_RUN to void it.")
     spec = RunSpec(job=Job.INVOICES_VOID, period=month, lock_scope=f"invoices-void:{number}", dry_run=False,
                    targeted=True, parameters={"number": number, "reason": request.reason},
                    notify=NotifyWhen.ON_PROBLEMS)
