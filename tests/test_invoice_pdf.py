@@ -153,3 +153,61 @@ def test_a_latin_invoice_in_euros_embeds_no_font() -> None:
     assert "Support – “premium” (€ plan) 2 1.00 2.00" in text and "Total due €2.00" in text
     cyrillic = document(lines, "EUR", bill_to_name="ООО «Облако»")
     assert b"/FontFile" in render_invoice(cyrillic, SELLER)
+
+
+# -- render worker processes ---------------------------------------------------------------------------
+
+KILLER = "INV-2024-01-000666"
+
+
+def render_or_die(doc: InvoiceDocument, seller: Seller) -> bytes:
+    """In a render worker: the invoice numbered KILLER kills its process (as the OOM killer does a
+    worker rendering a huge document); any other renders as usual."""
+    if doc.number == KILLER:
+        import os
+        import signal
+        import time
+
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(10)
+    return render_invoice(doc, seller)
+
+
+def test_one_pdf_worker_process_killed_does_not_fail_every_later_organization() -> None:
+    # A run of 200+ organizations renders in worker processes. ProcessPoolExecutor marks itself
+    # broken for good when one of them dies, so every organization after it failed `pdf` (and its
+    # deliveries) for the rest of the run, whatever its size.
+    import os
+    import signal
+    from contextlib import suppress
+
+    from billing_cli.delivery.pdf import PdfError, RenderPool
+
+    pool = RenderPool(2)
+    try:
+        assert pool(document(()), SELLER).startswith(b"%PDF")
+        os.kill(next(iter(pool._pool._processes)), signal.SIGKILL)  # one worker OOM-killed
+        with suppress(PdfError):
+            pool(document(()), SELLER)  # the organization it was rendering may fail: fair enough
+        later = [pool(document((), number=f"INV-2024-01-{n:06d}"), SELLER) for n in range(2, 5)]
+    finally:
+        pool.close()
+    assert all(pdf.startswith(b"%PDF") for pdf in later)
+
+
+def test_a_document_that_kills_its_pdf_worker_every_time_fails_alone() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from billing_cli.delivery.pdf import PdfError, RenderPool
+
+    pool = RenderPool(2, render=render_or_die)
+    numbers = [f"INV-2024-01-{n:06d}" for n in range(1, 7)] + [KILLER]
+    try:
+        with ThreadPoolExecutor(4) as threads:  # the run's worker threads share the pool
+            futures = {number: threads.submit(pool, document((), number=number), SELLER) for number in reversed(numbers)}
+        with pytest.raises(PdfError, match="died, twice"):
+            futures.pop(KILLER).result()
+        assert all(future.result().startswith(b"%PDF") for future in futures.values())
+        assert pool(document((), number="INV-2024-01-000007"), SELLER).startswith(b"%PDF")
+    finally:
+        pool.close()

@@ -13,6 +13,7 @@ bench/einvoice.py), and it carries an sRGB output intent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, time
 from functools import cache
 from pathlib import Path
@@ -70,26 +71,57 @@ def leave_stop_signals_to_the_parent() -> None:
 
 class RenderPool:
     """Renders in worker processes: layout is CPU-bound Python, and threads share one core.
-    Used for large runs; the bytes are the same as rendering in-process."""
+    Used for large runs; the bytes are the same as rendering in-process.
 
-    def __init__(self, processes: int) -> None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+    A worker that dies (the OOM killer) breaks a ProcessPoolExecutor for good, failing every
+    document in flight and every later one. So the broken pool is replaced at once, and each
+    document it failed is rendered once more in a process of its own: a bystander succeeds there,
+    and a document that kills its worker again fails alone, taking no other document with it."""
 
-        # "spawn": a fresh interpreter, never a fork of a process holding threads and connections.
-        self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=leave_stop_signals_to_the_parent)
+    def __init__(self, processes: int, render: Callable[[InvoiceDocument, Seller], bytes] = render_invoice) -> None:
+        import threading
+
+        self._processes, self._render = processes, render  # `render`: a module-level function (pickled)
+        self._lock = threading.Lock()  # the run's worker threads share the pool
+        self._pool = _process_pool(processes)
 
     def __call__(self, doc: InvoiceDocument, seller: Seller) -> bytes:
         from concurrent.futures.process import BrokenProcessPool
 
+        pool = self._pool
         try:
-            return self._pool.submit(render_invoice, doc, seller).result()
+            return pool.submit(self._render, doc, seller).result()
+        except BrokenProcessPool:
+            self._replace(pool)
+        alone = _process_pool(1)
+        try:
+            return alone.submit(self._render, doc, seller).result()
         except BrokenProcessPool as exc:
-            raise PdfError(f"the PDF worker process died: {exc}") from None
+            raise PdfError(f"the PDF worker process died, twice, rendering this invoice: {exc}") from None
+        finally:
+            alone.shutdown(wait=True, cancel_futures=True)
+
+    def _replace(self, broken: Any) -> None:
+        """A new pool in place of `broken`, once: the threads whose documents it failed all come here."""
+        with self._lock:
+            if self._pool is not broken:
+                return
+            self._pool = _process_pool(self._processes)
+        broken.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            pool = self._pool
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _process_pool(processes: int) -> Any:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # "spawn": a fresh interpreter, never a fork of a process holding threads and connections.
+    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=leave_stop_signals_to_the_parent)
 
 
 def _texts(doc: InvoiceDocument, seller: Seller) -> list[str]:
