@@ -98,6 +98,9 @@ def load_plan_file(path: Path) -> list[PricePlan]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PlanFileError(f"cannot read plans file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:  # e.g. saved as "Unicode" (UTF-16) or in a legacy code page
+        raise PlanFileError(f"plans file {path} is not UTF-8: {exc.reason} at byte {exc.start}",
+                            hint="Save it as UTF-8 (TOML files are UTF-8); nothing was applied.") from None
     return parse_plans(text, source=str(path))
 
 

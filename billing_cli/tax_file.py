@@ -31,6 +31,9 @@ def load_tax_file(path: Path) -> list[TaxRate]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise TaxFileError(f"cannot read taxes file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:  # e.g. saved as "Unicode" (UTF-16) or in a legacy code page
+        raise TaxFileError(f"taxes file {path} is not UTF-8: {exc.reason} at byte {exc.start}",
+                           hint="Save it as UTF-8 (TOML files are UTF-8); nothing was applied.") from None
     return parse_taxes(text, source=str(path))
 
 

@@ -120,6 +120,14 @@ def test_plans_apply_is_all_or_nothing(clean_env, db_url, engine, tmp_path) -> N
     assert missing.exit_code == ExitCode.USAGE and "cannot read plans file" in missing.output
 
 
+def test_a_plans_file_that_is_not_utf8_is_a_usage_error(clean_env, db_url, tmp_path) -> None:
+    plans = tmp_path / "plans.toml"
+    plans.write_bytes(PLANS.encode("utf-16"))  # what a Windows editor saves as "Unicode"
+    result = run("plans", "apply", str(plans), DATABASE_URL=db_url)
+    assert result.exit_code == ExitCode.USAGE, (result.exit_code, repr(result.exception))
+    assert "plans.toml" in result.output and "not UTF-8" in result.output
+
+
 def test_two_overlapping_runs_issue_each_invoice_once_with_gapless_numbers(billed_db, engine, tmp_path) -> None:
     with engine.begin() as conn:
         for n in range(4, 41):

@@ -393,6 +393,14 @@ def test_taxes_apply_is_all_or_nothing_and_names_each_bad_line(db_url, tmp_path,
     assert json.loads(listed.stdout) == []  # nothing applied, not even the valid first rate
 
 
+def test_a_taxes_file_that_is_not_utf8_is_a_usage_error(db_url, tmp_path, clean_env) -> None:
+    taxes = tmp_path / "taxes.toml"
+    taxes.write_bytes(TAXES.replace("JCT", "Consumption tax – JCT").encode("cp1252"))  # a legacy code page
+    result = runner.invoke(app, ["taxes", "apply", str(taxes)], env={"DATABASE_URL": db_url})
+    assert result.exit_code == ExitCode.USAGE, (result.exit_code, repr(result.exception))
+    assert "taxes.toml" in result.output and "not UTF-8" in result.output
+
+
 def test_taxes_list_shows_every_version_and_a_used_version_cannot_change(db_url, engine, tmp_path, clean_env) -> None:
     apply(db_url, tmp_path)
     with engine.begin() as conn:
