@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
@@ -15,6 +16,7 @@ from billing_cli.errors import ExitCode
 from billing_cli.jobs.status import Thresholds, job_statuses
 from tests.conftest import BILLING, billing_subprocess_env
 from tests.data import SELLER_ENV
+from tests.test_json_output import assert_valid
 
 runner = CliRunner()
 
@@ -122,6 +124,52 @@ def test_sigterm_finishes_in_flight_work_records_interrupted_and_the_rerun_compl
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM invoices WHERE stripe_status = 'sent'")).scalar_one() == 3
     assert len(fake_stripe.invoices) == 3
+
+
+def test_a_run_killed_with_sigkill_does_not_keep_status_check_failing_after_the_rerun_succeeded(
+        clean_env, billed, engine, fake_stripe, tmp_path) -> None:
+    # Kubernetes sends SIGKILL 30 s after SIGTERM (activeDeadlineSeconds, a slow peer), and the OOM
+    # killer sends it straight away. The docs promise the rerun completes the month: it does, but
+    # the killed run's row stayed `running`, and `status --check` reported it as stuck for ever.
+    fake_stripe.latency = 0.5
+    env = billing_subprocess_env(
+        DATABASE_URL=billed, BILLING_ENV_FILE="/dev/null", INVOICE_CONCURRENCY="1",
+        INVOICE_ENABLE_STRIPE="true", STRIPE_API_KEY="sk_test_SIGKILLsecret01", STRIPE_API_BASE=fake_stripe.base_url,
+        **SELLER_ENV)
+    proc = subprocess.Popen([*BILLING, "invoice-monthly", "--month", "2024-01"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("organization "):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    later = datetime.now(UTC) + timedelta(hours=7)  # past STATUS_STUCK_AFTER_HOURS (6)
+
+    # Before any rerun: the killed run is known dead (its session went with it), not stuck.
+    deadline = time.monotonic() + 10
+    while True:  # the server notices the closed connection within moments
+        with engine.connect() as conn:
+            killed = {s.job: s for s in job_statuses(conn, later, Thresholds())}["invoice-monthly"]
+        if any("died without recording how it ended" in p for p in killed.problems) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert any("last run (2024-01) died without recording how it ended" in p for p in killed.problems), killed.problems
+    assert not [p for p in killed.problems if "running since" in p]
+
+    fake_stripe.latency = 0
+    rerun = subprocess.run([*BILLING, "invoice-monthly", "--month", "2024-01"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+
+    with engine.connect() as conn:
+        statuses = {s.job: s for s in job_statuses(conn, later, Thresholds())}
+        runs = conn.execute(text("SELECT status, message FROM job_runs ORDER BY id")).all()
+    assert not [p for p in statuses["invoice-monthly"].problems if "running since" in p or "died" in p]
+    assert [status for status, _ in runs] == ["abandoned", "succeeded"]
+    assert "killed: SIGKILL" in runs[0].message
+    history = run("runs", "--json", DATABASE_URL=billed)
+    assert_valid("runs", json.loads(history.stdout))  # `abandoned` is in its schema
 
 
 def test_metrics_are_pushed_to_a_real_pushgateway(clean_env, billed, engine) -> None:

@@ -65,10 +65,13 @@ def unlock(conn: Connection, scope: str) -> None:
 
 def start_run(conn: Connection, *, job: str, period: str, shard: str | None, dry_run: bool,
               parameters: dict[str, Any], targeted: bool = False) -> int:
-    """Record a run as running; returns its id. `targeted`: limited to some organizations."""
+    """Record a run as running; returns its id. `targeted`: limited to some organizations. `conn`
+    is the session the run holds until it ends: recorded, it tells when the run is gone (_GONE)."""
     return conn.execute(text("""
-        INSERT INTO job_runs (job, period, shard, dry_run, targeted, parameters, host, version)
-        VALUES (:job, :period, :shard, :dry, :targeted, CAST(:params AS jsonb), :host, :version) RETURNING id
+        INSERT INTO job_runs (job, period, shard, dry_run, targeted, parameters, host, version, session_pid,
+                              session_started_at)
+        VALUES (:job, :period, :shard, :dry, :targeted, CAST(:params AS jsonb), :host, :version, pg_backend_pid(),
+                (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())) RETURNING id
     """), {"job": job, "period": period, "shard": shard, "dry": dry_run, "targeted": targeted,
            "params": json.dumps(parameters, default=str), "host": socket.gethostname(),
            "version": __version__}).scalar_one()
@@ -115,10 +118,44 @@ def last_success(conn: Connection, job: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
+# A run `r` marked running whose process is provably gone (SIGKILL, the OOM killer, a lost node):
+# the session it held from its start to its end is no longer there. A pid the server reuses has
+# another start time; a session whose start time we may not read counts as there. A standby
+# (pg_is_in_recovery) does not see the primary's sessions: nothing is gone as far as it knows. A
+# row recorded before sessions were (0017) is gone once a later real run of the same job, period
+# and shard has ended: that run held the same lock, so the older one had let it go.
+_GONE = """(r.status = 'running' AND CASE
+    WHEN r.session_pid IS NOT NULL THEN NOT pg_is_in_recovery() AND NOT EXISTS (
+        SELECT 1 FROM pg_stat_activity a WHERE a.pid = r.session_pid
+          AND (a.backend_start IS NULL OR r.session_started_at IS NULL OR a.backend_start = r.session_started_at))
+    ELSE NOT r.dry_run AND EXISTS (
+        SELECT 1 FROM job_runs l WHERE l.job = r.job AND l.period = r.period AND l.shard IS NOT DISTINCT FROM r.shard
+          AND NOT l.dry_run AND l.started_at > r.started_at AND l.status <> 'running')
+    END)"""
+
+ABANDONED = "abandoned"  # job_runs.status of a run found gone without having recorded its end
+
+
 def running_since(conn: Connection, job: str, before: datetime) -> datetime | None:
-    """When the oldest run of the job still marked running started, if it started before `before`."""
-    return conn.execute(text("SELECT min(started_at) FROM job_runs WHERE job = :job AND status = 'running' "
-                             "AND started_at < :before"), {"job": job, "before": before}).scalar_one()
+    """When the oldest run of the job still running started, if it started before `before` (a run
+    marked running whose process is gone is not running)."""
+    return conn.execute(text(f"SELECT min(started_at) FROM job_runs r WHERE job = :job AND status = 'running' "
+                             f"AND started_at < :before AND NOT {_GONE}"), {"job": job, "before": before}).scalar_one()
+
+
+def is_gone(conn: Connection, run_id: int) -> bool:
+    """Whether the run is marked running but its process is gone (it never recorded its end)."""
+    return bool(conn.execute(text(f"SELECT {_GONE} FROM job_runs r WHERE id = :id"), {"id": run_id}).scalar())
+
+
+def abandon_gone_runs(conn: Connection, job: str) -> list[int]:
+    """Mark `abandoned` the runs of `job` marked running whose process is gone; returns their ids."""
+    return list(conn.execute(text(f"""
+        UPDATE job_runs r SET status = '{ABANDONED}',
+            message = 'its process ended without recording how the run ended (killed: SIGKILL, the OOM killer, '
+                      || 'a lost node); what it recorded stands, and the next run of the job completes the rest'
+        WHERE job = :job AND {_GONE} RETURNING id
+    """), {"job": job}).scalars())
 
 
 def succeeded_shards_since(conn: Connection, jobs: list[str], periods: list[str], since: datetime,

@@ -44,6 +44,9 @@ def job_statuses(conn: Connection, now: datetime, thresholds: Thresholds = Thres
         if last is not None and last["status"] in _UNHEALTHY_ENDINGS:
             status.problems.append(f"last run ({last['period']}) {last['status']}"
                                    + (f": {last['message']}" if last["message"] else ""))
+        elif last is not None and (last["status"] == run_store.ABANDONED or run_store.is_gone(conn, last["id"])):
+            status.problems.append(f"last run ({last['period']}) died without recording how it ended (killed: "
+                                   "SIGKILL, the OOM killer, a lost node); the next run completes its work")
         stuck = run_store.running_since(conn, job, now - thresholds.stuck_after)
         if stuck is not None:
             status.problems.append(f"a run is running since {stuck:%Y-%m-%d %H:%M}Z, longer than "

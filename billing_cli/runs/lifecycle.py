@@ -214,7 +214,8 @@ def _recorded(engine: Engine, record: _Record) -> Iterator[_Record]:
     """Take the run's lock (or raise AlreadyRunning, touching nothing), record the run as running,
     and record how it ended. The lock is a session lock on a connection held for the whole run:
     if the process dies, the database drops the connection and the lock with it, so a killed run
-    never leaves a stale lock. A dry run changes no billing data, so it takes no lock: an
+    never leaves a stale lock, and its row (still `running`) is marked `abandoned` by the job's
+    next run (run_store._GONE tells). A dry run changes no billing data, so it takes no lock: an
     operator's preview must never block the scheduled run (it is recorded in job_runs, marked)."""
     spec = record.spec
     with engine.connect() as conn:
@@ -227,6 +228,10 @@ def _recorded(engine: Engine, record: _Record) -> Iterator[_Record]:
                                  hint="Wait for it to finish; `billing status` shows it.")
         if locking:
             record.guard = LockGuard(conn, spec.lock_scope)
+        if not spec.dry_run:
+            # Earlier runs of the job killed before they could record their end (SIGKILL): their
+            # sessions are gone, so they are too. Marked, they no longer look like runs in progress.
+            run_store.abandon_gone_runs(conn, spec.job)
         try:
             record.run_id = run_store.start_run(conn, job=spec.job, period=str(spec.period), shard=spec.shard,
                                                 dry_run=spec.dry_run, parameters=spec.parameters,
