@@ -39,6 +39,20 @@ def _credit_carried_then_used(db, engine, *, use: bool = True) -> None:
     assert [t for _, _, t in invoices_of(engine, "gmbh")] == [D("10.00"), D("0.00"), D("12.00")]
 
 
+def _april_billed_once_in_all(db, engine) -> None:
+    """April's 200 calls invoiced; then the customer has paid 420 calls x 0.10 = 42.00 in all (20 in
+    January, 200 in March, 200 in April) on its live invoices, January's 20 billed once."""
+    events(engine, "gmbh", 200, utc(2024, 4, 3, 9))
+    roll_up(db)
+    april = invoice(db, "2024-04")
+    assert april.exit_code == 0, april.output
+    with engine.connect() as conn:
+        billed = conn.execute(text("SELECT sum(total) FROM invoices WHERE organization_id = 'gmbh' "
+                                   "AND status <> 'void'")).scalar_one()
+    assert billed_quantity(engine, "gmbh", "2024-01") == 20
+    assert billed == D("42.00"), (billed, invoices_of(engine, "gmbh"), lines_of(engine, "INV-2024-04-000001"))
+
+
 def test_voiding_an_invoice_whose_carried_credit_was_already_used_does_not_credit_it_twice(db, engine) -> None:
     _credit_carried_then_used(db, engine)
     # February is voided (e.g. sent to a wrong address): its -8.00 adjustment and its +8.00 credit
@@ -46,18 +60,9 @@ def test_voiding_an_invoice_whose_carried_credit_was_already_used_does_not_credi
     voided = run(db, "invoices", "void", "INV-2024-02-000001", "--reason", "test", "--yes")
     assert voided.exit_code == 0, voided.output
 
-    events(engine, "gmbh", 200, utc(2024, 4, 3, 9))
-    roll_up(db)
-    april = invoice(db, "2024-04")
-    assert april.exit_code == 0, april.output
-    # January is adjusted again (-8.00, its change is no longer covered by a live invoice), so the
-    # 8.00 March already took off must be taken back: 20.00 - 8.00 + 8.00 = 20.00. In all the
-    # customer owes 420 calls x 0.10 = 42.00 (20 in January, 200 in March, 200 in April).
-    with engine.connect() as conn:
-        billed = conn.execute(text("SELECT sum(total) FROM invoices WHERE organization_id = 'gmbh' "
-                                   "AND status <> 'void'")).scalar_one()
-    assert billed_quantity(engine, "gmbh", "2024-01") == 20
-    assert billed == D("42.00"), (billed, invoices_of(engine, "gmbh"), lines_of(engine, "INV-2024-04-000001"))
+    # January is adjusted again on April's invoice (-8.00, its change is no longer covered by a live
+    # invoice), so the 8.00 March already took off must be taken back: 20.00 - 8.00 + 8.00 = 20.00.
+    _april_billed_once_in_all(db, engine)
     # What the customer reads on April's invoice: January adjusted again, and March's credit taken back.
     assert [(kind, description, amount) for kind, _, description, amount in lines_of(engine, "INV-2024-04-000001")
             if kind != "usage" or description.startswith("Adjustment")] == [
@@ -91,15 +96,7 @@ def test_regenerating_an_invoice_whose_carried_credit_was_used_does_not_credit_i
     _credit_carried_then_used(db, engine)
     regenerated = invoice(db, "2024-02", "--org", "gmbh", "--regenerate")
     assert regenerated.exit_code == 0, regenerated.output
-    events(engine, "gmbh", 200, utc(2024, 4, 3, 9))
-    roll_up(db)
-    april = invoice(db, "2024-04")
-    assert april.exit_code == 0, april.output
-    with engine.connect() as conn:
-        billed = conn.execute(text("SELECT sum(total) FROM invoices WHERE organization_id = 'gmbh' "
-                                   "AND status <> 'void'")).scalar_one()
-    assert billed_quantity(engine, "gmbh", "2024-01") == 20
-    assert billed == D("42.00"), (billed, invoices_of(engine, "gmbh"))  # 420 calls x 0.10
+    _april_billed_once_in_all(db, engine)
 
 
 def test_a_credit_balance_in_one_currency_is_never_applied_to_an_invoice_in_another(db, engine) -> None:
