@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import threading
+import time
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import text
 
-from billing_cli.jobs.aggregate import aggregate_hours
-from billing_cli.periods import HourRange
+from billing_cli.db.usage_rollup import apply_hour, lock_hours
+from billing_cli.db.usage_store import stale_hours
+from billing_cli.jobs.aggregate import aggregate_hours, aggregate_one_hour, find_late_hours
+from billing_cli.periods import HOUR, HourRange, Month
 from tests.data import add_event, add_org, hourly_rows, table_snapshot, utc
 
 H13 = utc(2024, 1, 31, 13)
@@ -186,3 +190,96 @@ def test_huge_exact_quantities_are_summed_without_rounding(transactions) -> None
     aggregate_hours(transactions, ONE_HOUR_13)
     with transactions() as s:
         assert hourly_rows(s)[0][3] == Decimal("999999999999999999.000000000002")
+
+
+# --- two roll-ups of the same hour at once ----------------------------------------------------------
+
+H = utc(2024, 1, 10, 13)
+
+
+def _rolled_up(engine, org: str, hour: datetime) -> Decimal | None:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT quantity FROM usage_hourly WHERE organization_id = :o AND hour_start = :h"),
+                            {"o": org, "h": hour}).scalar_one_or_none()
+
+
+def _waiting_on_a_lock(engine, pid: int) -> bool:
+    with engine.connect() as conn:
+        return bool(conn.execute(text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :p"),
+                                 {"p": pid}).scalar())
+
+
+def test_an_edit_committed_between_two_concurrent_roll_ups_of_its_hour_is_never_rolled_up(engine) -> None:
+    """invoice-monthly's prepare (every shard) and aggregate-hourly's late hours roll up the same
+    hours at the same time: both take them from usage_event_changes. Roll-up A starts before a
+    correction (5 -> 7) commits, roll-up B, which got to the hour first, rolls it up after it and
+    commits first. Were A's statement to read its snapshot before B commits, it would overwrite B's
+    7 with its 5 (ON CONFLICT DO UPDATE in READ COMMITTED updates the latest row with A's values),
+    while B already deleted the hour's change marker; the count and the latest arrival are unchanged
+    by an UPDATE, so neither late_hours nor invoicing's stale_hours would ever look at the hour again:
+    2 units never billed. A waits for B's hour lock instead, and reads after B commits."""
+    with engine.begin() as conn:
+        add_org(conn, "acme")
+        add_event(conn, "acme", "api_calls", "5", H + timedelta(minutes=10))
+    aggregate_hours(engine.begin, HourRange(H, H + HOUR))
+    assert _rolled_up(engine, "acme", H) == Decimal(5)
+
+    b = engine.connect()
+    b_tx = b.begin()
+    # B is a roll-up that got to the hour first: it holds what a roll-up holds, the hour's lock
+    # and (the statement under way) the hour's usage_hourly row.
+    lock_hours(b, H, H + HOUR)
+    b.execute(text("UPDATE usage_hourly SET updated_at = updated_at WHERE organization_id = 'acme'"))
+    fix = engine.connect()
+    fix_tx = fix.begin()
+    fix.execute(text("UPDATE usage_events SET quantity = 7 WHERE organization_id = 'acme'"))  # not committed yet
+
+    a_pid: list[int] = []
+    a_error: list[BaseException] = []
+
+    def roll_up_a() -> None:
+        try:
+            with engine.begin() as a:
+                a_pid.append(a.execute(text("SELECT pg_backend_pid()")).scalar_one())
+                apply_hour(a, H, H + HOUR)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            a_error.append(exc)
+
+    thread = threading.Thread(target=roll_up_a)
+    thread.start()
+    for _ in range(100):
+        if a_pid and _waiting_on_a_lock(engine, a_pid[0]):
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("roll-up A never waited for B")
+    fix_tx.commit()  # the correction commits while A waits
+    apply_hour(b, H, H + HOUR)  # B sees 7, writes it and clears the hour's change marker
+    b_tx.commit()
+    thread.join(10)
+    b.close()
+    fix.close()
+    assert not a_error, a_error
+
+    with engine.connect() as conn:
+        events = conn.execute(text("SELECT sum(quantity) FROM usage_events WHERE organization_id = 'acme'")).scalar_one()
+    assert events == Decimal(7)
+    # Whoever looks next: the scheduled run's late hours and invoicing's stale hours.
+    late = find_late_hours(engine.begin, HourRange(utc(2024, 2, 1), utc(2024, 2, 1, 1)))
+    with engine.connect() as conn:
+        stale = stale_hours(conn, Month(2024, 1))
+    late_or_stale = set(late) | set(stale)
+    if H in late_or_stale:
+        aggregate_one_hour(engine.begin, H)
+    assert _rolled_up(engine, "acme", H) == Decimal(7), (
+        f"usage_hourly holds {_rolled_up(engine, 'acme', H)} for 7 in events, and no check finds the hour "
+        f"(late: {late}, stale: {stale})")
+
+
+def test_roll_ups_of_different_hours_do_not_wait_for_each_other(engine) -> None:
+    with engine.connect() as holder, holder.begin():
+        lock_hours(holder, H, H + 3 * HOUR)
+        with engine.begin() as other:
+            other.execute(text("SET LOCAL lock_timeout = '1s'"))
+            apply_hour(other, H + 3 * HOUR, H + 4 * HOUR)  # the next hour: not held, no wait
+            apply_hour(other, H - HOUR, H)

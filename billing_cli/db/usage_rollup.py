@@ -1,17 +1,19 @@
 """The hourly roll-up of usage_events into usage_hourly: one set-based statement per hour.
 
-`apply_hour` writes (and records the hour in aggregated_hours); `preview_hour` computes the same
-report read-only. Both run in the caller's transaction.
+`apply_hour` writes (and records the hour in aggregated_hours), one roll-up of an hour at a time
+(`lock_hours`); `preview_hour` computes the same report read-only. Both run in the caller's
+transaction.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
+from ..periods import HOUR
 from .partitions import refuse_pruned_hour
 
 # Every event is rolled up, whatever its organization's status, and even when the organization
@@ -153,7 +155,37 @@ class HourReport:
     organization_ids: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
 
+# Namespace of the hour locks: the first key of PostgreSQL's two-key advisory locks, whose key space
+# is apart from the one-key (bigint) locks every other lock of billing takes (run_store.lock_key,
+# the organizations' locks, migrations): pg_locks tells them apart by objsubid (2 here, 1 there).
+_HOUR_LOCKS = 7_263_010
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def lock_hours(conn: Connection, start: datetime, end: datetime) -> None:
+    """Wait for every other transaction rolling up an hour of [start, end), then keep them out until
+    this one commits. In READ COMMITTED each statement reads its own snapshot: taken after this
+    lock, the roll-up's statement sees what the previous roll-up of the hour committed, and every
+    event it saw. Without it, two roll-ups of the same hour at once (invoice-monthly's shards each
+    rolling up the month's changed hours, beside aggregate-hourly's late hours) could end with the
+    older snapshot's totals written over the newer ones while the newer one had already cleared the
+    hour's change marker: an edit never rolled up. The hours of one call are locked in ascending
+    order, in one statement, so two calls over overlapping ranges never wait for each other in a
+    cycle (a transaction that rolled up several hours by several calls would have to go oldest
+    first; every roll-up today is one hour in its own transaction)."""
+    first, last = _hour_number(start), _hour_number(end - HOUR)
+    conn.execute(text("SELECT count(pg_advisory_xact_lock(CAST(:space AS integer), h)) "
+                      "FROM generate_series(CAST(:first AS integer), CAST(:last AS integer)) AS h"),
+                 {"space": _HOUR_LOCKS, "first": first, "last": last})
+
+
+def _hour_number(hour: datetime) -> int:
+    """Whole hours since 1970 (UTC): the hour's lock key, an int4 until the year 246,953."""
+    return int((hour - _EPOCH) // HOUR)
+
+
 def apply_hour(conn: Connection, start: datetime, end: datetime) -> HourReport:
+    lock_hours(conn, start, end)  # before anything reads: the statement's snapshot comes after it
     refuse_pruned_hour(conn, start)
     conn.execute(text("SET LOCAL work_mem = '256MB'"))  # a busy hour's hash aggregate spills with 4MB
     return _report(conn.execute(text(APPLY_SQL), {"start": start, "end": end}))
