@@ -385,7 +385,8 @@ class LateCheck:
 def late_check_state(conn: psycopg.Connection, args: argparse.Namespace, loaded: Loaded) -> None:
     """aggregated_hours as the scheduled run at T finds it: a year of hourly runs, each hour rolled
     up by the run at its end and again by the next two (the lookback); the last run was at T - 1 h
-    (+2 s, its duration). No in-place edits pending (usage_event_changes empty)."""
+    (+2 s, its duration), and its late-events scan at T - 1 h. No in-place edits pending
+    (usage_event_changes empty)."""
     conn.execute("TRUNCATE aggregated_hours, usage_event_changes")
     conn.execute("""
         INSERT INTO aggregated_hours (hour_start, aggregated_at, event_count, last_received_at)
@@ -396,6 +397,10 @@ def late_check_state(conn: psycopg.Connection, args: argparse.Namespace, loaded:
                              interval '1 hour') AS h
     """, {"measured": HOUR_START, "shift": loaded.arrival_shift, "runs": PREVIOUS_RUNS,
           "history": HOUR_START - args.history_hours * timedelta(hours=1), "rate": args.history_rate})
+    # That run's late-events scan, at its start: the next scan's margin counts from it (0018).
+    conn.execute("TRUNCATE late_usage_scan")
+    conn.execute("INSERT INTO late_usage_scan (id, scanned_at) VALUES (true, %(measured)s + %(shift)s)",
+                 {"measured": HOUR_START, "shift": loaded.arrival_shift})
     conn.execute("ANALYZE aggregated_hours")
 
 
@@ -561,12 +566,16 @@ def steady_restore(conn: psycopg.Connection) -> None:
 def steady_reset(conn: psycopg.Connection) -> None:
     """The state of the scheduled run at T: the history rolled up (usage_hourly, usage_revisions as
     the history's roll-ups left them), the measured hour not; aggregated_hours: a year of runs, the
-    last at T - 1 h + 5 s (bench_steady_aggregated); no pending edits."""
+    last at T - 1 h + 5 s (bench_steady_aggregated), its late-events scan recorded then; no pending
+    edits."""
     conn.execute("DELETE FROM usage_hourly WHERE hour_start >= %s AND hour_start < %s", (HOUR_START, HOUR_END))
     conn.execute("TRUNCATE usage_revisions, aggregated_hours, usage_event_changes")
     conn.execute("INSERT INTO usage_revisions SELECT * FROM bench_steady_revisions")
     conn.execute("INSERT INTO aggregated_hours (hour_start, aggregated_at, event_count, last_received_at) "
                  "SELECT hour_start, aggregated_at, event_count, last_received_at FROM bench_steady_aggregated")
+    # The last run's late-events scan (0018), where the old check counted from: its latest roll-up.
+    conn.execute("TRUNCATE late_usage_scan")
+    conn.execute("INSERT INTO late_usage_scan (id, scanned_at) SELECT true, max(aggregated_at) FROM bench_steady_aggregated")
     conn.execute("VACUUM (ANALYZE) usage_hourly, usage_revisions, aggregated_hours")
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import threading
+import time
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import text
 
-from billing_cli.jobs.aggregate import aggregate_hours
-from billing_cli.periods import HourRange
+from billing_cli.db.usage_rollup import apply_hour, lock_hours
+from billing_cli.db.usage_store import stale_hours
+from billing_cli.jobs.aggregate import aggregate_hours, aggregate_one_hour, find_late_hours
+from billing_cli.periods import HOUR, HourRange, Month
 from tests.data import add_event, add_org, hourly_rows, table_snapshot, utc
 
 H13 = utc(2024, 1, 31, 13)
@@ -186,3 +190,210 @@ def test_huge_exact_quantities_are_summed_without_rounding(transactions) -> None
     aggregate_hours(transactions, ONE_HOUR_13)
     with transactions() as s:
         assert hourly_rows(s)[0][3] == Decimal("999999999999999999.000000000002")
+
+
+# --- two roll-ups of the same hour at once ----------------------------------------------------------
+
+H = utc(2024, 1, 10, 13)
+
+
+def _rolled_up(engine, org: str, hour: datetime) -> Decimal | None:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT quantity FROM usage_hourly WHERE organization_id = :o AND hour_start = :h"),
+                            {"o": org, "h": hour}).scalar_one_or_none()
+
+
+def _waiting_on_a_lock(engine, pid: int) -> bool:
+    with engine.connect() as conn:
+        return bool(conn.execute(text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :p"),
+                                 {"p": pid}).scalar())
+
+
+def test_an_edit_committed_between_two_concurrent_roll_ups_of_its_hour_is_never_rolled_up(engine) -> None:
+    """invoice-monthly's prepare (every shard) and aggregate-hourly's late hours roll up the same
+    hours at the same time: both take them from usage_event_changes. Roll-up A starts before a
+    correction (5 -> 7) commits, roll-up B, which got to the hour first, rolls it up after it and
+    commits first. Were A's statement to read its snapshot before B commits, it would overwrite B's
+    7 with its 5 (ON CONFLICT DO UPDATE in READ COMMITTED updates the latest row with A's values),
+    while B already deleted the hour's change marker; the count and the latest arrival are unchanged
+    by an UPDATE, so neither late_hours nor invoicing's stale_hours would ever look at the hour again:
+    2 units never billed. A waits for B's hour lock instead, and reads after B commits."""
+    with engine.begin() as conn:
+        add_org(conn, "acme")
+        add_event(conn, "acme", "api_calls", "5", H + timedelta(minutes=10))
+    aggregate_hours(engine.begin, HourRange(H, H + HOUR))
+    assert _rolled_up(engine, "acme", H) == Decimal(5)
+
+    b = engine.connect()
+    b_tx = b.begin()
+    # B is a roll-up that got to the hour first: it holds what a roll-up holds, the hour's lock
+    # and (the statement under way) the hour's usage_hourly row.
+    lock_hours(b, H, H + HOUR)
+    b.execute(text("UPDATE usage_hourly SET updated_at = updated_at WHERE organization_id = 'acme'"))
+    fix = engine.connect()
+    fix_tx = fix.begin()
+    fix.execute(text("UPDATE usage_events SET quantity = 7 WHERE organization_id = 'acme'"))  # not committed yet
+
+    a_pid: list[int] = []
+    a_error: list[BaseException] = []
+
+    def roll_up_a() -> None:
+        try:
+            with engine.begin() as a:
+                a_pid.append(a.execute(text("SELECT pg_backend_pid()")).scalar_one())
+                apply_hour(a, H, H + HOUR)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            a_error.append(exc)
+
+    thread = threading.Thread(target=roll_up_a)
+    thread.start()
+    for _ in range(100):
+        if a_pid and _waiting_on_a_lock(engine, a_pid[0]):
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("roll-up A never waited for B")
+    fix_tx.commit()  # the correction commits while A waits
+    apply_hour(b, H, H + HOUR)  # B sees 7, writes it and clears the hour's change marker
+    b_tx.commit()
+    thread.join(10)
+    b.close()
+    fix.close()
+    assert not a_error, a_error
+
+    with engine.connect() as conn:
+        events = conn.execute(text("SELECT sum(quantity) FROM usage_events WHERE organization_id = 'acme'")).scalar_one()
+    assert events == Decimal(7)
+    # Whoever looks next: the scheduled run's late hours and invoicing's stale hours.
+    late = find_late_hours(engine.begin, HourRange(utc(2024, 2, 1), utc(2024, 2, 1, 1)))
+    with engine.connect() as conn:
+        stale = stale_hours(conn, Month(2024, 1))
+    late_or_stale = set(late) | set(stale)
+    if H in late_or_stale:
+        aggregate_one_hour(engine.begin, H)
+    assert _rolled_up(engine, "acme", H) == Decimal(7), (
+        f"usage_hourly holds {_rolled_up(engine, 'acme', H)} for 7 in events, and no check finds the hour "
+        f"(late: {late}, stale: {stale})")
+
+
+def test_roll_ups_of_different_hours_do_not_wait_for_each_other(engine) -> None:
+    with engine.connect() as holder, holder.begin():
+        lock_hours(holder, H, H + 3 * HOUR)
+        with engine.begin() as other:
+            other.execute(text("SET LOCAL lock_timeout = '1s'"))
+            apply_hour(other, H + 3 * HOUR, H + 4 * HOUR)  # the next hour: not held, no wait
+            apply_hour(other, H - HOUR, H)
+
+
+# --- the late-events scan's hour of margin --------------------------------------------------------
+
+FEB = Month(2024, 2)
+
+
+def test_a_roll_up_outside_the_scheduled_run_does_not_shorten_the_margin_for_slow_producers(engine) -> None:
+    """The scheduled run S1 (58 minutes ago) rolled up H. A producer's transaction began 63 minutes
+    ago (received_at = its start) with an event of H, and committed after S1: exactly what the hour
+    of margin is for. Then, a minute before the next scheduled run, something else rolls up an hour
+    (invoice-monthly's stale hours, or an operator's `aggregate-hourly --hour`): were the margin
+    counted from the latest roll-up (max(aggregated_at)), it would start after the event's
+    received_at, and the next scheduled run would never find it. January is invoiced already:
+    February's invoicing only looks at edits of January, so the event would never be billed."""
+    with engine.begin() as conn:
+        add_org(conn, "acme")
+        add_event(conn, "acme", "api_calls", "5", H + timedelta(minutes=10))
+    aggregate_hours(engine.begin, HourRange(H, H + HOUR))
+    with engine.begin() as conn:  # S1 ran 58 minutes ago; H's own event arrived long before
+        conn.execute(text("UPDATE usage_events SET received_at = now() - interval '3 hours'"))
+        conn.execute(text("UPDATE aggregated_hours SET aggregated_at = now() - interval '58 minutes', "
+                          "last_received_at = now() - interval '3 hours'"))
+        conn.execute(text("DELETE FROM usage_event_changes"))  # the UPDATE above is the test's, not an edit
+        add_event(conn, "acme", "api_calls", "7", H + timedelta(minutes=20),
+                  received_at=conn.execute(text("SELECT now() - interval '63 minutes'")).scalar_one())
+    window = HourRange(utc(2024, 2, 10, 13), utc(2024, 2, 10, 14))  # the next scheduled run's hour
+    assert H in find_late_hours(engine.begin, window)  # without the extra roll-up, the margin finds it
+
+    aggregate_one_hour(engine.begin, utc(2024, 2, 1, 0))  # any roll-up, a minute before the scheduled run
+    late = find_late_hours(engine.begin, window)
+    with engine.connect() as conn:
+        stale = stale_hours(conn, FEB, edited_since=Month(2023, 11))  # February's invoicing
+    assert H in late or H in stale, f"the 7 units of {H:%Y-%m-%dT%H} are never rolled up (late {late}, stale {stale})"
+
+
+def _scanned(engine, minutes_ago: int, found: list[datetime] = ()) -> None:  # type: ignore[assignment]
+    """The late-events scan of a scheduled run `minutes_ago` minutes ago, as it recorded itself."""
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO late_usage_scan (id, scanned_at, found_hours) "
+                          "VALUES (true, now() - make_interval(mins => :m), :found) ON CONFLICT (id) DO UPDATE "
+                          "SET scanned_at = EXCLUDED.scanned_at, found_hours = EXCLUDED.found_hours"),
+                     {"m": minutes_ago, "found": list(found)})
+
+
+def _rolled_up_minutes_ago(engine, hour: datetime, minutes: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE aggregated_hours SET aggregated_at = now() - make_interval(mins => :m), "
+                          "last_received_at = now() - interval '3 hours' WHERE hour_start = :h"),
+                     {"m": minutes, "h": hour})
+
+
+def test_the_margin_counts_from_the_previous_scan_not_from_the_latest_roll_up(engine) -> None:
+    """As above, with the scheduled run's scan recorded as that run made it (59 minutes ago): the
+    next scan reads the arrivals from an hour before it, whatever rolled up since."""
+    with engine.begin() as conn:
+        add_org(conn, "acme")
+        add_event(conn, "acme", "api_calls", "5", H + timedelta(minutes=10), received_at=utc(2024, 1, 10, 14))
+    aggregate_hours(engine.begin, HourRange(H, H + HOUR))
+    _rolled_up_minutes_ago(engine, H, 58)
+    _scanned(engine, 59)
+    with engine.begin() as conn:  # began before the scan, committed after it
+        add_event(conn, "acme", "api_calls", "7", H + timedelta(minutes=20),
+                  received_at=conn.execute(text("SELECT now() - interval '63 minutes'")).scalar_one())
+    aggregate_one_hour(engine.begin, utc(2024, 2, 1, 0))  # an --hour run, or invoicing's stale hours
+
+    window = HourRange(utc(2024, 2, 10, 13), utc(2024, 2, 10, 14))
+    assert find_late_hours(engine.begin, window) == [H]
+    aggregate_hours(engine.begin, window, late_hours=[H])
+    assert _rolled_up(engine, "acme", H) == Decimal(12)
+    assert find_late_hours(engine.begin, window) == []  # and the next scan is quiet again
+
+
+def test_hours_a_scan_found_stay_late_until_a_roll_up_after_it_reads_them(engine) -> None:
+    """The scheduled run found H late, then stopped before rolling it up (SIGTERM, a crash, the
+    hour failed). Its scan was recorded: the next one's margin no longer reaches H's late event,
+    but H is still found, until a roll-up that began after the scan has read it."""
+    with engine.begin() as conn:
+        add_org(conn, "acme")
+        add_event(conn, "acme", "api_calls", "5", H + timedelta(minutes=10), received_at=utc(2024, 1, 10, 14))
+    aggregate_hours(engine.begin, HourRange(H, H + HOUR))
+    _rolled_up_minutes_ago(engine, H, 180)
+    _scanned(engine, 120)
+    with engine.begin() as conn:
+        add_event(conn, "acme", "api_calls", "7", H + timedelta(minutes=20),
+                  received_at=conn.execute(text("SELECT now() - interval '150 minutes'")).scalar_one())
+    window = HourRange(utc(2024, 2, 10, 13), utc(2024, 2, 10, 14))
+    assert find_late_hours(engine.begin, window) == [H]  # recorded; the run then stops before H
+
+    _scanned(engine, 90, found=[H])  # that scan, as of 90 minutes ago: its margin starts after the event
+    assert find_late_hours(engine.begin, window) == [H]
+    assert find_late_hours(engine.begin, window) == [H]  # as often as the runs stop first
+
+    aggregate_one_hour(engine.begin, H)
+    assert _rolled_up(engine, "acme", H) == Decimal(12)
+    assert find_late_hours(engine.begin, window) == []
+
+
+def test_a_dry_run_s_scan_is_not_recorded(engine) -> None:
+    with engine.begin() as conn:
+        add_org(conn, "acme")
+        add_event(conn, "acme", "api_calls", "5", H + timedelta(minutes=10), received_at=utc(2024, 1, 10, 14))
+    aggregate_hours(engine.begin, HourRange(H, H + HOUR))
+    _scanned(engine, 59)
+    with engine.connect() as conn:
+        before = conn.execute(text("SELECT scanned_at, found_hours FROM late_usage_scan")).one()
+    window = HourRange(utc(2024, 2, 10, 13), utc(2024, 2, 10, 14))
+    find_late_hours(engine.begin, window, dry_run=True)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT scanned_at, found_hours FROM late_usage_scan")).one() == before
+    find_late_hours(engine.begin, window)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT scanned_at > :before FROM late_usage_scan"),
+                            {"before": before.scanned_at}).scalar_one()

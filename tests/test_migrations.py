@@ -6,6 +6,7 @@ what other services and readers rely on is checked against the migrated database
 from __future__ import annotations
 
 import re
+from datetime import UTC
 
 import pytest
 from sqlalchemy import create_engine, inspect, text
@@ -21,7 +22,7 @@ BILLING_TABLES = {"aggregated_hours", "demo_organizations", "price_plans", "plan
                   "usage_event_changes", "usage_revisions", "invoice_usage", "invoice_periods", "stripe_customers",
                   "invoice_taxes", "tax_rates",
                   "credit_notes", "credit_note_lines", "credit_note_number_counters",
-                  "usage_pruned_months", "price_plan_versions"}
+                  "usage_pruned_months", "price_plan_versions", "late_usage_scan"}
 
 
 def tables(engine) -> set[str]:
@@ -74,6 +75,20 @@ def test_docs_schema_describes_every_table_and_column_of_the_migrated_database(e
                     for column in inspector.get_columns(table)
                     if not re.search(rf"`{column['name']}[` ]", sections.get(table, ""))]
     assert undocumented == []
+
+
+def test_the_late_usage_scan_of_an_existing_database_starts_at_its_latest_roll_up(empty_engine) -> None:
+    """0018: the first scan after the upgrade reads what the check before it would have read (from
+    an hour before the latest roll-up); a database with no roll-up yet has no scan."""
+    upgrade(empty_engine, "0017_job_runs_session")
+    with empty_engine.begin() as conn:
+        conn.execute(text("INSERT INTO aggregated_hours (hour_start, aggregated_at, event_count) VALUES "
+                          "('2024-01-31 12:00Z', '2024-01-31 13:00:05Z', 0), "
+                          "('2024-01-31 13:00Z', '2024-01-31 14:00:05Z', 0)"))
+    upgrade(empty_engine)
+    with empty_engine.connect() as conn:
+        scans = [tuple(r) for r in conn.execute(text("SELECT scanned_at, found_hours FROM late_usage_scan"))]
+    assert [(str(at.astimezone(UTC)), found) for at, found in scans] == [("2024-01-31 14:00:05+00:00", [])]
 
 
 def test_the_seed_organizations_table_is_adopted_with_its_rows(empty_engine) -> None:

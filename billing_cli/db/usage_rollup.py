@@ -1,17 +1,19 @@
 """The hourly roll-up of usage_events into usage_hourly: one set-based statement per hour.
 
-`apply_hour` writes (and records the hour in aggregated_hours); `preview_hour` computes the same
-report read-only. Both run in the caller's transaction.
+`apply_hour` writes (and records the hour in aggregated_hours), one roll-up of an hour at a time
+(`lock_hours`); `preview_hour` computes the same report read-only. Both run in the caller's
+transaction.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
+from ..periods import HOUR
 from .partitions import refuse_pruned_hour
 
 # Every event is rolled up, whatever its organization's status, and even when the organization
@@ -153,7 +155,37 @@ class HourReport:
     organization_ids: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
 
+# Namespace of the hour locks: the first key of PostgreSQL's two-key advisory locks, whose key space
+# is apart from the one-key (bigint) locks every other lock of billing takes (run_store.lock_key,
+# the organizations' locks, migrations): pg_locks tells them apart by objsubid (2 here, 1 there).
+_HOUR_LOCKS = 7_263_010
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def lock_hours(conn: Connection, start: datetime, end: datetime) -> None:
+    """Wait for every other transaction rolling up an hour of [start, end), then keep them out until
+    this one commits. In READ COMMITTED each statement reads its own snapshot: taken after this
+    lock, the roll-up's statement sees what the previous roll-up of the hour committed, and every
+    event it saw. Without it, two roll-ups of the same hour at once (invoice-monthly's shards each
+    rolling up the month's changed hours, beside aggregate-hourly's late hours) could end with the
+    older snapshot's totals written over the newer ones while the newer one had already cleared the
+    hour's change marker: an edit never rolled up. The hours of one call are locked in ascending
+    order, in one statement, so two calls over overlapping ranges never wait for each other in a
+    cycle (a transaction that rolled up several hours by several calls would have to go oldest
+    first; every roll-up today is one hour in its own transaction)."""
+    first, last = _hour_number(start), _hour_number(end - HOUR)
+    conn.execute(text("SELECT count(pg_advisory_xact_lock(CAST(:space AS integer), h)) "
+                      "FROM generate_series(CAST(:first AS integer), CAST(:last AS integer)) AS h"),
+                 {"space": _HOUR_LOCKS, "first": first, "last": last})
+
+
+def _hour_number(hour: datetime) -> int:
+    """Whole hours since 1970 (UTC): the hour's lock key, an int4 until the year 246,953."""
+    return int((hour - _EPOCH) // HOUR)
+
+
 def apply_hour(conn: Connection, start: datetime, end: datetime) -> HourReport:
+    lock_hours(conn, start, end)  # before anything reads: the statement's snapshot comes after it
     refuse_pruned_hour(conn, start)
     conn.execute(text("SET LOCAL work_mem = '256MB'"))  # a busy hour's hash aggregate spills with 4MB
     return _report(conn.execute(text(APPLY_SQL), {"start": start, "end": end}))
@@ -191,14 +223,22 @@ def unaggregated_hours(conn: Connection, start: datetime, end: datetime) -> list
 
 def late_hours(conn: Connection, before: datetime) -> list[datetime]:
     """Hours before `before` whose events changed since they were rolled up, found cheaply: events
-    that arrived since the last roll-up (by the BRIN index on received_at, with an hour of margin
-    for slow producer transactions), and hours whose events were edited or deleted in place (the
-    triggers' usage_event_changes). Hours of pruned months are left out: their roll-ups are final.
+    that arrived since the previous scan (by the BRIN index on received_at, with an hour of margin
+    for slow producer transactions), hours whose events were edited or deleted in place (the
+    triggers' usage_event_changes), and the hours the previous scan found that no roll-up has read
+    since it. Hours of pruned months are left out: their roll-ups are final. Read-only:
+    `record_late_scan` records the scan, in the same transaction.
+
+    The margin counts from the previous scan (late_usage_scan.scanned_at), not from the latest
+    roll-up: any roll-up (invoicing's stale hours, an --hour run) would move that one, past events
+    that no scan had looked for yet. Before the first scan ever, it counts from the first roll-up
+    ever (min(aggregated_at)): every event that can have arrived after a roll-up; nothing rolled up,
+    nothing late. (0018 records the latest roll-up as the first scan of an existing database.)
 
     The margin would make every recent hour look late: its events arrived in the hour before the
-    last roll-up, whether that roll-up saw them or not. So the hours whose roll-up recorded an
-    arrival within the margin (aggregated_hours.last_received_at), usually the last one or two,
-    are compared instead: the hour's event count now, by the occurred_at index (it includes
+    previous scan, whether that scan's run rolled them up or not. So the hours whose roll-up
+    recorded an arrival within the margin (aggregated_hours.last_received_at), usually the last one
+    or two, are compared instead: the hour's event count now, by the occurred_at index (it includes
     received_at: an index-only scan where the pages are all-visible), against the count its roll-up
     recorded. Behind a roll-up's back events are only added (an edit or deletion is in
     usage_event_changes), so an equal count means the same events. The arrivals of every other hour
@@ -210,7 +250,12 @@ def late_hours(conn: Connection, before: datetime) -> list[datetime]:
     milliseconds at six months of history, for a check that finds nothing). For the same reason JIT
     is off for the rest of this (short) transaction: the check reads a few blocks per partition."""
     conn.execute(text("SET LOCAL jit = off"))
-    since = conn.execute(text("SELECT max(aggregated_at) - interval '1 hour' FROM aggregated_hours")).scalar_one()
+    previous = conn.execute(text("""
+        SELECT coalesce(s.scanned_at, (SELECT min(aggregated_at) FROM aggregated_hours)) - interval '1 hour' AS since,
+               s.scanned_at, coalesce(s.found_hours, '{}') AS found_hours
+        FROM (SELECT 1) one LEFT JOIN late_usage_scan s ON true
+    """)).one()
+    since = previous.since
     compared = list(conn.execute(text("""
         SELECT hour_start FROM aggregated_hours
         WHERE last_received_at >= CAST(:since AS timestamptz) AND hour_start < :before
@@ -229,8 +274,28 @@ def late_hours(conn: Connection, before: datetime) -> list[datetime]:
                                       AND e.occurred_at < a.hour_start + interval '1 hour')
             UNION
             SELECT hour_start FROM usage_event_changes WHERE hour_start < :before
+            UNION
+            -- found by the previous scan and not read by a roll-up since (its run stopped first, or
+            -- the hour failed); a roll-up whose transaction began after the scan's read it later
+            -- than the scan began: what it may have missed arrived within this scan's margin
+            SELECT f.hour_start FROM unnest(CAST(:found AS timestamptz[])) AS f(hour_start)
+            WHERE f.hour_start < :before
+              AND NOT EXISTS (SELECT 1 FROM aggregated_hours a WHERE a.hour_start = f.hour_start
+                              AND a.aggregated_at >= CAST(:scanned_at AS timestamptz))
         ) changed
         WHERE NOT EXISTS (SELECT 1 FROM usage_pruned_months p
                           WHERE p.period_start = CAST(date_trunc('month', hour_start AT TIME ZONE 'UTC') AS date))
         ORDER BY 1
-    """), {"before": before, "since": since, "compared": compared}).scalars())
+    """), {"before": before, "since": since, "compared": compared, "found": previous.found_hours,
+           "scanned_at": previous.scanned_at}).scalars())
+
+
+def record_late_scan(conn: Connection, found: list[datetime]) -> None:
+    """Record a late-events scan and the hours it found, in the scan's own transaction: its start
+    (now()) is where the next scan's margin counts from, and the hours stay late for the next scan
+    until a roll-up that began after this one has read them. Only a scan whose result is acted on
+    records it (not a dry run): the scheduled run, which rolls the hours up next."""
+    conn.execute(text("""
+        INSERT INTO late_usage_scan AS s (id, scanned_at, found_hours) VALUES (true, now(), CAST(:found AS timestamptz[]))
+        ON CONFLICT (id) DO UPDATE SET scanned_at = EXCLUDED.scanned_at, found_hours = EXCLUDED.found_hours
+    """), {"found": found})

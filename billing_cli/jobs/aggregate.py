@@ -13,7 +13,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ..db.engine import Transactions
 from ..db.partitions import MonthPruned, StrayEvents
-from ..db.usage_rollup import HourReport, MetricTotals, apply_hour, late_hours, preview_hour, unaggregated_hours
+from ..db.usage_rollup import (HourReport, MetricTotals, apply_hour, late_hours, preview_hour, record_late_scan,
+                               unaggregated_hours)
 from ..outcomes import Job, run_outcome
 from ..periods import HOUR, HourRange
 from ..summary import RunSummary
@@ -105,13 +106,18 @@ class AggregationResult:
         return {"default_partition": self.default_partition.as_dict()}
 
 
-def find_late_hours(transactions: Transactions, window: HourRange, *, lookback: int = 0) -> list[datetime]:
+def find_late_hours(transactions: Transactions, window: HourRange, *, lookback: int = 0,
+                    dry_run: bool = False) -> list[datetime]:
     """Hours before the window to roll up again: those whose events changed since they were rolled
     up (late arrivals, in-place edits and deletions), and, among the `lookback` hours just before
     it, those never rolled up (a missed or failed run). Found without reading an unchanged hour's
-    events, so a lookback hour costs a lookup, not a second read of its events."""
+    events, so a lookback hour costs a lookup, not a second read of its events. The scan is
+    recorded with what it found (the next one counts its margin from it), except in a dry run."""
     with transactions() as conn:
-        changed = set(late_hours(conn, window.start))
+        late = late_hours(conn, window.start)
+        if not dry_run:
+            record_late_scan(conn, late)
+        changed = set(late)
         if lookback:
             changed.update(unaggregated_hours(conn, window.start - lookback * HOUR, window.start))
     return sorted(changed)

@@ -83,7 +83,8 @@ def run_aggregate_hourly(request: AggregateRequest, view: AggregationView) -> Fi
     def aggregate(db: Database, stop: threading.Event, guard: LockGuard) -> AggregationResult:
         # The scheduled run also rolls up older hours whose events changed since; an explicit
         # window means exactly that window.
-        late = find_late_hours(db.transactions, window, lookback=checked) if request.scheduled else []
+        late = (find_late_hours(db.transactions, window, lookback=checked, dry_run=dry_run)
+                if request.scheduled else [])
         view.aggregation_started(window, request.why(widened, checked), late, dry_run, db.where)
         # usage_events' partitions for this month and the next exist before their events arrive.
         upkeep = keep_partitions_ahead(db.transactions, now, dry_run=dry_run)
