@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal as D
@@ -27,6 +28,7 @@ from billing_cli.db.plan_store import save_plans
 from billing_cli.db.usage_store import Shard
 from billing_cli.delivery.pdf import render_invoice
 from billing_cli.invoices import Seller
+from billing_cli.jobs.aggregate import aggregate_one_hour
 from billing_cli.jobs.invoicing import InvoiceOptions, invoice_due, invoice_month
 from billing_cli.periods import HOUR, Month
 from billing_cli.plan_file import parse_plans
@@ -599,3 +601,137 @@ def test_a_catch_up_pass_bills_a_churned_anchored_organization_with_usage_only_i
     assert result.statuses == {"invoiced": 1}, (result.statuses, result.failed)
     assert [(n, p0, p1, t) for n, _, p0, p1, t in invoices(engine)["gone15"]] == [
         ("INV-2024-01-000001", utc(2024, 1, 15), utc(2024, 2, 15), D("3.00"))]  # 300 × 0.01, no fee
+
+
+# A late hour after an anchor change raises the revision of the period that holds it (the roll-up's
+# `revised` CTE), the period anchors.billing_period computes from the previous invoice's end.
+
+def _setup_anchor_change(engine) -> None:
+    """`mover`: calendar months until 20 January 2024, when its anchor becomes the 15th, so its
+    periods are 1 Jan - 1 Feb, then 1 Feb - 15 Mar (the changed one), then 15 Mar - 15 Apr.
+    `steady`: calendar months throughout (the control)."""
+    with engine.begin() as conn:
+        for org_id in ("mover", "steady"):
+            org(conn, org_id, None)
+        set_anchor(conn, "mover", 15, changed_at=utc(2024, 1, 20, 9))
+        conn.execute(text("UPDATE organizations SET billing_anchor_previous = NULL WHERE id = 'mover'"))
+    anchor = Anchor(15, None, utc(2024, 1, 20, 9))
+    assert billing_period(FEB, anchor, previous_end=utc(2024, 2, 1)).start == utc(2024, 2, 1)
+    assert billing_period(FEB, anchor, previous_end=utc(2024, 2, 1)).end == utc(2024, 3, 15)
+
+
+def test_a_late_hour_of_the_period_after_an_anchor_change_raises_that_period_not_the_month_before(plans) -> None:
+    engine = plans
+    _setup_anchor_change(engine)
+    invoice_month(engine.begin, options(JAN, utc(2024, 2, 2)))  # mover: 1 Jan - 1 Feb, like steady
+    feb5 = utc(2024, 2, 5, 10)
+    with engine.begin() as conn:
+        add_event(conn, "mover", "api_calls", "50", feb5)
+    aggregate_one_hour(engine.begin, feb5)
+    with engine.connect() as conn:
+        revised = [r.period_start for r in conn.execute(text(
+            "SELECT period_start FROM usage_revisions WHERE organization_id = 'mover'"))]
+    # 5 February is in the period 1 Feb - 15 Mar (billing month February), as anchors.py computes it,
+    # not in January's (today's anchor day alone would say so: 5 < 15).
+    assert revised == [FEB.first_day], revised
+
+
+class _LateEventWhileIssuing:
+    """The organization locks of a run (runs/lifecycle.py): here, just before each named organization
+    is issued (its usage read already), a late event of 5 February arrives and aggregate-hourly rolls
+    its hour up, as it may at any moment of a run."""
+
+    def __init__(self, engine, organizations: set[str]) -> None:
+        self.engine, self.pending = engine, set(organizations)
+
+    def check(self) -> None:
+        return None
+
+    @contextmanager
+    def hold(self, organization_id: str):
+        if organization_id in self.pending:
+            self.pending.discard(organization_id)
+            with self.engine.begin() as conn:
+                add_event(conn, organization_id, "api_calls", "50", utc(2024, 2, 5, 10))
+            aggregate_one_hour(self.engine.begin, utc(2024, 2, 5, 10))
+        yield True
+
+
+def test_an_hour_rolled_up_while_the_changed_period_is_invoiced_is_billed_later(plans) -> None:
+    engine = plans
+    _setup_anchor_change(engine)
+    invoice_month(engine.begin, options(JAN, utc(2024, 2, 2)))
+    with engine.begin() as conn:
+        for org_id in ("mover", "steady"):
+            add_event(conn, org_id, "api_calls", "100", utc(2024, 2, 3, 10))
+    aggregate_one_hour(engine.begin, utc(2024, 2, 3, 10))
+    # February: steady's calendar month (due 1 Mar), mover's 1 Feb - 15 Mar (due 15 Mar).
+    invoice_month(engine.begin, options(FEB, utc(2024, 3, 16),
+                                        locks=_LateEventWhileIssuing(engine, {"mover", "steady"})))
+    # March: both adjust February by the 50 units their February invoice did not see.
+    invoice_month(engine.begin, options(MAR, utc(2024, 4, 16)))
+    with engine.connect() as conn:
+        billed = dict(conn.execute(text(
+            "SELECT i.organization_id, sum(u.quantity) FROM invoice_usage u JOIN invoices i ON i.id = u.invoice_id "
+            "WHERE i.status <> 'void' AND u.period_start = '2024-02-01' GROUP BY 1")).all())
+    assert billed["steady"] == D(150)  # the revision mechanism works for a calendar month
+    assert billed["mover"] == D(150), billed  # the 50 units of 5 February are billed on March's invoice
+
+
+# (organization, anchor day before the change, anchor day now, when it changed): calendar months,
+# anchors that never changed, and changes before, on and after a month's first day, to and from
+# calendar months, to shorter and longer periods, with days that February 2024 does not have.
+ROUTED = [("cal", None, None, None), ("a15", None, 15, None), ("a31", None, 31, None),
+          ("none_15", None, 15, utc(2024, 1, 20, 9)), ("15_1", 15, 1, utc(2024, 2, 20, 9)),
+          ("none_20", None, 20, utc(2024, 1, 10)), ("15_none", 15, None, utc(2024, 1, 10)),
+          ("31_30", 31, 30, utc(2024, 2, 10)), ("10_20", 10, 20, utc(2024, 1, 5)),
+          ("20_10", 20, 10, utc(2024, 1, 25)), ("none_31", None, 31, utc(2024, 2, 1)),
+          ("28_5", 28, 5, utc(2024, 3, 3)), ("5_28", 5, 28, utc(2023, 12, 31, 23))]
+
+
+@pytest.mark.parametrize("invoiced", [(), (Month(2023, 12), JAN), (Month(2023, 12), JAN, FEB)],
+                         ids=["nothing_invoiced", "invoiced_to_january", "invoiced_to_february"])
+def test_a_changed_hour_raises_the_revision_of_the_billing_month_whose_period_holds_it(plans, invoiced) -> None:
+    """Every day from December to April, for each way an anchor can be or change: the roll-up's
+    routing (the `revised` CTE) names the billing month anchors.billing_period gives the period
+    holding the day (its live invoice's, else computed from the end of the live invoice before it)."""
+    engine = plans
+    with engine.begin() as conn:
+        for org_id, previous, day, changed_at in ROUTED:
+            org(conn, org_id, None)
+            conn.execute(text("UPDATE organizations SET billing_anchor_day = :d WHERE id = :o"), {"d": day, "o": org_id})
+            conn.execute(text("UPDATE organizations SET billing_anchor_previous = :p, billing_anchor_changed_at = :t "
+                              "WHERE id = :o"), {"p": previous, "t": changed_at, "o": org_id})
+    for month in invoiced:
+        result = invoice_month(engine.begin, options(month, utc(2024, 6, 1)))
+        assert result.statuses == {"invoiced": len(ROUTED)}, (result.statuses, result.failed)
+    with engine.connect() as conn:
+        live = {(r.organization_id, Month.containing_date(r.billing_month)): (r.period_start, r.period_end)
+                for r in conn.execute(text("SELECT organization_id, billing_month, period_start, period_end "
+                                           "FROM invoices WHERE status <> 'void'"))}
+
+    def holding(org_id: str, anchor: Anchor, at: datetime) -> Month:
+        before = Month.containing(at).prev()
+        if (org_id, before) in live:
+            end = live[(org_id, before)][1]
+        else:
+            previous = live.get((org_id, before.prev()))
+            end = billing_period(before, anchor, previous_end=previous[1] if previous else None).end
+        return before if at < end else Month.containing(at)
+
+    wrong = []
+    at = utc(2023, 12, 1, 10)
+    while at < utc(2024, 5, 1):
+        with engine.begin() as conn:
+            for org_id, *_ in ROUTED:
+                add_event(conn, org_id, "api_calls", "1", at)
+        aggregate_one_hour(engine.begin, at)
+        with engine.connect() as conn:
+            routed = dict(conn.execute(text("SELECT organization_id, period_start FROM usage_revisions "
+                                            "WHERE revised_at = (SELECT max(revised_at) FROM usage_revisions)")).all())
+        for org_id, previous, day, changed_at in ROUTED:
+            expected = holding(org_id, Anchor(day, previous, changed_at), at)
+            if routed.get(org_id) != expected.first_day:
+                wrong.append((org_id, f"{at:%Y-%m-%d}", str(routed.get(org_id)), str(expected)))
+        at += HOUR * 24
+    assert not wrong, wrong

@@ -230,3 +230,51 @@ def test_usage_of_a_period_still_running_is_not_called_unbilled(engine, db_url) 
     document = json.loads(check.stdout)
     assert [(d["kind"], d["organization_id"]) for d in document["differences"]] == [("rollup_behind", "a15")]
     assert document["counts"]["usage_rows_period_running"] == 2  # compared with invoices once the periods end
+
+
+def test_reconcile_still_compares_the_events_of_an_anchored_period_s_days_in_the_month_after_a_pruned_one(
+        engine) -> None:
+    """acme's January period is 15 Jan - 15 Feb. January's events were pruned (their roll-ups stand for
+    them), February's were not. An event of 5 February that no roll-up has seen is in January's
+    period: reconcile of January compares the roll-ups with the events for February's days (not
+    with the roll-ups themselves), or no reconcile would ever say so (February's does not cover 5
+    February)."""
+    from billing_cli.jobs.aggregate import aggregate_one_hour
+    from billing_cli.jobs.reconcile import Checks, Kind, reconcile_month
+    from tests.test_billing_periods import org
+
+    with engine.begin() as conn:
+        save_plans(conn, parse_plans(PLANS))
+        org(conn, "acme", 15)
+        add_event(conn, "acme", "api_calls", "100", utc(2024, 1, 20, 10))
+    aggregate_one_hour(engine.begin, utc(2024, 1, 20, 10))
+    with engine.begin() as conn:
+        add_event(conn, "acme", "api_calls", "40", utc(2024, 2, 5, 10))  # not rolled up
+        conn.execute(text("INSERT INTO usage_pruned_months (period_start, events, bytes, forced) "
+                          "VALUES ('2024-01-01', 1, 0, false)"))  # as `billing usage prune --before 2024-02` records it
+    kinds = {month: {d.kind for d in reconcile_month(engine.begin, month, Checks()).differences
+                     if d.organization_id == "acme"} for month in (Month(2024, 1), Month(2024, 2))}
+    assert any(Kind.ROLLUP_BEHIND in found for found in kinds.values()), kinds
+
+
+def test_reconcile_of_an_anchored_period_reads_the_roll_ups_of_both_months_when_both_were_pruned(engine) -> None:
+    """The same period, 15 Jan - 15 Feb, with January and February both pruned (`--before 2024-03`):
+    the roll-ups stand for the events of both months' days, no event is left to say otherwise."""
+    from billing_cli.jobs.aggregate import aggregate_one_hour
+    from billing_cli.jobs.reconcile import Checks, Kind, reconcile_month
+    from tests.test_billing_periods import org
+
+    with engine.begin() as conn:
+        save_plans(conn, parse_plans(PLANS))
+        org(conn, "acme", 15)
+        for at in (utc(2024, 1, 20, 10), utc(2024, 2, 5, 10)):
+            add_event(conn, "acme", "api_calls", "100", at)
+    for at in (utc(2024, 1, 20, 10), utc(2024, 2, 5, 10)):
+        aggregate_one_hour(engine.begin, at)
+    with engine.begin() as conn:  # as a prune drops the partitions: the events are gone, the roll-ups stay
+        conn.execute(text("DELETE FROM usage_events"))
+        conn.execute(text("INSERT INTO usage_pruned_months (period_start, events, bytes, forced) "
+                          "VALUES ('2024-01-01', 1, 0, false), ('2024-02-01', 1, 0, false)"))
+    found = {d.kind for d in reconcile_month(engine.begin, Month(2024, 1), Checks()).differences}
+    assert Kind.ROLLUP_BEHIND not in found, found
+    assert Kind.UNBILLED_USAGE in found  # 200 rolled up, nothing billed: the comparison did run

@@ -4,7 +4,7 @@ query returns only what disagrees (or what must be checked outside), streamed.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -36,34 +36,34 @@ class UsageRow:
         return not self.due and self.billed == 0
 
 
-def usage_differences(conn: Connection, month: Month, only: list[str] | None, *, events_pruned: bool = False,
-                      windows: Windows | None = None) -> Iterator[UsageRow]:
+def usage_differences(conn: Connection, month: Month, only: list[str] | None, *,
+                      pruned: Collection[Month] = (), windows: Windows | None = None) -> Iterator[UsageRow]:
     """(organization, metric) pairs whose events, roll-up and billed quantities are not all equal,
-    from one pass over each source (a hash join of three monthly GROUP BYs). For a month whose
-    events were pruned, the roll-ups stand for the events (they are what is left of them).
+    from one pass over each source (a hash join of three monthly GROUP BYs). `pruned`: the months
+    whose events were pruned (`pruned_months`): there the roll-ups stand for the events (they are
+    what is left of them), elsewhere the events are read, also for the days an anchored period has
+    in the next month.
 
     Streamed as PostgreSQL sends the rows, without a server-side cursor: PostgreSQL never runs a
     cursor's query in parallel, and this is the month's largest GROUP BY (bench/reconcile.py).
     `windows`: `period_windows` of the month, when the caller read them already."""
     org = " AND organization_id = ANY(:only)" if only else ""
-    events, at = ("usage_hourly", "hour_start") if events_pruned else ("usage_events", "occurred_at")
     windows = period_windows(conn, month, only) if windows is None else windows
     read_end = max([month.end, *(end for _, end in windows.values())])
+    events, spans = _event_rows(month, read_end, pruned, org)
     if windows:  # anchored periods: each such organization's own hours, the others' the month's
         period_join = """LEFT JOIN unnest(CAST(:period_orgs AS varchar[]), CAST(:period_starts AS timestamptz[]),
                              CAST(:period_ends AS timestamptz[])) AS p(org, ps, pe) ON p.org = s.organization_id"""
         in_period = "((p.org IS NULL AND s.at < :end) OR (s.at >= p.ps AND s.at < p.pe))"
         ev_source = f"""SELECT s.organization_id, s.metric, s.quantity FROM (
-                SELECT organization_id, metric, quantity, {at} AS at FROM {events}
-                WHERE {at} >= :start AND {at} < :read_end{org}) s {period_join} WHERE {in_period}"""
+                {events}) s {period_join} WHERE {in_period}"""
         hr_source = f"""SELECT s.organization_id, s.metric, s.quantity FROM (
                 SELECT organization_id, metric, quantity, hour_start AS at FROM usage_hourly
                 WHERE hour_start >= :start AND hour_start < :read_end{org}) s {period_join} WHERE {in_period}"""
         ev = f"SELECT organization_id, metric, sum(quantity) AS q FROM ({ev_source}) e GROUP BY 1, 2"
         hr = f"SELECT organization_id, metric, sum(quantity) AS q FROM ({hr_source}) h GROUP BY 1, 2"
     else:
-        ev = f"""SELECT organization_id, metric, sum(quantity) AS q FROM {events}
-            WHERE {at} >= :start AND {at} < :end{org} GROUP BY 1, 2"""
+        ev = f"SELECT organization_id, metric, sum(quantity) AS q FROM ({events}) e GROUP BY 1, 2"
         hr = f"""SELECT organization_id, metric, sum(quantity) AS q FROM usage_hourly
             WHERE hour_start >= :start AND hour_start < :end{org} GROUP BY 1, 2"""
     sql = f"""
@@ -97,10 +97,40 @@ def usage_differences(conn: Connection, month: Month, only: list[str] | None, *,
     params = {"start": month.start, "end": month.end, "period": month.first_day, "only": only or [],
               "read_end": read_end, "period_orgs": list(windows),
               "period_starts": [start for start, _ in windows.values()],
-              "period_ends": [end for _, end in windows.values()]}
+              "period_ends": [end for _, end in windows.values()], **spans}
     for row in engine.stream_rows(conn, text(sql), params):
         yield UsageRow(row.organization_id, row.metric, Decimal(row.events), Decimal(row.rolled_up),
                        Decimal(row.billed), row.known, row.free, row.due)
+
+
+def pruned_months(conn: Connection, month: Month) -> frozenset[Month]:
+    """Of `month` and the next (an anchored period of `month` ends in it), those whose events
+    `billing usage prune` dropped: their roll-ups stay, and stand for the events."""
+    return frozenset(Month.containing_date(day) for day in conn.execute(text(
+        "SELECT period_start FROM usage_pruned_months WHERE period_start = ANY(:days)"),
+        {"days": [month.first_day, month.next().first_day]}).scalars())
+
+
+def _event_rows(month: Month, read_end: datetime, pruned: Collection[Month], org: str) -> tuple[str, dict]:
+    """SQL for the raw events from the month's start to `read_end`, as (organization_id, metric,
+    quantity, at) rows, with its parameters: a pruned month's hours from usage_hourly (its events
+    are gone), every other month's from usage_events."""
+    spans: list[tuple[str, datetime, datetime]] = []  # (table, from, to): one per run of months read alike
+    current = month
+    while current.start < read_end:
+        table, end = "usage_hourly" if current in pruned else "usage_events", min(current.end, read_end)
+        if spans and spans[-1][0] == table:
+            spans[-1] = (table, spans[-1][1], end)
+        else:
+            spans.append((table, current.start, end))
+        current = current.next()
+    parts, params = [], {}
+    for n, (table, start, end) in enumerate(spans):
+        at = "hour_start" if table == "usage_hourly" else "occurred_at"
+        parts.append(f"SELECT organization_id, metric, quantity, {at} AS at FROM {table} "
+                     f"WHERE {at} >= :from_{n} AND {at} < :to_{n}{org}")
+        params |= {f"from_{n}": start, f"to_{n}": end}
+    return "\n                UNION ALL ".join(parts), params
 
 
 def period_windows(conn: Connection, month: Month, only: list[str] | None) -> Windows:

@@ -57,6 +57,42 @@ SELECT 'changes', NULL, (SELECT count(DISTINCT organization_id) FROM grouped), N
        (SELECT coalesce(array_agg(DISTINCT organization_id), '{{}}') FROM orphans), NULL
 """
 
+
+# The routing of a changed day to the billing month whose period holds it follows anchors.py in SQL
+# (the roll-up statement must stay one statement): these render its pieces for the organization `o`.
+def _utc(day: str) -> str:
+    """Midnight UTC of a DATE."""
+    return f"(CAST({day} AS timestamp) AT TIME ZONE 'UTC')"
+
+
+def _anchor_at(moment: str) -> str:
+    """Anchor.at: the anchor day in force for a period starting at `moment`."""
+    return (f"(CASE WHEN o.billing_anchor_changed_at >= {moment} THEN o.billing_anchor_previous "
+            "ELSE o.billing_anchor_day END)")
+
+
+def _anchor_start(anchor: str, month: str) -> str:
+    """anchors.anchor_start: midnight UTC of day `anchor` of `month` (its first day, a DATE), clamped
+    to the month's last day; the 1st when `anchor` is NULL."""
+    return _utc(f"{month} + least(coalesce({anchor}, 1), CAST({month} + interval '1 month' AS date) - {month}) - 1")
+
+
+# The end of the period starting in the month before the changed day's (d.previous), of an
+# organization with (or that had) an anchor day, as anchors.billing_period and period_store compute
+# it: its live invoice's end, else from where it starts (the end of the live invoice of the month
+# before it, the boundary an anchor change waits for; else the anchor day in force on the 1st) to
+# the anchor day in force then, in the day's month. Two lookups by the one-live-invoice index.
+_PERIOD_BEFORE = f"""
+                    SELECT coalesce(billed.period_end, {_anchor_start(_anchor_at("started.at"), "d.month")})
+                    FROM (SELECT coalesce(
+                              (SELECT p.period_end FROM invoices p
+                               WHERE p.organization_id = d.organization_id AND p.status <> 'void'
+                                 AND p.billing_month = CAST(d.previous - interval '1 month' AS date)
+                                 AND p.period_end >= {_utc("d.previous")} AND p.period_end < {_utc("d.month")}),
+                              {_anchor_start(_anchor_at(_utc("d.previous")), "d.previous")}) AS at) started
+                    LEFT JOIN invoices billed ON billed.organization_id = d.organization_id
+                         AND billed.status <> 'void' AND billed.billing_month = d.previous"""
+
 # Upsert changed rows, delete rows whose events disappeared, and record what the hour looked like:
 # its event count and latest arrival (aggregated_hours), that its in-place edits are now seen
 # (usage_event_changes: exactly the change ids this statement saw), and which organizations'
@@ -82,14 +118,13 @@ revised AS (
                (SELECT CASE WHEN d.day < i.period_end THEN i.billing_month END FROM invoices i
                 WHERE i.organization_id = d.organization_id AND i.status <> 'void' AND i.period_start <= d.day
                 ORDER BY i.period_start DESC LIMIT 1),
-               -- not invoiced yet: the month its period starts in, by the anchor day (anchors.py)
-               CAST(CASE WHEN o.billing_anchor_day IS NULL OR extract(day FROM d.local) >= least(
-                             o.billing_anchor_day, extract(day FROM date_trunc('month', d.local)
-                                                                    + interval '1 month - 1 day'))
-                         THEN date_trunc('month', d.local)
-                         ELSE date_trunc('month', d.local) - interval '1 month' END AS date)), now()
+               -- not invoiced yet: the day's month, unless the period starting in the month before
+               -- still holds the day (a calendar month's never does)
+               CASE WHEN o.billing_anchor_day IS NULL AND o.billing_anchor_previous IS NULL THEN d.month
+                    WHEN d.day < (""" + _PERIOD_BEFORE + """) THEN d.previous ELSE d.month END), now()
     FROM (SELECT DISTINCT organization_id, date_trunc('day', hour_start, 'UTC') AS day,
-                 date_trunc('day', hour_start AT TIME ZONE 'UTC') AS local
+                 CAST(date_trunc('month', hour_start AT TIME ZONE 'UTC') AS date) AS month,
+                 CAST(date_trunc('month', hour_start AT TIME ZONE 'UTC') - interval '1 month' AS date) AS previous
           FROM (SELECT organization_id, hour_start FROM upserted UNION ALL
                 SELECT organization_id, hour_start FROM removed) c) d
     LEFT JOIN organizations o ON o.id = d.organization_id

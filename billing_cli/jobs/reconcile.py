@@ -22,7 +22,6 @@ from enum import StrEnum
 
 from ..db import credit_note_store, reconcile_store
 from ..db.engine import Transactions
-from ..db.partitions import is_pruned
 from ..delivery.payments import PaymentError, PaymentGateway
 from ..delivery.storage import FileStore, StorageError
 from ..errors import PeerUnavailable
@@ -119,9 +118,9 @@ def reconcile_month(transactions: Transactions, month: Month, checks: Checks, *,
             on_difference(difference)
 
     with transactions() as conn:
-        pruned = is_pruned(conn, month)  # `billing usage prune` dropped its events; the roll-ups stay
+        pruned = reconcile_store.pruned_months(conn, month)  # `billing usage prune` dropped their events
         windows = reconcile_store.period_windows(conn, month, ids)  # anchored organizations' own periods
-        for row in reconcile_store.usage_differences(conn, month, ids, events_pruned=pruned, windows=windows):
+        for row in reconcile_store.usage_differences(conn, month, ids, pruned=pruned, windows=windows):
             result.checked["usage_rows_differing"] += 1
             if row.period_running:  # compared with invoices once its period has ended
                 result.checked["usage_rows_period_running"] += 1
