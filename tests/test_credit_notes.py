@@ -255,6 +255,38 @@ def test_regenerating_a_sent_invoice_credits_it_before_the_replacement_goes_out(
     assert "It is replaced by invoice INV-2024-01-000004." in pdf_text(body)
 
 
+def test_the_replacement_never_reaches_the_customer_before_the_credit_note_of_the_invoice_it_replaces(
+        env, engine, mail, fake_stripe) -> None:
+    """deliveries.md: "After a regeneration the customer receives the credit note first, then the
+    replacement." When the credit note's delivery fails (here its e-mail is refused once; a failed
+    credit note PDF or S3 upload does the same), the replacement is issued, rendered and uploaded,
+    but neither sent in Stripe nor e-mailed: else the customer would hold two invoices for one
+    month, the old one never cancelled in writing, and could pay both (a bank transfer does not
+    ask Stripe). The next run delivers the credit note, then the replacement."""
+    assert invoice_month(env).exit_code == 0
+    mail.received.clear()
+    with engine.begin() as conn:
+        add_usage(conn, "org-1", "api_calls", "400", hour=utc(2024, 1, 20, 8))
+
+    mail.fail_next(1, 550)  # the first message of the regeneration, the credit note's, is refused
+    result = invoice_month(env, "--org", "org-1", "--regenerate")
+
+    assert result.exit_code == ExitCode.PARTIAL, result.output
+    subjects = [m.message["Subject"] for m in mail.received]
+    assert subjects == [], f"the replacement went out without its credit note: {subjects}"
+    replacement = invoice(engine, "INV-2024-01-000004")
+    assert replacement["s3_uploaded_at"] is not None and replacement["stripe_invoice_id"] is None
+    assert "is neither sent in Stripe nor e-mailed until credit note CN-2024-01-000001" in result.output
+
+    rerun = invoice_month(env)
+
+    assert rerun.exit_code == 0, rerun.output
+    assert [m.message["Subject"] for m in mail.received] == [
+        "Credit note CN-2024-01-000001 for invoice INV-2024-01-000001: -$11.00",
+        "Invoice INV-2024-01-000004 for 2024-01: $15.00"]
+    assert invoice(engine, "INV-2024-01-000004")["stripe_status"] == "sent"
+
+
 def test_credit_note_numbers_are_gapless_per_month_even_when_a_void_rolls_back(env, engine) -> None:
     from billing_cli.db import invoice_store
 

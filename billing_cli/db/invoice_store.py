@@ -46,13 +46,14 @@ class StoredInvoice:
     stripe_status: str | None = None
     stripe_hosted_url: str | None = None  # Stripe's page for the sent invoice
     emailed_at: datetime | None = None
+    replaces_invoice_id: int | None = None  # the void invoice it replaces (a regeneration's replacement)
 
 
 _STORED = """
     SELECT i.id, i.organization_id, i.number, i.currency, i.total, i.created_at, i.pdf_sha256, i.pdf_bytes,
            i.pdf_path, CASE WHEN i.s3_uploaded_at IS NOT NULL THEN i.s3_key END AS s3_key,
            o.stripe_customer_id, sc.name AS stripe_customer_name, sc.email AS stripe_customer_email,
-           i.stripe_invoice_id, i.stripe_status, i.stripe_hosted_url, i.emailed_at
+           i.stripe_invoice_id, i.stripe_status, i.stripe_hosted_url, i.emailed_at, i.replaces_invoice_id
     FROM invoices i LEFT JOIN organizations o ON o.id = i.organization_id
     LEFT JOIN stripe_customers sc ON sc.organization_id = i.organization_id AND sc.customer_id = o.stripe_customer_id
 """
@@ -383,7 +384,8 @@ def _issue(session: Connection, month: Month, requests: Sequence[IssueRequest],
         results[at] = StoredInvoice(id=invoice_id, organization_id=request.organization_id, number=number,
                                     currency=request.invoice.currency, total=request.invoice.total,
                                     created_at=created_at, stripe_customer_id=customer_id,
-                                    stripe_customer_name=customer_name, stripe_customer_email=customer_email)
+                                    stripe_customer_name=customer_name, stripe_customer_email=customer_email,
+                                    replaces_invoice_id=request.replaces.id if request.replaces else None)
     return results  # type: ignore[return-value]
 
 
