@@ -472,6 +472,29 @@ def record_s3(session: Connection, invoice_id: int, key: str) -> None:
                     {"id": invoice_id, "key": key})
 
 
+@dataclass(frozen=True)
+class CustomerState:
+    """An organization's name and e-mail as they are now, and its Stripe customer as billing last
+    told Stripe about it (None: no customer yet, or nothing recorded of what it was told)."""
+
+    name: str
+    email: str
+    customer_id: str | None
+    synced_name: str | None
+    synced_email: str | None
+    synced_at: datetime | None  # when that was recorded: changes with every update
+
+
+def customer_state(session: Connection, organization_id: str) -> CustomerState:
+    row = session.execute(text("""
+        SELECT o.name, o.email, o.stripe_customer_id AS customer_id, sc.name AS synced_name,
+               sc.email AS synced_email, sc.synced_at
+        FROM organizations o
+        LEFT JOIN stripe_customers sc ON sc.organization_id = o.id AND sc.customer_id = o.stripe_customer_id
+        WHERE o.id = :id"""), {"id": organization_id}).mappings().one()
+    return CustomerState(**row)
+
+
 def record_stripe_customer(session: Connection, organization_id: str, customer_id: str, *, name: str,
                            email: str) -> None:
     """The organization's Stripe customer, and the name and e-mail it now has at Stripe."""
