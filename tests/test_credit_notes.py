@@ -32,8 +32,8 @@ def env(billed, s3, mail, fake_stripe, clean_env) -> dict[str, str]:
     return peer_env(billed, s3, mail, fake_stripe, DELIVERY_MAX_RETRY_SECONDS="5")
 
 
-def invoice_month(env: dict[str, str], *args: str):
-    return runner.invoke(app, ["invoice-monthly", "--month", "2024-01", *args], env=env)
+def invoice_month(env: dict[str, str], *args: str, month: str = "2024-01"):
+    return runner.invoke(app, ["invoice-monthly", "--month", month, *args], env=env)
 
 
 def void(env: dict[str, str], number: str = FIRST, *args: str, reason: str = "Billed to the wrong account"):
@@ -255,6 +255,38 @@ def test_regenerating_a_sent_invoice_credits_it_before_the_replacement_goes_out(
     assert "It is replaced by invoice INV-2024-01-000004." in pdf_text(body)
 
 
+def test_the_replacement_never_reaches_the_customer_before_the_credit_note_of_the_invoice_it_replaces(
+        env, engine, mail, fake_stripe) -> None:
+    """deliveries.md: "After a regeneration the customer receives the credit note first, then the
+    replacement." When the credit note's delivery fails (here its e-mail is refused once; a failed
+    credit note PDF or S3 upload does the same), the replacement is issued, rendered and uploaded,
+    but neither sent in Stripe nor e-mailed: else the customer would hold two invoices for one
+    month, the old one never cancelled in writing, and could pay both (a bank transfer does not
+    ask Stripe). The next run delivers the credit note, then the replacement."""
+    assert invoice_month(env).exit_code == 0
+    mail.received.clear()
+    with engine.begin() as conn:
+        add_usage(conn, "org-1", "api_calls", "400", hour=utc(2024, 1, 20, 8))
+
+    mail.fail_next(1, 550)  # the first message of the regeneration, the credit note's, is refused
+    result = invoice_month(env, "--org", "org-1", "--regenerate")
+
+    assert result.exit_code == ExitCode.PARTIAL, result.output
+    subjects = [m.message["Subject"] for m in mail.received]
+    assert subjects == [], f"the replacement went out without its credit note: {subjects}"
+    replacement = invoice(engine, "INV-2024-01-000004")
+    assert replacement["s3_uploaded_at"] is not None and replacement["stripe_invoice_id"] is None
+    assert "is neither sent in Stripe nor e-mailed until credit note CN-2024-01-000001" in result.output
+
+    rerun = invoice_month(env)
+
+    assert rerun.exit_code == 0, rerun.output
+    assert [m.message["Subject"] for m in mail.received] == [
+        "Credit note CN-2024-01-000001 for invoice INV-2024-01-000001: -$11.00",
+        "Invoice INV-2024-01-000004 for 2024-01: $15.00"]
+    assert invoice(engine, "INV-2024-01-000004")["stripe_status"] == "sent"
+
+
 def test_credit_note_numbers_are_gapless_per_month_even_when_a_void_rolls_back(env, engine) -> None:
     from billing_cli.db import invoice_store
 
@@ -304,6 +336,49 @@ def test_an_interrupted_credit_note_is_completed_by_the_next_run(env, engine, s3
         "Credit note CN-2024-01-000001 for invoice INV-2024-01-000001: -$11.00",
         "Invoice INV-2024-01-000004 for 2024-01: $11.00"]
     assert fake_stripe.invoices[invoice(engine, FIRST)["stripe_invoice_id"]]["status"] == "void"
+
+
+def test_a_churned_organizations_void_that_stripe_refused_is_finished_by_the_next_run(env, engine, mail,
+                                                                                     fake_stripe) -> None:
+    """operations.md: "A delivery step that fails exits 6; the next `billing invoice-monthly` run of
+    any month completes it", also for a customer who left, whom no run invoices any more (inactive,
+    the voided invoice's month beyond LATE_USAGE_MONTHS; sooner, the void's own usage brings the
+    organization back in): its Stripe invoice is voided (else it stays payable, chased by Stripe)
+    and its credit note e-mailed, and nothing is billed to it."""
+    env = {**env, "DELIVERY_MAX_RETRY_SECONDS": "2", "DELIVERY_MAX_ATTEMPTS": "2"}
+    assert invoice_month(env).exit_code == 0
+    sent = invoice(engine, FIRST)
+    assert sent["stripe_status"] == "sent"
+    with engine.begin() as conn:  # the customer left at the end of January
+        conn.execute(text("UPDATE organizations SET status = 'inactive' WHERE id = 'org-1'"))
+        conn.execute(text("UPDATE organizations SET status_changed_at = '2024-01-31T12:00Z' WHERE id = 'org-1'"))
+    mail.received.clear()
+
+    fake_stripe.fail_next(50, 500)  # Stripe is down during the void
+    voided = void(env, FIRST, "--yes", reason="Billed twice")
+    fake_stripe.clear_faults()
+    assert voided.exit_code == ExitCode.PARTIAL, voided.output
+    assert fake_stripe.invoices[sent["stripe_invoice_id"]]["status"] == "open"
+
+    # The next scheduled run, months later (January is beyond LATE_USAGE_MONTHS=3 of it).
+    may = invoice_month(env, month="2024-05")
+
+    assert may.exit_code == 0, may.output
+    assert "id=org-1 status=nothing_to_bill final=true done=stripe_reversed,credit_note" in may.output, may.output
+    assert fake_stripe.invoices[sent["stripe_invoice_id"]]["status"] == "void", "the voided invoice is still payable"
+    [note] = credit_notes(engine)
+    assert note["emailed_at"] is not None, "the credit note never reaches the customer"
+    assert [m.message["Subject"] for m in mail.received if "org-1@" in m.message["To"]] == [
+        "Credit note CN-2024-01-000001 for invoice INV-2024-01-000001: -$11.00"]
+    with engine.connect() as conn:  # nothing billed to it
+        assert conn.execute(text("SELECT count(*) FROM invoices WHERE organization_id = 'org-1' "
+                                 "AND billing_month > '2024-01-01'")).scalar_one() == 0
+
+    # The runs after it, even one aimed at the organization, find nothing more to do for it.
+    assert invoice_month(env, month="2024-06").exit_code == 0
+    aimed = invoice_month(env, "--org", "org-1", month="2024-06")
+    assert "found organizations=0" in aimed.output, aimed.output
+    assert "org-1" not in aimed.output.replace("--org org-1", "")
 
 
 def test_voiding_waits_for_no_run_an_invoicing_run_holding_the_organization_makes_it_exit_7(env, engine,

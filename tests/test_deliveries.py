@@ -532,6 +532,59 @@ def test_a_known_customer_costs_three_stripe_calls_and_a_changed_one_is_updated(
     assert (renamed["name"], renamed["email"]) == ("Customer One GmbH", "ap@one.example")
 
 
+def test_completing_an_older_invoice_does_not_turn_the_stripe_customer_back_to_an_old_email(env, engine,
+                                                                                          fake_stripe) -> None:
+    """deliveries.md: the organization's Stripe customer is updated when its name or e-mail changed,
+    to the organization's details as they are now, never to the bill-to of an invoice issued before
+    the change: completed late, such an invoice would otherwise write the old address back onto
+    the customer, and Stripe would send the organization's invoices, reminders and receipts to the
+    address the customer asked to stop using."""
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO usage_hourly (organization_id, metric, hour_start, quantity, event_count) "
+                          "VALUES ('org-1', 'api_calls', '2024-02-10T10:00Z', 5, 1)"))
+    # January: issued and e-mailed while Stripe was off (or failing): its Stripe step is pending.
+    assert run({**env, "INVOICE_ENABLE_STRIPE": "false"}, "--org", "org-1").exit_code == 0
+    with engine.begin() as conn:  # the customer moves to a new billing address
+        conn.execute(text("UPDATE organizations SET email = 'new-billing@example.com' WHERE id = 'org-1'"))
+    february = runner.invoke(app, ["invoice-monthly", "--month", "2024-02", "--org", "org-1"], env=env)
+    assert february.exit_code == 0, february.output
+    [customer] = fake_stripe.customers.values()
+    assert customer["email"] == "new-billing@example.com"
+
+    # Later, the January run is completed (Stripe back on).
+    assert run(env, "--org", "org-1").exit_code == 0
+
+    [customer] = fake_stripe.customers.values()
+    assert customer["email"] == "new-billing@example.com", "Stripe's customer went back to the old address"
+    with engine.connect() as conn:  # and January's invoice is now sent in Stripe, to that customer
+        january = conn.execute(text("SELECT stripe_invoice_id, stripe_status FROM invoices "
+                                    "WHERE organization_id = 'org-1' AND billing_month = '2024-01-01'")).one()
+    assert january.stripe_status == "sent"
+    assert fake_stripe.invoices[january.stripe_invoice_id]["customer"] == customer["id"]
+
+
+def test_an_email_changed_back_and_forth_within_a_day_reaches_stripe_every_time(env, engine, fake_stripe) -> None:
+    """Each change of the customer is its own Stripe update, under a key of its own: A, B, A, B
+    within Stripe's ~24 h key lifetime is not the replay of the first B (which would leave Stripe
+    on A while billing records B, until the next change)."""
+    from tests.data import add_usage, utc
+
+    only_stripe = {**env, "INVOICE_ENABLE_S3": "false", "INVOICE_ENABLE_EMAIL": "false"}
+    assert run(only_stripe, "--org", "org-1").exit_code == 0  # January: the customer, at the first address
+    first = next(iter(fake_stripe.customers.values()))["email"]
+    for month, email in (("2024-02", "b@one.example"), ("2024-03", first), ("2024-04", "b@one.example")):
+        with engine.begin() as conn:
+            add_usage(conn, "org-1", "api_calls", "10", utc(int(month[:4]), int(month[5:]), 10, 10))
+            conn.execute(text("UPDATE organizations SET email = :e WHERE id = 'org-1'"), {"e": email})
+        result = runner.invoke(app, ["invoice-monthly", "--month", month, "--org", "org-1"], env=only_stripe)
+        assert result.exit_code == 0, result.output
+
+        [customer] = fake_stripe.customers.values()
+        assert customer["email"] == email, month
+    updates = fake_stripe.requests_for("POST", f"/v1/customers/{customer['id']}")
+    assert len(updates) == 3 and not any(r.replayed for r in updates)
+
+
 def test_a_service_that_is_down_is_given_up_after_a_few_failures_and_the_next_run_completes(
         env, engine, mail, fake_stripe) -> None:
     from tests.data import add_org, add_usage, set_plan

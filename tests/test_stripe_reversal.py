@@ -134,6 +134,32 @@ def test_a_draft_left_by_a_failed_send_is_deleted(env, engine, fake_stripe) -> N
     assert fake_stripe.invoices[new["stripe_invoice_id"]]["status"] == "open"
 
 
+def test_a_regeneration_with_nothing_to_bill_deletes_the_draft_a_crash_kept_from_us(env, engine,
+                                                                                   fake_stripe) -> None:
+    """deliveries.md: a Stripe draft whose id never reached the database is looked up "when its
+    invoice is voided (`billing invoices void`, `--regenerate`)", also by a `--regenerate` that finds
+    nothing left to bill (Action.VOID): else the draft, with our number, would stay in Stripe for
+    ever, never reversed, and nothing would look for it again."""
+    fake_stripe.fail_next(20, 500, method="POST", path_prefix="/v1/invoices/")  # add_lines fails: a draft stays
+    first = run({**env, "INVOICE_ENABLE_EMAIL": "false", "DELIVERY_MAX_RETRY_SECONDS": "2",
+                 "DELIVERY_MAX_ATTEMPTS": "2"}, "--org", "org-3")
+    fake_stripe.clear_faults()
+    assert first.exit_code == ExitCode.PARTIAL, first.output
+    [draft] = fake_stripe.invoices.values()
+    assert draft["status"] == "draft"
+    with engine.begin() as conn:  # the state a crash between the draft's creation and its record leaves
+        conn.execute(text("UPDATE invoices SET stripe_invoice_id = NULL, stripe_status = NULL "
+                          "WHERE organization_id = 'org-3'"))
+        conn.execute(text("DELETE FROM usage_hourly WHERE organization_id = 'org-3'"))  # usage was wrong
+
+    result = run(env, "--org", "org-3", "--regenerate")
+
+    assert result.exit_code == 0, result.output
+    [voided] = invoices_of(engine, "org-3")
+    assert voided["status"] == "void" and voided["stripe_reversal"] == "deleted"
+    assert draft["id"] not in fake_stripe.invoices, "the lost draft stays in Stripe, never to be looked for again"
+
+
 def test_until_the_old_stripe_invoice_is_voided_the_replacement_goes_neither_to_stripe_nor_to_the_customer(
         env, engine, mail, fake_stripe) -> None:
     assert run(env).exit_code == 0

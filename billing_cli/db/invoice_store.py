@@ -46,13 +46,14 @@ class StoredInvoice:
     stripe_status: str | None = None
     stripe_hosted_url: str | None = None  # Stripe's page for the sent invoice
     emailed_at: datetime | None = None
+    replaces_invoice_id: int | None = None  # the void invoice it replaces (a regeneration's replacement)
 
 
 _STORED = """
     SELECT i.id, i.organization_id, i.number, i.currency, i.total, i.created_at, i.pdf_sha256, i.pdf_bytes,
            i.pdf_path, CASE WHEN i.s3_uploaded_at IS NOT NULL THEN i.s3_key END AS s3_key,
            o.stripe_customer_id, sc.name AS stripe_customer_name, sc.email AS stripe_customer_email,
-           i.stripe_invoice_id, i.stripe_status, i.stripe_hosted_url, i.emailed_at
+           i.stripe_invoice_id, i.stripe_status, i.stripe_hosted_url, i.emailed_at, i.replaces_invoice_id
     FROM invoices i LEFT JOIN organizations o ON o.id = i.organization_id
     LEFT JOIN stripe_customers sc ON sc.organization_id = i.organization_id AND sc.customer_id = o.stripe_customer_id
 """
@@ -383,7 +384,8 @@ def _issue(session: Connection, month: Month, requests: Sequence[IssueRequest],
         results[at] = StoredInvoice(id=invoice_id, organization_id=request.organization_id, number=number,
                                     currency=request.invoice.currency, total=request.invoice.total,
                                     created_at=created_at, stripe_customer_id=customer_id,
-                                    stripe_customer_name=customer_name, stripe_customer_email=customer_email)
+                                    stripe_customer_name=customer_name, stripe_customer_email=customer_email,
+                                    replaces_invoice_id=request.replaces.id if request.replaces else None)
     return results  # type: ignore[return-value]
 
 
@@ -468,6 +470,29 @@ def load_document(session: Connection, invoice_id: int) -> InvoiceDocument:
 def record_s3(session: Connection, invoice_id: int, key: str) -> None:
     session.execute(text("UPDATE invoices SET s3_key = :key, s3_uploaded_at = now() WHERE id = :id"),
                     {"id": invoice_id, "key": key})
+
+
+@dataclass(frozen=True)
+class CustomerState:
+    """An organization's name and e-mail as they are now, and its Stripe customer as billing last
+    told Stripe about it (None: no customer yet, or nothing recorded of what it was told)."""
+
+    name: str
+    email: str
+    customer_id: str | None
+    synced_name: str | None
+    synced_email: str | None
+    synced_at: datetime | None  # when that was recorded: changes with every update
+
+
+def customer_state(session: Connection, organization_id: str) -> CustomerState:
+    row = session.execute(text("""
+        SELECT o.name, o.email, o.stripe_customer_id AS customer_id, sc.name AS synced_name,
+               sc.email AS synced_email, sc.synced_at
+        FROM organizations o
+        LEFT JOIN stripe_customers sc ON sc.organization_id = o.id AND sc.customer_id = o.stripe_customer_id
+        WHERE o.id = :id"""), {"id": organization_id}).mappings().one()
+    return CustomerState(**row)
 
 
 def record_stripe_customer(session: Connection, organization_id: str, customer_id: str, *, name: str,

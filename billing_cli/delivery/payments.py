@@ -78,7 +78,7 @@ class StripeTaxRate:
 class PaymentGateway(Protocol):
     def find_customer(self, organization_id: str, email: str) -> str | None: ...
     def create_customer(self, organization_id: str, name: str, email: str) -> str: ...
-    def update_customer(self, customer_id: str, *, name: str, email: str) -> None: ...
+    def update_customer(self, customer_id: str, *, name: str, email: str, since: str) -> None: ...
     def find_invoice(self, customer_id: str, invoice_id: int) -> StripeInvoice | None: ...
     def create_draft(self, customer_id: str, *, invoice_id: int, number: str, currency: str,
                      due_date: date, footer: str | None = None) -> StripeInvoice: ...
@@ -308,11 +308,14 @@ class StripeGateway:
                 return self._invoice(invoice)
         return None
 
-    def update_customer(self, customer_id: str, *, name: str, email: str) -> None:
-        """The customer's name and e-mail as the organization's are now (they changed since)."""
+    def update_customer(self, customer_id: str, *, name: str, email: str, since: str) -> None:
+        """The customer's name and e-mail as the organization's are now (they changed since).
+        `since`: which recorded state of the customer this update changes (when billing last
+        recorded it), so that each change gets a key of its own: a change back to details the
+        customer had earlier in the day is applied, not replayed from the first time."""
         import hashlib
 
-        fingerprint = hashlib.sha256(f"{name}\n{email}".encode()).hexdigest()[:16]
+        fingerprint = hashlib.sha256(f"{since}\n{name}\n{email}".encode()).hexdigest()[:16]
         self._request("customer update", "post", f"/v1/customers/{_path(customer_id)}", name=name, email=email,
                       idempotency_key=_key("billing-customer-update", f"{customer_id}-{fingerprint}"))
 

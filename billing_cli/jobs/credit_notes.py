@@ -205,7 +205,7 @@ def void_invoice(transactions: Transactions, number: str, reason: str, *, delive
                 stripe_reversal.reverse_pending(transactions, deliveries.payments, plan.organization_id, only=row.id)
             except PaymentError as exc:
                 result.error = (Component.STRIPE, f"the Stripe invoice of {number} could not be deleted or voided "
-                                                  f"({exc}); the next invoicing run of the organization does it")
+                                                  f"({exc}); the next invoicing run of any month does it")
             with transactions() as conn:
                 note = credit_note_store.of_invoice(conn, row.id)
         if note is not None:

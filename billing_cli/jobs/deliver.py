@@ -25,7 +25,7 @@ from email.message import EmailMessage
 from ..db import invoice_store, tax_store
 from ..db.engine import Transactions
 from ..db.invoice_store import StoredInvoice
-from ..delivery.invoice_email import BadAddress, build_invoice_email, message_id
+from ..delivery.invoice_email import BadAddress, build_invoice_email, check_address, check_header_value, message_id
 from ..delivery.mailer import MailError
 from ..delivery.payments import PaymentError, PaymentGateway, StripeInvoiceDetail, StripeLine, StripeTaxRate
 from ..delivery.ports import Deliveries
@@ -203,20 +203,40 @@ def _stripe_tax_rates(transactions: Transactions, gateway: PaymentGateway, docum
 
 def _customer(transactions: Transactions, gateway: PaymentGateway, invoice: StoredInvoice,
               document: InvoiceDocument) -> str:
-    """The organization's Stripe customer, created once, and told when its name or e-mail change."""
-    name, email = document.bill_to_name, document.bill_to_email
-    customer = invoice.stripe_customer_id
+    """The organization's Stripe customer, created once, and told when the organization's name or
+    e-mail changed. Always the organization's details as they are now, read here, under its lock:
+    never the bill-to of the invoice being delivered, which for an older invoice completed late
+    would turn the customer back to an address the organization stopped using (Stripe sends its
+    invoices, reminders and receipts there)."""
+    with transactions() as conn:
+        state = invoice_store.customer_state(conn, document.organization_id)
+    now = _usable(state.name, state.email)
+    customer = state.customer_id
     if customer is None:
+        name, email = now or (document.bill_to_name, document.bill_to_email)
         stale = datetime.now(UTC) - invoice.created_at > IDEMPOTENCY_WINDOW
         customer = (gateway.find_customer(document.organization_id, email) if stale else None) or \
             gateway.create_customer(document.organization_id, name, email)
-    elif (invoice.stripe_customer_name, invoice.stripe_customer_email) != (name, email):
-        gateway.update_customer(customer, name=name, email=email)
+    elif now is not None and (state.synced_name, state.synced_email) != now:
+        name, email = now
+        # A key of its own for each change (what we last recorded, and when): A, B, A, B within
+        # Stripe's ~24 h is four updates, never the replay of the first B.
+        gateway.update_customer(customer, name=name, email=email,
+                                since=f"{state.synced_at.isoformat() if state.synced_at else '-'}")
     else:
         return customer
     with transactions() as conn:
         invoice_store.record_stripe_customer(conn, document.organization_id, customer, name=name, email=email)
     return customer
+
+
+def _usable(name: str, email: str) -> tuple[str, str] | None:
+    """The organization's name and e-mail, if they can be given to Stripe; None when they are not
+    valid now (its next invoice is refused for that, naming the fix): the customer keeps what it has."""
+    try:
+        return check_header_value("organization name", name), check_address("organization e-mail", email)
+    except BadAddress:
+        return None
 
 
 def _check_total(stripe_total: int, expected: int, currency: str, document: InvoiceDocument) -> None:

@@ -145,7 +145,10 @@ def organization_line(o: OrgOutcome, dry_run: bool) -> str:
     elif o.status == OrgStatus.NOTHING_TO_BILL:
         was = f" ({format_money(o.voided_total, o.currency)})" if o.voided_total is not None and o.currency else ""
         voided = f"; {o.voided_number}{was} {'would be ' if dry_run else ''}voided" if o.voided_number else ""
-        text = f"{mark} {who}: nothing to bill{voided}"
+        pending = [_STEP_NAMES[s] for s in o.pending if s in _STEP_NAMES]
+        extra = f"; {', '.join(delivered)}" if delivered else \
+            f"; would complete: {', '.join(pending)}" if pending and dry_run else ""
+        text = f"{mark} {who}: nothing to bill{voided}{extra}"
     else:
         text = f"{mark} {who}"
     if o.period is not None and not o.period.is_calendar_month:

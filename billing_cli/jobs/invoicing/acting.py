@@ -13,7 +13,7 @@ from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from ...db import invoice_store
+from ...db import credit_note_store, invoice_store
 from ...db.engine import Transactions
 from ...db.invoice_store import StoredInvoice
 from ...delivery.payments import PaymentError
@@ -74,6 +74,9 @@ class Acting:
                 self._issue(plan, outcome)
             elif plan.action == Action.VOID:
                 assert plan.existing is not None
+                lost_draft = self._adopt_lost_draft(plan, outcome)
+                if lost_draft is None:
+                    return outcome
                 with self.transactions() as conn:
                     voided = invoice_store.void_invoice(conn, plan.existing.id, "regenerated: nothing to bill",
                                                         organization_id=plan.organization.id)
@@ -81,12 +84,14 @@ class Acting:
                     outcome.steps.append(Step.VOIDED)
                 else:
                     outcome.warnings.append(f"{plan.existing.number} was voided meanwhile by another run")
-                self._reverse_in_stripe(plan, outcome)
+                self._reverse_in_stripe(plan, outcome, lost_draft)
                 self._deliver_credit_notes(plan, outcome)
             elif plan.action == Action.COMPLETE:
                 assert plan.existing is not None
                 steps = self._reverse_in_stripe(plan, outcome)
                 self._deliver_credit_notes(plan, outcome)
+                steps = self._after_credit_note(plan.existing.replaces_invoice_id, plan.existing.number, steps,
+                                                outcome)
                 self._complete(plan.existing, steps, outcome)
             else:  # nothing else to do: only what void invoices still need (Stripe, credit notes)
                 self._reverse_in_stripe(plan, outcome)
@@ -103,16 +108,9 @@ class Acting:
         options, org, invoice = self.options, plan.organization, plan.invoice
         assert invoice is not None
         due = due_date(options.issue_date, options.payment_terms_days)
-        lost_draft = False
-        if plan.existing is not None and options.deliveries.payments is not None:
-            try:  # a draft of the invoice replaced whose id a crash kept from us: deleted like any other
-                lost_draft = stripe_reversal.adopt_lost_draft(self.transactions, options.deliveries.payments,
-                                                              plan.existing)
-            except PaymentError as exc:
-                outcome.fail(Component.STRIPE, f"could not ask Stripe whether it holds a draft of "
-                                               f"{plan.existing.number} whose id a crash kept from us ({exc}): "
-                                               "nothing issued; rerun")
-                return
+        lost_draft = self._adopt_lost_draft(plan, outcome)
+        if lost_draft is None:
+            return
         try:
             stored = self._writer.submit(invoice_store.IssueRequest(
                 organization_id=org.id, bill_to_name=org.name, bill_to_email=org.email, invoice=invoice,
@@ -140,6 +138,8 @@ class Acting:
         outcome.steps.append(Step.ISSUED)
         steps = self._reverse_in_stripe(plan, outcome, lost_draft)  # the replaced invoice leaves Stripe first
         self._deliver_credit_notes(plan, outcome)  # its credit note reaches the customer before the replacement
+        if plan.existing is not None:
+            steps = self._after_credit_note(plan.existing.id, stored.number, steps, outcome)
         # Just issued: the document is known without reading it back.
         document = InvoiceDocument(stored.number, org.id, org.name, org.email, options.month, options.issue_date,
                                    due, invoice.currency, invoice.lines, invoice.total,
@@ -148,6 +148,40 @@ class Acting:
                                    bill_to_tax_id=org.billing.printed_tax_id, taxes=invoice.taxes,
                                    bounds=invoice.bounds)
         self._carry_out_steps(stored, document, steps, outcome)
+
+    def _adopt_lost_draft(self, plan: OrgPlan, outcome: OrgOutcome) -> bool | None:
+        """Before the live invoice is voided (a regeneration, or one with nothing left to bill): the
+        Stripe draft of it whose id a crash kept from us, recorded so that it is deleted like any
+        other (stripe_reversal.adopt_lost_draft). True when one was found; None when Stripe could not
+        be asked: the organization fails and nothing is voided (voided first, such a draft would
+        never be looked for again)."""
+        gateway = self.options.deliveries.payments
+        if plan.existing is None or gateway is None:
+            return False
+        try:
+            return stripe_reversal.adopt_lost_draft(self.transactions, gateway, plan.existing)
+        except PaymentError as exc:
+            outcome.fail(Component.STRIPE, f"could not ask Stripe whether it holds a draft of {plan.existing.number} "
+                                           f"whose id a crash kept from us ({exc}): nothing voided or issued; rerun")
+            return None
+
+    def _after_credit_note(self, replaced_id: int | None, number: str, steps: tuple[Step, ...],
+                           outcome: OrgOutcome) -> tuple[Step, ...]:
+        """The steps of invoice `number` that may go ahead now: without those that reach the customer
+        (Stripe, e-mail) while the credit note of the invoice it replaces (`replaced_id`) still has a
+        step missing, so the customer never holds the replacement without the cancellation of the
+        invoice it replaces; a rerun delivers the credit note, then the replacement."""
+        held = (Step.STRIPE, Step.EMAIL)
+        if replaced_id is None or not any(step in held for step in steps):
+            return steps
+        enabled = self.options.delivery_steps
+        with self.transactions() as conn:
+            note = credit_note_store.of_invoice(conn, replaced_id)
+        if note is None or not note.pending_steps(enabled):
+            return steps
+        outcome.warnings.append(f"{number} is neither sent in Stripe nor e-mailed until credit note {note.number} "
+                                f"of the invoice it replaces is delivered: a rerun delivers both, in that order")
+        return tuple(step for step in steps if step not in held)
 
     def _reverse_in_stripe(self, plan: OrgPlan, outcome: OrgOutcome, lost_draft: bool = False) -> tuple[Step, ...]:
         """Void (or credit, or delete) the Stripe invoices of this organization's void invoices,

@@ -29,7 +29,7 @@ from ...taxes import TaxSetup
 from ..credit_notes import undelivered_credit_notes
 from .acting import Acting
 from .options import InvoiceOptions
-from .planning import Action, OrgPlan, PlanRules, plan_organization
+from .planning import Action, OrgPlan, PlanRules, plan_organization, plan_void_steps
 from .previewing import Previewing
 from .results import InvoiceRunResult, OrgOutcome
 
@@ -169,6 +169,20 @@ def _run(transactions: Transactions, options: InvoiceOptions, handler: PlanHandl
                     break
             if not result.unfinished:
                 result.unfinished = outcomes.collect(options, collect, leave=0)
+        if not (result.unfinished or options.stopping or options.uninvoiced_only):
+            # Then those it does not invoice whose void invoices still wait for Stripe or for their
+            # credit note (a customer who left): every run of any month completes them. Read once
+            # the month's organizations are done, so no plan is read while one is carried out.
+            with transactions() as conn:
+                waiting = usage_store.organizations_with_void_steps(
+                    conn, options.month, late_months=options.late_usage_months, only=only, shard=options.shard,
+                    excluded=not_due, periods=periods.periods)
+            for start in range(0, len(waiting), options.batch_size):
+                plans = _plan_void_steps(transactions, options, rules, waiting[start:start + options.batch_size])
+                outcomes.submit(handler.handle, plans)
+                result.unfinished = outcomes.collect(options, collect, leave=0)
+                if result.unfinished or options.stopping:
+                    break
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, whatever is in flight
         at_once = True
         raise
@@ -229,6 +243,19 @@ def _plan_batch(transactions: Transactions, options: InvoiceOptions, rules: Plan
             plans.append(OrgPlan(org, Action.REFUSE, existing=stored,
                                  problem=f"unexpected error: {type(exc).__name__}: {exc}"))
     return plans
+
+
+def _plan_void_steps(transactions: Transactions, options: InvoiceOptions, rules: PlanRules,
+                     organizations: list[OrganizationRow]) -> list[OrgPlan]:
+    """Plan the void invoices' missing steps (Stripe reversals, credit notes) of organizations the
+    month does not invoice; those with nothing to do with the deliveries that are on are left out."""
+    ids = [org.id for org in organizations]
+    with transactions() as conn:
+        reversals = invoice_store.pending_reversals(conn, ids)
+    credit_notes = undelivered_credit_notes(transactions, ids, options.delivery_steps)
+    plans = [plan_void_steps(org, rules, pending_reversals=tuple(r.number for r in reversals.get(org.id, ())),
+                             credit_notes=credit_notes.get(org.id, ())) for org in organizations]
+    return [plan for plan in plans if plan.reversals or plan.credit_notes or plan.warnings]
 
 
 class _Outcomes:

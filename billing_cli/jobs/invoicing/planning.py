@@ -97,6 +97,21 @@ def plan_organization(org: OrganizationRow, usage: Mapping[str, Decimal], plans:
     return replace(plan, period=org.billing_period(rules.month), credit_notes=credit_notes)
 
 
+def plan_void_steps(org: OrganizationRow, rules: PlanRules, *, pending_reversals: tuple[str, ...] = (),
+                    credit_notes: tuple[int, ...] = ()) -> OrgPlan:
+    """An organization the month does not invoice (a customer who left, or one whose period has
+    not ended) that still has void invoices whose Stripe invoice is to be reversed
+    (`pending_reversals`), or credit notes with a step missing: those steps alone, nothing billed."""
+    if pending_reversals and Step.STRIPE not in rules.deliveries:
+        return OrgPlan(org, Action.NOTHING_TO_BILL, credit_notes=credit_notes,
+                       warnings=(_stays_open(pending_reversals),))
+    return OrgPlan(org, Action.NOTHING_TO_BILL, reversals=pending_reversals, credit_notes=credit_notes)
+
+
+def _stays_open(reversals: tuple[str, ...]) -> str:
+    return f"the Stripe invoice of void {', '.join(reversals)} stays open until a run with Stripe on voids it"
+
+
 def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str, PricePlan],
           existing: StoredInvoice | None, rules: PlanRules, history: OrgHistory, pdf_file_missing: bool,
           pending_reversals: tuple[str, ...], earlier_plans: Mapping[Month, PricePlan]) -> OrgPlan:
@@ -108,8 +123,7 @@ def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str
         voided_now = (existing.number,)
     pending, reversals = pending_reversals, pending_reversals + voided_now
     if reversals and Step.STRIPE not in rules.deliveries:
-        warnings += (f"the Stripe invoice of void {', '.join(reversals)} stays open until a run with Stripe on "
-                     "voids it",)
+        warnings += (_stays_open(reversals),)
         pending = reversals = ()
     if existing is not None and not rules.regenerate:
         steps = _missing_steps(existing, rules, pdf_file_missing)
