@@ -95,7 +95,7 @@ class _Lines:
 
 def load_plan_file(path: Path) -> list[PricePlan]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # UTF-8, with or without the BOM some editors write
     except OSError as exc:
         raise PlanFileError(f"cannot read plans file {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:  # e.g. saved as "Unicode" (UTF-16) or in a legacy code page

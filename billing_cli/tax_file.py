@@ -28,7 +28,7 @@ class TaxFileError(UsageError):
 
 def load_tax_file(path: Path) -> list[TaxRate]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # UTF-8, with or without the BOM some editors write
     except OSError as exc:
         raise TaxFileError(f"cannot read taxes file {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:  # e.g. saved as "Unicode" (UTF-16) or in a legacy code page

@@ -127,6 +127,10 @@ def test_a_plans_file_that_is_not_utf8_is_a_usage_error(clean_env, db_url, tmp_p
     assert result.exit_code == ExitCode.USAGE, (result.exit_code, repr(result.exception))
     assert "plans.toml" in result.output and "not UTF-8" in result.output
 
+    plans.write_bytes(PLANS.encode("utf-8-sig"))  # UTF-8 with the byte-order mark Notepad writes: fine
+    result = run("plans", "apply", str(plans), DATABASE_URL=db_url)
+    assert result.exit_code == 0, result.output
+
 
 def test_two_overlapping_runs_issue_each_invoice_once_with_gapless_numbers(billed_db, engine, tmp_path) -> None:
     with engine.begin() as conn:

@@ -400,6 +400,10 @@ def test_a_taxes_file_that_is_not_utf8_is_a_usage_error(db_url, tmp_path, clean_
     assert result.exit_code == ExitCode.USAGE, (result.exit_code, repr(result.exception))
     assert "taxes.toml" in result.output and "not UTF-8" in result.output
 
+    taxes.write_bytes(TAXES.encode("utf-8-sig"))  # UTF-8 with the byte-order mark Notepad writes: fine
+    result = runner.invoke(app, ["taxes", "apply", str(taxes)], env={"DATABASE_URL": db_url})
+    assert result.exit_code == 0, result.output
+
 
 def test_taxes_list_shows_every_version_and_a_used_version_cannot_change(db_url, engine, tmp_path, clean_env) -> None:
     apply(db_url, tmp_path)
