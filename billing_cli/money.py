@@ -149,9 +149,7 @@ def exact_sum(amounts: Iterable[Decimal]) -> Decimal:
 def round_money(amount: Decimal, currency: str, precision: Precision = Precision.ISO) -> Decimal:
     """THE rounding rule: half-up to the currency's minor unit (2 for USD, 0 for JPY, 3 for KWD;
     with Stripe: what it can charge, e.g. 2 for KWD, 0 for MGA)."""
-    places = Decimal(1).scaleb(-exponent(currency, precision))
-    return amount.quantize(places, rounding=ROUND_HALF_UP, context=_ROUNDING).quantize(
-        Decimal(1).scaleb(-minor_units(currency)), context=_ROUNDING)
+    return _to_unit(amount, currency, precision, ROUND_HALF_UP)
 
 
 def movable_credit(amount: Decimal, currency: str, precision: Precision = Precision.ISO) -> Decimal:
@@ -159,8 +157,13 @@ def movable_credit(amount: Decimal, currency: str, precision: Precision = Precis
     up, so that moving credit never creates any (a credit kept at a finer unit than Stripe charges,
     e.g. 0.235 KWD, moves 0.23; the rest stays, under one unit). Amounts are otherwise rounded by
     round_money alone."""
+    return _to_unit(amount, currency, precision, ROUND_DOWN)
+
+
+def _to_unit(amount: Decimal, currency: str, precision: Precision, rounding: str) -> Decimal:
+    """`amount` in the unit of `precision`, written with the currency's ISO decimals."""
     places = Decimal(1).scaleb(-exponent(currency, precision))
-    return amount.quantize(places, rounding=ROUND_DOWN, context=_ROUNDING).quantize(
+    return amount.quantize(places, rounding=rounding, context=_ROUNDING).quantize(
         Decimal(1).scaleb(-minor_units(currency)), context=_ROUNDING)
 
 
