@@ -49,6 +49,11 @@ class PeriodRecord:
         return replace(self, billed={i: c for i, c in self.billed.items() if i != invoice_id},
                        billed_usage={i: u for i, u in self.billed_usage.items() if i != invoice_id})
 
+    def fees_as_billed(self, otherwise: Fees) -> Fees:
+        """The fees to rate the period with again: those its invoice billed (the organization's status
+        then, not now), or `otherwise` when no invoice stored them (none yet, or issued before 0015)."""
+        return self.fees if self.fees_known else otherwise
+
     def billed_total(self) -> dict[str, Decimal]:
         return _sum_maps(self.billed.values())
 
@@ -227,21 +232,16 @@ class Credit:
     currency: str
 
 
-def credit_balance(credits: Mapping[int, Credit], currency: str, *, without: int | None = None) -> Decimal:
-    """An organization's credit in `currency`: the credit lines of its live invoices in that
-    currency (`credits`: invoice id -> the sum of its credit lines), leaving out an invoice about to
-    be voided. Credit in another currency is never converted (see `stranded_credit`)."""
-    return exact_sum(c.amount for invoice_id, c in credits.items() if invoice_id != without and c.currency == currency)
-
-
-def stranded_credit(credits: Mapping[int, Credit], currency: str, *, without: int | None = None) -> dict[str, Decimal]:
-    """The credit balance left in currencies other than `currency` (the organization changed
-    currency while it had credit): per currency, non-zero only."""
+def credit_balances(credits: Mapping[int, Credit], *, without: int | None = None) -> dict[str, Decimal]:
+    """An organization's credit per currency: the credit lines of its live invoices (`credits`:
+    invoice id -> the sum of its credit lines), leaving out an invoice about to be voided. Credit is
+    applied only in its own currency, never converted: a balance in another currency than the
+    invoice's (the organization changed currency while it had credit) stays, and is reported."""
     balances: dict[str, Decimal] = defaultdict(lambda: ZERO)
-    for invoice_id, c in credits.items():
-        if invoice_id != without and c.currency != currency:
-            balances[c.currency] = exact_sum((balances[c.currency], c.amount))
-    return {cur: amount for cur, amount in sorted(balances.items()) if amount != 0}
+    for invoice_id, credit in credits.items():
+        if invoice_id != without:
+            balances[credit.currency] = exact_sum((balances[credit.currency], credit.amount))
+    return dict(sorted(balances.items()))
 
 
 def _in_period(line: InvoiceLine, period: Month, bounds: BillingPeriod | None) -> InvoiceLine:

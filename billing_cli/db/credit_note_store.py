@@ -51,6 +51,10 @@ class StoredCreditNote:
         return ((Step.PDF,) if self.pdf_sha256 is None else ()) + deliveries
 
 
+# A credit note `c` with a step of its own still missing (its PDF, S3 upload or e-mail; a Stripe step
+# is its invoice's pending reversal): the predicate of the partial index ix_credit_notes_undelivered.
+STEP_MISSING = "(c.emailed_at IS NULL OR c.s3_uploaded_at IS NULL OR c.pdf_sha256 IS NULL)"
+
 _STORED = """
     SELECT c.id, c.number, c.invoice_id, i.number AS invoice_number, c.organization_id, c.currency, c.total,
            c.created_at, c.pdf_sha256, CASE WHEN c.s3_uploaded_at IS NOT NULL THEN c.s3_key END AS s3_key,
@@ -122,8 +126,7 @@ def undelivered(session: Connection, organization_ids: Sequence[str]) -> dict[st
     or not that delivery is on: the caller decides), oldest first."""
     rows = session.execute(text(f"""{_STORED}
         WHERE c.organization_id = ANY(:ids)
-          AND (c.pdf_sha256 IS NULL OR c.s3_uploaded_at IS NULL OR c.emailed_at IS NULL
-               OR i.stripe_reversal = 'pending')
+          AND ({STEP_MISSING} OR i.stripe_reversal = 'pending')
         ORDER BY c.id"""), {"ids": list(organization_ids)}).mappings()
     found: dict[str, list[StoredCreditNote]] = {}
     for row in rows:

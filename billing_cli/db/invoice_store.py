@@ -40,8 +40,6 @@ class StoredInvoice:
     pdf_path: str | None = None
     s3_key: str | None = None
     stripe_customer_id: str | None = None
-    stripe_customer_name: str | None = None  # what billing last told Stripe (None: unknown)
-    stripe_customer_email: str | None = None
     stripe_invoice_id: str | None = None
     stripe_status: str | None = None
     stripe_hosted_url: str | None = None  # Stripe's page for the sent invoice
@@ -52,10 +50,9 @@ class StoredInvoice:
 _STORED = """
     SELECT i.id, i.organization_id, i.number, i.currency, i.total, i.created_at, i.pdf_sha256, i.pdf_bytes,
            i.pdf_path, CASE WHEN i.s3_uploaded_at IS NOT NULL THEN i.s3_key END AS s3_key,
-           o.stripe_customer_id, sc.name AS stripe_customer_name, sc.email AS stripe_customer_email,
-           i.stripe_invoice_id, i.stripe_status, i.stripe_hosted_url, i.emailed_at, i.replaces_invoice_id
+           o.stripe_customer_id, i.stripe_invoice_id, i.stripe_status, i.stripe_hosted_url, i.emailed_at,
+           i.replaces_invoice_id
     FROM invoices i LEFT JOIN organizations o ON o.id = i.organization_id
-    LEFT JOIN stripe_customers sc ON sc.organization_id = i.organization_id AND sc.customer_id = o.stripe_customer_id
 """
 
 
@@ -187,7 +184,7 @@ class IssueRequest:
     due_date: date
     planned_with: frozenset[int]
     replaces: StoredInvoice | None = None
-    stripe_customer: tuple[str | None, str | None, str | None] = (None, None, None)
+    stripe_customer_id: str | None = None  # carried to its Stripe step
     bill_to_address: tuple[str, ...] = ()  # copied onto the invoice: it re-renders the same after a move
     bill_to_tax_id: str | None = None
 
@@ -196,11 +193,11 @@ def issue_invoice(session: Connection, *, organization_id: str, bill_to_name: st
                   bill_to_address: tuple[str, ...] = (), bill_to_tax_id: str | None = None,
                   invoice: ComposedInvoice, revisions: Mapping[Month, int], issue_date: date, due_date: date,
                   planned_with: frozenset[int], replaces: StoredInvoice | None = None,
-                  stripe_customer: tuple[str | None, str | None, str | None] = (None, None, None)) -> StoredInvoice:
+                  stripe_customer_id: str | None = None) -> StoredInvoice:
     """One invoice: issue_invoices with a block of one; raises StalePlan, touching nothing, when the
     organization's live invoices are no longer those the plan was made from."""
     issued = issue_invoices(session, [IssueRequest(organization_id, bill_to_name, bill_to_email, invoice, revisions,
-                                                   issue_date, due_date, planned_with, replaces, stripe_customer,
+                                                   issue_date, due_date, planned_with, replaces, stripe_customer_id,
                                                    tuple(bill_to_address), bill_to_tax_id)])[0]
     if isinstance(issued, StalePlan):
         raise issued
@@ -380,11 +377,9 @@ def _issue(session: Connection, month: Month, requests: Sequence[IssueRequest],
     inserted = {number: (invoice_id, created_at) for number, invoice_id, created_at in rows}
     for number, (at, request) in zip(numbers, fresh, strict=True):
         invoice_id, created_at = inserted[number]
-        customer_id, customer_name, customer_email = request.stripe_customer  # carried to its Stripe step
         results[at] = StoredInvoice(id=invoice_id, organization_id=request.organization_id, number=number,
                                     currency=request.invoice.currency, total=request.invoice.total,
-                                    created_at=created_at, stripe_customer_id=customer_id,
-                                    stripe_customer_name=customer_name, stripe_customer_email=customer_email,
+                                    created_at=created_at, stripe_customer_id=request.stripe_customer_id,
                                     replaces_invoice_id=request.replaces.id if request.replaces else None)
     return results  # type: ignore[return-value]
 

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, text
 from ..addresses import BillingDetails
 from ..anchors import Anchor, BillingPeriod
 from ..periods import Month
+from .credit_note_store import STEP_MISSING
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,6 @@ class OrganizationRow:
     created_at: datetime | None = None
     status_changed_at: datetime | None = None  # kept by a trigger; NULL: unknown (before it existed)
     usage_revision: int = 0  # the revision of the month's usage read with it (usage_revisions)
-    stripe_customer_name: str | None = None  # what billing last told Stripe about it
-    stripe_customer_email: str | None = None
     billing: BillingDetails = BillingDetails()  # postal address and tax id printed on its invoices
     period: BillingPeriod | None = None  # its period of the month, when not the calendar month (anchors.py)
     period_problem: str | None = None  # why its period cannot be computed (a data error)
@@ -130,8 +129,7 @@ def organizations_with_void_steps(session: Connection, month: Month, *, late_mon
         WITH waiting AS (
             SELECT organization_id FROM invoices WHERE stripe_reversal = 'pending'
             UNION
-            SELECT organization_id FROM credit_notes
-            WHERE emailed_at IS NULL OR s3_uploaded_at IS NULL OR pdf_sha256 IS NULL)
+            SELECT organization_id FROM credit_notes c WHERE {STEP_MISSING})
         SELECT o.id, o.name, o.email, o.currency, o.price_plan_id, o.stripe_customer_id, o.status, o.created_at,
                o.status_changed_at
         FROM organizations o JOIN waiting w ON w.organization_id = o.id
@@ -235,15 +233,14 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
     # The usage revision is read in the same statement, so it is the revision of exactly this usage.
     rows = conn.execute(text(f"""
         SELECT o.id, o.name, o.email, o.currency, o.price_plan_id, o.stripe_customer_id, o.status, o.created_at,
-               o.status_changed_at, coalesce(r.revision, 0) AS revision, sc.name AS sc_name,
-               sc.email AS sc_email, o.billing_address_line1, o.billing_address_line2, o.billing_postal_code,
+               o.status_changed_at, coalesce(r.revision, 0) AS revision,
+               o.billing_address_line1, o.billing_address_line2, o.billing_postal_code,
                o.billing_city, o.billing_region, o.billing_country, o.tax_id, o.tax_exempt, o.billing_anchor_day,
                o.billing_anchor_previous, o.billing_anchor_changed_at, u.metric, u.quantity
         FROM organizations o
         LEFT JOIN (SELECT organization_id, metric, sum(quantity) AS quantity FROM ({source}) s GROUP BY 1, 2) u
                ON u.organization_id = o.id
         LEFT JOIN usage_revisions r ON r.organization_id = o.id AND r.period_start = :period
-        LEFT JOIN stripe_customers sc ON sc.organization_id = o.id AND sc.customer_id = o.stripe_customer_id
         WHERE {_TO_INVOICE}{where}
         ORDER BY o.id
     """), {**params, **_window(month, late_months, periods), "live": live_hours or [],
@@ -261,7 +258,7 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
                     batch = []
             org = OrganizationRow(row.id, row.name, row.email, (row.currency or "").strip(), row.price_plan_id,
                                   row.stripe_customer_id, row.status, row.created_at, row.status_changed_at,
-                                  row.revision, row.sc_name, row.sc_email,
+                                  row.revision,
                                   BillingDetails(row.billing_address_line1, row.billing_address_line2,
                                                  row.billing_postal_code, row.billing_city, row.billing_region,
                                                  row.billing_country, row.tax_id, row.tax_exempt),

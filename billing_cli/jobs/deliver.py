@@ -222,7 +222,7 @@ def _customer(transactions: Transactions, gateway: PaymentGateway, invoice: Stor
         # A key of its own for each change (what we last recorded, and when): A, B, A, B within
         # Stripe's ~24 h is four updates, never the replay of the first B.
         gateway.update_customer(customer, name=name, email=email,
-                                since=f"{state.synced_at.isoformat() if state.synced_at else '-'}")
+                                since=state.synced_at.isoformat() if state.synced_at else "-")
     else:
         return customer
     with transactions() as conn:

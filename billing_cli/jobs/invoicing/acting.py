@@ -116,7 +116,7 @@ class Acting:
                 organization_id=org.id, bill_to_name=org.name, bill_to_email=org.email, invoice=invoice,
                 revisions=plan.revisions, issue_date=options.issue_date, due_date=due,
                 planned_with=plan.history.live_invoices, replaces=plan.existing,
-                stripe_customer=(org.stripe_customer_id, org.stripe_customer_name, org.stripe_customer_email),
+                stripe_customer_id=org.stripe_customer_id,
                 bill_to_address=tuple(org.billing.postal_lines()), bill_to_tax_id=org.billing.printed_tax_id))
         except invoice_store.StalePlan:
             # Another run issued or voided one of its invoices since the plan was read: what was

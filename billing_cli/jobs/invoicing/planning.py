@@ -13,13 +13,13 @@ from enum import StrEnum
 
 from ...addresses import CountryError
 from ...anchors import BillingPeriod, FeeShare, fee_share
-from ...composition import (ComposedInvoice, Fees, PeriodDelta, PeriodRecord, compose, credit_balance,
-                            period_delta, stranded_credit)
+from ...composition import (ComposedInvoice, Fees, PeriodDelta, PeriodRecord, compose, credit_balances,
+                            period_delta)
 from ...db.billing_history import OrgHistory
 from ...db.invoice_store import StoredInvoice
 from ...db.usage_store import OrganizationRow
 from ...delivery.invoice_email import BadAddress, check_address, check_header_value
-from ...money import CurrencyError, Precision, format_money
+from ...money import ZERO, CurrencyError, Precision, format_money
 from ...outcomes import Step
 from ...periods import Month
 from ...pricing import PricePlan, RatingError
@@ -144,19 +144,18 @@ def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str
     own = history.own
     bounds = {period: record.bounds for period, record in history.changed.items() if record.bounds is not None}
     bounds[month] = org.billing_period(month)
-    stored_fees = {period: record.fees for period, record in history.changed.items() if record.fees_known}
+    credits = credit_balances(history.credits, without=replaced)
+    credit = credits.pop(plan.currency, ZERO)
 
     def fees(period: Month) -> Fees:
-        # An invoiced period is rated again with the fees its invoice billed (the status then, not now).
-        if period in stored_fees:
-            return stored_fees[period]
-        return fees_apply(org, bounds.get(period) or BillingPeriod.calendar(period))
+        now = fees_apply(org, bounds.get(period) or BillingPeriod.calendar(period))
+        record = history.changed.get(period)
+        return record.fees_as_billed(now) if record is not None else now
 
     try:
         invoice = compose(month, usage, plan, fees=fees,
                           own=own.without(replaced) if own is not None else None, earlier=earlier,
-                          credit_balance=credit_balance(history.credits, plan.currency, without=replaced),
-                          precision=rules.precision,
+                          credit_balance=credit, precision=rules.precision,
                           bounds=org.period)
     except (RatingError, CurrencyError) as exc:
         return OrgPlan(org, Action.REFUSE, existing=existing, problem=str(exc), reversals=pending,
@@ -165,7 +164,7 @@ def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str
         return OrgPlan(org, Action.REFUSE, existing=existing, reversals=pending, history=history,
                        problem="its amounts are too large to add up exactly (more than 60 digits): check the usage "
                                "quantities and the plan's prices")
-    stranded = stranded_credit(history.credits, plan.currency, without=replaced)
+    stranded = {cur: amount for cur, amount in credits.items() if amount != 0}
     if stranded:
         warnings += (f"its credit of {', '.join(format_money(amount, cur) for cur, amount in stranded.items())} from "
                      f"earlier invoices is not applied: this invoice is in {plan.currency}, and credit is never "
@@ -208,7 +207,7 @@ def _late_usage(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mappi
     try:
         bounds = record.bounds or org.billing_period(month)
         delta = period_delta(PeriodRecord(month, usage, record.billed, record.billed_usage, bounds=bounds), plan,
-                             fees=record.fees if record.fees_known else fees_apply(org, bounds),
+                             fees=record.fees_as_billed(fees_apply(org, bounds)),
                              label=f"Adjustment for {bounds.label}", precision=precision)
     except (RatingError, CurrencyError):
         return None  # reported when the next invoice is planned
