@@ -10,29 +10,9 @@ from sqlalchemy import Connection, text
 from ..taxes import InvoiceTax, Treatment
 
 
-def insert(session: Connection, invoices: list[tuple[int, tuple[InvoiceTax, ...]]]) -> None:
-    """Each invoice's tax breakdown, in its order (one statement for the block)."""
-    rows = [(invoice_id, position, tax) for invoice_id, taxes in invoices
-            for position, tax in enumerate(taxes, start=1)]
-    if not rows:
-        return
-    session.execute(text("""
-        INSERT INTO invoice_taxes (invoice_id, position, name, country, region, percentage, taxable_amount, amount,
-                                   treatment, mention, tax_rate_id)
-        SELECT * FROM unnest(CAST(:invoices AS bigint[]), CAST(:positions AS integer[]), CAST(:names AS text[]),
-                             CAST(:countries AS text[]), CAST(:regions AS text[]), CAST(:percentages AS numeric[]),
-                             CAST(:bases AS numeric[]), CAST(:amounts AS numeric[]), CAST(:treatments AS text[]),
-                             CAST(:mentions AS text[]), CAST(:rates AS bigint[]))
-    """), {"invoices": [i for i, _, _ in rows], "positions": [p for _, p, _ in rows],
-           "names": [t.name for _, _, t in rows], "countries": [t.country for _, _, t in rows],
-           "regions": [t.region for _, _, t in rows], "percentages": [t.percentage for _, _, t in rows],
-           "bases": [t.taxable_amount for _, _, t in rows], "amounts": [t.amount for _, _, t in rows],
-           "treatments": [str(t.treatment) for _, _, t in rows], "mentions": [t.mention for _, _, t in rows],
-           "rates": [t.rate_id for _, _, t in rows]})
-
-
-# The same rows inside issuing's statement (invoice_store._issue), keyed by the invoices' numbers:
-# a data-modifying CTE reading the `inv` CTE of the invoices inserted by that statement.
+# Each invoice's tax breakdown, in its order, written inside issuing's statement (invoice_store._issue)
+# and keyed by the invoices' numbers: a data-modifying CTE reading the `inv` CTE of the invoices
+# inserted by that statement.
 INSERT_BY_NUMBER = """
     INSERT INTO invoice_taxes (invoice_id, position, name, country, region, percentage, taxable_amount, amount,
                                treatment, mention, tax_rate_id)
