@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -138,18 +139,70 @@ def aggregate_hours(
     identical rows. A dry run computes the same report read-only."""
     started = time.perf_counter()
     result = AggregationResult(window=window, dry_run=dry_run, late_hours=list(late_hours))
-    roll_up = preview_hour if dry_run else apply_hour
-    for hour in [*late_hours, *window.hours()]:
-        if stop is not None and stop.is_set():  # SIGTERM: the hours done so far are committed
-            result.interrupted = True
-            break
-        still_locked()  # raises once the run's lock is lost: another run may be rolling up beside it
-        hour_result = _one_hour(transactions, hour, roll_up)
-        result.add(hour_result)
-        if on_hour is not None:
-            on_hour(hour_result)
+    result.interrupted = _roll_up_hours(transactions, [*late_hours, *window.hours()], _reporting(result, on_hour),
+                                        dry_run=dry_run, stop=stop, still_locked=still_locked)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def aggregate_scheduled(
+    transactions: Transactions,
+    window: HourRange,
+    *,
+    lookback: int = 0,
+    dry_run: bool = False,
+    late_found: Callable[[list[datetime]], None] = lambda hours: None,
+    on_hour: Callable[[HourResult], None] | None = None,
+    stop: threading.Event | None = None,
+    still_locked: Callable[[], None] = lambda: None,
+) -> AggregationResult:
+    """The scheduled run: the window's hours are rolled up on one connection while the late-events
+    check (`find_late_hours`) runs on another, then the older hours it found. A roll-up is one
+    INSERT ... SELECT, which PostgreSQL never runs in parallel, so the check takes the server's other
+    core instead of adding its time to the run's. `late_found` hears the late hours when the check
+    ends, before any hour is reported (`on_hour`, on the calling thread, window hours first). The
+    hours are the same as `find_late_hours` then `aggregate_hours` would roll up: the check looks
+    only before the window, and a late hour is rolled up after the check that found it."""
+    started = time.perf_counter()
+    result = AggregationResult(window=window, dry_run=dry_run)
+    report = _reporting(result, on_hour)
+    window_hours: list[HourResult] = []  # reported on this thread once the check has ended
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="roll-up") as pool:
+        window_done = pool.submit(_roll_up_hours, transactions, list(window.hours()), window_hours.append,
+                                  dry_run=dry_run, stop=stop, still_locked=still_locked)
+        # On an error here, leaving the pool waits for the window's roll-up (it commits whole or not).
+        result.late_hours = find_late_hours(transactions, window, lookback=lookback, dry_run=dry_run)
+        late_found(result.late_hours)
+        result.interrupted = window_done.result()
+    for hour in window_hours:
+        report(hour)
+    if not result.interrupted:
+        result.interrupted = _roll_up_hours(transactions, result.late_hours, report, dry_run=dry_run, stop=stop,
+                                            still_locked=still_locked)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _roll_up_hours(transactions: Transactions, hours: list[datetime], done: Callable[[HourResult], None], *,
+                   dry_run: bool, stop: threading.Event | None = None,
+                   still_locked: Callable[[], None] = lambda: None) -> bool:
+    """Each hour rolled up in its own transaction, in order, its result handed to `done`. True if
+    SIGTERM stopped it first (the hours done so far are committed)."""
+    roll_up = preview_hour if dry_run else apply_hour
+    for hour in hours:
+        if stop is not None and stop.is_set():
+            return True
+        still_locked()  # raises once the run's lock is lost: another run may be rolling up beside it
+        done(_one_hour(transactions, hour, roll_up))
+    return False
+
+
+def _reporting(result: AggregationResult, on_hour: Callable[[HourResult], None] | None) -> Callable[[HourResult], None]:
+    def report(hour: HourResult) -> None:
+        result.add(hour)
+        if on_hour is not None:
+            on_hour(hour)
+    return report
 
 
 def aggregate_one_hour(transactions: Transactions, start: datetime) -> HourResult:

@@ -9,7 +9,7 @@ from typing import Protocol
 
 from ..config import load_settings
 from ..db.engine import Database
-from ..jobs.aggregate import AggregationResult, HourResult, aggregate_hours, find_late_hours
+from ..jobs.aggregate import AggregationResult, HourResult, aggregate_hours, aggregate_scheduled
 from ..jobs.partitions import PartitionUpkeep, keep_partitions_ahead
 from ..outcomes import Job
 from ..periods import HourRange, aggregation_window, utc_now
@@ -81,16 +81,21 @@ def run_aggregate_hourly(request: AggregateRequest, view: AggregationView) -> Fi
                    notify=NotifyWhen.ON_PROBLEMS if settings.notify_on_aggregate_errors else NotifyWhen.NEVER)
 
     def aggregate(db: Database, stop: threading.Event, guard: LockGuard) -> AggregationResult:
-        # The scheduled run also rolls up older hours whose events changed since; an explicit
-        # window means exactly that window.
-        late = (find_late_hours(db.transactions, window, lookback=checked, dry_run=dry_run)
-                if request.scheduled else [])
-        view.aggregation_started(window, request.why(widened, checked), late, dry_run, db.where)
-        # usage_events' partitions for this month and the next exist before their events arrive.
+        # usage_events' partitions for this month and the next exist before their events arrive
+        # (made before any roll-up reads the table: their DDL would wait for it).
         upkeep = keep_partitions_ahead(db.transactions, now, dry_run=dry_run)
-        view.partitions_kept(upkeep)
-        result = aggregate_hours(db.transactions, window, late_hours=late, dry_run=dry_run, stop=stop,
-                                 on_hour=view.hour_done, still_locked=guard)
+
+        def started(late: list[datetime]) -> None:
+            view.aggregation_started(window, request.why(widened, checked), late, dry_run, db.where)
+            view.partitions_kept(upkeep)
+
+        if request.scheduled:  # also older hours whose events changed since, found beside the roll-up
+            result = aggregate_scheduled(db.transactions, window, lookback=checked, dry_run=dry_run,
+                                         late_found=started, on_hour=view.hour_done, stop=stop, still_locked=guard)
+        else:  # an explicit window means exactly that window
+            started([])
+            result = aggregate_hours(db.transactions, window, dry_run=dry_run, stop=stop, on_hour=view.hour_done,
+                                     still_locked=guard)
         result.default_partition = upkeep.stray
         return result
 
