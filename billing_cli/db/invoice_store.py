@@ -6,7 +6,6 @@ Every function runs in the caller's transaction; the caller decides when to comm
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -17,7 +16,8 @@ from sqlalchemy import Connection, text
 from ..anchors import BillingPeriod, fees_as_json
 from . import credit_note_store, invoice_taxes
 from .engine import pipelined
-from .line_rows import bounds_params, read_lines
+from .json_rows import json_rows
+from .line_rows import read_lines
 from ..composition import ComposedInvoice
 from ..credit_notes import was_sent
 from ..invoices import InvoiceDocument, invoice_number
@@ -312,68 +312,37 @@ def _issue(session: Connection, month: Month, requests: Sequence[IssueRequest],
                                   bill_to_address, bill_to_tax_id, issue_date, due_date, replaces_invoice_id,
                                   fee_share)
             SELECT org, :period, period_start, period_end, number, 'issued', currency, subtotal, tax, total, plan,
-                   CAST(snapshot AS jsonb), name,
-                   email,
-                   -- each invoice's address lines travel as a JSON array (arrays of arrays cannot be unnested)
-                   (SELECT array_agg(line ORDER BY n) FROM json_array_elements_text(CAST(address AS json))
-                                                           WITH ORDINALITY AS a(line, n)),
-                   tax_id, issue, due, replaces, CAST(fee_share AS jsonb)
-            FROM unnest(CAST(:orgs AS text[]), CAST(:numbers AS text[]), CAST(:currencies AS text[]),
-                        CAST(:subtotals AS numeric[]), CAST(:taxes AS numeric[]), CAST(:totals AS numeric[]),
-                        CAST(:plans AS text[]),
-                        CAST(:snapshots AS text[]), CAST(:names AS text[]), CAST(:emails AS text[]),
-                        CAST(:addresses AS text[]), CAST(:tax_ids AS text[]),
-                        CAST(:issues AS date[]), CAST(:dues AS date[]), CAST(:replaces AS bigint[]),
-                        CAST(:period_starts AS timestamptz[]), CAST(:period_ends AS timestamptz[]),
-                        CAST(:fee_shares AS text[]))
-                 AS r(org, number, currency, subtotal, tax, total, plan, snapshot, name, email, address, tax_id, issue,
-                      due, replaces, period_start, period_end, fee_share)
+                   snapshot, name, email, address, tax_id, issue, due, replaces, fee_share
+            FROM json_to_recordset(CAST(:invoices AS json))
+                 AS r(org text, number text, currency text, subtotal numeric, tax numeric, total numeric, plan text,
+                      snapshot jsonb, name text, email text, address text[], tax_id text, issue date, due date,
+                      replaces bigint, period_start timestamptz, period_end timestamptz, fee_share jsonb)
             RETURNING number, id, created_at
         ), lines AS (
             INSERT INTO invoice_lines (invoice_id, line_no, kind, metric, description, quantity, unit_price, amount,
                                        period_start, period_from, period_to)
             SELECT inv.id, l.line_no, l.kind, l.metric, l.description, l.quantity, l.unit_price, l.amount,
                    l.period_start, l.period_from, l.period_to
-            FROM unnest(CAST(:line_numbers AS text[]), CAST(:line_nos AS integer[]), CAST(:kinds AS text[]),
-                        CAST(:metrics AS text[]), CAST(:descriptions AS text[]),
-                        CAST(:quantities AS numeric[]), CAST(:unit_prices AS numeric[]),
-                        CAST(:amounts AS numeric[]), CAST(:periods AS date[]),
-                        CAST(:froms AS timestamptz[]), CAST(:tos AS timestamptz[]))
-                 AS l(number, line_no, kind, metric, description, quantity, unit_price, amount, period_start,
-                      period_from, period_to)
+            FROM json_to_recordset(CAST(:lines AS json))
+                 AS l(number text, line_no integer, kind text, metric text, description text, quantity numeric,
+                      unit_price numeric, amount numeric, period_start date, period_from timestamptz,
+                      period_to timestamptz)
             JOIN inv USING (number)
         ), taxes AS (
             {invoice_taxes.INSERT_BY_NUMBER}
         ), usage AS (
             INSERT INTO invoice_usage (invoice_id, period_start, metric, quantity)
             SELECT inv.id, u.period_start, u.metric, u.quantity
-            FROM unnest(CAST(:usage_numbers AS text[]), CAST(:usage_periods AS date[]), CAST(:usage_metrics AS text[]),
-                        CAST(:usage_quantities AS numeric[])) AS u(number, period_start, metric, quantity)
+            FROM json_to_recordset(CAST(:usage AS json)) AS u(number text, period_start date, metric text, quantity numeric)
             JOIN inv USING (number)
         ), periods AS (
             INSERT INTO invoice_periods (invoice_id, period_start, revision)
             SELECT inv.id, p.period_start, p.revision
-            FROM unnest(CAST(:period_numbers AS text[]), CAST(:period_months AS date[]),
-                        CAST(:revisions AS bigint[])) AS p(number, period_start, revision)
+            FROM json_to_recordset(CAST(:periods AS json)) AS p(number text, period_start date, revision bigint)
             JOIN inv USING (number)
         )
         SELECT number, id, created_at FROM inv
-    """), {"period": month.first_day, "orgs": [r.organization_id for _, r in fresh], "numbers": numbers,
-           "currencies": [r.invoice.currency for _, r in fresh], "subtotals": [r.invoice.subtotal for _, r in fresh],
-           "taxes": [r.invoice.tax_total for _, r in fresh],
-           "totals": [r.invoice.total for _, r in fresh], "plans": [r.invoice.plan_id for _, r in fresh],
-           "snapshots": [json.dumps(plan_snapshot(r.invoice.plan)) for _, r in fresh],
-           "names": [r.bill_to_name for _, r in fresh], "emails": [r.bill_to_email for _, r in fresh],
-           "addresses": [json.dumps(list(r.bill_to_address)) if r.bill_to_address else None for _, r in fresh],
-           "tax_ids": [r.bill_to_tax_id for _, r in fresh],
-           "issues": [r.issue_date for _, r in fresh], "dues": [r.due_date for _, r in fresh],
-           "replaces": [r.replaces.id if r.replaces else None for _, r in fresh],
-           "period_starts": [r.invoice.bounds.start for _, r in fresh],
-           "period_ends": [r.invoice.bounds.end for _, r in fresh],
-           "fee_shares": [json.dumps(fees_as_json(r.invoice.fees)) for _, r in fresh],
-           **_line_params(numbers, [r for _, r in fresh]),
-           **invoice_taxes.params_by_number([(number, r.invoice.taxes) for number, (_, r) in zip(numbers, fresh, strict=True)]),
-           **_usage_params(numbers, [r for _, r in fresh])}).all()
+    """), {"period": month.first_day, **_block_rows(numbers, [r for _, r in fresh])}).all()
     inserted = {number: (invoice_id, created_at) for number, invoice_id, created_at in rows}
     for number, (at, request) in zip(numbers, fresh, strict=True):
         invoice_id, created_at = inserted[number]
@@ -384,29 +353,34 @@ def _issue(session: Connection, month: Month, requests: Sequence[IssueRequest],
     return results  # type: ignore[return-value]
 
 
-def _line_params(numbers: Sequence[str], requests: Sequence[IssueRequest]) -> dict[str, list]:
-    lines = [(number, n, line, r.invoice.period) for number, r in zip(numbers, requests, strict=True)
-             for n, line in enumerate(r.invoice.lines, start=1)]
-    return {"line_numbers": [number for number, _, _, _ in lines], "line_nos": [n for _, n, _, _ in lines],
-            "kinds": [str(line.kind) for _, _, line, _ in lines], "metrics": [line.metric for _, _, line, _ in lines],
-            "descriptions": [line.description for _, _, line, _ in lines],
-            "quantities": [line.quantity for _, _, line, _ in lines],
-            "unit_prices": [line.unit_price for _, _, line, _ in lines],
-            "amounts": [line.amount for _, _, line, _ in lines],
-            "periods": [(line.period or period).first_day for _, _, line, period in lines],
-            **bounds_params([line for _, _, line, _ in lines])}
-
-
-def _usage_params(numbers: Sequence[str], requests: Sequence[IssueRequest]) -> dict[str, list]:
-    """The usage each invoice bills per period, and the periods it accounts for (at which revision)."""
-    usage = [(number, period.first_day, metric, quantity) for number, r in zip(numbers, requests, strict=True)
-             for (period, metric), quantity in r.invoice.usage.items()]
-    periods = [(number, period.first_day, r.revisions.get(period, 0))
-               for number, r in zip(numbers, requests, strict=True) for period in r.invoice.periods]
-    return {"usage_numbers": [u[0] for u in usage], "usage_periods": [u[1] for u in usage],
-            "usage_metrics": [u[2] for u in usage], "usage_quantities": [u[3] for u in usage],
-            "period_numbers": [p[0] for p in periods], "period_months": [p[1] for p in periods],
-            "revisions": [p[2] for p in periods]}
+def _block_rows(numbers: Sequence[str], requests: Sequence[IssueRequest]) -> dict[str, str]:
+    """The block's invoices and their lines, taxes, usage and periods, as JSON rows by invoice number
+    (json_rows: one parameter per table)."""
+    pairs = list(zip(numbers, requests, strict=True))
+    return {
+        "invoices": json_rows({
+            "org": r.organization_id, "number": number, "currency": r.invoice.currency,
+            "subtotal": r.invoice.subtotal, "tax": r.invoice.tax_total, "total": r.invoice.total,
+            "plan": r.invoice.plan_id, "snapshot": plan_snapshot(r.invoice.plan), "name": r.bill_to_name,
+            "email": r.bill_to_email, "address": list(r.bill_to_address or ()) or None, "tax_id": r.bill_to_tax_id,
+            "issue": r.issue_date, "due": r.due_date, "replaces": r.replaces.id if r.replaces else None,
+            "period_start": r.invoice.bounds.start, "period_end": r.invoice.bounds.end,
+            "fee_share": fees_as_json(r.invoice.fees)} for number, r in pairs),
+        "lines": json_rows({
+            "number": number, "line_no": n, "kind": str(line.kind), "metric": line.metric,
+            "description": line.description, "quantity": line.quantity, "unit_price": line.unit_price,
+            "amount": line.amount, "period_start": (line.period or r.invoice.period).first_day,
+            "period_from": line.bounds.start if line.bounds is not None else None,
+            "period_to": line.bounds.end if line.bounds is not None else None}
+            for number, r in pairs for n, line in enumerate(r.invoice.lines, start=1)),
+        "taxes": invoice_taxes.rows_by_number([(number, r.invoice.taxes) for number, r in pairs]),
+        # the usage each invoice bills per period, and the periods it accounts for (at which revision)
+        "usage": json_rows({"number": number, "period_start": period.first_day, "metric": metric, "quantity": quantity}
+                           for number, r in pairs for (period, metric), quantity in r.invoice.usage.items()),
+        "periods": json_rows({"number": number, "period_start": period.first_day,
+                              "revision": r.revisions.get(period, 0)}
+                             for number, r in pairs for period in r.invoice.periods),
+    }
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, text
 
 from ..taxes import InvoiceTax, Treatment
+from .json_rows import json_rows
 
 
 # Each invoice's tax breakdown, in its order, written inside issuing's statement (invoice_store._issue)
@@ -18,24 +19,18 @@ INSERT_BY_NUMBER = """
                                treatment, mention, tax_rate_id)
     SELECT inv.id, t.position, t.name, t.country, t.region, t.percentage, t.taxable_amount, t.amount, t.treatment,
            t.mention, t.tax_rate_id
-    FROM unnest(CAST(:tax_numbers AS text[]), CAST(:tax_positions AS integer[]), CAST(:tax_names AS text[]),
-                CAST(:tax_countries AS text[]), CAST(:tax_regions AS text[]), CAST(:tax_percentages AS numeric[]),
-                CAST(:tax_bases AS numeric[]), CAST(:tax_amounts AS numeric[]), CAST(:tax_treatments AS text[]),
-                CAST(:tax_mentions AS text[]), CAST(:tax_rates AS bigint[]))
-         AS t(number, position, name, country, region, percentage, taxable_amount, amount, treatment, mention,
-              tax_rate_id)
+    FROM json_to_recordset(CAST(:taxes AS json))
+         AS t(number text, position integer, name text, country text, region text, percentage numeric,
+              taxable_amount numeric, amount numeric, treatment text, mention text, tax_rate_id bigint)
     JOIN inv USING (number)"""
 
 
-def params_by_number(invoices: list[tuple[str, tuple[InvoiceTax, ...]]]) -> dict[str, list]:
-    """INSERT_BY_NUMBER's arrays: each invoice's tax breakdown, in its order, by invoice number."""
-    rows = [(number, position, tax) for number, taxes in invoices for position, tax in enumerate(taxes, start=1)]
-    return {"tax_numbers": [n for n, _, _ in rows], "tax_positions": [p for _, p, _ in rows],
-            "tax_names": [t.name for _, _, t in rows], "tax_countries": [t.country for _, _, t in rows],
-            "tax_regions": [t.region for _, _, t in rows], "tax_percentages": [t.percentage for _, _, t in rows],
-            "tax_bases": [t.taxable_amount for _, _, t in rows], "tax_amounts": [t.amount for _, _, t in rows],
-            "tax_treatments": [str(t.treatment) for _, _, t in rows], "tax_mentions": [t.mention for _, _, t in rows],
-            "tax_rates": [t.rate_id for _, _, t in rows]}
+def rows_by_number(invoices: list[tuple[str, tuple[InvoiceTax, ...]]]) -> str:
+    """INSERT_BY_NUMBER's :taxes: each invoice's tax breakdown, in its order, by invoice number."""
+    return json_rows({"number": number, "position": position, "name": t.name, "country": t.country,
+                      "region": t.region, "percentage": t.percentage, "taxable_amount": t.taxable_amount,
+                      "amount": t.amount, "treatment": str(t.treatment), "mention": t.mention, "tax_rate_id": t.rate_id}
+                     for number, taxes in invoices for position, t in enumerate(taxes, start=1))
 
 
 def load(session: Connection, invoice_id: int) -> tuple[InvoiceTax, ...]:
