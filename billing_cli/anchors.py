@@ -134,7 +134,10 @@ def billing_period(month: Month, anchor: Anchor = CALENDAR, *, previous_end: dat
     if previous_end is not None and Month.containing(previous_end) == month and previous_end.hour == 0:
         start = previous_end
     else:
-        start = anchor_start(anchor.at(month.start), month)
+        # No invoice of the month before (nothing to bill then): where the period starting in it
+        # ended. It kept the old anchor if it had started when the anchor changed, even though the
+        # change came before this month began.
+        start = anchor_start(anchor.at(anchor_start(anchor.previous, month.prev())), month)
     in_force = anchor.at(start)
     end = anchor_start(in_force, month.next())
     regular = anchor_start(in_force, month)

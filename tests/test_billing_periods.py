@@ -735,3 +735,22 @@ def test_a_changed_hour_raises_the_revision_of_the_billing_month_whose_period_ho
                 wrong.append((org_id, f"{at:%Y-%m-%d}", str(routed.get(org_id)), str(expected)))
         at += HOUR * 24
     assert not wrong, wrong
+
+
+def test_an_anchor_change_after_a_period_with_nothing_to_bill_leaves_no_day_unbilled(plans) -> None:
+    """Plan euro (no base fee, 0.10 EUR a call): calendar months until 10 January 2024, when the
+    anchor becomes the 20th. January has no usage (nothing to bill, so no invoice); the next period
+    runs 1 Feb - 20 Mar all the same, and the 100 calls of 5 February are billed on it (10.00 EUR)."""
+    engine = plans
+    with engine.begin() as conn:
+        add_org(conn, "quiet", currency="EUR")
+        set_plan(conn, "quiet", "euro")
+        set_anchor(conn, "quiet", 20, changed_at=utc(2024, 1, 10))
+        add_usage(conn, "quiet", "api_calls", "100", utc(2024, 2, 5, 10))
+    january = invoice_month(engine.begin, options(JAN, utc(2024, 2, 2)))
+    assert january.statuses == {"nothing_to_bill": 1}, january.statuses
+    for month, due in ((FEB, utc(2024, 3, 21)), (MAR, utc(2024, 4, 21))):
+        result = invoice_month(engine.begin, options(month, due))
+        assert not result.failed, result.failed
+    assert [(p0, p1, t) for _, _, p0, p1, t in invoices(engine)["quiet"]] == [
+        (utc(2024, 2, 1), utc(2024, 3, 20), D("10.00"))]
