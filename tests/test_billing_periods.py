@@ -754,3 +754,54 @@ def test_an_anchor_change_after_a_period_with_nothing_to_bill_leaves_no_day_unbi
         assert not result.failed, result.failed
     assert [(p0, p1, t) for _, _, p0, p1, t in invoices(engine)["quiet"]] == [
         (utc(2024, 2, 1), utc(2024, 3, 20), D("10.00"))]
+
+
+def test_two_anchor_changes_within_one_period_act_as_one_from_the_anchor_it_started_with(plans) -> None:
+    """docs/plans.md: "two changes within one period act as one, from the anchor the period started
+    with to the latest". Anchor 15; during 15 Feb - 15 Mar it becomes 20, then 25 (the account
+    service's UPDATEs, recorded by the trigger): February's period keeps its end, 15 March (10.00);
+    then 15 Mar - 25 Apr, 41 of 31 days (a regular period is 25 Mar - 25 Apr): 10 × 41/31 = 13.225… -> 13.23."""
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "twice", 15)
+    invoice_month(engine.begin, options(JAN, utc(2024, 2, 16)))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE organizations SET billing_anchor_day = 20 WHERE id = 'twice'"))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE organizations SET billing_anchor_day = 25 WHERE id = 'twice'"))
+        # Both changes on 20 February 2024, in the test's calendar (the trigger stamps now()).
+        conn.execute(text("UPDATE organizations SET billing_anchor_changed_at = :t WHERE id = 'twice'"),
+                     {"t": utc(2024, 2, 20, 9)})
+    invoice_month(engine.begin, options(FEB, utc(2024, 4, 30)))
+    invoice_month(engine.begin, options(MAR, utc(2024, 4, 30)))
+    assert [(p0, p1, t) for _, _, p0, p1, t in invoices(engine)["twice"]] == [
+        (utc(2024, 1, 15), utc(2024, 2, 15), D("10.00")),
+        (utc(2024, 2, 15), utc(2024, 3, 15), D("10.00")),
+        (utc(2024, 3, 15), utc(2024, 4, 25), D("13.23"))]
+
+
+def test_the_anchor_trigger_keeps_the_anchor_the_period_under_way_started_with(plans) -> None:
+    engine = plans
+
+    def anchor(day: int | None) -> tuple:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE organizations SET billing_anchor_day = :d WHERE id = 'o'"), {"d": day})
+            return tuple(conn.execute(text("SELECT billing_anchor_previous, billing_anchor_day FROM organizations "
+                                           "WHERE id = 'o'")).one())
+
+    with engine.begin() as conn:
+        org(conn, "o", 15)
+    assert anchor(20) == (15, 20)
+    assert anchor(25) == (15, 25)  # the change to 20 never took effect: still from 15
+    with engine.begin() as conn:  # the change was made on 20 Feb 2024: it took effect on 15 March
+        conn.execute(text("UPDATE organizations SET billing_anchor_changed_at = :t WHERE id = 'o'"),
+                     {"t": utc(2024, 2, 20, 9)})
+    assert anchor(5) == (25, 5)
+    # Calendar months, an anchor, and calendar months again before the 1st: never anchored at all.
+    with engine.begin() as conn:
+        org(conn, "cal", None)
+        conn.execute(text("UPDATE organizations SET billing_anchor_day = 20 WHERE id = 'cal'"))
+        conn.execute(text("UPDATE organizations SET billing_anchor_day = NULL WHERE id = 'cal'"))
+        row = conn.execute(text("SELECT billing_anchor_previous, billing_anchor_day FROM organizations "
+                                "WHERE id = 'cal'")).one()
+    assert tuple(row) == (None, None)
