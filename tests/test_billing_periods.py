@@ -805,3 +805,17 @@ def test_the_anchor_trigger_keeps_the_anchor_the_period_under_way_started_with(p
         row = conn.execute(text("SELECT billing_anchor_previous, billing_anchor_day FROM organizations "
                                 "WHERE id = 'cal'")).one()
     assert tuple(row) == (None, None)
+
+
+def test_a_churned_organization_back_on_calendar_months_gets_its_usage_of_the_last_anchored_period(plans) -> None:
+    """gone15 (anchor 15, inactive since 20 Dec 2023) is put back on calendar months on 20 January,
+    during 15 Jan - 14 Feb, which keeps its end: its usage of 3 February is that period's, billed by
+    the January run like any churned anchored organization's (300 × 0.01, no fee)."""
+    engine = plans
+    churned_with_usage_in_february(engine)
+    with engine.begin() as conn:
+        set_anchor(conn, "gone15", None, changed_at=utc(2024, 1, 20, 9))
+    result = invoice_month(engine.begin, options(JAN, utc(2024, 3, 1)))
+    assert result.statuses == {"invoiced": 1}, (result.statuses, result.failed)
+    assert [(p0, p1, t) for _, _, p0, p1, t in invoices(engine)["gone15"]] == [
+        (utc(2024, 1, 15), utc(2024, 2, 15), D("3.00"))]
