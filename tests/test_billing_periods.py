@@ -819,3 +819,27 @@ def test_a_churned_organization_back_on_calendar_months_gets_its_usage_of_the_la
     assert result.statuses == {"invoiced": 1}, (result.statuses, result.failed)
     assert [(p0, p1, t) for _, _, p0, p1, t in invoices(engine)["gone15"]] == [
         (utc(2024, 1, 15), utc(2024, 2, 15), D("3.00"))]
+
+
+def test_a_price_change_scheduled_for_later_is_cancelled_by_applying_the_plan_again(plans, db_url, tmp_path) -> None:
+    """An operator schedules a raise of the base fee (10 -> 20) from the 1st of next month, then
+    changes their mind and applies the old file again before then: `plans list` shows 10, and the
+    periods starting next month are billed 10, not the raise that was cancelled."""
+    from billing_cli.periods import utc_now
+
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "calendar", None)
+    later = Month.containing(utc_now()).next()
+    dearer, cheaper = tmp_path / "dearer.toml", tmp_path / "plans.toml"
+    dearer.write_text(PLANS.replace("base_fee = 10", "base_fee = 20"))
+    cheaper.write_text(PLANS)
+    for command in (["plans", "apply", str(dearer), "--effective", later.start.strftime("%Y-%m-%d")],
+                    ["plans", "apply", str(cheaper)]):
+        applied = runner.invoke(app, command, env={"DATABASE_URL": db_url})
+        assert applied.exit_code == 0, applied.output
+    listed = runner.invoke(app, ["plans", "list", "--json"], env={"DATABASE_URL": db_url})
+    assert [p["base_fee"] for p in json.loads(listed.stdout) if p["id"] == "pro"] == ["10"]
+    result = invoice_month(engine.begin, replace(options(later, None), issue_date=later.end.date()))
+    assert result.statuses == {"invoiced": 1}, result.failed
+    assert invoices(engine)["calendar"][0][4] == D("10.00")
