@@ -843,3 +843,23 @@ def test_a_price_change_scheduled_for_later_is_cancelled_by_applying_the_plan_ag
     result = invoice_month(engine.begin, replace(options(later, None), issue_date=later.end.date()))
     assert result.statuses == {"invoiced": 1}, result.failed
     assert invoices(engine)["calendar"][0][4] == D("10.00")
+
+
+def test_the_summary_says_a_period_is_not_due_yet(plans, db_url, monkeypatch) -> None:
+    """docs/operations.md: periods not ended yet are counted (`not_due=` in the summary). An operator
+    invoicing one anchored organization on 10 February 2024, whose period 15 Jan - 14 Feb has not
+    ended, reads why nothing was done."""
+    import billing_cli.runs.invoicing
+
+    monkeypatch.setattr(billing_cli.runs.invoicing, "utc_now", lambda: utc(2024, 2, 10, 6))
+    with plans.begin() as conn:
+        org(conn, "a15", 15)
+    plain = runner.invoke(app, ["invoice-monthly", "--month", "2024-01", "--org", "a15", "--plain"],
+                          env={"DATABASE_URL": db_url})
+    assert plain.exit_code == 0, plain.output
+    summary = next(line for line in plain.output.splitlines() if line.startswith("summary "))
+    assert " found=0 " in summary and " not_due=1 " in summary
+    rich = runner.invoke(app, ["invoice-monthly", "--month", "2024-01", "--org", "a15", "--rich"],
+                         env={"DATABASE_URL": db_url, "COLUMNS": "200"})
+    assert rich.exit_code == 0, rich.output
+    assert "Not due yet (period not ended)" in rich.output
