@@ -863,3 +863,27 @@ def test_the_summary_says_a_period_is_not_due_yet(plans, db_url, monkeypatch) ->
                          env={"DATABASE_URL": db_url, "COLUMNS": "200"})
     assert rich.exit_code == 0, rich.output
     assert "Not due yet (period not ended)" in rich.output
+
+
+def test_an_invoiced_period_keeps_its_days_when_regenerated_after_a_later_anchor_change(plans) -> None:
+    """Anchor 15, changed to 1 on 20 February: 15 Feb - 14 Mar (100 calls on 5 March: 11.00), then
+    15 - 31 Mar. On 10 April the anchor changes again, to 20. Regenerating February's invoice bills
+    the same period as the invoice it replaces, 15 Feb - 14 Mar (11.00), whatever the anchor is now:
+    the last change remembered is from 1 to 20, not the one February's period was computed with."""
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "mover", 15)
+        add_usage(conn, "mover", "api_calls", "100", utc(2024, 3, 5, 10))
+    invoice_month(engine.begin, options(JAN, utc(2024, 2, 16)))
+    with engine.begin() as conn:
+        set_anchor(conn, "mover", 1, changed_at=utc(2024, 2, 20, 9))
+    invoice_month(engine.begin, options(FEB, utc(2024, 3, 16)))
+    invoice_month(engine.begin, options(MAR, utc(2024, 4, 2)))
+    with engine.begin() as conn:
+        set_anchor(conn, "mover", 20, changed_at=utc(2024, 4, 10, 9))
+    result = invoice_month(engine.begin, options(FEB, utc(2024, 4, 11), organizations=("mover",), regenerate=True))
+    assert result.statuses == {"invoiced": 1}, (result.statuses, result.failed)
+    assert [(s, p0, p1, t) for _, s, p0, p1, t in invoices(engine)["mover"]][1:] == [
+        ("void", utc(2024, 2, 15), utc(2024, 3, 15), D("11.00")),
+        ("issued", utc(2024, 3, 15), utc(2024, 4, 1), D("5.48")),
+        ("issued", utc(2024, 2, 15), utc(2024, 3, 15), D("11.00"))]
