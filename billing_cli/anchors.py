@@ -185,7 +185,7 @@ def fees_from_json(stored: dict[str, object]) -> bool | FeeShare | None:
 def fee_share(period: BillingPeriod, *, created_at: datetime | None, active: bool,
               status_changed_at: datetime | None) -> FeeShare | None:
     """The fees owed for `period`: None when none are (created after it ended, or inactive before
-    it began, or inactive since an unknown time). Active: from the day it was created to the end;
+    it began, or since an unknown time, or since it was created). Active: from the day it was created to the end;
     inactive: until the day its status changed (its final invoice: the final-invoice rule)."""
     first = period.start
     if created_at is not None:
@@ -194,6 +194,8 @@ def fee_share(period: BillingPeriod, *, created_at: datetime | None, active: boo
     if not active:
         if status_changed_at is None or status_changed_at <= period.start:
             return None
+        if created_at is not None and status_changed_at <= created_at:
+            return None  # created inactive and never activated (the trigger stamps its creation time)
         last = min(last, _day_end(status_changed_at))
     if first >= last:
         return None

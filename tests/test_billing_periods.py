@@ -887,3 +887,28 @@ def test_an_invoiced_period_keeps_its_days_when_regenerated_after_a_later_anchor
         ("void", utc(2024, 2, 15), utc(2024, 3, 15), D("11.00")),
         ("issued", utc(2024, 3, 15), utc(2024, 4, 1), D("5.48")),
         ("issued", utc(2024, 2, 15), utc(2024, 3, 15), D("11.00"))]
+
+
+def test_an_organization_created_inactive_and_never_activated_owes_no_fee(plans) -> None:
+    """Plan team (base fee 10, minimum 50). An organization the account service creates on 17 January
+    in status 'pending' (not active), never activated, existed but was never active: no fee, so no
+    invoice (a customer who never started gets no "final invoice"), and reconcile owes nothing.
+    Its twin created active and deactivated the same day pays that day (1 of 31 days)."""
+    from billing_cli.db import reconcile_store
+
+    engine = plans
+    with engine.begin() as conn:
+        save_plans(conn, [TEAM])
+        add_org(conn, "pending", status="pending", created_at=utc(2024, 1, 17, 10, 32))
+        add_org(conn, "brief", created_at=utc(2024, 1, 17, 10, 32))
+        for org_id in ("pending", "brief"):
+            set_plan(conn, org_id, "team")
+        conn.execute(text("UPDATE organizations SET status = 'inactive' WHERE id = 'brief'"))
+        conn.execute(text("UPDATE organizations SET status_changed_at = :t WHERE id = 'brief'"),
+                     {"t": utc(2024, 1, 17, 18)})
+    result = invoice_month(engine.begin, options(JAN, utc(2024, 2, 2)))
+    assert not result.failed, result.failed
+    # brief: 10 × 1/31 = 0.322… -> 0.32; minimum 50 × 1/31 = 1.612…, top-up 1.290… -> 1.29; total 1.61.
+    assert {o: [r[4] for r in rows] for o, rows in invoices(engine).items()} == {"brief": [D("1.61")]}
+    with engine.connect() as conn:
+        assert reconcile_store.owed_fees_not_invoiced(conn, JAN, None) == []
