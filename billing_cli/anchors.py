@@ -134,7 +134,10 @@ def billing_period(month: Month, anchor: Anchor = CALENDAR, *, previous_end: dat
     if previous_end is not None and Month.containing(previous_end) == month and previous_end.hour == 0:
         start = previous_end
     else:
-        start = anchor_start(anchor.at(month.start), month)
+        # No invoice of the month before (nothing to bill then): where the period starting in it
+        # ended. It kept the old anchor if it had started when the anchor changed, even though the
+        # change came before this month began.
+        start = anchor_start(anchor.at(anchor_start(anchor.previous, month.prev())), month)
     in_force = anchor.at(start)
     end = anchor_start(in_force, month.next())
     regular = anchor_start(in_force, month)
@@ -182,7 +185,7 @@ def fees_from_json(stored: dict[str, object]) -> bool | FeeShare | None:
 def fee_share(period: BillingPeriod, *, created_at: datetime | None, active: bool,
               status_changed_at: datetime | None) -> FeeShare | None:
     """The fees owed for `period`: None when none are (created after it ended, or inactive before
-    it began, or inactive since an unknown time). Active: from the day it was created to the end;
+    it began, or since an unknown time, or since it was created). Active: from the day it was created to the end;
     inactive: until the day its status changed (its final invoice: the final-invoice rule)."""
     first = period.start
     if created_at is not None:
@@ -191,6 +194,8 @@ def fee_share(period: BillingPeriod, *, created_at: datetime | None, active: boo
     if not active:
         if status_changed_at is None or status_changed_at <= period.start:
             return None
+        if created_at is not None and status_changed_at <= created_at:
+            return None  # created inactive and never activated (the trigger stamps its creation time)
         last = min(last, _day_end(status_changed_at))
     if first >= last:
         return None

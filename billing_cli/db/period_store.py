@@ -10,7 +10,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, text
 
-from ..anchors import Anchor, AnchorError, BillingPeriod, billing_period
+from ..anchors import DAY, Anchor, AnchorError, BillingPeriod, FeeShare, billing_period, fees_from_json
 from ..periods import Month
 from .usage_store import Shard, _filters
 
@@ -36,27 +36,41 @@ class MonthPeriods:
 def anchored_periods(conn: Connection, month: Month, *, only: list[str] | None = None,
                      shard: Shard = Shard()) -> MonthPeriods:
     """For each organization with an anchor day, or that had one: its period starting in `month`, computed from its
-    anchor and the end of its live invoice of the month before (anchors.billing_period)."""
+    anchor and the end of its live invoice of the month before (anchors.billing_period); the period
+    its live invoice of `month` billed, if it has one (only the last anchor change is remembered: a
+    later one must not move the days of an invoice that is regenerated or checked)."""
     where, params = _filters(only, shard, column="o.id")
     rows = conn.execute(text(f"""
         SELECT o.id, o.billing_anchor_day, o.billing_anchor_previous, o.billing_anchor_changed_at,
-               p.period_end AS previous_end
+               p.period_end AS previous_end, i.period_start AS billed_start, i.period_end AS billed_end,
+               i.fee_share AS billed_fees
         FROM organizations o
         LEFT JOIN invoices p ON p.organization_id = o.id AND p.billing_month = :previous AND p.status <> 'void'
+        LEFT JOIN invoices i ON i.organization_id = o.id AND i.billing_month = :month AND i.status <> 'void'
         WHERE (o.billing_anchor_day IS NOT NULL OR o.billing_anchor_previous IS NOT NULL){where}
-    """), {**params, "previous": month.prev().first_day})
+    """), {**params, "previous": month.prev().first_day, "month": month.first_day})
     periods: dict[str, BillingPeriod] = {}
     problems: dict[str, str] = {}
     for row in rows:
         anchor = Anchor(row.billing_anchor_day, row.billing_anchor_previous, row.billing_anchor_changed_at)
         try:
             period = billing_period(month, anchor, previous_end=row.previous_end)
+            if row.billed_start is not None and (period.start, period.end) != (row.billed_start, row.billed_end):
+                period = _as_billed(month, row.billed_start, row.billed_end, row.billed_fees)
         except (AnchorError, ValueError) as exc:
             problems[row.id] = str(exc)
             continue
         if not period.is_calendar_month or period.regular_start is not None:
             periods[row.id] = period
     return MonthPeriods(periods, problems)
+
+
+def _as_billed(month: Month, start: datetime, end: datetime, fees: dict | None) -> BillingPeriod:
+    """The period an invoice billed, with the length its fees were prorated against (stored with
+    them: invoices.fee_share) when that was not its own."""
+    share = fees_from_json(fees) if fees is not None else None
+    regular = end - share.of_days * DAY if isinstance(share, FeeShare) else None
+    return BillingPeriod(month, start, end, regular_start=regular if regular != start else None)
 
 
 def any_anchored(conn: Connection) -> bool:

@@ -84,27 +84,30 @@ def _save_version(session: Connection, plan: PricePlan, effective: datetime | No
 
 @dataclass(frozen=True)
 class PlanVersions:
-    """Plans as they were over time: each one's versions by the time they are in force from, and
-    its current definition for a plan that has no version (written before versions were kept)."""
+    """Plans as they were over time: each one's versions (in force from, applied at, definition) in
+    the order they are in force, and its current definition for a plan that has no version (written
+    before versions were kept)."""
 
-    versions: dict[str, list[tuple[datetime, PricePlan]]] = field(default_factory=dict)
+    versions: dict[str, list[tuple[datetime, datetime, PricePlan]]] = field(default_factory=dict)
     current: dict[str, PricePlan] = field(default_factory=dict)
 
     def at(self, plan_id: str, moment: datetime) -> PricePlan | None:
-        """The definition in force at `moment` (a period's start); before the first version, the
+        """The definition in force at `moment` (a period's start): of the versions in force by then,
+        the one applied last (a later apply replaces a change scheduled after its own time: applying
+        the old file again cancels a raise scheduled for next month); before the first version, the
         first one (a plan created during the period)."""
         versions = self.versions.get(plan_id)
         if not versions:
             return self.current.get(plan_id)
-        index = bisect_right([since for since, _ in versions], moment) - 1
-        return versions[max(index, 0)][1]
+        in_force = versions[:max(bisect_right([since for since, _, _ in versions], moment), 1)]
+        return max(in_force, key=lambda version: (version[1], version[0]))[2]
 
 
 def load_plan_versions(session: Connection, ids: list[str]) -> PlanVersions:
-    versions: dict[str, list[tuple[datetime, PricePlan]]] = defaultdict(list)
-    for row in session.execute(text("SELECT plan_id, effective_from, snapshot FROM price_plan_versions "
+    versions: dict[str, list[tuple[datetime, datetime, PricePlan]]] = defaultdict(list)
+    for row in session.execute(text("SELECT plan_id, effective_from, applied_at, snapshot FROM price_plan_versions "
                                     "WHERE plan_id = ANY(:ids) ORDER BY plan_id, effective_from"), {"ids": ids}):
-        versions[row.plan_id].append((row.effective_from, plan_from_snapshot(row.snapshot)))
+        versions[row.plan_id].append((row.effective_from, row.applied_at, plan_from_snapshot(row.snapshot)))
     unversioned = [plan_id for plan_id in ids if plan_id not in versions]
     return PlanVersions(dict(versions), load_plans(session, unversioned) if unversioned else {})
 

@@ -214,7 +214,8 @@ def owed_fees_not_invoiced(conn: Connection, month: Month, only: list[str] | Non
                          CAST(:period_ends AS timestamptz[])) AS w(org, ps, pe) ON w.org = o.id
         WHERE (p.base_fee > 0 OR p.minimum_commitment > 0) AND o.created_at < coalesce(w.pe, :end)
           AND coalesce(w.pe, :end) <= now()
-          AND (o.status = 'active' OR o.status_changed_at > coalesce(w.ps, :start)){org}
+          AND (o.status = 'active' OR (o.status_changed_at > coalesce(w.ps, :start)
+                                       AND o.status_changed_at > o.created_at)){org}
           AND NOT EXISTS (SELECT 1 FROM invoices i JOIN invoice_periods ip ON ip.invoice_id = i.id
                           WHERE i.organization_id = o.id AND i.status <> 'void' AND ip.period_start = :period)
         ORDER BY 1

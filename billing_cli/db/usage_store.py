@@ -75,8 +75,9 @@ def _filters(only: list[str] | None, shard: Shard, column: str = "id") -> tuple[
 _TO_INVOICE = """(o.status = 'active' OR o.status_changed_at >= :start
     OR EXISTS (SELECT 1 FROM usage_hourly h WHERE h.organization_id = o.id
                AND h.hour_start >= :start AND h.hour_start < :end)
-    -- an anchored period reaches into the next month (:read_end: the latest period end)
-    OR (o.billing_anchor_day IS NOT NULL AND :read_end > :end
+    -- an anchored period reaches into the next month (:read_end: the latest period end); also the
+    -- last one of an organization put back on calendar months, which keeps its end
+    OR ((o.billing_anchor_day IS NOT NULL OR o.billing_anchor_previous IS NOT NULL) AND :read_end > :end
         AND EXISTS (SELECT 1 FROM usage_hourly h WHERE h.organization_id = o.id
                     AND h.hour_start >= :end AND h.hour_start < :read_end))
     OR EXISTS (SELECT 1 FROM usage_revisions r WHERE r.organization_id = o.id AND r.period_start >= :oldest

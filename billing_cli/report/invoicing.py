@@ -215,7 +215,7 @@ def invoice_summary(output: Output, result: InvoiceRunResult) -> None:
                       **{f"errors_{c}": n for c, n in errors.items()},
                       **{f"revenue_{cur}": amount for cur, amount in revenue.items()},
                       **{f"tax_{cur}": result.tax[cur] for cur in sorted(result.tax)},
-                      dry_run=result.dry_run, seconds=round(result.seconds, 3),
+                      not_due=result.not_due, dry_run=result.dry_run, seconds=round(result.seconds, 3),
                       outcome=result.summary().outcome.value,
                       **({"what_to_do": what_to_do(result)} if not result.ok else {}))
         return
@@ -227,6 +227,8 @@ def invoice_summary(output: Output, result: InvoiceRunResult) -> None:
         ("Nothing to bill", statuses[OrgStatus.NOTHING_TO_BILL]),
         ("Failed organizations", len(result.failed)),
     ]
+    if result.not_due:  # an anchored period that has not ended: why an organization was not invoiced
+        rows.append(("Not due yet (period not ended)", result.not_due))
     rows += [(f"Revenue ({cur})", format_money(amount, cur)) for cur, amount in revenue.items()] or \
         [("Revenue", "none")]
     rows += [(f"Of which tax ({cur})", format_money(result.tax[cur], cur)) for cur in sorted(result.tax)]
