@@ -15,7 +15,7 @@ from decimal import Context, Decimal, Inexact, InvalidOperation
 
 from .addresses import CountryError, country_name
 from .invoices import InvoiceDocument, Seller
-from .money import ZERO, exact_sum, minor_units
+from .money import EN16931_DECIMALS, ZERO, exact_sum, minor_units
 from .taxes import InvoiceTax, Treatment
 
 INVOICE = "380"  # UNTDID 1001: commercial invoice
@@ -279,11 +279,16 @@ def _mention(taxes: tuple[InvoiceTax, ...]) -> str | None:
 
 
 def _amount(value: Decimal, currency: str) -> str:
-    """An amount with exactly the currency's decimals; an amount that would need rounding is a bug."""
+    """An amount with the currency's decimals, at most the two EN 16931 allows (BR-DEC): 43.11 EUR,
+    1505 JPY, 12.65 BHD (an invoice kept in hundredths, money.Precision.EN16931). An amount that would
+    need rounding is an error, never a silently different e-invoice."""
+    places = min(minor_units(currency), EN16931_DECIMALS)
     try:
-        return f"{value.quantize(Decimal(1).scaleb(-minor_units(currency)), context=_EXACT):f}"
+        return f"{value.quantize(Decimal(1).scaleb(-places), context=_EXACT):f}"
     except (Inexact, InvalidOperation):
-        raise EInvoiceError(f"{value} {currency} is not a stored amount of {currency}") from None
+        raise EInvoiceError(f"{value} {currency} has more decimals than an EN 16931 amount can carry "
+                            f"({places}); invoices of a three-decimal currency issued before e-invoices were on "
+                            "cannot be e-invoices") from None
 
 
 def _plain(value: Decimal) -> str:

@@ -490,3 +490,33 @@ def test_an_anchored_period_is_the_e_invoices_billing_period(db_url, engine, tmp
             for edge in ("StartDateTime", "EndDateTime")] == ["20240115", "20240214"]
     assert root.xpath("//ram:ActualDeliverySupplyChainEvent//udt:DateTimeString", namespaces=NS)[0].text == "20240214"
     assert "15 Jan – 14 Feb 2024" in page_text(pdf)
+
+
+def test_a_three_decimal_currency_is_billed_in_hundredths_that_en16931_can_carry(db_url, engine, tmp_path,
+                                                                               clean_env) -> None:
+    """EN 16931 allows at most two decimals in an amount (BR-DEC-09..23). A Bahraini buyer billed in
+    BHD (three decimals in ISO 4217): 10.000 base fee + 1,003 calls x 0.0015 = 1.5045, which is 1.505
+    in thousandths but 1.50 in hundredths; VAT 10% on 11.50 = 1.15; 12.65 in all. With e-invoices on
+    the invoice is kept in hundredths (as with Stripe), so the e-invoice carries the stored figures
+    and is valid; in thousandths its every amount would break a rule."""
+    plans = ('[[plan]]\nid = "bh"\nname = "Bahrain"\ncurrency = "BHD"\nbase_fee = 10\n\n'
+             '  [[plan.price]]\n  metric = "api_calls"\n  description = "API calls"\n'
+             '  model = "per_unit"\n  unit_price = 0.0015\n')
+    taxes = '[[rate]]\ncountry = "BH"\nname = "VAT"\npercentage = 10\neffective_from = 2022-01-01\n'
+    apply(db_url, tmp_path, plans=plans, taxes=taxes)
+    with engine.begin() as conn:
+        customer(conn, "bh", "bh", "BHD", "1003", country="BH")
+    pdfs = tmp_path / "pdfs"
+    env = {"DATABASE_URL": db_url, **GERMAN_SELLER, **FACTURX, "INVOICE_OUTPUT_DIR": str(pdfs)}
+
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
+
+    assert result.exit_code == 0, result.output
+    invoice = stored(engine)["bh"]
+    assert (invoice["subtotal"], invoice["tax_total"], invoice["total"]) == (D("11.50"), D("1.15"), D("12.65"))
+    pdf = pdf_file(pdfs, invoice["number"]).read_bytes()
+    found = figures(embedded_xml(pdf))  # valid: the XSD and every EN 16931 rule
+    assert found["totals"] == (D("11.50"), D("11.50"), D("1.15"), D("12.65"), D("12.65"))
+    assert found["vat"] == [("S", "10", D("11.50"), D("1.15"), None, None)]
+    assert [amount for _, _, amount in found["lines"]] == [amount for _, _, amount in stored_lines(engine, invoice["id"])]
+    assert "12.650" in page_text(pdf)  # the PDF prints the currency's own three decimals, the same amount

@@ -107,8 +107,10 @@ def resolve(job: Job, request: InvoiceRequest, settings: Settings, now: datetime
         batch_size=request.batch_size or settings.batch_size, render_processes=settings.render_processes,
         delivery_steps=tuple(Step(step) for step in settings.enabled_deliveries),
         late_usage_months=settings.late_usage_months,
-        # Invoices charged through Stripe are kept in amounts Stripe can charge exactly (money.py).
-        precision=Precision.STRIPE if settings.stripe_enabled else Precision.ISO,
+        # Invoices charged through Stripe are kept in amounts Stripe can charge exactly, e-invoices in
+        # amounts EN 16931 can state (hundredths at most; Stripe's units are never finer): money.py.
+        precision=Precision.STRIPE if settings.stripe_enabled else
+        Precision.EN16931 if settings.einvoice != "off" else Precision.ISO,
         taxes=taxes_from_settings(settings),
         keep_plan=request.keep_plan and dry_run,
         # Only periods that have ended are billed (anchored periods end after their month); --force
