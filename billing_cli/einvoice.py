@@ -9,6 +9,7 @@ without taxes) is in docs/einvoices.md.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Context, Decimal, Inexact, InvalidOperation
@@ -244,7 +245,9 @@ def _party(el, party, *, name: str, address: tuple[str, ...], country: str | Non
 
 
 def _compact(tax_id: str | None) -> str | None:
-    return "".join(tax_id.split()) or None if tax_id else None
+    """A tax id as identifiers are written: capitals, without the blanks, dots and dashes people type
+    (`fr 40.303.265.045`, which python-stdnum and so the reverse charge accept, is FR40303265045)."""
+    return re.sub(r"[\s.\-]", "", tax_id).upper() or None if tax_id else None
 
 
 def _vat_prefixed(tax_id: str) -> bool:

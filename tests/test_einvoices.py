@@ -520,3 +520,27 @@ def test_a_three_decimal_currency_is_billed_in_hundredths_that_en16931_can_carry
     assert found["vat"] == [("S", "10", D("11.50"), D("1.15"), None, None)]
     assert [amount for _, _, amount in found["lines"]] == [amount for _, _, amount in stored_lines(engine, invoice["id"])]
     assert "12.650" in page_text(pdf)  # the PDF prints the currency's own three decimals, the same amount
+
+
+def test_a_vat_id_written_in_lower_case_or_with_dots_is_still_each_partys_vat_identifier(db_url, engine, tmp_path,
+                                                                                        clean_env) -> None:
+    """python-stdnum accepts a VAT id however it is written (`fr 40.303.265.045`), and so does the
+    reverse charge. The e-invoice of that reverse charge must still carry both VAT identifiers
+    (BT-31, BT-48), written as VAT ids are: capitals, no separators."""
+    apply(db_url, tmp_path)
+    with engine.begin() as conn:
+        customer(conn, "fr-valid", "eu", "EUR", "26784", country="FR", tax_id="fr 40.303.265.045")
+    pdfs = tmp_path / "pdfs"
+    env = {"DATABASE_URL": db_url, **GERMAN_SELLER, "INVOICE_SELLER_TAX_ID": "de 136-695-976", **FACTURX,
+           "INVOICE_OUTPUT_DIR": str(pdfs)}
+
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
+
+    assert result.exit_code == 0, result.output
+    invoice = stored(engine)["fr-valid"]
+    assert invoice["taxes"][0][-1] == "reverse_charge"
+    pdf = pdf_file(pdfs, invoice["number"]).read_bytes()
+    found = figures(embedded_xml(pdf))
+    assert found["vat"] == [("AE", "0", D("43.11"), D("0.00"), REVERSE_CHARGE_MENTION, "VATEX-EU-AE")]
+    assert (found["seller_vat"], found["buyer_vat"]) == ("DE136695976", "FR40303265045")
+    assert "Tax ID: fr 40.303.265.045" in page_text(pdf)  # the PDF prints it as the customer wrote it
