@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
+import unicodedata
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -54,6 +55,14 @@ def _line_of(text_lines: list[str], start: int, key: str) -> int:
         if re.match(rf"^{re.escape(key)}\s*=", stripped):
             return number
     return start
+
+
+def _text(value: Any, longest: int, *, line_breaks: bool = False) -> bool:
+    """Text without control characters (C0, DEL, C1), not blank, at most `longest` characters. TOML strings may hold any control
+    character; PostgreSQL's text cannot hold NUL, and invoices have no use for the others."""
+    allowed = "\n\r\t" if line_breaks else ""
+    return (isinstance(value, str) and bool(value.strip()) and len(value) <= longest
+            and not any(unicodedata.category(ch) == "Cc" and ch not in allowed for ch in value))
 
 
 def parse_taxes(text: str, *, source: str = "taxes.toml") -> list[TaxRate]:
@@ -120,11 +129,13 @@ def _rate(raw: Any, source: str, text_lines: list[str], start: int, index: int,
             if country != country.strip().upper():
                 fail("country", f"`country` = {country!r}: write it in capitals ({country.strip().upper()!r})")
     region = raw.get("region")
-    if region is not None and (not isinstance(region, str) or not region.strip() or len(region) > _MAX_REGION):
-        fail("region", "`region` must be the region as organizations.billing_region holds it (e.g. QC, CA)")
+    if region is not None and not _text(region, _MAX_REGION):
+        fail("region", "`region` must be the region as organizations.billing_region holds it (e.g. QC, CA), "
+                       "without control characters")
     name = raw.get("name")
-    if "name" in raw and (not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME):
-        fail("name", f"`name` must be the tax's name, at most {_MAX_NAME} characters (e.g. VAT, GST, sales tax)")
+    if "name" in raw and not _text(name, _MAX_NAME):
+        fail("name", f"`name` must be the tax's name, at most {_MAX_NAME} characters without control characters "
+                     "(e.g. VAT, GST, sales tax)")
     percentage = raw.get("percentage")
     if "percentage" in raw:
         if isinstance(percentage, bool) or not isinstance(percentage, (int, Decimal, str)):
@@ -144,8 +155,9 @@ def _rate(raw: Any, source: str, text_lines: list[str], start: int, index: int,
     if "effective_from" in raw and (not isinstance(effective, date) or hasattr(effective, "hour")):
         fail("effective_from", f"`effective_from` = {effective!r} must be a date, written bare: 2024-01-01")
     mention = raw.get("mention")
-    if mention is not None and (not isinstance(mention, str) or not mention.strip() or len(mention) > _MAX_MENTION):
-        fail("mention", f"`mention` must be text of at most {_MAX_MENTION} characters")
+    if mention is not None and not _text(mention, _MAX_MENTION, line_breaks=True):
+        fail("mention", f"`mention` must be text of at most {_MAX_MENTION} characters, without control characters "
+                        "other than line breaks")
     if len(errors) > found:
         return None
     return TaxRate(country.strip().upper(), region.strip().upper() if region else None, name.strip(), percentage,  # type: ignore[union-attr,arg-type]

@@ -393,6 +393,23 @@ def test_taxes_apply_is_all_or_nothing_and_names_each_bad_line(db_url, tmp_path,
     assert json.loads(listed.stdout) == []  # nothing applied, not even the valid first rate
 
 
+def test_a_control_character_in_a_rate_is_named_with_its_line_never_a_database_traceback(db_url, tmp_path,
+                                                                                            clean_env) -> None:
+    """TOML lets a string hold any control character (`\\u0000`); PostgreSQL's text cannot hold NUL."""
+    bad = tmp_path / "taxes.toml"
+    bad.write_text('[[rate]]\ncountry = "DE"\nname = "VAT\\u0000"\npercentage = 19\neffective_from = 2007-01-01\n'
+                   'mention = "Reverse\\u0007charge"\n')
+
+    result = runner.invoke(app, ["taxes", "apply", str(bad)], env={"DATABASE_URL": db_url})
+    listed = runner.invoke(app, ["taxes", "list", "--json"], env={"DATABASE_URL": db_url})
+
+    assert result.exit_code == ExitCode.USAGE, (result.exit_code, repr(result.exception))
+    text_ = " ".join(result.output.split())
+    assert f"{bad}:3: rate #1: `name` must be the tax's name" in text_ and "control characters" in text_
+    assert f"{bad}:6: rate #1: `mention` must be text" in text_
+    assert json.loads(listed.stdout) == []
+
+
 def test_a_taxes_file_that_is_not_utf8_is_a_usage_error(db_url, tmp_path, clean_env) -> None:
     taxes = tmp_path / "taxes.toml"
     taxes.write_bytes(TAXES.replace("JCT", "Consumption tax – JCT").encode("cp1252"))  # a legacy code page
