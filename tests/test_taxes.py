@@ -354,6 +354,31 @@ def test_taxes_off_leaves_invoices_as_they_were(db_url, engine, tmp_path, clean_
     assert json.loads(result.stdout)["tax"] == {}
 
 
+@pytest.mark.xfail(strict=True, reason="Stripe computes a TaxRate's tax in its API unit (thousandths of KWD, "
+                   "hundredths of ISK) while we keep invoices in what Stripe charges (hundredths, whole kronur): the "
+                   "totals differ and the draft is never finalized. Refusing such invoices, or another way to "
+                   "send the tax, is a decision for the lead (docs/taxes.md)")
+def test_a_taxed_kwd_invoice_reaches_stripe_with_our_total(db_url, engine, tmp_path, fake_stripe, stripe_env) -> None:
+    """10.00 KWD base fee + 1 call x 0.01 = 10.01 KWD (Stripe's hundredths); VAT 5% = 0.5005 -> 0.50: 10.51.
+    Stripe, at the invoice level as docs/taxes.md asks: 10010 x 5% = 500.5 -> 501 thousandths, 10.511."""
+    plans = ('[[plan]]\nid = "kw"\nname = "Kuwait"\ncurrency = "KWD"\nbase_fee = 10\n\n'
+             '  [[plan.price]]\n  metric = "api_calls"\n  description = "API calls"\n'
+             '  model = "per_unit"\n  unit_price = 0.01\n')
+    apply(db_url, tmp_path, plans=plans,
+          taxes='[[rate]]\ncountry = "BH"\nname = "VAT"\npercentage = 5\neffective_from = 2022-01-01\n')
+    with engine.begin() as conn:
+        customer(conn, "bh-buyer", "kw", "KWD", "1", country="BH")
+
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"],
+                           env={"DATABASE_URL": db_url, **GERMAN_SELLER, **stripe_env})
+
+    invoice = stored(engine)["bh-buyer"]
+    assert (invoice["subtotal"], invoice["tax_total"], invoice["total"]) == (D("10.010"), D("0.500"), D("10.510"))
+    assert result.exit_code == 0, result.output  # fails: "Stripe invoice total 10511 KWD differs from ours 10510"
+    [sent] = fake_stripe.invoices.values()
+    assert (sent["status"], sent["total"]) == ("open", 10510)
+
+
 # -- configuration -----------------------------------------------------------------------------------
 
 
