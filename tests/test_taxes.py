@@ -471,6 +471,51 @@ def test_taxes_list_shows_every_version_and_a_used_version_cannot_change(db_url,
         ("GB", "VAT", "20", "2011-01-04"), ("JP", "JCT", "10", "2019-10-01")}
 
 
+def test_a_rate_left_out_of_the_file_is_never_silently_still_charged(db_url, engine, tmp_path, clean_env) -> None:
+    """Rates stay in the database when the file stops listing them (issued invoices and reruns of old
+    months need them), and so stay in force. A file that renames "VAT" to "USt", or drops a rate or
+    its latest version, must not leave the old one charged on every new invoice besides: German
+    customers would pay 19% twice. `taxes apply` refuses it, naming the rate and what to write."""
+    apply(db_url, tmp_path)
+    renamed = tmp_path / "renamed.toml"
+    renamed.write_text(TAXES.replace('name = "VAT"\npercentage = 19', 'name = "USt"\npercentage = 19'))
+    dropped = tmp_path / "dropped.toml"
+    dropped.write_text(TAXES.split("# Canada")[0])  # no GST, no QST, no JCT any more
+    env = {"DATABASE_URL": db_url}
+
+    refused = runner.invoke(app, ["taxes", "apply", str(renamed)], env=env)
+    refused_too = runner.invoke(app, ["taxes", "apply", str(dropped)], env=env)
+
+    assert refused.exit_code == ExitCode.USAGE, refused.output
+    said = " ".join(refused.output.split())
+    assert "VAT DE from 2007-01-01 (19%) is not in the file but would stay in force" in said
+    assert "end it by adding a version with a later effective_from (0%, with its mention)" in said
+    assert refused_too.exit_code == ExitCode.USAGE, refused_too.output
+    said = " ".join(refused_too.output.split())
+    assert all(f"{rate} is not in the file but would stay in force" in said
+               for rate in ("GST CA from 2008-01-01 (5%)", "QST CA-QC from 2013-01-01 (9.975%)",
+                            "JCT JP from 2019-10-01 (10%)"))
+    with engine.begin() as conn:
+        customer(conn, "de-buyer", "eu", "EUR", "26784", country="DE")
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env={**env, **GERMAN_SELLER})
+    assert result.exit_code == 0, result.output
+    assert stored(engine)["de-buyer"]["taxes"] == [("VAT", "DE", None, D("19"), D("43.11"), D("8.19"), "standard")]
+
+    # Ending a rate the documented way (a later version, 0% with its mention) is applied; the older
+    # versions a file leaves out stay, as history.
+    ended = tmp_path / "ended.toml"
+    ended.write_text(TAXES.replace('effective_from = 2019-10-01', 'effective_from = 2019-10-01\n\n[[rate]]\n'
+                                   'country = "JP"\nname = "JCT"\npercentage = 0\neffective_from = 2030-01-01\n'
+                                   'mention = "No JCT after 2029"'))
+    history = tmp_path / "history.toml"
+    history.write_text(ended.read_text().replace('name = "JCT"\npercentage = 10\neffective_from = 2019-10-01',
+                                                 'name = "JCT"\npercentage = 10\neffective_from = 2019-10-02'))
+    assert runner.invoke(app, ["taxes", "apply", str(ended)], env=env).exit_code == 0
+    kept = runner.invoke(app, ["taxes", "apply", str(history), "--json"], env=env)
+    assert kept.exit_code == 0, kept.output
+    assert json.loads(kept.stdout)["kept"] == ["JCT JP from 2019-10-01"]
+
+
 # -- the rules, pure -----------------------------------------------------------------------------------
 
 
