@@ -30,6 +30,9 @@ _UDT = "urn:un:unece:uncefact:data:standard:UnqualifiedDataType:100"
 _QDT = "urn:un:unece:uncefact:data:standard:QualifiedDataType:100"
 _NAMESPACES = {"rsm": _RSM, "ram": _RAM, "udt": _UDT, "qdt": _QDT}
 _EXACT = Context(prec=80, traps=[Inexact, InvalidOperation])
+# What XML 1.0 cannot hold (control characters but tab and line breaks, surrogates, U+FFFE/U+FFFF),
+# which the account service's data may still contain: the number is taken before the PDF is made.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 class EInvoiceError(ValueError):
@@ -105,7 +108,7 @@ def build_xml(doc: InvoiceDocument, seller: Seller) -> bytes:
         prefix, name = tag.split(":")
         node = etree.SubElement(parent, f"{{{_NAMESPACES[prefix]}}}{name}", attributes)
         if text is not None:
-            node.text = text
+            node.text = _NOT_XML.sub(" ", text)  # as the PDF prints it: a space, never a failed invoice
         return node
 
     def day(parent, tag: str, value: date) -> None:
@@ -247,7 +250,7 @@ def _party(el, party, *, name: str, address: tuple[str, ...], country: str | Non
 def _compact(tax_id: str | None) -> str | None:
     """A tax id as identifiers are written: capitals, without the blanks, dots and dashes people type
     (`fr 40.303.265.045`, which python-stdnum and so the reverse charge accept, is FR40303265045)."""
-    return re.sub(r"[\s.\-]", "", tax_id).upper() or None if tax_id else None
+    return re.sub(r"[\s.\-\x00-\x1f\x7f-\x9f]", "", tax_id).upper() or None if tax_id else None
 
 
 def _vat_prefixed(tax_id: str) -> bool:

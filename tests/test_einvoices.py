@@ -544,3 +544,35 @@ def test_a_vat_id_written_in_lower_case_or_with_dots_is_still_each_partys_vat_id
     assert found["vat"] == [("AE", "0", D("43.11"), D("0.00"), REVERSE_CHARGE_MENTION, "VATEX-EU-AE")]
     assert (found["seller_vat"], found["buyer_vat"]) == ("DE136695976", "FR40303265045")
     assert "Tax ID: fr 40.303.265.045" in page_text(pdf)  # the PDF prints it as the customer wrote it
+
+
+def test_a_control_character_in_the_buyers_details_never_keeps_its_invoice_from_being_sent(db_url, engine, tmp_path,
+                                                                                           clean_env) -> None:
+    """The account service may store a stray control character (a BEL pasted into an address). The
+    invoice is issued (its number taken) before it is rendered; XML cannot hold such a character, so
+    the e-invoice writes a space where the PDF, too, prints one, instead of failing on every rerun."""
+    from tests.data import PLANS
+
+    plans = tmp_path / "plans.toml"
+    plans.write_text(PLANS)
+    assert runner.invoke(app, ["plans", "apply", str(plans)], env={"DATABASE_URL": db_url}).exit_code == 0
+    with engine.begin() as conn:
+        add_org(conn, "sarl", currency="EUR", name="Exemple SARL", email="compta@exemple.fr")
+        conn.execute(text("UPDATE organizations SET billing_address_line1 = :line, billing_postal_code = '75002', "
+                          "billing_city = 'Paris', billing_country = 'FR', tax_id = :tax_id WHERE id = 'sarl'"),
+                     {"line": "10 rue\x07de la Paix", "tax_id": "FR\x1b40303265045"})
+        set_plan(conn, "sarl", "euro")
+    events(engine, "sarl", 100, utc(2024, 1, 10, 9))
+    roll_up(db_url)
+    pdfs = tmp_path / "pdfs"
+    env = {"DATABASE_URL": db_url, **SELLER_ENV, **FACTURX, "INVOICE_SELLER_COUNTRY": "DE",
+           "INVOICE_SELLER_TAX_ID": "DE136695976", "INVOICE_OUTPUT_DIR": str(pdfs)}
+
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
+
+    assert result.exit_code == 0, result.output
+    [number] = [i["number"] for i in stored(engine).values()]
+    xml = embedded_xml(pdf_file(pdfs, number).read_bytes())
+    root = etree.fromstring(xml)
+    assert root.xpath("//ram:BuyerTradeParty/ram:PostalTradeAddress/ram:LineOne/text()",
+                      namespaces=NS) == ["10 rue de la Paix"]
