@@ -286,15 +286,16 @@ def _mention(taxes: tuple[InvoiceTax, ...]) -> str | None:
 
 def _amount(value: Decimal, currency: str) -> str:
     """An amount with the currency's decimals, at most the two EN 16931 allows (BR-DEC): 43.11 EUR,
-    1505 JPY, 12.65 BHD (an invoice kept in hundredths, money.Precision.EN16931). An amount that would
-    need rounding is an error, never a silently different e-invoice."""
-    places = min(minor_units(currency), EN16931_DECIMALS)
-    try:
-        return f"{value.quantize(Decimal(1).scaleb(-places), context=_EXACT):f}"
-    except (Inexact, InvalidOperation):
-        raise EInvoiceError(f"{value} {currency} has more decimals than an EN 16931 amount can carry "
-                            f"({places}); invoices of a three-decimal currency issued before e-invoices were on "
-                            "cannot be e-invoices") from None
+    1505 JPY, 12.65 BHD (an invoice kept in hundredths, money.Precision.EN16931). An invoice of a
+    three-decimal currency issued before e-invoices were on keeps its thousandths: never rounded into
+    another amount than the one stored (the rules then fail, docs/einvoices.md "Limits"). An amount
+    that would need rounding even so is an error."""
+    for places in sorted({min(minor_units(currency), EN16931_DECIMALS), minor_units(currency)}):
+        try:
+            return f"{value.quantize(Decimal(1).scaleb(-places), context=_EXACT):f}"
+        except (Inexact, InvalidOperation):
+            continue
+    raise EInvoiceError(f"{value} {currency} is not a stored amount of {currency}")
 
 
 def _plain(value: Decimal) -> str:
