@@ -28,11 +28,12 @@ def _label(rate: TaxRate) -> str:
     return f"{rate.name} {rate.jurisdiction} from {rate.effective_from.isoformat()}"
 
 
-def save_rates(session: Connection, rates: list[TaxRate]) -> SavedRates:
+def save_rates(session: Connection, rates: list[TaxRate], *, every_rate: bool = True) -> SavedRates:
     """Upsert every version of the file (all or nothing: the caller's transaction). A version's
     percentage never changes once an invoice used it (RateInUse): history is added, not rewritten.
     Versions the file leaves out are kept, unless one would still be in force (RateInUse: the latest
-    of its jurisdiction and name). A changed percentage also forgets the version's Stripe TaxRate
+    of its jurisdiction and name), when the file is `every_rate` in force (`billing taxes apply`; the
+    demo adds its own beside). A changed percentage also forgets the version's Stripe TaxRate
     (Stripe's are immutable)."""
     stored = {rate.key: rate for rate in load_rates(session)}
     used = set(session.execute(text("SELECT DISTINCT tax_rate_id FROM invoice_taxes "
@@ -64,7 +65,7 @@ def save_rates(session: Connection, rates: list[TaxRate]) -> SavedRates:
     refused += [f"{_label(rate)} ({format_percentage(rate.percentage)}) is not in the file but would stay in force for every new "
                 f"invoice of {rate.jurisdiction}, besides the file's rates: list it again, or end it by adding a "
                 f"version with a later effective_from (0%, with its mention)"
-                for rate in kept if _latest_of_its_series(rate, rates)]
+                for rate in kept if every_rate and _latest_of_its_series(rate, rates)]
     if refused:
         raise RateInUse("; ".join(refused))
     return SavedRates(created, updated, unchanged, [_label(rate) for rate in kept])
