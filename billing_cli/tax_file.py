@@ -21,6 +21,8 @@ from .taxes import TaxRate
 
 _RATE_KEYS = {"country", "region", "name", "percentage", "effective_from", "mention"}
 _MAX_NAME, _MAX_REGION, _MAX_MENTION = 50, 64, 500
+# Codes in common use that ISO 3166-1 does not have: Greece's VAT prefix, and the United Kingdom.
+_NOT_ISO = {"EL": "GR", "UK": "GB"}
 
 
 class TaxFileError(UsageError):
@@ -125,7 +127,9 @@ def _rate(raw: Any, source: str, text_lines: list[str], start: int, index: int,
             try:
                 country_name(country)
             except CountryError:
-                fail("country", f"`country` = {country!r} is not an ISO 3166-1 alpha-2 code (e.g. DE, GB, US)")
+                code = _NOT_ISO.get(country.strip().upper())
+                example = f"did you mean {code!r}?" if code else "e.g. DE, GB, US"
+                fail("country", f"`country` = {country!r} is not an ISO 3166-1 alpha-2 code ({example})")
             if country != country.strip().upper():
                 fail("country", f"`country` = {country!r}: write it in capitals ({country.strip().upper()!r})")
     region = raw.get("region")

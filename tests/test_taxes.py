@@ -19,7 +19,7 @@ from billing_cli.addresses import BillingDetails
 from billing_cli.cli import app
 from billing_cli.errors import ExitCode
 from billing_cli.money import Precision
-from billing_cli.tax_file import parse_taxes
+from billing_cli.tax_file import TaxFileError, parse_taxes
 from billing_cli.tax_ids import TaxIdError, check_tax_id
 from billing_cli.taxes import REVERSE_CHARGE_MENTION, TaxError, TaxRate, TaxSetup, tax_amount, taxes_for
 from tests.data import SELLER_ENV, add_org, add_usage, set_plan, utc
@@ -433,6 +433,17 @@ def test_a_control_character_in_a_rate_is_named_with_its_line_never_a_database_t
     assert f"{bad}:3: rate #1: `name` must be the tax's name" in text_ and "control characters" in text_
     assert f"{bad}:6: rate #1: `mention` must be text" in text_
     assert json.loads(listed.stdout) == []
+
+
+def test_the_vat_prefixes_that_are_no_country_codes_are_named_with_the_code_to_write() -> None:
+    """Greece's VAT prefix is EL and the United Kingdom is UK in common use; ISO 3166-1 says GR and GB."""
+    with pytest.raises(TaxFileError) as refused:
+        parse_taxes('[[rate]]\ncountry = "EL"\nname = "VAT"\npercentage = 24\neffective_from = 2016-06-01\n\n'
+                    '[[rate]]\ncountry = "UK"\nname = "VAT"\npercentage = 20\neffective_from = 2011-01-04\n')
+    assert "taxes.toml:2: rate #1: `country` = 'EL' is not an ISO 3166-1 alpha-2 code (did you mean 'GR'?)" \
+        in str(refused.value)
+    assert "taxes.toml:8: rate #2: `country` = 'UK' is not an ISO 3166-1 alpha-2 code (did you mean 'GB'?)" \
+        in str(refused.value)
 
 
 def test_a_taxes_file_that_is_not_utf8_is_a_usage_error(db_url, tmp_path, clean_env) -> None:
