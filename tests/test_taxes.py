@@ -541,6 +541,16 @@ def test_tax_ids_are_checked_for_their_country() -> None:
         check_tax_id("51 824 753 557", "AU")
 
 
+def test_an_eu_vat_id_without_its_country_prefix_is_refused_saying_what_to_write() -> None:
+    """Account services often keep the number alone; the reverse charge needs the VAT id, prefix included."""
+    with pytest.raises(TaxIdError, match=r"tax id '40 303 265 045' lacks its country prefix: write FR40303265045"):
+        check_tax_id("40 303 265 045", "FR")
+    with pytest.raises(TaxIdError, match=r"lacks its country prefix: write EL094259216"):
+        check_tax_id("094259216", "GR")
+    with pytest.raises(TaxIdError, match=r"is not a valid EU VAT number"):
+        check_tax_id("40303265046", "FR")  # a wrong check digit stays a wrong number
+
+
 SETUP = TaxSetup("DE", "DE136695976", tuple(parse_taxes(TAXES)))
 
 
