@@ -379,6 +379,30 @@ def test_a_taxed_kwd_invoice_reaches_stripe_with_our_total(db_url, engine, tmp_p
     assert (sent["status"], sent["total"]) == ("open", 10510)
 
 
+def test_the_documented_dry_run_before_taxes_lists_the_organizations_taxes_would_refuse(db_url, engine, tmp_path,
+                                                                                          clean_env) -> None:
+    """docs/taxes.md, "Moving an existing install to taxes", step 3: the command as written there."""
+    import re
+    import shlex
+
+    docs = (Path(__file__).parents[1] / "docs" / "taxes.md").read_text()
+    [(assignments, arguments)] = re.findall(r"`((?:[A-Z_]+=\S+ )+)billing (invoice-monthly [^|`]*)\|", docs)
+    env = dict(assignment.split("=", 1) for assignment in assignments.split())
+    apply(db_url, tmp_path)
+    with engine.begin() as conn:
+        customer(conn, "de-buyer", "eu", "EUR", "26784", country="DE")
+        customer(conn, "no-country", "eu", "EUR", "26784", country=None)
+
+    result = runner.invoke(app, [*shlex.split(arguments), "--month", "2024-01"], env={"DATABASE_URL": db_url, **env})
+
+    assert result.exit_code == ExitCode.PARTIAL, result.output
+    refused = [item for item in json.loads(result.stdout)["plan"] if item["action"] == "refuse"]
+    assert [item["organization_id"] for item in refused] == ["no-country"]
+    assert "set organizations.billing_country" in refused[0]["errors"][0][1]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM invoices")).scalar_one() == 0  # a dry run
+
+
 # -- configuration -----------------------------------------------------------------------------------
 
 
