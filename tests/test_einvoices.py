@@ -519,7 +519,10 @@ def test_a_three_decimal_currency_is_billed_in_hundredths_that_en16931_can_carry
     assert found["totals"] == (D("11.50"), D("11.50"), D("1.15"), D("12.65"), D("12.65"))
     assert found["vat"] == [("S", "10", D("11.50"), D("1.15"), None, None)]
     assert [amount for _, _, amount in found["lines"]] == [amount for _, _, amount in stored_lines(engine, invoice["id"])]
-    assert "12.650" in page_text(pdf)  # the PDF prints the currency's own three decimals, the same amount
+    printed = " ".join(page_text(pdf).split())
+    assert "12.650" in printed  # the PDF prints the currency's own three decimals, the same amount
+    # and says to which unit its amounts are rounded: not BHD's minor unit (0.001), hundredths
+    assert "each line amount is rounded half-up to 0.01 BHD" in printed, printed
 
 
 def test_a_vat_id_written_in_lower_case_or_with_dots_is_still_each_partys_vat_identifier(db_url, engine, tmp_path,
