@@ -11,7 +11,7 @@ import re
 import tomllib
 import unicodedata
 from datetime import date
-from decimal import Decimal
+from decimal import Context, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,17 @@ def _line_of(text_lines: list[str], start: int, key: str) -> int:
         if re.match(rf"^{re.escape(key)}\s*=", stripped):
             return number
     return start
+
+
+def _significant(value: Decimal) -> Decimal:
+    """The percentage without trailing zeros ("9.97500" is 9.975: three decimals, within Stripe's four),
+    never in exponent notation (20, not 2E+1)."""
+    if not value.is_finite():
+        return value
+    if value.is_zero():
+        return Decimal(0)  # "0.000", "-0": 0
+    value = value.normalize(Context(prec=max(len(value.as_tuple().digits), 1)))  # as many digits: never rounded
+    return Decimal(int(value)) if value.as_tuple().exponent > 0 else value  # type: ignore[operator]
 
 
 def _text(value: Any, longest: int, *, line_breaks: bool = False) -> bool:
@@ -147,7 +158,7 @@ def _rate(raw: Any, source: str, text_lines: list[str], start: int, index: int,
             percentage = None
         else:
             try:
-                percentage = Decimal(percentage)
+                percentage = _significant(Decimal(percentage))
             except ArithmeticError:
                 fail("percentage", f"`percentage` = {percentage!r} is not a number")
                 percentage = None

@@ -470,6 +470,15 @@ def test_the_vat_prefixes_that_are_no_country_codes_are_named_with_the_code_to_w
         in str(refused.value)
 
 
+def test_a_percentage_with_trailing_zeros_is_not_refused_for_its_decimals() -> None:
+    """'9.97500' (as a spreadsheet writes it) has three decimals that count, within Stripe's four."""
+    [rate] = parse_taxes('[[rate]]\ncountry = "CA"\nregion = "QC"\nname = "QST"\npercentage = "9.97500"\n'
+                         'effective_from = 2013-01-01\n')
+    assert str(rate.percentage) == "9.975"
+    with pytest.raises(TaxFileError, match=r"`percentage` = 9.97501 has more than 4 decimals"):
+        parse_taxes('[[rate]]\ncountry = "CA"\nname = "GST"\npercentage = 9.97501\neffective_from = 2013-01-01\n')
+
+
 def test_a_taxes_file_that_is_not_utf8_is_a_usage_error(db_url, tmp_path, clean_env) -> None:
     taxes = tmp_path / "taxes.toml"
     taxes.write_bytes(TAXES.replace("JCT", "Consumption tax – JCT").encode("cp1252"))  # a legacy code page
