@@ -9,13 +9,14 @@ without taxes) is in docs/einvoices.md.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Context, Decimal, Inexact, InvalidOperation
 
 from .addresses import CountryError, country_name
 from .invoices import InvoiceDocument, Seller
-from .money import ZERO, exact_sum, minor_units
+from .money import EN16931_DECIMALS, ZERO, exact_sum, minor_units
 from .taxes import InvoiceTax, Treatment
 
 INVOICE = "380"  # UNTDID 1001: commercial invoice
@@ -29,6 +30,9 @@ _UDT = "urn:un:unece:uncefact:data:standard:UnqualifiedDataType:100"
 _QDT = "urn:un:unece:uncefact:data:standard:QualifiedDataType:100"
 _NAMESPACES = {"rsm": _RSM, "ram": _RAM, "udt": _UDT, "qdt": _QDT}
 _EXACT = Context(prec=80, traps=[Inexact, InvalidOperation])
+# What XML 1.0 cannot hold (control characters but tab and line breaks, surrogates, U+FFFE/U+FFFF),
+# which the account service's data may still contain: the number is taken before the PDF is made.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 class EInvoiceError(ValueError):
@@ -104,7 +108,7 @@ def build_xml(doc: InvoiceDocument, seller: Seller) -> bytes:
         prefix, name = tag.split(":")
         node = etree.SubElement(parent, f"{{{_NAMESPACES[prefix]}}}{name}", attributes)
         if text is not None:
-            node.text = text
+            node.text = _NOT_XML.sub(" ", text)  # as the PDF prints it: a space, never a failed invoice
         return node
 
     def day(parent, tag: str, value: date) -> None:
@@ -244,7 +248,9 @@ def _party(el, party, *, name: str, address: tuple[str, ...], country: str | Non
 
 
 def _compact(tax_id: str | None) -> str | None:
-    return "".join(tax_id.split()) or None if tax_id else None
+    """A tax id as identifiers are written: capitals, without the blanks, dots and dashes people type
+    (`fr 40.303.265.045`, which python-stdnum and so the reverse charge accept, is FR40303265045)."""
+    return re.sub(r"[\s.\-\x00-\x1f\x7f-\x9f]", "", tax_id).upper() or None if tax_id else None
 
 
 def _vat_prefixed(tax_id: str) -> bool:
@@ -279,11 +285,17 @@ def _mention(taxes: tuple[InvoiceTax, ...]) -> str | None:
 
 
 def _amount(value: Decimal, currency: str) -> str:
-    """An amount with exactly the currency's decimals; an amount that would need rounding is a bug."""
-    try:
-        return f"{value.quantize(Decimal(1).scaleb(-minor_units(currency)), context=_EXACT):f}"
-    except (Inexact, InvalidOperation):
-        raise EInvoiceError(f"{value} {currency} is not a stored amount of {currency}") from None
+    """An amount with the currency's decimals, at most the two EN 16931 allows (BR-DEC): 43.11 EUR,
+    1505 JPY, 12.65 BHD (an invoice kept in hundredths, money.Precision.EN16931). An invoice of a
+    three-decimal currency issued before e-invoices were on keeps its thousandths: never rounded into
+    another amount than the one stored (the rules then fail, docs/einvoices.md "Limits"). An amount
+    that would need rounding even so is an error."""
+    for places in sorted({min(minor_units(currency), EN16931_DECIMALS), minor_units(currency)}):
+        try:
+            return f"{value.quantize(Decimal(1).scaleb(-places), context=_EXACT):f}"
+        except (Inexact, InvalidOperation):
+            continue
+    raise EInvoiceError(f"{value} {currency} is not a stored amount of {currency}")
 
 
 def _plain(value: Decimal) -> str:

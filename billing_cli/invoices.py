@@ -7,7 +7,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 from .anchors import BillingPeriod
-from .money import exact_sum
+from .money import Precision, exact_sum
 from .periods import Month
 from .pricing import InvoiceLine
 from .taxes import InvoiceTax, mentions
@@ -37,6 +37,12 @@ class Seller:
     payment_instructions: tuple[str, ...] = ()  # how to pay, e.g. the bank account (INVOICE_PAYMENT_INSTRUCTIONS)
     pays_online: bool = False  # Stripe is on: the invoice e-mail links to a page where it can be paid
     einvoice: str | None = None  # "facturx" (INVOICE_EINVOICE): PDFs are PDF/A-3 with the EN 16931 XML embedded
+
+    @property
+    def precision(self) -> Precision:
+        """The unit its invoices' amounts are kept in (money.py): what Stripe charges when invoices go to
+        Stripe, at most hundredths with e-invoices (EN 16931), else the currency's minor unit."""
+        return Precision.STRIPE if self.pays_online else Precision.EN16931 if self.einvoice else Precision.ISO
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ API counts zero-decimal currencies (including MGA, two decimals in ISO) in whole
 three-decimal ones in thousandths whose last digit must be 0, and takes ISK in hundredths that
 must be whole krónur. When invoices are charged through Stripe, they are kept in what Stripe can
 charge (`Precision.STRIPE`): the same half-up rule, to the unit Stripe can charge (two decimals
-for KWD, whole units for MGA and ISK), so the PDF shows exactly what Stripe charges.
+for KWD, whole units for MGA and ISK), so the PDF shows exactly what Stripe charges. E-invoices
+(EN 16931) carry at most two decimals, so with them on, invoices of a three-decimal currency are
+kept in hundredths (`Precision.EN16931`) and the e-invoice states exactly the stored amounts.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ MINOR_UNITS: dict[str, int] = {
 }
 
 ZERO = Decimal(0)
+# EN 16931 (e-invoices) allows at most two decimals in an amount (its rules BR-DEC-09 to BR-DEC-23).
+EN16931_DECIMALS = 2
 
 # Rounding itself is inexact by design: it runs in its own context (wide enough for any NUMERIC
 # sum), whatever traps the caller's context sets.
@@ -55,7 +59,8 @@ class Precision(Enum):
     """The unit invoice amounts are rounded to."""
 
     ISO = "iso"  # the currency's ISO 4217 minor unit
-    STRIPE = "stripe"  # what Stripe can charge in the currency (never finer than ISO)
+    STRIPE = "stripe"  # what Stripe can charge in the currency (never finer than ISO, nor than EN16931)
+    EN16931 = "en16931"  # e-invoices: at most hundredths, the finest amount EN 16931 carries (BR-DEC)
 
 
 # Stripe's presentment currencies (docs: Supported currencies), with its API exponents and the
@@ -90,6 +95,8 @@ def exponent(currency: str, precision: Precision = Precision.ISO) -> int:
     iso = minor_units(currency)
     if precision is Precision.ISO:
         return iso
+    if precision is Precision.EN16931:
+        return min(iso, EN16931_DECIMALS)
     if currency not in STRIPE_CURRENCIES:
         raise CurrencyError(f"Stripe does not charge in {currency}: bill it without Stripe, or in another currency")
     step_digits = len(str(_stripe_step(currency))) - 1

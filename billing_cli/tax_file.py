@@ -9,8 +9,9 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
+import unicodedata
 from datetime import date
-from decimal import Decimal
+from decimal import Context, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from .taxes import TaxRate
 
 _RATE_KEYS = {"country", "region", "name", "percentage", "effective_from", "mention"}
 _MAX_NAME, _MAX_REGION, _MAX_MENTION = 50, 64, 500
+# Codes in common use that ISO 3166-1 does not have: Greece's VAT prefix, and the United Kingdom.
+_NOT_ISO = {"EL": "GR", "UK": "GB"}
 
 
 class TaxFileError(UsageError):
@@ -54,6 +57,25 @@ def _line_of(text_lines: list[str], start: int, key: str) -> int:
         if re.match(rf"^{re.escape(key)}\s*=", stripped):
             return number
     return start
+
+
+def _significant(value: Decimal) -> Decimal:
+    """The percentage without trailing zeros ("9.97500" is 9.975: three decimals, within Stripe's four),
+    never in exponent notation (20, not 2E+1)."""
+    if not value.is_finite():
+        return value
+    if value.is_zero():
+        return Decimal(0)  # "0.000", "-0": 0
+    value = value.normalize(Context(prec=max(len(value.as_tuple().digits), 1)))  # as many digits: never rounded
+    return Decimal(int(value)) if value.as_tuple().exponent > 0 else value  # type: ignore[operator]
+
+
+def _text(value: Any, longest: int, *, line_breaks: bool = False) -> bool:
+    """Text without control characters (C0, DEL, C1), not blank, at most `longest` characters. TOML strings may hold any control
+    character; PostgreSQL's text cannot hold NUL, and invoices have no use for the others."""
+    allowed = "\n\r\t" if line_breaks else ""
+    return (isinstance(value, str) and bool(value.strip()) and len(value) <= longest
+            and not any(unicodedata.category(ch) == "Cc" and ch not in allowed for ch in value))
 
 
 def parse_taxes(text: str, *, source: str = "taxes.toml") -> list[TaxRate]:
@@ -116,15 +138,19 @@ def _rate(raw: Any, source: str, text_lines: list[str], start: int, index: int,
             try:
                 country_name(country)
             except CountryError:
-                fail("country", f"`country` = {country!r} is not an ISO 3166-1 alpha-2 code (e.g. DE, GB, US)")
+                code = _NOT_ISO.get(country.strip().upper())
+                example = f"did you mean {code!r}?" if code else "e.g. DE, GB, US"
+                fail("country", f"`country` = {country!r} is not an ISO 3166-1 alpha-2 code ({example})")
             if country != country.strip().upper():
                 fail("country", f"`country` = {country!r}: write it in capitals ({country.strip().upper()!r})")
     region = raw.get("region")
-    if region is not None and (not isinstance(region, str) or not region.strip() or len(region) > _MAX_REGION):
-        fail("region", "`region` must be the region as organizations.billing_region holds it (e.g. QC, CA)")
+    if region is not None and not _text(region, _MAX_REGION):
+        fail("region", "`region` must be the region as organizations.billing_region holds it (e.g. QC, CA), "
+                       "without control characters")
     name = raw.get("name")
-    if "name" in raw and (not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME):
-        fail("name", f"`name` must be the tax's name, at most {_MAX_NAME} characters (e.g. VAT, GST, sales tax)")
+    if "name" in raw and not _text(name, _MAX_NAME):
+        fail("name", f"`name` must be the tax's name, at most {_MAX_NAME} characters without control characters "
+                     "(e.g. VAT, GST, sales tax)")
     percentage = raw.get("percentage")
     if "percentage" in raw:
         if isinstance(percentage, bool) or not isinstance(percentage, (int, Decimal, str)):
@@ -132,7 +158,7 @@ def _rate(raw: Any, source: str, text_lines: list[str], start: int, index: int,
             percentage = None
         else:
             try:
-                percentage = Decimal(percentage)
+                percentage = _significant(Decimal(percentage))
             except ArithmeticError:
                 fail("percentage", f"`percentage` = {percentage!r} is not a number")
                 percentage = None
@@ -144,8 +170,9 @@ def _rate(raw: Any, source: str, text_lines: list[str], start: int, index: int,
     if "effective_from" in raw and (not isinstance(effective, date) or hasattr(effective, "hour")):
         fail("effective_from", f"`effective_from` = {effective!r} must be a date, written bare: 2024-01-01")
     mention = raw.get("mention")
-    if mention is not None and (not isinstance(mention, str) or not mention.strip() or len(mention) > _MAX_MENTION):
-        fail("mention", f"`mention` must be text of at most {_MAX_MENTION} characters")
+    if mention is not None and not _text(mention, _MAX_MENTION, line_breaks=True):
+        fail("mention", f"`mention` must be text of at most {_MAX_MENTION} characters, without control characters "
+                        "other than line breaks")
     if len(errors) > found:
         return None
     return TaxRate(country.strip().upper(), region.strip().upper() if region else None, name.strip(), percentage,  # type: ignore[union-attr,arg-type]

@@ -63,6 +63,9 @@ def check_tax_id(tax_id: str, country: str) -> TaxId:
         compact = module.validate(printed)
     except ValidationError as exc:
         kind = "EU VAT number" if country in EU_COUNTRIES else f"{country} tax id"
+        prefixed = ("EL" if country == "GR" else country) + printed.replace(" ", "")
+        if country in EU_COUNTRIES and module.is_valid(prefixed):  # the number alone, as often kept
+            raise TaxIdError(f"tax id {printed!r} lacks its country prefix: write {prefixed}") from None
         raise TaxIdError(f"tax id {printed!r} is not a valid {kind} ({exc})") from None
     if country in EU_COUNTRIES:
         prefix = "GR" if compact[:2] == "EL" else compact[:2]

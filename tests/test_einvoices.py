@@ -490,3 +490,92 @@ def test_an_anchored_period_is_the_e_invoices_billing_period(db_url, engine, tmp
             for edge in ("StartDateTime", "EndDateTime")] == ["20240115", "20240214"]
     assert root.xpath("//ram:ActualDeliverySupplyChainEvent//udt:DateTimeString", namespaces=NS)[0].text == "20240214"
     assert "15 Jan – 14 Feb 2024" in page_text(pdf)
+
+
+def test_a_three_decimal_currency_is_billed_in_hundredths_that_en16931_can_carry(db_url, engine, tmp_path,
+                                                                               clean_env) -> None:
+    """EN 16931 allows at most two decimals in an amount (BR-DEC-09..23). A Bahraini buyer billed in
+    BHD (three decimals in ISO 4217): 10.000 base fee + 1,003 calls x 0.0015 = 1.5045, which is 1.505
+    in thousandths but 1.50 in hundredths; VAT 10% on 11.50 = 1.15; 12.65 in all. With e-invoices on
+    the invoice is kept in hundredths (as with Stripe), so the e-invoice carries the stored figures
+    and is valid; in thousandths its every amount would break a rule."""
+    plans = ('[[plan]]\nid = "bh"\nname = "Bahrain"\ncurrency = "BHD"\nbase_fee = 10\n\n'
+             '  [[plan.price]]\n  metric = "api_calls"\n  description = "API calls"\n'
+             '  model = "per_unit"\n  unit_price = 0.0015\n')
+    taxes = '[[rate]]\ncountry = "BH"\nname = "VAT"\npercentage = 10\neffective_from = 2022-01-01\n'
+    apply(db_url, tmp_path, plans=plans, taxes=taxes)
+    with engine.begin() as conn:
+        customer(conn, "bh", "bh", "BHD", "1003", country="BH")
+    pdfs = tmp_path / "pdfs"
+    env = {"DATABASE_URL": db_url, **GERMAN_SELLER, **FACTURX, "INVOICE_OUTPUT_DIR": str(pdfs)}
+
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
+
+    assert result.exit_code == 0, result.output
+    invoice = stored(engine)["bh"]
+    assert (invoice["subtotal"], invoice["tax_total"], invoice["total"]) == (D("11.50"), D("1.15"), D("12.65"))
+    pdf = pdf_file(pdfs, invoice["number"]).read_bytes()
+    found = figures(embedded_xml(pdf))  # valid: the XSD and every EN 16931 rule
+    assert found["totals"] == (D("11.50"), D("11.50"), D("1.15"), D("12.65"), D("12.65"))
+    assert found["vat"] == [("S", "10", D("11.50"), D("1.15"), None, None)]
+    assert [amount for _, _, amount in found["lines"]] == [amount for _, _, amount in stored_lines(engine, invoice["id"])]
+    printed = " ".join(page_text(pdf).split())
+    assert "12.650" in printed  # the PDF prints the currency's own three decimals, the same amount
+    # and says to which unit its amounts are rounded: not BHD's minor unit (0.001), hundredths
+    assert "each line amount is rounded half-up to 0.01 BHD" in printed, printed
+
+
+def test_a_vat_id_written_in_lower_case_or_with_dots_is_still_each_partys_vat_identifier(db_url, engine, tmp_path,
+                                                                                        clean_env) -> None:
+    """python-stdnum accepts a VAT id however it is written (`fr 40.303.265.045`), and so does the
+    reverse charge. The e-invoice of that reverse charge must still carry both VAT identifiers
+    (BT-31, BT-48), written as VAT ids are: capitals, no separators."""
+    apply(db_url, tmp_path)
+    with engine.begin() as conn:
+        customer(conn, "fr-valid", "eu", "EUR", "26784", country="FR", tax_id="fr 40.303.265.045")
+    pdfs = tmp_path / "pdfs"
+    env = {"DATABASE_URL": db_url, **GERMAN_SELLER, "INVOICE_SELLER_TAX_ID": "de 136-695-976", **FACTURX,
+           "INVOICE_OUTPUT_DIR": str(pdfs)}
+
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
+
+    assert result.exit_code == 0, result.output
+    invoice = stored(engine)["fr-valid"]
+    assert invoice["taxes"][0][-1] == "reverse_charge"
+    pdf = pdf_file(pdfs, invoice["number"]).read_bytes()
+    found = figures(embedded_xml(pdf))
+    assert found["vat"] == [("AE", "0", D("43.11"), D("0.00"), REVERSE_CHARGE_MENTION, "VATEX-EU-AE")]
+    assert (found["seller_vat"], found["buyer_vat"]) == ("DE136695976", "FR40303265045")
+    assert "Tax ID: fr 40.303.265.045" in page_text(pdf)  # the PDF prints it as the customer wrote it
+
+
+def test_a_control_character_in_the_buyers_details_never_keeps_its_invoice_from_being_sent(db_url, engine, tmp_path,
+                                                                                           clean_env) -> None:
+    """The account service may store a stray control character (a BEL pasted into an address). The
+    invoice is issued (its number taken) before it is rendered; XML cannot hold such a character, so
+    the e-invoice writes a space where the PDF, too, prints one, instead of failing on every rerun."""
+    from tests.data import PLANS
+
+    plans = tmp_path / "plans.toml"
+    plans.write_text(PLANS)
+    assert runner.invoke(app, ["plans", "apply", str(plans)], env={"DATABASE_URL": db_url}).exit_code == 0
+    with engine.begin() as conn:
+        add_org(conn, "sarl", currency="EUR", name="Exemple SARL", email="compta@exemple.fr")
+        conn.execute(text("UPDATE organizations SET billing_address_line1 = :line, billing_postal_code = '75002', "
+                          "billing_city = 'Paris', billing_country = 'FR', tax_id = :tax_id WHERE id = 'sarl'"),
+                     {"line": "10 rue\x07de la Paix", "tax_id": "FR\x1b40303265045"})
+        set_plan(conn, "sarl", "euro")
+    events(engine, "sarl", 100, utc(2024, 1, 10, 9))
+    roll_up(db_url)
+    pdfs = tmp_path / "pdfs"
+    env = {"DATABASE_URL": db_url, **SELLER_ENV, **FACTURX, "INVOICE_SELLER_COUNTRY": "DE",
+           "INVOICE_SELLER_TAX_ID": "DE136695976", "INVOICE_OUTPUT_DIR": str(pdfs)}
+
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
+
+    assert result.exit_code == 0, result.output
+    [number] = [i["number"] for i in stored(engine).values()]
+    xml = embedded_xml(pdf_file(pdfs, number).read_bytes())
+    root = etree.fromstring(xml)
+    assert root.xpath("//ram:BuyerTradeParty/ram:PostalTradeAddress/ram:LineOne/text()",
+                      namespaces=NS) == ["10 rue de la Paix"]

@@ -19,7 +19,7 @@ from billing_cli.addresses import BillingDetails
 from billing_cli.cli import app
 from billing_cli.errors import ExitCode
 from billing_cli.money import Precision
-from billing_cli.tax_file import parse_taxes
+from billing_cli.tax_file import TaxFileError, parse_taxes
 from billing_cli.tax_ids import TaxIdError, check_tax_id
 from billing_cli.taxes import REVERSE_CHARGE_MENTION, TaxError, TaxRate, TaxSetup, tax_amount, taxes_for
 from tests.data import SELLER_ENV, add_org, add_usage, set_plan, utc
@@ -354,6 +354,55 @@ def test_taxes_off_leaves_invoices_as_they_were(db_url, engine, tmp_path, clean_
     assert json.loads(result.stdout)["tax"] == {}
 
 
+@pytest.mark.xfail(strict=True, reason="Stripe computes a TaxRate's tax in its API unit (thousandths of KWD, "
+                   "hundredths of ISK) while we keep invoices in what Stripe charges (hundredths, whole kronur): the "
+                   "totals differ and the draft is never finalized. Refusing such invoices, or another way to "
+                   "send the tax, is a decision for the lead (docs/taxes.md)")
+def test_a_taxed_kwd_invoice_reaches_stripe_with_our_total(db_url, engine, tmp_path, fake_stripe, stripe_env) -> None:
+    """10.00 KWD base fee + 1 call x 0.01 = 10.01 KWD (Stripe's hundredths); VAT 5% = 0.5005 -> 0.50: 10.51.
+    Stripe, at the invoice level as docs/taxes.md asks: 10010 x 5% = 500.5 -> 501 thousandths, 10.511."""
+    plans = ('[[plan]]\nid = "kw"\nname = "Kuwait"\ncurrency = "KWD"\nbase_fee = 10\n\n'
+             '  [[plan.price]]\n  metric = "api_calls"\n  description = "API calls"\n'
+             '  model = "per_unit"\n  unit_price = 0.01\n')
+    apply(db_url, tmp_path, plans=plans,
+          taxes='[[rate]]\ncountry = "BH"\nname = "VAT"\npercentage = 5\neffective_from = 2022-01-01\n')
+    with engine.begin() as conn:
+        customer(conn, "bh-buyer", "kw", "KWD", "1", country="BH")
+
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"],
+                           env={"DATABASE_URL": db_url, **GERMAN_SELLER, **stripe_env})
+
+    invoice = stored(engine)["bh-buyer"]
+    assert (invoice["subtotal"], invoice["tax_total"], invoice["total"]) == (D("10.010"), D("0.500"), D("10.510"))
+    assert result.exit_code == 0, result.output  # fails: "Stripe invoice total 10511 KWD differs from ours 10510"
+    [sent] = fake_stripe.invoices.values()
+    assert (sent["status"], sent["total"]) == ("open", 10510)
+
+
+def test_the_documented_dry_run_before_taxes_lists_the_organizations_taxes_would_refuse(db_url, engine, tmp_path,
+                                                                                          clean_env) -> None:
+    """docs/taxes.md, "Moving an existing install to taxes", step 3: the command as written there."""
+    import re
+    import shlex
+
+    docs = (Path(__file__).parents[1] / "docs" / "taxes.md").read_text()
+    [(assignments, arguments)] = re.findall(r"`((?:[A-Z_]+=\S+ )+)billing (invoice-monthly [^|`]*)\|", docs)
+    env = dict(assignment.split("=", 1) for assignment in assignments.split())
+    apply(db_url, tmp_path)
+    with engine.begin() as conn:
+        customer(conn, "de-buyer", "eu", "EUR", "26784", country="DE")
+        customer(conn, "no-country", "eu", "EUR", "26784", country=None)
+
+    result = runner.invoke(app, [*shlex.split(arguments), "--month", "2024-01"], env={"DATABASE_URL": db_url, **env})
+
+    assert result.exit_code == ExitCode.PARTIAL, result.output
+    refused = [item for item in json.loads(result.stdout)["plan"] if item["action"] == "refuse"]
+    assert [item["organization_id"] for item in refused] == ["no-country"]
+    assert "set organizations.billing_country" in refused[0]["errors"][0][1]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM invoices")).scalar_one() == 0  # a dry run
+
+
 # -- configuration -----------------------------------------------------------------------------------
 
 
@@ -393,6 +442,43 @@ def test_taxes_apply_is_all_or_nothing_and_names_each_bad_line(db_url, tmp_path,
     assert json.loads(listed.stdout) == []  # nothing applied, not even the valid first rate
 
 
+def test_a_control_character_in_a_rate_is_named_with_its_line_never_a_database_traceback(db_url, tmp_path,
+                                                                                            clean_env) -> None:
+    """TOML lets a string hold any control character (`\\u0000`); PostgreSQL's text cannot hold NUL."""
+    bad = tmp_path / "taxes.toml"
+    bad.write_text('[[rate]]\ncountry = "DE"\nname = "VAT\\u0000"\npercentage = 19\neffective_from = 2007-01-01\n'
+                   'mention = "Reverse\\u0007charge"\n')
+
+    result = runner.invoke(app, ["taxes", "apply", str(bad)], env={"DATABASE_URL": db_url})
+    listed = runner.invoke(app, ["taxes", "list", "--json"], env={"DATABASE_URL": db_url})
+
+    assert result.exit_code == ExitCode.USAGE, (result.exit_code, repr(result.exception))
+    text_ = " ".join(result.output.split())
+    assert f"{bad}:3: rate #1: `name` must be the tax's name" in text_ and "control characters" in text_
+    assert f"{bad}:6: rate #1: `mention` must be text" in text_
+    assert json.loads(listed.stdout) == []
+
+
+def test_the_vat_prefixes_that_are_no_country_codes_are_named_with_the_code_to_write() -> None:
+    """Greece's VAT prefix is EL and the United Kingdom is UK in common use; ISO 3166-1 says GR and GB."""
+    with pytest.raises(TaxFileError) as refused:
+        parse_taxes('[[rate]]\ncountry = "EL"\nname = "VAT"\npercentage = 24\neffective_from = 2016-06-01\n\n'
+                    '[[rate]]\ncountry = "UK"\nname = "VAT"\npercentage = 20\neffective_from = 2011-01-04\n')
+    assert "taxes.toml:2: rate #1: `country` = 'EL' is not an ISO 3166-1 alpha-2 code (did you mean 'GR'?)" \
+        in str(refused.value)
+    assert "taxes.toml:8: rate #2: `country` = 'UK' is not an ISO 3166-1 alpha-2 code (did you mean 'GB'?)" \
+        in str(refused.value)
+
+
+def test_a_percentage_with_trailing_zeros_is_not_refused_for_its_decimals() -> None:
+    """'9.97500' (as a spreadsheet writes it) has three decimals that count, within Stripe's four."""
+    [rate] = parse_taxes('[[rate]]\ncountry = "CA"\nregion = "QC"\nname = "QST"\npercentage = "9.97500"\n'
+                         'effective_from = 2013-01-01\n')
+    assert str(rate.percentage) == "9.975"
+    with pytest.raises(TaxFileError, match=r"`percentage` = 9.97501 has more than 4 decimals"):
+        parse_taxes('[[rate]]\ncountry = "CA"\nname = "GST"\npercentage = 9.97501\neffective_from = 2013-01-01\n')
+
+
 def test_a_taxes_file_that_is_not_utf8_is_a_usage_error(db_url, tmp_path, clean_env) -> None:
     taxes = tmp_path / "taxes.toml"
     taxes.write_bytes(TAXES.replace("JCT", "Consumption tax – JCT").encode("cp1252"))  # a legacy code page
@@ -429,6 +515,51 @@ def test_taxes_list_shows_every_version_and_a_used_version_cannot_change(db_url,
         ("GB", "VAT", "20", "2011-01-04"), ("JP", "JCT", "10", "2019-10-01")}
 
 
+def test_a_rate_left_out_of_the_file_is_never_silently_still_charged(db_url, engine, tmp_path, clean_env) -> None:
+    """Rates stay in the database when the file stops listing them (issued invoices and reruns of old
+    months need them), and so stay in force. A file that renames "VAT" to "USt", or drops a rate or
+    its latest version, must not leave the old one charged on every new invoice besides: German
+    customers would pay 19% twice. `taxes apply` refuses it, naming the rate and what to write."""
+    apply(db_url, tmp_path)
+    renamed = tmp_path / "renamed.toml"
+    renamed.write_text(TAXES.replace('name = "VAT"\npercentage = 19', 'name = "USt"\npercentage = 19'))
+    dropped = tmp_path / "dropped.toml"
+    dropped.write_text(TAXES.split("# Canada")[0])  # no GST, no QST, no JCT any more
+    env = {"DATABASE_URL": db_url}
+
+    refused = runner.invoke(app, ["taxes", "apply", str(renamed)], env=env)
+    refused_too = runner.invoke(app, ["taxes", "apply", str(dropped)], env=env)
+
+    assert refused.exit_code == ExitCode.USAGE, refused.output
+    said = " ".join(refused.output.split())
+    assert "VAT DE from 2007-01-01 (19%) is not in the file but would stay in force" in said
+    assert "end it by adding a version with a later effective_from (0%, with its mention)" in said
+    assert refused_too.exit_code == ExitCode.USAGE, refused_too.output
+    said = " ".join(refused_too.output.split())
+    assert all(f"{rate} is not in the file but would stay in force" in said
+               for rate in ("GST CA from 2008-01-01 (5%)", "QST CA-QC from 2013-01-01 (9.975%)",
+                            "JCT JP from 2019-10-01 (10%)"))
+    with engine.begin() as conn:
+        customer(conn, "de-buyer", "eu", "EUR", "26784", country="DE")
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env={**env, **GERMAN_SELLER})
+    assert result.exit_code == 0, result.output
+    assert stored(engine)["de-buyer"]["taxes"] == [("VAT", "DE", None, D("19"), D("43.11"), D("8.19"), "standard")]
+
+    # Ending a rate the documented way (a later version, 0% with its mention) is applied; the older
+    # versions a file leaves out stay, as history.
+    ended = tmp_path / "ended.toml"
+    ended.write_text(TAXES.replace('effective_from = 2019-10-01', 'effective_from = 2019-10-01\n\n[[rate]]\n'
+                                   'country = "JP"\nname = "JCT"\npercentage = 0\neffective_from = 2030-01-01\n'
+                                   'mention = "No JCT after 2029"'))
+    history = tmp_path / "history.toml"
+    history.write_text(ended.read_text().replace('name = "JCT"\npercentage = 10\neffective_from = 2019-10-01',
+                                                 'name = "JCT"\npercentage = 10\neffective_from = 2019-10-02'))
+    assert runner.invoke(app, ["taxes", "apply", str(ended)], env=env).exit_code == 0
+    kept = runner.invoke(app, ["taxes", "apply", str(history), "--json"], env=env)
+    assert kept.exit_code == 0, kept.output
+    assert json.loads(kept.stdout)["kept"] == ["JCT JP from 2019-10-01"]
+
+
 # -- the rules, pure -----------------------------------------------------------------------------------
 
 
@@ -441,6 +572,16 @@ def test_tax_ids_are_checked_for_their_country() -> None:
         check_tax_id("DE136695976", "FR")
     with pytest.raises(TaxIdError, match="not a valid AU tax id"):
         check_tax_id("51 824 753 557", "AU")
+
+
+def test_an_eu_vat_id_without_its_country_prefix_is_refused_saying_what_to_write() -> None:
+    """Account services often keep the number alone; the reverse charge needs the VAT id, prefix included."""
+    with pytest.raises(TaxIdError, match=r"tax id '40 303 265 045' lacks its country prefix: write FR40303265045"):
+        check_tax_id("40 303 265 045", "FR")
+    with pytest.raises(TaxIdError, match=r"lacks its country prefix: write EL094259216"):
+        check_tax_id("094259216", "GR")
+    with pytest.raises(TaxIdError, match=r"is not a valid EU VAT number"):
+        check_tax_id("40303265046", "FR")  # a wrong check digit stays a wrong number
 
 
 SETUP = TaxSetup("DE", "DE136695976", tuple(parse_taxes(TAXES)))

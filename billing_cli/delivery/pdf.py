@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, time
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,19 @@ def render_invoice(doc: InvoiceDocument, seller: Seller) -> bytes:
         return pdf
     except Exception as exc:  # fpdf2 raises assorted errors; the job reports them per organization
         raise PdfError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _rounding_unit(currency: str, seller: Seller) -> str:
+    """What amounts are rounded to: the currency's minor unit, or the coarser unit its invoices are
+    kept in (0.01 KWD when Stripe charges them, or for an EN 16931 e-invoice; whole MGA with Stripe)."""
+    from ..money import CurrencyError, exponent, minor_units
+
+    try:
+        places = exponent(currency, seller.precision)
+    except CurrencyError:  # a currency Stripe does not charge: such invoices never went to Stripe
+        places = minor_units(currency)
+    return "the currency's minor unit" if places == minor_units(currency) else \
+        f"{Decimal(1).scaleb(-places):f} {currency}"
 
 
 def _is_einvoice(doc: InvoiceDocument, seller: Seller) -> bool:
@@ -358,7 +372,7 @@ def _render(doc: InvoiceDocument, seller: Seller) -> bytes:
                 f"Payment is due by {doc.due_date.isoformat()}. Please quote invoice number {doc.number} with your "
                 "payment.")),
              f"Amounts are in {doc.currency}. Unit prices are shown with full precision; each line amount is rounded "
-             "half-up to the currency's minor unit.",
+             f"half-up to {_rounding_unit(doc.currency, seller)}.",
              "The subtotal is the sum of the rounded line amounts; each tax is computed on the taxable subtotal and "
              "rounded once, half-up; the total is the subtotal plus the taxes." if doc.taxes else
              "The total is the sum of the rounded line amounts."]

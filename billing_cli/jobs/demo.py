@@ -102,7 +102,7 @@ def seed_demo(transactions: Transactions, *, month: Month = DEMO_MONTH) -> DemoR
                 hint="Unset DATABASE_URL to use the embedded database, or point it at an empty one.",
             )
         save_plans(conn, load_plan_file(DEMO_PLANS))
-        save_rates(conn, load_tax_file(DEMO_TAXES))
+        save_rates(conn, load_tax_file(DEMO_TAXES), every_rate=False)  # beside any rates already there
         result = DemoResult(month=month)
         for org in DEMO_ORGS:
             demo_store.save_demo_organization(conn, id=org.id, name=org.name, email=org.email, status=org.status,

@@ -14,7 +14,6 @@ from ..db.usage_store import Shard
 from ..errors import UsageError
 from ..jobs.invoicing import InvoiceOptions, InvoiceRunResult, OrgOutcome, invoice_due
 from ..delivery.ports import Deliveries
-from ..money import Precision
 from ..outcomes import DELIVERY_STEPS, Job, Step
 from ..periods import Month, invoicing_month, utc_now
 from ..schedules import parse_schedule
@@ -98,17 +97,19 @@ def resolve(job: Job, request: InvoiceRequest, settings: Settings, now: datetime
     if shard.index >= shard.count:
         raise UsageError(f"--shard-index {shard.index} is not below --shard-count {shard.count}")
     dry_run = settings.dry_run if request.dry_run is None else request.dry_run
+    seller = seller_from_settings(settings)
     return InvoiceOptions(
         month=month, issue_date=now.date(), job=job, dry_run=dry_run, organizations=request.organizations,
         regenerate=request.regenerate, output_dir=request.output_dir or settings.invoice_output_dir,
         payment_terms_days=settings.payment_terms_days,
-        seller=seller_from_settings(settings),
+        seller=seller,
         concurrency=request.concurrency or settings.concurrency, shard=shard,
         batch_size=request.batch_size or settings.batch_size, render_processes=settings.render_processes,
         delivery_steps=tuple(Step(step) for step in settings.enabled_deliveries),
         late_usage_months=settings.late_usage_months,
-        # Invoices charged through Stripe are kept in amounts Stripe can charge exactly (money.py).
-        precision=Precision.STRIPE if settings.stripe_enabled else Precision.ISO,
+        # Invoices charged through Stripe are kept in amounts Stripe can charge exactly, e-invoices in
+        # amounts EN 16931 can state (hundredths at most; Stripe's units are never finer): money.py.
+        precision=seller.precision,
         taxes=taxes_from_settings(settings),
         keep_plan=request.keep_plan and dry_run,
         # Only periods that have ended are billed (anchored periods end after their month); --force
