@@ -914,9 +914,6 @@ def test_an_organization_created_inactive_and_never_activated_owes_no_fee(plans)
         assert reconcile_store.owed_fees_not_invoiced(conn, JAN, None) == []
 
 
-@pytest.mark.xfail(strict=True, reason="only the last anchor change is remembered (billing_anchor_previous): a period "
-                   "older than the change before it, voided and invoiced again, is computed with the wrong anchor; "
-                   "a design decision for the lead (keep every change, or bound the period by its neighbours' invoices)")
 def test_a_voided_period_invoiced_again_after_two_anchor_changes_keeps_its_days(plans) -> None:
     """As in the regeneration test above, but February's invoice is voided by hand after the second
     change (1 -> 20 on 10 April); the daily run of 11 April invoices February again: 15 Feb - 14 Mar

@@ -22,7 +22,7 @@ BILLING_TABLES = {"aggregated_hours", "demo_organizations", "price_plans", "plan
                   "usage_event_changes", "usage_revisions", "invoice_usage", "invoice_periods", "stripe_customers",
                   "invoice_taxes", "tax_rates",
                   "credit_notes", "credit_note_lines", "credit_note_number_counters",
-                  "usage_pruned_months", "price_plan_versions", "late_usage_scan"}
+                  "usage_pruned_months", "price_plan_versions", "late_usage_scan", "anchor_changes"}
 
 
 def tables(engine) -> set[str]:
