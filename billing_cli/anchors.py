@@ -13,7 +13,9 @@ usage_revisions, invoice_number_counters) keys the period by it.
 Changing the anchor takes effect at the next period boundary: the period under way when the anchor
 changed (or that ended but is not invoiced yet) keeps its old end; the next period runs from there to
 the new anchor day of the following month, shorter or longer than a month, and its fees are prorated
-by its length against a regular period ending on the same day (see `FeeShare`).
+by its length against a regular period ending on the same day (see `FeeShare`). Every change is
+remembered (`Anchor`), so each period keeps the anchor in force when it started, however many
+changes came after it.
 """
 
 from __future__ import annotations
@@ -78,10 +80,6 @@ class Anchor:
 
     def changed_in(self, month: Month) -> bool:
         return any(month.start <= changed_at < month.end for changed_at, _ in self.changes)
-
-    @property
-    def is_calendar(self) -> bool:
-        return self.day is None and all(before is None for _, before in self.changes) and self.previous is None
 
 
 CALENDAR = Anchor()

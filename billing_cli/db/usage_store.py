@@ -31,7 +31,7 @@ class OrganizationRow:
     billing: BillingDetails = BillingDetails()  # postal address and tax id printed on its invoices
     period: BillingPeriod | None = None  # its period of the month, when not the calendar month (anchors.py)
     period_problem: str | None = None  # why its period cannot be computed (a data error)
-    anchor: Anchor | None = None  # its anchor day and last change, when it has (or had) one
+    anchor: Anchor | None = None  # its anchor day and its changes, when it has (or had) one
 
     @property
     def active(self) -> bool:
