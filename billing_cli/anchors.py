@@ -13,12 +13,15 @@ usage_revisions, invoice_number_counters) keys the period by it.
 Changing the anchor takes effect at the next period boundary: the period under way when the anchor
 changed (or that ended but is not invoiced yet) keeps its old end; the next period runs from there to
 the new anchor day of the following month, shorter or longer than a month, and its fees are prorated
-by its length against a regular period ending on the same day (see `FeeShare`).
+by its length against a regular period ending on the same day (see `FeeShare`). Every change is
+remembered (`Anchor`), so each period keeps the anchor in force when it started, however many
+changes came after it.
 """
 
 from __future__ import annotations
 
 import calendar
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -47,22 +50,36 @@ class AnchorError(ValueError):
 
 @dataclass(frozen=True)
 class Anchor:
-    """What an organization's periods are computed from (organizations' columns, kept by a trigger)."""
+    """What an organization's periods are computed from: its anchor day now and every change of it
+    (anchor_changes, kept by a trigger on organizations; the last change also in its columns)."""
 
     day: int | None = None  # billing_anchor_day now
     previous: int | None = None  # billing_anchor_previous: the day before the last change
     changed_at: datetime | None = None  # billing_anchor_changed_at: when it last changed (None: never)
+    earlier: tuple[tuple[datetime, int | None], ...] = ()  # the changes before the last: (when, the day before it), oldest first
+
+    @classmethod
+    def from_history(cls, day: int | None, changes: Iterable[tuple[datetime, int | None]]) -> Anchor:
+        """From the anchor day now and its changes as (when, the day before it), in any order."""
+        *earlier, last = sorted(changes, key=lambda change: change[0]) or [(None, None)]
+        return cls(day, last[1], last[0], tuple(earlier))
+
+    @property
+    def changes(self) -> tuple[tuple[datetime, int | None], ...]:
+        """Every change as (when, the day before it), oldest first."""
+        return self.earlier + ((self.changed_at, self.previous),) if self.changed_at is not None else self.earlier
 
     def at(self, moment: datetime) -> int | None:
         """The anchor in force for a period starting at `moment`: a change made at or after the start
-        of a period waits for the period's end (the next boundary)."""
-        if self.changed_at is not None and self.changed_at >= moment:
-            return self.previous
+        of a period waits for the period's end (the next boundary), so it is the day before the first
+        change made at or after `moment`, else the day now."""
+        for changed_at, before in self.changes:
+            if changed_at >= moment:
+                return before
         return self.day
 
-    @property
-    def is_calendar(self) -> bool:
-        return self.day is None and self.previous is None
+    def changed_in(self, month: Month) -> bool:
+        return any(month.start <= changed_at < month.end for changed_at, _ in self.changes)
 
 
 CALENDAR = Anchor()
@@ -134,14 +151,26 @@ def billing_period(month: Month, anchor: Anchor = CALENDAR, *, previous_end: dat
     if previous_end is not None and Month.containing(previous_end) == month and previous_end.hour == 0:
         start = previous_end
     else:
-        # No invoice of the month before (nothing to bill then): where the period starting in it
-        # ended. It kept the old anchor if it had started when the anchor changed, even though the
-        # change came before this month began.
-        start = anchor_start(anchor.at(anchor_start(anchor.previous, month.prev())), month)
+        start = _start(month, anchor)  # no invoice of the month before (nothing to bill then)
     in_force = anchor.at(start)
     end = anchor_start(in_force, month.next())
     regular = anchor_start(in_force, month)
     return BillingPeriod(month, start, end, regular_start=regular if regular != start else None)
+
+
+def _start(month: Month, anchor: Anchor) -> datetime:
+    """Where the period starting in `month` starts: the end of the one starting in the month before,
+    which ends on the anchor day in force when it started. That start is known outright when the
+    anchor did not change in the month before it (a change made there may come before or after it);
+    else it is computed the same way, from further back."""
+    first = month
+    while anchor.changed_in(first.prev()):
+        first = first.prev()
+    start = anchor_start(anchor.at(first.prev().start), first)
+    while first != month:
+        first = first.next()
+        start = anchor_start(anchor.at(start), first)
+    return start
 
 
 @dataclass(frozen=True)

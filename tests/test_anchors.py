@@ -87,6 +87,27 @@ def test_a_later_anchor_makes_the_changing_period_longer_than_a_month() -> None:
     assert (february.days, february.regular_days) == (48, 29)  # 20 Feb - 20 Mar is the regular period
 
 
+# Anchor 15, changed to 1 on 20 February, to 20 on 10 April and to 10 on 3 June: each period keeps
+# the anchor in force when it started, whatever came after (month -> start, end, regular start).
+THREE_CHANGES = Anchor.from_history(10, [(utc(2024, 6, 3), 20), (utc(2024, 2, 20, 9), 15), (utc(2024, 4, 10, 9), 1)])
+THREE_CHANGES_PERIODS = {
+    1: (utc(2024, 1, 15), utc(2024, 2, 15), None), 2: (utc(2024, 2, 15), utc(2024, 3, 15), None),
+    3: (utc(2024, 3, 15), utc(2024, 4, 1), utc(2024, 3, 1)), 4: (utc(2024, 4, 1), utc(2024, 5, 1), None),
+    5: (utc(2024, 5, 1), utc(2024, 6, 20), utc(2024, 5, 20)), 6: (utc(2024, 6, 20), utc(2024, 7, 10), utc(2024, 6, 10)),
+    7: (utc(2024, 7, 10), utc(2024, 8, 10), None)}
+
+
+def test_every_period_keeps_the_anchor_it_started_with_after_three_changes() -> None:
+    chained, end = {}, None
+    for month in THREE_CHANGES_PERIODS:
+        period = billing_period(Month(2024, month), THREE_CHANGES, previous_end=end)
+        chained[month], end = (period.start, period.end, period.regular_start), period.end
+    assert chained == THREE_CHANGES_PERIODS
+    # without the invoice of the month before (voided, or nothing to bill): the same days
+    alone = {m: billing_period(Month(2024, m), THREE_CHANGES) for m in THREE_CHANGES_PERIODS}
+    assert {m: (p.start, p.end, p.regular_start) for m, p in alone.items()} == THREE_CHANGES_PERIODS
+
+
 def test_an_anchor_outside_the_month_is_a_data_error() -> None:
     with pytest.raises(AnchorError, match="billing_anchor_day"):
         billing_period(JAN_2024, Anchor(32))

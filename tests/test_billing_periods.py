@@ -21,7 +21,7 @@ from pypdf import PdfReader
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from billing_cli.anchors import Anchor, billing_period
+from billing_cli.anchors import Anchor, BillingPeriod, billing_period
 from billing_cli.cli import app
 from billing_cli.db.invoice_store import load_document
 from billing_cli.db.plan_store import save_plans
@@ -868,8 +868,8 @@ def test_the_summary_says_a_period_is_not_due_yet(plans, db_url, monkeypatch) ->
 def test_an_invoiced_period_keeps_its_days_when_regenerated_after_a_later_anchor_change(plans) -> None:
     """Anchor 15, changed to 1 on 20 February: 15 Feb - 14 Mar (100 calls on 5 March: 11.00), then
     15 - 31 Mar. On 10 April the anchor changes again, to 20. Regenerating February's invoice bills
-    the same period as the invoice it replaces, 15 Feb - 14 Mar (11.00), whatever the anchor is now:
-    the last change remembered is from 1 to 20, not the one February's period was computed with."""
+    the same period as the invoice it replaces, 15 Feb - 14 Mar (11.00), whatever the anchor is now
+    (its live invoice's days, and the change in force then)."""
     engine = plans
     with engine.begin() as conn:
         org(conn, "mover", 15)
@@ -887,6 +887,38 @@ def test_an_invoiced_period_keeps_its_days_when_regenerated_after_a_later_anchor
         ("void", utc(2024, 2, 15), utc(2024, 3, 15), D("11.00")),
         ("issued", utc(2024, 3, 15), utc(2024, 4, 1), D("5.48")),
         ("issued", utc(2024, 2, 15), utc(2024, 3, 15), D("11.00"))]
+
+
+def test_the_trigger_keeps_every_anchor_change_and_each_period_its_own(plans) -> None:
+    """The account service changes the anchor three times (15 -> 1 -> 20 -> 10, dated as in
+    test_anchors.THREE_CHANGES): anchor_changes holds the three, and the periods computed from the
+    database, with nothing invoiced, are those each anchor in force gives. Two changes in a row now
+    (within one period) are one change; no change known clears the history."""
+    from billing_cli.db import period_store
+    from tests.test_anchors import THREE_CHANGES_PERIODS
+
+    engine = plans
+    with engine.begin() as conn:
+        org(conn, "mover", 15)
+        for day, at in ((1, utc(2024, 2, 20, 9)), (20, utc(2024, 4, 10, 9)), (10, utc(2024, 6, 3))):
+            set_anchor(conn, "mover", day, changed_at=at)
+        assert conn.execute(text("SELECT changed_at, anchor_before, anchor_after FROM anchor_changes "
+                                 "WHERE organization_id = 'mover' ORDER BY 1")).all() == [
+            (utc(2024, 2, 20, 9), 15, 1), (utc(2024, 4, 10, 9), 1, 20), (utc(2024, 6, 3), 20, 10)]
+        computed = {}
+        for month in THREE_CHANGES_PERIODS:
+            period = period_store.anchored_periods(conn, Month(2024, month)).periods.get(
+                "mover", BillingPeriod.calendar(Month(2024, month)))  # April's is the calendar month
+            computed[month] = (period.start, period.end, period.regular_start)
+        assert computed == THREE_CHANGES_PERIODS
+
+        org(conn, "twice", 15)
+        for day in (1, 20):  # both today: the second replaces the first (0019)
+            conn.execute(text("UPDATE organizations SET billing_anchor_day = :d WHERE id = 'twice'"), {"d": day})
+        assert conn.execute(text("SELECT anchor_before, anchor_after FROM anchor_changes "
+                                 "WHERE organization_id = 'twice'")).all() == [(15, 20)]
+        set_anchor(conn, "mover", 10)  # previous and changed_at NULL: never changed
+        assert conn.execute(text("SELECT count(*) FROM anchor_changes WHERE organization_id = 'mover'")).scalar_one() == 0
 
 
 def test_an_organization_created_inactive_and_never_activated_owes_no_fee(plans) -> None:
@@ -914,9 +946,6 @@ def test_an_organization_created_inactive_and_never_activated_owes_no_fee(plans)
         assert reconcile_store.owed_fees_not_invoiced(conn, JAN, None) == []
 
 
-@pytest.mark.xfail(strict=True, reason="only the last anchor change is remembered (billing_anchor_previous): a period "
-                   "older than the change before it, voided and invoiced again, is computed with the wrong anchor; "
-                   "a design decision for the lead (keep every change, or bound the period by its neighbours' invoices)")
 def test_a_voided_period_invoiced_again_after_two_anchor_changes_keeps_its_days(plans) -> None:
     """As in the regeneration test above, but February's invoice is voided by hand after the second
     change (1 -> 20 on 10 April); the daily run of 11 April invoices February again: 15 Feb - 14 Mar

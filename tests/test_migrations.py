@@ -22,7 +22,7 @@ BILLING_TABLES = {"aggregated_hours", "demo_organizations", "price_plans", "plan
                   "usage_event_changes", "usage_revisions", "invoice_usage", "invoice_periods", "stripe_customers",
                   "invoice_taxes", "tax_rates",
                   "credit_notes", "credit_note_lines", "credit_note_number_counters",
-                  "usage_pruned_months", "price_plan_versions", "late_usage_scan"}
+                  "usage_pruned_months", "price_plan_versions", "late_usage_scan", "anchor_changes"}
 
 
 def tables(engine) -> set[str]:
@@ -89,6 +89,25 @@ def test_the_late_usage_scan_of_an_existing_database_starts_at_its_latest_roll_u
     with empty_engine.connect() as conn:
         scans = [tuple(r) for r in conn.execute(text("SELECT scanned_at, found_hours FROM late_usage_scan"))]
     assert [(str(at.astimezone(UTC)), found) for at, found in scans] == [("2024-01-31 14:00:05+00:00", [])]
+
+
+def test_the_anchor_history_of_an_existing_database_starts_with_each_last_change(empty_engine) -> None:
+    upgrade(empty_engine, "0019_anchor_changes_once")
+    with empty_engine.begin() as conn:
+        conn.execute(text("INSERT INTO organizations (id, name, email) VALUES ('moved', 'M', 'm@example.com'), "
+                          "('steady', 'S', 's@example.com')"))
+        conn.execute(text("UPDATE organizations SET billing_anchor_day = 15 WHERE id IN ('moved', 'steady')"))
+        conn.execute(text("UPDATE organizations SET billing_anchor_day = 1 WHERE id = 'moved'"))
+        conn.execute(text("UPDATE organizations SET billing_anchor_changed_at = '2024-02-20 09:00Z', "
+                          "billing_anchor_previous = 15 WHERE id = 'moved'"))
+        conn.execute(text("UPDATE organizations SET billing_anchor_changed_at = NULL, "
+                          "billing_anchor_previous = NULL WHERE id = 'steady'"))
+    upgrade(empty_engine)
+    with empty_engine.connect() as conn:
+        rows = conn.execute(text("SELECT organization_id, changed_at, anchor_before, anchor_after "
+                                 "FROM anchor_changes")).all()
+    assert [(r.organization_id, r.changed_at.astimezone(UTC).isoformat(), r.anchor_before, r.anchor_after)
+            for r in rows] == [("moved", "2024-02-20T09:00:00+00:00", 15, 1)]
 
 
 def test_the_seed_organizations_table_is_adopted_with_its_rows(empty_engine) -> None:

@@ -10,8 +10,9 @@ from datetime import datetime
 
 from sqlalchemy import Connection, text
 
-from ..anchors import DAY, Anchor, AnchorError, BillingPeriod, FeeShare, billing_period, fees_from_json
+from ..anchors import DAY, AnchorError, BillingPeriod, FeeShare, billing_period, fees_from_json
 from ..periods import Month
+from . import anchor_history
 from .usage_store import Shard, _filters
 
 
@@ -37,22 +38,22 @@ def anchored_periods(conn: Connection, month: Month, *, only: list[str] | None =
                      shard: Shard = Shard()) -> MonthPeriods:
     """For each organization with an anchor day, or that had one: its period starting in `month`, computed from its
     anchor and the end of its live invoice of the month before (anchors.billing_period); the period
-    its live invoice of `month` billed, if it has one (only the last anchor change is remembered: a
-    later one must not move the days of an invoice that is regenerated or checked)."""
+    its live invoice of `month` billed, if it has one (a later anchor change must not move the days
+    of an invoice that is regenerated or checked)."""
     where, params = _filters(only, shard, column="o.id")
     rows = conn.execute(text(f"""
-        SELECT o.id, o.billing_anchor_day, o.billing_anchor_previous, o.billing_anchor_changed_at,
+        SELECT o.id, o.billing_anchor_day, h.change_times, h.changes_before,
                p.period_end AS previous_end, i.period_start AS billed_start, i.period_end AS billed_end,
                i.fee_share AS billed_fees
-        FROM organizations o
+        FROM organizations o{anchor_history.JOIN}
         LEFT JOIN invoices p ON p.organization_id = o.id AND p.billing_month = :previous AND p.status <> 'void'
         LEFT JOIN invoices i ON i.organization_id = o.id AND i.billing_month = :month AND i.status <> 'void'
-        WHERE (o.billing_anchor_day IS NOT NULL OR o.billing_anchor_previous IS NOT NULL){where}
+        WHERE {anchor_history.ANCHORED}{where}
     """), {**params, "previous": month.prev().first_day, "month": month.first_day})
     periods: dict[str, BillingPeriod] = {}
     problems: dict[str, str] = {}
     for row in rows:
-        anchor = Anchor(row.billing_anchor_day, row.billing_anchor_previous, row.billing_anchor_changed_at)
+        anchor = anchor_history.anchor_of(row)
         try:
             period = billing_period(month, anchor, previous_end=row.previous_end)
             if row.billed_start is not None and (period.start, period.end) != (row.billed_start, row.billed_end):
@@ -76,8 +77,8 @@ def _as_billed(month: Month, start: datetime, end: datetime, fees: dict | None) 
 def any_anchored(conn: Connection) -> bool:
     """Whether any organization has (or had) an anchor day: without one, every period is a calendar month."""
     return bool(conn.execute(text(
-        "SELECT EXISTS (SELECT 1 FROM organizations WHERE billing_anchor_day IS NOT NULL "
-        "OR billing_anchor_previous IS NOT NULL)")).scalar_one())
+        "SELECT EXISTS (SELECT 1 FROM organizations WHERE billing_anchor_day IS NOT NULL) "
+        "OR EXISTS (SELECT 1 FROM anchor_changes)")).scalar_one())
 
 
 def latest_period_end(conn: Connection, at_or_before: datetime) -> datetime:

@@ -66,9 +66,12 @@ def _utc(day: str) -> str:
 
 
 def _anchor_at(moment: str) -> str:
-    """Anchor.at: the anchor day in force for a period starting at `moment`."""
-    return (f"(CASE WHEN o.billing_anchor_changed_at >= {moment} THEN o.billing_anchor_previous "
-            "ELSE o.billing_anchor_day END)")
+    """Anchor.at: the anchor day in force for a period starting at `moment`: the day before the first
+    change made at or after it (anchor_changes, by its primary key), else the day now."""
+    return ("(SELECT a.anchor FROM (SELECT c.anchor_before AS anchor, c.changed_at FROM anchor_changes c "
+            f"WHERE c.organization_id = o.id AND c.changed_at >= {moment} "
+            "UNION ALL SELECT o.billing_anchor_day, CAST('infinity' AS timestamptz)) a "
+            "ORDER BY a.changed_at LIMIT 1)")
 
 
 def _anchor_start(anchor: str, month: str) -> str:
@@ -80,16 +83,20 @@ def _anchor_start(anchor: str, month: str) -> str:
 # The end of the period starting in the month before the changed day's (d.previous), of an
 # organization with (or that had) an anchor day, as anchors.billing_period and period_store compute
 # it: its live invoice's end, else from where it starts (the end of the live invoice of the month
-# before it, the boundary an anchor change waits for; else the anchor day in force on the 1st) to
+# before it; else where the period of that month ended, which started on the anchor day in force on
+# the 1st of the month before: anchors._start, exact unless the anchor changed in that month too) to
 # the anchor day in force then, in the day's month. Two lookups by the one-live-invoice index.
+_BEFORE_PREVIOUS = "CAST(d.previous - interval '1 month' AS date)"
 _PERIOD_BEFORE = f"""
                     SELECT coalesce(billed.period_end, {_anchor_start(_anchor_at("started.at"), "d.month")})
                     FROM (SELECT coalesce(
                               (SELECT p.period_end FROM invoices p
                                WHERE p.organization_id = d.organization_id AND p.status <> 'void'
-                                 AND p.billing_month = CAST(d.previous - interval '1 month' AS date)
+                                 AND p.billing_month = {_BEFORE_PREVIOUS}
                                  AND p.period_end >= {_utc("d.previous")} AND p.period_end < {_utc("d.month")}),
-                              {_anchor_start(_anchor_at(_utc("d.previous")), "d.previous")}) AS at) started
+                              {_anchor_start(_anchor_at(_anchor_start(
+                                  _anchor_at(_utc("CAST(d.previous - interval '2 month' AS date)")),
+                                  _BEFORE_PREVIOUS)), "d.previous")}) AS at) started
                     LEFT JOIN invoices billed ON billed.organization_id = d.organization_id
                          AND billed.status <> 'void' AND billed.billing_month = d.previous"""
 
@@ -120,7 +127,8 @@ revised AS (
                 ORDER BY i.period_start DESC LIMIT 1),
                -- not invoiced yet: the day's month, unless the period starting in the month before
                -- still holds the day (a calendar month's never does)
-               CASE WHEN o.billing_anchor_day IS NULL AND o.billing_anchor_previous IS NULL THEN d.month
+               CASE WHEN o.billing_anchor_day IS NULL
+                         AND NOT EXISTS (SELECT 1 FROM anchor_changes c WHERE c.organization_id = o.id) THEN d.month
                     WHEN d.day < (""" + _PERIOD_BEFORE + """) THEN d.previous ELSE d.month END), now()
     FROM (SELECT DISTINCT organization_id, date_trunc('day', hour_start, 'UTC') AS day,
                  CAST(date_trunc('month', hour_start AT TIME ZONE 'UTC') AS date) AS month,

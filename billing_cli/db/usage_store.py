@@ -12,6 +12,7 @@ from sqlalchemy import Connection, text
 from ..addresses import BillingDetails
 from ..anchors import Anchor, BillingPeriod
 from ..periods import Month
+from . import anchor_history
 from .credit_note_store import STEP_MISSING
 
 
@@ -30,7 +31,7 @@ class OrganizationRow:
     billing: BillingDetails = BillingDetails()  # postal address and tax id printed on its invoices
     period: BillingPeriod | None = None  # its period of the month, when not the calendar month (anchors.py)
     period_problem: str | None = None  # why its period cannot be computed (a data error)
-    anchor: Anchor | None = None  # its anchor day and last change, when it has (or had) one
+    anchor: Anchor | None = None  # its anchor day and its changes, when it has (or had) one
 
     @property
     def active(self) -> bool:
@@ -237,8 +238,8 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
                o.status_changed_at, coalesce(r.revision, 0) AS revision,
                o.billing_address_line1, o.billing_address_line2, o.billing_postal_code,
                o.billing_city, o.billing_region, o.billing_country, o.tax_id, o.tax_exempt, o.billing_anchor_day,
-               o.billing_anchor_previous, o.billing_anchor_changed_at, u.metric, u.quantity
-        FROM organizations o
+               h.change_times, h.changes_before, u.metric, u.quantity
+        FROM organizations o{anchor_history.JOIN}
         LEFT JOIN (SELECT organization_id, metric, sum(quantity) AS quantity FROM ({source}) s GROUP BY 1, 2) u
                ON u.organization_id = o.id
         LEFT JOIN usage_revisions r ON r.organization_id = o.id AND r.period_start = :period
@@ -264,9 +265,8 @@ def organizations_with_usage(conn: Connection, month: Month, *, batch_size: int,
                                                  row.billing_postal_code, row.billing_city, row.billing_region,
                                                  row.billing_country, row.tax_id, row.tax_exempt),
                                   periods.get(row.id), (problems or {}).get(row.id),
-                                  Anchor(row.billing_anchor_day, row.billing_anchor_previous,
-                                         row.billing_anchor_changed_at)
-                                  if row.billing_anchor_day is not None or row.billing_anchor_previous is not None
+                                  anchor_history.anchor_of(row)
+                                  if row.billing_anchor_day is not None or row.change_times is not None
                                   else None)
             current = (org, {})
         if row.metric is not None:
