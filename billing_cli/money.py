@@ -164,6 +164,8 @@ def apportion(total: Decimal, weights: Sequence[Decimal], currency: str,
     from fractions import Fraction
     from math import floor
 
+    if not isinstance(total, Decimal) or not all(isinstance(w, Decimal) for w in weights):
+        raise TypeError("money is apportioned in Decimals, never floats")
     unit = Decimal(1).scaleb(-exponent(currency, precision))
     units = Fraction(total) / Fraction(unit)
     if units.denominator != 1:

@@ -387,6 +387,46 @@ def test_a_taxed_invoice_in_a_currency_stripe_counts_finer_reaches_stripe_with_o
     assert (sent["status"], sent["total"]) == ("open", stripe_total)
 
 
+def test_a_draft_an_older_billing_taxed_with_a_tax_rate_is_refused_then_cleared_by_regenerating(
+        db_url, engine, tmp_path, fake_stripe, stripe_env) -> None:
+    """What docs/taxes.md says of a KWD draft left by the version that attached Stripe TaxRates: its
+    total (Stripe's 10.511) stays refused, and regenerating the invoice replaces it."""
+    import stripe
+
+    plans = ('[[plan]]\nid = "kw"\nname = "Kuwait"\ncurrency = "KWD"\nbase_fee = 10\n\n'
+             '  [[plan.price]]\n  metric = "api_calls"\n  description = "API calls"\n'
+             '  model = "per_unit"\n  unit_price = 0.01\n')
+    apply(db_url, tmp_path, plans=plans,
+          taxes='[[rate]]\ncountry = "BH"\nname = "VAT"\npercentage = 5\neffective_from = 2022-01-01\n')
+    with engine.begin() as conn:
+        customer(conn, "bh-buyer", "kw", "KWD", "1", country="BH")
+    env = {"DATABASE_URL": db_url, **GERMAN_SELLER, **stripe_env}
+    fake_stripe.fail_next(100, 500, method="POST", path_prefix="/v1/invoices/")  # the draft stays empty
+    runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
+    fake_stripe.clear_faults()
+    old = stored(engine)["bh-buyer"]
+    # The lines as the older version added them: each with a Stripe TaxRate of 5%.
+    client = stripe.StripeClient(STRIPE_KEY, base_addresses={"api": fake_stripe.base_url})
+    vat = client.v1.tax_rates.create({"display_name": "VAT", "percentage": 5, "inclusive": False})
+    client.raw_request("post", f"/v1/invoices/{old['stripe_invoice_id']}/add_lines", lines=[
+        {"amount": 10000, "tax_rates": [vat.id], "metadata": {"line_no": "1"}},
+        {"amount": 10, "tax_rates": [vat.id], "metadata": {"line_no": "2"}}])
+
+    refused = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
+    regenerated = runner.invoke(app, ["invoice-monthly", "--month", "2024-01", "--org", "bh-buyer", "--regenerate"],
+                                env=env)
+
+    assert refused.exit_code == ExitCode.PARTIAL
+    assert "Stripe invoice total 10511 KWD differs from ours 10510 KWD" in " ".join(refused.output.split())
+    assert "regenerate the invoice" in " ".join(refused.output.split())
+    assert regenerated.exit_code == 0, regenerated.output
+    new = stored(engine)["bh-buyer"]
+    assert new["number"] != old["number"] and new["total"] == D("10.510")
+    assert old["stripe_invoice_id"] not in fake_stripe.invoices  # the never-sent draft deleted
+    assert fake_stripe.invoices[new["stripe_invoice_id"]]["status"] == "open"
+    assert fake_stripe.invoices[new["stripe_invoice_id"]]["total"] == 10510
+
+
 def test_an_invoice_whose_lines_stripe_would_tax_a_cent_more_reaches_stripe_with_our_total(
         db_url, engine, tmp_path, fake_stripe, stripe_env) -> None:
     """10.50 EUR base fee + 1,050 calls x 0.01 = 10.50: a subtotal of 21.00, VAT 19% = 3.99 on it,

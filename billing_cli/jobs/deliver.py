@@ -237,8 +237,8 @@ def _usable(name: str, email: str) -> tuple[str, str] | None:
 def _check_total(stripe_total: int, expected: int, currency: str, document: InvoiceDocument) -> None:
     if stripe_total != expected or currency.lower() != document.currency.lower():
         taxed = any(tax.treatment == Treatment.STANDARD for tax in document.taxes)
-        why = (" (with taxes: a draft whose lines carry Stripe TaxRates, made before billing sent its own tax "
-               "amounts, keeps Stripe's tax: docs/taxes.md)" if taxed else "")
+        why = (" (with taxes: a draft an older billing made with Stripe TaxRates on its lines keeps Stripe's "
+               "tax: regenerate the invoice, docs/taxes.md)" if taxed else "")
         raise PaymentError(f"Stripe invoice total {stripe_total} {currency.upper()} differs from ours {expected} "
                            f"{document.currency} (minor units): not finalized, check the Stripe draft{why}",
                            transient=False)
