@@ -387,6 +387,27 @@ def test_a_taxed_invoice_in_a_currency_stripe_counts_finer_reaches_stripe_with_o
     assert (sent["status"], sent["total"]) == ("open", stripe_total)
 
 
+def test_taxed_lines_whose_answer_was_lost_are_replayed_under_their_key_never_added_twice(
+        db_url, engine, tmp_path, fake_stripe, stripe_env) -> None:
+    """The lines' call ran at Stripe but its answer was lost: the retry sends the same lines with the
+    same tax amounts under the same idempotency key (Stripe refuses a key reused with other
+    parameters), and is answered the first result."""
+    apply(db_url, tmp_path)
+    with engine.begin() as conn:
+        customer(conn, "gb-buyer", "gb", "GBP", "12345", country="GB")
+    fake_stripe.drop_next(1, method="POST", path_prefix="/v1/invoices/")
+
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"],
+                           env={"DATABASE_URL": db_url, **BRITISH_SELLER, **stripe_env})
+
+    assert result.exit_code == 0, result.output
+    lines_calls = [r for r in fake_stripe.requests if r.path.endswith("/add_lines")]
+    assert len(lines_calls) == 2 and len({r.idempotency_key for r in lines_calls}) == 1
+    [sent] = fake_stripe.invoices.values()
+    assert (sent["status"], sent["total"], len(sent["lines"]["data"])) == ("open", 20845, 2)
+    assert [(t["amount"], t["taxable_amount"]) for t in sent["total_taxes"]] == [(3474, 17371)]
+
+
 def test_a_draft_an_older_billing_taxed_with_a_tax_rate_is_refused_then_cleared_by_regenerating(
         db_url, engine, tmp_path, fake_stripe, stripe_env) -> None:
     """What docs/taxes.md says of a KWD draft left by the version that attached Stripe TaxRates: its
