@@ -64,9 +64,10 @@ each rate's amount and taxable amount, and `total` = `subtotal` + the taxes. Inc
 `default_tax_rates` and `automatic_tax` (Stripe Tax) are not modelled.
 
 Taxes calculated outside Stripe (docs "Use tax amounts calculated outside of Stripe", the API's
-`lines[][tax_amounts][]` of `add_lines`, API 2024-09-30.acacia and later): up to 20 a line, each an
-`amount` and a `taxable_amount` (integers in the currency's API unit, the amount chargeable like any),
-an optional `taxability_reason` and a `tax_rate_data` hash (`display_name`, `inclusive` and
+`lines[][tax_amounts][]` of `add_lines`, in stripe-python 16's API version): up to 20 a line, each an
+`amount` and a `taxable_amount` (integers in the currency's API unit; assumed, as Stripe's reference
+says neither: the amount must be chargeable like any other, and may be negative on a credit line), an
+optional `taxability_reason` and a `tax_rate_data` hash (`display_name`, `inclusive` and
 `percentage` required). Stripe takes the amounts as they are: the line's `taxes` are exactly them,
 nothing is computed or rounded, whatever `tax_rounding` says. For each `tax_rate_data` it finds the
 TaxRate made from exactly the same data before, or creates one, archived (`active: false`): it is
