@@ -16,7 +16,7 @@ kept in hundredths (`Precision.EN16931`) and the e-invoice states exactly the st
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from enum import Enum
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Context, Decimal, Inexact, InvalidOperation, Overflow
 
@@ -151,6 +151,42 @@ def exact_sum(amounts: Iterable[Decimal]) -> Decimal:
     for amount in amounts:
         total = _EXACT_SUM.add(total, amount)
     return total
+
+
+def apportion(total: Decimal, weights: Sequence[Decimal], currency: str,
+              precision: Precision = Precision.ISO) -> list[Decimal]:
+    """`total` split into one part per weight, in proportion, each part a whole number of the unit of
+    `precision` and the parts adding up to exactly `total` (an invoice's tax of one rate, shared out
+    over its lines). The largest-remainder rule, in exact fractions: each exact share rounded down to
+    the unit, then the units still missing one each to the largest remainders (the earlier part on a
+    tie). ValueError when `total` is not a whole number of units, or the weights add up to zero and
+    `total` does not."""
+    from fractions import Fraction
+    from math import floor
+
+    if not isinstance(total, Decimal) or not all(isinstance(w, Decimal) for w in weights):
+        raise TypeError("money is apportioned in Decimals, never floats")
+    unit = Decimal(1).scaleb(-exponent(currency, precision))
+    units = Fraction(total) / Fraction(unit)
+    if units.denominator != 1:
+        raise ValueError(f"{total} {currency} is not a whole number of {unit} {currency}: it cannot be apportioned")
+    whole = sum((Fraction(w) for w in weights), Fraction(0))
+    if whole == 0:
+        if units:
+            raise ValueError(f"{total} {currency} cannot be apportioned over weights that add up to zero")
+        return [_units(0, unit, currency) for _ in weights]
+    shares = [units * Fraction(w) / whole for w in weights]
+    parts = [floor(share) for share in shares]
+    missing = int(units) - sum(parts)  # 0 <= missing < len(weights): each share lost less than one unit
+    by_remainder = sorted(range(len(parts)), key=lambda i: (parts[i] - shares[i], i))  # largest remainder first
+    for i in by_remainder[:missing]:
+        parts[i] += 1
+    return [_units(part, unit, currency) for part in parts]
+
+
+def _units(count: int, unit: Decimal, currency: str) -> Decimal:
+    """`count` units, written with the currency's ISO decimals (as round_money writes amounts)."""
+    return (unit * count).quantize(Decimal(1).scaleb(-minor_units(currency)), context=_ROUNDING)
 
 
 def round_money(amount: Decimal, currency: str, precision: Precision = Precision.ISO) -> Decimal:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from billing_cli.money import (
     CurrencyError,
+    apportion,
     check_currency,
     decimal,
     format_money,
@@ -144,3 +147,51 @@ def test_adjustments_and_credit_of_a_period_billed_before_stripe_was_on_are_char
                     credit_balance=Decimal("-0.235"), precision=Precision.STRIPE)
     assert [(line.kind, line.amount) for line in taken.lines] == [("usage", Decimal("0.470")),
                                                                   ("credit_applied", Decimal("0.230"))]
+
+
+# -- apportioning a tax over lines -------------------------------------------------------------
+
+
+def test_apportion_shares_out_exactly_the_total_by_the_largest_remainders() -> None:
+    # 3.99 over 10.50 + 10.50: 1.995 each, rounded down to 1.99; the missing cent to the first (a tie).
+    assert apportion(Decimal("3.99"), [Decimal("10.50"), Decimal("10.50")], "EUR") == [Decimal("2.00"),
+                                                                                      Decimal("1.99")]
+    # 34.74 over 49.03 + 124.68: 9.8054.. and 24.9345..: the cent to the larger remainder, the first.
+    assert apportion(Decimal("34.74"), [Decimal("49.03"), Decimal("124.68")], "GBP") == [Decimal("9.81"),
+                                                                                        Decimal("24.93")]
+    # KWD kept in what Stripe charges (hundredths), written with its three ISO decimals.
+    assert apportion(Decimal("0.500"), [Decimal("10.000"), Decimal("0.010")], "KWD", Precision.STRIPE) == \
+        [Decimal("0.500"), Decimal("0.000")]
+    assert apportion(Decimal("10"), [Decimal("1")] * 3, "ISK", Precision.STRIPE) == [Decimal("4"), Decimal("3"),
+                                                                                    Decimal("3")]
+    # A credit line takes a negative share of the tax on the subtotal it lowers.
+    assert apportion(Decimal("10.00"), [Decimal("100"), Decimal("-50")], "EUR") == [Decimal("20.00"),
+                                                                                   Decimal("-10.00")]
+    assert apportion(Decimal("0.00"), [Decimal("0"), Decimal("0")], "EUR") == [Decimal("0.00"), Decimal("0.00")]
+
+
+def test_apportion_refuses_what_cannot_be_shared_out_in_whole_units() -> None:
+    with pytest.raises(ValueError, match="not a whole number"):
+        apportion(Decimal("0.501"), [Decimal("1")], "KWD", Precision.STRIPE)
+    with pytest.raises(ValueError, match="add up to zero"):
+        apportion(Decimal("1.00"), [Decimal("1"), Decimal("-1")], "EUR")
+    with pytest.raises(TypeError):
+        apportion(Decimal("1.00"), [0.5, 0.5], "EUR")  # type: ignore[list-item]
+
+
+cents = st.integers(min_value=-10**9, max_value=10**9).map(lambda n: Decimal(n).scaleb(-2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(weights=st.lists(cents, min_size=1, max_size=30), tax_cents=st.integers(min_value=0, max_value=10**8))
+def test_apportioned_parts_add_up_to_the_total_each_within_one_unit_of_its_exact_share(weights, tax_cents) -> None:
+    from fractions import Fraction
+
+    whole = sum(weights)
+    total = Decimal(tax_cents).scaleb(-2) if whole else Decimal("0.00")
+    parts = apportion(total, weights, "EUR")
+    assert sum(parts) == total and len(parts) == len(weights)
+    for part, weight in zip(parts, weights):
+        assert part == part.quantize(Decimal("0.01"))
+        if whole:
+            assert abs(Fraction(part) - Fraction(total) * Fraction(weight) / Fraction(whole)) < Fraction(1, 100)

@@ -468,6 +468,68 @@ def test_tax_rates_on_lines_are_computed_per_line_by_default_and_per_invoice_whe
     assert sent.total == 20845 and fake.invoices[invoice.id]["total"] == 20845
 
 
+def _vat(amount: int, taxable: int, percentage: str = "19") -> dict[str, object]:
+    """One `tax_amounts` entry, as billing sends it."""
+    return {"amount": amount, "taxable_amount": taxable, "taxability_reason": "standard_rated",
+            "tax_rate_data": {"display_name": "VAT", "percentage": percentage, "inclusive": False, "country": "DE",
+                              "jurisdiction": "DE", "jurisdiction_level": "country", "tax_type": "vat"}}
+
+
+def test_tax_amounts_are_added_as_given_whatever_the_rounding_on_an_archived_tax_rate_made_once(
+        fake: FakeStripeServer) -> None:
+    """Taxes calculated outside Stripe: 1,050 + 1,050 at 19% is 399 on the subtotal, sent as 200 + 199;
+    Stripe's per-line rounding of a TaxRate would have made it 200 + 200."""
+    client = client_for(fake)
+    customer = new_customer(client).id
+    first, second = draft_invoice(client, customer, "INV-1"), draft_invoice(client, customer, "INV-2")
+
+    for invoice in (first, second):
+        client.raw_request("post", f"/v1/invoices/{invoice.id}/add_lines",
+                           lines=[{"amount": 1050, "tax_amounts": [_vat(200, 1050)]},
+                                  {"amount": 1050, "tax_amounts": [_vat(199, 1050)]}])
+
+    added = fake.invoices[first.id]
+    assert fake.tax_rounding == "line_item"
+    assert (added["subtotal"], added["total"]) == (2100, 2499)
+    assert [[t["amount"] for t in line["taxes"]] for line in added["lines"]["data"]] == [[200], [199]]
+    assert [line["tax_rates"] for line in added["lines"]["data"]] == [[], []]
+    [rate] = fake.tax_rates.values()  # one TaxRate for both invoices: the same data
+    assert (rate["display_name"], rate["percentage_decimal"], rate["jurisdiction"], rate["active"]) == \
+        ("VAT", "19", "DE", False)
+    assert added["total_taxes"] == [{"amount": 399, "tax_behavior": "exclusive", "tax_rate_details": {"tax_rate": rate["id"]},
+                                     "taxability_reason": "standard_rated", "taxable_amount": 2100,
+                                     "type": "tax_rate_details"}]
+    fake.tax_rounding = "invoice"
+    assert fake.invoices[first.id]["total"] == 2499  # the account's setting is for TaxRates only
+    with pytest.raises(stripe.InvalidRequestError, match="archived"):  # Stripe's own, not for lines
+        client.raw_request("post", f"/v1/invoices/{second.id}/add_lines", lines=[{"amount": 1, "tax_rates": [rate["id"]]}])
+
+
+def test_tax_amounts_beside_tax_rates_or_a_fraction_stripe_cannot_charge_are_refused_and_add_no_line(
+        fake: FakeStripeServer) -> None:
+    client = client_for(fake)
+    vat = client.v1.tax_rates.create({"display_name": "VAT", "percentage": 20, "inclusive": False})
+    invoice = draft_invoice(client, new_customer(client).id)
+    kwd = draft_invoice(client, new_customer(client, "kw@acme.test").id, "INV-KW", currency="kwd")
+
+    with pytest.raises(stripe.InvalidRequestError, match="cannot set tax amounts if any line item has tax_rates"):
+        client.raw_request("post", f"/v1/invoices/{invoice.id}/add_lines",
+                           lines=[{"amount": 100, "tax_rates": [vat.id]}, {"amount": 100, "tax_amounts": [_vat(19, 100)]}])
+    client.raw_request("post", f"/v1/invoices/{invoice.id}/add_lines", lines=[{"amount": 100, "tax_rates": [vat.id]}])
+    with pytest.raises(stripe.InvalidRequestError, match="cannot set tax amounts if any line item has tax_rates"):
+        client.raw_request("post", f"/v1/invoices/{invoice.id}/add_lines",
+                           lines=[{"amount": 100, "tax_amounts": [_vat(19, 100)]}])
+    with pytest.raises(stripe.InvalidRequestError, match="evenly divisible by 10"):  # 0.501 KWD
+        client.raw_request("post", f"/v1/invoices/{kwd.id}/add_lines",
+                           lines=[{"amount": 10010, "tax_amounts": [_vat(501, 10010, "5")]}])
+    with pytest.raises(stripe.InvalidRequestError, match="Missing required param"):
+        client.raw_request("post", f"/v1/invoices/{kwd.id}/add_lines",
+                           lines=[{"amount": 10010, "tax_amounts": [{"amount": 500, "taxable_amount": 10010}]}])
+
+    assert len(fake.invoices[invoice.id]["lines"]["data"]) == 1 and fake.invoices[kwd.id]["lines"]["data"] == []
+    assert list(fake.tax_rates) == [vat.id]
+
+
 def test_an_unknown_or_inclusive_tax_rate_is_refused_and_adds_no_line(fake: FakeStripeServer) -> None:
     client = client_for(fake)
     invoice = draft_invoice(client, new_customer(client).id)

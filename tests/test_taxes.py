@@ -156,7 +156,9 @@ def pdf_text(folder: Path, number: str) -> str:
 
 @pytest.fixture
 def stripe_env(fake_stripe, clean_env) -> dict[str, str]:
-    fake_stripe.tax_rounding = "invoice"  # the account setting docs/taxes.md asks for
+    # The peer keeps Stripe's default tax rounding (per line): it applies to TaxRates, never to the
+    # tax amounts billing sends, so no account setting is needed (docs/taxes.md).
+    assert fake_stripe.tax_rounding == "line_item"
     return {"INVOICE_ENABLE_STRIPE": "true", "STRIPE_API_KEY": STRIPE_KEY, "STRIPE_API_BASE": fake_stripe.base_url,
             "DELIVERY_MAX_RETRY_SECONDS": "5"}
 
@@ -232,13 +234,13 @@ def test_a_german_seller_taxes_each_buyer_by_the_rules(db_url, engine, tmp_path,
     assert sorted(t["amount"] for t in by_number[invoices["ca-qc"]["number"]]["total_taxes"]) == [617, 1231]
     assert by_number[invoices["fr-valid"]["number"]]["footer"] == REVERSE_CHARGE_MENTION
     assert by_number[invoices["fr-valid"]["number"]]["total_taxes"] == []
-    # One Stripe TaxRate per rate used, created once, its id stored.
+    # Our tax amounts went with the lines; Stripe made one archived TaxRate per rate from their data,
+    # and billing made none itself (no call of its own for a rate).
     rates = fake_stripe.tax_rates
-    assert sorted((r["display_name"], r["percentage_decimal"], r["jurisdiction"]) for r in rates.values()) == [
-        ("GST", "5", "CA"), ("JCT", "10", "JP"), ("QST", "9.975", "CA-QC"), ("VAT", "19", "DE")]
-    with engine.connect() as conn:
-        assert set(conn.execute(text("SELECT stripe_tax_rate_id FROM tax_rates "
-                                     "WHERE stripe_tax_rate_id IS NOT NULL")).scalars()) == set(rates)
+    assert sorted((r["display_name"], r["percentage_decimal"], r["jurisdiction"], r["active"])
+                  for r in rates.values()) == [("GST", "5", "CA", False), ("JCT", "10", "JP", False),
+                                               ("QST", "9.975", "CA-QC", False), ("VAT", "19", "DE", False)]
+    assert fake_stripe.requests_for("POST", "/v1/tax_rates") == []
 
     # The dry run showed exactly what the real run did.
     plan = {item["organization_id"]: item for item in json.loads(dry.stdout)["plan"]}
@@ -247,34 +249,29 @@ def test_a_german_seller_taxes_each_buyer_by_the_rules(db_url, engine, tmp_path,
     assert json.loads(dry.stdout)["tax"] == summary["tax"]
 
 
-def test_domestic_vat_is_rounded_once_on_the_subtotal_as_stripe_does_at_the_invoice_level(
+def test_domestic_vat_is_rounded_once_on_the_subtotal_and_stripe_charges_exactly_that(
         db_url, engine, tmp_path, fake_stripe, stripe_env) -> None:
     """49.03 + 12,345 x 0.0101 = 124.6845 -> 124.68: a subtotal of 173.71 GBP. VAT 20% on it is
-    34.742 -> 34.74. Rounded per line it would be 9.806 -> 9.81 plus 24.936 -> 24.94 = 34.75."""
+    34.742 -> 34.74. Rounded per line, as Stripe rounds a TaxRate's tax by default, it would be
+    9.806 -> 9.81 plus 24.936 -> 24.94 = 34.75: billing sends its own 34.74, shared out over the
+    lines (9.81 and 24.93), and Stripe adds it as it is."""
     apply(db_url, tmp_path)
     with engine.begin() as conn:
         customer(conn, "gb-buyer", "gb", "GBP", "12345", country="GB", tax_id="GB 980 7806 84")
     pdfs = tmp_path / "pdfs"
     env = {"DATABASE_URL": db_url, **BRITISH_SELLER, "INVOICE_OUTPUT_DIR": str(pdfs), **stripe_env}
 
-    fake_stripe.tax_rounding = "line_item"  # Stripe's default: its total would be one penny more
-    refused = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
 
-    assert refused.exit_code == ExitCode.PARTIAL
-    assert "Stripe invoice total 20846 GBP differs from ours 20845 GBP" in refused.output
-    assert "is Stripe's tax rounding set to the invoice level?" in refused.output
-    [draft] = fake_stripe.invoices.values()
-    assert draft["status"] == "draft" and fake_stripe.sent_invoices == {}  # never finalized, never sent
-
-    fake_stripe.tax_rounding = "invoice"  # the account fixed as docs/taxes.md says: the rerun completes it
-    fixed = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
-
-    assert fixed.exit_code == 0, fixed.output
+    assert result.exit_code == 0, result.output
     invoice = stored(engine)["gb-buyer"]
     assert (invoice["subtotal"], invoice["tax_total"], invoice["total"]) == (D("173.71"), D("34.74"), D("208.45"))
     assert invoice["taxes"] == [("VAT", "GB", None, D("20"), D("173.71"), D("34.74"), "standard")]
     [sent] = fake_stripe.invoices.values()
     assert (sent["status"], sent["subtotal"], sent["total"]) == ("open", 17371, 20845)
+    assert [[(t["amount"], t["taxable_amount"]) for t in line["taxes"]] for line in sent["lines"]["data"]] == \
+        [[(981, 4903)], [(2493, 12468)]]
+    assert [(t["amount"], t["taxable_amount"]) for t in sent["total_taxes"]] == [(3474, 17371)]
     assert "Subtotal £173.71\nVAT 20% (GB) on £173.71 £34.74\nTotal due £208.45" in pdf_text(pdfs, invoice["number"])
 
     # billing reconcile agrees with a taxed invoice and its Stripe invoice (the usage of this test was
@@ -297,6 +294,9 @@ def test_a_known_customer_with_known_rates_costs_three_stripe_calls(db_url, engi
         add_usage(conn, "gb-buyer", "api_calls", "100", hour=utc(2024, 2, 3, 4))
     env = {"DATABASE_URL": db_url, **BRITISH_SELLER, **stripe_env}
     assert runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env).exit_code == 0
+    # A new customer: its creation, then the same three; the rate costs no call of its own.
+    january = [(r.method, r.path.rsplit("/", 1)[-1]) for r in fake_stripe.requests]
+    assert january == [("POST", "customers"), ("POST", "invoices"), ("POST", "add_lines"), ("POST", "send")]
     before = len(fake_stripe.requests)
 
     february = runner.invoke(app, ["invoice-monthly", "--month", "2024-02"], env=env)
@@ -304,7 +304,7 @@ def test_a_known_customer_with_known_rates_costs_three_stripe_calls(db_url, engi
     assert february.exit_code == 0, february.output
     calls = [(r.method, r.path.rsplit("/", 1)[-1]) for r in fake_stripe.requests[before:]]
     assert len(calls) == 3 and calls[0] == ("POST", "invoices") and calls[-1][1] == "send"
-    # 49.03 + 100 x 0.0101 = 50.04; VAT 10.008 -> 10.01; the same TaxRate as January's.
+    # 49.03 + 100 x 0.0101 = 50.04; VAT 10.008 -> 10.01; the same (archived) TaxRate as January's.
     [february_invoice] = [i for i in fake_stripe.invoices.values() if i["number"].startswith("INV-2024-02")]
     assert february_invoice["total"] == 6005
     assert len(fake_stripe.tax_rates) == 1
@@ -354,13 +354,66 @@ def test_taxes_off_leaves_invoices_as_they_were(db_url, engine, tmp_path, clean_
     assert json.loads(result.stdout)["tax"] == {}
 
 
-@pytest.mark.xfail(strict=True, reason="Stripe computes a TaxRate's tax in its API unit (thousandths of KWD, "
-                   "hundredths of ISK) while we keep invoices in what Stripe charges (hundredths, whole kronur): the "
-                   "totals differ and the draft is never finalized. Refusing such invoices, or another way to "
-                   "send the tax, is a decision for the lead (docs/taxes.md)")
-def test_a_taxed_kwd_invoice_reaches_stripe_with_our_total(db_url, engine, tmp_path, fake_stripe, stripe_env) -> None:
-    """10.00 KWD base fee + 1 call x 0.01 = 10.01 KWD (Stripe's hundredths); VAT 5% = 0.5005 -> 0.50: 10.51.
-    Stripe, at the invoice level as docs/taxes.md asks: 10010 x 5% = 500.5 -> 501 thousandths, 10.511."""
+@pytest.mark.parametrize(("currency", "base_fee", "country", "rate", "ours", "stripe_total"), [
+    # 10.00 KWD + 1 call x 0.01 = 10.01 KWD (Stripe's hundredths); VAT 5% = 0.5005 -> 0.50: 10.51.
+    # A TaxRate would have been computed by Stripe in thousandths: 10010 x 5% = 500.5 -> 501, 10.511.
+    ("KWD", "10", "BH", "5", (D("10.010"), D("0.500"), D("10.510")), 10510),
+    # 1,000 ISK + 1 call x 1 = 1,001 ISK; VAT 24% = 240.24 -> 240 (whole krónur): 1,241. A TaxRate's
+    # tax in Stripe's hundredths would have been 24024, 240.24 ISK: a total Stripe cannot even charge.
+    ("ISK", "1000", "IS", "24", (D("1001"), D("240"), D("1241")), 124100),
+])
+def test_a_taxed_invoice_in_a_currency_stripe_counts_finer_reaches_stripe_with_our_total(
+        db_url, engine, tmp_path, fake_stripe, stripe_env, currency, base_fee, country, rate, ours,
+        stripe_total) -> None:
+    """Stripe counts KWD in thousandths and ISK in hundredths, while billing keeps them in what Stripe
+    charges (hundredths, whole krónur): the tax billing sends is already in that unit, and Stripe adds
+    it as it is."""
+    unit_price = "0.01" if currency == "KWD" else "1"
+    plans = (f'[[plan]]\nid = "p"\nname = "Plan"\ncurrency = "{currency}"\nbase_fee = {base_fee}\n\n'
+             '  [[plan.price]]\n  metric = "api_calls"\n  description = "API calls"\n'
+             f'  model = "per_unit"\n  unit_price = {unit_price}\n')
+    apply(db_url, tmp_path, plans=plans,
+          taxes=f'[[rate]]\ncountry = "{country}"\nname = "VAT"\npercentage = {rate}\neffective_from = 2022-01-01\n')
+    with engine.begin() as conn:
+        customer(conn, "buyer", "p", currency, "1", country=country)
+
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"],
+                           env={"DATABASE_URL": db_url, **GERMAN_SELLER, **stripe_env})
+
+    invoice = stored(engine)["buyer"]
+    assert (invoice["subtotal"], invoice["tax_total"], invoice["total"]) == ours
+    assert result.exit_code == 0, result.output
+    [sent] = fake_stripe.invoices.values()
+    assert (sent["status"], sent["total"]) == ("open", stripe_total)
+
+
+def test_taxed_lines_whose_answer_was_lost_are_replayed_under_their_key_never_added_twice(
+        db_url, engine, tmp_path, fake_stripe, stripe_env) -> None:
+    """The lines' call ran at Stripe but its answer was lost: the retry sends the same lines with the
+    same tax amounts under the same idempotency key (Stripe refuses a key reused with other
+    parameters), and is answered the first result."""
+    apply(db_url, tmp_path)
+    with engine.begin() as conn:
+        customer(conn, "gb-buyer", "gb", "GBP", "12345", country="GB")
+    fake_stripe.drop_next(1, method="POST", path_prefix="/v1/invoices/")
+
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"],
+                           env={"DATABASE_URL": db_url, **BRITISH_SELLER, **stripe_env})
+
+    assert result.exit_code == 0, result.output
+    lines_calls = [r for r in fake_stripe.requests if r.path.endswith("/add_lines")]
+    assert len(lines_calls) == 2 and len({r.idempotency_key for r in lines_calls}) == 1
+    [sent] = fake_stripe.invoices.values()
+    assert (sent["status"], sent["total"], len(sent["lines"]["data"])) == ("open", 20845, 2)
+    assert [(t["amount"], t["taxable_amount"]) for t in sent["total_taxes"]] == [(3474, 17371)]
+
+
+def test_a_draft_an_older_billing_taxed_with_a_tax_rate_is_refused_then_cleared_by_regenerating(
+        db_url, engine, tmp_path, fake_stripe, stripe_env) -> None:
+    """What docs/taxes.md says of a KWD draft left by the version that attached Stripe TaxRates: its
+    total (Stripe's 10.511) stays refused, and regenerating the invoice replaces it."""
+    import stripe
+
     plans = ('[[plan]]\nid = "kw"\nname = "Kuwait"\ncurrency = "KWD"\nbase_fee = 10\n\n'
              '  [[plan.price]]\n  metric = "api_calls"\n  description = "API calls"\n'
              '  model = "per_unit"\n  unit_price = 0.01\n')
@@ -368,15 +421,55 @@ def test_a_taxed_kwd_invoice_reaches_stripe_with_our_total(db_url, engine, tmp_p
           taxes='[[rate]]\ncountry = "BH"\nname = "VAT"\npercentage = 5\neffective_from = 2022-01-01\n')
     with engine.begin() as conn:
         customer(conn, "bh-buyer", "kw", "KWD", "1", country="BH")
+    env = {"DATABASE_URL": db_url, **GERMAN_SELLER, **stripe_env}
+    fake_stripe.fail_next(100, 500, method="POST", path_prefix="/v1/invoices/")  # the draft stays empty
+    runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
+    fake_stripe.clear_faults()
+    old = stored(engine)["bh-buyer"]
+    # The lines as the older version added them: each with a Stripe TaxRate of 5%.
+    client = stripe.StripeClient(STRIPE_KEY, base_addresses={"api": fake_stripe.base_url})
+    vat = client.v1.tax_rates.create({"display_name": "VAT", "percentage": 5, "inclusive": False})
+    client.raw_request("post", f"/v1/invoices/{old['stripe_invoice_id']}/add_lines", lines=[
+        {"amount": 10000, "tax_rates": [vat.id], "metadata": {"line_no": "1"}},
+        {"amount": 10, "tax_rates": [vat.id], "metadata": {"line_no": "2"}}])
+
+    refused = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env)
+    regenerated = runner.invoke(app, ["invoice-monthly", "--month", "2024-01", "--org", "bh-buyer", "--regenerate"],
+                                env=env)
+
+    assert refused.exit_code == ExitCode.PARTIAL
+    assert "Stripe invoice total 10511 KWD differs from ours 10510 KWD" in " ".join(refused.output.split())
+    assert "regenerate the invoice" in " ".join(refused.output.split())
+    assert regenerated.exit_code == 0, regenerated.output
+    new = stored(engine)["bh-buyer"]
+    assert new["number"] != old["number"] and new["total"] == D("10.510")
+    assert old["stripe_invoice_id"] not in fake_stripe.invoices  # the never-sent draft deleted
+    assert fake_stripe.invoices[new["stripe_invoice_id"]]["status"] == "open"
+    assert fake_stripe.invoices[new["stripe_invoice_id"]]["total"] == 10510
+
+
+def test_an_invoice_whose_lines_stripe_would_tax_a_cent_more_reaches_stripe_with_our_total(
+        db_url, engine, tmp_path, fake_stripe, stripe_env) -> None:
+    """10.50 EUR base fee + 1,050 calls x 0.01 = 10.50: a subtotal of 21.00, VAT 19% = 3.99 on it,
+    24.99 in all. Stripe rounding a TaxRate's tax per line (its default) would charge 1.995 -> 2.00
+    twice, 25.00: billing sends 3.99, shared out as 2.00 and 1.99 (the tie to the first line)."""
+    plans = ('[[plan]]\nid = "eu"\nname = "Europe"\ncurrency = "EUR"\nbase_fee = 10.5\n\n'
+             '  [[plan.price]]\n  metric = "api_calls"\n  description = "API calls"\n'
+             '  model = "per_unit"\n  unit_price = 0.01\n')
+    apply(db_url, tmp_path, plans=plans)
+    with engine.begin() as conn:
+        customer(conn, "de-buyer", "eu", "EUR", "1050", country="DE")
 
     result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"],
                            env={"DATABASE_URL": db_url, **GERMAN_SELLER, **stripe_env})
 
-    invoice = stored(engine)["bh-buyer"]
-    assert (invoice["subtotal"], invoice["tax_total"], invoice["total"]) == (D("10.010"), D("0.500"), D("10.510"))
-    assert result.exit_code == 0, result.output  # fails: "Stripe invoice total 10511 KWD differs from ours 10510"
+    assert result.exit_code == 0, result.output
+    invoice = stored(engine)["de-buyer"]
+    assert (invoice["subtotal"], invoice["tax_total"], invoice["total"]) == (D("21.00"), D("3.99"), D("24.99"))
     [sent] = fake_stripe.invoices.values()
-    assert (sent["status"], sent["total"]) == ("open", 10510)
+    assert (sent["status"], sent["subtotal"], sent["total"]) == ("open", 2100, 2499)
+    assert [[t["amount"] for t in line["taxes"]] for line in sent["lines"]["data"]] == [[200], [199]]
+    assert [(t["amount"], t["taxable_amount"]) for t in sent["total_taxes"]] == [(399, 2100)]
 
 
 def test_the_documented_dry_run_before_taxes_lists_the_organizations_taxes_would_refuse(db_url, engine, tmp_path,
@@ -616,7 +709,6 @@ def test_a_credit_note_reverses_exactly_the_tax_that_was_charged(db_url, engine,
     apply(db_url, tmp_path)
     with engine.begin() as conn:
         customer(conn, "gb-buyer", "gb", "GBP", "12345", country="GB", tax_id="GB 980 7806 84")
-    fake_stripe.tax_rounding = "invoice"
     env = peer_env(db_url, s3, mail, fake_stripe, **BRITISH_SELLER, DELIVERY_MAX_RETRY_SECONDS="5")
     assert runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=env).exit_code == 0
     invoice = stored(engine)["gb-buyer"]

@@ -1,5 +1,5 @@
-"""Tax rates in PostgreSQL: save the rates of a taxes file (versions), load them back, and the
-Stripe TaxRate each one became. Every function runs in the caller's transaction."""
+"""Tax rates in PostgreSQL: save the rates of a taxes file (versions) and load them back. Every
+function runs in the caller's transaction."""
 
 from __future__ import annotations
 
@@ -85,24 +85,3 @@ def load_rates(session: Connection) -> list[TaxRate]:
                                 "FROM tax_rates ORDER BY country, region, name, effective_from"))
     return [TaxRate(r.country, r.region or None, r.name, Decimal(r.percentage), r.effective_from, r.mention, r.id)
             for r in rows]
-
-
-@dataclass(frozen=True)
-class StripeRate:
-    """A stored rate as Stripe's TaxRate is made from it, and its id there once created."""
-
-    id: int
-    rate: TaxRate
-    stripe_id: str | None
-
-
-def stripe_rates(session: Connection, rate_ids: list[int]) -> dict[int, StripeRate]:
-    rows = session.execute(text("SELECT id, country, region, name, percentage, effective_from, mention, "
-                                "stripe_tax_rate_id FROM tax_rates WHERE id = ANY(:ids)"), {"ids": rate_ids})
-    return {r.id: StripeRate(r.id, TaxRate(r.country, r.region or None, r.name, Decimal(r.percentage),
-                                           r.effective_from, r.mention, r.id), r.stripe_tax_rate_id) for r in rows}
-
-
-def record_stripe_rate(session: Connection, rate_id: int, stripe_id: str) -> None:
-    session.execute(text("UPDATE tax_rates SET stripe_tax_rate_id = :sid WHERE id = :id"),
-                    {"id": rate_id, "sid": stripe_id})

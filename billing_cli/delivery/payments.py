@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
+from decimal import Decimal
 from typing import Any, Protocol
 
 from .breaker import CircuitBreaker, CircuitOpen
@@ -59,20 +60,22 @@ class StripeLine:
     line_no: int
     amount: int  # in Stripe's units for the currency (money.to_stripe_amount)
     description: str
-    tax_rates: tuple[str, ...] = ()  # Stripe TaxRate ids applied to the line (taxes on)
+    taxes: tuple[StripeLineTax, ...] = ()  # our tax of each charged rate on this line (taxes on)
     period: tuple[int, int] | None = None  # the period the line bills, as Unix times [start, end)
 
 
 @dataclass(frozen=True)
-class StripeTaxRate:
-    """One of our rate versions as a Stripe TaxRate (exclusive: the tax is added to the lines)."""
+class StripeLineTax:
+    """One line's share of our tax of one rate, as Stripe takes taxes calculated outside it (a line's
+    `tax_amounts`): Stripe adds `amount` as it is, and computes nothing."""
 
-    rate_id: int  # our tax_rates row: the idempotency key and the metadata
+    amount: int  # in Stripe's units, like the line's
+    taxable_amount: int  # the line's amount
     display_name: str  # VAT, GST, sales tax
     percentage: str  # exact decimal text
     country: str
     region: str | None
-    effective_from: str  # ISO date, in the description: versions of one rate look alike otherwise
+    description: str  # which of our rate versions it is (for us: Stripe shows it to no customer)
 
 
 class PaymentGateway(Protocol):
@@ -82,7 +85,6 @@ class PaymentGateway(Protocol):
     def find_invoice(self, customer_id: str, invoice_id: int) -> StripeInvoice | None: ...
     def create_draft(self, customer_id: str, *, invoice_id: int, number: str, currency: str,
                      due_date: date, footer: str | None = None) -> StripeInvoice: ...
-    def create_tax_rate(self, rate: StripeTaxRate) -> str: ...
     def add_lines(self, stripe_invoice_id: str, *, invoice_id: int, lines: list[StripeLine]) -> StripeInvoice: ...
     def send(self, stripe_invoice_id: str, *, invoice_id: int) -> StripeInvoice: ...
     def invoice_detail(self, stripe_invoice_id: str) -> StripeInvoiceDetail | None: ...
@@ -112,6 +114,19 @@ def _path(stripe_id: str) -> str:
     from urllib.parse import quote
 
     return quote(stripe_id, safe="")
+
+
+def _tax_amount(tax: StripeLineTax) -> dict[str, Any]:
+    """One `tax_amounts` entry: the amount and what Stripe prints beside it (an exclusive rate)."""
+    tax_type = _TAX_TYPES.get(tax.display_name.strip().lower())
+    return {"amount": tax.amount, "taxable_amount": tax.taxable_amount,
+            **({"taxability_reason": "standard_rated"} if Decimal(tax.percentage) else {}),
+            "tax_rate_data": {
+                "display_name": tax.display_name[:50], "percentage": tax.percentage, "inclusive": False,
+                "country": tax.country, **({"state": tax.region} if tax.region else {}),
+                "jurisdiction": f"{tax.country}-{tax.region}" if tax.region else tax.country,
+                "jurisdiction_level": "state" if tax.region else "country",
+                "description": tax.description[:500], **({"tax_type": tax_type} if tax_type else {})}}
 
 
 def _key(prefix: str, identifier: str) -> str:
@@ -333,28 +348,17 @@ class StripeGateway:
             **({"footer": footer[:5000]} if footer else {}),
             idempotency_key=f"billing-invoice-{invoice_id}-draft"))
 
-    def create_tax_rate(self, rate: StripeTaxRate) -> str:
-        """A TaxRate for one of our rate versions, created once: its key is our rate's id, and the
-        caller stores the id Stripe answers (TaxRates cannot change their percentage: a new version
-        of ours is a new TaxRate)."""
-        tax_type = _TAX_TYPES.get(rate.display_name.strip().lower())
-        return self._request(
-            "tax rate", "post", "/v1/tax_rates", display_name=rate.display_name[:50], percentage=rate.percentage,
-            inclusive=False, country=rate.country, **({"state": rate.region} if rate.region else {}),
-            jurisdiction=f"{rate.country}-{rate.region}" if rate.region else rate.country,
-            description=f"{rate.display_name} {rate.percentage}% from {rate.effective_from}",
-            **({"tax_type": tax_type} if tax_type else {}), metadata={"billing_tax_rate_id": str(rate.rate_id)},
-            idempotency_key=f"billing-tax-rate-{rate.rate_id}-{rate.percentage}")["id"]
-
     def add_lines(self, stripe_invoice_id: str, *, invoice_id: int, lines: list[StripeLine]) -> StripeInvoice:
         """Every line in one call: Stripe adds all of them or none, to a draft only. Answers the
-        invoice with its new total."""
+        invoice with its new total. A line's taxes go as its `tax_amounts` ("taxes you calculate
+        yourself"): Stripe adds them as they are, and finds or creates an archived TaxRate for each
+        distinct `tax_rate_data` by itself, so a rate costs no call of its own."""
         first, last = lines[0].line_no, lines[-1].line_no
         return self._invoice(self._request(
             "invoice lines", "post", f"/v1/invoices/{_path(stripe_invoice_id)}/add_lines",
             lines=[{"amount": line.amount, "description": line.description[:500],
                     "metadata": {"billing_invoice_id": str(invoice_id), "line_no": str(line.line_no)},
-                    **({"tax_rates": list(line.tax_rates)} if line.tax_rates else {}),
+                    **({"tax_amounts": [_tax_amount(tax) for tax in line.taxes]} if line.taxes else {}),
                     **({"period": {"start": line.period[0], "end": line.period[1]}} if line.period else {})}
                    for line in lines],
             idempotency_key=f"billing-invoice-{invoice_id}-lines-{first}-{last}"))

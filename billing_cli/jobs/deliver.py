@@ -22,18 +22,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 
-from ..db import invoice_store, tax_store
+from ..db import invoice_store
 from ..db.engine import Transactions
 from ..db.invoice_store import StoredInvoice
 from ..delivery.invoice_email import BadAddress, build_invoice_email, check_address, check_header_value, message_id
 from ..delivery.mailer import MailError
-from ..delivery.payments import PaymentError, PaymentGateway, StripeInvoiceDetail, StripeLine, StripeTaxRate
+from ..delivery.payments import PaymentError, PaymentGateway, StripeInvoiceDetail, StripeLine, StripeLineTax
 from ..delivery.ports import Deliveries
 from ..delivery.storage import PresignedLink, StorageError, object_key
 from ..invoices import InvoiceDocument, Seller
-from ..money import to_stripe_amount
+from ..money import Precision, apportion, to_stripe_amount
 from ..outcomes import Component, Step
-from ..taxes import Treatment
+from ..taxes import Treatment, format_percentage
 from ..pricing import InvoiceLine
 
 # Stripe keeps idempotency keys for about 24 hours; past this age a retry could create a second
@@ -152,11 +152,7 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: St
     status = "draft" if remote is None else remote.status
     if status == "draft":
         present = {n for n, _ in remote.lines} if remote is not None else set()
-        rates = _stripe_tax_rates(transactions, gateway, document) if len(present) < len(document.lines) else ()
-        ours = [StripeLine(n, to_stripe_amount(line.amount, document.currency), line.description, rates,
-                           _line_period(document, line))
-                for n, line in enumerate(document.lines, start=1)]
-        missing = [line for line in ours if line.line_no not in present]
+        missing = [line for line in _stripe_lines(document) if line.line_no not in present]
         total = gateway.add_lines(stripe_id, invoice_id=invoice.id, lines=missing).total if missing else \
             remote.total  # type: ignore[union-attr]
         currency = remote.currency if remote is not None else document.currency
@@ -176,29 +172,28 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: St
     return hosted_url
 
 
-def _stripe_tax_rates(transactions: Transactions, gateway: PaymentGateway, document: InvoiceDocument) -> tuple[str, ...]:
-    """The Stripe TaxRates of the invoice's charged rates, each created once and its id stored
-    (a known rate costs no call). Every line carries them all: the tax is on the taxable subtotal,
-    credit lines included, as ours is (docs/taxes.md). Killed between the creation and its record,
-    a rerun within Stripe's ~24 h gets the same TaxRate back (same idempotency key); later, a second,
-    identical TaxRate: harmless, as every invoice still carries one rate of the right percentage."""
-    rate_ids = [tax.rate_id for tax in document.taxes if tax.treatment == Treatment.STANDARD and tax.rate_id]
-    if not rate_ids:
-        return ()
-    with transactions() as conn:
-        stored = tax_store.stripe_rates(conn, rate_ids)
-    ids = []
-    for rate_id in rate_ids:
-        known = stored[rate_id]
-        stripe_id = known.stripe_id
-        if stripe_id is None:
-            rate = known.rate
-            stripe_id = gateway.create_tax_rate(StripeTaxRate(rate_id, rate.name, f"{rate.percentage:f}", rate.country,
-                                                              rate.region, rate.effective_from.isoformat()))
-            with transactions() as conn:
-                tax_store.record_stripe_rate(conn, rate_id, stripe_id)
-        ids.append(stripe_id)
-    return tuple(ids)
+def _stripe_lines(document: InvoiceDocument) -> list[StripeLine]:
+    """Our lines as Stripe gets them, each with its share of every charged tax. Stripe adds the tax
+    amounts we send as they are: it rounds nothing, so its total is ours whatever its unit (it would
+    compute a TaxRate's tax in thousandths of KWD that we keep in hundredths) and whatever its
+    rounding setting (per line by default: up to half a unit per line off a tax rounded once on the
+    subtotal). Each rate's tax is shared out over the lines in proportion to their amounts (credit
+    lines take a negative share: the tax is on the subtotal, theirs included), in what Stripe
+    charges, so that the shares of a rate add up to exactly the tax we stored for it. A pure function
+    of the invoice: a rerun that adds the lines a draft lacks sends each line the same share."""
+    currency = document.currency
+    charged = [tax for tax in document.taxes if tax.treatment == Treatment.STANDARD]
+    shares = [apportion(tax.amount, [line.amount for line in document.lines], currency, Precision.STRIPE)
+              for tax in charged]
+    lines = []
+    for n, line in enumerate(document.lines, start=1):
+        amount = to_stripe_amount(line.amount, currency)
+        taxes = tuple(StripeLineTax(to_stripe_amount(share[n - 1], currency), amount, tax.name,
+                                    format_percentage(tax.percentage)[:-1], tax.country, tax.region,
+                                    f"{tax.label}, billing tax rate {tax.rate_id}")
+                      for tax, share in zip(charged, shares))
+        lines.append(StripeLine(n, amount, line.description, taxes, _line_period(document, line)))
+    return lines
 
 
 def _customer(transactions: Transactions, gateway: PaymentGateway, invoice: StoredInvoice,
@@ -242,7 +237,8 @@ def _usable(name: str, email: str) -> tuple[str, str] | None:
 def _check_total(stripe_total: int, expected: int, currency: str, document: InvoiceDocument) -> None:
     if stripe_total != expected or currency.lower() != document.currency.lower():
         taxed = any(tax.treatment == Treatment.STANDARD for tax in document.taxes)
-        why = (" (with taxes: is Stripe's tax rounding set to the invoice level? docs/taxes.md)" if taxed else "")
+        why = (" (with taxes: a draft an older billing made with Stripe TaxRates on its lines keeps Stripe's "
+               "tax: regenerate the invoice, docs/taxes.md)" if taxed else "")
         raise PaymentError(f"Stripe invoice total {stripe_total} {currency.upper()} differs from ours {expected} "
                            f"{document.currency} (minor units): not finalized, check the Stripe draft{why}",
                            transient=False)

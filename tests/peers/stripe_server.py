@@ -20,7 +20,8 @@ so the server speaks Stripe's wire format (what stripe-python sends and parses):
 Endpoints: `POST/GET /v1/customers`, `GET/POST /v1/customers/{id}`; `POST/GET /v1/tax_rates`,
 `GET /v1/tax_rates/{id}`; `POST/GET /v1/invoices`,
 `GET /v1/invoices/{id}`, `GET /v1/invoices/{id}/lines`, `POST /v1/invoices/{id}/finalize`,
-`.../send`, `.../void`, `.../add_lines`; `POST/GET /v1/invoiceitems`, `GET /v1/invoiceitems/{id}`.
+`.../send`, `.../void`, `.../add_lines` (lines with `tax_rates` or `tax_amounts`);
+`POST/GET /v1/invoiceitems`, `GET /v1/invoiceitems/{id}`.
 
 Modelled Stripe behaviour:
 
@@ -61,6 +62,17 @@ that rounds tax at the invoice level instead: per rate, the sum of its lines' am
 percentage, rounded once (the line taxes then add up to that). The invoice's `total_taxes` lists
 each rate's amount and taxable amount, and `total` = `subtotal` + the taxes. Inclusive rates,
 `default_tax_rates` and `automatic_tax` (Stripe Tax) are not modelled.
+
+Taxes calculated outside Stripe (docs "Use tax amounts calculated outside of Stripe", the API's
+`lines[][tax_amounts][]` of `add_lines`, in stripe-python 16's API version): up to 20 a line, each an
+`amount` and a `taxable_amount` (integers in the currency's API unit; assumed, as Stripe's reference
+says neither: the amount must be chargeable like any other, and may be negative on a credit line), an
+optional `taxability_reason` and a `tax_rate_data` hash (`display_name`, `inclusive` and
+`percentage` required). Stripe takes the amounts as they are: the line's `taxes` are exactly them,
+nothing is computed or rounded, whatever `tax_rounding` says. For each `tax_rate_data` it finds the
+TaxRate made from exactly the same data before, or creates one, archived (`active: false`): it is
+not listed in the line's `tax_rates` and cannot be applied to a line. Tax amounts are refused (400)
+on an invoice where a line has `tax_rates`.
 
 Not modelled: payments (`pay`, or charging a payment method), deleting
 or updating objects, automatic advancement of `auto_advance` invoices, e-mails and webhooks
@@ -323,6 +335,12 @@ _PREFIXES = {"customer": "cus", "invoice": "in", "invoiceitem": "ii", "line_item
 _TAX_TYPES = ("amusement_tax", "communications_tax", "gst", "hst", "igst", "jct", "lease_tax", "pst", "qst",
               "retail_delivery_fee", "rst", "sales_tax", "service_tax", "vat")
 _MAX_TAX_RATES_PER_LINE = 5
+_MAX_TAX_AMOUNTS_PER_LINE = 20
+_TAXABILITY_REASONS = ("customer_exempt", "not_collecting", "not_subject_to_tax", "not_supported",
+                       "portion_product_exempt", "portion_reduced_rated", "portion_standard_rated", "product_exempt",
+                       "product_exempt_holiday", "proportionally_rated", "reduced_rated", "reverse_charge",
+                       "standard_rated", "taxable_basis_reduced", "zero_rated")
+_JURISDICTION_LEVELS = ("city", "country", "county", "district", "multiple", "state")
 
 
 def _expandable(kind: str, parts: list[str]) -> bool:
@@ -353,6 +371,62 @@ def _decimal_text(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
+def _tax_rate_fields(p: Params, prefix: str = "") -> Obj:
+    """The fields of a TaxRate from `POST /v1/tax_rates` or a `tax_rate_data` hash (`prefix`: its
+    parameter name, for the errors). Exclusive rates only."""
+    display_name = _string(p, "display_name", required=True, max_length=50)
+    inclusive = _boolean(p, "inclusive")
+    if inclusive is None:
+        raise _param_error(f"Missing required param: {prefix}inclusive.", f"{prefix}inclusive", "parameter_missing")
+    if inclusive:
+        raise _param_error("This fake models exclusive tax rates only (inclusive=false).", f"{prefix}inclusive")
+    if _string(p, "percentage") is None:
+        raise _param_error(f"Missing required param: {prefix}percentage.", f"{prefix}percentage", "parameter_missing")
+    percentage = _decimal(p, "percentage")
+    assert percentage is not None
+    if not 0 <= percentage <= 100 or percentage.as_tuple().exponent < -4:  # type: ignore[operator]
+        raise _param_error("Invalid percentage: between 0 and 100, at most 4 decimals.", f"{prefix}percentage")
+    country = _string(p, "country")
+    if country is not None and not re.fullmatch(r"[A-Z]{2}", country):
+        raise _param_error(f"Invalid country: {country}", f"{prefix}country")
+    return {"country": country, "description": _string(p, "description"), "display_name": display_name,
+            "jurisdiction": _string(p, "jurisdiction", max_length=50),
+            "jurisdiction_level": _choice(p, "jurisdiction_level", _JURISDICTION_LEVELS), "percentage": percentage,
+            "state": _string(p, "state", max_length=64), "tax_type": _choice(p, "tax_type", _TAX_TYPES)}
+
+
+def _tax_amounts(raw: Any, param: str, currency: str) -> list[Obj]:
+    """A line's `tax_amounts[]` (taxes calculated outside Stripe, at most 20), checked: each an
+    `amount`, a `taxable_amount`, an optional `taxability_reason` and the `tax_rate_data` of its rate."""
+    if raw is None or raw == "":
+        return []
+    if not isinstance(raw, dict) or not all(k.isdigit() for k in raw):
+        raise _param_error(f"Invalid array: {param} must be an array of hashes", param)
+    if len(raw) > _MAX_TAX_AMOUNTS_PER_LINE:
+        raise _param_error(f"A line can have at most {_MAX_TAX_AMOUNTS_PER_LINE} tax amounts.", param)
+    amounts = []
+    for index in sorted(raw, key=int):
+        entry, where = raw[index], f"{param}[{index}]"
+        if not isinstance(entry, dict):
+            raise _param_error(f"Invalid hash: {where}", where)
+        _check_known(entry, ("amount", "taxable_amount", "taxability_reason", "tax_rate_data"))
+        amount, taxable = _integer(entry, "amount"), _integer(entry, "taxable_amount")
+        for name, value in (("amount", amount), ("taxable_amount", taxable)):
+            if value is None:
+                raise _param_error(f"Missing required param: {where}[{name}].", f"{where}[{name}]", "parameter_missing")
+        _check_chargeable(amount or 0, currency)
+        data = entry.get("tax_rate_data")
+        if not isinstance(data, dict):
+            raise _param_error(f"Missing required param: {where}[tax_rate_data].", f"{where}[tax_rate_data]",
+                               "parameter_missing")
+        _check_known(data, ("display_name", "inclusive", "percentage", "country", "description", "jurisdiction",
+                            "jurisdiction_level", "state", "tax_type"))
+        amounts.append({"amount": amount, "taxable_amount": taxable,
+                        "taxability_reason": _choice(entry, "taxability_reason", _TAXABILITY_REASONS),
+                        "tax_rate_data": _tax_rate_fields(data, f"{where}[tax_rate_data]")})
+    return amounts
+
+
 # --- the account: objects and endpoint logic -------------------------------------------------
 
 
@@ -379,6 +453,7 @@ class _Account:
         self._clock = clock
         self.tax_rounding = "line_item"  # Stripe's default; "invoice": the account rounds tax per invoice
         self.tax_rates: dict[str, Obj] = {}
+        self._rates_by_data: dict[str, str] = {}  # TaxRates made from a line's `tax_rate_data`, by that data
         self.customers: dict[str, Obj] = {}
         self.invoices: dict[str, Obj] = {}
         self.invoice_items: dict[str, Obj] = {}
@@ -591,7 +666,8 @@ class _Account:
                 if i["customer"] == customer_id and i["invoice"] is None
                 and i["currency"] == currency]
 
-    def _attach(self, invoice: Obj, item: Obj) -> None:
+    def _attach(self, invoice: Obj, item: Obj, taxes: list[Obj] | None = None) -> None:
+        """`taxes`: the line's `tax_amounts` as Stripe shows them (they live on the line, not the item)."""
         item["invoice"] = invoice["id"]
         line = {
             "id": self._new_id("il"), "object": "line_item", "amount": item["amount"],
@@ -605,7 +681,7 @@ class _Account:
                        "subscription_item_details": None},
             "period": dict(item["period"]), "pretax_credit_amounts": [],
             "pricing": copy.deepcopy(item["pricing"]), "quantity": item["quantity"],
-            "subscription": None, "subtotal": item["amount"], "taxes": [],
+            "subscription": None, "subtotal": item["amount"], "taxes": taxes or [],
             "tax_rates": [rate["id"] for rate in item.get("tax_rates", [])],
         }
         invoice["lines"]["data"].append(line)
@@ -622,68 +698,58 @@ class _Account:
                        total_excluding_tax=subtotal, amount_due=due, amount_remaining=due)
 
     def _compute_taxes(self, invoice: Obj) -> int:
-        """Each line's taxes and the invoice's `total_taxes`; returns the invoice's tax."""
+        """Each line's taxes and the invoice's `total_taxes`; returns the invoice's tax. The taxes of
+        lines with TaxRates are computed here; those of lines with `tax_amounts` are kept as given."""
         def rounded(value: Decimal) -> int:  # the currency's unit, half away from zero (Stripe's integers)
             return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
         per_rate: dict[str, list[Obj]] = {}
         for line in invoice["lines"]["data"]:
-            line["taxes"] = []
+            if line.get("tax_rates"):
+                line["taxes"] = []
             for rate_id in line.get("tax_rates", []):
                 per_rate.setdefault(rate_id, []).append(line)
-        totals = []
         for rate_id, lines in per_rate.items():
             percentage = Decimal(self.tax_rates[rate_id]["percentage_decimal"])
             amounts = [rounded(Decimal(line["amount"]) * percentage / 100) for line in lines]
-            taxable = sum(line["amount"] for line in lines)
             if self.tax_rounding == "invoice":  # rounded once on the sum; the last line takes the difference
-                whole = rounded(Decimal(taxable) * percentage / 100)
+                whole = rounded(Decimal(sum(line["amount"] for line in lines)) * percentage / 100)
                 amounts[-1] += whole - sum(amounts)
             for line, amount in zip(lines, amounts):
                 line["taxes"].append({"amount": amount, "tax_behavior": "exclusive",
                                       "tax_rate_details": {"tax_rate": rate_id},
                                       "taxability_reason": "standard_rated", "taxable_amount": line["amount"],
                                       "type": "tax_rate_details"})
-            totals.append({"amount": sum(amounts), "tax_behavior": "exclusive",
-                           "tax_rate_details": {"tax_rate": rate_id}, "taxability_reason": "standard_rated",
-                           "taxable_amount": taxable, "type": "tax_rate_details"})
-        invoice["total_taxes"] = totals
-        return sum(t["amount"] for t in totals)
+        totals: dict[str, Obj] = {}  # per TaxRate, in the order the lines first use them
+        for line in invoice["lines"]["data"]:
+            for tax in line["taxes"]:
+                total = totals.setdefault(tax["tax_rate_details"]["tax_rate"], {**tax, "amount": 0, "taxable_amount": 0})
+                total["amount"] += tax["amount"]
+                total["taxable_amount"] += tax["taxable_amount"]
+        invoice["total_taxes"] = list(totals.values())
+        return sum(t["amount"] for t in totals.values())
 
     # tax rates
 
     def create_tax_rate(self, call: _Call) -> Obj:
         p = call.params
         _check_known(p, ("display_name", "inclusive", "percentage", "active", "country", "description",
-                         "jurisdiction", "metadata", "state", "tax_type", "expand"))
-        display_name = _string(p, "display_name", required=True, max_length=50)
-        inclusive = _boolean(p, "inclusive")
-        if inclusive is None:
-            raise _param_error("Missing required param: inclusive.", "inclusive", "parameter_missing")
-        if inclusive:
-            raise _param_error("This fake models exclusive tax rates only (inclusive=false).", "inclusive")
-        if _string(p, "percentage") is None:
-            raise _param_error("Missing required param: percentage.", "percentage", "parameter_missing")
-        percentage = _decimal(p, "percentage")
-        assert percentage is not None
-        if not 0 <= percentage <= 100 or percentage.as_tuple().exponent < -4:  # type: ignore[operator]
-            raise _param_error("Invalid percentage: between 0 and 100, at most 4 decimals.", "percentage")
-        country = _string(p, "country")
-        if country is not None and not re.fullmatch(r"[A-Z]{2}", country):
-            raise _param_error(f"Invalid country: {country}", "country")
-        tax_type = _choice(p, "tax_type", _TAX_TYPES)
+                         "jurisdiction", "jurisdiction_level", "metadata", "state", "tax_type", "expand"))
+        rate = self._new_tax_rate(_tax_rate_fields(p), active=_boolean(p, "active") is not False,
+                                  metadata=_metadata(p))
+        return self.render(rate, [])
+
+    def _new_tax_rate(self, fields: Obj, *, active: bool, metadata: dict[str, str]) -> Obj:
         rate_id = self._new_id("txr")
+        percentage = fields.pop("percentage")
         rate: Obj = {
-            "id": rate_id, "object": "tax_rate", "active": _boolean(p, "active") is not False,
-            "country": country, "created": self._now(), "description": _string(p, "description"),
-            "display_name": display_name, "effective_percentage": float(percentage), "flat_amount": None,
-            "inclusive": False, "jurisdiction": _string(p, "jurisdiction", max_length=50),
-            "jurisdiction_level": None, "livemode": False, "metadata": _metadata(p),
-            "percentage": float(percentage), "percentage_decimal": _decimal_text(percentage),
-            "rate_type": "percentage", "state": _string(p, "state", max_length=64), "tax_type": tax_type,
+            "id": rate_id, "object": "tax_rate", "active": active, "created": self._now(),
+            "effective_percentage": float(percentage), "flat_amount": None, "inclusive": False, "livemode": False,
+            "metadata": metadata, "percentage": float(percentage), "percentage_decimal": _decimal_text(percentage),
+            "rate_type": "percentage", **fields,
         }
         self.tax_rates[rate_id] = rate
-        return self.render(rate, [])
+        return rate
 
     def retrieve_tax_rate(self, call: _Call) -> Obj:
         _check_known(call.params, ("expand",))
@@ -895,16 +961,21 @@ class _Account:
             line = raw[index]
             if not isinstance(line, dict):
                 raise _param_error(f"Invalid hash: lines[{index}]", f"lines[{index}]")
-            _check_known(line, ("amount", "description", "metadata", "period", "discountable", "tax_rates"))
+            _check_known(line, ("amount", "description", "metadata", "period", "discountable", "tax_rates",
+                                "tax_amounts"))
             amount = _integer(line, "amount")
             if amount is None:
                 raise _param_error(f"Missing required param: lines[{index}][amount].", f"lines[{index}][amount]",
                                    "parameter_missing")
             _check_chargeable(amount, invoice["currency"])
             rates = self._line_tax_rates(line.get("tax_rates"), f"lines[{index}][tax_rates]")
-            lines.append((amount, _string(line, "description"), _metadata(line), _period(line), rates))
+            amounts = _tax_amounts(line.get("tax_amounts"), f"lines[{index}][tax_amounts]", invoice["currency"])
+            lines.append((amount, _string(line, "description"), _metadata(line), _period(line), rates, amounts))
+        if any(amounts for *_, amounts in lines) and (
+                any(rates for *_, rates, _ in lines) or any(l.get("tax_rates") for l in invoice["lines"]["data"])):
+            raise _param_error("You cannot set tax amounts if any line item has tax_rates.", "lines")
         now = self._now()
-        for amount, description, metadata, period, rates in lines:  # all validated: now add them all
+        for amount, description, metadata, period, rates, amounts in lines:  # all validated: now add them all
             item: Obj = {
                 "id": self._new_id("ii"), "object": "invoiceitem", "amount": amount,
                 "currency": invoice["currency"], "customer": invoice["customer"], "date": now,
@@ -915,9 +986,21 @@ class _Account:
                 "proration": False, "quantity": 1, "tax_rates": rates, "test_clock": None,
             }
             self.invoice_items[item["id"]] = item
-            self._attach(invoice, item)
+            self._attach(invoice, item, [self._manual_tax(tax) for tax in amounts])
         invoice["metadata"].update(_metadata({"metadata": p.get("invoice_metadata")}))
         return self.render(invoice, _expand(p, "invoice"))
+
+    def _manual_tax(self, tax: Obj) -> Obj:
+        """A line's tax from its `tax_amounts` entry, on the TaxRate Stripe finds or creates for the
+        `tax_rate_data`: the same one for exactly the same data, else a new one, archived."""
+        key = json.dumps(tax["tax_rate_data"], sort_keys=True, default=str)
+        rate_id = self._rates_by_data.get(key)
+        if rate_id is None:
+            rate_id = self._rates_by_data[key] = self._new_tax_rate(dict(tax["tax_rate_data"]), active=False,
+                                                                     metadata={})["id"]
+        return {"amount": tax["amount"], "tax_behavior": "exclusive", "tax_rate_details": {"tax_rate": rate_id},
+                "taxability_reason": tax["taxability_reason"], "taxable_amount": tax["taxable_amount"],
+                "type": "tax_rate_details"}
 
     def _line_tax_rates(self, raw: Any, param: str) -> list[Obj]:
         """The TaxRates of `tax_rates[]` (ids of active rates, at most 5), as copies for the item."""
