@@ -478,7 +478,12 @@ def explain_queries(url: str) -> list[str]:
                     conn.execute(text(SERIAL.replace("SET", "SET LOCAL")))
                 # As reconcile runs them with Stripe and S3 off: only the invoices that do not add up come back.
                 options = {"every": False} if fn is reconcile_store.live_invoices else {}
-                statements = common.captured_statements(fn, month, None, **options)
+                statements = []
+                for statement, params in common.captured_statements(fn, month, None, **options):
+                    if statement.lstrip().upper().startswith("SET "):  # the query's own settings: applied
+                        conn.execute(text(statement), params)
+                    else:
+                        statements.append((statement, params))
                 for number, (statement, params) in enumerate(statements, start=1):
                     plan = common.explain_analyze(conn, statement, params, fmt="JSON")[0]
                     if number < len(statements):  # what it reads first: the anchored organizations' periods
