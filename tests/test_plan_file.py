@@ -72,6 +72,9 @@ def test_the_documented_example_is_valid() -> None:
     (("base_fee = 49.00", "colour = 'blue'"), r":6: plan 'pro': unknown key 'colour'$"),
     (('id = "pro"', 'id = "pro plan!"'), r"`id` must be letters"),
     (('name = "Pro"', ''), r"`name` is required"),
+    (('name = "Pro"', r'name = "Pro\u0000"'), r"plans.toml:4: plan 'pro': `name` must be text without control characters"),
+    (('included = 1000', r'description = "API\tcalls"'),
+     r":11: plan 'pro', price 'api_calls': `description` must be one line of text, without control characters"),
 ])
 def test_invalid_files_name_the_line_plan_and_price(change, message) -> None:
     old, new = change
@@ -176,3 +179,16 @@ def test_store_round_trip_and_idempotent_upsert(transactions) -> None:
         result = save_plans(conn, changed)
         starter = load_plans(conn, ["starter"])["starter"]
     assert result.updated == ["starter"] and starter.base_fee == D("59.00") and len(starter.prices) == 1
+
+
+def test_a_nul_in_a_plan_name_is_a_usage_error_naming_its_line_never_a_database_traceback(
+        clean_env, db_url, engine, tmp_path) -> None:
+    # TOML allows "\u0000"; PostgreSQL's text does not: it was a psycopg DataError traceback, exit 1.
+    bad = tmp_path / "plans.toml"
+    bad.write_text(GOOD.replace('name = "Pro"', 'name = "Pro\\u0000"'))
+    result = CliRunner().invoke(app, ["plans", "apply", str(bad)], env={"DATABASE_URL": db_url})
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert f"{bad}:4: plan 'pro': `name` must be text without control characters" in result.output
+    assert "Traceback" not in result.output
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM price_plans")).scalar_one() == 0
