@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 
 from .errors import UsageError
 from .money import ZERO, CurrencyError, check_currency, round_money
+from .plain_text import has_control_character
 from .pricing import MODELS, Price, PricePlan, Tier
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
@@ -142,13 +142,6 @@ def parse_plans(text: str, *, source: str = "plans.toml") -> list[PricePlan]:
     return plans
 
 
-def _has_control_character(value: str) -> bool:
-    """A control character (C0 such as NUL or a line break, DEL, C1): TOML strings may hold any, but
-    PostgreSQL's text cannot hold NUL (a traceback at `plans apply`), and invoices have no use for
-    the others."""
-    return any(unicodedata.category(ch) == "Cc" for ch in value)
-
-
 def _line_number(message: str, source: str) -> int:
     """The line a message names (`<source>:<line>: …`); 0 for the file as a whole."""
     line = message.removeprefix(f"{source}:").split(":", 1)[0]
@@ -174,7 +167,7 @@ def _plan(raw: dict[str, Any], source: str, lines: _Lines, index: int, start: in
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         errors.add(fail("name", "`name` is required"))
-    elif _has_control_character(name):
+    elif has_control_character(name):
         errors.add(fail("name", "`name` must be text without control characters"))
     currency = raw.get("currency")
     try:
@@ -241,7 +234,7 @@ def _price(raw: Any, currency: str | None, errors: _Errors, fail) -> Price | Non
         errors.add(fail("model", f"unknown model {model!r}: " + (f"did you mean {close[0]!r}? " if close else "")
                         + f"use one of {', '.join(MODELS)}"))
     description = raw.get("description", default_description(metric))
-    if not isinstance(description, str) or not description.strip() or _has_control_character(description):
+    if not isinstance(description, str) or not description.strip() or has_control_character(description):
         errors.add(fail("description", "`description` must be one line of text, without control characters"))
         description = ""
     included = ZERO

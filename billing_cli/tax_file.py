@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-import unicodedata
 from datetime import date
 from decimal import Context, Decimal
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from .addresses import CountryError, country_name
 from .errors import UsageError
+from .plain_text import has_control_character
 from .taxes import TaxRate
 
 _RATE_KEYS = {"country", "region", "name", "percentage", "effective_from", "mention"}
@@ -71,11 +71,9 @@ def _significant(value: Decimal) -> Decimal:
 
 
 def _text(value: Any, longest: int, *, line_breaks: bool = False) -> bool:
-    """Text without control characters (C0, DEL, C1), not blank, at most `longest` characters. TOML strings may hold any control
-    character; PostgreSQL's text cannot hold NUL, and invoices have no use for the others."""
-    allowed = "\n\r\t" if line_breaks else ""
+    """Text without control characters (`plain_text`), not blank, at most `longest` characters."""
     return (isinstance(value, str) and bool(value.strip()) and len(value) <= longest
-            and not any(unicodedata.category(ch) == "Cc" and ch not in allowed for ch in value))
+            and not has_control_character(value, allowed="\n\r\t" if line_breaks else ""))
 
 
 def parse_taxes(text: str, *, source: str = "taxes.toml") -> list[TaxRate]:
