@@ -20,36 +20,39 @@ branch_labels = None
 depends_on = None
 
 
-def upgrade() -> None:
-    # anchors.anchor_start in SQL: midnight UTC of the previous anchor's day in the change's month,
-    # or the next one (clamped to a shorter month's last day, the 1st for calendar months): the
-    # boundary the change before waits for. The session's time zone plays no part.
-    op.execute("""
-        CREATE OR REPLACE FUNCTION billing_organization_anchor_changed() RETURNS trigger LANGUAGE plpgsql AS $$
-        DECLARE
-            month date;
-            boundary timestamptz;
-        BEGIN
-            IF NEW.billing_anchor_day IS DISTINCT FROM OLD.billing_anchor_day THEN
-                NEW.billing_anchor_previous := OLD.billing_anchor_day;
-                IF OLD.billing_anchor_changed_at IS NOT NULL THEN
-                    FOR later IN 0..1 LOOP
-                        month := date_trunc('month', OLD.billing_anchor_changed_at AT TIME ZONE 'UTC')
-                                 + later * interval '1 month';
-                        boundary := CAST(month + least(coalesce(OLD.billing_anchor_previous, 1),
-                                                       CAST(month + interval '1 month' AS date) - month) - 1
-                                         AS timestamp) AT TIME ZONE 'UTC';
-                        EXIT WHEN boundary > OLD.billing_anchor_changed_at;
-                    END LOOP;
-                    IF now() < boundary THEN  -- the change before never took effect: this one replaces it
-                        NEW.billing_anchor_previous := OLD.billing_anchor_previous;
-                    END IF;
+# anchors.anchor_start in SQL: midnight UTC of the previous anchor's day in the change's month, or
+# the next one (clamped to a shorter month's last day, the 1st for calendar months): the boundary the
+# change before waits for. The session's time zone plays no part. (0020's downgrade restores it.)
+_FUNCTION = """
+    CREATE OR REPLACE FUNCTION billing_organization_anchor_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        month date;
+        boundary timestamptz;
+    BEGIN
+        IF NEW.billing_anchor_day IS DISTINCT FROM OLD.billing_anchor_day THEN
+            NEW.billing_anchor_previous := OLD.billing_anchor_day;
+            IF OLD.billing_anchor_changed_at IS NOT NULL THEN
+                FOR later IN 0..1 LOOP
+                    month := date_trunc('month', OLD.billing_anchor_changed_at AT TIME ZONE 'UTC')
+                             + later * interval '1 month';
+                    boundary := CAST(month + least(coalesce(OLD.billing_anchor_previous, 1),
+                                                   CAST(month + interval '1 month' AS date) - month) - 1
+                                     AS timestamp) AT TIME ZONE 'UTC';
+                    EXIT WHEN boundary > OLD.billing_anchor_changed_at;
+                END LOOP;
+                IF now() < boundary THEN  -- the change before never took effect: this one replaces it
+                    NEW.billing_anchor_previous := OLD.billing_anchor_previous;
                 END IF;
-                NEW.billing_anchor_changed_at := now();
             END IF;
-            RETURN NEW;
-        END $$
-    """)
+            NEW.billing_anchor_changed_at := now();
+        END IF;
+        RETURN NEW;
+    END $$
+"""
+
+
+def upgrade() -> None:
+    op.execute(_FUNCTION)
 
 
 def downgrade() -> None:

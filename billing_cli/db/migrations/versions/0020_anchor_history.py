@@ -22,6 +22,9 @@ Revision ID: 0020_anchor_history
 Revises: 0019_anchor_changes_once
 """
 
+import importlib.util
+from pathlib import Path
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -92,6 +95,16 @@ _TRIGGER = """
 """
 
 
+def _function_of_0019() -> str:
+    """The trigger function as 0019_anchor_changes_once made it (one text of it, not a copy)."""
+    path = Path(__file__).with_name("0019_anchor_changes_once.py")
+    spec = importlib.util.spec_from_file_location("billing_migration_0019", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module._FUNCTION
+
+
 def upgrade() -> None:
     op.create_table(
         "anchor_changes",
@@ -111,32 +124,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP TRIGGER trg_organizations_anchor_changed ON organizations")
-    op.execute("""
-        CREATE OR REPLACE FUNCTION billing_organization_anchor_changed() RETURNS trigger LANGUAGE plpgsql AS $$
-        DECLARE
-            month date;
-            boundary timestamptz;
-        BEGIN
-            IF NEW.billing_anchor_day IS DISTINCT FROM OLD.billing_anchor_day THEN
-                NEW.billing_anchor_previous := OLD.billing_anchor_day;
-                IF OLD.billing_anchor_changed_at IS NOT NULL THEN
-                    FOR later IN 0..1 LOOP
-                        month := date_trunc('month', OLD.billing_anchor_changed_at AT TIME ZONE 'UTC')
-                                 + later * interval '1 month';
-                        boundary := CAST(month + least(coalesce(OLD.billing_anchor_previous, 1),
-                                                       CAST(month + interval '1 month' AS date) - month) - 1
-                                         AS timestamp) AT TIME ZONE 'UTC';
-                        EXIT WHEN boundary > OLD.billing_anchor_changed_at;
-                    END LOOP;
-                    IF now() < boundary THEN
-                        NEW.billing_anchor_previous := OLD.billing_anchor_previous;
-                    END IF;
-                END IF;
-                NEW.billing_anchor_changed_at := now();
-            END IF;
-            RETURN NEW;
-        END $$
-    """)  # 0019's
+    op.execute(_function_of_0019())
     op.execute("""
         CREATE TRIGGER trg_organizations_anchor_changed BEFORE UPDATE OF billing_anchor_day ON organizations
         FOR EACH ROW EXECUTE FUNCTION billing_organization_anchor_changed()
