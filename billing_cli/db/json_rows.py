@@ -2,9 +2,10 @@
 `json_to_recordset(CAST(:rows AS json)) AS r(column type, ...)`.
 
 Why not one array per column (`unnest(CAST(:a AS numeric[]), ...)`): psycopg dumps every array
-element in Python, escaping each string with a regular expression; for an issuing block's forty
-arrays that was a third of the real run's extra work over the dry run, all of it holding the GIL
-(docs/benchmarks.md). `json.dumps` does the same in C. Values stay exact: a Decimal travels as its
+element in Python, escaping each string with a regular expression; a GIL profile of a loaded
+machine put an issuing block's forty arrays at half of the real run's extra Python over the dry run
+(on a quiet machine the run's time did not measurably change: docs/benchmarks.md). `json.dumps`
+does the same in C, and a table's rows are one parameter. Values stay exact: a Decimal travels as its
 string ("12.345") and PostgreSQL's numeric input reads it as written; dates and timestamps as ISO
 8601 strings; a nested dict or list reaches a json/jsonb or array column as itself."""
 
