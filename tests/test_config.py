@@ -183,6 +183,10 @@ def test_masking() -> None:
     ("postgresq://billing:SECRET@db/billing", "postgresq://billing:****@db/billing"),
     ("billing:SECRET@db/billing", "billing:****@db/billing"),
     ("postgresql://db/billing?password=SECRET@x", "postgresql://db/billing?password=****"),
+    # A query key without '=' (a password pasted after '?' by mistake): hidden, unless a libpq keyword.
+    ("postgresql://db/billing?SECRET", "postgresql://db/billing?****"),
+    ("postgresql://db/billing?sslmode=require&SECRET#x", "postgresql://db/billing?sslmode=require&****#x"),
+    ("postgresql://db/billing?keepalives&token=SECRET", "postgresql://db/billing?keepalives&token=****"),
 ])
 def test_a_masked_url_never_shows_any_part_of_the_password(url: str, masked: str) -> None:
     assert mask_url_password(url) == masked

@@ -57,7 +57,10 @@ def mask_url_password(url: str, *, keep_user: bool = True) -> str:
         url = f"{url[:start]}{shown}@{rest}"
 
     def value(match: re.Match[str]) -> str:
-        name = match.group(2)
-        return match.group(0) if name.lower() in _SAFE_QUERY else f"{match.group(1)}{name}=****"
+        separator, name, equals = match.groups()
+        if name.lower() in _SAFE_QUERY:
+            return match.group(0)
+        # a key with no '=' may be a secret pasted after the '?' by mistake: hidden whole
+        return f"{separator}{name}=****" if equals else f"{separator}****"
 
-    return re.sub(r"([?&])([^=&#]+)=([^&#]*)", value, url)
+    return re.sub(r"([?&])([^=&#]+)(=[^&#]*)?", value, url)
