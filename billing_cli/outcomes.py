@@ -21,6 +21,19 @@ MONTHLY_JOBS = (Job.INVOICE_MONTHLY, Job.LEGACY_RUN)  # either one bills a month
 SCHEDULED_JOBS = (Job.AGGREGATE_HOURLY, Job.INVOICE_MONTHLY, Job.LEGACY_RUN, Job.RECONCILE)
 
 
+def month_is_invoiced(shards: list[str | None]) -> bool:
+    """Whether a month's successful monthly runs (`shards`: each one's shard, "i/n", or None for a
+    whole run) cover it: a whole run, or every shard of one split."""
+    if any(shard is None for shard in shards):
+        return True
+    by_count: dict[int, set[int]] = {}
+    for shard in shards:
+        assert shard is not None
+        index, _, count = shard.partition("/")
+        by_count.setdefault(int(count), set()).add(int(index))
+    return any(len(indexes) == count for count, indexes in by_count.items())
+
+
 class RunOutcome(StrEnum):
     """How a run ended (also the `job_runs.status` of a finished run)."""
 

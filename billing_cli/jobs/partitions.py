@@ -14,10 +14,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from ..db import partitions as store
 from ..db.engine import Transactions
 from ..errors import Refused
-from ..outcomes import MONTHLY_JOBS, Job, run_outcome
+from ..outcomes import MONTHLY_JOBS, Job, month_is_invoiced, run_outcome
 from ..periods import Month
 from ..summary import RunSummary
-from .status import month_is_invoiced
 
 
 @dataclass

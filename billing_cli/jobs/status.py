@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ..db import period_store, run_store
-from ..outcomes import MONTHLY_JOBS, SCHEDULED_JOBS, Job, RunOutcome
+from ..outcomes import MONTHLY_JOBS, SCHEDULED_JOBS, Job, RunOutcome, month_is_invoiced
 from ..periods import Month
 
 @dataclass(frozen=True)
@@ -63,18 +63,6 @@ def job_statuses(conn: Connection, now: datetime, thresholds: Thresholds = Thres
                 status.problems.append(problem)
         statuses.append(status)
     return statuses
-
-
-def month_is_invoiced(shards: list[str | None]) -> bool:
-    """Whether successful runs cover the month: a whole run, or every shard of one split."""
-    if any(shard is None for shard in shards):
-        return True
-    by_count: dict[int, set[int]] = {}
-    for shard in shards:
-        assert shard is not None
-        index, _, count = shard.partition("/")
-        by_count.setdefault(int(count), set()).add(int(index))
-    return any(len(indexes) == count for count, indexes in by_count.items())
 
 
 def _periods_problem(conn: Connection, now: datetime, thresholds: Thresholds) -> str | None:
