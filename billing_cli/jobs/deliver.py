@@ -209,9 +209,7 @@ def _customer(transactions: Transactions, gateway: PaymentGateway, invoice: Stor
     customer = state.customer_id
     if customer is None:
         name, email = now or (document.bill_to_name, document.bill_to_email)
-        stale = datetime.now(UTC) - invoice.created_at > IDEMPOTENCY_WINDOW
-        customer = (gateway.find_customer(document.organization_id, email) if stale else None) or \
-            gateway.create_customer(document.organization_id, name, email)
+        customer = _new_customer(gateway, invoice, document.organization_id, name, email)
     elif now is not None and (state.synced_name, state.synced_email) != now:
         name, email = now
         # A key of its own for each change (what we last recorded, and when): A, B, A, B within
@@ -223,6 +221,30 @@ def _customer(transactions: Transactions, gateway: PaymentGateway, invoice: Stor
     with transactions() as conn:
         invoice_store.record_stripe_customer(conn, document.organization_id, customer, name=name, email=email)
     return customer
+
+
+def _new_customer(gateway: PaymentGateway, invoice: StoredInvoice, organization_id: str, name: str,
+                  email: str) -> str:
+    """The organization's customer when none is recorded: made now, or found by our metadata when
+    an earlier attempt made it (killed before recording it), and then given the name and e-mail
+    the organization has now. Found before creating when Stripe may have forgotten that attempt's
+    key; after creating when Stripe refuses its key because the details changed since that attempt
+    (the key stays bound to them for ~24 h). Never a second customer."""
+    stale = datetime.now(UTC) - invoice.created_at > IDEMPOTENCY_WINDOW
+    found = gateway.find_customer(organization_id) if stale else None
+    if found is None:
+        try:
+            return gateway.create_customer(organization_id, name, email)
+        except PaymentError as exc:
+            if not exc.conflict:
+                raise
+            found = gateway.find_customer(organization_id)
+            if found is None:  # Stripe's search lags its writes by about a minute
+                raise PaymentError(f"{exc} (an earlier attempt made the customer with other details; Stripe's "
+                                   "search does not show it yet): rerun in a few minutes", transient=False) from None
+    if (found.name, found.email) != (name, email):
+        gateway.update_customer(found.id, name=name, email=email, since=f"found:{found.name}:{found.email}")
+    return found.id
 
 
 def _usable(name: str, email: str) -> tuple[str, str] | None:

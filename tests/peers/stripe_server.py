@@ -17,7 +17,7 @@ so the server speaks Stripe's wire format (what stripe-python sends and parses):
   `Request-Id`, `Stripe-Version`, `Idempotency-Key`, `Idempotent-Replayed` and `Original-Request`
   response headers.
 
-Endpoints: `POST/GET /v1/customers`, `GET/POST /v1/customers/{id}`; `POST/GET /v1/tax_rates`,
+Endpoints: `POST/GET /v1/customers`, `GET /v1/customers/search`, `GET/POST /v1/customers/{id}`; `POST/GET /v1/tax_rates`,
 `GET /v1/tax_rates/{id}`; `POST/GET /v1/invoices`,
 `GET /v1/invoices/{id}`, `GET /v1/invoices/{id}/lines`, `POST /v1/invoices/{id}/finalize`,
 `.../send`, `.../void`, `.../add_lines` (lines with `tax_rates` or `tax_amounts`);
@@ -582,6 +582,43 @@ class _Account:
         expand = _expand(p, "list:customer")
         return self.render(self._page(matches, p, "/v1/customers", "customer"), expand)
 
+    def search_customers(self, call: _Call) -> Obj:
+        """Stripe's Search API for customers (docs "Search query language"), for the clauses
+        `email:'x'` and `metadata['key']:'x'` (exact match), joined by AND: a search result of
+        `limit` (1..100, default 10) objects, newest first, paged by `page`/`next_page`. Stripe's
+        own search lags writes by up to a minute (not modelled: found at once)."""
+        p = call.params
+        _check_known(p, ("query", "limit", "page", "expand"))
+        query = _string(p, "query", required=True) or ""
+        clauses = []
+        for clause in re.split(r"\s+AND\s+", query.strip()):
+            match = _SEARCH_CLAUSE.fullmatch(clause)
+            if match is None:
+                raise _param_error(f"Invalid query: {query}", "query")
+            value = re.sub(r"\\(.)", r"\1", match["value"][1:-1])
+            clauses.append((match["key"], value))
+        limit = _integer(p, "limit", minimum=1, maximum=100) or 10
+        page = _string(p, "page")
+        start = 0
+        if page is not None:
+            if not page.isdigit():
+                raise _param_error(f"Invalid page: {page}", "page")
+            start = int(page)
+
+        def field(customer: Obj, key: str) -> Any:
+            return customer["metadata"].get(key[len("metadata['"):-2]) if key.startswith("metadata[") \
+                else customer.get(key)
+
+        def matches(customer: Obj) -> bool:
+            return all(field(customer, key) == value for key, value in clauses)
+
+        found = sorted((c for c in self.customers.values() if matches(c)), key=lambda c: -self._order[c["id"]])
+        data = found[start:start + limit]
+        more = len(found) > start + limit
+        return self.render({"object": "search_result", "data": data, "has_more": more,
+                            "next_page": str(start + limit) if more else None, "url": "/v1/customers/search"},
+                           _expand(p, "list:customer"))
+
     # invoices
 
     def create_invoice(self, call: _Call) -> Obj:
@@ -1117,6 +1154,7 @@ class _Account:
 
 
 _ID = r"(?P<id>[^/]+)"
+_SEARCH_CLAUSE = re.compile(r"(?P<key>email|metadata\['[A-Za-z0-9_-]+'\]):(?P<value>'(?:[^'\\]|\\.)*')")
 _ROUTES: list[tuple[str, re.Pattern[str], Callable[[_Account, _Call], Obj]]] = [
     (method, re.compile(pattern), handler) for method, pattern, handler in [
         ("POST", r"/v1/tax_rates", _Account.create_tax_rate),
@@ -1124,6 +1162,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], Callable[[_Account, _Call], Obj]]] = [
         ("GET", rf"/v1/tax_rates/{_ID}", _Account.retrieve_tax_rate),
         ("POST", r"/v1/customers", _Account.create_customer),
         ("GET", r"/v1/customers", _Account.list_customers),
+        ("GET", r"/v1/customers/search", _Account.search_customers),
         ("GET", rf"/v1/customers/{_ID}", _Account.retrieve_customer),
         ("POST", rf"/v1/customers/{_ID}", _Account.update_customer),
         ("POST", r"/v1/invoices", _Account.create_invoice),
