@@ -712,6 +712,38 @@ def test_stripe_calls_per_invoice_are_three_for_a_known_customer_and_four_for_a_
     assert sorted(map(len, fake_stripe.sent_invoices.values())) == [1, 1, 1, 1]
 
 
+def test_an_invoice_of_more_lines_than_stripe_takes_fails_before_anything_is_made_in_stripe(
+        db_url, engine, s3, mail, fake_stripe, clean_env, tmp_path) -> None:
+    """Stripe takes at most 250 items on an invoice. An invoice of 251 lines is issued, rendered and
+    uploaded, then fails its Stripe step with a message saying so, before any call: no customer, no
+    empty draft left in Stripe, no e-mail; the organization beside it is delivered (exit 6)."""
+    from tests.data import add_org, add_usage, set_plan, utc
+
+    plans = tmp_path / "plans.toml"
+    plans.write_text(LINE_PLANS + '\n[[plan]]\nid = "many-lines"\nname = "Many lines"\ncurrency = "USD"\n' + "".join(
+        f'\n  [[plan.price]]\n  metric = "m{n}"\n  model = "per_unit"\n  unit_price = 0.01\n' for n in range(1, 252)))
+    assert runner.invoke(app, ["plans", "apply", str(plans)], env={"DATABASE_URL": db_url}).exit_code == 0
+    with engine.begin() as conn:
+        add_org(conn, "org-many")
+        set_plan(conn, "org-many", "many-lines")
+        for n in range(1, 252):
+            add_usage(conn, "org-many", f"m{n}", "1", utc(2024, 1, 10, 10))
+        add_org(conn, "org-few")
+        set_plan(conn, "org-few", "five-lines")
+        add_usage(conn, "org-few", "m1", "10", utc(2024, 1, 10, 10))
+
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=peer_env(db_url, s3, mail, fake_stripe))
+
+    assert result.exit_code == ExitCode.PARTIAL, result.output
+    assert "251 lines" in result.output and "at most 250" in result.output, result.output
+    invoices = stored(engine)
+    assert invoices["org-many"]["s3_uploaded_at"] is not None and invoices["org-many"]["stripe_invoice_id"] is None
+    assert invoices["org-many"]["emailed_at"] is None and invoices["org-many"]["stripe_customer_id"] is None
+    assert [inv["metadata"]["invoice_number"] for inv in fake_stripe.invoices.values()] == [invoices["org-few"]["number"]]
+    assert len(fake_stripe.customers) == 1
+    assert [m.message["To"].addresses[0].addr_spec for m in mail.received] == ["org-few@example.com"]
+
+
 def test_the_email_prints_amounts_as_the_pdf_does_and_says_how_to_pay(env, engine, mail) -> None:
     only_mail = {**env, "INVOICE_ENABLE_S3": "false", "INVOICE_ENABLE_STRIPE": "false", "INVOICE_LOCALE": "de",
                  "INVOICE_PAYMENT_INSTRUCTIONS": "Überweisung an Nimbus Metering GmbH|IBAN DE89 3704 0044 0532 0130 00"}

@@ -22,6 +22,9 @@ from .breaker import CircuitBreaker, CircuitOpen
 # Pinned, so that upgrading the SDK never silently changes the API behaviour we rely on.
 STRIPE_API_VERSION = "2026-10-28.endive"
 
+# Stripe refuses more items on one invoice (changelog 2016-02-22, "no more than 250 invoice items").
+STRIPE_MAX_LINES = 250
+
 
 class PaymentError(Exception):
     def __init__(self, message: str, *, transient: bool, not_found: bool = False, conflict: bool = False) -> None:

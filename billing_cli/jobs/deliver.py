@@ -27,7 +27,8 @@ from ..db.engine import Transactions
 from ..db.invoice_store import StoredInvoice
 from ..delivery.invoice_email import BadAddress, build_invoice_email, check_address, check_header_value, message_id
 from ..delivery.mailer import MailError
-from ..delivery.payments import PaymentError, PaymentGateway, StripeInvoiceDetail, StripeLine, StripeLineTax
+from ..delivery.payments import STRIPE_MAX_LINES, PaymentError, PaymentGateway, StripeInvoiceDetail, StripeLine, \
+    StripeLineTax
 from ..delivery.ports import Deliveries
 from ..delivery.storage import PresignedLink, StorageError, object_key
 from ..invoices import InvoiceDocument, Seller
@@ -129,6 +130,10 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: St
     invoice was sent, and is never sent twice, however long ago the first attempt was."""
     gateway = deliveries.payments
     assert gateway is not None
+    if len(document.lines) > STRIPE_MAX_LINES:  # before any call: no customer, no draft Stripe would leave empty
+        raise PaymentError(f"{document.number} has {len(document.lines)} lines and a Stripe invoice takes at most "
+                           f"{STRIPE_MAX_LINES}: not sent in Stripe, nor e-mailed; bill it outside Stripe",
+                           transient=False)
     customer = _customer(transactions, gateway, invoice, document)
     stale = datetime.now(UTC) - invoice.created_at > IDEMPOTENCY_WINDOW
     stripe_id = invoice.stripe_invoice_id

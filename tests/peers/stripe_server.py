@@ -31,7 +31,7 @@ Modelled Stripe behaviour:
   or assigns customer `invoice_prefix`-sequence) -> void; sending a draft finalizes it first;
   items only on draft invoices of the same customer and currency; `add_lines` adds every line or
   none, to a draft only; totals recomputed from the lines; `pending_invoice_items_behavior=include`
-  pulls the customer's pending items;
+  pulls the customer's pending items; at most 250 items an invoice (400 beyond);
 - invoice items take `amount`, or `quantity` x `unit_amount_decimal` (rounded half-up); the
   pre-2025-03-31 `unit_amount` is accepted only when the request's `Stripe-Version` is older;
 - idempotency: a POST's first result is saved under its `Idempotency-Key` and replayed byte for
@@ -1008,6 +1008,7 @@ class _Account:
             rates = self._line_tax_rates(line.get("tax_rates"), f"lines[{index}][tax_rates]")
             amounts = _tax_amounts(line.get("tax_amounts"), f"lines[{index}][tax_amounts]", invoice["currency"])
             lines.append((amount, _string(line, "description"), _metadata(line), _period(line), rates, amounts))
+        _check_room(invoice, len(lines))
         if any(amounts for *_, amounts in lines) and (
                 any(rates for *_, rates, _ in lines) or any(l.get("tax_rates") for l in invoice["lines"]["data"])):
             raise _param_error("You cannot set tax amounts if any line item has tax_rates.", "lines")
@@ -1134,6 +1135,7 @@ class _Account:
             raise ApiError(400, f"The currency of the invoice item ({currency}) must match the "
                                 f"currency of the invoice ({invoice['currency']}).",
                            param="currency")
+        _check_room(invoice, 1)
 
     def retrieve_invoice_item(self, call: _Call) -> Obj:
         _check_known(call.params, ("expand",))
@@ -1151,6 +1153,16 @@ class _Account:
                    and (pending is None or (i["invoice"] is None) == pending)]
         expand = _expand(p, "list:invoiceitem")
         return self.render(self._page(matches, p, "/v1/invoiceitems", "invoiceitem"), expand)
+
+
+_MAX_INVOICE_ITEMS = 250  # Stripe's changelog 2016-02-22: "no more than 250 invoice items" on an invoice
+
+
+def _check_room(invoice: Obj, adding: int) -> None:
+    """Stripe refuses (400) items that would take an invoice over 250, before adding any."""
+    if len(invoice["lines"]["data"]) + adding > _MAX_INVOICE_ITEMS:
+        raise _param_error(f"An invoice can have at most {_MAX_INVOICE_ITEMS} invoice items; invoice "
+                           f"{invoice['id']} has {len(invoice['lines']['data'])} and {adding} were added.", "lines")
 
 
 _ID = r"(?P<id>[^/]+)"
