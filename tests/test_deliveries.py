@@ -509,6 +509,39 @@ def test_the_pdf_total_is_what_stripe_charges_where_stripe_differs_from_iso(db_u
         assert f"Total due {printed}" in text, (org, text)
 
 
+def test_an_invoice_issued_with_stripe_off_that_stripe_cannot_charge_fails_as_stripe_before_any_call(
+        db_url, engine, s3, mail, fake_stripe, clean_env, tmp_path) -> None:
+    """Issued with Stripe off, an invoice keeps the currency's ISO unit (1.235 KWD, in fils); Stripe
+    charges tens of fils only. Once Stripe is turned on, completing it fails its Stripe step saying
+    why, before any call (no customer, no empty draft left in Stripe), never as an "unexpected error"
+    of the data; the others are delivered."""
+    from tests.data import add_org, add_usage, set_plan
+
+    plans = tmp_path / "plans.toml"
+    plans.write_text(CURRENCY_PLANS)
+    env = peer_env(db_url, s3, mail, fake_stripe)
+    assert runner.invoke(app, ["plans", "apply", str(plans)], env=env).exit_code == 0
+    with engine.begin() as conn:
+        for code in ("KWD", "JPY"):
+            add_org(conn, f"org-{code.lower()}", currency=code)
+            set_plan(conn, f"org-{code.lower()}", code.lower())
+            add_usage(conn, f"org-{code.lower()}", "api_calls", "1000")
+    off = run({**env, "INVOICE_ENABLE_STRIPE": "false"})
+    assert off.exit_code == 0, off.output
+    assert str(stored(engine)["org-kwd"]["total"]) == "1.235"
+
+    result = run(env)
+
+    assert result.exit_code == ExitCode.PARTIAL, result.output
+    assert "errors_stripe=1" in result.output and "errors_data=0" in result.output, result.output
+    assert "1.235 KWD" in result.output and "unexpected error" not in result.output, result.output
+    invoices = stored(engine)
+    assert invoices["org-kwd"]["stripe_invoice_id"] is None and invoices["org-kwd"]["stripe_customer_id"] is None
+    assert invoices["org-jpy"]["stripe_status"] == "sent"
+    assert [inv["currency"] for inv in fake_stripe.invoices.values()] == ["jpy"]
+    assert len(fake_stripe.customers) == 1
+
+
 def test_a_known_customer_costs_three_stripe_calls_and_a_changed_one_is_updated(env, engine, fake_stripe) -> None:
     from tests.data import add_usage, utc
 

@@ -134,6 +134,12 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: St
         raise PaymentError(f"{document.number} has {len(document.lines)} lines and a Stripe invoice takes at most "
                            f"{STRIPE_MAX_LINES}: not sent in Stripe, nor e-mailed; bill it outside Stripe",
                            transient=False)
+    try:  # before any call too: an invoice issued while Stripe was off keeps the ISO unit (1.235 KWD)
+        expected, lines = to_stripe_amount(document.total, document.currency), _stripe_lines(document)
+    except ValueError as exc:
+        raise PaymentError(f"{document.number} cannot go to Stripe as it was issued ({exc}; issued while Stripe "
+                           "was off?): not sent in Stripe, nor e-mailed; regenerate it with Stripe on",
+                           transient=False) from None
     customer = _customer(transactions, gateway, invoice, document)
     stale = datetime.now(UTC) - invoice.created_at > IDEMPOTENCY_WINDOW
     stripe_id = invoice.stripe_invoice_id
@@ -153,11 +159,10 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: St
             raise PaymentError(f"Stripe has no invoice {stripe_id} any more (deleted?): check it in Stripe",
                                transient=False)
 
-    expected = to_stripe_amount(document.total, document.currency)
     status = "draft" if remote is None else remote.status
     if status == "draft":
         present = {n for n, _ in remote.lines} if remote is not None else set()
-        missing = [line for line in _stripe_lines(document) if line.line_no not in present]
+        missing = [line for line in lines if line.line_no not in present]
         total = gateway.add_lines(stripe_id, invoice_id=invoice.id, lines=missing).total if missing else \
             remote.total  # type: ignore[union-attr]
         currency = remote.currency if remote is not None else document.currency
