@@ -184,6 +184,40 @@ def test_a_rerun_days_later_decides_from_what_stripe_holds_now(point, kill, peer
     assert_exactly_once(engine, s3, mail, killing_stripe)
 
 
+@pytest.mark.parametrize("days_later", [False, True], ids=["the same day", "days later"])
+def test_killed_after_the_customer_then_its_email_changed(days_later, peers_env, engine, s3, mail, killing_stripe,
+                                                         tmp_path) -> None:
+    """Killed after Stripe created the customer, before it was recorded; then the organization's
+    e-mail changes before the rerun. The rerun neither makes a second customer nor stops at Stripe's
+    idempotency error (the key of the creation reused with other details): it finds the customer it
+    made, gives it the new e-mail, and delivers."""
+    def arm(pid: int) -> None:
+        killing_stripe.kill_after = post(r"/v1/customers")
+        killing_stripe.victim = pid
+
+    proc = start(peers_env, tmp_path)
+    arm(proc.pid)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(killing_stripe.customers) == 1
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE organizations SET email = 'billing-' || email"))
+        if days_later:
+            conn.execute(text("UPDATE invoices SET created_at = created_at - interval '3 days'"))
+    if days_later:
+        killing_stripe.forget_idempotency_keys()
+
+    rerun = subprocess.run([*BILLING, "invoice-monthly", "--month", "2024-01"], env=peers_env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert_exactly_once(engine, s3, mail, killing_stripe)
+    with engine.connect() as conn:
+        emails = dict(conn.execute(text("SELECT stripe_customer_id, email FROM organizations")).all())
+    assert {c["id"]: c["email"] for c in killing_stripe.customers.values()} == emails
+    assert all(email.startswith("billing-") for email in emails.values())
+
+
 def test_the_one_window_that_can_resend_an_email(peers_env, engine, s3, mail, killing_stripe, tmp_path) -> None:
     """Killed right after the SMTP server accepted the message, before `emailed_at` was committed:
     the rerun sends that one e-mail again, with the same Message-ID. Nothing else repeats."""

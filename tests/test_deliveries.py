@@ -509,6 +509,39 @@ def test_the_pdf_total_is_what_stripe_charges_where_stripe_differs_from_iso(db_u
         assert f"Total due {printed}" in text, (org, text)
 
 
+def test_an_invoice_issued_with_stripe_off_that_stripe_cannot_charge_fails_as_stripe_before_any_call(
+        db_url, engine, s3, mail, fake_stripe, clean_env, tmp_path) -> None:
+    """Issued with Stripe off, an invoice keeps the currency's ISO unit (1.235 KWD, in fils); Stripe
+    charges tens of fils only. Once Stripe is turned on, completing it fails its Stripe step saying
+    why, before any call (no customer, no empty draft left in Stripe), never as an "unexpected error"
+    of the data; the others are delivered."""
+    from tests.data import add_org, add_usage, set_plan
+
+    plans = tmp_path / "plans.toml"
+    plans.write_text(CURRENCY_PLANS)
+    env = peer_env(db_url, s3, mail, fake_stripe)
+    assert runner.invoke(app, ["plans", "apply", str(plans)], env=env).exit_code == 0
+    with engine.begin() as conn:
+        for code in ("KWD", "JPY"):
+            add_org(conn, f"org-{code.lower()}", currency=code)
+            set_plan(conn, f"org-{code.lower()}", code.lower())
+            add_usage(conn, f"org-{code.lower()}", "api_calls", "1000")
+    off = run({**env, "INVOICE_ENABLE_STRIPE": "false"})
+    assert off.exit_code == 0, off.output
+    assert str(stored(engine)["org-kwd"]["total"]) == "1.235"
+
+    result = run(env)
+
+    assert result.exit_code == ExitCode.PARTIAL, result.output
+    assert "errors_stripe=1" in result.output and "errors_data=0" in result.output, result.output
+    assert "1.235 KWD" in result.output and "unexpected error" not in result.output, result.output
+    invoices = stored(engine)
+    assert invoices["org-kwd"]["stripe_invoice_id"] is None and invoices["org-kwd"]["stripe_customer_id"] is None
+    assert invoices["org-jpy"]["stripe_status"] == "sent"
+    assert [inv["currency"] for inv in fake_stripe.invoices.values()] == ["jpy"]
+    assert len(fake_stripe.customers) == 1
+
+
 def test_a_known_customer_costs_three_stripe_calls_and_a_changed_one_is_updated(env, engine, fake_stripe) -> None:
     from tests.data import add_usage, utc
 
@@ -710,6 +743,38 @@ def test_stripe_calls_per_invoice_are_three_for_a_known_customer_and_four_for_a_
     assert sorted(len(inv["lines"]["data"]) for inv in fake_stripe.invoices.values()) == [1, 1, 5, 5]
     assert {inv["status"] for inv in fake_stripe.invoices.values()} == {"open"}
     assert sorted(map(len, fake_stripe.sent_invoices.values())) == [1, 1, 1, 1]
+
+
+def test_an_invoice_of_more_lines_than_stripe_takes_fails_before_anything_is_made_in_stripe(
+        db_url, engine, s3, mail, fake_stripe, clean_env, tmp_path) -> None:
+    """Stripe takes at most 250 items on an invoice. An invoice of 251 lines is issued, rendered and
+    uploaded, then fails its Stripe step with a message saying so, before any call: no customer, no
+    empty draft left in Stripe, no e-mail; the organization beside it is delivered (exit 6)."""
+    from tests.data import add_org, add_usage, set_plan, utc
+
+    plans = tmp_path / "plans.toml"
+    plans.write_text(LINE_PLANS + '\n[[plan]]\nid = "many-lines"\nname = "Many lines"\ncurrency = "USD"\n' + "".join(
+        f'\n  [[plan.price]]\n  metric = "m{n}"\n  model = "per_unit"\n  unit_price = 0.01\n' for n in range(1, 252)))
+    assert runner.invoke(app, ["plans", "apply", str(plans)], env={"DATABASE_URL": db_url}).exit_code == 0
+    with engine.begin() as conn:
+        add_org(conn, "org-many")
+        set_plan(conn, "org-many", "many-lines")
+        for n in range(1, 252):
+            add_usage(conn, "org-many", f"m{n}", "1", utc(2024, 1, 10, 10))
+        add_org(conn, "org-few")
+        set_plan(conn, "org-few", "five-lines")
+        add_usage(conn, "org-few", "m1", "10", utc(2024, 1, 10, 10))
+
+    result = runner.invoke(app, ["invoice-monthly", "--month", "2024-01"], env=peer_env(db_url, s3, mail, fake_stripe))
+
+    assert result.exit_code == ExitCode.PARTIAL, result.output
+    assert "251 lines" in result.output and "at most 250" in result.output, result.output
+    invoices = stored(engine)
+    assert invoices["org-many"]["s3_uploaded_at"] is not None and invoices["org-many"]["stripe_invoice_id"] is None
+    assert invoices["org-many"]["emailed_at"] is None and invoices["org-many"]["stripe_customer_id"] is None
+    assert [inv["metadata"]["invoice_number"] for inv in fake_stripe.invoices.values()] == [invoices["org-few"]["number"]]
+    assert len(fake_stripe.customers) == 1
+    assert [m.message["To"].addresses[0].addr_spec for m in mail.received] == ["org-few@example.com"]
 
 
 def test_the_email_prints_amounts_as_the_pdf_does_and_says_how_to_pay(env, engine, mail) -> None:

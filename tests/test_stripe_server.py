@@ -160,6 +160,22 @@ def test_lists_are_newest_first_and_paginate(fake: FakeStripeServer) -> None:
     assert [i.id for i in everything.auto_paging_iter()] == ids[::-1]
 
 
+def test_customers_are_searched_by_metadata_and_email_and_paged(fake: FakeStripeServer) -> None:
+    client = client_for(fake)
+    made = [client.v1.customers.create({"email": f"b{n}@acme.test", "metadata": {"org_id": f"o'{n % 2}"}}).id
+            for n in range(5)]
+
+    first = client.v1.customers.search({"query": "metadata['org_id']:'o\\'0'", "limit": 2})
+    rest = client.v1.customers.search({"query": "metadata['org_id']:'o\\'0'", "limit": 2, "page": first.next_page})
+    by_email = client.v1.customers.search({"query": "email:'b3@acme.test' AND metadata['org_id']:'o\\'1'"})
+
+    assert [c.id for c in first.data] == [made[4], made[2]] and first.has_more
+    assert [c.id for c in rest.data] == [made[0]] and not rest.has_more and rest.next_page is None
+    assert [c.id for c in by_email.data] == [made[3]]
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.customers.search({"query": "name~'Acme'"})
+
+
 def test_expand_and_pending_items(fake: FakeStripeServer) -> None:
     client = client_for(fake)
     customer = new_customer(client)

@@ -22,12 +22,23 @@ from .breaker import CircuitBreaker, CircuitOpen
 # Pinned, so that upgrading the SDK never silently changes the API behaviour we rely on.
 STRIPE_API_VERSION = "2026-10-28.endive"
 
+# Stripe refuses more items on one invoice (changelog 2016-02-22, "no more than 250 invoice items").
+STRIPE_MAX_LINES = 250
+
 
 class PaymentError(Exception):
-    def __init__(self, message: str, *, transient: bool, not_found: bool = False) -> None:
+    def __init__(self, message: str, *, transient: bool, not_found: bool = False, conflict: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
         self.not_found = not_found  # Stripe answered 404: no such object
+        self.conflict = conflict  # an idempotency key reused with other parameters (400 idempotency_error)
+
+
+@dataclass(frozen=True)
+class StripeCustomer:
+    id: str
+    name: str | None
+    email: str | None
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,7 @@ class StripeLineTax:
 
 
 class PaymentGateway(Protocol):
-    def find_customer(self, organization_id: str, email: str) -> str | None: ...
+    def find_customer(self, organization_id: str) -> StripeCustomer | None: ...
     def create_customer(self, organization_id: str, name: str, email: str) -> str: ...
     def update_customer(self, customer_id: str, *, name: str, email: str, since: str) -> None: ...
     def find_invoice(self, customer_id: str, invoice_id: int) -> StripeInvoice | None: ...
@@ -280,7 +291,7 @@ class StripeGateway:
                                not_found=getattr(exc, "http_status", None) == 404) from None
         except stripe.IdempotencyError as exc:
             raise PaymentError(f"Stripe {what}: idempotency conflict: {exc.user_message or exc}",
-                               transient=False) from None
+                               transient=False, conflict=True) from None
         except stripe.APIConnectionError as exc:
             raise PaymentError(f"Stripe {what}: cannot reach Stripe ({type(exc).__name__})", transient=True) from None
         except stripe.StripeError as exc:
@@ -304,11 +315,20 @@ class StripeGateway:
                              hosted_url=data.get("hosted_invoice_url"))
 
     # -- customers ---------------------------------------------------------------------------
-    def find_customer(self, organization_id: str, email: str) -> str | None:
-        for customer in self._list("customer lookup", "/v1/customers", email=email):
-            if (customer.get("metadata") or {}).get("organization_id") == organization_id:
-                return customer["id"]
-        return None
+    def find_customer(self, organization_id: str) -> StripeCustomer | None:
+        """The customer made for the organization (by our metadata, whatever its name and e-mail
+        have become), through Stripe's Search API: it lags writes by about a minute, which a rerun
+        after a crash leaves it."""
+        quoted = organization_id.replace("\\", "\\\\").replace("'", "\\'")
+        params: dict[str, Any] = {"query": f"metadata['organization_id']:'{quoted}'", "limit": 100}
+        while True:
+            page = self._request("customer lookup", "get", "/v1/customers/search", **params)
+            for customer in page["data"]:
+                if (customer.get("metadata") or {}).get("organization_id") == organization_id:
+                    return StripeCustomer(customer["id"], customer.get("name"), customer.get("email"))
+            if not page.get("has_more") or not page.get("next_page"):
+                return None
+            params["page"] = page["next_page"]
 
     def create_customer(self, organization_id: str, name: str, email: str) -> str:
         return self._request("customer creation", "post", "/v1/customers", name=name, email=email,

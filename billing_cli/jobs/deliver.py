@@ -27,7 +27,8 @@ from ..db.engine import Transactions
 from ..db.invoice_store import StoredInvoice
 from ..delivery.invoice_email import BadAddress, build_invoice_email, check_address, check_header_value, message_id
 from ..delivery.mailer import MailError
-from ..delivery.payments import PaymentError, PaymentGateway, StripeInvoiceDetail, StripeLine, StripeLineTax
+from ..delivery.payments import STRIPE_MAX_LINES, PaymentError, PaymentGateway, StripeInvoiceDetail, StripeLine, \
+    StripeLineTax
 from ..delivery.ports import Deliveries
 from ..delivery.storage import PresignedLink, StorageError, object_key
 from ..invoices import InvoiceDocument, Seller
@@ -129,6 +130,16 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: St
     invoice was sent, and is never sent twice, however long ago the first attempt was."""
     gateway = deliveries.payments
     assert gateway is not None
+    if len(document.lines) > STRIPE_MAX_LINES:  # before any call: no customer, no draft Stripe would leave empty
+        raise PaymentError(f"{document.number} has {len(document.lines)} lines and a Stripe invoice takes at most "
+                           f"{STRIPE_MAX_LINES}: not sent in Stripe, nor e-mailed; bill it outside Stripe",
+                           transient=False)
+    try:  # before any call too: an invoice issued while Stripe was off keeps the ISO unit (1.235 KWD)
+        expected, lines = to_stripe_amount(document.total, document.currency), _stripe_lines(document)
+    except ValueError as exc:
+        raise PaymentError(f"{document.number} cannot go to Stripe as it was issued ({exc}; issued while Stripe "
+                           "was off?): not sent in Stripe, nor e-mailed; regenerate it with Stripe on",
+                           transient=False) from None
     customer = _customer(transactions, gateway, invoice, document)
     stale = datetime.now(UTC) - invoice.created_at > IDEMPOTENCY_WINDOW
     stripe_id = invoice.stripe_invoice_id
@@ -148,11 +159,10 @@ def _sync_stripe(transactions: Transactions, deliveries: Deliveries, invoice: St
             raise PaymentError(f"Stripe has no invoice {stripe_id} any more (deleted?): check it in Stripe",
                                transient=False)
 
-    expected = to_stripe_amount(document.total, document.currency)
     status = "draft" if remote is None else remote.status
     if status == "draft":
         present = {n for n, _ in remote.lines} if remote is not None else set()
-        missing = [line for line in _stripe_lines(document) if line.line_no not in present]
+        missing = [line for line in lines if line.line_no not in present]
         total = gateway.add_lines(stripe_id, invoice_id=invoice.id, lines=missing).total if missing else \
             remote.total  # type: ignore[union-attr]
         currency = remote.currency if remote is not None else document.currency
@@ -209,9 +219,7 @@ def _customer(transactions: Transactions, gateway: PaymentGateway, invoice: Stor
     customer = state.customer_id
     if customer is None:
         name, email = now or (document.bill_to_name, document.bill_to_email)
-        stale = datetime.now(UTC) - invoice.created_at > IDEMPOTENCY_WINDOW
-        customer = (gateway.find_customer(document.organization_id, email) if stale else None) or \
-            gateway.create_customer(document.organization_id, name, email)
+        customer = _new_customer(gateway, invoice, document.organization_id, name, email)
     elif now is not None and (state.synced_name, state.synced_email) != now:
         name, email = now
         # A key of its own for each change (what we last recorded, and when): A, B, A, B within
@@ -223,6 +231,30 @@ def _customer(transactions: Transactions, gateway: PaymentGateway, invoice: Stor
     with transactions() as conn:
         invoice_store.record_stripe_customer(conn, document.organization_id, customer, name=name, email=email)
     return customer
+
+
+def _new_customer(gateway: PaymentGateway, invoice: StoredInvoice, organization_id: str, name: str,
+                  email: str) -> str:
+    """The organization's customer when none is recorded: made now, or found by our metadata when
+    an earlier attempt made it (killed before recording it), and then given the name and e-mail
+    the organization has now. Found before creating when Stripe may have forgotten that attempt's
+    key; after creating when Stripe refuses its key because the details changed since that attempt
+    (the key stays bound to them for ~24 h). Never a second customer."""
+    stale = datetime.now(UTC) - invoice.created_at > IDEMPOTENCY_WINDOW
+    found = gateway.find_customer(organization_id) if stale else None
+    if found is None:
+        try:
+            return gateway.create_customer(organization_id, name, email)
+        except PaymentError as exc:
+            if not exc.conflict:
+                raise
+            found = gateway.find_customer(organization_id)
+            if found is None:  # Stripe's search lags its writes by about a minute
+                raise PaymentError(f"{exc} (an earlier attempt made the customer with other details; Stripe's "
+                                   "search does not show it yet): rerun in a few minutes", transient=False) from None
+    if (found.name, found.email) != (name, email):
+        gateway.update_customer(found.id, name=name, email=email, since=f"found:{found.name}:{found.email}")
+    return found.id
 
 
 def _usable(name: str, email: str) -> tuple[str, str] | None:

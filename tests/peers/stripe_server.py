@@ -17,7 +17,7 @@ so the server speaks Stripe's wire format (what stripe-python sends and parses):
   `Request-Id`, `Stripe-Version`, `Idempotency-Key`, `Idempotent-Replayed` and `Original-Request`
   response headers.
 
-Endpoints: `POST/GET /v1/customers`, `GET/POST /v1/customers/{id}`; `POST/GET /v1/tax_rates`,
+Endpoints: `POST/GET /v1/customers`, `GET /v1/customers/search`, `GET/POST /v1/customers/{id}`; `POST/GET /v1/tax_rates`,
 `GET /v1/tax_rates/{id}`; `POST/GET /v1/invoices`,
 `GET /v1/invoices/{id}`, `GET /v1/invoices/{id}/lines`, `POST /v1/invoices/{id}/finalize`,
 `.../send`, `.../void`, `.../add_lines` (lines with `tax_rates` or `tax_amounts`);
@@ -31,7 +31,7 @@ Modelled Stripe behaviour:
   or assigns customer `invoice_prefix`-sequence) -> void; sending a draft finalizes it first;
   items only on draft invoices of the same customer and currency; `add_lines` adds every line or
   none, to a draft only; totals recomputed from the lines; `pending_invoice_items_behavior=include`
-  pulls the customer's pending items;
+  pulls the customer's pending items; at most 250 items an invoice (400 beyond);
 - invoice items take `amount`, or `quantity` x `unit_amount_decimal` (rounded half-up); the
   pre-2025-03-31 `unit_amount` is accepted only when the request's `Stripe-Version` is older;
 - idempotency: a POST's first result is saved under its `Idempotency-Key` and replayed byte for
@@ -582,6 +582,43 @@ class _Account:
         expand = _expand(p, "list:customer")
         return self.render(self._page(matches, p, "/v1/customers", "customer"), expand)
 
+    def search_customers(self, call: _Call) -> Obj:
+        """Stripe's Search API for customers (docs "Search query language"), for the clauses
+        `email:'x'` and `metadata['key']:'x'` (exact match), joined by AND: a search result of
+        `limit` (1..100, default 10) objects, newest first, paged by `page`/`next_page`. Stripe's
+        own search lags writes by up to a minute (not modelled: found at once)."""
+        p = call.params
+        _check_known(p, ("query", "limit", "page", "expand"))
+        query = _string(p, "query", required=True) or ""
+        clauses = []
+        for clause in re.split(r"\s+AND\s+", query.strip()):
+            match = _SEARCH_CLAUSE.fullmatch(clause)
+            if match is None:
+                raise _param_error(f"Invalid query: {query}", "query")
+            value = re.sub(r"\\(.)", r"\1", match["value"][1:-1])
+            clauses.append((match["key"], value))
+        limit = _integer(p, "limit", minimum=1, maximum=100) or 10
+        page = _string(p, "page")
+        start = 0
+        if page is not None:
+            if not page.isdigit():
+                raise _param_error(f"Invalid page: {page}", "page")
+            start = int(page)
+
+        def field(customer: Obj, key: str) -> Any:
+            return customer["metadata"].get(key[len("metadata['"):-2]) if key.startswith("metadata[") \
+                else customer.get(key)
+
+        def matches(customer: Obj) -> bool:
+            return all(field(customer, key) == value for key, value in clauses)
+
+        found = sorted((c for c in self.customers.values() if matches(c)), key=lambda c: -self._order[c["id"]])
+        data = found[start:start + limit]
+        more = len(found) > start + limit
+        return self.render({"object": "search_result", "data": data, "has_more": more,
+                            "next_page": str(start + limit) if more else None, "url": "/v1/customers/search"},
+                           _expand(p, "list:customer"))
+
     # invoices
 
     def create_invoice(self, call: _Call) -> Obj:
@@ -971,6 +1008,7 @@ class _Account:
             rates = self._line_tax_rates(line.get("tax_rates"), f"lines[{index}][tax_rates]")
             amounts = _tax_amounts(line.get("tax_amounts"), f"lines[{index}][tax_amounts]", invoice["currency"])
             lines.append((amount, _string(line, "description"), _metadata(line), _period(line), rates, amounts))
+        _check_room(invoice, len(lines))
         if any(amounts for *_, amounts in lines) and (
                 any(rates for *_, rates, _ in lines) or any(l.get("tax_rates") for l in invoice["lines"]["data"])):
             raise _param_error("You cannot set tax amounts if any line item has tax_rates.", "lines")
@@ -1097,6 +1135,7 @@ class _Account:
             raise ApiError(400, f"The currency of the invoice item ({currency}) must match the "
                                 f"currency of the invoice ({invoice['currency']}).",
                            param="currency")
+        _check_room(invoice, 1)
 
     def retrieve_invoice_item(self, call: _Call) -> Obj:
         _check_known(call.params, ("expand",))
@@ -1116,7 +1155,18 @@ class _Account:
         return self.render(self._page(matches, p, "/v1/invoiceitems", "invoiceitem"), expand)
 
 
+_MAX_INVOICE_ITEMS = 250  # Stripe's changelog 2016-02-22: "no more than 250 invoice items" on an invoice
+
+
+def _check_room(invoice: Obj, adding: int) -> None:
+    """Stripe refuses (400) items that would take an invoice over 250, before adding any."""
+    if len(invoice["lines"]["data"]) + adding > _MAX_INVOICE_ITEMS:
+        raise _param_error(f"An invoice can have at most {_MAX_INVOICE_ITEMS} invoice items; invoice "
+                           f"{invoice['id']} has {len(invoice['lines']['data'])} and {adding} were added.", "lines")
+
+
 _ID = r"(?P<id>[^/]+)"
+_SEARCH_CLAUSE = re.compile(r"(?P<key>email|metadata\['[A-Za-z0-9_-]+'\]):(?P<value>'(?:[^'\\]|\\.)*')")
 _ROUTES: list[tuple[str, re.Pattern[str], Callable[[_Account, _Call], Obj]]] = [
     (method, re.compile(pattern), handler) for method, pattern, handler in [
         ("POST", r"/v1/tax_rates", _Account.create_tax_rate),
@@ -1124,6 +1174,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], Callable[[_Account, _Call], Obj]]] = [
         ("GET", rf"/v1/tax_rates/{_ID}", _Account.retrieve_tax_rate),
         ("POST", r"/v1/customers", _Account.create_customer),
         ("GET", r"/v1/customers", _Account.list_customers),
+        ("GET", r"/v1/customers/search", _Account.search_customers),
         ("GET", rf"/v1/customers/{_ID}", _Account.retrieve_customer),
         ("POST", rf"/v1/customers/{_ID}", _Account.update_customer),
         ("POST", r"/v1/invoices", _Account.create_invoice),
