@@ -133,3 +133,30 @@ def test_late_usage_billed_by_a_regenerated_invoice_is_not_lost_when_the_window_
     assert may.exit_code == 0, may.output
     # January's 500 late calls were billed once and must stay billed.
     assert billed_quantity(engine, "acme", "2024-01") == 1300, may.output
+
+
+def test_late_usage_of_a_month_billed_in_another_currency_is_reported_and_the_next_invoice_is_issued(
+        db, engine) -> None:
+    with engine.begin() as conn:
+        add_org(conn, "gmbh", currency="EUR")
+        set_plan(conn, "gmbh", "euro")
+    events(engine, "gmbh", 100, utc(2024, 1, 10, 9))
+    roll_up(db)
+    assert invoice(db, "2024-01").exit_code == 0  # 10.00 EUR
+    with engine.begin() as conn:  # the account service moves the customer to a USD plan
+        conn.execute(text("UPDATE organizations SET currency = 'USD' WHERE id = 'gmbh'"))
+        set_plan(conn, "gmbh", "pro")
+    events(engine, "gmbh", 5, utc(2024, 1, 20, 9))  # late January calls: 0.50 EUR, never 0.50 USD
+    events(engine, "gmbh", 200, utc(2024, 2, 3, 9))
+    roll_up(db)
+    february = invoice(db, "2024-02")
+    # February is billed (10.00 fee + 200 x 0.01), without the EUR adjustment, and the operator is told.
+    assert february.exit_code == 0, february.output
+    assert invoices_of(engine, "gmbh") == [("INV-2024-01-000001", "issued", D("10.00")),
+                                           ("INV-2024-02-000001", "issued", D("12.00"))]
+    assert [line[1] for line in lines_of(engine, "INV-2024-02-000001")] == [utc(2024, 2, 1).date()] * 2
+    assert ("usage of 2024-01 changed after it was billed in EUR; this invoice is in USD, and an amount is never "
+            "converted: not billed") in " ".join(february.output.split()), february.output
+    again = invoice(db, "2024-02")
+    assert again.exit_code == 0, again.output
+    assert len(invoices_of(engine, "gmbh")) == 2

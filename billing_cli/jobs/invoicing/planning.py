@@ -141,6 +141,15 @@ def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str
     # when it started (never this period's version: a plan change waits for the next boundary).
     earlier = [(record.without(replaced), record.plan or earlier_plans.get(period) or plan)
                for period, record in history.changed.items() if window <= period < month]
+    # A period billed in another currency (the organization changed currency since) is never
+    # adjusted on this invoice: an amount is never converted. It is reported, not billed; the rest
+    # of the invoice is (refusing it would leave the organization unbilled for good).
+    foreign = [(record.period, record_plan.currency) for record, record_plan in earlier
+               if record_plan.currency != plan.currency]
+    earlier = [(record, record_plan) for record, record_plan in earlier if record_plan.currency == plan.currency]
+    warnings += tuple(f"usage of {period} changed after it was billed in {currency}; this invoice is in "
+                      f"{plan.currency}, and an amount is never converted: not billed; `billing reconcile --month "
+                      f"{period}` shows the difference (settle it by hand)" for period, currency in foreign)
     own = history.own
     bounds = {period: record.bounds for period, record in history.changed.items() if record.bounds is not None}
     bounds[month] = org.billing_period(month)
