@@ -160,3 +160,54 @@ def test_late_usage_of_a_month_billed_in_another_currency_is_reported_and_the_ne
     again = invoice(db, "2024-02")
     assert again.exit_code == 0, again.output
     assert len(invoices_of(engine, "gmbh")) == 2
+
+
+def _january_adjusted_twice(db, engine) -> None:
+    """January 800 calls (18.00); 500 late ones billed by February (+3.50), 200 more by March
+    (1,500 in all: 10.00 + 2.50 = 12.50, minus 11.50 billed = +1.00)."""
+    with engine.begin() as conn:
+        add_org(conn, "acme")
+        set_plan(conn, "acme", "pro")
+    events(engine, "acme", 800, utc(2024, 1, 20, 10))
+    roll_up(db)
+    assert invoice(db, "2024-01").exit_code == 0
+    events(engine, "acme", 500, utc(2024, 1, 21, 10))
+    roll_up(db)
+    assert invoice(db, "2024-02").exit_code == 0
+    events(engine, "acme", 200, utc(2024, 1, 22, 10))
+    roll_up(db)
+    assert invoice(db, "2024-03").exit_code == 0
+    assert [t for _, _, t in invoices_of(engine, "acme")] == [D("18.00"), D("13.50"), D("11.00")]
+
+
+def _january_lines(engine, number: str) -> list[tuple]:
+    return [(description, amount) for _, period, description, amount in lines_of(engine, number)
+            if period == utc(2024, 1, 1).date()]
+
+
+def test_voiding_an_invoice_whose_adjustment_a_later_invoice_adjusted_again_bills_it_again(db, engine) -> None:
+    _january_adjusted_twice(db, engine)
+    voided = run(db, "invoices", "void", "INV-2024-02-000001", "--reason", "test", "--yes")
+    assert voided.exit_code == 0, voided.output
+    april = invoice(db, "2024-04")
+    assert april.exit_code == 0, april.output
+    # February's +3.50 for January is undone by its void: April bills it again (1,500 - 800 - 200 calls).
+    assert _january_lines(engine, "INV-2024-04-000001") == [
+        ("Adjustment for January 2024: API calls, +500 units (1,500 in all)", D("3.50"))]
+    assert billed_quantity(engine, "acme", "2024-01") == 1500
+    assert invoice(db, "2024-05").exit_code == 0  # and once only
+    assert _january_lines(engine, "INV-2024-05-000001") == []
+
+
+def test_regenerating_an_invoice_whose_adjustment_a_later_invoice_adjusted_again_keeps_it(db, engine) -> None:
+    _january_adjusted_twice(db, engine)
+    regenerated = invoice(db, "2024-02", "--org", "acme", "--regenerate")
+    assert regenerated.exit_code == 0, regenerated.output
+    # The replacement bills what February billed: its fee and January's +500 calls (March counted on them).
+    assert invoices_of(engine, "acme")[3] == ("INV-2024-02-000002", "issued", D("13.50"))
+    assert _january_lines(engine, "INV-2024-02-000002") == [
+        ("Adjustment for January 2024: API calls, +500 units (1,500 in all)", D("3.50"))]
+    assert billed_quantity(engine, "acme", "2024-01") == 1500
+    assert invoice(db, "2024-04").exit_code == 0  # nothing of January twice
+    assert _january_lines(engine, "INV-2024-04-000001") == []
+    assert billed_quantity(engine, "acme", "2024-01") == 1500
