@@ -88,7 +88,7 @@ class ComposedInvoice:
     period: Month
     lines: tuple[InvoiceLine, ...]
     usage: dict[tuple[Month, str], Decimal]  # (period, metric) -> quantity billed by this invoice
-    periods: tuple[Month, ...]  # every period this invoice accounted for (its own and those it adjusted)
+    periods: tuple[Month, ...]  # every period this invoice accounted for (its own and the earlier ones rated again)
     adjusted: tuple[PeriodDelta, ...] = ()
     taxes: tuple[InvoiceTax, ...] = ()  # the tax breakdown (taxes.py); none while taxes are off
     billing_period: BillingPeriod | None = None  # its own period's interval; None: the calendar month
@@ -195,20 +195,24 @@ def compose(period: Month, usage: Mapping[str, Decimal], plan: PricePlan, *, fee
         lines = [_in_period(line, period, bounds) for line in rated.lines]
         billed_usage = {(period, m): q for m, q in sorted(usage.items()) if q != 0}
     adjusted = []
+    checked = []  # every earlier period rated again: accounted for by this invoice, adjusted or not
     for record, record_plan in sorted(earlier, key=lambda pair: pair[0].period):
         if record_plan.currency != plan.currency:
             raise RatingError(f"{record.period} was billed in {record_plan.currency}, the organization is now "
                               f"billed in {plan.currency}: its late usage cannot go on this invoice")
         delta = period_delta(record, record_plan, fees=fees(record.period),
                              label=f"Adjustment for {record.label}", precision=precision)
-        if delta.is_empty:
+        checked.append(record.period)
+        if delta.is_empty:  # changed, but to the same totals (an event moved within the month): nothing to bill
             continue
         adjusted.append(delta)
         lines += delta.lines
         billed_usage.update({(record.period, m): q for m, q in delta.usage.items()})
     lines += _credit_lines(exact_sum(line.amount for line in lines), credit_balance, period, bounds,
                            lambda amount: movable_credit(amount, plan.currency, precision))
-    periods = (period, *(d.period for d in adjusted))
+    # Recorded with the revision each was read at (invoice_periods), so a change that bills nothing is
+    # not taken for one still to bill (and reported as not billed once out of the window).
+    periods = (period, *checked)
     return ComposedInvoice(plan, plan.currency, period, tuple(lines), billed_usage, periods, tuple(adjusted),
                            billing_period=bounds, fees=fees(period))
 

@@ -333,3 +333,26 @@ def test_stripe_receives_the_same_negative_lines_and_zero_total(db, engine, s3, 
     # amounts as the PDF prints them (INVOICE_LOCALE, default en)
     assert "Adjustment for January 2024: API-Aufrufe, -100 units (0 in all): -€10.00" in body
     assert "A credit of €10.00 is carried to your next invoice." in body
+
+
+def test_events_moved_within_an_invoiced_month_are_not_reported_as_unbilled_once_out_of_the_window(db, engine) -> None:
+    with engine.begin() as conn:
+        add_org(conn, "acme")
+        set_plan(conn, "acme", "pro")
+    events(engine, "acme", 100, utc(2024, 1, 10, 9))
+    roll_up(db)
+    assert invoice(db, "2024-01").exit_code == 0  # 10.00 + 1.00
+    with engine.begin() as conn:  # the producer corrects the time of 10 events: still in January
+        conn.execute(text("UPDATE usage_events SET occurred_at = occurred_at + interval '1 day' WHERE idempotency_key "
+                          "IN (SELECT idempotency_key FROM usage_events WHERE organization_id = 'acme' "
+                          "ORDER BY idempotency_key LIMIT 10)"))
+    roll_up(db)
+    for month in ("2024-02", "2024-03", "2024-04"):
+        assert invoice(db, month).exit_code == 0
+    # February rated January again: the same 100 calls, nothing to bill, and nothing left to bill.
+    may = invoice(db, "2024-05")
+    assert may.exit_code == 0, may.output
+    assert "usage of 2024-01 changed" not in may.output, may.output
+    assert [t for _, _, t in invoices_of(engine, "acme")] == [D("11.00"), D("10.00"), D("10.00"), D("10.00"),
+                                                               D("10.00")]
+    assert billed_quantity(engine, "acme", "2024-01") == 100
