@@ -149,6 +149,11 @@ def test_late_usage_of_a_month_billed_in_another_currency_is_reported_and_the_ne
     events(engine, "gmbh", 5, utc(2024, 1, 20, 9))  # late January calls: 0.50 EUR, never 0.50 USD
     events(engine, "gmbh", 200, utc(2024, 2, 3, 9))
     roll_up(db)
+    january = invoice(db, "2024-01")  # a rerun of January never says they will be billed
+    assert january.exit_code == 0, january.output
+    assert "billed on the next invoice" not in january.output, january.output
+    assert ("usage of 2024-01 changed after it was billed in EUR; the organization is now billed in USD, and an "
+            "amount is never converted: not billed") in " ".join(january.output.split()), january.output
     february = invoice(db, "2024-02")
     # February is billed (10.00 fee + 200 x 0.01), without the EUR adjustment, and the operator is told.
     assert february.exit_code == 0, february.output
