@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from decimal import Decimal
 
 from .anchors import BillingPeriod, FeeShare
@@ -87,7 +88,7 @@ class ComposedInvoice:
     period: Month
     lines: tuple[InvoiceLine, ...]
     usage: dict[tuple[Month, str], Decimal]  # (period, metric) -> quantity billed by this invoice
-    periods: tuple[Month, ...]  # every period this invoice accounted for (its own and those it adjusted)
+    periods: tuple[Month, ...]  # every period this invoice accounted for (its own and the earlier ones rated again)
     adjusted: tuple[PeriodDelta, ...] = ()
     taxes: tuple[InvoiceTax, ...] = ()  # the tax breakdown (taxes.py); none while taxes are off
     billing_period: BillingPeriod | None = None  # its own period's interval; None: the calendar month
@@ -128,7 +129,9 @@ def period_delta(record: PeriodRecord, plan: PricePlan, *, fees: Fees, label: st
     `label` starts each line's description (e.g. "Adjustment for January 2024")."""
     rated = rate(record.usage, plan, record.period, fees=fees, precision=precision)
     if rated.unpriced_metrics:
-        raise UnpricedUsage(plan, rated.unpriced_metrics, record.period)
+        raise UnpricedUsage(plan, rated.unpriced_metrics, record.period,
+                            (record.bounds or BillingPeriod.calendar(record.period)).start,
+                            invoiced=record.plan is not None)
     now = _amounts(rated.lines)
     before = record.billed_total()
     quantities_before = record.billed_quantities()
@@ -151,9 +154,21 @@ def period_delta(record: PeriodRecord, plan: PricePlan, *, fees: Fees, label: st
 
 
 class UnpricedUsage(RatingError):
-    def __init__(self, plan: PricePlan, metrics: tuple[str, ...], period: Month) -> None:
-        super().__init__(f"usage of {', '.join(metrics)} in {period} is not priced by plan {plan.id!r}: price it in "
-                         f"the plan, or list it in the plan's free_metrics, then rerun")
+    """A period's usage of a metric its plan neither prices nor frees. A period is rated with its plan
+    as defined when it started (a plain `plans apply` is in force from now, too late for it), or, once
+    invoiced, with the plan its invoice stored (`invoiced`): the fix says which."""
+
+    def __init__(self, plan: PricePlan, metrics: tuple[str, ...], period: Month, start: datetime,
+                 *, invoiced: bool = False) -> None:
+        fix = (f"price it, or list it in the plan's free_metrics, with `billing plans apply FILE --effective "
+               f"{start:%Y-%m-%d}`")
+        if invoiced:
+            super().__init__(f"usage of {', '.join(metrics)} in {period} is not priced by plan {plan.id!r} as its "
+                             f"invoice of {period} stored it: {fix}, then regenerate that invoice (`billing "
+                             f"invoice-monthly --month {period} --org ID --regenerate`) and rerun")
+        else:
+            super().__init__(f"usage of {', '.join(metrics)} in {period} is not priced by plan {plan.id!r} as "
+                             f"defined on {start:%Y-%m-%d}: {fix}, then rerun")
         self.metrics = metrics
 
 
@@ -176,24 +191,28 @@ def compose(period: Month, usage: Mapping[str, Decimal], plan: PricePlan, *, fee
     else:
         rated: RatedInvoice = rate(usage, plan, period, fees=fees(period), precision=precision)
         if rated.unpriced_metrics:
-            raise UnpricedUsage(plan, rated.unpriced_metrics, period)
+            raise UnpricedUsage(plan, rated.unpriced_metrics, period, (bounds or BillingPeriod.calendar(period)).start)
         lines = [_in_period(line, period, bounds) for line in rated.lines]
         billed_usage = {(period, m): q for m, q in sorted(usage.items()) if q != 0}
     adjusted = []
+    checked = []  # every earlier period rated again: accounted for by this invoice, adjusted or not
     for record, record_plan in sorted(earlier, key=lambda pair: pair[0].period):
         if record_plan.currency != plan.currency:
             raise RatingError(f"{record.period} was billed in {record_plan.currency}, the organization is now "
                               f"billed in {plan.currency}: its late usage cannot go on this invoice")
         delta = period_delta(record, record_plan, fees=fees(record.period),
                              label=f"Adjustment for {record.label}", precision=precision)
-        if delta.is_empty:
+        checked.append(record.period)
+        if delta.is_empty:  # changed, but to the same totals (an event moved within the month): nothing to bill
             continue
         adjusted.append(delta)
         lines += delta.lines
         billed_usage.update({(record.period, m): q for m, q in delta.usage.items()})
     lines += _credit_lines(exact_sum(line.amount for line in lines), credit_balance, period, bounds,
                            lambda amount: movable_credit(amount, plan.currency, precision))
-    periods = (period, *(d.period for d in adjusted))
+    # Recorded with the revision each was read at (invoice_periods), so a change that bills nothing is
+    # not taken for one still to bill (and reported as not billed once out of the window).
+    periods = (period, *checked)
     return ComposedInvoice(plan, plan.currency, period, tuple(lines), billed_usage, periods, tuple(adjusted),
                            billing_period=bounds, fees=fees(period))
 

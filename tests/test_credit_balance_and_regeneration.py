@@ -133,3 +133,86 @@ def test_late_usage_billed_by_a_regenerated_invoice_is_not_lost_when_the_window_
     assert may.exit_code == 0, may.output
     # January's 500 late calls were billed once and must stay billed.
     assert billed_quantity(engine, "acme", "2024-01") == 1300, may.output
+
+
+def test_late_usage_of_a_month_billed_in_another_currency_is_reported_and_the_next_invoice_is_issued(
+        db, engine) -> None:
+    with engine.begin() as conn:
+        add_org(conn, "gmbh", currency="EUR")
+        set_plan(conn, "gmbh", "euro")
+    events(engine, "gmbh", 100, utc(2024, 1, 10, 9))
+    roll_up(db)
+    assert invoice(db, "2024-01").exit_code == 0  # 10.00 EUR
+    with engine.begin() as conn:  # the account service moves the customer to a USD plan
+        conn.execute(text("UPDATE organizations SET currency = 'USD' WHERE id = 'gmbh'"))
+        set_plan(conn, "gmbh", "pro")
+    events(engine, "gmbh", 5, utc(2024, 1, 20, 9))  # late January calls: 0.50 EUR, never 0.50 USD
+    events(engine, "gmbh", 200, utc(2024, 2, 3, 9))
+    roll_up(db)
+    january = invoice(db, "2024-01")  # a rerun of January never says they will be billed
+    assert january.exit_code == 0, january.output
+    assert "billed on the next invoice" not in january.output, january.output
+    assert ("usage of 2024-01 changed after it was billed in EUR; the organization is now billed in USD, and an "
+            "amount is never converted: not billed") in " ".join(january.output.split()), january.output
+    february = invoice(db, "2024-02")
+    # February is billed (10.00 fee + 200 x 0.01), without the EUR adjustment, and the operator is told.
+    assert february.exit_code == 0, february.output
+    assert invoices_of(engine, "gmbh") == [("INV-2024-01-000001", "issued", D("10.00")),
+                                           ("INV-2024-02-000001", "issued", D("12.00"))]
+    assert [line[1] for line in lines_of(engine, "INV-2024-02-000001")] == [utc(2024, 2, 1).date()] * 2
+    assert ("usage of 2024-01 changed after it was billed in EUR; this invoice is in USD, and an amount is never "
+            "converted: not billed") in " ".join(february.output.split()), february.output
+    again = invoice(db, "2024-02")
+    assert again.exit_code == 0, again.output
+    assert len(invoices_of(engine, "gmbh")) == 2
+
+
+def _january_adjusted_twice(db, engine) -> None:
+    """January 800 calls (18.00); 500 late ones billed by February (+3.50), 200 more by March
+    (1,500 in all: 10.00 + 2.50 = 12.50, minus 11.50 billed = +1.00)."""
+    with engine.begin() as conn:
+        add_org(conn, "acme")
+        set_plan(conn, "acme", "pro")
+    events(engine, "acme", 800, utc(2024, 1, 20, 10))
+    roll_up(db)
+    assert invoice(db, "2024-01").exit_code == 0
+    events(engine, "acme", 500, utc(2024, 1, 21, 10))
+    roll_up(db)
+    assert invoice(db, "2024-02").exit_code == 0
+    events(engine, "acme", 200, utc(2024, 1, 22, 10))
+    roll_up(db)
+    assert invoice(db, "2024-03").exit_code == 0
+    assert [t for _, _, t in invoices_of(engine, "acme")] == [D("18.00"), D("13.50"), D("11.00")]
+
+
+def _january_lines(engine, number: str) -> list[tuple]:
+    return [(description, amount) for _, period, description, amount in lines_of(engine, number)
+            if period == utc(2024, 1, 1).date()]
+
+
+def test_voiding_an_invoice_whose_adjustment_a_later_invoice_adjusted_again_bills_it_again(db, engine) -> None:
+    _january_adjusted_twice(db, engine)
+    voided = run(db, "invoices", "void", "INV-2024-02-000001", "--reason", "test", "--yes")
+    assert voided.exit_code == 0, voided.output
+    april = invoice(db, "2024-04")
+    assert april.exit_code == 0, april.output
+    # February's +3.50 for January is undone by its void: April bills it again (1,500 - 800 - 200 calls).
+    assert _january_lines(engine, "INV-2024-04-000001") == [
+        ("Adjustment for January 2024: API calls, +500 units (1,500 in all)", D("3.50"))]
+    assert billed_quantity(engine, "acme", "2024-01") == 1500
+    assert invoice(db, "2024-05").exit_code == 0  # and once only
+    assert _january_lines(engine, "INV-2024-05-000001") == []
+
+
+def test_regenerating_an_invoice_whose_adjustment_a_later_invoice_adjusted_again_keeps_it(db, engine) -> None:
+    _january_adjusted_twice(db, engine)
+    regenerated = invoice(db, "2024-02", "--org", "acme", "--regenerate")
+    assert regenerated.exit_code == 0, regenerated.output
+    # The replacement bills what February billed: its fee and January's +500 calls (March counted on them).
+    assert invoices_of(engine, "acme")[3] == ("INV-2024-02-000002", "issued", D("13.50"))
+    assert _january_lines(engine, "INV-2024-02-000002") == [
+        ("Adjustment for January 2024: API calls, +500 units (1,500 in all)", D("3.50"))]
+    assert billed_quantity(engine, "acme", "2024-01") == 1500
+    assert invoice(db, "2024-04").exit_code == 0  # nothing of January twice
+    assert _january_lines(engine, "INV-2024-04-000001") == []
+    assert billed_quantity(engine, "acme", "2024-01") == 1500

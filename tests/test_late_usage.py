@@ -238,9 +238,68 @@ def test_usage_of_a_metric_the_plan_does_not_price_fails_that_organization(db, e
     result = invoice(db, "2024-01", "--plain")
 
     assert result.exit_code == ExitCode.PARTIAL
-    assert ("error_data=\"usage of gpu_hours in 2024-01 is not priced by plan 'pro': price it in the plan, or "
-            "list it in the plan's free_metrics, then rerun\"") in result.output
+    assert ("error_data=\"usage of gpu_hours in 2024-01 is not priced by plan 'pro' as defined on 2024-01-01: price "
+            "it, or list it in the plan's free_metrics, with `billing plans apply FILE --effective 2024-01-01`, then "
+            "rerun\"") in " ".join(result.output.split())
     assert invoices_of(engine, "gpu-user") == [] and len(invoices_of(engine, "fine")) == 1
+
+
+GPU_PRICED = PLANS.replace("""  tiers = [{ up_to = 1000, unit_price = 0.01 }, { unit_price = 0.005 }]
+""", """  tiers = [{ up_to = 1000, unit_price = 0.01 }, { unit_price = 0.005 }]
+
+  [[plan.price]]
+  metric = "gpu_hours"
+  description = "GPU hours"
+  model = "per_unit"
+  unit_price = 1
+""", 1)
+
+
+def test_the_fix_an_unpriced_metric_error_names_makes_the_rerun_invoice_it(db, engine, tmp_path) -> None:
+    with engine.begin() as conn:
+        add_org(conn, "gpu-user")
+        set_plan(conn, "gpu-user", "pro")
+    events(engine, "gpu-user", 3, utc(2024, 1, 5, 8), metric="gpu_hours")
+    roll_up(db)
+    assert invoice(db, "2024-01").exit_code == ExitCode.PARTIAL
+    plans = tmp_path / "gpu.toml"
+    plans.write_text(GPU_PRICED)
+    # A plain apply is in force from now: January keeps the plan it started with, and still fails.
+    assert run(db, "plans", "apply", str(plans)).exit_code == 0
+    assert invoice(db, "2024-01").exit_code == ExitCode.PARTIAL
+    assert run(db, "plans", "apply", str(plans), "--effective", "2024-01-01").exit_code == 0  # as the error says
+    rerun = invoice(db, "2024-01")
+    assert rerun.exit_code == 0, rerun.output
+    assert invoices_of(engine, "gpu-user") == [("INV-2024-01-000001", "issued", D("13.00"))]  # 10 + 3 x 1.00
+
+
+def test_late_usage_of_a_metric_the_invoiced_plan_does_not_price_names_the_fix_that_works(
+        db, engine, tmp_path) -> None:
+    with engine.begin() as conn:
+        add_org(conn, "acme")
+        set_plan(conn, "acme", "pro")
+    events(engine, "acme", 800, utc(2024, 1, 20, 10))
+    roll_up(db)
+    assert invoice(db, "2024-01").exit_code == 0  # 18.00
+    events(engine, "acme", 3, utc(2024, 1, 21, 10), metric="gpu_hours")  # late, of a metric January's plan lacks
+    events(engine, "acme", 100, utc(2024, 2, 21, 10))
+    roll_up(db)
+    february = invoice(db, "2024-02")
+    assert february.exit_code == ExitCode.PARTIAL
+    # January is rated again with the plan its invoice stored: pricing the metric now is not enough.
+    assert ("usage of gpu_hours in 2024-01 is not priced by plan 'pro' as its invoice of 2024-01 stored it: price "
+            "it, or list it in the plan's free_metrics, with `billing plans apply FILE --effective 2024-01-01`, then "
+            "regenerate that invoice (`billing invoice-monthly --month 2024-01 --org ID --regenerate`) and rerun"
+            ) in " ".join(february.output.split()), february.output
+    plans = tmp_path / "gpu.toml"
+    plans.write_text(GPU_PRICED)
+    assert run(db, "plans", "apply", str(plans), "--effective", "2024-01-01").exit_code == 0
+    assert invoice(db, "2024-01", "--org", "acme", "--regenerate").exit_code == 0
+    february = invoice(db, "2024-02")
+    assert february.exit_code == 0, february.output
+    assert [(n, s, t) for n, s, t in invoices_of(engine, "acme")] == [
+        ("INV-2024-01-000001", "void", D("18.00")), ("INV-2024-01-000002", "issued", D("21.00")),
+        ("INV-2024-02-000001", "issued", D("11.00"))]  # 10 + 8 + 3; 10 + 100 x 0.01
 
 
 def test_stripe_receives_the_same_negative_lines_and_zero_total(db, engine, s3, mail, fake_stripe) -> None:
@@ -274,3 +333,26 @@ def test_stripe_receives_the_same_negative_lines_and_zero_total(db, engine, s3, 
     # amounts as the PDF prints them (INVOICE_LOCALE, default en)
     assert "Adjustment for January 2024: API-Aufrufe, -100 units (0 in all): -€10.00" in body
     assert "A credit of €10.00 is carried to your next invoice." in body
+
+
+def test_events_moved_within_an_invoiced_month_are_not_reported_as_unbilled_once_out_of_the_window(db, engine) -> None:
+    with engine.begin() as conn:
+        add_org(conn, "acme")
+        set_plan(conn, "acme", "pro")
+    events(engine, "acme", 100, utc(2024, 1, 10, 9))
+    roll_up(db)
+    assert invoice(db, "2024-01").exit_code == 0  # 10.00 + 1.00
+    with engine.begin() as conn:  # the producer corrects the time of 10 events: still in January
+        conn.execute(text("UPDATE usage_events SET occurred_at = occurred_at + interval '1 day' WHERE idempotency_key "
+                          "IN (SELECT idempotency_key FROM usage_events WHERE organization_id = 'acme' "
+                          "ORDER BY idempotency_key LIMIT 10)"))
+    roll_up(db)
+    for month in ("2024-02", "2024-03", "2024-04"):
+        assert invoice(db, month).exit_code == 0
+    # February rated January again: the same 100 calls, nothing to bill, and nothing left to bill.
+    may = invoice(db, "2024-05")
+    assert may.exit_code == 0, may.output
+    assert "usage of 2024-01 changed" not in may.output, may.output
+    assert [t for _, _, t in invoices_of(engine, "acme")] == [D("11.00"), D("10.00"), D("10.00"), D("10.00"),
+                                                               D("10.00")]
+    assert billed_quantity(engine, "acme", "2024-01") == 100

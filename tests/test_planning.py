@@ -85,8 +85,9 @@ def test_no_usage_and_no_fee_is_nothing_to_bill_and_unpriced_usage_is_refused() 
 
     assert (idle.action, idle.steps) == (Action.NOTHING_TO_BILL, ())
     assert odd.action == Action.REFUSE
-    assert odd.problem == ("usage of gpu_hours in 2024-01 is not priced by plan 'euro': price it in the plan, "
-                           "or list it in the plan's free_metrics, then rerun")
+    assert odd.problem == ("usage of gpu_hours in 2024-01 is not priced by plan 'euro' as defined on 2024-01-01: "
+                           "price it, or list it in the plan's free_metrics, with `billing plans apply FILE "
+                           "--effective 2024-01-01`, then rerun")
 
 
 def test_usage_of_a_metric_the_plan_lists_as_free_is_invoiced_without_a_line() -> None:

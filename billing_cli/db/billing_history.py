@@ -60,10 +60,15 @@ def load_histories(conn: Connection, month: Month, organization_ids: list[str], 
         SELECT r.organization_id, r.period_start, r.revision
         FROM usage_revisions r
         WHERE r.organization_id = ANY(:ids) AND r.period_start >= :oldest AND r.period_start < :period
-          AND r.revision > coalesce((SELECT max(p.revision) FROM invoices i
-                                     JOIN invoice_periods p ON p.invoice_id = i.id
-                                     WHERE i.organization_id = r.organization_id AND i.status <> 'void'
-                                       AND i.id <> ALL(:replacing) AND p.period_start = r.period_start), 0)
+          AND (r.revision > coalesce((SELECT max(p.revision) FROM invoices i
+                                      JOIN invoice_periods p ON p.invoice_id = i.id
+                                      WHERE i.organization_id = r.organization_id AND i.status <> 'void'
+                                        AND i.id <> ALL(:replacing) AND p.period_start = r.period_start), 0)
+               -- an earlier period an invoice about to be replaced adjusted: rated again without it
+               -- (a later invoice that adjusted it too counted on what the replaced one billed)
+               OR EXISTS (SELECT 1 FROM invoices i JOIN invoice_periods p ON p.invoice_id = i.id
+                          WHERE i.id = ANY(:replacing) AND i.organization_id = r.organization_id
+                            AND p.period_start = r.period_start AND i.billing_month <> r.period_start))
     """), {"ids": organization_ids, "oldest": window_start.minus(report_months).first_day,
            "period": month.first_day, "replacing": list(replacing)}).all()
     in_window = [(r.organization_id, Month.containing_date(r.period_start)) for r in changed

@@ -71,9 +71,14 @@ def load_live_invoice(session: Connection, invoice_id: int) -> StoredInvoice | N
     return StoredInvoice(**found) if found is not None else None
 
 
-def void_invoice(session: Connection, invoice_id: int, reason: str, *, organization_id: str | None = None) -> bool:
+def void_invoice(session: Connection, invoice_id: int, reason: str, *, organization_id: str | None = None,
+                 replaced: bool = False) -> bool:
     """Void a live invoice; it keeps its number (gapless) and stays for the audit trail. With the
-    organization's id, under its lock (see issue_invoice). False if it was void already."""
+    organization's id, under its lock (see issue_invoice). False if it was void already.
+    The earlier periods it adjusted get a new usage revision, so that the organization's next
+    invoice rates them again without it: a later invoice that adjusted the same period counted on
+    what this one billed, and would otherwise hide it (`replaced`: its replacement, issued in the
+    same transaction, has already rated them again without it)."""
     if organization_id is not None:
         organization_lock(session, organization_id)
     # Its Stripe invoice, if it has one, is reversed next (pending_reversals), in the same run.
@@ -81,6 +86,14 @@ def void_invoice(session: Connection, invoice_id: int, reason: str, *, organizat
         UPDATE invoices SET status = 'void', voided_at = now(), void_reason = :reason,
                             stripe_reversal = CASE WHEN stripe_invoice_id IS NOT NULL THEN 'pending' END
         WHERE id = :id AND status <> 'void'"""), {"id": invoice_id, "reason": reason}).rowcount == 1
+    if voided and not replaced:
+        session.execute(text("""
+            INSERT INTO usage_revisions AS r (organization_id, period_start, revised_at)
+            SELECT i.organization_id, p.period_start, now()
+            FROM invoices i JOIN invoice_periods p ON p.invoice_id = i.id
+            WHERE i.id = :id AND p.period_start <> i.billing_month
+            ON CONFLICT (organization_id, period_start) DO UPDATE
+                SET revision = r.revision + 1, revised_at = EXCLUDED.revised_at"""), {"id": invoice_id})
     if voided:  # the customer had it: its credit note, in the same transaction (delivered next)
         credit_note_store.issue_for_void(session, invoice_id, reason)
     return voided
@@ -302,7 +315,7 @@ def _issue(session: Connection, month: Month, requests: Sequence[IssueRequest],
             return results  # type: ignore[return-value]
         for _, request in fresh:
             if request.replaces is not None:
-                void_invoice(session, request.replaces.id, "regenerated")
+                void_invoice(session, request.replaces.id, "regenerated", replaced=True)
         last = session.execute(_RAISE_COUNTER, {"p": month.first_day, "k": len(fresh)}).scalar_one()
     numbers = [invoice_number(month, sequence) for sequence in range(last - len(fresh) + 1, last + 1)]
     rows = session.execute(text(f"""

@@ -128,6 +128,14 @@ def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str
     if existing is not None and not rules.regenerate:
         steps = _missing_steps(existing, rules, pdf_file_missing)
         late = _late_usage(org, usage, plans, history, month, rules.precision)
+        now_in = plans.get(org.price_plan_id or "")
+        billed_in = history.own.plan if history.own is not None else None
+        if late is not None and now_in is not None and billed_in is not None and billed_in.currency != now_in.currency:
+            # Never on the next invoice: that one is in another currency (see _plan's `foreign`).
+            warnings += (f"usage of {month} changed after it was billed in {billed_in.currency}; the organization is "
+                         f"now billed in {now_in.currency}, and an amount is never converted: not billed; `billing "
+                         f"reconcile --month {month}` shows the difference (settle it by hand)",)
+            late = None
         return OrgPlan(org, Action.COMPLETE if steps or reversals else Action.SKIP, existing=existing, steps=steps,
                        warnings=warnings, late=late, reversals=reversals, history=history)
     problem = _data_problem(org, plans)
@@ -141,6 +149,15 @@ def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str
     # when it started (never this period's version: a plan change waits for the next boundary).
     earlier = [(record.without(replaced), record.plan or earlier_plans.get(period) or plan)
                for period, record in history.changed.items() if window <= period < month]
+    # A period billed in another currency (the organization changed currency since) is never
+    # adjusted on this invoice: an amount is never converted. It is reported, not billed; the rest
+    # of the invoice is (refusing it would leave the organization unbilled for good).
+    foreign = [(record.period, record_plan.currency) for record, record_plan in earlier
+               if record_plan.currency != plan.currency]
+    earlier = [(record, record_plan) for record, record_plan in earlier if record_plan.currency == plan.currency]
+    warnings += tuple(f"usage of {period} changed after it was billed in {currency}; this invoice is in "
+                      f"{plan.currency}, and an amount is never converted: not billed; `billing reconcile --month "
+                      f"{period}` shows the difference (settle it by hand)" for period, currency in foreign)
     own = history.own
     bounds = {period: record.bounds for period, record in history.changed.items() if record.bounds is not None}
     bounds[month] = org.billing_period(month)
