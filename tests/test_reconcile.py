@@ -125,6 +125,22 @@ def test_a_changed_stripe_total_is_a_difference(invoiced, engine, fake_stripe) -
     assert report["differences"][0]["ours"] == "1300 USD" and report["differences"][0]["found"] == "1800 USD"
 
 
+def test_a_stripe_invoice_voided_in_stripe_while_ours_is_live_is_a_difference(invoiced, engine, fake_stripe) -> None:
+    from tests.test_json_output import assert_valid
+
+    with engine.connect() as conn:
+        stripe_id = conn.execute(text("SELECT stripe_invoice_id FROM invoices WHERE organization_id = 'acme'"
+                                      )).scalar_one()
+    fake_stripe.edit_invoice(stripe_id, status="void")  # voided in the dashboard: the customer owes nothing
+
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == ExitCode.MISMATCH
+    assert kinds(report) == [("stripe_void", "acme", "INV-2024-01-000001")]
+    assert report["differences"][0]["found"] == "void"
+    assert_valid("reconcile", report)
+
+
 def test_a_late_event_is_a_difference_until_it_is_rolled_up_and_billed(invoiced, engine) -> None:
     with engine.begin() as conn:
         add_event(conn, "acme", "api_calls", "50", utc(2024, 1, 31, 23, 30), key="acme-late")

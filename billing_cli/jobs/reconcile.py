@@ -41,6 +41,7 @@ class Kind(StrEnum):
     INVOICE_TOTAL = "invoice_total"  # an invoice's lines do not add up to its total
     STRIPE_MISSING = "stripe_missing"
     STRIPE_DRAFT = "stripe_draft"
+    STRIPE_VOID = "stripe_void"  # voided in Stripe while our invoice is live: the customer is not charged
     STRIPE_NUMBER = "stripe_number"
     STRIPE_LINES = "stripe_lines"
     STRIPE_TOTAL = "stripe_total"
@@ -211,6 +212,11 @@ def _stripe(invoice: reconcile_store.InvoiceRow, gateway: PaymentGateway) -> lis
     found = []
     if remote.status == "draft":
         found.append(Difference(Kind.STRIPE_DRAFT, org, number, "finalized", "draft", f"{rerun} finalizes it"))
+    elif remote.status == "void":
+        found.append(Difference(Kind.STRIPE_VOID, org, number, "open or paid", "void",
+                                "the customer is not charged for a live invoice: find out who voided it in Stripe, "
+                                f"then void ours (billing invoices void {number}) or issue it again ({rerun} --org {org} "
+                                "--regenerate)"))
     if remote.our_number != number:
         found.append(Difference(Kind.STRIPE_NUMBER, org, number, number, str(remote.our_number),
                                 "the Stripe invoice is not ours: check it in Stripe"))
