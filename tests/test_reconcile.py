@@ -141,6 +141,26 @@ def test_a_stripe_invoice_voided_in_stripe_while_ours_is_live_is_a_difference(in
     assert_valid("reconcile", report)
 
 
+def test_a_credit_note_issued_in_stripe_on_a_live_invoice_is_a_difference(invoiced, engine, fake_stripe) -> None:
+    import stripe
+
+    from tests.peers.fixtures import STRIPE_KEY
+
+    with engine.connect() as conn:
+        stripe_id = conn.execute(text("SELECT stripe_invoice_id FROM invoices WHERE organization_id = 'acme'"
+                                      )).scalar_one()
+    # Someone credits $5 of the $13 in the Stripe dashboard: the customer owes $8, our invoice says $13.
+    client = stripe.StripeClient(STRIPE_KEY, base_addresses={"api": fake_stripe.base_url})
+    client.v1.credit_notes.create(params={"invoice": stripe_id, "amount": 500})
+
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == ExitCode.MISMATCH
+    assert kinds(report) == [("stripe_credited", "acme", "INV-2024-01-000001")]
+    assert (report["differences"][0]["ours"], report["differences"][0]["found"]) == ("nothing credited",
+                                                                                     "500 USD credited")
+
+
 def test_a_late_event_is_a_difference_until_it_is_rolled_up_and_billed(invoiced, engine) -> None:
     with engine.begin() as conn:
         add_event(conn, "acme", "api_calls", "50", utc(2024, 1, 31, 23, 30), key="acme-late")

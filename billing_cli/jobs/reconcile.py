@@ -45,6 +45,7 @@ class Kind(StrEnum):
     STRIPE_NUMBER = "stripe_number"
     STRIPE_LINES = "stripe_lines"
     STRIPE_TOTAL = "stripe_total"
+    STRIPE_CREDITED = "stripe_credited"  # credit notes in Stripe took part of a live invoice off: it charges less
     S3_MISSING = "s3_missing"
     S3_CHECKSUM = "s3_checksum"
     EMAIL_NOT_SENT = "email_not_sent"
@@ -229,6 +230,11 @@ def _stripe(invoice: reconcile_store.InvoiceRow, gateway: PaymentGateway) -> lis
         found.append(Difference(Kind.STRIPE_TOTAL, org, number, f"{total} {invoice.currency}",
                                 f"{remote.total} {remote.currency.upper()}", "Stripe charges another amount than "
                                 "the invoice says: check it in Stripe now"))
+    if remote.credited:  # our credit notes void the invoice they credit: a live one has none in Stripe
+        found.append(Difference(Kind.STRIPE_CREDITED, org, number, "nothing credited",
+                                f"{remote.credited} {remote.currency.upper()} credited",
+                                "a credit note in Stripe lowered what the customer owes, and no invoice of ours "
+                                "says so: find out who issued it; void ours (billing invoices void) if it is wrong"))
     return found
 
 
