@@ -192,6 +192,19 @@ def test_orphan_usage_and_fees_never_invoiced_are_differences(invoiced, engine) 
     assert kinds(report) == [("orphan_usage", "ghost", "api_calls"), ("not_invoiced", "forgotten", "2024-01")]
 
 
+def test_an_org_id_that_names_no_organization_is_refused_not_reported_clean(invoiced, engine) -> None:
+    with engine.begin() as conn:  # acme's invoice no longer adds up: a check of acme must say so
+        conn.execute(text("UPDATE invoice_lines SET amount = amount + 1 WHERE line_no = 1 AND invoice_id = "
+                          "(SELECT id FROM invoices WHERE organization_id = 'acme')"))
+
+    result = runner.invoke(app, ["reconcile", "--month", "2024-01", "--org", "acmee", "--json"], env=invoiced)  # a typo
+
+    assert result.exit_code == ExitCode.USAGE, result.output
+    report = json.loads(result.stdout)
+    assert report["outcome"] == "failed" and report["message"].startswith("--org acmee: no organization with this id")
+    assert reconcile(invoiced, "--org", "acme")[0].exit_code == ExitCode.MISMATCH
+
+
 def test_a_service_that_cannot_be_asked_is_never_all_clear(invoiced) -> None:
     unreachable = {**invoiced, "STRIPE_API_BASE": "http://127.0.0.1:1", "DELIVERY_MAX_ATTEMPTS": "1"}
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
-from ..db import credit_note_store, reconcile_store
+from ..db import credit_note_store, reconcile_store, usage_store
 from ..db.engine import Transactions
 from ..delivery.payments import PaymentError, PaymentGateway
 from ..delivery.storage import FileStore, StorageError
-from ..errors import PeerUnavailable
+from ..errors import PeerUnavailable, UsageError
 from ..money import exact_sum, to_stripe_amount
 from ..outcomes import Job, RunOutcome, Step
 from ..periods import Month
@@ -119,6 +119,11 @@ def reconcile_month(transactions: Transactions, month: Month, checks: Checks, *,
         if on_difference:
             on_difference(difference)
 
+    with transactions() as conn:
+        unknown = usage_store.unknown_organizations(conn, list(only)) if only else []
+    if unknown:  # a typo checks nothing: it must not read as "all clear" (exit 0)
+        raise UsageError(f"--org {', '.join(unknown)}: no organization with this id; check the id (nothing was "
+                         f"checked; usage of ids with no organization shows as orphan_usage without --org)")
     with transactions() as conn:
         pruned = reconcile_store.pruned_months(conn, month)  # `billing usage prune` dropped their events
         windows = reconcile_store.period_windows(conn, month, ids)  # anchored organizations' own periods
