@@ -4,6 +4,7 @@ with the difference named for each kind of disagreement; exit 12 when a service 
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -212,6 +213,34 @@ def test_a_service_that_cannot_be_asked_is_never_all_clear(invoiced) -> None:
 
     assert result.exit_code == ExitCode.PEER_UNAVAILABLE
     assert "could not check INV-2024-01-000001 in Stripe" in result.output
+
+
+def test_a_check_that_could_not_ask_stripe_leaves_the_differences_found_before_in_the_pushgateway(
+        invoiced, engine, s3) -> None:
+    from tests.peers.pushgateway import Pushgateway
+
+    def differences(exposed: str) -> str | None:
+        found = re.search(r'^billing_reconcile_differences\{[^}]*kind="any"[^}]*\} (\S+)$', exposed, re.M)
+        return found.group(1) if found else None
+
+    with engine.connect() as conn:
+        key = conn.execute(text("SELECT s3_key FROM invoices WHERE organization_id = 'gmbh'")).scalar_one()
+    s3.client().delete_object(Bucket=s3.bucket, Key=key)
+    gateway = Pushgateway().start()
+    try:
+        env = {**invoiced, "PROMETHEUS_PUSHGATEWAY_URL": gateway.url}
+        assert reconcile(env)[0].exit_code == ExitCode.MISMATCH
+        assert differences(gateway.metrics()) == "1"
+
+        unreachable = {**env, "STRIPE_API_BASE": "http://127.0.0.1:1", "DELIVERY_MAX_ATTEMPTS": "1"}
+        assert reconcile(unreachable)[0].exit_code == ExitCode.PEER_UNAVAILABLE
+        # Nothing is known about this month now: the difference found before still stands (the
+        # BillingReconcileMismatch alert stays), beside the failed run (billing_last_run_success 0).
+        exposed = gateway.metrics()
+    finally:
+        gateway.stop()
+    assert differences(exposed) == "1"
+    assert re.search(r'^billing_last_run_success\{[^}]*job="billing-reconcile"[^}]*\} 0$', exposed, re.M)
 
 
 def test_status_check_fails_on_a_failed_latest_reconcile(invoiced, engine) -> None:
