@@ -243,6 +243,29 @@ def test_a_check_that_could_not_ask_stripe_leaves_the_differences_found_before_i
     assert re.search(r'^billing_last_run_success\{[^}]*job="billing-reconcile"[^}]*\} 0$', exposed, re.M)
 
 
+def test_a_check_stopped_by_sigterm_never_prints_that_everything_agrees(invoiced, engine, fake_stripe, capsys) -> None:
+    import threading
+
+    from billing_cli.delivery.payments import StripeGateway
+    from billing_cli.jobs.reconcile import Checks, reconcile_month
+    from billing_cli.report.output import Output
+    from billing_cli.report.reconcile import reconcile_summary
+    from tests.peers.fixtures import STRIPE_KEY
+
+    stop = threading.Event()
+    stop.set()  # SIGTERM before the first invoice was asked about in Stripe
+    gateway = StripeGateway(STRIPE_KEY, api_base=fake_stripe.base_url)
+    result = reconcile_month(engine.begin, Month(2024, 1), Checks(payments=gateway), stop=stop)
+    capsys.readouterr()
+
+    reconcile_summary(Output(log_format="rich"), result)
+
+    printed = capsys.readouterr().out
+    assert result.summary().outcome == "interrupted" and result.checked["invoices"] == 0
+    assert "agree" not in printed and "✅" not in printed
+    assert "interrupted after 0 invoices" in printed
+
+
 def test_status_check_fails_on_a_failed_latest_reconcile(invoiced, engine) -> None:
     with engine.begin() as conn:
         conn.execute(text("UPDATE invoices SET emailed_at = NULL WHERE organization_id = 'gmbh'"))
