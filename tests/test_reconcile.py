@@ -180,6 +180,30 @@ def test_a_late_event_is_a_difference_until_it_is_rolled_up_and_billed(invoiced,
     assert result.exit_code == 0 and report["differences"] == []
 
 
+def test_late_usage_of_a_metric_priced_in_the_month_is_unbilled_even_if_the_plan_now_makes_it_free(
+        invoiced, engine, tmp_path) -> None:
+    plans = tmp_path / "free.toml"
+    plans.write_text('[[plan]]\nid = "free-api"\nname = "Free API"\ncurrency = "USD"\nbase_fee = 10\n'
+                     'free_metrics = ["api_calls"]\n')
+    assert runner.invoke(app, ["plans", "apply", str(plans)], env=invoiced).exit_code == 0
+    with engine.begin() as conn:
+        add_event(conn, "acme", "api_calls", "50", utc(2024, 1, 31, 23, 30), key="acme-late")
+    assert runner.invoke(app, ["aggregate-hourly"], env=invoiced).exit_code == 0
+    with engine.begin() as conn:  # from February on, acme's API calls are free; January's were priced
+        set_plan(conn, "acme", "free-api")
+
+    result, report = reconcile(invoiced)
+
+    # January was billed with the plan that prices them: the 50 late calls are owed, and the next
+    # invoice adjusts January with that plan.
+    assert result.exit_code == ExitCode.MISMATCH
+    assert kinds(report) == [("unbilled_usage", "acme", "api_calls")]
+
+    assert runner.invoke(app, ["invoice-monthly", "--month", "2024-02"], env=invoiced).exit_code == 0
+    result, report = reconcile(invoiced)
+    assert result.exit_code == 0 and report["differences"] == []
+
+
 def test_orphan_usage_and_fees_never_invoiced_are_differences(invoiced, engine) -> None:
     with engine.begin() as conn:
         add_event(conn, "ghost", "api_calls", "1", utc(2024, 1, 3, 3), key="ghost-1")

@@ -27,7 +27,9 @@ class UsageRow:
     rolled_up: Decimal  # the sum of usage_hourly
     billed: Decimal  # the sum billed by live invoices (their own month and adjustments)
     known: bool  # the organization has an organizations row
-    free: bool  # the organization's plan lists the metric as free
+    # The plan lists the metric as free: the plan the month's live invoice was rated with (its late
+    # usage is rated again with it), else the organization's plan today.
+    free: bool
     due: bool = True  # its period of the month has ended: what it used should be billed by now
 
     @property
@@ -87,11 +89,16 @@ def usage_differences(conn: Connection, month: Month, only: list[str] | None, *,
             FULL JOIN bl ON bl.organization_id = coalesce(ev.organization_id, hr.organization_id)
                         AND bl.metric = coalesce(ev.metric, hr.metric)
         )
-        SELECT p.*, o.id IS NOT NULL AS known, coalesce(p.metric = ANY(pp.free_metrics), false) AS free,
+        SELECT p.*, o.id IS NOT NULL AS known,
+               CASE WHEN li.plan_snapshot IS NOT NULL
+                    THEN coalesce(li.plan_snapshot -> 'free_metrics' @> jsonb_build_array(p.metric), false)
+                    ELSE coalesce(p.metric = ANY(pp.free_metrics), false) END AS free,
                coalesce(w.pe, :end) <= now() AS due
         FROM pairs p
         LEFT JOIN organizations o ON o.id = p.organization_id
         LEFT JOIN price_plans pp ON pp.id = o.price_plan_id
+        LEFT JOIN invoices li ON li.organization_id = p.organization_id AND li.billing_month = :period
+                              AND li.status <> 'void'
         LEFT JOIN unnest(CAST(:period_orgs AS varchar[]), CAST(:period_ends AS timestamptz[])) AS w(org, pe)
                ON w.org = p.organization_id
         WHERE p.events <> p.rolled_up OR p.rolled_up <> p.billed OR o.id IS NULL
