@@ -217,6 +217,43 @@ def test_orphan_usage_and_fees_never_invoiced_are_differences(invoiced, engine) 
     assert kinds(report) == [("orphan_usage", "ghost", "api_calls"), ("not_invoiced", "forgotten", "2024-01")]
 
 
+def test_fees_of_the_plan_in_force_in_the_month_never_invoiced_are_a_difference_after_the_plan_dropped_them(
+        invoiced, engine, tmp_path) -> None:
+    with engine.begin() as conn:
+        add_org(conn, "forgotten")
+        set_plan(conn, "forgotten", "pro")  # $10 a month in January, never invoiced
+    plans = tmp_path / "pro-without-fee.toml"  # from now on, pro has no base fee; January's stays
+    plans.write_text(PLANS.replace("base_fee = 10", "base_fee = 0"))
+    assert runner.invoke(app, ["plans", "apply", str(plans)], env=invoiced).exit_code == 0
+
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == ExitCode.MISMATCH
+    assert kinds(report) == [("not_invoiced", "forgotten", "2024-01")]
+    assert runner.invoke(app, ["invoice-monthly", "--month", "2024-01", "--org", "forgotten"],
+                         env=invoiced).exit_code == 0  # it bills January's $10
+    result, report = reconcile(invoiced)
+    assert result.exit_code == 0 and report["differences"] == []
+
+
+def test_usage_never_invoiced_is_unbilled_when_the_plan_in_force_in_the_month_priced_it(
+        invoiced, engine, tmp_path) -> None:
+    with engine.begin() as conn:
+        add_org(conn, "newco")
+        set_plan(conn, "newco", "euro")  # no fee: only its API calls are owed for January
+        add_event(conn, "newco", "api_calls", "40", utc(2024, 1, 20, 9), key="newco-1")
+    assert runner.invoke(app, ["aggregate-hourly", "--hour", "2024-01-20T09"], env=invoiced).exit_code == 0
+    plans = tmp_path / "euro-free-calls.toml"  # from now on, euro's API calls are free; January's were not
+    plans.write_text(PLANS.split("[[plan]]\nid = \"euro\"")[0] + '[[plan]]\nid = "euro"\nname = "Euro"\n'
+                     'currency = "EUR"\nbase_fee = 5\nfree_metrics = ["api_calls"]\n')
+    assert runner.invoke(app, ["plans", "apply", str(plans)], env=invoiced).exit_code == 0
+
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == ExitCode.MISMATCH
+    assert kinds(report) == [("unbilled_usage", "newco", "api_calls")]
+
+
 def test_an_org_id_that_names_no_organization_is_refused_not_reported_clean(invoiced, engine) -> None:
     with engine.begin() as conn:  # acme's invoice no longer adds up: a check of acme must say so
         conn.execute(text("UPDATE invoice_lines SET amount = amount + 1 WHERE line_no = 1 AND invoice_id = "
