@@ -113,6 +113,25 @@ def test_a_deleted_s3_object_is_a_difference(invoiced, engine, s3) -> None:
     assert report["differences"][0]["found"] == "no such object"
 
 
+def test_a_credit_note_pdf_deleted_or_replaced_in_s3_is_a_difference(invoiced, engine, s3) -> None:
+    voided = runner.invoke(app, ["invoices", "void", "INV-2024-01-000002", "--reason", "Wrong account", "--yes"],
+                           env=invoiced)
+    assert voided.exit_code == 0, voided.output  # its credit note CN-2024-01-000001 is delivered, S3 included
+    with engine.connect() as conn:
+        key = conn.execute(text("SELECT s3_key FROM credit_notes WHERE number = 'CN-2024-01-000001'")).scalar_one()
+    s3.client().put_object(Bucket=s3.bucket, Key=key, Body=b"%PDF-1.7 not our credit note")
+
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == ExitCode.MISMATCH
+    assert ("s3_checksum", "gmbh", "CN-2024-01-000001") in kinds(report)
+    assert report["counts"]["s3_objects"] == 2  # acme's invoice and gmbh's credit note
+
+    s3.client().delete_object(Bucket=s3.bucket, Key=key)
+    result, report = reconcile(invoiced)
+    assert ("s3_missing", "gmbh", "CN-2024-01-000001") in kinds(report)
+
+
 def test_a_changed_stripe_total_is_a_difference(invoiced, engine, fake_stripe) -> None:
     with engine.connect() as conn:
         stripe_id = conn.execute(text("SELECT stripe_invoice_id FROM invoices WHERE organization_id = 'acme'"

@@ -161,6 +161,11 @@ def reconcile_month(transactions: Transactions, month: Month, checks: Checks, *,
             found(Difference(Kind.CREDIT_NOTE_UNDELIVERED, note.organization_id, note.number, "delivered",
                              f"missing: {', '.join(missing)}",
                              f"billing invoice-monthly --month {month} --org {note.organization_id} completes it"))
+        if checks.store is not None and note.s3_key is not None:  # the credit note's PDF, as an invoice's
+            result.checked["s3_objects"] += 1
+            for difference in _s3_object(checks.store, note.organization_id, note.number, note.s3_key,
+                                         note.pdf_sha256, table="credit_notes"):
+                found(difference)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -248,16 +253,22 @@ def _s3(invoice: reconcile_store.InvoiceRow, store: FileStore) -> list[Differenc
     if invoice.s3_key is None:
         return [Difference(Kind.S3_MISSING, org, number, "uploaded", "not uploaded",
                            f"billing invoice-monthly --month {number[4:11]} uploads it")]
+    return _s3_object(store, org, number, invoice.s3_key, invoice.pdf_sha256, table="invoices")
+
+
+def _s3_object(store: FileStore, org: str, number: str, key: str, pdf_sha256: str | None, *,
+               table: str) -> list[Difference]:
+    """An uploaded PDF (an invoice's or a credit note's): the object is there, and its bytes are ours."""
     try:
-        sha256 = store.sha256(invoice.s3_key)
+        sha256 = store.sha256(key)
     except StorageError as exc:
         raise PeerUnavailable(f"could not check {number} in S3: {exc}",
                               hint="Nothing is known about S3 until it answers: rerun `billing reconcile`.") from None
     if sha256 is None:
-        return [Difference(Kind.S3_MISSING, org, number, invoice.s3_key, "no such object",
-                           "restore it, or clear invoices.s3_key so that invoice-monthly uploads it again")]
-    if sha256 != invoice.pdf_sha256:
-        return [Difference(Kind.S3_CHECKSUM, org, number, str(invoice.pdf_sha256), sha256,
+        return [Difference(Kind.S3_MISSING, org, number, key, "no such object",
+                           f"restore it, or clear {table}.s3_key so that invoice-monthly uploads it again")]
+    if sha256 != pdf_sha256:
+        return [Difference(Kind.S3_CHECKSUM, org, number, str(pdf_sha256), sha256,
                            "the object is not our PDF: restore it")]
     return []
 
