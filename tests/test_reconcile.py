@@ -132,6 +132,31 @@ def test_a_credit_note_pdf_deleted_or_replaced_in_s3_is_a_difference(invoiced, e
     assert ("s3_missing", "gmbh", "CN-2024-01-000001") in kinds(report)
 
 
+def test_a_void_invoice_that_stripe_still_charges_is_a_difference(invoiced, engine, fake_stripe) -> None:
+    import stripe
+
+    from tests.peers.fixtures import STRIPE_KEY
+
+    with engine.connect() as conn:
+        stripe_id = conn.execute(text("SELECT stripe_invoice_id FROM invoices WHERE organization_id = 'gmbh'"
+                                      )).scalar_one()
+    client = stripe.StripeClient(STRIPE_KEY, base_addresses={"api": fake_stripe.base_url})
+    client.v1.invoices.pay(stripe_id, {"paid_out_of_band": True})
+    voided = runner.invoke(app, ["invoices", "void", "INV-2024-01-000002", "--reason", "Wrong account", "--yes"],
+                           env=invoiced)
+    assert voided.exit_code == 0, voided.output  # paid: Stripe credits it in full (a Stripe credit note)
+    result, report = reconcile(invoiced)
+    assert kinds(report) == [("unbilled_usage", "gmbh", "api_calls")]  # its usage is no longer billed
+
+    # Someone voids that Stripe credit note in the dashboard: the customer paid for a void invoice again.
+    fake_stripe.edit_invoice(stripe_id, post_payment_credit_notes_amount=0)
+
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == ExitCode.MISMATCH
+    assert ("stripe_not_reversed", "gmbh", "CN-2024-01-000001") in kinds(report)
+
+
 def test_a_changed_stripe_total_is_a_difference(invoiced, engine, fake_stripe) -> None:
     with engine.connect() as conn:
         stripe_id = conn.execute(text("SELECT stripe_invoice_id FROM invoices WHERE organization_id = 'acme'"

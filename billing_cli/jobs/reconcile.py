@@ -46,6 +46,7 @@ class Kind(StrEnum):
     STRIPE_LINES = "stripe_lines"
     STRIPE_TOTAL = "stripe_total"
     STRIPE_CREDITED = "stripe_credited"  # credit notes in Stripe took part of a live invoice off: it charges less
+    STRIPE_NOT_REVERSED = "stripe_not_reversed"  # a void invoice's Stripe invoice still charges the customer
     S3_MISSING = "s3_missing"
     S3_CHECKSUM = "s3_checksum"
     EMAIL_NOT_SENT = "email_not_sent"
@@ -161,6 +162,10 @@ def reconcile_month(transactions: Transactions, month: Month, checks: Checks, *,
             found(Difference(Kind.CREDIT_NOTE_UNDELIVERED, note.organization_id, note.number, "delivered",
                              f"missing: {', '.join(missing)}",
                              f"billing invoice-monthly --month {month} --org {note.organization_id} completes it"))
+        if checks.payments is not None and note.stripe_invoice_id is not None and not note.stripe_pending:
+            result.checked["stripe_invoices"] += 1
+            for difference in _stripe_reversed(note, checks.payments):
+                found(difference)
         if checks.store is not None and note.s3_key is not None:  # the credit note's PDF, as an invoice's
             result.checked["s3_objects"] += 1
             for difference in _s3_object(checks.store, note.organization_id, note.number, note.s3_key,
@@ -246,6 +251,23 @@ def _stripe(invoice: reconcile_store.InvoiceRow, gateway: PaymentGateway) -> lis
                                 "a credit note in Stripe lowered what the customer owes, and no invoice of ours "
                                 "says so: find out who issued it; void ours (billing invoices void) if it is wrong"))
     return found
+
+
+def _stripe_reversed(note: credit_note_store.StoredCreditNote, gateway: PaymentGateway) -> list[Difference]:
+    """The Stripe invoice of a credited (void) invoice, recorded as reversed: voided (or deleted, a
+    draft), or credited in full; anything else still asks the customer to pay for a void invoice."""
+    try:
+        remote = gateway.invoice_detail(str(note.stripe_invoice_id))
+    except PaymentError as exc:
+        raise PeerUnavailable(f"could not check {note.invoice_number} in Stripe: {exc}",
+                              hint="Nothing is known about Stripe until it answers: rerun `billing reconcile`.") from None
+    if remote is None or remote.status in ("void", "draft") or remote.credited >= remote.total:
+        return []
+    return [Difference(Kind.STRIPE_NOT_REVERSED, note.organization_id, note.number,
+                       f"{note.invoice_number} voided or credited in full in Stripe",
+                       f"{remote.status}, {remote.credited} of {remote.total} {remote.currency.upper()} credited",
+                       f"the customer is charged for the void invoice {note.invoice_number}: find out who changed "
+                       "it in Stripe, and void or credit it there")]
 
 
 def _s3(invoice: reconcile_store.InvoiceRow, store: FileStore) -> list[Difference]:
