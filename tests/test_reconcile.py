@@ -436,6 +436,9 @@ def test_usage_of_a_period_still_running_is_not_called_unbilled(engine, db_url) 
     document = json.loads(check.stdout)
     assert [(d["kind"], d["organization_id"]) for d in document["differences"]] == [("rollup_behind", "a15")]
     assert document["counts"]["usage_rows_period_running"] == 2  # compared with invoices once the periods end
+    from tests.test_json_output import assert_valid
+
+    assert_valid("reconcile", document)
 
 
 def test_reconcile_still_compares_the_events_of_an_anchored_period_s_days_in_the_month_after_a_pruned_one(
