@@ -76,6 +76,18 @@ def test_an_edited_invoice_line_is_a_difference(invoiced, engine) -> None:
                              ("stripe_lines", "acme", "INV-2024-01-000001")]
 
 
+def test_an_invoice_line_edited_to_an_amount_stripe_cannot_charge_is_a_difference_not_a_crash(invoiced, engine) -> None:
+    with engine.begin() as conn:  # a tenth of a cent: no Stripe amount is that
+        conn.execute(text("UPDATE invoice_lines SET amount = amount + 0.001 WHERE line_no = 1 AND invoice_id = "
+                          "(SELECT id FROM invoices WHERE organization_id = 'acme')"))
+
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == ExitCode.MISMATCH, result.output
+    assert kinds(report) == [("invoice_total", "acme", "INV-2024-01-000001"),
+                             ("stripe_lines", "acme", "INV-2024-01-000001")]
+
+
 def test_with_stripe_and_s3_off_the_database_alone_checks_every_invoice(invoiced, engine) -> None:
     # Nothing to ask outside the database: the invoices are compared there, and only those that do
     # not add up (or, with e-mail on, were not sent) come back; all of them are counted as checked.

@@ -236,13 +236,20 @@ def _stripe(invoice: reconcile_store.InvoiceRow, gateway: PaymentGateway) -> lis
     if remote.our_number != number:
         found.append(Difference(Kind.STRIPE_NUMBER, org, number, number, str(remote.our_number),
                                 "the Stripe invoice is not ours: check it in Stripe"))
-    ours = tuple((n, to_stripe_amount(amount, invoice.currency)) for n, amount in invoice.lines)
-    if remote.lines != ours:
-        found.append(Difference(Kind.STRIPE_LINES, org, number, _lines(ours), _lines(remote.lines),
-                                "the Stripe invoice's lines were changed: check it in Stripe"))
-    total = to_stripe_amount(invoice.total, invoice.currency)
-    if remote.total != total or remote.currency.lower() != invoice.currency.lower():
-        found.append(Difference(Kind.STRIPE_TOTAL, org, number, f"{total} {invoice.currency}",
+    unchargeable = [amount for _, amount in invoice.lines if _stripe_units(amount, invoice.currency) is None]
+    if unchargeable:  # edited in the database to what no Stripe invoice can hold: it cannot match
+        found.append(Difference(Kind.STRIPE_LINES, org, number, f"a line of {unchargeable[0]} {invoice.currency}",
+                                _lines(remote.lines), "the invoice's lines hold an amount Stripe cannot charge: "
+                                "find out who changed it; regenerate it if it is wrong"))
+    else:
+        ours = tuple((n, to_stripe_amount(amount, invoice.currency)) for n, amount in invoice.lines)
+        if remote.lines != ours:
+            found.append(Difference(Kind.STRIPE_LINES, org, number, _lines(ours), _lines(remote.lines),
+                                    "the Stripe invoice's lines were changed: check it in Stripe"))
+    total = _stripe_units(invoice.total, invoice.currency)
+    if total is None or remote.total != total or remote.currency.lower() != invoice.currency.lower():
+        found.append(Difference(Kind.STRIPE_TOTAL, org, number,
+                                f"{invoice.total if total is None else total} {invoice.currency}",
                                 f"{remote.total} {remote.currency.upper()}", "Stripe charges another amount than "
                                 "the invoice says: check it in Stripe now"))
     if remote.credited:  # our credit notes void the invoice they credit: a live one has none in Stripe
@@ -293,6 +300,14 @@ def _s3_object(store: FileStore, org: str, number: str, key: str, pdf_sha256: st
         return [Difference(Kind.S3_CHECKSUM, org, number, str(pdf_sha256), sha256,
                            "the object is not our PDF: restore it")]
     return []
+
+
+def _stripe_units(amount: Decimal, currency: str) -> int | None:
+    """The amount in Stripe's integer units; None if no Stripe amount is it (an edited invoice)."""
+    try:
+        return to_stripe_amount(amount, currency)
+    except ValueError:
+        return None
 
 
 def _lines(lines: tuple[tuple[int, int], ...]) -> str:
