@@ -4,6 +4,7 @@ with the difference named for each kind of disagreement; exit 12 when a service 
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -75,6 +76,18 @@ def test_an_edited_invoice_line_is_a_difference(invoiced, engine) -> None:
                              ("stripe_lines", "acme", "INV-2024-01-000001")]
 
 
+def test_an_invoice_line_edited_to_an_amount_stripe_cannot_charge_is_a_difference_not_a_crash(invoiced, engine) -> None:
+    with engine.begin() as conn:  # a tenth of a cent: no Stripe amount is that
+        conn.execute(text("UPDATE invoice_lines SET amount = amount + 0.001 WHERE line_no = 1 AND invoice_id = "
+                          "(SELECT id FROM invoices WHERE organization_id = 'acme')"))
+
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == ExitCode.MISMATCH, result.output
+    assert kinds(report) == [("invoice_total", "acme", "INV-2024-01-000001"),
+                             ("stripe_lines", "acme", "INV-2024-01-000001")]
+
+
 def test_with_stripe_and_s3_off_the_database_alone_checks_every_invoice(invoiced, engine) -> None:
     # Nothing to ask outside the database: the invoices are compared there, and only those that do
     # not add up (or, with e-mail on, were not sent) come back; all of them are counted as checked.
@@ -112,6 +125,50 @@ def test_a_deleted_s3_object_is_a_difference(invoiced, engine, s3) -> None:
     assert report["differences"][0]["found"] == "no such object"
 
 
+def test_a_credit_note_pdf_deleted_or_replaced_in_s3_is_a_difference(invoiced, engine, s3) -> None:
+    voided = runner.invoke(app, ["invoices", "void", "INV-2024-01-000002", "--reason", "Wrong account", "--yes"],
+                           env=invoiced)
+    assert voided.exit_code == 0, voided.output  # its credit note CN-2024-01-000001 is delivered, S3 included
+    with engine.connect() as conn:
+        key = conn.execute(text("SELECT s3_key FROM credit_notes WHERE number = 'CN-2024-01-000001'")).scalar_one()
+    s3.client().put_object(Bucket=s3.bucket, Key=key, Body=b"%PDF-1.7 not our credit note")
+
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == ExitCode.MISMATCH
+    assert ("s3_checksum", "gmbh", "CN-2024-01-000001") in kinds(report)
+    assert report["counts"]["s3_objects"] == 2  # acme's invoice and gmbh's credit note
+
+    s3.client().delete_object(Bucket=s3.bucket, Key=key)
+    result, report = reconcile(invoiced)
+    assert ("s3_missing", "gmbh", "CN-2024-01-000001") in kinds(report)
+
+
+def test_a_void_invoice_that_stripe_still_charges_is_a_difference(invoiced, engine, fake_stripe) -> None:
+    import stripe
+
+    from tests.peers.fixtures import STRIPE_KEY
+
+    with engine.connect() as conn:
+        stripe_id = conn.execute(text("SELECT stripe_invoice_id FROM invoices WHERE organization_id = 'gmbh'"
+                                      )).scalar_one()
+    client = stripe.StripeClient(STRIPE_KEY, base_addresses={"api": fake_stripe.base_url})
+    client.v1.invoices.pay(stripe_id, {"paid_out_of_band": True})
+    voided = runner.invoke(app, ["invoices", "void", "INV-2024-01-000002", "--reason", "Wrong account", "--yes"],
+                           env=invoiced)
+    assert voided.exit_code == 0, voided.output  # paid: Stripe credits it in full (a Stripe credit note)
+    result, report = reconcile(invoiced)
+    assert kinds(report) == [("unbilled_usage", "gmbh", "api_calls")]  # its usage is no longer billed
+
+    # Someone voids that Stripe credit note in the dashboard: the customer paid for a void invoice again.
+    fake_stripe.edit_invoice(stripe_id, post_payment_credit_notes_amount=0)
+
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == ExitCode.MISMATCH
+    assert ("stripe_not_reversed", "gmbh", "CN-2024-01-000001") in kinds(report)
+
+
 def test_a_changed_stripe_total_is_a_difference(invoiced, engine, fake_stripe) -> None:
     with engine.connect() as conn:
         stripe_id = conn.execute(text("SELECT stripe_invoice_id FROM invoices WHERE organization_id = 'acme'"
@@ -123,6 +180,42 @@ def test_a_changed_stripe_total_is_a_difference(invoiced, engine, fake_stripe) -
     assert result.exit_code == ExitCode.MISMATCH
     assert kinds(report) == [("stripe_total", "acme", "INV-2024-01-000001")]
     assert report["differences"][0]["ours"] == "1300 USD" and report["differences"][0]["found"] == "1800 USD"
+
+
+def test_a_stripe_invoice_voided_in_stripe_while_ours_is_live_is_a_difference(invoiced, engine, fake_stripe) -> None:
+    from tests.test_json_output import assert_valid
+
+    with engine.connect() as conn:
+        stripe_id = conn.execute(text("SELECT stripe_invoice_id FROM invoices WHERE organization_id = 'acme'"
+                                      )).scalar_one()
+    fake_stripe.edit_invoice(stripe_id, status="void")  # voided in the dashboard: the customer owes nothing
+
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == ExitCode.MISMATCH
+    assert kinds(report) == [("stripe_void", "acme", "INV-2024-01-000001")]
+    assert report["differences"][0]["found"] == "void"
+    assert_valid("reconcile", report)
+
+
+def test_a_credit_note_issued_in_stripe_on_a_live_invoice_is_a_difference(invoiced, engine, fake_stripe) -> None:
+    import stripe
+
+    from tests.peers.fixtures import STRIPE_KEY
+
+    with engine.connect() as conn:
+        stripe_id = conn.execute(text("SELECT stripe_invoice_id FROM invoices WHERE organization_id = 'acme'"
+                                      )).scalar_one()
+    # Someone credits $5 of the $13 in the Stripe dashboard: the customer owes $8, our invoice says $13.
+    client = stripe.StripeClient(STRIPE_KEY, base_addresses={"api": fake_stripe.base_url})
+    client.v1.credit_notes.create(params={"invoice": stripe_id, "amount": 500})
+
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == ExitCode.MISMATCH
+    assert kinds(report) == [("stripe_credited", "acme", "INV-2024-01-000001")]
+    assert (report["differences"][0]["ours"], report["differences"][0]["found"]) == ("nothing credited",
+                                                                                     "500 USD credited")
 
 
 def test_a_late_event_is_a_difference_until_it_is_rolled_up_and_billed(invoiced, engine) -> None:
@@ -143,6 +236,30 @@ def test_a_late_event_is_a_difference_until_it_is_rolled_up_and_billed(invoiced,
     assert result.exit_code == 0 and report["differences"] == []
 
 
+def test_late_usage_of_a_metric_priced_in_the_month_is_unbilled_even_if_the_plan_now_makes_it_free(
+        invoiced, engine, tmp_path) -> None:
+    plans = tmp_path / "free.toml"
+    plans.write_text('[[plan]]\nid = "free-api"\nname = "Free API"\ncurrency = "USD"\nbase_fee = 10\n'
+                     'free_metrics = ["api_calls"]\n')
+    assert runner.invoke(app, ["plans", "apply", str(plans)], env=invoiced).exit_code == 0
+    with engine.begin() as conn:
+        add_event(conn, "acme", "api_calls", "50", utc(2024, 1, 31, 23, 30), key="acme-late")
+    assert runner.invoke(app, ["aggregate-hourly"], env=invoiced).exit_code == 0
+    with engine.begin() as conn:  # from February on, acme's API calls are free; January's were priced
+        set_plan(conn, "acme", "free-api")
+
+    result, report = reconcile(invoiced)
+
+    # January was billed with the plan that prices them: the 50 late calls are owed, and the next
+    # invoice adjusts January with that plan.
+    assert result.exit_code == ExitCode.MISMATCH
+    assert kinds(report) == [("unbilled_usage", "acme", "api_calls")]
+
+    assert runner.invoke(app, ["invoice-monthly", "--month", "2024-02"], env=invoiced).exit_code == 0
+    result, report = reconcile(invoiced)
+    assert result.exit_code == 0 and report["differences"] == []
+
+
 def test_orphan_usage_and_fees_never_invoiced_are_differences(invoiced, engine) -> None:
     with engine.begin() as conn:
         add_event(conn, "ghost", "api_calls", "1", utc(2024, 1, 3, 3), key="ghost-1")
@@ -156,6 +273,56 @@ def test_orphan_usage_and_fees_never_invoiced_are_differences(invoiced, engine) 
     assert kinds(report) == [("orphan_usage", "ghost", "api_calls"), ("not_invoiced", "forgotten", "2024-01")]
 
 
+def test_fees_of_the_plan_in_force_in_the_month_never_invoiced_are_a_difference_after_the_plan_dropped_them(
+        invoiced, engine, tmp_path) -> None:
+    with engine.begin() as conn:
+        add_org(conn, "forgotten")
+        set_plan(conn, "forgotten", "pro")  # $10 a month in January, never invoiced
+    plans = tmp_path / "pro-without-fee.toml"  # from now on, pro has no base fee; January's stays
+    plans.write_text(PLANS.replace("base_fee = 10", "base_fee = 0"))
+    assert runner.invoke(app, ["plans", "apply", str(plans)], env=invoiced).exit_code == 0
+
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == ExitCode.MISMATCH
+    assert kinds(report) == [("not_invoiced", "forgotten", "2024-01")]
+    assert runner.invoke(app, ["invoice-monthly", "--month", "2024-01", "--org", "forgotten"],
+                         env=invoiced).exit_code == 0  # it bills January's $10
+    result, report = reconcile(invoiced)
+    assert result.exit_code == 0 and report["differences"] == []
+
+
+def test_usage_never_invoiced_is_unbilled_when_the_plan_in_force_in_the_month_priced_it(
+        invoiced, engine, tmp_path) -> None:
+    with engine.begin() as conn:
+        add_org(conn, "newco")
+        set_plan(conn, "newco", "euro")  # no fee: only its API calls are owed for January
+        add_event(conn, "newco", "api_calls", "40", utc(2024, 1, 20, 9), key="newco-1")
+    assert runner.invoke(app, ["aggregate-hourly", "--hour", "2024-01-20T09"], env=invoiced).exit_code == 0
+    plans = tmp_path / "euro-free-calls.toml"  # from now on, euro's API calls are free; January's were not
+    plans.write_text(PLANS.split("[[plan]]\nid = \"euro\"")[0] + '[[plan]]\nid = "euro"\nname = "Euro"\n'
+                     'currency = "EUR"\nbase_fee = 5\nfree_metrics = ["api_calls"]\n')
+    assert runner.invoke(app, ["plans", "apply", str(plans)], env=invoiced).exit_code == 0
+
+    result, report = reconcile(invoiced)
+
+    assert result.exit_code == ExitCode.MISMATCH
+    assert kinds(report) == [("unbilled_usage", "newco", "api_calls")]
+
+
+def test_an_org_id_that_names_no_organization_is_refused_not_reported_clean(invoiced, engine) -> None:
+    with engine.begin() as conn:  # acme's invoice no longer adds up: a check of acme must say so
+        conn.execute(text("UPDATE invoice_lines SET amount = amount + 1 WHERE line_no = 1 AND invoice_id = "
+                          "(SELECT id FROM invoices WHERE organization_id = 'acme')"))
+
+    result = runner.invoke(app, ["reconcile", "--month", "2024-01", "--org", "acmee", "--json"], env=invoiced)  # a typo
+
+    assert result.exit_code == ExitCode.USAGE, result.output
+    report = json.loads(result.stdout)
+    assert report["outcome"] == "failed" and report["message"].startswith("--org acmee: no organization with this id")
+    assert reconcile(invoiced, "--org", "acme")[0].exit_code == ExitCode.MISMATCH
+
+
 def test_a_service_that_cannot_be_asked_is_never_all_clear(invoiced) -> None:
     unreachable = {**invoiced, "STRIPE_API_BASE": "http://127.0.0.1:1", "DELIVERY_MAX_ATTEMPTS": "1"}
 
@@ -163,6 +330,57 @@ def test_a_service_that_cannot_be_asked_is_never_all_clear(invoiced) -> None:
 
     assert result.exit_code == ExitCode.PEER_UNAVAILABLE
     assert "could not check INV-2024-01-000001 in Stripe" in result.output
+
+
+def test_a_check_that_could_not_ask_stripe_leaves_the_differences_found_before_in_the_pushgateway(
+        invoiced, engine, s3) -> None:
+    from tests.peers.pushgateway import Pushgateway
+
+    def differences(exposed: str) -> str | None:
+        found = re.search(r'^billing_reconcile_differences\{[^}]*kind="any"[^}]*\} (\S+)$', exposed, re.M)
+        return found.group(1) if found else None
+
+    with engine.connect() as conn:
+        key = conn.execute(text("SELECT s3_key FROM invoices WHERE organization_id = 'gmbh'")).scalar_one()
+    s3.client().delete_object(Bucket=s3.bucket, Key=key)
+    gateway = Pushgateway().start()
+    try:
+        env = {**invoiced, "PROMETHEUS_PUSHGATEWAY_URL": gateway.url}
+        assert reconcile(env)[0].exit_code == ExitCode.MISMATCH
+        assert differences(gateway.metrics()) == "1"
+
+        unreachable = {**env, "STRIPE_API_BASE": "http://127.0.0.1:1", "DELIVERY_MAX_ATTEMPTS": "1"}
+        assert reconcile(unreachable)[0].exit_code == ExitCode.PEER_UNAVAILABLE
+        # Nothing is known about this month now: the difference found before still stands (the
+        # BillingReconcileMismatch alert stays), beside the failed run (billing_last_run_success 0).
+        exposed = gateway.metrics()
+    finally:
+        gateway.stop()
+    assert differences(exposed) == "1"
+    assert re.search(r'^billing_last_run_success\{[^}]*job="billing-reconcile"[^}]*\} 0$', exposed, re.M)
+
+
+def test_a_check_stopped_by_sigterm_never_prints_that_everything_agrees(invoiced, engine, fake_stripe, capsys) -> None:
+    import threading
+
+    from billing_cli.delivery.payments import StripeGateway
+    from billing_cli.jobs.reconcile import Checks, reconcile_month
+    from billing_cli.report.output import Output
+    from billing_cli.report.reconcile import reconcile_summary
+    from tests.peers.fixtures import STRIPE_KEY
+
+    stop = threading.Event()
+    stop.set()  # SIGTERM before the first invoice was asked about in Stripe
+    gateway = StripeGateway(STRIPE_KEY, api_base=fake_stripe.base_url)
+    result = reconcile_month(engine.begin, Month(2024, 1), Checks(payments=gateway), stop=stop)
+    capsys.readouterr()
+
+    reconcile_summary(Output(log_format="rich"), result)
+
+    printed = capsys.readouterr().out
+    assert result.summary().outcome == "interrupted" and result.checked["invoices"] == 0
+    assert "agree" not in printed and "✅" not in printed
+    assert "interrupted after 0 invoices" in printed
 
 
 def test_status_check_fails_on_a_failed_latest_reconcile(invoiced, engine) -> None:
@@ -230,6 +448,9 @@ def test_usage_of_a_period_still_running_is_not_called_unbilled(engine, db_url) 
     document = json.loads(check.stdout)
     assert [(d["kind"], d["organization_id"]) for d in document["differences"]] == [("rollup_behind", "a15")]
     assert document["counts"]["usage_rows_period_running"] == 2  # compared with invoices once the periods end
+    from tests.test_json_output import assert_valid
+
+    assert_valid("reconcile", document)
 
 
 def test_reconcile_still_compares_the_events_of_an_anchored_period_s_days_in_the_month_after_a_pruned_one(

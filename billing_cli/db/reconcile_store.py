@@ -12,7 +12,8 @@ from decimal import Decimal
 from sqlalchemy import Connection, text
 
 from ..periods import Month
-from . import engine, period_store
+from ..pricing import PricePlan
+from . import engine, period_store, plan_store
 
 
 # Anchored organizations' periods starting in a month: organization id -> (start, end), half-open.
@@ -27,7 +28,9 @@ class UsageRow:
     rolled_up: Decimal  # the sum of usage_hourly
     billed: Decimal  # the sum billed by live invoices (their own month and adjustments)
     known: bool  # the organization has an organizations row
-    free: bool  # the organization's plan lists the metric as free
+    # The plan lists the metric as free: the plan the month's live invoice was rated with (its late
+    # usage is rated again with it), else the plan's definition in force when the period started.
+    free: bool
     due: bool = True  # its period of the month has ended: what it used should be billed by now
 
     @property
@@ -87,13 +90,15 @@ def usage_differences(conn: Connection, month: Month, only: list[str] | None, *,
             FULL JOIN bl ON bl.organization_id = coalesce(ev.organization_id, hr.organization_id)
                         AND bl.metric = coalesce(ev.metric, hr.metric)
         )
-        SELECT p.*, o.id IS NOT NULL AS known, coalesce(p.metric = ANY(pp.free_metrics), false) AS free,
-               coalesce(w.pe, :end) <= now() AS due
+        SELECT p.*, o.id IS NOT NULL AS known, o.price_plan_id, coalesce(w.ps, :start) AS period_start,
+               coalesce(li.plan_snapshot -> 'free_metrics' @> jsonb_build_array(p.metric), false) AS billed_free,
+               li.plan_snapshot IS NOT NULL AS billed_with_snapshot, coalesce(w.pe, :end) <= now() AS due
         FROM pairs p
         LEFT JOIN organizations o ON o.id = p.organization_id
-        LEFT JOIN price_plans pp ON pp.id = o.price_plan_id
-        LEFT JOIN unnest(CAST(:period_orgs AS varchar[]), CAST(:period_ends AS timestamptz[])) AS w(org, pe)
-               ON w.org = p.organization_id
+        LEFT JOIN invoices li ON li.organization_id = p.organization_id AND li.billing_month = :period
+                              AND li.status <> 'void'
+        LEFT JOIN unnest(CAST(:period_orgs AS varchar[]), CAST(:period_starts AS timestamptz[]),
+                         CAST(:period_ends AS timestamptz[])) AS w(org, ps, pe) ON w.org = p.organization_id
         WHERE p.events <> p.rolled_up OR p.rolled_up <> p.billed OR o.id IS NULL
         ORDER BY 1, 2
     """
@@ -105,9 +110,17 @@ def usage_differences(conn: Connection, month: Month, only: list[str] | None, *,
     # hash table; with the server's default work_mem (4 MB) each parallel worker spilled them to disk
     # in batches. Room for them: the query took 6% less (bench/reconcile.py's data, docs/benchmarks.md).
     conn.execute(text(f"SET LOCAL work_mem = '{USAGE_QUERY_WORK_MEM}'"))
+    # Free: as the plan the month's live invoice was rated with says (its late usage is rated again
+    # with it), else as the plan's definition in force when the period started (what will rate it).
+    versions = plan_store.load_plan_versions(conn, list(conn.execute(text("SELECT id FROM price_plans")).scalars()))
     for row in engine.stream_rows(conn, text(sql), params):
+        if row.billed_with_snapshot:
+            free = row.billed_free
+        else:
+            plan = versions.at(row.price_plan_id, row.period_start) if row.price_plan_id else None
+            free = plan is not None and row.metric in plan.free_metrics
         yield UsageRow(row.organization_id, row.metric, Decimal(row.events), Decimal(row.rolled_up),
-                       Decimal(row.billed), row.known, row.free, row.due)
+                       Decimal(row.billed), row.known, free, row.due)
 
 
 def pruned_months(conn: Connection, month: Month) -> frozenset[Month]:
@@ -212,14 +225,16 @@ def owed_fees_not_invoiced(conn: Connection, month: Month, only: list[str] | Non
     the month ended and were active in it, with no invoice billing that period: their fees were
     never billed. The period is the calendar month, or an anchored organization's own period
     starting in the month (`period_windows`, or `windows` when the caller read them already), and
-    only a period that has ended is owed."""
+    only a period that has ended is owed. The plan's fees are those of its definition in force when
+    the period started (the one invoice-monthly rates it with), not of its latest."""
     org = " AND o.id = ANY(:only)" if only else ""
     windows = period_windows(conn, month, only) if windows is None else windows
-    return list(conn.execute(text(f"""
-        SELECT o.id FROM organizations o JOIN price_plans p ON p.id = o.price_plan_id
+    rows = conn.execute(text(f"""
+        SELECT o.id, o.price_plan_id, coalesce(w.ps, :start) AS period_start
+        FROM organizations o JOIN price_plans p ON p.id = o.price_plan_id
         LEFT JOIN unnest(CAST(:period_orgs AS varchar[]), CAST(:period_starts AS timestamptz[]),
                          CAST(:period_ends AS timestamptz[])) AS w(org, ps, pe) ON w.org = o.id
-        WHERE (p.base_fee > 0 OR p.minimum_commitment > 0) AND o.created_at < coalesce(w.pe, :end)
+        WHERE o.created_at < coalesce(w.pe, :end)
           AND coalesce(w.pe, :end) <= now()
           AND (o.status = 'active' OR (o.status_changed_at > coalesce(w.ps, :start)
                                        AND o.status_changed_at > o.created_at)){org}
@@ -228,4 +243,10 @@ def owed_fees_not_invoiced(conn: Connection, month: Month, only: list[str] | Non
         ORDER BY 1
     """), {"start": month.start, "end": month.end, "period": month.first_day, "only": only or [],
            "period_orgs": list(windows), "period_starts": [start for start, _ in windows.values()],
-           "period_ends": [end for _, end in windows.values()]}).scalars())
+           "period_ends": [end for _, end in windows.values()]}).all()
+    versions = plan_store.load_plan_versions(conn, sorted({row.price_plan_id for row in rows}))
+    return [row.id for row in rows if _owes_fees(versions.at(row.price_plan_id, row.period_start))]
+
+
+def _owes_fees(plan: PricePlan | None) -> bool:
+    return plan is not None and (plan.base_fee > 0 or plan.minimum_commitment > 0)

@@ -53,7 +53,10 @@ def push_run_metrics(gateway_url: str, summary: RunSummary, *, shard: str | None
         gauge("billing_usage_events_default_partition", "Events in usage_events' default partition: occurred_at "
               "outside every monthly partition (billed all the same; a clock off, or a backfill).",
               summary.counts["default_partition_events"])
-    if summary.job == "reconcile":
+    # Only a check that ran to its end counts the differences: one that failed (Stripe or S3 could not
+    # be asked) or was interrupted knows nothing of those it did not reach, so the count of the last
+    # finished check stays (pushadd) instead of a 0 that would clear BillingReconcileMismatch.
+    if summary.job == "reconcile" and summary.outcome in ("succeeded", "mismatch"):
         differences = Gauge("billing_reconcile_differences", "Differences the last reconcile found, by kind "
                             "(0 everywhere: events, roll-ups, invoices and the services agree).", ["kind"],
                             registry=registry)

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
-from ..db import credit_note_store, reconcile_store
+from ..db import credit_note_store, reconcile_store, usage_store
 from ..db.engine import Transactions
 from ..delivery.payments import PaymentError, PaymentGateway
 from ..delivery.storage import FileStore, StorageError
-from ..errors import PeerUnavailable
+from ..errors import PeerUnavailable, UsageError
 from ..money import exact_sum, to_stripe_amount
 from ..outcomes import Job, RunOutcome, Step
 from ..periods import Month
@@ -41,9 +41,12 @@ class Kind(StrEnum):
     INVOICE_TOTAL = "invoice_total"  # an invoice's lines do not add up to its total
     STRIPE_MISSING = "stripe_missing"
     STRIPE_DRAFT = "stripe_draft"
+    STRIPE_VOID = "stripe_void"  # voided in Stripe while our invoice is live: the customer is not charged
     STRIPE_NUMBER = "stripe_number"
     STRIPE_LINES = "stripe_lines"
     STRIPE_TOTAL = "stripe_total"
+    STRIPE_CREDITED = "stripe_credited"  # credit notes in Stripe took part of a live invoice off: it charges less
+    STRIPE_NOT_REVERSED = "stripe_not_reversed"  # a void invoice's Stripe invoice still charges the customer
     S3_MISSING = "s3_missing"
     S3_CHECKSUM = "s3_checksum"
     EMAIL_NOT_SENT = "email_not_sent"
@@ -118,6 +121,11 @@ def reconcile_month(transactions: Transactions, month: Month, checks: Checks, *,
             on_difference(difference)
 
     with transactions() as conn:
+        unknown = usage_store.unknown_organizations(conn, list(only)) if only else []
+    if unknown:  # a typo checks nothing: it must not read as "all clear" (exit 0)
+        raise UsageError(f"--org {', '.join(unknown)}: no organization with this id; check the id (nothing was "
+                         f"checked; usage of ids with no organization shows as orphan_usage without --org)")
+    with transactions() as conn:
         pruned = reconcile_store.pruned_months(conn, month)  # `billing usage prune` dropped their events
         windows = reconcile_store.period_windows(conn, month, ids)  # anchored organizations' own periods
         for row in reconcile_store.usage_differences(conn, month, ids, pruned=pruned, windows=windows):
@@ -154,6 +162,15 @@ def reconcile_month(transactions: Transactions, month: Month, checks: Checks, *,
             found(Difference(Kind.CREDIT_NOTE_UNDELIVERED, note.organization_id, note.number, "delivered",
                              f"missing: {', '.join(missing)}",
                              f"billing invoice-monthly --month {month} --org {note.organization_id} completes it"))
+        if checks.payments is not None and note.stripe_invoice_id is not None and not note.stripe_pending:
+            result.checked["stripe_invoices"] += 1
+            for difference in _stripe_reversed(note, checks.payments):
+                found(difference)
+        if checks.store is not None and note.s3_key is not None:  # the credit note's PDF, as an invoice's
+            result.checked["s3_objects"] += 1
+            for difference in _s3_object(checks.store, note.organization_id, note.number, note.s3_key,
+                                         note.pdf_sha256, table="credit_notes"):
+                found(difference)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -211,19 +228,53 @@ def _stripe(invoice: reconcile_store.InvoiceRow, gateway: PaymentGateway) -> lis
     found = []
     if remote.status == "draft":
         found.append(Difference(Kind.STRIPE_DRAFT, org, number, "finalized", "draft", f"{rerun} finalizes it"))
+    elif remote.status == "void":
+        found.append(Difference(Kind.STRIPE_VOID, org, number, "open or paid", "void",
+                                "the customer is not charged for a live invoice: find out who voided it in Stripe, "
+                                f"then void ours (billing invoices void {number}) or issue it again ({rerun} --org {org} "
+                                "--regenerate)"))
     if remote.our_number != number:
         found.append(Difference(Kind.STRIPE_NUMBER, org, number, number, str(remote.our_number),
                                 "the Stripe invoice is not ours: check it in Stripe"))
-    ours = tuple((n, to_stripe_amount(amount, invoice.currency)) for n, amount in invoice.lines)
-    if remote.lines != ours:
-        found.append(Difference(Kind.STRIPE_LINES, org, number, _lines(ours), _lines(remote.lines),
-                                "the Stripe invoice's lines were changed: check it in Stripe"))
-    total = to_stripe_amount(invoice.total, invoice.currency)
-    if remote.total != total or remote.currency.lower() != invoice.currency.lower():
-        found.append(Difference(Kind.STRIPE_TOTAL, org, number, f"{total} {invoice.currency}",
+    unchargeable = [amount for _, amount in invoice.lines if _stripe_units(amount, invoice.currency) is None]
+    if unchargeable:  # edited in the database to what no Stripe invoice can hold: it cannot match
+        found.append(Difference(Kind.STRIPE_LINES, org, number, f"a line of {unchargeable[0]} {invoice.currency}",
+                                _lines(remote.lines), "the invoice's lines hold an amount Stripe cannot charge: "
+                                "find out who changed it; regenerate it if it is wrong"))
+    else:
+        ours = tuple((n, to_stripe_amount(amount, invoice.currency)) for n, amount in invoice.lines)
+        if remote.lines != ours:
+            found.append(Difference(Kind.STRIPE_LINES, org, number, _lines(ours), _lines(remote.lines),
+                                    "the Stripe invoice's lines were changed: check it in Stripe"))
+    total = _stripe_units(invoice.total, invoice.currency)
+    if total is None or remote.total != total or remote.currency.lower() != invoice.currency.lower():
+        found.append(Difference(Kind.STRIPE_TOTAL, org, number,
+                                f"{invoice.total if total is None else total} {invoice.currency}",
                                 f"{remote.total} {remote.currency.upper()}", "Stripe charges another amount than "
                                 "the invoice says: check it in Stripe now"))
+    if remote.credited:  # our credit notes void the invoice they credit: a live one has none in Stripe
+        found.append(Difference(Kind.STRIPE_CREDITED, org, number, "nothing credited",
+                                f"{remote.credited} {remote.currency.upper()} credited",
+                                "a credit note in Stripe lowered what the customer owes, and no invoice of ours "
+                                "says so: find out who issued it; void ours (billing invoices void) if it is wrong"))
     return found
+
+
+def _stripe_reversed(note: credit_note_store.StoredCreditNote, gateway: PaymentGateway) -> list[Difference]:
+    """The Stripe invoice of a credited (void) invoice, recorded as reversed: voided (or deleted, a
+    draft), or credited in full; anything else still asks the customer to pay for a void invoice."""
+    try:
+        remote = gateway.invoice_detail(str(note.stripe_invoice_id))
+    except PaymentError as exc:
+        raise PeerUnavailable(f"could not check {note.invoice_number} in Stripe: {exc}",
+                              hint="Nothing is known about Stripe until it answers: rerun `billing reconcile`.") from None
+    if remote is None or remote.status in ("void", "draft") or remote.credited >= remote.total:
+        return []
+    return [Difference(Kind.STRIPE_NOT_REVERSED, note.organization_id, note.number,
+                       f"{note.invoice_number} voided or credited in full in Stripe",
+                       f"{remote.status}, {remote.credited} of {remote.total} {remote.currency.upper()} credited",
+                       f"the customer is charged for the void invoice {note.invoice_number}: find out who changed "
+                       "it in Stripe, and void or credit it there")]
 
 
 def _s3(invoice: reconcile_store.InvoiceRow, store: FileStore) -> list[Difference]:
@@ -231,18 +282,32 @@ def _s3(invoice: reconcile_store.InvoiceRow, store: FileStore) -> list[Differenc
     if invoice.s3_key is None:
         return [Difference(Kind.S3_MISSING, org, number, "uploaded", "not uploaded",
                            f"billing invoice-monthly --month {number[4:11]} uploads it")]
+    return _s3_object(store, org, number, invoice.s3_key, invoice.pdf_sha256, table="invoices")
+
+
+def _s3_object(store: FileStore, org: str, number: str, key: str, pdf_sha256: str | None, *,
+               table: str) -> list[Difference]:
+    """An uploaded PDF (an invoice's or a credit note's): the object is there, and its bytes are ours."""
     try:
-        sha256 = store.sha256(invoice.s3_key)
+        sha256 = store.sha256(key)
     except StorageError as exc:
         raise PeerUnavailable(f"could not check {number} in S3: {exc}",
                               hint="Nothing is known about S3 until it answers: rerun `billing reconcile`.") from None
     if sha256 is None:
-        return [Difference(Kind.S3_MISSING, org, number, invoice.s3_key, "no such object",
-                           "restore it, or clear invoices.s3_key so that invoice-monthly uploads it again")]
-    if sha256 != invoice.pdf_sha256:
-        return [Difference(Kind.S3_CHECKSUM, org, number, str(invoice.pdf_sha256), sha256,
+        return [Difference(Kind.S3_MISSING, org, number, key, "no such object",
+                           f"restore it, or clear {table}.s3_key so that invoice-monthly uploads it again")]
+    if sha256 != pdf_sha256:
+        return [Difference(Kind.S3_CHECKSUM, org, number, str(pdf_sha256), sha256,
                            "the object is not our PDF: restore it")]
     return []
+
+
+def _stripe_units(amount: Decimal, currency: str) -> int | None:
+    """The amount in Stripe's integer units; None if no Stripe amount is it (an edited invoice)."""
+    try:
+        return to_stripe_amount(amount, currency)
+    except ValueError:
+        return None
 
 
 def _lines(lines: tuple[tuple[int, int], ...]) -> str:

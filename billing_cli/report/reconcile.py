@@ -43,7 +43,10 @@ def reconcile_summary(output: Output, result: ReconcileResult) -> None:
                       for d in result.differences], kind="difference")
     if total > len(result.differences):
         output.line(f"(showing {len(result.differences)} of {total:,} differences; --json lists the same)")
-    if result.ok:
+    if result.interrupted:  # the invoices not reached are unchecked: never "agree"
+        output.line(f"⏹ {result.month}: interrupted after {result.checked['invoices']:,} invoices, {total:,} "
+                    "differences so far: the month is not proven; rerun billing reconcile")
+    elif result.ok:
         output.line(f"✅ {result.month}: events, roll-ups, {result.checked['invoices']:,} invoices and the services "
                     "agree")
     else:
