@@ -34,7 +34,7 @@ RULE_TESTS = ROOT / "tests" / "monitoring" / "rules.test.yaml"
 OPERATIONS = ROOT / "docs" / "operations.md"
 
 # What the Pushgateway adds to every group it holds (its own metrics about the push), besides the
-# grouping key labels (job, shard) and an empty `instance`. test_pushgateway_adds_exactly_this
+# grouping key labels (job, shard; reconcile adds month) and an empty `instance`. test_pushgateway_adds_exactly_this
 # checks the list against a real Pushgateway.
 PUSHGATEWAY_METRICS = {"push_time_seconds", "push_failure_time_seconds"}
 GROUPING_LABELS = {"job", "shard", "instance"}

@@ -395,6 +395,45 @@ def test_status_check_fails_on_a_failed_latest_reconcile(invoiced, engine) -> No
     assert problems["reconcile"] == ["last run (2024-01) mismatch"]
 
 
+def test_a_clean_check_of_another_month_never_hides_a_month_that_differs(invoiced, engine) -> None:
+    """The daily check moves on to the next month on the 1st, and an operator may check any month:
+    January's difference stays in `status --check` and in the Pushgateway (one group per month)
+    until January itself is checked clean."""
+    from tests.peers.pushgateway import Pushgateway
+
+    def differences(exposed: str, month: str) -> str | None:
+        for labels, value in re.findall(r'^billing_reconcile_differences\{([^}]*)\} (\S+)$', exposed, re.M):
+            if 'kind="any"' in labels and f'month="{month}"' in labels:
+                return value
+        return None
+
+    def problems(env) -> list[str]:
+        status = runner.invoke(app, ["status", "--check", "--json"], env=env)
+        return {s["job"]: s["problems"] for s in json.loads(status.stdout)}["reconcile"]
+
+    gateway = Pushgateway().start()
+    try:
+        env = {**invoiced, "PROMETHEUS_PUSHGATEWAY_URL": gateway.url}
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE invoices SET emailed_at = NULL WHERE organization_id = 'gmbh'"))
+        assert reconcile(env)[0].exit_code == ExitCode.MISMATCH
+        assert runner.invoke(app, ["invoice-monthly", "--month", "2024-02"], env=env).exit_code == 0
+        february = runner.invoke(app, ["reconcile", "--month", "2024-02", "--json"], env=env)
+        assert february.exit_code == 0, february.output
+
+        assert problems(env) == ["last run (2024-01) mismatch"]
+        exposed = gateway.metrics()
+        assert (differences(exposed, "2024-01"), differences(exposed, "2024-02")) == ("1", "0")
+
+        with engine.begin() as conn:  # January's e-mail is sent after all, and January checked again
+            conn.execute(text("UPDATE invoices SET emailed_at = now() WHERE organization_id = 'gmbh'"))
+        assert reconcile(env)[0].exit_code == 0
+        assert problems(env) == []
+        assert differences(gateway.metrics(), "2024-01") == "0"
+    finally:
+        gateway.stop()
+
+
 def test_organization_ids_that_sort_differently_by_locale_and_by_bytes_reconcile_clean(
         db_url, engine, tmp_path, clean_env) -> None:
     # Whatever the database's collation, every side is matched to the others: ids with case,

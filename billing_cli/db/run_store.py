@@ -111,6 +111,14 @@ def last_run(conn: Connection, job: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
+def last_run_of_each_period(conn: Connection, job: str) -> list[dict[str, Any]]:
+    """The job's latest real run (as `last_run`) of each period it ran for, oldest period first: a
+    check of one month says nothing about another's (billing reconcile)."""
+    return [dict(row) for row in conn.execute(text(
+        f"SELECT DISTINCT ON (period) {_RUN_COLUMNS} FROM job_runs WHERE job = :job AND NOT dry_run AND NOT targeted "
+        "ORDER BY period, started_at DESC, id DESC"), {"job": job}).mappings()]
+
+
 def last_success(conn: Connection, job: str) -> dict[str, Any] | None:
     row = conn.execute(text(f"SELECT {_RUN_COLUMNS} FROM job_runs WHERE job = :job AND NOT dry_run "
                             "AND NOT targeted AND status = 'succeeded' ORDER BY finished_at DESC LIMIT 1"),

@@ -1,7 +1,7 @@
 """Prometheus metrics, pushed to a Pushgateway at the end of every (real) run.
 
 `pushadd` with the grouping key {job, shard} (never the pod name, so series do not pile up per
-pod): metrics not sent by a push keep their previous value, which is how
+pod), and for billing reconcile {job, shard, month}, one group per month checked: metrics not sent by a push keep their previous value, which is how
 `billing_last_success_timestamp_seconds` survives failed runs. Alert on
 `time() - billing_last_success_timestamp_seconds` (docs/operations.md).
 """
@@ -70,9 +70,11 @@ def push_run_metrics(gateway_url: str, summary: RunSummary, *, shard: str | None
                     "invoices are the record).", ["currency"], registry=registry)
     for currency, amount in summary.revenue.items():
         revenue.labels(currency=currency).set(float(amount))  # a metric, not money: never read back
+    grouping = {"shard": (shard or "all").replace("/", "-of-")}
+    if summary.job == "reconcile":  # a check of one month never overwrites another month's result
+        grouping["month"] = str(summary.period)
     try:
-        pushadd_to_gateway(gateway_url, job=f"billing-{summary.job}",
-                           grouping_key={"shard": (shard or "all").replace("/", "-of-")},
+        pushadd_to_gateway(gateway_url, job=f"billing-{summary.job}", grouping_key=grouping,
                            registry=registry, timeout=timeout_seconds)
     except Exception as exc:  # urllib raises assorted errors; a metrics failure is only a warning
         where = mask_url_password(gateway_url, keep_user=False)

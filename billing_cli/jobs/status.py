@@ -12,6 +12,7 @@ from ..db import period_store, run_store
 from ..outcomes import MONTHLY_JOBS, SCHEDULED_JOBS, Job, RunOutcome, month_is_invoiced
 from ..periods import Month
 
+
 @dataclass(frozen=True)
 class Thresholds:
     aggregate_max_age: timedelta = timedelta(hours=2)
@@ -41,10 +42,16 @@ def job_statuses(conn: Connection, now: datetime, thresholds: Thresholds = Thres
     for job in SCHEDULED_JOBS:
         last, success = run_store.last_run(conn, job), run_store.last_success(conn, job)
         status = JobStatus(job.value, last, success)
-        if last is not None and last["status"] in _UNHEALTHY_ENDINGS:
-            status.problems.append(f"last run ({last['period']}) {last['status']}"
-                                   + (f": {last['message']}" if last["message"] else ""))
-        elif last is not None and (last["status"] == run_store.ABANDONED or run_store.is_gone(conn, last["id"])):
+        # A reconcile proves one month: the latest of each month's counts, so that checking another
+        # month (the daily run moving on to the next, or an operator's --month) never hides one
+        # whose check found a difference. It stays a problem until that month is checked clean.
+        judged = run_store.last_run_of_each_period(conn, job) if job == Job.RECONCILE else [last] if last else []
+        for run in judged:
+            if run["status"] in _UNHEALTHY_ENDINGS:
+                status.problems.append(f"last run ({run['period']}) {run['status']}"
+                                       + (f": {run['message']}" if run["message"] else ""))
+        if last is not None and last["status"] not in _UNHEALTHY_ENDINGS and (
+                last["status"] == run_store.ABANDONED or run_store.is_gone(conn, last["id"])):
             status.problems.append(f"last run ({last['period']}) died without recording how it ended (killed: "
                                    "SIGKILL, the OOM killer, a lost node); the next run completes its work")
         stuck = run_store.running_since(conn, job, now - thresholds.stuck_after)
