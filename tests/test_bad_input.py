@@ -35,6 +35,8 @@ def issued(engine) -> list[tuple[str, str]]:
     (["invoice-monthly", "--month", "2999-12"], {}, ExitCode.USAGE, "is in the future"),
     (["aggregate-hourly", "--hour", "2024-01-31T24"], {}, ExitCode.USAGE, "--hour '2024-01-31T24' is not"),
     (["aggregate-hourly", "--from", "2024-02-01T00", "--to", "2024-01-01T00"], {}, ExitCode.USAGE, "is after --to"),
+    # The scheduled run's --lookback (no --hour): a negative one is refused too, not run as no lookback at all.
+    (["aggregate-hourly", "--lookback", "-1"], {}, ExitCode.USAGE, "--lookback must be 0 or more hours"),
     (["legacy-run"], {"RUN_SCHEDULE": "0 0 0 1 13 *"}, ExitCode.CONFIG, "RUN_SCHEDULE='0 0 0 1 13 *'"),
     (["legacy-run"], {"RUN_SCHEDULE": "15 0 0 1 * *"}, ExitCode.CONFIG, "the seconds field must be 0"),
     (["invoice-monthly"], {"DRY_RUN": "maybe"}, ExitCode.CONFIG, "DRY_RUN='maybe': not a boolean"),

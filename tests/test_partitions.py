@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from contextlib import contextmanager
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -18,7 +21,8 @@ from typer.testing import CliRunner
 from billing_cli.cli import app
 from billing_cli.db.migrate import HEAD, upgrade
 from billing_cli.errors import ExitCode
-from billing_cli.db.partitions import drop_month_partition
+from billing_cli.db.partitions import create_month_partition, drop_month_partition
+from billing_cli.jobs.aggregate import HourResult, aggregate_one_hour
 from billing_cli.jobs.partitions import keep_partitions_ahead
 from billing_cli.periods import Month, utc_now
 from tests.data import PLANS, add_event, add_org, hourly_rows, set_plan, table_snapshot, utc
@@ -158,6 +162,59 @@ def test_a_partition_made_later_takes_its_rows_out_of_the_default_partition(engi
         assert conn.execute(text("SELECT count(*) FROM usage_event_changes")).scalar_one() == 0
     again = keep_partitions_ahead(transactions_of(engine), later.prev().start + timedelta(days=2))
     assert again.created == []
+
+
+def _waiting_on_a_lock(engine, pid: int) -> bool:
+    with engine.connect() as conn:
+        return bool(conn.execute(text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :p"),
+                                 {"p": pid}).scalar())
+
+
+def test_a_roll_up_while_the_month_s_partition_is_being_made_reads_the_moved_events(engine) -> None:
+    """An operator makes a backfilled month's partition (as the default-partition warning says) while
+    invoice-monthly or aggregate-hourly rolls up an hour of that month. The partition's function
+    moves the month's rows out of the default partition and attaches the partition in one
+    transaction; a roll-up that started meanwhile must not read the default partition after the
+    move with the partitions as they were before it: the hour would be recorded with no events
+    (its usage deleted, a credit on the next invoice) while its 5 units are still there."""
+    hour = utc(2024, 5, 10, 13)
+    with engine.begin() as conn:
+        add_org(conn, "acme")
+        add_event(conn, "acme", "api_calls", "5", hour + timedelta(minutes=10), key="backfilled")
+        assert partition_of(conn, "backfilled") == "usage_events_default"
+    maker = engine.connect()
+    making = maker.begin()
+    assert create_month_partition(maker, Month(2024, 5)).moved_events == 1  # not committed yet
+
+    pid: list[int] = []
+    rolled_up: list[HourResult] = []
+
+    def transactions():
+        @contextmanager
+        def begin():
+            with engine.begin() as conn:
+                pid.append(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+                yield conn
+        return begin()
+
+    roll_up = threading.Thread(target=lambda: rolled_up.append(aggregate_one_hour(transactions, hour)))
+    roll_up.start()
+    for _ in range(200):
+        if pid and _waiting_on_a_lock(engine, pid[0]):
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the roll-up never waited for the partition being made")
+    making.commit()
+    roll_up.join(30)
+    maker.close()
+
+    assert rolled_up and rolled_up[0].ok and rolled_up[0].events == 1
+    with engine.begin() as conn:
+        assert partition_of(conn, "backfilled") == "usage_events_2024_05"
+        assert hourly_rows(conn) == [("acme", "api_calls", hour, Decimal(5), 1)]
+        assert conn.execute(text("SELECT event_count FROM aggregated_hours WHERE hour_start = :h"),
+                            {"h": hour}).scalar_one() == 1
 
 
 def test_every_partition_summarizes_its_arrivals_as_they_fill(engine) -> None:

@@ -199,6 +199,19 @@ def refuse_pruned_hour(conn: Connection, hour: datetime) -> None:
                           "as they are and cannot be computed again")
 
 
+def hold_default_partition(conn: Connection, month: Month) -> None:
+    """Before a statement reads the month's events while they are in the DEFAULT partition (the month
+    has no partition of its own): wait for that partition being made, if it is (billing_usage_events_partition
+    moves the month's rows out of the default partition, then attaches the new one), and keep it from
+    being made until this transaction ends. A statement that began while it was being made would
+    plan with the partitions as they were, wait for the default partition's lock, then read it after
+    the move: the month's events in neither. Taken in a statement of its own, so the next statement
+    plans with the new partition. Once the month has its partition, nothing is taken."""
+    if conn.execute(text("SELECT to_regclass(:name) IS NULL AND to_regclass('usage_events_default') IS NOT NULL"),
+                    {"name": partition_name(month)}).scalar_one():
+        conn.execute(text("LOCK TABLE usage_events_default IN ACCESS SHARE MODE"))
+
+
 def database_now(conn: Connection) -> datetime:
     return conn.execute(text("SELECT now()")).scalar_one()
 

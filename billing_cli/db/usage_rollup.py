@@ -13,8 +13,8 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
-from ..periods import HOUR
-from .partitions import refuse_pruned_hour
+from ..periods import HOUR, Month
+from .partitions import hold_default_partition, refuse_pruned_hour
 
 # Every event is rolled up, whatever its organization's status, and even when the organization
 # has no row yet ("orphan" usage: counted and reported, billed once the row exists). Events are
@@ -230,6 +230,7 @@ def _hour_number(hour: datetime) -> int:
 def apply_hour(conn: Connection, start: datetime, end: datetime) -> HourReport:
     lock_hours(conn, start, end)  # before anything reads: the statement's snapshot comes after it
     refuse_pruned_hour(conn, start)
+    hold_default_partition(conn, Month.containing(start))  # its rows moved meanwhile: read where they are
     conn.execute(text("SET LOCAL work_mem = '256MB'"))  # a busy hour's hash aggregate spills with 4MB
     return _report(conn.execute(text(APPLY_SQL), {"start": start, "end": end}))
 
@@ -237,6 +238,7 @@ def apply_hour(conn: Connection, start: datetime, end: datetime) -> HourReport:
 def preview_hour(conn: Connection, start: datetime, end: datetime) -> HourReport:
     conn.execute(text("SET TRANSACTION READ ONLY"))
     refuse_pruned_hour(conn, start)
+    hold_default_partition(conn, Month.containing(start))
     return _report(conn.execute(text(PREVIEW_SQL), {"start": start, "end": end}))
 
 

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from ..config import load_settings
 from ..db.engine import Database
+from ..errors import UsageError
 from ..jobs.aggregate import AggregationResult, HourResult, aggregate_hours, aggregate_scheduled
 from ..jobs.partitions import PartitionUpkeep, keep_partitions_ahead
 from ..outcomes import Job
@@ -43,6 +44,8 @@ class AggregateRequest:
         events changed are found and rolled up again whatever their age."""
         if not self.scheduled:
             return 0
+        if self.lookback is not None and self.lookback < 0:
+            raise UsageError("--lookback must be 0 or more hours")
         return self.lookback if self.lookback is not None else configured
 
     def why(self, widened: int, checked: int) -> str:
