@@ -171,6 +171,9 @@ class _RecordingConnection:
         def fetchall(self):
             return []
 
+        def all(self):
+            return []
+
     def __init__(self) -> None:
         self.statements: list[tuple[str, dict]] = []
 
