@@ -126,6 +126,35 @@ def test_events_edited_or_deleted_in_place_mark_their_hours_until_rolled_up_agai
         assert [tuple(r) for r in revised] == [("org-a", Month(2024, 1).first_day), ("org-b", Month(2024, 1).first_day)]
 
 
+def test_events_edited_or_deleted_through_a_partition_itself_mark_their_hours_too(transactions) -> None:
+    """A statement that names a partition (an operator's fix of one month, or clearing strays from
+    the default partition) fires that partition's triggers, not usage_events': each partition
+    carries the same change triggers, those made later by billing_usage_events_partition too."""
+    with transactions() as s:
+        seed_two_orgs(s)
+        add_event(s, "org-a", "api_calls", "4", utc(2024, 2, 1, 9))  # stays in the default partition
+        s.execute(text("SELECT billing_usage_events_partition('2024-01-01')"))  # January moves out of it
+    aggregate_hours(transactions, HourRange(utc(2024, 1, 31, 12), utc(2024, 1, 31, 15)))
+    aggregate_one_hour(transactions, utc(2024, 2, 1, 9))
+    with transactions() as s:
+        assert stale_hours(s, Month(2024, 1)) == [] and stale_hours(s, Month(2024, 2)) == []
+        # Same count, same arrival times: only the partition's own triggers can tell.
+        s.execute(text("UPDATE usage_events_2024_01 SET quantity = quantity + 1 WHERE organization_id = 'org-b' "
+                       "AND occurred_at < :h14"), {"h14": H14})
+        s.execute(text("UPDATE usage_events_default SET quantity = 5 WHERE organization_id = 'org-a'"))
+        assert stale_hours(s, Month(2024, 1)) == [H13]
+        assert stale_hours(s, Month(2024, 2)) == [utc(2024, 2, 1, 9)]
+
+    aggregate_hours(transactions, ONE_HOUR_13)
+    aggregate_one_hour(transactions, utc(2024, 2, 1, 9))
+
+    with transactions() as s:
+        assert stale_hours(s, Month(2024, 1)) == [] and stale_hours(s, Month(2024, 2)) == []
+        rows = hourly_rows(s)
+        assert ("org-b", "api_calls", H13, Decimal("8"), 1) in rows
+        assert ("org-a", "api_calls", utc(2024, 2, 1, 9), Decimal("5"), 1) in rows
+
+
 def test_an_hour_whose_events_disappeared_leaves_no_stale_rows(transactions) -> None:
     with transactions() as s:
         seed_two_orgs(s)

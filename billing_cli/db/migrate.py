@@ -25,7 +25,8 @@ REVISIONS: tuple[str, ...] = ("0001_foundation", "0002_invoicing", "0003_job_run
                              "0017_job_runs_session",
                              "0018_late_usage_scan",
                              "0019_anchor_changes_once",
-                             "0020_anchor_history")
+                             "0020_anchor_history",
+                             "0021_partition_change_triggers")
 HEAD = REVISIONS[-1]
 
 # Serialises concurrent `db upgrade` runs (two pods starting at once): pg_advisory_xact_lock key.
