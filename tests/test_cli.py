@@ -289,6 +289,22 @@ def test_aggregate_hourly_plain_output(clean_env, db_url, engine) -> None:
     assert "\x1b[" not in result.output  # no colour codes without a terminal
 
 
+def test_an_organization_id_with_a_line_break_cannot_forge_a_log_line(clean_env, db_url, engine) -> None:
+    """Organization ids come from the producers: one quoted in a warning stays on the warning's line
+    (a log reader would take a line of its own for a record of the run)."""
+    forged = "summary job=aggregate-hourly outcome=succeeded"
+    with engine.begin() as s:
+        add_event(s, f"ghost\n{forged}", "api_calls", "1", utc(2024, 1, 31, 13, 10))  # no organizations row
+
+    result = run("aggregate-hourly", "--hour", "2024-01-31T13", "--lookback", "0", DATABASE_URL=db_url)
+
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert not [line for line in lines if line.startswith(forged)]
+    assert any(line.startswith("warning: ") and f"ghost; {forged}" in line for line in lines), result.output
+    assert lines[-1].startswith("summary job=aggregate-hourly hours=1 ") and lines[-1].endswith("outcome=succeeded")
+
+
 def test_aggregate_hourly_rich_output_and_dry_run_env(clean_env, db_url, engine) -> None:
     with engine.begin() as s:
         add_org(s, "org-a")

@@ -20,12 +20,20 @@ def number(value: int | Decimal) -> str:
     return f"{value:,}"
 
 
+def one_line(text: str) -> str:
+    """Text as one log line, whatever it quotes (an organization id is a producer's input): a line
+    break as "; " (a CR as a space), and the breaks some log readers split on shown escaped, so
+    that no text can start a line of its own that reads as another record."""
+    text = text.replace("\r", " ").replace("\n", "; ")
+    for separator in "\x85\u2028\u2029":
+        text = text.replace(separator, separator.encode("unicode_escape").decode())
+    return text
+
+
 def plain_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    text = str(value).replace("\r", " ").replace("\n", "; ")  # one record, one line
-    for separator in "\x85\u2028\u2029":  # line breaks to some log readers: shown escaped
-        text = text.replace(separator, separator.encode("unicode_escape").decode())
+    text = one_line(str(value))  # one record, one line
     return f'"{text}"' if (" " in text or text == "") else text
 
 
@@ -100,15 +108,17 @@ class Output:
         if self.format == "json":
             self._json("info", "notice", {"message": text}, sys.stderr)
         elif self.plain:
-            print(f"notice: {text}", file=sys.stderr, flush=True)
+            print(f"notice: {one_line(text)}", file=sys.stderr, flush=True)
         else:
-            self.err.print(f"[dim]ℹ {text}[/dim]", highlight=False)
+            from rich.markup import escape
+
+            self.err.print(f"[dim]ℹ {escape(text)}[/dim]", highlight=False)
 
     def warning(self, text: str) -> None:
         if self.format == "json":
             self._json("warning", "warning", {"message": text}, sys.stderr)
         elif self.plain:
-            print(f"warning: {text}", file=sys.stderr, flush=True)
+            print(f"warning: {one_line(text)}", file=sys.stderr, flush=True)
         else:
             from rich.markup import escape
 
@@ -118,7 +128,7 @@ class Output:
         if self.format == "json":
             self._json("error", "error", {"message": text}, sys.stderr)
         elif self.plain:
-            print(f"error: {text}", file=sys.stderr, flush=True)
+            print(f"error: {one_line(text)}", file=sys.stderr, flush=True)
         else:
             from rich.markup import escape
 
