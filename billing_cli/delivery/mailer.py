@@ -22,6 +22,7 @@ from email.message import EmailMessage
 from typing import Literal, Protocol
 
 from .breaker import CircuitBreaker, CircuitOpen
+from .retries import retrying
 
 Security = Literal["ssl", "starttls", "none"]
 
@@ -112,6 +113,7 @@ class SmtpMailer:
     max_wait_seconds: float = 60.0
     ssl_context: ssl.SSLContext | None = None  # tests pass one trusting their own certificate
     breaker_failures: int = 5
+    stopping: threading.Event | None = field(default=None, compare=False)  # the run's SIGTERM (retries.py)
     _sessions: _Sessions = field(default_factory=_Sessions, init=False, repr=False, compare=False)
     _breaker: CircuitBreaker = field(init=False, repr=False, compare=False)
 
@@ -121,16 +123,10 @@ class SmtpMailer:
             is_transient=lambda exc: isinstance(exc, MailError) and exc.transient))
 
     def send(self, message: EmailMessage) -> None:
-        from tenacity import retry, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
-
-        sender = retry(
-            retry=retry_if_exception(lambda exc: isinstance(exc, MailError) and exc.transient),
-            stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_wait_seconds),
-            wait=wait_random_exponential(multiplier=0.5, max=10),
-            reraise=True,
-        )(self._send_once)
+        policy = retrying(lambda exc: isinstance(exc, MailError) and exc.transient, attempts=self.max_attempts,
+                          seconds=self.max_wait_seconds, multiplier=0.5, longest=10, stopping=self.stopping)
         try:
-            self._breaker.call(lambda: sender(message))
+            self._breaker.call(lambda: policy(self._send_once, message))
         except CircuitOpen as exc:
             raise MailError(str(exc), transient=True) from None
 

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from .breaker import CircuitBreaker, CircuitOpen
+from .retries import retrying
 
 # Pinned, so that upgrading the SDK never silently changes the API behaviour we rely on.
 STRIPE_API_VERSION = "2026-10-28.endive"
@@ -216,8 +217,10 @@ class StripeGateway:
 
     def __init__(self, api_key: str, *, api_base: str | None = None, requests_per_second: int = 25,
                  max_attempts: int = 4, max_retry_seconds: float = 60, timeout_seconds: float = 30,
-                 max_connections: int = 10, breaker_failures: int = 5) -> None:
+                 max_connections: int = 10, breaker_failures: int = 5,
+                 stopping: threading.Event | None = None) -> None:
         self._api_key = api_key
+        self._stopping = stopping  # the run's SIGTERM: no new attempt once set (retries.py)
         self._api_base = api_base
         self._max_attempts = max_attempts
         self._max_retry_seconds = max_retry_seconds
@@ -238,8 +241,6 @@ class StripeGateway:
         with self._client_lock:
             if self._client is None:
                 import stripe
-                from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, \
-                    wait_random_exponential
 
                 from .stripe_http import Urllib3Client
 
@@ -251,10 +252,8 @@ class StripeGateway:
                 # Every transient failure (connection, 5xx, 409, 429) backs off and retries, at most
                 # DELIVERY_MAX_ATTEMPTS times and DELIVERY_MAX_RETRY_SECONDS in all: one call never
                 # holds a run for minutes. Safe: every creating call carries an idempotency key.
-                self._retrying = Retrying(retry=retry_if_exception(_retryable), reraise=True,
-                                          stop=stop_after_attempt(self._max_attempts)
-                                          | stop_after_delay(self._max_retry_seconds),
-                                          wait=wait_random_exponential(0.5, max=8))
+                self._retrying = retrying(_retryable, attempts=self._max_attempts, seconds=self._max_retry_seconds,
+                                          multiplier=0.5, longest=8, stopping=self._stopping)
             return self._client
 
     def _request(self, what: str, method: str, path: str, **params: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from ..periods import Month
 from .breaker import CircuitBreaker, CircuitOpen
+from .retries import retrying
 
 MAX_LINK_SECONDS = 7 * 24 * 3600  # S3's own ceiling for SigV4 presigned URLs
 
@@ -69,6 +70,7 @@ class S3Store:
     max_connections: int = 10  # botocore's default; the job sets its concurrency
     max_retry_seconds: float = 60.0  # all attempts of one call
     breaker_failures: int = 5
+    stopping: threading.Event | None = None  # the run's SIGTERM: no new attempt once set (retries.py)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -79,14 +81,11 @@ class S3Store:
 
     def _call(self, action):
         """One S3 call: retried with backoff while transient, within max_attempts and
-        max_retry_seconds in all, through the run's circuit breaker."""
-        from tenacity import retry, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
-
-        retried = retry(retry=retry_if_exception(lambda exc: isinstance(exc, StorageError) and exc.transient),
-                        stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_retry_seconds),
-                        wait=wait_random_exponential(multiplier=0.2, max=5), reraise=True)(action)
+        max_retry_seconds in all and until the run is told to stop, through the run's circuit breaker."""
+        policy = retrying(lambda exc: isinstance(exc, StorageError) and exc.transient, attempts=self.max_attempts,
+                          seconds=self.max_retry_seconds, multiplier=0.2, longest=5, stopping=self.stopping)
         try:
-            return self.breaker.call(retried)
+            return self.breaker.call(lambda: policy(action))
         except CircuitOpen as exc:
             raise StorageError(str(exc), transient=True) from None
 

@@ -141,8 +141,8 @@ def _run(job: Job, request: InvoiceRequest, settings: Settings, view: InvoicingV
 
     def invoice(db: Database, stop: threading.Event, guard: LockGuard) -> InvoiceRunResult:
         # A preview is handed no adapter at all: it cannot reach a service, even by mistake.
-        deliveries = Deliveries() if options.dry_run else deliveries_from_settings(settings,
-                                                                                   concurrency=options.concurrency)
+        deliveries = Deliveries() if options.dry_run else deliveries_from_settings(
+            settings, concurrency=options.concurrency, stopping=stop)
         view.invoicing_started(InvoicingStart(job, options.month, options.dry_run, db.where,
                                               [s for s in Step if s in DELIVERY_STEPS and s not in options.delivery_steps],
                                               sharded))

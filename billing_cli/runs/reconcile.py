@@ -39,7 +39,7 @@ def run_reconcile(request: ReconcileRequest, view: ReconcileView) -> Finished[Re
                    notify=NotifyWhen.ON_PROBLEMS)
 
     def reconcile(db: Database, stop: threading.Event, _guard: object) -> ReconcileResult:
-        adapters = deliveries_from_settings(settings)  # read calls only
+        adapters = deliveries_from_settings(settings, stopping=stop)  # read calls only
         checks = Checks(adapters.store, adapters.payments, email=settings.email_enabled)
         view.reconcile_started(month, ["events", "roll-ups", "invoices",
                                        *(["Stripe"] if checks.payments else []), *(["S3"] if checks.store else []),

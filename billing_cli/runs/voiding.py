@@ -57,8 +57,8 @@ def run_void_invoice(request: VoidRequest, view: RunView,
                    targeted=True, parameters={"number": number, "reason": request.reason},
                    notify=NotifyWhen.ON_PROBLEMS)
 
-    def void(db: Database, _stop: threading.Event, guard: LockGuard) -> VoidResult:
-        deliveries = deliveries_from_settings(settings)
+    def void(db: Database, stop: threading.Event, guard: LockGuard) -> VoidResult:
+        deliveries = deliveries_from_settings(settings, stopping=stop)
         try:
             return void_invoice(db.transactions, number, request.reason.strip(), deliveries=deliveries,
                                 seller=seller_from_settings(settings),

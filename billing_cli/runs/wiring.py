@@ -5,6 +5,8 @@ Building an adapter connects to nothing: each connects inside its first call.
 
 from __future__ import annotations
 
+import threading
+
 from ..config import Settings
 from ..delivery.ports import Deliveries
 from ..invoices import Seller
@@ -28,9 +30,11 @@ def taxes_from_settings(settings: Settings):  # -> taxes.TaxSetup | None
     return TaxSetup(settings.seller_country, settings.seller_tax_id)
 
 
-def deliveries_from_settings(settings: Settings, *, concurrency: int | None = None) -> Deliveries:
+def deliveries_from_settings(settings: Settings, *, concurrency: int | None = None,
+                             stopping: threading.Event | None = None) -> Deliveries:
     """The adapters of the enabled deliveries, for a real run. `concurrency`: the worker threads
-    that will share them (connection pools are sized to it)."""
+    that will share them (connection pools are sized to it); `stopping`: the run's SIGTERM, after
+    which their calls start no new attempt."""
     store = payments = mailer = None
     connections = max(concurrency or settings.concurrency, 10)  # per peer, shared by the worker threads
     if settings.s3_enabled:
@@ -41,7 +45,7 @@ def deliveries_from_settings(settings: Settings, *, concurrency: int | None = No
                         link_seconds=settings.s3_link_seconds, max_attempts=settings.delivery_max_attempts,
                         timeout_seconds=settings.delivery_timeout_seconds, max_connections=connections,
                         max_retry_seconds=settings.delivery_max_retry_seconds,
-                        breaker_failures=settings.delivery_breaker_failures)
+                        breaker_failures=settings.delivery_breaker_failures, stopping=stopping)
     if settings.stripe_enabled:
         from ..delivery.payments import StripeGateway
 
@@ -51,9 +55,10 @@ def deliveries_from_settings(settings: Settings, *, concurrency: int | None = No
                                  max_attempts=settings.delivery_max_attempts,
                                  max_retry_seconds=settings.delivery_max_retry_seconds,
                                  timeout_seconds=settings.delivery_timeout_seconds,
-                                 max_connections=connections, breaker_failures=settings.delivery_breaker_failures)
+                                 max_connections=connections, breaker_failures=settings.delivery_breaker_failures,
+                                 stopping=stopping)
     if settings.email_enabled:
-        mailer = smtp_mailer(settings)
+        mailer = smtp_mailer(settings, stopping=stopping)
     return Deliveries(store=store, payments=payments, mailer=mailer, sender=settings.smtp_from,
                       s3_prefix=settings.s3_prefix, days_until_due=settings.payment_terms_days,
                       attachment_max_bytes=settings.email_attachment_max_bytes)
@@ -78,7 +83,7 @@ def notifiers_from_settings(settings: Settings) -> list:
     return notifiers
 
 
-def smtp_mailer(settings: Settings):
+def smtp_mailer(settings: Settings, *, stopping: threading.Event | None = None):
     from ..delivery.mailer import SmtpMailer
 
     assert settings.smtp_host is not None
@@ -88,4 +93,4 @@ def smtp_mailer(settings: Settings):
                       timeout_seconds=settings.delivery_timeout_seconds,
                       max_attempts=settings.delivery_max_attempts,
                       max_wait_seconds=settings.delivery_max_retry_seconds,
-                      breaker_failures=settings.delivery_breaker_failures)
+                      breaker_failures=settings.delivery_breaker_failures, stopping=stopping)
