@@ -155,6 +155,31 @@ def test_deleted_events_give_a_credit_and_a_negative_total_is_carried_to_the_nex
     assert billed_quantity(engine, "gmbh", "2024-01") == 20  # 100 billed, -80 adjusted
 
 
+def test_credit_carried_for_an_organization_no_longer_active_is_reported_for_a_refund(db, engine) -> None:
+    """No later invoice will come to use it: the run says so, instead of only the PDF's "carried to
+    your next invoice"."""
+    with engine.begin() as conn:
+        add_org(conn, "gone", currency="EUR")
+        set_plan(conn, "gone", "euro")
+    events(engine, "gone", 100, utc(2024, 1, 10, 9))
+    roll_up(db)
+    assert invoice(db, "2024-01").exit_code == 0  # 10.00 EUR
+    with engine.begin() as conn:  # the customer leaves; 80 of January's events were test traffic
+        conn.execute(text("UPDATE organizations SET status = 'inactive' WHERE id = 'gone'"))
+        conn.execute(text("DELETE FROM usage_events WHERE organization_id = 'gone' AND idempotency_key "
+                          "IN (SELECT idempotency_key FROM usage_events WHERE organization_id = 'gone' "
+                          "ORDER BY idempotency_key LIMIT 80)"))
+    roll_up(db)
+
+    february = invoice(db, "2024-02")
+
+    assert february.exit_code == 0, february.output
+    assert [(kind, amount) for kind, _, _, amount in lines_of(engine, "INV-2024-02-000001")] == [
+        ("usage", D("-8.00")), ("credit_carried", D("8.00"))]
+    assert ("its credit of 8.00 EUR is carried to a next invoice, but the organization is no longer active: no "
+            "later invoice may use it (refund it, or settle it by hand)") in " ".join(february.output.split())
+
+
 def test_events_that_arrive_before_their_organization_are_billed_once_it_exists(db, engine) -> None:
     events(engine, "newco", 300, utc(2024, 1, 25, 12))
     warned = run(db, "aggregate-hourly", "--hour", "2024-01-25T12")

@@ -19,7 +19,7 @@ from ...db.billing_history import OrgHistory
 from ...db.invoice_store import StoredInvoice
 from ...db.usage_store import OrganizationRow
 from ...delivery.invoice_email import BadAddress, check_address, check_header_value
-from ...money import ZERO, CurrencyError, Precision, format_money
+from ...money import ZERO, CurrencyError, Precision, exact_sum, format_money
 from ...outcomes import Step
 from ...periods import Month
 from ...pricing import PricePlan, RatingError
@@ -186,6 +186,10 @@ def _plan(org: OrganizationRow, usage: Mapping[str, Decimal], plans: Mapping[str
         warnings += (f"its credit of {', '.join(format_money(amount, cur) for cur, amount in stranded.items())} from "
                      f"earlier invoices is not applied: this invoice is in {plan.currency}, and credit is never "
                      "converted (refund it, or settle it by hand)",)
+    carried = exact_sum(line.amount for line in invoice.lines if line.kind == "credit_carried")
+    if carried and not org.active:
+        warnings += (f"its credit of {format_money(carried, invoice.currency)} is carried to a next invoice, but the "
+                     "organization is no longer active: no later invoice may use it (refund it, or settle it by hand)",)
     if invoice.is_empty:
         return OrgPlan(org, Action.VOID if existing is not None else Action.NOTHING_TO_BILL, existing=existing,
                        warnings=warnings, reversals=reversals, history=history)
