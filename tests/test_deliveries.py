@@ -769,6 +769,7 @@ def test_an_invoice_of_more_lines_than_stripe_takes_fails_before_anything_is_mad
 
     assert result.exit_code == ExitCode.PARTIAL, result.output
     assert "251 lines" in result.output and "at most 250" in result.output, result.output
+    assert "first fix what a line above names" in result.output  # a rerun alone would fail the same way
     invoices = stored(engine)
     assert invoices["org-many"]["s3_uploaded_at"] is not None and invoices["org-many"]["stripe_invoice_id"] is None
     assert invoices["org-many"]["emailed_at"] is None and invoices["org-many"]["stripe_customer_id"] is None

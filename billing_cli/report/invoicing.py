@@ -244,7 +244,8 @@ def invoice_summary(output: Output, result: InvoiceRunResult) -> None:
 
 def what_to_do(result: InvoiceRunResult) -> str:
     """What fixes the failed organizations: bad data is fixed where it lives (a rerun alone fails
-    again the same way); a delivery or a busy organization is finished by a rerun."""
+    again the same way); a delivery or a busy organization is finished by a rerun, once what its
+    line names is fixed when it names something (an invoice Stripe cannot take, a bucket refused)."""
     data = sum(1 for o in result.failed if any(c == Component.DATA for c, _ in o.errors))
     other = len(result.failed) - data
     parts = []
@@ -252,7 +253,8 @@ def what_to_do(result: InvoiceRunResult) -> str:
         parts.append(f"{data} failed on their data: fix what each line above names (the plan, the "
                      "organization's row or its usage), then rerun the same command")
     if other:
-        parts.append(f"{other} failed delivering or were busy: rerun the same command to finish them")
+        parts.append(f"{other} failed delivering or were busy: rerun the same command to finish them (first fix "
+                     "what a line above names, if it names something to fix: a rerun alone cures only an outage)")
     return "; ".join(parts)
 
 
