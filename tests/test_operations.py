@@ -213,9 +213,9 @@ def test_metrics_are_pushed_to_a_real_pushgateway(clean_env, billed, engine) -> 
         assert run("reconcile", "--month", "2024-01", **env).exit_code == ExitCode.MISMATCH
         reconciled = gateway.metrics()
         job = 'instance="",job="billing-reconcile"'
-        assert f'billing_reconcile_differences{{{job},kind="any",shard="all"}} 3' in reconciled
-        assert f'billing_reconcile_differences{{{job},kind="rollup_behind",shard="all"}} 3' in reconciled
-        assert f'billing_last_run_success{{{job},shard="all"}} 0' in reconciled
+        assert f'billing_reconcile_differences{{{job},kind="any",month="2024-01",shard="all"}} 3' in reconciled
+        assert f'billing_reconcile_differences{{{job},kind="rollup_behind",month="2024-01",shard="all"}} 3' in reconciled
+        assert f'billing_last_run_success{{{job},month="2024-01",shard="all"}} 0' in reconciled
     finally:
         gateway.stop()
 
