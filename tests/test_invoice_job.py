@@ -17,7 +17,7 @@ from billing_cli.db.invoice_store import load_document
 from billing_cli.db.plan_store import save_plans
 from billing_cli.delivery.pdf import render_invoice
 from billing_cli.invoices import Seller
-from billing_cli.jobs.invoicing import InvoiceOptions, invoice_month
+from billing_cli.jobs.invoicing import InvoiceOptions, invoice_due, invoice_month
 from billing_cli.periods import Month
 from billing_cli.plan_file import parse_plans
 from tests.data import PLANS, add_event, add_org, add_usage, set_plan, table_snapshot, utc
@@ -138,6 +138,19 @@ def test_a_plan_that_does_not_exist_is_reported_and_an_unknown_org_stops_the_run
     assert errors["org-b"] == ("data", "price plan 'enterprise' does not exist: add it with `billing plans apply`")
     with pytest.raises(UsageError, match="--org org-nope: no organization with this id"):
         invoice_month(month_of_usage, options(organizations=("org-b", "org-nope")))
+
+
+def test_an_unknown_org_beside_a_known_one_stops_the_daily_run_before_its_catch_up_issues_anything(
+        month_of_usage) -> None:
+    """The daily run (catching up December) with `--org org-gone --org org-nope`: the error says
+    nothing was done, so nothing is; before, December's catch-up pass had already invoiced org-gone."""
+    from billing_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"--org org-nope: no organization with this id; .*\(nothing was done\)"):
+        invoice_due(month_of_usage, options(organizations=("org-gone", "org-nope")), catch_up=(Month(2023, 12),))
+
+    with month_of_usage() as conn:
+        assert invoices(conn) == []
 
 
 def test_regenerate_voids_and_reissues_with_a_new_number(month_of_usage, tmp_path) -> None:
