@@ -187,6 +187,19 @@ def test_s3_refusing_uploads_is_an_s3_error_and_stops_the_later_steps(env, engin
     assert run(env).exit_code == 0 and len(mail.received) == 3
 
 
+def test_invoices_issued_whose_upload_failed_count_in_the_runs_revenue_once(env, engine, s3, mail, fake_stripe) -> None:
+    """The invoices exist (numbers taken, totals owed): the run that issued them reports their
+    revenue even though a delivery failed; the rerun that completes them does not count them again."""
+    first = run({**env, "INVOICE_S3_BUCKET": "no-such-bucket"})
+
+    assert first.exit_code == ExitCode.PARTIAL and "errors_s3=3" in first.output
+    assert len(stored(engine)) == 3
+    assert "revenue_EUR=1.23 revenue_USD=38.50" in first.output, first.output
+    second = run(env)
+    assert second.exit_code == 0 and "already_invoiced=3" in second.output
+    assert "revenue_" not in second.output
+
+
 def test_an_unreachable_smtp_server_is_an_email_error(env, engine, mail) -> None:
     result = run({**env, "INVOICE_SMTP_PORT": "1", "DELIVERY_MAX_ATTEMPTS": "2", "DELIVERY_MAX_RETRY_SECONDS": "1"})
     assert result.exit_code == ExitCode.PARTIAL and "errors_email=3" in result.output

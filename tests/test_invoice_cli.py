@@ -193,6 +193,25 @@ def test_a_shard_index_outside_the_count_is_refused(clean_env) -> None:
     assert env_error.exit_code == ExitCode.CONFIG and "JOB_COMPLETION_INDEX=5 is not below SHARD_COUNT=4" in env_error.output
 
 
+def test_an_org_of_another_shard_is_refused_not_passed_over_with_exit_0(clean_env, billed_db, engine) -> None:
+    """`--org org-2 --regenerate` from a pod of the sharded Job (SHARD_COUNT=2, index 0): org-2 is in
+    shard 2/2. The run must say so, not find nothing and succeed as if org-2 had been handled."""
+    assert run("invoice-monthly", "--month", "2024-01", DATABASE_URL=billed_db).exit_code == 0
+    with engine.begin() as conn:
+        add_usage(conn, "org-2", "api_calls", "1000", hour=utc(2024, 1, 20, 10))
+
+    result = run("invoice-monthly", "--month", "2024-01", "--org", "org-2", "--regenerate", DATABASE_URL=billed_db,
+                 SHARD_COUNT="2", JOB_COMPLETION_INDEX="0")
+
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "--org org-2: in shard 2/2, not this run's shard 1/2" in result.output
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM invoices WHERE status = 'void'")).scalar_one() == 0
+    fixed = run("invoice-monthly", "--month", "2024-01", "--org", "org-2", "--regenerate", "--shard-index", "0",
+                "--shard-count", "1", DATABASE_URL=billed_db, SHARD_COUNT="2", JOB_COMPLETION_INDEX="0")
+    assert fixed.exit_code == 0 and "voids=INV-2024-01-000002" in fixed.output, fixed.output
+
+
 def test_a_dry_run_with_json_prints_the_plan_and_a_real_run_carries_it_out(clean_env, billed_db, engine) -> None:
     import json
 

@@ -17,7 +17,7 @@ from billing_cli.db.invoice_store import load_document
 from billing_cli.db.plan_store import save_plans
 from billing_cli.delivery.pdf import render_invoice
 from billing_cli.invoices import Seller
-from billing_cli.jobs.invoicing import InvoiceOptions, invoice_month
+from billing_cli.jobs.invoicing import InvoiceOptions, invoice_due, invoice_month
 from billing_cli.periods import Month
 from billing_cli.plan_file import parse_plans
 from tests.data import PLANS, add_event, add_org, add_usage, set_plan, table_snapshot, utc
@@ -140,6 +140,19 @@ def test_a_plan_that_does_not_exist_is_reported_and_an_unknown_org_stops_the_run
         invoice_month(month_of_usage, options(organizations=("org-b", "org-nope")))
 
 
+def test_an_unknown_org_beside_a_known_one_stops_the_daily_run_before_its_catch_up_issues_anything(
+        month_of_usage) -> None:
+    """The daily run (catching up December) with `--org org-gone --org org-nope`: the error says
+    nothing was done, so nothing is; before, December's catch-up pass had already invoiced org-gone."""
+    from billing_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"--org org-nope: no organization with this id; .*\(nothing was done\)"):
+        invoice_due(month_of_usage, options(organizations=("org-gone", "org-nope")), catch_up=(Month(2023, 12),))
+
+    with month_of_usage() as conn:
+        assert invoices(conn) == []
+
+
 def test_regenerate_voids_and_reissues_with_a_new_number(month_of_usage, tmp_path) -> None:
     invoice_month(month_of_usage, options())
     with month_of_usage() as conn:
@@ -149,8 +162,8 @@ def test_regenerate_voids_and_reissues_with_a_new_number(month_of_usage, tmp_pat
                                                     regenerate=True, dry_run=True))
     result = invoice_month(month_of_usage, options(tmp_path, organizations=("org-b",), regenerate=True))
 
-    for folder, number in ((tmp_path / "preview", "INV-2024-01-000004"), (tmp_path, "INV-2024-01-000004")):
-        page = PdfReader(folder / "2024-01" / f"{number}.pdf").pages[0].extract_text()
+    for folder, name in ((tmp_path / "preview", "INV-2024-01-000004.preview"), (tmp_path, "INV-2024-01-000004")):
+        page = PdfReader(folder / "2024-01" / f"{name}.pdf").pages[0].extract_text()
         assert "Replaces invoice INV-2024-01-000002" in page, page
         assert "This invoice replaces invoice INV-2024-01-000002, which is void." in page
     assert preview.ok
@@ -204,9 +217,32 @@ def test_dry_run_leaves_the_database_byte_for_byte_unchanged(month_of_usage, tmp
     assert result.stale_hours_previewed == 1 and result.aggregated_hours == 0
     assert result.revenue["USD"] == D("25.00") + D("20.01")  # org-b: 10 + 1001 calls, read from the events
     previews = sorted(p.name for p in (tmp_path / "2024-01").iterdir())
-    assert previews == ["INV-2024-01-000001.pdf", "INV-2024-01-000002.pdf", "INV-2024-01-000003.pdf"]
-    first = PdfReader(tmp_path / "2024-01" / "INV-2024-01-000001.pdf").pages[0].extract_text()
+    assert previews == ["INV-2024-01-000001.preview.pdf", "INV-2024-01-000002.preview.pdf",
+                        "INV-2024-01-000003.preview.pdf"]
+    first = PdfReader(tmp_path / "2024-01" / "INV-2024-01-000001.preview.pdf").pages[0].extract_text()
     assert "PREVIEW" in first and "(preview)" in first
+
+
+def test_a_dry_run_beside_a_real_run_never_replaces_an_issued_invoices_pdf(month_of_usage, tmp_path) -> None:
+    """A dry run takes no lock (an operator's preview never blocks the scheduled run): one that read
+    the next numbers just before a real run issued them must not write its PREVIEW over the PDF
+    of the real invoice with that number, in the same output folder."""
+    real_run: list = []
+
+    def render_after_a_real_run(document, seller) -> bytes:  # the preview is planned and numbered
+        if not real_run:
+            real_run.append(invoice_month(month_of_usage, options(tmp_path)))  # issues 1-3, writes their PDFs
+        return render_invoice(document, seller)
+
+    invoice_month(month_of_usage, options(tmp_path, dry_run=True, renderer=render_after_a_real_run))
+
+    with month_of_usage() as conn:
+        shas = dict(conn.execute(text("SELECT number, pdf_sha256 FROM invoices")).all())
+    assert len(shas) == 3
+    for number, sha in shas.items():
+        on_disk = (tmp_path / "2024-01" / f"{number}.pdf").read_bytes()
+        assert hashlib.sha256(on_disk).hexdigest() == sha, f"{number}.pdf is not the issued invoice"
+        assert "PREVIEW" not in PdfReader(io.BytesIO(on_disk)).pages[0].extract_text()
 
 
 def test_hours_not_aggregated_are_aggregated_before_rating(month_of_usage) -> None:

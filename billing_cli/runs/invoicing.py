@@ -96,6 +96,13 @@ def resolve(job: Job, request: InvoiceRequest, settings: Settings, now: datetime
                   settings.shard_count if request.shard_count is None else request.shard_count)
     if shard.index >= shard.count:
         raise UsageError(f"--shard-index {shard.index} is not below --shard-count {shard.count}")
+    # An --org of another shard would be passed over: nothing done, and a run that says it succeeded.
+    elsewhere = [org for org in request.organizations if not shard.owns(org)]
+    if elsewhere:
+        theirs = sorted({str(Shard(_shard_of(org, shard.count), shard.count)) for org in elsewhere})
+        raise UsageError(f"--org {', '.join(elsewhere)}: in shard {', '.join(theirs)}, not this run's shard {shard} "
+                         "(SHARD_COUNT, JOB_COMPLETION_INDEX): pass --shard-index 0 --shard-count 1 "
+                         "(nothing was done)")
     dry_run = settings.dry_run if request.dry_run is None else request.dry_run
     seller = seller_from_settings(settings)
     return InvoiceOptions(
@@ -115,6 +122,10 @@ def resolve(job: Job, request: InvoiceRequest, settings: Settings, now: datetime
         # Only periods that have ended are billed (anchored periods end after their month); --force
         # bills them as they stand.
         due_by=None if request.force else now)
+
+
+def _shard_of(organization_id: str, count: int) -> int:
+    return next(index for index in range(count) if Shard(index, count).owns(organization_id))
 
 
 def catch_up_months(job: Job, request: InvoiceRequest, settings: Settings, options: InvoiceOptions) -> tuple[Month, ...]:

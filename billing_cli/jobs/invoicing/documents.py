@@ -19,7 +19,7 @@ def render(document: InvoiceDocument, options: InvoiceOptions, outcome: OrgOutco
         return None
     outcome.pdf_bytes = len(pdf)
     if options.output_dir is not None:
-        target = options.pdf_file(document.period, document.number)
+        target = options.pdf_file(document.period, document.number, preview=document.preview)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_suffix(".pdf.partial")

@@ -54,6 +54,12 @@ def invoice_month(
     started = time.perf_counter()
     result = _new_result(options)
     only = list(options.organizations) or None
+    if only:  # a typo must not look like a month with failures (exit 6, retried): nothing is done
+        with transactions() as conn:  # checked first: a catch-up pass too, before any invoice is issued
+            unknown = usage_store.unknown_organizations(conn, only)
+        if unknown:
+            raise UsageError(f"--org {', '.join(unknown)}: no organization with this id; check the id "
+                             f"(nothing was done)")
     if options.uninvoiced_only:  # a catch-up pass: only what has no invoice yet, read for those alone
         with transactions() as conn:
             # The anchored periods too: a period reaching into the next month may hold all its usage there.
@@ -75,10 +81,6 @@ def invoice_month(
                                                                   excluded=not_due, periods=periods.periods,
                                                                   uninvoiced_only=options.uninvoiced_only)
         result.not_due = len(not_due)
-        unknown = usage_store.unknown_organizations(conn, only) if only else []
-    if unknown:  # a typo must not look like a month with failures (exit 6, retried): nothing is done
-        raise UsageError(f"--org {', '.join(unknown)}: no organization with this id; check the id "
-                         f"(nothing was done)")
     render_pool = None
     if options.render_processes > 1 and result.organizations_found >= RENDER_POOL_THRESHOLD:
         render_pool = RenderPool(options.render_processes)

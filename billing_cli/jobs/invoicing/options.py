@@ -47,10 +47,12 @@ class InvoiceOptions:
     due_by: datetime | None = None  # only periods ended by then are invoiced (now; None with --force)
     uninvoiced_only: bool = False  # a catch-up pass: only organizations without a live invoice of the month
 
-    def pdf_file(self, month: Month, number: str) -> Path:
-        """Where an invoice's PDF is written in the output folder."""
+    def pdf_file(self, month: Month, number: str, *, preview: bool = False) -> Path:
+        """Where an invoice's PDF is written in the output folder. A dry run's preview has a name
+        of its own: its number is only the one a real run would take, and a real run may take it
+        meanwhile (a dry run holds no lock), so a preview never replaces an issued invoice's PDF."""
         assert self.output_dir is not None
-        return self.output_dir / str(month) / f"{number}.pdf"
+        return self.output_dir / str(month) / f"{number}{'.preview' if preview else ''}.pdf"
 
     @property
     def stopping(self) -> bool:

@@ -104,7 +104,10 @@ class InvoiceRunResult:
             self.errors_by_component[component] += 1
         if outcome.errors:
             self.failed.append(outcome)
-        if outcome.status == OrgStatus.INVOICED and outcome.total is not None and outcome.currency:
+        # Issued by this run (a dry run: would be), even when a later step failed: the invoice exists,
+        # its number taken and its total owed; the rerun that completes it counts it as already invoiced.
+        issued = outcome.status == OrgStatus.INVOICED or Step.ISSUED in outcome.steps
+        if issued and outcome.total is not None and outcome.currency:
             self.revenue[outcome.currency] = exact_sum((self.revenue[outcome.currency], outcome.total))
             if outcome.tax is not None:
                 self.tax[outcome.currency] = exact_sum((self.tax[outcome.currency], outcome.tax))
