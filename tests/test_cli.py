@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import os
 import subprocess
 import sys
 
@@ -552,3 +553,28 @@ def test_the_scheduled_run_rolls_up_a_lookback_hour_again_only_when_it_changed(c
     with engine.connect() as conn:
         assert conn.execute(text("SELECT quantity FROM usage_hourly WHERE hour_start = :h"),
                             {"h": target - 2 * HOUR}).scalar_one() == 6
+
+
+@pytest.mark.parametrize("log_format", ["plain", "json", "rich"])
+def test_a_reader_that_goes_away_does_not_stop_the_run(clean_env, db_url, engine, log_format) -> None:
+    """`billing aggregate-hourly … | head -1`: once the reader is gone the output is dropped, but the
+    run goes on to its end and its real exit code; before, the first line written after it killed the
+    run (exit 1, "unexpected error: BrokenPipeError" in job_runs and the failure notified)."""
+    with engine.begin() as s:
+        add_org(s, "org-a")
+        add_event(s, "org-a", "api_calls", "2", utc(2024, 1, 31, 13, 10))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line: no race with it
+    try:
+        proc = subprocess.run([*BILLING, "aggregate-hourly", "--from", "2024-01-31T10", "--to", "2024-01-31T14",
+                               "--log-format", log_format], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              env=billing_subprocess_env(DATABASE_URL=db_url), timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == ExitCode.OK, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+    with engine.connect() as conn:
+        runs = conn.execute(text("SELECT status, message FROM job_runs")).all()
+        rolled_up = conn.execute(text("SELECT sum(quantity) FROM usage_hourly")).scalar()
+    assert [tuple(r) for r in runs] == [("succeeded", None)]
+    assert rolled_up == 2
