@@ -578,3 +578,14 @@ def test_a_reader_that_goes_away_does_not_stop_the_run(clean_env, db_url, engine
         rolled_up = conn.execute(text("SELECT sum(quantity) FROM usage_hourly")).scalar()
     assert [tuple(r) for r in runs] == [("succeeded", None)]
     assert rolled_up == 2
+
+
+def test_a_dotenv_saved_in_another_encoding_is_a_configuration_error_naming_its_line(clean_env) -> None:
+    """A .env edited in a Latin-1 editor: exit 3 naming the file and line, from `billing config` and from a
+    job alike; before, every command (`billing config` too) died with a UnicodeDecodeError traceback."""
+    (clean_env / ".env").write_bytes(b"DRY_RUN=true\nINVOICE_SELLER_NAME=Soci\xe9t\xe9 G\xe9n\xe9rale\n")
+    for command in (["config"], ["aggregate-hourly"]):
+        result = run(*command)
+        assert result.exit_code == ExitCode.CONFIG, result.output
+        assert ".env: line 2 is not UTF-8 text" in result.output and "save the file as UTF-8" in result.output
+        assert "Traceback" not in result.output

@@ -59,6 +59,10 @@ def _read_env_file(path: Path, *, required: bool) -> tuple[dict[str, str], str |
             return {k: v for k, v in dotenv_values(path).items() if v is not None}, None
         except OSError as exc:  # e.g. mode 0600 and another user
             return {}, f"{named}: cannot be read ({exc.strerror or exc}), so none of the settings it holds are read"
+        except UnicodeDecodeError as exc:  # saved by an editor in Latin-1 or Windows-1252
+            line = exc.object[:exc.start].count(b"\n") + 1
+            return {}, (f"{named}: line {line} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}), so none of "
+                        "the settings it holds are read: save the file as UTF-8")
     if not required or (path.exists() and not path.is_dir()):
         return {}, None  # no .env, or a device such as /dev/null
     what = "is a directory" if path.is_dir() else "no such file"
