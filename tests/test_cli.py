@@ -589,3 +589,17 @@ def test_a_dotenv_saved_in_another_encoding_is_a_configuration_error_naming_its_
         assert result.exit_code == ExitCode.CONFIG, result.output
         assert ".env: line 2 is not UTF-8 text" in result.output and "save the file as UTF-8" in result.output
         assert "Traceback" not in result.output
+
+
+def test_a_setting_that_is_not_utf8_is_a_configuration_error(clean_env) -> None:
+    """A variable exported from a Latin-1 shell (the seller's name, printed on every invoice): exit 3
+    naming it, before any work; before, it was accepted, `billing config` printed the raw byte and
+    the invoices' PDFs and e-mails met it halfway through the run."""
+    for command in (["config"], ["aggregate-hourly"]):
+        proc = subprocess.run([*BILLING, *command], capture_output=True, timeout=60, cwd=clean_env,
+                              env=billing_subprocess_env(INVOICE_SELLER_NAME=b"Soci\xe9t\xe9 SA", DATABASE_URL=
+                                                         "postgresql://billing:db-SECRET-pw@127.0.0.1:1/billing"))
+        output = proc.stdout.decode("utf-8", "replace") + proc.stderr.decode("utf-8", "replace")
+        assert proc.returncode == ExitCode.CONFIG, output
+        assert "INVOICE_SELLER_NAME='Soci\\udce9t\\udce9 SA'" in output and "not UTF-8 text" in output
+        assert "\ufffd" not in output  # no raw byte written out

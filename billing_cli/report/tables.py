@@ -26,7 +26,7 @@ def config_table(output: Output, raw: RawConfig, problems: Sequence[Problem] = (
     rows = []
     for var in VARIABLES:
         value, source = raw.values[var.name]
-        shown = "(not set)" if value is None else mask(var.name, value)
+        shown = "(not set)" if value is None else _printable(mask(var.name, value))
         mark = ",".join(marks.get(var.name, ()))
         if output.plain:
             rows.append((var.name, shown, source, mark or "-"))
@@ -54,6 +54,12 @@ def config_verdict(output: Output, problems: Sequence[Problem]) -> None:
     output.error(f"configuration is invalid: {count}, numbered above and marked in the table")
 
 
+def _printable(value: str) -> str:
+    """A value as text: bytes that are not UTF-8 (a problem of their own) shown escaped, as \\udce9,
+    never written out raw."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def config_json(raw: RawConfig, problems: Sequence[Problem]) -> dict:
     """`billing config --json`: every setting (secrets masked as in the table; null when unset),
     where it comes from, and the problems found (none: valid)."""
@@ -62,7 +68,7 @@ def config_json(raw: RawConfig, problems: Sequence[Problem]) -> dict:
     settings = []
     for var in VARIABLES:
         value, source = raw.values[var.name]
-        settings.append({"name": var.name, "value": None if value is None else mask(var.name, value),
+        settings.append({"name": var.name, "value": None if value is None else _printable(mask(var.name, value)),
                          "source": source})
     return {"env_file": str(raw.env_file), "settings": settings, "valid": not problems,
             "problems": [{"number": n, "message": p.message, "variables": list(p.names)}
