@@ -603,3 +603,18 @@ def test_a_setting_that_is_not_utf8_is_a_configuration_error(clean_env) -> None:
         assert proc.returncode == ExitCode.CONFIG, output
         assert "INVOICE_SELLER_NAME='Soci\\udce9t\\udce9 SA'" in output and "not UTF-8 text" in output
         assert "\ufffd" not in output  # no raw byte written out
+
+
+def test_a_misspelt_setting_in_dotenv_is_a_configuration_error(clean_env) -> None:
+    """`DRYRUN=true` in .env: before, silently ignored, so the "dry" run issued and delivered real
+    invoices (and a misspelt INVOICE_ENABLE_STRIPE left Stripe off). A key close to a setting's name
+    is now refused (exit 3) with the name it resembles; other tools' keys in the file stay allowed."""
+    (clean_env / ".env").write_text("DRYRUN=true\nINVOICE_ENABLE_STIPE=true\nCOMPOSE_PROJECT_NAME=billing\n")
+    for command in (["config"], ["invoice-monthly"]):
+        result = run(*command)
+        assert result.exit_code == ExitCode.CONFIG, result.output
+        assert "DRYRUN (in .env) is not a setting: did you mean DRY_RUN?" in result.output
+        assert "Traceback" not in result.output
+    assert "INVOICE_ENABLE_STIPE (in .env) is not a setting: did you mean INVOICE_ENABLE_STRIPE?" in run("config").output
+    (clean_env / ".env").write_text("DRY_RUN=true\nCOMPOSE_PROJECT_NAME=billing\nPGPASSWORD=x\n")
+    assert run("config").exit_code == ExitCode.OK

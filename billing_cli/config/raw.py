@@ -21,6 +21,7 @@ class RawConfig:
     env_file: Path
     under_kubernetes: bool
     env_file_problem: str | None = None  # BILLING_ENV_FILE names a file that cannot be read
+    misspelt: tuple[tuple[str, str], ...] = ()  # (key in the file, the variable it resembles)
 
     def value(self, name: str) -> str | None:
         return self.values[name][0]
@@ -46,7 +47,33 @@ def read_raw_config(environ: Mapping[str, str] | None = None, env_file: Path | N
             values[var.name] = (from_file[var.name], ".env")
         else:
             values[var.name] = (var.default, "default")
-    return RawConfig(values, env_file, bool(environ.get("KUBERNETES_SERVICE_HOST")), problem)
+    return RawConfig(values, env_file, bool(environ.get("KUBERNETES_SERVICE_HOST")), problem, _misspelt(from_file))
+
+
+def _misspelt(from_file: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The file's keys that are no variable but a typo of one (DRYRUN, INVOICE_ENABLE_STIPE: at most
+    two letters off): ignored, they would turn a dry run into a real one, or leave a delivery off.
+    Other tools' keys, even named after ours (TEST_DATABASE_URL, PGPASSWORD), stay allowed."""
+    known = [var.name for var in VARIABLES] + ["BILLING_ENV_FILE"]
+    found = []
+    for key in from_file:
+        if key in known or len(key) < 5:
+            continue
+        close = [name for name in known if _edits(key.upper(), name) <= 2]
+        if close:
+            found.append((key, min(close, key=lambda name: _edits(key.upper(), name))))
+    return tuple(found)
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance: letters inserted, deleted or replaced to turn `a` into `b`."""
+    previous = list(range(len(b) + 1))
+    for i, char in enumerate(a, 1):
+        current = [i]
+        for j, other in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char != other)))
+        previous = current
+    return previous[-1]
 
 
 def _read_env_file(path: Path, *, required: bool) -> tuple[dict[str, str], str | None]:
