@@ -618,3 +618,18 @@ def test_a_misspelt_setting_in_dotenv_is_a_configuration_error(clean_env) -> Non
     assert "INVOICE_ENABLE_STIPE (in .env) is not a setting: did you mean INVOICE_ENABLE_STRIPE?" in run("config").output
     (clean_env / ".env").write_text("DRY_RUN=true\nCOMPOSE_PROJECT_NAME=billing\nPGPASSWORD=x\n")
     assert run("config").exit_code == ExitCode.OK
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://billing:db-SECRET-pw@db1:5432,db2:5432/billing?target_session_attrs=read-write",
+    "postgresql://billing:db-SECRET-pw@db1,db2/billing",
+    "postgresql://billing:db-SECRET-pw,/x@db1,db2:5432/billing",  # a raw ',' and '/' in the password too
+])
+def test_several_hosts_written_libpq_s_way_get_the_form_that_works(clean_env, url) -> None:
+    """libpq's `host1:port,host2:port` (a primary and its standby): SQLAlchemy cannot read it; the
+    error now says so and gives the form it reads (which connects: ?host=h1:p&host=h2:p); before,
+    it said "the port is not a number", sending the operator after a port that was right."""
+    result = run("aggregate-hourly", DATABASE_URL=url)
+    assert result.exit_code == ExitCode.CONFIG, result.output
+    assert "several hosts" in result.output and "?host=db1:5432&host=db2:5432" in result.output, result.output
+    assert "port is not a number" not in result.output and "db-SECRET-pw" not in result.output
