@@ -204,3 +204,19 @@ def test_an_argument_that_is_not_utf8_is_a_usage_error_not_a_traceback(clean_env
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM job_runs")).scalar() == 0
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_invoice(clean_env, billed, engine,
+                                                                               flag) -> None:
+    """--output-dir (or INVOICE_OUTPUT_DIR) naming a file: one line naming it, exit 2 (3 for the setting),
+    nothing issued; before, every organization was invoiced and then failed its PDF ("cannot write …:
+    Not a directory"), exit 6 advising a rerun that fails the same way."""
+    (clean_env / "invoices").write_text("not a folder")
+    args, env = (["--output-dir", "invoices/out"], {}) if flag else ([], {"INVOICE_OUTPUT_DIR": "invoices/out"})
+    result = run("invoice-monthly", "--month", "2024-01", *args, DATABASE_URL=billed, **env)
+
+    assert result.exit_code == (ExitCode.USAGE if flag else ExitCode.CONFIG), result.output
+    name = "--output-dir " if flag else "INVOICE_OUTPUT_DIR="
+    assert f"{name}'invoices/out': invoices is a file, not a folder" in result.output, result.output
+    assert issued(engine) == []
