@@ -633,3 +633,18 @@ def test_several_hosts_written_libpq_s_way_get_the_form_that_works(clean_env, ur
     assert result.exit_code == ExitCode.CONFIG, result.output
     assert "several hosts" in result.output and "?host=db1:5432&host=db2:5432" in result.output, result.output
     assert "port is not a number" not in result.output and "db-SECRET-pw" not in result.output
+
+
+@pytest.mark.parametrize("args", [["schedule", "--format", "k8s"], ["schedule", "--format", "crontab"],
+                                  ["exit-codes", "--plain"], ["config", "--plain"]])
+def test_a_command_whose_reader_is_gone_exits_with_its_own_code(clean_env, args) -> None:
+    """`billing schedule --format k8s | head -0`: exit 0, nothing on stderr; before, `schedule` exited 1,
+    the code of a bug."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([*BILLING, *args], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+                              cwd=clean_env, env=billing_subprocess_env(BILLING_ENV_FILE="/dev/null"))
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (0, "")

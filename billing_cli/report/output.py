@@ -38,10 +38,10 @@ def plain_value(value: object) -> str:
     return f'"{text}"' if (" " in text or text == "") else text
 
 
-def _emit(text: str, stream) -> None:
+def emit(text: str, stream, end: str = "\n") -> None:
     """One line on `stream`; once its reader is gone, nothing."""
     try:
-        print(text, file=stream, flush=True)
+        print(text, file=stream, flush=True, end=end)
     except BrokenPipeError:
         reader_gone(stream)
 
@@ -120,7 +120,7 @@ class Output:
         record = {"time": iso_utc(datetime.now(UTC), "milliseconds"), "level": level, **self.context, "event": event}
         for key, value in fields.items():
             record["organization_id" if (key == "id" and event == "organization") else key] = value
-        _emit(json.dumps(record, default=json_value, ensure_ascii=False), stream)
+        emit(json.dumps(record, default=json_value, ensure_ascii=False), stream)
 
     # -- generic lines -------------------------------------------------------------------------
     def line(self, text: str = "") -> None:
@@ -128,7 +128,7 @@ class Output:
             if text.strip():
                 self._json("info", "message", {"message": text}, self.stream)
         elif self.plain:
-            _emit(text, self.stream)
+            emit(text, self.stream)
         else:
             self.out.print(text, markup=False)
 
@@ -140,7 +140,7 @@ class Output:
             self._json(level, kind, fields, self.stream)
             return
         parts = " ".join(f"{k}={plain_value(v)}" for k, v in fields.items())
-        _emit(f"{kind} {parts}".rstrip(), self.stream)
+        emit(f"{kind} {parts}".rstrip(), self.stream)
 
     def notice(self, text: str) -> None:
         if self.level > _LEVELS["info"]:
@@ -148,7 +148,7 @@ class Output:
         if self.format == "json":
             self._json("info", "notice", {"message": text}, sys.stderr)
         elif self.plain:
-            _emit(f"notice: {one_line(text)}", sys.stderr)
+            emit(f"notice: {one_line(text)}", sys.stderr)
         else:
             from rich.markup import escape
 
@@ -158,7 +158,7 @@ class Output:
         if self.format == "json":
             self._json("warning", "warning", {"message": text}, sys.stderr)
         elif self.plain:
-            _emit(f"warning: {one_line(text)}", sys.stderr)
+            emit(f"warning: {one_line(text)}", sys.stderr)
         else:
             from rich.markup import escape
 
@@ -168,7 +168,7 @@ class Output:
         if self.format == "json":
             self._json("error", "error", {"message": text}, sys.stderr)
         elif self.plain:
-            _emit(f"error: {one_line(text)}", sys.stderr)
+            emit(f"error: {one_line(text)}", sys.stderr)
         else:
             from rich.markup import escape
 
@@ -254,4 +254,4 @@ def print_json(data: object) -> None:
     """One JSON document on stdout (Decimals as exact strings, times as ISO 8601 UTC)."""
     import json
 
-    _emit(json.dumps(data, default=json_value, indent=2, sort_keys=True), sys.stdout)
+    emit(json.dumps(data, default=json_value, indent=2, sort_keys=True), sys.stdout)

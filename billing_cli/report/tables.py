@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..money import format_money
-from .output import Output, number
+from .output import Output, emit, number
 
 if TYPE_CHECKING:
     from ..config import Problem, RawConfig
@@ -175,11 +176,11 @@ def schedule_output(output: Output, schedules: list, output_format: str, *, now,
     if output_format == "crontab":
         from .crontab import crontab_text
 
-        print(crontab_text(schedules), end="")
+        emit(crontab_text(schedules), sys.stdout, end="")
         return
     if output_format == "k8s":
         for s in schedules:
-            print(f'{s.job}: "{s.five_field}"')
+            emit(f'{s.job}: "{s.five_field}"', sys.stdout)
         return
     rows = [(s.job, s.six_field, s.five_field, s.describe(),
              ("," if output.plain else "\n").join(f"{m:%Y-%m-%dT%H:%MZ}" for m in s.next_runs(now, count)))
