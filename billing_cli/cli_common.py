@@ -174,7 +174,22 @@ def command(ctx: typer.Context, *, plain: bool | None = None, log_format: LogFor
             parent = parent.parent
         with failures_to_exit_codes(output):
             raise UsageError(f"--json: `billing {' '.join(names)}` has no JSON output; leave --json out")
+    with failures_to_exit_codes(output):
+        _check_text_arguments(ctx)
     return Command(output, as_json)
+
+
+def _check_text_arguments(ctx: typer.Context) -> None:
+    """Every text argument is UTF-8: other bytes (typed in a Latin-1 terminal, pasted from a file in
+    another encoding) reach Python as lone surrogates, which PostgreSQL, JSON and e-mail refuse
+    halfway through a run. Paths are left alone: any bytes name a file."""
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(item, str) and any("\udc80" <= ch <= "\udcff" for ch in item):
+                name = param.opts[0] if param.param_type_name == "option" else (param.metavar or str(param.name))
+                raise UsageError(f"{name} {item!r} is not UTF-8 text: type it again in a UTF-8 terminal "
+                                 "(LANG=C.UTF-8), or convert it to UTF-8 (nothing was done)")
 
 
 def error_json(exit_code: int, message: str, hint: str | None = None) -> dict[str, object]:

@@ -184,3 +184,39 @@ def test_the_message_id_is_well_formed_whatever_the_organization_id() -> None:
     doc = InvoiceDocument("INV-2024-01-000001", "org 7\u0085x", "A", "a@b.example", Month(2024, 1),
                           date(2024, 2, 1), date(2024, 3, 2), "USD", (), Decimal(0))
     assert message_id(doc, "billing@example.cloud") == "<INV-2024-01-000001.x6f72672037c28578@example.cloud>"
+
+
+@pytest.mark.parametrize("args,option", [
+    (["invoice-monthly", "--month", "2024-01", "--dry-run", "--org", b"org-\xff"], "--org"),
+    (["reconcile", "--month", "2024-01", "--org", b"org-\xe9"], "--org"),
+    (["invoices", "void", "INV-2024-01-000001", "--yes", "--reason", b"Factur\xe9 deux fois"], "--reason"),
+])
+def test_an_argument_that_is_not_utf8_is_a_usage_error_not_a_traceback(clean_env, db_url, engine, args,
+                                                                        option) -> None:
+    """A value typed in a Latin-1 terminal or pasted from a file in another encoding: one line naming
+    the option (exit 2), nothing recorded; before, PostgreSQL refused the run's job_runs row and the
+    operator got a traceback (exit 1)."""
+    proc = subprocess.run([*BILLING, *args], capture_output=True, env=billing_subprocess_env(DATABASE_URL=db_url),
+                          timeout=120)
+    stderr = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == ExitCode.USAGE, stderr
+    assert f"error: {option} " in stderr and "is not UTF-8 text" in stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM job_runs")).scalar() == 0
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_invoice(clean_env, billed, engine,
+                                                                               flag) -> None:
+    """--output-dir (or INVOICE_OUTPUT_DIR) naming a file: one line naming it, exit 2 (3 for the setting),
+    nothing issued; before, every organization was invoiced and then failed its PDF ("cannot write …:
+    Not a directory"), exit 6 advising a rerun that fails the same way."""
+    (clean_env / "invoices").write_text("not a folder")
+    args, env = (["--output-dir", "invoices/out"], {}) if flag else ([], {"INVOICE_OUTPUT_DIR": "invoices/out"})
+    result = run("invoice-monthly", "--month", "2024-01", *args, DATABASE_URL=billed, **env)
+
+    assert result.exit_code == (ExitCode.USAGE if flag else ExitCode.CONFIG), result.output
+    name = "--output-dir " if flag else "INVOICE_OUTPUT_DIR="
+    assert f"{name}'invoices/out': invoices is a file, not a folder" in result.output, result.output
+    assert issued(engine) == []

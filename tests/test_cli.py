@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import os
 import subprocess
 import sys
 
@@ -552,3 +553,98 @@ def test_the_scheduled_run_rolls_up_a_lookback_hour_again_only_when_it_changed(c
     with engine.connect() as conn:
         assert conn.execute(text("SELECT quantity FROM usage_hourly WHERE hour_start = :h"),
                             {"h": target - 2 * HOUR}).scalar_one() == 6
+
+
+@pytest.mark.parametrize("log_format", ["plain", "json", "rich"])
+def test_a_reader_that_goes_away_does_not_stop_the_run(clean_env, db_url, engine, log_format) -> None:
+    """`billing aggregate-hourly … | head -1`: once the reader is gone the output is dropped, but the
+    run goes on to its end and its real exit code; before, the first line written after it killed the
+    run (exit 1, "unexpected error: BrokenPipeError" in job_runs and the failure notified)."""
+    with engine.begin() as s:
+        add_org(s, "org-a")
+        add_event(s, "org-a", "api_calls", "2", utc(2024, 1, 31, 13, 10))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line: no race with it
+    try:
+        proc = subprocess.run([*BILLING, "aggregate-hourly", "--from", "2024-01-31T10", "--to", "2024-01-31T14",
+                               "--log-format", log_format], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              env=billing_subprocess_env(DATABASE_URL=db_url), timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == ExitCode.OK, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+    with engine.connect() as conn:
+        runs = conn.execute(text("SELECT status, message FROM job_runs")).all()
+        rolled_up = conn.execute(text("SELECT sum(quantity) FROM usage_hourly")).scalar()
+    assert [tuple(r) for r in runs] == [("succeeded", None)]
+    assert rolled_up == 2
+
+
+def test_a_dotenv_saved_in_another_encoding_is_a_configuration_error_naming_its_line(clean_env) -> None:
+    """A .env edited in a Latin-1 editor: exit 3 naming the file and line, from `billing config` and from a
+    job alike; before, every command (`billing config` too) died with a UnicodeDecodeError traceback."""
+    (clean_env / ".env").write_bytes(b"DRY_RUN=true\nINVOICE_SELLER_NAME=Soci\xe9t\xe9 G\xe9n\xe9rale\n")
+    for command in (["config"], ["aggregate-hourly"]):
+        result = run(*command)
+        assert result.exit_code == ExitCode.CONFIG, result.output
+        assert ".env: line 2 is not UTF-8 text" in result.output and "save the file as UTF-8" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_a_setting_that_is_not_utf8_is_a_configuration_error(clean_env) -> None:
+    """A variable exported from a Latin-1 shell (the seller's name, printed on every invoice): exit 3
+    naming it, before any work; before, it was accepted, `billing config` printed the raw byte and
+    the invoices' PDFs and e-mails met it halfway through the run."""
+    for command in (["config"], ["aggregate-hourly"]):
+        proc = subprocess.run([*BILLING, *command], capture_output=True, timeout=60, cwd=clean_env,
+                              env=billing_subprocess_env(INVOICE_SELLER_NAME=b"Soci\xe9t\xe9 SA", DATABASE_URL=
+                                                         "postgresql://billing:db-SECRET-pw@127.0.0.1:1/billing"))
+        output = proc.stdout.decode("utf-8", "replace") + proc.stderr.decode("utf-8", "replace")
+        assert proc.returncode == ExitCode.CONFIG, output
+        assert "INVOICE_SELLER_NAME='Soci\\udce9t\\udce9 SA'" in output and "not UTF-8 text" in output
+        assert "\ufffd" not in output  # no raw byte written out
+
+
+def test_a_misspelt_setting_in_dotenv_is_a_configuration_error(clean_env) -> None:
+    """`DRYRUN=true` in .env: before, silently ignored, so the "dry" run issued and delivered real
+    invoices (and a misspelt INVOICE_ENABLE_STRIPE left Stripe off). A key close to a setting's name
+    is now refused (exit 3) with the name it resembles; other tools' keys in the file stay allowed."""
+    (clean_env / ".env").write_text("DRYRUN=true\nINVOICE_ENABLE_STIPE=true\nCOMPOSE_PROJECT_NAME=billing\n")
+    for command in (["config"], ["invoice-monthly"]):
+        result = run(*command)
+        assert result.exit_code == ExitCode.CONFIG, result.output
+        assert "DRYRUN (in .env) is not a setting: did you mean DRY_RUN?" in result.output
+        assert "Traceback" not in result.output
+    assert "INVOICE_ENABLE_STIPE (in .env) is not a setting: did you mean INVOICE_ENABLE_STRIPE?" in run("config").output
+    (clean_env / ".env").write_text("DRY_RUN=true\nCOMPOSE_PROJECT_NAME=billing\nPGPASSWORD=x\n")
+    assert run("config").exit_code == ExitCode.OK
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://billing:db-SECRET-pw@db1:5432,db2:5432/billing?target_session_attrs=read-write",
+    "postgresql://billing:db-SECRET-pw@db1,db2/billing",
+    "postgresql://billing:db-SECRET-pw,/x@db1,db2:5432/billing",  # a raw ',' and '/' in the password too
+])
+def test_several_hosts_written_libpq_s_way_get_the_form_that_works(clean_env, url) -> None:
+    """libpq's `host1:port,host2:port` (a primary and its standby): SQLAlchemy cannot read it; the
+    error now says so and gives the form it reads (which connects: ?host=h1:p&host=h2:p); before,
+    it said "the port is not a number", sending the operator after a port that was right."""
+    result = run("aggregate-hourly", DATABASE_URL=url)
+    assert result.exit_code == ExitCode.CONFIG, result.output
+    assert "several hosts" in result.output and "?host=db1:5432&host=db2:5432" in result.output, result.output
+    assert "port is not a number" not in result.output and "db-SECRET-pw" not in result.output
+
+
+@pytest.mark.parametrize("args", [["schedule", "--format", "k8s"], ["schedule", "--format", "crontab"],
+                                  ["exit-codes", "--plain"], ["config", "--plain"]])
+def test_a_command_whose_reader_is_gone_exits_with_its_own_code(clean_env, args) -> None:
+    """`billing schedule --format k8s | head -0`: exit 0, nothing on stderr; before, `schedule` exited 1,
+    the code of a bug."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([*BILLING, *args], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+                              cwd=clean_env, env=billing_subprocess_env(BILLING_ENV_FILE="/dev/null"))
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (0, "")

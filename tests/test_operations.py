@@ -367,3 +367,44 @@ def test_a_lock_timeout_mid_run_is_said_as_it_is_not_as_an_unreachable_database(
     assert "cannot reach PostgreSQL" not in result.output and ": ^" not in result.output, result.output
     assert "stopped a statement of this run: it waited longer than lock_timeout for a lock another session held " \
            "(canceling statement due to lock timeout)" in " ".join(result.output.split()), result.output
+
+
+def test_a_second_ctrl_c_under_json_still_prints_the_run_summary(clean_env, billed, engine, fake_stripe) -> None:
+    """Ctrl-C twice (stop at once) during `invoice-monthly --json`: exit 130 and, on stdout, the run's
+    summary (outcome interrupted), like any run that stopped; before, stdout stayed empty, and a
+    wrapper reading the document (jq) read nothing."""
+    import os
+
+    with engine.begin() as conn:
+        conn.execute(text("""
+            INSERT INTO organizations (id, name, email, status, currency, created_at, price_plan_id)
+            SELECT 'bulk-' || lpad(n::text, 4, '0'), 'Bulk ' || n, 'bulk-' || n || '@example.com', 'active', 'USD',
+                   '2023-01-01', 'pro' FROM generate_series(1, 60) AS n"""))
+        conn.execute(text("""
+            INSERT INTO usage_hourly (organization_id, metric, hour_start, quantity, event_count)
+            SELECT id, 'api_calls', '2024-01-15 10:00+00', 1500, 1 FROM organizations WHERE id LIKE 'bulk-%'"""))
+    fake_stripe.latency = 0.2  # Stripe calls in flight when the keys are pressed
+    env = billing_subprocess_env(
+        DATABASE_URL=billed, BILLING_ENV_FILE="/dev/null", INVOICE_CONCURRENCY="2", INVOICE_ENABLE_STRIPE="true",
+        STRIPE_API_KEY="sk_test_CTRLCsecret0002", STRIPE_API_BASE=fake_stripe.base_url, **SELLER_ENV)
+    proc = subprocess.Popen([*BILLING, "invoice-monthly", "--month", "2024-01", "--json"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = time.monotonic()
+    while True:
+        with engine.connect() as conn:
+            if conn.execute(text("SELECT count(*) FROM invoices WHERE stripe_status = 'sent'")).scalar_one() >= 2:
+                break
+        assert time.monotonic() - started < 60 and proc.poll() is None
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "CTRLCsecret" not in stdout + stderr
+    document = json.loads(stdout)
+    assert_valid("invoice-monthly", document)
+    assert document["outcome"] == "interrupted" and document["message"] == "interrupted by a signal"
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM job_runs")).scalar_one() == "interrupted"

@@ -38,6 +38,7 @@ def check_postgres_url(text: str) -> None:
     from sqlalchemy import make_url
     from sqlalchemy.exc import ArgumentError
 
+    _check_host_list(text)
     try:
         url = make_url(sqlalchemy_url(text))
     except ArgumentError:
@@ -55,6 +56,21 @@ def check_postgres_url(text: str) -> None:
     if url.port is not None and not 1 <= url.port <= 65535:
         raise ValueError(f"the port {url.port} is out of range: use 1 to 65535")
     _check_options(url.query)
+
+
+def _check_host_list(text: str) -> None:
+    """libpq's list of hosts (`db1:5432,db2:5432`, a primary and its standby): SQLAlchemy reads it as a
+    bad port or one unknown host; the form it reads is one `host` option each."""
+    rest = text.partition("://")[2]
+    at, query = rest.rfind("@"), rest.find("?")
+    if -1 < query < at:
+        return  # the last '@' is in the query (or in a password holding '?'): no host list read from there
+    hosts = re.match(r"[^/?]*", rest[at + 1:]).group()  # type: ignore[union-attr]  # after the user part, if any
+    if "," not in hosts:
+        return
+    with_ports = [host if ":" in host.rpartition("]")[2] else f"{host}:5432" for host in hosts.split(",")]
+    raise ValueError(f"several hosts ({hosts}) before the database name, which SQLAlchemy cannot read: write "
+                     f"them as postgresql://user:password@/dbname?host={'&host='.join(with_ports)}")
 
 
 def _check_options(query: object) -> None:

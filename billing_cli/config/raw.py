@@ -21,6 +21,7 @@ class RawConfig:
     env_file: Path
     under_kubernetes: bool
     env_file_problem: str | None = None  # BILLING_ENV_FILE names a file that cannot be read
+    misspelt: tuple[tuple[str, str], ...] = ()  # (key in the file, the variable it resembles)
 
     def value(self, name: str) -> str | None:
         return self.values[name][0]
@@ -46,7 +47,33 @@ def read_raw_config(environ: Mapping[str, str] | None = None, env_file: Path | N
             values[var.name] = (from_file[var.name], ".env")
         else:
             values[var.name] = (var.default, "default")
-    return RawConfig(values, env_file, bool(environ.get("KUBERNETES_SERVICE_HOST")), problem)
+    return RawConfig(values, env_file, bool(environ.get("KUBERNETES_SERVICE_HOST")), problem, _misspelt(from_file))
+
+
+def _misspelt(from_file: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The file's keys that are no variable but a typo of one (DRYRUN, INVOICE_ENABLE_STIPE: at most
+    two letters off): ignored, they would turn a dry run into a real one, or leave a delivery off.
+    Other tools' keys, even named after ours (TEST_DATABASE_URL, PGPASSWORD), stay allowed."""
+    known = [var.name for var in VARIABLES] + ["BILLING_ENV_FILE"]
+    found = []
+    for key in from_file:
+        if key in known or len(key) < 5:
+            continue
+        close = [name for name in known if _edits(key.upper(), name) <= 2]
+        if close:
+            found.append((key, min(close, key=lambda name: _edits(key.upper(), name))))
+    return tuple(found)
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance: letters inserted, deleted or replaced to turn `a` into `b`."""
+    previous = list(range(len(b) + 1))
+    for i, char in enumerate(a, 1):
+        current = [i]
+        for j, other in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char != other)))
+        previous = current
+    return previous[-1]
 
 
 def _read_env_file(path: Path, *, required: bool) -> tuple[dict[str, str], str | None]:
@@ -59,6 +86,10 @@ def _read_env_file(path: Path, *, required: bool) -> tuple[dict[str, str], str |
             return {k: v for k, v in dotenv_values(path).items() if v is not None}, None
         except OSError as exc:  # e.g. mode 0600 and another user
             return {}, f"{named}: cannot be read ({exc.strerror or exc}), so none of the settings it holds are read"
+        except UnicodeDecodeError as exc:  # saved by an editor in Latin-1 or Windows-1252
+            line = exc.object[:exc.start].count(b"\n") + 1
+            return {}, (f"{named}: line {line} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}), so none of "
+                        "the settings it holds are read: save the file as UTF-8")
     if not required or (path.exists() and not path.is_dir()):
         return {}, None  # no .env, or a device such as /dev/null
     what = "is a directory" if path.is_dir() else "no such file"

@@ -154,6 +154,9 @@ def _check(raw: RawConfig) -> tuple[list[Problem], dict[str, object]]:
     problems: list[Problem] = []
     if raw.env_file_problem:  # first: the problems after it may come from the settings it holds
         problems.append(Problem(raw.env_file_problem, ("BILLING_ENV_FILE",)))
+    for key, guess in raw.misspelt:
+        problems.append(Problem(f"{key} (in {raw.env_file}) is not a setting: did you mean {guess}? Rename it, or "
+                                "remove it", (guess,)))
     for var in VARIABLES:
         text, source = raw.values[var.name]
         if text is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
@@ -37,6 +38,47 @@ def plain_value(value: object) -> str:
     return f'"{text}"' if (" " in text or text == "") else text
 
 
+def emit(text: str, stream, end: str = "\n") -> None:
+    """One line on `stream`; once its reader is gone, nothing."""
+    try:
+        print(text, file=stream, flush=True, end=end)
+    except BrokenPipeError:
+        reader_gone(stream)
+
+
+def reader_gone(stream) -> None:
+    """The reader of `stream` went away (`billing … | head -1`): what follows on it is dropped, and
+    the run goes on to its end and its exit code. A closed log pipe must never stop a billing run
+    halfway (it would fail as a bug, exit 1, and be notified as a failure)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's buffer): nothing to redirect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)  # what is still buffered for the stream, and everything after, goes nowhere
+    finally:
+        os.close(devnull)
+
+
+def _console(**options: object) -> Console:
+    """A Rich console whose output is dropped once its reader is gone (see reader_gone)."""
+    from rich.console import Console
+
+    class PipeSafeConsole(Console):
+        def on_broken_pipe(self) -> None:  # Rich's own exits the program (1)
+            self.quiet = True
+            reader_gone(self.file)
+
+        def print(self, *objects, **kwargs) -> None:  # type: ignore[no-untyped-def, override]
+            try:
+                super().print(*objects, **kwargs)
+            except BrokenPipeError:  # a Rich before 13.4 has no on_broken_pipe
+                self.on_broken_pipe()
+
+    return PipeSafeConsole(**options)  # type: ignore[arg-type]
+
+
 LOG_FORMATS = ("auto", "rich", "plain", "json")  # auto: Rich on a terminal, JSON lines otherwise
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
@@ -49,13 +91,11 @@ class Output:
     result's (`document`), else, when the command fails first, the error's."""
 
     def __init__(self, *, log_format: str = "auto", level: str = "info", to_stderr: bool = False) -> None:
-        from rich.console import Console
-
         self.json_document = to_stderr  # --json: stdout holds exactly one JSON document
         self.document_printed = False
         self.stream = sys.stderr if to_stderr else sys.stdout
-        self.out: Console = Console(highlight=False, soft_wrap=True, stderr=to_stderr)
-        self.err: Console = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.out: Console = _console(highlight=False, soft_wrap=True, stderr=to_stderr)
+        self.err: Console = _console(stderr=True, highlight=False, soft_wrap=True)
         if log_format == "auto":
             log_format = "rich" if self.out.is_terminal else "json"
         self.format = log_format
@@ -80,7 +120,7 @@ class Output:
         record = {"time": iso_utc(datetime.now(UTC), "milliseconds"), "level": level, **self.context, "event": event}
         for key, value in fields.items():
             record["organization_id" if (key == "id" and event == "organization") else key] = value
-        print(json.dumps(record, default=json_value, ensure_ascii=False), file=stream, flush=True)
+        emit(json.dumps(record, default=json_value, ensure_ascii=False), stream)
 
     # -- generic lines -------------------------------------------------------------------------
     def line(self, text: str = "") -> None:
@@ -88,7 +128,7 @@ class Output:
             if text.strip():
                 self._json("info", "message", {"message": text}, self.stream)
         elif self.plain:
-            print(text, file=self.stream, flush=True)
+            emit(text, self.stream)
         else:
             self.out.print(text, markup=False)
 
@@ -100,7 +140,7 @@ class Output:
             self._json(level, kind, fields, self.stream)
             return
         parts = " ".join(f"{k}={plain_value(v)}" for k, v in fields.items())
-        print(f"{kind} {parts}".rstrip(), file=self.stream, flush=True)
+        emit(f"{kind} {parts}".rstrip(), self.stream)
 
     def notice(self, text: str) -> None:
         if self.level > _LEVELS["info"]:
@@ -108,7 +148,7 @@ class Output:
         if self.format == "json":
             self._json("info", "notice", {"message": text}, sys.stderr)
         elif self.plain:
-            print(f"notice: {one_line(text)}", file=sys.stderr, flush=True)
+            emit(f"notice: {one_line(text)}", sys.stderr)
         else:
             from rich.markup import escape
 
@@ -118,7 +158,7 @@ class Output:
         if self.format == "json":
             self._json("warning", "warning", {"message": text}, sys.stderr)
         elif self.plain:
-            print(f"warning: {one_line(text)}", file=sys.stderr, flush=True)
+            emit(f"warning: {one_line(text)}", sys.stderr)
         else:
             from rich.markup import escape
 
@@ -128,7 +168,7 @@ class Output:
         if self.format == "json":
             self._json("error", "error", {"message": text}, sys.stderr)
         elif self.plain:
-            print(f"error: {one_line(text)}", file=sys.stderr, flush=True)
+            emit(f"error: {one_line(text)}", sys.stderr)
         else:
             from rich.markup import escape
 
@@ -214,4 +254,4 @@ def print_json(data: object) -> None:
     """One JSON document on stdout (Decimals as exact strings, times as ISO 8601 UTC)."""
     import json
 
-    print(json.dumps(data, default=json_value, indent=2, sort_keys=True))
+    emit(json.dumps(data, default=json_value, indent=2, sort_keys=True), sys.stdout)

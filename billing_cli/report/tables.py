@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..money import format_money
-from .output import Output, number
+from .output import Output, emit, number
 
 if TYPE_CHECKING:
     from ..config import Problem, RawConfig
@@ -26,7 +27,7 @@ def config_table(output: Output, raw: RawConfig, problems: Sequence[Problem] = (
     rows = []
     for var in VARIABLES:
         value, source = raw.values[var.name]
-        shown = "(not set)" if value is None else mask(var.name, value)
+        shown = "(not set)" if value is None else _printable(mask(var.name, value))
         mark = ",".join(marks.get(var.name, ()))
         if output.plain:
             rows.append((var.name, shown, source, mark or "-"))
@@ -54,6 +55,12 @@ def config_verdict(output: Output, problems: Sequence[Problem]) -> None:
     output.error(f"configuration is invalid: {count}, numbered above and marked in the table")
 
 
+def _printable(value: str) -> str:
+    """A value as text: bytes that are not UTF-8 (a problem of their own) shown escaped, as \\udce9,
+    never written out raw."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def config_json(raw: RawConfig, problems: Sequence[Problem]) -> dict:
     """`billing config --json`: every setting (secrets masked as in the table; null when unset),
     where it comes from, and the problems found (none: valid)."""
@@ -62,7 +69,7 @@ def config_json(raw: RawConfig, problems: Sequence[Problem]) -> dict:
     settings = []
     for var in VARIABLES:
         value, source = raw.values[var.name]
-        settings.append({"name": var.name, "value": None if value is None else mask(var.name, value),
+        settings.append({"name": var.name, "value": None if value is None else _printable(mask(var.name, value)),
                          "source": source})
     return {"env_file": str(raw.env_file), "settings": settings, "valid": not problems,
             "problems": [{"number": n, "message": p.message, "variables": list(p.names)}
@@ -169,11 +176,11 @@ def schedule_output(output: Output, schedules: list, output_format: str, *, now,
     if output_format == "crontab":
         from .crontab import crontab_text
 
-        print(crontab_text(schedules), end="")
+        emit(crontab_text(schedules), sys.stdout, end="")
         return
     if output_format == "k8s":
         for s in schedules:
-            print(f'{s.job}: "{s.five_field}"')
+            emit(f'{s.job}: "{s.five_field}"', sys.stdout)
         return
     rows = [(s.job, s.six_field, s.five_field, s.describe(),
              ("," if output.plain else "\n").join(f"{m:%Y-%m-%dT%H:%MZ}" for m in s.next_runs(now, count)))

@@ -11,7 +11,7 @@ from typing import Protocol
 from ..config import Settings, load_settings
 from ..db.engine import Database
 from ..db.usage_store import Shard
-from ..errors import UsageError
+from ..errors import ConfigError, UsageError
 from ..jobs.invoicing import InvoiceOptions, InvoiceRunResult, OrgOutcome, invoice_due
 from ..delivery.ports import Deliveries
 from ..outcomes import DELIVERY_STEPS, Job, Step
@@ -105,9 +105,16 @@ def resolve(job: Job, request: InvoiceRequest, settings: Settings, now: datetime
                          "(nothing was done)")
     dry_run = settings.dry_run if request.dry_run is None else request.dry_run
     seller = seller_from_settings(settings)
+    output_dir = request.output_dir or settings.invoice_output_dir
+    if output_dir is not None and (problem := unwritable_folder(output_dir)):
+        if request.output_dir is not None:
+            raise UsageError(f"--output-dir {str(output_dir)!r}: {problem}: give a folder this user can write "
+                             "(nothing was done)")
+        raise ConfigError(f"INVOICE_OUTPUT_DIR={str(output_dir)!r}: {problem}: set it to a folder this user can "
+                          "write, or unset it (nothing was done)")
     return InvoiceOptions(
         month=month, issue_date=now.date(), job=job, dry_run=dry_run, organizations=request.organizations,
-        regenerate=request.regenerate, output_dir=request.output_dir or settings.invoice_output_dir,
+        regenerate=request.regenerate, output_dir=output_dir,
         payment_terms_days=settings.payment_terms_days,
         seller=seller,
         concurrency=request.concurrency or settings.concurrency, shard=shard,
@@ -126,6 +133,21 @@ def resolve(job: Job, request: InvoiceRequest, settings: Settings, now: datetime
 
 def _shard_of(organization_id: str, count: int) -> int:
     return next(index for index in range(count) if Shard(index, count).owns(organization_id))
+
+
+def unwritable_folder(folder: Path) -> str | None:
+    """Why the PDFs cannot be written under `folder` (made when missing), or None. Checked before the
+    run: each organization would otherwise be invoiced and then fail its PDF, the same way on every rerun."""
+    import os
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the folders up to here are made by the run
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} cannot be written (permissions, or a read-only file system)"
+    return None
 
 
 def catch_up_months(job: Job, request: InvoiceRequest, settings: Settings, options: InvoiceOptions) -> tuple[Month, ...]:

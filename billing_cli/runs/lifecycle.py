@@ -74,11 +74,13 @@ class Finished(Generic[R]):
 
     summary: RunSummary
     result: R | None = None
-    error: BillingError | None = None
+    error: BillingError | KeyboardInterrupt | None = None  # a second Ctrl-C: raised after the summary
 
     @property
     def exit_code(self) -> ExitCode:
-        return self.error.exit_code if self.error is not None else self.summary.outcome.exit_code
+        if isinstance(self.error, BillingError):
+            return self.error.exit_code
+        return self.summary.outcome.exit_code
 
 
 class LockGuard:
@@ -151,7 +153,7 @@ def run_job(spec: RunSpec, settings: Settings, view: RunView,
             job: Callable[[Database, threading.Event, LockGuard], R]) -> Finished[R]:
     """Run `job` inside the lifecycle. Whatever ends the run (success, a BillingError, a bug, a
     second Ctrl-C), its summary is recorded in job_runs, pushed and notified the same way; an
-    expected error is returned with the summary, anything else is raised after that. An
+    expected error, or a second Ctrl-C, is returned with the summary, anything else is raised after that. An
     overlapping run (AlreadyRunning) did nothing: it records, pushes and notifies nothing."""
     record = _Record(spec)
     try:
@@ -169,6 +171,8 @@ def run_job(spec: RunSpec, settings: Settings, view: RunView,
         reason = "interrupted by a signal" if isinstance(exc, KeyboardInterrupt) else \
             f"unexpected error: {type(exc).__name__}"
         _complete(settings, view, spec, record.ended(reason, interrupted=isinstance(exc, KeyboardInterrupt)))
+        if isinstance(exc, KeyboardInterrupt):  # stopped at once: its summary is still the run's (--json)
+            return Finished(record.summary, error=exc)  # type: ignore[arg-type]
         raise
     _complete(settings, view, spec, record.ended())
     return Finished(record.summary, result)
