@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from .errors import KEYBOARD_INTERRUPT, BillingError, ExitCode, UsageError
+from .plain_text import holds_undecodable_bytes
 
 if TYPE_CHECKING:
     from .report.output import Output
@@ -186,7 +187,7 @@ def _check_text_arguments(ctx: typer.Context) -> None:
     for param in ctx.command.params:
         value = ctx.params.get(param.name or "")
         for item in value if isinstance(value, (list, tuple)) else (value,):
-            if isinstance(item, str) and any("\udc80" <= ch <= "\udcff" for ch in item):
+            if isinstance(item, str) and holds_undecodable_bytes(item):
                 name = param.opts[0] if param.param_type_name == "option" else (param.metavar or str(param.name))
                 raise UsageError(f"{name} {item!r} is not UTF-8 text: type it again in a UTF-8 terminal "
                                  "(LANG=C.UTF-8), or convert it to UTF-8 (nothing was done)")

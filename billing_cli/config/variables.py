@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass
 
+from ..plain_text import holds_undecodable_bytes
 from .parsers import (Bool, Choice, Country, Email, Folder, HttpUrl, Int, Lines, Locale, Month, Parser,
                       PostgresUrl, Schedule, StripeKey, Text)
 from .secret import Secret
@@ -32,7 +33,7 @@ class Variable:
 
     def convert(self, text: str) -> object:
         """The field's value for `text` (surrounding blanks ignored); a ValueError says what is wrong."""
-        if any("\udc80" <= ch <= "\udcff" for ch in text):  # bytes that are not UTF-8, from a Latin-1 shell
+        if holds_undecodable_bytes(text):  # from a Latin-1 shell
             raise ValueError("not UTF-8 text: export it from a UTF-8 shell (LANG=C.UTF-8), or convert it")
         value = self.parse(text.strip())
         return Secret(str(value)) if self.secret else value
