@@ -53,10 +53,15 @@ class Shard:
     def sql(column: str) -> str:
         return f"mod(('x' || substr(md5({column}), 1, 8))::bit(32)::bigint, :shard_count) = :shard_index"
 
-    def owns(self, organization_id: str) -> bool:
+    @classmethod
+    def of(cls, organization_id: str, count: int) -> Shard:
+        """The shard of a split into `count` that owns the organization."""
         import hashlib
 
-        return int(hashlib.md5(organization_id.encode()).hexdigest()[:8], 16) % self.count == self.index
+        return cls(int(hashlib.md5(organization_id.encode()).hexdigest()[:8], 16) % count, count)
+
+    def owns(self, organization_id: str) -> bool:
+        return Shard.of(organization_id, self.count).index == self.index
 
     def __str__(self) -> str:
         return f"{self.index + 1}/{self.count}"

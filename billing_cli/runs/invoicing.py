@@ -99,7 +99,7 @@ def resolve(job: Job, request: InvoiceRequest, settings: Settings, now: datetime
     # An --org of another shard would be passed over: nothing done, and a run that says it succeeded.
     elsewhere = [org for org in request.organizations if not shard.owns(org)]
     if elsewhere:
-        theirs = sorted({str(Shard(_shard_of(org, shard.count), shard.count)) for org in elsewhere})
+        theirs = sorted({str(Shard.of(org, shard.count)) for org in elsewhere})
         raise UsageError(f"--org {', '.join(elsewhere)}: in shard {', '.join(theirs)}, not this run's shard {shard} "
                          "(SHARD_COUNT, JOB_COMPLETION_INDEX): pass --shard-index 0 --shard-count 1 "
                          "(nothing was done)")
@@ -129,10 +129,6 @@ def resolve(job: Job, request: InvoiceRequest, settings: Settings, now: datetime
         # Only periods that have ended are billed (anchored periods end after their month); --force
         # bills them as they stand.
         due_by=None if request.force else now)
-
-
-def _shard_of(organization_id: str, count: int) -> int:
-    return next(index for index in range(count) if Shard(index, count).owns(organization_id))
 
 
 def unwritable_folder(folder: Path) -> str | None:
