@@ -21,6 +21,7 @@ from email.message import EmailMessage
 from ..config.secret import mask_url_password
 from ..summary import RunSummary
 from .mailer import Mailer, MailError
+from .retries import retrying
 
 SIGNATURE_HEADER = "Billing-Signature"
 
@@ -77,14 +78,12 @@ class WebhookNotifier:
         return mask_url_password(self.url, keep_user=False)
 
     def notify(self, summary: RunSummary) -> None:
-        from tenacity import retry, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
-
         body = json.dumps(summary.as_dict(), sort_keys=True).encode()
-        post = retry(retry=retry_if_exception(_transient), reraise=True,
-                     stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_wait_seconds),
-                     wait=wait_random_exponential(multiplier=0.2, max=5))(self._post)
+        # No stop event: the notice goes out after the run, also the one of a run SIGTERM interrupted.
+        policy = retrying(_transient, attempts=self.max_attempts, seconds=self.max_wait_seconds, multiplier=0.2,
+                          longest=5)
         try:
-            post(body)
+            policy(self._post, body)
         except urllib.error.HTTPError as exc:
             raise NotifyError(f"webhook {self._shown} answered {exc.code}") from None
         except OSError as exc:

@@ -1,4 +1,4 @@
-"""The retry policy of every call to an outside service (S3, Stripe, SMTP).
+"""The retry policy of every call to an outside service (S3, Stripe, SMTP, the completion webhook).
 
 A transient failure is retried with exponential backoff and jitter, at most `attempts` times and
 `seconds` in all (DELIVERY_MAX_ATTEMPTS, DELIVERY_MAX_RETRY_SECONDS). Once the run is told to stop
