@@ -1,9 +1,9 @@
 """Prometheus metrics, pushed to a Pushgateway at the end of every (real) run.
 
 `pushadd` with the grouping key {job, shard} (never the pod name, so series do not pile up per
-pod), and for billing reconcile {job, shard, month}, one group per month checked: metrics not sent by a push keep their previous value, which is how
-`billing_last_success_timestamp_seconds` survives failed runs. Alert on
-`time() - billing_last_success_timestamp_seconds` (docs/operations.md).
+pod), and for billing reconcile {job, shard, month}, one group per month checked: metrics not sent
+by a push keep their previous value, which is how `billing_last_success_timestamp_seconds` survives
+failed runs. Alert on `time() - billing_last_success_timestamp_seconds` (docs/operations.md).
 """
 
 from __future__ import annotations
